@@ -1,0 +1,184 @@
+"""Type stub and contract of ``mqlite._core``, the Cython binding over ``csrc/``.
+
+This stub is the contract between the C core and the Python layers.  All
+functions validate their Python arguments (``TypeError`` for wrong types,
+``ValueError`` for bad values) and raise :class:`mqlite.errors.CorruptRecordError`
+(without topic context; callers add it) for stored bytes that fail validation.
+Byte arguments accept any C-contiguous buffer (``bytes``, ``bytearray``,
+``memoryview``, including py-lmdb ``buffers=True`` views), except where a
+``str`` is given: ``str`` is always a ``TypeError`` for payloads ("encode it first").
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+BATCH_MAGIC: int  # 0xB1
+BATCH_HEADER_SIZE: int  # 43
+DEFAULT_MAX_BATCH_BYTES: int  # 262144
+
+# -- checksums and hashing ---------------------------------------------------
+def crc32c(data: Any, crc: int = 0) -> int:
+    """CRC32C (Castagnoli) of ``data``, continuing from ``crc``; hardware path when available."""
+
+def crc32c_sw(data: Any, crc: int = 0) -> int:
+    """CRC32C computed by the portable table-driven path only (for tests)."""
+
+def crc32c_hw(data: Any, crc: int = 0) -> int:
+    """CRC32C by the SSE4.2 path only; ``RuntimeError`` when the CPU lacks it."""
+
+def crc32c_hw_available() -> bool: ...
+def murmur2(data: Any) -> int:
+    """Kafka's murmur2 (seed 0x9747b28c), as Java's signed 32-bit ``int``."""
+
+def partition_for_key(key: Any, partitions: int) -> int:
+    """``(murmur2(key) & 0x7fffffff) % partitions``: the partition Kafka's Java client picks."""
+
+# -- varints (Kafka zig-zag) ---------------------------------------------------
+def encode_varint(value: int) -> bytes:
+    """Zig-zag LEB128 encoding of a signed 64-bit integer (1-10 bytes)."""
+
+def decode_varint(data: Any, pos: int = 0) -> tuple[int, int]:
+    """Decode one varint at ``pos``; returns ``(value, next_pos)``.
+
+    Raises ``CorruptRecordError`` when truncated or longer than 10 bytes.
+    """
+
+# -- messages ------------------------------------------------------------------
+class Message:
+    """One record as read from a partition (immutable; subclassable).
+
+    ``headers`` is a new ``list`` of ``(str, bytes)`` pairs on each access
+    (an empty list when the record has none).  Equality compares every field.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+
+# -- record batches ------------------------------------------------------------
+def encode_batches(
+    values: Sequence[Any],
+    keys: Sequence[Any | None] | None = None,
+    headers: Sequence[Sequence[tuple[str, Any]] | None] | None = None,
+    timestamps: int | Sequence[int] | None = None,
+    *,
+    default_timestamp_ms: int = 0,
+    max_batch_bytes: int = 262144,
+    max_message_bytes: int = 8388608,
+    producer_id: int = -1,
+    base_sequence: int = -1,
+) -> list[bytes]:
+    """Encode records into one or more v1 batches, in order.
+
+    Records are cut into consecutive batches of at most ``max_batch_bytes``
+    (a single record larger than that gets a batch of its own).  ``keys`` and
+    ``headers``, when given, have one entry per value (``None`` = null key /
+    no headers).  ``timestamps`` is ``None`` (all ``default_timestamp_ms``), one
+    ``int`` for all, or one ``int`` per value.  Header names are ``str``
+    (UTF-8 encoded), header values bytes-like.  The batch with index ``i``
+    holds the records that follow those of batches ``0..i-1``.
+
+    Raises ``TypeError`` (a value that is not bytes-like, a ``str`` value, a
+    header name that is not ``str``), ``ValueError`` (length mismatch between
+    values/keys/headers/timestamps, empty ``values``), and
+    ``mqlite.errors.MessageTooLargeError`` when one record's key + value +
+    header names + header values exceed ``max_message_bytes``.  The GIL is
+    released while bytes are copied and checksummed.
+    """
+
+def encode_batch(
+    values: Sequence[Any],
+    keys: Sequence[Any | None] | None = None,
+    headers: Sequence[Sequence[tuple[str, Any]] | None] | None = None,
+    timestamps: int | Sequence[int] | None = None,
+    *,
+    default_timestamp_ms: int = 0,
+    producer_id: int = -1,
+    base_sequence: int = -1,
+) -> bytes:
+    """Encode all records into exactly one batch (no size cut, no size cap)."""
+
+def batch_header(
+    data: Any,
+) -> tuple[int, int, int, int, int, int, int]:
+    """Parse a batch header without checking the CRC.
+
+    Returns ``(length, attributes, record_count, base_timestamp, max_timestamp,
+    producer_id, base_sequence)``.  Checks magic, that ``length`` equals
+    ``len(data)``, reserved attribute bits and ``record_count >= 1``; raises
+    ``CorruptRecordError`` otherwise.
+    """
+
+def validate_batch(data: Any) -> int:
+    """Deep validation: magic, length, CRC, and every record's structure.
+
+    Checks every varint and length against the remaining bytes, dense offset
+    deltas, UTF-8 header names, ``record_count`` and ``max_timestamp``.
+    Returns the record count; raises ``CorruptRecordError`` with a reason.
+    Releases the GIL for the work.
+    """
+
+def decode_batch(
+    data: Any,
+    topic: str,
+    partition: int,
+    base_offset: int,
+    from_offset: int = 0,
+    max_records: int = -1,
+    out: list[Message] | None = None,
+    verify_crc: bool = True,
+) -> list[Message]:
+    """Decode the records of one batch whose first offset is ``base_offset``.
+
+    Records with offset ``< from_offset`` are skipped (cheaply, by length);
+    at most ``max_records`` are decoded (``-1`` = all).  Messages are appended
+    to ``out`` when given (and ``out`` is returned), else to a new list.  The
+    CRC is checked first unless ``verify_crc`` is false; structure and bounds
+    are always checked.  Nothing is appended when the batch is corrupt:
+    ``CorruptRecordError`` is raised instead.
+    """
+
+def first_offset_at_or_after(data: Any, base_offset: int, timestamp_ms: int) -> int:
+    """The offset of the first record in the batch whose timestamp >= ``timestamp_ms``, else -1."""
+
+# -- cross-process wake-ups ----------------------------------------------------
+class Notifier:
+    """A MAP_SHARED file of 32-bit sequence words used for futex wake-ups.
+
+    Each slot is a sequence word plus a waiter count; ``bump`` increments the
+    sequence and wakes waiters only when some are registered.  A wake-up is a
+    hint: callers re-read committed state after ``wait`` returns and always
+    pass a timeout.  On systems without futexes ``wait`` sleep-polls with a
+    bounded interval (at most 1 ms).  The file is created with mode 0600 (or
+    ``mode``) when missing and grown to ``slots`` slots if smaller; it is
+    shared correctly across processes and survives ``fork()``.
+    """
+
+    slots: int
+    def __init__(self, path: str, slots: int = 4096, mode: int = 0o600) -> None: ...
+    def load(self, slot: int) -> int:
+        """The current sequence value of ``slot`` (acquire load)."""
+    def bump(self, slot: int) -> None:
+        """Atomically increment ``slot`` and wake every waiter on it."""
+    def wait(self, slot: int, expected: int, timeout: float) -> bool:
+        """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
+
+        Returns ``True`` if the value differed (or a wake-up arrived), ``False`` on timeout.
+        Returns at once when the value already differs.  ``timeout`` <= 0 never blocks.
+        """
+    def close(self) -> None: ...

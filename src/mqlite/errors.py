@@ -1,0 +1,182 @@
+"""The mqlite exception hierarchy.
+
+Every error mqlite raises on purpose derives from :class:`MqliteError`; wrong
+argument types are :class:`TypeError` and bad argument values are
+:class:`ValueError` (some of them also mqlite errors, such as
+:class:`InvalidTopicError`).  Exceptions of the storage engine (``lmdb``) never
+escape raw: they are wrapped in :class:`StorageError` or a subclass, with the
+original as ``__cause__``.
+
+Each class has a ``retriable`` attribute: ``True`` when the same call may
+succeed later without any change by the caller (for example once consumers
+have drained a full store).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MqliteError",
+    "ClosedError",
+    "StorageError",
+    "StorageFullError",
+    "CorruptRecordError",
+    "BrokerDirectoryError",
+    "TopicError",
+    "TopicNotFoundError",
+    "TopicExistsError",
+    "InvalidTopicError",
+    "PartitionNotFoundError",
+    "MessageTooLargeError",
+    "OffsetOutOfRangeError",
+    "CommitFailedError",
+    "RebalanceInProgressError",
+    "GroupError",
+    "StaleDeliveryError",
+    "ExchangeNotFoundError",
+    "ExchangeExistsError",
+    "UnroutableError",
+    "TimeoutError",
+]
+
+
+class MqliteError(Exception):
+    """Root of every error mqlite raises on purpose."""
+
+    retriable: bool = False
+
+
+class ClosedError(MqliteError):
+    """The broker, producer or consumer was closed; open a new one."""
+
+
+class StorageError(MqliteError):
+    """The storage engine failed (I/O error, lock failure, bad environment).
+
+    The original ``lmdb`` exception is chained as ``__cause__``.
+    """
+
+
+class StorageFullError(StorageError):
+    """The broker's map is above its high-water mark: sends are refused.
+
+    Consumers can still ack, delete and drain.  Free space by consuming, by
+    retention or by deleting topics, or reopen the broker with a larger
+    ``map_size``.
+    """
+
+    retriable = True
+
+
+class CorruptRecordError(StorageError):
+    """Stored bytes failed validation (bad CRC, bad length, bad structure).
+
+    Attributes
+    ----------
+    topic, partition, offset
+        Where the corrupt batch is stored, when known (else ``None``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        where = []
+        if topic is not None:
+            where.append(f"topic {topic!r}")
+        if partition is not None:
+            where.append(f"partition {partition}")
+        if offset is not None:
+            where.append(f"batch at offset {offset}")
+        full = message if not where else f"{message} ({', '.join(where)})"
+        if where:
+            full += "; run `mqlite verify` on the broker directory to list every corrupt batch"
+        super().__init__(full)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
+class BrokerDirectoryError(MqliteError, ValueError):
+    """The broker directory is unsafe or unusable (symlink, foreign owner, bad mode)."""
+
+
+class TopicError(MqliteError):
+    """Base class for topic-level errors."""
+
+
+class TopicNotFoundError(TopicError, KeyError):
+    """The named topic does not exist; create it with ``broker.create_topic``."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TopicExistsError(TopicError):
+    """A topic with this name already exists."""
+
+
+class InvalidTopicError(TopicError, ValueError):
+    """A topic name is not 1-249 characters of ``[A-Za-z0-9._-]`` (or is ``.``/``..``)."""
+
+
+class PartitionNotFoundError(TopicError, ValueError):
+    """A partition number is outside ``0 .. partitions - 1`` for the topic."""
+
+
+class MessageTooLargeError(MqliteError, ValueError):
+    """A message is larger than the topic's ``max_message_bytes``."""
+
+
+class OffsetOutOfRangeError(MqliteError, ValueError):
+    """A position is outside the log and ``auto_offset_reset="none"`` was chosen."""
+
+
+class GroupError(MqliteError):
+    """Base class for consumer-group and queue-group errors."""
+
+
+class CommitFailedError(GroupError):
+    """An offset commit was fenced: this member no longer owns the partition.
+
+    Poll again to join the current generation; the messages will be
+    redelivered to whichever member owns the partition now.
+    """
+
+
+class RebalanceInProgressError(GroupError):
+    """The group is rebalancing; poll again to get the new assignment."""
+
+    retriable = True
+
+
+class StaleDeliveryError(GroupError):
+    """An ack/nack used a delivery that is no longer this consumer's.
+
+    Its visibility timeout expired (or its owner was declared dead) and the
+    message was redelivered; nothing was changed.
+    """
+
+
+class ExchangeNotFoundError(MqliteError, KeyError):
+    """The named exchange does not exist; declare it with ``broker.declare_exchange``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ExchangeExistsError(MqliteError):
+    """An exchange exists with a different type or arguments."""
+
+
+class UnroutableError(MqliteError):
+    """A publish matched no binding and the exchange has no alternate exchange."""
+
+
+class TimeoutError(MqliteError, TimeoutError):  # noqa: A001 - deliberate: catchable as builtin
+    """A blocking call timed out."""
+
+    retriable = True

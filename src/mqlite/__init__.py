@@ -1,2 +1,87 @@
-"""mqlite: an embedded, durable message broker (placeholder during bootstrap)."""
-from mqlite.errors import *  # noqa: F403
+"""mqlite: an embedded, durable message broker for Python.
+
+Kafka-style partitioned logs and consumer groups, SQS/RabbitMQ-style queues
+with acks, retries and dead letters, and exchanges, in one LMDB environment
+shared safely by the processes of one machine.  No server.
+
+>>> import mqlite
+>>> with mqlite.open("data/") as broker:            # doctest: +SKIP
+...     broker.create_topic("orders", partitions=3)
+...     broker.send("orders", b"hello", key=b"k")
+"""
+
+from mqlite._core import Message
+from mqlite.broker import Broker, open
+from mqlite.config import TopicConfig
+from mqlite.consumer import Consumer
+from mqlite.errors import (
+    BrokerDirectoryError,
+    ClosedError,
+    CommitFailedError,
+    CorruptRecordError,
+    ExchangeExistsError,
+    ExchangeNotFoundError,
+    GroupError,
+    InvalidTopicError,
+    MessageTooLargeError,
+    MqliteError,
+    OffsetOutOfRangeError,
+    PartitionNotFoundError,
+    RebalanceInProgressError,
+    StaleDeliveryError,
+    StorageError,
+    StorageFullError,
+    TimeoutError,
+    TopicError,
+    TopicExistsError,
+    TopicNotFoundError,
+    UnroutableError,
+)
+from mqlite.types import (
+    BatchMetadata,
+    OffsetAndTimestamp,
+    PartitionInfo,
+    PartitionRange,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "Broker",
+    "Consumer",
+    "Message",
+    "TopicConfig",
+    "TopicPartition",
+    "RecordMetadata",
+    "BatchMetadata",
+    "PartitionRange",
+    "PartitionInfo",
+    "TopicDescription",
+    "OffsetAndTimestamp",
+    "MqliteError",
+    "ClosedError",
+    "StorageError",
+    "StorageFullError",
+    "CorruptRecordError",
+    "BrokerDirectoryError",
+    "TopicError",
+    "TopicNotFoundError",
+    "TopicExistsError",
+    "InvalidTopicError",
+    "PartitionNotFoundError",
+    "MessageTooLargeError",
+    "OffsetOutOfRangeError",
+    "CommitFailedError",
+    "RebalanceInProgressError",
+    "GroupError",
+    "StaleDeliveryError",
+    "ExchangeNotFoundError",
+    "ExchangeExistsError",
+    "UnroutableError",
+    "TimeoutError",
+    "__version__",
+]

@@ -1,0 +1,495 @@
+"""The LMDB environment of one broker directory.
+
+Contract
+--------
+* One :class:`Env` per process per directory (keyed by device and inode):
+  LMDB forbids opening the same environment twice in one process.  Brokers
+  share it through :func:`acquire_env` / :meth:`Env.release` (reference
+  counted).
+* After ``fork()`` the child never touches the parent's environment: the
+  inherited handles are parked (never closed: closing would clear the
+  parent's reader slots, because LMDB records the opener's pid) and the next
+  use in the child opens a fresh environment.
+* The directory is private by default (0700, files 0600).  A directory that
+  is a symlink, owned by someone else or writable by group/world (unless
+  ``shared_group``), and symlinked ``data.mdb``/``lock.mdb``/``notify.shm``,
+  are refused with :class:`BrokerDirectoryError`.
+* Before LMDB maps ``data.mdb`` its meta pages are checked against the file
+  size, because touching pages past the end of a truncated file is SIGBUS.
+* Backpressure: above ``HIGH_WATER_FRACTION`` of the map in use, writes that
+  add data raise :class:`StorageFullError`; deletes and acks still work.
+* ``lmdb`` exceptions are converted by :func:`lmdb_error`; none escapes raw.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import threading
+import time
+import zlib
+from typing import Any
+
+import lmdb
+
+from mqlite import _core
+from mqlite.config import DEFAULT_MAP_SIZE, DURABILITY_MODES, HIGH_WATER_FRACTION
+from mqlite.errors import (
+    BrokerDirectoryError,
+    CorruptRecordError,
+    MqliteError,
+    StorageError,
+    StorageFullError,
+)
+
+__all__ = ["Env", "acquire_env", "lmdb_error", "check_data_file", "DB_NAMES"]
+
+#: The fixed set of named databases (docs/format.md).
+DB_NAMES = (
+    "meta",
+    "topics",
+    "partitions",
+    "records",
+    "offsets",
+    "groups",
+    "pending",
+    "scheduled",
+    "dedup",
+    "exchanges",
+    "bindings",
+)
+FORMAT_VERSION = 1
+NOTIFY_SLOTS = 4096
+_READER_CHECK_INTERVAL = 5.0
+_META = struct.Struct("<II")  # magic, version
+_LMDB_MAGIC = 0xBEEFC0DE
+
+_registry: dict[tuple[int, int], Env] = {}
+_registry_lock = threading.Lock()
+_graveyard: list[Any] = []  # lmdb handles inherited across fork(): kept, never closed
+
+
+def lmdb_error(exc: BaseException, what: str) -> MqliteError:
+    """Convert an ``lmdb`` exception into the matching mqlite error."""
+    if isinstance(exc, MqliteError):
+        return exc
+    if isinstance(exc, lmdb.MapFullError):
+        return StorageFullError(
+            f"{what}: the broker's map is full; consume, apply retention or delete topics, "
+            "or reopen with a larger map_size"
+        )
+    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError)):
+        return CorruptRecordError(f"{what}: LMDB reports a corrupt database ({exc})")
+    if isinstance(exc, lmdb.ReadersFullError):
+        return StorageError(
+            f"{what}: LMDB reader table full; too many concurrent readers ({exc})"
+        )
+    if isinstance(exc, lmdb.DiskError) or isinstance(exc, OSError):
+        return StorageError(f"{what}: I/O error ({exc}); check free disk space and permissions")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _check_not_symlink(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise BrokerDirectoryError(
+            f"{path} is a symlink; mqlite refuses symlinked broker files "
+            "(LMDB would follow it and write elsewhere)"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise BrokerDirectoryError(f"{path} is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise BrokerDirectoryError(f"{path} is owned by uid {st.st_uid}, not by you")
+
+
+def secure_directory(path: str, *, create: bool, shared_group: bool) -> os.stat_result:
+    """Create (0700/0770) or check the broker directory; return its ``lstat``."""
+    mode = 0o770 if shared_group else 0o700
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            raise BrokerDirectoryError(f"broker directory {path} does not exist") from None
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise BrokerDirectoryError(
+                f"parent directory {parent} of the broker does not exist"
+            ) from None
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise BrokerDirectoryError(f"cannot create broker directory {path}: {exc}") from exc
+        os.chmod(path, mode)  # mkdir's mode is filtered by umask
+        st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise BrokerDirectoryError(
+            f"broker directory {path} is a symlink; open the real path instead"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise BrokerDirectoryError(f"broker path {path} exists and is not a directory")
+    if st.st_uid != os.geteuid():
+        raise BrokerDirectoryError(
+            f"broker directory {path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
+        )
+    unsafe = 0o002 if shared_group else 0o022
+    if st.st_mode & unsafe:
+        raise BrokerDirectoryError(
+            f"broker directory {path} has mode {stat.S_IMODE(st.st_mode):o}, writable by "
+            f"{'others' if shared_group else 'group or others'}; chmod {mode:o} it"
+        )
+    return st
+
+
+def check_data_file(path: str) -> int | None:
+    """Check ``data.mdb`` against its meta pages before LMDB maps it.
+
+    Returns the map size recorded in the newest meta page (``None`` when the
+    file does not exist yet).  Raises :class:`CorruptRecordError` when the
+    file is shorter than the pages the meta page says are in use, or when
+    neither meta page is valid: mapping such a file can kill the process
+    with SIGBUS.
+    """
+    data = os.path.join(path, "data.mdb")
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BrokerDirectoryError(f"cannot open {data}: {exc}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None  # created but never initialized: LMDB writes it fresh
+        head = os.pread(fd, 256, 0)
+        if len(head) < 160:
+            raise CorruptRecordError(f"{data} is truncated ({size} bytes): not an LMDB file")
+        magic, _version = _META.unpack_from(head, 16)
+        if magic != _LMDB_MAGIC:
+            raise CorruptRecordError(f"{data} is not an LMDB data file (bad magic)")
+        psize = struct.unpack_from("<I", head, 40)[0]
+        if psize < 512 or psize > 65536 or psize & (psize - 1):
+            raise CorruptRecordError(f"{data}: implausible page size {psize} in meta page")
+        best: tuple[int, int, int] | None = None  # txnid, last_pg, mapsize
+        for page in (0, 1):
+            buf = os.pread(fd, 160, page * psize)
+            if len(buf) < 160:
+                continue
+            magic, _version = _META.unpack_from(buf, 16)
+            if magic != _LMDB_MAGIC:
+                continue
+            mapsize = struct.unpack_from("<Q", buf, 32)[0]
+            last_pg, txnid = struct.unpack_from("<QQ", buf, 136)
+            if best is None or txnid > best[0]:
+                best = (txnid, last_pg, mapsize)
+        if best is None:
+            raise CorruptRecordError(f"{data}: both LMDB meta pages are damaged")
+        need = (best[1] + 1) * psize
+        if size < need:
+            raise CorruptRecordError(
+                f"{data} is truncated: {size} bytes but the database uses {need}; "
+                "restore it from a backup (opening it could crash the process)"
+            )
+        return best[2]
+    finally:
+        os.close(fd)
+
+
+class Env:
+    """One open LMDB environment plus the broker directory's shared files."""
+
+    def __init__(self, path: str, key: tuple[int, int], *, durability: str, map_size: int,
+                 shared_group: bool) -> None:
+        self.path = path
+        self.key = key
+        self.durability = durability
+        self.shared_group = shared_group
+        self.file_mode = 0o660 if shared_group else 0o600
+        self.refs = 0
+        self.lock = threading.RLock()
+        self.map_size = map_size
+        self.lmdb: Any = None
+        self.dbs: dict[str, Any] = {}
+        self.pid = os.getpid()
+        self.notifier: Any = None
+        self._next_reader_check = 0.0
+        self._full_until = 0.0
+        # Write-path cache: partition states and topic records as of our last
+        # commit.  Valid only while no other writer committed in between,
+        # which a write transaction sees as its id == our last commit id + 1.
+        self.state_cache: dict[int, Any] = {}
+        self.topic_cache: dict[str, Any] = {}
+        self.topic_cache_version = -1
+        self.fresh_txn: Any = None
+        self._cache_tid = -1
+        self._txn_tid = -1
+        self.slot_cache: dict[str, int] = {}
+        self._open()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _open(self) -> None:
+        for name in ("data.mdb", "lock.mdb", "notify.shm"):
+            _check_not_symlink(os.path.join(self.path, name))
+        stored = check_data_file(self.path)
+        if stored is not None:
+            self.map_size = max(self.map_size, stored)
+        sync = self.durability != "none"
+        metasync = self.durability == "sync"
+        try:
+            env = lmdb.open(
+                self.path,
+                map_size=self.map_size,
+                subdir=True,
+                create=True,
+                mode=self.file_mode,
+                max_dbs=len(DB_NAMES) + 2,
+                max_readers=1024,
+                writemap=False,
+                sync=sync,
+                metasync=metasync,
+                readahead=False,
+                meminit=False,
+                lib_version=0,
+            )
+        except lmdb.Error as exc:
+            raise lmdb_error(exc, f"opening broker {self.path}") from exc
+        try:
+            self.dbs = {}
+            with env.begin(write=True) as txn:
+                for name in DB_NAMES:
+                    self.dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
+                meta = self.dbs["meta"]
+                fmt = txn.get(b"format", db=meta)
+                if fmt is None:
+                    txn.put(b"format", struct.pack(">I", FORMAT_VERSION), db=meta)
+                    txn.put(b"map_size", struct.pack(">Q", self.map_size), db=meta)
+                elif struct.unpack(">I", fmt)[0] != FORMAT_VERSION:
+                    raise StorageError(
+                        f"broker {self.path} has format {struct.unpack('>I', fmt)[0]}, "
+                        f"this mqlite reads format {FORMAT_VERSION}"
+                    )
+            env.reader_check()
+        except lmdb.Error as exc:
+            env.close()
+            raise lmdb_error(exc, f"opening broker {self.path}") from exc
+        except BaseException:
+            env.close()
+            raise
+        self.lmdb = env
+        self.pid = os.getpid()
+        info = env.info()
+        self.map_size = info["map_size"]
+        self._psize = env.stat()["psize"]
+        self._hwm_pages = int(self.map_size * HIGH_WATER_FRACTION) // self._psize
+        self._next_reader_check = time.monotonic() + _READER_CHECK_INTERVAL
+        if self.notifier is None:
+            self.notifier = _core.Notifier(
+                os.path.join(self.path, "notify.shm"), NOTIFY_SLOTS, self.file_mode
+            )
+
+    def after_fork_in_child(self) -> None:
+        """Park the inherited handle; the next :meth:`handle` call reopens."""
+        if self.lmdb is not None:
+            _graveyard.append(self.lmdb)
+        self.lmdb = None
+        self.lock = threading.RLock()
+
+    def handle(self) -> Any:
+        """The live ``lmdb.Environment`` (reopened after a fork)."""
+        env = self.lmdb
+        if env is None:
+            with self.lock:
+                if self.lmdb is None:
+                    if self.refs <= 0:
+                        from mqlite.errors import ClosedError
+
+                        raise ClosedError("the broker is closed; call mqlite.open() again")
+                    self._open()
+                env = self.lmdb
+        return env
+
+    def release(self) -> None:
+        """Drop one reference; the last one closes the environment."""
+        with _registry_lock:
+            self.refs -= 1
+            if self.refs > 0:
+                return
+            if _registry.get(self.key) is self:
+                del _registry[self.key]
+        if self.lmdb is not None:
+            if os.getpid() == self.pid:
+                self.lmdb.close()
+            else:
+                _graveyard.append(self.lmdb)
+            self.lmdb = None
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
+
+    # -- transactions ----------------------------------------------------------------
+    def read_txn(self) -> Any:
+        """Begin a short read transaction (values as zero-copy buffers)."""
+        env = self.lmdb or self.handle()
+        try:
+            return env.begin(buffers=True)
+        except lmdb.ReadersFullError:
+            env.reader_check()
+            try:
+                return env.begin(buffers=True)
+            except lmdb.Error as exc:
+                raise lmdb_error(exc, "begin read") from exc
+        except lmdb.Error as exc:
+            raise lmdb_error(exc, "begin read") from exc
+
+    def write_txn(self) -> Any:
+        """Begin a write transaction (blocks while another writer holds the lock).
+
+        Pair it with :meth:`commit` / :meth:`abort`, which keep the write-path
+        cache coherent.  Sets :attr:`fresh_txn` to it when no other writer committed
+        since our last commit.
+        """
+        env = self.lmdb or self.handle()
+        now = time.monotonic()
+        if now >= self._next_reader_check:
+            self._next_reader_check = now + _READER_CHECK_INTERVAL
+            try:
+                env.reader_check()
+            except lmdb.Error:
+                pass
+        try:
+            txn = env.begin(write=True)
+        except lmdb.Error as exc:
+            raise lmdb_error(exc, "begin write") from exc
+        tid = txn.id()
+        self._txn_tid = tid
+        if tid == self._cache_tid + 1:
+            self.fresh_txn = txn
+        else:
+            self.fresh_txn = None
+            self.state_cache.clear()
+        return txn
+
+    def commit(self, txn: Any) -> None:
+        """Commit a transaction from :meth:`write_txn` (errors converted)."""
+        self.fresh_txn = None
+        try:
+            txn.commit()
+        except BaseException as exc:
+            self._cache_tid = -1
+            self.state_cache.clear()
+            raise lmdb_error(exc, "commit") from exc
+        self._cache_tid = self._txn_tid
+
+    def abort(self, txn: Any) -> None:
+        """Abort a transaction from :meth:`write_txn`; drops the write-path cache."""
+        self.fresh_txn = None
+        self._cache_tid = -1
+        self.state_cache.clear()
+        txn.abort()
+
+    def check_space(self, txn: Any) -> None:
+        """Raise :class:`StorageFullError` when the map is above its high-water mark.
+
+        Cheap when far from full (one ``info()`` call); near the mark the
+        pages really in use (excluding reusable free pages) are counted.
+        """
+        env = self.lmdb
+        if env.info()["last_pgno"] < self._hwm_pages:
+            return
+        now = time.monotonic()
+        if now < self._full_until:
+            raise StorageFullError(self._full_message())
+        used = self._pages_in_use(txn)
+        if used >= self._hwm_pages:
+            self._full_until = now + 0.05
+            raise StorageFullError(self._full_message())
+
+    def _pages_in_use(self, txn: Any) -> int:
+        total = 0
+        for db in [None, *self.dbs.values()]:
+            st = txn.stat(db) if db is not None else self.lmdb.stat()
+            total += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return total + 2  # the two meta pages
+
+    def _full_message(self) -> str:
+        return (
+            f"broker {self.path} is above {int(HIGH_WATER_FRACTION * 100)}% of its map "
+            f"({self.map_size} bytes): sends are refused until consumers drain it, retention "
+            "deletes old data, or it is reopened with a larger map_size"
+        )
+
+    def space(self) -> dict[str, int]:
+        """Map size, pages in use and file size, for describe/metrics."""
+        with self.read_txn() as txn:
+            used = self._pages_in_use(txn)
+        return {
+            "map_size": self.map_size,
+            "used_bytes": used * self._psize,
+            "high_water_bytes": self._hwm_pages * self._psize,
+            "file_bytes": os.path.getsize(os.path.join(self.path, "data.mdb")),
+        }
+
+    # -- wake-ups --------------------------------------------------------------------
+    def topic_slot(self, topic: str) -> int:
+        """Notify slot of a topic (slot 0 is bumped for every append)."""
+        slot = self.slot_cache.get(topic)
+        if slot is None:
+            slot = self.slot_cache[topic] = 1 + zlib.crc32(topic.encode()) % (NOTIFY_SLOTS - 1)
+        return slot
+
+    def notify_topics(self, topics: Any) -> None:
+        """Bump the wake-up words of ``topics`` and the global word; call after commit."""
+        n = self.notifier
+        if n is None:
+            return
+        for t in topics:
+            n.bump(self.topic_slot(t))
+        n.bump(0)
+
+
+def acquire_env(path: str | os.PathLike[str], *, durability: str = "sync",
+                map_size: int | None = None, create: bool = True,
+                shared_group: bool = False) -> Env:
+    """Open (or share) the environment of the broker at ``path``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
+    if durability not in DURABILITY_MODES:
+        raise ValueError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+    if map_size is not None:
+        if not isinstance(map_size, int) or isinstance(map_size, bool):
+            raise TypeError("map_size must be int")
+        if map_size < 1 << 20:
+            raise ValueError("map_size must be at least 1 MiB")
+    spath = os.path.abspath(os.fspath(path))
+    st = secure_directory(spath, create=create, shared_group=shared_group)
+    key = (st.st_dev, st.st_ino)
+    with _registry_lock:
+        env = _registry.get(key)
+        if env is not None and env.pid != os.getpid() and env.lmdb is not None:
+            env.after_fork_in_child()
+        if env is None:
+            env = Env(spath, key, durability=durability, map_size=map_size or DEFAULT_MAP_SIZE,
+                      shared_group=shared_group)
+            _registry[key] = env
+        elif env.durability != durability:
+            raise ValueError(
+                f"broker {spath} is already open in this process with durability "
+                f"{env.durability!r}; close it first or use the same mode"
+            )
+        env.refs += 1
+    return env
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for env in list(_registry.values()):
+        env.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,34 @@
+"""Key encodings.  Big-endian integers make byte order equal numeric order."""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "PID",
+    "RECORD",
+    "pid_key",
+    "record_key",
+    "group_pid_key",
+    "pending_key",
+    "U64",
+]
+
+PID = struct.Struct(">I")
+RECORD = struct.Struct(">IQ")
+U64 = struct.Struct(">Q")
+_GROUP_PID = struct.Struct(">I")
+_PENDING_TAIL = struct.Struct(">IQ")
+
+pid_key = PID.pack
+record_key = RECORD.pack
+
+
+def group_pid_key(group: str, pid: int) -> bytes:
+    """``group`` UTF-8 + NUL + partition id (u32 BE): keys of ``offsets``."""
+    return group.encode() + b"\x00" + _GROUP_PID.pack(pid)
+
+
+def pending_key(group: str, pid: int, offset: int) -> bytes:
+    """``group`` + NUL + partition id + offset (u64 BE): keys of ``pending``."""
+    return group.encode() + b"\x00" + _PENDING_TAIL.pack(pid, offset)

@@ -1,0 +1,413 @@
+"""Log consumers (Kafka-style stream mode).
+
+A :class:`Consumer` reads the partitions it is assigned, in offset order per
+partition, from positions it keeps in memory.  Without ``group`` it reads
+every partition of its topics (or the ones passed to :meth:`Consumer.assign`)
+and commits nothing.  With ``group`` the partitions are shared among the
+group's live members and positions are committed (see ``mqlite.groups``).
+
+Blocking ``poll`` never sleep-polls: it waits on the topic's shared-memory
+wake-up word (futex) with a timeout, then re-reads committed state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mqlite import _core
+from mqlite._storage import log as _log
+from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite.errors import (
+    ClosedError,
+    OffsetOutOfRangeError,
+    PartitionNotFoundError,
+)
+from mqlite.types import OffsetAndTimestamp, TopicPartition
+
+if TYPE_CHECKING:
+    from mqlite.broker import Broker
+
+__all__ = ["Consumer"]
+
+_RESETS = ("earliest", "latest", "none")
+_COMMITS = ("after", "before", "manual")
+
+
+def _normalize_topics(topics: str | Iterable[str] | None) -> list[str]:
+    if topics is None:
+        return []
+    if isinstance(topics, str):
+        topics = [topics]
+    out = []
+    for t in topics:
+        validate_topic_name(t)
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _tp(tp: object) -> TopicPartition:
+    if isinstance(tp, TopicPartition):
+        return tp
+    if isinstance(tp, tuple) and len(tp) == 2:
+        validate_topic_name(tp[0])
+        require_int(tp[1], "partition", minimum=0)
+        return TopicPartition(tp[0], tp[1])
+    raise TypeError(f"expected a TopicPartition, not {type(tp).__name__}")
+
+
+class Consumer:
+    """Reads messages from the partitions of one or more topics.
+
+    Parameters
+    ----------
+    broker
+        The broker to read from.
+    topics
+        A topic name or names to subscribe to (``None``: use :meth:`assign`).
+    group
+        Consumer group; ``None`` reads every partition with no group state.
+    auto_offset_reset
+        Where to start when there is no committed offset or the position
+        fell below the log start (retention): ``"earliest"`` (default),
+        ``"latest"`` or ``"none"`` (raise :class:`OffsetOutOfRangeError`).
+    commit
+        Group commit policy: ``"after"`` (at-least-once, default: a poll
+        commits what the previous poll returned), ``"before"`` (at-most-once:
+        positions are committed before messages are returned) or
+        ``"manual"``.
+    max_poll_records
+        Default ``max_records`` for :meth:`poll`.
+    **group_options
+        Forwarded to the group membership (``instance_id``, ``assignor``,
+        ``session_timeout``, ``on_assign``, ``on_revoke``, ...).
+    """
+
+    def __init__(self, broker: Broker, topics: str | Iterable[str] | None = None, *,
+                 group: str | None = None, auto_offset_reset: str = "earliest",
+                 commit: str = "after", max_poll_records: int = 500,
+                 **group_options: Any) -> None:
+        if auto_offset_reset not in _RESETS:
+            raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
+        if commit not in _COMMITS:
+            raise ValueError(f"commit must be one of {_COMMITS}, got {commit!r}")
+        require_int(max_poll_records, "max_poll_records", minimum=1)
+        self._broker = broker
+        self._env = broker._live_env()
+        self._reset = auto_offset_reset
+        self._commit_policy = commit
+        self._max_poll = max_poll_records
+        self._topics: list[str] = []
+        self._manual: list[TopicPartition] | None = None
+        self._positions: dict[TopicPartition, int] = {}
+        self._rotation = 0
+        self._closed = False
+        self._group: Any = None
+        self.group = group
+        if group is not None:
+            from mqlite.groups import GroupMember
+
+            self._group = GroupMember(self, group, **group_options)
+        elif group_options:
+            raise TypeError(f"unexpected options without group=: {sorted(group_options)}")
+        if topics is not None:
+            self.subscribe(topics)
+
+    # -- subscription ------------------------------------------------------------------------
+    def subscribe(self, topics: str | Iterable[str]) -> None:
+        """Subscribe to topics (replacing any previous subscription or assignment).
+
+        Raises :class:`TopicNotFoundError` for a topic that does not exist.
+        """
+        self._check_open()
+        names = _normalize_topics(topics)
+        for t in names:
+            self._broker._topic_cached_fresh(t)
+        self._topics = names
+        self._manual = None
+        if self._group is not None:
+            self._group.subscribe(names)
+        else:
+            self._sync_positions(self._all_partitions())
+
+    def subscription(self) -> list[str]:
+        return list(self._topics)
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read exactly these partitions (no group coordination)."""
+        self._check_open()
+        if self._group is not None:
+            raise ValueError("assign() is for consumers without group=; groups assign partitions")
+        tps = [_tp(tp) for tp in partitions]
+        for tp in tps:
+            n = self._broker.partitions_for(tp.topic)
+            if tp.partition >= n:
+                raise PartitionNotFoundError(
+                    f"{tp.topic!r} has partitions 0..{n - 1}, not {tp.partition}")
+        self._manual = tps
+        self._topics = sorted({tp.topic for tp in tps})
+        self._sync_positions(tps)
+
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions this consumer currently reads."""
+        if self._group is not None:
+            return self._group.assignment()
+        if self._manual is not None:
+            return list(self._manual)
+        return list(self._positions)
+
+    def _all_partitions(self) -> list[TopicPartition]:
+        out = []
+        for t in self._topics:
+            n = self._broker.partitions_for(t)
+            out.extend(TopicPartition(t, p) for p in range(n))
+        return out
+
+    def _sync_positions(self, tps: list[TopicPartition]) -> None:
+        keep = {tp: self._positions.get(tp, -1) for tp in tps}
+        self._positions = keep
+
+    # -- positions -----------------------------------------------------------------------------
+    def _resolve_position(self, txn: Any, tp: TopicPartition, st: _log.PartitionState) -> int:
+        pos = self._positions.get(tp, -1)
+        if pos < 0 and self._group is not None:
+            pos = self._group.committed_in(txn, tp)
+        if pos < 0 or pos < st.start or pos > st.next:
+            if pos >= 0 and self._reset == "none":
+                raise OffsetOutOfRangeError(
+                    f"position {pos} of {tp.topic}[{tp.partition}] is outside the log "
+                    f"[{st.start}, {st.next}); seek() to a valid offset")
+            if pos < 0 and self._reset == "none":
+                raise OffsetOutOfRangeError(
+                    f"no committed offset for {tp.topic}[{tp.partition}] and "
+                    "auto_offset_reset='none'; seek() first")
+            if pos > st.next:
+                pos = st.next
+            else:
+                pos = st.next if self._reset == "latest" else st.start
+        self._positions[tp] = pos
+        return pos
+
+    def position(self, tp: TopicPartition) -> int:
+        """The offset of the next message :meth:`poll` returns for ``tp``."""
+        tp = _tp(tp)
+        self._check_assigned(tp)
+        with self._env.read_txn() as txn:
+            pid, _ = self._pid(txn, tp)
+            st = _log.load_state(txn, self._env.dbs, pid)
+            return self._resolve_position(txn, tp, st)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Make the next :meth:`poll` of ``tp`` start at ``offset``.
+
+        An offset below the log start or past the end is handled by
+        ``auto_offset_reset`` at the next poll.
+        """
+        tp = _tp(tp)
+        require_int(offset, "offset", minimum=0)
+        self._check_assigned(tp)
+        self._positions[tp] = offset
+
+    def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        """Seek the given (default: all assigned) partitions to their log start."""
+        targets = [_tp(t) for t in tps] or self.assignment()
+        for tp, off in self.beginning_offsets(targets).items():
+            self._check_assigned(tp)
+            self._positions[tp] = off
+
+    def seek_to_end(self, *tps: TopicPartition) -> None:
+        """Seek the given (default: all assigned) partitions to their end."""
+        targets = [_tp(t) for t in tps] or self.assignment()
+        for tp, off in self.end_offsets(targets).items():
+            self._check_assigned(tp)
+            self._positions[tp] = off
+
+    def _check_assigned(self, tp: TopicPartition) -> None:
+        if tp not in self._positions and tp not in self.assignment():
+            raise ValueError(f"{tp} is not assigned to this consumer")
+
+    def _pid(self, txn: Any, tp: TopicPartition) -> tuple[int, _log.TopicRecord]:
+        rec = self._broker._topic(txn, tp.topic)
+        if not 0 <= tp.partition < len(rec.pids):
+            raise PartitionNotFoundError(
+                f"{tp.topic!r} has partitions 0..{len(rec.pids) - 1}, not {tp.partition}")
+        return rec.pids[tp.partition], rec
+
+    def _offsets(self, tps: Iterable[TopicPartition], end: bool) -> dict[TopicPartition, int]:
+        out = {}
+        with self._env.read_txn() as txn:
+            for tp in tps:
+                tp = _tp(tp)
+                pid, _ = self._pid(txn, tp)
+                st = _log.load_state(txn, self._env.dbs, pid)
+                out[tp] = st.next if end else st.start
+        return out
+
+    def beginning_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """First stored offset of each partition."""
+        return self._offsets(tps, end=False)
+
+    def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Offset the next message of each partition will get (the log end)."""
+        return self._offsets(tps, end=True)
+
+    def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """For each partition, the first offset whose timestamp is >= the given ms.
+
+        ``None`` for a partition with no such message.
+        """
+        out: dict[TopicPartition, OffsetAndTimestamp | None] = {}
+        with self._env.read_txn() as txn:
+            for tp, ts in timestamps.items():
+                tp = _tp(tp)
+                require_int(ts, "timestamp", minimum=0)
+                pid, _ = self._pid(txn, tp)
+                st = _log.load_state(txn, self._env.dbs, pid)
+                hit = _log.find_offset_for_time(txn, self._env.dbs, pid, st, ts, tp.topic,
+                                                tp.partition)
+                out[tp] = None if hit is None else OffsetAndTimestamp(*hit)
+        return out
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages between the current position and the end, per assigned partition."""
+        out = {}
+        with self._env.read_txn() as txn:
+            for tp in self.assignment():
+                pid, _ = self._pid(txn, tp)
+                st = _log.load_state(txn, self._env.dbs, pid)
+                out[tp] = st.next - self._resolve_position(txn, tp, st)
+        return out
+
+    # -- polling ------------------------------------------------------------------------------
+    def _fetch(self, max_records: int) -> list[_core.Message]:
+        env = self._env
+        tps = self.assignment()
+        out: list[_core.Message] = []
+        if not tps:
+            return out
+        n = len(tps)
+        start = self._rotation % n
+        self._rotation += 1
+        with env.read_txn() as txn:
+            for i in range(n):
+                tp = tps[(start + i) % n]
+                pid, _ = self._pid(txn, tp)
+                st = _log.load_state(txn, env.dbs, pid)
+                pos = self._resolve_position(txn, tp, st)
+                if pos >= st.next:
+                    continue
+                nxt = _log.read_records(txn, env.dbs, pid, pos, max_records - len(out), out,
+                                        tp.topic, tp.partition, st.next)
+                self._positions[tp] = nxt
+                if len(out) >= max_records:
+                    break
+        return out
+
+    def _wait_slot(self) -> int:
+        if len(self._topics) == 1:
+            return self._env.topic_slot(self._topics[0])
+        return 0
+
+    def poll(self, max_records: int | None = None, timeout: float = 1.0) -> list[_core.Message]:
+        """Return up to ``max_records`` messages, waiting up to ``timeout`` seconds for some.
+
+        Returns as soon as any message is available (an empty list after
+        ``timeout``).  Within a partition messages come in offset order;
+        partitions are served round-robin.  Waiting uses the cross-process
+        wake-up (no sleep-polling).  In a group this also heartbeats,
+        rebalances and applies the commit policy.
+
+        Raises
+        ------
+        ClosedError, TopicNotFoundError (a subscribed topic was deleted),
+        OffsetOutOfRangeError (``auto_offset_reset="none"``),
+        CorruptRecordError (a stored batch failed its CRC)
+        """
+        self._check_open()
+        if max_records is None:
+            max_records = self._max_poll
+        require_int(max_records, "max_records", minimum=1)
+        require_positive_number(timeout, "timeout")
+        deadline = time.monotonic() + timeout
+        notifier = self._env.notifier
+        group = self._group
+        while True:
+            if group is not None:
+                group.before_fetch()
+            slot = self._wait_slot()
+            seq = notifier.load(slot)
+            msgs = self._fetch(max_records)
+            if msgs:
+                if group is not None:
+                    group.after_fetch(msgs)
+                return msgs
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return msgs
+            if group is not None:
+                remaining = min(remaining, group.wait_budget())
+            notifier.wait(slot, seq, remaining)
+
+    def __iter__(self) -> Iterator[_core.Message]:
+        """Yield messages forever (until :meth:`close`), polling in 1 s waits."""
+        while not self._closed:
+            try:
+                batch = self.poll(timeout=1.0)
+            except ClosedError:
+                return
+            yield from batch
+
+    # -- commits (groups) ------------------------------------------------------------------
+    def commit(self, offsets: Any = None) -> None:
+        """Commit positions (default: everything returned so far) for the group.
+
+        ``offsets`` may be a :class:`~mqlite.Message` (commit up to and
+        including it) or a mapping ``{TopicPartition: next_offset}``.
+        Raises :class:`CommitFailedError` for partitions this member no
+        longer owns; ``ValueError`` without a group.
+        """
+        self._check_open()
+        if self._group is None:
+            raise ValueError("commit() needs a consumer created with group=")
+        self._group.commit(offsets)
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset for ``tp`` (``None`` if none)."""
+        if self._group is None:
+            raise ValueError("committed() needs a consumer created with group=")
+        return self._group.committed(_tp(tp))
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """Current in-memory positions (next offset to return) of resolved partitions."""
+        return {tp: p for tp, p in self._positions.items() if p >= 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this consumer is closed")
+        if self._broker.closed:
+            raise ClosedError("the broker of this consumer is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Leave the group (committing per policy) and stop. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._group is not None and not self._broker.closed:
+                self._group.close()
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

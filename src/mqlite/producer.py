@@ -1,0 +1,335 @@
+"""Batching producer with group commit.
+
+``Producer.send()`` validates the record, picks its partition and queues it;
+it returns a :class:`concurrent.futures.Future` that resolves to the record's
+:class:`~mqlite.RecordMetadata` once the transaction holding it has
+committed (or to the error that record hit).  A background flusher takes
+everything queued — from any number of threads — after ``linger_ms`` (or at
+once when ``batch_bytes`` are queued or :meth:`Producer.flush` is called)
+and appends it in **one** LMDB transaction: under ``durability="sync"`` many
+records share one fsync, which is what makes concurrent durable sends scale.
+
+A failed record fails only its own future: records that do not encode (wrong
+type, too large) are isolated before the transaction; a storage failure of
+the transaction fails every record in it (nothing of it was stored).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from mqlite import _core
+from mqlite._storage import log as _log
+from mqlite._storage.env import lmdb_error
+from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError
+from mqlite.partitioner import resolve_partitioner
+from mqlite.types import RecordMetadata
+
+if TYPE_CHECKING:
+    from mqlite.broker import Broker
+
+__all__ = ["Producer", "SendItem", "encode_items", "append_items"]
+
+
+class SendItem:
+    """One queued record (internal)."""
+
+    __slots__ = ("topic", "value", "key", "headers", "partition", "ts", "dedup", "future",
+                 "size")
+
+    def __init__(self, topic: str, value: Any, key: Any, headers: Any, partition: int,
+                 ts: int, dedup: bytes | None, future: Future | None) -> None:
+        self.topic = topic
+        self.value = value
+        self.key = key
+        self.headers = headers
+        self.partition = partition
+        self.ts = ts
+        self.dedup = dedup
+        self.future = future
+        self.size = (len(value) if value is not None else 0) + (len(key) if key else 0)
+
+
+class _Group:
+    __slots__ = ("topic", "partition", "batches", "items")
+
+    def __init__(self, topic: str, partition: int, batches: list[bytes],
+                 items: list[SendItem]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.batches = batches
+        self.items = items
+
+
+def _fail(item: SendItem, exc: BaseException) -> None:
+    if item.future is not None and not item.future.done():
+        item.future.set_exception(exc)
+
+
+def _encode(items: list[SendItem], max_bytes: int) -> list[bytes]:
+    return _core.encode_batches(
+        [i.value for i in items],
+        [i.key for i in items] if any(i.key is not None for i in items) else None,
+        [i.headers for i in items] if any(i.headers is not None for i in items) else None,
+        [i.ts for i in items],
+        max_message_bytes=max_bytes,
+    )
+
+
+def _encodes_alone(item: SendItem, max_bytes: int) -> bool:
+    try:
+        _encode([item], max_bytes)
+        return True
+    except (TypeError, ValueError, MqliteError) as exc:
+        _fail(item, exc)
+        return False
+
+
+def encode_items(broker: Broker, items: list[SendItem], *,
+                 isolate: bool = True) -> list[_Group]:
+    """Group items by (topic, partition) in arrival order and encode each group.
+
+    With ``isolate`` a group that fails to encode is re-encoded item by item
+    and failing items get their error on their future (and are dropped);
+    without it the first error is raised.  Items with a dedup id form groups
+    of their own (their append may be skipped).
+    """
+    order: dict[tuple[str, int, int], list[SendItem]] = {}
+    for n, it in enumerate(items):
+        gk = (it.topic, it.partition, n if it.dedup is not None else -1)
+        order.setdefault(gk, []).append(it)
+    groups: list[_Group] = []
+    for (topic, part, _), its in order.items():
+        try:
+            maxb = broker._topic_cached(topic).config["max_message_bytes"]
+        except MqliteError as exc:  # e.g. the topic was deleted meanwhile
+            if not isolate:
+                raise
+            for it in its:
+                _fail(it, exc)
+            continue
+        try:
+            groups.append(_Group(topic, part, _encode(its, maxb), its))
+        except (TypeError, ValueError, MqliteError):
+            if not isolate:
+                raise
+            good = [it for it in its if _encodes_alone(it, maxb)]
+            if good:
+                groups.append(_Group(topic, part, _encode(good, maxb), good))
+    return groups
+
+
+def append_items(broker: Broker, txn: Any, groups: list[_Group], now: int,
+                 results: list[tuple[SendItem, RecordMetadata]]) -> set[str]:
+    """Append encoded groups inside ``txn``; collect (item, metadata); return topics written.
+
+    Raises (aborting the whole transaction) on storage errors or when a topic
+    vanished or shrank, so that no partial set of records is committed.
+    """
+    from mqlite.broker import _dedup_lookup, _dedup_store
+
+    env = broker._env
+    touched: set[str] = set()
+    for g in groups:
+        rec = broker._topic(txn, g.topic)
+        if g.partition >= len(rec.pids):
+            raise PartitionNotFoundError(
+                f"partition {g.partition} out of range for {g.topic!r} (was it recreated?)")
+        if g.items[0].dedup is not None:
+            hit = _dedup_lookup(txn, env, g.items[0].dedup, now)
+            if hit is not None:
+                results.append((g.items[0], RecordMetadata(g.topic, hit[1], hit[2], hit[3])))
+                continue
+        pid = rec.pids[g.partition]
+        st = _log.load_state_w(txn, env, pid)
+        base = _log.append_batches(txn, env.dbs, pid, g.batches, st)
+        nbytes = sum(len(b) for b in g.batches)
+        broker._after_append(txn, env, rec, pid, st, nbytes, now)
+        _log.store_state(txn, env.dbs, pid, st)
+        for i, it in enumerate(g.items):
+            results.append((it, RecordMetadata(g.topic, g.partition, base + i, it.ts)))
+        if g.items[0].dedup is not None:
+            _dedup_store(txn, env, g.items[0].dedup, rec, g.partition, base, g.items[0].ts)
+        touched.add(g.topic)
+    return touched
+
+
+class Producer:
+    """Thread-safe batching producer (see module docstring).
+
+    Parameters
+    ----------
+    broker
+        Where to send.
+    linger_ms
+        How long the flusher waits after the first queued record for more
+        (default 5 ms; 0 = commit as soon as the flusher is free).
+    batch_bytes
+        Commit at once when this many value/key bytes are queued (default 1 MiB).
+    partitioner
+        ``"murmur2"`` (default), ``"round_robin"``, ``"sticky"`` or a callable
+        ``(key, value, partition_count) -> int``.
+    max_queued
+        Upper bound on queued records; ``send`` blocks (backpressure) above it.
+    """
+
+    def __init__(self, broker: Broker, *, linger_ms: float = 5.0, batch_bytes: int = 1 << 20,
+                 partitioner: Any = None, max_queued: int = 1_000_000) -> None:
+        require_positive_number(linger_ms, "linger_ms")
+        require_int(batch_bytes, "batch_bytes", minimum=1)
+        require_int(max_queued, "max_queued", minimum=1)
+        self._broker = broker
+        broker._live_env()
+        self._linger = linger_ms / 1000.0
+        self._batch_bytes = batch_bytes
+        self._partitioner = resolve_partitioner(partitioner, batch_bytes)
+        self._max_queued = max_queued
+        self._cv = threading.Condition(threading.Lock())
+        self._queue: list[SendItem] = []
+        self._queued_bytes = 0
+        self._first_at = 0.0
+        self._flush_now = False
+        self._in_flight = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="mqlite-producer", daemon=True)
+        self._thread.start()
+
+    def send(self, topic: str, value: Any, key: Any = None,
+             headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
+             timestamp_ms: int | None = None,
+             dedup_id: str | bytes | None = None) -> Future[RecordMetadata]:
+        """Queue one record; the future resolves to its metadata after commit.
+
+        Argument errors that need no storage access (bad topic name, wrong
+        types, partition out of range, unknown topic) raise here; encoding
+        and storage errors arrive through the future.
+        """
+        if self._closed:
+            raise ClosedError("this producer is closed")
+        if type(topic) is not str:
+            validate_topic_name(topic)
+        from mqlite.broker import _dedup_key, now_ms
+
+        if isinstance(value, str) or isinstance(key, str):
+            raise TypeError("value and key must be bytes-like, not str; encode them first")
+        rec = self._broker._topic_cached(topic)
+        n = len(rec.pids)
+        if partition is None:
+            part = 0 if n == 1 else self._partitioner(key, value, n)
+            if not isinstance(part, int) or not 0 <= part < n:
+                raise PartitionNotFoundError(f"partitioner returned {part!r}; expected 0..{n - 1}")
+        else:
+            part = self._broker._choose_partition(rec, key, partition)
+        ts = now_ms() if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms")
+        dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
+        fut: Future[RecordMetadata] = Future()
+        item = SendItem(topic, value, key, headers, part, ts, dkey, fut)
+        with self._cv:
+            while len(self._queue) >= self._max_queued and not self._closed:
+                self._cv.wait(0.1)
+            if self._closed:
+                raise ClosedError("this producer is closed")
+            if not self._queue:
+                self._first_at = time.monotonic()
+            self._queue.append(item)
+            self._queued_bytes += item.size
+            if len(self._queue) == 1 or self._queued_bytes >= self._batch_bytes:
+                self._cv.notify_all()
+        return fut
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Commit everything queued so far and wait for it (``TimeoutError`` if not done)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            self._flush_now = True
+            self._cv.notify_all()
+            while self._queue or self._in_flight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    from mqlite.errors import TimeoutError as MqTimeout
+
+                    raise MqTimeout("flush() timed out with records still queued")
+                self._cv.wait(remaining if remaining is not None else 0.5)
+
+    def _run(self) -> None:
+        cv = self._cv
+        while True:
+            with cv:
+                while not self._queue and not self._closed:
+                    cv.wait()
+                if not self._queue and self._closed:
+                    return
+                while (not self._flush_now and not self._closed
+                       and self._queued_bytes < self._batch_bytes):
+                    left = self._first_at + self._linger - time.monotonic()
+                    if left <= 0:
+                        break
+                    cv.wait(left)
+                items = self._queue
+                self._queue = []
+                self._queued_bytes = 0
+                self._flush_now = False
+                self._in_flight = len(items)
+                cv.notify_all()
+            try:
+                self._commit(items)
+            finally:
+                with cv:
+                    self._in_flight = 0
+                    cv.notify_all()
+
+    def _commit(self, items: list[SendItem]) -> None:
+        from mqlite.broker import now_ms
+
+        broker = self._broker
+        try:
+            env = broker._live_env()
+            groups = encode_items(broker, items)
+            if not groups:
+                return
+            results: list[tuple[SendItem, RecordMetadata]] = []
+            txn = env.write_txn()
+            try:
+                total = sum(len(b) for g in groups for b in g.batches)
+                broker._maybe_check_space(env, txn, total)
+                touched = append_items(broker, txn, groups, now_ms(), results)
+            except BaseException as exc:
+                env.abort(txn)
+                if not isinstance(exc, MqliteError) and type(exc).__module__.startswith("lmdb"):
+                    raise lmdb_error(exc, "producer commit") from exc
+                raise
+            env.commit(txn)
+            env.notify_topics(touched)
+            for it, md in results:
+                if it.future is not None and not it.future.done():
+                    it.future.set_result(md)
+        except BaseException as exc:  # every record of the failed transaction fails
+            for it in items:
+                _fail(it, exc)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush queued records and stop the flusher.  Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            with self._cv:
+                self._closed = True
+                self._cv.notify_all()
+            self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,176 @@
+"""Delayed messages: ``send(..., delay=)`` / ``deliver_at=``.
+
+A delayed message is stored durably in the ``scheduled`` database under
+(due time ms u64 BE, sequence u64 BE) and is appended to its topic — and so
+becomes visible to consumers — only once due.  There is no daemon: consumers
+and queues promote due messages before they read (one write transaction for
+all due messages), and a waiting consumer bounds its wait by the next due
+time, so a due message is delivered within milliseconds of its time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from mqlite import _core
+from mqlite._storage import log as _log
+from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite.errors import PartitionNotFoundError
+from mqlite.types import RecordMetadata
+
+if TYPE_CHECKING:
+    from mqlite.broker import Broker
+
+__all__ = ["schedule_send", "promote_due", "next_due_ms"]
+
+
+class ScheduledMessage(msgspec.Struct, array_like=True):
+    topic: str
+    partition: int  # -1 = choose when promoted
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None
+    timestamp_ms: int  # -1 = the promotion time
+    dedup_id: bytes | None = None
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(ScheduledMessage)
+_seq_counter = [0]
+
+
+def _as_bytes(v: Any, what: str) -> bytes:
+    if isinstance(v, str):
+        raise TypeError(f"{what} must be bytes-like, not str; encode it first")
+    try:
+        return bytes(memoryview(v))
+    except TypeError:
+        raise TypeError(f"{what} must be bytes-like, not {type(v).__name__}") from None
+
+
+def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
+                  headers: Any = None, partition: int | None = None,
+                  timestamp_ms: int | None = None, dedup_id: Any = None,
+                  delay: float | None = None, deliver_at: float | None = None) -> RecordMetadata:
+    """Store a message to be appended to ``topic`` when due.
+
+    Returns metadata with ``offset == -1`` (the offset is assigned when the
+    message is appended) and ``partition == -1`` unless one was given.
+    """
+    if delay is not None and deliver_at is not None:
+        raise ValueError("give delay= or deliver_at=, not both")
+    if delay is not None:
+        require_positive_number(delay, "delay")
+        due = time.time() + delay
+    else:
+        require_positive_number(deliver_at, "deliver_at")
+        due = float(deliver_at)  # type: ignore[arg-type]
+    validate_topic_name(topic)
+    rec = broker._topic_cached_fresh(topic)
+    if partition is not None:
+        broker._choose_partition(rec, key, partition)
+    ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms")
+    hdrs = None
+    if headers is not None:
+        hdrs = []
+        for name, hv in headers:
+            if not isinstance(name, str):
+                raise TypeError("header names must be str")
+            hdrs.append((name, _as_bytes(hv, "header value")))
+    val = _as_bytes(value, "value")
+    kb = None if key is None else _as_bytes(key, "key")
+    # Validate size and encodability now, not when it is due.
+    _core.encode_batches([val], None if kb is None else [kb], None if hdrs is None else [hdrs],
+                         0, max_message_bytes=rec.config["max_message_bytes"])
+    did = None
+    if dedup_id is not None:
+        did = dedup_id.encode() if isinstance(dedup_id, str) else bytes(dedup_id)
+    msg = ScheduledMessage(topic, -1 if partition is None else partition, kb, val, hdrs, ts, did)
+    due_ms = int(due * 1000)
+    _seq_counter[0] += 1
+    seq = (time.time_ns() & 0xFFFFFFFFFF) << 16 | (_seq_counter[0] & 0xFFFF)
+    with broker._write() as txn:
+        broker._topic(txn, topic)
+        txn.put(due_ms.to_bytes(8, "big") + seq.to_bytes(8, "big"), _enc.encode(msg),
+                db=broker._env.dbs["scheduled"])
+    broker._env.notify_topics((topic,))
+    return RecordMetadata(topic, -1 if partition is None else partition, -1,
+                          due_ms if ts < 0 else ts)
+
+
+def next_due_ms(broker: Broker) -> int | None:
+    """Due time of the earliest scheduled message, or ``None``."""
+    with broker._env.read_txn() as txn:
+        cur = txn.cursor(db=broker._env.dbs["scheduled"])
+        if not cur.first():
+            return None
+        return int.from_bytes(bytes(cur.key()[:8]), "big")
+
+
+def promote_due(broker: Broker, now_ms: int | None = None, limit: int = 10_000) -> int:
+    """Append every due scheduled message to its topic; return how many moved.
+
+    Messages whose topic was deleted meanwhile are dropped.  One transaction.
+    """
+    from mqlite.broker import _dedup_key, _dedup_lookup, _dedup_store
+
+    env = broker._env
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    nd = next_due_ms(broker)
+    if nd is None or nd > now:
+        return 0
+    moved = 0
+    touched: set[str] = set()
+    with broker._write() as txn:
+        db = env.dbs["scheduled"]
+        cur = txn.cursor(db=db)
+        while moved < limit and cur.first():
+            k = cur.key()
+            if int.from_bytes(k[:8], "big") > now:
+                break
+            msg = _dec.decode(cur.value())
+            cur.delete()
+            moved += 1
+            rec = _log.get_topic(txn, env.dbs, msg.topic)
+            if rec is None:
+                continue
+            ts = now if msg.timestamp_ms < 0 else msg.timestamp_ms
+            dkey = None
+            if msg.dedup_id is not None:
+                dkey = _dedup_key(msg.topic, msg.dedup_id)
+                if _dedup_lookup(txn, env, dkey, now) is not None:
+                    continue
+            try:
+                part = broker._choose_partition(rec, msg.key,
+                                                None if msg.partition < 0 else msg.partition)
+            except PartitionNotFoundError:
+                part = 0
+            batches = _core.encode_batches(
+                [msg.value], None if msg.key is None else [msg.key],
+                None if msg.headers is None else [msg.headers], ts,
+                max_message_bytes=1 << 30)
+            pid = rec.pids[part]
+            st = _log.load_state_w(txn, env, pid)
+            off = _log.append_batches(txn, env.dbs, pid, batches, st)
+            _log.store_state(txn, env.dbs, pid, st)
+            if dkey is not None:
+                _dedup_store(txn, env, dkey, rec, part, off, ts)
+            touched.add(msg.topic)
+    if touched:
+        env.notify_topics(touched)
+    return moved
+
+
+def due_wait_budget(broker: Broker) -> float | None:
+    """Seconds until the next scheduled message is due (0 if one is due), else None."""
+    nd = next_due_ms(broker)
+    if nd is None:
+        return None
+    return max(0.0, (nd - time.time_ns() // 1_000_000) / 1000.0)
+
+
+def scheduled_pending(txn: Any, dbs: dict[str, Any]) -> int:
+    return txn.stat(dbs["scheduled"])["entries"]

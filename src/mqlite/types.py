@@ -1,0 +1,142 @@
+"""Small value types of the public API.  A leaf module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+__all__ = [
+    "TopicPartition",
+    "RecordMetadata",
+    "BatchMetadata",
+    "PartitionRange",
+    "PartitionInfo",
+    "TopicDescription",
+    "OffsetAndTimestamp",
+]
+
+
+class TopicPartition(NamedTuple):
+    """A (topic, partition) pair."""
+
+    topic: str
+    partition: int
+
+
+class RecordMetadata(NamedTuple):
+    """Where a sent record was stored."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+class PartitionRange(NamedTuple):
+    """A run of consecutive offsets a batch send appended to one partition."""
+
+    partition: int
+    base_offset: int
+    count: int
+
+
+class BatchMetadata(Sequence[RecordMetadata]):
+    """Compact result of ``send_batch``: offset ranges, not one object per message.
+
+    ``len(md)`` is the number of messages; ``md[i]`` builds the
+    :class:`RecordMetadata` of message ``i`` on demand; ``md.ranges`` lists,
+    per partition written, the base offset and count.
+    """
+
+    __slots__ = ("topic", "timestamp_ms", "ranges", "_assign", "_offsets", "_count")
+
+    def __init__(self, topic: str, timestamp_ms: int, ranges: Sequence[PartitionRange],
+                 assignment: Sequence[int] | None = None) -> None:
+        self.topic = topic
+        self.timestamp_ms = timestamp_ms
+        self.ranges: tuple[PartitionRange, ...] = tuple(ranges)
+        self._assign = assignment  # partition of message i, when several were used
+        self._offsets: list[int] | None = None
+        self._count = sum(r.count for r in self.ranges)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def partition(self) -> int:
+        """The partition written, when only one was (else ``ValueError``)."""
+        if len(self.ranges) != 1:
+            raise ValueError("this batch spans several partitions; see .ranges")
+        return self.ranges[0].partition
+
+    @property
+    def base_offset(self) -> int:
+        """The first offset written, when only one partition was written."""
+        if len(self.ranges) != 1:
+            raise ValueError("this batch spans several partitions; see .ranges")
+        return self.ranges[0].base_offset
+
+    def _build(self) -> list[int]:
+        if self._offsets is None:
+            nxt = {r.partition: r.base_offset for r in self.ranges}
+            out: list[int] = []
+            assert self._assign is not None
+            for p in self._assign:
+                out.append(nxt[p])
+                nxt[p] += 1
+            self._offsets = out
+        return self._offsets
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError("BatchMetadata index out of range")
+        if self._assign is None:
+            r = self.ranges[0]
+            return RecordMetadata(self.topic, r.partition, r.base_offset + i, self.timestamp_ms)
+        return RecordMetadata(self.topic, self._assign[i], self._build()[i], self.timestamp_ms)
+
+    def __iter__(self) -> Iterator[RecordMetadata]:
+        for i in range(self._count):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"BatchMetadata(topic={self.topic!r}, count={self._count}, ranges={list(self.ranges)!r})"
+
+
+class PartitionInfo(NamedTuple):
+    """State of one partition, as ``describe_topic`` reports it."""
+
+    partition: int
+    start_offset: int
+    end_offset: int
+    messages: int
+    bytes: int
+    oldest_timestamp_ms: int | None
+    newest_timestamp_ms: int | None
+
+
+class TopicDescription(NamedTuple):
+    """``describe_topic`` result: configuration plus per-partition state."""
+
+    name: str
+    config: dict
+    partitions: list[PartitionInfo]
+
+    @property
+    def messages(self) -> int:
+        return sum(p.messages for p in self.partitions)
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions)
+
+
+class OffsetAndTimestamp(NamedTuple):
+    """Result of ``offsets_for_times`` for one partition."""
+
+    offset: int
+    timestamp_ms: int

@@ -14,6 +14,11 @@ from mqlite._core import Message
 from mqlite.broker import Broker, open
 from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
+from mqlite.groups import GroupDescription
+from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
+from mqlite.producer import Producer
+from mqlite.queue import DeadLetter, Delivery, Queue
+from mqlite.retry import Backoff
 from mqlite.errors import (
     BrokerDirectoryError,
     ClosedError,
@@ -53,6 +58,14 @@ __all__ = [
     "open",
     "Broker",
     "Consumer",
+    "Producer",
+    "Queue",
+    "Delivery",
+    "DeadLetter",
+    "Backoff",
+    "GroupDescription",
+    "RoundRobinPartitioner",
+    "StickyPartitioner",
     "Message",
     "TopicConfig",
     "TopicPartition",

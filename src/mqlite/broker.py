@@ -25,7 +25,6 @@ from mqlite.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     TopicConfig,
     require_int,
-    require_positive_number,
     validate_topic_name,
 )
 from mqlite.errors import (
@@ -579,6 +578,66 @@ class Broker:
 
         return Producer(self, **options)
 
+    def queue(self, topic: str, group: str, **options: Any) -> Any:
+        """A competing-consumer queue over ``topic``; see :class:`mqlite.queue.Queue`."""
+        from mqlite.queue import Queue
+
+        return Queue(self, topic, group, **options)
+
+    def groups(self) -> list[str]:
+        """Names of the stream-mode consumer groups with live or static members."""
+        from mqlite.groups import list_groups
+
+        return [g for g in list_groups(self) if not g.startswith("~")]
+
+    def describe_group(self, group: str) -> Any:
+        """Members, generation, committed offsets and lag of a consumer group."""
+        from mqlite.groups import describe_group
+
+        self._live_env()
+        return describe_group(self, group)
+
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """Committed offsets of ``group`` on each partition of ``topic`` (absent = none)."""
+        from mqlite.groups import read_offset
+
+        validate_topic_name(topic)
+        env = self._live_env()
+        out = {}
+        with env.read_txn() as txn:
+            rec = self._topic(txn, topic)
+            for i, pid in enumerate(rec.pids):
+                v = read_offset(txn, env.dbs, group, pid)
+                if v is not None:
+                    out[i] = v.offset
+        return out
+
+    def dead_letters(self, topic: str, limit: int = 1000) -> list[Any]:
+        """Dead letters in dead-letter topic ``topic`` not yet redriven or purged."""
+        from mqlite.queue import dead_letters
+
+        return dead_letters(self, topic, limit)
+
+    def redrive(self, topic: str, where: Callable[[Any], bool] | None = None,
+                limit: int | None = None, to_topic: str | None = None) -> int:
+        """Send dead letters of ``topic`` back to their original topic; returns how many."""
+        from mqlite.queue import redrive
+
+        return redrive(self, topic, where, limit, to_topic)
+
+    def purge_dead_letters(self, topic: str, where: Callable[[Any], bool] | None = None) -> int:
+        """Discard dead letters of ``topic`` (all, or those ``where`` accepts)."""
+        from mqlite.queue import purge_dead_letters
+
+        return purge_dead_letters(self, topic, where)
+
+    def promote_scheduled(self) -> int:
+        """Append delayed messages that are due now (consumers also do this)."""
+        from mqlite.scheduler import promote_due
+
+        self._live_env()
+        return promote_due(self)
+
     def read(self, topic: str, partition: int = 0, offset: int = 0,
              max_records: int = 500) -> list[_core.Message]:
         """Read up to ``max_records`` messages of one partition from ``offset`` (no group)."""
@@ -689,4 +748,3 @@ def _consumed_floor(txn: Any, env: Env, rec: _log.TopicRecord, pid: int) -> int 
 
 
 _CONSUMED_FLOOR_HOOKS: list[Callable[..., int | None]] = []
-_ = require_positive_number  # re-exported helper used by submodules

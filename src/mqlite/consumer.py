@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mqlite import _core
+from mqlite import _core, scheduler
 from mqlite._storage import log as _log
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
@@ -340,6 +340,9 @@ class Consumer:
                 group.before_fetch()
             slot = self._wait_slot()
             seq = notifier.load(slot)
+            due = scheduler.due_wait_budget(self._broker)
+            if due == 0.0:
+                scheduler.promote_due(self._broker)
             msgs = self._fetch(max_records)
             if msgs:
                 if group is not None:
@@ -350,6 +353,8 @@ class Consumer:
                 return msgs
             if group is not None:
                 remaining = min(remaining, group.wait_budget())
+            if due is not None:
+                remaining = min(remaining, due + 0.001)
             notifier.wait(slot, seq, remaining)
 
     def __iter__(self) -> Iterator[_core.Message]:

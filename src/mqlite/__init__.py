@@ -19,6 +19,8 @@ from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
 from mqlite.producer import Producer
 from mqlite.queue import DeadLetter, Delivery, Queue
 from mqlite.retry import Backoff
+from mqlite.routing import Binding
+from mqlite.transaction import Transaction
 from mqlite.errors import (
     BrokerDirectoryError,
     ClosedError,
@@ -63,6 +65,8 @@ __all__ = [
     "Delivery",
     "DeadLetter",
     "Backoff",
+    "Binding",
+    "Transaction",
     "GroupDescription",
     "RoundRobinPartitioner",
     "StickyPartitioner",

@@ -638,6 +638,74 @@ class Broker:
         self._live_env()
         return promote_due(self)
 
+    # -- routing and transactions ------------------------------------------------------------
+    def declare_exchange(self, name: str, type: str = "direct", *,  # noqa: A002
+                         alternate_exchange: str | None = None, exist_ok: bool = True) -> None:
+        """Declare an exchange (``direct``, ``fanout``, ``topic`` or ``headers``).
+
+        Re-declaring with the same type is a no-op; with another type it is
+        :class:`ExchangeExistsError`.  See :mod:`mqlite.routing`.
+        """
+        from mqlite.routing import declare_exchange
+
+        declare_exchange(self, name, type, alternate_exchange=alternate_exchange,
+                         exist_ok=exist_ok)
+
+    def delete_exchange(self, name: str) -> None:
+        """Delete an exchange and its bindings."""
+        from mqlite.routing import delete_exchange
+
+        delete_exchange(self, name)
+
+    def exchanges(self) -> list[str]:
+        """Names of all exchanges."""
+        from mqlite.routing import list_exchanges
+
+        return list_exchanges(self)
+
+    def bind(self, exchange: str, topic: str, routing_key: str | None = None, *,
+             headers: dict[str, Any] | None = None, match: str = "all") -> None:
+        """Bind ``topic`` to ``exchange`` (routing key pattern, or header match)."""
+        from mqlite.routing import bind
+
+        bind(self, exchange, topic, routing_key, headers=headers, match=match)
+
+    def unbind(self, exchange: str, topic: str, routing_key: str | None = None, *,
+               headers: dict[str, Any] | None = None, match: str = "all") -> None:
+        """Remove a binding made by :meth:`bind` (same arguments)."""
+        from mqlite.routing import unbind
+
+        unbind(self, exchange, topic, routing_key, headers=headers, match=match)
+
+    def publish(self, exchange: str, routing_key: str, value: Any, *, key: Any = None,
+                headers: Sequence[tuple[str, Any]] | None = None,
+                timestamp_ms: int | None = None, mandatory: bool = False) -> list[RecordMetadata]:
+        """Route one message through ``exchange`` to every matching topic, in one transaction.
+
+        Returns the metadata of every copy written (empty when nothing
+        matched and there is no alternate exchange; with ``mandatory=True``
+        that raises :class:`UnroutableError` instead).
+        """
+        from mqlite.routing import publish
+
+        return publish(self, exchange, routing_key, value, key=key, headers=headers,
+                       timestamp_ms=timestamp_ms, mandatory=mandatory)
+
+    def transaction(self) -> Any:
+        """``with broker.transaction() as tx:`` — sends, offset commits and acks, atomically.
+
+        See :class:`mqlite.transaction.Transaction`.
+        """
+        from mqlite.transaction import Transaction
+
+        return Transaction(self)
+
+    def is_processed(self, event_id: str | bytes, scope: str = "default") -> bool:
+        """Whether a transaction recorded ``event_id`` as processed (and it has not expired)."""
+        from mqlite.transaction import is_processed
+
+        return is_processed(self, event_id, scope)
+
     def read(self, topic: str, partition: int = 0, offset: int = 0,
              max_records: int = 500) -> list[_core.Message]:
         """Read up to ``max_records`` messages of one partition from ``offset`` (no group)."""

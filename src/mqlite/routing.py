@@ -1,0 +1,393 @@
+"""Exchanges: RabbitMQ-style routing of one published message to many topics.
+
+Types:
+
+``direct``
+    Bindings whose routing key equals the message's routing key.
+``fanout``
+    Every binding.
+``topic``
+    Binding keys are dot-separated words where ``*`` matches exactly one word
+    and ``#`` matches zero or more words.  Matching is word by word (never a
+    regular expression): ``order.*`` matches ``order.created`` but not
+    ``order.us.created``; ``order.#`` matches both and ``order``.
+``headers``
+    Bindings carry header values; ``match="all"`` needs every one present
+    and equal in the message's headers, ``match="any"`` at least one.  A
+    binding value of ``None`` only requires the header to be present.
+
+A publish appends a copy to every matching topic (each topic once) in one
+transaction.  With no match the message goes to the exchange's alternate
+exchange if it has one, else nothing is written (``mandatory=True`` makes
+that an :class:`UnroutableError`).
+
+Storage: ``exchanges`` maps name -> msgpack {type, alternate}; ``bindings``
+maps ``exchange NUL topic NUL binding-digest`` -> msgpack binding.  A process
+cache of bindings is validated by ``meta/exchanges_version``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from mqlite import _core
+from mqlite._storage import log as _log
+from mqlite.config import require_int, validate_topic_name
+from mqlite.errors import (
+    ExchangeExistsError,
+    ExchangeNotFoundError,
+    MqliteError,
+    UnroutableError,
+)
+from mqlite.types import RecordMetadata
+
+if TYPE_CHECKING:
+    from mqlite.broker import Broker
+
+__all__ = ["EXCHANGE_TYPES", "topic_matches", "declare_exchange", "delete_exchange", "bind",
+           "unbind", "publish", "list_exchanges", "list_bindings", "Binding"]
+
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+_MAX_ROUTING_KEY = 255
+_MAX_HOPS = 8
+
+
+class ExchangeRecord(msgspec.Struct):
+    type: str
+    alternate: str | None = None
+
+
+class Binding(msgspec.Struct, frozen=True):
+    """One binding of a topic to an exchange."""
+
+    exchange: str
+    topic: str
+    routing_key: str | None = None
+    headers: dict[str, bytes | None] | None = None
+    match: str = "all"
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec_ex = msgspec.msgpack.Decoder(ExchangeRecord)
+_dec_b = msgspec.msgpack.Decoder(Binding)
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """Whether a topic-exchange binding ``pattern`` matches ``routing_key``, word by word."""
+    pw = pattern.split(".") if pattern else []
+    kw = routing_key.split(".") if routing_key else []
+    # Dynamic programming over (pattern words used, key words used); '#' may
+    # swallow zero or more words, '*' exactly one, a literal only itself.
+    reach = [False] * (len(kw) + 1)
+    reach[0] = True
+    for w in pw:
+        nxt = [False] * (len(kw) + 1)
+        if w == "#":
+            seen = False
+            for j in range(len(kw) + 1):
+                seen = seen or reach[j]
+                nxt[j] = seen
+        else:
+            for j in range(len(kw)):
+                if reach[j] and (w == "*" or w == kw[j]):
+                    nxt[j + 1] = True
+        reach = nxt
+        if not any(reach):
+            return False
+    return reach[len(kw)]
+
+
+def _check_routing_key(rk: object, what: str = "routing_key") -> str:
+    if not isinstance(rk, str):
+        raise TypeError(f"{what} must be str, not {type(rk).__name__}")
+    if len(rk.encode()) > _MAX_ROUTING_KEY:
+        raise ValueError(f"{what} is longer than {_MAX_ROUTING_KEY} bytes")
+    if "\x00" in rk:
+        raise ValueError(f"{what} must not contain NUL")
+    return rk
+
+
+def _bump(txn: Any, dbs: dict[str, Any]) -> None:
+    raw = txn.get(b"exchanges_version", db=dbs["meta"])
+    v = 0 if raw is None else int.from_bytes(raw, "big")
+    txn.put(b"exchanges_version", (v + 1).to_bytes(8, "big"), db=dbs["meta"])
+
+
+def _get_exchange(txn: Any, dbs: dict[str, Any], name: str) -> ExchangeRecord:
+    raw = txn.get(name.encode(), db=dbs["exchanges"])
+    if raw is None:
+        raise ExchangeNotFoundError(
+            f"exchange {name!r} does not exist; declare it with "
+            f"broker.declare_exchange({name!r}, type)")
+    return _dec_ex.decode(raw)
+
+
+def declare_exchange(broker: Broker, name: str, type: str = "direct", *,  # noqa: A002
+                     alternate_exchange: str | None = None, exist_ok: bool = True) -> None:
+    validate_topic_name(name, "exchange")
+    if type not in EXCHANGE_TYPES:
+        raise ValueError(f"exchange type must be one of {EXCHANGE_TYPES}, got {type!r}")
+    if alternate_exchange is not None:
+        validate_topic_name(alternate_exchange, "alternate exchange")
+        if alternate_exchange == name:
+            raise ValueError("an exchange cannot be its own alternate exchange")
+    env = broker._live_env()
+    with broker._write() as txn:
+        raw = txn.get(name.encode(), db=env.dbs["exchanges"])
+        if raw is not None:
+            old = _dec_ex.decode(raw)
+            if old.type != type or old.alternate != alternate_exchange:
+                raise ExchangeExistsError(
+                    f"exchange {name!r} exists as type {old.type!r} (alternate "
+                    f"{old.alternate!r}); delete it first to change it")
+            if not exist_ok:
+                raise ExchangeExistsError(f"exchange {name!r} already exists")
+            return
+        txn.put(name.encode(), _enc.encode(ExchangeRecord(type, alternate_exchange)),
+                db=env.dbs["exchanges"])
+        _bump(txn, env.dbs)
+
+
+def delete_exchange(broker: Broker, name: str) -> None:
+    validate_topic_name(name, "exchange")
+    env = broker._live_env()
+    with broker._write() as txn:
+        _get_exchange(txn, env.dbs, name)
+        txn.delete(name.encode(), db=env.dbs["exchanges"])
+        for k in _binding_keys(txn, env.dbs, name):
+            txn.delete(k, db=env.dbs["bindings"])
+        _bump(txn, env.dbs)
+
+
+def list_exchanges(broker: Broker) -> list[str]:
+    env = broker._live_env()
+    with env.read_txn() as txn:
+        cur = txn.cursor(db=env.dbs["exchanges"])
+        return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
+
+
+def _binding_keys(txn: Any, dbs: dict[str, Any], exchange: str) -> list[bytes]:
+    prefix = exchange.encode() + b"\x00"
+    cur = txn.cursor(db=dbs["bindings"])
+    out = []
+    if cur.set_range(prefix):
+        for k in cur.iternext(keys=True, values=False):
+            k = bytes(k)
+            if not k.startswith(prefix):
+                break
+            out.append(k)
+    return out
+
+
+def _load_bindings(txn: Any, dbs: dict[str, Any], exchange: str) -> list[Binding]:
+    return [_dec_b.decode(txn.get(k, db=dbs["bindings"]))
+            for k in _binding_keys(txn, dbs, exchange)]
+
+
+def list_bindings(broker: Broker, exchange: str) -> list[Binding]:
+    """Bindings of ``exchange`` (``ExchangeNotFoundError`` if it does not exist)."""
+    validate_topic_name(exchange, "exchange")
+    env = broker._live_env()
+    with env.read_txn() as txn:
+        _get_exchange(txn, env.dbs, exchange)
+        return _load_bindings(txn, env.dbs, exchange)
+
+
+def _make_binding(ex: ExchangeRecord, exchange: str, topic: str, routing_key: str | None,
+                  headers: dict[str, Any] | None, match: str) -> Binding:
+    if ex.type == "headers":
+        if headers is None or not isinstance(headers, dict) or not headers:
+            raise ValueError("a headers exchange binding needs headers={name: value, ...}")
+        if match not in ("all", "any"):
+            raise ValueError(f"match must be 'all' or 'any', got {match!r}")
+        hv: dict[str, bytes | None] = {}
+        for k, v in headers.items():
+            if not isinstance(k, str):
+                raise TypeError("binding header names must be str")
+            if v is None:
+                hv[k] = None
+            elif isinstance(v, str):
+                hv[k] = v.encode()
+            elif isinstance(v, (bytes, bytearray, memoryview)):
+                hv[k] = bytes(v)
+            else:
+                raise TypeError(f"binding header {k!r}: value must be str, bytes or None")
+        return Binding(exchange, topic, None, hv, match)
+    if headers is not None:
+        raise ValueError(f"headers= only applies to headers exchanges, not {ex.type!r}")
+    if ex.type == "fanout":
+        return Binding(exchange, topic, None, None, "all")
+    if routing_key is None:
+        raise ValueError(f"a {ex.type} exchange binding needs routing_key=")
+    _check_routing_key(routing_key)
+    if ex.type == "topic":
+        for w in routing_key.split("."):
+            if ("*" in w or "#" in w) and w not in ("*", "#"):
+                raise ValueError(
+                    f"binding key {routing_key!r}: '*' and '#' must be whole words")
+    return Binding(exchange, topic, routing_key, None, "all")
+
+
+def _bkey(b: Binding) -> bytes:
+    digest = hashlib.sha1(_enc.encode(b)).hexdigest()[:16]
+    return b.exchange.encode() + b"\x00" + b.topic.encode() + b"\x00" + digest.encode()
+
+
+def bind(broker: Broker, exchange: str, topic: str, routing_key: str | None = None, *,
+         headers: dict[str, Any] | None = None, match: str = "all") -> None:
+    """Bind ``topic`` to ``exchange``.  Binding twice is a no-op.
+
+    Raises :class:`ExchangeNotFoundError`, :class:`TopicNotFoundError`, or
+    ``ValueError`` for arguments that do not fit the exchange type.
+    """
+    validate_topic_name(exchange, "exchange")
+    validate_topic_name(topic)
+    env = broker._live_env()
+    with broker._write() as txn:
+        ex = _get_exchange(txn, env.dbs, exchange)
+        broker._topic(txn, topic)
+        b = _make_binding(ex, exchange, topic, routing_key, headers, match)
+        txn.put(_bkey(b), _enc.encode(b), db=env.dbs["bindings"])
+        _bump(txn, env.dbs)
+
+
+def unbind(broker: Broker, exchange: str, topic: str, routing_key: str | None = None, *,
+           headers: dict[str, Any] | None = None, match: str = "all") -> None:
+    """Remove a binding (``ValueError`` when no such binding exists)."""
+    validate_topic_name(exchange, "exchange")
+    validate_topic_name(topic)
+    env = broker._live_env()
+    with broker._write() as txn:
+        ex = _get_exchange(txn, env.dbs, exchange)
+        b = _make_binding(ex, exchange, topic, routing_key, headers, match)
+        if not txn.delete(_bkey(b), db=env.dbs["bindings"]):
+            raise ValueError(f"no such binding of {topic!r} to exchange {exchange!r}")
+        _bump(txn, env.dbs)
+
+
+def _matches(ex: ExchangeRecord, b: Binding, routing_key: str,
+             headers: Sequence[tuple[str, Any]] | None) -> bool:
+    if ex.type == "fanout":
+        return True
+    if ex.type == "direct":
+        return b.routing_key == routing_key
+    if ex.type == "topic":
+        return topic_matches(b.routing_key or "", routing_key)
+    have: dict[str, list[bytes]] = {}
+    for name, v in headers or ():
+        have.setdefault(name, []).append(bytes(v))
+    want = b.headers or {}
+
+    def ok(k: str, v: bytes | None) -> bool:
+        return k in have and (v is None or v in have[k])
+
+    if b.match == "any":
+        return any(ok(k, v) for k, v in want.items())
+    return all(ok(k, v) for k, v in want.items())
+
+
+def route(txn: Any, broker: Broker, exchange: str, routing_key: str,
+          headers: Sequence[tuple[str, Any]] | None) -> list[str]:
+    """Topics a message reaches (each once, in binding order), following alternates."""
+    dbs = broker._env.dbs
+    seen: set[str] = set()
+    name: str | None = exchange
+    for _ in range(_MAX_HOPS):
+        if name is None or name in seen:
+            return []
+        seen.add(name)
+        ex = _get_exchange(txn, dbs, name)
+        topics: list[str] = []
+        for b in _load_bindings(txn, dbs, name):
+            if b.topic not in topics and _matches(ex, b, routing_key, headers):
+                topics.append(b.topic)
+        if topics:
+            return topics
+        name = ex.alternate
+    return []
+
+
+def publish_in(txn: Any, broker: Broker, exchange: str, routing_key: str, value: Any, *,
+               key: Any, headers: Sequence[tuple[str, Any]] | None, ts: int,
+               mandatory: bool) -> tuple[list[RecordMetadata], set[str]]:
+    """Route and append inside ``txn``; returns the metadata and the topics written."""
+    topics = route(txn, broker, exchange, routing_key, headers)
+    if not topics:
+        if mandatory:
+            raise UnroutableError(
+                f"message with routing key {routing_key!r} matched no binding of exchange "
+                f"{exchange!r} and there is no alternate exchange")
+        return [], set()
+    env = broker._env
+    out = []
+    batch_cache: dict[int, list[bytes]] = {}
+    for t in topics:
+        rec = broker._topic(txn, t)
+        maxb = rec.config["max_message_bytes"]
+        batches = batch_cache.get(maxb)
+        if batches is None:
+            batches = batch_cache[maxb] = _core.encode_batches(
+                [value], None if key is None else [key], None if headers is None else [headers],
+                ts, max_message_bytes=maxb)
+        part = broker._choose_partition(rec, key, None)
+        pid = rec.pids[part]
+        st = _log.load_state_w(txn, env, pid)
+        off = _log.append_batches(txn, env.dbs, pid, batches, st)
+        broker._after_append(txn, env, rec, pid, st, len(batches[0]), ts)
+        _log.store_state(txn, env.dbs, pid, st)
+        out.append(RecordMetadata(t, part, off, ts))
+    return out, set(topics)
+
+
+def publish(broker: Broker, exchange: str, routing_key: str, value: Any, *, key: Any = None,
+            headers: Sequence[tuple[str, Any]] | None = None, timestamp_ms: int | None = None,
+            mandatory: bool = False) -> list[RecordMetadata]:
+    validate_topic_name(exchange, "exchange")
+    _check_routing_key(routing_key)
+    if isinstance(value, str):
+        raise TypeError("value must be bytes-like, not str; encode it first")
+    ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
+        timestamp_ms, "timestamp_ms")
+    env = broker._live_env()
+    txn = env.write_txn()
+    try:
+        broker._maybe_check_space(env, txn, len(value) if value is not None else 0)
+        out, touched = publish_in(txn, broker, exchange, routing_key, value, key=key,
+                                  headers=headers, ts=ts, mandatory=mandatory)
+    except BaseException as exc:
+        env.abort(txn)
+        if isinstance(exc, MqliteError) or not type(exc).__module__.startswith("lmdb"):
+            raise
+        from mqlite._storage.env import lmdb_error
+
+        raise lmdb_error(exc, f"publish to exchange {exchange!r}") from exc
+    env.commit(txn)
+    if touched:
+        env.notify_topics(touched)
+    return out
+
+
+def _drop_topic_bindings(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord) -> None:
+    """Delete-topic hook: remove bindings that target the topic."""
+    cur = txn.cursor(db=dbs["bindings"])
+    needle = b"\x00" + rec.name.encode() + b"\x00"
+    doomed = [bytes(k) for k in cur.iternext(keys=True, values=False) if needle in bytes(k)]
+    for k in doomed:
+        txn.delete(k, db=dbs["bindings"])
+    if doomed:
+        _bump(txn, dbs)
+
+
+def _register_hooks() -> None:
+    from mqlite import broker as _broker
+
+    if _drop_topic_bindings not in _broker._TOPIC_DELETE_HOOKS:
+        _broker._TOPIC_DELETE_HOOKS.append(_drop_topic_bindings)
+
+
+_register_hooks()

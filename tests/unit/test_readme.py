@@ -1,0 +1,34 @@
+"""The README's set-up commands match CI, and its Python examples run when pasted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_setup_is_two_commands_and_ci_runs_them():
+    setup = README.split("## Set-up", 1)[1]
+    commands = [c.strip() for c in re.search(r"```bash\n(.*?)```", setup, re.S).group(1)
+                .strip().splitlines()]
+    assert len(commands) == 2
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    for c in commands:
+        assert c in ci, f"README command {c!r} is not what .ci/run runs"
+
+
+def test_python_examples_run(tmp_path):
+    blocks = _blocks("python")
+    assert len(blocks) >= 2
+    for i, code in enumerate(blocks):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, f"README python block {i} failed:\n{proc.stderr}"

@@ -7,6 +7,7 @@ write is one short LMDB write transaction that never spans user code.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import threading
@@ -45,6 +46,7 @@ __all__ = ["Broker", "open"]
 
 _DEDUP = msgspec.msgpack.Decoder(tuple[int, int, int, int])
 _DEDUP_ENC = msgspec.msgpack.Encoder()
+_DEDUP_KEY_MAX = 511 - 9  # LMDB's key limit minus the expiry index prefix
 _SPACE_CHECK_EVERY = 64
 _SPACE_CHECK_BYTES = 1 << 20
 _RETENTION_INTERVAL_S = 1.0
@@ -403,7 +405,7 @@ class Broker:
                                                    max_message_bytes=rec2.config["max_message_bytes"])
                 rec = rec2
             if dkey is not None:
-                hit = _dedup_lookup(txn, env, dkey, ts)
+                hit = _dedup_lookup(txn, env, dkey, now_ms())  # expiry is wall time, not ts
                 if hit is not None:
                     env.abort(txn)
                     return RecordMetadata(topic, hit[1], hit[2], hit[3])
@@ -544,6 +546,8 @@ class Broker:
     def apply_retention(self, topic: str | None = None) -> int:
         """Apply retention rules now (they also run on appends); returns batches deleted."""
         env = self._live_env()
+        if topic is not None:
+            validate_topic_name(topic)
         names = [topic] if topic is not None else self.topics()
         deleted = 0
         now = now_ms()
@@ -551,6 +555,8 @@ class Broker:
             for name in names:
                 rec = _log.get_topic(txn, env.dbs, name)
                 if rec is None:
+                    if topic is not None:
+                        raise TopicNotFoundError(f"topic {topic!r} does not exist")
                     continue
                 cfg = rec.topic_config()
                 for pid in rec.pids:
@@ -763,7 +769,11 @@ def _dedup_key(topic: str, dedup_id: str | bytes) -> bytes:
         raise TypeError(f"dedup_id must be str or bytes, not {type(dedup_id).__name__}")
     if not raw or len(raw) > 256:
         raise ValueError("dedup_id must be 1-256 bytes")
-    return b"k" + topic.encode() + b"\x00" + raw
+    key = b"k" + topic.encode() + b"\x00" + raw
+    if len(key) > _DEDUP_KEY_MAX:
+        # LMDB keys are at most 511 bytes and the expiry index adds 9 to this key.
+        key = b"h" + topic.encode() + b"\x00" + hashlib.blake2b(raw, digest_size=32).digest()
+    return key
 
 
 def _dedup_lookup(txn: Any, env: Env, dkey: bytes, now: int) -> tuple[int, int, int, int] | None:

@@ -291,6 +291,20 @@ class Env:
             self.notifier = _core.Notifier(
                 os.path.join(self.path, "notify.shm"), NOTIFY_SLOTS, self.file_mode
             )
+        self._fix_file_modes()
+
+    def _fix_file_modes(self) -> None:
+        """Give the files their intended mode: creation filtered it through the umask.
+
+        By path (chmod never opens the file: closing any descriptor of
+        ``lock.mdb`` would drop LMDB's fcntl locks on it).
+        """
+        for name in ("data.mdb", "lock.mdb", "notify.shm"):
+            p = os.path.join(self.path, name)
+            st = os.lstat(p)
+            if (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+                    and stat.S_IMODE(st.st_mode) != self.file_mode):
+                os.chmod(p, self.file_mode)
 
     def after_fork_in_child(self) -> None:
         """Park the inherited handle; the next :meth:`handle` call reopens."""

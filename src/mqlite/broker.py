@@ -44,6 +44,7 @@ from mqlite.types import (
 
 __all__ = ["Broker", "open"]
 
+_tuple_new = tuple.__new__  # NamedTuple construction without the keyword-argument wrapper
 _DEDUP = msgspec.msgpack.Decoder(tuple[int, int, int, int])
 _DEDUP_ENC = msgspec.msgpack.Encoder()
 _DEDUP_KEY_MAX = 511 - 9  # LMDB's key limit minus the expiry index prefix
@@ -442,8 +443,10 @@ class Broker:
                 raise
             raise lmdb_error(exc, f"send to {topic!r}") from exc
         env.commit(txn)
-        env.notify_topics((topic,))
-        return RecordMetadata(topic, part, off, ts)
+        n = env.notifier
+        n.bump(env.slot_cache.get(topic) or env.topic_slot(topic))
+        n.bump(0)
+        return _tuple_new(RecordMetadata, (topic, part, off, ts))
 
     def send_batch(
         self,

@@ -331,7 +331,9 @@ class Broker:
             t = time.monotonic()
             if over or t - self._last_retention.get(pid, 0.0) >= _RETENTION_INTERVAL_S:
                 self._last_retention[pid] = t
-                _log.apply_retention(txn, env.dbs, pid, st, rec.topic_config(), now)
+                # Wall clock, not ``now``: callers pass the record's timestamp, and a
+                # future-dated record must not expire everything before it.
+                _log.apply_retention(txn, env.dbs, pid, st, rec.topic_config(), now_ms())
 
     def _maybe_check_space(self, env: Env, txn: Any, nbytes: int) -> None:
         if (self._writes % _SPACE_CHECK_EVERY == 0

@@ -1,0 +1,152 @@
+"""Bodies of the producer and consumer threads/processes of the multi-worker rows.
+
+Kept in one small module that the forkserver preloads (with ``mqlite`` and
+``redis``), so a worker process starts in milliseconds and shares nothing
+with the runner but its arguments.  Every worker loop is bounded by a
+message count and a deadline; results go back through a queue.
+
+Workers synchronise on a barrier before their timed loop, so process start-up
+is never timed.  Each reports ``(messages, t_start_ns, t_end_ns)`` (or its
+latency list), and the runner divides by the union of the windows.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import mqlite
+import redis
+
+from benchmarks._common import make_value, now_ns, read_stamp, stamp_value
+
+__all__ = ["timed_sender", "sender_process", "latency_producer", "latency_consumer",
+           "make_sender"]
+
+BARRIER_TIMEOUT = 60.0
+
+
+def make_sender(system: str, target: dict[str, Any]) -> tuple[Callable[[bytes], Any], Callable[[], None]]:
+    """A ``send(value)`` that returns once the message is acknowledged, and a closer.
+
+    ``target`` for mqlite: ``path``, ``durability``, ``topic``; for redis:
+    ``port``, ``key``.
+    """
+    if system == "mqlite":
+        broker = mqlite.open(target["path"], durability=target["durability"])
+        topic = target["topic"]
+
+        def send_mq(v: bytes) -> Any:
+            return broker.send(topic, v)
+
+        return send_mq, broker.close
+    r = redis.Redis(host="127.0.0.1", port=target["port"])
+    key = target["key"]
+
+    def send_redis(v: bytes) -> Any:
+        return r.xadd(key, {"v": v})
+
+    return send_redis, r.close
+
+
+def timed_sender(send: Callable[[bytes], Any], size: int, seconds: float, max_messages: int,
+                 barrier: Any) -> tuple[int, int, int]:
+    """Warm up, wait at ``barrier``, then send until the count or the deadline."""
+    value = make_value(size)
+    send(value)  # connection set-up and first-touch costs stay out of the window
+    barrier.wait(BARRIER_TIMEOUT)
+    t0 = now_ns()
+    deadline = time.monotonic() + seconds
+    n = 0
+    mono = time.monotonic
+    while n < max_messages:
+        send(value)
+        n += 1
+        if mono() >= deadline:
+            break
+    return n, t0, now_ns()
+
+
+def sender_process(system: str, target: dict[str, Any], size: int, seconds: float,
+                   max_messages: int, barrier: Any, out: Any) -> None:
+    """Process body: one sender (own broker handle or own Redis connection)."""
+    try:
+        send, close = make_sender(system, target)
+        try:
+            out.put(("ok", timed_sender(send, size, seconds, max_messages, barrier)))
+        finally:
+            close()
+    except BaseException:  # noqa: BLE001 - reported to the runner, which fails the row
+        barrier.abort()
+        out.put(("error", traceback.format_exc()))
+
+
+def latency_producer(system: str, target: dict[str, Any], size: int, rate: float, count: int,
+                     barrier: Any, out: Any) -> None:
+    """Send ``count`` stamped messages at ``rate`` per second (open loop, no catch-up burst
+    limit: a late message is sent at once and the schedule keeps its original times)."""
+    try:
+        send, close = make_sender(system, target)
+        pad = make_value(size)
+        try:
+            barrier.wait(BARRIER_TIMEOUT)
+            t0 = time.monotonic()
+            interval = 1.0 / rate
+            for i in range(count):
+                delay = t0 + i * interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                send(stamp_value(size, pad))
+            out.put(("ok", ("producer", count, time.monotonic() - t0)))
+        finally:
+            close()
+    except BaseException:  # noqa: BLE001
+        barrier.abort()
+        out.put(("error", traceback.format_exc()))
+
+
+def latency_consumer(system: str, target: dict[str, Any], count: int, seconds: float,
+                     barrier: Any, out: Any) -> None:
+    """Block in poll()/XREADGROUP BLOCK; record receive time - send stamp per message (µs)."""
+    try:
+        lat: list[float] = []
+        deadline_pad = 5.0
+        if system == "mqlite":
+            broker = mqlite.open(target["path"], durability=target["durability"])
+            consumer = broker.consumer(target["topic"], group="latency")
+            consumer.poll(1000, timeout=0.01)  # join the group before the clock starts
+            try:
+                barrier.wait(BARRIER_TIMEOUT)
+                deadline = time.monotonic() + seconds + deadline_pad
+                while len(lat) < count and time.monotonic() < deadline:
+                    msgs = consumer.poll(1000, timeout=0.2)
+                    t = now_ns()
+                    for m in msgs:
+                        lat.append((t - read_stamp(m.value)) / 1000.0)
+                consumer.commit()
+            finally:
+                consumer.close()
+                broker.close()
+        else:
+            r = redis.Redis(host="127.0.0.1", port=target["port"])
+            key, group = target["key"], "latency"
+            try:
+                barrier.wait(BARRIER_TIMEOUT)
+                deadline = time.monotonic() + seconds + deadline_pad
+                while len(lat) < count and time.monotonic() < deadline:
+                    resp = r.xreadgroup(group, "c1", {key: ">"}, count=1000, block=200)
+                    t = now_ns()
+                    if not resp:
+                        continue
+                    entries = resp[0][1]
+                    for _id, fields in entries:
+                        lat.append((t - read_stamp(fields[b"v"])) / 1000.0)
+                    r.xack(key, group, *[e[0] for e in entries])
+            finally:
+                r.close()
+        out.put(("ok", ("consumer", lat)))
+    except BaseException:  # noqa: BLE001
+        barrier.abort()
+        out.put(("error", traceback.format_exc()))

@@ -23,6 +23,7 @@ Contract
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import struct
@@ -240,22 +241,29 @@ class Env:
             self.map_size = max(self.map_size, stored)
         sync = self.durability != "none"
         metasync = self.durability == "sync"
+        options = dict(
+            map_size=self.map_size,
+            subdir=True,
+            create=True,
+            mode=self.file_mode,
+            max_dbs=len(DB_NAMES) + 2,
+            max_readers=1024,
+            writemap=False,
+            sync=sync,
+            metasync=metasync,
+            readahead=False,
+            meminit=False,
+            lib_version=0,
+        )
         try:
-            env = lmdb.open(
-                self.path,
-                map_size=self.map_size,
-                subdir=True,
-                create=True,
-                mode=self.file_mode,
-                max_dbs=len(DB_NAMES) + 2,
-                max_readers=1024,
-                writemap=False,
-                sync=sync,
-                metasync=metasync,
-                readahead=False,
-                meminit=False,
-                lib_version=0,
-            )
+            try:
+                env = lmdb.open(self.path, **options)
+            except lmdb.Error as exc:
+                # In a forked child the parked parent handle still counts as open.
+                if not (_graveyard and "already open in this process" in str(exc)):
+                    raise
+                _forget_inherited_env(self.path)
+                env = lmdb.open(self.path, **options)
         except lmdb.Error as exc:
             raise lmdb_error(exc, f"opening broker {self.path}") from exc
         try:
@@ -497,6 +505,30 @@ def acquire_env(path: str | os.PathLike[str], *, durability: str = "sync",
             )
         env.refs += 1
     return env
+
+
+def _forget_inherited_env(path: str) -> None:
+    """Let py-lmdb open ``path`` again in a forked child.
+
+    py-lmdb refuses to open an environment whose files (by device and inode)
+    are already open in this process, and it counts the handle inherited
+    from the parent.  The child must not close that handle: closing aborts
+    the transactions that were live in the parent at fork time, which frees
+    the parent's reader slots.  The registry is a set referenced only by the
+    extension module, so it is found by its contents (tuples keyed
+    ``"ino"``/``"path"``) and the inherited files' keys are dropped from it.
+    """
+    try:
+        from lmdb import _envid
+    except ImportError:  # another py-lmdb layout: the retried open reports the error
+        return
+    keys = set(_envid.env_keys(path, True))
+    if not keys:
+        return
+    for obj in gc.get_objects():
+        if (type(obj) is set and obj is not keys and not obj.isdisjoint(keys)
+                and all(type(k) is tuple and k and k[0] in ("ino", "path") for k in obj)):
+            obj.difference_update(keys)
 
 
 def _after_fork_in_child() -> None:

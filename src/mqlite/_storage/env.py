@@ -80,7 +80,8 @@ def lmdb_error(exc: BaseException, what: str) -> MqliteError:
             f"{what}: the broker's map is full; consume, apply retention or delete topics, "
             "or reopen with a larger map_size"
         )
-    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError)):
+    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError,
+                        lmdb.InvalidError)):
         return CorruptRecordError(f"{what}: LMDB reports a corrupt database ({exc})")
     if isinstance(exc, lmdb.ReadersFullError):
         return StorageError(

@@ -193,6 +193,11 @@ def check_data_file(path: str) -> int | None:
             raise CorruptRecordError(f"{data}: both LMDB meta pages are damaged")
         need = (best[1] + 1) * psize
         if size < need:
+            # Another process may have committed (growing the file) between the
+            # fstat above and the meta read: LMDB writes pages before the meta
+            # page, so a size taken after the meta read is consistent with it.
+            size = os.fstat(fd).st_size
+        if size < need:
             raise CorruptRecordError(
                 f"{data} is truncated: {size} bytes but the database uses {need}; "
                 "restore it from a backup (opening it could crash the process)"

@@ -1,33 +1,46 @@
 """Queue mode: competing consumers with per-message acks (SQS / RabbitMQ style).
 
-A queue group reads one topic.  ``receive()`` takes the next messages in one
-write transaction and records each in the ``pending`` database:
+A queue group reads one topic.  Its durable state is (docs/queue.md):
 
-    key   = "~q~<topic>~<group>" 0x00 partition id (u32 BE) offset (u64 BE)
-    value = visible_at_ms, token, first_ms, last_ms (u64 BE each),
-            delivery_count (u32 BE), owner id (16 ASCII), last error (UTF-8)
+* ``groups``  ``"~q~<topic>~<group>"`` -> :class:`QueueMeta` (live consumers
+  and a lower bound of the earliest ``visible_at`` of its pending entries);
+* ``offsets`` ``"~q~<topic>~<group>" NUL pid`` -> the cursor (u64 BE): the next
+  offset never delivered to the group;
+* ``pending`` one entry per *delivery range*, not per message::
 
-plus, per partition, a cursor (the next never-delivered offset) in
-``offsets``.  ``ack()`` deletes the entry.  An entry whose ``visible_at`` has
-passed — its visibility timeout expired, or it was nacked with a delay, or
-its owner died — is delivered again with its count raised; past
-``max_deliveries`` it is moved to the dead-letter topic in the same
-transaction that deletes it.  Every delivery gets a fresh random token, so
-an ack or nack from a consumer that lost the message is refused
-(:class:`StaleDeliveryError`) and changes nothing.
+      key   = "~q~<topic>~<group>" NUL  pid u32 BE  first offset u64 BE  uid u32 BE
+      value = visible_at_ms u64 | token u64 | first_ms u64 | last_ms u64 |
+              delivery_count u32 | owner 16 bytes | span u32 | error length u32 |
+              bitmap (ceil(span / 8) bytes; bit i = offset first+i still pending) |
+              last error (UTF-8)
+
+  A ``receive()`` of 1,000 new messages writes one entry; acks clear bits and
+  delete the entry with its last bit.  A message that is nacked, extended or
+  dead-lettered alone is split out into an entry of its own, so every message
+  keeps its own delivery count, visibility and error.
+
+An entry whose ``visible_at`` has passed (visibility timeout expired, nacked,
+or its owner died) is delivered again under a fresh token with its count
+raised; at ``max_deliveries`` it moves to the dead-letter topic in the same
+transaction that removes it from ``pending``.  Acks and nacks present the
+token their delivery was made under, so a late one is refused with
+:class:`~mqlite.StaleDeliveryError` and changes nothing.
 
 Owner liveness is the kernel's: each :class:`Queue` holds a ``flock`` on a
-file under ``members/`` and a watcher thread of every other queue consumer
-notices within milliseconds when it is released by the kernel (process
-death); the dead owner's entries become visible at once.
+file under ``members/``; a watcher thread in every live queue consumer of the
+group probes the others' locks every 50 ms and releases a dead owner's
+entries at once (the kernel drops a lock when its process dies).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import math
 import os
 import secrets
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -39,24 +52,32 @@ import msgspec
 
 from mqlite import _core
 from mqlite._storage import log as _log
+from mqlite._storage.env import lmdb_error
 from mqlite._storage.keys import group_pid_key
-from mqlite.config import require_int, require_positive_number, validate_group_name, \
-    validate_topic_name
-from mqlite.errors import ClosedError, GroupError, MqliteError, StaleDeliveryError, \
-    TopicNotFoundError
-from mqlite.groups import _ensure_members_dir, _unlink_quiet, members_dir, probe_alive
+from mqlite.config import (
+    TopicConfig,
+    require_int,
+    require_positive_number,
+    validate_group_name,
+    validate_topic_name,
+)
+from mqlite.errors import ClosedError, MqliteError, StaleDeliveryError, TopicNotFoundError
+from mqlite.groups import _ensure_members_dir, _unlink_quiet, members_dir
 from mqlite.retry import Backoff, resolve_backoff
 
 if TYPE_CHECKING:
     from mqlite.broker import Broker
 
-__all__ = ["Queue", "Delivery", "DeadLetter", "dead_letters", "redrive", "purge_dead_letters"]
+__all__ = ["DeadLetter", "Delivery", "Queue", "dead_letters", "purge_dead_letters", "redrive"]
 
-_PENDING = struct.Struct(">QQQQI16s")
+_HDR = struct.Struct(">QQQQI16sII")  # visible, token, first_ms, last_ms, count, owner, span, errlen
+_HSIZE = _HDR.size
 _U64 = struct.Struct(">Q")
-_PK_TAIL = struct.Struct(">IQ")
-_WATCH_INTERVAL = 0.02
+_PK = struct.Struct(">IQI")  # pid, first offset, uid
+_WATCH_INTERVAL = 0.05  # liveness probe period: dead owners are noticed within this
 _FOREVER = (1 << 63) - 1
+_NOBODY = b"\x00" * 16
+_MAX_ERROR = 4096
 
 H_TOPIC = "x-original-topic"
 H_PARTITION = "x-original-partition"
@@ -70,16 +91,26 @@ H_GROUP = "x-original-group"
 H_TIME = "x-dead-lettered-ms"
 _DLQ_HEADERS = frozenset({H_TOPIC, H_PARTITION, H_OFFSET, H_COUNT, H_ERROR, H_FIRST, H_LAST,
                           H_REASON, H_GROUP, H_TIME})
+REASON_MAX_DELIVERIES = "max deliveries exceeded"
+ERROR_TIMEOUT = "visibility timeout expired"
+ERROR_OWNER_DIED = "consumer died"
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _seconds_ms(value: float, name: str, *, allow_zero: bool) -> int:
+    require_positive_number(value, name, allow_zero=allow_zero)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return int(value * 1000)
+
+
 class QueueMeta(msgspec.Struct):
     topic: str
     consumers: dict[str, str] = {}  # owner id -> lock file name
-    min_visible_ms: int = _FOREVER
+    min_visible_ms: int = _FOREVER  # <= the visible_at of every pending entry
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -91,28 +122,109 @@ def _qg(topic: str, group: str) -> str:
     return f"~q~{topic}~{group}"
 
 
-class _Entry:
-    __slots__ = ("visible", "token", "first", "last", "count", "owner", "error")
+def _ones(n: int) -> bytearray:
+    full, rem = divmod(n, 8)
+    bm = bytearray(b"\xff" * full)
+    if rem:
+        bm.append((1 << rem) - 1)
+    return bm
 
-    def __init__(self, visible: int, token: int, first: int, last: int, count: int,
-                 owner: bytes, error: str) -> None:
+
+def _bits(bm: bytearray | bytes) -> list[int]:
+    """Indices of the set bits, ascending."""
+    out = []
+    for j, b in enumerate(bm):
+        if b:
+            base = j << 3
+            for i in range(8):
+                if b >> i & 1:
+                    out.append(base + i)
+    return out
+
+
+class _Entry:
+    """One decoded pending entry (a delivery range)."""
+
+    __slots__ = (
+        "bm",
+        "count",
+        "error",
+        "first",
+        "first_ms",
+        "key",
+        "last_ms",
+        "owner",
+        "pid",
+        "span",
+        "token",
+        "visible",
+    )
+
+    def __init__(self, key: bytes, pid: int, first: int, visible: int, token: int,
+                 first_ms: int, last_ms: int, count: int, owner: bytes, span: int,
+                 bm: bytearray, error: str) -> None:
+        self.key = key
+        self.pid = pid
+        self.first = first
         self.visible = visible
         self.token = token
-        self.first = first
-        self.last = last
+        self.first_ms = first_ms
+        self.last_ms = last_ms
         self.count = count
         self.owner = owner
+        self.span = span
+        self.bm = bm
         self.error = error
 
     @classmethod
-    def decode(cls, raw: Any) -> _Entry:
+    def decode(cls, key: bytes, raw: Any) -> _Entry:
         raw = bytes(raw)
-        v, t, f, la, c, o = _PENDING.unpack_from(raw)
-        return cls(v, t, f, la, c, o, raw[_PENDING.size:].decode("utf-8", "replace"))
+        v, t, f, la, c, o, span, elen = _HDR.unpack_from(raw)
+        nb = (span + 7) >> 3
+        pid, first, _ = _PK.unpack_from(key, len(key) - _PK.size)
+        err = raw[_HSIZE + nb:_HSIZE + nb + elen].decode("utf-8", "replace") if elen else ""
+        return cls(key, pid, first, v, t, f, la, c, o, span, bytearray(raw[_HSIZE:_HSIZE + nb]),
+                   err)
 
     def encode(self) -> bytes:
-        return _PENDING.pack(self.visible, self.token, self.first, self.last, self.count,
-                             self.owner) + self.error.encode()[:4096]
+        err = self.error.encode("utf-8")[:_MAX_ERROR] if self.error else b""
+        return _HDR.pack(self.visible, self.token, self.first_ms, self.last_ms, self.count,
+                         self.owner, self.span, len(err)) + self.bm + err
+
+    def offsets(self) -> list[int]:
+        f = self.first
+        return [f + i for i in _bits(self.bm)]
+
+    def has(self, off: int) -> bool:
+        i = off - self.first
+        return 0 <= i < self.span and bool(self.bm[i >> 3] >> (i & 7) & 1)
+
+    def clear(self, off: int) -> None:
+        i = off - self.first
+        self.bm[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+
+    def empty(self) -> bool:
+        return not any(self.bm)
+
+    def pending_count(self) -> int:
+        return int.from_bytes(self.bm, "little").bit_count()
+
+
+class _Receipt:
+    """Delivery state shared by the messages of one pending entry (one receive)."""
+
+    __slots__ = ("count", "first", "key", "pid", "qg", "queue", "token", "visible")
+
+    def __init__(self, queue: Queue, key: bytes, token: int, count: int, visible: int,
+                 first: int, pid: int) -> None:
+        self.queue = queue
+        self.qg = queue._qg
+        self.key = key
+        self.token = token
+        self.count = count
+        self.visible = visible
+        self.first = first
+        self.pid = pid
 
 
 class Delivery(_core.Message):
@@ -124,43 +236,57 @@ class Delivery(_core.Message):
         1 on the first delivery, raised on each redelivery (durable).
     receipt
         The delivery's token: acks and nacks must present it.
+    visible_at_ms
+        When the message becomes visible to other consumers unless settled.
     """
 
-    def __init__(self, msg: _core.Message, queue: Queue, count: int, token: int,
-                 visible_at_ms: int) -> None:
-        super().__init__(msg.topic, msg.partition, msg.offset, msg.timestamp_ms, msg.key,
-                         msg.value, msg.headers)
-        self.delivery_count = count
-        self.receipt = token
-        self.visible_at_ms = visible_at_ms
-        self._queue = queue
+    __slots__ = ("_r",)
+    _r: _Receipt
+
+    @property
+    def delivery_count(self) -> int:
+        return self._r.count
+
+    @property
+    def receipt(self) -> int:
+        return self._r.token
+
+    @property
+    def visible_at_ms(self) -> int:
+        return self._r.visible
+
+    @property
+    def _queue(self) -> Queue:
+        return self._r.queue
 
     def ack(self) -> None:
         """Acknowledge: the message is done and will not be delivered again.
 
-        Raises :class:`StaleDeliveryError` when this delivery is no longer
-        valid (timed out and redelivered, or already acked).
+        Raises :class:`StaleDeliveryError` (changing nothing) when this
+        delivery is no longer valid: it timed out and was redelivered, its
+        owner was declared dead, or it was already settled.
         """
-        self._queue.ack([self])
+        self._r.queue._settle_one(self, "ack")
 
     def nack(self, delay: float | None = None, error: str | None = None) -> None:
         """Give the message back: visible again after ``delay`` seconds (default: the
         queue's backoff), or dead-lettered when it reached ``max_deliveries``."""
-        self._queue.nack(self, delay=delay, error=error)
+        self._r.queue.nack(self, delay=delay, error=error)
 
     def dead_letter(self, reason: str = "rejected") -> None:
         """Move the message to the dead-letter topic now (or drop it when there is none)."""
-        self._queue.dead_letter(self, reason=reason)
+        self._r.queue.dead_letter(self, reason=reason)
 
     def extend(self, seconds: float) -> None:
         """Keep the message invisible to others for ``seconds`` more from now."""
-        self._queue.extend(self, seconds)
+        self._r.queue.extend(self, seconds)
 
     def __repr__(self) -> str:
         return (f"Delivery(topic={self.topic!r}, partition={self.partition}, "
                 f"offset={self.offset}, delivery_count={self.delivery_count})")
 
     def __reduce__(self) -> Any:
+        # Delivery state is process-local: a pickled delivery is a plain Message.
         return (_core.Message, (self.topic, self.partition, self.offset, self.timestamp_ms,
                                 self.key, self.value, self.headers))
 
@@ -170,6 +296,9 @@ _live_queues: weakref.WeakSet[Queue] = weakref.WeakSet()
 
 class Queue:
     """Competing consumers over one topic with per-message acknowledgement.
+
+    Thread-safe; any number of ``Queue`` objects in any number of processes
+    may consume the same group.
 
     Parameters
     ----------
@@ -185,8 +314,8 @@ class Queue:
         Seconds a received message stays invisible to others before it is
         redelivered if not acked (default 30).
     max_deliveries
-        After this many deliveries a message that is nacked or times out is
-        dead-lettered (``None`` = retry forever).  Without
+        A message delivered this many times that is nacked or times out again
+        is dead-lettered (``None`` = retry forever).  Without
         ``dead_letter_topic`` it is dropped (like RabbitMQ without a DLX).
     dead_letter_topic
         Where dead letters go; created (1 partition) if missing.
@@ -201,7 +330,8 @@ class Queue:
                  retry_backoff: Backoff | float | None = None) -> None:
         validate_topic_name(topic)
         validate_group_name(group)
-        require_positive_number(visibility_timeout, "visibility_timeout", allow_zero=False)
+        self.visibility_timeout_ms = _seconds_ms(visibility_timeout, "visibility_timeout",
+                                                 allow_zero=False)
         require_int(max_deliveries, "max_deliveries", minimum=1, allow_none=True)
         if dead_letter_topic is not None:
             validate_topic_name(dead_letter_topic, "dead_letter_topic")
@@ -214,7 +344,7 @@ class Queue:
         self.group = group
         self._qg = _qg(topic, group)
         self._meta_key = self._qg.encode()
-        self.visibility_timeout_ms = int(visibility_timeout * 1000)
+        self._prefix = self._meta_key + b"\x00"
         self.max_deliveries = max_deliveries
         self.dead_letter_topic = dead_letter_topic
         broker._topic_cached_fresh(topic)
@@ -227,6 +357,7 @@ class Queue:
         self._pid = os.getpid()
         self._lock_fd = -1
         self._lock_name = ""
+        self._slot = self._env.topic_slot(topic)
         self._register()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True,
@@ -244,69 +375,112 @@ class Queue:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd, self._lock_name = fd, name
         _live_queues.add(self)
-        with self._broker._write() as txn:
-            meta = self._load_meta(txn)
-            meta.consumers[self.owner_id] = name
-            self._store_meta(txn, meta)
+        try:
+            with self._broker._write() as txn:
+                meta = self._load_meta(txn)
+                meta.consumers[self.owner_id] = name
+                self._store_meta(txn, meta)
+        except BaseException:
+            _unlink_quiet(os.path.join(d, name))
+            os.close(fd)
+            self._lock_fd = -1
+            raise
 
     def _load_meta(self, txn: Any) -> QueueMeta:
         raw = txn.get(self._meta_key, db=self._env.dbs["groups"])
         if raw is None:
-            return QueueMeta(topic=self.topic)
+            return QueueMeta(topic=self.topic, consumers={self.owner_id: self._lock_name},
+                             min_visible_ms=0)
         return _dec_meta.decode(raw)
 
     def _store_meta(self, txn: Any, meta: QueueMeta) -> None:
         txn.put(self._meta_key, _enc.encode(meta), db=self._env.dbs["groups"])
 
     def _watch(self) -> None:
-        while not self._stop.wait(_WATCH_INTERVAL):
-            if os.getpid() != self._pid or self._broker.closed:
-                return
-            try:
-                self._reap()
-            except (MqliteError, OSError):
-                continue
+        probes: dict[str, int] = {}  # lock file name -> open fd (one open per member)
+        try:
+            # time.sleep, not Event.wait: a timed Event.wait costs ~45 us of CPU per call
+            # here, ten times the probe itself.
+            while True:
+                time.sleep(_WATCH_INTERVAL)
+                if self._stop.is_set() or os.getpid() != self._pid or self._broker.closed \
+                        or self._closed:
+                    return
+                try:
+                    self._reap(probes)
+                except (MqliteError, OSError):
+                    continue
+        finally:
+            if os.getpid() == self._pid:
+                for fd in probes.values():
+                    os.close(fd)
 
-    def _reap(self) -> bool:
-        """Release the entries of dead consumers of this group; True if any."""
+    def _probe(self, probes: dict[str, int], mdir: str, lock: str) -> bool:
+        """True while the member holding ``lock`` is alive."""
+        fd = probes.get(lock)
+        if fd is None:
+            try:
+                fd = os.open(os.path.join(mdir, lock), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+            except OSError:
+                return True  # cannot tell: the visibility timeout still applies
+            probes[lock] = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return True
+            return True
+        return False  # we got the lock: its holder is gone (we keep it until reaped)
+
+    def _reap(self, probes: dict[str, int] | None = None) -> bool:
+        """Release the entries of dead consumers of this group; True if any died."""
         env = self._env
+        if probes is None:
+            probes = {}
         with env.read_txn() as txn:
             raw = txn.get(self._meta_key, db=env.dbs["groups"])
-        if raw is None:
+            meta = None if raw is None else _dec_meta.decode(raw)
+        if meta is None:
             return False
-        meta = _dec_meta.decode(raw)
         mdir = members_dir(env.path)
+        live_locks = set(meta.consumers.values())
+        for lock in [k for k in probes if k not in live_locks]:
+            os.close(probes.pop(lock))
         dead = [cid for cid, lock in meta.consumers.items()
-                if cid != self.owner_id and not probe_alive(os.path.join(mdir, lock))]
+                if cid != self.owner_id and not self._probe(probes, mdir, lock)]
         if not dead:
             return False
+        released = 0
         with self._broker._write() as txn:
             meta = self._load_meta(txn)
-            gone = {c.encode() for c in dead if c in meta.consumers}
-            if not gone:
-                return False
-            released = 0
-            for key, raw in self._scan_pending(txn):
-                e = _Entry.decode(raw)
-                if e.owner in gone:
-                    e.visible = 0
-                    e.owner = b"\x00" * 16
-                    txn.put(key, e.encode(), db=env.dbs["pending"])
-                    released += 1
-            for c in dead:
-                lock = meta.consumers.pop(c, None)
-                if lock:
-                    _unlink_quiet(os.path.join(mdir, lock))
-            if released:
-                meta.min_visible_ms = 0
-            self._store_meta(txn, meta)
-        env.notify_topics((self.topic,))
+            gone = {c for c in dead if c in meta.consumers}
+            if gone:
+                owners = {c.encode() for c in gone}
+                pend = env.dbs["pending"]
+                for e in self._scan(txn):
+                    if e.owner in owners:
+                        e.visible, e.token, e.owner = 0, 0, _NOBODY
+                        e.error = ERROR_OWNER_DIED
+                        txn.put(e.key, e.encode(), db=pend)
+                        released += 1
+                for c in gone:
+                    meta.consumers.pop(c, None)
+                if released:
+                    meta.min_visible_ms = 0
+                self._store_meta(txn, meta)
+        for c in dead:
+            for lock in [k for k in probes if k.startswith(f"q-{c}-")]:
+                _unlink_quiet(os.path.join(mdir, lock))
+                os.close(probes.pop(lock))
+        if released:
+            env.notify_topics((self.topic,))
         return True
 
-    def _scan_pending(self, txn: Any, pid: int | None = None) -> list[tuple[bytes, bytes]]:
-        prefix = self._qg.encode() + b"\x00"
-        if pid is not None:
-            prefix += pid.to_bytes(4, "big")
+    def _scan(self, txn: Any, pid: int | None = None) -> list[_Entry]:
+        """Decoded pending entries of this group (of one partition id when given)."""
+        prefix = self._prefix if pid is None else self._prefix + pid.to_bytes(4, "big")
         cur = txn.cursor(db=self._env.dbs["pending"])
         out = []
         if cur.set_range(prefix):
@@ -314,7 +488,7 @@ class Queue:
                 k = bytes(k)
                 if not k.startswith(prefix):
                     break
-                out.append((k, bytes(v)))
+                out.append(_Entry.decode(k, v))
         return out
 
     # -- receiving -------------------------------------------------------------------------
@@ -322,296 +496,601 @@ class Queue:
                 visibility_timeout: float | None = None) -> list[Delivery]:
         """Take up to ``max_messages`` messages, waiting up to ``timeout`` s for some.
 
-        Redeliveries (expired or nacked messages that are due) come first,
-        then new messages in offset order per partition.  Each returned
+        Redeliveries (expired, released or nacked messages that are due) come
+        first, then new messages in offset order per partition.  Each returned
         message is invisible to other consumers of the group until acked,
-        nacked, or ``visibility_timeout`` passes.
+        nacked, or ``visibility_timeout`` (default: the queue's) passes.
+        Waiting blocks on the cross-process wake-up word of the topic (no
+        polling); it is bounded by the next visibility deadline and the next
+        due delayed message.
+
+        Raises
+        ------
+        ClosedError, TopicNotFoundError (the topic was deleted),
+        CorruptRecordError, TypeError, ValueError
         """
         self._check_open()
         require_int(max_messages, "max_messages", minimum=1)
         require_positive_number(timeout, "timeout")
         vt = self.visibility_timeout_ms
         if visibility_timeout is not None:
-            require_positive_number(visibility_timeout, "visibility_timeout", allow_zero=False)
-            vt = int(visibility_timeout * 1000)
+            vt = _seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False)
         from mqlite import scheduler
 
-        env = self._env
-        notifier = env.notifier
-        slot = env.topic_slot(self.topic)
+        broker = self._broker
+        notifier = self._env.notifier
+        slot = self._slot
         deadline = time.monotonic() + timeout
-        while True:
-            seq = notifier.load(slot)
-            if scheduler.due_wait_budget(self._broker) == 0.0:
-                scheduler.promote_due(self._broker)
+        seq = notifier.load(slot)
+        next_due = scheduler.next_due_ms(broker)
+        if next_due is not None and next_due <= _now_ms():
+            scheduler.promote_due(broker)
+        out, next_visible = self._receive_once(max_messages, vt)
+        while not out:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return out
+                now = _now_ms()
+                wait = remaining
+                if next_visible < _FOREVER:
+                    wait = min(wait, max(0.0, (next_visible - now) / 1000.0) + 0.001)
+                if next_due is not None:
+                    wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
+                notifier.wait(slot, seq, wait)
+                self._check_open()
+                # A wake-up is a hint: look before taking the write lock.
+                seq = notifier.load(slot)
+                next_due = scheduler.next_due_ms(broker)
+                now = _now_ms()
+                if next_due is not None and next_due <= now:
+                    scheduler.promote_due(broker)
+                    break
+                avail, next_visible = self._peek(now)
+                if avail:
+                    break
             out, next_visible = self._receive_once(max_messages, vt)
-            if out:
-                return out
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return out
-            wait = remaining
-            if next_visible < _FOREVER:
-                wait = min(wait, max(0.0, (next_visible - _now_ms()) / 1000.0) + 0.001)
-            due = scheduler.due_wait_budget(self._broker)
-            if due is not None:
-                wait = min(wait, due + 0.001)
-            notifier.wait(slot, seq, wait)
+        return out
+
+    def _peek(self, now: int) -> tuple[bool, int]:
+        """(something may be receivable now, earliest visible_at hint) in a read txn."""
+        env = self._env
+        dbs = env.dbs
+        with env.read_txn() as txn:
+            raw = txn.get(self._meta_key, db=dbs["groups"])
+            hint = 0 if raw is None else _dec_meta.decode(raw).min_visible_ms
+            if hint <= now:
+                return True, hint
+            rec = self._broker._topic(txn, self.topic)
+            for pid in rec.pids:
+                st = _log.load_state(txn, dbs, pid)
+                c = txn.get(group_pid_key(self._qg, pid), db=dbs["offsets"])
+                cursor = 0 if c is None else _U64.unpack(c)[0]
+                if max(cursor, st.start) < st.next:
+                    return True, hint
+        return False, hint
 
     def _receive_once(self, max_messages: int, vt: int) -> tuple[list[Delivery], int]:
         broker = self._broker
         env = self._env
         dbs = env.dbs
+        topic = self.topic
         now = _now_ms()
-        out: list[Delivery] = []
+        taken: list[tuple[_Receipt, int, list[_core.Message]]] = []
+        got = 0
         dlq_moved = False
-        with broker._write() as txn:
+        txn = env.write_txn()
+        try:
+            rec = broker._topic(txn, topic)
             meta = self._load_meta(txn)
-            rec = broker._topic(txn, self.topic)
-            pend = dbs["pending"]
+            hint = meta.min_visible_ms
             # 1. redeliveries that are due
-            if meta.min_visible_ms <= now:
-                new_min = _FOREVER
-                for key, raw in self._scan_pending(txn):
-                    e = _Entry.decode(raw)
-                    if e.visible > now or len(out) >= max_messages:
-                        new_min = min(new_min, e.visible)
-                        continue
-                    pid, off = _PK_TAIL.unpack_from(key, len(key) - 12)
-                    if self.max_deliveries is not None and e.count >= self.max_deliveries:
-                        self._dead_letter_in(txn, rec, pid, off, e, "max deliveries exceeded",
-                                             now)
-                        dlq_moved = True
-                        continue
-                    msg = self._read_one(txn, rec, pid, off)
-                    if msg is None:  # removed by retention meanwhile
-                        txn.delete(key, db=pend)
-                        continue
-                    e.count += 1
-                    e.token = secrets.randbits(63) or 1
-                    e.owner = self._owner
-                    e.last = now
-                    e.visible = now + vt
-                    new_min = min(new_min, e.visible)
-                    txn.put(key, e.encode(), db=pend)
-                    out.append(Delivery(msg, self, e.count, e.token, e.visible))
-                meta.min_visible_ms = new_min
+            if hint <= now:
+                got, dlq_moved, hint = self._redeliver(txn, rec, now, vt, max_messages, taken)
             # 2. new messages
-            if len(out) < max_messages:
-                n = len(rec.pids)
+            if got < max_messages:
+                pids = rec.pids
+                n = len(pids)
                 start = self._rotation % n
                 self._rotation += 1
                 offs = dbs["offsets"]
+                pend = dbs["pending"]
+                visible = now + vt
                 for i in range(n):
                     part = (start + i) % n
-                    pid = rec.pids[part]
+                    pid = pids[part]
                     ckey = group_pid_key(self._qg, pid)
                     raw = txn.get(ckey, db=offs)
                     cursor = 0 if raw is None else _U64.unpack(raw)[0]
                     st = _log.load_state_w(txn, env, pid)
-                    if cursor < st.start:
-                        cursor = st.start
+                    cursor = max(cursor, st.start)
                     if cursor >= st.next:
                         continue
                     msgs: list[_core.Message] = []
-                    nxt = _log.read_records(txn, dbs, pid, cursor, max_messages - len(out), msgs,
-                                            self.topic, part, st.next)
+                    nxt = _log.read_records(txn, dbs, pid, cursor, max_messages - got, msgs,
+                                            topic, part, st.next)
                     if not msgs:
                         continue
-                    visible = now + vt
-                    prefix = self._qg.encode() + b"\x00"
-                    items = []
-                    for m in msgs:
-                        token = secrets.randbits(63) or 1
-                        items.append((prefix + _PK_TAIL.pack(pid, m.offset),
-                                      _PENDING.pack(visible, token, now, now, 1, self._owner)))
-                        out.append(Delivery(m, self, 1, token, visible))
-                    txn.cursor(db=pend).putmulti(items)
+                    first = msgs[0].offset
+                    span = msgs[-1].offset - first + 1
+                    if span == len(msgs):
+                        bm = _ones(span)
+                    else:  # never for dense offsets; kept exact all the same
+                        bm = bytearray((span + 7) >> 3)
+                        for m in msgs:
+                            j = m.offset - first
+                            bm[j >> 3] |= 1 << (j & 7)
+                    token = secrets.randbits(63) | 1
+                    key = self._put_new(txn, pend, pid, first, _HDR.pack(
+                        visible, token, now, now, 1, self._owner, span, 0) + bm)
+                    taken.append((_Receipt(self, key, token, 1, visible, first, pid), part, msgs))
+                    got += len(msgs)
                     txn.put(ckey, _U64.pack(nxt), db=offs)
-                    meta.min_visible_ms = min(meta.min_visible_ms, visible)
-                    if len(out) >= max_messages:
+                    hint = min(hint, visible)
+                    if got >= max_messages:
                         break
-            self._store_meta(txn, meta)
-            next_visible = meta.min_visible_ms
+            if hint != meta.min_visible_ms:
+                meta.min_visible_ms = hint
+                self._store_meta(txn, meta)
+            if dlq_moved:
+                self._cleanup_consumed(txn)
+        except BaseException as exc:
+            env.abort(txn)
+            if isinstance(exc, MqliteError) or type(exc).__module__ != "lmdb":
+                raise
+            raise lmdb_error(exc, f"receive from {topic!r}") from exc
+        env.commit(txn)
+        if got:
+            # Waiting consumers bound their wait by the earliest visibility deadline.
+            env.notifier.bump(self._slot)
         if dlq_moved and self.dead_letter_topic is not None:
             env.notify_topics((self.dead_letter_topic,))
-        return out, next_visible
+        # Build the Delivery objects outside the write transaction.
+        out: list[Delivery] = []
+        ap = out.append
+        D = Delivery
+        for r, part, msgs in taken:
+            for m in msgs:
+                d = D(topic, part, m.offset, m.timestamp_ms, m.key, m.value, m.headers or None)
+                d._r = r
+                ap(d)
+        return out, hint
 
-    def _read_one(self, txn: Any, rec: _log.TopicRecord, pid: int,
-                  off: int) -> _core.Message | None:
-        part = rec.pids.index(pid)
+    def _put_new(self, txn: Any, pend: Any, pid: int, first: int, value: bytes) -> bytes:
+        prefix = self._prefix
+        while True:
+            key = prefix + _PK.pack(pid, first, secrets.randbits(32))
+            if txn.put(key, value, db=pend, overwrite=False):
+                return key
+
+    def _redeliver(self, txn: Any, rec: _log.TopicRecord, now: int, vt: int,
+                   max_messages: int,
+                   taken: list[tuple[_Receipt, int, list[_core.Message]]]
+                   ) -> tuple[int, bool, int]:
+        """Take due pending entries; returns (messages taken, dead-lettered any, new hint)."""
+        dbs = self._env.dbs
+        pend = dbs["pending"]
+        new_min = _FOREVER
+        due: list[_Entry] = []
+        prefix = self._prefix
+        cur = txn.cursor(db=pend)
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                visible = _U64.unpack_from(v)[0]
+                if visible <= now:
+                    due.append(_Entry.decode(bytes(k), v))
+                elif visible < new_min:
+                    new_min = visible
+        got = 0
+        moved = False
+        visible = now + vt
+        for e in due:
+            if got >= max_messages:
+                new_min = min(new_min, e.visible)
+                continue
+            if e.pid not in rec.pids:  # cannot happen: topic deletion drops entries
+                txn.delete(e.key, db=pend)
+                continue
+            part = rec.pids.index(e.pid)
+            msgs = self._read_entry(txn, e, part)
+            timed_out = e.token != 0 and e.owner != _NOBODY
+            error = ERROR_TIMEOUT if timed_out else e.error
+            txn.delete(e.key, db=pend)
+            if not msgs:  # all removed by retention meanwhile
+                continue
+            if self.max_deliveries is not None and e.count >= self.max_deliveries:
+                e.error = error
+                self._to_dlq(txn, rec, part, msgs, e, REASON_MAX_DELIVERIES, now)
+                moved = True
+                continue
+            want = max_messages - got
+            take, rest = msgs[:want], msgs[want:]
+            if rest:  # the remainder stays visible under a dead token
+                first = rest[0].offset
+                span = rest[-1].offset - first + 1
+                bm = bytearray((span + 7) >> 3)
+                for m in rest:
+                    j = m.offset - first
+                    bm[j >> 3] |= 1 << (j & 7)
+                self._put_new(txn, pend, e.pid, first, _Entry(
+                    b"", e.pid, first, e.visible, 0, e.first_ms, e.last_ms, e.count, _NOBODY,
+                    span, bm, error).encode())
+                new_min = min(new_min, e.visible)
+            first = take[0].offset
+            span = take[-1].offset - first + 1
+            bm = bytearray((span + 7) >> 3)
+            for m in take:
+                j = m.offset - first
+                bm[j >> 3] |= 1 << (j & 7)
+            token = secrets.randbits(63) | 1
+            count = e.count + 1
+            key = self._put_new(txn, pend, e.pid, first, _Entry(
+                b"", e.pid, first, visible, token, e.first_ms, now, count, self._owner, span, bm,
+                error).encode())
+            taken.append((_Receipt(self, key, token, count, visible, first, e.pid), part, take))
+            got += len(take)
+            new_min = min(new_min, visible)
+        return got, moved, new_min
+
+    def _read_entry(self, txn: Any, e: _Entry, part: int) -> list[_core.Message]:
+        """The still-pending messages of an entry that are still stored."""
         msgs: list[_core.Message] = []
-        _log.read_records(txn, self._env.dbs, pid, off, 1, msgs, self.topic, part, off + 1)
-        if not msgs or msgs[0].offset != off:
-            return None
-        return msgs[0]
+        _log.read_records(txn, self._env.dbs, e.pid, e.first, e.span, msgs, self.topic, part,
+                          e.first + e.span)
+        bm = e.bm
+        first = e.first
+        out = []
+        for m in msgs:
+            j = m.offset - first
+            if bm[j >> 3] >> (j & 7) & 1:
+                out.append(m)
+        return out
 
     # -- settling ------------------------------------------------------------------------
-    def _key(self, d: Delivery, rec: _log.TopicRecord) -> bytes:
-        return self._qg.encode() + b"\x00" + _PK_TAIL.pack(rec.pids[d.partition], d.offset)
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this queue consumer is closed")
+        if self._broker.closed:
+            raise ClosedError("the broker of this queue consumer is closed")
 
-    def _check_delivery(self, d: object) -> Delivery:
-        if not isinstance(d, Delivery):
-            raise TypeError(f"expected a Delivery from receive(), not {type(d).__name__}")
-        if d.topic != self.topic:
-            raise ValueError(f"delivery of topic {d.topic!r} given to the queue of {self.topic!r}")
-        return d
+    def _as_list(self, deliveries: Delivery | Iterable[Delivery]) -> list[Delivery]:
+        if isinstance(deliveries, Delivery):
+            ds = [deliveries]
+        elif isinstance(deliveries, list):
+            ds = deliveries
+        elif isinstance(deliveries, (_core.Message, str, bytes)):
+            raise TypeError(f"expected a Delivery from receive(), not {type(deliveries).__name__}")
+        else:
+            ds = list(deliveries)
+        qg = self._qg
+        seen: set[int] = set()
+        for d in ds:
+            if type(d) is not Delivery and not isinstance(d, Delivery):
+                raise TypeError(f"expected a Delivery from receive(), not {type(d).__name__}")
+            r = d._r
+            if id(r) in seen:
+                continue
+            seen.add(id(r))
+            if r.qg != qg:
+                raise ValueError(f"a delivery of {r.queue.topic!r} (group {r.queue.group!r}) "
+                                 f"was given to the queue of {self.topic!r} (group {self.group!r})")
+        return ds
 
-    def _valid(self, txn: Any, key: bytes, d: Delivery) -> _Entry:
-        raw = txn.get(key, db=self._env.dbs["pending"])
-        if raw is None:
-            raise StaleDeliveryError(
-                f"{self.topic}[{d.partition}]@{d.offset}: already acked or dead-lettered")
-        e = _Entry.decode(raw)
-        if e.token != d.receipt:
-            raise StaleDeliveryError(
-                f"{self.topic}[{d.partition}]@{d.offset}: this delivery expired and the message "
-                f"was redelivered (delivery {e.count}); nothing was changed")
-        return e
+    def _collect(self, txn: Any, ds: Sequence[Delivery]
+                 ) -> tuple[dict[bytes, tuple[_Entry, list[Delivery]]], list[Delivery]]:
+        """Valid deliveries grouped by their pending entry (bits already cleared), and stale."""
+        pend = self._env.dbs["pending"]
+        groups: dict[bytes, tuple[_Entry, list[Delivery]]] = {}
+        stale: list[Delivery] = []
+        for d in ds:
+            r = d._r
+            g = groups.get(r.key)
+            if g is None:
+                raw = txn.get(r.key, db=pend)
+                e = None if raw is None else _Entry.decode(r.key, raw)
+                if e is None or e.token != r.token:
+                    stale.append(d)
+                    continue
+                g = groups[r.key] = (e, [])
+            e = g[0]
+            if e.token != r.token or not e.has(d.offset):
+                stale.append(d)
+                continue
+            e.clear(d.offset)
+            g[1].append(d)
+        return groups, stale
 
-    def ack(self, deliveries: Iterable[Delivery]) -> int:
+    def ack(self, deliveries: Delivery | Iterable[Delivery]) -> int:
         """Acknowledge many deliveries in one transaction; returns how many.
 
         Deliveries that are stale are skipped and reported afterwards with
-        :class:`StaleDeliveryError` (its ``stale`` attribute lists them);
-        the valid ones are acknowledged all the same.
+        :class:`StaleDeliveryError` (its ``stale`` attribute lists them and
+        ``settled`` counts the others); the valid ones are acknowledged all the
+        same.
         """
         self._check_open()
-        ds = [self._check_delivery(d) for d in deliveries]
+        if isinstance(deliveries, Delivery):
+            ds: list[Delivery] = [deliveries]
+        elif isinstance(deliveries, list):
+            ds = deliveries
+        else:
+            ds = self._as_list(deliveries)
         if not ds:
             return 0
+        env = self._env
+        pend = env.dbs["pending"]
+        qg = self._qg
         stale: list[Delivery] = []
         done = 0
-        pend = self._env.dbs["pending"]
-        with self._broker._write() as txn:
-            rec = self._broker._topic(txn, self.topic)
+        txn = env.write_txn()
+        try:
+            get = txn.get
+            r0: Any = None
+            bm: Any = None
+            first = nb = 0
+            ok = False
+            touched: list[tuple[_Receipt, Any, bytearray]] = []
             for d in ds:
-                key = self._key(d, rec)
-                raw = txn.get(key, db=pend)
-                if raw is None or _PENDING.unpack_from(raw)[1] != d.receipt:
+                try:
+                    r = d._r
+                except AttributeError:
+                    raise TypeError("expected a Delivery from receive(), not "
+                                    f"{type(d).__name__}") from None
+                if r is not r0:
+                    if type(r) is not _Receipt or type(d) is not Delivery and \
+                            not isinstance(d, Delivery):
+                        raise TypeError(f"expected a Delivery from receive(), not "
+                                        f"{type(d).__name__}")
+                    if r.qg != qg:
+                        raise ValueError(f"a delivery of {r.queue.topic!r} (group "
+                                         f"{r.queue.group!r}) was given to the queue of "
+                                         f"{self.topic!r} (group {self.group!r})")
+                    r0 = r
+                    raw = get(r.key, db=pend)
+                    ok = raw is not None and _U64.unpack_from(raw, 8)[0] == r.token
+                    if ok:
+                        for tr, _traw, tbm in touched:
+                            if tr.key == r.key:
+                                bm = tbm
+                                break
+                        else:
+                            span = _HDR.unpack_from(raw)[6]
+                            bm = bytearray(raw[_HSIZE:_HSIZE + ((span + 7) >> 3)])
+                            touched.append((r, raw, bm))
+                        first = r.first
+                        nb = len(bm)
+                if not ok:
                     stale.append(d)
                     continue
-                txn.delete(key, db=pend)
-                done += 1
-            self._maybe_cleanup(txn, rec)
+                i = d.offset - first
+                j = i >> 3
+                m = 1 << (i & 7)
+                b = bm[j] if 0 <= j < nb else 0
+                if b & m:
+                    bm[j] = b ^ m
+                    done += 1
+                else:
+                    stale.append(d)
+            for r, raw, bm in touched:
+                if any(bm):
+                    raw = bytes(raw)
+                    txn.put(r.key, raw[:_HSIZE] + bm + raw[_HSIZE + len(bm):], db=pend)
+                else:
+                    txn.delete(r.key, db=pend)
+            if done:
+                self._cleanup_consumed(txn)
+        except BaseException as exc:
+            env.abort(txn)
+            if isinstance(exc, MqliteError) or type(exc).__module__ != "lmdb":
+                raise
+            raise lmdb_error(exc, f"ack on {self.topic!r}") from exc
+        env.commit(txn)
         if stale:
             err = StaleDeliveryError(
-                f"{len(stale)} of {len(ds)} deliveries were stale (expired and redelivered, or "
-                f"already settled); the other {done} were acknowledged")
+                f"{len(stale)} of {len(ds)} deliveries were stale (expired and redelivered, "
+                f"released, or already settled); the other {done} were acknowledged")
             err.stale = stale  # type: ignore[attr-defined]
+            err.settled = done  # type: ignore[attr-defined]
             raise err
         return done
 
+    def _settle_one(self, d: Delivery, op: str) -> None:
+        try:
+            self.ack([d])
+        except StaleDeliveryError:
+            raise StaleDeliveryError(
+                f"{self.topic}[{d.partition}]@{d.offset}: this delivery is stale (its visibility "
+                "timeout expired or its owner was released, and the message may have been "
+                "redelivered; or it was already settled); nothing was changed") from None
+
     def ack_in(self, txn: Any, deliveries: Sequence[Delivery]) -> None:
-        """Acknowledge inside a caller's transaction; stale deliveries raise (all or nothing)."""
-        rec = self._broker._topic(txn, self.topic)
-        for d in deliveries:
-            d = self._check_delivery(d)
-            key = self._key(d, rec)
-            self._valid(txn, key, d)
-            txn.delete(key, db=self._env.dbs["pending"])
+        """Acknowledge inside a caller's transaction; any stale delivery raises (all or nothing)."""
+        ds = self._as_list(list(deliveries))
+        groups, stale = self._collect(txn, ds)
+        if stale:
+            d = stale[0]
+            raise StaleDeliveryError(
+                f"{self.topic}[{d.partition}]@{d.offset}: stale delivery; nothing was acknowledged")
+        self._write_back(txn, groups)
 
-    def nack(self, d: Delivery, delay: float | None = None, error: str | None = None) -> None:
-        """Return a message: visible again after ``delay`` (default: backoff policy).
+    def _write_back(self, txn: Any, groups: dict[bytes, tuple[_Entry, list[Delivery]]]) -> None:
+        pend = self._env.dbs["pending"]
+        for key, (e, _) in groups.items():
+            if e.empty():
+                txn.delete(key, db=pend)
+            else:
+                txn.put(key, e.encode(), db=pend)
 
-        At ``max_deliveries`` it is dead-lettered instead.  Raises
-        :class:`StaleDeliveryError` if the delivery is no longer valid.
-        """
+    def _apply(self, deliveries: Delivery | Iterable[Delivery], what: str,
+               fn: Callable[[Any, _log.TopicRecord, _Entry, list[Delivery], int], bool]
+               ) -> tuple[int, bool]:
+        """Run ``fn`` per entry on the valid deliveries in one transaction; raise for stale."""
         self._check_open()
-        d = self._check_delivery(d)
-        if delay is not None:
-            require_positive_number(delay, "delay")
-        if error is not None and not isinstance(error, str):
-            raise TypeError("error must be str")
+        ds = self._as_list(deliveries)
+        if not ds:
+            return 0, False
         now = _now_ms()
+        env = self._env
         moved = False
         with self._broker._write() as txn:
             rec = self._broker._topic(txn, self.topic)
-            key = self._key(d, rec)
-            e = self._valid(txn, key, d)
-            if error is not None:
-                e.error = error
-            if self.max_deliveries is not None and e.count >= self.max_deliveries:
-                self._dead_letter_in(txn, rec, rec.pids[d.partition], d.offset, e,
-                                     "max deliveries exceeded", now)
-                moved = True
+            groups, stale = self._collect(txn, ds)
+            self._write_back(txn, groups)
+            done = 0
+            for e, group in groups.values():
+                moved = fn(txn, rec, e, group, now) or moved
+                done += len(group)
+            if moved:
+                self._cleanup_consumed(txn)
+        env.notify_topics((self.topic,) if not moved or self.dead_letter_topic is None
+                          else (self.topic, self.dead_letter_topic))
+        if stale:
+            if len(ds) == 1:
+                d = stale[0]
+                msg = (f"{self.topic}[{d.partition}]@{d.offset}: this delivery is stale (timed "
+                       "out and possibly redelivered, released, or already settled); nothing "
+                       "was changed")
             else:
-                if delay is None:
-                    delay = 0.0 if self._backoff is None else self._backoff.delay(e.count)
-                e.visible = now + int(delay * 1000)
-                e.token = 0
-                e.owner = b"\x00" * 16
-                txn.put(key, e.encode(), db=self._env.dbs["pending"])
-                meta = self._load_meta(txn)
-                if e.visible < meta.min_visible_ms:
-                    meta.min_visible_ms = e.visible
-                    self._store_meta(txn, meta)
-        self._env.notify_topics((self.dead_letter_topic,) if moved and self.dead_letter_topic
-                                else (self.topic,))
+                msg = (f"{len(stale)} of {len(ds)} deliveries were stale; the other {done} "
+                       f"were {what}")
+            err = StaleDeliveryError(msg)
+            err.stale = stale  # type: ignore[attr-defined]
+            err.settled = done  # type: ignore[attr-defined]
+            raise err
+        return done, moved
 
-    def dead_letter(self, d: Delivery, reason: str = "rejected") -> None:
-        """Move a delivered message to the dead-letter topic now."""
-        self._check_open()
-        d = self._check_delivery(d)
+    def _split(self, txn: Any, e: _Entry, group: list[Delivery], *, visible: int, token: int,
+               owner: bytes, count: int, error: str) -> bytes:
+        """Write a new entry holding ``group``'s offsets (taken out of ``e``)."""
+        offs = sorted(d.offset for d in group)
+        first = offs[0]
+        span = offs[-1] - first + 1
+        bm = bytearray((span + 7) >> 3)
+        for o in offs:
+            j = o - first
+            bm[j >> 3] |= 1 << (j & 7)
+        new = _Entry(b"", e.pid, first, visible, token, e.first_ms, e.last_ms, count, owner,
+                     span, bm, error)
+        return self._put_new(txn, self._env.dbs["pending"], e.pid, first, new.encode())
+
+    def nack(self, deliveries: Delivery | Iterable[Delivery], delay: float | None = None,
+             error: str | None = None) -> int:
+        """Return messages: visible again after ``delay`` s (default: the backoff policy).
+
+        A message that already had ``max_deliveries`` deliveries is
+        dead-lettered instead.  ``error`` is kept as its last error (and
+        becomes the ``x-last-error`` header if it is dead-lettered).  Stale
+        deliveries raise :class:`StaleDeliveryError` and are left unchanged.
+        """
+        delay_ms = None if delay is None else _seconds_ms(delay, "delay", allow_zero=True)
+        if error is not None and not isinstance(error, str):
+            raise TypeError("error must be str")
+
+        def fn(txn: Any, rec: _log.TopicRecord, e: _Entry, group: list[Delivery],
+               now: int) -> bool:
+            err = e.error if error is None else error
+            if self.max_deliveries is not None and e.count >= self.max_deliveries:
+                e.error = err
+                self._to_dlq(txn, rec, rec.pids.index(e.pid), self._messages_of(group), e,
+                             REASON_MAX_DELIVERIES, now)
+                return True
+            d_ms = delay_ms
+            if d_ms is None:
+                d_ms = 0 if self._backoff is None else int(self._backoff.delay(e.count) * 1000)
+            visible = now + d_ms
+            self._split(txn, e, group, visible=visible, token=0, owner=_NOBODY, count=e.count,
+                        error=err)
+            self._lower_hint(txn, visible)
+            return False
+
+        return self._apply(deliveries, "nacked", fn)[0]
+
+    def dead_letter(self, deliveries: Delivery | Iterable[Delivery],
+                    reason: str = "rejected") -> int:
+        """Move delivered messages to the dead-letter topic now (dropped when there is none)."""
         if not isinstance(reason, str):
             raise TypeError("reason must be str")
-        with self._broker._write() as txn:
-            rec = self._broker._topic(txn, self.topic)
-            key = self._key(d, rec)
-            e = self._valid(txn, key, d)
-            self._dead_letter_in(txn, rec, rec.pids[d.partition], d.offset, e, reason, _now_ms())
-        if self.dead_letter_topic:
-            self._env.notify_topics((self.dead_letter_topic,))
 
-    def extend(self, d: Delivery, seconds: float) -> None:
-        """Keep a delivery invisible for ``seconds`` more (from now)."""
-        self._check_open()
-        d = self._check_delivery(d)
-        require_positive_number(seconds, "seconds", allow_zero=False)
-        with self._broker._write() as txn:
-            rec = self._broker._topic(txn, self.topic)
-            key = self._key(d, rec)
-            e = self._valid(txn, key, d)
-            e.visible = _now_ms() + int(seconds * 1000)
-            txn.put(key, e.encode(), db=self._env.dbs["pending"])
-        d.visible_at_ms = e.visible
+        def fn(txn: Any, rec: _log.TopicRecord, e: _Entry, group: list[Delivery],
+               now: int) -> bool:
+            self._to_dlq(txn, rec, rec.pids.index(e.pid), self._messages_of(group), e, reason,
+                         now)
+            return True
 
-    def _dead_letter_in(self, txn: Any, rec: _log.TopicRecord, pid: int, off: int, e: _Entry,
-                        reason: str, now: int) -> None:
-        """In ``txn``: append the message to the DLQ (if any) and delete its entry."""
-        key = self._qg.encode() + b"\x00" + _PK_TAIL.pack(pid, off)
-        txn.delete(key, db=self._env.dbs["pending"])
-        if self.dead_letter_topic is None:
+        return self._apply(deliveries, "dead-lettered", fn)[0]
+
+    def extend(self, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
+        """Keep deliveries invisible to others for ``seconds`` more, counted from now."""
+        ms = _seconds_ms(seconds, "seconds", allow_zero=False)
+
+        post: list[tuple[list[Delivery], _Receipt]] = []
+
+        def fn(txn: Any, rec: _log.TopicRecord, e: _Entry, group: list[Delivery],
+               now: int) -> bool:
+            visible = now + ms
+            key = self._split(txn, e, group, visible=visible, token=e.token, owner=e.owner,
+                              count=e.count, error=e.error)
+            # The extended messages now live in an entry of their own, same token.
+            post.append((group, _Receipt(group[0]._r.queue, key, e.token, e.count, visible,
+                                         min(d.offset for d in group), e.pid)))
+            self._lower_hint(txn, visible)
+            return False
+
+        try:
+            n = self._apply(deliveries, "extended", fn)[0]
+        finally:
+            if sys.exc_info()[0] in (None, StaleDeliveryError):  # committed
+                for group, r in post:
+                    for d in group:
+                        d._r = r
+        return n
+
+    def _lower_hint(self, txn: Any, visible: int) -> None:
+        meta = self._load_meta(txn)
+        if visible < meta.min_visible_ms:
+            meta.min_visible_ms = visible
+            self._store_meta(txn, meta)
+
+    @staticmethod
+    def _messages_of(group: list[Delivery]) -> list[_core.Message]:
+        return sorted(group, key=lambda d: d.offset)
+
+    def _to_dlq(self, txn: Any, rec: _log.TopicRecord, part: int, msgs: Sequence[Any],
+                e: _Entry, reason: str, now: int) -> None:
+        """In ``txn``: append ``msgs`` (of entry ``e``) to the dead-letter topic, if any."""
+        dlq = self.dead_letter_topic
+        if dlq is None or not msgs:
             return
-        msg = self._read_one(txn, rec, pid, off)
-        if msg is None:
-            return
-        headers = [(n, v) for n, v in msg.headers if n not in _DLQ_HEADERS]
-        headers += [
+        common = [
             (H_TOPIC, self.topic.encode()),
-            (H_PARTITION, str(msg.partition).encode()),
-            (H_OFFSET, str(off).encode()),
+            (H_PARTITION, str(part).encode()),
+            None,
             (H_GROUP, self.group.encode()),
             (H_COUNT, str(e.count).encode()),
-            (H_ERROR, e.error.encode()),
-            (H_FIRST, str(e.first).encode()),
-            (H_LAST, str(e.last).encode()),
-            (H_REASON, reason.encode()),
+            (H_ERROR, e.error.encode("utf-8")[:_MAX_ERROR]),
+            (H_FIRST, str(e.first_ms).encode()),
+            (H_LAST, str(e.last_ms).encode()),
+            (H_REASON, reason.encode("utf-8")[:_MAX_ERROR]),
             (H_TIME, str(now).encode()),
         ]
-        _append_one(self._broker, txn, self.dead_letter_topic, msg.key, msg.value, headers,
-                    msg.timestamp_ms)
+        items = []
+        for m in msgs:
+            hs = [(n, v) for n, v in m.headers if n not in _DLQ_HEADERS]
+            common[2] = (H_OFFSET, str(m.offset).encode())
+            items.append((m.key, m.value, hs + common, m.timestamp_ms))  # type: ignore[operator]
+        _append_many(self._broker, txn, dlq, items)
 
-    def _maybe_cleanup(self, txn: Any, rec: _log.TopicRecord) -> None:
+    def _cleanup_consumed(self, txn: Any) -> bool:
+        """``cleanup="consumed"``: delete batches every queue group acknowledged."""
+        rec = self._broker._topic(txn, self.topic)
         if rec.config.get("cleanup") != "consumed":
-            return
-        now = _now_ms()
-        last = self.__dict__.get("_last_cleanup", 0)
-        if now - last < 200:
-            return
-        self.__dict__["_last_cleanup"] = now
+            return False
         env = self._env
         cfg = rec.topic_config()
+        now = _now_ms()
+        deleted = False
         for pid in rec.pids:
             floor = consumed_floor(txn, env.dbs, rec, pid)
             if floor is None:
@@ -619,27 +1098,31 @@ class Queue:
             st = _log.load_state_w(txn, env, pid)
             if _log.apply_retention(txn, env.dbs, pid, st, cfg, now, floor):
                 _log.store_state(txn, env.dbs, pid, st)
+                deleted = True
+        return deleted
 
     # -- inspection ------------------------------------------------------------------------
     def pending(self) -> list[dict[str, Any]]:
-        """In-flight and waiting-for-retry messages of this group (for inspection)."""
+        """In-flight and waiting-for-retry messages of this group, one dict per message."""
         out = []
         with self._env.read_txn() as txn:
             rec = self._broker._topic(txn, self.topic)
-            for key, raw in self._scan_pending(txn):
-                pid, off = _PK_TAIL.unpack_from(key, len(key) - 12)
-                e = _Entry.decode(raw)
-                out.append({"partition": rec.pids.index(pid), "offset": off,
-                            "delivery_count": e.count, "visible_at_ms": e.visible,
-                            "owner": e.owner.rstrip(b"\x00").decode() or None,
-                            "last_error": e.error or None})
+            for e in self._scan(txn):
+                part = rec.pids.index(e.pid) if e.pid in rec.pids else -1
+                owner = e.owner.rstrip(b"\x00").decode() or None
+                for off in e.offsets():
+                    out.append({"partition": part, "offset": off, "delivery_count": e.count,
+                                "visible_at_ms": e.visible, "owner": owner,
+                                "first_delivery_ms": e.first_ms, "last_delivery_ms": e.last_ms,
+                                "last_error": e.error or None})
+        out.sort(key=lambda p: (p["partition"], p["offset"]))
         return out
 
     def lag(self) -> int:
         """Messages not yet acknowledged by this group (pending + never delivered)."""
         with self._env.read_txn() as txn:
             rec = self._broker._topic(txn, self.topic)
-            total = len(self._scan_pending(txn))
+            total = sum(e.pending_count() for e in self._scan(txn))
             for pid in rec.pids:
                 st = _log.load_state(txn, self._env.dbs, pid)
                 raw = txn.get(group_pid_key(self._qg, pid), db=self._env.dbs["offsets"])
@@ -648,12 +1131,6 @@ class Queue:
         return total
 
     # -- lifecycle --------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("this queue consumer is closed")
-        if self._broker.closed:
-            raise ClosedError("the broker of this queue consumer is closed")
-
     def close(self) -> None:
         """Stop; messages still held become visible to others at once. Idempotent."""
         if self._closed:
@@ -668,11 +1145,11 @@ class Queue:
             with self._broker._write() as txn:
                 meta = self._load_meta(txn)
                 released = 0
-                for key, raw in self._scan_pending(txn):
-                    e = _Entry.decode(raw)
+                pend = self._env.dbs["pending"]
+                for e in self._scan(txn):
                     if e.owner == self._owner:
-                        e.visible, e.owner, e.token = 0, b"\x00" * 16, 0
-                        txn.put(key, e.encode(), db=self._env.dbs["pending"])
+                        e.visible, e.owner, e.token = 0, _NOBODY, 0
+                        txn.put(e.key, e.encode(), db=pend)
                         released += 1
                 meta.consumers.pop(self.owner_id, None)
                 if released:
@@ -696,21 +1173,43 @@ class Queue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        return f"<mqlite.Queue topic={self.topic!r} group={self.group!r} owner={self.owner_id}>"
 
-def _append_one(broker: Broker, txn: Any, topic: str, key: bytes | None, value: bytes | None,
-                headers: list[tuple[str, bytes]], ts: int, partition: int | None = None) -> int:
-    """Append one record inside ``txn`` (no size cap: it was accepted once already)."""
+
+def _target_topic(broker: Broker, txn: Any, topic: str) -> _log.TopicRecord:
+    """Topic record for an append inside ``txn``; a missing dead-letter topic is recreated."""
+    try:
+        return broker._topic(txn, topic)
+    except TopicNotFoundError:
+        env = broker._env
+        env.topic_cache.clear()
+        return _log.create_topic(txn, env.dbs, topic, TopicConfig(), _now_ms())
+
+
+def _append_many(broker: Broker, txn: Any, topic: str,
+                 items: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]],
+                 partition: int | None = None) -> None:
+    """Append records (key, value, headers, timestamp) inside ``txn``, no size cap
+    (they were accepted once already); keyed records go to their key's partition."""
     env = broker._env
-    rec = broker._topic(txn, topic)
-    part = broker._choose_partition(rec, key, partition)
-    batches = _core.encode_batches([value if value is not None else b""],
-                                   None if key is None else [key], [headers], ts,
-                                   max_message_bytes=1 << 30)
-    pid = rec.pids[part]
-    st = _log.load_state_w(txn, env, pid)
-    off = _log.append_batches(txn, env.dbs, pid, batches, st)
-    _log.store_state(txn, env.dbs, pid, st)
-    return off
+    rec = _target_topic(broker, txn, topic)
+    by_part: dict[int, list[int]] = {}
+    for i, (k, _, _, _) in enumerate(items):
+        p = broker._choose_partition(rec, k, partition if partition is None or
+                                     partition < len(rec.pids) else None)
+        by_part.setdefault(p, []).append(i)
+    for part, idx in by_part.items():
+        sel = [items[i] for i in idx]
+        keys = [k for k, _, _, _ in sel]
+        batches = _core.encode_batches([v if v is not None else b"" for _, v, _, _ in sel],
+                                       None if all(k is None for k in keys) else keys,
+                                       [h for _, _, h, _ in sel], [t for _, _, _, t in sel],
+                                       max_message_bytes=1 << 30)
+        pid = rec.pids[part]
+        st = _log.load_state_w(txn, env, pid)
+        _log.append_batches(txn, env.dbs, pid, batches, st)
+        _log.store_state(txn, env.dbs, pid, st)
 
 
 def consumed_floor(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord, pid: int) -> int | None:
@@ -723,28 +1222,40 @@ def consumed_floor(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord, pid: in
             k = bytes(k)
             if not k.startswith(prefix):
                 break
-            groups.append(k.decode())
+            groups.append(k)
     if not groups:
         return None
     floor: int | None = None
+    pc = txn.cursor(db=dbs["pending"])
+    pidb = pid.to_bytes(4, "big")
     for qg in groups:
-        raw = txn.get(group_pid_key(qg, pid), db=dbs["offsets"])
-        cursor = 0 if raw is None else _U64.unpack(raw)[0]
-        low = cursor
-        pc = txn.cursor(db=dbs["pending"])
-        pfx = qg.encode() + b"\x00" + pid.to_bytes(4, "big")
+        raw = txn.get(qg + b"\x00" + pidb, db=dbs["offsets"])
+        low = 0 if raw is None else _U64.unpack(raw)[0]
+        pfx = qg + b"\x00" + pidb
+        # Entries sort by first offset and an entry's first offset is <= each of its
+        # pending offsets, so walk them only while they can still lower the floor.
         if pc.set_range(pfx):
-            k = bytes(pc.key())
-            if k.startswith(pfx):
-                low = min(low, _U64.unpack(k[-8:])[0])
+            for k, v in pc:
+                if not k.startswith(pfx) or len(k) != len(pfx) + 12:
+                    break
+                first = _PK.unpack_from(k, len(k) - _PK.size)[1]
+                if first >= low:
+                    break
+                span = _HDR.unpack_from(v)[6]
+                bm = bytes(v[_HSIZE:_HSIZE + ((span + 7) >> 3)])
+                lowest = int.from_bytes(bm, "little")
+                if lowest:
+                    low = min(low, first + (lowest & -lowest).bit_length() - 1)
         floor = low if floor is None else min(floor, low)
     return floor
 
 
 def _drop_topic_queues(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord) -> None:
-    """Delete-topic hook: forget queue groups, cursors and pending entries of the topic."""
-    prefix = f"~q~{rec.name}~".encode()
-    for dbname in ("groups", "pending"):
+    """Delete-topic hook: forget queue groups, cursors, pending entries and DLQ marks."""
+    for dbname, prefix in (("groups", f"~q~{rec.name}~".encode()),
+                           ("pending", f"~q~{rec.name}~".encode()),
+                           ("offsets", f"~q~{rec.name}~".encode()),
+                           ("pending", f"{_DLQ_DONE}{rec.name}\x00".encode())):
         cur = txn.cursor(db=dbs[dbname])
         doomed = []
         if cur.set_range(prefix):
@@ -770,6 +1281,10 @@ class DeadLetter(msgspec.Struct, frozen=True):
     delivery_count: int | None
     reason: str | None
     last_error: str | None
+    original_group: str | None
+    first_delivery_ms: int | None
+    last_delivery_ms: int | None
+    dead_lettered_ms: int | None
     message: Any
 
 
@@ -792,34 +1307,87 @@ def _as_dead_letter(msg: _core.Message) -> DeadLetter:
                       original_topic=_header(msg, H_TOPIC),
                       original_partition=_int(H_PARTITION), original_offset=_int(H_OFFSET),
                       delivery_count=_int(H_COUNT), reason=_header(msg, H_REASON),
-                      last_error=_header(msg, H_ERROR) or None, message=msg)
+                      last_error=_header(msg, H_ERROR) or None,
+                      original_group=_header(msg, H_GROUP),
+                      first_delivery_ms=_int(H_FIRST), last_delivery_ms=_int(H_LAST),
+                      dead_lettered_ms=_int(H_TIME), message=msg)
 
 
+# Redriven / purged dead letters are marked done in ``pending`` under
+# "~dlq~<topic>" NUL pid u32 offset u64; "~dlq~<topic>" NUL pid u32 alone holds the
+# floor below which every letter is done (marks below it are deleted).
 _DLQ_DONE = "~dlq~"
 
 
-def dead_letters(broker: Broker, dlq_topic: str, limit: int = 1000) -> list[DeadLetter]:
-    """Dead letters in ``dlq_topic`` not yet redriven or purged, oldest first."""
+def _done_prefix(dlq_topic: str, pid: int) -> bytes:
+    return f"{_DLQ_DONE}{dlq_topic}".encode() + b"\x00" + pid.to_bytes(4, "big")
+
+
+def _done_floor(txn: Any, pend: Any, dlq_topic: str, pid: int) -> int:
+    raw = txn.get(_done_prefix(dlq_topic, pid), db=pend)
+    return 0 if raw is None else _U64.unpack(bytes(raw))[0]
+
+
+def _undone(broker: Broker, txn: Any, dlq_topic: str, limit: int | None = None
+            ) -> list[DeadLetter]:
     validate_topic_name(dlq_topic)
-    require_int(limit, "limit", minimum=1)
+    env = broker._env
+    pend = env.dbs["pending"]
+    rec = broker._topic(txn, dlq_topic)
     out: list[DeadLetter] = []
-    env = broker._live_env()
-    with env.read_txn() as txn:
-        rec = broker._topic(txn, dlq_topic)
-        for part, pid in enumerate(rec.pids):
-            st = _log.load_state(txn, env.dbs, pid)
+    for part, pid in enumerate(rec.pids):
+        st = _log.load_state(txn, env.dbs, pid)
+        pos = max(st.start, _done_floor(txn, pend, dlq_topic, pid))
+        pfx = _done_prefix(dlq_topic, pid)
+        while pos < st.next:
             msgs: list[_core.Message] = []
-            _log.read_records(txn, env.dbs, pid, st.start, limit, msgs, dlq_topic, part, st.next)
+            pos = _log.read_records(txn, env.dbs, pid, pos, 1000, msgs, dlq_topic, part, st.next)
+            if not msgs:
+                break
             for m in msgs:
-                if txn.get(_done_key(dlq_topic, pid, m.offset), db=env.dbs["pending"]) is None:
+                if txn.get(pfx + _U64.pack(m.offset), db=pend) is None:
                     out.append(_as_dead_letter(m))
-                    if len(out) >= limit:
+                    if limit is not None and len(out) >= limit:
                         return out
     return out
 
 
-def _done_key(dlq_topic: str, pid: int, off: int) -> bytes:
-    return f"{_DLQ_DONE}{dlq_topic}".encode() + b"\x00" + _PK_TAIL.pack(pid, off)
+def _mark_done(broker: Broker, txn: Any, dlq_topic: str, rec: _log.TopicRecord,
+               marks: dict[int, list[int]]) -> None:
+    """Mark offsets done, then advance each partition's floor over contiguous marks."""
+    env = broker._env
+    pend = env.dbs["pending"]
+    for part, offs in marks.items():
+        pid = rec.pids[part]
+        pfx = _done_prefix(dlq_topic, pid)
+        for off in offs:
+            txn.put(pfx + _U64.pack(off), b"", db=pend)
+        st = _log.load_state(txn, env.dbs, pid)
+        floor = max(_done_floor(txn, pend, dlq_topic, pid), st.start)
+        cur = txn.cursor(db=pend)
+        # Drop marks below the floor (retention may have passed them), then advance.
+        while cur.set_range(pfx + b"\x00" * 8):
+            k = bytes(cur.key())
+            if not k.startswith(pfx) or len(k) != len(pfx) + 8:
+                break
+            off = _U64.unpack_from(k, len(pfx))[0]
+            if off < floor:
+                cur.delete()
+            elif off == floor:
+                cur.delete()
+                floor += 1
+            else:
+                break
+        txn.put(pfx, _U64.pack(floor), db=pend)
+
+
+def dead_letters(broker: Broker, dlq_topic: str, limit: int = 1000) -> list[DeadLetter]:
+    """Dead letters in ``dlq_topic`` not yet redriven or purged, oldest first per partition."""
+    validate_topic_name(dlq_topic)
+    require_int(limit, "limit", minimum=1)
+    env = broker._live_env()
+    with env.read_txn() as txn:
+        return _undone(broker, txn, dlq_topic, limit)
 
 
 def redrive(broker: Broker, dlq_topic: str,
@@ -827,40 +1395,54 @@ def redrive(broker: Broker, dlq_topic: str,
             to_topic: str | None = None) -> int:
     """Send dead letters back to their original topic (or ``to_topic``); returns how many.
 
-    Each redriven message is appended with its original key, value, headers
-    (the ``x-*`` dead-letter headers removed) and marked done in the same
-    transaction, so a crash never redrives twice.  ``where`` filters.
+    Each redriven message is appended with its original key, value and
+    headers (the ``x-*`` dead-letter headers removed) to its original
+    partition when it still exists, and marked done in the same transaction,
+    so a crash never redrives twice.  ``where`` filters; letters whose target
+    topic no longer exists are left in place.
     """
+    validate_topic_name(dlq_topic)
     if to_topic is not None:
         validate_topic_name(to_topic)
+    require_int(limit, "limit", minimum=1, allow_none=True)
+    if where is not None and not callable(where):
+        raise TypeError("where must be a callable taking a DeadLetter")
+    env = broker._live_env()
+    with env.read_txn() as txn:
+        letters = _undone(broker, txn, dlq_topic)
+    chosen = []
+    for dl in letters:
+        if limit is not None and len(chosen) >= limit:
+            break
+        if where is None or where(dl):  # user code runs outside the write lock
+            chosen.append(dl)
     n = 0
     touched: set[str] = set()
-    env = broker._live_env()
     with broker._write() as txn:
-        letters = _undone(broker, txn, dlq_topic)
         rec = broker._topic(txn, dlq_topic)
-        for dl in letters:
-            if where is not None and not where(dl):
-                continue
-            if limit is not None and n >= limit:
-                break
+        still = {(dl.partition, dl.offset) for dl in _undone(broker, txn, dlq_topic)}
+        marks: dict[int, list[int]] = {}
+        for dl in chosen:
+            if (dl.partition, dl.offset) not in still:
+                continue  # redriven or purged by someone else meanwhile
             target = to_topic or dl.original_topic
             if target is None:
                 continue
             try:
-                broker._topic(txn, target)
+                trec = broker._topic(txn, target)
             except TopicNotFoundError:
                 continue
             msg = dl.message
             headers = [(k, v) for k, v in msg.headers if k not in _DLQ_HEADERS]
-            _append_one(broker, txn, target, msg.key, msg.value, headers, msg.timestamp_ms,
-                        dl.original_partition if (to_topic is None and dl.original_partition
-                                                  is not None and dl.original_partition <
-                                                  len(broker._topic(txn, target).pids)) else None)
-            txn.put(_done_key(dlq_topic, rec.pids[dl.partition], dl.offset), b"",
-                    db=env.dbs["pending"])
+            part = dl.original_partition if to_topic is None else None
+            if part is not None and not 0 <= part < len(trec.pids):
+                part = None
+            _append_many(broker, txn, target, [(msg.key, msg.value, headers, msg.timestamp_ms)],
+                         part)
+            marks.setdefault(dl.partition, []).append(dl.offset)
             touched.add(target)
             n += 1
+        _mark_done(broker, txn, dlq_topic, rec, marks)
     if touched:
         env.notify_topics(touched)
     return n
@@ -868,33 +1450,28 @@ def redrive(broker: Broker, dlq_topic: str,
 
 def purge_dead_letters(broker: Broker, dlq_topic: str,
                        where: Callable[[DeadLetter], bool] | None = None) -> int:
-    """Mark dead letters done without redriving them; returns how many."""
-    n = 0
+    """Discard dead letters (all, or those ``where`` accepts); returns how many.
+
+    They stay in the dead-letter topic's log (a normal topic: retention
+    removes them) but are no longer listed or redriven.
+    """
+    validate_topic_name(dlq_topic)
+    if where is not None and not callable(where):
+        raise TypeError("where must be a callable taking a DeadLetter")
     env = broker._live_env()
+    with env.read_txn() as txn:
+        letters = _undone(broker, txn, dlq_topic)
+    chosen = {(dl.partition, dl.offset) for dl in letters if where is None or where(dl)}
+    n = 0
     with broker._write() as txn:
         rec = broker._topic(txn, dlq_topic)
+        marks: dict[int, list[int]] = {}
         for dl in _undone(broker, txn, dlq_topic):
-            if where is not None and not where(dl):
-                continue
-            txn.put(_done_key(dlq_topic, rec.pids[dl.partition], dl.offset), b"",
-                    db=env.dbs["pending"])
-            n += 1
+            if (dl.partition, dl.offset) in chosen:
+                marks.setdefault(dl.partition, []).append(dl.offset)
+                n += 1
+        _mark_done(broker, txn, dlq_topic, rec, marks)
     return n
-
-
-def _undone(broker: Broker, txn: Any, dlq_topic: str) -> list[DeadLetter]:
-    validate_topic_name(dlq_topic)
-    env = broker._env
-    rec = broker._topic(txn, dlq_topic)
-    out = []
-    for part, pid in enumerate(rec.pids):
-        st = _log.load_state(txn, env.dbs, pid)
-        msgs: list[_core.Message] = []
-        _log.read_records(txn, env.dbs, pid, st.start, 1 << 30, msgs, dlq_topic, part, st.next)
-        for m in msgs:
-            if txn.get(_done_key(dlq_topic, pid, m.offset), db=env.dbs["pending"]) is None:
-                out.append(_as_dead_letter(m))
-    return out
 
 
 def _register_hooks() -> None:
@@ -910,6 +1487,8 @@ _register_hooks()
 
 
 def _after_fork_in_child() -> None:
+    # The child must not keep a parent's member lock alive: flock locks belong to the
+    # open file description, which fork shares.  Closing our copy leaves the parent's.
     for q in list(_live_queues):
         if q._lock_fd >= 0:
             try:
@@ -920,4 +1499,3 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-_ = GroupError

@@ -10,6 +10,7 @@ time, so a due message is delivered within milliseconds of its time.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from mqlite.types import RecordMetadata
 if TYPE_CHECKING:
     from mqlite.broker import Broker
 
-__all__ = ["schedule_send", "promote_due", "next_due_ms"]
+__all__ = ["next_due_ms", "promote_due", "schedule_send"]
 
 
 class ScheduledMessage(msgspec.Struct, array_like=True):
@@ -39,7 +40,7 @@ class ScheduledMessage(msgspec.Struct, array_like=True):
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(ScheduledMessage)
-_seq_counter = [0]
+_SEQ_KEY = b"scheduled_seq"  # in ``meta``: last sequence number handed out (u64 BE)
 
 
 def _as_bytes(v: Any, what: str) -> bytes:
@@ -68,6 +69,8 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
     else:
         require_positive_number(deliver_at, "deliver_at")
         due = float(deliver_at)  # type: ignore[arg-type]
+    if not math.isfinite(due) or due * 1000 >= 1 << 63:
+        raise ValueError("delay / deliver_at must be finite")
     validate_topic_name(topic)
     rec = broker._topic_cached_fresh(topic)
     if partition is not None:
@@ -90,10 +93,14 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
         did = dedup_id.encode() if isinstance(dedup_id, str) else bytes(dedup_id)
     msg = ScheduledMessage(topic, -1 if partition is None else partition, kb, val, hdrs, ts, did)
     due_ms = int(due * 1000)
-    _seq_counter[0] += 1
-    seq = (time.time_ns() & 0xFFFFFFFFFF) << 16 | (_seq_counter[0] & 0xFFFF)
+    meta = broker._env.dbs["meta"]
     with broker._write() as txn:
         broker._topic(txn, topic)
+        # A durable counter, bumped in the same transaction: keys never collide across
+        # processes and messages due in the same millisecond keep their send order.
+        raw = txn.get(_SEQ_KEY, db=meta)
+        seq = (0 if raw is None else int.from_bytes(raw, "big")) + 1
+        txn.put(_SEQ_KEY, seq.to_bytes(8, "big"), db=meta)
         txn.put(due_ms.to_bytes(8, "big") + seq.to_bytes(8, "big"), _enc.encode(msg),
                 db=broker._env.dbs["scheduled"])
     broker._env.notify_topics((topic,))

@@ -183,10 +183,9 @@ class Consumer:
                 raise OffsetOutOfRangeError(
                     f"no committed offset for {tp.topic}[{tp.partition}] and "
                     "auto_offset_reset='none'; seek() first")
-            if pos > st.next:
-                pos = st.next
-            else:
-                pos = st.next if self._reset == "latest" else st.start
+            # Past the end too (a seek too far, or the topic was recreated):
+            # like Kafka, reset by policy; clamping to the end would skip data.
+            pos = st.next if self._reset == "latest" else st.start
         self._positions[tp] = pos
         return pos
 

@@ -62,7 +62,7 @@ def test_poll_wakes_promptly_on_send_from_another_process(core_proc: CoreProcs,
     latency = res["wall"] - sent_at
     print(f"wake-up latency {latency * 1e3:.1f} ms, poll returned after {res['elapsed']:.3f} s")
     assert res["values"] == [b"wake-up".hex()]
-    assert latency < 0.25, f"poll returned {latency:.3f} s after the send"
+    assert latency < 0.5, f"poll returned {latency:.3f} s after the send"
     assert res["elapsed"] < 1.5
 
 
@@ -77,7 +77,7 @@ def test_several_waiting_processes_all_wake(core_proc: CoreProcs, broker: mqlite
     for c in children:
         res = _result(c)
         assert res["values"] == [b"a".hex(), b"b".hex()]
-        assert res["wall"] - sent_at < 0.25
+        assert res["wall"] - sent_at < 0.5
 
 
 def test_producer_send_from_another_process_wakes(core_proc: CoreProcs, broker_path: str,
@@ -90,7 +90,7 @@ def test_producer_send_from_another_process_wakes(core_proc: CoreProcs, broker_p
         p.send("u", b"via-producer").result()
     res = _result(child)
     assert res["values"] == [b"via-producer".hex()]
-    assert res["wall"] - sent_at < 0.25
+    assert res["wall"] - sent_at < 0.5
 
 
 def test_delayed_send_wakes_waiter_in_another_process_when_due(core_proc: CoreProcs,
@@ -103,7 +103,7 @@ def test_delayed_send_wakes_waiter_in_another_process_when_due(core_proc: CorePr
     due = time.time() + 0.3
     res = _result(child)
     assert res["values"] == [b"later".hex()]
-    assert -0.02 < res["wall"] - due < 0.3
+    assert -0.02 < res["wall"] - due < 0.5
 
 
 @pytest.mark.parametrize("timeout", [0.5, 1.0])

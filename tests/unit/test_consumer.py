@@ -146,13 +146,37 @@ def test_position_seek_and_seek_to_beginning_end(filled: mqlite.Broker) -> None:
     assert c.positions() == {tp0: 10, tp1: 6}
 
 
-def test_seek_past_end_resumes_at_end(filled: mqlite.Broker) -> None:
-    c = filled.consumer("t")
+@pytest.mark.parametrize("reset,expect", [("earliest", 0), ("latest", 10)])
+def test_seek_past_end_is_reset_by_policy(filled: mqlite.Broker, reset: str, expect: int) -> None:
+    # As in Kafka: an out-of-range position (either side) follows auto_offset_reset.
+    c = filled.consumer("t", auto_offset_reset=reset)
     c.seek(TP("t", 0), 1000)
-    assert c.poll(timeout=0) != []  # partition 1 still has data
-    assert c.position(TP("t", 0)) == 10
+    assert c.position(TP("t", 0)) == expect
+    c.seek(TP("t", 0), 1000)
+    got = _drain(c)
+    assert [m.offset for m in got if m.partition == 0] == list(range(expect, 10))
     filled.send("t", b"later", partition=0)
     assert _values(c.poll(timeout=0)) == [b"later"]
+
+
+def test_seek_past_end_with_reset_none_raises(filled: mqlite.Broker) -> None:
+    c = filled.consumer("t", auto_offset_reset="none")
+    c.seek(TP("t", 0), 11)
+    with pytest.raises(mqlite.OffsetOutOfRangeError):
+        c.position(TP("t", 0))
+    c.seek(TP("t", 0), 10)  # exactly the end is in range
+    assert c.position(TP("t", 0)) == 10
+
+
+def test_reader_of_recreated_topic_reads_the_new_messages(broker: mqlite.Broker) -> None:
+    broker.create_topic("t")
+    broker.send_batch("t", [b"old"] * 10)
+    c = broker.consumer("t")
+    assert len(c.poll(timeout=0)) == 10
+    broker.delete_topic("t")
+    broker.create_topic("t")
+    broker.send_batch("t", [b"new"] * 5)
+    assert _values(_drain(c)) == [b"new"] * 5
 
 
 def test_seek_unassigned_partition_is_value_error(filled: mqlite.Broker) -> None:

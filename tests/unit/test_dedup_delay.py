@@ -152,7 +152,7 @@ def test_delayed_message_is_invisible_until_due(broker: mqlite.Broker) -> None:
     got = c.poll(timeout=5)  # waits for the due time, then gets it promptly
     elapsed = time.monotonic() - t0
     assert [m.value for m in got] == [b"later"]
-    assert 0.28 <= elapsed < 0.8, elapsed
+    assert 0.28 <= elapsed < 1.0, elapsed
 
 
 def test_deliver_at(broker: mqlite.Broker) -> None:
@@ -163,7 +163,7 @@ def test_deliver_at(broker: mqlite.Broker) -> None:
     assert c.poll(timeout=0.1) == []  # a short poll does not wait for the due time
     assert time.monotonic() - t0 < 0.29
     assert [m.value for m in c.poll(timeout=5)] == [b"at"]
-    assert 0.28 <= time.monotonic() - t0 < 0.8
+    assert 0.28 <= time.monotonic() - t0 < 1.0
 
 
 def test_delayed_messages_arrive_in_due_order(broker: mqlite.Broker) -> None:
@@ -240,4 +240,4 @@ def test_waiting_consumer_gets_delayed_message_soon_after_due(
     got = c.poll(timeout=3)
     late = time.monotonic() - due
     assert [m.value for m in got] == [b"x"]
-    assert -0.02 <= late < 0.3, late
+    assert -0.02 <= late < 0.5, late

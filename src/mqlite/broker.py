@@ -389,7 +389,7 @@ class Broker:
         if type(topic) is not str:
             validate_topic_name(topic)
         ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
-            timestamp_ms, "timestamp_ms")
+            timestamp_ms, "timestamp_ms", minimum=0)
         env = self._env
         if self._closed:
             raise ClosedError("this broker handle is closed; call mqlite.open() again")
@@ -491,6 +491,8 @@ class Broker:
         ts = now_ms() if timestamp_ms is None else timestamp_ms
         if isinstance(ts, bool) or not isinstance(ts, (int, Sequence)):
             raise TypeError("timestamp_ms must be an int or a sequence of ints")
+        if ts < 0 if isinstance(ts, int) else any(type(t) is int and t < 0 for t in ts):
+            raise ValueError("timestamp_ms must be >= 0 (UNIX time in milliseconds)")
         env = self._live_env()
         rec = self._topic_cached(topic)
         n = len(rec.pids)

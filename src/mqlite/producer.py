@@ -225,7 +225,8 @@ class Producer:
                 raise PartitionNotFoundError(f"partitioner returned {part!r}; expected 0..{n - 1}")
         else:
             part = self._broker._choose_partition(rec, key, partition)
-        ts = now_ms() if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms")
+        ts = now_ms() if timestamp_ms is None else require_int(
+            timestamp_ms, "timestamp_ms", minimum=0)
         dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
         fut: Future[RecordMetadata] = Future()
         item = SendItem(topic, value, key, headers, part, ts, dkey, fut)

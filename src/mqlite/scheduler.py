@@ -75,7 +75,7 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
     rec = broker._topic_cached_fresh(topic)
     if partition is not None:
         broker._choose_partition(rec, key, partition)
-    ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms")
+    ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms", minimum=0)
     hdrs = None
     if headers is not None:
         hdrs = []

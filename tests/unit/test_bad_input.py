@@ -228,6 +228,24 @@ def test_bad_timestamp_is_type_error(broker: mqlite.Broker, unchanged: Callable[
             broker.send("good", b"v", timestamp_ms=ts)
 
 
+def test_negative_timestamp_is_value_error(broker: mqlite.Broker,
+                                           unchanged: Callable[[], Unchanged]) -> None:
+    # -1 is the "no timestamp" sentinel of partition state and of delayed messages.
+    with unchanged():
+        for ts in (-1, -5):
+            with pytest.raises(ValueError):
+                broker.send("good", b"v", timestamp_ms=ts)
+            with pytest.raises(ValueError):
+                broker.send("good", b"v", timestamp_ms=ts, delay=1.0)
+            with pytest.raises(ValueError):
+                broker.send_batch("good", [b"v"], timestamp_ms=ts)
+            with pytest.raises(ValueError):
+                broker.send_batch("good", [b"v", b"w"], timestamp_ms=[1, ts])
+            with pytest.raises(ValueError):
+                _with_producer(broker, lambda p: p.send("good", b"v", timestamp_ms=ts))
+    assert broker.send("good", b"v", timestamp_ms=0).timestamp_ms == 0
+
+
 @pytest.mark.parametrize("partition,exc", [
     ("0", TypeError), (1.0, TypeError), (True, TypeError),
     (-1, mqlite.PartitionNotFoundError), (2, mqlite.PartitionNotFoundError),

@@ -26,7 +26,7 @@ from mqlite import _core
 from mqlite._storage import log as _log
 from mqlite._storage.env import lmdb_error
 from mqlite.config import require_int, require_positive_number, validate_topic_name
-from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError
+from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
 from mqlite.partitioner import resolve_partitioner
 from mqlite.types import RecordMetadata
 
@@ -284,7 +284,7 @@ class Producer:
                     self._in_flight = 0
                     cv.notify_all()
 
-    def _commit(self, items: list[SendItem]) -> None:
+    def _commit(self, items: list[SendItem], retry: bool = True) -> None:
         from mqlite.broker import now_ms
 
         broker = self._broker
@@ -301,6 +301,13 @@ class Producer:
                 touched = append_items(broker, txn, groups, now_ms(), results)
             except BaseException as exc:
                 env.abort(txn)
+                if retry and isinstance(exc, TopicNotFoundError):
+                    # Another process deleted a topic after its records were encoded
+                    # from the cache: encode again from fresh metadata, which fails
+                    # only that topic's records, not the whole batch.
+                    env.topic_cache.clear()
+                    self._commit(items, retry=False)
+                    return
                 if not isinstance(exc, MqliteError) and type(exc).__module__.startswith("lmdb"):
                     raise lmdb_error(exc, "producer commit") from exc
                 raise

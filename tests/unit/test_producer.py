@@ -453,3 +453,21 @@ def test_producer_argument_errors(broker: mqlite.Broker) -> None:
         broker.producer(batch_bytes=0)
     with pytest.raises(ValueError):
         broker.producer(max_queued=0)
+
+
+def test_topic_deleted_by_another_process_fails_only_its_records(
+        broker: mqlite.Broker, run_python: Callable[..., Any]) -> None:
+    broker.create_topic("a")
+    broker.create_topic("b")
+    with broker.producer(linger_ms=60_000) as p:
+        p.send("b", b"warm-up")
+        p.flush()  # now "b" is in this process's topic cache
+        fa = p.send("a", b"x")
+        fb = p.send("b", b"y")
+        res = run_python("import sys, mqlite\n"
+                         "with mqlite.open(sys.argv[1], durability='none') as b:\n"
+                         "    b.delete_topic('b')\n", broker.path)
+        assert res.returncode == 0, res.stderr
+    assert fa.result().topic == "a"
+    assert isinstance(fb.exception(), mqlite.TopicNotFoundError)
+    assert [m.value for m in broker.read("a")] == [b"x"]

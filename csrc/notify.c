@@ -1,0 +1,190 @@
+#include "notify.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+static int open_file(const char *path, unsigned mode)
+{
+    for (;;) {
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
+        if (fd >= 0) {
+            /* We created it: apply the requested mode exactly.  A shared
+             * group mode (0660) must not be narrowed by the umask, or the
+             * other members could not open the file read-write. */
+            if (fchmod(fd, (mode_t)mode) < 0) {
+                int e = errno;
+                close(fd);
+                return -e;
+            }
+            return fd;
+        }
+        if (errno != EEXIST)
+            return -errno;
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0)
+            return fd;
+        if (errno != ENOENT)
+            return -errno;
+        /* Deleted between the two opens: try to create it again. */
+    }
+}
+
+int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
+{
+    n->slots_base = NULL;
+    n->slots = 0;
+    n->map_len = 0;
+    if (slots == 0 || slots > (size_t)INT64_MAX / sizeof(mq_notify_slot))
+        return -EINVAL;
+    size_t need = slots * sizeof(mq_notify_slot);
+
+    int fd = open_file(path, mode);
+    if (fd < 0)
+        return fd;
+    int err = 0;
+    struct stat st;
+    /* Check-and-grow under an exclusive lock: without it, an opener that
+     * wants fewer slots could ftruncate the file back down after another
+     * grew it, and a mapping past the new end would fault. */
+    while (flock(fd, LOCK_EX) < 0) {
+        if (errno != EINTR) {
+            err = errno;
+            goto out;
+        }
+    }
+    if (fstat(fd, &st) < 0)
+        err = errno;
+    else if ((uint64_t)st.st_size < need && ftruncate(fd, (off_t)need) < 0)
+        err = errno;
+    flock(fd, LOCK_UN);
+    if (err)
+        goto out;
+    void *m = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        err = errno;
+        goto out;
+    }
+    n->slots_base = m;
+    n->slots = slots;
+    n->map_len = need;
+out:
+    close(fd);
+    return -err;
+}
+
+void mq_notify_close(mq_notify *n)
+{
+    if (n->slots_base)
+        munmap(n->slots_base, n->map_len);
+    n->slots_base = NULL;
+    n->slots = 0;
+    n->map_len = 0;
+}
+
+uint32_t mq_notify_load(const mq_notify *n, size_t slot)
+{
+    return __atomic_load_n(&n->slots_base[slot].seq, __ATOMIC_ACQUIRE);
+}
+
+#ifdef __linux__
+static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *timeout)
+{
+    return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+}
+#endif
+
+void mq_notify_bump(mq_notify *n, size_t slot)
+{
+    mq_notify_slot *s = &n->slots_base[slot];
+    /* seq_cst on both sides (see the header): a release increment followed
+     * by a load of `waiters` could be reordered before the increment, and a
+     * waiter that registered just then would sleep through this bump. */
+    __atomic_fetch_add(&s->seq, 1, __ATOMIC_SEQ_CST);
+#ifdef __linux__
+    if (__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST) > 0)
+        futex(&s->seq, FUTEX_WAKE, INT_MAX, NULL);
+#endif
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static struct timespec to_timespec(int64_t ns)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    return ts;
+}
+
+int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns, int flags)
+{
+    mq_notify_slot *s = &n->slots_base[slot];
+    if (__atomic_load_n(&s->seq, __ATOMIC_SEQ_CST) != expected)
+        return 1;
+    if (timeout_ns <= 0)
+        return 0;
+    int64_t start = now_ns(), deadline;
+    if (__builtin_add_overflow(start, timeout_ns, &deadline))
+        deadline = INT64_MAX;
+
+    int rc = 0;
+    __atomic_fetch_add(&s->waiters, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        if (__atomic_load_n(&s->seq, __ATOMIC_SEQ_CST) != expected) {
+            rc = 1;
+            break;
+        }
+        int64_t left = deadline - now_ns();
+        if (left <= 0) {
+            rc = 0;
+            break;
+        }
+#ifdef __linux__
+        struct timespec ts = to_timespec(left);
+        if (futex(&s->seq, FUTEX_WAIT, expected, &ts) == 0) {
+            rc = 1; /* woken by a bump (or spuriously: callers re-read anyway) */
+            break;
+        }
+        int e = errno;
+        /* EAGAIN: seq already differed; ETIMEDOUT: the loop re-checks the
+         * clock.  Anything else (ENOSYS under odd sandboxes) degrades to the
+         * sleep-poll below rather than spinning. */
+        if (e == EAGAIN || e == ETIMEDOUT)
+            continue;
+        if (e == EINTR) {
+            if ((flags & MQ_NOTIFY_RETURN_ON_EINTR) &&
+                __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST) == expected) {
+                rc = MQ_EINTR;
+                break;
+            }
+            continue;
+        }
+#endif
+        /* Sleep-poll: at most 1 ms per step, so a bump is seen within ~1 ms. */
+        struct timespec step = to_timespec(left < 1000000 ? left : 1000000);
+        if (nanosleep(&step, NULL) < 0 && errno == EINTR &&
+            (flags & MQ_NOTIFY_RETURN_ON_EINTR) &&
+            __atomic_load_n(&s->seq, __ATOMIC_SEQ_CST) == expected) {
+            rc = MQ_EINTR;
+            break;
+        }
+    }
+    __atomic_fetch_sub(&s->waiters, 1, __ATOMIC_SEQ_CST);
+    return rc;
+}

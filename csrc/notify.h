@@ -1,0 +1,88 @@
+/* notify.h - cross-process wake-ups on a shared file of sequence words.
+ *
+ * A notify file is an array of slots, each two native-endian uint32 words
+ * { seq, waiters }, mapped MAP_SHARED by every process that opens it (and
+ * inherited across fork()).  Writers bump a slot after they commit data;
+ * readers that found nothing wait until the slot's seq moves or a timeout
+ * passes.  Which slot stands for which partition is the caller's choice
+ * (usually a hash); all processes must open the file with the same slot
+ * count for their hashes to agree.
+ *
+ * Concurrency contract - a wake-up is a hint, never a message:
+ *  - The writer bumps the counter only after its commit has returned, so a
+ *    woken reader that re-reads committed state sees the new data.
+ *  - Waiters always re-read the state they care about after mq_notify_wait
+ *    returns, whatever it returned, and always pass a finite timeout.  A lost
+ *    wake-up (a process died between commit and bump, two slots collide, a
+ *    counter wrapped) then costs at most one timeout of latency, and a
+ *    spurious one costs a re-read; neither costs correctness.
+ *  - The waiter count only decides whether bump() makes a futex syscall.  A
+ *    process killed inside wait() leaves the count one too high forever; that
+ *    is harmless, bumps of that slot just always call FUTEX_WAKE.
+ *  - A waiter registers (waiters++) and then re-reads seq; a bumper
+ *    increments seq and then reads waiters.  Both sides use sequentially
+ *    consistent atomics, so at least one of them sees the other: either the
+ *    waiter sees the new seq and does not sleep, or the bumper sees the
+ *    waiter and wakes it.  The futex syscall itself re-checks seq == expected
+ *    atomically with going to sleep.
+ *  - The futex operations are the shared (non-PRIVATE) ones: the words live
+ *    in a file mapping shared between processes.
+ *
+ * Linux uses futex(2).  Other systems sleep-poll: re-read seq every 1 ms at
+ * most until it changes or the timeout passes.
+ *
+ * Bounds: slot indexes are not checked here; the caller guarantees
+ * slot < n->slots (the binding raises ValueError otherwise).  A notify file
+ * is never shrunk; if another program truncates it, access faults (SIGBUS),
+ * as with any shared mapping.
+ */
+#ifndef MQLITE_NOTIFY_H
+#define MQLITE_NOTIFY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mqerr.h"
+
+typedef struct mq_notify_slot {
+    uint32_t seq;
+    uint32_t waiters;
+} mq_notify_slot;
+
+typedef struct mq_notify {
+    mq_notify_slot *slots_base; /* NULL when closed */
+    size_t slots;
+    size_t map_len;
+} mq_notify;
+
+/* Opens `path` (creating it with exactly `mode`, umask not applied, when it
+ * does not exist; O_CLOEXEC, O_NOFOLLOW: a symlink is refused), grows it to
+ * `slots` slots when smaller (never shrinks it; growth is serialised with
+ * flock so two openers cannot race a shrink), and maps the first `slots`
+ * slots.  New slots read as zero.  The descriptor is closed before
+ * returning: the mapping alone keeps the memory.  slots must be >= 1.
+ * Returns 0, or -errno (n is then left closed). */
+int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode);
+
+/* Unmaps; idempotent.  No other call may be running on `n` at the time. */
+void mq_notify_close(mq_notify *n);
+
+/* The slot's seq (acquire load). */
+uint32_t mq_notify_load(const mq_notify *n, size_t slot);
+
+/* Increments the slot's seq (wrapping) and wakes every process or thread
+ * waiting on it, making the syscall only when the waiter count is non-zero. */
+void mq_notify_bump(mq_notify *n, size_t slot);
+
+#define MQ_NOTIFY_RETURN_ON_EINTR 1 /* mq_notify_wait flag */
+
+/* Waits until the slot's seq differs from `expected`, a wake-up arrives or
+ * `timeout_ns` nanoseconds pass (CLOCK_MONOTONIC).  timeout_ns <= 0 only
+ * compares.  Returns 1 when seq differs or the waiter was woken, 0 on
+ * timeout.  A signal (EINTR) makes it re-check and keep waiting for the
+ * remaining time, unless `flags` has MQ_NOTIFY_RETURN_ON_EINTR: then it
+ * returns MQ_EINTR so the caller can run its signal handlers (Python's
+ * KeyboardInterrupt) and call again with the time left. */
+int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns, int flags);
+
+#endif

@@ -1,0 +1,1038 @@
+# cython: language_level=3
+"""Cython binding over the C core in csrc/ (contract: _core.pyi).
+
+This module owns every Python object: it turns arguments into pointers and
+lengths (holding references and buffer exports for as long as C uses them),
+calls csrc/ - without the GIL for work that scales with the data - and turns
+C results and error codes into Python objects and exceptions.  csrc/ never
+sees a Python object.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.list cimport PyList_CheckExact, PyList_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_Check
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check, PyUnicode_DecodeUTF8
+from libc.stdint cimport INT32_MAX, INT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from mqlite._csrc cimport *
+
+import os
+
+from mqlite.errors import CorruptRecordError, MessageTooLargeError
+
+cdef extern from "Python.h":
+    # Macro forms on borrowed pointers, for the per-record loops: going
+    # through `object` would add a reference-count round trip per item.
+    PyObject **PySequence_Fast_ITEMS(object o)
+    bint _PyBytes_Check "PyBytes_Check"(PyObject *o)
+    char *_PyBytes_AS_STRING "PyBytes_AS_STRING"(PyObject *o)
+    Py_ssize_t _PyBytes_GET_SIZE "PyBytes_GET_SIZE"(PyObject *o)
+    void _Py_INCREF "Py_INCREF"(PyObject *o)
+    void _Py_DECREF "Py_DECREF"(PyObject *o)
+
+BATCH_MAGIC = MQ_BATCH_MAGIC
+BATCH_HEADER_SIZE = MQ_BATCH_HEADER_SIZE
+DEFAULT_MAX_BATCH_BYTES = 262144
+DEFAULT_MAX_MESSAGE_BYTES = 8388608
+
+cdef enum:
+    # Releasing and re-taking the GIL costs about a microsecond uncontended
+    # and up to a switch interval (5 ms) when another thread is busy, so it
+    # is done only when the C work clearly takes longer: from NOGIL_BYTES of
+    # data (checksums, validation), NOGIL_RECORDS records (batch planning).
+    NOGIL_BYTES = 16384
+    NOGIL_RECORDS = 65536
+    # encode_batches works through big inputs in windows of about
+    # max(WINDOW_BYTES, WINDOW_BATCHES batches) of values (see _Encoder),
+    # when batches are at most WINDOW_MAX_BATCH.  Smaller windows stay in
+    # cache better but re-take the GIL more often (once per window).
+    WINDOW_BYTES = 2 << 20
+    WINDOW_BATCHES = 8
+    WINDOW_MAX_BATCH = 8 << 20
+    # The binding's own error code: an allocation failed without the GIL.
+    _ENOMEM = -1000
+
+# -- errors ----------------------------------------------------------------------
+
+# C error codes become exceptions here and only here.  Every code a reader
+# returns means "these stored bytes are corrupt": CorruptRecordError with the
+# code's mq_strerror() text (callers add topic, partition and offset).  The
+# encoder's codes are about the caller's arguments:
+_ENCODE_ERRORS = {
+    MQ_ETOOBIG: (ValueError, "records do not fit in one batch (at most 4 GiB - 1 bytes); "
+                             "use encode_batches"),
+    MQ_ETIMESTAMP: (ValueError, "timestamps in one batch must differ by less than 2**63 "
+                                "(the delta to the first record is an int64)"),
+    MQ_ELENGTH: (SystemError, "batch size mismatch between planning and encoding"),
+    _ENOMEM: (MemoryError, "out of memory while planning batches"),
+}
+
+
+cdef int _raise_corrupt(int rc, int64_t record) except -1:
+    reason = mq_strerror(rc).decode()
+    if record >= 0:
+        raise CorruptRecordError(f"record batch: record {record}: {reason}")
+    raise CorruptRecordError(f"record batch: {reason}")
+
+
+cdef int _raise_encode(int rc) except -1:
+    exc, message = _ENCODE_ERRORS.get(rc, (SystemError, mq_strerror(rc).decode()))
+    raise exc(message)
+
+
+cdef int _not_bytes(object obj, str what) except -1:
+    if PyUnicode_Check(obj):
+        raise TypeError(f"{what} must be bytes-like, not str; encode it first")
+    raise TypeError(f"{what} must be bytes-like, not {type(obj).__name__}")
+
+
+cdef int _acquire(object obj, Py_buffer *view, str what) except -1:
+    """Export a C-contiguous, possibly read-only buffer of `obj` into `view`."""
+    if PyUnicode_Check(obj) or not PyObject_CheckBuffer(obj):
+        _not_bytes(obj, what)
+    PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    return 0
+
+
+cdef bytes _to_bytes(object obj, str what):
+    """`obj` as an exact bytes object (copying other buffers); str is a TypeError."""
+    cdef Py_buffer view
+    if type(obj) is bytes:
+        return <bytes>obj
+    _acquire(obj, &view, what)
+    try:
+        return PyBytes_FromStringAndSize(<const char *>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef int64_t _as_i64(object v, str what) except? -1:
+    cdef int overflow = 0
+    cdef long long x
+    if not PyLong_Check(v):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow:
+        raise ValueError(f"{what} out of int64 range: {v}")
+    return x
+
+
+cdef uint32_t _as_u32(object v, str what) except? 0xFFFFFFFF:
+    if not PyLong_Check(v):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise ValueError(f"{what} must be in [0, 2**32), not {v}")
+    return <uint32_t>(<unsigned long long>v)
+
+
+# -- checksums and hashing ---------------------------------------------------------
+
+ctypedef uint32_t (*_crc_fn)(uint32_t crc, const void *data, size_t n) noexcept nogil
+
+
+cdef object _crc(object data, object crc, _crc_fn fn):
+    cdef Py_buffer view
+    cdef uint32_t c = _as_u32(crc, "crc")
+    _acquire(data, &view, "data")
+    try:
+        if view.len >= NOGIL_BYTES:
+            with nogil:
+                c = fn(c, view.buf, <size_t>view.len)
+        else:
+            c = fn(c, view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return c
+
+
+def crc32c(data, crc=0):
+    """CRC32C (Castagnoli) of ``data``, continuing from ``crc``; hardware path when available."""
+    return _crc(data, crc, mq_crc32c)
+
+
+def crc32c_sw(data, crc=0):
+    """CRC32C computed by the portable table-driven path only (for tests)."""
+    return _crc(data, crc, mq_crc32c_sw)
+
+
+def crc32c_hw(data, crc=0):
+    """CRC32C by the SSE4.2 path only; ``RuntimeError`` when the CPU lacks it."""
+    if not mq_crc32c_hw_available():
+        raise RuntimeError("this CPU has no SSE4.2 crc32 instruction; use crc32c()")
+    return _crc(data, crc, mq_crc32c_hw)
+
+
+def crc32c_hw_available():
+    """Whether the SSE4.2 CRC32C path can be used on this CPU."""
+    return bool(mq_crc32c_hw_available())
+
+
+def murmur2(data):
+    """Kafka's murmur2 (seed 0x9747b28c), as Java's signed 32-bit ``int``."""
+    cdef Py_buffer view
+    cdef int32_t h
+    _acquire(data, &view, "data")
+    try:
+        h = mq_murmur2(view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return h
+
+
+def partition_for_key(key, partitions):
+    """``(murmur2(key) & 0x7fffffff) % partitions``: the partition Kafka's Java client picks."""
+    cdef Py_buffer view
+    cdef uint32_t p
+    cdef int64_t n = _as_i64(partitions, "partitions")
+    if n < 1 or n > 0xFFFFFFFF:
+        raise ValueError(f"partitions must be >= 1 (and < 2**32), not {partitions}")
+    _acquire(key, &view, "key")
+    try:
+        p = mq_partition_for_key(view.buf, <size_t>view.len, <uint32_t>n)
+    finally:
+        PyBuffer_Release(&view)
+    return p
+
+
+# -- varints -------------------------------------------------------------------------
+
+def encode_varint(value):
+    """Zig-zag LEB128 encoding of a signed 64-bit integer (1-10 bytes)."""
+    cdef uint8_t out[MQ_VARINT_MAX]
+    cdef int n = mq_varint_encode(_as_i64(value, "value"), out)
+    return PyBytes_FromStringAndSize(<const char *>out, n)
+
+
+def decode_varint(data, pos=0):
+    """Decode one varint at ``pos``; returns ``(value, next_pos)``.
+
+    Raises ``CorruptRecordError`` when truncated or longer than 10 bytes.
+    """
+    cdef Py_buffer view
+    cdef int64_t value = 0
+    cdef int64_t start = _as_i64(pos, "pos")
+    cdef int n
+    if start < 0:
+        raise ValueError(f"pos must be >= 0, not {pos}")
+    _acquire(data, &view, "data")
+    try:
+        if start >= view.len:
+            n = MQ_ETRUNC
+        else:
+            n = mq_varint_decode(<const uint8_t *>view.buf + start,
+                                 <const uint8_t *>view.buf + view.len, &value)
+    finally:
+        PyBuffer_Release(&view)
+    if n < 0:
+        raise CorruptRecordError(f"varint at {start}: {mq_strerror(n).decode()}")
+    return value, start + n
+
+
+# -- messages ------------------------------------------------------------------------
+
+@cython.no_gc
+cdef class Message:
+    """One record as read from a partition (immutable; subclassable).
+
+    ``headers`` is a new ``list`` of ``(str, bytes)`` pairs on each access
+    (an empty list when the record has none).  Equality compares every field.
+    """
+
+    # Exact str/bytes and a tuple of (str, bytes) tuples only: nothing here can
+    # point back at a Message, so instances need no GC tracking (no_gc), which
+    # keeps decoding a million of them free of collector passes.
+    cdef readonly str topic
+    cdef readonly long long partition
+    cdef readonly long long offset
+    cdef readonly long long timestamp_ms
+    cdef readonly bytes key
+    cdef readonly bytes value
+    cdef object _headers  # None when the record has no headers: no list per record
+
+    def __init__(self, topic, partition, offset, timestamp_ms, key, value, headers=None):
+        if not PyUnicode_Check(topic):
+            raise TypeError(f"topic must be str, not {type(topic).__name__}")
+        self.topic = topic if type(topic) is str else str.__str__(topic)
+        self.partition = _as_i64(partition, "partition")
+        self.offset = _as_i64(offset, "offset")
+        self.timestamp_ms = _as_i64(timestamp_ms, "timestamp_ms")
+        self.key = None if key is None else _to_bytes(key, "key")
+        self.value = None if value is None else _to_bytes(value, "value")
+        self._headers = _normalise_headers(headers)
+
+    @property
+    def headers(self):
+        """The headers as a new list of ``(str, bytes)`` pairs (``[]`` when none)."""
+        if self._headers is None:
+            return []
+        return list(<tuple>self._headers)
+
+    def __eq__(self, other):
+        if not isinstance(other, Message):
+            return NotImplemented
+        cdef Message o = <Message>other
+        return (
+            self.offset == o.offset
+            and self.partition == o.partition
+            and self.timestamp_ms == o.timestamp_ms
+            and self.topic == o.topic
+            and self.key == o.key
+            and self.value == o.value
+            and self._headers == o._headers
+        )
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None
+
+    def __repr__(self):
+        value = self.value
+        if value is not None and len(value) > 32:
+            shown = f"{value[:32]!r}...({len(value)} bytes)"
+        else:
+            shown = repr(value)
+        return (
+            f"{type(self).__name__}(topic={self.topic!r}, partition={self.partition}, "
+            f"offset={self.offset}, key={self.key!r}, value={shown})"
+        )
+
+    def __reduce__(self):
+        args = (self.topic, self.partition, self.offset, self.timestamp_ms, self.key,
+                self.value, self._headers)
+        if type(self) is Message:
+            return (Message, args)
+        # A subclass's __init__ may take other arguments: rebuild the fields
+        # directly and let pickle restore the subclass's __dict__.
+        return (_rebuild_message, (type(self),) + args, getattr(self, "__dict__", None))
+
+
+def _rebuild_message(cls, topic, partition, offset, timestamp_ms, key, value, headers):
+    """Unpickle helper for subclasses of Message (see Message.__reduce__)."""
+    cdef Message m = cls.__new__(cls)
+    Message.__init__(m, topic, partition, offset, timestamp_ms, key, value, headers)
+    return m
+
+
+cdef object _normalise_headers(object headers):
+    """None, or a tuple of (exact str, exact bytes) pairs; empty becomes None."""
+    if headers is None:
+        return None
+    out = []
+    for pair in headers:
+        name, value = pair
+        if not PyUnicode_Check(name):
+            raise TypeError(f"header names must be str, not {type(name).__name__}")
+        out.append((name if type(name) is str else str.__str__(name),
+                    _to_bytes(value, "header value")))
+    return tuple(out) if out else None
+
+
+# -- record batches: encoding -------------------------------------------------------
+
+cdef struct _Cut:
+    size_t first  # index in the window
+    size_t count
+    size_t size
+    uint8_t *out
+
+
+cdef class _Encoder:
+    """The C view (mq_records) of one window of an encode call's records.
+
+    Big inputs are encoded window by window (a few MB of values each): the
+    items of a window are touched three times (collected, copied, released)
+    and a window still sits in the CPU cache the second and third time,
+    where one pass over a million objects would miss on every touch.
+
+    The object holds every Python object and buffer export the C arrays
+    point into, so the pointers stay valid while the GIL is released;
+    __dealloc__ frees everything whether encoding succeeded or raised.
+    """
+
+    cdef mq_records rec
+    cdef Py_ssize_t base  # index of the window's first record in the call
+    cdef mq_slice *values
+    cdef mq_slice *keys
+    cdef mq_header_in *headers
+    cdef size_t *header_index
+    cdef size_t n_headers, cap_headers
+    cdef Py_buffer *bufs
+    cdef Py_ssize_t n_bufs, cap_bufs
+    cdef _Cut *cuts
+    cdef size_t n_cuts, cap_cuts
+    # A new reference to every item taken from a list: another thread could
+    # replace it in the list while C reads it without the GIL.  Items of a
+    # tuple are kept alive by the tuple; header parts by `keep`.
+    cdef PyObject **owned
+    cdef Py_ssize_t n_owned
+    cdef list keep
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.n_owned):
+            _Py_DECREF(self.owned[i])
+        for i in range(self.n_bufs):
+            PyBuffer_Release(&self.bufs[i])
+        free(self.owned)
+        free(self.bufs)
+        free(self.values)
+        free(self.keys)
+        free(self.headers)
+        free(self.header_index)
+        free(self.cuts)
+
+    cdef int slice_of(self, object obj, mq_slice *s, str what, Py_ssize_t index) except -1:
+        """Slow path of the per-record loops: any buffer but bytes (or a TypeError)."""
+        cdef Py_buffer *grown
+        if PyUnicode_Check(obj) or not PyObject_CheckBuffer(obj):
+            _not_bytes(obj, f"{what}[{index}]" if index >= 0 else what)
+        if self.n_bufs == self.cap_bufs:
+            self.cap_bufs = self.cap_bufs * 2 if self.cap_bufs else 16
+            grown = <Py_buffer *>realloc(self.bufs, self.cap_bufs * sizeof(Py_buffer))
+            if grown == NULL:
+                raise MemoryError()
+            self.bufs = grown
+        PyObject_GetBuffer(obj, &self.bufs[self.n_bufs], PyBUF_SIMPLE)
+        s.ptr = <const uint8_t *>self.bufs[self.n_bufs].buf
+        s.len = self.bufs[self.n_bufs].len
+        self.n_bufs += 1
+        return 0
+
+    cdef Py_ssize_t slices(self, object seq, mq_slice *out, Py_ssize_t start, Py_ssize_t stop,
+                           Py_ssize_t n, uint64_t target, str what) except -1:
+        """Fill out[] from seq[start:stop] (bytes-like objects or None).
+
+        `seq` is a tuple or a list of n items.  With a `target`, stops once
+        the items taken weigh that many bytes (8 per item plus its length);
+        returns the number of items taken.
+        """
+        cdef bint is_list = PyList_CheckExact(seq)
+        cdef PyObject **items = PySequence_Fast_ITEMS(seq)
+        cdef PyObject *o
+        cdef mq_slice *s
+        cdef Py_ssize_t i
+        cdef uint64_t weight = 0
+        if is_list and PyList_GET_SIZE(seq) != n:
+            # Code run by another argument's conversion changed this list.
+            raise RuntimeError(f"{what} changed size during encoding")
+        for i in range(start, stop):
+            o = items[i]
+            s = &out[i - start]
+            if is_list:
+                _Py_INCREF(o)
+                self.owned[self.n_owned] = o
+                self.n_owned += 1
+            if _PyBytes_Check(o):
+                s.ptr = <const uint8_t *>_PyBytes_AS_STRING(o)
+                s.len = _PyBytes_GET_SIZE(o)
+            elif o == <PyObject *>None:
+                s.ptr = NULL
+                s.len = -1
+            else:
+                self.slice_of(<object>o, s, what, i)
+                # A buffer exporter may run arbitrary code; if that changed
+                # the list, `items` may be stale.
+                if is_list and PyList_GET_SIZE(seq) != n:
+                    raise RuntimeError(f"{what} changed size during encoding")
+                items = PySequence_Fast_ITEMS(seq)
+            if target:
+                weight += 8 + <uint64_t>(s.len if s.len > 0 else 0)
+                if weight >= target:
+                    return i - start + 1
+        return stop - start
+
+    cdef int collect(self, _Args a, Py_ssize_t start, uint64_t target) except -1:
+        """Collect the window of records from `start`: all of them, or about
+        `target` bytes of values (at least 2 records) when target > 0."""
+        cdef Py_ssize_t cap = a.n - start, count
+        if target and <uint64_t>cap > target // 8 + 2:
+            cap = <Py_ssize_t>(target // 8 + 2)  # each record weighs >= 8
+        self.base = start
+        self.owned = <PyObject **>malloc(2 * cap * sizeof(PyObject *))
+        self.values = <mq_slice *>malloc(cap * sizeof(mq_slice))
+        if self.owned == NULL or self.values == NULL:
+            raise MemoryError()
+        count = self.slices(a.values, self.values, start, start + cap, a.n, target, "values")
+        self.rec.count = <size_t>count
+        self.rec.values = self.values
+        if a.keys is not None:
+            self.keys = <mq_slice *>malloc(count * sizeof(mq_slice))
+            if self.keys == NULL:
+                raise MemoryError()
+            self.slices(a.keys, self.keys, start, start + count, a.n, 0, "keys")
+            self.rec.keys = self.keys
+        if a.headers is not None:
+            self.collect_headers(a.headers, start, count)
+        self.rec.timestamp = a.timestamp
+        if a.timestamps != NULL:
+            self.rec.timestamps = a.timestamps + start
+        return 0
+
+    cdef int collect_headers(self, tuple headers, Py_ssize_t start, Py_ssize_t n) except -1:
+        cdef Py_ssize_t i, name_len
+        cdef const char *name_utf8
+        cdef mq_slice hv
+        cdef mq_header_in *grown
+        self.keep = []
+        self.header_index = <size_t *>malloc((n + 1) * sizeof(size_t))
+        if self.header_index == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self.header_index[i] = self.n_headers
+            entry = headers[start + i]
+            if entry is None:
+                continue
+            for pair in entry:
+                name, value = pair
+                if not PyUnicode_Check(name):
+                    raise TypeError(f"header names must be str, not {type(name).__name__}")
+                name_utf8 = PyUnicode_AsUTF8AndSize(name, &name_len)
+                if _PyBytes_Check(<PyObject *>value):
+                    hv.ptr = <const uint8_t *>PyBytes_AS_STRING(value)
+                    hv.len = len(<bytes>value)
+                else:
+                    self.slice_of(value, &hv, "header values", -1)
+                self.keep.append(name)
+                self.keep.append(value)
+                if self.n_headers == self.cap_headers:
+                    self.cap_headers = self.cap_headers * 2 if self.cap_headers else 64
+                    grown = <mq_header_in *>realloc(self.headers,
+                                                    self.cap_headers * sizeof(mq_header_in))
+                    if grown == NULL:
+                        raise MemoryError()
+                    self.headers = grown
+                self.headers[self.n_headers].name = <const uint8_t *>name_utf8
+                self.headers[self.n_headers].name_len = <size_t>name_len
+                self.headers[self.n_headers].value = hv.ptr
+                self.headers[self.n_headers].value_len = <size_t>hv.len
+                self.n_headers += 1
+        self.header_index[n] = self.n_headers
+        # Non-NULL even with no headers at all: header_index is what C reads.
+        if self.headers == NULL:
+            self.headers = <mq_header_in *>malloc(sizeof(mq_header_in))
+            if self.headers == NULL:
+                raise MemoryError()
+        self.rec.headers = self.headers
+        self.rec.header_index = self.header_index
+        return 0
+
+    cdef int check_sizes(self, int64_t max_message_bytes) except -1:
+        cdef size_t i, h
+        cdef uint64_t size
+        for i in range(self.rec.count):
+            size = <uint64_t>self.values[i].len if self.values[i].len > 0 else 0
+            if self.keys != NULL and self.keys[i].len > 0:
+                size += <uint64_t>self.keys[i].len
+            if self.header_index != NULL:
+                for h in range(self.header_index[i], self.header_index[i + 1]):
+                    size += self.headers[h].name_len + self.headers[h].value_len
+            if size > <uint64_t>max_message_bytes:
+                raise MessageTooLargeError(
+                    f"record {self.base + <Py_ssize_t>i} is {size} bytes (key + value + "
+                    f"headers), more than max_message_bytes={max_message_bytes}"
+                )
+        return 0
+
+    cdef int plan(self, size_t max_bytes) except -1:
+        cdef int rc
+        # Sizing a window takes microseconds: not worth a GIL round trip.
+        if self.rec.count >= NOGIL_RECORDS:
+            with nogil:
+                rc = self.cut(max_bytes)
+        else:
+            rc = self.cut(max_bytes)
+        if rc < 0:
+            _raise_encode(rc)
+        return 0
+
+    cdef int cut(self, size_t max_bytes) noexcept nogil:
+        """Plan every batch of the window into self.cuts; MQ_OK or an error code."""
+        cdef size_t first = 0, count = 0, size = 0
+        cdef int rc
+        cdef _Cut *grown
+        while first < self.rec.count:
+            rc = mq_batch_plan(&self.rec, first, max_bytes, &count, &size)
+            if rc < 0:
+                return rc
+            if self.n_cuts == self.cap_cuts:
+                self.cap_cuts = self.cap_cuts * 2 if self.cap_cuts else 16
+                grown = <_Cut *>realloc(self.cuts, self.cap_cuts * sizeof(_Cut))
+                if grown == NULL:
+                    return _ENOMEM
+                self.cuts = grown
+            self.cuts[self.n_cuts].first = first
+            self.cuts[self.n_cuts].count = count
+            self.cuts[self.n_cuts].size = size
+            self.cuts[self.n_cuts].out = NULL
+            self.n_cuts += 1
+            first += count
+        return MQ_OK
+
+    cdef int encode(self, list out, int64_t producer_id, int64_t base_sequence) except -1:
+        cdef size_t k, total = 0
+        cdef int rc
+        for k in range(self.n_cuts):
+            b = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>self.cuts[k].size)
+            self.cuts[k].out = <uint8_t *>PyBytes_AS_STRING(b)
+            out.append(b)
+            total += self.cuts[k].size
+        if total >= NOGIL_BYTES:
+            with nogil:
+                rc = self.write(producer_id, base_sequence)
+        else:
+            rc = self.write(producer_id, base_sequence)
+        if rc < 0:
+            _raise_encode(rc)
+        return 0
+
+    cdef int write(self, int64_t producer_id, int64_t base_sequence) noexcept nogil:
+        """Encode every planned batch into its bytes; MQ_OK or an error code."""
+        cdef size_t k
+        cdef int rc
+        cdef int32_t seq
+        for k in range(self.n_cuts):
+            # Kafka's rule: a batch's base sequence is that of its first
+            # record, wrapping from INT32_MAX to 0.
+            seq = -1 if base_sequence < 0 else <int32_t>(
+                (base_sequence + self.base + <int64_t>self.cuts[k].first)
+                % (<int64_t>INT32_MAX + 1))
+            rc = mq_batch_encode(&self.rec, self.cuts[k].first, self.cuts[k].count,
+                                 producer_id, seq, self.cuts[k].out, self.cuts[k].size)
+            if rc < 0:
+                return rc
+        return MQ_OK
+
+
+cdef class _Args:
+    """The arguments of one encode call, checked and converted once."""
+
+    cdef object values, keys  # a tuple or a list each (keys may be None)
+    cdef tuple headers
+    cdef Py_ssize_t n
+    cdef int64_t *timestamps  # one per value, or NULL: all `timestamp`
+    cdef int64_t timestamp
+
+    def __dealloc__(self):
+        free(self.timestamps)
+
+    cdef int parse(self, values, keys, headers, timestamps, int64_t default_ts) except -1:
+        cdef Py_ssize_t n, i
+        if isinstance(values, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"values must be a sequence of bytes-like objects, "
+                            f"not {type(values).__name__}")
+        # Lists and tuples are read in place; anything else is copied once.
+        self.values = values if PyList_CheckExact(values) or PyTuple_Check(values) \
+            else tuple(values)
+        n = self.n = len(self.values)
+        if n == 0:
+            raise ValueError("values must not be empty")
+        if keys is not None:
+            self.keys = keys if PyList_CheckExact(keys) or PyTuple_Check(keys) else tuple(keys)
+            if len(self.keys) != n:
+                raise ValueError(f"keys has {len(self.keys)} entries for {n} values")
+        if headers is not None:
+            self.headers = tuple(headers)
+            if len(self.headers) != n:
+                raise ValueError(f"headers has {len(self.headers)} entries for {n} values")
+        self.timestamp = default_ts
+        if timestamps is None:
+            pass
+        elif PyLong_Check(timestamps):
+            self.timestamp = _as_i64(timestamps, "timestamps")
+        else:
+            ts = tuple(timestamps)
+            if len(ts) != n:
+                raise ValueError(f"timestamps has {len(ts)} entries for {n} values")
+            self.timestamps = <int64_t *>malloc(n * sizeof(int64_t))
+            if self.timestamps == NULL:
+                raise MemoryError()
+            for i in range(n):
+                self.timestamps[i] = _as_i64(ts[i], "timestamps")
+        return 0
+
+
+cdef int64_t _check_sequence(object base_sequence) except? -2:
+    cdef int64_t seq = _as_i64(base_sequence, "base_sequence")
+    if seq != -1 and not 0 <= seq <= INT32_MAX:
+        raise ValueError(f"base_sequence must be -1 or in [0, 2**31), not {base_sequence}")
+    return seq
+
+
+def encode_batches(values, keys=None, headers=None, timestamps=None, *,
+                   default_timestamp_ms=0, max_batch_bytes=DEFAULT_MAX_BATCH_BYTES,
+                   max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES, producer_id=-1,
+                   base_sequence=-1):
+    """Encode records into one or more v1 batches, in order (see _core.pyi)."""
+    cdef int64_t max_batch = _as_i64(max_batch_bytes, "max_batch_bytes")
+    cdef int64_t max_message = _as_i64(max_message_bytes, "max_message_bytes")
+    cdef int64_t pid = _as_i64(producer_id, "producer_id")
+    cdef int64_t seq = _check_sequence(base_sequence)
+    cdef int64_t default_ts = _as_i64(default_timestamp_ms, "default_timestamp_ms")
+    cdef _Args args = _Args()
+    cdef _Encoder enc
+    cdef Py_ssize_t start = 0
+    cdef uint64_t target = 0
+    cdef list out = []
+    if max_batch < 1:
+        raise ValueError(f"max_batch_bytes must be >= 1, not {max_batch_bytes}")
+    if max_message < 0:
+        raise ValueError(f"max_message_bytes must be >= 0, not {max_message_bytes}")
+    args.parse(values, keys, headers, timestamps, default_ts)
+    if max_batch <= WINDOW_MAX_BATCH:
+        # A window of >= WINDOW_BATCHES batches: its last, possibly cut-short
+        # batch is only sized, then redone by the next window.
+        target = max(<uint64_t>WINDOW_BYTES, WINDOW_BATCHES * <uint64_t>max_batch)
+    while start < args.n:
+        enc = _Encoder()
+        enc.collect(args, start, target)
+        enc.check_sizes(max_message)
+        enc.plan(<size_t>max_batch)
+        if start + <Py_ssize_t>enc.rec.count < args.n:
+            # The last batch may have been cut by the window's end rather
+            # than by max_batch_bytes: leave its records to the next window.
+            if enc.n_cuts < 2:
+                target *= 2  # one batch filled the window: widen it
+                continue
+            enc.n_cuts -= 1
+        enc.encode(out, pid, seq)
+        start += <Py_ssize_t>(enc.cuts[enc.n_cuts - 1].first + enc.cuts[enc.n_cuts - 1].count)
+    return out
+
+
+def encode_batch(values, keys=None, headers=None, timestamps=None, *,
+                 default_timestamp_ms=0, producer_id=-1, base_sequence=-1):
+    """Encode all records into exactly one batch (no size cut, no size cap)."""
+    cdef int64_t pid = _as_i64(producer_id, "producer_id")
+    cdef int64_t seq = _check_sequence(base_sequence)
+    cdef int64_t default_ts = _as_i64(default_timestamp_ms, "default_timestamp_ms")
+    cdef _Args args = _Args()
+    cdef _Encoder enc = _Encoder()
+    cdef list out = []
+    args.parse(values, keys, headers, timestamps, default_ts)
+    enc.collect(args, 0, 0)
+    enc.plan(0)
+    if enc.n_cuts != 1:  # only when the records exceed the 32-bit batch length
+        _raise_encode(MQ_ETOOBIG)
+    enc.encode(out, pid, seq)
+    return out[0]
+
+
+# -- record batches: reading --------------------------------------------------------
+
+def batch_header(data):
+    """Parse a batch header without checking the CRC (see _core.pyi)."""
+    cdef Py_buffer view
+    cdef mq_batch_header h
+    cdef int rc
+    _acquire(data, &view, "data")
+    try:
+        rc = mq_batch_read_header(<const uint8_t *>view.buf, <size_t>view.len, &h)
+    finally:
+        PyBuffer_Release(&view)
+    if rc < 0:
+        _raise_corrupt(rc, -1)
+    return (h.length, h.attributes, h.record_count, h.base_timestamp, h.max_timestamp,
+            h.producer_id, h.base_sequence)
+
+
+cdef int _validate(Py_buffer *view, int flags, mq_batch_header *h) except -1:
+    cdef int rc
+    cdef int64_t bad = -1
+    if view.len >= NOGIL_BYTES:
+        with nogil:
+            rc = mq_batch_validate(<const uint8_t *>view.buf, <size_t>view.len, flags, h, &bad)
+    else:
+        rc = mq_batch_validate(<const uint8_t *>view.buf, <size_t>view.len, flags, h, &bad)
+    if rc < 0:
+        _raise_corrupt(rc, bad)
+    return 0
+
+
+def validate_batch(data):
+    """Deep validation: magic, length, CRC, and every record's structure.
+
+    Returns the record count; raises ``CorruptRecordError`` with a reason.
+    The GIL is released for batches of 16 KiB and more.
+    """
+    cdef Py_buffer view
+    cdef mq_batch_header h
+    _acquire(data, &view, "data")
+    try:
+        _validate(&view, MQ_VALIDATE_CRC, &h)
+    finally:
+        PyBuffer_Release(&view)
+    return h.record_count
+
+
+cdef tuple _decode_headers(const mq_record *rec):
+    cdef const uint8_t *p = rec.headers
+    cdef mq_header_view hv
+    cdef int64_t k
+    cdef int rc
+    out = []
+    for k in range(rec.header_count):
+        rc = mq_header_read(&p, rec.end, &hv)
+        if rc < 0:
+            _raise_corrupt(rc, -1)
+        name = PyUnicode_DecodeUTF8(<char *>hv.name, <Py_ssize_t>hv.name_len, NULL)
+        out.append((name, PyBytes_FromStringAndSize(<const char *>hv.value,
+                                                    <Py_ssize_t>hv.value_len)))
+    return tuple(out)
+
+
+cdef int _decode_records(list result, mq_batch_iter *it, str topic, long long partition,
+                         int64_t base_offset, int64_t from_offset,
+                         int64_t max_records) except -1:
+    """Append Messages for the selected records; validate every record.
+
+    Records below from_offset and past max_records become no objects but
+    are still parsed and checked: the batch must be valid as a whole.
+    """
+    cdef int64_t skip = 0, produced = 0, i
+    cdef int rc
+    cdef mq_record rec
+    cdef Message m
+    if from_offset > base_offset:
+        skip = from_offset - base_offset
+    while True:
+        rc = mq_batch_iter_next(it, &rec)
+        if rc <= 0:
+            break
+        i = <int64_t>it.index - 1
+        if i < skip or produced == max_records:
+            continue
+        m = Message.__new__(Message)
+        m.topic = topic
+        m.partition = partition
+        m.offset = base_offset + i
+        m.timestamp_ms = rec.timestamp
+        if rec.key_len >= 0:
+            m.key = PyBytes_FromStringAndSize(<const char *>rec.key, rec.key_len)
+        if rec.value_len >= 0:
+            m.value = PyBytes_FromStringAndSize(<const char *>rec.value, rec.value_len)
+        if rec.header_count > 0:
+            m._headers = _decode_headers(&rec)
+        result.append(m)
+        produced += 1
+    if rc < 0:
+        _raise_corrupt(rc, it.bad_record)
+    return 0
+
+
+def decode_batch(data, topic, partition, base_offset, from_offset=0,
+                 max_records=-1, out=None, verify_crc=True):
+    """Decode the records of one batch whose first offset is ``base_offset``.
+
+    Every record is parsed once and checked as it is decoded (structure and
+    bounds always, the CRC first unless ``verify_crc`` is false); records
+    below ``from_offset`` and past ``max_records`` are checked but become no
+    objects.  Messages are appended to ``out`` (or a new list); if any check
+    fails, ``out`` is restored to its previous length before
+    ``CorruptRecordError`` is raised.
+    """
+    cdef Py_buffer view
+    cdef mq_batch_iter it
+    cdef int rc
+    cdef int flags = MQ_VALIDATE_CRC if verify_crc else 0
+    cdef long long part = _as_i64(partition, "partition")
+    cdef int64_t base = _as_i64(base_offset, "base_offset")
+    cdef int64_t start = _as_i64(from_offset, "from_offset")
+    cdef int64_t limit = _as_i64(max_records, "max_records")
+    cdef list result
+    cdef Py_ssize_t before
+    cdef str topic_s
+    if not PyUnicode_Check(topic):
+        raise TypeError(f"topic must be str, not {type(topic).__name__}")
+    topic_s = topic if type(topic) is str else str.__str__(topic)  # shared by every Message
+    if base < 0:
+        raise ValueError(f"base_offset must be >= 0, not {base_offset}")
+    if limit < -1:
+        raise ValueError(f"max_records must be >= 0 or -1 (all), not {max_records}")
+    if out is None:
+        result = []
+    elif isinstance(out, list):
+        result = <list>out
+    else:
+        raise TypeError(f"out must be a list or None, not {type(out).__name__}")
+    _acquire(data, &view, "data")
+    try:
+        if verify_crc and view.len >= NOGIL_BYTES:
+            with nogil:
+                rc = mq_batch_iter_init(&it, <const uint8_t *>view.buf, <size_t>view.len, flags)
+        else:
+            rc = mq_batch_iter_init(&it, <const uint8_t *>view.buf, <size_t>view.len, flags)
+        if rc < 0:
+            _raise_corrupt(rc, -1)
+        if base > INT64_MAX - <int64_t>it.h.record_count:
+            raise ValueError(f"base_offset {base_offset} + record count overflows int64")
+        before = len(result)
+        try:
+            _decode_records(result, &it, topic_s, part, base, start, limit)
+        except BaseException:
+            del result[before:]
+            raise
+    finally:
+        PyBuffer_Release(&view)
+    return result
+
+
+def first_offset_at_or_after(data, base_offset, timestamp_ms):
+    """The offset of the first record in the batch whose timestamp >= ``timestamp_ms``, else -1.
+
+    The batch is validated first (CRC included): a corrupt batch raises
+    ``CorruptRecordError`` rather than answering from damaged bytes.
+    """
+    cdef Py_buffer view
+    cdef int64_t base = _as_i64(base_offset, "base_offset")
+    cdef int64_t ts = _as_i64(timestamp_ms, "timestamp_ms")
+    cdef int64_t index = -1
+    cdef int rc
+    _acquire(data, &view, "data")
+    try:
+        if view.len >= NOGIL_BYTES:
+            with nogil:
+                rc = mq_batch_find_timestamp(<const uint8_t *>view.buf, <size_t>view.len, ts,
+                                             &index)
+        else:
+            rc = mq_batch_find_timestamp(<const uint8_t *>view.buf, <size_t>view.len, ts, &index)
+    finally:
+        PyBuffer_Release(&view)
+    if rc < 0:
+        _raise_corrupt(rc, -1)
+    return -1 if index < 0 else base + index
+
+
+# -- cross-process wake-ups --------------------------------------------------------
+
+cdef int64_t _monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef class Notifier:
+    """A MAP_SHARED file of 32-bit sequence words used for futex wake-ups.
+
+    See _core.pyi and csrc/notify.h for the contract.  Thread-safe: any
+    thread may load, bump or wait (several threads may wait at once); close()
+    while other threads wait makes later calls raise ValueError and unmaps
+    when the last of those waits returns.
+    """
+
+    cdef mq_notify n
+    cdef readonly Py_ssize_t slots
+    cdef bint is_open
+    cdef Py_ssize_t active  # waits running without the GIL
+
+    def __cinit__(self):
+        memset(&self.n, 0, sizeof(mq_notify))
+
+    def __init__(self, path, slots=4096, mode=0o600):
+        cdef int64_t n_slots = _as_i64(slots, "slots")
+        cdef int64_t m = _as_i64(mode, "mode")
+        cdef int rc
+        cdef const char *cpath
+        if self.is_open or self.active:
+            raise ValueError("Notifier is already initialised")
+        if n_slots < 1 or n_slots > (1 << 40):
+            raise ValueError(f"slots must be in [1, 2**40], not {slots}")
+        if m < 0 or m > 0o7777:
+            raise ValueError(f"mode must be a permission mode (0 to 0o7777), not {mode!r}")
+        bpath = os.fsencode(path)
+        if b"\0" in bpath:
+            raise ValueError("path contains a NUL byte")
+        cpath = bpath
+        with nogil:
+            rc = mq_notify_open(&self.n, cpath, <size_t>n_slots, <unsigned>m)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc), os.fsdecode(bpath))
+        self.slots = <Py_ssize_t>n_slots
+        self.is_open = True
+
+    def __dealloc__(self):
+        # A running wait() holds a reference, so none can be active here.
+        mq_notify_close(&self.n)
+
+    cdef size_t _slot(self, object slot) except? 0:
+        if not PyLong_Check(slot):
+            raise TypeError(f"slot must be an int, not {type(slot).__name__}")
+        if not self.is_open:
+            raise ValueError("Notifier is closed")
+        if slot < 0 or slot >= self.slots:
+            raise ValueError(f"slot {slot} out of range [0, {self.slots})")
+        return <size_t>(<Py_ssize_t>slot)
+
+    def load(self, slot):
+        """The current sequence value of ``slot`` (acquire load)."""
+        return mq_notify_load(&self.n, self._slot(slot))
+
+    def bump(self, slot):
+        """Atomically increment ``slot`` and wake every waiter on it."""
+        mq_notify_bump(&self.n, self._slot(slot))
+
+    def wait(self, slot, expected, timeout):
+        """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
+
+        Returns ``True`` if the value differed (or a wake-up arrived), ``False``
+        on timeout.  Returns at once when the value already differs.
+        ``timeout`` <= 0 never blocks.  Signal handlers run while waiting (a
+        KeyboardInterrupt propagates).
+        """
+        cdef size_t s = self._slot(slot)
+        cdef uint32_t exp = _as_u32(expected, "expected")
+        cdef double t = timeout
+        cdef int64_t deadline, left
+        cdef int rc
+        if t != t:
+            raise ValueError("timeout must not be NaN")
+        if t <= 0:
+            return mq_notify_wait(&self.n, s, exp, 0, 0) == 1
+        left = INT64_MAX if t >= 9.2e9 else <int64_t>(t * 1e9)
+        deadline = _monotonic_ns()
+        deadline = INT64_MAX if left > INT64_MAX - deadline else deadline + left
+        self.active += 1
+        try:
+            while True:
+                with nogil:
+                    rc = mq_notify_wait(&self.n, s, exp, left, MQ_NOTIFY_RETURN_ON_EINTR)
+                if rc != MQ_EINTR:
+                    break
+                PyErr_CheckSignals()
+                left = deadline - _monotonic_ns()
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                mq_notify_close(&self.n)
+        return rc == 1
+
+    def close(self):
+        """Unmap the file (deferred until running waits return); idempotent."""
+        if not self.is_open:
+            return
+        self.is_open = False
+        if self.active == 0:
+            mq_notify_close(&self.n)
+
+    @property
+    def closed(self):
+        return not self.is_open
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if not self.is_open else f"slots={self.slots}"
+        return f"<Notifier {state}>"

@@ -1,0 +1,133 @@
+# Declarations of the C core in csrc/ for the Cython binding (_core.pyx).
+# Each block mirrors one header; the headers hold the contracts.
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
+
+
+cdef extern from "mqerr.h" nogil:
+    enum:
+        MQ_OK
+        MQ_ETRUNC
+        MQ_EMAGIC
+        MQ_ELENGTH
+        MQ_ECRC
+        MQ_EATTR
+        MQ_ECODEC
+        MQ_ECOUNT
+        MQ_EVARINT
+        MQ_EOFFSET
+        MQ_ERECLEN
+        MQ_EUTF8
+        MQ_ETIMESTAMP
+        MQ_EFIELDLEN
+        MQ_ERECATTR
+        MQ_ETOOBIG
+        MQ_EINTR
+    const char *mq_strerror(int code)
+
+
+cdef extern from "varint.h" nogil:
+    enum:
+        MQ_VARINT_MAX
+    int mq_varint_encode(int64_t v, uint8_t *out)
+    int mq_varint_decode(const uint8_t *p, const uint8_t *end, int64_t *out)
+
+
+cdef extern from "crc32c.h" nogil:
+    uint32_t mq_crc32c(uint32_t crc, const void *data, size_t n)
+    uint32_t mq_crc32c_sw(uint32_t crc, const void *data, size_t n)
+    uint32_t mq_crc32c_hw(uint32_t crc, const void *data, size_t n)
+    int mq_crc32c_hw_available()
+
+
+cdef extern from "murmur2.h" nogil:
+    int32_t mq_murmur2(const void *data, size_t n)
+    uint32_t mq_partition_for_key(const void *data, size_t n, uint32_t partitions)
+
+
+cdef extern from "batch.h" nogil:
+    enum:
+        MQ_BATCH_MAGIC
+        MQ_BATCH_HEADER_SIZE
+        MQ_VALIDATE_CRC
+
+    ctypedef struct mq_slice:
+        const uint8_t *ptr
+        int64_t len
+
+    ctypedef struct mq_header_in:
+        const uint8_t *name
+        size_t name_len
+        const uint8_t *value
+        size_t value_len
+
+    ctypedef struct mq_records:
+        size_t count
+        const mq_slice *values
+        const mq_slice *keys
+        const int64_t *timestamps
+        int64_t timestamp
+        const mq_header_in *headers
+        const size_t *header_index
+
+    int mq_batch_plan(const mq_records *r, size_t first, size_t max_bytes, size_t *count,
+                      size_t *size)
+    int mq_batch_encode(const mq_records *r, size_t first, size_t count, int64_t producer_id,
+                        int32_t base_sequence, uint8_t *out, size_t size)
+
+    ctypedef struct mq_batch_header:
+        uint32_t crc
+        uint32_t length
+        uint16_t attributes
+        uint32_t record_count
+        int64_t base_timestamp
+        int64_t max_timestamp
+        int64_t producer_id
+        int32_t base_sequence
+
+    ctypedef struct mq_record:
+        int64_t timestamp
+        int64_t offset_delta
+        const uint8_t *key
+        int64_t key_len
+        const uint8_t *value
+        int64_t value_len
+        int64_t header_count
+        const uint8_t *headers
+        const uint8_t *end
+
+    ctypedef struct mq_header_view:
+        const uint8_t *name
+        size_t name_len
+        const uint8_t *value
+        size_t value_len
+
+    int mq_batch_read_header(const uint8_t *buf, size_t len, mq_batch_header *h)
+    int mq_batch_validate(const uint8_t *buf, size_t len, int flags, mq_batch_header *h,
+                          int64_t *bad_record)
+    int mq_record_read(const uint8_t **pos, const uint8_t *end, int64_t base_timestamp,
+                       mq_record *rec)
+    int mq_header_read(const uint8_t **pos, const uint8_t *end, mq_header_view *hv)
+    ctypedef struct mq_batch_iter:
+        mq_batch_header h
+        uint32_t index
+        int64_t bad_record
+
+    int mq_batch_iter_init(mq_batch_iter *it, const uint8_t *buf, size_t len, int flags)
+    int mq_batch_iter_next(mq_batch_iter *it, mq_record *rec)
+    int mq_batch_find_timestamp(const uint8_t *buf, size_t len, int64_t ts, int64_t *index)
+
+
+cdef extern from "notify.h" nogil:
+    enum:
+        MQ_NOTIFY_RETURN_ON_EINTR
+
+    ctypedef struct mq_notify:
+        size_t slots
+
+    int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
+    void mq_notify_close(mq_notify *n)
+    uint32_t mq_notify_load(const mq_notify *n, size_t slot)
+    void mq_notify_bump(mq_notify *n, size_t slot)
+    int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns,
+                       int flags)

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import _procs_core
 import pytest
 
-import _procs_core
 import mqlite
 
 

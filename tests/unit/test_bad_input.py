@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -67,7 +67,7 @@ class Unchanged:
         self.broker = broker
         self.root = root
 
-    def __enter__(self) -> Unchanged:
+    def __enter__(self) -> Self:
         self.txnid = self.broker._env.handle().info()["last_txnid"]
         self.tree = _tree(self.root)
         self.cwd = set(os.listdir("."))
@@ -123,9 +123,8 @@ TOPIC_CALLS: dict[str, Callable[[mqlite.Broker, Any], Any]] = {
 def test_bad_topic_name_is_invalid_topic_error(broker: mqlite.Broker,
                                                unchanged: Callable[[], Unchanged],
                                                call: str, name: str) -> None:
-    with unchanged():
-        with pytest.raises(mqlite.InvalidTopicError) as info:
-            TOPIC_CALLS[call](broker, name)
+    with unchanged(), pytest.raises(mqlite.InvalidTopicError) as info:
+        TOPIC_CALLS[call](broker, name)
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, mqlite.MqliteError)
     assert "invalid topic name" in str(info.value)
@@ -137,9 +136,8 @@ def test_non_str_topic_name_is_type_error(broker: mqlite.Broker,
                                           unchanged: Callable[[], Unchanged], name: Any) -> None:
     for call in ("create_topic", "send", "send_batch", "describe_topic", "delete_topic", "read",
                  "producer_send"):
-        with unchanged():
-            with pytest.raises(TypeError):
-                TOPIC_CALLS[call](broker, name)
+        with unchanged(), pytest.raises(TypeError):
+            TOPIC_CALLS[call](broker, name)
 
 
 @pytest.mark.parametrize("name", ["a", "A-z_0.9", "a" * 249, "...", ".a", "a..b", "-", "_"])
@@ -215,17 +213,15 @@ def test_bad_header_types_are_type_error(broker: mqlite.Broker,
 def test_malformed_headers_are_clean_errors(broker: mqlite.Broker,
                                             unchanged: Callable[[], Unchanged],
                                             headers: Any) -> None:
-    with unchanged():
-        with pytest.raises((TypeError, ValueError)):
-            broker.send("good", b"v", headers=headers)
+    with unchanged(), pytest.raises((TypeError, ValueError)):
+        broker.send("good", b"v", headers=headers)
 
 
 @pytest.mark.parametrize("ts", ["1", 1.5, True, [1]], ids=repr)
 def test_bad_timestamp_is_type_error(broker: mqlite.Broker, unchanged: Callable[[], Unchanged],
                                      ts: Any) -> None:
-    with unchanged():
-        with pytest.raises(TypeError):
-            broker.send("good", b"v", timestamp_ms=ts)
+    with unchanged(), pytest.raises(TypeError):
+        broker.send("good", b"v", timestamp_ms=ts)
 
 
 def test_negative_timestamp_is_value_error(broker: mqlite.Broker,
@@ -242,7 +238,7 @@ def test_negative_timestamp_is_value_error(broker: mqlite.Broker,
             with pytest.raises(ValueError):
                 broker.send_batch("good", [b"v", b"w"], timestamp_ms=[1, ts])
             with pytest.raises(ValueError):
-                _with_producer(broker, lambda p: p.send("good", b"v", timestamp_ms=ts))
+                _with_producer(broker, lambda p, ts=ts: p.send("good", b"v", timestamp_ms=ts))
     assert broker.send("good", b"v", timestamp_ms=0).timestamp_ms == 0
 
 
@@ -269,9 +265,8 @@ def test_bad_partition(broker: mqlite.Broker, unchanged: Callable[[], Unchanged]
 ], ids=repr)
 def test_bad_dedup_id(broker: mqlite.Broker, unchanged: Callable[[], Unchanged], dedup_id: Any,
                       exc: type[Exception]) -> None:
-    with unchanged():
-        with pytest.raises(exc):
-            broker.send("good", b"v", dedup_id=dedup_id)
+    with unchanged(), pytest.raises(exc):
+        broker.send("good", b"v", dedup_id=dedup_id)
 
 
 def test_longest_topic_with_longest_dedup_id_works(broker: mqlite.Broker) -> None:
@@ -323,9 +318,8 @@ def test_oversize_message_is_message_too_large(broker: mqlite.Broker,
 ], ids=repr)
 def test_bad_topic_settings(broker: mqlite.Broker, unchanged: Callable[[], Unchanged],
                             kwargs: dict[str, Any], exc: type[Exception]) -> None:
-    with unchanged():
-        with pytest.raises(exc):
-            broker.create_topic("newtopic", **kwargs)
+    with unchanged(), pytest.raises(exc):
+        broker.create_topic("newtopic", **kwargs)
     assert "newtopic" not in broker.topics()
 
 

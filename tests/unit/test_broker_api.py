@@ -7,9 +7,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import _reference
 import pytest
 
-import _reference
 import mqlite
 from mqlite import _core
 

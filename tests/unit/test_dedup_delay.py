@@ -127,10 +127,10 @@ def test_default_dedup_window_is_two_minutes(broker: mqlite.Broker) -> None:
 def test_many_dedup_ids_expire_and_are_forgotten(broker: mqlite.Broker) -> None:
     broker.create_topic("t", dedup_window_ms=50)
     for i in range(100):
-        broker.send("t", b"v", dedup_id="id-%d" % i)
+        broker.send("t", b"v", dedup_id=f"id-{i}")
     time.sleep(0.1)
     for i in range(100):  # all expired: each appends again
-        broker.send("t", b"v", dedup_id="id-%d" % i)
+        broker.send("t", b"v", dedup_id=f"id-{i}")
     assert _count(broker) == 200
     with broker._env.read_txn() as txn:
         left = txn.stat(broker._env.dbs["dedup"])["entries"]

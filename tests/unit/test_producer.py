@@ -10,9 +10,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+import _reference
 import pytest
 
-import _reference
 import mqlite
 from mqlite import _core
 
@@ -426,7 +426,7 @@ def test_max_message_bytes_counts_key_value_and_headers(broker: mqlite.Broker) -
         with pytest.raises(mqlite.MessageTooLargeError):
             broker.send("t", v, key=k, headers=h, delay=0.001)
         with broker.producer(linger_ms=0) as p:
-            assert isinstance(_outcome(lambda: p.send("t", v, key=k, headers=h)),
+            assert isinstance(_outcome(lambda v=v, k=k, h=h: p.send("t", v, key=k, headers=h)),
                               mqlite.MessageTooLargeError)
     time.sleep(0.01)
     broker.promote_scheduled()

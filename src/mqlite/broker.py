@@ -598,7 +598,7 @@ class Broker:
         return Queue(self, topic, group, **options)
 
     def groups(self) -> list[str]:
-        """Names of the stream-mode consumer groups with live or static members."""
+        """Names of the stream-mode consumer groups (including empty ones that had members)."""
         from mqlite.groups import list_groups
 
         return [g for g in list_groups(self) if not g.startswith("~")]

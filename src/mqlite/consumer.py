@@ -335,10 +335,12 @@ class Consumer:
         notifier = self._env.notifier
         group = self._group
         while True:
-            if group is not None:
-                group.before_fetch()
+            # Load the wake-up word before reading any state (group or log), so
+            # a change committed in between is never slept through.
             slot = self._wait_slot()
             seq = notifier.load(slot)
+            if group is not None:
+                group.before_fetch()
             due = scheduler.due_wait_budget(self._broker)
             if due == 0.0:
                 scheduler.promote_due(self._broker)
@@ -405,8 +407,8 @@ class Consumer:
         if self._closed:
             return
         try:
-            if self._group is not None and not self._broker.closed:
-                self._group.close()
+            if self._group is not None:
+                self._group.close()  # with the broker closed it only drops the lock
         finally:
             self._closed = True
 

@@ -3,38 +3,66 @@
 Group state lives in the ``groups`` database (one msgpack value per group)
 and changes only inside write transactions:
 
-* ``members``: id, pid, subscription, lock-file name, instance id;
-* ``generation``: bumped by every join, leave or expiry;
+* ``members``: id, pid, subscription, lock-file name (which also names the
+  member's *incarnation*), instance id, ``departed_ms`` for a static member
+  whose process is gone but whose slot is kept;
+* ``generation``: bumped by every join, leave, expiry or subscription change;
 * ``assignment``: the target computed by the group's assignor in the same
   transaction that changed the membership (deterministic, so any member
   could recompute it);
-* ``owners``: who *actually* owns each partition now.  A member takes a
-  partition only when it is free (no owner, or the owner left or died), and
-  releases it — after committing per its policy — when the assignment moves
-  it away.  A partition is therefore never owned by two members at once,
-  and with ``cooperative-sticky`` only moved partitions change hands.
+* ``owners``: who *actually* owns each partition now.
+
+Ownership handover.  A partition changes owner only inside a write
+transaction, and only when it is free: it never had an owner, or its owner
+released it, or its owner was removed from the group (left, died, expired).
+Every transaction that frees partitions or changes the membership also
+*grants* each free partition to the member whose target contains it
+(:func:`grant_free`), so a handover costs one transaction, written by the
+member that releases (or by the member that reaps a dead one); the new owner
+learns of it at its next ``poll()`` (woken through the topics' wake-up words)
+and only reads.  A member releases a partition in its own ``poll()``: first
+``on_revoke``, then one transaction that commits its position (per the commit
+policy) and frees it.  Hence no two members ever own a partition at the same
+time; with the eager assignors (``range``, ``roundrobin``) a member releases
+everything it owns on every generation change (Kafka's eager protocol), with
+``cooperative-sticky`` only the partitions that moved.
 
 Liveness comes from the kernel: each member holds an exclusive ``flock`` on
-its own file under ``members/``; the kernel drops it when the process dies,
-so a crashed member is noticed by the other members' watcher threads within
-milliseconds.  A hung but alive member stops refreshing its file's mtime
-(heartbeat) and is expired after ``session_timeout``.  Offset commits are
-fenced by ownership: committing a partition this member does not own raises
-:class:`CommitFailedError`.
+its own file under ``<broker>/members/``; the kernel drops it when the process
+dies.  Every member runs a watcher thread that probes the other members'
+locks every 20 ms (and at once when a peer's ``pidfd`` reports its exit), so
+a crashed member is removed, and its partitions granted to their new owners,
+within milliseconds.  The watcher also refreshes its own lock file's mtime
+(the heartbeat; no LMDB write, so no fsync) while ``poll()`` was called within
+``max_poll_interval``; a hung member whose mtime is older than its
+``session_timeout`` is expired.  An expired member learns it at its next
+``poll()``: ``on_revoke`` for everything, then it rejoins as a new member.
+
+Static members (``instance_id``) keep their slot when their process exits:
+the partitions stay assigned to them (nobody else consumes them) for
+``session_timeout``; a restart within that time takes them back without a
+rebalance, otherwise the member is removed and its partitions move.
+
+Offset commits are fenced: an offset is written only when the ``owners`` map
+names this member and the member record names this incarnation (its lock
+file), otherwise :class:`CommitFailedError`.  Ownership is a stronger fence
+than a generation number alone: a member keeps committing the partitions it
+still owns across generations, and nothing it no longer owns.  Each stored
+offset records the member id and the generation it was written in.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import os
+import select
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 
@@ -42,16 +70,36 @@ from mqlite._storage import log as _log
 from mqlite._storage.keys import group_pid_key
 from mqlite.assignors import ASSIGNORS, EAGER, assign
 from mqlite.config import require_positive_number, validate_group_name
-from mqlite.errors import CommitFailedError, GroupError, MqliteError
+from mqlite.errors import (
+    CommitFailedError,
+    GroupError,
+    MqliteError,
+    PartitionNotFoundError,
+)
 from mqlite.types import TopicPartition
 
 if TYPE_CHECKING:
     from mqlite.broker import Broker
     from mqlite.consumer import Consumer
 
-__all__ = ["GroupMember", "MemberInfo", "GroupDescription", "describe_group", "list_groups"]
+__all__ = [
+    "GroupDescription",
+    "GroupMember",
+    "MemberInfo",
+    "PartitionLag",
+    "describe_group",
+    "list_groups",
+]
 
+#: Seconds between two liveness probes of the watcher thread.
 _WATCH_INTERVAL = 0.02
+#: A watcher that is not the designated reaper waits this long before reaping itself.
+_REAP_GRACE = 0.1
+#: Longest a poll() waits while a partition it was assigned is still held by
+#: another member (the release wakes it earlier; this only bounds a lost wake-up).
+_PENDING_WAIT = 0.25
+#: Longest a poll() waits otherwise before re-reading the group state.
+_IDLE_WAIT = 1.0
 
 
 class MemberState(msgspec.Struct):
@@ -90,12 +138,23 @@ def _okey(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def _tp_of(key: str) -> TopicPartition:
+    topic, _, part = key.rpartition(":")
+    return TopicPartition(topic, int(part))
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def load_group(txn: Any, dbs: dict[str, Any], group: str) -> GroupState | None:
+# -- stored state ----------------------------------------------------------------------------
+
+def _raw_group(txn: Any, dbs: dict[str, Any], group: str) -> bytes | None:
     raw = txn.get(group.encode(), db=dbs["groups"])
+    return None if raw is None else bytes(raw)
+
+
+def _decode_group(group: str, raw: bytes | None) -> GroupState | None:
     if raw is None:
         return None
     try:
@@ -104,11 +163,14 @@ def load_group(txn: Any, dbs: dict[str, Any], group: str) -> GroupState | None:
         raise GroupError(f"state of group {group!r} is unreadable: {exc}") from None
 
 
+def load_group(txn: Any, dbs: dict[str, Any], group: str) -> GroupState | None:
+    """The stored state of ``group`` (``None`` if it never had members)."""
+    return _decode_group(group, _raw_group(txn, dbs, group))
+
+
 def store_group(txn: Any, dbs: dict[str, Any], group: str, state: GroupState) -> None:
-    if state.members:
-        txn.put(group.encode(), _enc.encode(state), db=dbs["groups"])
-    else:
-        txn.delete(group.encode(), db=dbs["groups"])
+    """Write ``state``.  An empty group keeps its record so the generation never goes back."""
+    txn.put(group.encode(), _enc.encode(state), db=dbs["groups"])
 
 
 def read_offset(txn: Any, dbs: dict[str, Any], group: str, pid: int) -> OffsetValue | None:
@@ -137,128 +199,105 @@ def _ensure_members_dir(broker_path: str, mode: int) -> str:
     return d
 
 
+def _lock_held(fd: int) -> bool:
+    """True while another open file description holds an exclusive flock on ``fd``'s file.
+
+    The probe takes a *shared* lock, so concurrent probers never see each
+    other as the owner.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True  # EWOULDBLOCK: held; anything else: cannot tell, assume alive
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 def probe_alive(path: str) -> bool:
     """True while some process holds the member's lock file (it is alive)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError:
         return True  # cannot tell: assume alive (the heartbeat still expires it)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        return _lock_held(fd)
     finally:
         os.close(fd)
 
 
-def _heartbeat_age_ms(path: str, now_ms: int) -> int:
-    try:
-        return now_ms - int(os.stat(path).st_mtime * 1000)
-    except FileNotFoundError:
-        return 1 << 62
-
-
 def member_status(broker_path: str, m: MemberState, now_ms: int) -> str:
-    """``"alive"``, ``"dead"`` (lock free) or ``"expired"`` (heartbeat too old)."""
+    """``"alive"``, ``"dead"`` (lock free or file gone) or ``"expired"`` (heartbeat too old)."""
     path = os.path.join(members_dir(broker_path), m.lock)
     if not probe_alive(path):
         return "dead"
-    if _heartbeat_age_ms(path, now_ms) > m.session_timeout_ms:
-        return "expired"
-    return "alive"
+    try:
+        mtime_ms = os.stat(path).st_mtime_ns // 1_000_000
+    except FileNotFoundError:
+        return "dead"
+    return "expired" if now_ms - mtime_ms > m.session_timeout_ms else "alive"
 
 
-def _partition_counts(broker: Broker, txn: Any, topics: Iterable[str]) -> dict[str, int]:
+def _partition_counts(txn: Any, dbs: dict[str, Any], topics: Iterable[str]) -> dict[str, int]:
     out = {}
     for t in topics:
-        rec = _log.get_topic(txn, broker._env.dbs, t)
+        rec = _log.get_topic(txn, dbs, t)
         if rec is not None:
             out[t] = len(rec.pids)
     return out
 
 
+# -- state transitions (all inside one write transaction) --------------------------------------
+
 def rebalance(broker: Broker, txn: Any, state: GroupState) -> None:
-    """Recompute the target assignment and bump the generation (in ``txn``)."""
+    """Recompute the target assignment, bump the generation and grant free partitions."""
     subs = {mid: m.topics for mid, m in state.members.items()}
     topics = sorted({t for m in state.members.values() for t in m.topics})
-    counts = _partition_counts(broker, txn, topics)
-    previous = {mid: [tuple(tp) for tp in tps] for mid, tps in state.assignment.items()}
-    result = assign(state.assignor, subs, counts, previous)
+    counts = _partition_counts(txn, broker._env.dbs, topics)
+    result = assign(state.assignor, subs, counts, state.assignment)
     state.assignment = {mid: [(t, p) for t, p in tps] for mid, tps in result.items()}
-    # Owners that left the group no longer own anything.
     state.owners = {k: v for k, v in state.owners.items() if v in state.members}
     state.generation += 1
+    grant_free(state)
+
+
+def grant_free(state: GroupState) -> bool:
+    """Give every free partition to the (present) member whose target contains it.
+
+    A partition is free when nobody owns it or its owner is no longer a
+    member.  Departed static members get nothing: they are not running.
+    Returns True when ``owners`` changed.
+    """
+    changed = False
+    for mid in sorted(state.members):
+        if state.members[mid].departed_ms:
+            continue
+        for t, p in state.assignment.get(mid, ()):
+            k = _okey(t, p)
+            holder = state.owners.get(k)
+            if holder is None or holder not in state.members:
+                state.owners[k] = mid
+                changed = True
+    return changed
+
+
+def _release_all(state: GroupState, member_id: str) -> None:
+    state.owners = {k: v for k, v in state.owners.items() if v != member_id}
 
 
 def remove_member(broker: Broker, txn: Any, state: GroupState, member_id: str) -> None:
-    m = state.members.pop(member_id, None)
-    if m is None:
+    """Remove ``member_id`` (its partitions become free) and rebalance."""
+    if state.members.pop(member_id, None) is None:
         return
     state.assignment.pop(member_id, None)
-    state.owners = {k: v for k, v in state.owners.items() if v != member_id}
+    _release_all(state, member_id)
     if state.members:
         rebalance(broker, txn, state)
     else:
         state.generation += 1
         state.assignment = {}
-
-
-def reap(broker: Broker, group: str, *, exclude: str | None = None) -> bool:
-    """Remove dead or expired members of ``group``; True when the group changed.
-
-    Static members (``instance_id``) whose process died keep their
-    partitions for ``session_timeout`` before they are removed.
-    """
-    env = broker._env
-    now = _now_ms()
-    with env.read_txn() as txn:
-        state = load_group(txn, env.dbs, group)
-    if state is None:
-        return False
-    verdicts = {}
-    for mid, m in state.members.items():
-        if mid == exclude:
-            continue
-        st = member_status(env.path, m, now)
-        if st != "alive":
-            verdicts[mid] = st
-        elif m.departed_ms:
-            verdicts[mid] = "returned"
-    if not verdicts:
-        return False
-    changed = False
-    with broker._write() as txn:
-        state = load_group(txn, env.dbs, group)
-        if state is None:
-            return False
-        for mid, verdict in verdicts.items():
-            m = state.members.get(mid)
-            if m is None:
-                continue
-            if m.instance_id is not None and verdict == "dead":
-                if not m.departed_ms:
-                    m.departed_ms = now
-                    changed = True
-                    continue
-                if now - m.departed_ms < m.session_timeout_ms:
-                    continue
-            elif verdict == "returned":
-                continue
-            remove_member(broker, txn, state, mid)
-            _unlink_quiet(os.path.join(members_dir(env.path), m.lock))
-            changed = True
-        if changed:
-            store_group(txn, env.dbs, group, state)
-    if changed:
-        _notify_group(broker, state)
-    return changed
+        state.owners = {}
 
 
 def _unlink_quiet(path: str) -> None:
@@ -269,34 +308,141 @@ def _unlink_quiet(path: str) -> None:
 
 
 def _notify_group(broker: Broker, state: GroupState | None) -> None:
-    topics = set()
+    """Wake the pollers of the group's topics (call after the commit)."""
+    topics: set[str] = set()
     if state is not None:
         for m in state.members.values():
             topics.update(m.topics)
     broker._env.notify_topics(topics)
 
 
-# -- the member --------------------------------------------------------------------------
+# -- reaping -----------------------------------------------------------------------------------
+
+Verdicts = dict[str, tuple[str, str]]  # member id -> (lock name probed, verdict)
+
+
+def find_suspects(broker: Broker, state: GroupState, now_ms: int, *,
+                  exclude: str | None = None,
+                  probe: Callable[[MemberState, int], str] | None = None) -> Verdicts:
+    """Members of ``state`` to act on: ``"dead"``, ``"expired"`` or ``"departed"`` (timed out).
+
+    A departed static member is not probed (its process is gone); it is a
+    suspect only once its ``session_timeout`` has passed.
+    """
+    path = broker._env.path
+    out: Verdicts = {}
+    for mid, m in state.members.items():
+        if mid == exclude:
+            continue
+        if m.departed_ms:
+            if now_ms - m.departed_ms >= m.session_timeout_ms:
+                out[mid] = (m.lock, "departed")
+            continue
+        st = probe(m, now_ms) if probe is not None else member_status(path, m, now_ms)
+        if st != "alive":
+            out[mid] = (m.lock, st)
+    return out
+
+
+def apply_verdicts(broker: Broker, group: str, verdicts: Verdicts) -> bool:
+    """Act on suspects in one write transaction; True when the group changed.
+
+    Each verdict applies only if the member still has the lock file that was
+    probed: a static member that restarted in between (same member id, new
+    lock) is left alone.  A dead static member is marked departed (its
+    partitions are freed but stay assigned to it); everything else is removed.
+    """
+    env = broker._env
+    now = _now_ms()
+    changed = membership = False
+    gone: list[str] = []
+    with broker._write() as txn:
+        state = load_group(txn, env.dbs, group)
+        if state is None:
+            return False
+        for mid, (lock, verdict) in sorted(verdicts.items()):
+            m = state.members.get(mid)
+            if m is None or m.lock != lock:
+                continue
+            if verdict == "dead" and m.instance_id is not None and not m.departed_ms:
+                m.departed_ms = now
+                _release_all(state, mid)
+                grant_free(state)
+                changed = True
+                continue
+            if verdict == "departed" and now - m.departed_ms < m.session_timeout_ms:
+                continue
+            state.members.pop(mid)
+            state.assignment.pop(mid, None)
+            _release_all(state, mid)
+            gone.append(lock)
+            changed = membership = True
+        if membership:
+            if state.members:
+                rebalance(broker, txn, state)
+            else:
+                state.generation += 1
+                state.assignment = {}
+                state.owners = {}
+        if changed:
+            store_group(txn, env.dbs, group, state)
+    for lock in gone:
+        _unlink_quiet(os.path.join(members_dir(env.path), lock))
+    if changed:
+        _notify_group(broker, state)
+    return changed
+
+
+def reap(broker: Broker, group: str, *, exclude: str | None = None) -> bool:
+    """Probe every member of ``group`` and remove the dead or expired ones.
+
+    Returns True when the group changed.  Static members (``instance_id``)
+    whose process died are marked departed and removed only after their
+    ``session_timeout``.
+    """
+    env = broker._env
+    with env.read_txn() as txn:
+        state = load_group(txn, env.dbs, group)
+    if state is None:
+        return False
+    verdicts = find_suspects(broker, state, _now_ms(), exclude=exclude)
+    return bool(verdicts) and apply_verdicts(broker, group, verdicts)
+
+
+# -- the member --------------------------------------------------------------------------------
 
 class GroupMember:
     """Group membership of one :class:`~mqlite.Consumer` (internal).
 
     Parameters (forwarded from ``broker.consumer(..., group=...)``)
     ----------
+    consumer
+        The consumer this membership belongs to.
+    group
+        Group name (same rules as topic names).
     instance_id
         Static membership: a member restarting with the same id within
         ``session_timeout`` gets its partitions back without a rebalance.
     assignor
         ``"range"`` (default), ``"roundrobin"`` or ``"cooperative-sticky"``.
+        All members of a group must use the same one.
     session_timeout
         Seconds without a heartbeat after which a live but hung member is
         expired (default 10).  A crashed member is detected at once.
     max_poll_interval
         Seconds between polls after which this member stops heartbeating and
-        lets itself expire (default 300), as Kafka's ``max.poll.interval.ms``.
+        so lets itself expire (default 300), as Kafka's ``max.poll.interval.ms``.
     on_assign, on_revoke
-        Called with a list of :class:`TopicPartition` when partitions are
-        taken / released (before releasing, after committing).
+        Called in ``poll()`` (or ``close()``) with a sorted list of
+        :class:`TopicPartition`: ``on_assign`` after the partitions became
+        this member's, ``on_revoke`` before they are released (before the
+        automatic commit, so a manual commit in it still succeeds).  An
+        expired member gets ``on_revoke`` for everything it held.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad option types or values.
     """
 
     def __init__(self, consumer: Consumer, group: str, *, instance_id: str | None = None,
@@ -305,12 +451,16 @@ class GroupMember:
                  on_assign: Callable[[list[TopicPartition]], Any] | None = None,
                  on_revoke: Callable[[list[TopicPartition]], Any] | None = None) -> None:
         validate_group_name(group)
+        if not isinstance(assignor, str):
+            raise TypeError(f"assignor must be str, not {type(assignor).__name__}")
         if assignor not in ASSIGNORS:
             raise ValueError(f"assignor must be one of {sorted(ASSIGNORS)}, got {assignor!r}")
         require_positive_number(session_timeout, "session_timeout", allow_zero=False)
         require_positive_number(max_poll_interval, "max_poll_interval", allow_zero=False)
         if instance_id is not None:
-            if not isinstance(instance_id, str) or not instance_id or len(instance_id) > 200:
+            if not isinstance(instance_id, str):
+                raise TypeError(f"instance_id must be str, not {type(instance_id).__name__}")
+            if not instance_id or len(instance_id) > 200 or "\x00" in instance_id:
                 raise ValueError("instance_id must be a non-empty str of at most 200 characters")
         for cb, name in ((on_assign, "on_assign"), (on_revoke, "on_revoke")):
             if cb is not None and not callable(cb):
@@ -321,8 +471,8 @@ class GroupMember:
         self.group = group
         self.instance_id = instance_id
         self.assignor = assignor
-        self.session_timeout_ms = int(session_timeout * 1000)
-        self.max_poll_interval = max_poll_interval
+        self.session_timeout_ms = max(1, int(session_timeout * 1000))
+        self.max_poll_interval = float(max_poll_interval)
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.member_id: str | None = None
@@ -330,17 +480,27 @@ class GroupMember:
         self.owned: list[TopicPartition] = []
         self.generation_seen = -1
         self.pending = False
+        self._raw: bytes | None = None
         self._lock_fd = -1
         self._lock_name = ""
         self._last_poll = time.monotonic()
+        self._last_beat = 0.0
+        self._beat_every = max(0.05, self.session_timeout_ms / 3000.0)
         self._committed: dict[TopicPartition, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
-    # -- join / leave ------------------------------------------------------------------
+    # -- join / leave ----------------------------------------------------------------------
     def _gkey(self) -> str:
         return hashlib.sha1(self.group.encode()).hexdigest()[:12]
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            raise GroupError(
+                f"this consumer of group {self.group!r} was created in process {self._pid}; "
+                "a forked child cannot use its parent's membership: create a new consumer "
+                "in the child")
 
     def _take_lock(self, member_id: str) -> None:
         d = _ensure_members_dir(self.env.path, 0o770 if self.env.shared_group else 0o700)
@@ -349,7 +509,12 @@ class GroupMember:
         path = os.path.join(d, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      self.env.file_mode)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(path)
+            raise
         self._lock_fd = fd
         self._lock_name = name
         _live_members.add(self)
@@ -362,20 +527,30 @@ class GroupMember:
             self._lock_fd = -1
 
     def subscribe(self, topics: list[str]) -> None:
-        """Join the group (or change this member's subscription)."""
+        """Join the group, or change this member's subscription (a rebalance)."""
+        self._check_fork()
         self.topics = list(topics)
-        if self.member_id is None:
-            self._join()
-        else:
+        if self.member_id is not None:
             with self.broker._write() as txn:
                 state = load_group(txn, self.env.dbs, self.group)
-                if state is None or self.member_id not in state.members:
-                    raise GroupError("this member was removed from the group; poll() rejoins")
-                state.members[self.member_id].topics = list(topics)
-                rebalance(self.broker, txn, state)
-                store_group(txn, self.env.dbs, self.group, state)
-            _notify_group(self.broker, state)
+                mine = self._is_mine(state)
+                if state is not None and mine:
+                    state.members[self.member_id].topics = list(topics)
+                    rebalance(self.broker, txn, state)
+                    store_group(txn, self.env.dbs, self.group, state)
+            if mine:
+                _notify_group(self.broker, state)
+            # else: removed meanwhile; the next poll() notices and rejoins.
+        else:
+            self._join()
         self._start_watcher()
+
+    def _is_mine(self, state: GroupState | None) -> TypeGuard[GroupState]:
+        """True when ``state`` lists this member with this incarnation's lock file."""
+        if state is None or self.member_id is None:
+            return False
+        m = state.members.get(self.member_id)
+        return m is not None and m.lock == self._lock_name
 
     def _join(self) -> None:
         member_id = (f"static-{self.instance_id}" if self.instance_id is not None
@@ -396,17 +571,26 @@ class GroupMember:
                                  lock=self._lock_name, session_timeout_ms=self.session_timeout_ms,
                                  joined_ms=now, instance_id=self.instance_id)
                 old = state.members.get(member_id)
-                if old is not None:
-                    if not old.departed_ms and member_status(self.env.path, old, now) == "alive":
+                status = "dead"
+                if old is not None and not old.departed_ms:
+                    status = member_status(self.env.path, old, now)
+                    if status == "alive":
                         raise GroupError(
                             f"instance_id {self.instance_id!r} is in use by live pid {old.pid} "
-                            f"in group {self.group!r}")
+                            f"in group {self.group!r}; close that consumer or use another id")
+                if old is not None and status == "dead":
+                    # A static member coming back (or replacing a crashed
+                    # incarnation not yet noticed): same slot, same assignment.
                     _unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
-                    same = sorted(old.topics) == sorted(self.topics)
                     state.members[member_id] = me
-                    if not same:
+                    if sorted(old.topics) != sorted(self.topics):
                         rebalance(self.broker, txn, state)
+                    else:
+                        grant_free(state)
                 else:
+                    if old is not None:  # expired but alive: fence it out, start afresh
+                        _unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
+                        _release_all(state, member_id)
                     state.members[member_id] = me
                     rebalance(self.broker, txn, state)
                 store_group(txn, self.env.dbs, self.group, state)
@@ -417,44 +601,61 @@ class GroupMember:
         self.generation_seen = -1
         self.owned = []
         self.pending = True
+        self._raw = None
         _notify_group(self.broker, state)
 
-    def _leave(self) -> None:
+    def _leave(self, commit: bool) -> None:
+        """Leave in one transaction: commit owned positions (if ``commit``) and release."""
         if self.member_id is None:
             return
+        me = self.member_id
         try:
+            changed = False
             with self.broker._write() as txn:
                 state = load_group(txn, self.env.dbs, self.group)
-                if state is not None and self.member_id in state.members:
+                if self._is_mine(state):
+                    if commit:
+                        self._commit_owned(txn, state, self._dirty(self.owned))
                     if self.instance_id is not None:
-                        # Static members keep their slot for session_timeout.
-                        state.members[self.member_id].departed_ms = _now_ms()
-                        state.owners = {k: v for k, v in state.owners.items()
-                                        if v != self.member_id}
+                        # Static members keep their slot (and assignment) for session_timeout.
+                        state.members[me].departed_ms = _now_ms()
+                        _release_all(state, me)
+                        grant_free(state)
                     else:
-                        remove_member(self.broker, txn, state, self.member_id)
+                        remove_member(self.broker, txn, state, me)
                     store_group(txn, self.env.dbs, self.group, state)
-            _notify_group(self.broker, state)
+                    changed = True
+            if changed:
+                _notify_group(self.broker, state)
         finally:
             self.member_id = None
             self.owned = []
             self._drop_lock()
 
     def close(self) -> None:
+        """Leave the group: ``on_revoke``, commit per policy, release, stop the watcher.
+
+        In a forked child this does nothing to the group (the parent is still
+        the member).  With the broker already closed it only drops the lock,
+        so the other members reap this member at once.
+        """
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
         if os.getpid() != self._pid:
-            return  # a forked child never leaves on its parent's behalf
+            return
+        if self.broker.closed:
+            self.member_id = None
+            self.owned = []
+            self._drop_lock()
+            return
         try:
-            if self.consumer._commit_policy != "manual" and self.owned:
-                self._auto_commit()
             if self.owned and self.on_revoke is not None:
                 self.on_revoke(list(self.owned))
         finally:
-            self._leave()
+            self._leave(commit=self.consumer._commit_policy != "manual")
 
-    # -- watcher thread ----------------------------------------------------------------
+    # -- watcher thread ----------------------------------------------------------------------
     def _start_watcher(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._watch, daemon=True,
@@ -462,144 +663,215 @@ class GroupMember:
             self._thread.start()
 
     def _watch(self) -> None:
-        beat_every = max(0.05, self.session_timeout_ms / 3000.0)
-        last_beat = 0.0
-        while not self._stop.wait(_WATCH_INTERVAL):
-            if os.getpid() != self._pid or self.consumer._broker.closed:
-                return
-            try:
-                t = time.monotonic()
-                if t - last_beat >= beat_every and t - self._last_poll < self.max_poll_interval:
-                    self._heartbeat()
-                    last_beat = t
-                reap(self.broker, self.group, exclude=self.member_id)
-            except MqliteError:
-                continue
-            except OSError:
-                continue
+        watcher = _Watcher(self)
+        try:
+            watcher.run()
+        finally:
+            watcher.close()
 
     def _heartbeat(self) -> None:
+        """Refresh the lock file's mtime (no LMDB write, so no fsync)."""
+        self._last_beat = time.monotonic()
         if self._lock_fd >= 0:
             try:
                 os.utime(self._lock_fd)
             except OSError:
                 pass
 
-    # -- assignment sync -------------------------------------------------------------------
+    # -- assignment sync (poll thread) -------------------------------------------------------
     def assignment(self) -> list[TopicPartition]:
+        """Partitions this member owns now."""
         return list(self.owned)
 
     def wait_budget(self) -> float:
-        """How long poll may block: short while partitions are still being handed over."""
-        return 0.005 if self.pending else 3600.0
+        """How long poll may block before re-reading the group state.
+
+        Group changes wake pollers through the topics' wake-up words, so
+        this bounds only the cost of a lost wake-up.
+        """
+        return _PENDING_WAIT if self.pending else _IDLE_WAIT
 
     def before_fetch(self) -> None:
-        self._last_poll = time.monotonic()
+        """Called by ``poll()`` before fetching: join, commit (``after``), sync ownership."""
+        self._check_fork()
+        self._last_poll = now = time.monotonic()
+        if now - self._last_beat >= self._beat_every:
+            self._heartbeat()  # heartbeats ride on poll() too, not only on the watcher
         if self.member_id is None:
             self._join()
             self._start_watcher()
-        if self.consumer._commit_policy == "after":
-            self._auto_commit()
         with self.env.read_txn() as txn:
-            state = load_group(txn, self.env.dbs, self.group)
+            raw = _raw_group(txn, self.env.dbs, self.group)
+        if raw is not None and raw == self._raw and not self.pending:
+            self._auto_commit()
+            return
+        state = _decode_group(self.group, raw)
+        self._raw = raw
         if (state is not None and state.generation == self.generation_seen
-                and not self.pending and self.member_id in state.members):
+                and not self.pending and self._is_mine(state)):
+            self._auto_commit()
             return
         self._sync(state)
 
     def after_fetch(self, msgs: list[Any]) -> None:
-        if self.consumer._commit_policy == "before":
-            self._auto_commit()
+        """Called by ``poll()`` with the fetched messages (commit policy ``before``).
 
-    def _sync(self, state: GroupState | None) -> None:
-        if state is None or self.member_id not in state.members:
-            # Removed (expired or the group was deleted): drop everything, rejoin.
-            if self.owned and self.on_revoke is not None:
-                self.on_revoke(list(self.owned))
-            for tp in self.owned:
+        With ``commit="before"`` the new positions are committed before the
+        messages are returned; messages of partitions whose commit was fenced
+        (this member lost them) are dropped from ``msgs``, so they are never
+        delivered twice.
+        """
+        if self.consumer._commit_policy != "before" or not msgs:
+            return
+        todo = self._dirty(self.owned)
+        if not todo:
+            return
+        with self.broker._write() as txn:
+            state = load_group(txn, self.env.dbs, self.group)
+            failed = self._commit_owned(txn, state, todo)
+        if failed:
+            msgs[:] = [m for m in msgs if TopicPartition(m.topic, m.partition) not in failed]
+            for tp in failed:
                 self.consumer._positions.pop(tp, None)
-            self.owned = []
+
+    def _dirty(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        pos = self.consumer._positions
+        return {tp: pos[tp] for tp in tps
+                if pos.get(tp, -1) >= 0 and self._committed.get(tp) != pos[tp]}
+
+    def _auto_commit(self) -> None:
+        if self.consumer._commit_policy != "after":
+            return
+        todo = self._dirty(self.owned)
+        if todo:
+            with self.broker._write() as txn:
+                state = load_group(txn, self.env.dbs, self.group)
+                self._commit_owned(txn, state, todo)
+            # A fenced partition is not an error here: its new owner redelivers.
+
+    def _lost(self) -> None:
+        """This member was removed (expired) or replaced: give up everything, forget the id."""
+        owned, self.owned = self.owned, []
+        try:
+            if owned and self.on_revoke is not None:
+                self.on_revoke(list(owned))
+        finally:
+            for tp in owned:
+                self.consumer._positions.pop(tp, None)
+            self._committed.clear()
             self._drop_lock()
             self.member_id = None
-            self._join()
-            with self.env.read_txn() as txn:
-                state = load_group(txn, self.env.dbs, self.group)
-            if state is None:
-                return
-        me = self.member_id
-        target = {TopicPartition(t, p) for t, p in state.assignment.get(me, [])}
-        owned = set(self.owned)
-        release = owned - target
-        if (state.assignor in EAGER and state.generation != self.generation_seen and owned
-                and self.generation_seen >= 0):
-            release = set(owned)
-        if release:
-            rel = sorted(release)
-            if self.consumer._commit_policy != "manual":
-                self._auto_commit(only=rel)
-            if self.on_revoke is not None:
-                self.on_revoke(rel)
-            with self.broker._write() as txn:
-                st2 = load_group(txn, self.env.dbs, self.group)
-                if st2 is not None:
-                    for tp in rel:
-                        k = _okey(tp.topic, tp.partition)
-                        if st2.owners.get(k) == me:
-                            del st2.owners[k]
-                    store_group(txn, self.env.dbs, self.group, st2)
-            for tp in rel:
+            self._raw = None
+
+    def _sync(self, state: GroupState | None) -> None:
+        policy = self.consumer._commit_policy
+        for _ in range(16):
+            if state is None or not self._is_mine(state):
+                self._lost()
+                self._join()
+                with self.env.read_txn() as txn:
+                    raw = _raw_group(txn, self.env.dbs, self.group)
+                state = _decode_group(self.group, raw)
+                self._raw = raw
+                continue
+            me = self.member_id or ""
+            target = {TopicPartition(t, p) for t, p in state.assignment.get(me, ())}
+            owned = set(self.owned)
+            if (state.assignor in EAGER and state.generation != self.generation_seen
+                    and self.generation_seen >= 0):
+                release = set(owned)
+            else:
+                release = owned - target
+            granted = {_tp_of(k) for k, v in state.owners.items() if v == me}
+            orphans = granted - target - owned
+            free = {tp for tp in target
+                    if state.owners.get(_okey(tp.topic, tp.partition)) not in state.members}
+            todo: dict[TopicPartition, int] = {}
+            if policy != "manual":
+                todo = self._dirty(release if policy == "before" else owned)
+            if release and self.on_revoke is not None:
+                self.on_revoke(sorted(release))
+            st = state
+            if release or orphans or free or todo:
+                with self.broker._write() as txn:
+                    st2 = load_group(txn, self.env.dbs, self.group)
+                    if self._is_mine(st2):
+                        self._commit_owned(txn, st2, todo)
+                        for tp in release | orphans:
+                            k = _okey(tp.topic, tp.partition)
+                            if st2.owners.get(k) == me:
+                                del st2.owners[k]
+                        grant_free(st2)
+                        store_group(txn, self.env.dbs, self.group, st2)
+                if st2 is None or not self._is_mine(st2):
+                    self.owned = sorted(owned - release)
+                    for tp in release:
+                        self.consumer._positions.pop(tp, None)
+                    state = st2
+                    continue
+                st = st2
+                if release or orphans or free:
+                    _notify_group(self.broker, st)
+            for tp in release:
                 self.consumer._positions.pop(tp, None)
                 self._committed.pop(tp, None)
-            owned -= release
-            _notify_group(self.broker, st2)
-        acquired: list[TopicPartition] = []
-        want = target - owned
-        if want:
-            with self.broker._write() as txn:
-                st3 = load_group(txn, self.env.dbs, self.group)
-                if st3 is not None and me in st3.members:
-                    for tp in sorted(want):
-                        k = _okey(tp.topic, tp.partition)
-                        holder = st3.owners.get(k)
-                        if holder is None or holder == me or holder not in st3.members:
-                            st3.owners[k] = me
-                            acquired.append(tp)
-                    if acquired:
-                        store_group(txn, self.env.dbs, self.group, st3)
+            kept = owned - release
+            mine_now = {_tp_of(k) for k, v in st.owners.items() if v == me}
+            target_now = {TopicPartition(t, p) for t, p in st.assignment.get(me, ())}
+            new_owned = (kept & mine_now) | (mine_now & target_now)
+            acquired = sorted(new_owned - kept)
             for tp in acquired:
                 self.consumer._positions[tp] = -1
-            owned |= set(acquired)
-        self.owned = sorted(owned)
-        self.pending = bool(target - owned)
-        self.generation_seen = state.generation
-        if acquired and self.on_assign is not None:
-            self.on_assign(sorted(acquired))
+                self._committed.pop(tp, None)
+            self.owned = sorted(new_owned)
+            self.pending = bool(target_now - new_owned)
+            self.generation_seen = state.generation
+            if acquired and self.on_assign is not None:
+                self.on_assign(acquired)
+            if st.generation == state.generation:
+                return
+            state = st
 
-    # -- offsets ---------------------------------------------------------------------------
-    def committed_in(self, txn: Any, tp: TopicPartition) -> int:
+    # -- offsets -----------------------------------------------------------------------------
+    def _pid_of(self, txn: Any, tp: TopicPartition) -> int:
         rec = self.broker._topic(txn, tp.topic)
-        v = read_offset(txn, self.env.dbs, self.group, rec.pids[tp.partition])
+        if not 0 <= tp.partition < len(rec.pids):
+            raise PartitionNotFoundError(
+                f"{tp.topic!r} has partitions 0..{len(rec.pids) - 1}, not {tp.partition}")
+        return rec.pids[tp.partition]
+
+    def committed_in(self, txn: Any, tp: TopicPartition) -> int:
+        """The group's committed offset of ``tp`` in ``txn`` (-1 if none)."""
+        v = read_offset(txn, self.env.dbs, self.group, self._pid_of(txn, tp))
         return -1 if v is None else v.offset
 
     def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` (``None`` if none)."""
         with self.env.read_txn() as txn:
             off = self.committed_in(txn, tp)
         return None if off < 0 else off
 
-    def _auto_commit(self, only: list[TopicPartition] | None = None) -> None:
-        pos = self.consumer._positions
-        todo = {tp: pos[tp] for tp in (only if only is not None else self.owned)
-                if pos.get(tp, -1) >= 0 and self._committed.get(tp) != pos[tp]}
-        if not todo:
-            return
-        try:
-            self._commit_offsets(todo)
-        except CommitFailedError:
-            pass  # the partition moved: its new owner redelivers (at-least-once)
-
     def commit(self, offsets: Any = None) -> None:
+        """Commit offsets (fenced).
+
+        Parameters
+        ----------
+        offsets
+            ``None``: the positions of every owned partition; a
+            :class:`~mqlite.Message`: up to and including it; a mapping
+            ``{TopicPartition: next_offset}``.
+
+        Raises
+        ------
+        CommitFailedError
+            A partition is not owned by this member (any more); nothing is
+            committed.
+        TypeError, ValueError
+            Bad ``offsets``.
+        """
         from mqlite._core import Message
 
+        self._check_fork()
         if offsets is None:
             pos = self.consumer._positions
             todo = {tp: pos[tp] for tp in self.owned if pos.get(tp, -1) >= 0}
@@ -608,43 +880,208 @@ class GroupMember:
         elif isinstance(offsets, dict):
             todo = {}
             for tp, off in offsets.items():
-                if not isinstance(off, int) or isinstance(off, bool) or off < 0:
-                    raise ValueError(f"offset for {tp} must be an int >= 0, got {off!r}")
+                if not isinstance(tp, tuple) or len(tp) != 2:
+                    raise TypeError(f"offset keys must be TopicPartition, not {tp!r}")
+                if not isinstance(off, int) or isinstance(off, bool):
+                    raise TypeError(f"offset for {tp} must be int, not {type(off).__name__}")
+                if off < 0:
+                    raise ValueError(f"offset for {tp} must be >= 0, got {off}")
                 todo[TopicPartition(*tp)] = off
         else:
             raise TypeError("commit() takes None, a Message or {TopicPartition: offset}")
         if todo:
-            self._commit_offsets(todo)
-
-    def _commit_offsets(self, todo: dict[TopicPartition, int], txn: Any = None) -> None:
-        if txn is None:
             with self.broker._write() as txn:
                 self.commit_in(txn, todo)
-        else:
-            self.commit_in(txn, todo)
-        self._committed.update(todo)
+            self._committed.update(todo)
+
+    def _fence(self, state: GroupState | None) -> str | None:
+        """Why this member may not commit (``None`` when it may)."""
+        if self.member_id is None or state is None or self.member_id not in state.members:
+            return f"this member is no longer in group {self.group!r} (expired or closed)"
+        if state.members[self.member_id].lock != self._lock_name:
+            return (f"instance_id {self.instance_id!r} was taken over by another process "
+                    f"in group {self.group!r}")
+        return None
 
     def commit_in(self, txn: Any, todo: dict[TopicPartition, int]) -> None:
-        """Write fenced offsets inside ``txn`` (raises CommitFailedError)."""
+        """Write fenced offsets inside ``txn``; all or nothing.
+
+        Raises
+        ------
+        CommitFailedError
+            This member (incarnation) does not own one of the partitions.
+        """
         state = load_group(txn, self.env.dbs, self.group)
-        me = self.member_id
-        if state is None or me is None or me not in state.members:
-            raise CommitFailedError(
-                f"member is no longer in group {self.group!r}; poll() to rejoin")
-        now = _now_ms()
-        for tp, off in todo.items():
-            if state.owners.get(_okey(tp.topic, tp.partition)) != me:
+        why = self._fence(state)
+        if state is None or why is not None:
+            raise CommitFailedError(f"{why}; poll() to rejoin")
+        held = set(self.owned)
+        for tp in todo:
+            if tp not in held or state.owners.get(_okey(tp.topic, tp.partition)) != self.member_id:
                 raise CommitFailedError(
-                    f"cannot commit {tp.topic}[{tp.partition}]: this member no longer owns it "
-                    f"(group {self.group!r} generation {state.generation}); poll() again")
-            rec = self.broker._topic(txn, tp.topic)
-            write_offset(txn, self.env.dbs, self.group, rec.pids[tp.partition],
+                    f"cannot commit {tp.topic}[{tp.partition}]: this member does not own it "
+                    f"(group {self.group!r}, generation {state.generation}); poll() again")
+        self._write_offsets(txn, state, todo)
+
+    def _commit_owned(self, txn: Any, state: GroupState | None,
+                      todo: dict[TopicPartition, int]) -> set[TopicPartition]:
+        """Commit the owned part of ``todo`` in ``txn``; return the fenced partitions."""
+        if not todo:
+            return set()
+        if state is None or self._fence(state) is not None:
+            return set(todo)
+        ok = {tp: off for tp, off in todo.items()
+              if state.owners.get(_okey(tp.topic, tp.partition)) == self.member_id}
+        self._write_offsets(txn, state, ok)
+        self._committed.update(ok)
+        return set(todo) - set(ok)
+
+    def _write_offsets(self, txn: Any, state: GroupState, todo: dict[TopicPartition, int]) -> None:
+        now = _now_ms()
+        me = self.member_id or ""
+        for tp, off in todo.items():
+            write_offset(txn, self.env.dbs, self.group, self._pid_of(txn, tp),
                          OffsetValue(off, me, state.generation, now))
 
 
-# -- inspection ------------------------------------------------------------------------------
+class _Watcher:
+    """The body of a member's watcher thread: heartbeat, probe peers, reap.
+
+    Probing is cheap: one read transaction, and when the group record is
+    unchanged no decoding; one cached file descriptor per peer lock file, on
+    which each probe is one ``flock`` and one ``fstat`` system call.  Peer
+    processes are also watched through ``pidfd``s, so a crash wakes the
+    watcher at once instead of at the next 20 ms tick.  Only the designated
+    reaper (the alive member with the smallest id) reaps at once; the others
+    wait ``_REAP_GRACE`` first, so a crash does not queue every member on the
+    write lock.
+    """
+
+    def __init__(self, member: GroupMember) -> None:
+        self.m = member
+        self.raw: bytes | None = None
+        self.state: GroupState | None = None
+        self.fds: dict[str, int] = {}
+        self.pidfds: dict[int, int] = {}
+        self.fired: set[int] = set()
+        self.poller = select.poll()
+        self.suspect_since: dict[str, float] = {}
+        self.mdir = members_dir(member.env.path)
+        self.last_error: Exception | None = None  # kept for debugging; the loop goes on
+
+    def close(self) -> None:
+        for fd in [*self.fds.values(), *self.pidfds.values()]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        self.pidfds.clear()
+
+    def run(self) -> None:
+        m = self.m
+        while not m._stop.is_set():
+            if os.getpid() != m._pid or m.broker.closed:
+                return
+            t = time.monotonic()
+            if t - m._last_beat >= m._beat_every and t - m._last_poll < m.max_poll_interval:
+                m._heartbeat()
+            try:
+                self.tick()
+            except (MqliteError, OSError):
+                pass  # transient (broker closing, file races): the next tick retries
+            except Exception as exc:  # noqa: BLE001 - a dead watcher would stop liveness
+                self.last_error = exc
+            events = self.poller.poll(_WATCH_INTERVAL * 1000)
+            for fd, _ in events:
+                # An exited process's pidfd stays readable: watch it once only.
+                self.poller.unregister(fd)
+                self.fired.add(fd)
+
+    def _probe(self, ms: MemberState, now_ms: int) -> str:
+        fd = self.fds.get(ms.lock)
+        if fd is None:
+            try:
+                fd = os.open(os.path.join(self.mdir, ms.lock),
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return "dead"
+            except OSError:
+                return "alive"  # cannot tell; the heartbeat check cannot run either
+            self.fds[ms.lock] = fd
+        if not _lock_held(fd):
+            return "dead"
+        age = now_ms - os.fstat(fd).st_mtime_ns // 1_000_000
+        return "expired" if age > ms.session_timeout_ms else "alive"
+
+    def _track(self, state: GroupState) -> None:
+        locks = {ms.lock for ms in state.members.values()}
+        for name in [n for n in self.fds if n not in locks]:
+            os.close(self.fds.pop(name))
+        pids = {ms.pid for ms in state.members.values() if not ms.departed_ms}
+        pids.discard(os.getpid())
+        for pid in [p for p in self.pidfds if p not in pids]:
+            fd = self.pidfds.pop(pid)
+            if fd in self.fired:
+                self.fired.discard(fd)
+            else:
+                self.poller.unregister(fd)
+            os.close(fd)
+        if not hasattr(os, "pidfd_open"):
+            return
+        for pid in pids - set(self.pidfds):
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone already, or not visible here: the lock probe decides
+            self.pidfds[pid] = fd
+            self.poller.register(fd, select.POLLIN)
+
+    def tick(self) -> None:
+        m = self.m
+        env = m.env
+        with env.read_txn() as txn:
+            raw = _raw_group(txn, env.dbs, m.group)
+        if raw is None:
+            return
+        if raw != self.raw:
+            self.state = _decode_group(m.group, raw)
+            self.raw = raw
+            if self.state is not None:
+                self._track(self.state)
+        state = self.state
+        if state is None:
+            return
+        me = m.member_id
+        verdicts = find_suspects(m.broker, state, _now_ms(), exclude=me, probe=self._probe)
+        now = time.monotonic()
+        if not verdicts:
+            self.suspect_since.clear()
+            return
+        for mid in list(self.suspect_since):
+            if mid not in verdicts:
+                del self.suspect_since[mid]
+        first = min(self.suspect_since.setdefault(mid, now) for mid in verdicts)
+        healthy = [mid for mid, ms in state.members.items()
+                   if mid not in verdicts and not ms.departed_ms]
+        designated = me is not None and (not healthy or me == min(healthy))
+        if (designated or now - first >= _REAP_GRACE) and apply_verdicts(
+                m.broker, m.group, verdicts):
+            self.raw = None  # re-read (and re-track) next tick
+
+
+# -- inspection --------------------------------------------------------------------------------
 
 class MemberInfo(msgspec.Struct, frozen=True):
+    """One member of a group, as :func:`describe_group` sees it.
+
+    ``status`` is ``"alive"``, ``"dead"`` (crashed, not yet reaped),
+    ``"expired"`` (heartbeat older than its session timeout) or
+    ``"departed"`` (a static member whose process is gone, slot kept).
+    ``assigned`` is the target assignment, ``owned`` what it holds now
+    (they differ while partitions are handed over).
+    """
+
     member_id: str
     pid: int
     instance_id: str | None
@@ -656,6 +1093,8 @@ class MemberInfo(msgspec.Struct, frozen=True):
 
 
 class PartitionLag(msgspec.Struct, frozen=True):
+    """Committed offset, log end, lag and current owner of one partition."""
+
     partition: TopicPartition
     committed: int | None
     end_offset: int
@@ -664,56 +1103,94 @@ class PartitionLag(msgspec.Struct, frozen=True):
 
 
 class GroupDescription(msgspec.Struct, frozen=True):
+    """A consumer group: generation, assignor, state, members and per-partition lag.
+
+    ``state`` is ``"empty"`` (no members), ``"stable"`` (every present
+    member owns exactly its assignment) or ``"rebalancing"``.
+    ``partitions`` covers the subscribed topics and every partition with a
+    committed offset.
+    """
+
     group: str
     generation: int
     assignor: str
+    state: str
     members: list[MemberInfo]
     partitions: list[PartitionLag]
 
 
 def list_groups(broker: Broker) -> list[str]:
+    """Names of every group record (stream groups, and queue groups prefixed ``~``)."""
     with broker._env.read_txn() as txn:
         cur = txn.cursor(db=broker._env.dbs["groups"])
         return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
 
 
+def _offset_pids(txn: Any, dbs: dict[str, Any], group: str) -> set[int]:
+    prefix = group.encode() + b"\x00"
+    cur = txn.cursor(db=dbs["offsets"])
+    out = set()
+    if cur.set_range(prefix):
+        for k in cur.iternext(keys=True, values=False):
+            k = bytes(k)
+            if not k.startswith(prefix):
+                break
+            if len(k) == len(prefix) + 4:
+                out.add(int.from_bytes(k[-4:], "big"))
+    return out
+
+
 def describe_group(broker: Broker, group: str) -> GroupDescription:
-    """Members, generation, committed offsets and lag of a consumer group."""
+    """Members, generation, committed offsets and lag of a consumer group.
+
+    Raises ``ValueError`` for an invalid group name; an unknown group is
+    described as empty (generation 0, no members, no partitions).
+    """
     validate_group_name(group)
     env = broker._env
     now = _now_ms()
     with env.read_txn() as txn:
         state = load_group(txn, env.dbs, group) or GroupState()
+        owned_by: dict[str, list[TopicPartition]] = {}
+        for k, v in state.owners.items():
+            owned_by.setdefault(v, []).append(_tp_of(k))
         members = []
+        stable = True
         for mid, m in sorted(state.members.items()):
             path = os.path.join(members_dir(env.path), m.lock)
             try:
-                hb: int | None = int(os.stat(path).st_mtime * 1000)
+                hb: int | None = os.stat(path).st_mtime_ns // 1_000_000
             except FileNotFoundError:
                 hb = None
-            owned = sorted(TopicPartition(*k.rsplit(":", 1)[:1], int(k.rsplit(":", 1)[1]))
-                           for k, v in state.owners.items() if v == mid)
+            assigned = sorted(TopicPartition(t, p) for t, p in state.assignment.get(mid, ()))
+            owned = sorted(owned_by.get(mid, []))
+            if not m.departed_ms and assigned != owned:
+                stable = False
             members.append(MemberInfo(
                 member_id=mid, pid=m.pid, instance_id=m.instance_id, topics=list(m.topics),
-                assigned=[TopicPartition(t, p) for t, p in state.assignment.get(mid, [])],
-                owned=owned, last_heartbeat_ms=hb,
+                assigned=assigned, owned=owned, last_heartbeat_ms=hb,
                 status="departed" if m.departed_ms else member_status(env.path, m, now)))
-        topics = sorted({t for m in state.members.values() for t in m.topics})
+        wanted = {t for m in state.members.values() for t in m.topics}
+        with_offsets = _offset_pids(txn, env.dbs, group)
         parts = []
-        for t in topics:
+        for t in _log.list_topics(txn, env.dbs):
             rec = _log.get_topic(txn, env.dbs, t)
             if rec is None:
                 continue
+            subscribed = t in wanted
             for i, pid in enumerate(rec.pids):
+                if not subscribed and pid not in with_offsets:
+                    continue
                 st = _log.load_state(txn, env.dbs, pid)
                 v = read_offset(txn, env.dbs, group, pid)
                 committed = None if v is None else v.offset
-                base = st.start if committed is None else max(committed, st.start)
+                base = st.start if committed is None else min(max(committed, st.start), st.next)
                 parts.append(PartitionLag(
                     partition=TopicPartition(t, i), committed=committed, end_offset=st.next,
                     lag=st.next - base, owner=state.owners.get(_okey(t, i))))
+    kind = "empty" if not state.members else ("stable" if stable else "rebalancing")
     return GroupDescription(group=group, generation=state.generation, assignor=state.assignor,
-                            members=members, partitions=parts)
+                            state=kind, members=members, partitions=parts)
 
 
 def _drop_topic_offsets(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord) -> None:
@@ -739,8 +1216,10 @@ _live_members: weakref.WeakSet[GroupMember] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    # The kernel lock is shared with the parent through the inherited file
-    # description; the child must not keep a dead parent "alive" by holding it.
+    # flock belongs to the open file description, which the child shares
+    # with the parent: a child keeping the descriptor would keep a dead
+    # parent "alive".  Close it (the parent's lock is unaffected while the
+    # parent keeps its own descriptor).
     for m in list(_live_members):
         if m._lock_fd >= 0:
             try:

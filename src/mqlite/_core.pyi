@@ -85,8 +85,12 @@ def encode_batches(
 ) -> list[bytes]:
     """Encode records into one or more v1 batches, in order.
 
-    Records are cut into consecutive batches of at most ``max_batch_bytes``
-    (a single record larger than that gets a batch of its own).  ``keys`` and
+    Records are cut greedily into consecutive batches of at most
+    ``max_batch_bytes`` (header included; a single record larger than that
+    gets a batch of its own).  A value of ``None`` is a null value (a Kafka
+    tombstone, value length -1), distinct from ``b""``.  Batch ``i`` gets
+    ``base_sequence`` plus the number of records before it (wrapping to 0
+    after 2**31-1, as Kafka), unless ``base_sequence`` is -1.  ``keys`` and
     ``headers``, when given, have one entry per value (``None`` = null key /
     no headers).  ``timestamps`` is ``None`` (all ``default_timestamp_ms``), one
     ``int`` for all, or one ``int`` per value.  Header names are ``str``
@@ -120,15 +124,19 @@ def batch_header(
 
     Returns ``(length, attributes, record_count, base_timestamp, max_timestamp,
     producer_id, base_sequence)``.  Checks magic, that ``length`` equals
-    ``len(data)``, reserved attribute bits and ``record_count >= 1``; raises
-    ``CorruptRecordError`` otherwise.
+    ``len(data)``, reserved attribute bits 3-15 and ``record_count >= 1``;
+    raises ``CorruptRecordError`` otherwise.  (A non-zero compression codec,
+    bits 0-2, passes here and is refused by ``validate_batch``/``decode_batch``
+    as unsupported.)
     """
 
 def validate_batch(data: Any) -> int:
     """Deep validation: magic, length, CRC, and every record's structure.
 
-    Checks every varint and length against the remaining bytes, dense offset
-    deltas, UTF-8 header names, ``record_count`` and ``max_timestamp``.
+    Checks every varint (at most 10 bytes; a 10th byte above 0x01 is
+    corrupt) and length against the remaining bytes, dense offset deltas,
+    record attributes 0, a first-record timestamp delta of 0, UTF-8 header
+    names, ``record_count`` and ``max_timestamp``.
     Returns the record count; raises ``CorruptRecordError`` with a reason.
     Releases the GIL for the work.
     """
@@ -149,7 +157,7 @@ def decode_batch(
     at most ``max_records`` are decoded (``-1`` = all).  Messages are appended
     to ``out`` when given (and ``out`` is returned), else to a new list.  The
     CRC is checked first unless ``verify_crc`` is false; structure and bounds
-    are always checked.  Nothing is appended when the batch is corrupt:
+    of every record (also those skipped) are always checked.  Nothing is appended when the batch is corrupt:
     ``CorruptRecordError`` is raised instead.
     """
 

@@ -98,7 +98,11 @@ cdef int _acquire(object obj, Py_buffer *view, str what) except -1:
     """Export a C-contiguous, possibly read-only buffer of `obj` into `view`."""
     if PyUnicode_Check(obj) or not PyObject_CheckBuffer(obj):
         _not_bytes(obj, what)
-    PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    except BufferError:
+        raise TypeError(f"{what} must be a C-contiguous bytes-like object "
+                        f"(copy it with bytes() first)") from None
     return 0
 
 
@@ -402,7 +406,11 @@ cdef class _Encoder:
             if grown == NULL:
                 raise MemoryError()
             self.bufs = grown
-        PyObject_GetBuffer(obj, &self.bufs[self.n_bufs], PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(obj, &self.bufs[self.n_bufs], PyBUF_SIMPLE)
+        except BufferError:
+            raise TypeError(f"{what} must be C-contiguous bytes-like objects "
+                            f"(copy with bytes() first)") from None
         s.ptr = <const uint8_t *>self.bufs[self.n_bufs].buf
         s.len = self.bufs[self.n_bufs].len
         self.n_bufs += 1
@@ -492,7 +500,13 @@ cdef class _Encoder:
             entry = headers[start + i]
             if entry is None:
                 continue
+            if PyUnicode_Check(entry) or isinstance(entry, (bytes, bytearray, dict)):
+                raise TypeError(f"headers[{start + i}] must be a sequence of (str, bytes) "
+                                f"pairs, not {type(entry).__name__}")
             for pair in entry:
+                if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                    raise TypeError(f"headers[{start + i}] must hold (str, bytes) pairs, "
+                                    f"not {pair!r:.60}")
                 name, value = pair
                 if not PyUnicode_Check(name):
                     raise TypeError(f"header names must be str, not {type(name).__name__}")
@@ -641,6 +655,9 @@ cdef class _Args:
             if len(self.keys) != n:
                 raise ValueError(f"keys has {len(self.keys)} entries for {n} values")
         if headers is not None:
+            if PyUnicode_Check(headers) or isinstance(headers, (bytes, bytearray, dict)):
+                raise TypeError(f"headers must be a sequence (one entry per value) of "
+                                f"(str, bytes) pair lists, not {type(headers).__name__}")
             self.headers = tuple(headers)
             if len(self.headers) != n:
                 raise ValueError(f"headers has {len(self.headers)} entries for {n} values")

@@ -729,7 +729,9 @@ class Broker:
         out: list[_core.Message] = []
         with self._read() as txn:
             rec = self._topic(txn, topic)
-            if not isinstance(partition, int) or not 0 <= partition < len(rec.pids):
+            if not isinstance(partition, int) or isinstance(partition, bool):
+                raise TypeError(f"partition must be int, not {type(partition).__name__}")
+            if not 0 <= partition < len(rec.pids):
                 raise PartitionNotFoundError(f"no partition {partition!r} in topic {topic!r}")
             pid = rec.pids[partition]
             st = _log.load_state(txn, env.dbs, pid)

@@ -40,6 +40,8 @@ def _normalize_topics(topics: str | Iterable[str] | None) -> list[str]:
         return []
     if isinstance(topics, str):
         topics = [topics]
+    elif isinstance(topics, (bytes, bytearray, memoryview)):
+        raise TypeError(f"topics must be a str or an iterable of str, not {type(topics).__name__}")
     out = []
     for t in topics:
         validate_topic_name(t)

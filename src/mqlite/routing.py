@@ -352,7 +352,7 @@ def publish(broker: Broker, exchange: str, routing_key: str, value: Any, *, key:
     if isinstance(value, str):
         raise TypeError("value must be bytes-like, not str; encode it first")
     ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
-        timestamp_ms, "timestamp_ms")
+        timestamp_ms, "timestamp_ms", minimum=0)
     env = broker._live_env()
     txn = env.write_txn()
     try:

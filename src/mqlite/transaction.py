@@ -93,7 +93,8 @@ class Transaction:
             raise TypeError("value and key must be bytes-like, not str; encode them first")
         rec = self._broker._topic_cached_fresh(topic)
         part = self._broker._choose_partition(rec, key, partition)
-        ts = now_ms() if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms")
+        ts = now_ms() if timestamp_ms is None else require_int(
+            timestamp_ms, "timestamp_ms", minimum=0)
         fut: Future[RecordMetadata] = Future()
         dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
         self._items.append(SendItem(topic, value, key, headers, part, ts, dkey, fut))

@@ -234,7 +234,6 @@ class Env:
         self.topic_cache_version = -1
         self.fresh_txn: Any = None
         self._cache_tid = -1
-        self._txn_tid = -1
         self.slot_cache: dict[str, int] = {}
         self._open()
 
@@ -394,7 +393,6 @@ class Env:
         except lmdb.Error as exc:
             raise lmdb_error(exc, "begin write") from exc
         tid = txn.id()
-        self._txn_tid = tid
         if tid == self._cache_tid + 1:
             self.fresh_txn = txn
         else:
@@ -403,15 +401,22 @@ class Env:
         return txn
 
     def commit(self, txn: Any) -> None:
-        """Commit a transaction from :meth:`write_txn` (errors converted)."""
+        """Commit a transaction from :meth:`write_txn` (errors converted).
+
+        Threads of this process serialize on LMDB's write lock, which the
+        commit releases before this method returns; so the cache is marked
+        invalid *before* committing (a thread that begins in that window is
+        not "fresh") and marked valid for this transaction's id after.
+        """
+        tid = txn.id()
         self.fresh_txn = None
+        self._cache_tid = -1
         try:
             txn.commit()
         except BaseException as exc:
-            self._cache_tid = -1
             self.state_cache.clear()
             raise lmdb_error(exc, "commit") from exc
-        self._cache_tid = self._txn_tid
+        self._cache_tid = tid
 
     def abort(self, txn: Any) -> None:
         """Abort a transaction from :meth:`write_txn`; drops the write-path cache."""

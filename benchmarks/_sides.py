@@ -133,16 +133,31 @@ def run_threads(body: Callable[[Any], tuple[int, int, int]], n: int) -> Sample:
     return _windows(results, n)
 
 
-def _latency_sample(results: list[Any], sent: int, seconds: float) -> Sample:
+def _latency_sample(results: list[Any]) -> Sample:
     lat: list[float] = []
+    sent, secs = 0, 0.0
     for kind, *rest in results:
         if kind == "consumer":
             lat = sorted(rest[0])
-    if len(lat) < sent:
+        else:
+            sent, secs = rest
+    if not sent or len(lat) < sent:
         raise RuntimeError(f"latency consumer received {len(lat)} of {sent} messages")
-    return Sample(len(lat), seconds, len(lat), p50_us=percentile(lat, 50),
+    return Sample(len(lat), secs, len(lat), p50_us=percentile(lat, 50),
                   p99_us=percentile(lat, 99), p999_us=percentile(lat, 99.9),
                   extra={"max_us": lat[-1]})
+
+
+def run_latency(mp: Any, system: str, target: dict[str, Any], size: int, rate: float,
+                seconds: float) -> Sample:
+    """One producer process at ``rate`` for ``seconds`` and one blocked consumer process."""
+    count = max(1, int(rate * seconds))
+    sent = mp.Value("q", -1, lock=False)
+    res = run_processes(mp, [
+        (_workers.latency_consumer, (system, target, count, seconds, sent)),
+        (_workers.latency_producer, (system, target, size, rate, count, sent)),
+    ], parties=2)
+    return _latency_sample(res)
 
 
 # -- mqlite --------------------------------------------------------------------------------
@@ -330,15 +345,10 @@ class MqLatency(_Mq):
 
     def rep(self, i: int) -> Sample:
         topic = self.fresh_topic(i)
-        rate, secs = self.opts["rate"], self.budget.seconds
-        count = max(1, int(rate * secs))
         target = {"path": self.broker.path, "durability": self.ctx.durability, "topic": topic}
         try:
-            res = run_processes(self.ctx.mp, [
-                (_workers.latency_consumer, ("mqlite", target, count, secs)),
-                (_workers.latency_producer, ("mqlite", target, self.size, rate, count)),
-            ], parties=2)
-            return _latency_sample(res, count, secs)
+            return run_latency(self.ctx.mp, "mqlite", target, self.size, self.opts["rate"],
+                               self.budget.seconds)
         finally:
             self.broker.delete_topic(topic)
 
@@ -510,16 +520,11 @@ class RedisLatency(_Redis):
 
     def rep(self, i: int) -> Sample:
         key = self.fresh_key(i)
-        rate, secs = self.opts["rate"], self.budget.seconds
-        count = max(1, int(rate * secs))
         self.r.xgroup_create(key, "latency", id="$", mkstream=True)
         target = {"port": self.ctx.redis_port, "key": key}
         try:
-            res = run_processes(self.ctx.mp, [
-                (_workers.latency_consumer, ("redis", target, count, secs)),
-                (_workers.latency_producer, ("redis", target, self.size, rate, count)),
-            ], parties=2)
-            return _latency_sample(res, count, secs)
+            return run_latency(self.ctx.mp, "redis", target, self.size, self.opts["rate"],
+                               self.budget.seconds)
         finally:
             self.drop(key)
 

@@ -26,6 +26,7 @@ __all__ = ["timed_sender", "sender_process", "latency_producer", "latency_consum
            "make_sender"]
 
 BARRIER_TIMEOUT = 60.0
+MAX_OVERRUN = 10.0  # seconds a latency producer may run past its schedule
 
 
 def make_sender(system: str, target: dict[str, Any]) -> tuple[Callable[[bytes], Any], Callable[[], None]]:
@@ -84,35 +85,57 @@ def sender_process(system: str, target: dict[str, Any], size: int, seconds: floa
 
 
 def latency_producer(system: str, target: dict[str, Any], size: int, rate: float, count: int,
-                     barrier: Any, out: Any) -> None:
-    """Send ``count`` stamped messages at ``rate`` per second (open loop, no catch-up burst
-    limit: a late message is sent at once and the schedule keeps its original times)."""
+                     sent: Any, barrier: Any, out: Any) -> None:
+    """Send up to ``count`` stamped messages at ``rate`` per second, then publish how many.
+
+    The schedule is fixed (a late message goes out at once, the next keeps its
+    slot).  When sends are slower than the rate (a slow disk under fsync) the
+    producer stops at ``count / rate + MAX_OVERRUN`` seconds, so the loop is
+    bounded; the achieved rate is reported.
+    """
     try:
         send, close = make_sender(system, target)
         pad = make_value(size)
+        n = 0
         try:
             barrier.wait(BARRIER_TIMEOUT)
             t0 = time.monotonic()
+            stop = t0 + count / rate + MAX_OVERRUN
             interval = 1.0 / rate
             for i in range(count):
-                delay = t0 + i * interval - time.monotonic()
+                now = time.monotonic()
+                if now >= stop:
+                    break
+                delay = t0 + i * interval - now
                 if delay > 0:
                     time.sleep(delay)
                 send(stamp_value(size, pad))
-            out.put(("ok", ("producer", count, time.monotonic() - t0)))
+                n += 1
+            elapsed = time.monotonic() - t0
         finally:
+            sent.value = n
             close()
+        out.put(("ok", ("producer", n, elapsed)))
     except BaseException:  # noqa: BLE001
+        sent.value = 0
         barrier.abort()
         out.put(("error", traceback.format_exc()))
 
 
 def latency_consumer(system: str, target: dict[str, Any], count: int, seconds: float,
-                     barrier: Any, out: Any) -> None:
-    """Block in poll()/XREADGROUP BLOCK; record receive time - send stamp per message (µs)."""
+                     sent: Any, barrier: Any, out: Any) -> None:
+    """Block in poll()/XREADGROUP BLOCK; record receive time - send stamp per message (µs).
+
+    Stops when it has every message the producer sent (``sent`` is -1 until
+    the producer is done) or at a hard deadline.
+    """
     try:
         lat: list[float] = []
-        deadline_pad = 5.0
+        deadline_pad = MAX_OVERRUN + 5.0
+
+        def more() -> bool:
+            total = sent.value
+            return len(lat) < (count if total < 0 else total)
         if system == "mqlite":
             broker = mqlite.open(target["path"], durability=target["durability"])
             consumer = broker.consumer(target["topic"], group="latency")
@@ -120,7 +143,7 @@ def latency_consumer(system: str, target: dict[str, Any], count: int, seconds: f
             try:
                 barrier.wait(BARRIER_TIMEOUT)
                 deadline = time.monotonic() + seconds + deadline_pad
-                while len(lat) < count and time.monotonic() < deadline:
+                while more() and time.monotonic() < deadline:
                     msgs = consumer.poll(1000, timeout=0.2)
                     t = now_ns()
                     for m in msgs:
@@ -135,7 +158,7 @@ def latency_consumer(system: str, target: dict[str, Any], count: int, seconds: f
             try:
                 barrier.wait(BARRIER_TIMEOUT)
                 deadline = time.monotonic() + seconds + deadline_pad
-                while len(lat) < count and time.monotonic() < deadline:
+                while more() and time.monotonic() < deadline:
                     resp = r.xreadgroup(group, "c1", {key: ">"}, count=1000, block=200)
                     t = now_ns()
                     if not resp:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import mqlite
 from mqlite.routing import topic_matches
-from tests._reference_routing import topic_matches_ref
+from _reference_routing import topic_matches_ref
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ def check_data_file(path: str) -> int | None:
             # fstat above and the meta read: LMDB writes pages before the meta
             # page, so a size taken after the meta read is consistent with it.
             size = os.fstat(fd).st_size
-        if size < need:
+        if size < need and (size % psize or not _tail_is_unreferenced(path)):
             raise CorruptRecordError(
                 f"{data} is truncated: {size} bytes but the database uses {need}; "
                 "restore it from a backup (opening it could crash the process)"
@@ -205,6 +205,43 @@ def check_data_file(path: str) -> int | None:
         return best[2]
     finally:
         os.close(fd)
+
+
+def _tail_is_unreferenced(path: str) -> bool:
+    """Whether a data file shorter than its meta page's last page is still whole.
+
+    LMDB does not write pages that a transaction allocated and freed again
+    (loose pages), so the file can legitimately end before ``last_pg``.  A
+    child process maps the file and reads every page reachable from the
+    roots; if that touches a missing page the child dies of SIGBUS (the
+    caller survives) and the file is truncated for real.
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from mqlite._storage.env import _walk_all; "
+                               "_walk_all(sys.argv[1])", path],
+        capture_output=True, timeout=600, check=False,
+    )
+    return proc.returncode == 0
+
+
+def _walk_all(path: str) -> None:
+    """Read every key and value of every database (run in a child process)."""
+    env = lmdb.open(path, readonly=True, lock=True, max_dbs=len(DB_NAMES) + 2,
+                    lib_version=0, readahead=False)
+    with env.begin(buffers=True) as txn:
+        names = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+        for name in names:
+            try:
+                db = env.open_db(name, txn=txn, create=False)
+            except lmdb.Error:
+                continue  # a plain key of the main database, not a named one
+            for k, v in txn.cursor(db=db):
+                bytes(k)
+                bytes(v)
+    env.close()
 
 
 class Env:

@@ -4,7 +4,7 @@ Row 1: one thread calling ``broker.send()`` (one fsync'd transaction each).
 Row 2: 32 threads each calling ``producer.send(...).result()`` on one shared
 ``broker.producer(linger_ms=...)``: concurrent sends share transactions.
 
-    python benchmarks/acceptance_producer.py [--seconds 3] [--runs 5] [--linger-ms 2]
+    python benchmarks/acceptance_producer.py [--seconds 3] [--runs 5] [--linger-ms 0]
 
 Target: row 2 >= 15x row 1 (medians of interleaved runs).
 """
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=32)
-    ap.add_argument("--linger-ms", type=float, default=2.0)
+    ap.add_argument("--linger-ms", type=float, default=0.0)
     args = ap.parse_args()
     one, many = [], []
     for _ in range(args.runs):  # interleaved A B A B

@@ -4,7 +4,7 @@
 it returns a :class:`concurrent.futures.Future` that resolves to the record's
 :class:`~mqlite.RecordMetadata` once the transaction holding it has
 committed (or to the error that record hit).  A background flusher takes
-everything queued — from any number of threads — after ``linger_ms`` (or at
+everything queued — from any number of threads — after ``linger_ms`` (default 0; or at
 once when ``batch_bytes`` are queued or :meth:`Producer.flush` is called)
 and appends it in **one** LMDB transaction: under ``durability="sync"`` many
 records share one fsync, which is what makes concurrent durable sends scale.
@@ -167,8 +167,12 @@ class Producer:
     broker
         Where to send.
     linger_ms
-        How long the flusher waits after the first queued record for more
-        (default 5 ms; 0 = commit as soon as the flusher is free).
+        How long the flusher waits after the first queued record for more.
+        Default 0: commit as soon as the flusher is free.  Batching happens
+        anyway: records queued while a transaction commits (an fsync under
+        ``"sync"``) all go into the next one.  A linger only helps when many
+        records arrive in bursts faster than commits and nobody waits on
+        their futures (docs/decisions.md D13).
     batch_bytes
         Commit at once when this many value/key bytes are queued (default 1 MiB).
     partitioner
@@ -178,7 +182,7 @@ class Producer:
         Upper bound on queued records; ``send`` blocks (backpressure) above it.
     """
 
-    def __init__(self, broker: Broker, *, linger_ms: float = 5.0, batch_bytes: int = 1 << 20,
+    def __init__(self, broker: Broker, *, linger_ms: float = 0.0, batch_bytes: int = 1 << 20,
                  partitioner: Any = None, max_queued: int = 1_000_000) -> None:
         require_positive_number(linger_ms, "linger_ms")
         require_int(batch_bytes, "batch_bytes", minimum=1)

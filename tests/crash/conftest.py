@@ -1,0 +1,87 @@
+"""Fixtures for the crash suites: child processes that never outlive a test.
+
+Children come from a ``forkserver`` preloading ``mqlite`` and
+``_procs_torture`` (the entry points), so starting or restarting one is a
+fork.  :class:`Children` SIGKILLs and joins every child still running at
+teardown.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+CTX = multiprocessing.get_context("forkserver")
+CTX.set_forkserver_preload(["mqlite", "mqlite.queue", "mqlite.groups", "_procs_torture"])
+
+
+class Children:
+    """Starts forkserver children by name; kills and joins them all at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, Any] = {}
+        self.all: list[Any] = []
+
+    def start(self, name: str, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        p = CTX.Process(target=target, args=args, kwargs=kwargs, name=name, daemon=True)
+        p.start()
+        self.procs[name] = p
+        self.all.append(p)
+        return p
+
+    def kill(self, name: str) -> int:
+        """SIGKILL ``name`` and reap it; return the time just before the signal."""
+        p = self.procs[name]
+        t = time.monotonic_ns()
+        if p.exitcode is None:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.join(30)
+        return t
+
+    @staticmethod
+    def wait_until(cond: Callable[[], Any], timeout: float, what: str,
+                   step: float = 0.01) -> Any:
+        """Poll ``cond`` until truthy (returned) or fail after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = cond()
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(step)
+
+    def cleanup(self) -> None:
+        for p in self.all:
+            if p.exitcode is None:
+                try:
+                    os.kill(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for p in self.all:
+            p.join(30)
+            p.close()
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    ch = Children()
+    try:
+        yield ch
+    finally:
+        ch.cleanup()

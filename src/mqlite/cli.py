@@ -110,8 +110,6 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    import mqlite
-
     with _open(args) as b:
         c = b.consumer(args.topic)
         if args.n is not None:
@@ -134,7 +132,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     break
         except KeyboardInterrupt:
             pass
-        _ = mqlite
     return 0
 
 

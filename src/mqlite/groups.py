@@ -1128,16 +1128,8 @@ def list_groups(broker: Broker) -> list[str]:
 
 def _offset_pids(txn: Any, dbs: dict[str, Any], group: str) -> set[int]:
     prefix = group.encode() + b"\x00"
-    cur = txn.cursor(db=dbs["offsets"])
-    out = set()
-    if cur.set_range(prefix):
-        for k in cur.iternext(keys=True, values=False):
-            k = bytes(k)
-            if not k.startswith(prefix):
-                break
-            if len(k) == len(prefix) + 4:
-                out.add(int.from_bytes(k[-4:], "big"))
-    return out
+    return {int.from_bytes(k[-4:], "big") for k in _log.prefix_keys(txn, dbs["offsets"], prefix)
+            if len(k) == len(prefix) + 4}
 
 
 def describe_group(broker: Broker, group: str) -> GroupDescription:
@@ -1212,7 +1204,14 @@ def _register_hooks() -> None:
 _register_hooks()
 
 
-_live_members: weakref.WeakSet[GroupMember] = weakref.WeakSet()
+# Every object holding a liveness lock in ``_lock_fd`` (group members, queue
+# consumers) registers here, for the at-fork hook below.
+_live_members: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_lock_holder(obj: Any) -> None:
+    """Have ``obj._lock_fd`` closed in forked children (see ``_after_fork_in_child``)."""
+    _live_members.add(obj)
 
 
 def _after_fork_in_child() -> None:

@@ -44,7 +44,6 @@ import sys
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +61,7 @@ from mqlite.config import (
     validate_topic_name,
 )
 from mqlite.errors import ClosedError, MqliteError, StaleDeliveryError, TopicNotFoundError
-from mqlite.groups import _ensure_members_dir, _unlink_quiet, members_dir
+from mqlite.groups import _ensure_members_dir, _unlink_quiet, members_dir, register_lock_holder
 from mqlite.retry import Backoff, resolve_backoff
 
 if TYPE_CHECKING:
@@ -291,7 +290,6 @@ class Delivery(_core.Message):
                                 self.key, self.value, self.headers))
 
 
-_live_queues: weakref.WeakSet[Queue] = weakref.WeakSet()
 
 
 class Queue:
@@ -374,7 +372,7 @@ class Queue:
                      env.file_mode)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd, self._lock_name = fd, name
-        _live_queues.add(self)
+        register_lock_holder(self)
         try:
             with self._broker._write() as txn:
                 meta = self._load_meta(txn)
@@ -481,15 +479,8 @@ class Queue:
     def _scan(self, txn: Any, pid: int | None = None) -> list[_Entry]:
         """Decoded pending entries of this group (of one partition id when given)."""
         prefix = self._prefix if pid is None else self._prefix + pid.to_bytes(4, "big")
-        cur = txn.cursor(db=self._env.dbs["pending"])
-        out = []
-        if cur.set_range(prefix):
-            for k, v in cur:
-                k = bytes(k)
-                if not k.startswith(prefix):
-                    break
-                out.append(_Entry.decode(k, v))
-        return out
+        return [_Entry.decode(k, v)
+                for k, v in _log.prefix_items(txn, self._env.dbs["pending"], prefix)]
 
     # -- receiving -------------------------------------------------------------------------
     def receive(self, max_messages: int = 10, timeout: float = 1.0,
@@ -1214,15 +1205,7 @@ def _append_many(broker: Broker, txn: Any, topic: str,
 
 def consumed_floor(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord, pid: int) -> int | None:
     """Lowest offset of partition ``pid`` that some queue group of the topic still needs."""
-    prefix = f"~q~{rec.name}~".encode()
-    cur = txn.cursor(db=dbs["groups"])
-    groups = []
-    if cur.set_range(prefix):
-        for k in cur.iternext(keys=True, values=False):
-            k = bytes(k)
-            if not k.startswith(prefix):
-                break
-            groups.append(k)
+    groups = _log.prefix_keys(txn, dbs["groups"], f"~q~{rec.name}~".encode())
     if not groups:
         return None
     floor: int | None = None
@@ -1256,15 +1239,7 @@ def _drop_topic_queues(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord) -> 
                            ("pending", f"~q~{rec.name}~".encode()),
                            ("offsets", f"~q~{rec.name}~".encode()),
                            ("pending", f"{_DLQ_DONE}{rec.name}\x00".encode())):
-        cur = txn.cursor(db=dbs[dbname])
-        doomed = []
-        if cur.set_range(prefix):
-            for k in cur.iternext(keys=True, values=False):
-                k = bytes(k)
-                if not k.startswith(prefix):
-                    break
-                doomed.append(k)
-        for k in doomed:
+        for k in _log.prefix_keys(txn, dbs[dbname], prefix):
             txn.delete(k, db=dbs[dbname])
 
 
@@ -1484,18 +1459,3 @@ def _register_hooks() -> None:
 
 
 _register_hooks()
-
-
-def _after_fork_in_child() -> None:
-    # The child must not keep a parent's member lock alive: flock locks belong to the
-    # open file description, which fork shares.  Closing our copy leaves the parent's.
-    for q in list(_live_queues):
-        if q._lock_fd >= 0:
-            try:
-                os.close(q._lock_fd)
-            except OSError:
-                pass
-            q._lock_fd = -1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

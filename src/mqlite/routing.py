@@ -172,16 +172,7 @@ def list_exchanges(broker: Broker) -> list[str]:
 
 
 def _binding_keys(txn: Any, dbs: dict[str, Any], exchange: str) -> list[bytes]:
-    prefix = exchange.encode() + b"\x00"
-    cur = txn.cursor(db=dbs["bindings"])
-    out = []
-    if cur.set_range(prefix):
-        for k in cur.iternext(keys=True, values=False):
-            k = bytes(k)
-            if not k.startswith(prefix):
-                break
-            out.append(k)
-    return out
+    return _log.prefix_keys(txn, dbs["bindings"], exchange.encode() + b"\x00")
 
 
 def _load_bindings(txn: Any, dbs: dict[str, Any], exchange: str) -> list[Binding]:

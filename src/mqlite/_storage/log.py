@@ -38,6 +38,8 @@ __all__ = [
     "list_topics",
     "topics_version",
     "find_offset_for_time",
+    "prefix_keys",
+    "prefix_items",
 ]
 
 _STATE = struct.Struct(">QQQqqQ")
@@ -289,6 +291,32 @@ def apply_retention(txn: Any, dbs: dict[str, Any], pid: int, st: PartitionState,
             break
         deleted += 1
     return deleted
+
+
+def prefix_keys(txn: Any, db: Any, prefix: bytes) -> list[bytes]:
+    """Every key of ``db`` that starts with ``prefix``, in key order."""
+    return [k for k, _ in prefix_items(txn, db, prefix, values=False)]
+
+
+def prefix_items(txn: Any, db: Any, prefix: bytes,
+                 values: bool = True) -> list[tuple[bytes, Any]]:
+    """``(key, value)`` of every item of ``db`` whose key starts with ``prefix``.
+
+    Values are whatever the transaction returns (zero-copy buffers in read
+    transactions opened with ``buffers=True``); ``values=False`` skips them
+    (``None`` in their place).
+    """
+    cur = txn.cursor(db=db)
+    out: list[tuple[bytes, Any]] = []
+    if not cur.set_range(prefix):
+        return out
+    it = cur.iternext(keys=True, values=values)
+    for item in it:
+        k = bytes(item[0] if values else item)
+        if not k.startswith(prefix):
+            break
+        out.append((k, item[1] if values else None))
+    return out
 
 
 def drop_partition(txn: Any, dbs: dict[str, Any], pid: int) -> None:

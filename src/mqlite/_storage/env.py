@@ -247,8 +247,8 @@ def _walk_all(path: str) -> None:
 class Env:
     """One open LMDB environment plus the broker directory's shared files."""
 
-    def __init__(self, path: str, key: tuple[int, int], *, durability: str, map_size: int,
-                 shared_group: bool) -> None:
+    def __init__(self, path: str, key: tuple[int, int], *, durability: str,
+                 map_size: int | None, shared_group: bool) -> None:
         self.path = path
         self.key = key
         self.durability = durability
@@ -256,7 +256,9 @@ class Env:
         self.file_mode = 0o660 if shared_group else 0o600
         self.refs = 0
         self.lock = threading.RLock()
-        self.map_size = map_size
+        # None: keep the size the broker was created with (DEFAULT_MAP_SIZE when new).
+        self._requested_map_size = map_size
+        self.map_size = map_size or DEFAULT_MAP_SIZE
         self.lmdb: Any = None
         self.dbs: dict[str, Any] = {}
         self.pid = os.getpid()
@@ -280,7 +282,11 @@ class Env:
             _check_not_symlink(os.path.join(self.path, name))
         stored = check_data_file(self.path)
         if stored is not None:
-            self.map_size = max(self.map_size, stored)
+            # An existing broker keeps its map unless the caller asks for a larger one:
+            # growing it behind other live processes makes their transactions fail
+            # with MDB_MAP_RESIZED once the file outgrows their (smaller) map.
+            req = self._requested_map_size
+            self.map_size = stored if req is None else max(req, stored)
         sync = self.durability != "none"
         metasync = self.durability == "sync"
         options = dict(
@@ -543,7 +549,7 @@ def acquire_env(path: str | os.PathLike[str], *, durability: str = "sync",
         if env is not None and env.pid != os.getpid() and env.lmdb is not None:
             env.after_fork_in_child()
         if env is None:
-            env = Env(spath, key, durability=durability, map_size=map_size or DEFAULT_MAP_SIZE,
+            env = Env(spath, key, durability=durability, map_size=map_size,
                       shared_group=shared_group)
             _registry[key] = env
         elif env.durability != durability:

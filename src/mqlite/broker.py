@@ -250,6 +250,7 @@ class Broker:
             _log.delete_topic(txn, env.dbs, rec)
             for hook in _TOPIC_DELETE_HOOKS:
                 hook(txn, env.dbs, rec)
+        env.space_freed()
         env.notify_topics([name])
 
     def topics(self) -> list[str]:
@@ -575,6 +576,8 @@ class Broker:
                     if d:
                         _log.store_state(txn, env.dbs, pid, st)
                         deleted += d
+        if deleted:
+            env.space_freed()
         return deleted
 
     # -- reading -------------------------------------------------------------------------

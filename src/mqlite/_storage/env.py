@@ -485,6 +485,10 @@ class Env:
             self._full_until = now + 0.05
             raise StorageFullError(self._full_message())
 
+    def space_freed(self) -> None:
+        """Forget a cached "full" verdict: call after a commit that deleted data."""
+        self._full_until = 0.0
+
     def _pages_in_use(self, txn: Any) -> int:
         total = 0
         for db in [None, *self.dbs.values()]:

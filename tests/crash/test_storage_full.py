@@ -1,0 +1,205 @@
+"""Storage full: a tiny map filled past its high-water mark.
+
+Sends of every kind (``send``, ``send_batch``, producer futures, exchange
+``publish``) fail with :class:`StorageFullError`, a retriable
+:class:`MqliteError`; consumers keep working (stream poll and commit, a new
+group member joining, queue receive / ack / nack, ``delete_topic``,
+retention); once space is freed sends succeed again; and nothing is
+corrupted: ``verify`` passes and every send that returned is readable.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+import mqlite
+from mqlite import StorageFullError, TopicPartition
+from mqlite.verify import verify_in_child
+
+MAP = 2 << 20  # the smallest maps are the fastest to fill; 1 MiB is the floor
+VALUE = 4000
+
+
+def _fill(b: mqlite.Broker, topics: list[str], rng: random.Random
+          ) -> dict[tuple[str, int, int], bytes]:
+    """Send until refused; return every message whose send returned."""
+    acked: dict[tuple[str, int, int], bytes] = {}
+    for i in range(10_000):
+        t = topics[i % len(topics)]
+        v = b"%d|" % i + rng.randbytes(rng.randrange(VALUE // 2, VALUE))
+        try:
+            md = b.send(t, v)
+        except StorageFullError as exc:
+            assert isinstance(exc, mqlite.MqliteError) and exc.retriable
+            assert "map_size" in str(exc)
+            return acked
+        acked[(t, md.partition, md.offset)] = v
+    raise AssertionError("a 2 MiB map never filled")
+
+
+def _assert_readable(b: mqlite.Broker, acked: dict[tuple[str, int, int], bytes]) -> None:
+    for (t, p, o), v in acked.items():
+        got = b.read(t, p, o, max_records=1)
+        assert got and got[0].offset == o and got[0].value == v, (t, p, o)
+
+
+def _assert_sound(path: Path) -> None:
+    rep = verify_in_child(str(path), timeout=60)
+    assert rep.ok, rep.problems
+
+
+@pytest.fixture
+def full(tmp_broker_dir: Path, rng: random.Random):  # type: ignore[no-untyped-def]
+    b = mqlite.open(tmp_broker_dir, durability="none", map_size=MAP)
+    b.create_topic("log", partitions=2)
+    b.create_topic("jobs", cleanup="consumed")
+    acked = _fill(b, ["log", "jobs"], rng)
+    yield b, acked
+    b.close()
+
+
+def test_every_send_path_refused_above_high_water_mark(full, tmp_broker_dir: Path) -> None:
+    b, acked = full
+    assert len(acked) > 100
+    space = b._env.space()
+    assert space["used_bytes"] >= space["high_water_bytes"]
+    with pytest.raises(StorageFullError):
+        b.send("log", b"x" * VALUE)
+    with pytest.raises(StorageFullError):
+        b.send_batch("log", [b"y" * 100] * 10)
+    with b.producer() as p:
+        fut = p.send("log", b"z" * VALUE)
+        with pytest.raises(StorageFullError):
+            fut.result(timeout=10)
+    b.declare_exchange("ex", "fanout")
+    b.bind("ex", "log")
+    with pytest.raises(StorageFullError):
+        b.publish("ex", "any", b"w" * VALUE)
+    # Retrying while still full keeps failing cleanly, and nothing partial was stored.
+    ends = {p.partition: p.end_offset for p in b.describe_topic("log").partitions}
+    for _ in range(3):
+        with pytest.raises(StorageFullError):
+            b.send("log", b"again")
+    assert {p.partition: p.end_offset for p in b.describe_topic("log").partitions} == ends
+    _assert_readable(b, acked)
+    b.close()
+    _assert_sound(tmp_broker_dir)
+
+
+def test_consumers_drain_a_full_broker_and_sends_resume(full, tmp_broker_dir: Path) -> None:
+    b, acked = full
+    log_msgs = {k: v for k, v in acked.items() if k[0] == "log"}
+    job_msgs = {k: v for k, v in acked.items() if k[0] == "jobs"}
+    # A stream group member joins (writes group state) and consumes, commits.
+    with b.consumer("log", group="readers", commit="manual") as c:
+        seen = {}
+        while len(seen) < len(log_msgs):
+            msgs = c.poll(max_records=100, timeout=2.0)
+            assert msgs, "a full broker stopped delivering"
+            seen.update({("log", m.partition, m.offset): m.value for m in msgs})
+        c.commit()
+        assert seen == log_msgs
+        assert b.committed_offsets("readers", "log") == {
+            tp.partition: o for tp, o in c.positions().items()}
+    # Still full: consuming a plain log frees nothing by itself.
+    with pytest.raises(StorageFullError):
+        b.send("log", b"still full")
+    # Queue consumers receive, nack and ack everything.
+    with b.queue("jobs", "workers") as q:
+        got = q.receive(max_messages=10, timeout=2.0)
+        assert got
+        q.nack(got[:3], delay=0.0)
+        q.ack(got[3:])
+        done = {("jobs", d.partition, d.offset): d.value for d in got[3:]}
+        while len(done) < len(job_msgs):
+            ds = q.receive(max_messages=50, timeout=2.0)
+            assert ds, "a full broker stopped delivering queue messages"
+            q.ack(ds)
+            done.update({("jobs", d.partition, d.offset): d.value for d in ds})
+        assert done == job_msgs
+        assert q.lag() == 0
+    # cleanup="consumed": what the queue group acked is deleted; sends work again.
+    b.apply_retention("jobs")
+    assert b.describe_topic("jobs").partitions[0].messages == 0
+    md = b.send("jobs", b"after retention")
+    assert b.read("jobs", md.partition, md.offset)[0].value == b"after retention"
+    # Fill again, then delete the big topic: space comes back.
+    more = _fill(b, ["jobs"], random.Random(1))
+    b.delete_topic("log")
+    assert "log" not in b.topics()
+    b.create_topic("log2")
+    md = b.send("log2", b"after delete")
+    assert b.read("log2", 0, md.offset)[0].value == b"after delete"
+    _assert_readable(b, {k: v for k, v in more.items()})
+    b.close()
+    _assert_sound(tmp_broker_dir)
+
+
+def test_batch_larger_than_the_headroom(tmp_broker_dir: Path, rng: random.Random) -> None:
+    """Below the mark, one batch bigger than all free space: refused whole, broker intact."""
+    b = mqlite.open(tmp_broker_dir, durability="sync", map_size=MAP)
+    b.create_topic("t")
+    acked = {}
+    for i in range(150):  # ~600 KB of the 2 MiB map
+        v = b"%d|" % i + rng.randbytes(VALUE)
+        md = b.send("t", v)
+        acked[("t", md.partition, md.offset)] = v
+    end = b.describe_topic("t").partitions[0].end_offset
+    with pytest.raises(StorageFullError):
+        b.send_batch("t", [rng.randbytes(VALUE) for _ in range(400)])  # ~1.6 MB
+    assert b.describe_topic("t").partitions[0].end_offset == end  # all or nothing
+    md = b.send("t", b"small still fits")
+    acked[("t", md.partition, md.offset)] = b"small still fits"
+    with b.consumer("t", group="g") as c:
+        n = 0
+        while batch := c.poll(max_records=500, timeout=0.2):
+            n += len(batch)
+        assert n == len(acked)
+    assert b.committed_offsets("g", "t") == {0: end + 1}
+    _assert_readable(b, acked)
+    b.close()
+    _assert_sound(tmp_broker_dir)
+
+
+def test_full_broker_reopens_full_and_readable(full, tmp_broker_dir: Path) -> None:
+    """The state survives a reopen: still refused, still readable, tracked by partition."""
+    b, acked = full
+    b.close()
+    with mqlite.open(tmp_broker_dir, durability="none") as b2:
+        assert b2._env.map_size == MAP  # the stored map size, not the 64 GiB default
+        with pytest.raises(StorageFullError):
+            b2.send("log", b"x" * VALUE, partition=1)
+        _assert_readable(b2, acked)
+        c = b2.consumer("log")
+        c.seek(TopicPartition("log", 0), 0)
+    _assert_sound(tmp_broker_dir)
+
+
+def _grow_without_map_size(path: str, n: int) -> None:
+    with mqlite.open(path, durability="none") as b:
+        try:
+            for i in range(n):
+                b.send("t", b"%d|" % i + b"g" * VALUE)
+        except StorageFullError:
+            raise SystemExit(2) from None
+
+
+def test_reopen_without_map_size_keeps_the_map_for_other_processes(children,
+                                                                   tmp_broker_dir: Path) -> None:
+    """Regression: a process opening with the default map_size grew the map to 64 GiB, and
+    once it wrote past 2 MiB every other process failed with MDB_MAP_RESIZED."""
+    b = mqlite.open(tmp_broker_dir, durability="none", map_size=MAP)
+    b.create_topic("t")
+    b.send("t", b"first")
+    p = children.start("grow", _grow_without_map_size, str(tmp_broker_dir), 1000)
+    p.join(60)
+    assert p.exitcode == 2  # StorageFullError: the child is held to the 2 MiB map too
+    assert b._env.map_size == MAP
+    assert b.read("t", 0, 0, max_records=1)[0].value == b"first"
+    with pytest.raises(StorageFullError):
+        b.send("t", b"x" * VALUE)
+    b.close()
+    _assert_sound(tmp_broker_dir)

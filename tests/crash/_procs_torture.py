@@ -290,17 +290,30 @@ def poll_reader(path: str, ready_path: str, topic: str, mode: str = "none") -> N
 def fill_under_fsize_limit(path: str, topic: str, limit: int, out_path: str, api: str) -> None:
     """Send 4 KiB values under ``RLIMIT_FSIZE=limit`` until a send fails; report as JSON.
 
-    Writes ``{"acked": [[partition, offset, hex_crc], ...], "error": [type, module, text]}``.
-    SIGXFSZ is ignored, so a write past the limit fails with EFBIG instead of
-    killing the process.
+    Writes ``{"acked": [[partition, offset, crc], ...], "error": [type, module, text],
+    "again": <error of one more send, still limited>, "recovered": [partition, offset, crc]
+    or an error, for one send after lifting the limit in the same process}``.  SIGXFSZ is
+    ignored, so a write past the limit fails with EFBIG instead of killing the process.
     """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     rng = random.Random(limit)
     acked: list[list[Any]] = []
     error: list[str] | None = None
     broker = mqlite.open(path, durability="sync")
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     prod = broker.producer(linger_ms=1) if api == "producer" else None
+
+    def one(value: bytes) -> list[Any]:
+        try:
+            if prod is not None:
+                md = prod.send(topic, value).result()
+            else:
+                md = broker.send(topic, value)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            return [type(exc).__name__, type(exc).__module__, str(exc)]
+        return [md.partition, md.offset, zlib.crc32(value)]
+
     try:
         for i in range(100_000):
             values = [b"%d|" % (i * 10 + j) + rng.randbytes(4000) for j in range(
@@ -317,7 +330,10 @@ def fill_under_fsize_limit(path: str, topic: str, limit: int, out_path: str, api
                 acked.append([md.partition, md.offset, zlib.crc32(v)])
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         error = [type(exc).__name__, type(exc).__module__, str(exc)]
+    again = one(b"again|" + rng.randbytes(4000))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    recovered = one(b"recovered|" + rng.randbytes(4000))
     with open(out_path, "w") as f:
-        json.dump({"acked": acked, "error": error}, f)
+        json.dump({"acked": acked, "error": error, "again": again, "recovered": recovered}, f)
     sys.stdout.flush()
     os._exit(0)  # no clean close: the parent checks what is on disk

@@ -1090,6 +1090,8 @@ class Queue:
             if _log.apply_retention(txn, env.dbs, pid, st, cfg, now, floor):
                 _log.store_state(txn, env.dbs, pid, st)
                 deleted = True
+        if deleted:
+            env.space_freed()  # a cached "store full" verdict no longer holds
         return deleted
 
     # -- inspection ------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def verify(path: str) -> VerifyReport:
     report = VerifyReport(path=os.path.abspath(path))
     try:
         broker = open_broker(path, durability="none", create=False)
-    except (MqliteError, OSError) as exc:
+    except (MqliteError, OSError, ValueError) as exc:
         report.problems.append(Problem(None, None, None, f"cannot open: {exc}"))
         return report
     try:

@@ -89,6 +89,12 @@ def lmdb_error(exc: BaseException, what: str) -> MqliteError:
         )
     if isinstance(exc, lmdb.DiskError) or isinstance(exc, OSError):
         return StorageError(f"{what}: I/O error ({exc}); check free disk space and permissions")
+    text = str(exc)
+    if any(s in text for s in ("File too large", "No space left", "Input/output error",
+                               "Disk quota exceeded")):
+        # LMDB reports write(2)/fsync(2) failures as a generic Error with the errno text.
+        return StorageError(f"{what}: I/O error ({text}); check free disk space, quotas "
+                            "and file size limits; nothing of this transaction was stored")
     return StorageError(f"{what}: {type(exc).__name__}: {exc}")
 
 

@@ -153,12 +153,12 @@ def decode_batch(
 ) -> list[Message]:
     """Decode the records of one batch whose first offset is ``base_offset``.
 
-    Records with offset ``< from_offset`` are skipped (cheaply, by length);
-    at most ``max_records`` are decoded (``-1`` = all).  Messages are appended
+    Records with offset ``< from_offset`` are parsed and checked but create
+    no objects; at most ``max_records`` are decoded (``-1`` = all).  Messages are appended
     to ``out`` when given (and ``out`` is returned), else to a new list.  The
     CRC is checked first unless ``verify_crc`` is false; structure and bounds
-    of every record (also those skipped) are always checked.  Nothing is appended when the batch is corrupt:
-    ``CorruptRecordError`` is raised instead.
+    of every record (also those skipped) are always checked.  Nothing is
+    appended when the batch is corrupt: ``CorruptRecordError`` is raised instead.
     """
 
 def first_offset_at_or_after(data: Any, base_offset: int, timestamp_ms: int) -> int:

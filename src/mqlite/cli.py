@@ -41,7 +41,7 @@ def _fmt_bytes(v: bytes | None) -> str:
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -66,7 +66,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
         for n in names:
             d = b.describe_topic(n)
             rows.append([n, len(d.partitions), d.messages, d.bytes])
-    _out(args, [dict(zip(["topic", "partitions", "messages", "bytes"], r)) for r in rows],
+    cols = ["topic", "partitions", "messages", "bytes"]
+    _out(args, [dict(zip(cols, r, strict=True)) for r in rows],
          _table(rows, ["topic", "partitions", "messages", "bytes"]) if rows else "(no topics)")
     return 0
 

@@ -92,7 +92,8 @@ class Consumer:
                  commit: str = "after", max_poll_records: int = 500,
                  **group_options: Any) -> None:
         if auto_offset_reset not in _RESETS:
-            raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
+            raise ValueError(
+                f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
         if commit not in _COMMITS:
             raise ValueError(f"commit must be one of {_COMMITS}, got {commit!r}")
         require_int(max_poll_records, "max_poll_records", minimum=1)

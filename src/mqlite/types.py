@@ -80,8 +80,7 @@ class BatchMetadata(Sequence[RecordMetadata]):
         if self._offsets is None:
             nxt = {r.partition: r.base_offset for r in self.ranges}
             out: list[int] = []
-            assert self._assign is not None
-            for p in self._assign:
+            for p in self._assign or ():
                 out.append(nxt[p])
                 nxt[p] += 1
             self._offsets = out
@@ -104,7 +103,8 @@ class BatchMetadata(Sequence[RecordMetadata]):
             yield self[i]
 
     def __repr__(self) -> str:
-        return f"BatchMetadata(topic={self.topic!r}, count={self._count}, ranges={list(self.ranges)!r})"
+        return (f"BatchMetadata(topic={self.topic!r}, count={self._count}, "
+                f"ranges={list(self.ranges)!r})")
 
 
 class PartitionInfo(NamedTuple):

@@ -132,7 +132,8 @@ def append_batches(txn: Any, dbs: dict[str, Any], pid: int, batches: list[bytes]
     return base
 
 
-def _corrupt(exc: CorruptRecordError, topic: str, partition: int, offset: int) -> CorruptRecordError:
+def _corrupt(exc: CorruptRecordError, topic: str, partition: int,
+             offset: int) -> CorruptRecordError:
     return CorruptRecordError(str(exc), topic=topic, partition=partition, offset=offset)
 
 

@@ -83,6 +83,11 @@ def lmdb_error(exc: BaseException, what: str) -> MqliteError:
     if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError,
                         lmdb.InvalidError)):
         return CorruptRecordError(f"{what}: LMDB reports a corrupt database ({exc})")
+    if isinstance(exc, lmdb.PanicError):
+        return StorageError(
+            f"{what}: LMDB declared the environment unusable after an I/O error ({exc}); "
+            "check the disk; close every handle of this broker and open it again"
+        )
     if isinstance(exc, lmdb.ReadersFullError):
         return StorageError(
             f"{what}: LMDB reader table full; too many concurrent readers ({exc})"
@@ -91,7 +96,7 @@ def lmdb_error(exc: BaseException, what: str) -> MqliteError:
         return StorageError(f"{what}: I/O error ({exc}); check free disk space and permissions")
     text = str(exc)
     if any(s in text for s in ("File too large", "No space left", "Input/output error",
-                               "Disk quota exceeded")):
+                               "Disk quota exceeded", "Read-only file system")):
         # LMDB reports write(2)/fsync(2) failures as a generic Error with the errno text.
         return StorageError(f"{what}: I/O error ({text}); check free disk space, quotas "
                             "and file size limits; nothing of this transaction was stored")
@@ -408,11 +413,38 @@ class Env:
             self.notifier = None
 
     # -- transactions ----------------------------------------------------------------
+    def _recover_from_panic(self, dead: Any) -> Any:
+        """Replace an environment LMDB declared fatal (``MDB_PANIC``) with a fresh one.
+
+        LMDB flags the environment after a failed meta-page write; every later
+        transaction on it fails.  The committed data on disk is intact (the
+        failed commit never became visible), so closing the handle and opening
+        the files again restores service; transactions still open on the dead
+        handle are invalidated.
+        """
+        with self.lock:
+            if self.lmdb is dead:
+                self.lmdb = None
+                self.fresh_txn = None
+                self._cache_tid = -1
+                self.state_cache.clear()
+                try:
+                    dead.close()
+                except lmdb.Error:
+                    pass
+                self._open()
+            return self.lmdb
+
     def read_txn(self) -> Any:
         """Begin a short read transaction (values as zero-copy buffers)."""
         env = self.lmdb or self.handle()
         try:
             return env.begin(buffers=True)
+        except lmdb.PanicError:
+            try:
+                return self._recover_from_panic(env).begin(buffers=True)
+            except lmdb.Error as exc:
+                raise lmdb_error(exc, "begin read") from exc
         except lmdb.ReadersFullError:
             env.reader_check()
             try:
@@ -439,6 +471,11 @@ class Env:
                 pass
         try:
             txn = env.begin(write=True)
+        except lmdb.PanicError:
+            try:
+                txn = self._recover_from_panic(env).begin(write=True)
+            except lmdb.Error as exc:
+                raise lmdb_error(exc, "begin write") from exc
         except lmdb.Error as exc:
             raise lmdb_error(exc, "begin write") from exc
         tid = txn.id()

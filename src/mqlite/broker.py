@@ -19,7 +19,7 @@ import msgspec
 
 from mqlite import _core
 from mqlite._storage import log as _log
-from mqlite._storage.env import Env, acquire_env, lmdb_error
+from mqlite._storage.env import Env, acquire_env
 from mqlite._storage.keys import record_key as _record_key
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
@@ -30,7 +30,6 @@ from mqlite.config import (
 )
 from mqlite.errors import (
     ClosedError,
-    MqliteError,
     PartitionNotFoundError,
     TopicNotFoundError,
 )
@@ -318,8 +317,24 @@ class Broker:
             return _core.partition_for_key(key, n)
         return next(self._rr) % n
 
+    def _append_in(self, txn: Any, rec: _log.TopicRecord, part: int,
+                   batches: list[bytes]) -> tuple[int, _log.PartitionState]:
+        """Append encoded batches to partition ``part`` of ``rec`` inside ``txn``.
+
+        Every append path goes through here (``send`` inlines the same steps
+        for one record): partition state, space accounting, retention.
+        Returns the first offset written and the partition's updated state.
+        """
+        env = self._env
+        pid = rec.pids[part]
+        st = _log.load_state_w(txn, env, pid)
+        base = _log.append_batches(txn, env.dbs, pid, batches, st)
+        self._after_append(txn, env, rec, pid, st, sum(len(b) for b in batches))
+        _log.store_state(txn, env.dbs, pid, st)
+        return base, st
+
     def _after_append(self, txn: Any, env: Env, rec: _log.TopicRecord, pid: int,
-                      st: _log.PartitionState, nbytes: int, now: int) -> None:
+                      st: _log.PartitionState, nbytes: int) -> None:
         """Space accounting and rate-limited retention, inside the append transaction."""
         self._writes += 1
         self._bytes_since_check += nbytes
@@ -332,8 +347,8 @@ class Broker:
             t = time.monotonic()
             if over or t - self._last_retention.get(pid, 0.0) >= _RETENTION_INTERVAL_S:
                 self._last_retention[pid] = t
-                # Wall clock, not ``now``: callers pass the record's timestamp, and a
-                # future-dated record must not expire everything before it.
+                # Wall clock, not a record's timestamp: a future-dated record must
+                # not expire everything before it.
                 _log.apply_retention(txn, env.dbs, pid, st, rec.topic_config(), now_ms())
 
     def _maybe_check_space(self, env: Env, txn: Any, nbytes: int) -> None:
@@ -433,7 +448,7 @@ class Broker:
                 st.last_ts = ts
             if rec.config["retention_ms"] is not None or rec.config["retention_bytes"] \
                     is not None or rec.config["retention_messages"] is not None:
-                self._after_append(txn, env, rec, pid, st, nbytes, ts)
+                self._after_append(txn, env, rec, pid, st, nbytes)
             else:
                 self._writes += 1
                 self._bytes_since_check += nbytes
@@ -441,10 +456,10 @@ class Broker:
             if dkey is not None:
                 _dedup_store(txn, env, dkey, rec, part, off, ts)
         except BaseException as exc:
-            env.abort(txn)
-            if isinstance(exc, MqliteError) or not _is_lmdb(exc):
+            err = env.abort_with(txn, exc, f"send to {topic!r}")
+            if err is exc:
                 raise
-            raise lmdb_error(exc, f"send to {topic!r}") from exc
+            raise err from exc
         env.commit(txn)
         n = env.notifier
         n.bump(env.slot_cache.get(topic) or env.topic_slot(topic))
@@ -536,17 +551,13 @@ class Broker:
             self._bytes_since_check = _SPACE_CHECK_BYTES  # force a check for bulk writes
             self._maybe_check_space(env, txn, total)
             for part, batches in groups:
-                pid = rec.pids[part]
-                st = _log.load_state_w(txn, env, pid)
-                base = _log.append_batches(txn, env.dbs, pid, batches, st)
+                base, st = self._append_in(txn, rec, part, batches)
                 ranges.append(PartitionRange(part, base, st.next - base))
-                self._after_append(txn, env, rec, pid, st, total, first_ts)
-                _log.store_state(txn, env.dbs, pid, st)
         except BaseException as exc:
-            env.abort(txn)
-            if isinstance(exc, MqliteError) or not _is_lmdb(exc):
+            err = env.abort_with(txn, exc, f"send_batch to {topic!r}")
+            if err is exc:
                 raise
-            raise lmdb_error(exc, f"send_batch to {topic!r}") from exc
+            raise err from exc
         env.commit(txn)
         env.notify_topics((topic,))
         return BatchMetadata(topic, first_ts, ranges, assignment)
@@ -759,15 +770,11 @@ class _WriteTxn:
     def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
         txn = self._txn
         if et is not None:
-            self._env.abort(txn)
-            if _is_lmdb(exc):
-                raise lmdb_error(exc, "write") from exc
+            err = self._env.abort_with(txn, exc, "write")
+            if err is not exc:
+                raise err from exc
             return
         self._env.commit(txn)
-
-
-def _is_lmdb(exc: BaseException) -> bool:
-    return type(exc).__module__ == "lmdb" or type(exc).__module__.startswith("lmdb.")
 
 
 # -- dedup ----------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from mqlite import _core
-from mqlite._storage import log as _log
-from mqlite._storage.env import lmdb_error
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
 from mqlite.partitioner import resolve_partitioner
@@ -145,12 +143,7 @@ def append_items(broker: Broker, txn: Any, groups: list[_Group], now: int,
             if hit is not None:
                 results.append((g.items[0], RecordMetadata(g.topic, hit[1], hit[2], hit[3])))
                 continue
-        pid = rec.pids[g.partition]
-        st = _log.load_state_w(txn, env, pid)
-        base = _log.append_batches(txn, env.dbs, pid, g.batches, st)
-        nbytes = sum(len(b) for b in g.batches)
-        broker._after_append(txn, env, rec, pid, st, nbytes, now)
-        _log.store_state(txn, env.dbs, pid, st)
+        base, _ = broker._append_in(txn, rec, g.partition, g.batches)
         for i, it in enumerate(g.items):
             results.append((it, RecordMetadata(g.topic, g.partition, base + i, it.ts)))
         if g.items[0].dedup is not None:
@@ -304,17 +297,17 @@ class Producer:
                 broker._maybe_check_space(env, txn, total)
                 touched = append_items(broker, txn, groups, now_ms(), results)
             except BaseException as exc:
-                env.abort(txn)
-                if retry and isinstance(exc, TopicNotFoundError):
+                err = env.abort_with(txn, exc, "producer commit")
+                if retry and isinstance(err, TopicNotFoundError):
                     # Another process deleted a topic after its records were encoded
                     # from the cache: encode again from fresh metadata, which fails
                     # only that topic's records, not the whole batch.
                     env.topic_cache.clear()
                     self._commit(items, retry=False)
                     return
-                if not isinstance(exc, MqliteError) and type(exc).__module__.startswith("lmdb"):
-                    raise lmdb_error(exc, "producer commit") from exc
-                raise
+                if err is exc:
+                    raise
+                raise err from exc
             env.commit(txn)
             env.notify_topics(touched)
             for it, md in results:

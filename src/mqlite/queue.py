@@ -51,7 +51,6 @@ import msgspec
 
 from mqlite import _core
 from mqlite._storage import log as _log
-from mqlite._storage.env import lmdb_error
 from mqlite._storage.keys import group_pid_key
 from mqlite.config import (
     TopicConfig,
@@ -626,10 +625,10 @@ class Queue:
             if dlq_moved:
                 self._cleanup_consumed(txn)
         except BaseException as exc:
-            env.abort(txn)
-            if isinstance(exc, MqliteError) or type(exc).__module__ != "lmdb":
+            err = env.abort_with(txn, exc, f"receive from {topic!r}")
+            if err is exc:
                 raise
-            raise lmdb_error(exc, f"receive from {topic!r}") from exc
+            raise err from exc
         env.commit(txn)
         if got:
             # Waiting consumers bound their wait by the earliest visibility deadline.
@@ -873,10 +872,10 @@ class Queue:
             if done:
                 self._cleanup_consumed(txn)
         except BaseException as exc:
-            env.abort(txn)
-            if isinstance(exc, MqliteError) or type(exc).__module__ != "lmdb":
+            err = env.abort_with(txn, exc, f"ack on {self.topic!r}")
+            if err is exc:
                 raise
-            raise lmdb_error(exc, f"ack on {self.topic!r}") from exc
+            raise err from exc
         env.commit(txn)
         if stale:
             err = StaleDeliveryError(
@@ -1185,7 +1184,6 @@ def _append_many(broker: Broker, txn: Any, topic: str,
                  partition: int | None = None) -> None:
     """Append records (key, value, headers, timestamp) inside ``txn``, no size cap
     (they were accepted once already); keyed records go to their key's partition."""
-    env = broker._env
     rec = _target_topic(broker, txn, topic)
     by_part: dict[int, list[int]] = {}
     for i, (k, _, _, _) in enumerate(items):
@@ -1199,10 +1197,7 @@ def _append_many(broker: Broker, txn: Any, topic: str,
                                        None if all(k is None for k in keys) else keys,
                                        [h for _, _, h, _ in sel], [t for _, _, _, t in sel],
                                        max_message_bytes=1 << 30)
-        pid = rec.pids[part]
-        st = _log.load_state_w(txn, env, pid)
-        _log.append_batches(txn, env.dbs, pid, batches, st)
-        _log.store_state(txn, env.dbs, pid, st)
+        broker._append_in(txn, rec, part, batches)
 
 
 def consumed_floor(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord, pid: int) -> int | None:

@@ -41,7 +41,6 @@ from mqlite.config import require_int, validate_topic_name
 from mqlite.errors import (
     ExchangeExistsError,
     ExchangeNotFoundError,
-    MqliteError,
     UnroutableError,
 )
 from mqlite.types import RecordMetadata
@@ -314,7 +313,6 @@ def publish_in(txn: Any, broker: Broker, exchange: str, routing_key: str, value:
                 f"message with routing key {routing_key!r} matched no binding of exchange "
                 f"{exchange!r} and there is no alternate exchange")
         return [], set()
-    env = broker._env
     out = []
     batch_cache: dict[int, list[bytes]] = {}
     for t in topics:
@@ -326,11 +324,7 @@ def publish_in(txn: Any, broker: Broker, exchange: str, routing_key: str, value:
                 [value], None if key is None else [key], None if headers is None else [headers],
                 ts, max_message_bytes=maxb)
         part = broker._choose_partition(rec, key, None)
-        pid = rec.pids[part]
-        st = _log.load_state_w(txn, env, pid)
-        off = _log.append_batches(txn, env.dbs, pid, batches, st)
-        broker._after_append(txn, env, rec, pid, st, len(batches[0]), ts)
-        _log.store_state(txn, env.dbs, pid, st)
+        off, _ = broker._append_in(txn, rec, part, batches)
         out.append(RecordMetadata(t, part, off, ts))
     return out, set(topics)
 
@@ -351,12 +345,10 @@ def publish(broker: Broker, exchange: str, routing_key: str, value: Any, *, key:
         out, touched = publish_in(txn, broker, exchange, routing_key, value, key=key,
                                   headers=headers, ts=ts, mandatory=mandatory)
     except BaseException as exc:
-        env.abort(txn)
-        if isinstance(exc, MqliteError) or not type(exc).__module__.startswith("lmdb"):
+        err = env.abort_with(txn, exc, f"publish to exchange {exchange!r}")
+        if err is exc:
             raise
-        from mqlite._storage.env import lmdb_error
-
-        raise lmdb_error(exc, f"publish to exchange {exchange!r}") from exc
+        raise err from exc
     env.commit(txn)
     if touched:
         env.notify_topics(touched)

@@ -159,10 +159,7 @@ def promote_due(broker: Broker, now_ms: int | None = None, limit: int = 10_000) 
                 [msg.value], None if msg.key is None else [msg.key],
                 None if msg.headers is None else [msg.headers], ts,
                 max_message_bytes=1 << 30)
-            pid = rec.pids[part]
-            st = _log.load_state_w(txn, env, pid)
-            off = _log.append_batches(txn, env.dbs, pid, batches, st)
-            _log.store_state(txn, env.dbs, pid, st)
+            off, _ = broker._append_in(txn, rec, part, batches)
             if dkey is not None:
                 _dedup_store(txn, env, dkey, rec, part, off, ts)
             touched.add(msg.topic)

@@ -504,6 +504,17 @@ class Env:
             raise lmdb_error(exc, "commit") from exc
         self._cache_tid = tid
 
+    def abort_with(self, txn: Any, exc: BaseException, what: str) -> BaseException:
+        """Abort ``txn`` because of ``exc``; return the exception to raise.
+
+        ``lmdb`` errors are converted (:func:`lmdb_error`, chain them with
+        ``raise err from exc``); anything else is returned unchanged (re-raise
+        it with a bare ``raise``).  The one place that decides what escapes a
+        write transaction.
+        """
+        self.abort(txn)
+        return lmdb_error(exc, what) if isinstance(exc, lmdb.Error) else exc
+
     def abort(self, txn: Any) -> None:
         """Abort a transaction from :meth:`write_txn`; drops the write-path cache."""
         self.fresh_txn = None

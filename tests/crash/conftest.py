@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _polling import wait_until
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -53,18 +54,7 @@ class Children:
         p.join(30)
         return t
 
-    @staticmethod
-    def wait_until(cond: Callable[[], Any], timeout: float, what: str,
-                   step: float = 0.01) -> Any:
-        """Poll ``cond`` until truthy (returned) or fail after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = cond()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(step)
+    wait_until = staticmethod(wait_until)
 
     def cleanup(self) -> None:
         for p in self.all:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import _procs_groups as children
+from _polling import wait_until
 import pytest
 
 import mqlite
@@ -37,15 +38,6 @@ def tp(p: int, topic: str = "t") -> TopicPartition:
     return TopicPartition(topic, p)
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
 
 
 # -- fixtures --------------------------------------------------------------------------------

@@ -285,16 +285,22 @@ class Consumer:
         return out
 
     # -- polling ------------------------------------------------------------------------------
-    def _fetch(self, max_records: int) -> list[_core.Message]:
+    def _fetch(self, max_records: int) -> tuple[list[_core.Message], int | None]:
+        """Read from the assigned partitions; also return the next delayed message's due ms.
+
+        The due time comes from the same read transaction, so polling costs no
+        extra transaction for delayed-message support.
+        """
         env = self._env
         tps = self.assignment()
         out: list[_core.Message] = []
-        if not tps:
-            return out
-        n = len(tps)
-        start = self._rotation % n
-        self._rotation += 1
         with env.read_txn() as txn:
+            due = scheduler.next_due_in(txn, env.dbs)
+            if not tps:
+                return out, due
+            n = len(tps)
+            start = self._rotation % n
+            self._rotation += 1
             for i in range(n):
                 tp = tps[(start + i) % n]
                 pid, _ = self._pid(txn, tp)
@@ -307,7 +313,7 @@ class Consumer:
                 self._positions[tp] = nxt
                 if len(out) >= max_records:
                     break
-        return out
+        return out, due
 
     def _wait_slot(self) -> int:
         if len(self._topics) == 1:
@@ -344,10 +350,12 @@ class Consumer:
             seq = notifier.load(slot)
             if group is not None:
                 group.before_fetch()
-            due = scheduler.due_wait_budget(self._broker)
-            if due == 0.0:
-                scheduler.promote_due(self._broker)
-            msgs = self._fetch(max_records)
+            msgs, due_ms = self._fetch(max_records)
+            due = None
+            if due_ms is not None:
+                due = (due_ms - time.time_ns() // 1_000_000) / 1000.0
+                if due <= 0 and scheduler.promote_due(self._broker) and not msgs:
+                    continue  # read what was just made visible
             if msgs:
                 if group is not None:
                     group.after_fetch(msgs)

@@ -25,7 +25,7 @@ from mqlite.types import RecordMetadata
 if TYPE_CHECKING:
     from mqlite.broker import Broker
 
-__all__ = ["next_due_ms", "promote_due", "schedule_send"]
+__all__ = ["next_due_in", "next_due_ms", "promote_due", "schedule_send"]
 
 
 class ScheduledMessage(msgspec.Struct, array_like=True):
@@ -108,13 +108,18 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
                           due_ms if ts < 0 else ts)
 
 
+def next_due_in(txn: Any, dbs: dict[str, Any]) -> int | None:
+    """Due time (ms) of the earliest scheduled message, read in ``txn``; ``None`` if none."""
+    cur = txn.cursor(db=dbs["scheduled"])
+    if not cur.first():
+        return None
+    return int.from_bytes(bytes(cur.key()[:8]), "big")
+
+
 def next_due_ms(broker: Broker) -> int | None:
     """Due time of the earliest scheduled message, or ``None``."""
     with broker._env.read_txn() as txn:
-        cur = txn.cursor(db=broker._env.dbs["scheduled"])
-        if not cur.first():
-            return None
-        return int.from_bytes(bytes(cur.key()[:8]), "big")
+        return next_due_in(txn, broker._env.dbs)
 
 
 def promote_due(broker: Broker, now_ms: int | None = None, limit: int = 10_000) -> int:
@@ -166,15 +171,3 @@ def promote_due(broker: Broker, now_ms: int | None = None, limit: int = 10_000) 
     if touched:
         env.notify_topics(touched)
     return moved
-
-
-def due_wait_budget(broker: Broker) -> float | None:
-    """Seconds until the next scheduled message is due (0 if one is due), else None."""
-    nd = next_due_ms(broker)
-    if nd is None:
-        return None
-    return max(0.0, (nd - time.time_ns() // 1_000_000) / 1000.0)
-
-
-def scheduled_pending(txn: Any, dbs: dict[str, Any]) -> int:
-    return txn.stat(dbs["scheduled"])["entries"]

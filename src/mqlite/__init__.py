@@ -14,13 +14,6 @@ from mqlite._core import Message
 from mqlite.broker import Broker, open
 from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
-from mqlite.groups import GroupDescription
-from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
-from mqlite.producer import Producer
-from mqlite.queue import DeadLetter, Delivery, Queue
-from mqlite.retry import Backoff
-from mqlite.routing import Binding
-from mqlite.transaction import Transaction
 from mqlite.errors import (
     BrokerDirectoryError,
     ClosedError,
@@ -44,6 +37,13 @@ from mqlite.errors import (
     TopicNotFoundError,
     UnroutableError,
 )
+from mqlite.groups import GroupDescription
+from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
+from mqlite.producer import Producer
+from mqlite.queue import DeadLetter, Delivery, Queue
+from mqlite.retry import Backoff
+from mqlite.routing import Binding
+from mqlite.transaction import Transaction
 from mqlite.types import (
     BatchMetadata,
     OffsetAndTimestamp,

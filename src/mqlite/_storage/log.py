@@ -19,7 +19,9 @@ from typing import Any
 import msgspec
 
 from mqlite import _core
+from mqlite._storage.keys import PID as _U32
 from mqlite._storage.keys import RECORD, pid_key, record_key
+from mqlite._storage.keys import U64 as _U64
 from mqlite.config import TopicConfig
 from mqlite.errors import CorruptRecordError, StorageError, TopicExistsError
 
@@ -43,8 +45,6 @@ __all__ = [
 ]
 
 _STATE = struct.Struct(">QQQqqQ")
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 
 
 class TopicRecord(msgspec.Struct, frozen=True):

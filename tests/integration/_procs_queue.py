@@ -26,7 +26,10 @@ def consume(args: dict) -> None:
     """Receive and ack until the stop file exists and nothing is left.
 
     Writes ``<value> <delivery_count> <time>`` per acked message to ``out``;
-    nacks a random ``nack_rate`` share first (those are redelivered).
+    nacks a random ``nack_rate`` share first (those are redelivered).  With
+    ``go`` it waits for that file after printing ``ready`` (a start barrier, so
+    no child drains the queue before the others run); ``work_s`` is a pause
+    per received batch standing in for the handler's work.
     """
     rng = random.Random(args.get("seed", 0))
     nack_rate = args.get("nack_rate", 0.0)
@@ -37,12 +40,18 @@ def consume(args: dict) -> None:
                          max_deliveries=args.get("max_deliveries"),
                          dead_letter_topic=args.get("dlq"))
         print("ready", flush=True)
+        go = args.get("go")
+        while go is not None and not os.path.exists(go):
+            time.sleep(0.005)
+        work_s = args.get("work_s", 0.0)
         while True:
             ds = q.receive(args.get("batch", 100), timeout=0.2)
             if not ds:
                 if os.path.exists(args["stop"]):
                     break
                 continue
+            if work_s:
+                time.sleep(work_s)
             keep = []
             lines = []
             for d in ds:

@@ -95,13 +95,17 @@ def test_four_processes_share_20000_messages_each_acked_once(tmp_broker_dir, tmp
             broker.send_batch("jobs", [str(i).encode() for i in range(start, start + 1000)])
         observer = broker.queue("jobs", group="workers")  # only for lag(); never receives
         stop = tmp_path / "stop"
+        go = tmp_path / "go"
         outs = [tmp_path / f"acks-{i}.txt" for i in range(4)]
+        # the start barrier and a 1 ms pause per batch of 50 (the "work") keep one
+        # child from draining all 20,000 before the others have started
         children = [procs.start("consume", dir=str(tmp_broker_dir), topic="jobs",
-                                group="workers", out=str(out), stop=str(stop), batch=50,
-                                nack_rate=0.01, seed=seed + i)
+                                group="workers", out=str(out), stop=str(stop), go=str(go),
+                                batch=50, work_s=0.001, nack_rate=0.01, seed=seed + i)
                     for i, out in enumerate(outs)]
         for c in children:
             procs.wait_line(c, "ready")
+        go.touch()
         _wait_lag_zero(observer, 60)
         stop.touch()
         for c in children:

@@ -16,6 +16,7 @@ from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
 from mqlite.errors import (
     BrokerDirectoryError,
+    CancelledError,
     ClosedError,
     CommitFailedError,
     CorruptRecordError,
@@ -37,6 +38,7 @@ from mqlite.errors import (
     TopicNotFoundError,
     UnroutableError,
 )
+from mqlite.future import SendFuture
 from mqlite.groups import GroupDescription
 from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
 from mqlite.producer import Producer
@@ -61,6 +63,7 @@ __all__ = [
     "Broker",
     "Consumer",
     "Producer",
+    "SendFuture",
     "Queue",
     "Delivery",
     "DeadLetter",
@@ -81,6 +84,7 @@ __all__ = [
     "OffsetAndTimestamp",
     "MqliteError",
     "ClosedError",
+    "CancelledError",
     "StorageError",
     "StorageFullError",
     "CorruptRecordError",

@@ -14,8 +14,11 @@ have drained a full store).
 
 from __future__ import annotations
 
+import concurrent.futures
+
 __all__ = [
     "MqliteError",
+    "CancelledError",
     "ClosedError",
     "StorageError",
     "StorageFullError",
@@ -174,6 +177,10 @@ class ExchangeExistsError(MqliteError):
 
 class UnroutableError(MqliteError):
     """A publish matched no binding and the exchange has no alternate exchange."""
+
+
+class CancelledError(MqliteError, concurrent.futures.CancelledError):
+    """A producer send's future was cancelled before its record was committed."""
 
 
 class TimeoutError(MqliteError, TimeoutError):  # noqa: A001 - deliberate: catchable as builtin

@@ -1,7 +1,7 @@
 """Batching producer with group commit.
 
 ``Producer.send()`` validates the record, picks its partition and queues it;
-it returns a :class:`concurrent.futures.Future` that resolves to the record's
+it returns a :class:`~mqlite.SendFuture` that resolves to the record's
 :class:`~mqlite.RecordMetadata` once the transaction holding it has
 committed (or to the error that record hit).  A background flusher takes
 everything queued — from any number of threads — after ``linger_ms`` (default 0; or at
@@ -19,12 +19,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from mqlite import _core
+from mqlite.broker import _dedup_key, _dedup_lookup, _dedup_store, now_ms
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
+from mqlite.future import SendFuture
 from mqlite.partitioner import resolve_partitioner
 from mqlite.types import RecordMetadata
 
@@ -41,7 +42,7 @@ class SendItem:
                  "size")
 
     def __init__(self, topic: str, value: Any, key: Any, headers: Any, partition: int,
-                 ts: int, dedup: bytes | None, future: Future | None) -> None:
+                 ts: int, dedup: bytes | None, future: Any) -> None:
         self.topic = topic
         self.value = value
         self.key = key
@@ -129,8 +130,6 @@ def append_items(broker: Broker, txn: Any, groups: list[_Group], now: int,
     Raises (aborting the whole transaction) on storage errors or when a topic
     vanished or shrank, so that no partial set of records is committed.
     """
-    from mqlite.broker import _dedup_lookup, _dedup_store
-
     env = broker._env
     touched: set[str] = set()
     for g in groups:
@@ -150,6 +149,13 @@ def append_items(broker: Broker, txn: Any, groups: list[_Group], now: int,
             _dedup_store(txn, env, g.items[0].dedup, rec, g.partition, base, g.items[0].ts)
         touched.add(g.topic)
     return touched
+
+
+# Adaptive gathering bounds: wait at most this share of the last commit's duration,
+# never longer than _GATHER_MAX_SECONDS, for at most _GATHER_MAX_RECORDS records.
+_GATHER_SHARE = 0.5
+_GATHER_MAX_SECONDS = 0.005
+_GATHER_MAX_RECORDS = 4096
 
 
 class Producer:
@@ -186,32 +192,48 @@ class Producer:
         self._batch_bytes = batch_bytes
         self._partitioner = resolve_partitioner(partitioner, batch_bytes)
         self._max_queued = max_queued
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)  # flush() and backpressure waiters
+        self._wake = threading.Condition(self._lock)  # the flusher alone waits here
         self._queue: list[SendItem] = []
         self._queued_bytes = 0
         self._first_at = 0.0
         self._flush_now = False
         self._in_flight = 0
         self._closed = False
+        # adaptive gathering (docs/decisions.md D15): after a commit of k records the
+        # flusher waits for k queued records again, at most half that commit's time
+        self._gather_target = 0
+        self._gather_for = 0.0
         self._thread = threading.Thread(target=self._run, name="mqlite-producer", daemon=True)
         self._thread.start()
 
     def send(self, topic: str, value: Any, key: Any = None,
              headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
              timestamp_ms: int | None = None,
-             dedup_id: str | bytes | None = None) -> Future[RecordMetadata]:
+             dedup_id: str | bytes | None = None) -> SendFuture[RecordMetadata]:
         """Queue one record; the future resolves to its metadata after commit.
 
-        Argument errors that need no storage access (bad topic name, wrong
-        types, partition out of range, unknown topic) raise here; encoding
-        and storage errors arrive through the future.
+        Returns
+        -------
+        SendFuture
+            ``result(timeout)`` blocks until the transaction holding the
+            record committed (durable as the broker's ``durability`` says) and
+            returns its :class:`~mqlite.RecordMetadata`, or raises the error
+            the record hit; nothing of a failed record was stored.
+
+        Raises
+        ------
+        TypeError, ValueError, InvalidTopicError, TopicNotFoundError, PartitionNotFoundError
+            Argument errors that need no storage access raise here; encoding
+            and storage errors arrive through the future.
+        ClosedError
+            The producer is closed.
         """
         if self._closed:
             raise ClosedError("this producer is closed")
         if type(topic) is not str:
             validate_topic_name(topic)
-        from mqlite.broker import _dedup_key, now_ms
-
         if isinstance(value, str) or isinstance(key, str):
             raise TypeError("value and key must be bytes-like, not str; encode them first")
         rec = self._broker._topic_cached(topic)
@@ -225,19 +247,22 @@ class Producer:
         ts = now_ms() if timestamp_ms is None else require_int(
             timestamp_ms, "timestamp_ms", minimum=0)
         dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
-        fut: Future[RecordMetadata] = Future()
+        fut: SendFuture[RecordMetadata] = SendFuture()
         item = SendItem(topic, value, key, headers, part, ts, dkey, fut)
-        with self._cv:
+        with self._lock:  # the condition's lock, entered without a Python-level frame
             while len(self._queue) >= self._max_queued and not self._closed:
                 self._cv.wait(0.1)
             if self._closed:
                 raise ClosedError("this producer is closed")
-            if not self._queue:
-                self._first_at = time.monotonic()
-            self._queue.append(item)
+            queue = self._queue
+            queue.append(item)
             self._queued_bytes += item.size
-            if len(self._queue) == 1 or self._queued_bytes >= self._batch_bytes:
-                self._cv.notify_all()
+            n_queued = len(queue)
+            if n_queued == 1:
+                self._first_at = time.monotonic()
+                self._wake.notify()
+            elif n_queued == self._gather_target or self._queued_bytes >= self._batch_bytes:
+                self._wake.notify()
         return fut
 
     def flush(self, timeout: float | None = None) -> None:
@@ -245,7 +270,7 @@ class Producer:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._flush_now = True
-            self._cv.notify_all()
+            self._wake.notify()
             while self._queue or self._in_flight:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -255,35 +280,47 @@ class Producer:
                 self._cv.wait(remaining if remaining is not None else 0.5)
 
     def _run(self) -> None:
-        cv = self._cv
+        cv, wake = self._cv, self._wake
         while True:
             with cv:
                 while not self._queue and not self._closed:
-                    cv.wait()
+                    wake.wait()
                 if not self._queue and self._closed:
                     return
+                if len(self._queue) < self._gather_target:
+                    # the senders of the last batch are probably about to send again:
+                    # one commit for all of them beats one for the first few
+                    until = time.monotonic() + self._gather_for
+                    while (len(self._queue) < self._gather_target and not self._flush_now
+                           and not self._closed and self._queued_bytes < self._batch_bytes):
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            break
+                        wake.wait(left)
                 while (not self._flush_now and not self._closed
                        and self._queued_bytes < self._batch_bytes):
                     left = self._first_at + self._linger - time.monotonic()
                     if left <= 0:
                         break
-                    cv.wait(left)
+                    wake.wait(left)
                 items = self._queue
                 self._queue = []
                 self._queued_bytes = 0
                 self._flush_now = False
                 self._in_flight = len(items)
                 cv.notify_all()
+            started = time.monotonic()
             try:
                 self._commit(items)
             finally:
+                took = time.monotonic() - started
                 with cv:
                     self._in_flight = 0
+                    self._gather_target = min(len(items), _GATHER_MAX_RECORDS)
+                    self._gather_for = min(took * _GATHER_SHARE, _GATHER_MAX_SECONDS)
                     cv.notify_all()
 
     def _commit(self, items: list[SendItem], retry: bool = True) -> None:
-        from mqlite.broker import now_ms
-
         broker = self._broker
         try:
             env = broker._live_env()
@@ -311,8 +348,7 @@ class Producer:
             env.commit(txn)
             env.notify_topics(touched)
             for it, md in results:
-                if it.future is not None and not it.future.done():
-                    it.future.set_result(md)
+                it.future.set_result(md)  # a no-op on a future already resolved or cancelled
         except BaseException as exc:  # every record of the failed transaction fails
             for it in items:
                 _fail(it, exc)
@@ -326,6 +362,7 @@ class Producer:
         finally:
             with self._cv:
                 self._closed = True
+                self._wake.notify()
                 self._cv.notify_all()
             self._thread.join(timeout)
 

@@ -7,7 +7,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import _reference
@@ -26,7 +25,7 @@ def _read_all(b: mqlite.Broker, topic: str) -> list[mqlite.Message]:
     return out
 
 
-def _outcome(call: Callable[[], Future]) -> Any:
+def _outcome(call: Callable[[], mqlite.SendFuture]) -> Any:
     """The metadata or exception of a producer send, raised at once or through its future."""
     try:
         fut = call()
@@ -234,7 +233,9 @@ def test_send_returns_future_resolved_after_commit(broker: mqlite.Broker) -> Non
     broker.create_topic("t")
     with broker.producer(linger_ms=60_000) as p:
         fut = p.send("t", b"v")
-        assert isinstance(fut, Future)
+        assert isinstance(fut, mqlite.SendFuture)
+        with pytest.raises(mqlite.TimeoutError):
+            fut.result(timeout=0.05)  # lingering: not committed yet
         time.sleep(0.2)
         assert not fut.done()  # lingering: nothing committed yet
         assert broker.read("t") == []
@@ -334,6 +335,54 @@ def test_concurrent_synchronous_senders_batch_together(
             th.join()
     assert _txnid(b) - before < 8 * 40 * 0.6
     assert b.describe_topic("t").messages == 320
+
+
+def test_adaptive_gathering_waits_for_the_last_batchs_senders(
+        open_broker: Callable[..., mqlite.Broker], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``linger_ms=0`` the flusher still waits (briefly) until as many records as
+    the last commit held are queued again, so N waiting threads share one commit per
+    round instead of alternating between a commit of one and a commit of N - 1.
+
+    The bounds are widened here so that a loaded CI machine cannot split rounds.
+    """
+    import mqlite.producer as producer_module
+
+    monkeypatch.setattr(producer_module, "_GATHER_SHARE", 1000.0)
+    monkeypatch.setattr(producer_module, "_GATHER_MAX_SECONDS", 0.2)
+    b = open_broker(durability="sync")
+    b.create_topic("t")
+    before = _txnid(b)
+    rounds, n_threads = 30, 8
+    with b.producer(linger_ms=0) as p:
+        start = threading.Barrier(n_threads)
+
+        def worker() -> None:
+            start.wait()
+            for _ in range(rounds):
+                p.send("t", b"x").result(timeout=30)
+
+        threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    commits = _txnid(b) - before
+    # alternating halves would need ~2 commits per round; gathering needs ~1
+    assert commits <= rounds * 1.5, f"{commits} commits for {rounds} rounds of {n_threads}"
+    assert b.describe_topic("t").messages == rounds * n_threads
+
+
+def test_single_waiting_sender_is_not_delayed_by_gathering(broker: mqlite.Broker) -> None:
+    """After a commit of one record the gather target is one: nothing to wait for."""
+    broker.create_topic("t")
+    with broker.producer(linger_ms=0) as p:
+        for _ in range(5):
+            p.send("t", b"warm").result(timeout=5)
+        t0 = time.monotonic()
+        for _ in range(200):
+            p.send("t", b"x").result(timeout=5)
+        per_send = (time.monotonic() - t0) / 200
+    assert per_send < 0.004, f"{per_send * 1e3:.2f} ms per send under 'none'"
 
 
 # -- failure isolation -------------------------------------------------------------------------

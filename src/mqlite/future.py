@@ -1,0 +1,167 @@
+"""A light, thread-safe future for producer sends.
+
+:class:`concurrent.futures.Future` builds a :class:`threading.Condition`
+(an RLock plus Python-level bookkeeping) for every instance and wakes its
+waiter through a second, per-wait lock.  A producer creates one future per
+record, so that cost is paid on the hot path of every concurrent durable
+send.  :class:`SendFuture` keeps one pre-acquired ``_thread`` lock as its
+completion gate: ``result()`` blocks on it with the GIL released and the
+flusher releases it once — one futex wake per waiting thread, nothing else
+(docs/decisions.md D15).
+
+It offers the :class:`concurrent.futures.Future` methods callers use —
+``result``, ``exception``, ``done``, ``cancel``, ``cancelled``, ``running``,
+``add_done_callback`` — but it is not a ``concurrent.futures.Future``:
+``concurrent.futures.wait()`` / ``as_completed()`` do not accept it.  To wait
+for many sends call ``producer.flush()`` or ``result()`` on each in turn.
+"""
+
+from __future__ import annotations
+
+import _thread
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from mqlite.errors import CancelledError
+from mqlite.errors import TimeoutError as _Timeout
+
+__all__ = ["SendFuture"]
+
+T = TypeVar("T")
+
+_PENDING, _CANCELLED, _FINISHED = 0, 1, 2
+_callbacks_lock = _thread.allocate_lock()  # guards only the rare callback registration race
+
+
+class SendFuture(Generic[T]):
+    """The outcome of one queued record: its metadata once committed, or the error it hit.
+
+    Thread-safe: any number of threads may wait on it; it is resolved
+    exactly once.
+    """
+
+    __slots__ = ("_gate", "_state", "_result", "_exc", "_callbacks")
+
+    def __init__(self) -> None:
+        gate = _thread.allocate_lock()
+        gate.acquire()
+        self._gate = gate
+        self._state = _PENDING
+        self._result: Any = None
+        self._exc: BaseException | None = None
+        self._callbacks: list[Callable[[SendFuture[T]], object]] | None = None
+
+    # -- completion (producer side) -----------------------------------------------------------
+
+    def _finish(self, state: int, result: Any = None, exc: BaseException | None = None) -> bool:
+        with _callbacks_lock:
+            if self._state != _PENDING:
+                return False
+            self._result = result
+            self._exc = exc
+            self._state = state
+            callbacks, self._callbacks = self._callbacks, None
+        self._gate.release()
+        if callbacks:
+            for fn in callbacks:
+                _run_callback(fn, self)
+        return True
+
+    def set_result(self, result: T) -> None:
+        """Resolve with ``result`` (no effect if already resolved or cancelled)."""
+        self._finish(_FINISHED, result)
+
+    def set_exception(self, exc: BaseException) -> None:
+        """Resolve with ``exc`` (no effect if already resolved or cancelled)."""
+        self._finish(_FINISHED, None, exc)
+
+    def cancel(self) -> bool:
+        """Cancel a pending future; ``True`` if it was pending and is now cancelled.
+
+        A producer does not withdraw a queued record when its future is
+        cancelled; cancelling only stops callers from waiting on it.
+        """
+        return self._finish(_CANCELLED)
+
+    # -- inspection (caller side) -------------------------------------------------------------
+
+    def done(self) -> bool:
+        """Whether the future is resolved or cancelled."""
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def running(self) -> bool:
+        """Always ``False``: a queued record is never in a cancellable running state."""
+        return False
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._state != _PENDING:
+            return
+        if timeout is None:
+            got = self._gate.acquire()
+        else:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+            got = self._gate.acquire(True, max(float(timeout), 0.0))
+        if not got:
+            raise _Timeout("the record was not committed within the timeout")
+        self._gate.release()  # let any other waiter through
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the commit and return the record's metadata.
+
+        Raises
+        ------
+        TimeoutError
+            Not resolved within ``timeout`` seconds (the record may still commit).
+        CancelledError
+            The future was cancelled.
+        Exception
+            Whatever error the record hit (encoding or storage); nothing of it was stored.
+        """
+        self._wait(timeout)
+        if self._state == _CANCELLED:
+            raise CancelledError("the send's future was cancelled")
+        if self._exc is not None:
+            raise self._exc
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait like :meth:`result`; return the error instead of raising it (``None`` if none)."""
+        self._wait(timeout)
+        if self._state == _CANCELLED:
+            raise CancelledError("the send's future was cancelled")
+        return self._exc
+
+    def add_done_callback(self, fn: Callable[[SendFuture[T]], object]) -> None:
+        """Call ``fn(future)`` once resolved — at once if it already is.
+
+        Callbacks run on the thread that resolves the future (the producer's
+        flusher); an exception in one is logged and ignored.
+        """
+        if not callable(fn):
+            raise TypeError(f"callback must be callable, not {type(fn).__name__}")
+        with _callbacks_lock:
+            if self._state == _PENDING:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        _run_callback(fn, self)
+
+    def __repr__(self) -> str:
+        state = ("pending", "cancelled", "finished")[self._state]
+        if self._state == _FINISHED:
+            state += f" raised {type(self._exc).__name__}" if self._exc else f" {self._result!r}"
+        return f"<SendFuture {state}>"
+
+
+def _run_callback(fn: Callable[[Any], object], fut: SendFuture[Any]) -> None:
+    try:
+        fn(fut)
+    except Exception:  # noqa: BLE001 - as concurrent.futures does: log, never break the flusher
+        import logging
+
+        logging.getLogger("mqlite.producer").exception("exception in a send future callback")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from threading import get_ident
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +40,10 @@ class SendItem:
     """One queued record (internal)."""
 
     __slots__ = ("topic", "value", "key", "headers", "partition", "ts", "dedup", "future",
-                 "size")
+                 "size", "sender")
 
     def __init__(self, topic: str, value: Any, key: Any, headers: Any, partition: int,
-                 ts: int, dedup: bytes | None, future: Any) -> None:
+                 ts: int, dedup: bytes | None, future: Any, sender: int = 0) -> None:
         self.topic = topic
         self.value = value
         self.key = key
@@ -51,6 +52,7 @@ class SendItem:
         self.ts = ts
         self.dedup = dedup
         self.future = future
+        self.sender = sender  # the sending thread's id (adaptive gathering)
         self.size = (len(value) if value is not None else 0) + (len(key) if key else 0)
 
 
@@ -201,10 +203,11 @@ class Producer:
         self._flush_now = False
         self._in_flight = 0
         self._closed = False
-        # adaptive gathering (docs/decisions.md D15): after a commit of k records the
-        # flusher waits for k queued records again, at most half that commit's time
+        # adaptive gathering (docs/decisions.md D15): when k threads sent the last two
+        # batches, the flusher waits for k queued records, at most half a commit's time
         self._gather_target = 0
         self._gather_for = 0.0
+        self._last_senders: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="mqlite-producer", daemon=True)
         self._thread.start()
 
@@ -248,7 +251,7 @@ class Producer:
             timestamp_ms, "timestamp_ms", minimum=0)
         dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
         fut: SendFuture[RecordMetadata] = SendFuture()
-        item = SendItem(topic, value, key, headers, part, ts, dkey, fut)
+        item = SendItem(topic, value, key, headers, part, ts, dkey, fut, get_ident())
         with self._lock:  # the condition's lock, entered without a Python-level frame
             while len(self._queue) >= self._max_queued and not self._closed:
                 self._cv.wait(0.1)
@@ -288,8 +291,8 @@ class Producer:
                 if not self._queue and self._closed:
                     return
                 if len(self._queue) < self._gather_target:
-                    # the senders of the last batch are probably about to send again:
-                    # one commit for all of them beats one for the first few
+                    # the threads of the last two batches are probably about to send
+                    # again: one commit for all of them beats one for the first few
                     until = time.monotonic() + self._gather_for
                     while (len(self._queue) < self._gather_target and not self._flush_now
                            and not self._closed and self._queued_bytes < self._batch_bytes):
@@ -314,9 +317,14 @@ class Producer:
                 self._commit(items)
             finally:
                 took = time.monotonic() - started
+                senders = {it.sender for it in items}
+                # threads seen in the last two batches: N waiting senders that settled
+                # into two alternating half-batches are gathered back into one
+                target = len(senders | self._last_senders)
+                self._last_senders = senders
                 with cv:
                     self._in_flight = 0
-                    self._gather_target = min(len(items), _GATHER_MAX_RECORDS)
+                    self._gather_target = min(target, _GATHER_MAX_RECORDS)
                     self._gather_for = min(took * _GATHER_SHARE, _GATHER_MAX_SECONDS)
                     cv.notify_all()
 

@@ -524,7 +524,7 @@ class Broker:
             part = self._choose_partition(rec, None, partition) if (
                 partition is not None or n == 1) else next(self._rr) % n
             groups: list[tuple[int, list[bytes]]] = [(part, _core.encode_batches(
-                values, keys, headers, ts if isinstance(ts, int) else ts,
+                values, keys, headers, ts,
                 max_message_bytes=rec.config["max_message_bytes"]))]
         else:
             order: dict[int, list[int]] = {}

@@ -5,6 +5,7 @@ A leaf module: it imports nothing from mqlite except :mod:`mqlite.errors`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -90,7 +91,7 @@ def require_positive_number(value: object, name: str, *, allow_zero: bool = True
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if value != value or value < 0 or (value == 0 and not allow_zero):
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value

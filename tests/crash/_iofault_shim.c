@@ -27,11 +27,28 @@
  * A failing call returns -1 with errno set.  A process can re-arm the shim
  * with mqlite_fault_arm() (resets the count) and read its counters with
  * mqlite_fault_stats(), e.g. through ctypes.CDLL(None).
+ *
+ * Tracing (tests/crash/test_power_loss.py): with MQLITE_TRACE_FILE set, every
+ * successful write and sync on data.mdb is appended to that file, in the
+ * order the calls returned, as records of a 16-byte little-endian header
+ * { u8 kind, u8 pad[3], u32 length, i64 offset } followed by `length` bytes:
+ *
+ *   'W'  bytes written at `offset` (pwrite*, or write/writev at the file
+ *        position read just before the call)
+ *   'D'  the same through a descriptor opened with O_DSYNC: durable on return
+ *   'S'  fdatasync / fsync returned 0 (length 0): every earlier write is durable
+ *
+ * mqlite_trace_count() returns the number of records written so far, so a
+ * process can mark "this call returned after record N".  A write the shim
+ * failed is not traced; a short write is traced with the bytes it wrote.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +71,10 @@ static long long meta_below;
 static long counted;               /* counted calls so far (all selected kinds) */
 static long seen[K_N];             /* data.mdb calls seen per kind */
 static long failed[K_N];           /* failures injected per kind */
+static unsigned char fd_dsync[MAX_FDS]; /* 0 unknown, 1 O_DSYNC, 2 not */
+static int trace_fd = -1;
+static long long trace_records;
+static pthread_mutex_t trace_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_pwrite64)(int, const void *, size_t, off_t);
@@ -105,6 +126,9 @@ static void init(void)
     late = s && s[0] == '1';
     s = getenv("MQLITE_FAULT_META_BELOW");
     meta_below = (s && atoll(s) > 0) ? atoll(s) : 2LL * sysconf(_SC_PAGESIZE);
+    s = getenv("MQLITE_TRACE_FILE");
+    if (s && s[0])
+        trace_fd = open(s, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     inited = 1;
 }
 
@@ -151,6 +175,90 @@ static int should_fail(int fd, int kind)
     return 0;
 }
 
+static int fd_is_dsync(int fd)
+{
+    int fl;
+    if (fd >= 0 && fd < MAX_FDS && fd_dsync[fd])
+        return fd_dsync[fd] == 1;
+    fl = fcntl(fd, F_GETFL);
+    fl = fl >= 0 && (fl & O_DSYNC) == O_DSYNC;
+    if (fd >= 0 && fd < MAX_FDS)
+        fd_dsync[fd] = fl ? 1 : 2;
+    return fl;
+}
+
+static void put_all(const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t w = real_write(trace_fd, c, n);
+        if (w <= 0) {
+            if (w < 0 && errno == EINTR)
+                continue;
+            abort(); /* a lost trace record would make every later check meaningless */
+        }
+        c += w;
+        n -= (size_t)w;
+    }
+}
+
+static void put_header(char kind, uint32_t len, int64_t off)
+{
+    unsigned char h[16] = { (unsigned char)kind, 0, 0, 0 };
+    memcpy(h + 4, &len, 4); /* x86-64 and aarch64 are little-endian, as the reader expects */
+    memcpy(h + 8, &off, 8);
+    put_all(h, sizeof(h));
+}
+
+/* Trace `done` bytes written to fd at off from the iovec (one buffer: iovcnt 1). */
+static void trace_write(int fd, off_t off, const struct iovec *iov, int iovcnt, ssize_t done)
+{
+    int saved = errno, i;
+    size_t left;
+    if (trace_fd < 0 || done <= 0 || !is_data_mdb(fd))
+        return;
+    pthread_mutex_lock(&trace_lock);
+    put_header(fd_is_dsync(fd) ? 'D' : 'W', (uint32_t)done, (int64_t)off);
+    left = (size_t)done;
+    for (i = 0; i < iovcnt && left > 0; i++) {
+        size_t n = iov[i].iov_len < left ? iov[i].iov_len : left;
+        put_all(iov[i].iov_base, n);
+        left -= n;
+    }
+    trace_records++;
+    pthread_mutex_unlock(&trace_lock);
+    errno = saved;
+}
+
+static void trace_sync(int fd, int r)
+{
+    int saved = errno;
+    if (trace_fd < 0 || r != 0 || !is_data_mdb(fd))
+        return;
+    pthread_mutex_lock(&trace_lock);
+    put_header('S', 0, 0);
+    trace_records++;
+    pthread_mutex_unlock(&trace_lock);
+    errno = saved;
+}
+
+static void trace_one(int fd, off_t off, const void *buf, ssize_t done)
+{
+    struct iovec v = { (void *)buf, done > 0 ? (size_t)done : 0 };
+    trace_write(fd, off, &v, 1, done);
+}
+
+/* For ctypes: trace records written so far. */
+long long mqlite_trace_count(void)
+{
+    long long n;
+    init();
+    pthread_mutex_lock(&trace_lock);
+    n = trace_records;
+    pthread_mutex_unlock(&trace_lock);
+    return n;
+}
+
 static int pos_kind(off_t off)
 {
     init();
@@ -192,6 +300,8 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t off)
     if (f == 1)
         return fail_now();
     r = real_pwrite(fd, buf, count, off);
+    if (f != 2)
+        trace_one(fd, off, buf, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -204,6 +314,8 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t off)
     if (f == 1)
         return fail_now();
     r = real_pwrite64(fd, buf, count, off);
+    if (f != 2)
+        trace_one(fd, off, buf, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -216,6 +328,8 @@ ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
     if (f == 1)
         return fail_now();
     r = real_pwritev(fd, iov, iovcnt, off);
+    if (f != 2)
+        trace_write(fd, off, iov, iovcnt, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -228,6 +342,8 @@ ssize_t pwritev64(int fd, const struct iovec *iov, int iovcnt, off_t off)
     if (f == 1)
         return fail_now();
     r = real_pwritev64(fd, iov, iovcnt, off);
+    if (f != 2)
+        trace_write(fd, off, iov, iovcnt, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -237,9 +353,13 @@ ssize_t write(int fd, const void *buf, size_t count)
 {
     int f = should_fail(fd, K_WRITE);
     ssize_t r;
+    off_t pos;
     if (f == 1)
         return fail_now();
+    pos = trace_fd >= 0 ? lseek(fd, 0, SEEK_CUR) : -1;
     r = real_write(fd, buf, count);
+    if (f != 2 && pos >= 0)
+        trace_one(fd, pos, buf, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -249,9 +369,13 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 {
     int f = should_fail(fd, K_WRITE);
     ssize_t r;
+    off_t pos;
     if (f == 1)
         return fail_now();
+    pos = trace_fd >= 0 ? lseek(fd, 0, SEEK_CUR) : -1;
     r = real_writev(fd, iov, iovcnt);
+    if (f != 2 && pos >= 0)
+        trace_write(fd, pos, iov, iovcnt, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -264,6 +388,8 @@ int fdatasync(int fd)
     if (f == 1)
         return fail_now();
     r = real_fdatasync(fd);
+    if (f != 2)
+        trace_sync(fd, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -276,6 +402,8 @@ int fsync(int fd)
     if (f == 1)
         return fail_now();
     r = real_fsync(fd);
+    if (f != 2)
+        trace_sync(fd, r);
     if (f == 2)
         return fail_now();
     return r;
@@ -284,7 +412,9 @@ int fsync(int fd)
 int close(int fd)
 {
     init();
-    if (fd >= 0 && fd < MAX_FDS)
+    if (fd >= 0 && fd < MAX_FDS) {
         fd_kind[fd] = 0;
+        fd_dsync[fd] = 0;
+    }
     return real_close(fd);
 }

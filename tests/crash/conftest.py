@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -75,3 +77,21 @@ def children() -> Iterator[Children]:
         yield ch
     finally:
         ch.cleanup()
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``_iofault_shim.c`` compiled once per session; skip without gcc or off Linux."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not found: the I/O shim (tests/crash/_iofault_shim.c) "
+                    "is compiled at test time; install gcc to run these tests")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the I/O shim needs Linux (LD_PRELOAD, /proc/self/fd)")
+    out = tmp_path_factory.mktemp("iofault") / "shim.so"
+    proc = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out),
+                           str(HERE / "_iofault_shim.c"), "-ldl", "-lpthread"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"compiling the shim failed:\n{proc.stderr}"
+    return out
+

@@ -34,7 +34,6 @@ import errno
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -48,26 +47,9 @@ import mqlite
 from mqlite.verify import verify_in_child
 
 HERE = Path(__file__).resolve().parent
-SHIM_SRC = HERE / "_iofault_shim.c"
 CHILD = HERE / "_procs_iofault.py"
 ERRNOS = (errno.EIO, errno.ENOSPC)
 CHILD_TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Compile the shim once per module; skip when there is no C compiler."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc not found: the I/O fault shim (tests/crash/_iofault_shim.c) "
-                    "is compiled at test time; install gcc to run these tests")
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the I/O fault shim needs Linux (LD_PRELOAD, /proc/self/fd)")
-    out = tmp_path_factory.mktemp("iofault") / "shim.so"
-    proc = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SHIM_SRC), "-ldl"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, f"compiling the shim failed:\n{proc.stderr}"
-    return out
 
 
 class Result:

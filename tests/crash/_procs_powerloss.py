@@ -1,0 +1,70 @@
+"""Child entry point for ``test_power_loss.py``; runs under the I/O shim with tracing on.
+
+Usage: ``python _procs_powerloss.py <json config>`` with ``path``,
+``durability``, ``ops`` and ``seed``; ``MQLITE_TRACE_FILE`` (read by the
+shim) names the trace.  The child opens a fresh broker, creates the checked
+topic ``t`` (2 partitions, no retention) and a churn topic ``c`` (retention of
+a few messages, so LMDB frees and reuses pages), then runs ``ops`` random
+operations: single sends and ``send_batch`` calls to ``t``, sends to ``c``.
+
+After each call to ``t`` returns it prints, flushed at once,
+``ACK <trace records so far> <id>:<crc32> ...`` for the values it stored;
+a value is ``t-<id>-`` and padding, ids unique.  ``READY <trace records>`` follows the
+topic creation; ``DONE`` ends a clean run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+import sys
+import zlib
+from typing import Any
+
+import mqlite
+
+
+def _value(n: int, rng: random.Random) -> bytes:
+    # sizes from a few bytes to just under a page and past it, so commits touch
+    # several pages and values sometimes span overflow pages
+    pad = rng.choice((0, 10, 200, 1500, 3000, 5000))
+    return f"t-{n}-".encode() + bytes([48 + n % 10]) * pad
+
+
+def _ident(value: bytes) -> int:
+    return int(value.split(b"-", 2)[1])
+
+
+def main(cfg: dict[str, Any]) -> None:
+    lib = ctypes.CDLL(None)  # the preloaded shim's symbols are global
+    lib.mqlite_trace_count.restype = ctypes.c_longlong
+    rng = random.Random(cfg["seed"])
+    out = sys.stdout
+    n = 0
+    with mqlite.open(cfg["path"], durability=cfg["durability"]) as b:
+        b.create_topic("t", partitions=2)
+        b.create_topic("c", retention_messages=5)
+        out.write(f"READY {lib.mqlite_trace_count()}\n")
+        out.flush()
+        for _ in range(cfg["ops"]):
+            r = rng.random()
+            if r < 0.2:
+                b.send_batch("c", [bytes(rng.randrange(1, 3000)) for _ in range(rng.randrange(1, 8))])
+                continue
+            if r < 0.6:
+                values = [_value(n, rng)]
+                b.send("t", values[0], key=str(n % 7).encode())
+            else:
+                values = [_value(n + i, rng) for i in range(rng.randrange(1, 40))]
+                b.send_batch("t", values)
+            n += len(values)
+            out.write(f"ACK {lib.mqlite_trace_count()} "
+                      + " ".join(f"{_ident(v)}:{zlib.crc32(v)}" for v in values) + "\n")
+            out.flush()
+    out.write("DONE\n")
+    out.flush()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

@@ -1,0 +1,206 @@
+"""Power loss: crash images built from a trace of every write and sync of ``data.mdb``.
+
+A killed process loses nothing the kernel already has (kill -9 tests cover
+that); a power cut loses whatever the device had not made durable.  A child
+runs a random workload under ``_iofault_shim.c`` with ``MQLITE_TRACE_FILE``
+set: the shim appends every write to ``data.mdb`` (offset and bytes) and
+every successful ``fdatasync``/``fsync`` to a trace, and the child prints,
+after each send to the checked topic returned, how many trace records
+existed then (``_procs_powerloss.py``).
+
+A crash after trace record ``P`` leaves on disk (RELIABILITY.md):
+
+* every write before the last sync at or before ``P`` (a sync makes all
+  earlier writes to the file durable);
+* every write through an ``O_DSYNC`` descriptor before ``P`` (LMDB writes
+  the meta page that way under ``durability="sync"``);
+* any subset of the other writes before ``P`` (the page cache may have
+  flushed some of them, in any order).  Writes are kept or dropped whole.
+
+For crash points at every sync barrier, just before it, and at random (at
+most 160 per mode in CI, 1,500 in the ``slow`` runs; keep the images with
+``MQLITE_KEEP_IMAGES=1``), an image is built with a random subset of the undecided writes, then opened as
+a broker directory of its own.  Checks, under ``"sync"`` and ``"lazy"``:
+
+* the image opens, every batch passes its CRC (``verify``) and both topics
+  read back without error;
+* offsets are dense from 0 and every message read is one the child sent,
+  byte for byte (its id and CRC32);
+* ``"sync"``: every send that returned at or before ``P`` is present;
+  ``"lazy"``: every send that returned before the last sync at or before
+  ``P`` is present (its meta page is made durable by the next commit's sync:
+  only the last commit(s) may roll back);
+* the image accepts a new send and reads it back.
+
+``"none"`` promises nothing across an OS crash and is not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+import mqlite
+from mqlite.verify import verify
+
+HERE = Path(__file__).resolve().parent
+CHILD = HERE / "_procs_powerloss.py"
+HEADER = struct.Struct("<cxxxIq")
+
+
+class Trace:
+    """The parsed trace: per record its kind (b"W", b"D", b"S"), offset and bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.kinds: list[bytes] = []
+        self.offsets: list[int] = []
+        self.data: list[bytes] = []
+        raw = path.read_bytes()
+        pos = 0
+        while pos < len(raw):
+            if pos + HEADER.size > len(raw):
+                raise AssertionError(f"trace ends inside a header at byte {pos}")
+            kind, length, off = HEADER.unpack_from(raw, pos)
+            pos += HEADER.size
+            if kind not in (b"W", b"D", b"S") or pos + length > len(raw):
+                raise AssertionError(f"bad trace record at byte {pos}: {kind!r} {length}")
+            self.kinds.append(kind)
+            self.offsets.append(off)
+            self.data.append(raw[pos:pos + length])
+            pos += length
+        self.syncs = [i for i, k in enumerate(self.kinds) if k == b"S"]
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def last_sync_before(self, p: int) -> int:
+        """Index of the last sync among records [0, p), or -1."""
+        best = -1
+        for i in self.syncs:
+            if i >= p:
+                break
+            best = i
+        return best
+
+
+def run_workload(shim: Path, tmp: Path, durability: str, seed: int, ops: int
+                 ) -> tuple[Trace, int, list[tuple[int, dict[int, int]]]]:
+    broker_dir = tmp / "live"
+    trace_path = tmp / "trace.bin"
+    env = dict(os.environ, LD_PRELOAD=str(shim), MQLITE_TRACE_FILE=str(trace_path))
+    cfg = {"path": str(broker_dir), "durability": durability, "ops": ops, "seed": seed}
+    proc = subprocess.run([sys.executable, str(CHILD), json.dumps(cfg)], env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, f"workload child failed ({proc.returncode}):\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    assert lines and lines[-1] == "DONE", proc.stdout[-2000:]
+    ready = int(lines[0].split()[1])
+    acks: list[tuple[int, dict[int, int]]] = []
+    for line in lines[1:-1]:
+        kind, mark, *vals = line.split()
+        assert kind == "ACK"
+        acks.append((int(mark), {int(i): int(c) for i, c in (v.split(":") for v in vals)}))
+    return Trace(trace_path), ready, acks
+
+
+def build_image(trace: Trace, p: int, rng: random.Random, dest: Path) -> None:
+    """data.mdb as a power cut after record ``p`` could leave it (see module doc)."""
+    last = trace.last_sync_before(p)
+    dest.mkdir(mode=0o700)
+    with open(dest / "data.mdb", "wb") as f:
+        os.chmod(dest / "data.mdb", 0o600)
+        for i in range(p):
+            kind = trace.kinds[i]
+            if kind == b"S":
+                continue
+            if i < last or kind == b"D" or rng.random() < 0.5:
+                f.seek(trace.offsets[i])
+                f.write(trace.data[i])
+
+
+def check_image(image: Path, durability: str, must_have: dict[int, int],
+                sent: dict[int, int]) -> None:
+    report = verify(str(image))
+    assert report.ok, f"verify failed: {report.problems[:3]}"
+    with mqlite.open(image, durability=durability) as b:
+        seen: dict[int, int] = {}
+        for part in range(b.partitions_for("t")):
+            offset = 0
+            while True:
+                msgs = b.read("t", part, offset, max_records=1000)
+                if not msgs:
+                    break
+                for m in msgs:
+                    assert m.offset == offset, f"offsets not dense in t/{part}: {m.offset}"
+                    offset += 1
+                    ident = int(m.value.split(b"-", 2)[1])
+                    assert sent.get(ident) == zlib.crc32(m.value), \
+                        f"message {ident} in t/{part} was never sent with these bytes"
+                    assert ident not in seen, f"message {ident} stored twice"
+                    seen[ident] = part
+        b.read("c", 0, 0, max_records=1000)  # the churn topic reads back too
+        missing = sorted(set(must_have) - set(seen))
+        assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:5]}"
+        md = b.send("t", b"t-999999999-after", partition=0)
+        assert [m.value for m in b.read("t", 0, md.offset)] == [b"t-999999999-after"]
+
+
+def crash_points(trace: Trace, start: int, rng: random.Random, n_random: int) -> list[int]:
+    """Right after and right before each sync at or after ``start``, the end, and random ones."""
+    points = {len(trace)}
+    for i in trace.syncs:
+        if i >= start:
+            points.add(i + 1)
+            points.add(i)
+    points.update(rng.randrange(start, len(trace) + 1) for _ in range(n_random))
+    return sorted(p for p in points if p >= start)
+
+
+@pytest.mark.parametrize(("durability", "ops", "max_points"), [
+    ("sync", 120, 160),
+    ("lazy", 120, 160),
+    pytest.param("sync", 1500, 1500, marks=pytest.mark.slow),
+    pytest.param("lazy", 1500, 1500, marks=pytest.mark.slow),
+])
+def test_crash_images_keep_every_synced_message(shim: Path, tmp_path: Path, rng: random.Random,
+                                                durability: str, ops: int,
+                                                max_points: int) -> None:
+    trace, ready, acks = run_workload(shim, tmp_path, durability, rng.randrange(2**32), ops=ops)
+    assert trace.syncs, "the shim saw no sync of data.mdb: is LMDB still writing through libc?"
+    assert any(k == b"W" for k in trace.kinds)
+    if durability == "sync":
+        assert any(k == b"D" for k in trace.kinds), "no O_DSYNC meta-page write under 'sync'"
+    sent: dict[int, int] = {}
+    for _, vals in acks:
+        sent.update(vals)
+    # from the first sync after the topics exist: the broker directory is complete
+    first = next(i for i in trace.syncs if i >= ready - 1) + 1
+    points = crash_points(trace, first, rng, n_random=max_points // 4)
+    if len(points) > max_points:  # bounded; each run samples other points (seeded)
+        points = sorted(rng.sample(points, max_points))
+    assert len(points) >= min(max_points, 100), f"only {len(points)} crash points"
+    for n, p in enumerate(points):
+        durable_to = p if durability == "sync" else trace.last_sync_before(p)
+        must_have: dict[int, int] = {}
+        for mark, vals in acks:
+            if mark <= durable_to:
+                must_have.update(vals)
+        image = tmp_path / f"image-{n}"
+        build_image(trace, p, rng, image)
+        try:
+            check_image(image, durability, must_have, sent)
+        except Exception as exc:
+            raise AssertionError(f"crash image after trace record {p} of {len(trace)} "
+                                 f"({durability}): {exc}") from exc
+        finally:
+            if os.environ.get("MQLITE_KEEP_IMAGES") != "1":
+                shutil.rmtree(image, ignore_errors=True)

@@ -5,12 +5,19 @@ Usage: ``python _procs_powerloss.py <json config>`` with ``path``,
 shim) names the trace.  The child opens a fresh broker, creates the checked
 topic ``t`` (2 partitions, no retention) and a churn topic ``c`` (retention of
 a few messages, so LMDB frees and reuses pages), then runs ``ops`` random
-operations: single sends and ``send_batch`` calls to ``t``, sends to ``c``.
+operations: single sends and ``send_batch`` calls to ``t``, sends to ``c``,
+queue receives on ``t`` (group ``w``) acking about half of what they got, and
+polls + commits of a stream consumer group ``g`` on ``t``.
 
-After each call to ``t`` returns it prints, flushed at once,
-``ACK <trace records so far> <id>:<crc32> ...`` for the values it stored;
-a value is ``t-<id>-`` and padding, ids unique.  ``READY <trace records>`` follows the
-topic creation; ``DONE`` ends a clean run.
+Each line is printed, flushed at once, after the call it reports returned,
+with the number of trace records that existed then:
+
+``READY <n>``                        the topics exist
+``ACK <n> <id>:<crc32> ...``         a send / send_batch to ``t`` stored these
+                                     values (``t-<id>-`` and padding; ids unique)
+``QACK <n> <id> ...``                ``queue.ack`` of these messages returned
+``GCOMMIT <n> <partition>:<offset> ...``  group ``g`` committed these positions
+``DONE``                             clean end
 """
 
 from __future__ import annotations
@@ -45,11 +52,30 @@ def main(cfg: dict[str, Any]) -> None:
     with mqlite.open(cfg["path"], durability=cfg["durability"]) as b:
         b.create_topic("t", partitions=2)
         b.create_topic("c", retention_messages=5)
+        q = b.queue("t", group="w", visibility_timeout=600)
+        g = b.consumer("t", group="g", commit="manual")
         out.write(f"READY {lib.mqlite_trace_count()}\n")
         out.flush()
         for _ in range(cfg["ops"]):
             r = rng.random()
+            if r < 0.12:
+                got = q.receive(rng.randrange(1, 30), timeout=0)
+                done = [d for d in got if rng.random() < 0.5]
+                if done:
+                    q.ack(done)
+                    out.write(f"QACK {lib.mqlite_trace_count()} "
+                              + " ".join(str(_ident(d.value)) for d in done) + "\n")
+                    out.flush()
+                continue
             if r < 0.2:
+                if g.poll(rng.randrange(1, 60), timeout=0):
+                    g.commit()
+                    pos = g.positions()
+                    out.write(f"GCOMMIT {lib.mqlite_trace_count()} "
+                              + " ".join(f"{tp.partition}:{o}" for tp, o in pos.items()) + "\n")
+                    out.flush()
+                continue
+            if r < 0.32:
                 b.send_batch("c", [bytes(rng.randrange(1, 3000)) for _ in range(rng.randrange(1, 8))])
                 continue
             if r < 0.6:
@@ -62,6 +88,8 @@ def main(cfg: dict[str, Any]) -> None:
             out.write(f"ACK {lib.mqlite_trace_count()} "
                       + " ".join(f"{_ident(v)}:{zlib.crc32(v)}" for v in values) + "\n")
             out.flush()
+        g.close()
+        q.close()
     out.write("DONE\n")
     out.flush()
 

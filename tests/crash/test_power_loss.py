@@ -29,7 +29,12 @@ a broker directory of its own.  Checks, under ``"sync"`` and ``"lazy"``:
 * ``"sync"``: every send that returned at or before ``P`` is present;
   ``"lazy"``: every send that returned before the last sync at or before
   ``P`` is present (its meta page is made durable by the next commit's sync:
-  only the last commit(s) may roll back);
+  only the last commit(s) may roll back).  "Durable" below means the same;
+* queue group ``w``: no message whose ack was durable is delivered again, and
+  every message present is either acknowledged or delivered now (its dead
+  owner's deliveries come back at once): nothing is stuck or lost;
+* stream group ``g``: each committed offset is at least the last durable
+  commit's and at most the partition's end;
 * the image accepts a new send and reads it back.
 
 ``"none"`` promises nothing across an OS crash and is not checked.
@@ -92,8 +97,48 @@ class Trace:
         return best
 
 
+class Workload:
+    """What the child reported: per line the trace mark and what the call stored."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.ready = int(lines[0].split()[1])
+        self.acks: list[tuple[int, dict[int, int]]] = []  # sends: id -> crc32
+        self.qacks: list[tuple[int, list[int]]] = []      # queue acks: ids
+        self.commits: list[tuple[int, dict[int, int]]] = []  # group g: partition -> offset
+        for line in lines[1:-1]:
+            kind, mark, *vals = line.split()
+            if kind == "ACK":
+                self.acks.append((int(mark), {int(i): int(c) for i, c in
+                                              (v.split(":") for v in vals)}))
+            elif kind == "QACK":
+                self.qacks.append((int(mark), [int(v) for v in vals]))
+            elif kind == "GCOMMIT":
+                self.commits.append((int(mark), {int(p): int(o) for p, o in
+                                                 (v.split(":") for v in vals)}))
+            else:
+                raise AssertionError(f"unexpected child line {line!r}")
+        self.sent: dict[int, int] = {}
+        for _, vals in self.acks:
+            self.sent.update(vals)
+        self.all_qacked = {i for _, ids in self.qacks for i in ids}
+
+    def durable(self, durable_to: int) -> tuple[dict[int, int], set[int], dict[int, int]]:
+        """Sends, queue acks and group commits whose call returned by record ``durable_to``."""
+        sends: dict[int, int] = {}
+        for mark, vals in self.acks:
+            if mark <= durable_to:
+                sends.update(vals)
+        qacked = {i for mark, ids in self.qacks if mark <= durable_to for i in ids}
+        committed: dict[int, int] = {}
+        for mark, pos in self.commits:
+            if mark <= durable_to:
+                for part, off in pos.items():
+                    committed[part] = max(committed.get(part, 0), off)
+        return sends, qacked, committed
+
+
 def run_workload(shim: Path, tmp: Path, durability: str, seed: int, ops: int
-                 ) -> tuple[Trace, int, list[tuple[int, dict[int, int]]]]:
+                 ) -> tuple[Trace, Workload]:
     broker_dir = tmp / "live"
     trace_path = tmp / "trace.bin"
     env = dict(os.environ, LD_PRELOAD=str(shim), MQLITE_TRACE_FILE=str(trace_path))
@@ -103,13 +148,7 @@ def run_workload(shim: Path, tmp: Path, durability: str, seed: int, ops: int
     assert proc.returncode == 0, f"workload child failed ({proc.returncode}):\n{proc.stderr}"
     lines = proc.stdout.splitlines()
     assert lines and lines[-1] == "DONE", proc.stdout[-2000:]
-    ready = int(lines[0].split()[1])
-    acks: list[tuple[int, dict[int, int]]] = []
-    for line in lines[1:-1]:
-        kind, mark, *vals = line.split()
-        assert kind == "ACK"
-        acks.append((int(mark), {int(i): int(c) for i, c in (v.split(":") for v in vals)}))
-    return Trace(trace_path), ready, acks
+    return Trace(trace_path), Workload(lines)
 
 
 def build_image(trace: Trace, p: int, rng: random.Random, dest: Path) -> None:
@@ -127,8 +166,9 @@ def build_image(trace: Trace, p: int, rng: random.Random, dest: Path) -> None:
                 f.write(trace.data[i])
 
 
-def check_image(image: Path, durability: str, must_have: dict[int, int],
-                sent: dict[int, int]) -> None:
+def check_image(image: Path, durability: str, work: Workload, durable_to: int) -> None:
+    must_have, qacked, committed = work.durable(durable_to)
+    sent = work.sent
     report = verify(str(image))
     assert report.ok, f"verify failed: {report.problems[:3]}"
     with mqlite.open(image, durability=durability) as b:
@@ -150,6 +190,27 @@ def check_image(image: Path, durability: str, must_have: dict[int, int],
         b.read("c", 0, 0, max_records=1000)  # the churn topic reads back too
         missing = sorted(set(must_have) - set(seen))
         assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:5]}"
+        ends = {p: sum(1 for part in seen.values() if part == p) for p in (0, 1)}
+        for part, off in b.committed_offsets("g", "t").items():
+            assert committed.get(part, 0) <= off <= ends[part], \
+                f"group g partition {part}: committed {off}, durable {committed.get(part)}, " \
+                f"end {ends[part]}"
+        for part, off in committed.items():
+            assert b.committed_offsets("g", "t").get(part, 0) >= off, \
+                f"group g lost its durable commit {off} on partition {part}"
+        q = b.queue("t", group="w", visibility_timeout=600)
+        delivered: list[int] = []
+        while True:
+            got = q.receive(1000, timeout=0)
+            if not got:
+                break
+            delivered += [int(d.value.split(b"-", 2)[1]) for d in got]
+        q.close()
+        assert len(delivered) == len(set(delivered)), "a message was delivered twice at once"
+        again = sorted(set(delivered) & qacked)
+        assert not again, f"durably acked messages delivered again: {again[:5]}"
+        stuck = sorted(set(seen) - set(delivered) - work.all_qacked)
+        assert not stuck, f"messages neither acked nor deliverable: {stuck[:5]}"
         md = b.send("t", b"t-999999999-after", partition=0)
         assert [m.value for m in b.read("t", 0, md.offset)] == [b"t-999999999-after"]
 
@@ -174,30 +235,24 @@ def crash_points(trace: Trace, start: int, rng: random.Random, n_random: int) ->
 def test_crash_images_keep_every_synced_message(shim: Path, tmp_path: Path, rng: random.Random,
                                                 durability: str, ops: int,
                                                 max_points: int) -> None:
-    trace, ready, acks = run_workload(shim, tmp_path, durability, rng.randrange(2**32), ops=ops)
+    trace, work = run_workload(shim, tmp_path, durability, rng.randrange(2**32), ops=ops)
     assert trace.syncs, "the shim saw no sync of data.mdb: is LMDB still writing through libc?"
     assert any(k == b"W" for k in trace.kinds)
     if durability == "sync":
         assert any(k == b"D" for k in trace.kinds), "no O_DSYNC meta-page write under 'sync'"
-    sent: dict[int, int] = {}
-    for _, vals in acks:
-        sent.update(vals)
+    assert work.qacks and work.commits, "the workload acked nothing or committed nothing"
     # from the first sync after the topics exist: the broker directory is complete
-    first = next(i for i in trace.syncs if i >= ready - 1) + 1
+    first = next(i for i in trace.syncs if i >= work.ready - 1) + 1
     points = crash_points(trace, first, rng, n_random=max_points // 4)
     if len(points) > max_points:  # bounded; each run samples other points (seeded)
         points = sorted(rng.sample(points, max_points))
     assert len(points) >= min(max_points, 100), f"only {len(points)} crash points"
     for n, p in enumerate(points):
         durable_to = p if durability == "sync" else trace.last_sync_before(p)
-        must_have: dict[int, int] = {}
-        for mark, vals in acks:
-            if mark <= durable_to:
-                must_have.update(vals)
         image = tmp_path / f"image-{n}"
         build_image(trace, p, rng, image)
         try:
-            check_image(image, durability, must_have, sent)
+            check_image(image, durability, work, durable_to)
         except Exception as exc:
             raise AssertionError(f"crash image after trace record {p} of {len(trace)} "
                                  f"({durability}): {exc}") from exc

@@ -120,6 +120,26 @@ def test_four_processes_share_20000_messages_each_acked_once(tmp_broker_dir, tmp
     assert sum(1 for a in acked if a) >= 2, "the work was not shared between processes"
 
 
+def test_consumer_started_after_a_crash_gets_the_dead_ones_messages_at_once(
+        tmp_broker_dir, tmp_path, procs):
+    """No live consumer watched the crash: the next one to start reaps it when created."""
+    with mqlite.open(tmp_broker_dir, durability="none") as broker:
+        broker.create_topic("jobs", partitions=1)
+        broker.send_batch("jobs", [str(i).encode() for i in range(10)])
+    holder = procs.start("hold", dir=str(tmp_broker_dir), topic="jobs", group="workers",
+                         n=10, out=str(tmp_path / "held.json"))
+    procs.wait_line(holder, "holding")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    with mqlite.open(tmp_broker_dir, durability="none") as broker:
+        q = broker.queue("jobs", group="workers", visibility_timeout=600)
+        got = q.receive(100, timeout=0)  # no wait: reaped in the constructor
+        assert sorted(int(d.value) for d in got) == list(range(10))
+        assert all(d.delivery_count == 2 for d in got)
+        q.ack(got)
+        q.close()
+
+
 def test_sigkilled_holder_messages_redelivered_within_1s(tmp_broker_dir, tmp_path, procs):
     n = 300
     with mqlite.open(tmp_broker_dir, durability="none") as broker:

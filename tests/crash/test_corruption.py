@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import mqlite
+from mqlite.verify import verify
 from mqlite import TopicPartition as TP
 from mqlite import _core
 
@@ -244,3 +245,44 @@ def test_flipped_payload_in_child_process_reports_location(tmp_broker_dir: Path)
     res = _read_all_in_child(tmp_broker_dir)
     _expect_clean_corrupt(res, "flipped payload")
     assert res.stdout.split()[:4] == ["corrupt", "t", "2", str(MARKER_OFFSET)]
+
+
+def _zero_meta_file(broker_dir: Path, pages: int) -> Path:
+    """A data.mdb whose two meta pages are zero and whose later pages hold bytes."""
+    broker_dir.mkdir(mode=0o700, exist_ok=True)
+    psize = os.sysconf("SC_PAGESIZE")
+    data_file = broker_dir / "data.mdb"
+    data_file.write_bytes(bytes(2 * psize) + b"\x5a" * ((pages - 2) * psize))
+    os.chmod(data_file, 0o600)
+    return data_file
+
+
+def test_never_initialized_data_file_is_set_aside_and_the_broker_starts_empty(
+        tmp_broker_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A power cut while the broker was created can lose LMDB's unsynced meta pages
+    but keep the first commit's pages: nothing was acknowledged, so open starts afresh,
+    keeping the old file for inspection; verify reports it without touching it."""
+    data_file = _zero_meta_file(tmp_broker_dir, pages=4)
+    before = data_file.read_bytes()
+    report = verify(str(tmp_broker_dir))
+    assert not report.ok and "never written" in report.problems[0].message
+    assert data_file.read_bytes() == before  # verify inspects only
+    with caplog.at_level("WARNING", logger="mqlite"):
+        with mqlite.open(tmp_broker_dir) as b:
+            assert b.topics() == []
+            b.create_topic("t")
+            b.send("t", b"v")
+    aside = [p for p in tmp_broker_dir.iterdir() if p.name.startswith("data.mdb.uninitialized-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == before
+    assert "held no committed transaction" in caplog.text
+    assert verify(str(tmp_broker_dir)).ok
+
+
+def test_zeroed_meta_pages_of_a_larger_file_are_corruption_not_a_fresh_start(
+        tmp_broker_dir: Path) -> None:
+    data_file = _zero_meta_file(tmp_broker_dir, pages=64)
+    with pytest.raises(mqlite.CorruptRecordError, match="bad magic"):
+        mqlite.open(tmp_broker_dir)
+    assert data_file.stat().st_size == 64 * os.sysconf("SC_PAGESIZE")  # left as it was
+    assert [p.name for p in tmp_broker_dir.iterdir() if p.name.startswith("data.mdb")] \
+        == ["data.mdb"]

@@ -65,6 +65,7 @@ NOTIFY_SLOTS = 4096
 _READER_CHECK_INTERVAL = 5.0
 _META = struct.Struct("<II")  # magic, version
 _LMDB_MAGIC = 0xBEEFC0DE
+_UNINITIALIZED_MAX_PAGES = 16  # see _never_initialized
 
 _registry: dict[tuple[int, int], Env] = {}
 _registry_lock = threading.Lock()
@@ -159,14 +160,20 @@ def secure_directory(path: str, *, create: bool, shared_group: bool) -> os.stat_
     return st
 
 
-def check_data_file(path: str) -> int | None:
+def check_data_file(path: str, *, repair: bool = True) -> int | None:
     """Check ``data.mdb`` against its meta pages before LMDB maps it.
 
     Returns the map size recorded in the newest meta page (``None`` when the
-    file does not exist yet).  Raises :class:`CorruptRecordError` when the
-    file is shorter than the pages the meta page says are in use, or when
-    neither meta page is valid: mapping such a file can kill the process
-    with SIGBUS.
+    file does not exist yet, or holds nothing: see below).  Raises
+    :class:`CorruptRecordError` when the file is shorter than the pages the
+    meta page says are in use, or when neither meta page is valid: mapping
+    such a file can kill the process with SIGBUS.
+
+    A non-empty file whose meta pages are all zero bytes was never
+    initialized (a crash while the broker was being created, see
+    :func:`_never_initialized`).  With ``repair`` it is renamed aside and
+    ``None`` returned, so LMDB starts a fresh file; without (``verify``) it
+    is reported as :class:`CorruptRecordError`.
     """
     data = os.path.join(path, "data.mdb")
     try:
@@ -184,6 +191,14 @@ def check_data_file(path: str) -> int | None:
             raise CorruptRecordError(f"{data} is truncated ({size} bytes): not an LMDB file")
         magic, _version = _META.unpack_from(head, 16)
         if magic != _LMDB_MAGIC:
+            if _never_initialized(fd, size):
+                if not repair:
+                    raise CorruptRecordError(
+                        f"{data} holds no committed transaction: its meta pages were never "
+                        "written (a crash while the broker was being created); opening the "
+                        "broker sets it aside and starts empty")
+                _set_aside_uninitialized(data)
+                return None
             raise CorruptRecordError(f"{data} is not an LMDB data file (bad magic)")
         psize = struct.unpack_from("<I", head, 40)[0]
         if psize < 512 or psize > 65536 or psize & (psize - 1):
@@ -216,6 +231,40 @@ def check_data_file(path: str) -> int | None:
         return best[2]
     finally:
         os.close(fd)
+
+
+def _never_initialized(fd: int, size: int) -> bool:
+    """Whether both meta pages of a non-empty data file are still all zero bytes.
+
+    LMDB writes a new file's two meta pages first, without a sync, and the
+    first commit's fdatasync makes them durable together with that commit.
+    A power cut before that sync can keep later pages and lose the meta
+    pages: the file then holds no transaction LMDB could ever read, so
+    nothing in it was ever acknowledged (under ``"sync"`` or ``"lazy"``; under
+    ``"none"`` an OS crash may lose recent commits anyway).  A live creator
+    never shows this state to another process: the kernel extends the file
+    size only after the written bytes are in the page cache.
+
+    Only a small file qualifies (at most ``_UNINITIALIZED_MAX_PAGES``; the
+    first commit writes 2 pages): zeroed meta pages in front of a larger file
+    are damage to an established broker, reported as corruption.
+    """
+    psize = os.sysconf("SC_PAGESIZE")  # LMDB's page size for a new file is the OS's
+    if size > _UNINITIALIZED_MAX_PAGES * psize:
+        return False
+    span = min(size, 2 * psize)
+    return os.pread(fd, span, 0) == bytes(span)
+
+
+def _set_aside_uninitialized(data: str) -> None:
+    """Rename a never-initialized data file aside (kept for inspection), with a warning."""
+    import logging
+
+    aside = f"{data}.uninitialized-{time.time_ns()}"
+    os.rename(data, aside)
+    logging.getLogger("mqlite").warning(
+        "%s held no committed transaction (its meta pages were never written: a crash "
+        "while the broker was being created); moved it to %s and starting empty", data, aside)
 
 
 def _tail_is_unreferenced(path: str) -> bool:

@@ -27,7 +27,8 @@ static long delay_us(void)
     return cached;
 }
 
-static void pause_after_sync(void)
+/* Sleep the configured delay, keeping errno; return the real call's result. */
+static int pause_after_sync(int result)
 {
     long us = delay_us();
     if (us > 0) {
@@ -37,24 +38,26 @@ static void pause_after_sync(void)
         }
         errno = saved;
     }
+    return result;
+}
+
+typedef int (*sync_fn)(int);
+
+static sync_fn real_fn(sync_fn *slot, const char *name)
+{
+    if (!*slot)
+        *slot = (sync_fn)dlsym(RTLD_NEXT, name);
+    return *slot;
 }
 
 int fdatasync(int fd)
 {
-    static int (*real)(int);
-    if (!real)
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-    int r = real(fd);
-    pause_after_sync();
-    return r;
+    static sync_fn real;
+    return pause_after_sync(real_fn(&real, "fdatasync")(fd));
 }
 
 int fsync(int fd)
 {
-    static int (*real)(int);
-    if (!real)
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-    int r = real(fd);
-    pause_after_sync();
-    return r;
+    static sync_fn real;
+    return pause_after_sync(real_fn(&real, "fsync")(fd));
 }

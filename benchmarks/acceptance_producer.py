@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mqlite
@@ -52,29 +53,34 @@ def single(path: str, seconds: float) -> float:
         return n / (time.perf_counter() - t0)
 
 
+def _run_threads(work: Callable[[int, threading.Event, list[int]], None], threads: int,
+                 seconds: float) -> float:
+    """Run ``work(i, stop, counts)`` on ``threads`` threads for ``seconds``; calls per second."""
+    counts = [0] * threads
+    stop = threading.Event()
+    ts = [threading.Thread(target=work, args=(i, stop, counts)) for i in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in ts:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
 def threaded(path: str, seconds: float, threads: int, linger_ms: float) -> float:
     with mqlite.open(path, durability="sync") as b:
         b.create_topic("m", exist_ok=True)
-        counts = [0] * threads
-        stop = threading.Event()
         with b.producer(linger_ms=linger_ms) as prod:
 
-            def work(i: int) -> None:
+            def work(i: int, stop: threading.Event, counts: list[int]) -> None:
                 v = bytes(100)
                 while not stop.is_set():
                     prod.send("m", v).result()
                     counts[i] += 1
 
-            ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-            t0 = time.perf_counter()
-            for t in ts:
-                t.start()
-            time.sleep(seconds)
-            stop.set()
-            for t in ts:
-                t.join()
-            dt = time.perf_counter() - t0
-        return sum(counts) / dt
+            return _run_threads(work, threads, seconds)
 
 
 def ceiling(seconds: float, threads: int) -> float:
@@ -82,9 +88,7 @@ def ceiling(seconds: float, threads: int) -> float:
     lock = threading.Lock()
     wake = threading.Condition(lock)
     queue: list[SendFuture[int]] = []
-    stop = threading.Event()
     done = threading.Event()
-    counts = [0] * threads
 
     def resolver() -> None:
         nonlocal queue
@@ -96,7 +100,7 @@ def ceiling(seconds: float, threads: int) -> float:
             for f in items:
                 f.set_result(0)
 
-    def work(i: int) -> None:
+    def work(i: int, stop: threading.Event, counts: list[int]) -> None:
         while not stop.is_set():
             f: SendFuture[int] = SendFuture()
             with lock:
@@ -108,18 +112,11 @@ def ceiling(seconds: float, threads: int) -> float:
 
     r = threading.Thread(target=resolver)
     r.start()
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in ts:
-        t.join()
-    dt = time.perf_counter() - t0
-    done.set()
-    r.join()
-    return sum(counts) / dt
+    try:
+        return _run_threads(work, threads, seconds)
+    finally:
+        done.set()
+        r.join()
 
 
 def _reexec_with_slow_fsync(delay_us: int) -> int:

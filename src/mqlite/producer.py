@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from threading import get_ident
 from collections.abc import Sequence
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from mqlite import _core

@@ -76,7 +76,8 @@ def main(cfg: dict[str, Any]) -> None:
                     out.flush()
                 continue
             if r < 0.32:
-                b.send_batch("c", [bytes(rng.randrange(1, 3000)) for _ in range(rng.randrange(1, 8))])
+                churn = [bytes(rng.randrange(1, 3000)) for _ in range(rng.randrange(1, 8))]
+                b.send_batch("c", churn)
                 continue
             if r < 0.6:
                 values = [_value(n, rng)]

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 import mqlite
-from mqlite.verify import verify
 from mqlite import TopicPartition as TP
 from mqlite import _core
+from mqlite.verify import verify
 
 PROCS_DIR = Path(__file__).resolve().parent.parent / "integration"
 SRC_DIR = str(Path(mqlite.__file__).resolve().parent.parent)

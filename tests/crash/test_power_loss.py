@@ -19,8 +19,9 @@ A crash after trace record ``P`` leaves on disk (RELIABILITY.md):
 
 For crash points at every sync barrier, just before it, and at random (at
 most 160 per mode in CI, 1,500 in the ``slow`` runs; keep the images with
-``MQLITE_KEEP_IMAGES=1``), an image is built with a random subset of the undecided writes, then opened as
-a broker directory of its own.  Checks, under ``"sync"`` and ``"lazy"``:
+``MQLITE_KEEP_IMAGES=1``), an image is built with a random subset of the
+undecided writes, then opened as a broker directory of its own.  Checks,
+under ``"sync"`` and ``"lazy"``:
 
 * the image opens, every batch passes its CRC (``verify``) and both topics
   read back without error;

@@ -294,6 +294,7 @@ class Consumer:
         env = self._env
         tps = self.assignment()
         out: list[_core.Message] = []
+        advanced: list[tuple[TopicPartition, int]] = []
         with env.read_txn() as txn:
             due = scheduler.next_due_in(txn, env.dbs)
             if not tps:
@@ -310,9 +311,14 @@ class Consumer:
                     continue
                 nxt = _log.read_records(txn, env.dbs, pid, pos, max_records - len(out), out,
                                         tp.topic, tp.partition, st.next)
-                self._positions[tp] = nxt
+                advanced.append((tp, nxt))
                 if len(out) >= max_records:
                     break
+        # Positions move only once every read succeeded: if a later partition raises
+        # (a corrupt batch), messages read before it were never returned and must not
+        # count as consumed (a commit would skip them).
+        for tp, nxt in advanced:
+            self._positions[tp] = nxt
         return out, due
 
     def _wait_slot(self) -> int:

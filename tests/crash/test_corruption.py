@@ -286,3 +286,27 @@ def test_zeroed_meta_pages_of_a_larger_file_are_corruption_not_a_fresh_start(
     assert data_file.stat().st_size == 64 * os.sysconf("SC_PAGESIZE")  # left as it was
     assert [p.name for p in tmp_broker_dir.iterdir() if p.name.startswith("data.mdb")] \
         == ["data.mdb"]
+
+
+def test_corrupt_batch_in_one_partition_does_not_consume_the_others(
+        tmp_broker_dir: Path) -> None:
+    """A poll that reads partition 0 and then hits a corrupt batch in partition 2 raises;
+    partition 0's messages were never returned, so its position must not move (a commit
+    would otherwise skip them): after seeking past the damage they all still arrive."""
+    payload = _payload("twoparts")
+    _make_broker(tmp_broker_dir, payload)
+    assert _flip(tmp_broker_dir, payload, len(payload) // 2) >= 1
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        c = b.consumer()
+        c.assign([TP("t", 0), TP("t", 2)])
+        c.seek(TP("t", 2), MARKER_OFFSET)
+        for _ in range(2):  # both rotation orders: partition 0 first, then partition 2 first
+            with pytest.raises(mqlite.CorruptRecordError):
+                c.poll(max_records=1000, timeout=0)
+            assert c.position(TP("t", 0)) == 0
+        c.seek(TP("t", 2), MARKER_OFFSET + 1)
+        got: list[bytes] = []
+        while msgs := c.poll(max_records=1000, timeout=0):
+            got += [m.value for m in msgs]
+        assert sorted(got) == sorted([b"p0-%d" % i for i in range(10)]
+                                     + [b"after-%d" % i for i in range(3)])

@@ -310,3 +310,24 @@ def test_corrupt_batch_in_one_partition_does_not_consume_the_others(
             got += [m.value for m in msgs]
         assert sorted(got) == sorted([b"p0-%d" % i for i in range(10)]
                                      + [b"after-%d" % i for i in range(3)])
+
+
+def test_never_initialized_file_found_by_two_openers_is_set_aside_once(
+        tmp_broker_dir: Path) -> None:
+    """Two processes opening such a directory at once: one sets the file aside, neither
+    moves the fresh file the other may already have created; both open."""
+    _zero_meta_file(tmp_broker_dir, pages=4)
+    code = ("import sys, mqlite\n"
+            "with mqlite.open(sys.argv[1]) as b:\n"
+            "    b.create_topic('t', exist_ok=True)\n"
+            "    b.send('t', b'v')\n")
+    env = dict(os.environ, PYTHONPATH=SRC_DIR)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_broker_dir)], env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    aside = [p for p in tmp_broker_dir.iterdir() if p.name.startswith("data.mdb.uninitialized-")]
+    assert len(aside) == 1
+    with mqlite.open(tmp_broker_dir) as b:
+        assert [m.value for m in b.read("t")] == [b"v", b"v"]

@@ -197,7 +197,7 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
                         f"{data} holds no committed transaction: its meta pages were never "
                         "written (a crash while the broker was being created); opening the "
                         "broker sets it aside and starts empty")
-                _set_aside_uninitialized(data)
+                _set_aside_uninitialized(path, data, fd)
                 return None
             raise CorruptRecordError(f"{data} is not an LMDB data file (bad magic)")
         psize = struct.unpack_from("<I", head, 40)[0]
@@ -256,12 +256,31 @@ def _never_initialized(fd: int, size: int) -> bool:
     return os.pread(fd, span, 0) == bytes(span)
 
 
-def _set_aside_uninitialized(data: str) -> None:
-    """Rename a never-initialized data file aside (kept for inspection), with a warning."""
+def _set_aside_uninitialized(path: str, data: str, fd: int) -> None:
+    """Rename a never-initialized data file aside (kept for inspection), with a warning.
+
+    Several processes may find the same file at once: under an exclusive
+    ``flock`` of the broker directory, only the one whose descriptor still is
+    the file at ``data`` renames it; the others (the file was already moved,
+    perhaps replaced by a fresh one) leave the path alone.
+    """
+    import fcntl
     import logging
 
-    aside = f"{data}.uninitialized-{time.time_ns()}"
-    os.rename(data, aside)
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dfd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(data, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        mine = os.fstat(fd)
+        if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+            return
+        aside = f"{data}.uninitialized-{time.time_ns()}"
+        os.rename(data, aside)
+    finally:
+        os.close(dfd)  # closing drops the lock
     logging.getLogger("mqlite").warning(
         "%s held no committed transaction (its meta pages were never written: a crash "
         "while the broker was being created); moved it to %s and starting empty", data, aside)

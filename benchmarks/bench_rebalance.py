@@ -98,7 +98,7 @@ class Row:
         self.path = os.path.join(self.dir, "broker")
         self.broker = mqlite.open(self.path, durability=durability)
         self.broker.create_topic("t", partitions=partitions)
-        self.env = self.broker._env
+        self.env = self.broker._engine.env
         self.procs: dict[int, tuple[Any, str]] = {}  # pid -> (process, log path)
         self.seq = 0
 

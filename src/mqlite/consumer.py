@@ -27,7 +27,7 @@ from mqlite.errors import (
 from mqlite.types import OffsetAndTimestamp, TopicPartition
 
 if TYPE_CHECKING:
-    from mqlite.broker import Broker
+    from mqlite._engine import Engine
 
 __all__ = ["Consumer"]
 
@@ -65,8 +65,8 @@ class Consumer:
 
     Parameters
     ----------
-    broker
-        The broker to read from.
+    engine
+        The engine of the broker to read from (``Broker.consumer`` passes it).
     topics
         A topic name or names to subscribe to (``None``: use :meth:`assign`).
     group
@@ -87,7 +87,7 @@ class Consumer:
         ``session_timeout``, ``on_assign``, ``on_revoke``, ...).
     """
 
-    def __init__(self, broker: Broker, topics: str | Iterable[str] | None = None, *,
+    def __init__(self, engine: Engine, topics: str | Iterable[str] | None = None, *,
                  group: str | None = None, auto_offset_reset: str = "earliest",
                  commit: str = "after", max_poll_records: int = 500,
                  **group_options: Any) -> None:
@@ -97,8 +97,8 @@ class Consumer:
         if commit not in _COMMITS:
             raise ValueError(f"commit must be one of {_COMMITS}, got {commit!r}")
         require_int(max_poll_records, "max_poll_records", minimum=1)
-        self._broker = broker
-        self._env = broker._live_env()
+        self._engine = engine
+        self._env = engine.live_env()
         self._reset = auto_offset_reset
         self._commit_policy = commit
         self._max_poll = max_poll_records
@@ -127,7 +127,7 @@ class Consumer:
         self._check_open()
         names = _normalize_topics(topics)
         for t in names:
-            self._broker._topic_cached_fresh(t)
+            self._engine.topic_fresh(t)
         self._topics = names
         self._manual = None
         if self._group is not None:
@@ -145,7 +145,7 @@ class Consumer:
             raise ValueError("assign() is for consumers without group=; groups assign partitions")
         tps = [_tp(tp) for tp in partitions]
         for tp in tps:
-            n = self._broker.partitions_for(tp.topic)
+            n = self._engine.partitions_for(tp.topic)
             if tp.partition >= n:
                 raise PartitionNotFoundError(
                     f"{tp.topic!r} has partitions 0..{n - 1}, not {tp.partition}")
@@ -164,7 +164,7 @@ class Consumer:
     def _all_partitions(self) -> list[TopicPartition]:
         out = []
         for t in self._topics:
-            n = self._broker.partitions_for(t)
+            n = self._engine.partitions_for(t)
             out.extend(TopicPartition(t, p) for p in range(n))
         return out
 
@@ -231,7 +231,7 @@ class Consumer:
             raise ValueError(f"{tp} is not assigned to this consumer")
 
     def _pid(self, txn: Any, tp: TopicPartition) -> tuple[int, _log.TopicRecord]:
-        rec = self._broker._topic(txn, tp.topic)
+        rec = self._engine.topic(txn, tp.topic)
         if not 0 <= tp.partition < len(rec.pids):
             raise PartitionNotFoundError(
                 f"{tp.topic!r} has partitions 0..{len(rec.pids) - 1}, not {tp.partition}")
@@ -360,7 +360,7 @@ class Consumer:
             due = None
             if due_ms is not None:
                 due = (due_ms - time.time_ns() // 1_000_000) / 1000.0
-                if due <= 0 and scheduler.promote_due(self._broker) and not msgs:
+                if due <= 0 and scheduler.promote_due(self._engine) and not msgs:
                     continue  # read what was just made visible
             if msgs:
                 if group is not None:
@@ -412,7 +412,7 @@ class Consumer:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this consumer is closed")
-        if self._broker.closed:
+        if self._engine.closed:
             raise ClosedError("the broker of this consumer is closed")
 
     @property

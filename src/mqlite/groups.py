@@ -66,10 +66,13 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 
+from mqlite._engine import on_topic_delete
+from mqlite._storage import groups as _groups
 from mqlite._storage import log as _log
-from mqlite._storage.keys import group_pid_key
+from mqlite._storage import offsets as _offsets
+from mqlite._storage.offsets import OffsetValue
 from mqlite.assignors import ASSIGNORS, EAGER, assign
-from mqlite.config import require_positive_number, validate_group_name
+from mqlite.config import require_positive_number, validate_group_name, validate_topic_name
 from mqlite.errors import (
     CommitFailedError,
     GroupError,
@@ -79,7 +82,7 @@ from mqlite.errors import (
 from mqlite.types import TopicPartition
 
 if TYPE_CHECKING:
-    from mqlite.broker import Broker
+    from mqlite._engine import Engine
     from mqlite.consumer import Consumer
 
 __all__ = [
@@ -121,17 +124,8 @@ class GroupState(msgspec.Struct):
     owners: dict[str, str] = {}
 
 
-class OffsetValue(msgspec.Struct, array_like=True):
-    offset: int
-    member_id: str
-    generation: int
-    timestamp_ms: int
-    metadata: str = ""
-
-
 _enc = msgspec.msgpack.Encoder()
 _dec_state = msgspec.msgpack.Decoder(GroupState)
-_dec_offset = msgspec.msgpack.Decoder(OffsetValue)
 
 
 def _okey(topic: str, partition: int) -> str:
@@ -150,8 +144,7 @@ def _now_ms() -> int:
 # -- stored state ----------------------------------------------------------------------------
 
 def _raw_group(txn: Any, dbs: dict[str, Any], group: str) -> bytes | None:
-    raw = txn.get(group.encode(), db=dbs["groups"])
-    return None if raw is None else bytes(raw)
+    return _groups.get(txn, dbs, group)
 
 
 def _decode_group(group: str, raw: bytes | None) -> GroupState | None:
@@ -170,16 +163,11 @@ def load_group(txn: Any, dbs: dict[str, Any], group: str) -> GroupState | None:
 
 def store_group(txn: Any, dbs: dict[str, Any], group: str, state: GroupState) -> None:
     """Write ``state``.  An empty group keeps its record so the generation never goes back."""
-    txn.put(group.encode(), _enc.encode(state), db=dbs["groups"])
+    _groups.put(txn, dbs, group, _enc.encode(state))
 
 
-def read_offset(txn: Any, dbs: dict[str, Any], group: str, pid: int) -> OffsetValue | None:
-    raw = txn.get(group_pid_key(group, pid), db=dbs["offsets"])
-    return None if raw is None else _dec_offset.decode(raw)
-
-
-def write_offset(txn: Any, dbs: dict[str, Any], group: str, pid: int, value: OffsetValue) -> None:
-    txn.put(group_pid_key(group, pid), _enc.encode(value), db=dbs["offsets"])
+read_offset = _offsets.read
+write_offset = _offsets.write
 
 
 # -- liveness --------------------------------------------------------------------------------
@@ -250,11 +238,11 @@ def _partition_counts(txn: Any, dbs: dict[str, Any], topics: Iterable[str]) -> d
 
 # -- state transitions (all inside one write transaction) --------------------------------------
 
-def rebalance(broker: Broker, txn: Any, state: GroupState) -> None:
+def rebalance(engine: Engine, txn: Any, state: GroupState) -> None:
     """Recompute the target assignment, bump the generation and grant free partitions."""
     subs = {mid: m.topics for mid, m in state.members.items()}
     topics = sorted({t for m in state.members.values() for t in m.topics})
-    counts = _partition_counts(txn, broker._env.dbs, topics)
+    counts = _partition_counts(txn, engine.env.dbs, topics)
     result = assign(state.assignor, subs, counts, state.assignment)
     state.assignment = {mid: [(t, p) for t, p in tps] for mid, tps in result.items()}
     state.owners = {k: v for k, v in state.owners.items() if v in state.members}
@@ -286,14 +274,14 @@ def _release_all(state: GroupState, member_id: str) -> None:
     state.owners = {k: v for k, v in state.owners.items() if v != member_id}
 
 
-def remove_member(broker: Broker, txn: Any, state: GroupState, member_id: str) -> None:
+def remove_member(engine: Engine, txn: Any, state: GroupState, member_id: str) -> None:
     """Remove ``member_id`` (its partitions become free) and rebalance."""
     if state.members.pop(member_id, None) is None:
         return
     state.assignment.pop(member_id, None)
     _release_all(state, member_id)
     if state.members:
-        rebalance(broker, txn, state)
+        rebalance(engine, txn, state)
     else:
         state.generation += 1
         state.assignment = {}
@@ -307,13 +295,13 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
-def _notify_group(broker: Broker, state: GroupState | None) -> None:
+def _notify_group(engine: Engine, state: GroupState | None) -> None:
     """Wake the pollers of the group's topics (call after the commit)."""
     topics: set[str] = set()
     if state is not None:
         for m in state.members.values():
             topics.update(m.topics)
-    broker._env.notify_topics(topics)
+    engine.env.notify_topics(topics)
 
 
 # -- reaping -----------------------------------------------------------------------------------
@@ -321,7 +309,7 @@ def _notify_group(broker: Broker, state: GroupState | None) -> None:
 Verdicts = dict[str, tuple[str, str]]  # member id -> (lock name probed, verdict)
 
 
-def find_suspects(broker: Broker, state: GroupState, now_ms: int, *,
+def find_suspects(engine: Engine, state: GroupState, now_ms: int, *,
                   exclude: str | None = None,
                   probe: Callable[[MemberState, int], str] | None = None) -> Verdicts:
     """Members of ``state`` to act on: ``"dead"``, ``"expired"`` or ``"departed"`` (timed out).
@@ -329,7 +317,7 @@ def find_suspects(broker: Broker, state: GroupState, now_ms: int, *,
     A departed static member is not probed (its process is gone); it is a
     suspect only once its ``session_timeout`` has passed.
     """
-    path = broker._env.path
+    path = engine.env.path
     out: Verdicts = {}
     for mid, m in state.members.items():
         if mid == exclude:
@@ -344,7 +332,7 @@ def find_suspects(broker: Broker, state: GroupState, now_ms: int, *,
     return out
 
 
-def apply_verdicts(broker: Broker, group: str, verdicts: Verdicts) -> bool:
+def apply_verdicts(engine: Engine, group: str, verdicts: Verdicts) -> bool:
     """Act on suspects in one write transaction; True when the group changed.
 
     Each verdict applies only if the member still has the lock file that was
@@ -352,11 +340,11 @@ def apply_verdicts(broker: Broker, group: str, verdicts: Verdicts) -> bool:
     lock) is left alone.  A dead static member is marked departed (its
     partitions are freed but stay assigned to it); everything else is removed.
     """
-    env = broker._env
+    env = engine.env
     now = _now_ms()
     changed = membership = False
     gone: list[str] = []
-    with broker._write() as txn:
+    with engine.write() as txn:
         state = load_group(txn, env.dbs, group)
         if state is None:
             return False
@@ -379,7 +367,7 @@ def apply_verdicts(broker: Broker, group: str, verdicts: Verdicts) -> bool:
             changed = membership = True
         if membership:
             if state.members:
-                rebalance(broker, txn, state)
+                rebalance(engine, txn, state)
             else:
                 state.generation += 1
                 state.assignment = {}
@@ -389,24 +377,24 @@ def apply_verdicts(broker: Broker, group: str, verdicts: Verdicts) -> bool:
     for lock in gone:
         _unlink_quiet(os.path.join(members_dir(env.path), lock))
     if changed:
-        _notify_group(broker, state)
+        _notify_group(engine, state)
     return changed
 
 
-def reap(broker: Broker, group: str, *, exclude: str | None = None) -> bool:
+def reap(engine: Engine, group: str, *, exclude: str | None = None) -> bool:
     """Probe every member of ``group`` and remove the dead or expired ones.
 
     Returns True when the group changed.  Static members (``instance_id``)
     whose process died are marked departed and removed only after their
     ``session_timeout``.
     """
-    env = broker._env
+    env = engine.env
     with env.read_txn() as txn:
         state = load_group(txn, env.dbs, group)
     if state is None:
         return False
-    verdicts = find_suspects(broker, state, _now_ms(), exclude=exclude)
-    return bool(verdicts) and apply_verdicts(broker, group, verdicts)
+    verdicts = find_suspects(engine, state, _now_ms(), exclude=exclude)
+    return bool(verdicts) and apply_verdicts(engine, group, verdicts)
 
 
 # -- the member --------------------------------------------------------------------------------
@@ -466,8 +454,8 @@ class GroupMember:
             if cb is not None and not callable(cb):
                 raise TypeError(f"{name} must be callable")
         self.consumer = consumer
-        self.broker = consumer._broker
-        self.env = self.broker._env
+        self.engine = consumer._engine
+        self.env = self.engine.env
         self.group = group
         self.instance_id = instance_id
         self.assignor = assignor
@@ -531,15 +519,15 @@ class GroupMember:
         self._check_fork()
         self.topics = list(topics)
         if self.member_id is not None:
-            with self.broker._write() as txn:
+            with self.engine.write() as txn:
                 state = load_group(txn, self.env.dbs, self.group)
                 mine = self._is_mine(state)
                 if state is not None and mine:
                     state.members[self.member_id].topics = list(topics)
-                    rebalance(self.broker, txn, state)
+                    rebalance(self.engine, txn, state)
                     store_group(txn, self.env.dbs, self.group, state)
             if mine:
-                _notify_group(self.broker, state)
+                _notify_group(self.engine, state)
             # else: removed meanwhile; the next poll() notices and rejoins.
         else:
             self._join()
@@ -558,7 +546,7 @@ class GroupMember:
         self._take_lock(member_id)
         try:
             now = _now_ms()
-            with self.broker._write() as txn:
+            with self.engine.write() as txn:
                 state = load_group(txn, self.env.dbs, self.group) or GroupState(
                     assignor=self.assignor)
                 if not state.members:
@@ -584,7 +572,7 @@ class GroupMember:
                     _unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
                     state.members[member_id] = me
                     if sorted(old.topics) != sorted(self.topics):
-                        rebalance(self.broker, txn, state)
+                        rebalance(self.engine, txn, state)
                     else:
                         grant_free(state)
                 else:
@@ -592,7 +580,7 @@ class GroupMember:
                         _unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
                         _release_all(state, member_id)
                     state.members[member_id] = me
-                    rebalance(self.broker, txn, state)
+                    rebalance(self.engine, txn, state)
                 store_group(txn, self.env.dbs, self.group, state)
         except BaseException:
             self._drop_lock()
@@ -602,7 +590,7 @@ class GroupMember:
         self.owned = []
         self.pending = True
         self._raw = None
-        _notify_group(self.broker, state)
+        _notify_group(self.engine, state)
 
     def _leave(self, commit: bool) -> None:
         """Leave in one transaction: commit owned positions (if ``commit``) and release."""
@@ -611,7 +599,7 @@ class GroupMember:
         me = self.member_id
         try:
             changed = False
-            with self.broker._write() as txn:
+            with self.engine.write() as txn:
                 state = load_group(txn, self.env.dbs, self.group)
                 if self._is_mine(state):
                     if commit:
@@ -622,11 +610,11 @@ class GroupMember:
                         _release_all(state, me)
                         grant_free(state)
                     else:
-                        remove_member(self.broker, txn, state, me)
+                        remove_member(self.engine, txn, state, me)
                     store_group(txn, self.env.dbs, self.group, state)
                     changed = True
             if changed:
-                _notify_group(self.broker, state)
+                _notify_group(self.engine, state)
         finally:
             self.member_id = None
             self.owned = []
@@ -644,7 +632,7 @@ class GroupMember:
             self._thread.join(2.0)
         if os.getpid() != self._pid:
             return
-        if self.broker.closed:
+        if self.engine.closed:
             self.member_id = None
             self.owned = []
             self._drop_lock()
@@ -726,7 +714,7 @@ class GroupMember:
         todo = self._dirty(self.owned)
         if not todo:
             return
-        with self.broker._write() as txn:
+        with self.engine.write() as txn:
             state = load_group(txn, self.env.dbs, self.group)
             failed = self._commit_owned(txn, state, todo)
         if failed:
@@ -744,7 +732,7 @@ class GroupMember:
             return
         todo = self._dirty(self.owned)
         if todo:
-            with self.broker._write() as txn:
+            with self.engine.write() as txn:
                 state = load_group(txn, self.env.dbs, self.group)
                 self._commit_owned(txn, state, todo)
             # A fenced partition is not an error here: its new owner redelivers.
@@ -793,7 +781,7 @@ class GroupMember:
                 self.on_revoke(sorted(release))
             st = state
             if release or orphans or free or todo:
-                with self.broker._write() as txn:
+                with self.engine.write() as txn:
                     st2 = load_group(txn, self.env.dbs, self.group)
                     if self._is_mine(st2):
                         self._commit_owned(txn, st2, todo)
@@ -811,7 +799,7 @@ class GroupMember:
                     continue
                 st = st2
                 if release or orphans or free:
-                    _notify_group(self.broker, st)
+                    _notify_group(self.engine, st)
             for tp in release:
                 self.consumer._positions.pop(tp, None)
                 self._committed.pop(tp, None)
@@ -834,7 +822,7 @@ class GroupMember:
 
     # -- offsets -----------------------------------------------------------------------------
     def _pid_of(self, txn: Any, tp: TopicPartition) -> int:
-        rec = self.broker._topic(txn, tp.topic)
+        rec = self.engine.topic(txn, tp.topic)
         if not 0 <= tp.partition < len(rec.pids):
             raise PartitionNotFoundError(
                 f"{tp.topic!r} has partitions 0..{len(rec.pids) - 1}, not {tp.partition}")
@@ -890,7 +878,7 @@ class GroupMember:
         else:
             raise TypeError("commit() takes None, a Message or {TopicPartition: offset}")
         if todo:
-            with self.broker._write() as txn:
+            with self.engine.write() as txn:
                 self.commit_in(txn, todo)
             self._committed.update(todo)
 
@@ -981,7 +969,7 @@ class _Watcher:
     def run(self) -> None:
         m = self.m
         while not m._stop.is_set():
-            if os.getpid() != m._pid or m.broker.closed:
+            if os.getpid() != m._pid or m.engine.closed:
                 return
             t = time.monotonic()
             if t - m._last_beat >= m._beat_every and t - m._last_poll < m.max_poll_interval:
@@ -989,7 +977,7 @@ class _Watcher:
             try:
                 self.tick()
             except (MqliteError, OSError):
-                pass  # transient (broker closing, file races): the next tick retries
+                pass  # transient (engine closing, file races): the next tick retries
             except Exception as exc:  # noqa: BLE001 - a dead watcher would stop liveness
                 self.last_error = exc
             events = self.poller.poll(_WATCH_INTERVAL * 1000)
@@ -1053,7 +1041,7 @@ class _Watcher:
         if state is None:
             return
         me = m.member_id
-        verdicts = find_suspects(m.broker, state, _now_ms(), exclude=me, probe=self._probe)
+        verdicts = find_suspects(m.engine, state, _now_ms(), exclude=me, probe=self._probe)
         now = time.monotonic()
         if not verdicts:
             self.suspect_since.clear()
@@ -1066,7 +1054,7 @@ class _Watcher:
                    if mid not in verdicts and not ms.departed_ms]
         designated = me is not None and (not healthy or me == min(healthy))
         if (designated or now - first >= _REAP_GRACE) and apply_verdicts(
-                m.broker, m.group, verdicts):
+                m.engine, m.group, verdicts):
             self.raw = None  # re-read (and re-track) next tick
 
 
@@ -1119,27 +1107,20 @@ class GroupDescription(msgspec.Struct, frozen=True):
     partitions: list[PartitionLag]
 
 
-def list_groups(broker: Broker) -> list[str]:
+def list_groups(engine: Engine) -> list[str]:
     """Names of every group record (stream groups, and queue groups prefixed ``~``)."""
-    with broker._env.read_txn() as txn:
-        cur = txn.cursor(db=broker._env.dbs["groups"])
-        return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
+    with engine.read() as txn:
+        return _groups.names(txn, engine.env.dbs)
 
 
-def _offset_pids(txn: Any, dbs: dict[str, Any], group: str) -> set[int]:
-    prefix = group.encode() + b"\x00"
-    return {int.from_bytes(k[-4:], "big") for k in _log.prefix_keys(txn, dbs["offsets"], prefix)
-            if len(k) == len(prefix) + 4}
-
-
-def describe_group(broker: Broker, group: str) -> GroupDescription:
+def describe_group(engine: Engine, group: str) -> GroupDescription:
     """Members, generation, committed offsets and lag of a consumer group.
 
     Raises ``ValueError`` for an invalid group name; an unknown group is
     described as empty (generation 0, no members, no partitions).
     """
     validate_group_name(group)
-    env = broker._env
+    env = engine.env
     now = _now_ms()
     with env.read_txn() as txn:
         state = load_group(txn, env.dbs, group) or GroupState()
@@ -1163,7 +1144,7 @@ def describe_group(broker: Broker, group: str) -> GroupDescription:
                 assigned=assigned, owned=owned, last_heartbeat_ms=hb,
                 status="departed" if m.departed_ms else member_status(env.path, m, now)))
         wanted = {t for m in state.members.values() for t in m.topics}
-        with_offsets = _offset_pids(txn, env.dbs, group)
+        with_offsets = _offsets.partitions_with_offsets(txn, env.dbs, group)
         parts = []
         for t in _log.list_topics(txn, env.dbs):
             rec = _log.get_topic(txn, env.dbs, t)
@@ -1174,8 +1155,8 @@ def describe_group(broker: Broker, group: str) -> GroupDescription:
                 if not subscribed and pid not in with_offsets:
                     continue
                 st = _log.load_state(txn, env.dbs, pid)
-                v = read_offset(txn, env.dbs, group, pid)
-                committed = None if v is None else v.offset
+                off = read_offset(txn, env.dbs, group, pid)
+                committed = None if off is None else off.offset
                 base = st.start if committed is None else min(max(committed, st.start), st.next)
                 parts.append(PartitionLag(
                     partition=TopicPartition(t, i), committed=committed, end_offset=st.next,
@@ -1185,20 +1166,32 @@ def describe_group(broker: Broker, group: str) -> GroupDescription:
                             state=kind, members=members, partitions=parts)
 
 
+def committed_offsets(engine: Engine, group: str, topic: str) -> dict[int, int]:
+    """Committed offsets of ``group`` on each partition of ``topic`` (absent = none).
+
+    Raises ``ValueError`` for a bad name, :class:`TopicNotFoundError` for an
+    unknown topic.
+    """
+    validate_group_name(group)
+    validate_topic_name(topic)
+    env = engine.live_env()
+    out = {}
+    with engine.read() as txn:
+        rec = engine.topic(txn, topic)
+        for i, pid in enumerate(rec.pids):
+            v = read_offset(txn, env.dbs, group, pid)
+            if v is not None:
+                out[i] = v.offset
+    return out
+
+
 def _drop_topic_offsets(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord) -> None:
     """Delete-topic hook: remove committed offsets of the topic's partitions."""
-    pids = {pid.to_bytes(4, "big") for pid in rec.pids}
-    cur = txn.cursor(db=dbs["offsets"])
-    doomed = [bytes(k) for k in cur.iternext(keys=True, values=False) if bytes(k)[-4:] in pids]
-    for k in doomed:
-        txn.delete(k, db=dbs["offsets"])
+    _offsets.drop_partitions(txn, dbs, rec.pids)
 
 
 def _register_hooks() -> None:
-    from mqlite import broker as _broker
-
-    if _drop_topic_offsets not in _broker._TOPIC_DELETE_HOOKS:
-        _broker._TOPIC_DELETE_HOOKS.append(_drop_topic_offsets)
+    on_topic_delete(_drop_topic_offsets)
 
 
 _register_hooks()

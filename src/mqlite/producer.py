@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
-from mqlite import _core
-from mqlite.broker import _dedup_key, _dedup_lookup, _dedup_store, now_ms
+from mqlite._engine import TopicRecord, now_ms
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
 from mqlite.future import SendFuture
@@ -31,7 +30,7 @@ from mqlite.partitioner import resolve_partitioner
 from mqlite.types import RecordMetadata
 
 if TYPE_CHECKING:
-    from mqlite.broker import Broker
+    from mqlite._engine import Engine
 
 __all__ = ["Producer", "SendItem", "encode_items", "append_items"]
 
@@ -72,26 +71,26 @@ def _fail(item: SendItem, exc: BaseException) -> None:
         item.future.set_exception(exc)
 
 
-def _encode(items: list[SendItem], max_bytes: int) -> list[bytes]:
-    return _core.encode_batches(
+def _encode(engine: Engine, rec: TopicRecord, items: list[SendItem]) -> list[bytes]:
+    return engine.encode(
+        rec,
         [i.value for i in items],
         [i.key for i in items] if any(i.key is not None for i in items) else None,
         [i.headers for i in items] if any(i.headers is not None for i in items) else None,
         [i.ts for i in items],
-        max_message_bytes=max_bytes,
     )
 
 
-def _encodes_alone(item: SendItem, max_bytes: int) -> bool:
+def _encodes_alone(engine: Engine, rec: TopicRecord, item: SendItem) -> bool:
     try:
-        _encode([item], max_bytes)
+        _encode(engine, rec, [item])
         return True
     except (TypeError, ValueError, MqliteError) as exc:
         _fail(item, exc)
         return False
 
 
-def encode_items(broker: Broker, items: list[SendItem], *,
+def encode_items(engine: Engine, items: list[SendItem], *,
                  isolate: bool = True) -> list[_Group]:
     """Group items by (topic, partition) in arrival order and encode each group.
 
@@ -107,7 +106,7 @@ def encode_items(broker: Broker, items: list[SendItem], *,
     groups: list[_Group] = []
     for (topic, part, _), its in order.items():
         try:
-            maxb = broker._topic_cached(topic).config["max_message_bytes"]
+            rec = engine.topic_cached(topic)
         except MqliteError as exc:  # e.g. the topic was deleted meanwhile
             if not isolate:
                 raise
@@ -115,40 +114,39 @@ def encode_items(broker: Broker, items: list[SendItem], *,
                 _fail(it, exc)
             continue
         try:
-            groups.append(_Group(topic, part, _encode(its, maxb), its))
+            groups.append(_Group(topic, part, _encode(engine, rec, its), its))
         except (TypeError, ValueError, MqliteError):
             if not isolate:
                 raise
-            good = [it for it in its if _encodes_alone(it, maxb)]
+            good = [it for it in its if _encodes_alone(engine, rec, it)]
             if good:
-                groups.append(_Group(topic, part, _encode(good, maxb), good))
+                groups.append(_Group(topic, part, _encode(engine, rec, good), good))
     return groups
 
 
-def append_items(broker: Broker, txn: Any, groups: list[_Group], now: int,
+def append_items(engine: Engine, txn: Any, groups: list[_Group], now: int,
                  results: list[tuple[SendItem, RecordMetadata]]) -> set[str]:
     """Append encoded groups inside ``txn``; collect (item, metadata); return topics written.
 
     Raises (aborting the whole transaction) on storage errors or when a topic
     vanished or shrank, so that no partial set of records is committed.
     """
-    env = broker._env
     touched: set[str] = set()
     for g in groups:
-        rec = broker._topic(txn, g.topic)
+        rec = engine.topic(txn, g.topic)
         if g.partition >= len(rec.pids):
             raise PartitionNotFoundError(
                 f"partition {g.partition} out of range for {g.topic!r} (was it recreated?)")
         if g.items[0].dedup is not None:
-            hit = _dedup_lookup(txn, env, g.items[0].dedup, now)
+            hit = engine.dedup_hit(txn, g.items[0].dedup, now)
             if hit is not None:
                 results.append((g.items[0], RecordMetadata(g.topic, hit[1], hit[2], hit[3])))
                 continue
-        base, _ = broker._append_in(txn, rec, g.partition, g.batches)
+        base, _ = engine.append_in(txn, rec, g.partition, g.batches)
         for i, it in enumerate(g.items):
             results.append((it, RecordMetadata(g.topic, g.partition, base + i, it.ts)))
         if g.items[0].dedup is not None:
-            _dedup_store(txn, env, g.items[0].dedup, rec, g.partition, base, g.items[0].ts)
+            engine.dedup_store(txn, g.items[0].dedup, rec, g.partition, base, g.items[0].ts)
         touched.add(g.topic)
     return touched
 
@@ -165,8 +163,8 @@ class Producer:
 
     Parameters
     ----------
-    broker
-        Where to send.
+    engine
+        The engine of the broker to send to (``Broker.producer`` passes it).
     linger_ms
         How long the flusher waits after the first queued record for more.
         Default 0: commit as soon as the flusher is free.  Batching happens
@@ -183,13 +181,13 @@ class Producer:
         Upper bound on queued records; ``send`` blocks (backpressure) above it.
     """
 
-    def __init__(self, broker: Broker, *, linger_ms: float = 0.0, batch_bytes: int = 1 << 20,
+    def __init__(self, engine: Engine, *, linger_ms: float = 0.0, batch_bytes: int = 1 << 20,
                  partitioner: Any = None, max_queued: int = 1_000_000) -> None:
         require_positive_number(linger_ms, "linger_ms")
         require_int(batch_bytes, "batch_bytes", minimum=1)
         require_int(max_queued, "max_queued", minimum=1)
-        self._broker = broker
-        broker._live_env()
+        self._engine = engine
+        engine.live_env()
         self._linger = linger_ms / 1000.0
         self._batch_bytes = batch_bytes
         self._partitioner = resolve_partitioner(partitioner, batch_bytes)
@@ -239,17 +237,17 @@ class Producer:
             validate_topic_name(topic)
         if isinstance(value, str) or isinstance(key, str):
             raise TypeError("value and key must be bytes-like, not str; encode them first")
-        rec = self._broker._topic_cached(topic)
+        rec = self._engine.topic_cached(topic)
         n = len(rec.pids)
         if partition is None:
             part = 0 if n == 1 else self._partitioner(key, value, n)
             if not isinstance(part, int) or not 0 <= part < n:
                 raise PartitionNotFoundError(f"partitioner returned {part!r}; expected 0..{n - 1}")
         else:
-            part = self._broker._choose_partition(rec, key, partition)
+            part = self._engine.choose_partition(rec, key, partition)
         ts = now_ms() if timestamp_ms is None else require_int(
             timestamp_ms, "timestamp_ms", minimum=0)
-        dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
+        dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
         fut: SendFuture[RecordMetadata] = SendFuture()
         item = SendItem(topic, value, key, headers, part, ts, dkey, fut, get_ident())
         with self._lock:  # the condition's lock, entered without a Python-level frame
@@ -329,18 +327,18 @@ class Producer:
                     cv.notify_all()
 
     def _commit(self, items: list[SendItem], retry: bool = True) -> None:
-        broker = self._broker
+        engine = self._engine
         try:
-            env = broker._live_env()
-            groups = encode_items(broker, items)
+            env = engine.live_env()
+            groups = encode_items(engine, items)
             if not groups:
                 return
             results: list[tuple[SendItem, RecordMetadata]] = []
             txn = env.write_txn()
             try:
                 total = sum(len(b) for g in groups for b in g.batches)
-                broker._maybe_check_space(env, txn, total)
-                touched = append_items(broker, txn, groups, now_ms(), results)
+                engine.maybe_check_space(env, txn, total)
+                touched = append_items(engine, txn, groups, now_ms(), results)
             except BaseException as exc:
                 err = env.abort_with(txn, exc, "producer commit")
                 if retry and isinstance(err, TopicNotFoundError):

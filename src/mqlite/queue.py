@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from mqlite import _core
+from mqlite._engine import on_consumed_floor, on_topic_delete
 from mqlite._storage import log as _log
 from mqlite._storage.keys import group_pid_key
 from mqlite.config import (
@@ -64,7 +65,7 @@ from mqlite.groups import _ensure_members_dir, _unlink_quiet, members_dir, regis
 from mqlite.retry import Backoff, resolve_backoff
 
 if TYPE_CHECKING:
-    from mqlite.broker import Broker
+    from mqlite._engine import Engine
 
 __all__ = ["DeadLetter", "Delivery", "Queue", "dead_letters", "purge_dead_letters", "redrive"]
 
@@ -299,8 +300,8 @@ class Queue:
 
     Parameters
     ----------
-    broker
-        The broker.
+    engine
+        The engine of the broker (``Broker.queue`` passes it).
     topic
         Topic to consume (must exist).
     group
@@ -321,7 +322,7 @@ class Queue:
         number of seconds, or a :class:`mqlite.Backoff`.
     """
 
-    def __init__(self, broker: Broker, topic: str, group: str, *,
+    def __init__(self, engine: Engine, topic: str, group: str, *,
                  visibility_timeout: float = 30.0, max_deliveries: int | None = None,
                  dead_letter_topic: str | None = None,
                  retry_backoff: Backoff | float | None = None) -> None:
@@ -335,8 +336,8 @@ class Queue:
             if dead_letter_topic == topic:
                 raise ValueError("dead_letter_topic must differ from the queue's topic")
         self._backoff = resolve_backoff(retry_backoff)
-        self._broker = broker
-        self._env = broker._live_env()
+        self._engine = engine
+        self._env = engine.live_env()
         self.topic = topic
         self.group = group
         self._qg = _qg(topic, group)
@@ -344,9 +345,9 @@ class Queue:
         self._prefix = self._meta_key + b"\x00"
         self.max_deliveries = max_deliveries
         self.dead_letter_topic = dead_letter_topic
-        broker._topic_cached_fresh(topic)
+        engine.topic_fresh(topic)
         if dead_letter_topic is not None:
-            broker.create_topic(dead_letter_topic, exist_ok=True)
+            engine.create_topic(dead_letter_topic, exist_ok=True)
         self.owner_id = uuid.uuid4().hex[:16]
         self._owner = self.owner_id.encode()
         self._closed = False
@@ -378,7 +379,7 @@ class Queue:
         self._lock_fd, self._lock_name = fd, name
         register_lock_holder(self)
         try:
-            with self._broker._write() as txn:
+            with self._engine.write() as txn:
                 meta = self._load_meta(txn)
                 meta.consumers[self.owner_id] = name
                 self._store_meta(txn, meta)
@@ -404,7 +405,7 @@ class Queue:
             while True:
                 if self._stop_gate.acquire(timeout=_WATCH_INTERVAL):
                     return  # close() released it
-                if os.getpid() != self._pid or self._broker.closed \
+                if os.getpid() != self._pid or self._engine.closed \
                         or self._closed:
                     return
                 try:
@@ -468,7 +469,7 @@ class Queue:
         if not dead:
             return False
         released = 0
-        with self._broker._write() as txn:
+        with self._engine.write() as txn:
             meta = self._load_meta(txn)
             gone = {c for c in dead if c in meta.consumers}
             if gone:
@@ -525,14 +526,14 @@ class Queue:
             vt = _seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False)
         from mqlite import scheduler
 
-        broker = self._broker
+        engine = self._engine
         notifier = self._env.notifier
         slot = self._slot
         deadline = time.monotonic() + timeout
         seq = notifier.load(slot)
-        next_due = scheduler.next_due_ms(broker)
+        next_due = scheduler.next_due_ms(engine)
         if next_due is not None and next_due <= _now_ms():
-            scheduler.promote_due(broker)
+            scheduler.promote_due(engine)
         out, next_visible = self._receive_once(max_messages, vt)
         while not out:
             while True:
@@ -549,10 +550,10 @@ class Queue:
                 self._check_open()
                 # A wake-up is a hint: look before taking the write lock.
                 seq = notifier.load(slot)
-                next_due = scheduler.next_due_ms(broker)
+                next_due = scheduler.next_due_ms(engine)
                 now = _now_ms()
                 if next_due is not None and next_due <= now:
-                    scheduler.promote_due(broker)
+                    scheduler.promote_due(engine)
                     break
                 avail, next_visible = self._peek(now)
                 if avail:
@@ -569,7 +570,7 @@ class Queue:
             hint = 0 if raw is None else _dec_meta.decode(raw).min_visible_ms
             if hint <= now:
                 return True, hint
-            rec = self._broker._topic(txn, self.topic)
+            rec = self._engine.topic(txn, self.topic)
             for pid in rec.pids:
                 st = _log.load_state(txn, dbs, pid)
                 c = txn.get(group_pid_key(self._qg, pid), db=dbs["offsets"])
@@ -579,7 +580,7 @@ class Queue:
         return False, hint
 
     def _receive_once(self, max_messages: int, vt: int) -> tuple[list[Delivery], int]:
-        broker = self._broker
+        engine = self._engine
         env = self._env
         dbs = env.dbs
         topic = self.topic
@@ -589,7 +590,7 @@ class Queue:
         dlq_moved = False
         txn = env.write_txn()
         try:
-            rec = broker._topic(txn, topic)
+            rec = engine.topic(txn, topic)
             meta = self._load_meta(txn)
             hint = meta.min_visible_ms
             # 1. redeliveries that are due
@@ -760,7 +761,7 @@ class Queue:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this queue consumer is closed")
-        if self._broker.closed:
+        if self._engine.closed:
             raise ClosedError("the broker of this queue consumer is closed")
 
     def _as_list(self, deliveries: Delivery | Iterable[Delivery]) -> list[Delivery]:
@@ -942,8 +943,8 @@ class Queue:
         now = _now_ms()
         env = self._env
         moved = False
-        with self._broker._write() as txn:
-            rec = self._broker._topic(txn, self.topic)
+        with self._engine.write() as txn:
+            rec = self._engine.topic(txn, self.topic)
             groups, stale = self._collect(txn, ds)
             self._write_back(txn, groups)
             done = 0
@@ -1088,11 +1089,11 @@ class Queue:
             hs = [(n, v) for n, v in m.headers if n not in _DLQ_HEADERS]
             common[2] = (H_OFFSET, str(m.offset).encode())
             items.append((m.key, m.value, hs + common, m.timestamp_ms))  # type: ignore[operator]
-        _append_many(self._broker, txn, dlq, items)
+        _append_many(self._engine, txn, dlq, items)
 
     def _cleanup_consumed(self, txn: Any) -> bool:
         """``cleanup="consumed"``: delete batches every queue group acknowledged."""
-        rec = self._broker._topic(txn, self.topic)
+        rec = self._engine.topic(txn, self.topic)
         if rec.config.get("cleanup") != "consumed":
             return False
         env = self._env
@@ -1116,7 +1117,7 @@ class Queue:
         """In-flight and waiting-for-retry messages of this group, one dict per message."""
         out = []
         with self._env.read_txn() as txn:
-            rec = self._broker._topic(txn, self.topic)
+            rec = self._engine.topic(txn, self.topic)
             for e in self._scan(txn):
                 part = rec.pids.index(e.pid) if e.pid in rec.pids else -1
                 owner = e.owner.rstrip(b"\x00").decode() or None
@@ -1131,7 +1132,7 @@ class Queue:
     def lag(self) -> int:
         """Messages not yet acknowledged by this group (pending + never delivered)."""
         with self._env.read_txn() as txn:
-            rec = self._broker._topic(txn, self.topic)
+            rec = self._engine.topic(txn, self.topic)
             total = sum(e.pending_count() for e in self._scan(txn))
             for pid in rec.pids:
                 st = _log.load_state(txn, self._env.dbs, pid)
@@ -1150,10 +1151,10 @@ class Queue:
             self._stop_gate.release()
         if self._thread is not threading.current_thread():
             self._thread.join(1.0)
-        if os.getpid() != self._pid or self._broker.closed:
+        if os.getpid() != self._pid or self._engine.closed:
             return
         try:
-            with self._broker._write() as txn:
+            with self._engine.write() as txn:
                 meta = self._load_meta(txn)
                 released = 0
                 pend = self._env.dbs["pending"]
@@ -1188,35 +1189,35 @@ class Queue:
         return f"<mqlite.Queue topic={self.topic!r} group={self.group!r} owner={self.owner_id}>"
 
 
-def _target_topic(broker: Broker, txn: Any, topic: str) -> _log.TopicRecord:
+def _target_topic(engine: Engine, txn: Any, topic: str) -> _log.TopicRecord:
     """Topic record for an append inside ``txn``; a missing dead-letter topic is recreated."""
     try:
-        return broker._topic(txn, topic)
+        return engine.topic(txn, topic)
     except TopicNotFoundError:
-        env = broker._env
+        env = engine.env
         env.topic_cache.clear()
         return _log.create_topic(txn, env.dbs, topic, TopicConfig(), _now_ms())
 
 
-def _append_many(broker: Broker, txn: Any, topic: str,
+def _append_many(engine: Engine, txn: Any, topic: str,
                  items: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]],
                  partition: int | None = None) -> None:
     """Append records (key, value, headers, timestamp) inside ``txn``, no size cap
     (they were accepted once already); keyed records go to their key's partition."""
-    rec = _target_topic(broker, txn, topic)
+    rec = _target_topic(engine, txn, topic)
     by_part: dict[int, list[int]] = {}
     for i, (k, _, _, _) in enumerate(items):
-        p = broker._choose_partition(rec, k, partition if partition is None or
+        p = engine.choose_partition(rec, k, partition if partition is None or
                                      partition < len(rec.pids) else None)
         by_part.setdefault(p, []).append(i)
     for part, idx in by_part.items():
         sel = [items[i] for i in idx]
         keys = [k for k, _, _, _ in sel]
-        batches = _core.encode_batches([v if v is not None else b"" for _, v, _, _ in sel],
-                                       None if all(k is None for k in keys) else keys,
-                                       [h for _, _, h, _ in sel], [t for _, _, _, t in sel],
-                                       max_message_bytes=1 << 30)
-        broker._append_in(txn, rec, part, batches)
+        batches = engine.encode(rec, [v for _, v, _, _ in sel],
+                                None if all(k is None for k in keys) else keys,
+                                [h for _, _, h, _ in sel], [t for _, _, _, t in sel],
+                                capped=False)
+        engine.append_in(txn, rec, part, batches)
 
 
 def consumed_floor(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord, pid: int) -> int | None:
@@ -1319,12 +1320,12 @@ def _done_floor(txn: Any, pend: Any, dlq_topic: str, pid: int) -> int:
     return 0 if raw is None else _U64.unpack(bytes(raw))[0]
 
 
-def _undone(broker: Broker, txn: Any, dlq_topic: str, limit: int | None = None
+def _undone(engine: Engine, txn: Any, dlq_topic: str, limit: int | None = None
             ) -> list[DeadLetter]:
     validate_topic_name(dlq_topic)
-    env = broker._env
+    env = engine.env
     pend = env.dbs["pending"]
-    rec = broker._topic(txn, dlq_topic)
+    rec = engine.topic(txn, dlq_topic)
     out: list[DeadLetter] = []
     for part, pid in enumerate(rec.pids):
         st = _log.load_state(txn, env.dbs, pid)
@@ -1343,10 +1344,10 @@ def _undone(broker: Broker, txn: Any, dlq_topic: str, limit: int | None = None
     return out
 
 
-def _mark_done(broker: Broker, txn: Any, dlq_topic: str, rec: _log.TopicRecord,
+def _mark_done(engine: Engine, txn: Any, dlq_topic: str, rec: _log.TopicRecord,
                marks: dict[int, list[int]]) -> None:
     """Mark offsets done, then advance each partition's floor over contiguous marks."""
-    env = broker._env
+    env = engine.env
     pend = env.dbs["pending"]
     for part, offs in marks.items():
         pid = rec.pids[part]
@@ -1372,16 +1373,16 @@ def _mark_done(broker: Broker, txn: Any, dlq_topic: str, rec: _log.TopicRecord,
         txn.put(pfx, _U64.pack(floor), db=pend)
 
 
-def dead_letters(broker: Broker, dlq_topic: str, limit: int = 1000) -> list[DeadLetter]:
+def dead_letters(engine: Engine, dlq_topic: str, limit: int = 1000) -> list[DeadLetter]:
     """Dead letters in ``dlq_topic`` not yet redriven or purged, oldest first per partition."""
     validate_topic_name(dlq_topic)
     require_int(limit, "limit", minimum=1)
-    env = broker._live_env()
+    env = engine.live_env()
     with env.read_txn() as txn:
-        return _undone(broker, txn, dlq_topic, limit)
+        return _undone(engine, txn, dlq_topic, limit)
 
 
-def redrive(broker: Broker, dlq_topic: str,
+def redrive(engine: Engine, dlq_topic: str,
             where: Callable[[DeadLetter], bool] | None = None, limit: int | None = None,
             to_topic: str | None = None) -> int:
     """Send dead letters back to their original topic (or ``to_topic``); returns how many.
@@ -1398,9 +1399,9 @@ def redrive(broker: Broker, dlq_topic: str,
     require_int(limit, "limit", minimum=1, allow_none=True)
     if where is not None and not callable(where):
         raise TypeError("where must be a callable taking a DeadLetter")
-    env = broker._live_env()
+    env = engine.live_env()
     with env.read_txn() as txn:
-        letters = _undone(broker, txn, dlq_topic)
+        letters = _undone(engine, txn, dlq_topic)
     chosen = []
     for dl in letters:
         if limit is not None and len(chosen) >= limit:
@@ -1409,9 +1410,9 @@ def redrive(broker: Broker, dlq_topic: str,
             chosen.append(dl)
     n = 0
     touched: set[str] = set()
-    with broker._write() as txn:
-        rec = broker._topic(txn, dlq_topic)
-        still = {(dl.partition, dl.offset) for dl in _undone(broker, txn, dlq_topic)}
+    with engine.write() as txn:
+        rec = engine.topic(txn, dlq_topic)
+        still = {(dl.partition, dl.offset) for dl in _undone(engine, txn, dlq_topic)}
         marks: dict[int, list[int]] = {}
         for dl in chosen:
             if (dl.partition, dl.offset) not in still:
@@ -1420,7 +1421,7 @@ def redrive(broker: Broker, dlq_topic: str,
             if target is None:
                 continue
             try:
-                trec = broker._topic(txn, target)
+                trec = engine.topic(txn, target)
             except TopicNotFoundError:
                 continue
             msg = dl.message
@@ -1428,18 +1429,18 @@ def redrive(broker: Broker, dlq_topic: str,
             part = dl.original_partition if to_topic is None else None
             if part is not None and not 0 <= part < len(trec.pids):
                 part = None
-            _append_many(broker, txn, target, [(msg.key, msg.value, headers, msg.timestamp_ms)],
+            _append_many(engine, txn, target, [(msg.key, msg.value, headers, msg.timestamp_ms)],
                          part)
             marks.setdefault(dl.partition, []).append(dl.offset)
             touched.add(target)
             n += 1
-        _mark_done(broker, txn, dlq_topic, rec, marks)
+        _mark_done(engine, txn, dlq_topic, rec, marks)
     if touched:
         env.notify_topics(touched)
     return n
 
 
-def purge_dead_letters(broker: Broker, dlq_topic: str,
+def purge_dead_letters(engine: Engine, dlq_topic: str,
                        where: Callable[[DeadLetter], bool] | None = None) -> int:
     """Discard dead letters (all, or those ``where`` accepts); returns how many.
 
@@ -1449,29 +1450,25 @@ def purge_dead_letters(broker: Broker, dlq_topic: str,
     validate_topic_name(dlq_topic)
     if where is not None and not callable(where):
         raise TypeError("where must be a callable taking a DeadLetter")
-    env = broker._live_env()
+    env = engine.live_env()
     with env.read_txn() as txn:
-        letters = _undone(broker, txn, dlq_topic)
+        letters = _undone(engine, txn, dlq_topic)
     chosen = {(dl.partition, dl.offset) for dl in letters if where is None or where(dl)}
     n = 0
-    with broker._write() as txn:
-        rec = broker._topic(txn, dlq_topic)
+    with engine.write() as txn:
+        rec = engine.topic(txn, dlq_topic)
         marks: dict[int, list[int]] = {}
-        for dl in _undone(broker, txn, dlq_topic):
+        for dl in _undone(engine, txn, dlq_topic):
             if (dl.partition, dl.offset) in chosen:
                 marks.setdefault(dl.partition, []).append(dl.offset)
                 n += 1
-        _mark_done(broker, txn, dlq_topic, rec, marks)
+        _mark_done(engine, txn, dlq_topic, rec, marks)
     return n
 
 
 def _register_hooks() -> None:
-    from mqlite import broker as _broker
-
-    if _drop_topic_queues not in _broker._TOPIC_DELETE_HOOKS:
-        _broker._TOPIC_DELETE_HOOKS.append(_drop_topic_queues)
-    if consumed_floor not in _broker._CONSUMED_FLOOR_HOOKS:
-        _broker._CONSUMED_FLOOR_HOOKS.append(consumed_floor)
+    on_topic_delete(_drop_topic_queues)
+    on_consumed_floor(consumed_floor)
 
 
 _register_hooks()

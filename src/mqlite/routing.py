@@ -28,15 +28,14 @@ cache of bindings is validated by ``meta/exchanges_version``.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from mqlite import _core
+from mqlite._engine import on_topic_delete
+from mqlite._storage import exchanges as _ex
 from mqlite._storage import log as _log
+from mqlite._storage.exchanges import Binding, ExchangeRecord
 from mqlite.config import require_int, validate_topic_name
 from mqlite.errors import (
     ExchangeExistsError,
@@ -46,7 +45,7 @@ from mqlite.errors import (
 from mqlite.types import RecordMetadata
 
 if TYPE_CHECKING:
-    from mqlite.broker import Broker
+    from mqlite._engine import Engine
 
 __all__ = ["EXCHANGE_TYPES", "topic_matches", "declare_exchange", "delete_exchange", "bind",
            "unbind", "publish", "list_exchanges", "list_bindings", "Binding"]
@@ -54,26 +53,6 @@ __all__ = ["EXCHANGE_TYPES", "topic_matches", "declare_exchange", "delete_exchan
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 _MAX_ROUTING_KEY = 255
 _MAX_HOPS = 8
-
-
-class ExchangeRecord(msgspec.Struct):
-    type: str
-    alternate: str | None = None
-
-
-class Binding(msgspec.Struct, frozen=True):
-    """One binding of a topic to an exchange."""
-
-    exchange: str
-    topic: str
-    routing_key: str | None = None
-    headers: dict[str, bytes | None] | None = None
-    match: str = "all"
-
-
-_enc = msgspec.msgpack.Encoder()
-_dec_ex = msgspec.msgpack.Decoder(ExchangeRecord)
-_dec_b = msgspec.msgpack.Decoder(Binding)
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:
@@ -111,22 +90,16 @@ def _check_routing_key(rk: object, what: str = "routing_key") -> str:
     return rk
 
 
-def _bump(txn: Any, dbs: dict[str, Any]) -> None:
-    raw = txn.get(b"exchanges_version", db=dbs["meta"])
-    v = 0 if raw is None else int.from_bytes(raw, "big")
-    txn.put(b"exchanges_version", (v + 1).to_bytes(8, "big"), db=dbs["meta"])
-
-
 def _get_exchange(txn: Any, dbs: dict[str, Any], name: str) -> ExchangeRecord:
-    raw = txn.get(name.encode(), db=dbs["exchanges"])
-    if raw is None:
+    ex = _ex.get_exchange(txn, dbs, name)
+    if ex is None:
         raise ExchangeNotFoundError(
             f"exchange {name!r} does not exist; declare it with "
             f"broker.declare_exchange({name!r}, type)")
-    return _dec_ex.decode(raw)
+    return ex
 
 
-def declare_exchange(broker: Broker, name: str, type: str = "direct", *,  # noqa: A002
+def declare_exchange(engine: Engine, name: str, type: str = "direct", *,  # noqa: A002
                      alternate_exchange: str | None = None, exist_ok: bool = True) -> None:
     validate_topic_name(name, "exchange")
     if type not in EXCHANGE_TYPES:
@@ -135,11 +108,10 @@ def declare_exchange(broker: Broker, name: str, type: str = "direct", *,  # noqa
         validate_topic_name(alternate_exchange, "alternate exchange")
         if alternate_exchange == name:
             raise ValueError("an exchange cannot be its own alternate exchange")
-    env = broker._live_env()
-    with broker._write() as txn:
-        raw = txn.get(name.encode(), db=env.dbs["exchanges"])
-        if raw is not None:
-            old = _dec_ex.decode(raw)
+    env = engine.live_env()
+    with engine.write() as txn:
+        old = _ex.get_exchange(txn, env.dbs, name)
+        if old is not None:
             if old.type != type or old.alternate != alternate_exchange:
                 raise ExchangeExistsError(
                     f"exchange {name!r} exists as type {old.type!r} (alternate "
@@ -147,45 +119,30 @@ def declare_exchange(broker: Broker, name: str, type: str = "direct", *,  # noqa
             if not exist_ok:
                 raise ExchangeExistsError(f"exchange {name!r} already exists")
             return
-        txn.put(name.encode(), _enc.encode(ExchangeRecord(type, alternate_exchange)),
-                db=env.dbs["exchanges"])
-        _bump(txn, env.dbs)
+        _ex.put_exchange(txn, env.dbs, name, ExchangeRecord(type, alternate_exchange))
 
 
-def delete_exchange(broker: Broker, name: str) -> None:
+def delete_exchange(engine: Engine, name: str) -> None:
     validate_topic_name(name, "exchange")
-    env = broker._live_env()
-    with broker._write() as txn:
+    env = engine.live_env()
+    with engine.write() as txn:
         _get_exchange(txn, env.dbs, name)
-        txn.delete(name.encode(), db=env.dbs["exchanges"])
-        for k in _binding_keys(txn, env.dbs, name):
-            txn.delete(k, db=env.dbs["bindings"])
-        _bump(txn, env.dbs)
+        _ex.delete_exchange(txn, env.dbs, name)
 
 
-def list_exchanges(broker: Broker) -> list[str]:
-    env = broker._live_env()
-    with env.read_txn() as txn:
-        cur = txn.cursor(db=env.dbs["exchanges"])
-        return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
+def list_exchanges(engine: Engine) -> list[str]:
+    env = engine.live_env()
+    with engine.read() as txn:
+        return _ex.list_exchanges(txn, env.dbs)
 
 
-def _binding_keys(txn: Any, dbs: dict[str, Any], exchange: str) -> list[bytes]:
-    return _log.prefix_keys(txn, dbs["bindings"], exchange.encode() + b"\x00")
-
-
-def _load_bindings(txn: Any, dbs: dict[str, Any], exchange: str) -> list[Binding]:
-    return [_dec_b.decode(txn.get(k, db=dbs["bindings"]))
-            for k in _binding_keys(txn, dbs, exchange)]
-
-
-def list_bindings(broker: Broker, exchange: str) -> list[Binding]:
+def list_bindings(engine: Engine, exchange: str) -> list[Binding]:
     """Bindings of ``exchange`` (``ExchangeNotFoundError`` if it does not exist)."""
     validate_topic_name(exchange, "exchange")
-    env = broker._live_env()
+    env = engine.live_env()
     with env.read_txn() as txn:
         _get_exchange(txn, env.dbs, exchange)
-        return _load_bindings(txn, env.dbs, exchange)
+        return _ex.load_bindings(txn, env.dbs, exchange)
 
 
 def _make_binding(ex: ExchangeRecord, exchange: str, topic: str, routing_key: str | None,
@@ -223,12 +180,7 @@ def _make_binding(ex: ExchangeRecord, exchange: str, topic: str, routing_key: st
     return Binding(exchange, topic, routing_key, None, "all")
 
 
-def _bkey(b: Binding) -> bytes:
-    digest = hashlib.sha1(_enc.encode(b)).hexdigest()[:16]
-    return b.exchange.encode() + b"\x00" + b.topic.encode() + b"\x00" + digest.encode()
-
-
-def bind(broker: Broker, exchange: str, topic: str, routing_key: str | None = None, *,
+def bind(engine: Engine, exchange: str, topic: str, routing_key: str | None = None, *,
          headers: dict[str, Any] | None = None, match: str = "all") -> None:
     """Bind ``topic`` to ``exchange``.  Binding twice is a no-op.
 
@@ -237,27 +189,25 @@ def bind(broker: Broker, exchange: str, topic: str, routing_key: str | None = No
     """
     validate_topic_name(exchange, "exchange")
     validate_topic_name(topic)
-    env = broker._live_env()
-    with broker._write() as txn:
+    env = engine.live_env()
+    with engine.write() as txn:
         ex = _get_exchange(txn, env.dbs, exchange)
-        broker._topic(txn, topic)
+        engine.topic(txn, topic)
         b = _make_binding(ex, exchange, topic, routing_key, headers, match)
-        txn.put(_bkey(b), _enc.encode(b), db=env.dbs["bindings"])
-        _bump(txn, env.dbs)
+        _ex.put_binding(txn, env.dbs, b)
 
 
-def unbind(broker: Broker, exchange: str, topic: str, routing_key: str | None = None, *,
+def unbind(engine: Engine, exchange: str, topic: str, routing_key: str | None = None, *,
            headers: dict[str, Any] | None = None, match: str = "all") -> None:
     """Remove a binding (``ValueError`` when no such binding exists)."""
     validate_topic_name(exchange, "exchange")
     validate_topic_name(topic)
-    env = broker._live_env()
-    with broker._write() as txn:
+    env = engine.live_env()
+    with engine.write() as txn:
         ex = _get_exchange(txn, env.dbs, exchange)
         b = _make_binding(ex, exchange, topic, routing_key, headers, match)
-        if not txn.delete(_bkey(b), db=env.dbs["bindings"]):
+        if not _ex.delete_binding(txn, env.dbs, b):
             raise ValueError(f"no such binding of {topic!r} to exchange {exchange!r}")
-        _bump(txn, env.dbs)
 
 
 def _matches(ex: ExchangeRecord, b: Binding, routing_key: str,
@@ -281,10 +231,10 @@ def _matches(ex: ExchangeRecord, b: Binding, routing_key: str,
     return all(ok(k, v) for k, v in want.items())
 
 
-def route(txn: Any, broker: Broker, exchange: str, routing_key: str,
+def route(txn: Any, engine: Engine, exchange: str, routing_key: str,
           headers: Sequence[tuple[str, Any]] | None) -> list[str]:
     """Topics a message reaches (each once, in binding order), following alternates."""
-    dbs = broker._env.dbs
+    dbs = engine.env.dbs
     seen: set[str] = set()
     name: str | None = exchange
     for _ in range(_MAX_HOPS):
@@ -293,7 +243,7 @@ def route(txn: Any, broker: Broker, exchange: str, routing_key: str,
         seen.add(name)
         ex = _get_exchange(txn, dbs, name)
         topics: list[str] = []
-        for b in _load_bindings(txn, dbs, name):
+        for b in _ex.load_bindings(txn, dbs, name):
             if b.topic not in topics and _matches(ex, b, routing_key, headers):
                 topics.append(b.topic)
         if topics:
@@ -302,11 +252,11 @@ def route(txn: Any, broker: Broker, exchange: str, routing_key: str,
     return []
 
 
-def publish_in(txn: Any, broker: Broker, exchange: str, routing_key: str, value: Any, *,
+def publish_in(txn: Any, engine: Engine, exchange: str, routing_key: str, value: Any, *,
                key: Any, headers: Sequence[tuple[str, Any]] | None, ts: int,
                mandatory: bool) -> tuple[list[RecordMetadata], set[str]]:
     """Route and append inside ``txn``; returns the metadata and the topics written."""
-    topics = route(txn, broker, exchange, routing_key, headers)
+    topics = route(txn, engine, exchange, routing_key, headers)
     if not topics:
         if mandatory:
             raise UnroutableError(
@@ -316,20 +266,20 @@ def publish_in(txn: Any, broker: Broker, exchange: str, routing_key: str, value:
     out = []
     batch_cache: dict[int, list[bytes]] = {}
     for t in topics:
-        rec = broker._topic(txn, t)
+        rec = engine.topic(txn, t)
         maxb = rec.config["max_message_bytes"]
         batches = batch_cache.get(maxb)
         if batches is None:
-            batches = batch_cache[maxb] = _core.encode_batches(
-                [value], None if key is None else [key], None if headers is None else [headers],
-                ts, max_message_bytes=maxb)
-        part = broker._choose_partition(rec, key, None)
-        off, _ = broker._append_in(txn, rec, part, batches)
+            batches = batch_cache[maxb] = engine.encode(
+                rec, [value], None if key is None else [key],
+                None if headers is None else [headers], ts)
+        part = engine.choose_partition(rec, key, None)
+        off, _ = engine.append_in(txn, rec, part, batches)
         out.append(RecordMetadata(t, part, off, ts))
     return out, set(topics)
 
 
-def publish(broker: Broker, exchange: str, routing_key: str, value: Any, *, key: Any = None,
+def publish(engine: Engine, exchange: str, routing_key: str, value: Any, *, key: Any = None,
             headers: Sequence[tuple[str, Any]] | None = None, timestamp_ms: int | None = None,
             mandatory: bool = False) -> list[RecordMetadata]:
     validate_topic_name(exchange, "exchange")
@@ -338,11 +288,11 @@ def publish(broker: Broker, exchange: str, routing_key: str, value: Any, *, key:
         raise TypeError("value must be bytes-like, not str; encode it first")
     ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
         timestamp_ms, "timestamp_ms", minimum=0)
-    env = broker._live_env()
+    env = engine.live_env()
     txn = env.write_txn()
     try:
-        broker._maybe_check_space(env, txn, len(value) if value is not None else 0)
-        out, touched = publish_in(txn, broker, exchange, routing_key, value, key=key,
+        engine.maybe_check_space(env, txn, len(value) if value is not None else 0)
+        out, touched = publish_in(txn, engine, exchange, routing_key, value, key=key,
                                   headers=headers, ts=ts, mandatory=mandatory)
     except BaseException as exc:
         err = env.abort_with(txn, exc, f"publish to exchange {exchange!r}")
@@ -357,20 +307,11 @@ def publish(broker: Broker, exchange: str, routing_key: str, value: Any, *, key:
 
 def _drop_topic_bindings(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord) -> None:
     """Delete-topic hook: remove bindings that target the topic."""
-    cur = txn.cursor(db=dbs["bindings"])
-    needle = b"\x00" + rec.name.encode() + b"\x00"
-    doomed = [bytes(k) for k in cur.iternext(keys=True, values=False) if needle in bytes(k)]
-    for k in doomed:
-        txn.delete(k, db=dbs["bindings"])
-    if doomed:
-        _bump(txn, dbs)
+    _ex.delete_bindings_of_topic(txn, dbs, rec.name)
 
 
 def _register_hooks() -> None:
-    from mqlite import broker as _broker
-
-    if _drop_topic_bindings not in _broker._TOPIC_DELETE_HOOKS:
-        _broker._TOPIC_DELETE_HOOKS.append(_drop_topic_bindings)
+    on_topic_delete(_drop_topic_bindings)
 
 
 _register_hooks()

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from mqlite import _core
 from mqlite._storage import log as _log
+from mqlite._storage import schedule as _schedule
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import PartitionNotFoundError
 from mqlite.types import RecordMetadata
 
 if TYPE_CHECKING:
-    from mqlite.broker import Broker
+    from mqlite._engine import Engine
 
 __all__ = ["next_due_in", "next_due_ms", "promote_due", "schedule_send"]
 
@@ -32,7 +32,7 @@ class ScheduledMessage(msgspec.Struct, array_like=True):
     topic: str
     partition: int  # -1 = choose when promoted
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a null value (distinct from b"")
     headers: list[tuple[str, bytes]] | None
     timestamp_ms: int  # -1 = the promotion time
     dedup_id: bytes | None = None
@@ -40,7 +40,6 @@ class ScheduledMessage(msgspec.Struct, array_like=True):
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(ScheduledMessage)
-_SEQ_KEY = b"scheduled_seq"  # in ``meta``: last sequence number handed out (u64 BE)
 
 
 def _as_bytes(v: Any, what: str) -> bytes:
@@ -52,7 +51,7 @@ def _as_bytes(v: Any, what: str) -> bytes:
         raise TypeError(f"{what} must be bytes-like, not {type(v).__name__}") from None
 
 
-def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
+def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
                   headers: Any = None, partition: int | None = None,
                   timestamp_ms: int | None = None, dedup_id: Any = None,
                   delay: float | None = None, deliver_at: float | None = None) -> RecordMetadata:
@@ -72,9 +71,9 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
     if not math.isfinite(due) or due * 1000 >= 1 << 63:
         raise ValueError("delay / deliver_at must be finite")
     validate_topic_name(topic)
-    rec = broker._topic_cached_fresh(topic)
+    rec = engine.topic_fresh(topic)
     if partition is not None:
-        broker._choose_partition(rec, key, partition)
+        engine.choose_partition(rec, key, partition)
     ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms", minimum=0)
     hdrs = None
     if headers is not None:
@@ -83,91 +82,66 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
             if not isinstance(name, str):
                 raise TypeError("header names must be str")
             hdrs.append((name, _as_bytes(hv, "header value")))
-    val = _as_bytes(value, "value")
+    val = None if value is None else _as_bytes(value, "value")
     kb = None if key is None else _as_bytes(key, "key")
     # Validate size and encodability now, not when it is due.
-    _core.encode_batches([val], None if kb is None else [kb], None if hdrs is None else [hdrs],
-                         0, max_message_bytes=rec.config["max_message_bytes"])
+    engine.encode(rec, [val], None if kb is None else [kb], None if hdrs is None else [hdrs], 0)
     did = None
     if dedup_id is not None:
         did = dedup_id.encode() if isinstance(dedup_id, str) else bytes(dedup_id)
     msg = ScheduledMessage(topic, -1 if partition is None else partition, kb, val, hdrs, ts, did)
     due_ms = int(due * 1000)
-    meta = broker._env.dbs["meta"]
-    with broker._write() as txn:
-        broker._topic(txn, topic)
-        # A durable counter, bumped in the same transaction: keys never collide across
-        # processes and messages due in the same millisecond keep their send order.
-        raw = txn.get(_SEQ_KEY, db=meta)
-        seq = (0 if raw is None else int.from_bytes(raw, "big")) + 1
-        txn.put(_SEQ_KEY, seq.to_bytes(8, "big"), db=meta)
-        txn.put(due_ms.to_bytes(8, "big") + seq.to_bytes(8, "big"), _enc.encode(msg),
-                db=broker._env.dbs["scheduled"])
-    broker._env.notify_topics((topic,))
+    with engine.write() as txn:
+        engine.topic(txn, topic)
+        _schedule.put(txn, engine.env.dbs, due_ms, _enc.encode(msg))
+        engine.touched(topic)
     return RecordMetadata(topic, -1 if partition is None else partition, -1,
                           due_ms if ts < 0 else ts)
 
 
 def next_due_in(txn: Any, dbs: dict[str, Any]) -> int | None:
     """Due time (ms) of the earliest scheduled message, read in ``txn``; ``None`` if none."""
-    cur = txn.cursor(db=dbs["scheduled"])
-    if not cur.first():
-        return None
-    return int.from_bytes(bytes(cur.key()[:8]), "big")
+    return _schedule.next_due(txn, dbs)
 
 
-def next_due_ms(broker: Broker) -> int | None:
+def next_due_ms(engine: Engine) -> int | None:
     """Due time of the earliest scheduled message, or ``None``."""
-    with broker._env.read_txn() as txn:
-        return next_due_in(txn, broker._env.dbs)
+    with engine.read() as txn:
+        return next_due_in(txn, engine.env.dbs)
 
 
-def promote_due(broker: Broker, now_ms: int | None = None, limit: int = 10_000) -> int:
+def promote_due(engine: Engine, now_ms: int | None = None, limit: int = 10_000) -> int:
     """Append every due scheduled message to its topic; return how many moved.
 
     Messages whose topic was deleted meanwhile are dropped.  One transaction.
     """
-    from mqlite.broker import _dedup_key, _dedup_lookup, _dedup_store
-
-    env = broker._env
+    env = engine.env
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    nd = next_due_ms(broker)
+    nd = next_due_ms(engine)
     if nd is None or nd > now:
         return 0
-    moved = 0
-    touched: set[str] = set()
-    with broker._write() as txn:
-        db = env.dbs["scheduled"]
-        cur = txn.cursor(db=db)
-        while moved < limit and cur.first():
-            k = cur.key()
-            if int.from_bytes(k[:8], "big") > now:
-                break
-            msg = _dec.decode(cur.value())
-            cur.delete()
-            moved += 1
+    with engine.write() as txn:
+        due = _schedule.take_due(txn, env.dbs, now, limit)
+        for raw in due:
+            msg = _dec.decode(raw)
             rec = _log.get_topic(txn, env.dbs, msg.topic)
             if rec is None:
                 continue
             ts = now if msg.timestamp_ms < 0 else msg.timestamp_ms
             dkey = None
             if msg.dedup_id is not None:
-                dkey = _dedup_key(msg.topic, msg.dedup_id)
-                if _dedup_lookup(txn, env, dkey, now) is not None:
+                dkey = engine.dedup_key(msg.topic, msg.dedup_id)
+                if engine.dedup_hit(txn, dkey, now) is not None:
                     continue
             try:
-                part = broker._choose_partition(rec, msg.key,
+                part = engine.choose_partition(rec, msg.key,
                                                 None if msg.partition < 0 else msg.partition)
             except PartitionNotFoundError:
                 part = 0
-            batches = _core.encode_batches(
-                [msg.value], None if msg.key is None else [msg.key],
-                None if msg.headers is None else [msg.headers], ts,
-                max_message_bytes=1 << 30)
-            off, _ = broker._append_in(txn, rec, part, batches)
+            batches = engine.encode(rec, [msg.value], None if msg.key is None else [msg.key],
+                                    None if msg.headers is None else [msg.headers], ts,
+                                    capped=False)
+            off, _ = engine.append_in(txn, rec, part, batches)
             if dkey is not None:
-                _dedup_store(txn, env, dkey, rec, part, off, ts)
-            touched.add(msg.topic)
-    if touched:
-        env.notify_topics(touched)
-    return moved
+                engine.dedup_store(txn, dkey, rec, part, off, ts)
+    return len(due)

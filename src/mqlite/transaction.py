@@ -30,7 +30,7 @@ from mqlite.errors import ClosedError
 from mqlite.types import RecordMetadata, TopicPartition
 
 if TYPE_CHECKING:
-    from mqlite.broker import Broker
+    from mqlite._engine import Engine
 
 __all__ = ["Transaction", "is_processed"]
 
@@ -51,10 +51,10 @@ def _processed_key(event_id: str | bytes, scope: str) -> bytes:
     return b"p" + scope.encode() + b"\x00" + raw
 
 
-def is_processed(broker: Broker, event_id: str | bytes, scope: str = "default") -> bool:
+def is_processed(engine: Engine, event_id: str | bytes, scope: str = "default") -> bool:
     """Whether ``event_id`` was recorded (and has not expired) in ``scope``."""
     key = _processed_key(event_id, scope)
-    env = broker._live_env()
+    env = engine.live_env()
     with env.read_txn() as txn:
         raw = txn.get(key, db=env.dbs["dedup"])
     return raw is not None and int.from_bytes(bytes(raw)[:8], "big") >= time.time_ns() // 10**6
@@ -63,9 +63,9 @@ def is_processed(broker: Broker, event_id: str | bytes, scope: str = "default") 
 class Transaction:
     """Collects operations and applies them atomically on exit (see module docstring)."""
 
-    def __init__(self, broker: Broker) -> None:
-        broker._live_env()
-        self._broker = broker
+    def __init__(self, engine: Engine) -> None:
+        engine.live_env()
+        self._engine = engine
         self._items: list[Any] = []
         self._publishes: list[tuple[Any, ...]] = []
         self._offsets: list[tuple[Any, dict[TopicPartition, int]]] = []
@@ -84,19 +84,19 @@ class Transaction:
              timestamp_ms: int | None = None,
              dedup_id: str | bytes | None = None) -> Future[RecordMetadata]:
         """Queue a send; the future resolves to its metadata after commit."""
-        from mqlite.broker import _dedup_key, now_ms
+        from mqlite._engine import now_ms
         from mqlite.producer import SendItem
 
         self._check()
         validate_topic_name(topic)
         if isinstance(value, str) or isinstance(key, str):
             raise TypeError("value and key must be bytes-like, not str; encode them first")
-        rec = self._broker._topic_cached_fresh(topic)
-        part = self._broker._choose_partition(rec, key, partition)
+        rec = self._engine.topic_fresh(topic)
+        part = self._engine.choose_partition(rec, key, partition)
         ts = now_ms() if timestamp_ms is None else require_int(
             timestamp_ms, "timestamp_ms", minimum=0)
         fut: Future[RecordMetadata] = Future()
-        dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
+        dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
         self._items.append(SendItem(topic, value, key, headers, part, ts, dkey, fut))
         return fut
 
@@ -165,31 +165,31 @@ class Transaction:
         key = _processed_key(event_id, scope)
         if any(k == key for k, _ in self._processed):
             return True
-        return is_processed(self._broker, event_id, scope)
+        return is_processed(self._engine, event_id, scope)
 
     # -- applying --------------------------------------------------------------------------
     def commit(self) -> None:
         """Apply everything in one LMDB transaction (all or nothing)."""
-        from mqlite.broker import now_ms
+        from mqlite._engine import now_ms
         from mqlite.producer import append_items, encode_items
         from mqlite.routing import publish_in
 
         self._check()
-        broker = self._broker
-        env = broker._live_env()
-        groups = encode_items(broker, self._items, isolate=False)
+        engine = self._engine
+        env = engine.live_env()
+        groups = encode_items(engine, self._items, isolate=False)
         results: list[tuple[Any, RecordMetadata]] = []
         pub_results: list[tuple[Future, list[RecordMetadata]]] = []
         touched: set[str] = set()
         now = now_ms()
         try:
-            with broker._write() as txn:
+            with engine.write() as txn:
                 if groups or self._publishes:
                     total = sum(len(b) for g in groups for b in g.batches)
-                    broker._maybe_check_space(env, txn, total)
-                touched |= append_items(broker, txn, groups, now, results)
+                    engine.maybe_check_space(env, txn, total)
+                touched |= append_items(engine, txn, groups, now, results)
                 for ex, rk, value, key, headers, mandatory, fut in self._publishes:
-                    mds, t = publish_in(txn, broker, ex, rk, value, key=key, headers=headers,
+                    mds, t = publish_in(txn, engine, ex, rk, value, key=key, headers=headers,
                                         ts=now, mandatory=mandatory)
                     pub_results.append((fut, mds))
                     touched |= t

@@ -46,20 +46,18 @@ def verify(path: str) -> VerifyReport:
     """Verify the broker at ``path`` in this process (see module docstring)."""
     from mqlite import _core
     from mqlite._storage import log as _log
-    from mqlite._storage.env import check_data_file
+    from mqlite._storage.env import acquire_env, check_data_file
     from mqlite._storage.keys import RECORD, record_key
-    from mqlite.broker import open as open_broker
     from mqlite.errors import CorruptRecordError, MqliteError
 
     report = VerifyReport(path=os.path.abspath(path))
     try:
         check_data_file(path, repair=False)  # verify inspects; it never sets a file aside
-        broker = open_broker(path, durability="none", create=False)
+        env = acquire_env(path, durability="none", create=False)
     except (MqliteError, OSError, ValueError) as exc:
         report.problems.append(Problem(None, None, None, f"cannot open: {exc}"))
         return report
     try:
-        env = broker._env
         with env.read_txn() as txn:
             names = _log.list_topics(txn, env.dbs)
             report.topics = len(names)
@@ -97,7 +95,7 @@ def verify(path: str) -> VerifyReport:
                             name, part, None,
                             f"partition end offset {st.next} != stored end {expect}"))
     finally:
-        broker.close()
+        env.release()
     return report
 
 

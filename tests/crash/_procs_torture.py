@@ -267,8 +267,8 @@ def queue_member(path: str, mode: str, topic: str, group: str, log_path: str, se
 def hold_reader(path: str, ready_path: str, mode: str = "none") -> None:
     """Open a read transaction, announce it, and sleep in it until killed."""
     broker = mqlite.open(path, durability=mode)
-    txn = broker._env.read_txn()
-    txn.get(b"format", db=broker._env.dbs["meta"])  # really use the snapshot
+    txn = broker._engine.env.read_txn().txn
+    txn.get(b"format", db=broker._engine.env.dbs["meta"])  # really use the snapshot
     with open(ready_path, "w") as f:
         f.write(str(os.getpid()))
     while True:

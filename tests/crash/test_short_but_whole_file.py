@@ -18,8 +18,8 @@ import mqlite
 
 
 def _allocate_and_free_in_one_txn(b: mqlite.Broker) -> None:
-    env = b._env
-    with b._write() as txn:
+    env = b._engine.env
+    with b._engine.write() as txn:
         txn.put(b"scratch", os.urandom(1 << 20), db=env.dbs["meta"])
         txn.delete(b"scratch", db=env.dbs["meta"])
         txn.put(b"scratch-done", b"1", db=env.dbs["meta"])

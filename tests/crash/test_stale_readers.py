@@ -32,7 +32,7 @@ CHECK_INTERVAL_S = 5.0  # mqlite.storage.env._READER_CHECK_INTERVAL
 def _reader_pids(b: mqlite.Broker) -> set[int]:
     """Pids owning a reader slot that names a snapshot (txnid not "-")."""
     out = set()
-    for line in b._env.lmdb.readers().splitlines()[1:]:
+    for line in b._engine.env.lmdb.readers().splitlines()[1:]:
         parts = line.split()
         if len(parts) == 3 and parts[0].isdigit() and parts[2] != "-":
             out.add(int(parts[0]))

@@ -64,7 +64,7 @@ def full(tmp_broker_dir: Path, rng: random.Random):  # type: ignore[no-untyped-d
 def test_every_send_path_refused_above_high_water_mark(full, tmp_broker_dir: Path) -> None:
     b, acked = full
     assert len(acked) > 100
-    space = b._env.space()
+    space = b._engine.env.space()
     assert space["used_bytes"] >= space["high_water_bytes"]
     with pytest.raises(StorageFullError):
         b.send("log", b"x" * VALUE)
@@ -169,7 +169,7 @@ def test_full_broker_reopens_full_and_readable(full, tmp_broker_dir: Path) -> No
     b, acked = full
     b.close()
     with mqlite.open(tmp_broker_dir, durability="none") as b2:
-        assert b2._env.map_size == MAP  # the stored map size, not the 64 GiB default
+        assert b2._engine.env.map_size == MAP  # the stored map size, not the 64 GiB default
         with pytest.raises(StorageFullError):
             b2.send("log", b"x" * VALUE, partition=1)
         _assert_readable(b2, acked)
@@ -197,7 +197,7 @@ def test_reopen_without_map_size_keeps_the_map_for_other_processes(children,
     p = children.start("grow", _grow_without_map_size, str(tmp_broker_dir), 1000)
     p.join(60)
     assert p.exitcode == 2  # StorageFullError: the child is held to the 2 MiB map too
-    assert b._env.map_size == MAP
+    assert b._engine.env.map_size == MAP
     assert b.read("t", 0, 0, max_records=1)[0].value == b"first"
     with pytest.raises(StorageFullError):
         b.send("t", b"x" * VALUE)

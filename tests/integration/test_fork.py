@@ -89,7 +89,7 @@ def test_os_fork_child_can_send_and_read(broker: mqlite.Broker) -> None:
         with broker.producer(linger_ms=0) as p:
             md2 = p.send("t", b"from-child-producer", partition=1).result()
         return [md.offset, md2.offset, [m.value.decode() for m in broker.read("t", 0)],
-                os.getpid() == broker._env.pid]
+                os.getpid() == broker._engine.env.pid]
 
     off, off2, values, same_pid = _fork_run(child)
     assert (off, off2) == (1, 0)
@@ -99,7 +99,7 @@ def test_os_fork_child_can_send_and_read(broker: mqlite.Broker) -> None:
     assert [m.value for m in broker.read("t", 0)] == [b"before-fork", b"from-child"]
     assert [m.value for m in broker.read("t", 1)] == [b"from-child-producer"]
     assert broker.send("t", b"parent-after", partition=0).offset == 2
-    assert broker._env.pid == os.getpid()
+    assert broker._engine.env.pid == os.getpid()
 
 
 def test_fork_child_reads_with_consumer_made_by_parent(broker: mqlite.Broker) -> None:
@@ -124,7 +124,7 @@ def test_fork_child_opening_the_path_again_shares_the_reopened_env(broker: mqlit
     def child() -> Any:
         with mqlite.open(tmp_broker_dir) as b2:
             b2.send("t", b"via-new-handle", partition=0)
-            shared = b2._env is broker._env
+            shared = b2._engine.env is broker._engine.env
         broker.send("t", b"via-old-handle", partition=0)
         return shared
 

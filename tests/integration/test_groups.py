@@ -338,10 +338,10 @@ def test_commit_api_and_fencing(broker: mqlite.Broker) -> None:
     assert set(c2.assignment()) == moved
     c2.commit({lost: 5})
     # The stored offset names its writer and generation.
-    env = broker._env
+    env = broker._engine.env
     from mqlite.groups import read_offset
     with env.read_txn() as txn:
-        pid = broker._topic(txn, "t").pids[lost.partition]
+        pid = broker._engine.topic(txn, "t").pids[lost.partition]
         v = read_offset(txn, env.dbs, "g", pid)
         gen = load_group(txn, env.dbs, "g").generation
     assert v is not None and v.member_id == c2._group.member_id and v.generation == gen
@@ -530,18 +530,18 @@ def test_static_member_replaced_between_probe_and_reap_is_not_touched(
     a.poll(timeout=0.01)
     a._group._stop.set()
     a._group._thread.join()
-    env = broker._env
+    env = broker._engine.env
     with env.read_txn() as txn:
         old = load_group(txn, env.dbs, "g")
     a._group._drop_lock()  # as if the process died: the lock is free
     a._group.member_id = None
     a._closed = True
-    verdicts = find_suspects(broker, old, int(time.time() * 1000))
+    verdicts = find_suspects(broker._engine, old, int(time.time() * 1000))
     assert [v for _, v in verdicts.values()] == ["dead"]
     b = broker.consumer("t", group="g", instance_id="s1", session_timeout=30)  # restart
     b.poll(timeout=0.01)
     gen = broker.describe_group("g").generation
-    assert not apply_verdicts(broker, "g", verdicts)  # probed lock is gone: no-op
+    assert not apply_verdicts(broker._engine, "g", verdicts)  # probed lock is gone: no-op
     d = broker.describe_group("g")
     assert [m.status for m in d.members] == ["alive"] and d.generation == gen
     assert len(b.assignment()) == 6

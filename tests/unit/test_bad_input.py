@@ -68,7 +68,7 @@ class Unchanged:
         self.root = root
 
     def __enter__(self) -> Self:
-        self.txnid = self.broker._env.handle().info()["last_txnid"]
+        self.txnid = self.broker._engine.env.handle().info()["last_txnid"]
         self.tree = _tree(self.root)
         self.cwd = set(os.listdir("."))
         return self
@@ -76,7 +76,7 @@ class Unchanged:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is not None:
             return
-        assert self.broker._env.handle().info()["last_txnid"] == self.txnid, "a commit happened"
+        assert self.broker._engine.env.handle().info()["last_txnid"] == self.txnid, "a commit happened"
         assert _tree(self.root) == self.tree, "files changed under the test directory"
         assert set(os.listdir(".")) == self.cwd, "a file appeared in the working directory"
 

@@ -49,7 +49,7 @@ def test_one_shared_environment_per_path(open_broker: Callable[..., mqlite.Broke
     monkeypatch.chdir(tmp_broker_dir.parent)
     b2 = open_broker("./broker/", durability="none")
     assert b1 is not b2
-    assert b1._env is b2._env
+    assert b1._engine.env is b2._engine.env
     b1.create_topic("t")
     b1.send("t", b"one")
     assert [m.value for m in b2.read("t")] == [b"one"]
@@ -270,7 +270,7 @@ def test_explicit_partition_wins_over_key(broker: mqlite.Broker) -> None:
 
 
 def _last_txnid(b: mqlite.Broker) -> int:
-    return b._env.handle().info()["last_txnid"]
+    return b._engine.env.handle().info()["last_txnid"]
 
 
 def test_send_batch_returns_compact_metadata(broker: mqlite.Broker) -> None:

@@ -13,7 +13,7 @@ import mqlite
 
 
 def _txnid(b: mqlite.Broker) -> int:
-    return b._env.handle().info()["last_txnid"]
+    return b._engine.env.handle().info()["last_txnid"]
 
 
 def _count(b: mqlite.Broker, topic: str = "t") -> int:
@@ -132,8 +132,8 @@ def test_many_dedup_ids_expire_and_are_forgotten(broker: mqlite.Broker) -> None:
     for i in range(100):  # all expired: each appends again
         broker.send("t", b"v", dedup_id=f"id-{i}")
     assert _count(broker) == 200
-    with broker._env.read_txn() as txn:
-        left = txn.stat(broker._env.dbs["dedup"])["entries"]
+    with broker._engine.env.read_txn() as txn:
+        left = txn.stat(broker._engine.env.dbs["dedup"])["entries"]
     assert left < 400  # expired ids are swept as new ones are stored
 
 

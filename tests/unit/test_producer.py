@@ -38,7 +38,7 @@ def _outcome(call: Callable[[], mqlite.SendFuture]) -> Any:
 
 
 def _txnid(b: mqlite.Broker) -> int:
-    return b._env.handle().info()["last_txnid"]
+    return b._engine.env.handle().info()["last_txnid"]
 
 
 # -- partitioners ------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from mqlite.errors import (
     StorageFullError,
 )
 
-__all__ = ["Env", "acquire_env", "lmdb_error", "check_data_file", "DB_NAMES"]
+__all__ = ["DB_NAMES", "Env", "ReadTxn", "acquire_env", "check_data_file", "lmdb_error"]
 
 #: The fixed set of named databases (docs/format.md).
 DB_NAMES = (
@@ -353,6 +353,11 @@ class Env:
         self.fresh_txn: Any = None
         self._cache_tid = -1
         self.slot_cache: dict[str, int] = {}
+        # Of the write transaction in progress (one at a time per process: LMDB's
+        # write lock): topics appended to, woken after the commit, and callbacks
+        # to run after it.  Both are dropped on abort.
+        self.touched: set[str] = set()
+        self.after_commit: list[Any] = []
         self._open()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -503,8 +508,17 @@ class Env:
                 self._open()
             return self.lmdb
 
-    def read_txn(self) -> Any:
-        """Begin a short read transaction (values as zero-copy buffers)."""
+    def read_txn(self) -> ReadTxn:
+        """A short read transaction, as a context manager (values are zero-copy buffers).
+
+        ``with env.read_txn() as txn:`` yields the LMDB transaction and aborts
+        it on exit; an ``lmdb`` error raised inside the block (a damaged page
+        reached through a cursor, say) leaves it converted by
+        :func:`lmdb_error`, so no raw ``lmdb`` exception escapes a read.
+        """
+        return ReadTxn(self._begin_read())
+
+    def _begin_read(self) -> Any:
         env = self.lmdb or self.handle()
         try:
             return env.begin(buffers=True)
@@ -546,6 +560,9 @@ class Env:
                 raise lmdb_error(exc, "begin write") from exc
         except lmdb.Error as exc:
             raise lmdb_error(exc, "begin write") from exc
+        if self.touched or self.after_commit:  # left by a transaction not ended here
+            self.touched = set()
+            self.after_commit = []
         tid = txn.id()
         if tid == self._cache_tid + 1:
             self.fresh_txn = txn
@@ -565,12 +582,22 @@ class Env:
         tid = txn.id()
         self.fresh_txn = None
         self._cache_tid = -1
+        touched = self.touched
+        if touched:
+            self.touched = set()
+        hooks = self.after_commit
+        if hooks:
+            self.after_commit = []
         try:
             txn.commit()
         except BaseException as exc:
             self.state_cache.clear()
             raise lmdb_error(exc, "commit") from exc
         self._cache_tid = tid
+        if touched:
+            self.notify_topics(touched)
+        for fn in hooks:
+            fn()
 
     def abort_with(self, txn: Any, exc: BaseException, what: str) -> BaseException:
         """Abort ``txn`` because of ``exc``; return the exception to raise.
@@ -588,6 +615,9 @@ class Env:
         self.fresh_txn = None
         self._cache_tid = -1
         self.state_cache.clear()
+        if self.touched or self.after_commit:
+            self.touched = set()
+            self.after_commit = []
         txn.abort()
 
     def check_space(self, txn: Any) -> None:
@@ -652,6 +682,26 @@ class Env:
         for t in topics:
             n.bump(self.topic_slot(t))
         n.bump(0)
+
+
+class ReadTxn:
+    """Context manager around one LMDB read transaction (see :meth:`Env.read_txn`)."""
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: Any) -> None:
+        self.txn = txn
+
+    def __enter__(self) -> Any:
+        return self.txn
+
+    def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
+        try:
+            self.txn.abort()
+        except lmdb.Error:
+            pass
+        if et is not None and isinstance(exc, lmdb.Error):
+            raise lmdb_error(exc, "read") from exc
 
 
 def acquire_env(path: str | os.PathLike[str], *, durability: str = "sync",

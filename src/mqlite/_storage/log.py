@@ -31,6 +31,7 @@ __all__ = [
     "load_state",
     "store_state",
     "append_batches",
+    "put_batch",
     "read_records",
     "apply_retention",
     "drop_partition",
@@ -108,6 +109,11 @@ def load_state_w(txn: Any, env: Any, pid: int) -> PartitionState:
 def store_state(txn: Any, dbs: dict[str, Any], pid: int, st: PartitionState) -> None:
     txn.put(pid_key(pid), _STATE.pack(st.start, st.next, st.bytes, st.first_ts, st.last_ts, 0),
             db=dbs["partitions"])
+
+
+def put_batch(txn: Any, dbs: dict[str, Any], pid: int, base_offset: int, batch: bytes) -> None:
+    """Store one encoded batch at ``base_offset`` (the caller updates the partition state)."""
+    txn.put(record_key(pid, base_offset), batch, db=dbs["records"])
 
 
 def append_batches(txn: Any, dbs: dict[str, Any], pid: int, batches: list[bytes],

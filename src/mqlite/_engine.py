@@ -1,0 +1,635 @@
+"""The engine beneath every feature: catalog, transactions, and the one append path.
+
+Contract
+--------
+* An :class:`Engine` is one handle on one broker directory's environment
+  (:class:`mqlite._storage.Env`, shared by every handle of the process).  The
+  public :class:`mqlite.Broker` is a thin facade over it; producers,
+  consumers, groups, queues, routing, the scheduler and transactions are
+  built on it and never on the facade.
+* :meth:`Engine.read` and :meth:`Engine.write` are the only ways into a
+  transaction.  Both convert every ``lmdb`` error (raised at begin, inside
+  the block, or at commit) into an :class:`mqlite.MqliteError`; a write
+  commits when the block ends without an exception, aborts otherwise, then
+  bumps the wake-up words of the topics it appended to and runs the
+  callbacks registered with :meth:`Engine.after_commit`.
+* Every append goes through :meth:`Engine.append` (or its inlined one-record
+  twin in :meth:`Engine.send`): encoding is done by the caller with
+  :meth:`Engine.encode`, then partition state, space check, rate-limited
+  retention, dedup record and the topic's wake-up happen here.
+* The topic cache is validated by the catalog version on every read and
+  skipped inside a write transaction that follows this process's own last
+  commit (``env.fresh_txn``).
+* Thread-safe: several threads may share an engine; LMDB serialises writers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mqlite import _core
+from mqlite._storage import dedup as _dedup
+from mqlite._storage import log as _log
+from mqlite._storage.env import Env
+from mqlite.config import (
+    DEFAULT_DEDUP_WINDOW_MS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    TopicConfig,
+    require_int,
+    validate_topic_name,
+)
+from mqlite.errors import (
+    ClosedError,
+    PartitionNotFoundError,
+    TopicNotFoundError,
+)
+from mqlite.types import (
+    BatchMetadata,
+    PartitionInfo,
+    PartitionRange,
+    RecordMetadata,
+    TopicDescription,
+)
+
+__all__ = [
+    "Engine",
+    "TopicRecord",
+    "check_values_arg",
+    "now_ms",
+    "on_topic_delete",
+    "on_consumed_floor",
+]
+
+TopicRecord = _log.TopicRecord
+_tuple_new = tuple.__new__  # NamedTuple construction without the keyword-argument wrapper
+_SPACE_CHECK_EVERY = 64
+_SPACE_CHECK_BYTES = 1 << 20
+_RETENTION_INTERVAL_S = 1.0
+_UNCAPPED = 1 << 30  # max_message_bytes for re-appends of messages accepted once
+
+# Called inside the delete transaction of a topic, to drop feature state kept
+# for it (offsets, pending entries, bindings).
+_TOPIC_DELETE_HOOKS: list[Callable[[Any, dict[str, Any], TopicRecord], None]] = []
+# Lowest offset of a partition some queue group still needs (``cleanup="consumed"``).
+_CONSUMED_FLOOR_HOOKS: list[Callable[[Any, dict[str, Any], TopicRecord, int], int | None]] = []
+
+
+def on_topic_delete(hook: Callable[[Any, dict[str, Any], TopicRecord], None]) -> None:
+    """Register ``hook(txn, dbs, topic_record)``, run inside every topic deletion (once)."""
+    if hook not in _TOPIC_DELETE_HOOKS:
+        _TOPIC_DELETE_HOOKS.append(hook)
+
+
+def on_consumed_floor(
+        hook: Callable[[Any, dict[str, Any], TopicRecord, int], int | None]) -> None:
+    """Register ``hook(txn, dbs, rec, pid) -> offset | None`` for ``cleanup="consumed"``."""
+    if hook not in _CONSUMED_FLOOR_HOOKS:
+        _CONSUMED_FLOOR_HOOKS.append(hook)
+
+
+def now_ms() -> int:
+    """Wall-clock UNIX time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def check_values_arg(values: object) -> Sequence[Any]:
+    """``values`` as a sequence of messages; a single bytes-like or str is a TypeError."""
+    if isinstance(values, (bytes, bytearray, memoryview, str)):
+        raise TypeError("values must be a sequence of bytes-like objects, not a single "
+                        f"{type(values).__name__}; use send() for one message")
+    if not isinstance(values, Sequence):
+        values = list(values)  # type: ignore[call-overload]
+    return values  # type: ignore[return-value]
+
+
+class Engine:
+    """One handle on a broker directory; see the module docstring."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self._closed = False
+        self._rr = itertools.count()
+        self._writes = 0
+        self._bytes_since_check = 0
+        self._last_retention: dict[int, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """Absolute path of the broker directory."""
+        return self.env.path
+
+    @property
+    def durability(self) -> str:
+        """``"sync"``, ``"lazy"`` or ``"none"``, as chosen by this process's ``open()``."""
+        return self.env.durability
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release this handle (idempotent); the environment closes with its last handle."""
+        if not self._closed:
+            self._closed = True
+            self.env.release()
+
+    def live_env(self) -> Env:
+        """The environment; :class:`ClosedError` once this handle is closed."""
+        if self._closed:
+            raise ClosedError("this broker handle is closed; call mqlite.open() again")
+        return self.env
+
+    # -- transactions ------------------------------------------------------------------
+    def read(self) -> Any:
+        """``with engine.read() as txn:`` a short read transaction, errors converted."""
+        return self.live_env().read_txn()
+
+    def write(self, what: str = "write") -> _Write:
+        """``with engine.write() as txn:`` one write transaction (see the module docstring)."""
+        return _Write(self.live_env(), what)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` once the write transaction in progress has committed (not on abort)."""
+        self.env.after_commit.append(fn)
+
+    def touched(self, topic: str) -> None:
+        """Wake the consumers of ``topic`` when the current write transaction commits."""
+        self.env.touched.add(topic)
+
+    # -- topic catalog -------------------------------------------------------------------
+    def topic(self, txn: Any, name: str) -> _log.TopicRecord:
+        """Topic record through the process cache, validated by the catalog version.
+
+        In a write transaction that follows our own last commit (``env.fresh_txn``)
+        the cache is known current and the version read is skipped.
+        """
+        env = self.env
+        cache = env.topic_cache
+        if txn is not env.fresh_txn:
+            ver = _log.topics_version(txn, env.dbs)
+            if env.topic_cache_version != ver:
+                cache.clear()
+                env.topic_cache_version = ver
+        rec = cache.get(name)
+        if rec is None:
+            rec = _log.get_topic(txn, env.dbs, name)
+            if rec is None:
+                raise TopicNotFoundError(
+                    f"topic {name!r} does not exist; create it with broker.create_topic({name!r})"
+                )
+            cache[name] = rec
+        return rec
+
+    def topic_cached(self, name: str) -> _log.TopicRecord:
+        """Topic record from the cache (possibly stale), else read it."""
+        rec = self.env.topic_cache.get(name)
+        if rec is not None:
+            return rec
+        validate_topic_name(name)
+        with self.read() as txn:
+            return self.topic(txn, name)
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        retention_messages: int | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS,
+        cleanup: str = "delete",
+        exist_ok: bool = False,
+    ) -> None:
+        """Create a topic with ``partitions`` empty partitions.
+
+        Raises
+        ------
+        InvalidTopicError
+            Bad name (``ValueError``).
+        TopicExistsError
+            The topic exists (unless ``exist_ok``; then nothing changes, even
+            if the existing topic was created with other settings).
+        TypeError, ValueError
+            Bad settings (see :class:`mqlite.config.TopicConfig`).
+        """
+        validate_topic_name(name)
+        cfg = TopicConfig(partitions=partitions, retention_ms=retention_ms,
+                          retention_bytes=retention_bytes, retention_messages=retention_messages,
+                          max_message_bytes=max_message_bytes, dedup_window_ms=dedup_window_ms,
+                          cleanup=cleanup)
+        env = self.live_env()
+        with self.write() as txn:
+            if exist_ok and _log.get_topic(txn, env.dbs, name) is not None:
+                return
+            env.topic_cache.clear()
+            _log.create_topic(txn, env.dbs, name, cfg, now_ms())
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and all its messages, offsets and pending entries.
+
+        Raises :class:`TopicNotFoundError` when it does not exist.
+        """
+        validate_topic_name(name)
+        env = self.live_env()
+        with self.write() as txn:
+            rec = _log.get_topic(txn, env.dbs, name)
+            if rec is None:
+                raise TopicNotFoundError(f"topic {name!r} does not exist")
+            env.topic_cache.clear()
+            _log.delete_topic(txn, env.dbs, rec)
+            for hook in _TOPIC_DELETE_HOOKS:
+                hook(txn, env.dbs, rec)
+        env.space_freed()
+        env.notify_topics([name])
+
+    def topics(self) -> list[str]:
+        """Names of all topics, sorted."""
+        with self.read() as txn:
+            return _log.list_topics(txn, self.env.dbs)
+
+    def topic_config(self, name: str) -> TopicConfig:
+        """The stored configuration of topic ``name``."""
+        return self.topic_fresh(name).topic_config()
+
+    def topic_fresh(self, name: str) -> _log.TopicRecord:
+        validate_topic_name(name)
+        with self.read() as txn:
+            return self.topic(txn, name)
+
+    def partitions_for(self, name: str) -> int:
+        """Number of partitions of topic ``name``."""
+        return len(self.topic_fresh(name).pids)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        """Configuration and per-partition state (offsets, messages, bytes, timestamps)."""
+        validate_topic_name(name)
+        env = self.live_env()
+        with self.read() as txn:
+            rec = self.topic(txn, name)
+            parts = []
+            for i, pid in enumerate(rec.pids):
+                st = _log.load_state(txn, env.dbs, pid)
+                parts.append(PartitionInfo(
+                    partition=i, start_offset=st.start, end_offset=st.next,
+                    messages=st.messages, bytes=st.bytes,
+                    oldest_timestamp_ms=st.first_ts if st.messages and st.first_ts >= 0 else None,
+                    newest_timestamp_ms=st.last_ts if st.messages and st.last_ts >= 0 else None,
+                ))
+        return TopicDescription(name=name, config=rec.config, partitions=parts)
+
+    # -- writing -------------------------------------------------------------------------
+    def choose_partition(self, rec: _log.TopicRecord, key: Any, partition: int | None,
+                          value: Any = None,
+                          partitioner: Callable[..., int] | None = None) -> int:
+        n = len(rec.pids)
+        if partition is not None:
+            if not isinstance(partition, int) or isinstance(partition, bool):
+                raise TypeError(f"partition must be int, not {type(partition).__name__}")
+            if not 0 <= partition < n:
+                raise PartitionNotFoundError(
+                    f"partition {partition} out of range: topic {rec.name!r} has partitions "
+                    f"0..{n - 1}"
+                )
+            return partition
+        if partitioner is not None:
+            p = partitioner(key, value, n)
+            if not isinstance(p, int) or not 0 <= p < n:
+                raise PartitionNotFoundError(
+                    f"partitioner returned {p!r}; expected an int in 0..{n - 1}"
+                )
+            return p
+        if n == 1:
+            return 0
+        if key is not None:
+            return _core.partition_for_key(key, n)
+        return next(self._rr) % n
+
+    def append_in(self, txn: Any, rec: _log.TopicRecord, part: int,
+                   batches: list[bytes]) -> tuple[int, _log.PartitionState]:
+        """Append encoded batches to partition ``part`` of ``rec`` inside ``txn``.
+
+        Every append path goes through here (``send`` inlines the same steps
+        for one record): partition state, space accounting, retention.
+        Returns the first offset written and the partition's updated state.
+        """
+        env = self.env
+        pid = rec.pids[part]
+        st = _log.load_state_w(txn, env, pid)
+        base = _log.append_batches(txn, env.dbs, pid, batches, st)
+        self._after_append(txn, env, rec, pid, st, sum(len(b) for b in batches))
+        _log.store_state(txn, env.dbs, pid, st)
+        env.touched.add(rec.name)
+        return base, st
+
+    def _after_append(self, txn: Any, env: Env, rec: _log.TopicRecord, pid: int,
+                      st: _log.PartitionState, nbytes: int) -> None:
+        """Space accounting and rate-limited retention, inside the append transaction."""
+        self._writes += 1
+        self._bytes_since_check += nbytes
+        cfg = rec.config
+        if (cfg["retention_ms"] is not None or cfg["retention_bytes"] is not None
+                or cfg["retention_messages"] is not None):
+            over = ((cfg["retention_bytes"] is not None and st.bytes > cfg["retention_bytes"])
+                    or (cfg["retention_messages"] is not None
+                        and st.messages > cfg["retention_messages"]))
+            t = time.monotonic()
+            if over or t - self._last_retention.get(pid, 0.0) >= _RETENTION_INTERVAL_S:
+                self._last_retention[pid] = t
+                # Wall clock, not a record's timestamp: a future-dated record must
+                # not expire everything before it.
+                _log.apply_retention(txn, env.dbs, pid, st, rec.topic_config(), now_ms())
+
+    def encode(self, rec: TopicRecord, values: Sequence[Any], keys: Sequence[Any] | None,
+               headers: Sequence[Any] | None, timestamp_ms: int | Sequence[int], *,
+               capped: bool = True) -> list[bytes]:
+        """Encode messages for topic ``rec`` as record batches: the one encoding step.
+
+        ``values`` and ``keys`` hold bytes-like objects or ``None`` (a null
+        value or key, kept distinct from ``b""`` all the way to the consumer).
+        ``capped`` enforces the topic's ``max_message_bytes``; re-appends of
+        messages that were accepted once (dead letters, redrives, promoted
+        scheduled messages) pass ``False``.
+
+        Raises
+        ------
+        MessageTooLargeError, TypeError, ValueError
+        """
+        maxb = rec.config["max_message_bytes"] if capped else _UNCAPPED
+        return _core.encode_batches(values, keys, headers, timestamp_ms, max_message_bytes=maxb)
+
+    def dedup_key(self, topic: str, dedup_id: str | bytes) -> bytes:
+        """The stored key of ``dedup_id`` on ``topic`` (TypeError/ValueError when invalid)."""
+        return _dedup.dedup_key(topic, dedup_id)
+
+    def dedup_hit(self, txn: Any, dkey: bytes,
+                  now: int | None = None) -> tuple[int, int, int, int] | None:
+        """``(expires_ms, partition, offset, timestamp_ms)`` of a live dedup id, else ``None``."""
+        return _dedup.lookup(txn, self.env.dbs, dkey, now_ms() if now is None else now)
+
+    def dedup_store(self, txn: Any, dkey: bytes, rec: TopicRecord, part: int, off: int,
+                    ts: int) -> None:
+        """Record where the message of ``dkey`` went, for the topic's dedup window."""
+        _dedup.store(txn, self.env.dbs, dkey, part, off, ts, now_ms(),
+                     rec.config["dedup_window_ms"])
+
+    def maybe_check_space(self, env: Env, txn: Any, nbytes: int) -> None:
+        if (self._writes % _SPACE_CHECK_EVERY == 0
+                or self._bytes_since_check + nbytes >= _SPACE_CHECK_BYTES):
+            self._bytes_since_check = 0
+            env.check_space(txn)
+
+    def send(self, topic: str, value: Any, key: Any = None,
+             headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
+             timestamp_ms: int | None = None,
+             dedup_id: str | bytes | None = None) -> RecordMetadata:
+        """Append one message in its own transaction (see :meth:`mqlite.Broker.send`).
+
+        The one-record twin of :meth:`append_in`, inlined for speed: the same
+        steps (partition choice, space check, state, retention, dedup, wake-up).
+        """
+        if type(topic) is not str:
+            validate_topic_name(topic)
+        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
+            timestamp_ms, "timestamp_ms", minimum=0)
+        env = self.env
+        if self._closed:
+            raise ClosedError("this broker handle is closed; call mqlite.open() again")
+        rec = env.topic_cache.get(topic) or self.topic_cached(topic)
+        maxb = rec.config["max_message_bytes"]
+        kk = None if key is None else (key,)
+        hh = None if headers is None else (headers,)
+        batches = _core.encode_batches((value,), kk, hh, ts, max_message_bytes=maxb)
+        dkey = None if dedup_id is None else _dedup.dedup_key(topic, dedup_id)
+        txn = env.write_txn()
+        try:
+            rec2 = self.topic(txn, topic)
+            if rec2 is not rec:
+                if rec2.config["max_message_bytes"] != maxb:
+                    batches = _core.encode_batches((value,), kk, hh, ts,
+                                                   max_message_bytes=rec2.config["max_message_bytes"])
+                rec = rec2
+            if dkey is not None:
+                hit = _dedup.lookup(txn, env.dbs, dkey, now_ms())  # expiry is wall time, not ts
+                if hit is not None:
+                    env.abort(txn)
+                    return RecordMetadata(topic, hit[1], hit[2], hit[3])
+            pids = rec.pids
+            if partition is None and key is None and len(pids) == 1:
+                part = 0
+            else:
+                part = self.choose_partition(rec, key, partition)
+            pid = pids[part]
+            batch = batches[0]
+            nbytes = len(batch)
+            self.maybe_check_space(env, txn, nbytes)
+            st = _log.load_state_w(txn, env, pid)
+            off = st.next
+            _log.put_batch(txn, env.dbs, pid, off, batch)
+            st.next = off + 1
+            st.bytes += nbytes
+            if st.first_ts < 0:
+                st.first_ts = ts
+            if ts > st.last_ts:
+                st.last_ts = ts
+            if rec.config["retention_ms"] is not None or rec.config["retention_bytes"] \
+                    is not None or rec.config["retention_messages"] is not None:
+                self._after_append(txn, env, rec, pid, st, nbytes)
+            else:
+                self._writes += 1
+                self._bytes_since_check += nbytes
+            _log.store_state(txn, env.dbs, pid, st)
+            if dkey is not None:
+                self.dedup_store(txn, dkey, rec, part, off, ts)
+        except BaseException as exc:
+            err = env.abort_with(txn, exc, f"send to {topic!r}")
+            if err is exc:
+                raise
+            raise err from exc
+        env.commit(txn)
+        n = env.notifier
+        n.bump(env.slot_cache.get(topic) or env.topic_slot(topic))
+        n.bump(0)
+        return _tuple_new(RecordMetadata, (topic, part, off, ts))
+
+    def send_batch(
+        self,
+        topic: str,
+        values: Sequence[Any],
+        keys: Sequence[Any] | None = None,
+        partition: int | None = None,
+        *,
+        headers: Sequence[Sequence[tuple[str, Any]] | None] | None = None,
+        timestamp_ms: int | Sequence[int] | None = None,
+    ) -> BatchMetadata:
+        """Append many messages in one transaction; all or nothing.
+
+        Without ``keys`` and ``partition`` the whole batch goes to one
+        partition (round-robin between calls), so it stays in order.  With
+        ``keys`` each message goes to its key's murmur2 partition (keys may
+        contain ``None``: those go to one round-robin partition).
+
+        Returns
+        -------
+        BatchMetadata
+            Compact: per-partition offset ranges; ``md[i]`` builds message
+            ``i``'s :class:`RecordMetadata` on demand.
+
+        Raises
+        ------
+        TopicNotFoundError, PartitionNotFoundError, MessageTooLargeError,
+        StorageFullError, TypeError, ValueError (empty ``values`` or length
+        mismatch)
+        """
+        values = check_values_arg(values)
+        if not values:
+            raise ValueError("send_batch needs at least one value")
+        if keys is not None:
+            keys = check_values_arg(keys)
+            if len(keys) != len(values):
+                raise ValueError(f"len(keys) == {len(keys)} but len(values) == {len(values)}")
+        if headers is not None and len(headers) != len(values):
+            raise ValueError(f"len(headers) == {len(headers)} but len(values) == {len(values)}")
+        ts = now_ms() if timestamp_ms is None else timestamp_ms
+        if isinstance(ts, bool) or not isinstance(ts, (int, Sequence)):
+            raise TypeError("timestamp_ms must be an int or a sequence of ints")
+        if ts < 0 if isinstance(ts, int) else any(type(t) is int and t < 0 for t in ts):
+            raise ValueError("timestamp_ms must be >= 0 (UNIX time in milliseconds)")
+        env = self.live_env()
+        rec = self.topic_cached(topic)
+        n = len(rec.pids)
+        # Group messages by partition (only when keys spread them).
+        assignment: list[int] | None = None
+        if keys is not None and partition is None and n > 1:
+            rr = next(self._rr) % n
+            pfk = _core.partition_for_key
+            assignment = [rr if k is None else pfk(k, n) for k in keys]
+            if len(set(assignment)) == 1:
+                partition, assignment = assignment[0], None
+        if assignment is None:
+            part = self.choose_partition(rec, None, partition) if (
+                partition is not None or n == 1) else next(self._rr) % n
+            groups: list[tuple[int, list[bytes]]] = [(part, _core.encode_batches(
+                values, keys, headers, ts,
+                max_message_bytes=rec.config["max_message_bytes"]))]
+        else:
+            order: dict[int, list[int]] = {}
+            for i, p in enumerate(assignment):
+                order.setdefault(p, []).append(i)
+            groups = []
+            for p in sorted(order):
+                idx = order[p]
+                groups.append((p, _core.encode_batches(
+                    [values[i] for i in idx], [keys[i] for i in idx],  # type: ignore[index]
+                    None if headers is None else [headers[i] for i in idx],
+                    ts if isinstance(ts, int) else [ts[i] for i in idx],
+                    max_message_bytes=rec.config["max_message_bytes"])))
+        total = sum(len(b) for _, bs in groups for b in bs)
+        ranges: list[PartitionRange] = []
+        first_ts = ts if isinstance(ts, int) else (ts[0] if len(ts) else now_ms())
+        txn = env.write_txn()
+        try:
+            rec2 = self.topic(txn, topic)
+            if rec2.pids != rec.pids or rec2.config != rec.config:
+                env.abort(txn)
+                return self.send_batch(topic, values, keys, partition, headers=headers,
+                                       timestamp_ms=timestamp_ms)
+            self._bytes_since_check = _SPACE_CHECK_BYTES  # force a check for bulk writes
+            self.maybe_check_space(env, txn, total)
+            for part, batches in groups:
+                base, st = self.append_in(txn, rec, part, batches)
+                ranges.append(PartitionRange(part, base, st.next - base))
+        except BaseException as exc:
+            err = env.abort_with(txn, exc, f"send_batch to {topic!r}")
+            if err is exc:
+                raise
+            raise err from exc
+        env.commit(txn)
+        return BatchMetadata(topic, first_ts, ranges, assignment)
+
+    def apply_retention(self, topic: str | None = None) -> int:
+        """Apply retention rules now (they also run on appends); returns batches deleted."""
+        env = self.live_env()
+        if topic is not None:
+            validate_topic_name(topic)
+        names = [topic] if topic is not None else self.topics()
+        deleted = 0
+        now = now_ms()
+        with self.write() as txn:
+            for name in names:
+                rec = _log.get_topic(txn, env.dbs, name)
+                if rec is None:
+                    if topic is not None:
+                        raise TopicNotFoundError(f"topic {topic!r} does not exist")
+                    continue
+                cfg = rec.topic_config()
+                for pid in rec.pids:
+                    st = _log.load_state_w(txn, env, pid)
+                    keep = None
+                    if cfg.cleanup == "consumed":
+                        keep = _consumed_floor(txn, env, rec, pid)
+                    d = _log.apply_retention(txn, env.dbs, pid, st, cfg, now, keep)
+                    if d:
+                        _log.store_state(txn, env.dbs, pid, st)
+                        deleted += d
+        if deleted:
+            env.space_freed()
+        return deleted
+
+    # -- reading -------------------------------------------------------------------------
+    def read_partition(self, topic: str, partition: int = 0, offset: int = 0,
+             max_records: int = 500) -> list[_core.Message]:
+        """Read up to ``max_records`` messages of one partition from ``offset`` (no group)."""
+        validate_topic_name(topic)
+        require_int(offset, "offset", minimum=0)
+        require_int(max_records, "max_records", minimum=1)
+        env = self.live_env()
+        out: list[_core.Message] = []
+        with self.read() as txn:
+            rec = self.topic(txn, topic)
+            if not isinstance(partition, int) or isinstance(partition, bool):
+                raise TypeError(f"partition must be int, not {type(partition).__name__}")
+            if not 0 <= partition < len(rec.pids):
+                raise PartitionNotFoundError(f"no partition {partition!r} in topic {topic!r}")
+            pid = rec.pids[partition]
+            st = _log.load_state(txn, env.dbs, pid)
+            _log.read_records(txn, env.dbs, pid, max(offset, st.start), max_records, out,
+                              topic, partition, st.next)
+        return out
+
+
+
+class _Write:
+    """Context manager: one LMDB write transaction, errors converted, wake-ups after commit."""
+
+    __slots__ = ("_env", "_txn", "_what")
+
+    def __init__(self, env: Env, what: str) -> None:
+        self._env = env
+        self._what = what
+        self._txn: Any = None
+
+    def __enter__(self) -> Any:
+        self._txn = self._env.write_txn()
+        return self._txn
+
+    def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
+        txn = self._txn
+        if et is not None:
+            err = self._env.abort_with(txn, exc, self._what)
+            if err is not exc:
+                raise err from exc
+            return
+        self._env.commit(txn)
+
+
+def _consumed_floor(txn: Any, env: Env, rec: TopicRecord, pid: int) -> int | None:
+    """Lowest offset some queue group still needs (``cleanup="consumed"``); hook-provided."""
+    floors = [f(txn, env.dbs, rec, pid) for f in _CONSUMED_FLOOR_HOOKS]
+    found = [f for f in floors if f is not None]
+    return min(found) if found else None

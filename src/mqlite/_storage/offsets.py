@@ -1,0 +1,60 @@
+"""Committed offsets of stream-mode consumer groups, inside caller-supplied transactions.
+
+Layout (docs/format.md)::
+
+    offsets:  group (UTF-8) 0x00 partition id (u32 BE)  -> msgpack OffsetValue (array)
+
+Queue groups keep their cursor in the same database under their own group
+name (``~q~topic~group``), as a bare u64 BE; see ``queue``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from mqlite._storage.keys import group_pid_key
+from mqlite._storage.log import prefix_keys
+
+__all__ = ["OffsetValue", "drop_partitions", "partitions_with_offsets", "read", "write"]
+
+
+class OffsetValue(msgspec.Struct, array_like=True):
+    """A committed offset, who committed it, in which generation, and when."""
+
+    offset: int
+    member_id: str
+    generation: int
+    timestamp_ms: int
+    metadata: str = ""
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(OffsetValue)
+
+
+def read(txn: Any, dbs: dict[str, Any], group: str, pid: int) -> OffsetValue | None:
+    """The committed offset of ``group`` on partition id ``pid``, or ``None``."""
+    raw = txn.get(group_pid_key(group, pid), db=dbs["offsets"])
+    return None if raw is None else _dec.decode(raw)
+
+
+def write(txn: Any, dbs: dict[str, Any], group: str, pid: int, value: OffsetValue) -> None:
+    txn.put(group_pid_key(group, pid), _enc.encode(value), db=dbs["offsets"])
+
+
+def partitions_with_offsets(txn: Any, dbs: dict[str, Any], group: str) -> set[int]:
+    """Partition ids on which ``group`` has a committed offset."""
+    prefix = group.encode() + b"\x00"
+    return {int.from_bytes(k[-4:], "big") for k in prefix_keys(txn, dbs["offsets"], prefix)
+            if len(k) == len(prefix) + 4}
+
+
+def drop_partitions(txn: Any, dbs: dict[str, Any], pids: list[int]) -> None:
+    """Delete every group's offset on the partition ids ``pids`` (topic deletion)."""
+    tails = {pid.to_bytes(4, "big") for pid in pids}
+    cur = txn.cursor(db=dbs["offsets"])
+    doomed = [bytes(k) for k in cur.iternext(keys=True, values=False) if bytes(k)[-4:] in tails]
+    for k in doomed:
+        txn.delete(k, db=dbs["offsets"])

@@ -728,10 +728,55 @@ class Broker:
         return Transaction(self)
 
     def is_processed(self, event_id: str | bytes, scope: str = "default") -> bool:
-        """Whether a transaction recorded ``event_id`` as processed (and it has not expired)."""
+        """Whether ``event_id`` is claimed in ``scope`` (and not expired): a hint, not a lock.
+
+        Non-exclusive: another process may claim the id right after this
+        returns ``False``.  Use it to skip work early; rely on
+        :meth:`claim` / ``tx.claim`` for exclusivity (docs/exactly-once.md).
+        """
         from mqlite.transaction import is_processed
 
         return is_processed(self, event_id, scope)
+
+    def claim(self, event_id: str | bytes, scope: str = "default", *,
+              ttl: float = 7 * 24 * 3600.0) -> bool:
+        """Claim ``event_id`` in ``scope`` for ``ttl`` seconds, atomically; first caller wins.
+
+        For effects outside mqlite (an HTTP call, an email): claim, then act
+        only if this returned ``True``.  The check and the claim happen in one
+        write transaction, so of any number of threads and processes claiming
+        one id, exactly one gets ``True`` until the claim expires.  That makes
+        the external effect at-most-once: a crash after the claim and before
+        the effect loses the effect (docs/exactly-once.md).  With
+        ``durability="sync"`` the claim is on disk when this returns.
+
+        Parameters
+        ----------
+        event_id
+            1-256 bytes (``str`` is encoded UTF-8).
+        scope
+            Namespace of the id: 1-100 bytes of UTF-8, no NUL.
+        ttl
+            Seconds the claim is kept: 0.001 to 366 days (default 7 days).
+
+        Returns
+        -------
+        bool
+            ``True`` if this call claimed the id; ``False`` if it was already
+            claimed (and not expired).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad ``event_id``, ``scope`` or ``ttl`` (checked before any storage call).
+        StorageError
+            The write failed (``StorageFullError`` when the map is full).
+        ClosedError
+            The broker is closed.
+        """
+        from mqlite.transaction import claim
+
+        return claim(self, event_id, scope, ttl=ttl)
 
     def read(self, topic: str, partition: int = 0, offset: int = 0,
              max_records: int = 500) -> list[_core.Message]:

@@ -15,6 +15,7 @@ have drained a full store).
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 from typing import Any
 
 __all__ = [
@@ -205,11 +206,17 @@ class AlreadyProcessedError(MqliteError):
 
     def __init__(self, event_id: str | bytes, scope: str, *, claimed_ms: int | None = None,
                  expires_ms: int | None = None) -> None:
-        until = "" if expires_ms is None else f" until {expires_ms} ms since the epoch"
+        until = ""
+        if expires_ms is not None:
+            try:
+                when = datetime.datetime.fromtimestamp(expires_ms / 1000, datetime.UTC)
+                until = f" until {when.isoformat(timespec='milliseconds')}"
+            except (OverflowError, ValueError, OSError):  # a stored value out of range
+                until = f" until {expires_ms} ms since the epoch"
         super().__init__(
             f"event id {event_id!r} in scope {scope!r} is already claimed{until}: it was "
-            "processed before, so this transaction was not applied; skip the event (commit "
-            "its offset or ack it in a transaction of its own)")
+            "processed before, and a transaction with this claim is not applied; skip the "
+            "event (commit its offset or ack it in a transaction of its own)")
         self.event_id = event_id
         self.scope = scope
         self.claimed_ms = claimed_ms

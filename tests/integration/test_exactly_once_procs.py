@@ -32,14 +32,14 @@ def _setup(path: str) -> list[str]:
     return orders
 
 
-def _race(path: str, pattern: str, tmp_path: Path) -> list[dict]:
+def _race(path: str, pattern: str, tmp_path: Path, durability: str = "none") -> list[dict]:
     """Run two workers with ``pattern`` from a common start; return their summaries."""
     effects_file = str(tmp_path / "external-effects.txt")
     children: list[subprocess.Popen[str]] = []
     try:
         for w in ("a", "b"):
             args = {"dir": path, "pattern": pattern, "worker": w, "orders": ORDERS,
-                    "effects_file": effects_file, "timeout": 120.0}
+                    "effects_file": effects_file, "timeout": 120.0, "durability": durability}
             children.append(subprocess.Popen(
                 [sys.executable, CHILD, json.dumps(args)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -70,13 +70,15 @@ def _effects(path: str) -> Counter[str]:
     return Counter(m.value.decode() for m in msgs)
 
 
-@pytest.mark.parametrize("pattern", ["claim", "legacy"])
-def test_two_processes_every_order_has_exactly_one_effect(tmp_broker_dir, tmp_path, pattern):
+@pytest.mark.parametrize(("pattern", "durability"),
+                         [("claim", "none"), ("claim", "sync"), ("legacy", "none")])
+def test_two_processes_every_order_has_exactly_one_effect(tmp_broker_dir, tmp_path, pattern,
+                                                          durability):
     """``claim`` is the new API; ``legacy`` is the old check-then-record pattern
     (``is_processed`` hint + ``record_processed``), safe now that recording is exclusive."""
     path = str(tmp_broker_dir)
     orders = _setup(path)
-    stats = _race(path, pattern, tmp_path)
+    stats = _race(path, pattern, tmp_path, durability)
     effects = _effects(path)
     assert sorted(effects) == orders, "every order has an effect"
     doubled = {o: n for o, n in effects.items() if n != 1}
@@ -85,7 +87,7 @@ def test_two_processes_every_order_has_exactly_one_effect(tmp_broker_dir, tmp_pa
     assert sum(s["effects"] for s in stats) == ORDERS
     refused = sum(s["early"] + s["at_commit"] + s["hint_skips"] for s in stats)
     assert refused == ORDERS, stats
-    print(f"{pattern}: {ORDERS} orders, {sum(effects.values())} effects, workers {stats}")
+    print(f"{pattern}/{durability}: {ORDERS} orders, {sum(effects.values())} effects, workers {stats}")
 
 
 def test_two_processes_external_effect_claimed_once(tmp_broker_dir, tmp_path):

@@ -739,7 +739,7 @@ class Broker:
         return is_processed(self, event_id, scope)
 
     def claim(self, event_id: str | bytes, scope: str = "default", *,
-              ttl: float = 7 * 24 * 3600.0) -> bool:
+              ttl: float = 7 * 24 * 3600.0) -> bool:  # = transaction.DEFAULT_CLAIM_TTL
         """Claim ``event_id`` in ``scope`` for ``ttl`` seconds, atomically; first caller wins.
 
         For effects outside mqlite (an HTTP call, an email): claim, then act

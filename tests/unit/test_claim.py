@@ -285,6 +285,15 @@ def test_ttl_bounds_accepted(broker, clock):
     assert ei.value.expires_ms == clock[0] + 366 * 86_400_000
 
 
+def test_default_ttl_is_seven_days_everywhere():
+    import inspect
+
+    assert _tx.DEFAULT_CLAIM_TTL == 7 * 86_400
+    for fn in (mqlite.Broker.claim, mqlite.Transaction.claim, mqlite.Transaction.record_processed,
+               _tx.claim):
+        assert inspect.signature(fn).parameters["ttl"].default == _tx.DEFAULT_CLAIM_TTL, fn
+
+
 def test_closed_broker_and_finished_transaction(open_broker, tmp_broker_dir):
     b = open_broker(durability="none")
     tx = b.transaction()

@@ -15,6 +15,7 @@ from mqlite.broker import Broker, open
 from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
 from mqlite.errors import (
+    AlreadyProcessedError,
     BrokerDirectoryError,
     CancelledError,
     ClosedError,
@@ -103,6 +104,7 @@ __all__ = [
     "ExchangeNotFoundError",
     "ExchangeExistsError",
     "UnroutableError",
+    "AlreadyProcessedError",
     "TimeoutError",
     "__version__",
 ]

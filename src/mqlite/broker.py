@@ -14,9 +14,10 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from mqlite import _core, routing, scheduler, transaction
+from mqlite import _core, routing, scheduler
 from mqlite import groups as _groups
 from mqlite import queue as _queue
+from mqlite import transaction as _tx
 from mqlite._engine import Engine
 from mqlite._storage.env import acquire_env
 from mqlite.config import DEFAULT_DEDUP_WINDOW_MS, DEFAULT_MAX_MESSAGE_BYTES, TopicConfig
@@ -452,5 +453,48 @@ class Broker:
         return Transaction(self._engine)
 
     def is_processed(self, event_id: str | bytes, scope: str = "default") -> bool:
-        """Whether a transaction recorded ``event_id`` as processed (and it has not expired)."""
-        return transaction.is_processed(self._engine, event_id, scope)
+        """Whether ``event_id`` is claimed in ``scope`` (and not expired): a hint, not a lock.
+
+        Non-exclusive: another process may claim the id right after this
+        returns ``False``.  Use it to skip work early; rely on
+        :meth:`claim` / ``tx.claim`` for exclusivity (docs/exactly-once.md).
+        """
+        return _tx.is_processed(self._engine, event_id, scope)
+
+    def claim(self, event_id: str | bytes, scope: str = "default", *,
+              ttl: float = _tx.DEFAULT_CLAIM_TTL) -> bool:
+        """Claim ``event_id`` in ``scope`` for ``ttl`` seconds, atomically; first caller wins.
+
+        For effects outside mqlite (an HTTP call, an email): claim, then act
+        only if this returned ``True``.  The check and the claim happen in one
+        write transaction, so of any number of threads and processes claiming
+        one id, exactly one gets ``True`` until the claim expires.  That makes
+        the external effect at-most-once: a crash after the claim and before
+        the effect loses the effect (docs/exactly-once.md).  With
+        ``durability="sync"`` the claim is on disk when this returns.
+
+        Parameters
+        ----------
+        event_id
+            1-256 bytes (``str`` is encoded UTF-8).
+        scope
+            Namespace of the id: 1-100 bytes of UTF-8, no NUL.
+        ttl
+            Seconds the claim is kept: 0.001 to 366 days (default 7 days).
+
+        Returns
+        -------
+        bool
+            ``True`` if this call claimed the id; ``False`` if it was already
+            claimed (and not expired).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad ``event_id``, ``scope`` or ``ttl`` (checked before any storage call).
+        StorageError
+            The write failed (``StorageFullError`` when the map is full).
+        ClosedError
+            The broker is closed.
+        """
+        return _tx.claim(self._engine, event_id, scope, ttl=ttl)

@@ -15,6 +15,8 @@ have drained a full store).
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
+from typing import Any
 
 __all__ = [
     "MqliteError",
@@ -38,6 +40,7 @@ __all__ = [
     "ExchangeNotFoundError",
     "ExchangeExistsError",
     "UnroutableError",
+    "AlreadyProcessedError",
     "TimeoutError",
 ]
 
@@ -177,6 +180,56 @@ class ExchangeExistsError(MqliteError):
 
 class UnroutableError(MqliteError):
     """A publish matched no binding and the exchange has no alternate exchange."""
+
+
+class AlreadyProcessedError(MqliteError):
+    """An event id was already claimed in its scope: this event was handled before.
+
+    Raised by ``tx.claim`` (and ``tx.record_processed``) when the id is
+    claimed by an earlier committed transaction or earlier in the same
+    transaction, and when a transaction commits after another one claimed
+    the id first: then **nothing** of the transaction was applied (no sends,
+    offset commits or acks).  Skip the event: commit its offset or ack it
+    in a transaction of its own.
+
+    Attributes
+    ----------
+    event_id
+        The id as passed (``str`` or ``bytes``).
+    scope
+        The scope it was claimed in.
+    claimed_ms, expires_ms
+        When the existing claim was made and when it expires (wall-clock
+        milliseconds since the epoch); ``None`` when unknown (claimed
+        earlier in the same transaction, or stored by an older version).
+    """
+
+    def __init__(self, event_id: str | bytes, scope: str, *, claimed_ms: int | None = None,
+                 expires_ms: int | None = None) -> None:
+        until = ""
+        if expires_ms is not None:
+            try:
+                when = datetime.datetime.fromtimestamp(expires_ms / 1000, datetime.UTC)
+                until = f" until {when.isoformat(timespec='milliseconds')}"
+            except (OverflowError, ValueError, OSError):  # a stored value out of range
+                until = f" until {expires_ms} ms since the epoch"
+        super().__init__(
+            f"event id {event_id!r} in scope {scope!r} is already claimed{until}: it was "
+            "processed before, and a transaction with this claim is not applied; skip the "
+            "event (commit its offset or ack it in a transaction of its own)")
+        self.event_id = event_id
+        self.scope = scope
+        self.claimed_ms = claimed_ms
+        self.expires_ms = expires_ms
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_already_processed,
+                (self.event_id, self.scope, self.claimed_ms, self.expires_ms))
+
+
+def _rebuild_already_processed(event_id: str | bytes, scope: str, claimed_ms: int | None,
+                               expires_ms: int | None) -> AlreadyProcessedError:
+    return AlreadyProcessedError(event_id, scope, claimed_ms=claimed_ms, expires_ms=expires_ms)
 
 
 class CancelledError(MqliteError, concurrent.futures.CancelledError):

@@ -44,11 +44,9 @@ class VerifyReport(msgspec.Struct):
 
 def verify(path: str) -> VerifyReport:
     """Verify the broker at ``path`` in this process (see module docstring)."""
-    from mqlite import _core
     from mqlite._storage import log as _log
     from mqlite._storage.env import acquire_env, check_data_file
-    from mqlite._storage.keys import RECORD, record_key
-    from mqlite.errors import CorruptRecordError, MqliteError
+    from mqlite.errors import MqliteError
 
     report = VerifyReport(path=os.path.abspath(path))
     try:
@@ -68,32 +66,16 @@ def verify(path: str) -> VerifyReport:
                 for part, pid in enumerate(rec.pids):
                     report.partitions += 1
                     st = _log.load_state(txn, env.dbs, pid)
-                    cur = txn.cursor(db=env.dbs["records"])
-                    expect = None
-                    stored = 0
-                    if cur.set_range(record_key(pid, 0)):
-                        for k, v in cur:
-                            kpid, base = RECORD.unpack(k)
-                            if kpid != pid:
-                                break
-                            report.batches += 1
-                            stored += len(v)
-                            try:
-                                n = _core.validate_batch(v)
-                            except CorruptRecordError as exc:
-                                report.problems.append(Problem(name, part, base, str(exc)))
-                                expect = None
-                                continue
-                            if expect is not None and base != expect:
-                                report.problems.append(Problem(
-                                    name, part, base, f"gap: expected a batch at {expect}"))
-                            expect = base + n
-                            report.records += n
-                    report.bytes += stored
-                    if expect is not None and expect != st.next:
+                    scan = _log.scan_partition(txn, env.dbs, pid)
+                    report.batches += scan.batches
+                    report.records += scan.records
+                    report.bytes += scan.bytes
+                    report.problems.extend(Problem(name, part, base, what)
+                                           for base, what in scan.problems)
+                    if scan.end is not None and scan.end != st.next:
                         report.problems.append(Problem(
                             name, part, None,
-                            f"partition end offset {st.next} != stored end {expect}"))
+                            f"partition end offset {st.next} != stored end {scan.end}"))
     finally:
         env.release()
     return report

@@ -408,7 +408,8 @@ class Engine:
         dkey = None if dedup_id is None else _dedup.dedup_key(topic, dedup_id)
         txn = env.write_txn()
         try:
-            rec2 = self.topic(txn, topic)
+            rec2 = (env.topic_cache.get(topic) if txn is env.fresh_txn else None) or self.topic(
+                txn, topic)
             if rec2 is not rec:
                 if rec2.config["max_message_bytes"] != maxb:
                     batches = _core.encode_batches((value,), kk, hh, ts,
@@ -427,8 +428,12 @@ class Engine:
             pid = pids[part]
             batch = batches[0]
             nbytes = len(batch)
-            self.maybe_check_space(env, txn, nbytes)
-            st = _log.load_state_w(txn, env, pid)
+            if (self._writes % _SPACE_CHECK_EVERY == 0
+                    or self._bytes_since_check + nbytes >= _SPACE_CHECK_BYTES):
+                self.maybe_check_space(env, txn, nbytes)
+            st = env.state_cache.get(pid) if txn is env.fresh_txn else None
+            if st is None:
+                st = _log.load_state_w(txn, env, pid)
             off = st.next
             _log.put_batch(txn, env.dbs, pid, off, batch)
             st.next = off + 1

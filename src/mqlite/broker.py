@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from mqlite import _core
+from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_list
 from mqlite._storage import log as _log
 from mqlite._storage.env import Env, acquire_env
 from mqlite._storage.keys import record_key as _record_key
@@ -362,7 +363,7 @@ class Broker:
         topic: str,
         value: Any,
         key: Any = None,
-        headers: Sequence[tuple[str, Any]] | None = None,
+        headers: HeadersArg = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
         dedup_id: str | bytes | None = None,
@@ -382,7 +383,9 @@ class Broker:
             Bytes-like (``bytes``, ``bytearray``, ``memoryview``); ``key`` may
             be ``None`` (distinct from ``b""``).
         headers
-            Ordered ``(str, bytes)`` pairs; names may repeat.
+            A dict ``{name: value}`` or ordered ``(name, value)`` pairs (names
+            may repeat); names ``str``, values bytes-like or ``str`` (stored
+            UTF-8 encoded).  Anything else is a ``TypeError``.
         dedup_id
             Makes the send idempotent within the topic's dedup window: a
             repeat appends nothing and returns the first send's metadata.
@@ -412,7 +415,7 @@ class Broker:
         rec = env.topic_cache.get(topic) or self._topic_cached(topic)
         maxb = rec.config["max_message_bytes"]
         kk = None if key is None else (key,)
-        hh = None if headers is None else (headers,)
+        hh = None if headers is None else (normalize_headers(headers),)
         batches = _core.encode_batches((value,), kk, hh, ts, max_message_bytes=maxb)
         dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
         txn = env.write_txn()
@@ -473,7 +476,7 @@ class Broker:
         keys: Sequence[Any] | None = None,
         partition: int | None = None,
         *,
-        headers: Sequence[Sequence[tuple[str, Any]] | None] | None = None,
+        headers: Sequence[HeadersArg] | None = None,
         timestamp_ms: int | Sequence[int] | None = None,
     ) -> BatchMetadata:
         """Append many messages in one transaction; all or nothing.
@@ -502,8 +505,7 @@ class Broker:
             keys = _check_values_arg(keys)
             if len(keys) != len(values):
                 raise ValueError(f"len(keys) == {len(keys)} but len(values) == {len(values)}")
-        if headers is not None and len(headers) != len(values):
-            raise ValueError(f"len(headers) == {len(headers)} but len(values) == {len(values)}")
+        headers = normalize_headers_list(headers, len(values))
         ts = now_ms() if timestamp_ms is None else timestamp_ms
         if isinstance(ts, bool) or not isinstance(ts, (int, Sequence)):
             raise TypeError("timestamp_ms must be an int or a sequence of ints")
@@ -705,7 +707,7 @@ class Broker:
         unbind(self, exchange, topic, routing_key, headers=headers, match=match)
 
     def publish(self, exchange: str, routing_key: str, value: Any, *, key: Any = None,
-                headers: Sequence[tuple[str, Any]] | None = None,
+                headers: HeadersArg = None,
                 timestamp_ms: int | None = None, mandatory: bool = False) -> list[RecordMetadata]:
         """Route one message through ``exchange`` to every matching topic, in one transaction.
 

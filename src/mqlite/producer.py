@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from mqlite import _core
+from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.broker import _dedup_key, _dedup_lookup, _dedup_store, now_ms
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
@@ -212,7 +212,7 @@ class Producer:
         self._thread.start()
 
     def send(self, topic: str, value: Any, key: Any = None,
-             headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
+             headers: HeadersArg = None, partition: int | None = None,
              timestamp_ms: int | None = None,
              dedup_id: str | bytes | None = None) -> SendFuture[RecordMetadata]:
         """Queue one record; the future resolves to its metadata after commit.
@@ -251,7 +251,8 @@ class Producer:
             timestamp_ms, "timestamp_ms", minimum=0)
         dkey = None if dedup_id is None else _dedup_key(topic, dedup_id)
         fut: SendFuture[RecordMetadata] = SendFuture()
-        item = SendItem(topic, value, key, headers, part, ts, dkey, fut, get_ident())
+        item = SendItem(topic, value, key, normalize_headers(headers), part, ts, dkey, fut,
+                        get_ident())
         with self._lock:  # the condition's lock, entered without a Python-level frame
             while len(self._queue) >= self._max_queued and not self._closed:
                 self._cv.wait(0.1)

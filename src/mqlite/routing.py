@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from mqlite import _core
+from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import log as _log
 from mqlite.config import require_int, validate_topic_name
 from mqlite.errors import (
@@ -330,10 +331,11 @@ def publish_in(txn: Any, broker: Broker, exchange: str, routing_key: str, value:
 
 
 def publish(broker: Broker, exchange: str, routing_key: str, value: Any, *, key: Any = None,
-            headers: Sequence[tuple[str, Any]] | None = None, timestamp_ms: int | None = None,
+            headers: HeadersArg = None, timestamp_ms: int | None = None,
             mandatory: bool = False) -> list[RecordMetadata]:
     validate_topic_name(exchange, "exchange")
     _check_routing_key(routing_key)
+    headers = normalize_headers(headers)
     if isinstance(value, str):
         raise TypeError("value must be bytes-like, not str; encode it first")
     ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from mqlite import _core
+from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import log as _log
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import PartitionNotFoundError
@@ -53,7 +54,7 @@ def _as_bytes(v: Any, what: str) -> bytes:
 
 
 def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
-                  headers: Any = None, partition: int | None = None,
+                  headers: HeadersArg = None, partition: int | None = None,
                   timestamp_ms: int | None = None, dedup_id: Any = None,
                   delay: float | None = None, deliver_at: float | None = None) -> RecordMetadata:
     """Store a message to be appended to ``topic`` when due.
@@ -76,13 +77,7 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
     if partition is not None:
         broker._choose_partition(rec, key, partition)
     ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms", minimum=0)
-    hdrs = None
-    if headers is not None:
-        hdrs = []
-        for name, hv in headers:
-            if not isinstance(name, str):
-                raise TypeError("header names must be str")
-            hdrs.append((name, _as_bytes(hv, "header value")))
+    hdrs = normalize_headers(headers)
     val = _as_bytes(value, "value")
     kb = None if key is None else _as_bytes(key, "key")
     # Validate size and encodability now, not when it is due.

@@ -28,6 +28,7 @@ from mqlite.errors import (
     MqliteError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
+    QueueConfigConflictError,
     RebalanceInProgressError,
     StaleDeliveryError,
     StorageError,
@@ -42,7 +43,7 @@ from mqlite.future import SendFuture
 from mqlite.groups import GroupDescription
 from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
 from mqlite.producer import Producer
-from mqlite.queue import DeadLetter, Delivery, Queue
+from mqlite.queue import DeadLetter, Delivery, Queue, QueuePolicy
 from mqlite.retry import Backoff
 from mqlite.routing import Binding
 from mqlite.transaction import Transaction
@@ -65,6 +66,7 @@ __all__ = [
     "Producer",
     "SendFuture",
     "Queue",
+    "QueuePolicy",
     "Delivery",
     "DeadLetter",
     "Backoff",
@@ -100,6 +102,7 @@ __all__ = [
     "RebalanceInProgressError",
     "GroupError",
     "StaleDeliveryError",
+    "QueueConfigConflictError",
     "ExchangeNotFoundError",
     "ExchangeExistsError",
     "UnroutableError",

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -25,7 +25,9 @@ from mqlite._storage.keys import record_key as _record_key
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
+    UNSET,
     TopicConfig,
+    Unset,
     require_int,
     validate_topic_name,
 )
@@ -41,6 +43,10 @@ from mqlite.types import (
     RecordMetadata,
     TopicDescription,
 )
+
+if TYPE_CHECKING:
+    from mqlite.queue import QueuePolicy
+    from mqlite.retry import Backoff
 
 __all__ = ["Broker", "open"]
 
@@ -612,6 +618,39 @@ class Broker:
         from mqlite.queue import Queue
 
         return Queue(self, topic, group, **options)
+
+    def set_queue_policy(self, topic: str, group: str, *,
+                         max_deliveries: int | None | Unset = UNSET,
+                         dead_letter_topic: str | None | Unset = UNSET,
+                         retry_backoff: Backoff | float | None | Unset = UNSET) -> QueuePolicy:
+        """Set or change a queue group's stored retry/dead-letter policy.
+
+        Parameters are those of :class:`mqlite.Queue` (``max_deliveries`` >= 1
+        or ``None`` = retry forever; ``dead_letter_topic`` or ``None`` = drop;
+        ``retry_backoff`` seconds, a :class:`mqlite.Backoff` or ``None``);
+        left-out ones keep their stored value.  Works before the group's first
+        consumer; live consumers apply a change at their next ``receive()``.
+
+        Returns
+        -------
+        QueuePolicy
+            The policy now stored.
+
+        Raises
+        ------
+        TopicNotFoundError, TypeError, ValueError
+        """
+        from mqlite.queue import set_queue_policy
+
+        return set_queue_policy(self, topic, group, max_deliveries=max_deliveries,
+                                dead_letter_topic=dead_letter_topic,
+                                retry_backoff=retry_backoff)
+
+    def queue_policy(self, topic: str, group: str) -> QueuePolicy | None:
+        """A queue group's stored :class:`mqlite.QueuePolicy` (``None``: no consumer yet)."""
+        from mqlite.queue import queue_policy
+
+        return queue_policy(self, topic, group)
 
     def groups(self) -> list[str]:
         """Names of the stream-mode consumer groups (including empty ones that had members)."""

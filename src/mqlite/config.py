@@ -5,6 +5,7 @@ A leaf module: it imports nothing from mqlite except :mod:`mqlite.errors`.
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,7 +25,22 @@ __all__ = [
     "validate_group_name",
     "require_int",
     "require_positive_number",
+    "UNSET",
+    "Unset",
 ]
+
+
+class Unset(enum.Enum):
+    """Type of :data:`UNSET`, the default of options whose absence means "keep the stored value"."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: Default of options that, when left out, adopt a stored value (e.g. a queue group's policy).
+UNSET = Unset.UNSET
 
 Durability = Literal["sync", "lazy", "none"]
 DURABILITY_MODES: tuple[str, ...] = ("sync", "lazy", "none")

@@ -35,6 +35,7 @@ __all__ = [
     "RebalanceInProgressError",
     "GroupError",
     "StaleDeliveryError",
+    "QueueConfigConflictError",
     "ExchangeNotFoundError",
     "ExchangeExistsError",
     "UnroutableError",
@@ -154,6 +155,15 @@ class RebalanceInProgressError(GroupError):
     """The group is rebalancing; poll again to get the new assignment."""
 
     retriable = True
+
+
+class QueueConfigConflictError(GroupError, ValueError):
+    """A queue consumer asked for a retry/dead-letter policy that differs from its group's.
+
+    The policy (``max_deliveries``, ``dead_letter_topic``, ``retry_backoff``)
+    is stored with the queue group.  Pass the stored values, leave them out to
+    adopt them, or change them with ``broker.set_queue_policy(topic, group, ...)``.
+    """
 
 
 class StaleDeliveryError(GroupError):

@@ -76,7 +76,8 @@ def open(  # noqa: A001 - the public name is mqlite.open
     Parameters
     ----------
     path
-        The broker directory.  Created with mode 0700 (0770 with
+        The broker directory (not empty: ``""`` is refused rather than
+        turning the current directory into a broker).  Created with mode 0700 (0770 with
         ``shared_group``); an existing one must be owned by the caller, not a
         symlink, and not writable by group/others.
     durability
@@ -105,9 +106,13 @@ def open(  # noqa: A001 - the public name is mqlite.open
     CorruptRecordError
         ``data.mdb`` is truncated or not an LMDB file.
     ValueError
-        Unknown durability mode, or the directory is already open in this
-        process with another durability mode.
+        Empty ``path``, unknown durability mode, or the directory is already
+        open in this process with another durability mode.
     """
+    if isinstance(path, (str, bytes, os.PathLike)) and not os.fspath(path):
+        raise ValueError("mqlite.open() needs a broker directory, got an empty path; "
+                         "pass one explicitly, e.g. mqlite.open('data/') (or '.' for the "
+                         "current directory)")
     return Broker(acquire_env(path, durability=durability, map_size=map_size, create=create,
                               shared_group=shared_group))
 
@@ -395,10 +400,15 @@ class Broker:
         dedup_id
             Makes the send idempotent within the topic's dedup window: a
             repeat appends nothing and returns the first send's metadata.
+        timestamp_ms
+            The record's timestamp, UNIX time in milliseconds (default: now).
         delay, deliver_at
             Hold the message back: it is appended (and visible) only once due
-            (``delay`` seconds from now, or at the UNIX time ``deliver_at``).
-            The returned metadata then has ``offset == -1``.
+            (``delay`` seconds from now, ``0 <= delay <= 10 years``; or at
+            ``deliver_at``, a UNIX time in seconds, not milliseconds, at most
+            10 years ahead; a past time is due at once).  Other values raise
+            ``ValueError`` naming the unit.  The returned metadata then has
+            ``offset == -1``.
 
         Raises
         ------

@@ -69,7 +69,12 @@ import msgspec
 from mqlite._storage import log as _log
 from mqlite._storage.keys import group_pid_key
 from mqlite.assignors import ASSIGNORS, EAGER, assign
-from mqlite.config import require_positive_number, validate_group_name
+from mqlite.config import (
+    MAX_POLL_INTERVAL_S,
+    MAX_SESSION_TIMEOUT_S,
+    require_seconds,
+    validate_group_name,
+)
 from mqlite.errors import (
     CommitFailedError,
     GroupError,
@@ -427,11 +432,14 @@ class GroupMember:
         ``"range"`` (default), ``"roundrobin"`` or ``"cooperative-sticky"``.
         All members of a group must use the same one.
     session_timeout
-        Seconds without a heartbeat after which a live but hung member is
-        expired (default 10).  A crashed member is detected at once.
+        Seconds (not milliseconds) without a heartbeat after which a live but
+        hung member is expired (default 10; ``0 < session_timeout <= 3600``).
+        A crashed member is detected at once.  Heartbeats are sent every
+        ``session_timeout / 3`` seconds (at least every 50 ms) by a thread.
     max_poll_interval
-        Seconds between polls after which this member stops heartbeating and
-        so lets itself expire (default 300), as Kafka's ``max.poll.interval.ms``.
+        Seconds (not milliseconds) between polls after which this member stops
+        heartbeating and so lets itself expire (default 300; at most 86,400),
+        as Kafka's ``max.poll.interval.ms``.
     on_assign, on_revoke
         Called in ``poll()`` (or ``close()``) with a sorted list of
         :class:`TopicPartition`: ``on_assign`` after the partitions became
@@ -455,8 +463,8 @@ class GroupMember:
             raise TypeError(f"assignor must be str, not {type(assignor).__name__}")
         if assignor not in ASSIGNORS:
             raise ValueError(f"assignor must be one of {sorted(ASSIGNORS)}, got {assignor!r}")
-        require_positive_number(session_timeout, "session_timeout", allow_zero=False)
-        require_positive_number(max_poll_interval, "max_poll_interval", allow_zero=False)
+        require_seconds(session_timeout, "session_timeout", maximum=MAX_SESSION_TIMEOUT_S)
+        require_seconds(max_poll_interval, "max_poll_interval", maximum=MAX_POLL_INTERVAL_S)
         if instance_id is not None:
             if not isinstance(instance_id, str):
                 raise TypeError(f"instance_id must be str, not {type(instance_id).__name__}")

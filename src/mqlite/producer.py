@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 from mqlite import _core
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.broker import _dedup_key, _dedup_lookup, _dedup_store, now_ms
-from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite.config import (
+    MAX_LINGER_MS,
+    require_int,
+    require_milliseconds,
+    validate_topic_name,
+)
 from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
 from mqlite.future import SendFuture
 from mqlite.partitioner import resolve_partitioner
@@ -168,9 +173,10 @@ class Producer:
     broker
         Where to send.
     linger_ms
-        How long the flusher waits after the first queued record for more.
-        Default 0: commit as soon as the flusher is free.  Batching happens
-        anyway: records queued while a transaction commits (an fsync under
+        Milliseconds (as Kafka's ``linger.ms``; ``0 <= linger_ms <= 60000``)
+        the flusher waits after the first queued record for more.  Default 0:
+        commit as soon as the flusher is free.  Batching happens anyway:
+        records queued while a transaction commits (an fsync under
         ``"sync"``) all go into the next one.  A linger only helps when many
         records arrive in bursts faster than commits and nobody waits on
         their futures (docs/decisions.md D13).
@@ -185,7 +191,7 @@ class Producer:
 
     def __init__(self, broker: Broker, *, linger_ms: float = 0.0, batch_bytes: int = 1 << 20,
                  partitioner: Any = None, max_queued: int = 1_000_000) -> None:
-        require_positive_number(linger_ms, "linger_ms")
+        require_milliseconds(linger_ms, "linger_ms", maximum=MAX_LINGER_MS)
         require_int(batch_bytes, "batch_bytes", minimum=1)
         require_int(max_queued, "max_queued", minimum=1)
         self._broker = broker

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import math
 import os
 import secrets
 import struct
@@ -54,10 +53,13 @@ from mqlite import _core
 from mqlite._storage import log as _log
 from mqlite._storage.keys import group_pid_key
 from mqlite.config import (
+    MAX_DELAY_S,
+    MAX_VISIBILITY_TIMEOUT_S,
     UNSET,
     TopicConfig,
     require_int,
     require_positive_number,
+    require_seconds,
     validate_group_name,
     validate_topic_name,
 )
@@ -108,10 +110,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _seconds_ms(value: float, name: str, *, allow_zero: bool) -> int:
-    require_positive_number(value, name, allow_zero=allow_zero)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+def _seconds_ms(value: float, name: str, *, allow_zero: bool, maximum: float) -> int:
+    require_seconds(value, name, maximum=maximum, allow_zero=allow_zero)
     return int(value * 1000)
 
 
@@ -383,8 +383,9 @@ class Queue:
         message goes to one consumer at a time.  Independent of stream-mode
         consumer groups of the same name.
     visibility_timeout
-        Seconds a received message stays invisible to others before it is
-        redelivered if not acked (default 30).
+        Seconds (not milliseconds) a received message stays invisible to
+        others before it is redelivered if not acked (default 30;
+        ``0 < visibility_timeout <= 43200``, 12 hours, as SQS).
     max_deliveries
         A message delivered this many times that is nacked or times out again
         is dead-lettered (``None`` = retry forever).  Without
@@ -393,7 +394,7 @@ class Queue:
         Where dead letters go; created (1 partition) if missing.
     retry_backoff
         Delay before a nacked message is visible again: ``None`` (at once), a
-        number of seconds, or a :class:`mqlite.Backoff`.
+        number of seconds (at most 10 years), or a :class:`mqlite.Backoff`.
 
     ``max_deliveries``, ``dead_letter_topic`` and ``retry_backoff`` are the
     *group's* policy, stored durably with the group (:class:`QueuePolicy`):
@@ -420,7 +421,8 @@ class Queue:
         validate_topic_name(topic)
         validate_group_name(group)
         self.visibility_timeout_ms = _seconds_ms(visibility_timeout, "visibility_timeout",
-                                                 allow_zero=False)
+                                                 allow_zero=False,
+                                                 maximum=MAX_VISIBILITY_TIMEOUT_S)
         self._given = _given_policy(topic, max_deliveries, dead_letter_topic, retry_backoff)
         self._policy = QueuePolicy()
         self._backoff: Backoff | None = None
@@ -627,7 +629,8 @@ class Queue:
         require_positive_number(timeout, "timeout")
         vt = self.visibility_timeout_ms
         if visibility_timeout is not None:
-            vt = _seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False)
+            vt = _seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False,
+                             maximum=MAX_VISIBILITY_TIMEOUT_S)
         from mqlite import scheduler
 
         broker = self._broker
@@ -1094,12 +1097,15 @@ class Queue:
              error: str | None = None) -> int:
         """Return messages: visible again after ``delay`` s (default: the backoff policy).
 
+        ``delay`` is in seconds, ``0 <= delay <= 10 years``.
+
         A message that already had ``max_deliveries`` deliveries is
         dead-lettered instead.  ``error`` is kept as its last error (and
         becomes the ``x-last-error`` header if it is dead-lettered).  Stale
         deliveries raise :class:`StaleDeliveryError` and are left unchanged.
         """
-        delay_ms = None if delay is None else _seconds_ms(delay, "delay", allow_zero=True)
+        delay_ms = None if delay is None else _seconds_ms(delay, "delay", allow_zero=True,
+                                                          maximum=MAX_DELAY_S)
         if error is not None and not isinstance(error, str):
             raise TypeError("error must be str")
 
@@ -1137,8 +1143,11 @@ class Queue:
         return self._apply(deliveries, "dead-lettered", fn)[0]
 
     def extend(self, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
-        """Keep deliveries invisible to others for ``seconds`` more, counted from now."""
-        ms = _seconds_ms(seconds, "seconds", allow_zero=False)
+        """Keep deliveries invisible to others for ``seconds`` more, counted from now.
+
+        ``0 < seconds <= 43200`` (12 hours, the ``visibility_timeout`` bound).
+        """
+        ms = _seconds_ms(seconds, "seconds", allow_zero=False, maximum=MAX_VISIBILITY_TIMEOUT_S)
 
         post: list[tuple[list[Delivery], _Receipt]] = []
 

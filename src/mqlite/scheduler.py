@@ -19,7 +19,13 @@ import msgspec
 from mqlite import _core
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import log as _log
-from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite.config import (
+    MAX_DELAY_S,
+    require_int,
+    require_seconds,
+    require_unix_time,
+    validate_topic_name,
+)
 from mqlite.errors import PartitionNotFoundError
 from mqlite.types import RecordMetadata
 
@@ -64,12 +70,12 @@ def schedule_send(broker: Broker, topic: str, value: Any, *, key: Any = None,
     """
     if delay is not None and deliver_at is not None:
         raise ValueError("give delay= or deliver_at=, not both")
+    now = time.time()
     if delay is not None:
-        require_positive_number(delay, "delay")
-        due = time.time() + delay
+        require_seconds(delay, "delay", maximum=MAX_DELAY_S, allow_zero=True)
+        due = now + delay
     else:
-        require_positive_number(deliver_at, "deliver_at")
-        due = float(deliver_at)  # type: ignore[arg-type]
+        due = require_unix_time(deliver_at, "deliver_at", now=now, max_ahead=MAX_DELAY_S)
     if not math.isfinite(due) or due * 1000 >= 1 << 63:
         raise ValueError("delay / deliver_at must be finite")
     validate_topic_name(topic)

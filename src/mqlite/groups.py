@@ -855,9 +855,20 @@ class GroupMember:
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (``None`` if none)."""
+        return self.committed_many([tp])[tp]
+
+    def committed_many(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Committed offsets of ``tps`` read in one transaction (``None``: none yet).
+
+        Raises TopicNotFoundError / PartitionNotFoundError for a partition that
+        does not exist.
+        """
+        out: dict[TopicPartition, int | None] = {}
         with self.env.read_txn() as txn:
-            off = self.committed_in(txn, tp)
-        return None if off < 0 else off
+            for tp in tps:
+                off = self.committed_in(txn, tp)
+                out[tp] = None if off < 0 else off
+        return out
 
     def commit(self, offsets: Any = None) -> None:
         """Commit offsets (fenced).

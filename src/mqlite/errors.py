@@ -32,7 +32,6 @@ __all__ = [
     "MessageTooLargeError",
     "OffsetOutOfRangeError",
     "CommitFailedError",
-    "RebalanceInProgressError",
     "GroupError",
     "StaleDeliveryError",
     "QueueConfigConflictError",
@@ -149,12 +148,6 @@ class CommitFailedError(GroupError):
     Poll again to join the current generation; the messages will be
     redelivered to whichever member owns the partition now.
     """
-
-
-class RebalanceInProgressError(GroupError):
-    """The group is rebalancing; poll again to get the new assignment."""
-
-    retriable = True
 
 
 class QueueConfigConflictError(GroupError, ValueError):

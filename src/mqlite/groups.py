@@ -398,22 +398,6 @@ def apply_verdicts(broker: Broker, group: str, verdicts: Verdicts) -> bool:
     return changed
 
 
-def reap(broker: Broker, group: str, *, exclude: str | None = None) -> bool:
-    """Probe every member of ``group`` and remove the dead or expired ones.
-
-    Returns True when the group changed.  Static members (``instance_id``)
-    whose process died are marked departed and removed only after their
-    ``session_timeout``.
-    """
-    env = broker._env
-    with env.read_txn() as txn:
-        state = load_group(txn, env.dbs, group)
-    if state is None:
-        return False
-    verdicts = find_suspects(broker, state, _now_ms(), exclude=exclude)
-    return bool(verdicts) and apply_verdicts(broker, group, verdicts)
-
-
 # -- the member --------------------------------------------------------------------------------
 
 class GroupMember:

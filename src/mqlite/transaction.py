@@ -71,7 +71,6 @@ class Transaction:
         self._offsets: list[tuple[Any, dict[TopicPartition, int]]] = []
         self._acks: list[tuple[Any, list[Any]]] = []
         self._processed: list[tuple[bytes, int]] = []
-        self._publish_futures: list[Future] = []
         self._state = "open"
 
     # -- collecting ------------------------------------------------------------------------

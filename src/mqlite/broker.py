@@ -109,7 +109,7 @@ def open(  # noqa: A001 - the public name is mqlite.open
         Empty ``path``, unknown durability mode, or the directory is already
         open in this process with another durability mode.
     """
-    if isinstance(path, (str, bytes, os.PathLike)) and not os.fspath(path):
+    if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
         raise ValueError("mqlite.open() needs a broker directory, got an empty path; "
                          "pass one explicitly, e.g. mqlite.open('data/') (or '.' for the "
                          "current directory)")

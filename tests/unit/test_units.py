@@ -25,7 +25,13 @@ def tbroker(broker: mqlite.Broker) -> mqlite.Broker:
     return broker
 
 
-@pytest.mark.parametrize("path", ["", b""])  # Path("") is Path("."): explicit
+class _EmptyPathLike:
+    def __fspath__(self) -> str:
+        return ""
+
+
+@pytest.mark.parametrize("path", ["", _EmptyPathLike()], ids=["str", "PathLike"])
+# (Path("") is Path("."): an explicit current directory, accepted)
 def test_open_refuses_an_empty_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     path: object) -> None:
     monkeypatch.chdir(tmp_path)

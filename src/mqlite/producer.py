@@ -276,7 +276,11 @@ class Producer:
         return fut
 
     def flush(self, timeout: float | None = None) -> None:
-        """Commit everything queued so far and wait for it (``TimeoutError`` if not done)."""
+        """Commit everything queued so far and wait for it.
+
+        ``timeout`` is in seconds (``None``: no limit); :class:`mqlite.TimeoutError`
+        when not done by then.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._flush_now = True
@@ -369,7 +373,8 @@ class Producer:
                 _fail(it, exc)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush queued records and stop the flusher.  Idempotent."""
+        """Flush queued records and stop the flusher, waiting up to ``timeout`` seconds
+        (``None``: no limit).  Idempotent."""
         if self._closed:
             return
         try:

@@ -127,3 +127,16 @@ def test_set_queue_policy_validates(qbroker: mqlite.Broker, kw: dict[str, object
 def test_set_queue_policy_on_missing_topic(qbroker: mqlite.Broker) -> None:
     with pytest.raises(mqlite.TopicNotFoundError):
         qbroker.set_queue_policy("nope", "w", max_deliveries=2)
+
+
+def test_group_written_before_policies_gets_one_from_its_next_consumer(
+        qbroker: mqlite.Broker) -> None:
+    import msgspec
+
+    env = qbroker._live_env()
+    with qbroker._write() as txn:  # QueueMeta as older versions stored it: no policy field
+        txn.put(b"~q~jobs~w", msgspec.msgpack.encode(
+            {"topic": "jobs", "consumers": {}, "min_visible_ms": 0}), db=env.dbs["groups"])
+    assert qbroker.queue_policy("jobs", "w") is None
+    with qbroker.queue("jobs", "w", max_deliveries=2):
+        assert qbroker.queue_policy("jobs", "w") == QueuePolicy(2, None, None)

@@ -29,7 +29,7 @@ from mqlite.errors import (
     MqliteError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
-    RebalanceInProgressError,
+    QueueConfigConflictError,
     StaleDeliveryError,
     StorageError,
     StorageFullError,
@@ -43,7 +43,7 @@ from mqlite.future import SendFuture
 from mqlite.groups import GroupDescription
 from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
 from mqlite.producer import Producer
-from mqlite.queue import DeadLetter, Delivery, Queue
+from mqlite.queue import DeadLetter, Delivery, Queue, QueuePolicy
 from mqlite.retry import Backoff
 from mqlite.routing import Binding
 from mqlite.transaction import Transaction
@@ -66,6 +66,7 @@ __all__ = [
     "Producer",
     "SendFuture",
     "Queue",
+    "QueuePolicy",
     "Delivery",
     "DeadLetter",
     "Backoff",
@@ -98,9 +99,9 @@ __all__ = [
     "MessageTooLargeError",
     "OffsetOutOfRangeError",
     "CommitFailedError",
-    "RebalanceInProgressError",
     "GroupError",
     "StaleDeliveryError",
+    "QueueConfigConflictError",
     "ExchangeNotFoundError",
     "ExchangeExistsError",
     "UnroutableError",

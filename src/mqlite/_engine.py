@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mqlite import _core
+from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_list
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
 from mqlite._storage.env import Env
@@ -385,7 +386,7 @@ class Engine:
             env.check_space(txn)
 
     def send(self, topic: str, value: Any, key: Any = None,
-             headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
+             headers: HeadersArg = None, partition: int | None = None,
              timestamp_ms: int | None = None,
              dedup_id: str | bytes | None = None) -> RecordMetadata:
         """Append one message in its own transaction (see :meth:`mqlite.Broker.send`).
@@ -403,7 +404,7 @@ class Engine:
         rec = env.topic_cache.get(topic) or self.topic_cached(topic)
         maxb = rec.config["max_message_bytes"]
         kk = None if key is None else (key,)
-        hh = None if headers is None else (headers,)
+        hh = None if headers is None else (normalize_headers(headers),)
         batches = _core.encode_batches((value,), kk, hh, ts, max_message_bytes=maxb)
         dkey = None if dedup_id is None else _dedup.dedup_key(topic, dedup_id)
         txn = env.write_txn()
@@ -469,7 +470,7 @@ class Engine:
         keys: Sequence[Any] | None = None,
         partition: int | None = None,
         *,
-        headers: Sequence[Sequence[tuple[str, Any]] | None] | None = None,
+        headers: Sequence[HeadersArg] | None = None,
         timestamp_ms: int | Sequence[int] | None = None,
     ) -> BatchMetadata:
         """Append many messages in one transaction; all or nothing.
@@ -498,8 +499,7 @@ class Engine:
             keys = check_values_arg(keys)
             if len(keys) != len(values):
                 raise ValueError(f"len(keys) == {len(keys)} but len(values) == {len(values)}")
-        if headers is not None and len(headers) != len(values):
-            raise ValueError(f"len(headers) == {len(headers)} but len(values) == {len(values)}")
+        headers = normalize_headers_list(headers, len(values))
         ts = now_ms() if timestamp_ms is None else timestamp_ms
         if isinstance(ts, bool) or not isinstance(ts, (int, Sequence)):
             raise TypeError("timestamp_ms must be an int or a sequence of ints")

@@ -12,22 +12,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mqlite import _core, routing, scheduler
 from mqlite import groups as _groups
 from mqlite import queue as _queue
 from mqlite import transaction as _tx
 from mqlite._engine import Engine
+from mqlite._headers import HeadersArg
 from mqlite._storage.env import acquire_env
-from mqlite.config import DEFAULT_DEDUP_WINDOW_MS, DEFAULT_MAX_MESSAGE_BYTES, TopicConfig
+from mqlite.config import (
+    DEFAULT_DEDUP_WINDOW_MS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    UNSET,
+    TopicConfig,
+    Unset,
+)
 from mqlite.consumer import Consumer
 from mqlite.groups import GroupDescription
 from mqlite.producer import Producer
-from mqlite.queue import DeadLetter, Queue
+from mqlite.queue import DeadLetter, Queue, QueuePolicy
 from mqlite.retry import Backoff
 from mqlite.transaction import Transaction
 from mqlite.types import BatchMetadata, RecordMetadata, TopicDescription, TopicPartition
+
+if TYPE_CHECKING:
+    from mqlite.queue import QueuePolicy
+    from mqlite.retry import Backoff
 
 __all__ = ["Broker", "open"]
 
@@ -45,7 +56,8 @@ def open(  # noqa: A001 - the public name is mqlite.open
     Parameters
     ----------
     path
-        The broker directory.  Created with mode 0700 (0770 with
+        The broker directory (not empty: ``""`` is refused rather than
+        turning the current directory into a broker).  Created with mode 0700 (0770 with
         ``shared_group``); an existing one must be owned by the caller, not a
         symlink, and not writable by group/others.
     durability
@@ -74,9 +86,13 @@ def open(  # noqa: A001 - the public name is mqlite.open
     CorruptRecordError
         ``data.mdb`` is truncated or not an LMDB file.
     ValueError
-        Unknown durability mode, or the directory is already open in this
-        process with another durability mode.
+        Empty ``path``, unknown durability mode, or the directory is already
+        open in this process with another durability mode.
     """
+    if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
+        raise ValueError("mqlite.open() needs a broker directory, got an empty path; "
+                         "pass one explicitly, e.g. mqlite.open('data/') (or '.' for the "
+                         "current directory)")
     return Broker(Engine(acquire_env(path, durability=durability, map_size=map_size,
                                      create=create, shared_group=shared_group)))
 
@@ -182,7 +198,7 @@ class Broker:
         topic: str,
         value: Any,
         key: Any = None,
-        headers: Sequence[tuple[str, Any]] | None = None,
+        headers: HeadersArg = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
         dedup_id: str | bytes | None = None,
@@ -202,14 +218,21 @@ class Broker:
             Bytes-like (``bytes``, ``bytearray``, ``memoryview``); ``key`` may
             be ``None`` (distinct from ``b""``).
         headers
-            Ordered ``(str, bytes)`` pairs; names may repeat.
+            A dict ``{name: value}`` or ordered ``(name, value)`` pairs (names
+            may repeat); names ``str``, values bytes-like or ``str`` (stored
+            UTF-8 encoded).  Anything else is a ``TypeError``.
         dedup_id
             Makes the send idempotent within the topic's dedup window: a
             repeat appends nothing and returns the first send's metadata.
+        timestamp_ms
+            The record's timestamp, UNIX time in milliseconds (default: now).
         delay, deliver_at
             Hold the message back: it is appended (and visible) only once due
-            (``delay`` seconds from now, or at the UNIX time ``deliver_at``).
-            The returned metadata then has ``offset == -1``.
+            (``delay`` seconds from now, ``0 <= delay <= 10 years``; or at
+            ``deliver_at``, a UNIX time in seconds, not milliseconds, at most
+            10 years ahead; a past time is due at once).  Other values raise
+            ``ValueError`` naming the unit.  The returned metadata then has
+            ``offset == -1``.
 
         Raises
         ------
@@ -229,7 +252,7 @@ class Broker:
         keys: Sequence[Any] | None = None,
         partition: int | None = None,
         *,
-        headers: Sequence[Sequence[tuple[str, Any]] | None] | None = None,
+        headers: Sequence[HeadersArg] | None = None,
         timestamp_ms: int | Sequence[int] | None = None,
     ) -> BatchMetadata:
         """Append many messages in one transaction; all or nothing.
@@ -350,15 +373,17 @@ class Broker:
                         partitioner=partitioner, max_queued=max_queued)
 
     def queue(self, topic: str, group: str, *, visibility_timeout: float = 30.0,
-              max_deliveries: int | None = None, dead_letter_topic: str | None = None,
-              retry_backoff: Backoff | float | None = None) -> Queue:
+              max_deliveries: int | None | Unset = UNSET,
+              dead_letter_topic: str | None | Unset = UNSET,
+              retry_backoff: Backoff | float | None | Unset = UNSET) -> Queue:
         """A competing-consumer queue over ``topic``; see :class:`mqlite.Queue`.
 
         Parameters
         ----------
         visibility_timeout
             Seconds (not ms) a received message stays invisible to others
-            before it is redelivered if not acked; > 0, default 30.
+            before it is redelivered if not acked; ``0 < x <= 43200`` (12 h),
+            default 30.  Per consumer.
         max_deliveries
             Deliveries after which a message is dead-lettered (``None``: retry
             forever); >= 1.
@@ -366,11 +391,47 @@ class Broker:
             Where dead letters go (created with 1 partition if missing).
         retry_backoff
             Delay before a nacked message is visible again: ``None`` (at once),
-            seconds, or a :class:`mqlite.Backoff`.
+            seconds (at most 10 years), or a :class:`mqlite.Backoff`.
+
+        ``max_deliveries``, ``dead_letter_topic`` and ``retry_backoff`` are
+        the group's policy, stored with the group: left out, a consumer adopts
+        the stored one; a different explicit value raises
+        :class:`QueueConfigConflictError` (change it with
+        :meth:`set_queue_policy`).
         """
         return Queue(self._engine, topic, group, visibility_timeout=visibility_timeout,
                      max_deliveries=max_deliveries, dead_letter_topic=dead_letter_topic,
                      retry_backoff=retry_backoff)
+
+    def set_queue_policy(self, topic: str, group: str, *,
+                         max_deliveries: int | None | Unset = UNSET,
+                         dead_letter_topic: str | None | Unset = UNSET,
+                         retry_backoff: Backoff | float | None | Unset = UNSET) -> QueuePolicy:
+        """Set or change a queue group's stored retry/dead-letter policy.
+
+        Parameters are those of :meth:`queue` (``max_deliveries`` >= 1 or
+        ``None`` = retry forever; ``dead_letter_topic`` or ``None`` = drop;
+        ``retry_backoff`` seconds, a :class:`mqlite.Backoff` or ``None``);
+        left-out ones keep their stored value.  Works before the group's first
+        consumer; live consumers apply a change at their next ``receive()``.
+
+        Returns
+        -------
+        QueuePolicy
+            The policy now stored.
+
+        Raises
+        ------
+        TopicNotFoundError, TypeError, ValueError
+        """
+        return _queue.set_queue_policy(self._engine, topic, group,
+                                       max_deliveries=max_deliveries,
+                                       dead_letter_topic=dead_letter_topic,
+                                       retry_backoff=retry_backoff)
+
+    def queue_policy(self, topic: str, group: str) -> QueuePolicy | None:
+        """A queue group's stored :class:`mqlite.QueuePolicy` (``None``: no consumer yet)."""
+        return _queue.queue_policy(self._engine, topic, group)
 
     def groups(self) -> list[str]:
         """Names of the stream-mode consumer groups (including empty ones that had members)."""
@@ -434,7 +495,7 @@ class Broker:
         routing.unbind(self._engine, exchange, topic, routing_key, headers=headers, match=match)
 
     def publish(self, exchange: str, routing_key: str, value: Any, *, key: Any = None,
-                headers: Sequence[tuple[str, Any]] | None = None,
+                headers: HeadersArg = None,
                 timestamp_ms: int | None = None, mandatory: bool = False) -> list[RecordMetadata]:
         """Route one message through ``exchange`` to every matching topic, in one transaction.
 

@@ -2,8 +2,8 @@
 
 Examples::
 
+    mqlite create data/ orders --partitions 6 --retention-ms 86400000   # creates data/
     mqlite topics data/
-    mqlite create data/ orders --partitions 6 --retention-ms 86400000
     mqlite send data/ orders 'hello' --key k1
     mqlite tail data/ orders -n 20
     mqlite describe data/ orders
@@ -11,8 +11,11 @@ Examples::
     mqlite dlq list data/ emails.dlq ; mqlite dlq redrive data/ emails.dlq
     mqlite verify data/            # deep CRC check, exit status 1 on damage
 
-Every command takes ``--json`` for machine-readable output.  Exit status: 0
-ok, 1 verification found damage, 2 usage or mqlite error.
+Every command takes ``--json`` for machine-readable output, before or after
+the command name (``mqlite --json topics data/`` or ``mqlite topics data/
+--json``); ``--durability`` likewise.  Only ``create`` creates a missing
+broker directory; the other commands refuse one.  Exit status: 0 ok, 1
+verification found damage, 2 usage or mqlite error.
 """
 
 from __future__ import annotations
@@ -196,11 +199,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mqlite", description="Inspect and operate an mqlite broker.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--durability", default="sync", choices=["sync", "lazy", "none"])
+    p.add_argument("--durability", default="sync", choices=["sync", "lazy", "none"],
+                   help="this process's durability mode (not stored in the directory)")
+    # The same two options after the command name too ("mqlite topics data/ --json"):
+    # SUPPRESS keeps a subcommand from resetting what was given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    common.add_argument("--durability", choices=["sync", "lazy", "none"],
+                        default=argparse.SUPPRESS,
+                        help="this process's durability mode (not stored in the directory)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
+        sp = sub.add_parser(name, help=help_, parents=[common])
         sp.add_argument("path", help="broker directory")
         sp.set_defaults(fn=fn)
         return sp
@@ -227,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-f", "--follow", action="store_true")
     add("groups", cmd_groups, "list consumer groups")
     add("group", cmd_group, "describe a consumer group").add_argument("group")
-    sp = sub.add_parser("dlq", help="dead-letter tools")
+    sp = sub.add_parser("dlq", help="dead-letter tools", parents=[common])
     sp.add_argument("action", choices=["list", "redrive", "purge"])
     sp.add_argument("path")
     sp.add_argument("topic", help="the dead-letter topic")

@@ -5,6 +5,7 @@ A leaf module: it imports nothing from mqlite except :mod:`mqlite.errors`.
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,7 +25,30 @@ __all__ = [
     "validate_group_name",
     "require_int",
     "require_positive_number",
+    "require_seconds",
+    "require_milliseconds",
+    "require_unix_time",
+    "MAX_SESSION_TIMEOUT_S",
+    "MAX_POLL_INTERVAL_S",
+    "MAX_VISIBILITY_TIMEOUT_S",
+    "MAX_DELAY_S",
+    "MAX_LINGER_MS",
+    "UNSET",
+    "Unset",
 ]
+
+
+class Unset(enum.Enum):
+    """Type of :data:`UNSET`, the default of options whose absence means "keep the stored value"."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: Default of options that, when left out, adopt a stored value (e.g. a queue group's policy).
+UNSET = Unset.UNSET
 
 Durability = Literal["sync", "lazy", "none"]
 DURABILITY_MODES: tuple[str, ...] = ("sync", "lazy", "none")
@@ -36,6 +60,22 @@ HIGH_WATER_FRACTION = 0.90
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
 DEFAULT_DEDUP_WINDOW_MS = 120_000
 MAX_PARTITIONS = 10_000
+
+# Upper bounds of time options.  Values above them are almost always a unit
+# mistake (Kafka's options are milliseconds, mqlite's durations are seconds),
+# so they are refused with an error that names the unit instead of waiting
+# hours or years.
+#: ``session_timeout`` (seconds): 1 hour.
+MAX_SESSION_TIMEOUT_S = 3600.0
+#: ``max_poll_interval`` (seconds): 1 day.
+MAX_POLL_INTERVAL_S = 86_400.0
+#: ``visibility_timeout`` and ``extend()`` (seconds): 12 hours, as SQS.
+MAX_VISIBILITY_TIMEOUT_S = 43_200.0
+#: ``delay``, ``nack(delay=)``, backoff delays, and how far ahead ``deliver_at`` may be
+#: (seconds): 10 years.
+MAX_DELAY_S = 10 * 365.25 * 86_400
+#: ``linger_ms`` (milliseconds): 1 minute.
+MAX_LINGER_MS = 60_000
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -97,6 +137,91 @@ def require_positive_number(value: object, name: str, *, allow_zero: bool = True
     return value
 
 
+def _human(seconds: float) -> str:
+    """``30000`` -> ``"8.33 hours"``: a duration in the largest unit that fits."""
+    unit, size = "second", 1.0
+    for unit, size in (("year", 365.25 * 86_400), ("day", 86_400.0), ("hour", 3600.0),
+                       ("minute", 60.0), ("second", 1.0)):
+        if abs(seconds) >= size:
+            break
+    n = f"{seconds / size:.3g}"
+    return f"{n} {unit}" if n == "1" else f"{n} {unit}s"
+
+
+def require_seconds(value: object, name: str, *, maximum: float, allow_zero: bool = False,
+                    allow_none: bool = False) -> Any:
+    """Check a duration in seconds: a finite real number in ``(0, maximum]``.
+
+    ``allow_zero`` admits 0.  A value above ``maximum`` is refused with a
+    message that names the unit and the value in milliseconds-as-seconds,
+    e.g. ``session_timeout is in seconds (got 30000, which is 8.33 hours);
+    did you mean 30.0?``.
+
+    Raises
+    ------
+    TypeError
+        Not an ``int``/``float`` (``bool`` is refused).
+    ValueError
+        NaN, infinite, negative (or 0 without ``allow_zero``), or above ``maximum``.
+    """
+    v = require_positive_number(value, name, allow_zero=allow_zero, allow_none=allow_none)
+    if v is None:
+        return None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number of seconds, got {v}")
+    if v > maximum:
+        raise ValueError(
+            f"{name} is in seconds (got {v:g}, which is {_human(v)}; the limit is "
+            f"{_human(maximum)}); did you mean {v / 1000!r}?")
+    return v
+
+
+def require_milliseconds(value: object, name: str, *, maximum: float,
+                         integer: bool = False) -> Any:
+    """Check a duration in milliseconds: a finite number in ``[0, maximum]``.
+
+    Raises
+    ------
+    TypeError
+        Not a number (not an ``int`` when ``integer``).
+    ValueError
+        Negative, NaN, infinite or above ``maximum``; the message names the unit.
+    """
+    v = require_int(value, name) if integer else require_positive_number(value, name)
+    if v < 0 or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {v}")
+    if v > maximum:
+        raise ValueError(f"{name} is in milliseconds (got {v:g}, which is {_human(v / 1000)}); "
+                         f"the limit is {maximum:g} ms ({_human(maximum / 1000)})")
+    return v
+
+
+def require_unix_time(value: object, name: str, *, now: float,
+                      max_ahead: float = MAX_DELAY_S) -> float:
+    """Check a UNIX time in seconds, at most ``max_ahead`` seconds after ``now``.
+
+    A time in the past is allowed (it is due at once).  A time further ahead
+    is refused, e.g. ``deliver_at is a UNIX time in seconds (got
+    1767225600000, which is 5.5e+04 years ahead); did you mean
+    1767225600.0?`` (milliseconds passed as seconds).
+
+    Raises
+    ------
+    TypeError
+        Not an ``int``/``float``.
+    ValueError
+        Negative, NaN, infinite, or too far ahead.
+    """
+    v = require_positive_number(value, name)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite UNIX time in seconds, got {v}")
+    if v - now > max_ahead:
+        raise ValueError(
+            f"{name} is a UNIX time in seconds (got {v:g}, which is {_human(v - now)} "
+            f"ahead; the limit is {_human(max_ahead)}); did you mean {v / 1000:.1f}?")
+    return float(v)
+
+
 @dataclass(frozen=True)
 class TopicConfig:
     """Per-topic settings, stored with the topic.
@@ -107,12 +232,14 @@ class TopicConfig:
         Number of partitions (1-10,000); fixed at creation.
     retention_ms, retention_bytes, retention_messages
         Delete whole old batches from a partition's head once the oldest
-        record is older than ``retention_ms``, or the partition holds more
-        than ``retention_bytes`` / ``retention_messages``.  ``None`` = keep.
+        record is older than ``retention_ms`` (milliseconds, as Kafka's
+        ``retention.ms``; >= 1), or the partition holds more than
+        ``retention_bytes`` / ``retention_messages`` (>= 1).  ``None`` = keep.
     max_message_bytes
         Upper bound on one message's key + value + headers.
     dedup_window_ms
-        How long a ``dedup_id`` is remembered.
+        Milliseconds a ``dedup_id`` is remembered (>= 0; default 120,000 = 2
+        minutes).
     cleanup
         ``"delete"`` (retention only) or ``"consumed"`` (also delete batches
         every queue group has acknowledged).

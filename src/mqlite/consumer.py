@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from mqlite import _core, scheduler
 from mqlite._storage import log as _log
@@ -398,10 +398,43 @@ class Consumer:
             raise ValueError("commit() needs a consumer created with group=")
         self._group.commit(offsets)
 
-    def committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset for ``tp`` (``None`` if none)."""
+    @overload
+    def committed(self, tp: TopicPartition) -> int | None: ...
+
+    @overload
+    def committed(self, tp: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
+
+    def committed(self, tp: TopicPartition | list[TopicPartition]
+                  ) -> int | None | dict[TopicPartition, int | None]:
+        """The group's committed offset(s): the next offset the group will read.
+
+        Parameters
+        ----------
+        tp
+            One :class:`TopicPartition` (or ``(topic, partition)`` tuple), or a
+            ``list`` of them (confluent-kafka's form).
+
+        Returns
+        -------
+        int or None, or dict[TopicPartition, int | None]
+            For one partition its offset, ``None`` when the group has committed
+            nothing there yet; for a list, a dict of those, read in one
+            transaction.
+
+        Raises
+        ------
+        TopicNotFoundError, PartitionNotFoundError
+            A partition that does not exist (never ``None``: a typo must not
+            read as "nothing committed yet").
+        ValueError
+            The consumer has no ``group=``.
+        TypeError
+            ``tp`` is not a TopicPartition or a list of them.
+        """
         if self._group is None:
             raise ValueError("committed() needs a consumer created with group=")
+        if isinstance(tp, list):
+            return self._group.committed_many([_tp(t) for t in tp])
         return self._group.committed(_tp(tp))
 
     def positions(self) -> dict[TopicPartition, int]:

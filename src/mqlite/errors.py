@@ -34,9 +34,9 @@ __all__ = [
     "MessageTooLargeError",
     "OffsetOutOfRangeError",
     "CommitFailedError",
-    "RebalanceInProgressError",
     "GroupError",
     "StaleDeliveryError",
+    "QueueConfigConflictError",
     "ExchangeNotFoundError",
     "ExchangeExistsError",
     "UnroutableError",
@@ -153,10 +153,13 @@ class CommitFailedError(GroupError):
     """
 
 
-class RebalanceInProgressError(GroupError):
-    """The group is rebalancing; poll again to get the new assignment."""
+class QueueConfigConflictError(GroupError, ValueError):
+    """A queue consumer asked for a retry/dead-letter policy that differs from its group's.
 
-    retriable = True
+    The policy (``max_deliveries``, ``dead_letter_topic``, ``retry_backoff``)
+    is stored with the queue group.  Pass the stored values, leave them out to
+    adopt them, or change them with ``broker.set_queue_policy(topic, group, ...)``.
+    """
 
 
 class StaleDeliveryError(GroupError):

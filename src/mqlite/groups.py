@@ -72,7 +72,13 @@ from mqlite._storage import log as _log
 from mqlite._storage import offsets as _offsets
 from mqlite._storage.offsets import OffsetValue
 from mqlite.assignors import ASSIGNORS, EAGER, assign
-from mqlite.config import require_positive_number, validate_group_name, validate_topic_name
+from mqlite.config import (
+    MAX_POLL_INTERVAL_S,
+    MAX_SESSION_TIMEOUT_S,
+    require_seconds,
+    validate_group_name,
+    validate_topic_name,
+)
 from mqlite.errors import (
     CommitFailedError,
     GroupError,
@@ -381,22 +387,6 @@ def apply_verdicts(engine: Engine, group: str, verdicts: Verdicts) -> bool:
     return changed
 
 
-def reap(engine: Engine, group: str, *, exclude: str | None = None) -> bool:
-    """Probe every member of ``group`` and remove the dead or expired ones.
-
-    Returns True when the group changed.  Static members (``instance_id``)
-    whose process died are marked departed and removed only after their
-    ``session_timeout``.
-    """
-    env = engine.env
-    with env.read_txn() as txn:
-        state = load_group(txn, env.dbs, group)
-    if state is None:
-        return False
-    verdicts = find_suspects(engine, state, _now_ms(), exclude=exclude)
-    return bool(verdicts) and apply_verdicts(engine, group, verdicts)
-
-
 # -- the member --------------------------------------------------------------------------------
 
 class GroupMember:
@@ -415,11 +405,14 @@ class GroupMember:
         ``"range"`` (default), ``"roundrobin"`` or ``"cooperative-sticky"``.
         All members of a group must use the same one.
     session_timeout
-        Seconds without a heartbeat after which a live but hung member is
-        expired (default 10).  A crashed member is detected at once.
+        Seconds (not milliseconds) without a heartbeat after which a live but
+        hung member is expired (default 10; ``0 < session_timeout <= 3600``).
+        A crashed member is detected at once.  Heartbeats are sent every
+        ``session_timeout / 3`` seconds (at least every 50 ms) by a thread.
     max_poll_interval
-        Seconds between polls after which this member stops heartbeating and
-        so lets itself expire (default 300), as Kafka's ``max.poll.interval.ms``.
+        Seconds (not milliseconds) between polls after which this member stops
+        heartbeating and so lets itself expire (default 300; at most 86,400),
+        as Kafka's ``max.poll.interval.ms``.
     on_assign, on_revoke
         Called in ``poll()`` (or ``close()``) with a sorted list of
         :class:`TopicPartition`: ``on_assign`` after the partitions became
@@ -443,8 +436,8 @@ class GroupMember:
             raise TypeError(f"assignor must be str, not {type(assignor).__name__}")
         if assignor not in ASSIGNORS:
             raise ValueError(f"assignor must be one of {sorted(ASSIGNORS)}, got {assignor!r}")
-        require_positive_number(session_timeout, "session_timeout", allow_zero=False)
-        require_positive_number(max_poll_interval, "max_poll_interval", allow_zero=False)
+        require_seconds(session_timeout, "session_timeout", maximum=MAX_SESSION_TIMEOUT_S)
+        require_seconds(max_poll_interval, "max_poll_interval", maximum=MAX_POLL_INTERVAL_S)
         if instance_id is not None:
             if not isinstance(instance_id, str):
                 raise TypeError(f"instance_id must be str, not {type(instance_id).__name__}")
@@ -835,9 +828,20 @@ class GroupMember:
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (``None`` if none)."""
+        return self.committed_many([tp])[tp]
+
+    def committed_many(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Committed offsets of ``tps`` read in one transaction (``None``: none yet).
+
+        Raises TopicNotFoundError / PartitionNotFoundError for a partition that
+        does not exist.
+        """
+        out: dict[TopicPartition, int | None] = {}
         with self.env.read_txn() as txn:
-            off = self.committed_in(txn, tp)
-        return None if off < 0 else off
+            for tp in tps:
+                off = self.committed_in(txn, tp)
+                out[tp] = None if off < 0 else off
+        return out
 
     def commit(self, offsets: Any = None) -> None:
         """Commit offsets (fenced).

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from mqlite._engine import TopicRecord, now_ms
-from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite._headers import HeadersArg, normalize_headers
+from mqlite.config import (
+    MAX_LINGER_MS,
+    require_int,
+    require_milliseconds,
+    validate_topic_name,
+)
 from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
 from mqlite.future import SendFuture
 from mqlite.partitioner import resolve_partitioner
@@ -166,9 +171,10 @@ class Producer:
     engine
         The engine of the broker to send to (``Broker.producer`` passes it).
     linger_ms
-        How long the flusher waits after the first queued record for more.
-        Default 0: commit as soon as the flusher is free.  Batching happens
-        anyway: records queued while a transaction commits (an fsync under
+        Milliseconds (as Kafka's ``linger.ms``; ``0 <= linger_ms <= 60000``)
+        the flusher waits after the first queued record for more.  Default 0:
+        commit as soon as the flusher is free.  Batching happens anyway:
+        records queued while a transaction commits (an fsync under
         ``"sync"``) all go into the next one.  A linger only helps when many
         records arrive in bursts faster than commits and nobody waits on
         their futures (docs/decisions.md D13).
@@ -183,7 +189,7 @@ class Producer:
 
     def __init__(self, engine: Engine, *, linger_ms: float = 0.0, batch_bytes: int = 1 << 20,
                  partitioner: Any = None, max_queued: int = 1_000_000) -> None:
-        require_positive_number(linger_ms, "linger_ms")
+        require_milliseconds(linger_ms, "linger_ms", maximum=MAX_LINGER_MS)
         require_int(batch_bytes, "batch_bytes", minimum=1)
         require_int(max_queued, "max_queued", minimum=1)
         self._engine = engine
@@ -210,7 +216,7 @@ class Producer:
         self._thread.start()
 
     def send(self, topic: str, value: Any, key: Any = None,
-             headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
+             headers: HeadersArg = None, partition: int | None = None,
              timestamp_ms: int | None = None,
              dedup_id: str | bytes | None = None) -> SendFuture[RecordMetadata]:
         """Queue one record; the future resolves to its metadata after commit.
@@ -249,7 +255,8 @@ class Producer:
             timestamp_ms, "timestamp_ms", minimum=0)
         dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
         fut: SendFuture[RecordMetadata] = SendFuture()
-        item = SendItem(topic, value, key, headers, part, ts, dkey, fut, get_ident())
+        item = SendItem(topic, value, key, normalize_headers(headers), part, ts, dkey, fut,
+                        get_ident())
         with self._lock:  # the condition's lock, entered without a Python-level frame
             while len(self._queue) >= self._max_queued and not self._closed:
                 self._cv.wait(0.1)
@@ -267,7 +274,11 @@ class Producer:
         return fut
 
     def flush(self, timeout: float | None = None) -> None:
-        """Commit everything queued so far and wait for it (``TimeoutError`` if not done)."""
+        """Commit everything queued so far and wait for it.
+
+        ``timeout`` is in seconds (``None``: no limit); :class:`mqlite.TimeoutError`
+        when not done by then.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._flush_now = True
@@ -360,7 +371,8 @@ class Producer:
                 _fail(it, exc)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush queued records and stop the flusher.  Idempotent."""
+        """Flush queued records and stop the flusher, waiting up to ``timeout`` seconds
+        (``None``: no limit).  Idempotent."""
         if self._closed:
             return
         try:

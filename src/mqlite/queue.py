@@ -2,8 +2,9 @@
 
 A queue group reads one topic.  Its durable state is (docs/queue.md):
 
-* ``groups``  ``"~q~<topic>~<group>"`` -> :class:`QueueMeta` (live consumers
-  and a lower bound of the earliest ``visible_at`` of its pending entries);
+* ``groups``  ``"~q~<topic>~<group>"`` -> :class:`QueueMeta` (live consumers,
+  a lower bound of the earliest ``visible_at`` of its pending entries, and
+  the group's retry / dead-letter :class:`QueuePolicy`);
 * ``offsets`` ``"~q~<topic>~<group>" NUL pid`` -> the cursor (u64 BE): the next
   offset never delivered to the group;
 * ``pending`` one entry per *delivery range*, not per message::
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import math
 import os
 import secrets
 import struct
@@ -54,20 +54,32 @@ from mqlite._engine import on_consumed_floor, on_topic_delete
 from mqlite._storage import log as _log
 from mqlite._storage.keys import group_pid_key
 from mqlite.config import (
+    MAX_DELAY_S,
+    MAX_VISIBILITY_TIMEOUT_S,
+    UNSET,
     TopicConfig,
     require_int,
     require_positive_number,
+    require_seconds,
     validate_group_name,
     validate_topic_name,
 )
-from mqlite.errors import ClosedError, MqliteError, StaleDeliveryError, TopicNotFoundError
+from mqlite.config import Unset as _Unset
+from mqlite.errors import (
+    ClosedError,
+    MqliteError,
+    QueueConfigConflictError,
+    StaleDeliveryError,
+    TopicNotFoundError,
+)
 from mqlite.groups import _ensure_members_dir, _unlink_quiet, members_dir, register_lock_holder
 from mqlite.retry import Backoff, resolve_backoff
 
 if TYPE_CHECKING:
     from mqlite._engine import Engine
 
-__all__ = ["DeadLetter", "Delivery", "Queue", "dead_letters", "purge_dead_letters", "redrive"]
+__all__ = ["UNSET", "DeadLetter", "Delivery", "Queue", "QueuePolicy", "dead_letters",
+           "purge_dead_letters", "queue_policy", "redrive", "set_queue_policy"]
 
 _HDR = struct.Struct(">QQQQI16sII")  # visible, token, first_ms, last_ms, count, owner, span, errlen
 _HSIZE = _HDR.size
@@ -99,17 +111,36 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _seconds_ms(value: float, name: str, *, allow_zero: bool) -> int:
-    require_positive_number(value, name, allow_zero=allow_zero)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+def _seconds_ms(value: float, name: str, *, allow_zero: bool, maximum: float) -> int:
+    require_seconds(value, name, maximum=maximum, allow_zero=allow_zero)
     return int(value * 1000)
+
+
+class QueuePolicy(msgspec.Struct, frozen=True):
+    """A queue group's retry and dead-letter policy, stored with the group.
+
+    Attributes
+    ----------
+    max_deliveries
+        A message delivered this many times that is nacked or times out again
+        is dead-lettered; ``None`` = retry forever.
+    dead_letter_topic
+        Where dead letters go; ``None`` = they are dropped.
+    retry_backoff
+        Delay before a nacked message is visible again; ``None`` = at once.
+    """
+
+    max_deliveries: int | None = None
+    dead_letter_topic: str | None = None
+    retry_backoff: Backoff | None = None
 
 
 class QueueMeta(msgspec.Struct):
     topic: str
     consumers: dict[str, str] = {}  # owner id -> lock file name
     min_visible_ms: int = _FOREVER  # <= the visible_at of every pending entry
+    # None only in groups written before policies were stored: the next consumer sets it
+    policy: QueuePolicy | None = None
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -119,6 +150,50 @@ _dec_meta = msgspec.msgpack.Decoder(QueueMeta)
 def _qg(topic: str, group: str) -> str:
     # "~" is not allowed in topic or group names: no collision with stream groups.
     return f"~q~{topic}~{group}"
+
+
+def _given_policy(topic: str, max_deliveries: int | None | _Unset,
+                  dead_letter_topic: str | None | _Unset,
+                  retry_backoff: Backoff | float | None | _Unset) -> dict[str, Any]:
+    """The policy fields a caller gave explicitly, validated (``UNSET`` ones left out)."""
+    given: dict[str, Any] = {}
+    if max_deliveries is not UNSET:
+        require_int(max_deliveries, "max_deliveries", minimum=1, allow_none=True)
+        given["max_deliveries"] = max_deliveries
+    if dead_letter_topic is not UNSET:
+        if dead_letter_topic is not None:
+            validate_topic_name(dead_letter_topic, "dead_letter_topic")
+            if dead_letter_topic == topic:
+                raise ValueError("dead_letter_topic must differ from the queue's topic")
+        given["dead_letter_topic"] = dead_letter_topic
+    if retry_backoff is not UNSET:
+        given["retry_backoff"] = resolve_backoff(retry_backoff)
+    return given
+
+
+def _merge_policy(stored: QueuePolicy | None, given: dict[str, Any], topic: str, group: str,
+                  *, alter: bool) -> QueuePolicy:
+    """The group's policy after a consumer (``alter=False``) or an admin call joins.
+
+    The first consumer's explicit values (defaults for the rest) become the
+    group's policy; later consumers adopt it and may repeat its values, but a
+    differing value raises :class:`QueueConfigConflictError`.
+    """
+    if stored is None or alter:
+        return msgspec.structs.replace(stored or QueuePolicy(), **given)
+    diff = {k: v for k, v in given.items() if getattr(stored, k) != v}
+    if diff:
+        have = ", ".join(f"{k}={getattr(stored, k)!r}" for k in _POLICY_FIELDS)
+        want = ", ".join(f"{k}={v!r}" for k, v in diff.items())
+        raise QueueConfigConflictError(
+            f"queue group {group!r} of topic {topic!r} has the stored policy {have}; this "
+            f"consumer asked for {want}.  The retry/dead-letter policy belongs to the group: "
+            f"pass the stored values or leave them out to adopt them, or change the group's "
+            f"policy with broker.set_queue_policy({topic!r}, {group!r}, ...)")
+    return stored
+
+
+_POLICY_FIELDS = ("max_deliveries", "dead_letter_topic", "retry_backoff")
 
 
 def _ones(n: int) -> bytearray:
@@ -309,8 +384,9 @@ class Queue:
         message goes to one consumer at a time.  Independent of stream-mode
         consumer groups of the same name.
     visibility_timeout
-        Seconds a received message stays invisible to others before it is
-        redelivered if not acked (default 30).
+        Seconds (not milliseconds) a received message stays invisible to
+        others before it is redelivered if not acked (default 30;
+        ``0 < visibility_timeout <= 43200``, 12 hours, as SQS).
     max_deliveries
         A message delivered this many times that is nacked or times out again
         is dead-lettered (``None`` = retry forever).  Without
@@ -319,23 +395,38 @@ class Queue:
         Where dead letters go; created (1 partition) if missing.
     retry_backoff
         Delay before a nacked message is visible again: ``None`` (at once), a
-        number of seconds, or a :class:`mqlite.Backoff`.
+        number of seconds (at most 10 years), or a :class:`mqlite.Backoff`.
+
+    ``max_deliveries``, ``dead_letter_topic`` and ``retry_backoff`` are the
+    *group's* policy, stored durably with the group (:class:`QueuePolicy`):
+    the group's first consumer sets it (its explicit values, the defaults
+    ``None`` for the rest); a later consumer that leaves an option out
+    (``UNSET``) adopts the stored value, one that passes the stored value is
+    fine, and one that passes a different value raises
+    :class:`~mqlite.QueueConfigConflictError`.  Change a group's policy with
+    :meth:`Broker.set_queue_policy`; live consumers pick the change up at their
+    next ``receive()``.  ``visibility_timeout`` is per consumer.
+
+    Raises
+    ------
+    QueueConfigConflictError
+        An explicit policy value differs from the group's stored policy.
+    TopicNotFoundError, TypeError, ValueError
     """
 
     def __init__(self, engine: Engine, topic: str, group: str, *,
-                 visibility_timeout: float = 30.0, max_deliveries: int | None = None,
-                 dead_letter_topic: str | None = None,
-                 retry_backoff: Backoff | float | None = None) -> None:
+                 visibility_timeout: float = 30.0,
+                 max_deliveries: int | None | _Unset = UNSET,
+                 dead_letter_topic: str | None | _Unset = UNSET,
+                 retry_backoff: Backoff | float | None | _Unset = UNSET) -> None:
         validate_topic_name(topic)
         validate_group_name(group)
         self.visibility_timeout_ms = _seconds_ms(visibility_timeout, "visibility_timeout",
-                                                 allow_zero=False)
-        require_int(max_deliveries, "max_deliveries", minimum=1, allow_none=True)
-        if dead_letter_topic is not None:
-            validate_topic_name(dead_letter_topic, "dead_letter_topic")
-            if dead_letter_topic == topic:
-                raise ValueError("dead_letter_topic must differ from the queue's topic")
-        self._backoff = resolve_backoff(retry_backoff)
+                                                 allow_zero=False,
+                                                 maximum=MAX_VISIBILITY_TIMEOUT_S)
+        self._given = _given_policy(topic, max_deliveries, dead_letter_topic, retry_backoff)
+        self._policy = QueuePolicy()
+        self._backoff: Backoff | None = None
         self._engine = engine
         self._env = engine.live_env()
         self.topic = topic
@@ -343,11 +434,13 @@ class Queue:
         self._qg = _qg(topic, group)
         self._meta_key = self._qg.encode()
         self._prefix = self._meta_key + b"\x00"
-        self.max_deliveries = max_deliveries
-        self.dead_letter_topic = dead_letter_topic
+        self.max_deliveries: int | None = None
+        self.dead_letter_topic: str | None = None
         engine.topic_fresh(topic)
-        if dead_letter_topic is not None:
-            engine.create_topic(dead_letter_topic, exist_ok=True)
+        # fail before creating anything; _register checks again under the write lock
+        _merge_policy(queue_policy(engine, topic, group), self._given, topic, group, alter=False)
+        if self._given.get("dead_letter_topic") is not None:
+            engine.create_topic(self._given["dead_letter_topic"], exist_ok=True)
         self.owner_id = uuid.uuid4().hex[:16]
         self._owner = self.owner_id.encode()
         self._closed = False
@@ -381,13 +474,27 @@ class Queue:
         try:
             with self._engine.write() as txn:
                 meta = self._load_meta(txn)
+                meta.policy = _merge_policy(meta.policy, self._given, self.topic, self.group,
+                                            alter=False)
                 meta.consumers[self.owner_id] = name
                 self._store_meta(txn, meta)
+            self._adopt(meta.policy)
         except BaseException:
             _unlink_quiet(os.path.join(d, name))
             os.close(fd)
             self._lock_fd = -1
             raise
+
+    def _adopt(self, policy: QueuePolicy) -> None:
+        self._policy = policy
+        self.max_deliveries = policy.max_deliveries
+        self.dead_letter_topic = policy.dead_letter_topic
+        self._backoff = policy.retry_backoff
+
+    @property
+    def policy(self) -> QueuePolicy:
+        """The group's retry/dead-letter policy as of this consumer's last ``receive()``."""
+        return self._policy
 
     def _load_meta(self, txn: Any) -> QueueMeta:
         raw = txn.get(self._meta_key, db=self._env.dbs["groups"])
@@ -523,7 +630,8 @@ class Queue:
         require_positive_number(timeout, "timeout")
         vt = self.visibility_timeout_ms
         if visibility_timeout is not None:
-            vt = _seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False)
+            vt = _seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False,
+                             maximum=MAX_VISIBILITY_TIMEOUT_S)
         from mqlite import scheduler
 
         engine = self._engine
@@ -592,6 +700,8 @@ class Queue:
         try:
             rec = engine.topic(txn, topic)
             meta = self._load_meta(txn)
+            if meta.policy is not None and meta.policy != self._policy:
+                self._adopt(meta.policy)  # changed by set_queue_policy
             hint = meta.min_visible_ms
             # 1. redeliveries that are due
             if hint <= now:
@@ -988,12 +1098,15 @@ class Queue:
              error: str | None = None) -> int:
         """Return messages: visible again after ``delay`` s (default: the backoff policy).
 
+        ``delay`` is in seconds, ``0 <= delay <= 10 years``.
+
         A message that already had ``max_deliveries`` deliveries is
         dead-lettered instead.  ``error`` is kept as its last error (and
         becomes the ``x-last-error`` header if it is dead-lettered).  Stale
         deliveries raise :class:`StaleDeliveryError` and are left unchanged.
         """
-        delay_ms = None if delay is None else _seconds_ms(delay, "delay", allow_zero=True)
+        delay_ms = None if delay is None else _seconds_ms(delay, "delay", allow_zero=True,
+                                                          maximum=MAX_DELAY_S)
         if error is not None and not isinstance(error, str):
             raise TypeError("error must be str")
 
@@ -1031,8 +1144,11 @@ class Queue:
         return self._apply(deliveries, "dead-lettered", fn)[0]
 
     def extend(self, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
-        """Keep deliveries invisible to others for ``seconds`` more, counted from now."""
-        ms = _seconds_ms(seconds, "seconds", allow_zero=False)
+        """Keep deliveries invisible to others for ``seconds`` more, counted from now.
+
+        ``0 < seconds <= 43200`` (12 hours, the ``visibility_timeout`` bound).
+        """
+        ms = _seconds_ms(seconds, "seconds", allow_zero=False, maximum=MAX_VISIBILITY_TIMEOUT_S)
 
         post: list[tuple[list[Delivery], _Receipt]] = []
 
@@ -1187,6 +1303,43 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<mqlite.Queue topic={self.topic!r} group={self.group!r} owner={self.owner_id}>"
+
+
+def queue_policy(engine: Engine, topic: str, group: str) -> QueuePolicy | None:
+    """The stored policy of a queue group (``None``: the group has none yet)."""
+    validate_topic_name(topic)
+    validate_group_name(group)
+    env = engine.live_env()
+    with env.read_txn() as txn:
+        raw = txn.get(_qg(topic, group).encode(), db=env.dbs["groups"])
+    return None if raw is None else _dec_meta.decode(raw).policy
+
+
+def set_queue_policy(engine: Engine, topic: str, group: str, *,
+                     max_deliveries: int | None | _Unset = UNSET,
+                     dead_letter_topic: str | None | _Unset = UNSET,
+                     retry_backoff: Backoff | float | None | _Unset = UNSET) -> QueuePolicy:
+    """Set (or change) a queue group's retry/dead-letter policy; returns the stored policy.
+
+    Options left out keep their stored value (or the default ``None`` for a
+    group without a policy).  The group need not have consumers yet; live
+    consumers apply the change at their next ``receive()``.
+    """
+    validate_topic_name(topic)
+    validate_group_name(group)
+    given = _given_policy(topic, max_deliveries, dead_letter_topic, retry_backoff)
+    engine.topic_fresh(topic)
+    if given.get("dead_letter_topic") is not None:
+        engine.create_topic(given["dead_letter_topic"], exist_ok=True)
+    key = _qg(topic, group).encode()
+    env = engine.live_env()
+    with engine.write() as txn:
+        raw = txn.get(key, db=env.dbs["groups"])
+        meta = QueueMeta(topic=topic, consumers={}, min_visible_ms=0) if raw is None \
+            else _dec_meta.decode(raw)
+        meta.policy = policy = _merge_policy(meta.policy, given, topic, group, alter=True)
+        txn.put(key, _enc.encode(meta), db=env.dbs["groups"])
+    return policy
 
 
 def _target_topic(engine: Engine, txn: Any, topic: str) -> _log.TopicRecord:

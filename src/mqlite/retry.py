@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from mqlite.config import require_positive_number
+from mqlite.config import MAX_DELAY_S, require_positive_number, require_seconds
 
 __all__ = ["Backoff", "resolve_backoff"]
 
@@ -15,6 +15,9 @@ __all__ = ["Backoff", "resolve_backoff"]
 class Backoff:
     """Delay before a nacked message is delivered again.
 
+    ``base`` is seconds (``0 <= base <= 10 years``), ``cap`` seconds (finite,
+    >= 0; a huge cap means uncapped); ``jitter`` is a fraction in ``[0, 1]``;
+    ``multiplier`` >= 1.
     ``kind="fixed"``: always ``base`` seconds.  ``kind="exponential"``:
     ``base * multiplier ** (delivery_count - 1)``, capped at ``cap``.  With
     ``jitter`` the delay is drawn uniformly from ``[delay * (1 - jitter),
@@ -39,7 +42,8 @@ class Backoff:
     def __post_init__(self) -> None:
         if self.kind not in ("fixed", "exponential"):
             raise ValueError(f"Backoff kind must be 'fixed' or 'exponential', got {self.kind!r}")
-        for name in ("base", "cap", "jitter", "multiplier"):
+        require_seconds(self.base, "base", maximum=MAX_DELAY_S, allow_zero=True)
+        for name in ("cap", "jitter", "multiplier"):
             v = require_positive_number(getattr(self, name), name)
             if not math.isfinite(v):
                 raise ValueError(f"{name} must be finite, got {v}")
@@ -80,8 +84,6 @@ def resolve_backoff(spec: Backoff | float | None) -> Backoff | None:
     if spec is None or isinstance(spec, Backoff):
         return spec
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        require_positive_number(spec, "retry_backoff")
-        if not math.isfinite(spec):
-            raise ValueError("retry_backoff must be finite")
+        require_seconds(spec, "retry_backoff", maximum=MAX_DELAY_S, allow_zero=True)
         return Backoff.fixed(float(spec))
     raise TypeError("retry_backoff must be None, a number of seconds or a mqlite.Backoff")

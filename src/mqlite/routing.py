@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mqlite._engine import on_topic_delete
+from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import exchanges as _ex
 from mqlite._storage import log as _log
 from mqlite._storage.exchanges import Binding, ExchangeRecord
@@ -280,10 +281,11 @@ def publish_in(txn: Any, engine: Engine, exchange: str, routing_key: str, value:
 
 
 def publish(engine: Engine, exchange: str, routing_key: str, value: Any, *, key: Any = None,
-            headers: Sequence[tuple[str, Any]] | None = None, timestamp_ms: int | None = None,
+            headers: HeadersArg = None, timestamp_ms: int | None = None,
             mandatory: bool = False) -> list[RecordMetadata]:
     validate_topic_name(exchange, "exchange")
     _check_routing_key(routing_key)
+    headers = normalize_headers(headers)
     if isinstance(value, str):
         raise TypeError("value must be bytes-like, not str; encode it first")
     ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(

@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import log as _log
 from mqlite._storage import schedule as _schedule
-from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite.config import (
+    MAX_DELAY_S,
+    require_int,
+    require_seconds,
+    require_unix_time,
+    validate_topic_name,
+)
 from mqlite.errors import PartitionNotFoundError
 from mqlite.types import RecordMetadata
 
@@ -52,7 +59,7 @@ def _as_bytes(v: Any, what: str) -> bytes:
 
 
 def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
-                  headers: Any = None, partition: int | None = None,
+                  headers: HeadersArg = None, partition: int | None = None,
                   timestamp_ms: int | None = None, dedup_id: Any = None,
                   delay: float | None = None, deliver_at: float | None = None) -> RecordMetadata:
     """Store a message to be appended to ``topic`` when due.
@@ -62,12 +69,12 @@ def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
     """
     if delay is not None and deliver_at is not None:
         raise ValueError("give delay= or deliver_at=, not both")
+    now = time.time()
     if delay is not None:
-        require_positive_number(delay, "delay")
-        due = time.time() + delay
+        require_seconds(delay, "delay", maximum=MAX_DELAY_S, allow_zero=True)
+        due = now + delay
     else:
-        require_positive_number(deliver_at, "deliver_at")
-        due = float(deliver_at)  # type: ignore[arg-type]
+        due = require_unix_time(deliver_at, "deliver_at", now=now, max_ahead=MAX_DELAY_S)
     if not math.isfinite(due) or due * 1000 >= 1 << 63:
         raise ValueError("delay / deliver_at must be finite")
     validate_topic_name(topic)
@@ -75,13 +82,7 @@ def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
     if partition is not None:
         engine.choose_partition(rec, key, partition)
     ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms", minimum=0)
-    hdrs = None
-    if headers is not None:
-        hdrs = []
-        for name, hv in headers:
-            if not isinstance(name, str):
-                raise TypeError("header names must be str")
-            hdrs.append((name, _as_bytes(hv, "header value")))
+    hdrs = normalize_headers(headers)
     val = None if value is None else _as_bytes(value, "value")
     kb = None if key is None else _as_bytes(key, "key")
     # Validate size and encodability now, not when it is due.

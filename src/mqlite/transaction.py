@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import processed as _processed
 from mqlite.config import require_int, validate_topic_name
 from mqlite.errors import AlreadyProcessedError, ClosedError
@@ -142,7 +142,6 @@ class Transaction:
         self._acks: list[tuple[Any, list[Any]]] = []
         self._claims: list[_PendingClaim] = []
         self._releases: list[bytes] = []
-        self._publish_futures: list[Future] = []
         self._state = "open"
 
     # -- collecting ------------------------------------------------------------------------
@@ -151,7 +150,7 @@ class Transaction:
             raise ClosedError(f"this transaction is {self._state}")
 
     def send(self, topic: str, value: Any, key: Any = None,
-             headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
+             headers: HeadersArg = None, partition: int | None = None,
              timestamp_ms: int | None = None,
              dedup_id: str | bytes | None = None) -> Future[RecordMetadata]:
         """Queue a send; the future resolves to its metadata after commit."""
@@ -168,11 +167,12 @@ class Transaction:
             timestamp_ms, "timestamp_ms", minimum=0)
         fut: Future[RecordMetadata] = Future()
         dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
-        self._items.append(SendItem(topic, value, key, headers, part, ts, dkey, fut))
+        self._items.append(SendItem(topic, value, key, normalize_headers(headers), part, ts,
+                                    dkey, fut))
         return fut
 
     def publish(self, exchange: str, routing_key: str, value: Any, *, key: Any = None,
-                headers: Sequence[tuple[str, Any]] | None = None,
+                headers: HeadersArg = None,
                 mandatory: bool = False) -> Future[list[RecordMetadata]]:
         """Queue an exchange publish; the future resolves to the copies' metadata."""
         from mqlite.routing import _check_routing_key
@@ -181,7 +181,8 @@ class Transaction:
         validate_topic_name(exchange, "exchange")
         _check_routing_key(routing_key)
         fut: Future[list[RecordMetadata]] = Future()
-        self._publishes.append((exchange, routing_key, value, key, headers, mandatory, fut))
+        self._publishes.append((exchange, routing_key, value, key, normalize_headers(headers),
+                                mandatory, fut))
         return fut
 
     def commit_offsets(self, consumer: Any, offsets: Any = None) -> None:

@@ -193,7 +193,6 @@ def test_non_bytes_key_is_type_error(broker: mqlite.Broker, unchanged: Callable[
 
 @pytest.mark.parametrize("headers", [
     [(b"name", b"v")],           # name not str
-    [("name", "v")],             # value str
     [("name", 1)],
     [("name", None)],
     [(1, b"v")],
@@ -209,7 +208,7 @@ def test_bad_header_types_are_type_error(broker: mqlite.Broker,
 
 
 @pytest.mark.parametrize("headers", [[("only-name",)], [("a", b"b", b"c")], [b"ab"], "abc",
-                                     {"a": b"b"}, 5], ids=repr)
+                                     {"a": 1}, 5], ids=repr)
 def test_malformed_headers_are_clean_errors(broker: mqlite.Broker,
                                             unchanged: Callable[[], Unchanged],
                                             headers: Any) -> None:

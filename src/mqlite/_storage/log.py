@@ -428,11 +428,6 @@ def create_topic(txn: Any, dbs: dict[str, Any], name: str, cfg: TopicConfig,
     return rec
 
 
-def update_topic(txn: Any, dbs: dict[str, Any], rec: TopicRecord) -> None:
-    txn.put(rec.name.encode(), _topic_encoder.encode(rec), db=dbs["topics"])
-    _bump_topics_version(txn, dbs)
-
-
 def delete_topic(txn: Any, dbs: dict[str, Any], rec: TopicRecord) -> None:
     """Delete a topic, its partitions' records and state."""
     for pid in rec.pids:

@@ -1,0 +1,64 @@
+"""``consumer.committed()`` takes one partition or a list (issue 9, part 7).
+
+A list (confluent-kafka's form) returns ``dict[TopicPartition, int | None]``.
+A partition that does not exist raises the typed error instead of reading as
+"nothing committed yet".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import mqlite
+from mqlite import TopicPartition as TP
+
+
+@pytest.fixture
+def consumer(broker: mqlite.Broker) -> mqlite.Consumer:
+    broker.create_topic("t", partitions=2)
+    broker.send("t", b"a", partition=0)
+    broker.send("t", b"b", partition=0)
+    c = broker.consumer("t", group="g", commit="manual")
+    msgs = []
+    while len(msgs) < 2:
+        msgs += c.poll(timeout=5)
+    c.commit({TP("t", 0): 2})
+    yield c
+    c.close()
+
+
+def test_one_partition(consumer: mqlite.Consumer) -> None:
+    assert consumer.committed(TP("t", 0)) == 2
+    assert consumer.committed(TP("t", 1)) is None
+    assert consumer.committed(("t", 0)) == 2  # type: ignore[call-overload]
+
+
+def test_a_list_returns_a_dict(consumer: mqlite.Consumer) -> None:
+    got = consumer.committed([TP("t", 0), TP("t", 1)])
+    assert got == {TP("t", 0): 2, TP("t", 1): None}
+    assert consumer.committed([]) == {}
+
+
+@pytest.mark.parametrize("tp, exc", [
+    (TP("t", 2), mqlite.PartitionNotFoundError),
+    (TP("nope", 0), mqlite.TopicNotFoundError),
+])
+def test_missing_partition_raises_the_typed_error(consumer: mqlite.Consumer, tp: TP,
+                                                  exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        consumer.committed(tp)
+    with pytest.raises(exc):
+        consumer.committed([TP("t", 0), tp])
+
+
+def test_bad_argument_types(consumer: mqlite.Consumer) -> None:
+    with pytest.raises(TypeError):
+        consumer.committed("t")  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        consumer.committed([TP("t", 0), 5])  # type: ignore[list-item]
+
+
+def test_without_group(broker: mqlite.Broker) -> None:
+    broker.create_topic("t")
+    with broker.consumer("t") as c, pytest.raises(ValueError, match="group="):
+        c.committed([TP("t", 0)])

@@ -12,6 +12,7 @@ import itertools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -115,16 +116,23 @@ def _check_values_arg(values: object) -> Sequence[Any]:
 
 
 class Broker:
-    """A handle on one broker directory.  Thread-safe; fork-safe (see :func:`open`)."""
+    """A handle on one broker directory.  Thread-safe; fork-safe (see :func:`open`).
+
+    The producers, consumers and queues made from a handle are its children:
+    :meth:`close` closes them (README, "Lifecycle and threads").
+    """
 
     def __init__(self, env: Env) -> None:
         self._env = env
         self._closed = False
+        self._closing = False
+        # weak: a child the user dropped is not kept alive by its broker
+        self._children: list[weakref.ref[Any]] = []
         self._rr = itertools.count()
         self._writes = 0
         self._bytes_since_check = 0
         self._last_retention: dict[int, float] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: close() may run in a signal handler
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -141,10 +149,59 @@ class Broker:
         return self._closed
 
     def close(self) -> None:
-        """Release this handle (idempotent).  The environment closes with the last handle."""
-        if not self._closed:
+        """Close every child, then release this handle.  Idempotent; any thread.
+
+        Producers are flushed and closed first (every record sent before
+        ``close()`` is committed), then consumers and queues are closed (a
+        blocked ``poll``/``receive`` in another thread returns at once; group
+        members leave, queue consumers release their held messages), then
+        the handle is released; the environment closes with the last handle
+        of the process.  Called from a signal handler (or a callback) that
+        interrupted a child's call on this thread, that child closes when
+        the interrupted call returns, and the handle is released then.
+
+        Raises
+        ------
+        Exception
+            The first error a child's ``close()`` raised (e.g. from an
+            ``on_revoke`` callback), after everything else was closed.
+        """
+        with self._lock:
+            if self._closing or self._closed:
+                return
+            self._closing = True
+            kids = [k for k in (r() for r in self._children) if k is not None]
+        kids.sort(key=lambda k: k._CLOSE_RANK)  # producers first: they still need the env
+        first: BaseException | None = None
+        for k in kids:
+            try:
+                k.close()
+            except Exception as exc:  # noqa: BLE001 - close the others, re-raise below
+                if first is None:
+                    first = exc
+        self._release_if_done()
+        if first is not None:
+            raise first
+
+    def _adopt(self, child: Any) -> None:
+        """Track a new producer/consumer/queue for :meth:`close` (ClosedError if closing)."""
+        with self._lock:
+            if self._closing or self._closed:
+                raise ClosedError("this broker handle is closed; call mqlite.open() again")
+            if len(self._children) >= 64 and not len(self._children) & 63:
+                self._children = [r for r in self._children if r() is not None]
+            self._children.append(weakref.ref(child))
+
+    def _release_if_done(self) -> None:
+        """Release the environment once closing and every child closed (children call it)."""
+        with self._lock:
+            if not self._closing or self._closed:
+                return
+            if any(k is not None and not k.closed for k in (r() for r in self._children)):
+                return  # a child closes when its interrupted call returns; it calls back
             self._closed = True
-            self._env.release()
+            self._children = []
+        self._env.release()
 
     def __enter__(self) -> Broker:
         return self

@@ -163,6 +163,9 @@ _GATHER_MAX_RECORDS = 4096
 class Producer:
     """Thread-safe batching producer (see module docstring).
 
+    Any number of threads may send through one producer.  ``broker.close()``
+    flushes and closes it before anything else.
+
     Parameters
     ----------
     broker
@@ -210,6 +213,11 @@ class Producer:
         self._last_senders: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="mqlite-producer", daemon=True)
         self._thread.start()
+        try:
+            broker._adopt(self)  # broker.close() flushes and closes this producer first
+        except BaseException:
+            self.close()
+            raise
 
     def send(self, topic: str, value: Any, key: Any = None,
              headers: Sequence[tuple[str, Any]] | None = None, partition: int | None = None,
@@ -361,9 +369,23 @@ class Producer:
             for it in items:
                 _fail(it, exc)
 
+    _CLOSE_RANK = 0  # broker.close() closes producers before consumers and queues
+
     def close(self, timeout: float | None = None) -> None:
-        """Flush queued records and stop the flusher.  Idempotent."""
+        """Flush queued records and stop the flusher.  Idempotent; any thread.
+
+        Every record sent before ``close()`` is committed (or failed through its
+        future) when this returns, unless ``timeout`` passed first
+        (:class:`mqlite.TimeoutError`; the flusher then finishes in the background).
+        """
         if self._closed:
+            return
+        if threading.current_thread() is self._thread:
+            # From a future's callback: the flusher cannot wait for itself; it
+            # commits what is queued and then stops.
+            with self._cv:
+                self._closed = True
+                self._wake.notify()
             return
         try:
             self.flush(timeout)

@@ -39,6 +39,16 @@ from mqlite.errors import ClosedError, ConcurrentAccessError
 
 __all__ = ["UseGuard", "guarded"]
 
+_pid = os.getpid()  # this process's pid, kept current by the at-fork hook (no syscall per call)
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class UseGuard:
     """Entry bookkeeping for one consumer object (see the module docstring)."""
@@ -46,6 +56,7 @@ class UseGuard:
     __slots__ = (
         "_cv",
         "_gen",
+        "_lock",
         "_pending",
         "_pid",
         "_users",
@@ -57,8 +68,9 @@ class UseGuard:
     )
 
     def __init__(self, what: str, wake: Callable[[], None], *, exclusive: bool) -> None:
-        self._pid = os.getpid()
-        self._cv = threading.Condition(threading.RLock())
+        self._pid = _pid
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)  # close() waits here for callers to leave
         self._users: dict[int, list[int]] = {}  # thread id -> [depth, wake-up generation]
         self._gen = 0
         self._pending = False  # a wakeup() that found no caller inside
@@ -70,9 +82,10 @@ class UseGuard:
 
     def _after_fork(self) -> None:
         # The parent's threads do not exist here (and one may have held the lock).
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._cv = threading.Condition(threading.RLock())
+        if self._pid != _pid:
+            self._pid = _pid
+            self._lock = threading.RLock()
+            self._cv = threading.Condition(self._lock)
             self._users = {}
             self.closing = self.close_deferred = self._pending = False
 
@@ -88,7 +101,7 @@ class UseGuard:
         """
         self._after_fork()
         me = get_ident()
-        with self._cv:
+        with self._lock:
             u = self._users.get(me)
             if u is not None:
                 u[0] += 1
@@ -105,13 +118,14 @@ class UseGuard:
     def exit(self) -> bool:
         """Unregister one level; True when the caller must now run a deferred close."""
         me = get_ident()
-        with self._cv:
+        with self._lock:
             u = self._users[me]
             u[0] -= 1
             if u[0] > 0:
                 return False
             del self._users[me]
-            self._cv.notify_all()
+            if self.closing:
+                self._cv.notify_all()
             if self.close_deferred and not self.closing:
                 self.close_deferred = False
                 return True
@@ -126,7 +140,7 @@ class UseGuard:
 
         Consumes a pending wake-up that arrived while no call was inside.
         """
-        with self._cv:
+        with self._lock:
             if self.closing or self.close_deferred:
                 return True
             u = self._users.get(get_ident())
@@ -139,7 +153,7 @@ class UseGuard:
 
     def wakeup(self) -> None:
         """Make the calls inside stop waiting, or the next call when none is inside."""
-        with self._cv:
+        with self._lock:
             self._gen += 1
             if not self._users:
                 self._pending = True

@@ -243,6 +243,8 @@ class Delivery(_core.Message):
         The delivery's token: acks and nacks must present it.
     visible_at_ms
         When the message becomes visible to other consumers unless settled.
+
+    Immutable; any thread may settle it (through its thread-safe :class:`Queue`).
     """
 
     __slots__ = ("_r",)

@@ -61,7 +61,11 @@ def is_processed(broker: Broker, event_id: str | bytes, scope: str = "default") 
 
 
 class Transaction:
-    """Collects operations and applies them atomically on exit (see module docstring)."""
+    """Collects operations and applies them atomically on exit (see module docstring).
+
+    Not thread-safe: one thread builds and commits a transaction (the ``with``
+    block); other threads use transactions of their own.
+    """
 
     def __init__(self, broker: Broker) -> None:
         broker._live_env()

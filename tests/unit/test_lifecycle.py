@@ -330,3 +330,31 @@ def test_callbacks_may_call_back_into_the_consumer_on_the_same_thread(broker):
     c.subscribe("t")
     assert [m.value for m in c.poll(timeout=30)] == [b"x"]
     assert seen == [0]
+
+
+def test_leaving_the_with_block_ends_polls_and_receives_in_worker_threads(tmp_broker_dir):
+    results: dict[str, Any] = {}
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        c = b.consumer("t", group="g")
+        q = b.queue("t", "qg")
+
+        def run(name: str, obj: Any, call: Callable[[], Any]) -> None:
+            t0 = time.monotonic()
+            try:
+                results[name] = (call(), time.monotonic() - t0)
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                results[name] = (exc, time.monotonic() - t0)
+
+        ts = [threading.Thread(target=run, args=("poll", c, lambda: c.poll(timeout=30))),
+              threading.Thread(target=run, args=("receive", q, lambda: q.receive(timeout=30)))]
+        for t in ts:
+            t.start()
+        for obj in (c, q):
+            while not obj._life._users:  # both calls have started
+                time.sleep(0)
+    for t in ts:
+        t.join(30)
+    assert results["poll"][0] == [] and results["poll"][1] < PROMPT
+    assert results["receive"][0] == [] and results["receive"][1] < PROMPT
+    assert c.closed and q.closed

@@ -16,6 +16,7 @@ the transaction fails every record in it (nothing of it was stored).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -206,6 +207,7 @@ class Producer:
         self._flush_now = False
         self._in_flight = 0
         self._closed = False
+        self._pid = os.getpid()  # the flusher thread exists only in this process
         # adaptive gathering (docs/decisions.md D15): when k threads sent the last two
         # batches, the flusher waits for k queued records, at most half a commit's time
         self._gather_target = 0
@@ -243,6 +245,10 @@ class Producer:
         """
         if self._closed:
             raise ClosedError("this producer is closed")
+        if os.getpid() != self._pid:
+            raise ClosedError(
+                f"this producer was created in process {self._pid}; its flusher thread does "
+                "not exist in a forked child: create a new producer in the child")
         if type(topic) is not str:
             validate_topic_name(topic)
         if isinstance(value, str) or isinstance(key, str):
@@ -379,6 +385,10 @@ class Producer:
         (:class:`mqlite.TimeoutError`; the flusher then finishes in the background).
         """
         if self._closed:
+            return
+        if os.getpid() != self._pid:
+            # A forked child: records queued at fork time are the parent's to commit.
+            self._closed = True
             return
         if threading.current_thread() is self._thread:
             # From a future's callback: the flusher cannot wait for itself; it

@@ -102,3 +102,32 @@ def test_forked_child_cannot_act_as_the_parents_queue_member(tmp_broker_dir):
         mine[0].ack()
         q.ack(back)
         q.close()
+
+
+def test_broker_close_in_a_forked_child_leaves_the_parents_producer_alone(tmp_broker_dir):
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        p = b.producer(linger_ms=60_000)  # records stay queued until a flush
+        fut = p.send("t", b"parent")
+
+        def child(report: Any, wait: Any) -> None:
+            try:
+                p.send("t", b"child")
+                report({"send": "accepted"})
+            except mqlite.ClosedError as exc:
+                report({"send": str(exc)})
+            b.close()  # must not wait for the parent's flusher, which this process lacks
+            report({"closed": b.closed and p.closed})
+
+        pid, read, _go, close_pipes = _fork(child)
+        try:
+            assert "forked child" in read()["send"]
+            assert read()["closed"] is True
+        finally:
+            close_pipes()
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        p.flush()
+        assert fut.result(0).offset == 0
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        assert [m.value for m in b.read("t")] == [b"parent"]

@@ -117,9 +117,14 @@ class UseGuard:
 
     def exit(self) -> bool:
         """Unregister one level; True when the caller must now run a deferred close."""
+        if self._pid != _pid:  # forked inside a call: the child starts afresh
+            self._after_fork()
+            return False
         me = get_ident()
         with self._lock:
-            u = self._users[me]
+            u = self._users.get(me)
+            if u is None:
+                return False
             u[0] -= 1
             if u[0] > 0:
                 return False

@@ -78,7 +78,8 @@ class UseGuard:
         self.exclusive = exclusive
         self.what = what
         self.closing = False  # close() from another thread is waiting for callers to leave
-        self.close_deferred = False  # close() came from inside a call on that call's thread
+        # close() came from inside a call: the id of that call's thread (0: none)
+        self.close_deferred = 0
 
     def _after_fork(self) -> None:
         # The parent's threads do not exist here (and one may have held the lock).
@@ -87,7 +88,8 @@ class UseGuard:
             self._lock = threading.RLock()
             self._cv = threading.Condition(self._lock)
             self._users = {}
-            self.closing = self.close_deferred = self._pending = False
+            self.closing = self._pending = False
+            self.close_deferred = 0
 
     def enter(self) -> None:
         """Register the current thread as inside a call.
@@ -131,10 +133,9 @@ class UseGuard:
             del self._users[me]
             if self.closing:
                 self._cv.notify_all()
-            if self.close_deferred and not self.closing:
-                self.close_deferred = False
-                return True
-            return False
+            # the thread that asked for a deferred close performs it (other
+            # threads of a Queue just leave; the close waits for them)
+            return self.close_deferred == me and not self.closing
 
     def inside(self) -> bool:
         """Whether the current thread is inside a call of the owner."""
@@ -175,7 +176,7 @@ class UseGuard:
         self._after_fork()
         with self._cv:
             if get_ident() in self._users:
-                self.close_deferred = True
+                self.close_deferred = get_ident()
                 self._gen += 1
                 deferred = True
             else:
@@ -196,12 +197,12 @@ class UseGuard:
         """The owner finished closing (its own checks refuse later calls)."""
         with self._cv:
             self.closing = False
-            self.close_deferred = False
+            self.close_deferred = 0
 
     @property
     def close_requested(self) -> bool:
         """A close is waiting for the calls inside to return."""
-        return self.closing or self.close_deferred
+        return self.closing or self.close_deferred != 0
 
 
 _P = ParamSpec("_P")
@@ -224,10 +225,11 @@ def guarded(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[
             return method(self, *args, **kwargs)
         finally:
             if life.exit():
+                # the deferred close: now outside every call on this thread, so
+                # close() waits for other callers and closes for real
                 try:
-                    self._close_now()
+                    self.close()
                 finally:
-                    life.closed_done()
                     self._broker._release_if_done()
 
     return wrapper

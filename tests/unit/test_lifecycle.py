@@ -358,3 +358,36 @@ def test_leaving_the_with_block_ends_polls_and_receives_in_worker_threads(tmp_br
     assert results["poll"][0] == [] and results["poll"][1] < PROMPT
     assert results["receive"][0] == [] and results["receive"][1] < PROMPT
     assert c.closed and q.closed
+
+
+def test_signal_close_of_a_queue_also_ends_receives_in_other_threads(broker):
+    broker.create_topic("t")
+    q = broker.queue("t", "g")
+    main = threading.main_thread().ident
+    other: list[Any] = []
+
+    def worker() -> None:
+        other.append(_timed(lambda: q.receive(timeout=30)))
+
+    w = threading.Thread(target=worker)
+    w.start()
+    while not q._life._users:
+        time.sleep(0)
+    old = signal.signal(signal.SIGUSR1, lambda *_: q.close())
+    try:
+        # fire once both receives are inside (the worker's and this thread's)
+        def fire() -> None:
+            while len(q._life._users) < 2:
+                time.sleep(0)
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        t = threading.Thread(target=fire)
+        t.start()
+        out, took = _timed(lambda: q.receive(timeout=30))
+        t.join(30)
+        w.join(30)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert out == [] and took < PROMPT
+    assert other and other[0][0] == [] and other[0][1] < PROMPT + took
+    assert q.closed

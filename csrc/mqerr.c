@@ -20,6 +20,11 @@ const char *mq_strerror(int code)
     case MQ_ERECATTR: return "record attributes are not 0";
     case MQ_ETOOBIG: return "batch larger than 4 GiB - 1 bytes";
     case MQ_EINTR: return "interrupted by a signal";
+    case MQ_EINVAL: return "slot count out of range";
+    case MQ_EOPEN: return "cannot open or create the notify file";
+    case MQ_ELOCK: return "cannot lock the notify file";
+    case MQ_ESIZE: return "cannot size the notify file";
+    case MQ_EMAP: return "cannot map the notify file";
     default: return "unknown error";
     }
 }

@@ -31,7 +31,12 @@ enum {
     MQ_EFIELDLEN = -13,  /* a negative length or count where none is allowed */
     MQ_ERECATTR = -14,   /* record attributes are not 0 */
     MQ_ETOOBIG = -15,    /* encoder: a batch would not fit its 32-bit length field */
-    MQ_EINTR = -16       /* notify: a wait was interrupted by a signal */
+    MQ_EINTR = -16,      /* notify: a wait was interrupted by a signal */
+    MQ_EINVAL = -17,     /* notify: slot count is 0 or too large to map */
+    MQ_EOPEN = -18,      /* notify: the file could not be opened or created (errno kept) */
+    MQ_ELOCK = -19,      /* notify: flock() on the file failed (errno kept) */
+    MQ_ESIZE = -20,      /* notify: fstat()/ftruncate() of the file failed (errno kept) */
+    MQ_EMAP = -21        /* notify: mmap() of the file failed (errno kept) */
 };
 
 const char *mq_strerror(int code);

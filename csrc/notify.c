@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #endif
 
+/* Returns a descriptor, or -1 with errno set. */
 static int open_file(const char *path, unsigned mode)
 {
     for (;;) {
@@ -25,17 +26,18 @@ static int open_file(const char *path, unsigned mode)
             if (fchmod(fd, (mode_t)mode) < 0) {
                 int e = errno;
                 close(fd);
-                return -e;
+                errno = e;
+                return -1;
             }
             return fd;
         }
         if (errno != EEXIST)
-            return -errno;
+            return -1;
         fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
         if (fd >= 0)
             return fd;
         if (errno != ENOENT)
-            return -errno;
+            return -1;
         /* Deleted between the two opens: try to create it again. */
     }
 }
@@ -45,34 +47,40 @@ int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     n->slots_base = NULL;
     n->slots = 0;
     n->map_len = 0;
+    n->sys_errno = 0;
     if (slots == 0 || slots > (size_t)INT64_MAX / sizeof(mq_notify_slot))
-        return -EINVAL;
+        return MQ_EINVAL;
     size_t need = slots * sizeof(mq_notify_slot);
 
     int fd = open_file(path, mode);
-    if (fd < 0)
-        return fd;
-    int err = 0;
+    if (fd < 0) {
+        n->sys_errno = errno;
+        return MQ_EOPEN;
+    }
+    int rc = MQ_OK;
     struct stat st;
     /* Check-and-grow under an exclusive lock: without it, an opener that
      * wants fewer slots could ftruncate the file back down after another
      * grew it, and a mapping past the new end would fault. */
     while (flock(fd, LOCK_EX) < 0) {
         if (errno != EINTR) {
-            err = errno;
+            n->sys_errno = errno;
+            rc = MQ_ELOCK;
             goto out;
         }
     }
-    if (fstat(fd, &st) < 0)
-        err = errno;
-    else if ((uint64_t)st.st_size < need && ftruncate(fd, (off_t)need) < 0)
-        err = errno;
+    if (fstat(fd, &st) < 0 ||
+        ((uint64_t)st.st_size < need && ftruncate(fd, (off_t)need) < 0)) {
+        n->sys_errno = errno;
+        rc = MQ_ESIZE;
+    }
     flock(fd, LOCK_UN);
-    if (err)
+    if (rc != MQ_OK)
         goto out;
     void *m = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
-        err = errno;
+        n->sys_errno = errno;
+        rc = MQ_EMAP;
         goto out;
     }
     n->slots_base = m;
@@ -80,7 +88,7 @@ int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     n->map_len = need;
 out:
     close(fd);
-    return -err;
+    return rc;
 }
 
 void mq_notify_close(mq_notify *n)

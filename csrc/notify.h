@@ -53,6 +53,7 @@ typedef struct mq_notify {
     mq_notify_slot *slots_base; /* NULL when closed */
     size_t slots;
     size_t map_len;
+    int sys_errno; /* the errno behind the last failed mq_notify_open, else 0 */
 } mq_notify;
 
 /* Opens `path` (creating it with exactly `mode`, umask not applied, when it
@@ -61,7 +62,12 @@ typedef struct mq_notify {
  * flock so two openers cannot race a shrink), and maps the first `slots`
  * slots.  New slots read as zero.  The descriptor is closed before
  * returning: the mapping alone keeps the memory.  slots must be >= 1.
- * Returns 0, or -errno (n is then left closed). */
+ * Returns MQ_OK, or (n is then left closed) MQ_EINVAL for a slot count of 0
+ * or one whose size overflows, or MQ_EOPEN / MQ_ELOCK / MQ_ESIZE / MQ_EMAP
+ * naming the system call that failed, with its errno in n->sys_errno
+ * (ELOOP: the path is a symlink; EACCES; ENOSPC ...).  Codes never collide
+ * with errno values: the caller reads errno from sys_errno, not from the
+ * return value. */
 int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode);
 
 /* Unmaps; idempotent.  No other call may be running on `n` at the time. */

@@ -178,7 +178,13 @@ class Notifier:
     """
 
     slots: int
-    def __init__(self, path: str, slots: int = 4096, mode: int = 0o600) -> None: ...
+    def __init__(self, path: str, slots: int = 4096, mode: int = 0o600) -> None:
+        """Open (create) and map the file.
+
+        Raises ``OSError`` carrying the errno of the system call that failed (``ELOOP``
+        for a symlink, ``ENOENT``, ``EACCES`` ...; the message names the step), and
+        ``ValueError`` for a slot count outside [1, 2**40] or a bad mode.
+        """
     def load(self, slot: int) -> int:
         """The current sequence value of ``slot`` (acquire load)."""
     def bump(self, slot: int) -> None:

@@ -88,6 +88,16 @@ cdef int _raise_encode(int rc) except -1:
     raise exc(message)
 
 
+cdef int _raise_notify_open(int rc, int sys_errno, bytes path) except -1:
+    # mq_notify_open's codes name the failing step; the OS reason is sys_errno.
+    reason = mq_strerror(rc).decode()
+    if rc == MQ_EINVAL:
+        raise ValueError(f"notify file: {reason}")
+    if sys_errno > 0:
+        raise OSError(sys_errno, f"{os.strerror(sys_errno)} ({reason})", os.fsdecode(path))
+    raise SystemError(f"notify file {os.fsdecode(path)!r}: {reason} (code {rc})")
+
+
 cdef int _not_bytes(object obj, str what) except -1:
     if PyUnicode_Check(obj):
         raise TypeError(f"{what} must be bytes-like, not str; encode it first")
@@ -972,7 +982,7 @@ cdef class Notifier:
         with nogil:
             rc = mq_notify_open(&self.n, cpath, <size_t>n_slots, <unsigned>m)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc), os.fsdecode(bpath))
+            _raise_notify_open(rc, self.n.sys_errno, bpath)
         self.slots = <Py_ssize_t>n_slots
         self.is_open = True
 

@@ -23,6 +23,11 @@ cdef extern from "mqerr.h" nogil:
         MQ_ERECATTR
         MQ_ETOOBIG
         MQ_EINTR
+        MQ_EINVAL
+        MQ_EOPEN
+        MQ_ELOCK
+        MQ_ESIZE
+        MQ_EMAP
     const char *mq_strerror(int code)
 
 
@@ -124,6 +129,7 @@ cdef extern from "notify.h" nogil:
 
     ctypedef struct mq_notify:
         size_t slots
+        int sys_errno
 
     int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     void mq_notify_close(mq_notify *n)

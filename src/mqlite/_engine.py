@@ -26,7 +26,9 @@ Contract
 from __future__ import annotations
 
 import itertools
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,6 +114,10 @@ class Engine:
     def __init__(self, env: Env) -> None:
         self.env = env
         self._closed = False
+        self._closing = False
+        # weak: a child the user dropped is not kept alive by its broker
+        self._children: list[weakref.ref[Any]] = []
+        self._lock = threading.RLock()  # RLock: close() may run in a signal handler
         self._rr = itertools.count()
         self._writes = 0
         self._bytes_since_check = 0
@@ -133,10 +139,60 @@ class Engine:
         return self._closed
 
     def close(self) -> None:
-        """Release this handle (idempotent); the environment closes with its last handle."""
-        if not self._closed:
+        """Close every adopted child, producers first, then release this handle.
+
+        Idempotent; any thread.  A child whose call on this thread was
+        interrupted (a signal handler or callback closing its broker) closes
+        when that call returns and then calls :meth:`release_if_done`, which
+        releases the handle once every child is closed.  The environment
+        closes with the last handle of the process.
+
+        Raises
+        ------
+        Exception
+            The first error a child's ``close()`` raised (e.g. from an
+            ``on_revoke`` callback), after everything else was closed.
+        """
+        with self._lock:
+            if self._closing or self._closed:
+                return
+            self._closing = True
+            kids = [k for k in (r() for r in self._children) if k is not None]
+        kids.sort(key=lambda k: k._CLOSE_RANK)  # producers first: they still need the env
+        first: BaseException | None = None
+        for k in kids:
+            try:
+                k.close()
+            except Exception as exc:  # noqa: BLE001 - close the others, re-raise below
+                if first is None:
+                    first = exc
+        self.release_if_done()
+        if first is not None:
+            raise first
+
+    def adopt(self, child: Any) -> None:
+        """Track a new producer/consumer/queue for :meth:`close` (ClosedError if closing).
+
+        ``child`` has ``close()``, ``closed`` and ``_CLOSE_RANK`` (producers 0,
+        consumers and queues 1: lower closes first).
+        """
+        with self._lock:
+            if self._closing or self._closed:
+                raise ClosedError("this broker handle is closed; call mqlite.open() again")
+            if len(self._children) >= 64 and not len(self._children) & 63:
+                self._children = [r for r in self._children if r() is not None]
+            self._children.append(weakref.ref(child))
+
+    def release_if_done(self) -> None:
+        """Release the environment once closing and every child closed (children call it)."""
+        with self._lock:
+            if not self._closing or self._closed:
+                return
+            if any(k is not None and not k.closed for k in (r() for r in self._children)):
+                return  # a child closes when its interrupted call returns; it calls back
             self._closed = True
-            self.env.release()
+            self._children = []
+        self.env.release()
 
     def live_env(self) -> Env:
         """The environment; :class:`ClosedError` once this handle is closed."""

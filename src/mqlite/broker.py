@@ -102,8 +102,10 @@ class Broker:
 
     Thread-safe: any number of threads may share one broker (LMDB serialises
     writers).  Fork-safe: a child process reopens the environment on first use
-    (see :func:`open`).  Closing it (or leaving ``with``) closes this handle;
-    the environment closes with the last handle of the process.
+    (see :func:`open`).  The producers, consumers and queues made from a handle
+    are its children: :meth:`close` (or leaving ``with``) closes them, then
+    releases the handle; the environment closes with the last handle of the
+    process (README, "Lifecycle and threads").
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -125,7 +127,23 @@ class Broker:
         return self._engine.closed
 
     def close(self) -> None:
-        """Release this handle (idempotent).  The environment closes with the last handle."""
+        """Close every child, then release this handle.  Idempotent; any thread.
+
+        Producers are flushed and closed first (every record sent before
+        ``close()`` is committed), then consumers and queues are closed (a
+        blocked ``poll``/``receive`` in another thread returns at once; group
+        members leave, queue consumers release their held messages), then
+        the handle is released; the environment closes with the last handle
+        of the process.  Called from a signal handler (or a callback) that
+        interrupted a child's call on this thread, that child closes when
+        the interrupted call returns, and the handle is released then.
+
+        Raises
+        ------
+        Exception
+            The first error a child's ``close()`` raised (e.g. from an
+            ``on_revoke`` callback), after everything else was closed.
+        """
         self._engine.close()
 
     def __enter__(self) -> Broker:

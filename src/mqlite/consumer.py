@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
 from mqlite import _core, scheduler
+from mqlite._lifecycle import UseGuard, guarded
 from mqlite._storage import log as _log
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
@@ -63,6 +64,11 @@ def _tp(tp: object) -> TopicPartition:
 class Consumer:
     """Reads messages from the partitions of one or more topics.
 
+    Not thread-safe: use a consumer from one thread at a time (create one per
+    thread); a second thread calling it while another is inside a call gets
+    :class:`~mqlite.ConcurrentAccessError`.  :meth:`wakeup` and :meth:`close`
+    may be called from any thread and from signal handlers.
+
     Parameters
     ----------
     engine
@@ -108,6 +114,8 @@ class Consumer:
         self._rotation = 0
         self._closed = False
         self._group: Any = None
+        self._waiting_on = 0  # the wake-up word poll() waits on (for wakeup())
+        self._life = UseGuard("consumer", self._wake_waiter, exclusive=True)
         self.group = group
         if group is not None:
             from mqlite.groups import GroupMember
@@ -117,8 +125,14 @@ class Consumer:
             raise TypeError(f"unexpected options without group=: {sorted(group_options)}")
         if topics is not None:
             self.subscribe(topics)
+        try:
+            engine.adopt(self)  # broker.close() closes this consumer
+        except BaseException:
+            self.close()
+            raise
 
     # -- subscription ------------------------------------------------------------------------
+    @guarded
     def subscribe(self, topics: str | Iterable[str]) -> None:
         """Subscribe to topics (replacing any previous subscription or assignment).
 
@@ -138,6 +152,7 @@ class Consumer:
     def subscription(self) -> list[str]:
         return list(self._topics)
 
+    @guarded
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these partitions (no group coordination)."""
         self._check_open()
@@ -192,6 +207,7 @@ class Consumer:
         self._positions[tp] = pos
         return pos
 
+    @guarded
     def position(self, tp: TopicPartition) -> int:
         """The offset of the next message :meth:`poll` returns for ``tp``."""
         tp = _tp(tp)
@@ -201,6 +217,7 @@ class Consumer:
             st = _log.load_state(txn, self._env.dbs, pid)
             return self._resolve_position(txn, tp, st)
 
+    @guarded
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Make the next :meth:`poll` of ``tp`` start at ``offset``.
 
@@ -212,6 +229,7 @@ class Consumer:
         self._check_assigned(tp)
         self._positions[tp] = offset
 
+    @guarded
     def seek_to_beginning(self, *tps: TopicPartition) -> None:
         """Seek the given (default: all assigned) partitions to their log start."""
         targets = [_tp(t) for t in tps] or self.assignment()
@@ -219,6 +237,7 @@ class Consumer:
             self._check_assigned(tp)
             self._positions[tp] = off
 
+    @guarded
     def seek_to_end(self, *tps: TopicPartition) -> None:
         """Seek the given (default: all assigned) partitions to their end."""
         targets = [_tp(t) for t in tps] or self.assignment()
@@ -274,6 +293,7 @@ class Consumer:
                 out[tp] = None if hit is None else OffsetAndTimestamp(*hit)
         return out
 
+    @guarded
     def lag(self) -> dict[TopicPartition, int]:
         """Messages between the current position and the end, per assigned partition."""
         out = {}
@@ -326,11 +346,13 @@ class Consumer:
             return self._env.topic_slot(self._topics[0])
         return 0
 
+    @guarded
     def poll(self, max_records: int | None = None, timeout: float = 1.0) -> list[_core.Message]:
         """Return up to ``max_records`` messages, waiting up to ``timeout`` seconds for some.
 
         Returns as soon as any message is available (an empty list after
-        ``timeout``).  Within a partition messages come in offset order;
+        ``timeout``, or at once after :meth:`wakeup` or :meth:`close` from
+        another thread or a signal handler).  Within a partition messages come in offset order;
         partitions are served round-robin.  Waiting uses the cross-process
         wake-up (no sleep-polling).  In a group this also heartbeats,
         rebalances and applies the commit policy.
@@ -352,7 +374,7 @@ class Consumer:
         while True:
             # Load the wake-up word before reading any state (group or log), so
             # a change committed in between is never slept through.
-            slot = self._wait_slot()
+            slot = self._waiting_on = self._wait_slot()
             seq = notifier.load(slot)
             if group is not None:
                 group.before_fetch()
@@ -363,17 +385,25 @@ class Consumer:
                 if due <= 0 and scheduler.promote_due(self._engine) and not msgs:
                     continue  # read what was just made visible
             if msgs:
+                if self._life.close_requested and self._commit_policy != "before":
+                    # close() interrupted this poll: hand nothing out, so that the
+                    # close's commit does not cover messages nobody processed
+                    for m in reversed(msgs):
+                        self._positions[TopicPartition(m.topic, m.partition)] = m.offset
+                    return []
                 if group is not None:
                     group.after_fetch(msgs)
                 return msgs
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._life.woken():
                 return msgs
             if group is not None:
                 remaining = min(remaining, group.wait_budget())
             if due is not None:
                 remaining = min(remaining, due + 0.001)
             notifier.wait(slot, seq, remaining)
+            if self._life.woken():
+                return msgs
 
     def __iter__(self) -> Iterator[_core.Message]:
         """Yield messages forever (until :meth:`close`), polling in 1 s waits."""
@@ -385,6 +415,7 @@ class Consumer:
             yield from batch
 
     # -- commits (groups) ------------------------------------------------------------------
+    @guarded
     def commit(self, offsets: Any = None) -> None:
         """Commit positions (default: everything returned so far) for the group.
 
@@ -452,8 +483,45 @@ class Consumer:
     def closed(self) -> bool:
         return self._closed
 
+    def wakeup(self) -> None:
+        """Make a blocked :meth:`poll` return now.  Any thread; signal-handler safe.
+
+        The poll running now stops waiting and returns what it has (usually an
+        empty list; no exception, unlike Kafka's ``WakeupException``).  When no
+        poll is running, the next poll returns without waiting instead.  Polls
+        after that block normally.
+        """
+        self._life.wakeup()
+
+    def _wake_waiter(self) -> None:
+        n = self._env.notifier
+        if n is not None:
+            try:
+                n.bump(self._waiting_on)
+            except ValueError:  # closed meanwhile: nobody waits on it any more
+                pass
+
+    _CLOSE_RANK = 1  # after producers
+
     def close(self) -> None:
-        """Leave the group (committing per policy) and stop. Idempotent."""
+        """Leave the group (committing per policy) and stop.  Idempotent; any thread.
+
+        A :meth:`poll` blocked in another thread returns at once (with an
+        empty list; messages it had read are not handed out nor committed)
+        and this returns once the consumer is closed.  From a signal handler
+        or a callback that interrupted this consumer's own call on the same
+        thread, the close happens when that call returns.
+        """
+        if self._closed:
+            return
+        if not self._life.request_close():
+            return  # deferred to the end of the interrupted call
+        try:
+            self._close_now()
+        finally:
+            self._life.closed_done()
+
+    def _close_now(self) -> None:
         if self._closed:
             return
         try:

@@ -42,6 +42,7 @@ __all__ = [
     "UnroutableError",
     "AlreadyProcessedError",
     "TimeoutError",
+    "ConcurrentAccessError",
 ]
 
 
@@ -53,6 +54,14 @@ class MqliteError(Exception):
 
 class ClosedError(MqliteError):
     """The broker, producer or consumer was closed; open a new one."""
+
+
+class ConcurrentAccessError(MqliteError):
+    """Two threads used one object that is not thread-safe (a :class:`~mqlite.Consumer`).
+
+    Create one consumer per thread; ``wakeup()`` and ``close()`` are the
+    calls that may come from any thread.
+    """
 
 
 class StorageError(MqliteError):

@@ -16,6 +16,7 @@ the transaction fails every record in it (nothing of it was stored).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from threading import get_ident
@@ -166,6 +167,9 @@ _GATHER_MAX_RECORDS = 4096
 class Producer:
     """Thread-safe batching producer (see module docstring).
 
+    Any number of threads may send through one producer.  ``broker.close()``
+    flushes and closes it before anything else.
+
     Parameters
     ----------
     engine
@@ -207,6 +211,7 @@ class Producer:
         self._flush_now = False
         self._in_flight = 0
         self._closed = False
+        self._pid = os.getpid()  # the flusher thread exists only in this process
         # adaptive gathering (docs/decisions.md D15): when k threads sent the last two
         # batches, the flusher waits for k queued records, at most half a commit's time
         self._gather_target = 0
@@ -214,6 +219,11 @@ class Producer:
         self._last_senders: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="mqlite-producer", daemon=True)
         self._thread.start()
+        try:
+            engine.adopt(self)  # broker.close() flushes and closes this producer first
+        except BaseException:
+            self.close()
+            raise
 
     def send(self, topic: str, value: Any, key: Any = None,
              headers: HeadersArg = None, partition: int | None = None,
@@ -239,6 +249,10 @@ class Producer:
         """
         if self._closed:
             raise ClosedError("this producer is closed")
+        if os.getpid() != self._pid:
+            raise ClosedError(
+                f"this producer was created in process {self._pid}; its flusher thread does "
+                "not exist in a forked child: create a new producer in the child")
         if type(topic) is not str:
             validate_topic_name(topic)
         if isinstance(value, str) or isinstance(key, str):
@@ -370,10 +384,27 @@ class Producer:
             for it in items:
                 _fail(it, exc)
 
+    _CLOSE_RANK = 0  # broker.close() closes producers before consumers and queues
+
     def close(self, timeout: float | None = None) -> None:
-        """Flush queued records and stop the flusher, waiting up to ``timeout`` seconds
-        (``None``: no limit).  Idempotent."""
+        """Flush queued records and stop the flusher.  Idempotent; any thread.
+
+        Every record sent before ``close()`` is committed (or failed through its
+        future) when this returns, unless ``timeout`` passed first
+        (:class:`mqlite.TimeoutError`; the flusher then finishes in the background).
+        """
         if self._closed:
+            return
+        if os.getpid() != self._pid:
+            # A forked child: records queued at fork time are the parent's to commit.
+            self._closed = True
+            return
+        if threading.current_thread() is self._thread:
+            # From a future's callback: the flusher cannot wait for itself; it
+            # commits what is queued and then stops.
+            with self._cv:
+                self._closed = True
+                self._wake.notify()
             return
         try:
             self.flush(timeout)

@@ -51,6 +51,7 @@ import msgspec
 
 from mqlite import _core
 from mqlite._engine import on_consumed_floor, on_topic_delete
+from mqlite._lifecycle import UseGuard, guarded
 from mqlite._storage import log as _log
 from mqlite._storage.keys import group_pid_key
 from mqlite.config import (
@@ -67,6 +68,7 @@ from mqlite.config import (
 from mqlite.config import Unset as _Unset
 from mqlite.errors import (
     ClosedError,
+    GroupError,
     MqliteError,
     QueueConfigConflictError,
     StaleDeliveryError,
@@ -312,6 +314,8 @@ class Delivery(_core.Message):
         The delivery's token: acks and nacks must present it.
     visible_at_ms
         When the message becomes visible to other consumers unless settled.
+
+    Immutable; any thread may settle it (through its thread-safe :class:`Queue`).
     """
 
     __slots__ = ("_r",)
@@ -370,8 +374,12 @@ class Delivery(_core.Message):
 class Queue:
     """Competing consumers over one topic with per-message acknowledgement.
 
-    Thread-safe; any number of ``Queue`` objects in any number of processes
-    may consume the same group.
+    Thread-safe: several threads may receive and settle through one
+    ``Queue``; :meth:`wakeup` and :meth:`close` may also come from signal
+    handlers.  Any number of ``Queue`` objects in any number of processes may
+    consume the same group.  A ``Queue`` belongs to the process that created
+    it: in a forked child it raises :class:`~mqlite.GroupError` (create a new
+    one there, which joins the group as a member of its own).
 
     Parameters
     ----------
@@ -449,6 +457,7 @@ class Queue:
         self._lock_fd = -1
         self._lock_name = ""
         self._slot = self._env.topic_slot(topic)
+        self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
         self._register()
         self._reap_now()
         # held until close(): the watcher sleeps by trying to take it with a timeout, so
@@ -459,6 +468,11 @@ class Queue:
         self._thread = threading.Thread(target=self._watch, daemon=True,
                                         name=f"mqlite-queue-{group}")
         self._thread.start()
+        try:
+            engine.adopt(self)  # broker.close() closes this queue consumer
+        except BaseException:
+            self.close()
+            raise
 
     # -- registration / liveness ---------------------------------------------------------
     def _register(self) -> None:
@@ -608,6 +622,7 @@ class Queue:
                 for k, v in _log.prefix_items(txn, self._env.dbs["pending"], prefix)]
 
     # -- receiving -------------------------------------------------------------------------
+    @guarded
     def receive(self, max_messages: int = 10, timeout: float = 1.0,
                 visibility_timeout: float | None = None) -> list[Delivery]:
         """Take up to ``max_messages`` messages, waiting up to ``timeout`` s for some.
@@ -618,7 +633,8 @@ class Queue:
         nacked, or ``visibility_timeout`` (default: the queue's) passes.
         Waiting blocks on the cross-process wake-up word of the topic (no
         polling); it is bounded by the next visibility deadline and the next
-        due delayed message.
+        due delayed message.  :meth:`wakeup`, or :meth:`close` from another
+        thread or a signal handler, ends the wait at once (an empty list).
 
         Raises
         ------
@@ -654,7 +670,11 @@ class Queue:
                     wait = min(wait, max(0.0, (next_visible - now) / 1000.0) + 0.001)
                 if next_due is not None:
                     wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
+                if self._life.woken():
+                    return out
                 notifier.wait(slot, seq, wait)
+                if self._life.woken():
+                    return out
                 self._check_open()
                 # A wake-up is a hint: look before taking the write lock.
                 seq = notifier.load(slot)
@@ -869,6 +889,14 @@ class Queue:
 
     # -- settling ------------------------------------------------------------------------
     def _check_open(self) -> None:
+        if os.getpid() != self._pid:
+            # Same rule as group consumers: the parent is the member.  Acting
+            # under its owner id would make the parent's close() release the
+            # child's messages, and a crashed child would look alive.
+            raise GroupError(
+                f"this queue consumer of group {self.group!r} was created in process "
+                f"{self._pid}; a forked child cannot use its parent's membership: create "
+                "a new queue consumer in the child")
         if self._closed:
             raise ClosedError("this queue consumer is closed")
         if self._engine.closed:
@@ -921,6 +949,7 @@ class Queue:
             g[1].append(d)
         return groups, stale
 
+    @guarded
     def ack(self, deliveries: Delivery | Iterable[Delivery]) -> int:
         """Acknowledge many deliveries in one transaction; returns how many.
 
@@ -1015,6 +1044,7 @@ class Queue:
             raise err
         return done
 
+    @guarded
     def _settle_one(self, d: Delivery, op: str) -> None:
         try:
             self.ack([d])
@@ -1094,6 +1124,7 @@ class Queue:
                      span, bm, error)
         return self._put_new(txn, self._env.dbs["pending"], e.pid, first, new.encode())
 
+    @guarded
     def nack(self, deliveries: Delivery | Iterable[Delivery], delay: float | None = None,
              error: str | None = None) -> int:
         """Return messages: visible again after ``delay`` s (default: the backoff policy).
@@ -1129,6 +1160,7 @@ class Queue:
 
         return self._apply(deliveries, "nacked", fn)[0]
 
+    @guarded
     def dead_letter(self, deliveries: Delivery | Iterable[Delivery],
                     reason: str = "rejected") -> int:
         """Move delivered messages to the dead-letter topic now (dropped when there is none)."""
@@ -1143,6 +1175,7 @@ class Queue:
 
         return self._apply(deliveries, "dead-lettered", fn)[0]
 
+    @guarded
     def extend(self, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
         """Keep deliveries invisible to others for ``seconds`` more, counted from now.
 
@@ -1258,8 +1291,44 @@ class Queue:
         return total
 
     # -- lifecycle --------------------------------------------------------------------------
+    def wakeup(self) -> None:
+        """Make the blocked :meth:`receive` calls return now.  Any thread; signal-safe.
+
+        Every ``receive`` waiting now returns what it has (an empty list);
+        when none is running, the next one returns without waiting.  Later
+        calls block normally.
+        """
+        self._life.wakeup()
+
+    def _wake_waiter(self) -> None:
+        n = self._env.notifier
+        if n is not None:
+            try:
+                n.bump(self._slot)
+            except ValueError:  # closed meanwhile: nobody waits on it any more
+                pass
+
+    _CLOSE_RANK = 1  # after producers
+
     def close(self) -> None:
-        """Stop; messages still held become visible to others at once. Idempotent."""
+        """Stop; messages still held become visible to others at once.  Idempotent.
+
+        Any thread: blocked :meth:`receive` calls return at once and this
+        returns when they have.  From a signal handler that interrupted a call
+        of this queue on the same thread, the close happens when that call
+        returns.  In a forked child it only forgets the object (the parent
+        stays the member).
+        """
+        if self._closed:
+            return
+        if os.getpid() == self._pid and not self._life.request_close():
+            return  # deferred to the end of the interrupted call
+        try:
+            self._close_now()
+        finally:
+            self._life.closed_done()
+
+    def _close_now(self) -> None:
         if self._closed:
             return
         self._closed = True

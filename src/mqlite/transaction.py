@@ -131,7 +131,11 @@ class _PendingClaim(NamedTuple):
 
 
 class Transaction:
-    """Collects operations and applies them atomically on exit (see module docstring)."""
+    """Collects operations and applies them atomically on exit (see module docstring).
+
+    Not thread-safe: one thread builds and commits a transaction (the ``with``
+    block); other threads use transactions of their own.
+    """
 
     def __init__(self, engine: Engine) -> None:
         engine.live_env()

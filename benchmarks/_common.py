@@ -17,8 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Budget", "Sample", "Side", "summarize", "percentile", "make_value",
-           "stamp_value", "read_stamp", "now_ns"]
+__all__ = [
+    "Budget",
+    "Sample",
+    "Side",
+    "make_value",
+    "now_ns",
+    "percentile",
+    "read_stamp",
+    "stamp_value",
+    "summarize",
+]
 
 now_ns = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for every process of the machine
 
@@ -76,13 +85,13 @@ class Side:
 
     label = ""
 
-    def setup(self) -> None:  # noqa: B027 - optional hook
+    def setup(self) -> None:
         pass
 
     def rep(self, i: int) -> Sample:
         raise NotImplementedError
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         pass
 
 

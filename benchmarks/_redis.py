@@ -15,10 +15,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["REDIS_DURABILITY", "INSTALL_HINT", "RedisServer", "redis_server_path",
-           "redis_server_version"]
+__all__ = [
+    "INSTALL_HINT",
+    "REDIS_DURABILITY",
+    "RedisServer",
+    "redis_server_path",
+    "redis_server_version",
+]
 
 INSTALL_HINT = ("redis-server not found: install it with `apt-get install -y redis-server` "
                 "(Debian/Ubuntu) to get the Redis Streams rows; running the mqlite rows only")
@@ -45,7 +50,7 @@ def redis_server_version() -> str | None:
     exe = redis_server_path()
     if exe is None:
         return None
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
     for tok in out.split():
         if tok.startswith("v="):
             return tok[2:]
@@ -78,7 +83,7 @@ class RedisServer:
         self.dir = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -151,7 +156,7 @@ class RedisServer:
 
                 with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0) as r:
                     r.shutdown(nosave=True)
-            except Exception:  # noqa: BLE001 - any failure: fall through to signals
+            except Exception:  # noqa: BLE001, S110 - any failure: fall through to signals
                 pass
         for sig, wait in ((None, 3.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
             if sig is not None and proc.poll() is None:

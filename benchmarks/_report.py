@@ -15,7 +15,7 @@ import math
 import os
 from typing import Any
 
-__all__ = ["format_table", "markdown", "write_json", "write_chart", "fmt_rate"]
+__all__ = ["fmt_rate", "format_table", "markdown", "write_chart", "write_json"]
 
 
 def fmt_rate(v: float | None) -> str:
@@ -96,18 +96,18 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out = [
         f"# mqlite vs Redis Streams and embedded peers — {meta['profile']} run",
         "",
-        f"Run {meta['started']} on {meta['machine']['cpu']} ({meta['machine']['cpus']} CPUs), "
+        (f"Run {meta['started']} on {meta['machine']['cpu']} ({meta['machine']['cpus']} CPUs), "
         f"{meta['machine']['os']}, Python {meta['python']}, redis-server "
         f"{meta.get('redis_server') or 'not installed'}, redis-py {meta.get('redis_py')} "
         f"(hiredis parser: {meta.get('hiredis')}). Command: `{meta['command']}`. "
-        f"Wall time {meta['wall_seconds']:.0f} s.",
+        f"Wall time {meta['wall_seconds']:.0f} s."),
         "",
-        f"Each row ran A B A B ... ({meta['reps']} repetitions per side, interleaved); "
+        (f"Each row ran A B A B ... ({meta['reps']} repetitions per side, interleaved); "
         "cells are medians with [min-max] over repetitions. **ratio > 1 means mqlite is "
         "ahead**: mqlite msgs/s ÷ other msgs/s, or for latency rows the other side's p50 ÷ "
         "mqlite's p50; [min-max] of the per-pair ratios. Latency is µs per call for "
         "throughput rows (per worker), p50/p99/p999 end-to-end for latency rows. "
-        "MB/s counts payload bytes only.",
+        "MB/s counts payload bytes only."),
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join("---" for _ in HEADER) + "|",

@@ -28,7 +28,7 @@ from typing import Any
 from benchmarks import _workers
 from benchmarks._common import Budget, Sample, Side, make_value, now_ns, percentile
 
-__all__ = ["Ctx", "SIDES"]
+__all__ = ["SIDES", "Ctx"]
 
 PREFILL_CHUNK = 1000
 PROC_TIMEOUT = 120.0
@@ -578,7 +578,7 @@ class _Peer(Side):
         if q is not None and hasattr(q, "close"):
             try:
                 q.close()
-            except Exception:  # noqa: BLE001 - best effort; the directory goes anyway
+            except Exception:  # noqa: BLE001, S110 - best effort; the directory goes anyway
                 pass
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)

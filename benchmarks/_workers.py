@@ -17,13 +17,18 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import mqlite
 import redis
 
+import mqlite
 from benchmarks._common import make_value, now_ns, read_stamp, stamp_value
 
-__all__ = ["timed_sender", "sender_process", "latency_producer", "latency_consumer",
-           "make_sender"]
+__all__ = [
+    "latency_consumer",
+    "latency_producer",
+    "make_sender",
+    "sender_process",
+    "timed_sender",
+]
 
 BARRIER_TIMEOUT = 60.0
 MAX_OVERRUN = 10.0  # seconds a latency producer may run past its schedule

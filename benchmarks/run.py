@@ -44,7 +44,7 @@ from benchmarks._redis import (
     redis_server_version,
 )
 
-__all__ = ["main", "Profile", "build_rows"]
+__all__ = ["Profile", "build_rows", "main"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -301,7 +301,7 @@ def machine() -> dict[str, Any]:
     if shutil.which("lscpu"):
         try:
             for line in subprocess.run(["lscpu"], capture_output=True, text=True,
-                                       timeout=10).stdout.splitlines():
+                                       timeout=10, check=False).stdout.splitlines():
                 if line.startswith("Hypervisor vendor:"):
                     virt = line.split(":", 1)[1].strip()
         except (OSError, subprocess.SubprocessError):
@@ -313,7 +313,7 @@ def machine() -> dict[str, Any]:
 
 def _fs_of(path: str) -> str | None:
     try:
-        out = subprocess.run(["df", "-T", path], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["df", "-T", path], capture_output=True, text=True, timeout=10, check=False)
         parts = out.stdout.splitlines()[-1].split()
         return f"{parts[1]} on {parts[0]}"
     except (OSError, subprocess.SubprocessError, IndexError):
@@ -323,7 +323,7 @@ def _fs_of(path: str) -> str | None:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10, check=False)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -333,7 +333,7 @@ def _src_changes() -> list[str]:
     """Uncommitted changes under src/ and csrc/: the editable install runs the work tree."""
     try:
         out = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "csrc"],
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10, check=False)
         return [line.strip() for line in out.stdout.splitlines() if line.strip()]
     except (OSError, subprocess.SubprocessError):
         return []

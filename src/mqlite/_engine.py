@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from mqlite import _core
@@ -62,8 +63,8 @@ __all__ = [
     "TopicRecord",
     "check_values_arg",
     "now_ms",
-    "on_topic_delete",
     "on_consumed_floor",
+    "on_topic_delete",
 ]
 
 TopicRecord = _log.TopicRecord
@@ -497,8 +498,7 @@ class Engine:
             st.bytes += nbytes
             if st.first_ts < 0:
                 st.first_ts = ts
-            if ts > st.last_ts:
-                st.last_ts = ts
+            st.last_ts = max(st.last_ts, ts)
             if rec.config["retention_ms"] is not None or rec.config["retention_bytes"] \
                     is not None or rec.config["retention_messages"] is not None:
                 self._after_append(txn, env, rec, pid, st, nbytes)
@@ -679,9 +679,10 @@ class _Write:
         self._txn = self._env.write_txn()
         return self._txn
 
-    def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         txn = self._txn
-        if et is not None:
+        if exc is not None:
             err = self._env.abort_with(txn, exc, self._what)
             if err is not exc:
                 raise err from exc

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from mqlite import _core, routing, scheduler
 from mqlite import groups as _groups
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Broker", "open"]
 
 
-def open(  # noqa: A001 - the public name is mqlite.open
+def open(
     path: str | os.PathLike[str],
     durability: str = "sync",
     *,
@@ -146,7 +146,7 @@ class Broker:
         """
         self._engine.close()
 
-    def __enter__(self) -> Broker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -484,7 +484,7 @@ class Broker:
         return scheduler.promote_due(self._engine)
 
     # -- routing and transactions ------------------------------------------------------------
-    def declare_exchange(self, name: str, type: str = "direct", *,  # noqa: A002
+    def declare_exchange(self, name: str, type: str = "direct", *,
                          alternate_exchange: str | None = None, exist_ok: bool = True) -> None:
         """Declare an exchange (``direct``, ``fanout``, ``topic`` or ``headers``).
 

@@ -185,8 +185,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from mqlite.verify import verify_in_child
 
     rep = verify_in_child(args.path)
-    lines = [f"{rep.path}: {rep.topics} topics, {rep.partitions} partitions, {rep.batches} "
-             f"batches, {rep.records} records, {rep.bytes} bytes"]
+    lines = [(f"{rep.path}: {rep.topics} topics, {rep.partitions} partitions, {rep.batches} "
+             f"batches, {rep.records} records, {rep.bytes} bytes")]
     for p in rep.problems:
         where = "" if p.topic is None else f"{p.topic}[{p.partition}]" + (
             "" if p.offset is None else f"@{p.offset}") + ": "

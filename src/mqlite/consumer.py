@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Self, overload
 
 from mqlite import _core, scheduler
 from mqlite._lifecycle import UseGuard, guarded
@@ -177,7 +177,7 @@ class Consumer:
         return list(self._positions)
 
     def _all_partitions(self) -> list[TopicPartition]:
-        out = []
+        out: list[TopicPartition] = []
         for t in self._topics:
             n = self._engine.partitions_for(t)
             out.extend(TopicPartition(t, p) for p in range(n))
@@ -530,7 +530,7 @@ class Consumer:
         finally:
             self._closed = True
 
-    def __enter__(self) -> Consumer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,35 +14,36 @@ have drained a full store).
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
 import datetime
 from typing import Any
 
 __all__ = [
-    "MqliteError",
+    "AlreadyProcessedError",
+    "BrokerDirectoryError",
     "CancelledError",
     "ClosedError",
+    "CommitFailedError",
+    "ConcurrentAccessError",
+    "CorruptRecordError",
+    "ExchangeExistsError",
+    "ExchangeNotFoundError",
+    "GroupError",
+    "InvalidTopicError",
+    "MessageTooLargeError",
+    "MqliteError",
+    "OffsetOutOfRangeError",
+    "PartitionNotFoundError",
+    "QueueConfigConflictError",
+    "StaleDeliveryError",
     "StorageError",
     "StorageFullError",
-    "CorruptRecordError",
-    "BrokerDirectoryError",
-    "TopicError",
-    "TopicNotFoundError",
-    "TopicExistsError",
-    "InvalidTopicError",
-    "PartitionNotFoundError",
-    "MessageTooLargeError",
-    "OffsetOutOfRangeError",
-    "CommitFailedError",
-    "GroupError",
-    "StaleDeliveryError",
-    "QueueConfigConflictError",
-    "ExchangeNotFoundError",
-    "ExchangeExistsError",
-    "UnroutableError",
-    "AlreadyProcessedError",
     "TimeoutError",
-    "ConcurrentAccessError",
+    "TopicError",
+    "TopicExistsError",
+    "TopicNotFoundError",
+    "UnroutableError",
 ]
 
 
@@ -248,7 +249,7 @@ class CancelledError(MqliteError, concurrent.futures.CancelledError):
     """A producer send's future was cancelled before its record was committed."""
 
 
-class TimeoutError(MqliteError, TimeoutError):  # noqa: A001 - deliberate: catchable as builtin
+class TimeoutError(MqliteError, builtins.TimeoutError):
     """A blocking call timed out."""
 
     retriable = True

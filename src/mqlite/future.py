@@ -40,7 +40,7 @@ class SendFuture(Generic[T]):
     exactly once.
     """
 
-    __slots__ = ("_gate", "_state", "_result", "_exc", "_callbacks")
+    __slots__ = ("_callbacks", "_exc", "_gate", "_result", "_state")
 
     def __init__(self) -> None:
         gate = _thread.allocate_lock()
@@ -161,7 +161,7 @@ class SendFuture(Generic[T]):
 def _run_callback(fn: Callable[[Any], object], fut: SendFuture[Any]) -> None:
     try:
         fn(fut)
-    except Exception:  # noqa: BLE001 - as concurrent.futures does: log, never break the flusher
+    except Exception:
         import logging
 
         logging.getLogger("mqlite.producer").exception("exception in a send future callback")

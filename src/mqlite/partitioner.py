@@ -24,8 +24,13 @@ from typing import Any
 
 from mqlite import _core
 
-__all__ = ["Partitioner", "murmur2_partitioner", "RoundRobinPartitioner", "StickyPartitioner",
-           "resolve_partitioner"]
+__all__ = [
+    "Partitioner",
+    "RoundRobinPartitioner",
+    "StickyPartitioner",
+    "murmur2_partitioner",
+    "resolve_partitioner",
+]
 
 Partitioner = Callable[[Any, Any, int], int]
 

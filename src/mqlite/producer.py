@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from threading import get_ident
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from mqlite._engine import TopicRecord, now_ms
 from mqlite._headers import HeadersArg, normalize_headers
@@ -38,14 +38,24 @@ from mqlite.types import RecordMetadata
 if TYPE_CHECKING:
     from mqlite._engine import Engine
 
-__all__ = ["Producer", "SendItem", "encode_items", "append_items"]
+__all__ = ["Producer", "SendItem", "append_items", "encode_items"]
 
 
 class SendItem:
     """One queued record (internal)."""
 
-    __slots__ = ("topic", "value", "key", "headers", "partition", "ts", "dedup", "future",
-                 "size", "sender")
+    __slots__ = (
+        "dedup",
+        "future",
+        "headers",
+        "key",
+        "partition",
+        "sender",
+        "size",
+        "topic",
+        "ts",
+        "value",
+    )
 
     def __init__(self, topic: str, value: Any, key: Any, headers: Any, partition: int,
                  ts: int, dedup: bytes | None, future: Any, sender: int = 0) -> None:
@@ -62,7 +72,7 @@ class SendItem:
 
 
 class _Group:
-    __slots__ = ("topic", "partition", "batches", "items")
+    __slots__ = ("batches", "items", "partition", "topic")
 
     def __init__(self, topic: str, partition: int, batches: list[bytes],
                  items: list[SendItem]) -> None:
@@ -380,7 +390,7 @@ class Producer:
             env.notify_topics(touched)
             for it, md in results:
                 it.future.set_result(md)  # a no-op on a future already resolved or cancelled
-        except BaseException as exc:  # every record of the failed transaction fails
+        except BaseException as exc:  # noqa: BLE001 - every record of the failed transaction fails
             for it in items:
                 _fail(it, exc)
 
@@ -419,7 +429,7 @@ class Producer:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> Producer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -1221,10 +1221,10 @@ class Queue:
         dlq = self.dead_letter_topic
         if dlq is None or not msgs:
             return
-        common = [
+        common: list[tuple[str, bytes]] = [
             (H_TOPIC, self.topic.encode()),
             (H_PARTITION, str(part).encode()),
-            None,
+            (H_OFFSET, b""),  # per message, below
             (H_GROUP, self.group.encode()),
             (H_COUNT, str(e.count).encode()),
             (H_ERROR, e.error.encode("utf-8")[:_MAX_ERROR]),
@@ -1237,7 +1237,7 @@ class Queue:
         for m in msgs:
             hs = [(n, v) for n, v in m.headers if n not in _DLQ_HEADERS]
             common[2] = (H_OFFSET, str(m.offset).encode())
-            items.append((m.key, m.value, hs + common, m.timestamp_ms))  # type: ignore[operator]
+            items.append((m.key, m.value, hs + common, m.timestamp_ms))
         _append_many(self._engine, txn, dlq, items)
 
     def _cleanup_consumed(self, txn: Any) -> bool:
@@ -1364,7 +1364,7 @@ class Queue:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> Queue:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1624,7 +1624,7 @@ def redrive(engine: Engine, dlq_topic: str,
     env = engine.live_env()
     with env.read_txn() as txn:
         letters = _undone(engine, txn, dlq_topic)
-    chosen = []
+    chosen: list[DeadLetter] = []
     for dl in letters:
         if limit is not None and len(chosen) >= limit:
             break

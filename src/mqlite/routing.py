@@ -48,8 +48,18 @@ from mqlite.types import RecordMetadata
 if TYPE_CHECKING:
     from mqlite._engine import Engine
 
-__all__ = ["EXCHANGE_TYPES", "topic_matches", "declare_exchange", "delete_exchange", "bind",
-           "unbind", "publish", "list_exchanges", "list_bindings", "Binding"]
+__all__ = [
+    "EXCHANGE_TYPES",
+    "Binding",
+    "bind",
+    "declare_exchange",
+    "delete_exchange",
+    "list_bindings",
+    "list_exchanges",
+    "publish",
+    "topic_matches",
+    "unbind",
+]
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 _MAX_ROUTING_KEY = 255
@@ -100,7 +110,7 @@ def _get_exchange(txn: Any, dbs: dict[str, Any], name: str) -> ExchangeRecord:
     return ex
 
 
-def declare_exchange(engine: Engine, name: str, type: str = "direct", *,  # noqa: A002
+def declare_exchange(engine: Engine, name: str, type: str = "direct", *,
                      alternate_exchange: str | None = None, exist_ok: bool = True) -> None:
     validate_topic_name(name, "exchange")
     if type not in EXCHANGE_TYPES:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, NamedTuple
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import processed as _processed
@@ -388,10 +389,11 @@ class Transaction:
             for p in self._publishes:
                 p[-1].cancel()
 
-    def __enter__(self) -> Transaction:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if et is not None:
             self.abort()
             return

@@ -6,13 +6,13 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 __all__ = [
-    "TopicPartition",
-    "RecordMetadata",
     "BatchMetadata",
-    "PartitionRange",
-    "PartitionInfo",
-    "TopicDescription",
     "OffsetAndTimestamp",
+    "PartitionInfo",
+    "PartitionRange",
+    "RecordMetadata",
+    "TopicDescription",
+    "TopicPartition",
 ]
 
 
@@ -37,7 +37,7 @@ class PartitionRange(NamedTuple):
 
     partition: int
     base_offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, as documented
 
 
 class BatchMetadata(Sequence[RecordMetadata]):
@@ -48,7 +48,7 @@ class BatchMetadata(Sequence[RecordMetadata]):
     per partition written, the base offset and count.
     """
 
-    __slots__ = ("topic", "timestamp_ms", "ranges", "_assign", "_offsets", "_count")
+    __slots__ = ("_assign", "_count", "_offsets", "ranges", "timestamp_ms", "topic")
 
     def __init__(self, topic: str, timestamp_ms: int, ranges: Sequence[PartitionRange],
                  assignment: Sequence[int] | None = None) -> None:
@@ -86,7 +86,7 @@ class BatchMetadata(Sequence[RecordMetadata]):
             self._offsets = out
         return self._offsets
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self._count))]
         if i < 0:

@@ -11,7 +11,7 @@ import mqlite
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "mqlite", *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"mqlite {args} -> {proc.returncode}: {proc.stderr}")
     return proc

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _cli_block() -> list[list[str]]:
     section = (ROOT / "README.md").read_text().split("### Command line", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
     assert block is not None
     cmds = []
     for line in block.group(1).splitlines():
@@ -35,7 +35,7 @@ def test_readme_cli_examples_run_in_order_in_a_new_directory(tmp_path: Path) -> 
     assert len(cmds) >= 8
     for argv in cmds:
         proc = subprocess.run([sys.executable, "-m", "mqlite", *argv], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, f"mqlite {shlex.join(argv)} -> {proc.returncode}: " \
                                      f"{proc.stderr}"
         if "--json" in argv:
@@ -47,7 +47,7 @@ def test_json_and_durability_work_before_and_after_the_command(tmp_path: Path) -
 
     def run(*argv: str) -> str:
         proc = subprocess.run([sys.executable, "-m", "mqlite", *argv], capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 

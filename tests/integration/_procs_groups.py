@@ -90,7 +90,7 @@ def fork_parent(path: str, group: str, topic: str, out_path: str) -> None:
                 outcome = "poll-worked"
             except mqlite.GroupError:
                 outcome = "GroupError"
-            except BaseException as exc:  # report anything else to the test
+            except BaseException as exc:  # noqa: BLE001 - report anything else to the test
                 outcome = f"other:{type(exc).__name__}"
             os.write(fd, f"child {os.getpid()} {outcome}\n".encode())
             time.sleep(5.0)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import _procs_groups as children
-from _polling import wait_until
 import pytest
+from _polling import wait_until
 
 import mqlite
 from mqlite import CommitFailedError, GroupError, PartitionNotFoundError, TopicPartition
@@ -252,7 +252,7 @@ class Producer(threading.Thread):
                     self.sent.append((md.partition, md.offset))
                     i += 1
                 time.sleep(self.pause)
-        except BaseException as exc:  # surfaced by the test
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
             self.error = exc
 
     def finish(self) -> list[tuple[int, int]]:

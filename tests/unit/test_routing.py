@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from _reference_routing import topic_matches_ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mqlite
 from mqlite.routing import topic_matches
-from _reference_routing import topic_matches_ref
 
 
 @pytest.fixture

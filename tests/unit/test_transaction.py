@@ -40,12 +40,11 @@ def test_exception_in_block_applies_nothing(broker):
     broker.send("in", b"x")
     c = broker.consumer("in", group="g", commit="manual")
     c.poll(timeout=1)
-    with pytest.raises(RuntimeError):
-        with broker.transaction() as tx:
-            f = tx.send("out", b"never")
-            tx.commit_offsets(c)
-            tx.record_processed("evt")
-            raise RuntimeError("handler failed")
+    with pytest.raises(RuntimeError), broker.transaction() as tx:
+        f = tx.send("out", b"never")
+        tx.commit_offsets(c)
+        tx.record_processed("evt")
+        raise RuntimeError("handler failed")
     assert f.cancelled()
     assert _all(broker, "out") == []
     assert c.committed(TopicPartition("in", 0)) is None
@@ -57,10 +56,9 @@ def test_fenced_commit_aborts_the_sends(broker):
     broker.send("in", b"x", partition=0)
     c = broker.consumer("in", group="g", commit="manual")
     c.poll(timeout=1)
-    with pytest.raises(mqlite.CommitFailedError):
-        with broker.transaction() as tx:
-            f = tx.send("out", b"dup?")
-            tx.commit_offsets(c, {TopicPartition("in", 0): 1, TopicPartition("out", 0): 1})
+    with pytest.raises(mqlite.CommitFailedError), broker.transaction() as tx:
+        f = tx.send("out", b"dup?")
+        tx.commit_offsets(c, {TopicPartition("in", 0): 1, TopicPartition("out", 0): 1})
     assert isinstance(f.exception(), mqlite.CommitFailedError)
     assert _all(broker, "out") == []
     c.close()
@@ -75,10 +73,9 @@ def test_queue_ack_in_transaction(broker):
         tx.ack(d)
     assert _all(broker, "out") == [b"result"]
     assert q.pending() == []
-    with pytest.raises(mqlite.StaleDeliveryError):
-        with broker.transaction() as tx:
-            tx.send("out", b"second")
-            tx.ack(d)  # already acked: the whole transaction is refused
+    with pytest.raises(mqlite.StaleDeliveryError), broker.transaction() as tx:
+        tx.send("out", b"second")
+        tx.ack(d)  # already acked: the whole transaction is refused
     assert _all(broker, "out") == [b"result"]
     q.close()
 

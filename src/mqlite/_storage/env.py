@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 import zlib
+from types import TracebackType
 from typing import Any
 
 import lmdb
@@ -93,7 +94,7 @@ def lmdb_error(exc: BaseException, what: str) -> MqliteError:
         return StorageError(
             f"{what}: LMDB reader table full; too many concurrent readers ({exc})"
         )
-    if isinstance(exc, lmdb.DiskError) or isinstance(exc, OSError):
+    if isinstance(exc, (lmdb.DiskError, OSError)):
         return StorageError(f"{what}: I/O error ({exc}); check free disk space and permissions")
     text = str(exc)
     if any(s in text for s in ("File too large", "No space left", "Input/output error",
@@ -299,8 +300,8 @@ def _tail_is_unreferenced(path: str) -> bool:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from mqlite._storage.env import _walk_all; "
-                               "_walk_all(sys.argv[1])", path],
+        [sys.executable, "-c", ("import sys; from mqlite._storage.env import _walk_all; "
+                               "_walk_all(sys.argv[1])"), path],
         capture_output=True, timeout=600, check=False,
     )
     return proc.returncode == 0
@@ -373,20 +374,20 @@ class Env:
             self.map_size = stored if req is None else max(req, stored)
         sync = self.durability != "none"
         metasync = self.durability == "sync"
-        options = dict(
-            map_size=self.map_size,
-            subdir=True,
-            create=True,
-            mode=self.file_mode,
-            max_dbs=len(DB_NAMES) + 2,
-            max_readers=1024,
-            writemap=False,
-            sync=sync,
-            metasync=metasync,
-            readahead=False,
-            meminit=False,
-            lib_version=0,
-        )
+        options: dict[str, Any] = {
+            "map_size": self.map_size,
+            "subdir": True,
+            "create": True,
+            "mode": self.file_mode,
+            "max_dbs": len(DB_NAMES) + 2,
+            "max_readers": 1024,
+            "writemap": False,
+            "sync": sync,
+            "metasync": metasync,
+            "readahead": False,
+            "meminit": False,
+            "lib_version": 0,
+        }
         try:
             try:
                 env = lmdb.open(self.path, **options)
@@ -695,7 +696,8 @@ class ReadTxn:
     def __enter__(self) -> Any:
         return self.txn
 
-    def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         try:
             self.txn.abort()
         except lmdb.Error:

@@ -7,11 +7,11 @@ import struct
 __all__ = [
     "PID",
     "RECORD",
-    "pid_key",
-    "record_key",
+    "U64",
     "group_pid_key",
     "pending_key",
-    "U64",
+    "pid_key",
+    "record_key",
 ]
 
 PID = struct.Struct(">I")

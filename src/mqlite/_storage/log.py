@@ -26,25 +26,25 @@ from mqlite.config import TopicConfig
 from mqlite.errors import CorruptRecordError, StorageError, TopicExistsError
 
 __all__ = [
+    "PartitionScan",
     "PartitionState",
     "TopicRecord",
-    "load_state",
-    "store_state",
     "append_batches",
-    "put_batch",
-    "read_records",
     "apply_retention",
-    "drop_partition",
-    "get_topic",
     "create_topic",
     "delete_topic",
-    "list_topics",
-    "topics_version",
+    "drop_partition",
     "find_offset_for_time",
-    "prefix_keys",
+    "get_topic",
+    "list_topics",
+    "load_state",
     "prefix_items",
+    "prefix_keys",
+    "put_batch",
+    "read_records",
     "scan_partition",
-    "PartitionScan",
+    "store_state",
+    "topics_version",
 ]
 
 _STATE = struct.Struct(">QQQqqQ")
@@ -69,9 +69,9 @@ _topic_decoder = msgspec.msgpack.Decoder(TopicRecord)
 class PartitionState:
     """Mutable in-transaction copy of one partition's stored state."""
 
-    __slots__ = ("start", "next", "bytes", "first_ts", "last_ts")
+    __slots__ = ("bytes", "first_ts", "last_ts", "next", "start")
 
-    def __init__(self, start: int = 0, next: int = 0, nbytes: int = 0,  # noqa: A002
+    def __init__(self, start: int = 0, next: int = 0, nbytes: int = 0,
                  first_ts: int = -1, last_ts: int = -1) -> None:
         self.start = start
         self.next = next
@@ -135,8 +135,7 @@ def append_batches(txn: Any, dbs: dict[str, Any], pid: int, batches: list[bytes]
         st.bytes += len(b)
         if st.first_ts < 0:
             st.first_ts = base_ts
-        if max_ts > st.last_ts:
-            st.last_ts = max_ts
+        st.last_ts = max(st.last_ts, max_ts)
     return base
 
 
@@ -327,13 +326,7 @@ def apply_retention(txn: Any, dbs: dict[str, Any], pid: int, st: PartitionState,
         except CorruptRecordError:
             count, max_ts = 0, -1
         expire = False
-        if cfg.retention_ms is not None and max_ts < now_ms - cfg.retention_ms:
-            expire = True
-        elif cfg.retention_bytes is not None and st.bytes > cfg.retention_bytes:
-            expire = True
-        elif cfg.retention_messages is not None and st.messages > cfg.retention_messages:
-            expire = True
-        elif keep_from is not None and base + count <= keep_from:
+        if cfg.retention_ms is not None and max_ts < now_ms - cfg.retention_ms or cfg.retention_bytes is not None and st.bytes > cfg.retention_bytes or cfg.retention_messages is not None and st.messages > cfg.retention_messages or keep_from is not None and base + count <= keep_from:
             expire = True
         if not expire:
             break

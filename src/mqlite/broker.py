@@ -314,9 +314,9 @@ class Broker:
         commit: str = "after",
         max_poll_records: int = 500,
         instance_id: str | None = None,
-        assignor: str = "range",
-        session_timeout: float = 10.0,
-        max_poll_interval: float = 300.0,
+        assignor: str | None = None,
+        session_timeout: float | None = None,
+        max_poll_interval: float | None = None,
         on_assign: Callable[[list[TopicPartition]], Any] | None = None,
         on_revoke: Callable[[list[TopicPartition]], Any] | None = None,
     ) -> Consumer:
@@ -344,10 +344,11 @@ class Broker:
             ``"range"`` (default), ``"roundrobin"`` or ``"cooperative-sticky"``.
         session_timeout
             Seconds (not ms) without a heartbeat before a hung member is
-            expired; > 0, default 10.  A crashed member is detected at once.
+            expired; > 0 and at most 3600, default 10.  A crashed member is
+            detected at once.
         max_poll_interval
             Seconds between polls before this member lets itself expire;
-            > 0, default 300.
+            > 0 and at most 86400, default 300.
         on_assign, on_revoke
             Callbacks with a sorted list of :class:`TopicPartition`.
 
@@ -355,18 +356,11 @@ class Broker:
         ------
         TopicNotFoundError, TypeError, ValueError, ClosedError
         """
-        group_options: dict[str, Any] = {}
-        if group is not None:
-            group_options = {
-                "instance_id": instance_id, "assignor": assignor,
-                "session_timeout": session_timeout, "max_poll_interval": max_poll_interval,
-                "on_assign": on_assign, "on_revoke": on_revoke}
-        elif (instance_id is not None or assignor != "range" or session_timeout != 10.0
-              or max_poll_interval != 300.0 or on_assign is not None or on_revoke is not None):
-            raise TypeError("instance_id, assignor, session_timeout, max_poll_interval, "
-                            "on_assign and on_revoke need group=")
         return Consumer(self._engine, topics, group=group, auto_offset_reset=auto_offset_reset,
-                        commit=commit, max_poll_records=max_poll_records, **group_options)
+                        commit=commit, max_poll_records=max_poll_records,
+                        instance_id=instance_id, assignor=assignor,
+                        session_timeout=session_timeout, max_poll_interval=max_poll_interval,
+                        on_assign=on_assign, on_revoke=on_revoke)
 
     def producer(self, *, linger_ms: float = 0.0, batch_bytes: int = 1 << 20,
                  partitioner: str | Callable[[Any, Any, int], int] | None = None,

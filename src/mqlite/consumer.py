@@ -13,7 +13,7 @@ wake-up word (futex) with a timeout, then re-reads committed state.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, overload
 
 from mqlite import _core, scheduler
@@ -87,16 +87,28 @@ class Consumer:
         positions are committed before messages are returned) or
         ``"manual"``.
     max_poll_records
-        Default ``max_records`` for :meth:`poll`.
-    **group_options
-        Forwarded to the group membership (``instance_id``, ``assignor``,
-        ``session_timeout``, ``on_assign``, ``on_revoke``, ...).
+        Default ``max_records`` for :meth:`poll` (>= 1).
+    instance_id, assignor, session_timeout, max_poll_interval, on_assign, on_revoke
+        Group membership options (only with ``group=``; ``None`` keeps the
+        group default): static membership id; ``"range"``,
+        ``"roundrobin"`` or ``"cooperative-sticky"``; seconds without a
+        heartbeat before a hung member expires (default 10, at most 1 hour);
+        seconds between polls before this member lets itself expire
+        (default 300, at most 1 day); callbacks with a sorted list of
+        :class:`TopicPartition`.  See :class:`mqlite.groups.GroupMember`.
     """
 
     def __init__(self, engine: Engine, topics: str | Iterable[str] | None = None, *,
                  group: str | None = None, auto_offset_reset: str = "earliest",
                  commit: str = "after", max_poll_records: int = 500,
-                 **group_options: Any) -> None:
+                 instance_id: str | None = None, assignor: str | None = None,
+                 session_timeout: float | None = None, max_poll_interval: float | None = None,
+                 on_assign: Callable[[list[TopicPartition]], Any] | None = None,
+                 on_revoke: Callable[[list[TopicPartition]], Any] | None = None) -> None:
+        given = {"instance_id": instance_id, "assignor": assignor,
+                 "session_timeout": session_timeout, "max_poll_interval": max_poll_interval,
+                 "on_assign": on_assign, "on_revoke": on_revoke}
+        group_options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if auto_offset_reset not in _RESETS:
             raise ValueError(
                 f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
@@ -122,7 +134,7 @@ class Consumer:
 
             self._group = GroupMember(self, group, **group_options)
         elif group_options:
-            raise TypeError(f"unexpected options without group=: {sorted(group_options)}")
+            raise TypeError(f"{', '.join(sorted(group_options))} need group=")
         if topics is not None:
             self.subscribe(topics)
         try:

@@ -29,7 +29,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -119,7 +119,9 @@ class Engine:
         # weak: a child the user dropped is not kept alive by its broker
         self._children: list[weakref.ref[Any]] = []
         self._lock = threading.RLock()  # RLock: close() may run in a signal handler
-        self._rr = itertools.count()
+        # keyless round-robin, one counter per topic (a shared one put every message of
+        # two alternating topics on one partition each)
+        self._rr: dict[str, Iterator[int]] = {}
         self._writes = 0
         self._bytes_since_check = 0
         self._last_retention: dict[int, float] = {}
@@ -366,7 +368,13 @@ class Engine:
             return 0
         if key is not None:
             return _core.partition_for_key(key, n)
-        return next(self._rr) % n
+        return self._next_rr(rec.name) % n
+
+    def _next_rr(self, topic: str) -> int:
+        rr = self._rr.get(topic)
+        if rr is None:
+            rr = self._rr.setdefault(topic, itertools.count())
+        return next(rr)
 
     def append_in(self, txn: Any, rec: _log.TopicRecord, part: int,
                    batches: list[bytes]) -> tuple[int, _log.PartitionState]:
@@ -567,14 +575,14 @@ class Engine:
         # Group messages by partition (only when keys spread them).
         assignment: list[int] | None = None
         if keys is not None and partition is None and n > 1:
-            rr = next(self._rr) % n
+            rr = self._next_rr(topic) % n
             pfk = _core.partition_for_key
             assignment = [rr if k is None else pfk(k, n) for k in keys]
             if len(set(assignment)) == 1:
                 partition, assignment = assignment[0], None
         if assignment is None:
             part = self.choose_partition(rec, None, partition) if (
-                partition is not None or n == 1) else next(self._rr) % n
+                partition is not None or n == 1) else self._next_rr(topic) % n
             groups: list[tuple[int, list[bytes]]] = [(part, _core.encode_batches(
                 values, keys, headers, ts,
                 max_message_bytes=rec.config["max_message_bytes"]))]

@@ -210,7 +210,13 @@ class Producer:
         engine.live_env()
         self._linger = linger_ms / 1000.0
         self._batch_bytes = batch_bytes
-        self._partitioner = resolve_partitioner(partitioner, batch_bytes)
+        # Built-in partitioners keep their round-robin / sticky state per topic (one
+        # shared counter put every message of two alternating topics on one partition
+        # each); a user callable is the user's and is shared as given.
+        first = resolve_partitioner(partitioner, batch_bytes)  # validates the spec now
+        self._partitioner_spec = partitioner
+        self._shared_partitioner = first if callable(partitioner) else None
+        self._partitioners: dict[str, Any] = {}
         self._max_queued = max_queued
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)  # flush() and backpressure waiters
@@ -270,7 +276,7 @@ class Producer:
         rec = self._engine.topic_cached(topic)
         n = len(rec.pids)
         if partition is None:
-            part = 0 if n == 1 else self._partitioner(key, value, n)
+            part = 0 if n == 1 else self._partitioner_for(topic)(key, value, n)
             if not isinstance(part, int) or not 0 <= part < n:
                 raise PartitionNotFoundError(f"partitioner returned {part!r}; expected 0..{n - 1}")
         else:
@@ -395,6 +401,14 @@ class Producer:
                 _fail(it, exc)
 
     _CLOSE_RANK = 0  # broker.close() closes producers before consumers and queues
+
+    def _partitioner_for(self, topic: str) -> Any:
+        p = self._partitioners.get(topic)
+        if p is None:
+            p = self._shared_partitioner or resolve_partitioner(self._partitioner_spec,
+                                                                self._batch_bytes)
+            p = self._partitioners.setdefault(topic, p)
+        return p
 
     def close(self, timeout: float | None = None) -> None:
         """Flush queued records and stop the flusher.  Idempotent; any thread.

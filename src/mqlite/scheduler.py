@@ -10,6 +10,7 @@ time, so a due message is delivered within milliseconds of its time.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from mqlite.config import (
     require_unix_time,
     validate_topic_name,
 )
-from mqlite.errors import PartitionNotFoundError
+from mqlite.errors import MqliteError, PartitionNotFoundError
 from mqlite.types import RecordMetadata
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class ScheduledMessage(msgspec.Struct, array_like=True):
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(ScheduledMessage)
+_log_failure = logging.getLogger("mqlite.scheduler")
 
 
 def _as_bytes(v: Any, what: str) -> bytes:
@@ -89,6 +91,7 @@ def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
     engine.encode(rec, [val], None if kb is None else [kb], None if hdrs is None else [hdrs], 0)
     did = None
     if dedup_id is not None:
+        engine.dedup_key(topic, dedup_id)  # the same checks as a direct send (type, 1-256 bytes)
         did = dedup_id.encode() if isinstance(dedup_id, str) else bytes(dedup_id)
     msg = ScheduledMessage(topic, -1 if partition is None else partition, kb, val, hdrs, ts, did)
     due_ms = int(due * 1000)
@@ -124,24 +127,33 @@ def promote_due(engine: Engine, now_ms: int | None = None, limit: int = 10_000) 
     with engine.write() as txn:
         due = _schedule.take_due(txn, env.dbs, now, limit)
         for raw in due:
-            msg = _dec.decode(raw)
-            rec = _log.get_topic(txn, env.dbs, msg.topic)
-            if rec is None:
-                continue
-            ts = now if msg.timestamp_ms < 0 else msg.timestamp_ms
-            dkey = None
-            if msg.dedup_id is not None:
-                dkey = engine.dedup_key(msg.topic, msg.dedup_id)
-                if engine.dedup_hit(txn, dkey, now) is not None:
-                    continue
             try:
-                part = engine.choose_partition(rec, msg.key,
-                                                None if msg.partition < 0 else msg.partition)
-            except PartitionNotFoundError:
-                part = 0
-            batches = engine.encode(rec, [msg.value], None if msg.key is None else [msg.key],
-                                    None if msg.headers is None else [msg.headers], ts,
-                                    capped=False)
+                msg = _dec.decode(raw)
+                rec = _log.get_topic(txn, env.dbs, msg.topic)
+                if rec is None:
+                    continue  # the topic was deleted meanwhile: the message goes with it
+                ts = now if msg.timestamp_ms < 0 else msg.timestamp_ms
+                dkey = None
+                if msg.dedup_id is not None:
+                    dkey = engine.dedup_key(msg.topic, msg.dedup_id)
+                    if engine.dedup_hit(txn, dkey, now) is not None:
+                        continue
+                try:
+                    part = engine.choose_partition(rec, msg.key,
+                                                    None if msg.partition < 0 else msg.partition)
+                except PartitionNotFoundError:
+                    part = 0
+                batches = engine.encode(rec, [msg.value],
+                                        None if msg.key is None else [msg.key],
+                                        None if msg.headers is None else [msg.headers], ts,
+                                        capped=False)
+            except (msgspec.DecodeError, TypeError, ValueError, MqliteError) as exc:
+                # One bad message must not block every consumer of the broker: keep it
+                # where it is never due, with the reason (mqlite verify lists it).
+                reason = f"{type(exc).__name__}: {exc}"
+                _schedule.set_aside(txn, env.dbs, raw, reason)
+                _log_failure.error("delayed message set aside, not promoted: %s", reason)
+                continue
             off, _ = engine.append_in(txn, rec, part, batches)
             if dkey is not None:
                 engine.dedup_store(txn, dkey, rec, part, off, ts)

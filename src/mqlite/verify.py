@@ -45,6 +45,7 @@ class VerifyReport(msgspec.Struct):
 def verify(path: str) -> VerifyReport:
     """Verify the broker at ``path`` in this process (see module docstring)."""
     from mqlite._storage import log as _log
+    from mqlite._storage import schedule as _schedule
     from mqlite._storage.env import acquire_env, check_data_file
     from mqlite.errors import MqliteError
 
@@ -76,6 +77,10 @@ def verify(path: str) -> VerifyReport:
                         report.problems.append(Problem(
                             name, part, None,
                             f"partition end offset {st.next} != stored end {scan.end}"))
+        with env.read_txn() as txn:
+            for reason, _ in _schedule.set_aside_entries(txn, env.dbs):
+                report.problems.append(Problem(
+                    None, None, None, f"a delayed message was set aside, not promoted: {reason}"))
     finally:
         env.release()
     return report

@@ -521,10 +521,7 @@ class Engine:
             if err is exc:
                 raise
             raise err from exc
-        env.commit(txn)
-        n = env.notifier
-        n.bump(env.slot_cache.get(topic) or env.topic_slot(topic))
-        n.bump(0)
+        env.commit(txn, wake=topic)
         return _tuple_new(RecordMetadata, (topic, part, off, ts))
 
     def send_batch(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from mqlite._storage.keys import group_pid_key
 from mqlite._storage.log import prefix_keys
 
 __all__ = ["cursor", "drop_topic", "get_record", "group_name", "groups_of", "put_record",
@@ -54,18 +55,14 @@ def groups_of(txn: Any, dbs: dict[str, Any], topic: str) -> list[str]:
     return [k.decode() for k in prefix_keys(txn, dbs["groups"], _topic_prefix(topic))]
 
 
-def _cursor_key(qg: str, pid: int) -> bytes:
-    return qg.encode() + b"\x00" + pid.to_bytes(4, "big")
-
-
 def cursor(txn: Any, dbs: dict[str, Any], qg: str, pid: int) -> int:
     """The group's next never-delivered offset on partition id ``pid`` (0 if none)."""
-    raw = txn.get(_cursor_key(qg, pid), db=dbs["offsets"])
+    raw = txn.get(group_pid_key(qg, pid), db=dbs["offsets"])
     return 0 if raw is None else int(_unpack_u64(raw)[0])
 
 
 def set_cursor(txn: Any, dbs: dict[str, Any], qg: str, pid: int, offset: int) -> None:
-    txn.put(_cursor_key(qg, pid), _pack_u64(offset), db=dbs["offsets"])
+    txn.put(group_pid_key(qg, pid), _pack_u64(offset), db=dbs["offsets"])
 
 
 def drop_topic(txn: Any, dbs: dict[str, Any], topic: str) -> None:

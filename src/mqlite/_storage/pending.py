@@ -267,7 +267,7 @@ def lowest_pending(txn: Any, dbs: dict[str, Any], qg: str, pid: int, below: int)
             if not k.startswith(pfx) or len(k) != len(pfx) + 12:
                 break
             first = _PK.unpack_from(k, len(k) - _PK.size)[1]
-            if first >= below:
+            if first >= low:
                 break
             span = _HDR.unpack_from(v)[6]
             bm = bytes(v[_HSIZE:_HSIZE + ((span + 7) >> 3)])

@@ -34,35 +34,26 @@ Modules, by concern (each opens with its contract):
 """
 
 from mqlite.config import UNSET
-from mqlite.queue.consumed import consumed_floor
+from mqlite.queue.consumed import consumed_floor as consumed_floor
 from mqlite.queue.consumer import Queue
-from mqlite.queue.deadletters import (
-    H_COUNT,
-    H_ERROR,
-    H_FIRST,
-    H_GROUP,
-    H_LAST,
-    H_OFFSET,
-    H_PARTITION,
-    H_REASON,
-    H_TIME,
-    H_TOPIC,
-    REASON_MAX_DELIVERIES,
-    DeadLetter,
-    dead_letters,
-    purge_dead_letters,
-    redrive,
-)
+from mqlite.queue.deadletters import H_COUNT as H_COUNT
+from mqlite.queue.deadletters import H_ERROR as H_ERROR
+from mqlite.queue.deadletters import H_FIRST as H_FIRST
+from mqlite.queue.deadletters import H_GROUP as H_GROUP
+from mqlite.queue.deadletters import H_LAST as H_LAST
+from mqlite.queue.deadletters import H_OFFSET as H_OFFSET
+from mqlite.queue.deadletters import H_PARTITION as H_PARTITION
+from mqlite.queue.deadletters import H_REASON as H_REASON
+from mqlite.queue.deadletters import H_TIME as H_TIME
+from mqlite.queue.deadletters import H_TOPIC as H_TOPIC
+from mqlite.queue.deadletters import REASON_MAX_DELIVERIES as REASON_MAX_DELIVERIES
+from mqlite.queue.deadletters import DeadLetter, dead_letters, purge_dead_letters, redrive
 from mqlite.queue.deliveries import Delivery
-from mqlite.queue.liveness import ERROR_OWNER_DIED
-from mqlite.queue.policy import QueueMeta, QueuePolicy, queue_policy, set_queue_policy
-from mqlite.queue.receive import ERROR_TIMEOUT
+from mqlite.queue.liveness import ERROR_OWNER_DIED as ERROR_OWNER_DIED
+from mqlite.queue.policy import QueueMeta as QueueMeta
+from mqlite.queue.policy import QueuePolicy, queue_policy, set_queue_policy
+from mqlite.queue.receive import ERROR_TIMEOUT as ERROR_TIMEOUT
 
+# The ``X as X`` names stay importable from here as before the split, outside __all__.
 __all__ = ["UNSET", "DeadLetter", "Delivery", "Queue", "QueuePolicy", "dead_letters",
            "purge_dead_letters", "queue_policy", "redrive", "set_queue_policy"]
-
-# Also importable from here as before the split (not in __all__): consumed_floor,
-# QueueMeta, the x-* dead-letter header names and the reason / error strings.
-_ = (consumed_floor, QueueMeta, H_COUNT, H_ERROR, H_FIRST, H_GROUP, H_LAST, H_OFFSET,
-     H_PARTITION, H_REASON, H_TIME, H_TOPIC, REASON_MAX_DELIVERIES, ERROR_OWNER_DIED,
-     ERROR_TIMEOUT)

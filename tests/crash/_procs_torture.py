@@ -102,9 +102,9 @@ class KillPoints:
         orig = _envmod.Env.commit
         hit = self.hit
 
-        def commit(env: Any, txn: Any) -> None:
+        def commit(env: Any, txn: Any, wake: str | None = None) -> None:
             hit("txn_before_commit")
-            orig(env, txn)
+            orig(env, txn, wake)
             hit("txn_after_commit")
 
         _envmod.Env.commit = commit  # type: ignore[method-assign]

@@ -96,13 +96,7 @@ def test_no_raw_transaction_calls_outside_storage() -> None:
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if raw.search(line):
                 offenders.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()}")
-    allowed = _RAW_ALLOWED
-    left = [o for o in offenders if not any(o.startswith(a) for a in allowed)]
-    assert not left, "raw LMDB calls outside _storage:\n" + "\n".join(left)
-
-
-# Modules whose storage code has not moved into ``_storage`` yet (issue 9, in steps).
-_RAW_ALLOWED = ("src/mqlite/queue.py",)
+    assert not offenders, "raw LMDB calls outside _storage:\n" + "\n".join(offenders)
 
 
 def test_import_contracts() -> None:

@@ -4,7 +4,8 @@ Layout (docs/format.md)::
 
     groups:  group name (UTF-8)  -> msgpack group state (opaque here; the codec lives
                                     with the feature that owns it: ``groups`` for stream
-                                    groups, ``queue`` for queue groups named ``~q~...``)
+                                    groups; queue groups named ``~q~...`` are stored
+                                    through ``queues``)
 """
 
 from __future__ import annotations

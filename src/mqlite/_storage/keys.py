@@ -9,7 +9,6 @@ __all__ = [
     "RECORD",
     "U64",
     "group_pid_key",
-    "pending_key",
     "pid_key",
     "record_key",
 ]
@@ -18,7 +17,6 @@ PID = struct.Struct(">I")
 RECORD = struct.Struct(">IQ")
 U64 = struct.Struct(">Q")
 _GROUP_PID = struct.Struct(">I")
-_PENDING_TAIL = struct.Struct(">IQ")
 
 pid_key = PID.pack
 record_key = RECORD.pack
@@ -28,7 +26,3 @@ def group_pid_key(group: str, pid: int) -> bytes:
     """``group`` UTF-8 + NUL + partition id (u32 BE): keys of ``offsets``."""
     return group.encode() + b"\x00" + _GROUP_PID.pack(pid)
 
-
-def pending_key(group: str, pid: int, offset: int) -> bytes:
-    """``group`` + NUL + partition id + offset (u64 BE): keys of ``pending``."""
-    return group.encode() + b"\x00" + _PENDING_TAIL.pack(pid, offset)

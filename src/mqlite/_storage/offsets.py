@@ -5,7 +5,7 @@ Layout (docs/format.md)::
     offsets:  group (UTF-8) 0x00 partition id (u32 BE)  -> msgpack OffsetValue (array)
 
 Queue groups keep their cursor in the same database under their own group
-name (``~q~topic~group``), as a bare u64 BE; see ``queue``.
+name (``~q~topic~group``), as a bare u64 BE; see ``queues``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,262 @@
+"""Receiving: due redeliveries first, then new messages; the blocking wait.
+
+Owns the bodies of :meth:`Queue.receive`: one write transaction takes due
+pending entries (expired, released or nacked; an entry at ``max_deliveries``
+moves to the dead-letter topic instead) and then new messages after each
+partition's cursor, writing one pending entry per delivery range and
+advancing the cursor; between attempts it waits on the topic's wake-up word,
+bounded by the next visibility deadline and the next due delayed message.
+
+Callers: :class:`~mqlite.queue.consumer.Queue` only (these functions are its
+methods' bodies and use its package-internal fields).
+Changes: pending entries, cursors and the group record's ``min_visible_ms``
+of the queue's group; appends to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from mqlite import _core
+from mqlite._engine import now_ms
+from mqlite._storage import log as _log
+from mqlite._storage import pending as _pending
+from mqlite._storage import queues as _queues
+from mqlite._storage.pending import NOBODY, Entry
+from mqlite.config import MAX_VISIBILITY_TIMEOUT_S, require_int, require_positive_number
+from mqlite.queue.consumed import cleanup_consumed
+from mqlite.queue.deadletters import REASON_MAX_DELIVERIES, to_dlq
+from mqlite.queue.deliveries import Delivery, Receipt
+from mqlite.queue.policy import FOREVER, load_meta, seconds_ms
+
+if TYPE_CHECKING:
+    from mqlite.queue.consumer import Queue
+
+__all__ = ["ERROR_TIMEOUT", "receive"]
+
+ERROR_TIMEOUT = "visibility timeout expired"
+
+_Taken = list[tuple[Receipt, int, list[_core.Message]]]
+
+
+def receive(q: Queue, max_messages: int, timeout: float,
+            visibility_timeout: float | None) -> list[Delivery]:
+    """:meth:`Queue.receive` (documented there)."""
+    q._check_open()
+    require_int(max_messages, "max_messages", minimum=1)
+    require_positive_number(timeout, "timeout")
+    vt = q.visibility_timeout_ms
+    if visibility_timeout is not None:
+        vt = seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False,
+                        maximum=MAX_VISIBILITY_TIMEOUT_S)
+    from mqlite import scheduler
+
+    engine = q._engine
+    notifier = q._env.notifier
+    slot = q._slot
+    life = q._life
+    deadline = time.monotonic() + timeout
+    seq = notifier.load(slot)
+    next_due = scheduler.next_due_ms(engine)
+    if next_due is not None and next_due <= now_ms():
+        scheduler.promote_due(engine)
+    out, next_visible = _receive_once(q, max_messages, vt)
+    while not out:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return out
+            now = now_ms()
+            wait = remaining
+            if next_visible < FOREVER:
+                wait = min(wait, max(0.0, (next_visible - now) / 1000.0) + 0.001)
+            if next_due is not None:
+                wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
+            if life.woken():
+                return out
+            notifier.wait(slot, seq, wait)
+            if life.woken():
+                return out
+            q._check_open()
+            # A wake-up is a hint: look before taking the write lock.
+            seq = notifier.load(slot)
+            next_due = scheduler.next_due_ms(engine)
+            now = now_ms()
+            if next_due is not None and next_due <= now:
+                scheduler.promote_due(engine)
+                break
+            avail, next_visible = _peek(q, now)
+            if avail:
+                break
+        out, next_visible = _receive_once(q, max_messages, vt)
+    return out
+
+
+def _peek(q: Queue, now: int) -> tuple[bool, int]:
+    """(something may be receivable now, earliest visible_at hint) in a read txn."""
+    env = q._env
+    dbs = env.dbs
+    qg = q._qg
+    with env.read_txn() as txn:
+        meta = load_meta(txn, dbs, qg)
+        hint = 0 if meta is None else meta.min_visible_ms
+        if hint <= now:
+            return True, hint
+        rec = q._engine.topic(txn, q.topic)
+        for pid in rec.pids:
+            st = _log.load_state(txn, dbs, pid)
+            if max(_queues.cursor(txn, dbs, qg, pid), st.start) < st.next:
+                return True, hint
+    return False, hint
+
+
+def _receive_once(q: Queue, max_messages: int, vt: int) -> tuple[list[Delivery], int]:
+    engine = q._engine
+    env = q._env
+    dbs = env.dbs
+    topic = q.topic
+    qg = q._qg
+    now = now_ms()
+    taken: _Taken = []
+    got = 0
+    dlq_moved = False
+    txn = env.write_txn()
+    try:
+        rec = engine.topic(txn, topic)
+        meta = q._load_meta(txn)
+        if meta.policy is not None and meta.policy != q._policy:
+            q._adopt(meta.policy)  # changed by set_queue_policy
+        hint = meta.min_visible_ms
+        # 1. redeliveries that are due
+        if hint <= now:
+            got, dlq_moved, hint = _redeliver(q, txn, rec, now, vt, max_messages, taken)
+        # 2. new messages
+        if got < max_messages:
+            pids = rec.pids
+            n = len(pids)
+            start = q._rotation % n
+            q._rotation += 1
+            pfx = q._prefix
+            owner = q._owner
+            visible = now + vt
+            for i in range(n):
+                part = (start + i) % n
+                pid = pids[part]
+                cursor = _queues.cursor(txn, dbs, qg, pid)
+                st = _log.load_state_w(txn, env, pid)
+                cursor = max(cursor, st.start)
+                if cursor >= st.next:
+                    continue
+                msgs: list[_core.Message] = []
+                nxt = _log.read_records(txn, dbs, pid, cursor, max_messages - got, msgs,
+                                        topic, part, st.next)
+                if not msgs:
+                    continue
+                first = msgs[0].offset
+                span = msgs[-1].offset - first + 1
+                # all set for dense offsets; kept exact all the same
+                bm = _pending.bitmap(span) if span == len(msgs) else \
+                    _pending.bitmap(span, first, msgs)
+                token = secrets.randbits(63) | 1
+                key = _pending.add_fresh(txn, dbs, pfx, pid, first, visible, token, now, owner,
+                                         span, bm)
+                taken.append((Receipt(q, key, token, 1, visible, first, pid), part, msgs))
+                got += len(msgs)
+                _queues.set_cursor(txn, dbs, qg, pid, nxt)
+                hint = min(hint, visible)
+                if got >= max_messages:
+                    break
+        if hint != meta.min_visible_ms:
+            meta.min_visible_ms = hint
+            q._store_meta(txn, meta)
+        if dlq_moved:
+            cleanup_consumed(engine, txn, topic)
+    except BaseException as exc:
+        err = env.abort_with(txn, exc, f"receive from {topic!r}")
+        if err is exc:
+            raise
+        raise err from exc
+    env.commit(txn)
+    if got:
+        # Waiting consumers bound their wait by the earliest visibility deadline.
+        env.notifier.bump(q._slot)
+    if dlq_moved and q.dead_letter_topic is not None:
+        env.notify_topics((q.dead_letter_topic,))
+    # Build the Delivery objects outside the write transaction.
+    out: list[Delivery] = []
+    ap = out.append
+    D = Delivery
+    for r, part, msgs in taken:
+        for m in msgs:
+            d = D(topic, part, m.offset, m.timestamp_ms, m.key, m.value, m.headers or None)
+            d._r = r
+            ap(d)
+    return out, hint
+
+
+def _redeliver(q: Queue, txn: Any, rec: _log.TopicRecord, now: int, vt: int,
+               max_messages: int, taken: _Taken) -> tuple[int, bool, int]:
+    """Take due pending entries; returns (messages taken, dead-lettered any, new hint)."""
+    dbs = q._env.dbs
+    pfx = q._prefix
+    due, new_min = _pending.due(txn, dbs, pfx, now, FOREVER)
+    got = 0
+    moved = False
+    visible = now + vt
+    for e in due:
+        if got >= max_messages:
+            new_min = min(new_min, e.visible)
+            continue
+        if e.pid not in rec.pids:  # cannot happen: topic deletion drops entries
+            _pending.delete(txn, dbs, e.key)
+            continue
+        part = rec.pids.index(e.pid)
+        msgs = _read_entry(q, txn, e, part)
+        timed_out = e.token != 0 and e.owner != NOBODY
+        error = ERROR_TIMEOUT if timed_out else e.error
+        _pending.delete(txn, dbs, e.key)
+        if not msgs:  # all removed by retention meanwhile
+            continue
+        if q.max_deliveries is not None and e.count >= q.max_deliveries:
+            e.error = error
+            to_dlq(q._engine, txn, q.dead_letter_topic, q.topic, q.group, part, msgs, e,
+                   REASON_MAX_DELIVERIES, now)
+            moved = True
+            continue
+        want = max_messages - got
+        take, rest = msgs[:want], msgs[want:]
+        if rest:  # the remainder stays visible under a dead token
+            first = rest[0].offset
+            span = rest[-1].offset - first + 1
+            _pending.add(txn, dbs, pfx, Entry(
+                b"", e.pid, first, e.visible, 0, e.first_ms, e.last_ms, e.count, NOBODY,
+                span, _pending.bitmap(span, first, rest), error))
+            new_min = min(new_min, e.visible)
+        first = take[0].offset
+        span = take[-1].offset - first + 1
+        token = secrets.randbits(63) | 1
+        count = e.count + 1
+        key = _pending.add(txn, dbs, pfx, Entry(
+            b"", e.pid, first, visible, token, e.first_ms, now, count, q._owner, span,
+            _pending.bitmap(span, first, take), error))
+        taken.append((Receipt(q, key, token, count, visible, first, e.pid), part, take))
+        got += len(take)
+        new_min = min(new_min, visible)
+    return got, moved, new_min
+
+
+def _read_entry(q: Queue, txn: Any, e: Entry, part: int) -> list[_core.Message]:
+    """The still-pending messages of an entry that are still stored."""
+    msgs: list[_core.Message] = []
+    _log.read_records(txn, q._env.dbs, e.pid, e.first, e.span, msgs, q.topic, part,
+                      e.first + e.span)
+    bm = e.bm
+    first = e.first
+    out = []
+    for m in msgs:
+        j = m.offset - first
+        if bm[j >> 3] >> (j & 7) & 1:
+            out.append(m)
+    return out

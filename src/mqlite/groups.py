@@ -53,20 +53,19 @@ offset records the member id and the generation it was written in.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import select
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 
+from mqlite import _liveness
 from mqlite._engine import on_topic_delete
+from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, members_dir, unlink_quiet
 from mqlite._storage import groups as _groups
 from mqlite._storage import log as _log
 from mqlite._storage import offsets as _offsets
@@ -100,8 +99,9 @@ __all__ = [
     "list_groups",
 ]
 
-#: Seconds between two liveness probes of the watcher thread.
-_WATCH_INTERVAL = 0.02
+#: Seconds between two liveness probes of the watcher thread (the one period of
+#: :mod:`mqlite._liveness`, shared with queue groups).
+_WATCH_INTERVAL = PROBE_INTERVAL
 #: A watcher that is not the designated reaper waits this long before reaping itself.
 _REAP_GRACE = 0.1
 #: Longest a poll() waits while a partition it was assigned is still held by
@@ -176,61 +176,21 @@ read_offset = _offsets.read
 write_offset = _offsets.write
 
 
-# -- liveness --------------------------------------------------------------------------------
+# -- liveness (kernel locks: mqlite._liveness) -----------------------------------------------
 
-def members_dir(broker_path: str) -> str:
-    return os.path.join(broker_path, "members")
-
-
-def _ensure_members_dir(broker_path: str, mode: int) -> str:
-    d = members_dir(broker_path)
-    try:
-        os.mkdir(d, mode)
-    except FileExistsError:
-        pass
-    if os.path.islink(d):
-        raise GroupError(f"{d} is a symlink; refusing to use it")
-    return d
-
-
-def _lock_held(fd: int) -> bool:
-    """True while another open file description holds an exclusive flock on ``fd``'s file.
-
-    The probe takes a *shared* lock, so concurrent probers never see each
-    other as the owner.
-    """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True  # EWOULDBLOCK: held; anything else: cannot tell, assume alive
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
-
-
-def probe_alive(path: str) -> bool:
-    """True while some process holds the member's lock file (it is alive)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # cannot tell: assume alive (the heartbeat still expires it)
-    try:
-        return _lock_held(fd)
-    finally:
-        os.close(fd)
+# The members directory, its helpers and the at-fork registry live in mqlite._liveness;
+# these names stay importable from here (queue.py uses them).
+_ensure_members_dir = _liveness.ensure_members_dir
+_unlink_quiet = unlink_quiet
+_lock_held = _liveness.lock_held
+probe_alive = _liveness.probe_alive
+register_lock_holder = _liveness.register_lock_holder
 
 
 def member_status(broker_path: str, m: MemberState, now_ms: int) -> str:
     """``"alive"``, ``"dead"`` (lock free or file gone) or ``"expired"`` (heartbeat too old)."""
-    path = os.path.join(members_dir(broker_path), m.lock)
-    if not probe_alive(path):
-        return "dead"
-    try:
-        mtime_ms = os.stat(path).st_mtime_ns // 1_000_000
-    except FileNotFoundError:
-        return "dead"
-    return "expired" if now_ms - mtime_ms > m.session_timeout_ms else "alive"
+    return _liveness.status(os.path.join(members_dir(broker_path), m.lock), m.session_timeout_ms,
+                        now_ms)
 
 
 def _partition_counts(txn: Any, dbs: dict[str, Any], topics: Iterable[str]) -> dict[str, int]:
@@ -292,13 +252,6 @@ def remove_member(engine: Engine, txn: Any, state: GroupState, member_id: str) -
         state.generation += 1
         state.assignment = {}
         state.owners = {}
-
-
-def _unlink_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _notify_group(engine: Engine, state: GroupState | None) -> None:
@@ -462,7 +415,7 @@ class GroupMember:
         self.generation_seen = -1
         self.pending = False
         self._raw: bytes | None = None
-        self._lock_fd = -1
+        self._lock: MemberLock | None = None
         self._lock_name = ""
         self._last_poll = time.monotonic()
         self._last_beat = 0.0
@@ -470,6 +423,7 @@ class GroupMember:
         self._committed: dict[TopicPartition, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watcher: _Watcher | None = None
         self._pid = os.getpid()
 
     # -- join / leave ----------------------------------------------------------------------
@@ -484,28 +438,16 @@ class GroupMember:
                 "in the child")
 
     def _take_lock(self, member_id: str) -> None:
-        d = _ensure_members_dir(self.env.path, 0o770 if self.env.shared_group else 0o700)
         tag = hashlib.sha1(member_id.encode()).hexdigest()[:16]
-        name = f"{self._gkey()}-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
-        path = os.path.join(d, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     self.env.file_mode)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException:
-            os.close(fd)
-            _unlink_quiet(path)
-            raise
-        self._lock_fd = fd
-        self._lock_name = name
-        _live_members.add(self)
+        self._lock = MemberLock.create(
+            self.env.path, f"{self._gkey()}-{tag}", file_mode=self.env.file_mode,
+            dir_mode=0o770 if self.env.shared_group else 0o700)
+        self._lock_name = self._lock.name
 
     def _drop_lock(self) -> None:
-        if self._lock_fd >= 0:
-            if os.getpid() == self._pid:
-                _unlink_quiet(os.path.join(members_dir(self.env.path), self._lock_name))
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._lock is not None:
+            self._lock.close()  # unlinks only in the process that created it
+            self._lock = None
 
     def subscribe(self, topics: list[str]) -> None:
         """Join the group, or change this member's subscription (a rebalance)."""
@@ -621,6 +563,8 @@ class GroupMember:
         so the other members reap this member at once.
         """
         self._stop.set()
+        if self._watcher is not None:
+            self._watcher.prober.wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
         if os.getpid() != self._pid:
@@ -639,12 +583,15 @@ class GroupMember:
     # -- watcher thread ----------------------------------------------------------------------
     def _start_watcher(self) -> None:
         if self._thread is None:
+            self._watcher = _Watcher(self)
             self._thread = threading.Thread(target=self._watch, daemon=True,
                                             name=f"mqlite-group-{self.group}")
             self._thread.start()
 
     def _watch(self) -> None:
-        watcher = _Watcher(self)
+        watcher = self._watcher
+        if watcher is None:
+            return
         try:
             watcher.run()
         finally:
@@ -653,11 +600,8 @@ class GroupMember:
     def _heartbeat(self) -> None:
         """Refresh the lock file's mtime (no LMDB write, so no fsync)."""
         self._last_beat = time.monotonic()
-        if self._lock_fd >= 0:
-            try:
-                os.utime(self._lock_fd)
-            except OSError:
-                pass
+        if self._lock is not None:
+            self._lock.heartbeat()
 
     # -- assignment sync (poll thread) -------------------------------------------------------
     def assignment(self) -> list[TopicPartition]:
@@ -940,35 +884,25 @@ class _Watcher:
     """The body of a member's watcher thread: heartbeat, probe peers, reap.
 
     Probing is cheap: one read transaction, and when the group record is
-    unchanged no decoding; one cached file descriptor per peer lock file, on
-    which each probe is one ``flock`` and one ``fstat`` system call.  Peer
-    processes are also watched through ``pidfd``s, so a crash wakes the
-    watcher at once instead of at the next 20 ms tick.  Only the designated
-    reaper (the alive member with the smallest id) reaps at once; the others
-    wait ``_REAP_GRACE`` first, so a crash does not queue every member on the
-    write lock.
+    unchanged no decoding; peers are probed through the liveness service's
+    :class:`~mqlite._liveness.Prober` (one cached descriptor per peer lock
+    file: one ``flock`` and one ``fstat`` per probe), which also sleeps on the
+    peers' ``pidfd``s, so a crash wakes the watcher at once instead of at the
+    next ``PROBE_INTERVAL`` tick.  Only the designated reaper (the alive member
+    with the smallest id) reaps at once; the others wait ``_REAP_GRACE`` first,
+    so a crash does not queue every member on the write lock.
     """
 
     def __init__(self, member: GroupMember) -> None:
         self.m = member
         self.raw: bytes | None = None
         self.state: GroupState | None = None
-        self.fds: dict[str, int] = {}
-        self.pidfds: dict[int, int] = {}
-        self.fired: set[int] = set()
-        self.poller = select.poll()
+        self.prober = Prober(members_dir(member.env.path))
         self.suspect_since: dict[str, float] = {}
-        self.mdir = members_dir(member.env.path)
         self.last_error: Exception | None = None  # kept for debugging; the loop goes on
 
     def close(self) -> None:
-        for fd in [*self.fds.values(), *self.pidfds.values()]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
-        self.pidfds.clear()
+        self.prober.close()
 
     def run(self) -> None:
         m = self.m
@@ -984,50 +918,14 @@ class _Watcher:
                 pass  # transient (engine closing, file races): the next tick retries
             except Exception as exc:  # noqa: BLE001 - a dead watcher would stop liveness
                 self.last_error = exc
-            events = self.poller.poll(_WATCH_INTERVAL * 1000)
-            for fd, _ in events:
-                # An exited process's pidfd stays readable: watch it once only.
-                self.poller.unregister(fd)
-                self.fired.add(fd)
+            self.prober.wait(_WATCH_INTERVAL)
 
     def _probe(self, ms: MemberState, now_ms: int) -> str:
-        fd = self.fds.get(ms.lock)
-        if fd is None:
-            try:
-                fd = os.open(os.path.join(self.mdir, ms.lock),
-                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return "dead"
-            except OSError:
-                return "alive"  # cannot tell; the heartbeat check cannot run either
-            self.fds[ms.lock] = fd
-        if not _lock_held(fd):
-            return "dead"
-        age = now_ms - os.fstat(fd).st_mtime_ns // 1_000_000
-        return "expired" if age > ms.session_timeout_ms else "alive"
+        return self.prober.status(ms.lock, ms.session_timeout_ms, now_ms)
 
     def _track(self, state: GroupState) -> None:
-        locks = {ms.lock for ms in state.members.values()}
-        for name in [n for n in self.fds if n not in locks]:
-            os.close(self.fds.pop(name))
-        pids = {ms.pid for ms in state.members.values() if not ms.departed_ms}
-        pids.discard(os.getpid())
-        for pid in [p for p in self.pidfds if p not in pids]:
-            fd = self.pidfds.pop(pid)
-            if fd in self.fired:
-                self.fired.discard(fd)
-            else:
-                self.poller.unregister(fd)
-            os.close(fd)
-        if not hasattr(os, "pidfd_open"):
-            return
-        for pid in pids - set(self.pidfds):
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                continue  # gone already, or not visible here: the lock probe decides
-            self.pidfds[pid] = fd
-            self.poller.register(fd, select.POLLIN)
+        self.prober.track((ms.lock for ms in state.members.values()),
+                          (ms.pid for ms in state.members.values() if not ms.departed_ms))
 
     def tick(self) -> None:
         m = self.m
@@ -1199,30 +1097,3 @@ def _register_hooks() -> None:
 
 
 _register_hooks()
-
-
-# Every object holding a liveness lock in ``_lock_fd`` (group members, queue
-# consumers) registers here, for the at-fork hook below.
-_live_members: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def register_lock_holder(obj: Any) -> None:
-    """Have ``obj._lock_fd`` closed in forked children (see ``_after_fork_in_child``)."""
-    _live_members.add(obj)
-
-
-def _after_fork_in_child() -> None:
-    # flock belongs to the open file description, which the child shares
-    # with the parent: a child keeping the descriptor would keep a dead
-    # parent "alive".  Close it (the parent's lock is unaffected while the
-    # parent keeps its own descriptor).
-    for m in list(_live_members):
-        if m._lock_fd >= 0:
-            try:
-                os.close(m._lock_fd)
-            except OSError:
-                pass
-            m._lock_fd = -1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

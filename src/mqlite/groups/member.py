@@ -1,42 +1,20 @@
-"""Consumer groups without a coordinator.
+"""One consumer's membership of a group: join, leave, sync ownership, commit.
 
-Group state lives in the ``groups`` database (one msgpack value per group)
-and changes only inside write transactions:
+Contract
+--------
+:class:`GroupMember` is driven by its :class:`~mqlite.Consumer` (``poll()``
+calls :meth:`~GroupMember.before_fetch` and :meth:`~GroupMember.after_fetch`;
+``commit``/``committed``/``close`` forward here) from one thread at a time,
+plus its own watcher thread (:mod:`mqlite.groups.watcher`), which only
+heartbeats and reaps others.  Every change to the group goes through one
+write transaction on the stored state (:mod:`mqlite.groups.state`).
 
-* ``members``: id, pid, subscription, lock-file name (which also names the
-  member's *incarnation*), instance id, ``departed_ms`` for a static member
-  whose process is gone but whose slot is kept;
-* ``generation``: bumped by every join, leave, expiry or subscription change;
-* ``assignment``: the target computed by the group's assignor in the same
-  transaction that changed the membership (deterministic, so any member
-  could recompute it);
-* ``owners``: who *actually* owns each partition now.
-
-Ownership handover.  A partition changes owner only inside a write
-transaction, and only when it is free: it never had an owner, or its owner
-released it, or its owner was removed from the group (left, died, expired).
-Every transaction that frees partitions or changes the membership also
-*grants* each free partition to the member whose target contains it
-(:func:`grant_free`), so a handover costs one transaction, written by the
-member that releases (or by the member that reaps a dead one); the new owner
-learns of it at its next ``poll()`` (woken through the topics' wake-up words)
-and only reads.  A member releases a partition in its own ``poll()``: first
-``on_revoke``, then one transaction that commits its position (per the commit
-policy) and frees it.  Hence no two members ever own a partition at the same
-time; with the eager assignors (``range``, ``roundrobin``) a member releases
-everything it owns on every generation change (Kafka's eager protocol), with
+A member releases a partition in its own ``poll()``: first ``on_revoke``,
+then one transaction that commits its position (per the commit policy) and
+frees it.  Hence no two members ever own a partition at the same time; with
+the eager assignors (``range``, ``roundrobin``) a member releases everything
+it owns on every generation change (Kafka's eager protocol), with
 ``cooperative-sticky`` only the partitions that moved.
-
-Liveness comes from the kernel: each member holds an exclusive ``flock`` on
-its own file under ``<broker>/members/``; the kernel drops it when the process
-dies.  Every member runs a watcher thread that probes the other members'
-locks every 20 ms (and at once when a peer's ``pidfd`` reports its exit), so
-a crashed member is removed, and its partitions granted to their new owners,
-within milliseconds.  The watcher also refreshes its own lock file's mtime
-(the heartbeat; no LMDB write, so no fsync) while ``poll()`` was called within
-``max_poll_interval``; a hung member whose mtime is older than its
-``session_timeout`` is expired.  An expired member learns it at its next
-``poll()``: ``on_revoke`` for everything, then it rejoins as a new member.
 
 Static members (``instance_id``) keep their slot when their process exits:
 the partitions stay assigned to them (nobody else consumes them) for
@@ -49,6 +27,9 @@ file), otherwise :class:`CommitFailedError`.  Ownership is a stronger fence
 than a generation number alone: a member keeps committing the partitions it
 still owns across generations, and nothing it no longer owns.  Each stored
 offset records the member id and the generation it was written in.
+
+A member used in a forked child raises :class:`GroupError`: the child does
+not hold the lock (:mod:`mqlite._liveness` closes it there).
 """
 
 from __future__ import annotations
@@ -61,286 +42,47 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-import msgspec
-
-from mqlite import _liveness
-from mqlite._engine import on_topic_delete
-from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, members_dir, unlink_quiet
-from mqlite._storage import groups as _groups
-from mqlite._storage import log as _log
-from mqlite._storage import offsets as _offsets
+from mqlite._liveness import MemberLock, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
-from mqlite.assignors import ASSIGNORS, EAGER, assign
+from mqlite.assignors import ASSIGNORS, EAGER
 from mqlite.config import (
     MAX_POLL_INTERVAL_S,
     MAX_SESSION_TIMEOUT_S,
     require_seconds,
     validate_group_name,
-    validate_topic_name,
 )
-from mqlite.errors import (
-    CommitFailedError,
-    GroupError,
-    MqliteError,
-    PartitionNotFoundError,
+from mqlite.errors import CommitFailedError, GroupError, PartitionNotFoundError
+from mqlite.groups.state import (
+    GroupState,
+    MemberState,
+    _decode_group,
+    _now_ms,
+    _okey,
+    _raw_group,
+    _release_all,
+    _tp_of,
+    grant_free,
+    load_group,
+    read_offset,
+    rebalance,
+    remove_member,
+    store_group,
+    write_offset,
 )
+from mqlite.groups.watcher import _notify_group, _Watcher, member_status
 from mqlite.types import TopicPartition
 
 if TYPE_CHECKING:
-    from mqlite._engine import Engine
     from mqlite.consumer import Consumer
 
-__all__ = [
-    "GroupDescription",
-    "GroupMember",
-    "MemberInfo",
-    "PartitionLag",
-    "describe_group",
-    "list_groups",
-]
+__all__ = ["GroupMember"]
 
-#: Seconds between two liveness probes of the watcher thread (the one period of
-#: :mod:`mqlite._liveness`, shared with queue groups).
-_WATCH_INTERVAL = PROBE_INTERVAL
-#: A watcher that is not the designated reaper waits this long before reaping itself.
-_REAP_GRACE = 0.1
 #: Longest a poll() waits while a partition it was assigned is still held by
 #: another member (the release wakes it earlier; this only bounds a lost wake-up).
 _PENDING_WAIT = 0.25
 #: Longest a poll() waits otherwise before re-reading the group state.
 _IDLE_WAIT = 1.0
 
-
-class MemberState(msgspec.Struct):
-    member_id: str
-    pid: int
-    topics: list[str]
-    lock: str
-    session_timeout_ms: int
-    joined_ms: int
-    instance_id: str | None = None
-    departed_ms: int = 0
-
-
-class GroupState(msgspec.Struct):
-    generation: int = 0
-    assignor: str = "range"
-    members: dict[str, MemberState] = {}
-    assignment: dict[str, list[tuple[str, int]]] = {}
-    owners: dict[str, str] = {}
-
-
-_enc = msgspec.msgpack.Encoder()
-_dec_state = msgspec.msgpack.Decoder(GroupState)
-
-
-def _okey(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
-
-
-def _tp_of(key: str) -> TopicPartition:
-    topic, _, part = key.rpartition(":")
-    return TopicPartition(topic, int(part))
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-# -- stored state ----------------------------------------------------------------------------
-
-def _raw_group(txn: Any, dbs: dict[str, Any], group: str) -> bytes | None:
-    return _groups.get(txn, dbs, group)
-
-
-def _decode_group(group: str, raw: bytes | None) -> GroupState | None:
-    if raw is None:
-        return None
-    try:
-        return _dec_state.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise GroupError(f"state of group {group!r} is unreadable: {exc}") from None
-
-
-def load_group(txn: Any, dbs: dict[str, Any], group: str) -> GroupState | None:
-    """The stored state of ``group`` (``None`` if it never had members)."""
-    return _decode_group(group, _raw_group(txn, dbs, group))
-
-
-def store_group(txn: Any, dbs: dict[str, Any], group: str, state: GroupState) -> None:
-    """Write ``state``.  An empty group keeps its record so the generation never goes back."""
-    _groups.put(txn, dbs, group, _enc.encode(state))
-
-
-read_offset = _offsets.read
-write_offset = _offsets.write
-
-
-# -- liveness (kernel locks: mqlite._liveness) -----------------------------------------------
-
-# The members directory, its helpers and the at-fork registry live in mqlite._liveness;
-# these names stay importable from here (queue.py uses them).
-_ensure_members_dir = _liveness.ensure_members_dir
-_unlink_quiet = unlink_quiet
-_lock_held = _liveness.lock_held
-probe_alive = _liveness.probe_alive
-register_lock_holder = _liveness.register_lock_holder
-
-
-def member_status(broker_path: str, m: MemberState, now_ms: int) -> str:
-    """``"alive"``, ``"dead"`` (lock free or file gone) or ``"expired"`` (heartbeat too old)."""
-    return _liveness.status(os.path.join(members_dir(broker_path), m.lock), m.session_timeout_ms,
-                        now_ms)
-
-
-def _partition_counts(txn: Any, dbs: dict[str, Any], topics: Iterable[str]) -> dict[str, int]:
-    out = {}
-    for t in topics:
-        rec = _log.get_topic(txn, dbs, t)
-        if rec is not None:
-            out[t] = len(rec.pids)
-    return out
-
-
-# -- state transitions (all inside one write transaction) --------------------------------------
-
-def rebalance(engine: Engine, txn: Any, state: GroupState) -> None:
-    """Recompute the target assignment, bump the generation and grant free partitions."""
-    subs = {mid: m.topics for mid, m in state.members.items()}
-    topics = sorted({t for m in state.members.values() for t in m.topics})
-    counts = _partition_counts(txn, engine.env.dbs, topics)
-    result = assign(state.assignor, subs, counts, state.assignment)
-    state.assignment = {mid: [(t, p) for t, p in tps] for mid, tps in result.items()}
-    state.owners = {k: v for k, v in state.owners.items() if v in state.members}
-    state.generation += 1
-    grant_free(state)
-
-
-def grant_free(state: GroupState) -> bool:
-    """Give every free partition to the (present) member whose target contains it.
-
-    A partition is free when nobody owns it or its owner is no longer a
-    member.  Departed static members get nothing: they are not running.
-    Returns True when ``owners`` changed.
-    """
-    changed = False
-    for mid in sorted(state.members):
-        if state.members[mid].departed_ms:
-            continue
-        for t, p in state.assignment.get(mid, ()):
-            k = _okey(t, p)
-            holder = state.owners.get(k)
-            if holder is None or holder not in state.members:
-                state.owners[k] = mid
-                changed = True
-    return changed
-
-
-def _release_all(state: GroupState, member_id: str) -> None:
-    state.owners = {k: v for k, v in state.owners.items() if v != member_id}
-
-
-def remove_member(engine: Engine, txn: Any, state: GroupState, member_id: str) -> None:
-    """Remove ``member_id`` (its partitions become free) and rebalance."""
-    if state.members.pop(member_id, None) is None:
-        return
-    state.assignment.pop(member_id, None)
-    _release_all(state, member_id)
-    if state.members:
-        rebalance(engine, txn, state)
-    else:
-        state.generation += 1
-        state.assignment = {}
-        state.owners = {}
-
-
-def _notify_group(engine: Engine, state: GroupState | None) -> None:
-    """Wake the pollers of the group's topics (call after the commit)."""
-    topics: set[str] = set()
-    if state is not None:
-        for m in state.members.values():
-            topics.update(m.topics)
-    engine.env.notify_topics(topics)
-
-
-# -- reaping -----------------------------------------------------------------------------------
-
-Verdicts = dict[str, tuple[str, str]]  # member id -> (lock name probed, verdict)
-
-
-def find_suspects(engine: Engine, state: GroupState, now_ms: int, *,
-                  exclude: str | None = None,
-                  probe: Callable[[MemberState, int], str] | None = None) -> Verdicts:
-    """Members of ``state`` to act on: ``"dead"``, ``"expired"`` or ``"departed"`` (timed out).
-
-    A departed static member is not probed (its process is gone); it is a
-    suspect only once its ``session_timeout`` has passed.
-    """
-    path = engine.env.path
-    out: Verdicts = {}
-    for mid, m in state.members.items():
-        if mid == exclude:
-            continue
-        if m.departed_ms:
-            if now_ms - m.departed_ms >= m.session_timeout_ms:
-                out[mid] = (m.lock, "departed")
-            continue
-        st = probe(m, now_ms) if probe is not None else member_status(path, m, now_ms)
-        if st != "alive":
-            out[mid] = (m.lock, st)
-    return out
-
-
-def apply_verdicts(engine: Engine, group: str, verdicts: Verdicts) -> bool:
-    """Act on suspects in one write transaction; True when the group changed.
-
-    Each verdict applies only if the member still has the lock file that was
-    probed: a static member that restarted in between (same member id, new
-    lock) is left alone.  A dead static member is marked departed (its
-    partitions are freed but stay assigned to it); everything else is removed.
-    """
-    env = engine.env
-    now = _now_ms()
-    changed = membership = False
-    gone: list[str] = []
-    with engine.write() as txn:
-        state = load_group(txn, env.dbs, group)
-        if state is None:
-            return False
-        for mid, (lock, verdict) in sorted(verdicts.items()):
-            m = state.members.get(mid)
-            if m is None or m.lock != lock:
-                continue
-            if verdict == "dead" and m.instance_id is not None and not m.departed_ms:
-                m.departed_ms = now
-                _release_all(state, mid)
-                grant_free(state)
-                changed = True
-                continue
-            if verdict == "departed" and now - m.departed_ms < m.session_timeout_ms:
-                continue
-            state.members.pop(mid)
-            state.assignment.pop(mid, None)
-            _release_all(state, mid)
-            gone.append(lock)
-            changed = membership = True
-        if membership:
-            if state.members:
-                rebalance(engine, txn, state)
-            else:
-                state.generation += 1
-                state.assignment = {}
-                state.owners = {}
-        if changed:
-            store_group(txn, env.dbs, group, state)
-    for lock in gone:
-        _unlink_quiet(os.path.join(members_dir(env.path), lock))
-    if changed:
-        _notify_group(engine, state)
-    return changed
-
-
-# -- the member --------------------------------------------------------------------------------
 
 class GroupMember:
     """Group membership of one :class:`~mqlite.Consumer` (internal).
@@ -504,7 +246,7 @@ class GroupMember:
                 if old is not None and status == "dead":
                     # A static member coming back (or replacing a crashed
                     # incarnation not yet noticed): same slot, same assignment.
-                    _unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
+                    unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
                     state.members[member_id] = me
                     if sorted(old.topics) != sorted(self.topics):
                         rebalance(self.engine, txn, state)
@@ -512,7 +254,7 @@ class GroupMember:
                         grant_free(state)
                 else:
                     if old is not None:  # expired but alive: fence it out, start afresh
-                        _unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
+                        unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
                         _release_all(state, member_id)
                     state.members[member_id] = me
                     rebalance(self.engine, txn, state)
@@ -878,222 +620,3 @@ class GroupMember:
         for tp, off in todo.items():
             write_offset(txn, self.env.dbs, self.group, self._pid_of(txn, tp),
                          OffsetValue(off, me, state.generation, now))
-
-
-class _Watcher:
-    """The body of a member's watcher thread: heartbeat, probe peers, reap.
-
-    Probing is cheap: one read transaction, and when the group record is
-    unchanged no decoding; peers are probed through the liveness service's
-    :class:`~mqlite._liveness.Prober` (one cached descriptor per peer lock
-    file: one ``flock`` and one ``fstat`` per probe), which also sleeps on the
-    peers' ``pidfd``s, so a crash wakes the watcher at once instead of at the
-    next ``PROBE_INTERVAL`` tick.  Only the designated reaper (the alive member
-    with the smallest id) reaps at once; the others wait ``_REAP_GRACE`` first,
-    so a crash does not queue every member on the write lock.
-    """
-
-    def __init__(self, member: GroupMember) -> None:
-        self.m = member
-        self.raw: bytes | None = None
-        self.state: GroupState | None = None
-        self.prober = Prober(members_dir(member.env.path))
-        self.suspect_since: dict[str, float] = {}
-        self.last_error: Exception | None = None  # kept for debugging; the loop goes on
-
-    def close(self) -> None:
-        self.prober.close()
-
-    def run(self) -> None:
-        m = self.m
-        while not m._stop.is_set():
-            if os.getpid() != m._pid or m.engine.closed:
-                return
-            t = time.monotonic()
-            if t - m._last_beat >= m._beat_every and t - m._last_poll < m.max_poll_interval:
-                m._heartbeat()
-            try:
-                self.tick()
-            except (MqliteError, OSError):
-                pass  # transient (engine closing, file races): the next tick retries
-            except Exception as exc:  # noqa: BLE001 - a dead watcher would stop liveness
-                self.last_error = exc
-            self.prober.wait(_WATCH_INTERVAL)
-
-    def _probe(self, ms: MemberState, now_ms: int) -> str:
-        return self.prober.status(ms.lock, ms.session_timeout_ms, now_ms)
-
-    def _track(self, state: GroupState) -> None:
-        self.prober.track((ms.lock for ms in state.members.values()),
-                          (ms.pid for ms in state.members.values() if not ms.departed_ms))
-
-    def tick(self) -> None:
-        m = self.m
-        env = m.env
-        with env.read_txn() as txn:
-            raw = _raw_group(txn, env.dbs, m.group)
-        if raw is None:
-            return
-        if raw != self.raw:
-            self.state = _decode_group(m.group, raw)
-            self.raw = raw
-            if self.state is not None:
-                self._track(self.state)
-        state = self.state
-        if state is None:
-            return
-        me = m.member_id
-        verdicts = find_suspects(m.engine, state, _now_ms(), exclude=me, probe=self._probe)
-        now = time.monotonic()
-        if not verdicts:
-            self.suspect_since.clear()
-            return
-        for mid in list(self.suspect_since):
-            if mid not in verdicts:
-                del self.suspect_since[mid]
-        first = min(self.suspect_since.setdefault(mid, now) for mid in verdicts)
-        healthy = [mid for mid, ms in state.members.items()
-                   if mid not in verdicts and not ms.departed_ms]
-        designated = me is not None and (not healthy or me == min(healthy))
-        if (designated or now - first >= _REAP_GRACE) and apply_verdicts(
-                m.engine, m.group, verdicts):
-            self.raw = None  # re-read (and re-track) next tick
-
-
-# -- inspection --------------------------------------------------------------------------------
-
-class MemberInfo(msgspec.Struct, frozen=True):
-    """One member of a group, as :func:`describe_group` sees it.
-
-    ``status`` is ``"alive"``, ``"dead"`` (crashed, not yet reaped),
-    ``"expired"`` (heartbeat older than its session timeout) or
-    ``"departed"`` (a static member whose process is gone, slot kept).
-    ``assigned`` is the target assignment, ``owned`` what it holds now
-    (they differ while partitions are handed over).
-    """
-
-    member_id: str
-    pid: int
-    instance_id: str | None
-    topics: list[str]
-    assigned: list[TopicPartition]
-    owned: list[TopicPartition]
-    last_heartbeat_ms: int | None
-    status: str
-
-
-class PartitionLag(msgspec.Struct, frozen=True):
-    """Committed offset, log end, lag and current owner of one partition."""
-
-    partition: TopicPartition
-    committed: int | None
-    end_offset: int
-    lag: int
-    owner: str | None
-
-
-class GroupDescription(msgspec.Struct, frozen=True):
-    """A consumer group: generation, assignor, state, members and per-partition lag.
-
-    ``state`` is ``"empty"`` (no members), ``"stable"`` (every present
-    member owns exactly its assignment) or ``"rebalancing"``.
-    ``partitions`` covers the subscribed topics and every partition with a
-    committed offset.
-    """
-
-    group: str
-    generation: int
-    assignor: str
-    state: str
-    members: list[MemberInfo]
-    partitions: list[PartitionLag]
-
-
-def list_groups(engine: Engine) -> list[str]:
-    """Names of every group record (stream groups, and queue groups prefixed ``~``)."""
-    with engine.read() as txn:
-        return _groups.names(txn, engine.env.dbs)
-
-
-def describe_group(engine: Engine, group: str) -> GroupDescription:
-    """Members, generation, committed offsets and lag of a consumer group.
-
-    Raises ``ValueError`` for an invalid group name; an unknown group is
-    described as empty (generation 0, no members, no partitions).
-    """
-    validate_group_name(group)
-    env = engine.env
-    now = _now_ms()
-    with env.read_txn() as txn:
-        state = load_group(txn, env.dbs, group) or GroupState()
-        owned_by: dict[str, list[TopicPartition]] = {}
-        for k, v in state.owners.items():
-            owned_by.setdefault(v, []).append(_tp_of(k))
-        members = []
-        stable = True
-        for mid, m in sorted(state.members.items()):
-            path = os.path.join(members_dir(env.path), m.lock)
-            try:
-                hb: int | None = os.stat(path).st_mtime_ns // 1_000_000
-            except FileNotFoundError:
-                hb = None
-            assigned = sorted(TopicPartition(t, p) for t, p in state.assignment.get(mid, ()))
-            owned = sorted(owned_by.get(mid, []))
-            if not m.departed_ms and assigned != owned:
-                stable = False
-            members.append(MemberInfo(
-                member_id=mid, pid=m.pid, instance_id=m.instance_id, topics=list(m.topics),
-                assigned=assigned, owned=owned, last_heartbeat_ms=hb,
-                status="departed" if m.departed_ms else member_status(env.path, m, now)))
-        wanted = {t for m in state.members.values() for t in m.topics}
-        with_offsets = _offsets.partitions_with_offsets(txn, env.dbs, group)
-        parts = []
-        for t in _log.list_topics(txn, env.dbs):
-            rec = _log.get_topic(txn, env.dbs, t)
-            if rec is None:
-                continue
-            subscribed = t in wanted
-            for i, pid in enumerate(rec.pids):
-                if not subscribed and pid not in with_offsets:
-                    continue
-                st = _log.load_state(txn, env.dbs, pid)
-                off = read_offset(txn, env.dbs, group, pid)
-                committed = None if off is None else off.offset
-                base = st.start if committed is None else min(max(committed, st.start), st.next)
-                parts.append(PartitionLag(
-                    partition=TopicPartition(t, i), committed=committed, end_offset=st.next,
-                    lag=st.next - base, owner=state.owners.get(_okey(t, i))))
-    kind = "empty" if not state.members else ("stable" if stable else "rebalancing")
-    return GroupDescription(group=group, generation=state.generation, assignor=state.assignor,
-                            state=kind, members=members, partitions=parts)
-
-
-def committed_offsets(engine: Engine, group: str, topic: str) -> dict[int, int]:
-    """Committed offsets of ``group`` on each partition of ``topic`` (absent = none).
-
-    Raises ``ValueError`` for a bad name, :class:`TopicNotFoundError` for an
-    unknown topic.
-    """
-    validate_group_name(group)
-    validate_topic_name(topic)
-    env = engine.live_env()
-    out = {}
-    with engine.read() as txn:
-        rec = engine.topic(txn, topic)
-        for i, pid in enumerate(rec.pids):
-            v = read_offset(txn, env.dbs, group, pid)
-            if v is not None:
-                out[i] = v.offset
-    return out
-
-
-def _drop_topic_offsets(txn: Any, dbs: dict[str, Any], rec: _log.TopicRecord) -> None:
-    """Delete-topic hook: remove committed offsets of the topic's partitions."""
-    _offsets.drop_partitions(txn, dbs, rec.pids)
-
-
-def _register_hooks() -> None:
-    on_topic_delete(_drop_topic_offsets)
-
-
-_register_hooks()

@@ -262,6 +262,7 @@ class Prober:
         self._guard = threading.Lock()  # wake() against close()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller.register(self._wake_r, select.POLLIN)
+        self._pid = os.getpid()
         self.closed = False
 
     def status(self, lock: str, timeout_ms: int | None, now_ms: int) -> Verdict:
@@ -336,9 +337,12 @@ class Prober:
         return exited
 
     def wake(self) -> None:
-        """End a :meth:`wait` in progress (or the next one) at once.  Any thread."""
+        """End a :meth:`wait` in progress (or the next one) at once.  Any thread.
+
+        Ignored in a forked child: the pipe is shared with the parent's watcher.
+        """
         with self._guard:
-            if not self.closed:
+            if not self.closed and os.getpid() == self._pid:
                 try:
                     os.write(self._wake_w, b"\0")
                 except OSError:

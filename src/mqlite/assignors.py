@@ -163,7 +163,6 @@ def _clean_previous(previous: Previous | None, allowed: Callable[[str], Mapping[
         raw = previous.get(m)
         if not raw:
             continue
-        ok = allowed(m)
         cand: set[tuple[Any, ...]]
         try:  # fast path: well-formed pairs (tuples or lists); validated below
             cand = set(map(tuple, raw))
@@ -171,9 +170,10 @@ def _clean_previous(previous: Previous | None, allowed: Callable[[str], Mapping[
             cand = {tuple(item) for item in raw
                     if isinstance(item, (tuple, list)) and len(item) == 2
                     and isinstance(item[0], str) and isinstance(item[1], int)}
+        ok = allowed(m)
         tps: set[TP] = {(t, p) for t, p in (tp for tp in cand if len(tp) == 2)
                         if type(p) is int and type(t) is str and 0 <= p < ok.get(t, 0)}
-        tps -= claimed
+        tps = tps - claimed  # not -=: difference_update walks all of `claimed`
         claimed |= tps
         kept[m] = sorted(tps)
     return kept
@@ -229,6 +229,27 @@ def sticky_assign(members: Members, partitions: Mapping[str, int],
     return {m: sorted(out[m]) for m in sorted(members)}
 
 
+def _claim(raw: Sequence[Sequence[object]], taken: dict[str, bytearray],
+           mine: list[TP]) -> None:
+    """Append to ``mine`` the valid, unclaimed ``(topic, partition)`` pairs of ``raw``.
+
+    ``taken[t]`` has one byte per partition of topic ``t``: set when claimed.
+    Malformed entries, unknown topics and out-of-range partitions are skipped.
+    Claims do not depend on the order of ``raw``: a member never conflicts
+    with itself, and members claim one after another.
+    """
+    for item in raw:
+        if (type(item) is not tuple and type(item) is not list) or len(item) != 2:
+            continue
+        t, p = item
+        if type(p) is not int or type(t) is not str:
+            continue
+        flags = taken.get(t)
+        if flags is not None and 0 <= p < len(flags) and not flags[p]:
+            flags[p] = 1
+            mine.append((t, p))
+
+
 def _sticky_uniform(order: list[str], topics: list[str], partitions: Mapping[str, int],
                     previous: Previous | None) -> dict[str, list[TP]]:
     """Sticky assignment when every member subscribes to ``topics`` (see sticky_assign).
@@ -240,7 +261,13 @@ def _sticky_uniform(order: list[str], topics: list[str], partitions: Mapping[str
     counts = {t: partitions[t] for t in topics}
     total = sum(counts.values())
     rank = {m: i for i, m in enumerate(order)}
-    kept = _clean_previous(previous, lambda m: counts, order)
+    # Step 1: claims, in member order; `taken` marks claimed partitions.
+    taken = {t: bytearray(n) for t, n in counts.items()}
+    kept: dict[str, list[TP]] = {m: [] for m in order}
+    for m in order:
+        raw = previous.get(m) if previous else None
+        if raw:
+            _claim(raw, taken, kept[m])
     if not any(kept.values()):
         # From scratch step 4 is plain round-robin in member order: deal by slicing.
         flat = [(t, p) for t in topics for p in range(counts[t])]
@@ -248,7 +275,6 @@ def _sticky_uniform(order: list[str], topics: list[str], partitions: Mapping[str
     base, extra = divmod(total, n_members)
     by_kept = sorted(order, key=lambda m: (-len(kept[m]), rank[m]))
     quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(by_kept)}
-    taken = {t: bytearray(n) for t, n in counts.items()}
     freed_of = dict.fromkeys(topics, 0)
     for m in order:
         mine = kept[m]
@@ -258,7 +284,7 @@ def _sticky_uniform(order: list[str], topics: list[str], partitions: Mapping[str
             # on a tie, the topic other members gave back least so far (so that
             # takers get a mix of topics); highest partition first.
             by_topic: dict[str, list[int]] = {}
-            for t, p in mine:
+            for t, p in sorted(mine):
                 by_topic.setdefault(t, []).append(p)
             heap = [(-(len(ps) * n_members - counts[t]), freed_of[t], t)
                     for t, ps in by_topic.items()]
@@ -267,13 +293,13 @@ def _sticky_uniform(order: list[str], topics: list[str], partitions: Mapping[str
             for _ in range(excess):
                 _, _, t = heapq.heappop(heap)
                 ps = by_topic[t]
-                freed.add((t, ps.pop()))
+                p = ps.pop()
+                freed.add((t, p))
+                taken[t][p] = 0
                 freed_of[t] += 1
                 if ps:
                     heapq.heappush(heap, (-(len(ps) * n_members - counts[t]), freed_of[t], t))
-            mine = kept[m] = [tp for tp in mine if tp not in freed]
-        for t, p in mine:
-            taken[t][p] = 1
+            kept[m] = [tp for tp in mine if tp not in freed]
     active = [m for m in order if len(kept[m]) < quota[m]]
     deficit = {m: quota[m] - len(kept[m]) for m in active}
     have: dict[str, dict[str, int]] = {}  # member below quota -> topic -> partitions held

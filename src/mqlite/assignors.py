@@ -239,15 +239,15 @@ def _claim(raw: Sequence[Sequence[object]], taken: dict[str, bytearray],
     with itself, and members claim one after another.
     """
     for item in raw:
-        if (type(item) is not tuple and type(item) is not list) or len(item) != 2:
+        try:
+            t, p = item
+        except (TypeError, ValueError):  # not a pair
             continue
-        t, p = item
-        if type(p) is not int or type(t) is not str:
-            continue
-        flags = taken.get(t)
-        if flags is not None and 0 <= p < len(flags) and not flags[p]:
-            flags[p] = 1
-            mine.append((t, p))
+        if type(p) is int and type(t) is str:
+            flags = taken.get(t)
+            if flags is not None and 0 <= p < len(flags) and not flags[p]:
+                flags[p] = 1
+                mine.append((t, p))
 
 
 def _sticky_uniform(order: list[str], topics: list[str], partitions: Mapping[str, int],

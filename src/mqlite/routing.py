@@ -10,11 +10,19 @@ Types:
     Binding keys are dot-separated words where ``*`` matches exactly one word
     and ``#`` matches zero or more words.  Matching is word by word (never a
     regular expression): ``order.*`` matches ``order.created`` but not
-    ``order.us.created``; ``order.#`` matches both and ``order``.
+    ``order.us.created``; ``order.#`` matches both and ``order``.  As in
+    RabbitMQ, a word that holds ``*`` or ``#`` among other characters
+    (``a.b#.c``) is a literal word, matched only by the same word.
 ``headers``
     Bindings carry header values; ``match="all"`` needs every one present
-    and equal in the message's headers, ``match="any"`` at least one.  A
-    binding value of ``None`` only requires the header to be present.
+    and equal in the message's headers, ``match="any"`` at least one.  As in
+    RabbitMQ (``rabbit_exchange_type_headers``), binding headers whose names
+    start with ``x-`` are not compared unless ``match`` is ``"all-with-x"``
+    or ``"any-with-x"``; a binding with nothing left to compare matches every
+    message under ``all`` and none under ``any``.  A binding value of
+    ``None`` only requires the header to be present (RabbitMQ's ``void``
+    field).  A message may repeat a header name: a binding value matches when
+    any of that name's values equals it.
 
 A publish appends a copy to every matching topic (each topic once) in one
 transaction.  With no match the message goes to the exchange's alternate
@@ -50,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXCHANGE_TYPES",
+    "HEADER_MATCHES",
     "Binding",
     "bind",
     "declare_exchange",
@@ -62,6 +71,8 @@ __all__ = [
 ]
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+#: ``match=`` values of a headers binding (RabbitMQ's ``x-match``).
+HEADER_MATCHES = ("all", "any", "all-with-x", "any-with-x")
 _MAX_ROUTING_KEY = 255
 _MAX_HOPS = 8
 
@@ -159,10 +170,14 @@ def list_bindings(engine: Engine, exchange: str) -> list[Binding]:
 def _make_binding(ex: ExchangeRecord, exchange: str, topic: str, routing_key: str | None,
                   headers: dict[str, Any] | None, match: str) -> Binding:
     if ex.type == "headers":
-        if headers is None or not isinstance(headers, dict) or not headers:
-            raise ValueError("a headers exchange binding needs headers={name: value, ...}")
-        if match not in ("all", "any"):
-            raise ValueError(f"match must be 'all' or 'any', got {match!r}")
+        if headers is None:
+            headers = {}  # RabbitMQ: a binding without arguments (matches all under "all")
+        if not isinstance(headers, dict):
+            raise TypeError(f"headers= must be a dict, not {type(headers).__name__}")
+        if match not in HEADER_MATCHES:
+            raise ValueError(f"match must be one of {HEADER_MATCHES}, got {match!r}")
+        if "x-match" in headers:
+            raise ValueError("pass the match mode as match=..., not as an 'x-match' header")
         hv: dict[str, bytes | None] = {}
         for k, v in headers.items():
             if not isinstance(k, str):
@@ -183,11 +198,6 @@ def _make_binding(ex: ExchangeRecord, exchange: str, topic: str, routing_key: st
     if routing_key is None:
         raise ValueError(f"a {ex.type} exchange binding needs routing_key=")
     _check_routing_key(routing_key)
-    if ex.type == "topic":
-        for w in routing_key.split("."):
-            if ("*" in w or "#" in w) and w not in ("*", "#"):
-                raise ValueError(
-                    f"binding key {routing_key!r}: '*' and '#' must be whole words")
     return Binding(exchange, topic, routing_key, None, "all")
 
 
@@ -229,17 +239,27 @@ def _matches(ex: ExchangeRecord, b: Binding, routing_key: str,
         return b.routing_key == routing_key
     if ex.type == "topic":
         return topic_matches(b.routing_key or "", routing_key)
+    return headers_match(b.headers or {}, b.match, headers)
+
+
+def headers_match(want: dict[str, bytes | None], match: str,
+                  headers: Sequence[tuple[str, Any]] | None) -> bool:
+    """Whether a message's ``headers`` satisfy a headers-exchange binding.
+
+    ``want`` maps header names to a required value (``None``: present with
+    any value).  Names starting with ``x-`` are skipped unless ``match`` ends
+    in ``-with-x``; with nothing left, ``all`` is true and ``any`` false, as
+    in RabbitMQ.
+    """
+    with_x = match.endswith("-with-x")
     have: dict[str, list[bytes]] = {}
     for name, v in headers or ():
         have.setdefault(name, []).append(bytes(v))
-    want = b.headers or {}
-
-    def ok(k: str, v: bytes | None) -> bool:
-        return k in have and (v is None or v in have[k])
-
-    if b.match == "any":
-        return any(ok(k, v) for k, v in want.items())
-    return all(ok(k, v) for k, v in want.items())
+    checks = (k in have and (v is None or v in have[k])
+              for k, v in want.items() if with_x or not k.startswith("x-"))
+    if match.startswith("any"):
+        return any(checks)
+    return all(checks)
 
 
 def route(txn: Any, engine: Engine, exchange: str, routing_key: str,

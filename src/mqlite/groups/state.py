@@ -135,7 +135,9 @@ def rebalance(engine: Engine, txn: Any, state: GroupState) -> None:
     subs = {mid: m.topics for mid, m in state.members.items()}
     topics = sorted({t for m in state.members.values() for t in m.topics})
     counts = _partition_counts(txn, engine.env.dbs, topics)
-    result = assign(state.assignor, subs, counts, state.assignment)
+    # Kafka's member order: static members (by instance id) before dynamic ones
+    result = assign(state.assignor, subs, counts, state.assignment,
+                    instance_ids={mid: m.instance_id for mid, m in state.members.items()})
     state.assignment = {mid: [(t, p) for t, p in tps] for mid, tps in result.items()}
     state.owners = {k: v for k, v in state.owners.items() if v in state.members}
     state.generation += 1

@@ -16,6 +16,9 @@ Contract
   are refused with :class:`BrokerDirectoryError`.
 * Before LMDB maps ``data.mdb`` its meta pages are checked against the file
   size, because touching pages past the end of a truncated file is SIGBUS.
+  A file that ends before the meta page's last page is accepted only if no
+  page past its end is referenced: not by the free-page tree (read with
+  ``pread``) nor by any named database (walked in a child process).
 * Backpressure: above ``HIGH_WATER_FRACTION`` of the map in use, writes that
   add data raise :class:`StorageFullError`; deletes and acks still work.
 * ``lmdb`` exceptions are converted by :func:`lmdb_error`; none escapes raw.
@@ -204,7 +207,7 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
         psize = struct.unpack_from("<I", head, 40)[0]
         if psize < 512 or psize > 65536 or psize & (psize - 1):
             raise CorruptRecordError(f"{data}: implausible page size {psize} in meta page")
-        best: tuple[int, int, int] | None = None  # txnid, last_pg, mapsize
+        best: tuple[int, int, int, int] | None = None  # txnid, last_pg, mapsize, free root
         for page in (0, 1):
             buf = os.pread(fd, 160, page * psize)
             if len(buf) < 160:
@@ -213,9 +216,10 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
             if magic != _LMDB_MAGIC:
                 continue
             mapsize = struct.unpack_from("<Q", buf, 32)[0]
+            free_root = struct.unpack_from("<Q", buf, 80)[0]
             last_pg, txnid = struct.unpack_from("<QQ", buf, 136)
             if best is None or txnid > best[0]:
-                best = (txnid, last_pg, mapsize)
+                best = (txnid, last_pg, mapsize, free_root)
         if best is None:
             raise CorruptRecordError(f"{data}: both LMDB meta pages are damaged")
         need = (best[1] + 1) * psize
@@ -224,7 +228,9 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
             # fstat above and the meta read: LMDB writes pages before the meta
             # page, so a size taken after the meta read is consistent with it.
             size = os.fstat(fd).st_size
-        if size < need and (size % psize or not _tail_is_unreferenced(path)):
+        if size < need and (size % psize or _free_list_missing_pages(fd, psize, best[3],
+                                                                     size // psize)
+                            or not _tail_is_unreferenced(path)):
             raise CorruptRecordError(
                 f"{data} is truncated: {size} bytes but the database uses {need}; "
                 "restore it from a backup (opening it could crash the process)"
@@ -285,6 +291,65 @@ def _set_aside_uninitialized(path: str, data: str, fd: int) -> None:
     logging.getLogger("mqlite").warning(
         "%s held no committed transaction (its meta pages were never written: a crash "
         "while the broker was being created); moved it to %s and starting empty", data, aside)
+
+
+# LMDB 0.9 page layout (lmdb/mdb.c): a 16-byte header (pgno u64, pad u16, flags u16,
+# lower u16, upper u16; an overflow page keeps its page count as u32 at 12), then
+# u16 node offsets; a node is (lo u16, hi u16, flags u16, key size u16, key, data).
+_P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_LEAF2 = 0x01, 0x02, 0x04, 0x20
+_F_BIGDATA = 0x01
+_PAGE_HEADER = 16
+_NO_PAGE = 0xFFFFFFFFFFFFFFFF  # P_INVALID: an empty tree
+
+
+def _free_list_missing_pages(fd: int, psize: int, root: int, npages: int) -> bool:
+    """Whether LMDB's free-page tree references a page at or past page ``npages``.
+
+    :func:`_tail_is_unreferenced` walks the named databases through py-lmdb,
+    which cannot open the free-page tree (database 0); but LMDB's first write
+    transaction reads it, and a missing page there is SIGBUS in the writer.
+    This walks it with ``pread`` (never mapped, so a missing page is an
+    answer, not a crash): branch and leaf pages and the overflow pages of
+    large free-page records.  A page that does not parse as a tree page is
+    reported as missing too: LMDB would misread it.
+    """
+    if root == _NO_PAGE:
+        return False
+    todo = [root]
+    seen: set[int] = set()
+    while todo:
+        pgno = todo.pop()
+        if pgno >= npages or pgno in seen or len(seen) > npages:
+            return True
+        seen.add(pgno)
+        page = os.pread(fd, psize, pgno * psize)
+        if len(page) < psize:
+            return True
+        flags, lower, upper = struct.unpack_from("<HHH", page, 10)
+        if not flags & (_P_BRANCH | _P_LEAF) or flags & _P_LEAF2:
+            return True
+        if not _PAGE_HEADER <= lower <= upper <= psize:
+            return True
+        for i in range((lower - _PAGE_HEADER) >> 1):
+            off = struct.unpack_from("<H", page, _PAGE_HEADER + 2 * i)[0]
+            if off + 8 > psize:
+                return True
+            lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, off)
+            if flags & _P_BRANCH:
+                todo.append(lo | hi << 16 | nflags << 32)
+            elif nflags & _F_BIGDATA:
+                at = off + 8 + ksize
+                if at + 8 > psize:
+                    return True
+                ov = struct.unpack_from("<Q", page, at)[0]
+                if ov >= npages:
+                    return True
+                head = os.pread(fd, 16, ov * psize)
+                if len(head) < 16 or not struct.unpack_from("<H", head, 10)[0] & _P_OVERFLOW:
+                    return True
+                if ov + struct.unpack_from("<I", head, 12)[0] > npages:
+                    return True
+    return False
 
 
 def _tail_is_unreferenced(path: str) -> bool:

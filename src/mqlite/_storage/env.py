@@ -189,6 +189,7 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
     try:
         size = os.fstat(fd).st_size
         if size == 0:
+            _check_empty_data_file(path, data, repair=repair)
             return None  # created but never initialized: LMDB writes it fresh
         head = os.pread(fd, 256, 0)
         if len(head) < 160:
@@ -238,6 +239,28 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
         return best[2]
     finally:
         os.close(fd)
+
+
+def _check_empty_data_file(path: str, data: str, *, repair: bool) -> None:
+    """Accept a 0-byte ``data.mdb`` only when the broker was never opened (D21).
+
+    LMDB leaves ``data.mdb`` empty only between creating it and writing its
+    two meta pages, inside the first ``lmdb.open``; mqlite creates
+    ``notify.shm`` only after that open's first commit (the format record)
+    returned.  So an empty data file next to ``notify.shm`` was emptied
+    after the broker was in use (truncated, or lost to a crash under
+    ``durability="none"``): messages may have been acknowledged, and opening
+    it as an empty broker would lose them silently.
+    """
+    if os.path.lexists(os.path.join(path, "notify.shm")):
+        raise CorruptRecordError(
+            f"{data} is empty (0 bytes) but the broker was in use (notify.shm exists): "
+            "its messages are lost; restore data.mdb from a backup, or move data.mdb, "
+            "lock.mdb and notify.shm aside to start an empty broker")
+    if not repair:
+        raise CorruptRecordError(
+            f"{data} is empty (0 bytes): the broker was never initialized (a crash while "
+            "it was being created); opening the broker initializes it")
 
 
 def _never_initialized(fd: int, size: int) -> bool:

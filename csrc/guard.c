@@ -10,6 +10,7 @@
 typedef struct guard {
     uintptr_t start; /* 0: free slot; published last, withdrawn first */
     uintptr_t end;
+    uintptr_t zeroed; /* MQ_GUARD_ZERO: lowest page mapped to zeros, 0 if none */
     int fd;
     int mode;
 } guard;
@@ -21,7 +22,7 @@ static uint64_t repaired;
 static struct sigaction previous;
 static uintptr_t page_mask;
 
-static int repair(const guard *g, uintptr_t addr)
+static int repair(guard *g, uintptr_t addr)
 {
     if (g->mode == MQ_GUARD_REGROW) {
         struct stat st;
@@ -35,7 +36,14 @@ static int repair(const guard *g, uintptr_t addr)
     uintptr_t page = addr & page_mask;
     void *m = mmap((void *)page, g->end - page, PROT_READ,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-    return m != MAP_FAILED;
+    if (m == MAP_FAILED)
+        return 0;
+    uintptr_t low = __atomic_load_n(&g->zeroed, __ATOMIC_ACQUIRE);
+    while ((low == 0 || page < low) &&
+           !__atomic_compare_exchange_n(&g->zeroed, &low, page, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+        ;
+    return 1;
 }
 
 static void on_sigbus(int sig, siginfo_t *si, void *ctx)
@@ -85,8 +93,8 @@ int mq_guard_install(void)
 
 int mq_guard_add(void *start, size_t len, int fd, int mode)
 {
-    if (!start || len == 0 || (mode != MQ_GUARD_REGROW && mode != MQ_GUARD_ZERO) ||
-        (mode == MQ_GUARD_REGROW && fd < 0) || mq_guard_install() < 0)
+    if (!start || len == 0 || (mode != MQ_GUARD_REGROW && mode != MQ_GUARD_ZERO) || fd < 0 ||
+        mq_guard_install() < 0)
         return MQ_EGUARD;
     for (int i = 0; i < MQ_GUARD_MAX; i++) {
         uintptr_t free_slot = 0;
@@ -95,6 +103,7 @@ int mq_guard_add(void *start, size_t len, int fd, int mode)
                                          __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             continue;
         guards[i].end = (uintptr_t)start + len;
+        guards[i].zeroed = 0;
         guards[i].fd = fd;
         guards[i].mode = mode;
         __atomic_store_n(&guards[i].start, (uintptr_t)start, __ATOMIC_RELEASE);
@@ -107,6 +116,23 @@ void mq_guard_remove(int id)
 {
     if (id >= 0 && id < MQ_GUARD_MAX)
         __atomic_store_n(&guards[id].start, 0, __ATOMIC_RELEASE);
+}
+
+int mq_guard_restore(int id)
+{
+    if (id < 0 || id >= MQ_GUARD_MAX)
+        return MQ_OK;
+    guard *g = &guards[id];
+    if (__atomic_load_n(&g->start, __ATOMIC_ACQUIRE) <= CLAIMED || g->mode != MQ_GUARD_ZERO)
+        return MQ_OK;
+    uintptr_t low = __atomic_exchange_n(&g->zeroed, 0, __ATOMIC_ACQ_REL);
+    if (low == 0)
+        return MQ_OK;
+    /* The same file pages at the same addresses: a reader inside the range
+     * sees zeros or the file, and a page still past the end faults again. */
+    void *m = mmap((void *)low, g->end - low, PROT_READ, MAP_SHARED | MAP_FIXED, g->fd,
+                   (off_t)(low - g->start));
+    return m == MAP_FAILED ? MQ_EGUARD : MQ_OK;
 }
 
 uint64_t mq_guard_faults(void)

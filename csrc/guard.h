@@ -15,9 +15,13 @@
  *   MQ_GUARD_ZERO    map private zero pages over the rest of the range
  *                    (MAP_FIXED) and retry: the access reads zeros, which
  *                    the reader's own checks (lengths, CRC) then reject.  The
- *                    mapping no longer shows the file past that point, so
- *                    the owner must notice the fault (mq_guard_faults()
- *                    changed) and map the file again before trusting it.
+ *                    mapping no longer shows the file past that point (where
+ *                    the file may yet grow), so the owner, noticing that
+ *                    mq_guard_faults() moved, calls mq_guard_restore(): it
+ *                    maps the file (fd, offset 0 at `start`, read-only,
+ *                    shared, as LMDB does) back over the zeroed pages, at the
+ *                    same addresses, so pointers held by concurrent readers
+ *                    stay valid.
  *
  * Contract:
  *  - The handler only acts on kernel-generated SIGBUS (si_code > 0) whose
@@ -53,12 +57,16 @@
  * to that one).  Idempotent. */
 int mq_guard_install(void);
 
-/* Registers [start, start + len); fd is used by MQ_GUARD_REGROW only
- * (ignored, may be -1, for MQ_GUARD_ZERO).  Installs the handler. */
+/* Registers [start, start + len) with the descriptor of the mapped file
+ * (kept open by the caller while the guard exists).  Installs the handler. */
 int mq_guard_add(void *start, size_t len, int fd, int mode);
 
 /* Withdraws guard `id` (from mq_guard_add; a negative id is ignored). */
 void mq_guard_remove(int id);
+
+/* MQ_GUARD_ZERO: maps the file back over the pages the handler zeroed (a
+ * no-op when none were).  Returns MQ_OK, or MQ_EGUARD when mmap failed. */
+int mq_guard_restore(int id);
 
 /* How many faults the handler repaired since the process started. */
 uint64_t mq_guard_faults(void);

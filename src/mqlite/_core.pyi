@@ -199,8 +199,10 @@ class Notifier:
 
 def buffer_address(data: bytes | bytearray | memoryview) -> int:
     """The address of ``data``'s first byte (a buffer-protocol object)."""
-def guard_zero(start: int, length: int) -> int:
-    """Guard a mapped range: a SIGBUS inside maps zero pages instead of killing (id)."""
+def guard_zero(start: int, length: int, fd: int) -> int:
+    """Guard a read-only shared map of ``fd``: a SIGBUS inside maps zero pages (id)."""
+def guard_restore(guard_id: int) -> None:
+    """Map the file back over the pages a guarded fault zeroed."""
 def guard_remove(guard_id: int) -> None:
     """Withdraw a guard from :func:`guard_zero` before the range is unmapped."""
 def guard_faults() -> int:

@@ -147,4 +147,5 @@ cdef extern from "guard.h" nogil:
 
     int mq_guard_add(void *start, size_t len, int fd, int mode)
     void mq_guard_remove(int id)
+    int mq_guard_restore(int id)
     uint64_t mq_guard_faults()

@@ -19,6 +19,9 @@ Contract
   A file that ends before the meta page's last page is accepted only if no
   page past its end is referenced: not by the free-page tree (read with
   ``pread``) nor by any named database (walked in a child process).
+* LMDB's map of ``data.mdb`` is guarded against SIGBUS (``_guard_map``): a
+  stored size that runs past the end of the file reads zeros, so the read
+  raises :class:`CorruptRecordError` instead of killing the process.
 * Backpressure: above ``HIGH_WATER_FRACTION`` of the map in use, writes that
   add data raise :class:`StorageFullError`; deletes and acks still work.
 * ``lmdb`` exceptions are converted by :func:`lmdb_error`; none escapes raw.
@@ -447,6 +450,9 @@ class Env:
         # to run after it.  Both are dropped on abort.
         self.touched: set[str] = set()
         self.after_commit: list[Any] = []
+        self._guard = -1  # SIGBUS guard over LMDB's map (see _guard_map)
+        self._guard_fd = -1
+        self._faults = _core.guard_faults()
         self._open()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -511,6 +517,7 @@ class Env:
             raise
         self.lmdb = env
         self.pid = os.getpid()
+        self._guard_map(env)
         info = env.info()
         self.map_size = info["map_size"]
         self._psize = env.stat()["psize"]
@@ -521,6 +528,61 @@ class Env:
                 os.path.join(self.path, "notify.shm"), NOTIFY_SLOTS, self.file_mode
             )
         self._fix_file_modes()
+
+    def _guard_map(self, env: Any) -> None:
+        """Guard LMDB's map of ``data.mdb`` against SIGBUS (csrc/guard.h, MQ_GUARD_ZERO).
+
+        py-lmdb touches every page of a value before returning it, so a damaged
+        overflow-record size (a value that runs past the end of the file) was a
+        bus error before any check of ours could run.  Under the guard the pages
+        past the end read as zeros, the batch's own length field disagrees and
+        the read raises :class:`CorruptRecordError`; the next transaction sees
+        the fault counter moved and maps the file back over the zeroed pages
+        (:meth:`_check_faults`), where the file may yet grow.  The map's range
+        is found from the address of a stored value in ``/proc/self/maps``;
+        elsewhere (no procfs) the map stays unguarded.
+        """
+        self._faults = _core.guard_faults()
+        fd = -1
+        try:
+            with env.begin(buffers=True) as txn:
+                addr = _core.buffer_address(txn.get(b"format", db=self.dbs["meta"]))
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                    if lo <= addr < hi:
+                        fd = os.open(os.path.join(self.path, "data.mdb"),
+                                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                        self._guard = _core.guard_zero(lo, hi - lo, fd)
+                        self._guard_fd, fd = fd, -1
+                        return
+        except (OSError, ValueError, TypeError, lmdb.Error):
+            return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _unguard_map(self) -> None:
+        if self._guard >= 0:
+            _core.guard_remove(self._guard)
+            self._guard = -1
+            os.close(self._guard_fd)
+            self._guard_fd = -1
+
+    def _check_faults(self, env: Any) -> Any:
+        """After a repaired SIGBUS anywhere in the process, map the file back.
+
+        Restores the pages of LMDB's map that a guarded fault zeroed (at the same
+        addresses: readers in other threads keep valid pointers).
+        """
+        with self.lock:
+            self._faults = _core.guard_faults()
+            if self._guard >= 0 and os.getpid() == self.pid:
+                try:
+                    _core.guard_restore(self._guard)
+                except OSError as exc:
+                    raise StorageError(f"cannot map {self.path}/data.mdb again: {exc}") from exc
+        return env
 
     def _fix_file_modes(self) -> None:
         """Give the files their intended mode: creation filtered it through the umask.
@@ -566,6 +628,7 @@ class Env:
                 del _registry[self.key]
         if self.lmdb is not None:
             if os.getpid() == self.pid:
+                self._unguard_map()
                 self.lmdb.close()
             else:
                 _graveyard.append(self.lmdb)
@@ -590,6 +653,7 @@ class Env:
                 self.fresh_txn = None
                 self._cache_tid = -1
                 self.state_cache.clear()
+                self._unguard_map()
                 try:
                     dead.close()
                 except lmdb.Error:
@@ -609,6 +673,8 @@ class Env:
 
     def _begin_read(self) -> Any:
         env = self.lmdb or self.handle()
+        if _core.guard_faults() != self._faults:
+            env = self._check_faults(env)
         try:
             return env.begin(buffers=True)
         except lmdb.PanicError:
@@ -633,6 +699,8 @@ class Env:
         since our last commit.
         """
         env = self.lmdb or self.handle()
+        if _core.guard_faults() != self._faults:
+            env = self._check_faults(env)
         now = time.monotonic()
         if now >= self._next_reader_check:
             self._next_reader_check = now + _READER_CHECK_INTERVAL

@@ -549,8 +549,12 @@ class Env:
                 addr = _core.buffer_address(txn.get(b"format", db=self.dbs["meta"]))
             with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
                 for line in f:
-                    lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                    fields = line.split(None, 5)
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
                     if lo <= addr < hi:
+                        if (len(fields) < 6 or int(fields[2], 16) != 0
+                                or not fields[5].rstrip("\n").endswith("/data.mdb")):
+                            return  # not one whole mapping of data.mdb from offset 0
                         fd = os.open(os.path.join(self.path, "data.mdb"),
                                      os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
                         self._guard = _core.guard_zero(lo, hi - lo, fd)

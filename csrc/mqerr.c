@@ -25,6 +25,7 @@ const char *mq_strerror(int code)
     case MQ_ELOCK: return "cannot lock the notify file";
     case MQ_ESIZE: return "cannot size the notify file";
     case MQ_EMAP: return "cannot map the notify file";
+    case MQ_EGUARD: return "cannot guard the mapping against SIGBUS";
     default: return "unknown error";
     }
 }

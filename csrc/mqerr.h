@@ -36,7 +36,8 @@ enum {
     MQ_EOPEN = -18,      /* notify: the file could not be opened or created (errno kept) */
     MQ_ELOCK = -19,      /* notify: flock() on the file failed (errno kept) */
     MQ_ESIZE = -20,      /* notify: fstat()/ftruncate() of the file failed (errno kept) */
-    MQ_EMAP = -21        /* notify: mmap() of the file failed (errno kept) */
+    MQ_EMAP = -21,       /* notify: mmap() of the file failed (errno kept) */
+    MQ_EGUARD = -22      /* guard: SIGBUS handler not installed or guard table full */
 };
 
 const char *mq_strerror(int code);

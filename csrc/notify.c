@@ -1,5 +1,7 @@
 #include "notify.h"
 
+#include "guard.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -47,6 +49,8 @@ int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     n->slots_base = NULL;
     n->slots = 0;
     n->map_len = 0;
+    n->fd = -1;
+    n->guard = -1;
     n->sys_errno = 0;
     if (slots == 0 || slots > (size_t)INT64_MAX / sizeof(mq_notify_slot))
         return MQ_EINVAL;
@@ -83,9 +87,19 @@ int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
         rc = MQ_EMAP;
         goto out;
     }
+    int guard = mq_guard_add(m, need, fd, MQ_GUARD_REGROW);
+    if (guard < 0) {
+        n->sys_errno = errno;
+        munmap(m, need);
+        rc = MQ_EGUARD;
+        goto out;
+    }
     n->slots_base = m;
     n->slots = slots;
     n->map_len = need;
+    n->fd = fd;
+    n->guard = guard;
+    return MQ_OK;
 out:
     close(fd);
     return rc;
@@ -93,8 +107,13 @@ out:
 
 void mq_notify_close(mq_notify *n)
 {
-    if (n->slots_base)
+    if (n->slots_base) { /* else never opened (or all zero bytes): nothing is ours */
+        mq_guard_remove(n->guard); /* before unmapping and closing: see guard.h */
         munmap(n->slots_base, n->map_len);
+        close(n->fd);
+    }
+    n->guard = -1;
+    n->fd = -1;
     n->slots_base = NULL;
     n->slots = 0;
     n->map_len = 0;

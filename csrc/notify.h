@@ -32,9 +32,13 @@
  * most until it changes or the timeout passes.
  *
  * Bounds: slot indexes are not checked here; the caller guarantees
- * slot < n->slots (the binding raises ValueError otherwise).  A notify file
- * is never shrunk; if another program truncates it, access faults (SIGBUS),
- * as with any shared mapping.
+ * slot < n->slots (the binding raises ValueError otherwise).  mqlite never
+ * shrinks a notify file; if another program truncates it, the next access
+ * past the new end faults, and the SIGBUS guard (guard.h, MQ_GUARD_REGROW)
+ * grows the file back and retries the access: the truncated slots read as
+ * zero, which costs at most one missed wake-up (a timeout of latency) per
+ * waiter, like any lost wake-up.  The hot paths pay nothing for this: no
+ * size check precedes an access.
  */
 #ifndef MQLITE_NOTIFY_H
 #define MQLITE_NOTIFY_H
@@ -53,6 +57,8 @@ typedef struct mq_notify {
     mq_notify_slot *slots_base; /* NULL when closed */
     size_t slots;
     size_t map_len;
+    int fd;        /* kept open for the SIGBUS guard; -1 when closed */
+    int guard;     /* guard id (guard.h), -1 when none */
     int sys_errno; /* the errno behind the last failed mq_notify_open, else 0 */
 } mq_notify;
 
@@ -60,17 +66,20 @@ typedef struct mq_notify {
  * does not exist; O_CLOEXEC, O_NOFOLLOW: a symlink is refused), grows it to
  * `slots` slots when smaller (never shrinks it; growth is serialised with
  * flock so two openers cannot race a shrink), and maps the first `slots`
- * slots.  New slots read as zero.  The descriptor is closed before
- * returning: the mapping alone keeps the memory.  slots must be >= 1.
+ * slots.  New slots read as zero.  The descriptor stays open (O_CLOEXEC)
+ * until mq_notify_close: the SIGBUS guard uses it to grow a truncated file
+ * back.  slots must be >= 1.
  * Returns MQ_OK, or (n is then left closed) MQ_EINVAL for a slot count of 0
- * or one whose size overflows, or MQ_EOPEN / MQ_ELOCK / MQ_ESIZE / MQ_EMAP
+ * or one whose size overflows, MQ_EGUARD when the guard cannot be set up,
+ * or MQ_EOPEN / MQ_ELOCK / MQ_ESIZE / MQ_EMAP
  * naming the system call that failed, with its errno in n->sys_errno
  * (ELOOP: the path is a symlink; EACCES; ENOSPC ...).  Codes never collide
  * with errno values: the caller reads errno from sys_errno, not from the
  * return value. */
 int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode);
 
-/* Unmaps; idempotent.  No other call may be running on `n` at the time. */
+/* Withdraws the guard, unmaps and closes the descriptor; idempotent.  No
+ * other call may be running on `n` at the time. */
 void mq_notify_close(mq_notify *n);
 
 /* The slot's seq (acquire load). */

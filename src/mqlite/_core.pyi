@@ -196,3 +196,14 @@ class Notifier:
         Returns at once when the value already differs.  ``timeout`` <= 0 never blocks.
         """
     def close(self) -> None: ...
+
+def buffer_address(data: bytes | bytearray | memoryview) -> int:
+    """The address of ``data``'s first byte (a buffer-protocol object)."""
+def guard_zero(start: int, length: int, fd: int) -> int:
+    """Guard a read-only shared map of ``fd``: a SIGBUS inside maps zero pages (id)."""
+def guard_restore(guard_id: int) -> None:
+    """Map the file back over the pages a guarded fault zeroed."""
+def guard_remove(guard_id: int) -> None:
+    """Withdraw a guard from :func:`guard_zero` before the range is unmapped."""
+def guard_faults() -> int:
+    """How many SIGBUS faults the guards repaired since the process started."""

@@ -1063,3 +1063,53 @@ cdef class Notifier:
     def __repr__(self):
         state = "closed" if not self.is_open else f"slots={self.slots}"
         return f"<Notifier {state}>"
+
+
+# -- SIGBUS guards (csrc/guard.h) ------------------------------------------------------
+
+def buffer_address(data):
+    """The address of ``data``'s first byte (a buffer-protocol object), as an int."""
+    cdef Py_buffer view
+    _acquire(data, &view, "data")
+    try:
+        return <size_t>view.buf
+    finally:
+        PyBuffer_Release(&view)
+
+
+def guard_zero(start, length, fd):
+    """Guard ``[start, start + length)``, a read-only shared map of file ``fd`` (MQ_GUARD_ZERO).
+
+    A SIGBUS inside the range maps zero pages over the rest of it instead of
+    killing the process, and bumps :func:`guard_faults`; :func:`guard_restore`
+    maps the file back.  ``fd`` must stay open while the guard exists.
+    Returns the guard id; raises ``OSError`` when the table is full or the
+    handler cannot be installed.
+    """
+    cdef int64_t s = _as_i64(start, "start")
+    cdef int64_t n = _as_i64(length, "length")
+    cdef int64_t f = _as_i64(fd, "fd")
+    cdef int gid
+    if s <= 0 or n <= 0 or f < 0 or f > INT32_MAX:
+        raise ValueError("start and length must be positive, fd a descriptor")
+    gid = mq_guard_add(<void *><size_t>s, <size_t>n, <int>f, MQ_GUARD_ZERO)
+    if gid < 0:
+        raise OSError(mq_strerror(gid).decode())
+    return gid
+
+
+def guard_restore(guard_id):
+    """Map the file back over the pages a fault zeroed (see :func:`guard_zero`)."""
+    cdef int rc = mq_guard_restore(<int>_as_i64(guard_id, "guard_id"))
+    if rc < 0:
+        raise OSError(mq_strerror(rc).decode())
+
+
+def guard_remove(guard_id):
+    """Withdraw a guard from :func:`guard_zero` (call before the range is unmapped)."""
+    mq_guard_remove(<int>_as_i64(guard_id, "guard_id"))
+
+
+def guard_faults():
+    """How many SIGBUS faults the guards repaired since the process started."""
+    return mq_guard_faults()

@@ -1,7 +1,7 @@
 # Declarations of the C core in csrc/ for the Cython binding (_core.pyx).
 # Each block mirrors one header; the headers hold the contracts.
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "mqerr.h" nogil:
@@ -28,6 +28,7 @@ cdef extern from "mqerr.h" nogil:
         MQ_ELOCK
         MQ_ESIZE
         MQ_EMAP
+        MQ_EGUARD
     const char *mq_strerror(int code)
 
 
@@ -137,3 +138,14 @@ cdef extern from "notify.h" nogil:
     void mq_notify_bump(mq_notify *n, size_t slot)
     int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns,
                        int flags)
+
+
+cdef extern from "guard.h" nogil:
+    enum:
+        MQ_GUARD_REGROW
+        MQ_GUARD_ZERO
+
+    int mq_guard_add(void *start, size_t len, int fd, int mode)
+    void mq_guard_remove(int id)
+    int mq_guard_restore(int id)
+    uint64_t mq_guard_faults()

@@ -73,6 +73,15 @@ def verify(path: str) -> VerifyReport:
                     report.bytes += scan.bytes
                     report.problems.extend(Problem(name, part, base, what)
                                            for base, what in scan.problems)
+                    if scan.first is not None and scan.first != st.start:
+                        report.problems.append(Problem(
+                            name, part, st.start,
+                            f"partition start offset {st.start} != first stored batch "
+                            f"{scan.first} (a damaged record key or a lost batch)"))
+                    elif scan.first is None and st.next != st.start:
+                        report.problems.append(Problem(
+                            name, part, st.start,
+                            f"partition holds offsets {st.start}..{st.next - 1} but no batch"))
                     if scan.end is not None and scan.end != st.next:
                         report.problems.append(Problem(
                             name, part, None,

@@ -16,6 +16,12 @@ Contract
   are refused with :class:`BrokerDirectoryError`.
 * Before LMDB maps ``data.mdb`` its meta pages are checked against the file
   size, because touching pages past the end of a truncated file is SIGBUS.
+  A file that ends before the meta page's last page is accepted only if no
+  page past its end is referenced: not by the free-page tree (read with
+  ``pread``) nor by any named database (walked in a child process).
+* LMDB's map of ``data.mdb`` is guarded against SIGBUS (``_guard_map``): a
+  stored size that runs past the end of the file reads zeros, so the read
+  raises :class:`CorruptRecordError` instead of killing the process.
 * Backpressure: above ``HIGH_WATER_FRACTION`` of the map in use, writes that
   add data raise :class:`StorageFullError`; deletes and acks still work.
 * ``lmdb`` exceptions are converted by :func:`lmdb_error`; none escapes raw.
@@ -188,6 +194,7 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
     try:
         size = os.fstat(fd).st_size
         if size == 0:
+            _check_empty_data_file(path, data, repair=repair)
             return None  # created but never initialized: LMDB writes it fresh
         head = os.pread(fd, 256, 0)
         if len(head) < 160:
@@ -206,7 +213,7 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
         psize = struct.unpack_from("<I", head, 40)[0]
         if psize < 512 or psize > 65536 or psize & (psize - 1):
             raise CorruptRecordError(f"{data}: implausible page size {psize} in meta page")
-        best: tuple[int, int, int] | None = None  # txnid, last_pg, mapsize
+        best: tuple[int, int, int, int] | None = None  # txnid, last_pg, mapsize, free root
         for page in (0, 1):
             buf = os.pread(fd, 160, page * psize)
             if len(buf) < 160:
@@ -215,9 +222,10 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
             if magic != _LMDB_MAGIC:
                 continue
             mapsize = struct.unpack_from("<Q", buf, 32)[0]
+            free_root = struct.unpack_from("<Q", buf, 80)[0]
             last_pg, txnid = struct.unpack_from("<QQ", buf, 136)
             if best is None or txnid > best[0]:
-                best = (txnid, last_pg, mapsize)
+                best = (txnid, last_pg, mapsize, free_root)
         if best is None:
             raise CorruptRecordError(f"{data}: both LMDB meta pages are damaged")
         need = (best[1] + 1) * psize
@@ -226,7 +234,9 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
             # fstat above and the meta read: LMDB writes pages before the meta
             # page, so a size taken after the meta read is consistent with it.
             size = os.fstat(fd).st_size
-        if size < need and (size % psize or not _tail_is_unreferenced(path)):
+        if size < need and (size % psize or _free_list_missing_pages(fd, psize, best[3],
+                                                                     size // psize)
+                            or not _tail_is_unreferenced(path)):
             raise CorruptRecordError(
                 f"{data} is truncated: {size} bytes but the database uses {need}; "
                 "restore it from a backup (opening it could crash the process)"
@@ -234,6 +244,28 @@ def check_data_file(path: str, *, repair: bool = True) -> int | None:
         return best[2]
     finally:
         os.close(fd)
+
+
+def _check_empty_data_file(path: str, data: str, *, repair: bool) -> None:
+    """Accept a 0-byte ``data.mdb`` only when the broker was never opened (D21).
+
+    LMDB leaves ``data.mdb`` empty only between creating it and writing its
+    two meta pages, inside the first ``lmdb.open``; mqlite creates
+    ``notify.shm`` only after that open's first commit (the format record)
+    returned.  So an empty data file next to ``notify.shm`` was emptied
+    after the broker was in use (truncated, or lost to a crash under
+    ``durability="none"``): messages may have been acknowledged, and opening
+    it as an empty broker would lose them silently.
+    """
+    if os.path.lexists(os.path.join(path, "notify.shm")):
+        raise CorruptRecordError(
+            f"{data} is empty (0 bytes) but the broker was in use (notify.shm exists): "
+            "its messages are lost; restore data.mdb from a backup, or move data.mdb, "
+            "lock.mdb and notify.shm aside to start an empty broker")
+    if not repair:
+        raise CorruptRecordError(
+            f"{data} is empty (0 bytes): the broker was never initialized (a crash while "
+            "it was being created); opening the broker initializes it")
 
 
 def _never_initialized(fd: int, size: int) -> bool:
@@ -287,6 +319,65 @@ def _set_aside_uninitialized(path: str, data: str, fd: int) -> None:
     logging.getLogger("mqlite").warning(
         "%s held no committed transaction (its meta pages were never written: a crash "
         "while the broker was being created); moved it to %s and starting empty", data, aside)
+
+
+# LMDB 0.9 page layout (lmdb/mdb.c): a 16-byte header (pgno u64, pad u16, flags u16,
+# lower u16, upper u16; an overflow page keeps its page count as u32 at 12), then
+# u16 node offsets; a node is (lo u16, hi u16, flags u16, key size u16, key, data).
+_P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_LEAF2 = 0x01, 0x02, 0x04, 0x20
+_F_BIGDATA = 0x01
+_PAGE_HEADER = 16
+_NO_PAGE = 0xFFFFFFFFFFFFFFFF  # P_INVALID: an empty tree
+
+
+def _free_list_missing_pages(fd: int, psize: int, root: int, npages: int) -> bool:
+    """Whether LMDB's free-page tree references a page at or past page ``npages``.
+
+    :func:`_tail_is_unreferenced` walks the named databases through py-lmdb,
+    which cannot open the free-page tree (database 0); but LMDB's first write
+    transaction reads it, and a missing page there is SIGBUS in the writer.
+    This walks it with ``pread`` (never mapped, so a missing page is an
+    answer, not a crash): branch and leaf pages and the overflow pages of
+    large free-page records.  A page that does not parse as a tree page is
+    reported as missing too: LMDB would misread it.
+    """
+    if root == _NO_PAGE:
+        return False
+    todo = [root]
+    seen: set[int] = set()
+    while todo:
+        pgno = todo.pop()
+        if pgno >= npages or pgno in seen or len(seen) > npages:
+            return True
+        seen.add(pgno)
+        page = os.pread(fd, psize, pgno * psize)
+        if len(page) < psize:
+            return True
+        flags, lower, upper = struct.unpack_from("<HHH", page, 10)
+        if not flags & (_P_BRANCH | _P_LEAF) or flags & _P_LEAF2:
+            return True
+        if not _PAGE_HEADER <= lower <= upper <= psize:
+            return True
+        for i in range((lower - _PAGE_HEADER) >> 1):
+            off = struct.unpack_from("<H", page, _PAGE_HEADER + 2 * i)[0]
+            if off + 8 > psize:
+                return True
+            lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, off)
+            if flags & _P_BRANCH:
+                todo.append(lo | hi << 16 | nflags << 32)
+            elif nflags & _F_BIGDATA:
+                at = off + 8 + ksize
+                if at + 8 > psize:
+                    return True
+                ov = struct.unpack_from("<Q", page, at)[0]
+                if ov >= npages:
+                    return True
+                head = os.pread(fd, 16, ov * psize)
+                if len(head) < 16 or not struct.unpack_from("<H", head, 10)[0] & _P_OVERFLOW:
+                    return True
+                if ov + struct.unpack_from("<I", head, 12)[0] > npages:
+                    return True
+    return False
 
 
 def _tail_is_unreferenced(path: str) -> bool:
@@ -367,6 +458,9 @@ class Env:
         self._ended = itertools.count()
         self._closing = False
         self._closed = False
+        self._guard = -1  # SIGBUS guard over LMDB's map (see _guard_map)
+        self._guard_fd = -1
+        self._faults = _core.guard_faults()
         self._open()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -431,6 +525,7 @@ class Env:
             raise
         self.lmdb = env
         self.pid = os.getpid()
+        self._guard_map(env)
         info = env.info()
         self.map_size = info["map_size"]
         self._psize = env.stat()["psize"]
@@ -441,6 +536,65 @@ class Env:
                 os.path.join(self.path, "notify.shm"), NOTIFY_SLOTS, self.file_mode
             )
         self._fix_file_modes()
+
+    def _guard_map(self, env: Any) -> None:
+        """Guard LMDB's map of ``data.mdb`` against SIGBUS (csrc/guard.h, MQ_GUARD_ZERO).
+
+        py-lmdb touches every page of a value before returning it, so a damaged
+        overflow-record size (a value that runs past the end of the file) was a
+        bus error before any check of ours could run.  Under the guard the pages
+        past the end read as zeros, the batch's own length field disagrees and
+        the read raises :class:`CorruptRecordError`; the next transaction sees
+        the fault counter moved and maps the file back over the zeroed pages
+        (:meth:`_check_faults`), where the file may yet grow.  The map's range
+        is found from the address of a stored value in ``/proc/self/maps``;
+        elsewhere (no procfs) the map stays unguarded.
+        """
+        self._faults = _core.guard_faults()
+        fd = -1
+        try:
+            with env.begin(buffers=True) as txn:
+                addr = _core.buffer_address(txn.get(b"format", db=self.dbs["meta"]))
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.split(None, 5)
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    if lo <= addr < hi:
+                        if (len(fields) < 6 or int(fields[2], 16) != 0
+                                or not fields[5].rstrip("\n").endswith("/data.mdb")):
+                            return  # not one whole mapping of data.mdb from offset 0
+                        fd = os.open(os.path.join(self.path, "data.mdb"),
+                                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                        self._guard = _core.guard_zero(lo, hi - lo, fd)
+                        self._guard_fd, fd = fd, -1
+                        return
+        except (OSError, ValueError, TypeError, lmdb.Error):
+            return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _unguard_map(self) -> None:
+        if self._guard >= 0:
+            _core.guard_remove(self._guard)
+            self._guard = -1
+            os.close(self._guard_fd)
+            self._guard_fd = -1
+
+    def _check_faults(self, env: Any) -> Any:
+        """After a repaired SIGBUS anywhere in the process, map the file back.
+
+        Restores the pages of LMDB's map that a guarded fault zeroed (at the same
+        addresses: readers in other threads keep valid pointers).
+        """
+        with self.lock:
+            self._faults = _core.guard_faults()
+            if self._guard >= 0 and os.getpid() == self.pid:
+                try:
+                    _core.guard_restore(self._guard)
+                except OSError as exc:
+                    raise StorageError(f"cannot map {self.path}/data.mdb again: {exc}") from exc
+        return env
 
     def _fix_file_modes(self) -> None:
         """Give the files their intended mode: creation filtered it through the umask.
@@ -493,6 +647,7 @@ class Env:
     def _close_handles(self) -> None:
         if self.lmdb is not None:
             if os.getpid() == self.pid:
+                self._unguard_map()
                 self.lmdb.close()
             else:
                 _graveyard.append(self.lmdb)
@@ -517,6 +672,7 @@ class Env:
                 self.fresh_txn = None
                 self._cache_tid = -1
                 self.state_cache.clear()
+                self._unguard_map()
                 try:
                     dead.close()
                 except lmdb.Error:
@@ -573,6 +729,8 @@ class Env:
 
     def _begin_read_raw(self) -> Any:
         env = self.lmdb or self.handle()
+        if _core.guard_faults() != self._faults:
+            env = self._check_faults(env)
         try:
             return env.begin(buffers=True)
         except lmdb.PanicError:
@@ -601,6 +759,8 @@ class Env:
             if self._closing:
                 raise ClosedError("the broker is closed; call mqlite.open() again")
             env = self.lmdb or self.handle()
+            if _core.guard_faults() != self._faults:
+                env = self._check_faults(env)
             now = time.monotonic()
             if now >= self._next_reader_check:
                 self._next_reader_check = now + _READER_CHECK_INTERVAL

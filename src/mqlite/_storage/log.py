@@ -145,6 +145,7 @@ class PartitionScan(msgspec.Struct):
     batches: int = 0
     records: int = 0
     bytes: int = 0
+    first: int | None = None  # the base offset of the first batch (None: no batch)
     end: int | None = None  # the offset after the last valid batch (None: none valid)
     problems: list[tuple[int, str]] = []  # (base offset, what is wrong)
 
@@ -164,6 +165,8 @@ def scan_partition(txn: Any, dbs: dict[str, Any], pid: int) -> PartitionScan:
             kpid, base = RECORD.unpack(k)
             if kpid != pid:
                 break
+            if out.first is None:
+                out.first = base
             out.batches += 1
             out.bytes += len(v)
             try:
@@ -210,7 +213,8 @@ def read_records(txn: Any, dbs: dict[str, Any], pid: int, from_offset: int, max_
     want = max_records
     decode = _core.decode_batch
     unpack = RECORD.unpack
-    while want > 0:
+    seen = False  # a batch of this partition was decoded: the next one must start at pos
+    while True:
         k = cur.key()
         if len(k) != 12:
             raise CorruptRecordError("record key of bad length", topic=topic, partition=partition)
@@ -222,7 +226,16 @@ def read_records(txn: Any, dbs: dict[str, Any], pid: int, from_offset: int, max_
                 continue
             break
         if end_offset is not None and base >= end_offset:
+            if base != pos and seen:
+                _gap(topic, partition, pos, base)
             break
+        # Offsets are dense: a batch that does not start where the previous one
+        # ended is a damaged key (or a lost batch).  Before the first batch a
+        # start past from_offset is fine only below the partition's start
+        # (retention), checked off the hot path.
+        if base != pos and (seen or (base > pos
+                                     and from_offset >= load_state(txn, dbs, pid).start)):
+            _gap(topic, partition, pos, base)
         before = len(out)
         try:
             decode(cur.value(), topic, partition, base, pos, want, out)
@@ -232,9 +245,25 @@ def read_records(txn: Any, dbs: dict[str, Any], pid: int, from_offset: int, max_
         if got:
             pos = out[-1].offset + 1
             want -= got
+            if want <= 0:
+                return pos
+            seen = True
         if not cur.next():
             break
+    # The keys of this partition ran out before max_records: the log must end here.
+    if seen and (end_offset is None or pos < end_offset):
+        st = load_state(txn, dbs, pid)
+        if st.start <= pos < (st.next if end_offset is None else min(end_offset, st.next)):
+            _gap(topic, partition, pos, None)
     return pos
+
+
+def _gap(topic: str, partition: int, expected: int, found: int | None) -> None:
+    where = "no further batch" if found is None else f"the next batch starts at {found}"
+    raise CorruptRecordError(
+        f"offsets are not dense: expected a batch at offset {expected}, {where} "
+        "(a damaged record key or a lost batch)",
+        topic=topic, partition=partition, offset=expected)
 
 
 def find_offset_for_time(txn: Any, dbs: dict[str, Any], pid: int, st: PartitionState,
@@ -245,15 +274,23 @@ def find_offset_for_time(txn: Any, dbs: dict[str, Any], pid: int, st: PartitionS
     """
     cur = txn.cursor(db=dbs["records"])
     if not cur.set_range(record_key(pid, st.start)):
+        if st.start < st.next:
+            _gap(topic, partition, st.start, None)
         return None
+    expect = st.start
     while True:
         k = cur.key()
         kpid, base = RECORD.unpack(k)
         if kpid != pid:
+            if expect < st.next:
+                _gap(topic, partition, expect, None)
             return None
+        if base != expect:
+            _gap(topic, partition, expect, base)
         val = cur.value()
         try:
             hdr = _core.batch_header(val)
+            expect = base + hdr[2]
             if hdr[4] >= timestamp_ms:
                 off = _core.first_offset_at_or_after(val, base, timestamp_ms)
                 if off >= 0:
@@ -262,6 +299,8 @@ def find_offset_for_time(txn: Any, dbs: dict[str, Any], pid: int, st: PartitionS
         except CorruptRecordError as exc:
             raise _corrupt(exc, topic, partition, base) from None
         if not cur.next():
+            if expect < st.next:
+                _gap(topic, partition, expect, None)
             return None
 
 

@@ -132,7 +132,8 @@ class Consumer:
         if group is not None:
             from mqlite.groups import GroupMember
 
-            self._group = GroupMember(self, group, **group_options)
+            self._group = GroupMember(self._engine, self._positions, commit, group,
+                                      **group_options)
         elif group_options:
             raise TypeError(f"{', '.join(sorted(group_options))} need group=")
         if topics is not None:
@@ -197,7 +198,8 @@ class Consumer:
 
     def _sync_positions(self, tps: list[TopicPartition]) -> None:
         keep = {tp: self._positions.get(tp, -1) for tp in tps}
-        self._positions = keep
+        self._positions.clear()  # in place: the group member shares this map
+        self._positions.update(keep)
 
     # -- positions -----------------------------------------------------------------------------
     def _resolve_position(self, txn: Any, tp: TopicPartition, st: _log.PartitionState) -> int:

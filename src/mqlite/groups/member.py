@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from mqlite._liveness import MemberLock, members_dir, unlink_quiet
+from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
 from mqlite.assignors import ASSIGNORS, EAGER
 from mqlite.config import (
@@ -51,7 +51,7 @@ from mqlite.config import (
     require_seconds,
     validate_group_name,
 )
-from mqlite.errors import CommitFailedError, GroupError, PartitionNotFoundError
+from mqlite.errors import CommitFailedError, GroupError, MqliteError, PartitionNotFoundError
 from mqlite.groups.state import (
     GroupState,
     MemberState,
@@ -69,11 +69,11 @@ from mqlite.groups.state import (
     store_group,
     write_offset,
 )
-from mqlite.groups.watcher import _notify_group, _Watcher, member_status
+from mqlite.groups.watcher import _notify_group, apply_verdicts, find_suspects, member_status
 from mqlite.types import TopicPartition
 
 if TYPE_CHECKING:
-    from mqlite.consumer import Consumer
+    from mqlite._engine import Engine
 
 __all__ = ["GroupMember"]
 
@@ -84,13 +84,27 @@ _PENDING_WAIT = 0.25
 _IDLE_WAIT = 1.0
 
 
+#: Seconds between two liveness probes of the watcher thread (the one period of
+#: :mod:`mqlite._liveness`, shared with queue groups).
+_WATCH_INTERVAL = PROBE_INTERVAL
+#: A watcher that is not the designated reaper waits this long before reaping itself.
+_REAP_GRACE = 0.1
+
+
 class GroupMember:
     """Group membership of one :class:`~mqlite.Consumer` (internal).
 
     Parameters (forwarded from ``broker.consumer(..., group=...)``)
     ----------
-    consumer
-        The consumer this membership belongs to.
+    engine
+        The engine of the consumer's broker.
+    positions
+        The consumer's position map (next offset per owned partition), shared
+        by reference: the member drops revoked partitions from it, resets new
+        ones to ``-1`` (resolve from the committed offset) and commits from it.
+        The consumer mutates it in place and never replaces it.
+    commit_policy
+        The consumer's ``commit=`` policy: ``"after"``, ``"before"`` or ``"manual"``.
     group
         Group name (same rules as topic names).
     instance_id
@@ -121,7 +135,8 @@ class GroupMember:
         Bad option types or values.
     """
 
-    def __init__(self, consumer: Consumer, group: str, *, instance_id: str | None = None,
+    def __init__(self, engine: Engine, positions: dict[TopicPartition, int],
+                 commit_policy: str, group: str, *, instance_id: str | None = None,
                  assignor: str = "range", session_timeout: float = 10.0,
                  max_poll_interval: float = 300.0,
                  on_assign: Callable[[list[TopicPartition]], Any] | None = None,
@@ -141,8 +156,9 @@ class GroupMember:
         for cb, name in ((on_assign, "on_assign"), (on_revoke, "on_revoke")):
             if cb is not None and not callable(cb):
                 raise TypeError(f"{name} must be callable")
-        self.consumer = consumer
-        self.engine = consumer._engine
+        self.engine = engine
+        self._positions = positions
+        self._commit_policy = commit_policy
         self.env = self.engine.env
         self.group = group
         self.instance_id = instance_id
@@ -320,7 +336,7 @@ class GroupMember:
             if self.owned and self.on_revoke is not None:
                 self.on_revoke(list(self.owned))
         finally:
-            self._leave(commit=self.consumer._commit_policy != "manual")
+            self._leave(commit=self._commit_policy != "manual")
 
     # -- watcher thread ----------------------------------------------------------------------
     def _start_watcher(self) -> None:
@@ -388,7 +404,7 @@ class GroupMember:
         (this member lost them) are dropped from ``msgs``, so they are never
         delivered twice.
         """
-        if self.consumer._commit_policy != "before" or not msgs:
+        if self._commit_policy != "before" or not msgs:
             return
         todo = self._dirty(self.owned)
         if not todo:
@@ -399,15 +415,15 @@ class GroupMember:
         if failed:
             msgs[:] = [m for m in msgs if TopicPartition(m.topic, m.partition) not in failed]
             for tp in failed:
-                self.consumer._positions.pop(tp, None)
+                self._positions.pop(tp, None)
 
     def _dirty(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        pos = self.consumer._positions
+        pos = self._positions
         return {tp: pos[tp] for tp in tps
                 if pos.get(tp, -1) >= 0 and self._committed.get(tp) != pos[tp]}
 
     def _auto_commit(self) -> None:
-        if self.consumer._commit_policy != "after":
+        if self._commit_policy != "after":
             return
         todo = self._dirty(self.owned)
         if todo:
@@ -424,14 +440,14 @@ class GroupMember:
                 self.on_revoke(list(owned))
         finally:
             for tp in owned:
-                self.consumer._positions.pop(tp, None)
+                self._positions.pop(tp, None)
             self._committed.clear()
             self._drop_lock()
             self.member_id = None
             self._raw = None
 
     def _sync(self, state: GroupState | None) -> None:
-        policy = self.consumer._commit_policy
+        policy = self._commit_policy
         for _ in range(16):
             if state is None or not self._is_mine(state):
                 self._lost()
@@ -473,14 +489,14 @@ class GroupMember:
                 if st2 is None or not self._is_mine(st2):
                     self.owned = sorted(owned - release)
                     for tp in release:
-                        self.consumer._positions.pop(tp, None)
+                        self._positions.pop(tp, None)
                     state = st2
                     continue
                 st = st2
                 if release or orphans or free:
                     _notify_group(self.engine, st)
             for tp in release:
-                self.consumer._positions.pop(tp, None)
+                self._positions.pop(tp, None)
                 self._committed.pop(tp, None)
             kept = owned - release
             mine_now = {_tp_of(k) for k, v in st.owners.items() if v == me}
@@ -488,7 +504,7 @@ class GroupMember:
             new_owned = (kept & mine_now) | (mine_now & target_now)
             acquired = sorted(new_owned - kept)
             for tp in acquired:
-                self.consumer._positions[tp] = -1
+                self._positions[tp] = -1
                 self._committed.pop(tp, None)
             self.owned = sorted(new_owned)
             self.pending = bool(target_now - new_owned)
@@ -551,7 +567,7 @@ class GroupMember:
 
         self._check_fork()
         if offsets is None:
-            pos = self.consumer._positions
+            pos = self._positions
             todo = {tp: pos[tp] for tp in self.owned if pos.get(tp, -1) >= 0}
         elif isinstance(offsets, Message):
             todo = {TopicPartition(offsets.topic, offsets.partition): offsets.offset + 1}
@@ -620,3 +636,83 @@ class GroupMember:
         for tp, off in todo.items():
             write_offset(txn, self.env.dbs, self.group, self._pid_of(txn, tp),
                          OffsetValue(off, me, state.generation, now))
+
+
+class _Watcher:
+    """The body of a member's watcher thread: heartbeat, probe peers, reap.
+
+    Probing is cheap: one read transaction, and when the group record is
+    unchanged no decoding; peers are probed through the liveness service's
+    :class:`~mqlite._liveness.Prober` (one cached descriptor per peer lock
+    file: one ``flock`` and one ``fstat`` per probe), which also sleeps on the
+    peers' ``pidfd``s, so a crash wakes the watcher at once instead of at the
+    next ``PROBE_INTERVAL`` tick.  Only the designated reaper (the alive member
+    with the smallest id) reaps at once; the others wait ``_REAP_GRACE`` first,
+    so a crash does not queue every member on the write lock.
+    """
+
+    def __init__(self, member: GroupMember) -> None:
+        self.m = member
+        self.raw: bytes | None = None
+        self.state: GroupState | None = None
+        self.prober = Prober(members_dir(member.env.path))
+        self.suspect_since: dict[str, float] = {}
+        self.last_error: Exception | None = None  # kept for debugging; the loop goes on
+
+    def close(self) -> None:
+        self.prober.close()
+
+    def run(self) -> None:
+        m = self.m
+        while not m._stop.is_set():
+            if os.getpid() != m._pid or m.engine.closed:
+                return
+            t = time.monotonic()
+            if t - m._last_beat >= m._beat_every and t - m._last_poll < m.max_poll_interval:
+                m._heartbeat()
+            try:
+                self.tick()
+            except (MqliteError, OSError):
+                pass  # transient (engine closing, file races): the next tick retries
+            except Exception as exc:  # noqa: BLE001 - a dead watcher would stop liveness
+                self.last_error = exc
+            self.prober.wait(_WATCH_INTERVAL)
+
+    def _probe(self, ms: MemberState, now_ms: int) -> str:
+        return self.prober.status(ms.lock, ms.session_timeout_ms, now_ms)
+
+    def _track(self, state: GroupState) -> None:
+        self.prober.track((ms.lock for ms in state.members.values()),
+                          (ms.pid for ms in state.members.values() if not ms.departed_ms))
+
+    def tick(self) -> None:
+        m = self.m
+        env = m.env
+        with env.read_txn() as txn:
+            raw = _raw_group(txn, env.dbs, m.group)
+        if raw is None:
+            return
+        if raw != self.raw:
+            self.state = _decode_group(m.group, raw)
+            self.raw = raw
+            if self.state is not None:
+                self._track(self.state)
+        state = self.state
+        if state is None:
+            return
+        me = m.member_id
+        verdicts = find_suspects(m.engine, state, _now_ms(), exclude=me, probe=self._probe)
+        now = time.monotonic()
+        if not verdicts:
+            self.suspect_since.clear()
+            return
+        for mid in list(self.suspect_since):
+            if mid not in verdicts:
+                del self.suspect_since[mid]
+        first = min(self.suspect_since.setdefault(mid, now) for mid in verdicts)
+        healthy = [mid for mid, ms in state.members.items()
+                   if mid not in verdicts and not ms.departed_ms]
+        designated = me is not None and (not healthy or me == min(healthy))
+        if (designated or now - first >= _REAP_GRACE) and apply_verdicts(
+                m.engine, m.group, verdicts):
+            self.raw = None  # re-read (and re-track) next tick

@@ -41,6 +41,7 @@ from mqlite._storage.env import Env
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_I64,
     TopicConfig,
     require_int,
     validate_topic_name,
@@ -462,7 +463,7 @@ class Engine:
         if type(topic) is not str:
             validate_topic_name(topic)
         ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
-            timestamp_ms, "timestamp_ms", minimum=0)
+            timestamp_ms, "timestamp_ms", minimum=0, maximum=MAX_I64)
         env = self.env
         if self._closed:
             raise ClosedError("this broker handle is closed; call mqlite.open() again")
@@ -564,8 +565,10 @@ class Engine:
         ts = now_ms() if timestamp_ms is None else timestamp_ms
         if isinstance(ts, bool) or not isinstance(ts, (int, Sequence)):
             raise TypeError("timestamp_ms must be an int or a sequence of ints")
-        if ts < 0 if isinstance(ts, int) else any(type(t) is int and t < 0 for t in ts):
-            raise ValueError("timestamp_ms must be >= 0 (UNIX time in milliseconds)")
+        if (not 0 <= ts <= MAX_I64 if isinstance(ts, int)
+                else any(type(t) is int and not 0 <= t <= MAX_I64 for t in ts)):
+            raise ValueError("timestamp_ms must be a UNIX time in milliseconds, "
+                             f"0 to {MAX_I64}")
         env = self.live_env()
         rec = self.topic_cached(topic)
         n = len(rec.pids)
@@ -652,7 +655,7 @@ class Engine:
              max_records: int = 500) -> list[_core.Message]:
         """Read up to ``max_records`` messages of one partition from ``offset`` (no group)."""
         validate_topic_name(topic)
-        require_int(offset, "offset", minimum=0)
+        require_int(offset, "offset", minimum=0, maximum=MAX_I64)
         require_int(max_records, "max_records", minimum=1)
         env = self.live_env()
         out: list[_core.Message] = []

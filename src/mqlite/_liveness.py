@@ -80,15 +80,21 @@ def ensure_members_dir(broker_path: str, mode: int) -> str:
     Raises
     ------
     GroupError
-        The directory is a symlink.
+        The directory is a symlink, is not a directory, or cannot be created.
     """
     d = members_dir(broker_path)
     try:
         os.mkdir(d, mode)
     except FileExistsError:
         pass
+    except OSError as exc:
+        raise GroupError(f"cannot create {d} ({exc.strerror}); check the broker "
+                         "directory's permissions and free space") from exc
     if os.path.islink(d):
         raise GroupError(f"{d} is a symlink; refusing to use it")
+    if not os.path.isdir(d):
+        raise GroupError(f"{d} is not a directory; remove it (it holds only liveness "
+                         "lock files) and try again")
     return d
 
 

@@ -76,6 +76,10 @@ MAX_VISIBILITY_TIMEOUT_S = 43_200.0
 MAX_DELAY_S = 10 * 365.25 * 86_400
 #: ``linger_ms`` (milliseconds): 1 minute.
 MAX_LINGER_MS = 60_000
+#: Largest value of a stored 64-bit signed count or duration (retention, offsets).
+MAX_I64 = (1 << 63) - 1
+#: Largest map: 2**47 bytes (128 TiB) is the x86-64 user address space.
+MAX_MAP_SIZE = 1 << 47
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -256,12 +260,15 @@ class TopicConfig:
 
     def __post_init__(self) -> None:
         require_int(self.partitions, "partitions", minimum=1, maximum=MAX_PARTITIONS)
-        require_int(self.retention_ms, "retention_ms", minimum=1, allow_none=True)
-        require_int(self.retention_bytes, "retention_bytes", minimum=1, allow_none=True)
-        require_int(self.retention_messages, "retention_messages", minimum=1, allow_none=True)
+        require_int(self.retention_ms, "retention_ms", minimum=1, maximum=MAX_I64,
+                    allow_none=True)
+        require_int(self.retention_bytes, "retention_bytes", minimum=1, maximum=MAX_I64,
+                    allow_none=True)
+        require_int(self.retention_messages, "retention_messages", minimum=1, maximum=MAX_I64,
+                    allow_none=True)
         require_int(self.max_message_bytes, "max_message_bytes", minimum=1,
                     maximum=1 << 30)
-        require_int(self.dedup_window_ms, "dedup_window_ms", minimum=0)
+        require_int(self.dedup_window_ms, "dedup_window_ms", minimum=0, maximum=MAX_I64)
         if self.cleanup not in ("delete", "consumed"):
             raise ValueError(f"cleanup must be 'delete' or 'consumed', got {self.cleanup!r}")
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self, overload
 from mqlite import _core, scheduler
 from mqlite._lifecycle import UseGuard, guarded
 from mqlite._storage import log as _log
-from mqlite.config import require_int, require_positive_number, validate_topic_name
+from mqlite.config import MAX_I64, require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
     ClosedError,
     OffsetOutOfRangeError,
@@ -239,7 +239,7 @@ class Consumer:
         ``auto_offset_reset`` at the next poll.
         """
         tp = _tp(tp)
-        require_int(offset, "offset", minimum=0)
+        require_int(offset, "offset", minimum=0, maximum=MAX_I64)
         self._check_assigned(tp)
         self._positions[tp] = offset
 

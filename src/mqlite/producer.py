@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 from mqlite._engine import TopicRecord, now_ms
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.config import (
+    MAX_I64,
     MAX_LINGER_MS,
     require_int,
     require_milliseconds,
@@ -282,7 +283,7 @@ class Producer:
         else:
             part = self._engine.choose_partition(rec, key, partition)
         ts = now_ms() if timestamp_ms is None else require_int(
-            timestamp_ms, "timestamp_ms", minimum=0)
+            timestamp_ms, "timestamp_ms", minimum=0, maximum=MAX_I64)
         dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
         fut: SendFuture[RecordMetadata] = SendFuture()
         item = SendItem(topic, value, key, normalize_headers(headers), part, ts, dkey, fut,

@@ -45,7 +45,7 @@ from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import exchanges as _ex
 from mqlite._storage import log as _log
 from mqlite._storage.exchanges import Binding, ExchangeRecord
-from mqlite.config import require_int, validate_topic_name
+from mqlite.config import MAX_I64, require_int, validate_topic_name
 from mqlite.errors import (
     ExchangeExistsError,
     ExchangeNotFoundError,
@@ -319,7 +319,7 @@ def publish(engine: Engine, exchange: str, routing_key: str, value: Any, *, key:
     if isinstance(value, str):
         raise TypeError("value must be bytes-like, not str; encode it first")
     ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
-        timestamp_ms, "timestamp_ms", minimum=0)
+        timestamp_ms, "timestamp_ms", minimum=0, maximum=MAX_I64)
     env = engine.live_env()
     txn = env.write_txn()
     try:

@@ -22,6 +22,7 @@ from mqlite._storage import log as _log
 from mqlite._storage import schedule as _schedule
 from mqlite.config import (
     MAX_DELAY_S,
+    MAX_I64,
     require_int,
     require_seconds,
     require_unix_time,
@@ -83,7 +84,7 @@ def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
     rec = engine.topic_fresh(topic)
     if partition is not None:
         engine.choose_partition(rec, key, partition)
-    ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms", minimum=0)
+    ts = -1 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms", minimum=0, maximum=MAX_I64)
     hdrs = normalize_headers(headers)
     val = None if value is None else _as_bytes(value, "value")
     kb = None if key is None else _as_bytes(key, "key")

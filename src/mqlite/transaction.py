@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite._storage import processed as _processed
-from mqlite.config import require_int, validate_topic_name
+from mqlite.config import MAX_I64, require_int, validate_topic_name
 from mqlite.errors import AlreadyProcessedError, ClosedError
 from mqlite.types import RecordMetadata, TopicPartition
 
@@ -169,7 +169,7 @@ class Transaction:
         rec = self._engine.topic_fresh(topic)
         part = self._engine.choose_partition(rec, key, partition)
         ts = now_ms() if timestamp_ms is None else require_int(
-            timestamp_ms, "timestamp_ms", minimum=0)
+            timestamp_ms, "timestamp_ms", minimum=0, maximum=MAX_I64)
         fut: Future[RecordMetadata] = Future()
         dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
         self._items.append(SendItem(topic, value, key, normalize_headers(headers), part, ts,

@@ -43,7 +43,7 @@ from typing import Any
 import lmdb
 
 from mqlite import _core
-from mqlite.config import DEFAULT_MAP_SIZE, DURABILITY_MODES, HIGH_WATER_FRACTION
+from mqlite.config import DEFAULT_MAP_SIZE, DURABILITY_MODES, HIGH_WATER_FRACTION, MAX_MAP_SIZE
 from mqlite.errors import (
     BrokerDirectoryError,
     ClosedError,
@@ -968,8 +968,9 @@ def acquire_env(path: str | os.PathLike[str], *, durability: str = "sync",
     if map_size is not None:
         if not isinstance(map_size, int) or isinstance(map_size, bool):
             raise TypeError("map_size must be int")
-        if map_size < 1 << 20:
-            raise ValueError("map_size must be at least 1 MiB")
+        if not 1 << 20 <= map_size <= MAX_MAP_SIZE:
+            raise ValueError(f"map_size is in bytes and must be 1 MiB to {MAX_MAP_SIZE} "
+                             f"(128 TiB), got {map_size}")
     spath = os.path.abspath(os.fspath(path))
     st = secure_directory(spath, create=create, shared_group=shared_group)
     key = (st.st_dev, st.st_ino)

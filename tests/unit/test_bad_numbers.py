@@ -1,0 +1,90 @@
+"""Issue 10, defects 10 and 11: hostile numbers get typed errors; closing a broker frees fds.
+
+Every one of these used to escape as ``OverflowError``, ``struct.error``,
+``AttributeError`` or a raw ``NotADirectoryError``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import mqlite
+
+HUGE = 2**64
+INF = float("inf")
+
+
+def _calls(b: mqlite.Broker, d: Path) -> dict[str, Callable[[], object]]:
+    q = b.queue("t", "w")
+    b.send("t", b"x")
+    (delivery,) = q.receive(1, timeout=5)
+    return {
+        "open map_size": lambda: mqlite.open(d / "other", map_size=HUGE),
+        "retention_ms": lambda: b.create_topic("u", retention_ms=HUGE),
+        "retention_bytes": lambda: b.create_topic("u", retention_bytes=HUGE),
+        "dedup_window_ms": lambda: b.create_topic("u", dedup_window_ms=HUGE),
+        "read offset": lambda: b.read("t", 0, HUGE),
+        "send timestamp": lambda: b.send("t", b"x", timestamp_ms=HUGE),
+        "send_batch timestamp": lambda: b.send_batch("t", [b"x"], timestamp_ms=HUGE),
+        "visibility_timeout inf": lambda: b.queue("t", "w2", visibility_timeout=INF),
+        "session_timeout inf": lambda: b.consumer("t", group="g", session_timeout=INF),
+        "linger_ms inf": lambda: b.producer(linger_ms=INF),
+        "claim ttl inf": lambda: b.claim("e", ttl=INF),
+        "receive visibility 1e300": lambda: q.receive(1, timeout=0, visibility_timeout=1e300),
+        "nack delay 1e300": lambda: delivery.nack(delay=1e300),
+        "extend 1e300": lambda: delivery.extend(1e300),
+        "delay inf": lambda: b.send("t", b"x", delay=INF),
+        "deliver_at 1e300": lambda: b.send("t", b"x", deliver_at=1e300),
+    }
+
+
+def test_hostile_numbers_raise_value_or_type_errors(tmp_broker_dir: Path) -> None:
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        for name, call in _calls(b, tmp_broker_dir.parent).items():
+            with pytest.raises((ValueError, TypeError)) as info:
+                call()
+            assert not isinstance(info.value, OverflowError), name
+        with pytest.raises(TypeError, match="group"):
+            b.committed_offsets(None, "t")  # type: ignore[arg-type]
+
+
+def test_members_path_that_is_a_file_is_a_typed_error(tmp_broker_dir: Path) -> None:
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+    members = tmp_broker_dir / "members"
+    if members.is_dir():
+        for f in members.iterdir():
+            f.unlink()
+        members.rmdir()
+    members.write_bytes(b"")
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        with pytest.raises(mqlite.GroupError, match="not a directory"):
+            b.consumer("t", group="g")
+        with pytest.raises(mqlite.GroupError, match="not a directory"):
+            b.queue("t", "w")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_closing_only_the_broker_frees_every_consumer_lock(tmp_broker_dir: Path) -> None:
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+    def cycle() -> None:
+        b = mqlite.open(tmp_broker_dir, durability="none")
+        b.consumer("t", group="g").poll(timeout=0)
+        b.queue("t", "w").receive(1, timeout=0)
+        b.close()  # the consumer and the queue are never closed by hand
+    cycle()
+    before = _open_fds()
+    for _ in range(10):
+        cycle()
+    assert _open_fds() <= before
+    assert not list((tmp_broker_dir / "members").glob("*.lock"))  # lock files removed too

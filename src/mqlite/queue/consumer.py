@@ -347,6 +347,7 @@ class Queue:
         self._closed = True
         self._liveness.stop()
         if os.getpid() != self._pid or self._engine.closed:
+            self._liveness.drop_lock()  # a no-op in a forked child (closed at fork)
             return
         try:
             with self._engine.write() as txn:

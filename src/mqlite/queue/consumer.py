@@ -142,9 +142,8 @@ class Queue:
         self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
         self._liveness = QueueLiveness(self)
         self._register()
-        self._liveness.reap_now()
-        self._liveness.start()
         try:
+            self._liveness.start()  # reaps once first (a crash before we joined)
             engine.adopt(self)  # broker.close() closes this queue consumer
         except BaseException:
             self.close()

@@ -8,7 +8,7 @@ thread in every live queue consumer of the group probes the others' locks
 every ``PROBE_INTERVAL`` seconds (and at once when a peer's ``pidfd`` reports
 its exit), releasing a dead owner's pending entries at once (the kernel drops
 a lock when its process dies).  A consumer also reaps once, synchronously,
-when it starts.
+when it starts (which also arms its pidfds).
 
 Queue consumers do not heartbeat, so they never expire: a consumer that is
 alive but hung keeps its lock, and its messages come back only when their
@@ -70,11 +70,27 @@ class QueueLiveness:
 
     # -- watcher thread ----------------------------------------------------------------
     def start(self) -> None:
-        """Start the watcher thread (after :meth:`reap_now`)."""
-        self._prober = Prober(members_dir(self._q._env.path))
-        self._thread = threading.Thread(target=self._watch, args=(self._prober,), daemon=True,
-                                        name=f"mqlite-queue-{self._q.group}")
-        self._thread.start()
+        """Reap once, synchronously, then start the watcher thread.
+
+        The synchronous reap gives a consumer started after a crash the dead
+        consumer's deliveries on its first ``receive``, not a watcher period
+        later, and it arms the watcher's pidfds for the peers present now, so
+        one that dies right after this returns wakes the watcher at once.
+        """
+        prober = Prober(members_dir(self._q._env.path))
+        try:
+            try:
+                self._reap(prober)
+            except (MqliteError, OSError):
+                pass  # the watcher thread tries again every PROBE_INTERVAL
+            self._prober = prober
+            self._thread = threading.Thread(target=self._watch, args=(prober,), daemon=True,
+                                            name=f"mqlite-queue-{self._q.group}")
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            prober.close()
+            raise
 
     def stop(self) -> None:
         """Stop the watcher thread and wait (up to 1 s) for it; called once, by close."""
@@ -110,17 +126,6 @@ class QueueLiveness:
         "alive" and its messages wait for their visibility timeout.
         """
         return prober.status(lock, None, 0) != "dead"
-
-    def reap_now(self) -> None:
-        """Reap once, synchronously: a consumer started after a crash gets the dead
-        consumer's deliveries on its first ``receive``, not a watcher period later."""
-        prober = Prober(members_dir(self._q._env.path))
-        try:
-            self._reap(prober)
-        except (MqliteError, OSError):
-            pass  # the watcher thread tries again every PROBE_INTERVAL
-        finally:
-            prober.close()
 
     def _reap(self, prober: Prober) -> bool:
         """Release the entries of dead consumers of this group; True if any died.

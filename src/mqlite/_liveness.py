@@ -22,9 +22,8 @@ Contract
   differ across pid namespaces: only the lock probe decides.
 * **fork().**  ``flock`` belongs to the open file description, which a forked
   child shares: a child keeping the descriptor would keep a dead parent
-  "alive".  An at-fork hook closes every :class:`MemberLock` (and every
-  object registered with :func:`register_lock_holder`) in the child; the
-  parent's lock is unaffected while the parent keeps its own descriptor.
+  "alive".  An at-fork hook closes every :class:`MemberLock` in the child;
+  the parent's lock is unaffected while the parent keeps its own descriptor.
   A child never unlinks its parent's lock file.
 
 Thread safety: a :class:`MemberLock` is used by its owner and its owner's
@@ -41,7 +40,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 from mqlite.errors import GroupError
 
@@ -55,7 +54,6 @@ __all__ = [
     "lock_pid",
     "members_dir",
     "probe_alive",
-    "register_lock_holder",
     "status",
     "unlink_quiet",
 ]
@@ -365,28 +363,12 @@ class Prober:
 
 # -- fork --------------------------------------------------------------------------------------
 
-_holders: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def register_lock_holder(obj: Any) -> None:
-    """Have ``obj._lock_fd`` closed (and set to -1) in forked children.
-
-    For holders that keep a raw descriptor instead of a :class:`MemberLock`
-    (which registers itself).
-    """
-    _holders.add(obj)
+_holders: weakref.WeakSet[MemberLock] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     for h in list(_holders):
-        if isinstance(h, MemberLock):
-            h._forget_in_child()
-        elif getattr(h, "_lock_fd", -1) >= 0:
-            try:
-                os.close(h._lock_fd)
-            except OSError:
-                pass
-            h._lock_fd = -1
+        h._forget_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -58,9 +58,13 @@ __all__ = [
     "unlink_quiet",
 ]
 
-#: Seconds between two probes of a watcher: a crash whose pidfd wake-up is lost is
-#: still noticed within this.  One period for stream groups and queues.
-PROBE_INTERVAL = 0.02
+#: Seconds between two probes of a watcher: a crash whose pidfd wake-up is lost (or
+#: whose pidfd cannot be opened) is still noticed within this.  One period for stream
+#: groups and queues.  A crash normally wakes the watcher through the pidfd at once,
+#: so the period is a CPU trade: two idle consumers in one process used about 1.8-2% of
+#: a core at 20 ms and 0.6-0.8% at 50 ms, nearly all of it the timed wake-ups
+#: (benchmarks/bench_idle_liveness.py, docs/decisions.md D20).
+PROBE_INTERVAL = 0.05
 
 Verdict = Literal["alive", "dead", "expired"]
 

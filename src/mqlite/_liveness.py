@@ -22,9 +22,8 @@ Contract
   differ across pid namespaces: only the lock probe decides.
 * **fork().**  ``flock`` belongs to the open file description, which a forked
   child shares: a child keeping the descriptor would keep a dead parent
-  "alive".  An at-fork hook closes every :class:`MemberLock` (and every
-  object registered with :func:`register_lock_holder`) in the child; the
-  parent's lock is unaffected while the parent keeps its own descriptor.
+  "alive".  An at-fork hook closes every :class:`MemberLock` in the child;
+  the parent's lock is unaffected while the parent keeps its own descriptor.
   A child never unlinks its parent's lock file.
 
 Thread safety: a :class:`MemberLock` is used by its owner and its owner's
@@ -41,7 +40,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 from mqlite.errors import GroupError
 
@@ -55,14 +54,17 @@ __all__ = [
     "lock_pid",
     "members_dir",
     "probe_alive",
-    "register_lock_holder",
     "status",
     "unlink_quiet",
 ]
 
-#: Seconds between two probes of a watcher: a crash whose pidfd wake-up is lost is
-#: still noticed within this.  One period for stream groups and queues.
-PROBE_INTERVAL = 0.02
+#: Seconds between two probes of a watcher: a crash whose pidfd wake-up is lost (or
+#: whose pidfd cannot be opened) is still noticed within this.  One period for stream
+#: groups and queues.  A crash normally wakes the watcher through the pidfd at once,
+#: so the period is a CPU trade: two idle consumers in one process used about 1.8-2% of
+#: a core at 20 ms and 0.6-0.8% at 50 ms, nearly all of it the timed wake-ups
+#: (benchmarks/bench_idle_liveness.py, docs/decisions.md D20).
+PROBE_INTERVAL = 0.05
 
 Verdict = Literal["alive", "dead", "expired"]
 
@@ -371,28 +373,12 @@ class Prober:
 
 # -- fork --------------------------------------------------------------------------------------
 
-_holders: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def register_lock_holder(obj: Any) -> None:
-    """Have ``obj._lock_fd`` closed (and set to -1) in forked children.
-
-    For holders that keep a raw descriptor instead of a :class:`MemberLock`
-    (which registers itself).
-    """
-    _holders.add(obj)
+_holders: weakref.WeakSet[MemberLock] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     for h in list(_holders):
-        if isinstance(h, MemberLock):
-            h._forget_in_child()
-        elif getattr(h, "_lock_fd", -1) >= 0:
-            try:
-                os.close(h._lock_fd)
-            except OSError:
-                pass
-            h._lock_fd = -1
+        h._forget_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -8,6 +8,7 @@ teardown, whatever happened.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import mqlite
+import mqlite.queue.liveness as queue_liveness
 
 CHILD = str(Path(__file__).with_name("_procs_queue.py"))
 
@@ -182,6 +184,38 @@ def test_sigkilled_holder_messages_redelivered_within_1s(tmp_broker_dir, tmp_pat
     assert latency < 1.0, f"held messages redelivered {latency:.3f} s after SIGKILL"
     acked = [r[1] for r in recs if r[0] == "ack"]
     assert sorted(acked, key=int) == [str(i) for i in range(n)]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open (Linux)")
+def test_sigkilled_holder_is_noticed_through_its_pidfd(tmp_broker_dir, tmp_path, procs,
+                                                       monkeypatch):
+    """The periodic probe is pushed out to an hour, so only the holder's pidfd can wake the
+    survivor's watcher: the survivor still gets the dead one's messages, and the dead one's
+    lock file is removed."""
+    monkeypatch.setattr(queue_liveness, "PROBE_INTERVAL", 3600.0)
+    members = tmp_broker_dir / "members"
+    with mqlite.open(tmp_broker_dir, durability="none") as broker:
+        broker.create_topic("jobs", partitions=1)
+        broker.send_batch("jobs", [str(i).encode() for i in range(10)])
+        holder = procs.start("hold", dir=str(tmp_broker_dir), topic="jobs", group="workers",
+                             n=10, out=str(tmp_path / "held.json"))
+        procs.wait_line(holder, "holding")
+        (dead_lock,) = os.listdir(members)
+        assert dead_lock.startswith("q-") and f"-{holder.pid}-" in dead_lock
+        # Its constructor's reap finds the holder alive and arms the holder's pidfd.
+        q = broker.queue("jobs", group="workers", visibility_timeout=600)
+        assert q.receive(10, timeout=0) == []  # held for 60 s by the holder
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        got: list[mqlite.Delivery] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += q.receive(10 - len(got), timeout=max(0.0, deadline - time.monotonic()))
+        assert sorted(int(d.value) for d in got) == list(range(10))
+        assert all(d.delivery_count == 2 for d in got)
+        q.ack(got)
+        q.close()  # joins the watcher thread: its reap, unlink included, is over
+    assert not (members / dead_lock).exists()
 
 
 def test_poison_message_dead_lettered_across_processes_then_redriven(tmp_broker_dir, tmp_path,

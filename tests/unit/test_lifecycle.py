@@ -105,6 +105,27 @@ def test_leaving_with_block_releases_queue_holds(open_broker, tmp_broker_dir):
     assert [d.delivery_count for d in got] == [2, 2]
 
 
+def test_queue_whose_broker_closes_while_it_starts_leaves_no_lock_file(open_broker,
+                                                                       tmp_broker_dir,
+                                                                       monkeypatch):
+    """The broker closes between the queue's join and its adoption: the queue closes itself
+    with the engine already closed, and still removes its lock file."""
+    b = open_broker(durability="none")
+    b.create_topic("t")
+    engine_type = type(b._engine)
+    adopt = engine_type.adopt
+
+    def close_then_adopt(self: Any, child: Any) -> None:
+        b.close()
+        adopt(self, child)  # raises ClosedError: the handle is closed
+
+    monkeypatch.setattr(engine_type, "adopt", close_then_adopt)
+    with pytest.raises(mqlite.ClosedError):
+        b.queue("t", "g")
+    assert b._engine.closed
+    assert os.listdir(tmp_broker_dir / "members") == []
+
+
 def test_close_ends_a_poll_blocked_in_another_thread(broker):
     broker.create_topic("t")
     c = broker.consumer("t", group="g")

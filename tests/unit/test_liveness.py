@@ -30,33 +30,23 @@ print(lock.name, flush=True)
 sys.stdin.read()
 """
 
-# Holds a MemberLock and a raw registered lock, forks; the child reports whether it
-# still holds either, then both block.  Prints: "<lock name> <raw name> <child pid> <held>".
+# Holds a MemberLock, forks; the child reports whether it still holds it, then both
+# block.  Prints: "<lock name> <child pid> <held>".
 _FORKER = """
-import fcntl, os, sys
-from mqlite._liveness import MemberLock, ensure_members_dir, register_lock_holder
+import os, sys
+from mqlite._liveness import MemberLock
 lock = MemberLock.create(sys.argv[1], "f", file_mode=0o600, dir_mode=0o700)
-
-class Raw:  # a holder with a raw descriptor, as queue.py registers itself
-    pass
-
-raw = Raw()
-raw.name = "raw-%d-x.lock" % os.getpid()
-raw._lock_fd = os.open(os.path.join(ensure_members_dir(sys.argv[1], 0o700), raw.name),
-                       os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-fcntl.flock(raw._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-register_lock_holder(raw)
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
     os.close(r)
-    os.write(w, b"%d" % (lock.held or raw._lock_fd >= 0))
+    os.write(w, b"%d" % lock.held)
     os.close(w)
     sys.stdin.read()
     os._exit(0)
 os.close(w)
 held = os.read(r, 16).decode()
-print(lock.name, raw.name, pid, held, flush=True)
+print(lock.name, pid, held, flush=True)
 sys.stdin.read()
 """
 
@@ -186,18 +176,16 @@ def test_forked_child_does_not_keep_the_parents_lock_alive(tmp_path) -> None:
     assert proc.stdout is not None and proc.stdin is not None
     child = 0
     try:
-        name, raw, child_s, held = proc.stdout.readline().split()
+        name, child_s, held = proc.stdout.readline().split()
         child = int(child_s)
         assert held == "0", "the forked child still held an inherited lock"
         d = lv.members_dir(str(tmp_path))
         assert lv.probe_alive(os.path.join(d, name))
-        assert lv.probe_alive(os.path.join(d, raw))
         proc.kill()
         proc.wait()
         os.kill(child, 0)  # the child is still running ...
-        # ... and yet the parent's locks are free: the at-fork hook closed them there.
+        # ... and yet the parent's lock is free: the at-fork hook closed it there.
         assert lv.status(os.path.join(d, name), 60_000, _now_ms()) == "dead"
-        assert lv.status(os.path.join(d, raw), None, _now_ms()) == "dead"
     finally:
         if proc.poll() is None:
             proc.kill()

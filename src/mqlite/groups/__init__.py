@@ -22,14 +22,13 @@ By concern, each module opening with its contract:
 * :mod:`~mqlite.groups.admin`: ``describe_group``, ``list_groups``,
   ``committed_offsets`` (read-only).
 
-This package re-exports every name callers used from the former
-``groups.py``.
+This package re-exports the names callers used from the former
+``groups.py``, except the members-directory helpers and the at-fork registry
+that only the queue imported from it: the queue now uses
+:mod:`mqlite._liveness` itself.
 """
 
-from mqlite import _liveness
-from mqlite._liveness import members_dir as members_dir
 from mqlite._liveness import probe_alive as probe_alive
-from mqlite._liveness import register_lock_holder as register_lock_holder
 from mqlite.groups.admin import GroupDescription as GroupDescription
 from mqlite.groups.admin import MemberInfo as MemberInfo
 from mqlite.groups.admin import PartitionLag as PartitionLag
@@ -56,11 +55,6 @@ from mqlite.groups.state import write_offset as write_offset
 from mqlite.groups.watcher import apply_verdicts as apply_verdicts
 from mqlite.groups.watcher import find_suspects as find_suspects
 from mqlite.groups.watcher import member_status as member_status
-
-# Names queue.py imports from here (kept until it imports mqlite._liveness itself).
-_ensure_members_dir = _liveness.ensure_members_dir
-_unlink_quiet = _liveness.unlink_quiet
-_lock_held = _liveness.lock_held
 
 __all__ = [
     "GroupDescription",

@@ -6,7 +6,7 @@ Liveness comes from the kernel, through the shared liveness service
 (:mod:`mqlite._liveness`): each member holds an exclusive ``flock`` on its own
 file under ``<broker>/members/``; the kernel drops it when the process dies.
 Every member runs a watcher thread (:class:`_Watcher`) that probes the other
-members' locks every ``PROBE_INTERVAL`` (20 ms; and at once when a peer's
+members' locks every ``PROBE_INTERVAL`` (50 ms; and at once when a peer's
 ``pidfd`` reports its exit), so a crashed member is removed, and its
 partitions granted to their new owners, within milliseconds.  The watcher
 also refreshes its own lock file's mtime (the heartbeat; no LMDB write, so

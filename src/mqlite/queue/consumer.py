@@ -142,9 +142,8 @@ class Queue:
         self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
         self._liveness = QueueLiveness(self)
         self._register()
-        self._liveness.reap_now()
-        self._liveness.start()
         try:
+            self._liveness.start()  # reaps once first (a crash before we joined)
             engine.adopt(self)  # broker.close() closes this queue consumer
         except BaseException:
             self.close()
@@ -347,6 +346,7 @@ class Queue:
         self._closed = True
         self._liveness.stop()
         if os.getpid() != self._pid or self._engine.closed:
+            self._liveness.drop_lock()  # a no-op in a forked child (closed at fork)
             return
         try:
             with self._engine.write() as txn:

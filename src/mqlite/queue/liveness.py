@@ -1,34 +1,36 @@
-"""Liveness of a queue consumer: its lock file, the watcher thread, probe and reap.
+"""Liveness of a queue consumer: its member lock, the watcher thread, probe and reap.
 
-Owner liveness is the kernel's: each :class:`~mqlite.Queue` holds a ``flock`` on
-a file ``members/q-<owner id>-<pid>.lock`` for its whole life; a watcher thread
-in every live queue consumer of the group probes the others' locks every
-``_WATCH_INTERVAL`` seconds and releases a dead owner's pending entries at once
-(the kernel drops a lock when its process dies).  A consumer also reaps once,
-synchronously, when it starts.
+Owner liveness is the kernel's, through the broker's one liveness service
+(:mod:`mqlite._liveness`, shared with stream groups): each
+:class:`~mqlite.Queue` holds a :class:`~mqlite._liveness.MemberLock` on
+``members/q-<owner id>-<pid>-<random>.lock`` for its whole life, and a watcher
+thread in every live queue consumer of the group probes the others' locks
+every ``PROBE_INTERVAL`` seconds (and at once when a peer's ``pidfd`` reports
+its exit), releasing a dead owner's pending entries at once (the kernel drops
+a lock when its process dies).  A consumer also reaps once, synchronously,
+when it starts (which also arms its pidfds).
 
-Everything about liveness is in :class:`QueueLiveness`, so that the queue can
-move onto the broker's shared liveness service (``mqlite._liveness``) by
-replacing this one class.
+Queue consumers do not heartbeat, so they never expire: a consumer that is
+alive but hung keeps its lock, and its messages come back only when their
+visibility timeout passes.
 
-Callers: :class:`~mqlite.queue.consumer.Queue` (constructor and close); the
-at-fork hook of ``groups`` closes the lock descriptor in forked children.
+Callers: :class:`~mqlite.queue.consumer.Queue` (constructor and close).  The
+liveness service's at-fork hook closes the lock in forked children, so a
+child never keeps a dead parent "alive".
 Changes: the lock file; the queue group's record (dead consumers removed) and
 the pending entries of dead consumers (released: visible now, no owner).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import threading
 from typing import TYPE_CHECKING
 
+from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, lock_pid, members_dir, unlink_quiet
 from mqlite._storage import pending as _pending
 from mqlite._storage.pending import NOBODY
 from mqlite.errors import MqliteError
-from mqlite.groups import _ensure_members_dir, _unlink_quiet, members_dir, register_lock_holder
 from mqlite.queue.policy import load_meta
 
 if TYPE_CHECKING:
@@ -36,21 +38,18 @@ if TYPE_CHECKING:
 
 __all__ = ["ERROR_OWNER_DIED", "QueueLiveness"]
 
-_WATCH_INTERVAL = 0.05  # liveness probe period: dead owners are noticed within this
 ERROR_OWNER_DIED = "consumer died"
 
 
 class QueueLiveness:
-    """The lock file and watcher thread of one :class:`~mqlite.Queue`."""
+    """The member lock and watcher thread of one :class:`~mqlite.Queue`."""
 
     def __init__(self, queue: Queue) -> None:
         self._q = queue
-        self._lock_fd = -1  # closed in forked children by groups' at-fork hook
+        self._lock: MemberLock | None = None  # closed in forked children by the service
         self.lock_name = ""
-        # held until stop(): the watcher sleeps by trying to take it with a timeout, so
-        # stop() wakes it at once (a timed Event.wait costs ~45 us of CPU per call;
-        # a timed lock acquire is one futex wait, like time.sleep)
-        self._stop_gate = threading.Lock()
+        self._stop = threading.Event()
+        self._prober: Prober | None = None  # the watcher's; wake() ends its wait
         self._thread: threading.Thread | None = None
 
     # -- lock file ---------------------------------------------------------------------
@@ -58,93 +57,82 @@ class QueueLiveness:
         """Create and lock this consumer's lock file; returns its name."""
         q = self._q
         env = q._env
-        d = _ensure_members_dir(env.path, 0o770 if env.shared_group else 0o700)
-        name = f"q-{q.owner_id}-{os.getpid()}.lock"
-        fd = os.open(os.path.join(d, name),
-                     os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     env.file_mode)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._lock_fd, self.lock_name = fd, name
-        register_lock_holder(self)
-        return name
+        lock = MemberLock.create(env.path, f"q-{q.owner_id}", file_mode=env.file_mode,
+                                 dir_mode=0o770 if env.shared_group else 0o700)
+        self._lock, self.lock_name = lock, lock.name
+        return lock.name
 
     def drop_lock(self) -> None:
-        """Delete and unlock the lock file (if this process still holds it)."""
-        if self._lock_fd >= 0:
-            _unlink_quiet(os.path.join(members_dir(self._q._env.path), self.lock_name))
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        """Delete (in the creating process only) and unlock the lock file.  Idempotent."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- watcher thread ----------------------------------------------------------------
     def start(self) -> None:
-        """Start the watcher thread (after :meth:`reap_now`)."""
-        self._stop_gate.acquire()
-        self._thread = threading.Thread(target=self._watch, daemon=True,
-                                        name=f"mqlite-queue-{self._q.group}")
-        self._thread.start()
+        """Reap once, synchronously, then start the watcher thread.
+
+        The synchronous reap gives a consumer started after a crash the dead
+        consumer's deliveries on its first ``receive``, not a watcher period
+        later, and it arms the watcher's pidfds for the peers present now, so
+        one that dies right after this returns wakes the watcher at once.
+        """
+        prober = Prober(members_dir(self._q._env.path))
+        try:
+            try:
+                self._reap(prober)
+            except (MqliteError, OSError):
+                pass  # the watcher thread tries again every PROBE_INTERVAL
+            self._prober = prober
+            self._thread = threading.Thread(target=self._watch, args=(prober,), daemon=True,
+                                            name=f"mqlite-queue-{self._q.group}")
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            prober.close()
+            raise
 
     def stop(self) -> None:
         """Stop the watcher thread and wait (up to 1 s) for it; called once, by close."""
-        if os.getpid() == self._q._pid:
-            self._stop_gate.release()
+        self._stop.set()
+        if self._prober is not None:
+            self._prober.wake()  # ignored in a forked child (no watcher there)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(1.0)
 
-    def _watch(self) -> None:
+    def _watch(self, prober: Prober) -> None:
         q = self._q
-        probes: dict[str, int] = {}  # lock file name -> open fd (one open per member)
         try:
             while True:
-                if self._stop_gate.acquire(timeout=_WATCH_INTERVAL):
-                    return  # stop() released it
-                if os.getpid() != q._pid or q._engine.closed or q._closed:
+                # returns early when a peer's pidfd fires or stop() wakes it
+                prober.wait(PROBE_INTERVAL)
+                if (self._stop.is_set() or os.getpid() != q._pid or q._engine.closed
+                        or q._closed):
                     return
                 try:
-                    self._reap(probes)
+                    self._reap(prober)
                 except (MqliteError, OSError):
                     continue
         finally:
             if os.getpid() == q._pid:
-                for fd in probes.values():
-                    os.close(fd)
+                prober.close()
 
     # -- probe and reap ----------------------------------------------------------------
-    def _probe(self, probes: dict[str, int], mdir: str, lock: str) -> bool:
-        """True while the member holding ``lock`` is alive."""
-        fd = probes.get(lock)
-        if fd is None:
-            try:
-                fd = os.open(os.path.join(mdir, lock), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return False
-            except OSError:
-                return True  # cannot tell: the visibility timeout still applies
-            probes[lock] = fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return True
-            return True
-        return False  # we got the lock: its holder is gone (we keep it until reaped)
+    @staticmethod
+    def _probe(prober: Prober, lock: str) -> bool:
+        """True while the member holding ``lock`` is alive.
 
-    def reap_now(self) -> None:
-        """Reap once, synchronously: a consumer started after a crash gets the dead
-        consumer's deliveries on its first ``receive``, not a watcher period later."""
-        probes: dict[str, int] = {}
-        try:
-            self._reap(probes)
-        except (MqliteError, OSError):
-            pass  # the watcher thread tries again every _WATCH_INTERVAL
-        finally:
-            for fd in probes.values():
-                os.close(fd)
+        No timeout: queue consumers do not heartbeat, so a hung consumer stays
+        "alive" and its messages wait for their visibility timeout.
+        """
+        return prober.status(lock, None, 0) != "dead"
 
-    def _reap(self, probes: dict[str, int]) -> bool:
+    def _reap(self, prober: Prober) -> bool:
         """Release the entries of dead consumers of this group; True if any died.
 
-        ``probes`` caches one open descriptor per member lock file; the caller
-        owns (and eventually closes) the ones left in it.
+        ``prober`` keeps one descriptor per peer lock file and one pidfd per
+        peer process (:meth:`~mqlite._liveness.Prober.track`), so a peer's
+        exit wakes the watcher at once.
         """
         q = self._q
         env = q._env
@@ -152,12 +140,10 @@ class QueueLiveness:
             meta = load_meta(txn, env.dbs, q._qg)
         if meta is None:
             return False
-        mdir = members_dir(env.path)
-        live_locks = set(meta.consumers.values())
-        for lock in [k for k in probes if k not in live_locks]:
-            os.close(probes.pop(lock))
-        dead = [cid for cid, lock in meta.consumers.items()
-                if cid != q.owner_id and not self._probe(probes, mdir, lock)]
+        locks = list(meta.consumers.values())
+        prober.track(locks, [p for p in map(lock_pid, locks) if p])
+        dead = {cid: lock for cid, lock in meta.consumers.items()
+                if cid != q.owner_id and not self._probe(prober, lock)}
         if not dead:
             return False
         released = 0
@@ -177,10 +163,10 @@ class QueueLiveness:
                 if released:
                     meta.min_visible_ms = 0
                 q._store_meta(txn, meta)
-        for c in dead:
-            for lock in [k for k in probes if k.startswith(f"q-{c}-")]:
-                _unlink_quiet(os.path.join(mdir, lock))
-                os.close(probes.pop(lock))
+        mdir = prober.directory
+        for lock in dead.values():
+            unlink_quiet(os.path.join(mdir, lock))
+            prober.forget(lock)
         if released:
             env.notify_topics((q.topic,))
         return True

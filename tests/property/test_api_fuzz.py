@@ -43,10 +43,13 @@ def _queue_max_deliveries_overflow(op: str, exc: BaseException, kw: dict[str, An
 
 
 def _queue_split_index_error(op: str, exc: BaseException, kw: dict[str, Any]) -> bool:
-    # Open finding F4 (queue/, owned elsewhere): after a long random run, q.nack
-    # (seen with one delivery and with a list) raises IndexError from
-    # queue/settle.py _split (``ms[0]`` of an empty group); not yet minimized,
-    # reproduces about once per 10,000 calls (e.g. MQLITE_TEST_SEED=5, 10,000 calls).
+    # Open finding F4 (queue/, owned elsewhere): nack or extend of a delivery that was
+    # already acked, while its pending entry still holds another delivery, raises
+    # IndexError from queue/settle.py _split (``ms[0]`` of an empty group) instead of
+    # StaleDeliveryError (dead_letter and ack do raise StaleDeliveryError):
+    #   b.create_topic("t"); b.send("t", b"a"); b.send("t", b"b")
+    #   q = b.queue("t", "g"); d0, d1 = q.receive(2, timeout=0); q.ack(d0)
+    #   q.nack(d0)  # or q.extend(d0, 10) -> IndexError
     if not isinstance(exc, IndexError):
         return False
     frames = traceback.extract_tb(exc.__traceback__)

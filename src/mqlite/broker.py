@@ -398,7 +398,7 @@ class Broker:
             default 30.  Per consumer.
         max_deliveries
             Deliveries after which a message is dead-lettered (``None``: retry
-            forever); >= 1.
+            forever); 1 to 2**32 - 1.
         dead_letter_topic
             Where dead letters go (created with 1 partition if missing).
         retry_backoff

@@ -53,6 +53,8 @@ def _normalize_topics(topics: str | Iterable[str] | None) -> list[str]:
 
 def _tp(tp: object) -> TopicPartition:
     if isinstance(tp, TopicPartition):
+        if not isinstance(tp.topic, str):  # a name of another type never reaches storage
+            raise TypeError(f"TopicPartition.topic must be str, not {type(tp.topic).__name__}")
         return tp
     if isinstance(tp, tuple) and len(tp) == 2:
         validate_topic_name(tp[0])

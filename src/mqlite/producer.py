@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, Self
 from mqlite._engine import TopicRecord, now_ms
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.config import (
+    MAX_DELAY_S,
     MAX_I64,
     MAX_LINGER_MS,
     require_int,
     require_milliseconds,
+    require_seconds,
     validate_topic_name,
 )
 from mqlite.errors import ClosedError, MqliteError, PartitionNotFoundError, TopicNotFoundError
@@ -310,6 +312,7 @@ class Producer:
         ``timeout`` is in seconds (``None``: no limit); :class:`mqlite.TimeoutError`
         when not done by then.
         """
+        timeout = _timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._flush_now = True
@@ -420,6 +423,7 @@ class Producer:
         """
         if self._closed:
             return
+        timeout = _timeout(timeout)
         if os.getpid() != self._pid:
             # A forked child: records queued at fork time are the parent's to commit.
             self._closed = True
@@ -449,3 +453,10 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _timeout(timeout: object) -> float | None:
+    """A flush/close ``timeout``: ``None`` or 0 to 10 years of seconds (an ``inf`` or
+    ``2**64`` would overflow the thread wait)."""
+    return require_seconds(timeout, "timeout", maximum=MAX_DELAY_S, allow_zero=True,
+                           allow_none=True)

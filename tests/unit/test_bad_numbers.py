@@ -7,6 +7,7 @@ Every one of these used to escape as ``OverflowError``, ``struct.error``,
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,22 +70,58 @@ def test_members_path_that_is_a_file_is_a_typed_error(tmp_broker_dir: Path) -> N
             b.queue("t", "w")
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
-def test_closing_only_the_broker_frees_every_consumer_lock(tmp_broker_dir: Path) -> None:
-    with mqlite.open(tmp_broker_dir, durability="none") as b:
-        b.create_topic("t")
-    def cycle() -> None:
-        b = mqlite.open(tmp_broker_dir, durability="none")
-        b.consumer("t", group="g").poll(timeout=0)
-        b.queue("t", "w").receive(1, timeout=0)
-        b.close()  # the consumer and the queue are never closed by hand
+def test_closing_only_the_broker_frees_every_consumer_lock(
+        tmp_broker_dir: Path, run_python: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """Counted in a fresh interpreter: the pytest process's own descriptors vary with the
+    tests that ran before."""
+    proc = run_python(f"""
+import os, mqlite
+path = {str(tmp_broker_dir)!r}
+with mqlite.open(path, durability="none") as b:
+    b.create_topic("t")
+def cycle():
+    b = mqlite.open(path, durability="none")
+    b.consumer("t", group="g").poll(timeout=0)
+    b.queue("t", "w").receive(1, timeout=0)
+    b.close()  # the consumer and the queue are never closed by hand
+cycle()
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(10):
     cycle()
-    before = _open_fds()
-    for _ in range(10):
-        cycle()
-    assert _open_fds() <= before
-    assert not list((tmp_broker_dir / "members").glob("*.lock"))  # lock files removed too
+print(before, len(os.listdir("/proc/self/fd")))
+print(sorted(os.listdir(os.path.join(path, "members"))))
+""")
+    assert proc.returncode == 0, proc.stderr
+    counts, locks = proc.stdout.strip().splitlines()
+    before, after = map(int, counts.split())
+    assert after <= before
+    assert locks == "[]"  # lock files removed too
+
+
+def test_max_deliveries_beyond_a_u32_is_a_value_error(broker: mqlite.Broker) -> None:
+    """Fuzz finding F3: ``max_deliveries=2**64`` raised OverflowError from the codec."""
+    broker.create_topic("t")
+    with pytest.raises(ValueError, match="max_deliveries"):
+        broker.queue("t", "g", max_deliveries=2**64)
+    with pytest.raises(ValueError, match="max_deliveries"):
+        broker.set_queue_policy("t", "g", max_deliveries=2**32)
+
+
+@pytest.mark.parametrize("op", ["nack", "extend", "dead_letter"])
+def test_settling_an_acked_delivery_beside_a_pending_one_is_stale(
+        broker: mqlite.Broker, op: str) -> None:
+    """Fuzz finding F4: nack/extend of an acked delivery whose receive also handed out a
+    still-pending one raised IndexError; it is a StaleDeliveryError changing nothing."""
+    broker.create_topic("t")
+    broker.send("t", b"a")
+    broker.send("t", b"b")
+    with broker.queue("t", "g") as q:
+        d0, d1 = q.receive(2, timeout=1)
+        q.ack(d0)
+        with pytest.raises(mqlite.StaleDeliveryError):
+            if op == "extend":
+                q.extend(d0, 10)
+            else:
+                getattr(q, op)(d0)
+        assert q.ack(d1) == 1  # the other delivery is untouched

@@ -62,3 +62,16 @@ def test_without_group(broker: mqlite.Broker) -> None:
     broker.create_topic("t")
     with broker.consumer("t") as c, pytest.raises(ValueError, match="group="):
         c.committed([TP("t", 0)])
+
+
+@pytest.mark.parametrize("topic", [None, 1, 1.5, b"t", ("t",), frozenset()])
+def test_topic_partition_with_a_non_str_topic_is_a_type_error(consumer: mqlite.Consumer,
+                                                              topic: object) -> None:
+    # API fuzz (issue 10): this was an AttributeError from the storage layer.
+    bad = TP(topic, 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="topic must be str"):
+        consumer.committed(bad)
+    with pytest.raises(TypeError, match="topic must be str"):
+        consumer.committed([TP("t", 0), bad])
+    with pytest.raises(TypeError, match="topic must be str"):
+        consumer.position(bad)

@@ -356,3 +356,22 @@ def test_topic_deleted_under_consumer(broker: mqlite.Broker) -> None:
     broker.delete_topic("t")
     with pytest.raises(mqlite.TopicNotFoundError):
         c.poll(timeout=0)
+
+
+def test_close_after_the_topic_was_deleted_leaves_the_group(broker: mqlite.Broker) -> None:
+    # API fuzz (issue 10): the final commit of a deleted partition raised
+    # TopicNotFoundError from close() and rolled back the leave, so the group still
+    # listed the member.
+    broker.create_topic("gone")
+    broker.create_topic("kept")
+    broker.send("gone", b"x")
+    broker.send("kept", b"y")
+    c = broker.consumer(["gone", "kept"], group="g", commit="after")
+    got: list[mqlite.Message] = []
+    while len(got) < 2:  # no further poll: the positions stay uncommitted
+        got += c.poll(timeout=1.0)
+    broker.delete_topic("gone")
+    c.close()
+    assert c.closed
+    assert broker.describe_group("g").members == []
+    assert broker.committed_offsets("g", "kept") == {0: 1}

@@ -520,3 +520,18 @@ def test_topic_deleted_by_another_process_fails_only_its_records(
     assert fa.result().topic == "a"
     assert isinstance(fb.exception(), mqlite.TopicNotFoundError)
     assert [m.value for m in broker.read("a")] == [b"x"]
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 2**64, 1e300, float("nan"), -1, "1", True])
+def test_flush_and_close_refuse_hostile_timeouts(broker: mqlite.Broker, timeout: Any) -> None:
+    # API fuzz (issue 10): inf / 2**64 raised OverflowError from the thread wait.
+    broker.create_topic("t")
+    p = broker.producer()
+    p.send("t", b"x")
+    with pytest.raises((TypeError, ValueError)):
+        p.flush(timeout)
+    with pytest.raises((TypeError, ValueError)):
+        p.close(timeout)
+    assert not p.closed
+    p.close(5.0)
+    assert p.closed and len(broker.read("t")) == 1

@@ -51,7 +51,13 @@ from mqlite.config import (
     require_seconds,
     validate_group_name,
 )
-from mqlite.errors import CommitFailedError, GroupError, MqliteError, PartitionNotFoundError
+from mqlite.errors import (
+    CommitFailedError,
+    GroupError,
+    MqliteError,
+    PartitionNotFoundError,
+    TopicNotFoundError,
+)
 from mqlite.groups.state import (
     GroupState,
     MemberState,
@@ -624,11 +630,23 @@ class GroupMember:
             return set()
         if state is None or self._fence(state) is not None:
             return set(todo)
+        # A partition deleted since it was assigned has nothing left to commit to:
+        # skip it, so that poll(), a rebalance and close() (leaving the group) do
+        # not fail on it (API fuzz, issue 10).  An explicit commit() still raises.
+        gone = {tp for tp in todo if not self._exists(txn, tp)}
         ok = {tp: off for tp, off in todo.items()
-              if state.owners.get(_okey(tp.topic, tp.partition)) == self.member_id}
+              if tp not in gone
+              and state.owners.get(_okey(tp.topic, tp.partition)) == self.member_id}
         self._write_offsets(txn, state, ok)
         self._committed.update(ok)
-        return set(todo) - set(ok)
+        return set(todo) - set(ok) - gone
+
+    def _exists(self, txn: Any, tp: TopicPartition) -> bool:
+        try:
+            self._pid_of(txn, tp)
+        except (TopicNotFoundError, PartitionNotFoundError):
+            return False
+        return True
 
     def _write_offsets(self, txn: Any, state: GroupState, todo: dict[TopicPartition, int]) -> None:
         now = _now_ms()

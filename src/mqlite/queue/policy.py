@@ -28,6 +28,9 @@ from mqlite.config import (
     validate_topic_name,
 )
 from mqlite.config import Unset as _Unset
+
+#: Largest ``max_deliveries``: a delivery count is stored as a u32.
+MAX_DELIVERIES = (1 << 32) - 1
 from mqlite.errors import QueueConfigConflictError
 from mqlite.retry import Backoff, resolve_backoff
 
@@ -92,7 +95,8 @@ def given_policy(topic: str, max_deliveries: int | None | _Unset,
     """The policy fields a caller gave explicitly, validated (``UNSET`` ones left out)."""
     given: dict[str, Any] = {}
     if max_deliveries is not UNSET:
-        require_int(max_deliveries, "max_deliveries", minimum=1, allow_none=True)
+        require_int(max_deliveries, "max_deliveries", minimum=1, maximum=MAX_DELIVERIES,
+                    allow_none=True)
         given["max_deliveries"] = max_deliveries
     if dead_letter_topic is not UNSET:
         if dead_letter_topic is not None:

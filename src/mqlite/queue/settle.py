@@ -85,7 +85,9 @@ def _collect(q: Queue, txn: Any, ds: Sequence[Delivery]) -> tuple[_Groups, list[
             continue
         e.clear(d.offset)
         g[1].append(d)
-    return groups, stale
+    # an entry whose every given delivery was stale (e.g. already acked while the entry
+    # still holds other messages) is left alone: nothing of it is settled here
+    return {k: g for k, g in groups.items() if g[1]}, stale
 
 
 def ack(q: Queue, deliveries: Delivery | Iterable[Delivery]) -> int:

@@ -12,14 +12,30 @@ Changes: nothing stored; receipts are process-local.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from mqlite import _core
 
-if TYPE_CHECKING:
-    from mqlite.queue.consumer import Queue
+__all__ = ["Delivery", "DeliveryOwner", "Receipt"]
 
-__all__ = ["Delivery", "Receipt"]
+
+class DeliveryOwner(Protocol):
+    """What a delivery needs from the queue that handed it out."""
+
+    topic: str
+    group: str
+    _qg: str
+
+    def _settle_one(self, d: Delivery, op: str) -> None: ...
+
+    def nack(self, deliveries: Delivery | Iterable[Delivery], delay: float | None = None,
+             error: str | None = None) -> int: ...
+
+    def dead_letter(self, deliveries: Delivery | Iterable[Delivery],
+                    reason: str = "rejected") -> int: ...
+
+    def extend(self, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int: ...
 
 
 class Receipt:
@@ -27,7 +43,7 @@ class Receipt:
 
     __slots__ = ("count", "first", "key", "pid", "qg", "queue", "token", "visible")
 
-    def __init__(self, queue: Queue, key: bytes, token: int, count: int, visible: int,
+    def __init__(self, queue: DeliveryOwner, key: bytes, token: int, count: int, visible: int,
                  first: int, pid: int) -> None:
         self.queue = queue
         self.qg = queue._qg
@@ -70,7 +86,7 @@ class Delivery(_core.Message):
         return self._r.visible
 
     @property
-    def _queue(self) -> Queue:
+    def _queue(self) -> DeliveryOwner:
         return self._r.queue
 
     def ack(self) -> None:

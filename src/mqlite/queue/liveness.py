@@ -34,7 +34,7 @@ from mqlite.errors import MqliteError
 from mqlite.queue.policy import load_meta
 
 if TYPE_CHECKING:
-    from mqlite.queue.consumer import Queue
+    from mqlite.queue.core import QueueCore
 
 __all__ = ["ERROR_OWNER_DIED", "QueueLiveness"]
 
@@ -44,7 +44,7 @@ ERROR_OWNER_DIED = "consumer died"
 class QueueLiveness:
     """The member lock and watcher thread of one :class:`~mqlite.Queue`."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: QueueCore) -> None:
         self._q = queue
         self._lock: MemberLock | None = None  # closed in forked children by the service
         self.lock_name = ""

@@ -32,7 +32,7 @@ from mqlite.queue.deliveries import Delivery, Receipt
 from mqlite.queue.policy import FOREVER, load_meta, seconds_ms
 
 if TYPE_CHECKING:
-    from mqlite.queue.consumer import Queue
+    from mqlite.queue.core import QueueCore
 
 __all__ = ["ERROR_TIMEOUT", "receive"]
 
@@ -41,7 +41,7 @@ ERROR_TIMEOUT = "visibility timeout expired"
 _Taken = list[tuple[Receipt, int, list[_core.Message]]]
 
 
-def receive(q: Queue, max_messages: int, timeout: float,
+def receive(q: QueueCore, max_messages: int, timeout: float,
             visibility_timeout: float | None) -> list[Delivery]:
     """:meth:`Queue.receive` (documented there)."""
     q._check_open()
@@ -94,7 +94,7 @@ def receive(q: Queue, max_messages: int, timeout: float,
     return out
 
 
-def _peek(q: Queue, now: int) -> tuple[bool, int]:
+def _peek(q: QueueCore, now: int) -> tuple[bool, int]:
     """(something may be receivable now, earliest visible_at hint) in a read txn."""
     env = q._env
     dbs = env.dbs
@@ -112,7 +112,7 @@ def _peek(q: Queue, now: int) -> tuple[bool, int]:
     return False, hint
 
 
-def _receive_once(q: Queue, max_messages: int, vt: int) -> tuple[list[Delivery], int]:
+def _receive_once(q: QueueCore, max_messages: int, vt: int) -> tuple[list[Delivery], int]:
     engine = q._engine
     env = q._env
     dbs = env.dbs
@@ -196,7 +196,7 @@ def _receive_once(q: Queue, max_messages: int, vt: int) -> tuple[list[Delivery],
     return out, hint
 
 
-def _redeliver(q: Queue, txn: Any, rec: _log.TopicRecord, now: int, vt: int,
+def _redeliver(q: QueueCore, txn: Any, rec: _log.TopicRecord, now: int, vt: int,
                max_messages: int, taken: _Taken) -> tuple[int, bool, int]:
     """Take due pending entries; returns (messages taken, dead-lettered any, new hint)."""
     dbs = q._env.dbs
@@ -247,7 +247,7 @@ def _redeliver(q: Queue, txn: Any, rec: _log.TopicRecord, now: int, vt: int,
     return got, moved, new_min
 
 
-def _read_entry(q: Queue, txn: Any, e: Entry, part: int) -> list[_core.Message]:
+def _read_entry(q: QueueCore, txn: Any, e: Entry, part: int) -> list[_core.Message]:
     """The still-pending messages of an entry that are still stored."""
     msgs: list[_core.Message] = []
     _log.read_records(txn, q._env.dbs, e.pid, e.first, e.span, msgs, q.topic, part,

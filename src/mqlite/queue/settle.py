@@ -34,14 +34,14 @@ from mqlite.queue.deliveries import Delivery, Receipt
 from mqlite.queue.policy import seconds_ms
 
 if TYPE_CHECKING:
-    from mqlite.queue.consumer import Queue
+    from mqlite.queue.core import QueueCore
 
 __all__ = ["ack", "ack_in", "dead_letter", "extend", "nack", "settle_one"]
 
 _Groups = dict[bytes, tuple[Entry, list[Delivery]]]
 
 
-def _as_list(q: Queue, deliveries: Delivery | Iterable[Delivery]) -> list[Delivery]:
+def _as_list(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> list[Delivery]:
     if isinstance(deliveries, Delivery):
         ds = [deliveries]
     elif isinstance(deliveries, list):
@@ -65,7 +65,7 @@ def _as_list(q: Queue, deliveries: Delivery | Iterable[Delivery]) -> list[Delive
     return ds
 
 
-def _collect(q: Queue, txn: Any, ds: Sequence[Delivery]) -> tuple[_Groups, list[Delivery]]:
+def _collect(q: QueueCore, txn: Any, ds: Sequence[Delivery]) -> tuple[_Groups, list[Delivery]]:
     """Valid deliveries grouped by their pending entry (bits already cleared), and stale."""
     dbs = q._env.dbs
     groups: _Groups = {}
@@ -90,7 +90,7 @@ def _collect(q: Queue, txn: Any, ds: Sequence[Delivery]) -> tuple[_Groups, list[
     return {k: g for k, g in groups.items() if g[1]}, stale
 
 
-def ack(q: Queue, deliveries: Delivery | Iterable[Delivery]) -> int:
+def ack(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> int:
     """:meth:`Queue.ack` (documented there)."""
     q._check_open()
     if isinstance(deliveries, Delivery):
@@ -174,7 +174,7 @@ def ack(q: Queue, deliveries: Delivery | Iterable[Delivery]) -> int:
     return done
 
 
-def settle_one(q: Queue, d: Delivery) -> None:
+def settle_one(q: QueueCore, d: Delivery) -> None:
     """``Delivery.ack()``: :func:`ack` of one delivery, with a message about it."""
     try:
         q.ack([d])
@@ -185,7 +185,7 @@ def settle_one(q: Queue, d: Delivery) -> None:
             "redelivered; or it was already settled); nothing was changed") from None
 
 
-def ack_in(q: Queue, txn: Any, deliveries: Sequence[Delivery]) -> None:
+def ack_in(q: QueueCore, txn: Any, deliveries: Sequence[Delivery]) -> None:
     """:meth:`Queue.ack_in` (documented there)."""
     ds = _as_list(q, list(deliveries))
     groups, stale = _collect(q, txn, ds)
@@ -196,7 +196,7 @@ def ack_in(q: Queue, txn: Any, deliveries: Sequence[Delivery]) -> None:
     _write_back(q, txn, groups)
 
 
-def _write_back(q: Queue, txn: Any, groups: _Groups) -> None:
+def _write_back(q: QueueCore, txn: Any, groups: _Groups) -> None:
     dbs = q._env.dbs
     for e, _ in groups.values():
         _pending.put(txn, dbs, e)
@@ -205,7 +205,7 @@ def _write_back(q: Queue, txn: Any, groups: _Groups) -> None:
 _Fn = Callable[[Any, _log.TopicRecord, Entry, list[Delivery], int], bool]
 
 
-def _apply(q: Queue, deliveries: Delivery | Iterable[Delivery], what: str, fn: _Fn
+def _apply(q: QueueCore, deliveries: Delivery | Iterable[Delivery], what: str, fn: _Fn
            ) -> tuple[int, bool]:
     """Run ``fn`` per entry on the valid deliveries in one transaction; raise for stale."""
     q._check_open()
@@ -243,7 +243,7 @@ def _apply(q: Queue, deliveries: Delivery | Iterable[Delivery], what: str, fn: _
     return done, moved
 
 
-def _split(q: Queue, txn: Any, e: Entry, group: list[Delivery], *, visible: int, token: int,
+def _split(q: QueueCore, txn: Any, e: Entry, group: list[Delivery], *, visible: int, token: int,
            owner: bytes, count: int, error: str) -> bytes:
     """Write a new entry holding ``group``'s offsets (taken out of ``e``)."""
     ms = _messages_of(group)
@@ -254,7 +254,7 @@ def _split(q: Queue, txn: Any, e: Entry, group: list[Delivery], *, visible: int,
     return _pending.add(txn, q._env.dbs, q._prefix, new)
 
 
-def _lower_hint(q: Queue, txn: Any, visible: int) -> None:
+def _lower_hint(q: QueueCore, txn: Any, visible: int) -> None:
     meta = q._load_meta(txn)
     if visible < meta.min_visible_ms:
         meta.min_visible_ms = visible
@@ -265,7 +265,7 @@ def _messages_of(group: list[Delivery]) -> list[Delivery]:
     return sorted(group, key=lambda d: d.offset)
 
 
-def nack(q: Queue, deliveries: Delivery | Iterable[Delivery], delay: float | None,
+def nack(q: QueueCore, deliveries: Delivery | Iterable[Delivery], delay: float | None,
          error: str | None) -> int:
     """:meth:`Queue.nack` (documented there)."""
     delay_ms = None if delay is None else seconds_ms(delay, "delay", allow_zero=True,
@@ -293,7 +293,7 @@ def nack(q: Queue, deliveries: Delivery | Iterable[Delivery], delay: float | Non
     return _apply(q, deliveries, "nacked", fn)[0]
 
 
-def dead_letter(q: Queue, deliveries: Delivery | Iterable[Delivery], reason: str) -> int:
+def dead_letter(q: QueueCore, deliveries: Delivery | Iterable[Delivery], reason: str) -> int:
     """:meth:`Queue.dead_letter` (documented there)."""
     if not isinstance(reason, str):
         raise TypeError("reason must be str")
@@ -307,7 +307,7 @@ def dead_letter(q: Queue, deliveries: Delivery | Iterable[Delivery], reason: str
     return _apply(q, deliveries, "dead-lettered", fn)[0]
 
 
-def extend(q: Queue, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
+def extend(q: QueueCore, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
     """:meth:`Queue.extend` (documented there)."""
     ms = seconds_ms(seconds, "seconds", allow_zero=False, maximum=MAX_VISIBILITY_TIMEOUT_S)
 

@@ -463,14 +463,12 @@ class Consumer:
         -------
         int or None, or dict[TopicPartition, int | None]
             For one partition its offset, ``None`` when the group has committed
-            nothing there yet; for a list, a dict of those, read in one
-            transaction.
+            nothing there yet or the partition does not exist (as Kafka's
+            ``KafkaConsumer.committed``); for a list, a dict of those, read in
+            one transaction.
 
         Raises
         ------
-        TopicNotFoundError, PartitionNotFoundError
-            A partition that does not exist (never ``None``: a typo must not
-            read as "nothing committed yet").
         ValueError
             The consumer has no ``group=``.
         TypeError

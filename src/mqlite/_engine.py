@@ -19,12 +19,16 @@ Contract
   retention, dedup record and the topic's wake-up happen here.
 * The topic cache is validated by the catalog version on every read and
   skipped inside a write transaction that follows this process's own last
-  commit (``env.fresh_txn``).
+  commit (``env.fresh_txn``).  That is sound because every other write
+  transaction validates it when it begins (``Env.write_txn``), a snapshot
+  older than the cache never refills it, and a catalog change moves the
+  cache to its new version inside its own transaction (issue 10, defect 13).
 * Thread-safe: several threads may share an engine; LMDB serialises writers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -230,19 +234,26 @@ class Engine:
         """
         env = self.env
         cache = env.topic_cache
+        use_cache = True
+        ver = env.topic_cache_version
         if txn is not env.fresh_txn:
             ver = _log.topics_version(txn, env.dbs)
-            if env.topic_cache_version != ver:
-                cache.clear()
-                env.topic_cache_version = ver
-        rec = cache.get(name)
+            if ver != env.topic_cache_version:
+                # An older snapshot (a read begun before a catalog change we saw)
+                # reads its own record and leaves the cache alone: a fresh write
+                # transaction trusts the cache (issue 10, defect 13).
+                use_cache = env.check_topic_cache(ver)
+        rec = cache.get(name) if use_cache else None
         if rec is None:
             rec = _log.get_topic(txn, env.dbs, name)
             if rec is None:
                 raise TopicNotFoundError(
                     f"topic {name!r} does not exist; create it with broker.create_topic({name!r})"
                 )
-            cache[name] = rec
+            if use_cache:
+                cache[name] = rec
+                if env.topic_cache_version != ver:  # another thread moved on meanwhile
+                    cache.pop(name, None)
         return rec
 
     def topic_cached(self, name: str) -> _log.TopicRecord:
@@ -285,11 +296,24 @@ class Engine:
                           max_message_bytes=max_message_bytes, dedup_window_ms=dedup_window_ms,
                           cleanup=cleanup)
         env = self.live_env()
-        with self.write() as txn:
+        with self._catalog_change() as txn:
             if exist_ok and _log.get_topic(txn, env.dbs, name) is not None:
                 return
-            env.topic_cache.clear()
             _log.create_topic(txn, env.dbs, name, cfg, now_ms())
+            env.check_topic_cache(_log.topics_version(txn, env.dbs))
+
+    @contextlib.contextmanager
+    def _catalog_change(self) -> Iterator[Any]:
+        """A write that changes the topic catalog: the cache moves to the new version
+        inside the transaction (so an older snapshot cannot refill it before a fresh
+        write trusts it) and is dropped if the transaction does not commit."""
+        try:
+            with self.write() as txn:
+                yield txn
+        except BaseException:
+            self.env.topic_cache_version = -1
+            self.env.topic_cache.clear()
+            raise
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and all its messages, offsets and pending entries.
@@ -298,12 +322,12 @@ class Engine:
         """
         validate_topic_name(name)
         env = self.live_env()
-        with self.write() as txn:
+        with self._catalog_change() as txn:
             rec = _log.get_topic(txn, env.dbs, name)
             if rec is None:
                 raise TopicNotFoundError(f"topic {name!r} does not exist")
-            env.topic_cache.clear()
             _log.delete_topic(txn, env.dbs, rec)
+            env.check_topic_cache(_log.topics_version(txn, env.dbs))
             for hook in _TOPIC_DELETE_HOOKS:
                 hook(txn, env.dbs, rec)
         env.space_freed()

@@ -19,16 +19,19 @@ Contract
   retention, dedup record and the topic's wake-up happen here.
 * The topic cache is validated by the catalog version on every read and
   skipped inside a write transaction that follows this process's own last
-  commit (``env.fresh_txn``).
+  commit (``env.fresh_txn``).  That is sound because every other write
+  transaction validates it when it begins (``Env.write_txn``), a snapshot
+  older than the cache never refills it, and a catalog change moves the
+  cache to its new version inside its own transaction (issue 10, defect 13).
 * Thread-safe: several threads may share an engine; LMDB serialises writers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -117,8 +120,10 @@ class Engine:
         self.env = env
         self._closed = False
         self._closing = False
-        # weak: a child the user dropped is not kept alive by its broker
-        self._children: list[weakref.ref[Any]] = []
+        # Strong references: a consumer dropped without close() still runs its group
+        # member (watcher thread, lock file) until closed, so the broker must be able
+        # to close it; closed children are pruned as new ones arrive.
+        self._children: list[Any] = []
         self._lock = threading.RLock()  # RLock: close() may run in a signal handler
         # keyless round-robin, one counter per topic (a shared one put every message of
         # two alternating topics on one partition each)
@@ -161,7 +166,7 @@ class Engine:
             if self._closing or self._closed:
                 return
             self._closing = True
-            kids = [k for k in (r() for r in self._children) if k is not None]
+            kids = list(self._children)
         kids.sort(key=lambda k: k._CLOSE_RANK)  # producers first: they still need the env
         first: BaseException | None = None
         for k in kids:
@@ -184,15 +189,15 @@ class Engine:
             if self._closing or self._closed:
                 raise ClosedError("this broker handle is closed; call mqlite.open() again")
             if len(self._children) >= 64 and not len(self._children) & 63:
-                self._children = [r for r in self._children if r() is not None]
-            self._children.append(weakref.ref(child))
+                self._children = [k for k in self._children if not k.closed]
+            self._children.append(child)
 
     def release_if_done(self) -> None:
         """Release the environment once closing and every child closed (children call it)."""
         with self._lock:
             if not self._closing or self._closed:
                 return
-            if any(k is not None and not k.closed for k in (r() for r in self._children)):
+            if any(not k.closed for k in self._children):
                 return  # a child closes when its interrupted call returns; it calls back
             self._closed = True
             self._children = []
@@ -230,19 +235,26 @@ class Engine:
         """
         env = self.env
         cache = env.topic_cache
+        use_cache = True
+        ver = env.topic_cache_version
         if txn is not env.fresh_txn:
             ver = _log.topics_version(txn, env.dbs)
-            if env.topic_cache_version != ver:
-                cache.clear()
-                env.topic_cache_version = ver
-        rec = cache.get(name)
+            if ver != env.topic_cache_version:
+                # An older snapshot (a read begun before a catalog change we saw)
+                # reads its own record and leaves the cache alone: a fresh write
+                # transaction trusts the cache (issue 10, defect 13).
+                use_cache = env.check_topic_cache(ver)
+        rec = cache.get(name) if use_cache else None
         if rec is None:
             rec = _log.get_topic(txn, env.dbs, name)
             if rec is None:
                 raise TopicNotFoundError(
                     f"topic {name!r} does not exist; create it with broker.create_topic({name!r})"
                 )
-            cache[name] = rec
+            if use_cache:
+                cache[name] = rec
+                if env.topic_cache_version != ver:  # another thread moved on meanwhile
+                    cache.pop(name, None)
         return rec
 
     def topic_cached(self, name: str) -> _log.TopicRecord:
@@ -285,11 +297,24 @@ class Engine:
                           max_message_bytes=max_message_bytes, dedup_window_ms=dedup_window_ms,
                           cleanup=cleanup)
         env = self.live_env()
-        with self.write() as txn:
+        with self._catalog_change() as txn:
             if exist_ok and _log.get_topic(txn, env.dbs, name) is not None:
                 return
-            env.topic_cache.clear()
             _log.create_topic(txn, env.dbs, name, cfg, now_ms())
+            env.check_topic_cache(_log.topics_version(txn, env.dbs))
+
+    @contextlib.contextmanager
+    def _catalog_change(self) -> Iterator[Any]:
+        """A write that changes the topic catalog: the cache moves to the new version
+        inside the transaction (so an older snapshot cannot refill it before a fresh
+        write trusts it) and is dropped if the transaction does not commit."""
+        try:
+            with self.write() as txn:
+                yield txn
+        except BaseException:
+            self.env.topic_cache_version = -1
+            self.env.topic_cache.clear()
+            raise
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and all its messages, offsets and pending entries.
@@ -298,12 +323,12 @@ class Engine:
         """
         validate_topic_name(name)
         env = self.live_env()
-        with self.write() as txn:
+        with self._catalog_change() as txn:
             rec = _log.get_topic(txn, env.dbs, name)
             if rec is None:
                 raise TopicNotFoundError(f"topic {name!r} does not exist")
-            env.topic_cache.clear()
             _log.delete_topic(txn, env.dbs, rec)
+            env.check_topic_cache(_log.topics_version(txn, env.dbs))
             for hook in _TOPIC_DELETE_HOOKS:
                 hook(txn, env.dbs, rec)
         env.space_freed()

@@ -212,11 +212,11 @@ class Consumer:
             if pos >= 0 and self._reset == "none":
                 raise OffsetOutOfRangeError(
                     f"position {pos} of {tp.topic}[{tp.partition}] is outside the log "
-                    f"[{st.start}, {st.next}); seek() to a valid offset")
+                    f"[{st.start}, {st.next}); seek() to a valid offset", {tp: pos})
             if pos < 0 and self._reset == "none":
                 raise OffsetOutOfRangeError(
                     f"no committed offset for {tp.topic}[{tp.partition}] and "
-                    "auto_offset_reset='none'; seek() first")
+                    "auto_offset_reset='none'; seek() first", {tp: pos})
             # Past the end too (a seek too far, or the topic was recreated):
             # like Kafka, reset by policy; clamping to the end would skip data.
             pos = st.next if self._reset == "latest" else st.start
@@ -465,14 +465,12 @@ class Consumer:
         -------
         int or None, or dict[TopicPartition, int | None]
             For one partition its offset, ``None`` when the group has committed
-            nothing there yet; for a list, a dict of those, read in one
-            transaction.
+            nothing there yet or the partition does not exist (as Kafka's
+            ``KafkaConsumer.committed``); for a list, a dict of those, read in
+            one transaction.
 
         Raises
         ------
-        TopicNotFoundError, PartitionNotFoundError
-            A partition that does not exist (never ``None``: a typo must not
-            read as "nothing committed yet").
         ValueError
             The consumer has no ``group=``.
         TypeError

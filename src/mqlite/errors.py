@@ -148,7 +148,22 @@ class MessageTooLargeError(MqliteError, ValueError):
 
 
 class OffsetOutOfRangeError(MqliteError, ValueError):
-    """A position is outside the log and ``auto_offset_reset="none"`` was chosen."""
+    """A position is outside the log and ``auto_offset_reset="none"`` was chosen.
+
+    Attributes
+    ----------
+    offsets
+        ``{TopicPartition: offset}``: the out-of-range position of each partition
+        (``-1`` when there was no committed offset), like Kafka's
+        ``OffsetOutOfRangeException.offsetOutOfRangePartitions()``.
+    """
+
+    def __init__(self, message: str, offsets: dict[Any, int] | None = None) -> None:
+        super().__init__(message)
+        self.offsets: dict[Any, int] = dict(offsets) if offsets else {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self.args[0]) if self.args else "", self.offsets))
 
 
 class GroupError(MqliteError):

@@ -76,8 +76,13 @@ def test_closing_only_the_broker_frees_every_consumer_lock(
     """Counted in a fresh interpreter: the pytest process's own descriptors vary with the
     tests that ran before."""
     proc = run_python(f"""
-import os, mqlite
+import os, threading, mqlite
 path = {str(tmp_broker_dir)!r}
+def settle():
+    # watcher threads close their probers' descriptors as they exit: wait for them
+    for t in threading.enumerate():
+        if t is not threading.main_thread():
+            t.join(30)
 with mqlite.open(path, durability="none") as b:
     b.create_topic("t")
 def cycle():
@@ -86,9 +91,11 @@ def cycle():
     b.queue("t", "w").receive(1, timeout=0)
     b.close()  # the consumer and the queue are never closed by hand
 cycle()
+settle()
 before = len(os.listdir("/proc/self/fd"))
 for _ in range(10):
     cycle()
+settle()
 print(before, len(os.listdir("/proc/self/fd")))
 print(sorted(os.listdir(os.path.join(path, "members"))))
 """)

@@ -168,6 +168,25 @@ def test_seek_past_end_with_reset_none_raises(filled: mqlite.Broker) -> None:
     assert c.position(TP("t", 0)) == 10
 
 
+def test_offset_out_of_range_error_carries_the_partition_offsets(filled: mqlite.Broker) -> None:
+    # Kafka: OffsetOutOfRangeException.offsetOutOfRangePartitions() maps each
+    # partition to the offset that was out of range.
+    import pickle
+
+    c = filled.consumer("t", auto_offset_reset="none")
+    with pytest.raises(mqlite.OffsetOutOfRangeError) as info:
+        c.position(TP("t", 0))  # no position and no committed offset
+    assert info.value.offsets == {TP("t", 0): -1}
+    c.seek(TP("t", 0), 11)
+    with pytest.raises(mqlite.OffsetOutOfRangeError) as info:
+        c.poll(timeout=0)
+    assert info.value.offsets == {TP("t", 0): 11}
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is mqlite.OffsetOutOfRangeError
+    assert again.offsets == {TP("t", 0): 11}
+    assert str(again) == str(info.value)
+
+
 def test_reader_of_recreated_topic_reads_the_new_messages(broker: mqlite.Broker) -> None:
     broker.create_topic("t")
     broker.send_batch("t", [b"old"] * 10)

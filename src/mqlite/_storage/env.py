@@ -43,6 +43,7 @@ from typing import Any
 import lmdb
 
 from mqlite import _core
+from mqlite._storage import log as _log
 from mqlite.config import DEFAULT_MAP_SIZE, DURABILITY_MODES, HIGH_WATER_FRACTION, MAX_MAP_SIZE
 from mqlite.errors import (
     BrokerDirectoryError,
@@ -789,7 +790,37 @@ class Env:
         else:
             self.fresh_txn = None
             self.state_cache.clear()
+            # Another process committed since our last commit: check the topic cache
+            # now, not only when this transaction reads a topic record.  A transaction
+            # that reads none (declare an exchange, say) still commits, and the next
+            # one is "fresh" and trusts the cache (issue 10, defect 13).
+            try:
+                ver = _log.topics_version(txn, self.dbs)
+            except lmdb.Error as exc:
+                self.abort(txn)
+                raise lmdb_error(exc, "begin write") from exc
+            except BaseException:
+                self.abort(txn)
+                raise
+            self.check_topic_cache(ver)
         return txn
+
+    def check_topic_cache(self, ver: int) -> bool:
+        """Make the topic cache valid for catalog version ``ver``; ``False`` if older.
+
+        A snapshot older than the cache (a read begun before a catalog change
+        this process already saw) must not refill it: the caller reads the
+        record from its transaction instead.  The version is set before the
+        clear, so a thread that filled an entry meanwhile sees the change.
+        """
+        cur = self.topic_cache_version
+        if ver == cur:
+            return True
+        if ver < cur:
+            return False
+        self.topic_cache_version = ver
+        self.topic_cache.clear()
+        return True
 
     def commit(self, txn: Any, wake: str | None = None) -> None:
         """Commit a transaction from :meth:`write_txn` (errors converted).

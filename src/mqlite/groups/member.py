@@ -539,15 +539,19 @@ class GroupMember:
         return self.committed_many([tp])[tp]
 
     def committed_many(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
-        """Committed offsets of ``tps`` read in one transaction (``None``: none yet).
+        """Committed offsets of ``tps`` read in one transaction.
 
-        Raises TopicNotFoundError / PartitionNotFoundError for a partition that
-        does not exist.
+        ``None`` when the group has committed nothing there, or when the
+        partition does not exist (Kafka's ``committed()`` returns null for an
+        unknown partition; issue 10).
         """
         out: dict[TopicPartition, int | None] = {}
         with self.env.read_txn() as txn:
             for tp in tps:
-                off = self.committed_in(txn, tp)
+                try:
+                    off = self.committed_in(txn, tp)
+                except (TopicNotFoundError, PartitionNotFoundError):
+                    off = -1
                 out[tp] = None if off < 0 else off
         return out
 

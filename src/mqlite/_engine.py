@@ -279,18 +279,7 @@ class Engine:
         cleanup: str = "delete",
         exist_ok: bool = False,
     ) -> None:
-        """Create a topic with ``partitions`` empty partitions.
-
-        Raises
-        ------
-        InvalidTopicError
-            Bad name (``ValueError``).
-        TopicExistsError
-            The topic exists (unless ``exist_ok``; then nothing changes, even
-            if the existing topic was created with other settings).
-        TypeError, ValueError
-            Bad settings (see :class:`mqlite.config.TopicConfig`).
-        """
+        """Create a topic (see :meth:`mqlite.Broker.create_topic`, which documents it)."""
         validate_topic_name(name)
         cfg = TopicConfig(partitions=partitions, retention_ms=retention_ms,
                           retention_bytes=retention_bytes, retention_messages=retention_messages,
@@ -560,25 +549,7 @@ class Engine:
         headers: Sequence[HeadersArg] | None = None,
         timestamp_ms: int | Sequence[int] | None = None,
     ) -> BatchMetadata:
-        """Append many messages in one transaction; all or nothing.
-
-        Without ``keys`` and ``partition`` the whole batch goes to one
-        partition (round-robin between calls), so it stays in order.  With
-        ``keys`` each message goes to its key's murmur2 partition (keys may
-        contain ``None``: those go to one round-robin partition).
-
-        Returns
-        -------
-        BatchMetadata
-            Compact: per-partition offset ranges; ``md[i]`` builds message
-            ``i``'s :class:`RecordMetadata` on demand.
-
-        Raises
-        ------
-        TopicNotFoundError, PartitionNotFoundError, MessageTooLargeError,
-        StorageFullError, TypeError, ValueError (empty ``values`` or length
-        mismatch)
-        """
+        """Append many messages in one transaction (see :meth:`mqlite.Broker.send_batch`)."""
         values = check_values_arg(values)
         if not values:
             raise ValueError("send_batch needs at least one value")

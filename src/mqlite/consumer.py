@@ -508,12 +508,7 @@ class Consumer:
         self._life.wakeup()
 
     def _wake_waiter(self) -> None:
-        n = self._env.notifier
-        if n is not None:
-            try:
-                n.bump(self._waiting_on)
-            except ValueError:  # closed meanwhile: nobody waits on it any more
-                pass
+        self._env.wake(self._waiting_on)
 
     _CLOSE_RANK = 1  # after producers
 

@@ -945,6 +945,15 @@ class Env:
             slot = self.slot_cache[topic] = 1 + zlib.crc32(topic.encode()) % (NOTIFY_SLOTS - 1)
         return slot
 
+    def wake(self, slot: int) -> None:
+        """Bump wake-up word ``slot`` (a hint: nothing when the notifier is closed)."""
+        n = self.notifier
+        if n is not None:
+            try:
+                n.bump(slot)
+            except ValueError:  # closed meanwhile: nobody waits on it any more
+                pass
+
     def notify_topics(self, topics: Any) -> None:
         """Bump the wake-up words of ``topics`` and the global word; call after commit."""
         n = self.notifier

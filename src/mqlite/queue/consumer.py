@@ -313,12 +313,7 @@ class Queue:
         self._life.wakeup()
 
     def _wake_waiter(self) -> None:
-        n = self._env.notifier
-        if n is not None:
-            try:
-                n.bump(self._slot)
-            except ValueError:  # closed meanwhile: nobody waits on it any more
-                pass
+        self._env.wake(self._slot)
 
     _CLOSE_RANK = 1  # after producers
 

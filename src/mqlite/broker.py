@@ -394,7 +394,8 @@ class Broker:
         ----------
         visibility_timeout
             Seconds (not ms) a received message stays invisible to others
-            before it is redelivered if not acked; ``0 < x <= 43200`` (12 h),
+            before it is redelivered if not acked; ``0 <= x <= 43200`` (12 h;
+            0: visible to others at once, as SQS),
             default 30.  Per consumer.
         max_deliveries
             Deliveries after which a message is dead-lettered (``None``: retry

@@ -132,3 +132,24 @@ def test_settling_an_acked_delivery_beside_a_pending_one_is_stale(
             else:
                 getattr(q, op)(d0)
         assert q.ack(d1) == 1  # the other delivery is untouched
+
+
+def test_visibility_zero_makes_a_message_visible_at_once(broker: mqlite.Broker) -> None:
+    """Issue 10 anchor (SQS): ``extend(0)`` is ChangeMessageVisibility 0, and a receive or a
+    queue with ``visibility_timeout=0`` leaves what it hands out visible to others."""
+    broker.create_topic("t")
+    broker.send("t", b"a")
+    with broker.queue("t", "g") as q1, broker.queue("t", "g") as q2:
+        (held,) = q1.receive(1, timeout=1)
+        assert q2.receive(1, timeout=0) == []
+        held.extend(0)
+        (again,) = q2.receive(1, timeout=1)
+        assert (again.value, again.delivery_count) == (b"a", 2)
+        with pytest.raises(mqlite.StaleDeliveryError):
+            held.ack()
+        again.ack()
+        broker.send("t", b"b")
+        q1.receive(1, timeout=1, visibility_timeout=0)
+        assert [d.value for d in q2.receive(1, timeout=1)] == [b"b"]
+    with broker.queue("t", "h", visibility_timeout=0) as q3:
+        assert q3.visibility_timeout_ms == 0

@@ -485,7 +485,7 @@ def test_argument_errors(broker):
     with pytest.raises(ValueError):
         broker.queue("t", group="bad/name")
     with pytest.raises(ValueError):
-        broker.queue("t", group="g", visibility_timeout=0)
+        broker.queue("t", group="g", visibility_timeout=-1)
     with pytest.raises(ValueError):
         broker.queue("t", group="g", visibility_timeout=float("inf"))
     with pytest.raises(TypeError):
@@ -516,7 +516,7 @@ def test_argument_errors(broker):
     with pytest.raises(TypeError):
         ds[0].nack(error=5)
     with pytest.raises(ValueError):
-        ds[0].extend(0)
+        ds[0].extend(-1)
     with pytest.raises(TypeError):
         ds[0].dead_letter(reason=b"x")
     assert q.ack(ds) == 2  # nothing above changed anything

@@ -79,7 +79,8 @@ class Queue:
     visibility_timeout
         Seconds (not milliseconds) a received message stays invisible to
         others before it is redelivered if not acked (default 30;
-        ``0 < visibility_timeout <= 43200``, 12 hours, as SQS).
+        ``0 <= visibility_timeout <= 43200``, 12 hours, as SQS; 0 leaves a
+        received message visible to others at once).
     max_deliveries
         A message delivered this many times that is nacked or times out again
         is dead-lettered (``None`` = retry forever).  Without
@@ -115,7 +116,7 @@ class Queue:
         validate_topic_name(topic)
         validate_group_name(group)
         self.visibility_timeout_ms = seconds_ms(visibility_timeout, "visibility_timeout",
-                                                allow_zero=False,
+                                                allow_zero=True,
                                                 maximum=MAX_VISIBILITY_TIMEOUT_S)
         self._given = given_policy(topic, max_deliveries, dead_letter_topic, retry_backoff)
         self._policy = QueuePolicy()
@@ -270,7 +271,10 @@ class Queue:
     def extend(self, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
         """Keep deliveries invisible to others for ``seconds`` more, counted from now.
 
-        ``0 < seconds <= 43200`` (12 hours, the ``visibility_timeout`` bound).
+        ``0 <= seconds <= 43200`` (12 hours, the ``visibility_timeout`` bound);
+        ``extend(0)`` makes the messages visible to others at once, as SQS's
+        ChangeMessageVisibility with 0 (this delivery then goes stale once another
+        consumer receives them).
         """
         return _settle.extend(self, deliveries, seconds)
 

@@ -49,7 +49,7 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
     require_positive_number(timeout, "timeout")
     vt = q.visibility_timeout_ms
     if visibility_timeout is not None:
-        vt = seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=False,
+        vt = seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=True,
                         maximum=MAX_VISIBILITY_TIMEOUT_S)
     from mqlite import scheduler
 

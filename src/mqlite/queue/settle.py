@@ -309,7 +309,7 @@ def dead_letter(q: QueueCore, deliveries: Delivery | Iterable[Delivery], reason:
 
 def extend(q: QueueCore, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
     """:meth:`Queue.extend` (documented there)."""
-    ms = seconds_ms(seconds, "seconds", allow_zero=False, maximum=MAX_VISIBILITY_TIMEOUT_S)
+    ms = seconds_ms(seconds, "seconds", allow_zero=True, maximum=MAX_VISIBILITY_TIMEOUT_S)
 
     post: list[tuple[list[Delivery], Receipt]] = []
 

@@ -531,11 +531,8 @@ class Engine:
             _log.store_state(txn, env.dbs, pid, st)
             if dkey is not None:
                 self.dedup_store(txn, dkey, rec, part, off, ts)
-        except BaseException as exc:
-            err = env.abort_with(txn, exc, f"send to {topic!r}")
-            if err is exc:
-                raise
-            raise err from exc
+        except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
+            env.fail(txn, exc, f"send to {topic!r}")
         env.commit(txn, wake=topic)
         return _tuple_new(RecordMetadata, (topic, part, off, ts))
 
@@ -609,11 +606,8 @@ class Engine:
             for part, batches in groups:
                 base, st = self.append_in(txn, rec, part, batches)
                 ranges.append(PartitionRange(part, base, st.next - base))
-        except BaseException as exc:
-            err = env.abort_with(txn, exc, f"send_batch to {topic!r}")
-            if err is exc:
-                raise
-            raise err from exc
+        except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
+            env.fail(txn, exc, f"send_batch to {topic!r}")
         env.commit(txn)
         return BatchMetadata(topic, first_ts, ranges, assignment)
 

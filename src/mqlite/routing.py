@@ -326,11 +326,8 @@ def publish(engine: Engine, exchange: str, routing_key: str, value: Any, *, key:
         engine.maybe_check_space(env, txn, len(value) if value is not None else 0)
         out, touched = publish_in(txn, engine, exchange, routing_key, value, key=key,
                                   headers=headers, ts=ts, mandatory=mandatory)
-    except BaseException as exc:
-        err = env.abort_with(txn, exc, f"publish to exchange {exchange!r}")
-        if err is exc:
-            raise
-        raise err from exc
+    except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
+        env.fail(txn, exc, f"publish to exchange {exchange!r}")
     env.commit(txn)
     if touched:
         env.notify_topics(touched)

@@ -38,7 +38,7 @@ import threading
 import time
 import zlib
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import lmdb
 
@@ -866,6 +866,16 @@ class Env:
                 fn()
         finally:
             self._leave()
+
+    def fail(self, txn: Any, exc: BaseException, what: str) -> NoReturn:
+        """Abort ``txn`` because of ``exc`` and raise: the converted error for an ``lmdb``
+        error (chained to it), else ``exc`` itself.  Call it in the ``except`` block of a
+        write transaction driven by hand (the hot paths that skip the context manager).
+        """
+        err = self.abort_with(txn, exc, what)
+        if err is exc:
+            raise exc
+        raise err from exc
 
     def abort_with(self, txn: Any, exc: BaseException, what: str) -> BaseException:
         """Abort ``txn`` because of ``exc``; return the exception to raise.

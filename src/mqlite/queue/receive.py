@@ -173,11 +173,8 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int) -> tuple[list[Delive
             q._store_meta(txn, meta)
         if dlq_moved:
             cleanup_consumed(engine, txn, topic)
-    except BaseException as exc:
-        err = env.abort_with(txn, exc, f"receive from {topic!r}")
-        if err is exc:
-            raise
-        raise err from exc
+    except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
+        env.fail(txn, exc, f"receive from {topic!r}")
     env.commit(txn)
     if got:
         # Waiting consumers bound their wait by the earliest visibility deadline.

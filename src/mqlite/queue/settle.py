@@ -158,11 +158,8 @@ def ack(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> int:
             _pending.write_bits(txn, dbs, r.key, raw, bm)
         if done:
             cleanup_consumed(q._engine, txn, q.topic)
-    except BaseException as exc:
-        err = env.abort_with(txn, exc, f"ack on {q.topic!r}")
-        if err is exc:
-            raise
-        raise err from exc
+    except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
+        env.fail(txn, exc, f"ack on {q.topic!r}")
     env.commit(txn)
     if stale:
         err = StaleDeliveryError(

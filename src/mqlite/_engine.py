@@ -40,7 +40,7 @@ from mqlite import _core
 from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_list
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
-from mqlite._storage.env import Env
+from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -73,8 +73,6 @@ __all__ = [
 
 TopicRecord = _log.TopicRecord
 _tuple_new = tuple.__new__  # NamedTuple construction without the keyword-argument wrapper
-_SPACE_CHECK_EVERY = 64
-_SPACE_CHECK_BYTES = 1 << 20
 _RETENTION_INTERVAL_S = 1.0
 _UNCAPPED = 1 << 30  # max_message_bytes for re-appends of messages accepted once
 
@@ -128,8 +126,6 @@ class Engine:
         # keyless round-robin, one counter per topic (a shared one put every message of
         # two alternating topics on one partition each)
         self._rr: dict[str, Iterator[int]] = {}
-        self._writes = 0
-        self._bytes_since_check = 0
         self._last_retention: dict[int, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -289,6 +285,7 @@ class Engine:
         with self._catalog_change() as txn:
             if exist_ok and _log.get_topic(txn, env.dbs, name) is not None:
                 return
+            env.check_space(txn, 0, SPACE_GROW)
             _log.create_topic(txn, env.dbs, name, cfg, now_ms())
             env.check_topic_cache(_log.topics_version(txn, env.dbs))
 
@@ -403,16 +400,14 @@ class Engine:
         pid = rec.pids[part]
         st = _log.load_state_w(txn, env, pid)
         base = _log.append_batches(txn, env.dbs, pid, batches, st)
-        self._after_append(txn, env, rec, pid, st, sum(len(b) for b in batches))
+        self._after_append(txn, env, rec, pid, st)
         _log.store_state(txn, env.dbs, pid, st)
         env.touched.add(rec.name)
         return base, st
 
     def _after_append(self, txn: Any, env: Env, rec: _log.TopicRecord, pid: int,
-                      st: _log.PartitionState, nbytes: int) -> None:
-        """Space accounting and rate-limited retention, inside the append transaction."""
-        self._writes += 1
-        self._bytes_since_check += nbytes
+                      st: _log.PartitionState) -> None:
+        """Rate-limited retention, inside the append transaction."""
         cfg = rec.config
         if (cfg["retention_ms"] is not None or cfg["retention_bytes"] is not None
                 or cfg["retention_messages"] is not None):
@@ -459,11 +454,18 @@ class Engine:
         _dedup.store(txn, self.env.dbs, dkey, part, off, ts, now_ms(),
                      rec.config["dedup_window_ms"])
 
-    def maybe_check_space(self, env: Env, txn: Any, nbytes: int) -> None:
-        if (self._writes % _SPACE_CHECK_EVERY == 0
-                or self._bytes_since_check + nbytes >= _SPACE_CHECK_BYTES):
-            self._bytes_since_check = 0
-            env.check_space(txn)
+    def check_space(self, env: Env, txn: Any, nbytes: int) -> None:
+        """Admit a send of ``nbytes`` encoded bytes (``StorageFullError`` above 90%)."""
+        env.check_space(txn, nbytes, SPACE_SEND)
+
+    def admit_growth(self, txn: Any) -> None:
+        """Admit a write that adds lasting state but no messages: a receive, a new group,
+        topic, exchange or binding (``StorageFullError`` above 95% of the map).
+
+        Draining writes (acks, nacks, offset commits, deletes, close) never call this:
+        the map's last 5% is kept for them, so a full broker can always be drained.
+        """
+        self.live_env().check_space(txn, 0, SPACE_GROW)
 
     def send(self, topic: str, value: Any, key: Any = None,
              headers: HeadersArg = None, partition: int | None = None,
@@ -509,9 +511,7 @@ class Engine:
             pid = pids[part]
             batch = batches[0]
             nbytes = len(batch)
-            if (self._writes % _SPACE_CHECK_EVERY == 0
-                    or self._bytes_since_check + nbytes >= _SPACE_CHECK_BYTES):
-                self.maybe_check_space(env, txn, nbytes)
+            env.check_space(txn, nbytes, SPACE_SEND)
             st = env.state_cache.get(pid) if txn is env.fresh_txn else None
             if st is None:
                 st = _log.load_state_w(txn, env, pid)
@@ -524,10 +524,7 @@ class Engine:
             st.last_ts = max(st.last_ts, ts)
             if rec.config["retention_ms"] is not None or rec.config["retention_bytes"] \
                     is not None or rec.config["retention_messages"] is not None:
-                self._after_append(txn, env, rec, pid, st, nbytes)
-            else:
-                self._writes += 1
-                self._bytes_since_check += nbytes
+                self._after_append(txn, env, rec, pid, st)
             _log.store_state(txn, env.dbs, pid, st)
             if dkey is not None:
                 self.dedup_store(txn, dkey, rec, part, off, ts)
@@ -601,8 +598,7 @@ class Engine:
                 env.abort(txn)
                 return self.send_batch(topic, values, keys, partition, headers=headers,
                                        timestamp_ms=timestamp_ms)
-            self._bytes_since_check = _SPACE_CHECK_BYTES  # force a check for bulk writes
-            self.maybe_check_space(env, txn, total)
+            env.check_space(txn, total, SPACE_SEND)
             for part, batches in groups:
                 base, st = self.append_in(txn, rec, part, batches)
                 ranges.append(PartitionRange(part, base, st.next - base))

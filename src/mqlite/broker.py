@@ -68,7 +68,10 @@ def open(
     map_size
         Bytes of address space reserved for the data file (sparse; the file
         grows only as used).  Fixed when the broker is created; default 64 GiB.
-        Sends are refused with :class:`StorageFullError` above 90% of it.
+        Sends are refused with :class:`StorageFullError` above 90% of it;
+        receives, new groups, topics, exchanges and bindings above 95%; acks,
+        nacks, offset commits, joins of existing groups, deletes and close are
+        always admitted, so a full broker can always be drained.
     create
         Create the directory when missing (else :class:`BrokerDirectoryError`).
     shared_group

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_MAP_SIZE",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DURABILITY_MODES",
+    "GROW_WATER_FRACTION",
     "HIGH_WATER_FRACTION",
     "MAX_DELAY_S",
     "MAX_LINGER_MS",
@@ -57,6 +58,11 @@ DURABILITY_MODES: tuple[str, ...] = ("sync", "lazy", "none")
 DEFAULT_MAP_SIZE = 64 << 30
 #: Above this fraction of the map in use, sends raise StorageFullError.
 HIGH_WATER_FRACTION = 0.90
+#: Above this fraction, writes that add lasting state but drain nothing (receives, new
+#: groups, new topics, exchanges and bindings) raise StorageFullError too; the rest of the
+#: map is kept for draining writes (acks, nacks, offset commits, joins of existing groups,
+#: deletes, close), which are always admitted.
+GROW_WATER_FRACTION = 0.95
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
 DEFAULT_DEDUP_WINDOW_MS = 120_000
 MAX_PARTITIONS = 10_000

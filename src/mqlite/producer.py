@@ -382,7 +382,7 @@ class Producer:
             txn = env.write_txn()
             try:
                 total = sum(len(b) for g in groups for b in g.batches)
-                engine.maybe_check_space(env, txn, total)
+                engine.check_space(env, txn, total)
                 touched = append_items(engine, txn, groups, now_ms(), results)
             except BaseException as exc:
                 err = env.abort_with(txn, exc, "producer commit")

@@ -141,6 +141,7 @@ def declare_exchange(engine: Engine, name: str, type: str = "direct", *,
             if not exist_ok:
                 raise ExchangeExistsError(f"exchange {name!r} already exists")
             return
+        engine.admit_growth(txn)
         _ex.put_exchange(txn, env.dbs, name, ExchangeRecord(type, alternate_exchange))
 
 
@@ -215,6 +216,7 @@ def bind(engine: Engine, exchange: str, topic: str, routing_key: str | None = No
         ex = _get_exchange(txn, env.dbs, exchange)
         engine.topic(txn, topic)
         b = _make_binding(ex, exchange, topic, routing_key, headers, match)
+        engine.admit_growth(txn)
         _ex.put_binding(txn, env.dbs, b)
 
 
@@ -323,7 +325,7 @@ def publish(engine: Engine, exchange: str, routing_key: str, value: Any, *, key:
     env = engine.live_env()
     txn = env.write_txn()
     try:
-        engine.maybe_check_space(env, txn, len(value) if value is not None else 0)
+        engine.check_space(env, txn, len(value) if value is not None else 0)
         out, touched = publish_in(txn, engine, exchange, routing_key, value, key=key,
                                   headers=headers, ts=ts, mandatory=mandatory)
     except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises

@@ -96,9 +96,11 @@ def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
         did = dedup_id.encode() if isinstance(dedup_id, str) else bytes(dedup_id)
     msg = ScheduledMessage(topic, -1 if partition is None else partition, kb, val, hdrs, ts, did)
     due_ms = int(due * 1000)
+    raw = _enc.encode(msg)
     with engine.write() as txn:
         engine.topic(txn, topic)
-        _schedule.put(txn, engine.env.dbs, due_ms, _enc.encode(msg))
+        engine.check_space(engine.env, txn, len(raw))  # a delayed send is a send
+        _schedule.put(txn, engine.env.dbs, due_ms, raw)
         engine.touched(topic)
     return RecordMetadata(topic, -1 if partition is None else partition, -1,
                           due_ms if ts < 0 else ts)

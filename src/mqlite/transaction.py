@@ -119,6 +119,7 @@ def claim(engine: Engine, event_id: str | bytes, scope: str = "default", *,
         now = _wall_ms()
         hit = _processed.lookup(txn, env.dbs, key, now)
         if hit is None:
+            engine.admit_growth(txn)
             _processed.put(txn, env.dbs, key, now, now + ttl_ms)
         _processed.sweep(txn, env.dbs, now, _SWEEP_PER_CLAIM)
     return hit is None
@@ -338,7 +339,7 @@ class Transaction:
                     self._apply_claims(txn, env.dbs)
                 if groups or self._publishes:
                     total = sum(len(b) for g in groups for b in g.batches)
-                    engine.maybe_check_space(env, txn, total)
+                    engine.check_space(env, txn, total)
                 touched |= append_items(engine, txn, groups, now, results)
                 for ex, rk, value, key, headers, mandatory, fut in self._publishes:
                     mds, t = publish_in(txn, engine, ex, rk, value, key=key, headers=headers,

@@ -22,8 +22,12 @@ Contract
 * LMDB's map of ``data.mdb`` is guarded against SIGBUS (``_guard_map``): a
   stored size that runs past the end of the file reads zeros, so the read
   raises :class:`CorruptRecordError` instead of killing the process.
-* Backpressure: above ``HIGH_WATER_FRACTION`` of the map in use, writes that
-  add data raise :class:`StorageFullError`; deletes and acks still work.
+* Backpressure in three tiers (:meth:`Env.check_space`): above
+  ``HIGH_WATER_FRACTION`` (90%) of the map in use, sends raise
+  :class:`StorageFullError`; above ``GROW_WATER_FRACTION`` (95%) so do the other
+  writes that add lasting state (receives, new groups, new topics); draining
+  writes (acks, nacks, offset commits, deletes, close) are always admitted, into
+  the headroom the first two tiers leave.
 * ``lmdb`` exceptions are converted by :func:`lmdb_error`; none escapes raw.
 """
 
@@ -44,7 +48,13 @@ import lmdb
 
 from mqlite import _core
 from mqlite._storage import log as _log
-from mqlite.config import DEFAULT_MAP_SIZE, DURABILITY_MODES, HIGH_WATER_FRACTION, MAX_MAP_SIZE
+from mqlite.config import (
+    DEFAULT_MAP_SIZE,
+    DURABILITY_MODES,
+    GROW_WATER_FRACTION,
+    HIGH_WATER_FRACTION,
+    MAX_MAP_SIZE,
+)
 from mqlite.errors import (
     BrokerDirectoryError,
     ClosedError,
@@ -54,7 +64,16 @@ from mqlite.errors import (
     StorageFullError,
 )
 
-__all__ = ["DB_NAMES", "Env", "ReadTxn", "acquire_env", "check_data_file", "lmdb_error"]
+__all__ = [
+    "DB_NAMES",
+    "SPACE_GROW",
+    "SPACE_SEND",
+    "Env",
+    "ReadTxn",
+    "acquire_env",
+    "check_data_file",
+    "lmdb_error",
+]
 
 #: The fixed set of named databases (docs/format.md).
 DB_NAMES = (
@@ -73,6 +92,10 @@ DB_NAMES = (
 FORMAT_VERSION = 1
 NOTIFY_SLOTS = 4096
 _READER_CHECK_INTERVAL = 5.0
+#: Space tiers of :meth:`Env.check_space`.
+SPACE_SEND = "send"
+SPACE_GROW = "grow"
+_SPACE_BUDGET_MAX = 1 << 20  # bytes a process adds between two counts of the pages in use
 _META = struct.Struct("<II")  # magic, version
 _LMDB_MAGIC = 0xBEEFC0DE
 _UNINITIALIZED_MAX_PAGES = 16  # see _never_initialized
@@ -531,6 +554,8 @@ class Env:
         self.map_size = info["map_size"]
         self._psize = env.stat()["psize"]
         self._hwm_pages = int(self.map_size * HIGH_WATER_FRACTION) // self._psize
+        self._grow_pages = int(self.map_size * GROW_WATER_FRACTION) // self._psize
+        self.space_budget = 0
         self._next_reader_check = time.monotonic() + _READER_CHECK_INTERVAL
         if self.notifier is None:
             self.notifier = _core.Notifier(
@@ -790,6 +815,7 @@ class Env:
         else:
             self.fresh_txn = None
             self.state_cache.clear()
+            self.space_budget = 0  # others wrote: count the space again before admitting
             # Another process committed since our last commit: check the topic cache
             # now, not only when this transaction reads a topic record.  A transaction
             # that reads none (declare an exchange, say) still commits, and the next
@@ -901,22 +927,43 @@ class Env:
         finally:
             self._leave()
 
-    def check_space(self, txn: Any) -> None:
-        """Raise :class:`StorageFullError` when the map is above its high-water mark.
+    def check_space(self, txn: Any, nbytes: int = 0, tier: str = SPACE_SEND) -> None:
+        """Admit a write of about ``nbytes`` new bytes, or raise :class:`StorageFullError`.
 
-        Cheap when far from full (one ``info()`` call); near the mark the
-        pages really in use (excluding reusable free pages) are counted.
+        ``tier`` is :data:`SPACE_SEND` (refused once the map is above
+        ``HIGH_WATER_FRACTION``) or :data:`SPACE_GROW` (refused above
+        ``GROW_WATER_FRACTION``); draining writes do not call this.  Every write of
+        the first two tiers calls it: the common case costs one subtraction from
+        ``space_budget``, the bytes this process may still add before it counts the
+        pages in use again.  A count sets the budget to an eighth of the room left
+        below the send mark (at most 1 MiB); a write transaction that follows another
+        process's commit drops it (:meth:`write_txn`), so the budget only covers this
+        process's own consecutive writes and no process overshoots a mark by more
+        than its estimate's error.  A write is charged twice its size plus a page
+        (B-tree overhead), which errs on the side of refusing.  Far from the marks a
+        re-count is one ``info()`` call (last page number bounds the pages in use);
+        near them it counts the pages of every database.
         """
-        env = self.lmdb
-        if env.info()["last_pgno"] < self._hwm_pages:
+        need = 2 * nbytes + self._psize
+        if need < self.space_budget:
+            self.space_budget -= need
             return
+        mark = self._hwm_pages if tier == SPACE_SEND else self._grow_pages
+        need_pages = -(-need // self._psize)
         now = time.monotonic()
-        if now < self._full_until:
-            raise StorageFullError(self._full_message())
-        used = self._pages_in_use(txn)
-        if used >= self._hwm_pages:
-            self._full_until = now + 0.05
-            raise StorageFullError(self._full_message())
+        if tier == SPACE_SEND and now < self._full_until:
+            raise StorageFullError(self._full_message(tier))
+        # last_pgno bounds the pages in use from above; counting is needed only near a mark.
+        used = self.lmdb.info()["last_pgno"] + 1
+        if used + need_pages > self._hwm_pages:
+            used = self._pages_in_use(txn)
+        if used + need_pages > mark:
+            self.space_budget = 0
+            if tier == SPACE_SEND and used >= mark:  # full for any send, not only this one
+                self._full_until = now + 0.05
+            raise StorageFullError(self._full_message(tier))
+        room = max(0, self._hwm_pages - used - need_pages) * self._psize
+        self.space_budget = min(room // 8, _SPACE_BUDGET_MAX)
 
     def space_freed(self) -> None:
         """Forget a cached "full" verdict: call after a commit that deleted data."""
@@ -929,11 +976,17 @@ class Env:
             total += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return total + 2  # the two meta pages
 
-    def _full_message(self) -> str:
+    def _full_message(self, tier: str) -> str:
+        if tier == SPACE_SEND:
+            return (
+                f"broker {self.path} is above {int(HIGH_WATER_FRACTION * 100)}% of its map "
+                f"({self.map_size} bytes): sends are refused until consumers drain it, "
+                "retention deletes old data, or it is reopened with a larger map_size"
+            )
         return (
-            f"broker {self.path} is above {int(HIGH_WATER_FRACTION * 100)}% of its map "
-            f"({self.map_size} bytes): sends are refused until consumers drain it, retention "
-            "deletes old data, or it is reopened with a larger map_size"
+            f"broker {self.path} is above {int(GROW_WATER_FRACTION * 100)}% of its map "
+            f"({self.map_size} bytes): receives, new groups and new topics are refused; "
+            "ack or nack in-flight messages, delete topics, or reopen with a larger map_size"
         )
 
     def space(self) -> dict[str, int]:
@@ -944,6 +997,7 @@ class Env:
             "map_size": self.map_size,
             "used_bytes": used * self._psize,
             "high_water_bytes": self._hwm_pages * self._psize,
+            "grow_water_bytes": self._grow_pages * self._psize,
             "file_bytes": os.path.getsize(os.path.join(self.path, "data.mdb")),
         }
 

@@ -246,8 +246,10 @@ class GroupMember:
         try:
             now = _now_ms()
             with self.engine.write() as txn:
-                state = load_group(txn, self.env.dbs, self.group) or GroupState(
-                    assignor=self.assignor)
+                state = load_group(txn, self.env.dbs, self.group)
+                if state is None:  # a new group adds state; joining one may drain it
+                    self.engine.admit_growth(txn)
+                    state = GroupState(assignor=self.assignor)
                 if not state.members:
                     state.assignor = self.assignor
                 elif state.assignor != self.assignor:

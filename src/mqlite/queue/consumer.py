@@ -155,6 +155,8 @@ class Queue:
         name = self._liveness.create_lock()
         try:
             with self._engine.write() as txn:
+                if load_meta(txn, self._env.dbs, self._qg) is None:
+                    self._engine.admit_growth(txn)  # a new group; joining one may drain it
                 meta = self._load_meta(txn)
                 meta.policy = merge_policy(meta.policy, self._given, self.topic, self.group,
                                            alter=False)

@@ -141,6 +141,7 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int) -> tuple[list[Delive
             pfx = q._prefix
             owner = q._owner
             visible = now + vt
+            admitted = False
             for i in range(n):
                 part = (start + i) % n
                 pid = pids[part]
@@ -154,6 +155,9 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int) -> tuple[list[Delive
                                         topic, part, st.next)
                 if not msgs:
                     continue
+                if not admitted:  # the first new delivery of this call: pending state grows
+                    engine.admit_growth(txn)
+                    admitted = True
                 first = msgs[0].offset
                 span = msgs[-1].offset - first + 1
                 # all set for dense offsets; kept exact all the same

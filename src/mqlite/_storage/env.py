@@ -69,6 +69,7 @@ __all__ = [
     "SPACE_GROW",
     "SPACE_SEND",
     "Env",
+    "MapExhaustedError",
     "ReadTxn",
     "acquire_env",
     "check_data_file",
@@ -105,12 +106,23 @@ _registry_lock = threading.Lock()
 _graveyard: list[Any] = []  # lmdb handles inherited across fork(): kept, never closed
 
 
+class MapExhaustedError(StorageFullError):
+    """LMDB's map itself ran out of pages (not a tier refusal of :meth:`Env.check_space`).
+
+    Below the marks this happens only while readers pin freed pages: pages a
+    write transaction frees are reused only once no reader still sees the
+    snapshot they belonged to, so a reader thread preempted inside its read
+    transaction makes a run of small writes take fresh pages from the end of the
+    map.  Draining writes retry on it (``mqlite._engine.retry_draining``).
+    """
+
+
 def lmdb_error(exc: BaseException, what: str) -> MqliteError:
     """Convert an ``lmdb`` exception into the matching mqlite error."""
     if isinstance(exc, MqliteError):
         return exc
     if isinstance(exc, lmdb.MapFullError):
-        return StorageFullError(
+        return MapExhaustedError(
             f"{what}: the broker's map is full; consume, apply retention or delete topics, "
             "or reopen with a larger map_size"
         )

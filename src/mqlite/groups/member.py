@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from mqlite._engine import draining, retry_draining
 from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
 from mqlite.assignors import ASSIGNORS, EAGER
@@ -299,27 +300,31 @@ class GroupMember:
             return
         me = self.member_id
         try:
-            changed = False
-            with self.engine.write() as txn:
-                state = load_group(txn, self.env.dbs, self.group)
-                if self._is_mine(state):
-                    if commit:
-                        self._commit_owned(txn, state, self._dirty(self.owned))
-                    if self.instance_id is not None:
-                        # Static members keep their slot (and assignment) for session_timeout.
-                        state.members[me].departed_ms = _now_ms()
-                        _release_all(state, me)
-                        grant_free(state)
-                    else:
-                        remove_member(self.engine, txn, state, me)
-                    store_group(txn, self.env.dbs, self.group, state)
-                    changed = True
-            if changed:
+            state = retry_draining(lambda: self._leave_in_txn(me, commit))
+            if state is not None:
                 _notify_group(self.engine, state)
         finally:
             self.member_id = None
             self.owned = []
             self._drop_lock()
+
+    def _leave_in_txn(self, me: str, commit: bool) -> GroupState | None:
+        """The leave's write transaction; the group state stored, or ``None`` if not ours."""
+        with self.engine.write() as txn:
+            state = load_group(txn, self.env.dbs, self.group)
+            if not self._is_mine(state):
+                return None
+            if commit:
+                self._commit_owned(txn, state, self._dirty(self.owned))
+            if self.instance_id is not None:
+                # Static members keep their slot (and assignment) for session_timeout.
+                state.members[me].departed_ms = _now_ms()
+                _release_all(state, me)
+                grant_free(state)
+            else:
+                remove_member(self.engine, txn, state, me)
+            store_group(txn, self.env.dbs, self.group, state)
+        return state
 
     def close(self) -> None:
         """Leave the group: ``on_revoke``, commit per policy, release, stop the watcher.
@@ -404,6 +409,7 @@ class GroupMember:
             return
         self._sync(state)
 
+    @draining
     def after_fetch(self, msgs: list[Any]) -> None:
         """Called by ``poll()`` with the fetched messages (commit policy ``before``).
 
@@ -430,6 +436,7 @@ class GroupMember:
         return {tp: pos[tp] for tp in tps
                 if pos.get(tp, -1) >= 0 and self._committed.get(tp) != pos[tp]}
 
+    @draining
     def _auto_commit(self) -> None:
         if self._commit_policy != "after":
             return
@@ -557,6 +564,7 @@ class GroupMember:
                 out[tp] = None if off < 0 else off
         return out
 
+    @draining
     def commit(self, offsets: Any = None) -> None:
         """Commit offsets (fenced).
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
+from mqlite._engine import draining, retry_draining
 from mqlite._lifecycle import UseGuard, guarded
 from mqlite._storage import log as _log
 from mqlite._storage import pending as _pending
@@ -231,6 +232,7 @@ class Queue:
 
     # -- settling ----------------------------------------------------------------------
     @guarded
+    @draining
     def ack(self, deliveries: Delivery | Iterable[Delivery]) -> int:
         """Acknowledge many deliveries in one transaction; returns how many.
 
@@ -242,6 +244,7 @@ class Queue:
         return _settle.ack(self, deliveries)
 
     @guarded
+    @draining
     def _settle_one(self, d: Delivery, op: str) -> None:
         _settle.settle_one(self, d)
 
@@ -250,6 +253,7 @@ class Queue:
         _settle.ack_in(self, txn, deliveries)
 
     @guarded
+    @draining
     def nack(self, deliveries: Delivery | Iterable[Delivery], delay: float | None = None,
              error: str | None = None) -> int:
         """Return messages: visible again after ``delay`` s (default: the backoff policy).
@@ -264,12 +268,14 @@ class Queue:
         return _settle.nack(self, deliveries, delay, error)
 
     @guarded
+    @draining
     def dead_letter(self, deliveries: Delivery | Iterable[Delivery],
                     reason: str = "rejected") -> int:
         """Move delivered messages to the dead-letter topic now (dropped when there is none)."""
         return _settle.dead_letter(self, deliveries, reason)
 
     @guarded
+    @draining
     def extend(self, deliveries: Delivery | Iterable[Delivery], seconds: float) -> int:
         """Keep deliveries invisible to others for ``seconds`` more, counted from now.
 
@@ -350,22 +356,27 @@ class Queue:
             self._liveness.drop_lock()  # a no-op in a forked child (closed at fork)
             return
         try:
-            with self._engine.write() as txn:
-                meta = self._load_meta(txn)
-                released = 0
-                for e in self._scan(txn):
-                    if e.owner == self._owner:
-                        e.visible, e.owner, e.token = 0, NOBODY, 0
-                        _pending.put(txn, self._env.dbs, e)
-                        released += 1
-                meta.consumers.pop(self.owner_id, None)
-                if released:
-                    meta.min_visible_ms = 0
-                self._store_meta(txn, meta)
+            released = retry_draining(self._release_mine)
             if released:
                 self._env.notify_topics((self.topic,))
         finally:
             self._liveness.drop_lock()
+
+    def _release_mine(self) -> int:
+        """Leave the group: make this consumer's in-flight messages visible again."""
+        with self._engine.write() as txn:
+            meta = self._load_meta(txn)
+            released = 0
+            for e in self._scan(txn):
+                if e.owner == self._owner:
+                    e.visible, e.owner, e.token = 0, NOBODY, 0
+                    _pending.put(txn, self._env.dbs, e)
+                    released += 1
+            meta.consumers.pop(self.owner_id, None)
+            if released:
+                meta.min_visible_ms = 0
+            self._store_meta(txn, meta)
+        return released
 
     @property
     def closed(self) -> bool:

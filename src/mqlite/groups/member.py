@@ -245,45 +245,7 @@ class GroupMember:
                      else f"m-{uuid.uuid4().hex}")
         self._take_lock(member_id)
         try:
-            now = _now_ms()
-            with self.engine.write() as txn:
-                state = load_group(txn, self.env.dbs, self.group)
-                if state is None:  # a new group adds state; joining one may drain it
-                    self.engine.admit_growth(txn)
-                    state = GroupState(assignor=self.assignor)
-                if not state.members:
-                    state.assignor = self.assignor
-                elif state.assignor != self.assignor:
-                    raise GroupError(
-                        f"group {self.group!r} uses assignor {state.assignor!r}; "
-                        f"this consumer asked for {self.assignor!r}")
-                me = MemberState(member_id=member_id, pid=os.getpid(), topics=list(self.topics),
-                                 lock=self._lock_name, session_timeout_ms=self.session_timeout_ms,
-                                 joined_ms=now, instance_id=self.instance_id)
-                old = state.members.get(member_id)
-                status = "dead"
-                if old is not None and not old.departed_ms:
-                    status = member_status(self.env.path, old, now)
-                    if status == "alive":
-                        raise GroupError(
-                            f"instance_id {self.instance_id!r} is in use by live pid {old.pid} "
-                            f"in group {self.group!r}; close that consumer or use another id")
-                if old is not None and status == "dead":
-                    # A static member coming back (or replacing a crashed
-                    # incarnation not yet noticed): same slot, same assignment.
-                    unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
-                    state.members[member_id] = me
-                    if sorted(old.topics) != sorted(self.topics):
-                        rebalance(self.engine, txn, state)
-                    else:
-                        grant_free(state)
-                else:
-                    if old is not None:  # expired but alive: fence it out, start afresh
-                        unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
-                        _release_all(state, member_id)
-                    state.members[member_id] = me
-                    rebalance(self.engine, txn, state)
-                store_group(txn, self.env.dbs, self.group, state)
+            state = retry_draining(lambda: self._join_in_txn(member_id))
         except BaseException:
             self._drop_lock()
             raise
@@ -293,6 +255,50 @@ class GroupMember:
         self.pending = True
         self._raw = None
         _notify_group(self.engine, state)
+
+    def _join_in_txn(self, member_id: str) -> GroupState:
+        """The join's write transaction (retried as a draining write: joining a group
+        that exists is always admitted); the group state stored."""
+        now = _now_ms()
+        with self.engine.write() as txn:
+            state = load_group(txn, self.env.dbs, self.group)
+            if state is None:  # a new group adds state; joining one may drain it
+                self.engine.admit_growth(txn)
+                state = GroupState(assignor=self.assignor)
+            if not state.members:
+                state.assignor = self.assignor
+            elif state.assignor != self.assignor:
+                raise GroupError(
+                    f"group {self.group!r} uses assignor {state.assignor!r}; "
+                    f"this consumer asked for {self.assignor!r}")
+            me = MemberState(member_id=member_id, pid=os.getpid(), topics=list(self.topics),
+                             lock=self._lock_name, session_timeout_ms=self.session_timeout_ms,
+                             joined_ms=now, instance_id=self.instance_id)
+            old = state.members.get(member_id)
+            status = "dead"
+            if old is not None and not old.departed_ms:
+                status = member_status(self.env.path, old, now)
+                if status == "alive":
+                    raise GroupError(
+                        f"instance_id {self.instance_id!r} is in use by live pid {old.pid} "
+                        f"in group {self.group!r}; close that consumer or use another id")
+            if old is not None and status == "dead":
+                # A static member coming back (or replacing a crashed
+                # incarnation not yet noticed): same slot, same assignment.
+                unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
+                state.members[member_id] = me
+                if sorted(old.topics) != sorted(self.topics):
+                    rebalance(self.engine, txn, state)
+                else:
+                    grant_free(state)
+            else:
+                if old is not None:  # expired but alive: fence it out, start afresh
+                    unlink_quiet(os.path.join(members_dir(self.env.path), old.lock))
+                    _release_all(state, member_id)
+                state.members[member_id] = me
+                rebalance(self.engine, txn, state)
+            store_group(txn, self.env.dbs, self.group, state)
+        return state
 
     def _leave(self, commit: bool) -> None:
         """Leave in one transaction: commit owned positions (if ``commit``) and release."""

@@ -155,18 +155,23 @@ class Queue:
     def _register(self) -> None:
         name = self._liveness.create_lock()
         try:
-            with self._engine.write() as txn:
-                if load_meta(txn, self._env.dbs, self._qg) is None:
-                    self._engine.admit_growth(txn)  # a new group; joining one may drain it
-                meta = self._load_meta(txn)
-                meta.policy = merge_policy(meta.policy, self._given, self.topic, self.group,
-                                           alter=False)
-                meta.consumers[self.owner_id] = name
-                self._store_meta(txn, meta)
-            self._adopt(meta.policy)
+            self._adopt(retry_draining(lambda: self._register_in_txn(name)))
         except BaseException:
             self._liveness.drop_lock()
             raise
+
+    def _register_in_txn(self, name: str) -> QueuePolicy:
+        """The registration's write transaction (retried as a draining write: joining a
+        group that exists is always admitted); the group's policy."""
+        with self._engine.write() as txn:
+            if load_meta(txn, self._env.dbs, self._qg) is None:
+                self._engine.admit_growth(txn)  # a new group adds state
+            meta = self._load_meta(txn)
+            meta.policy = merge_policy(meta.policy, self._given, self.topic, self.group,
+                                       alter=False)
+            meta.consumers[self.owner_id] = name
+            self._store_meta(txn, meta)
+        return meta.policy
 
     def _adopt(self, policy: QueuePolicy) -> None:
         self._policy = policy

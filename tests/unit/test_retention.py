@@ -200,9 +200,11 @@ def _churn(broker: mqlite.Broker, tmp_broker_dir: Path, seconds: float) -> None:
     sent = 0
     peak = 0
     deadline = time.monotonic() + seconds
+    cap = deadline + 120.0  # a slow (loaded) box churns for longer, not less
     try:
         with broker.producer(linger_ms=1) as producer:
-            while time.monotonic() < deadline:
+            while (time.monotonic() < deadline or sent * 1024 < 8 * retained) \
+                    and time.monotonic() < cap:
                 for _ in range(50):
                     broker.send("churn", value)  # one small batch per message: worst case
                 producer.send("churn", value)

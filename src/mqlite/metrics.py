@@ -110,15 +110,18 @@ _NO_VALUES: tuple[str, ...] = ()
 
 
 def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
-                   label_values: bool = True) -> list[Family]:
+                   label_values: bool = True,
+                   label_cache: dict[Any, Any] | None = None) -> list[Family]:
     """The metric families of one :class:`~mqlite.BrokerStats` snapshot.
 
     ``label_values=False`` leaves the per-partition samples' label-value
     tuples empty (only the label text is built): enough for :func:`render`,
-    and faster.
+    and faster.  ``label_cache`` keeps the per-partition label texts between
+    calls (names never change, so a scrape reuses the previous one's).
     """
     esc = _Names()
     lvs = label_values
+    cache: dict[Any, Any] = {} if label_cache is None else label_cache
     tp = ("topic", "partition")
     end = Family("mqlite_topic_partition_end_offset", "gauge", "Next offset to be written", tp)
     start = Family("mqlite_topic_partition_start_offset", "gauge",
@@ -129,9 +132,13 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
                   ("topic",))
     sent_by: dict[str, int] = {}
     e_add, s_add, b_add = end.samples.append, start.samples.append, size.samples.append
+    cget = cache.get
     for p in s.partitions:
         lv = (p.topic, str(p.partition)) if lvs else _NO_VALUES
-        key = f'topic="{esc[p.topic]}",partition="{p.partition}"'
+        ck = (p.topic, p.partition)
+        key = cget(ck)
+        if key is None:
+            key = cache[ck] = f'topic="{esc[p.topic]}",partition="{p.partition}"'
         e_add((key, lv, p.end_offset))
         s_add((key, lv, p.start_offset))
         b_add((key, lv, p.bytes))
@@ -156,13 +163,18 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
     for grp in s.groups:
         g = grp.group
         gk = f'group="{esc[g]}",topic="'
+        gc_: dict[tuple[str, int], str] = cache.setdefault(("~g", g), {})
+        gget = gc_.get
         members.add((g,), grp.members)
         sums: dict[str, int] = {}
         done: dict[str, int] = {}
         for x in grp.lag:
             t = x.topic
             lv = (g, t, str(x.partition)) if lvs else _NO_VALUES
-            key = f'{gk}{esc[t]}",partition="{x.partition}"'
+            ck = (t, x.partition)
+            key = gget(ck)
+            if key is None:
+                key = gc_[ck] = f'{gk}{esc[t]}",partition="{x.partition}"'
             lag_add((key, lv, x.lag))
             sums[t] = sums.get(t, 0) + x.lag
             if x.committed is not None:
@@ -253,10 +265,14 @@ class BrokerCollector:
     text directly (see :func:`render`).
     """
 
+    #: Label texts kept between scrapes before the cache is dropped (topics come and go).
+    MAX_CACHED_LABELS = 1_000_000
+
     def __init__(self, broker: Broker) -> None:
         _require_prometheus()
         self._broker = broker
         self._lock = threading.Lock()
+        self._labels: dict[tuple[Any, ...], Any] = {}
 
     def describe(self) -> list[Any]:
         return []
@@ -274,7 +290,10 @@ class BrokerCollector:
             try:
                 t0 = time.perf_counter()
                 s = self._broker.stats()
-                return stats_families(s, time.perf_counter() - t0, label_values=label_values)
+                if len(self._labels) > self.MAX_CACHED_LABELS:
+                    self._labels.clear()
+                return stats_families(s, time.perf_counter() - t0, label_values=label_values,
+                                      label_cache=self._labels)
             finally:
                 if was:
                     gc.enable()

@@ -496,12 +496,37 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                  _table(rows, ["offset", "from", "orig_offset", "deliveries", "reason", "error"])
                  if rows else "(no dead letters)")
         elif args.action == "redrive":
-            n = b.redrive(args.topic, limit=args.limit)
+            n = _redrive_with_progress(args, b)
             _out(args, {"redriven": n}, f"redrove {n} message(s)")
         else:
             n = b.purge_dead_letters(args.topic)
             _out(args, {"purged": n}, f"purged {n} message(s)")
     return 0
+
+
+#: Dead letters redriven per transaction by ``mqlite dlq redrive`` (progress steps).
+_REDRIVE_CHUNK = 500
+
+
+def _redrive_with_progress(args: argparse.Namespace, b: Any) -> int:
+    """Redrive up to ``--limit`` letters in chunks, with a progress bar on a terminal.
+
+    Each chunk is one ``broker.redrive`` call (one write transaction, each letter
+    marked done with its copy), so an interrupted run leaves no letter redriven twice.
+    """
+    total = len(b.dead_letters(args.topic, limit=args.limit))
+    done = 0
+    with Progress(TextColumn("redrive"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                  disable=args.json or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("redrive", total=total)
+        while done < args.limit:
+            n = b.redrive(args.topic, limit=min(_REDRIVE_CHUNK, args.limit - done))
+            if n == 0:
+                break
+            done += n
+            bar.update(task, completed=min(done, total))
+    return done
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -242,3 +242,19 @@ def test_backup_while_a_producer_process_runs(tmp_path: Path) -> None:
         c.send("a", b"after restore")  # a working broker
     proc = run("backup", path, str(copy), check=False)
     assert proc.returncode == 2 and "not empty" in proc.stderr
+
+
+def test_dlq_redrive_in_chunks(tmp_broker_dir: Path) -> None:
+    path = str(tmp_broker_dir)
+    with mqlite.open(path, durability="none") as b:
+        b.create_topic("jobs")
+        b.send_batch("jobs", [b"%d" % i for i in range(1200)])
+        q = b.queue("jobs", "w", max_deliveries=3, dead_letter_topic="jobs.dlq")
+        got = q.receive(max_messages=1200, timeout=5.0)
+        assert q.dead_letter(got) == 1200
+        q.close()
+    assert jrun("dlq", "redrive", path, "jobs.dlq", "--limit", "700") == {"redriven": 700}
+    assert jrun("dlq", "redrive", path, "jobs.dlq", "--limit", "5000") == {"redriven": 500}
+    with mqlite.open(path) as b:
+        assert b.dead_letters("jobs.dlq") == []
+        assert b.describe_topic("jobs").messages == 2400

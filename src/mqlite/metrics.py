@@ -67,23 +67,34 @@ def _require_prometheus() -> Any:
 class Family:
     """One metric family: name, type (``"gauge"`` / ``"counter"``), help, labels, samples.
 
-    ``samples`` are ``(label text, label values, value)``; the label text
-    (``topic="a",partition="0"``) is built once and shared by the families
-    that use the same labels.  A counter's samples are exposed as ``<name>_total``.
+    Columnar: ``keys[i]`` is sample ``i``'s label text (``topic="a",partition="0"``),
+    ``values[i]`` its value, ``label_values[i]`` its label values (left empty by
+    ``stats_families(label_values=False)``).  Label texts are built once and shared
+    by the families with the same labels (and kept between scrapes).  A counter's
+    samples are exposed as ``<name>_total``.
     """
 
-    __slots__ = ("doc", "kind", "labels", "name", "samples")
+    __slots__ = ("doc", "keys", "kind", "label_values", "labels", "name", "values")
 
     def __init__(self, name: str, kind: str, doc: str, labels: tuple[str, ...]) -> None:
         self.name = name
         self.kind = kind
         self.doc = doc
         self.labels = labels
-        self.samples: list[tuple[str, tuple[str, ...], float]] = []
+        self.keys: list[str] = []
+        self.values: list[Any] = []  # int or float
+        self.label_values: list[Any] = []  # tuple[str, ...] each
 
     def add(self, values: tuple[str, ...], value: float) -> None:
         """Add a sample; the label text is built from ``values``."""
-        self.samples.append((_label_text(self.labels, values), values, value))
+        self.keys.append(_label_text(self.labels, values))
+        self.values.append(value)
+        self.label_values.append(values)
+
+    @property
+    def samples(self) -> list[tuple[tuple[str, ...], float]]:
+        """``(label values, value)`` pairs (needs ``label_values``)."""
+        return list(zip(self.label_values, self.values, strict=True))
 
 
 def _esc(v: str) -> str:
@@ -98,15 +109,16 @@ def _label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
     return ",".join(f'{k}="{_esc(v)}"' for k, v in zip(names, values, strict=True))
 
 
-class _Names(dict[str, str]):
-    """Escaped names, computed once per name per scrape."""
-
-    def __missing__(self, key: str) -> str:
-        v = self[key] = _esc(key)
-        return v
-
-
-_NO_VALUES: tuple[str, ...] = ()
+def _keys(cache: dict[Any, Any], slot: Any, sig: list[tuple[str, int]], head: str
+          ) -> list[str]:
+    """Label texts ``{head}topic="t",partition="p"`` of ``sig``, reused while ``sig`` is
+    the same as at the previous scrape (names never change; only the set does)."""
+    hit = cache.get(slot)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    keys = [f'{head}topic="{_esc(t)}",partition="{i}"' for t, i in sig]
+    cache[slot] = (sig, keys)
+    return keys
 
 
 def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
@@ -114,13 +126,11 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
                    label_cache: dict[Any, Any] | None = None) -> list[Family]:
     """The metric families of one :class:`~mqlite.BrokerStats` snapshot.
 
-    ``label_values=False`` leaves the per-partition samples' label-value
-    tuples empty (only the label text is built): enough for :func:`render`,
-    and faster.  ``label_cache`` keeps the per-partition label texts between
-    calls (names never change, so a scrape reuses the previous one's).
+    ``label_values=False`` leaves ``Family.label_values`` empty for the
+    per-partition families (only the label texts are built): enough for
+    :func:`render`, and faster.  ``label_cache`` keeps the label texts between
+    calls (``BrokerCollector`` passes its own).
     """
-    esc = _Names()
-    lvs = label_values
     cache: dict[Any, Any] = {} if label_cache is None else label_cache
     tp = ("topic", "partition")
     end = Family("mqlite_topic_partition_end_offset", "gauge", "Next offset to be written", tp)
@@ -130,19 +140,19 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
     sent = Family("mqlite_messages_sent", "counter",
                   "Messages appended since the topic was created (sum of end offsets)",
                   ("topic",))
+    parts = s.partitions
+    sig = [(p.topic, p.partition) for p in parts]
+    keys = _keys(cache, "~partitions", sig, "")
+    ends = [p.end_offset for p in parts]
+    end.keys, end.values = keys, ends
+    start.keys, start.values = keys, [p.start_offset for p in parts]
+    size.keys, size.values = keys, [p.bytes for p in parts]
+    if label_values:
+        lvs = [(t, str(i)) for t, i in sig]
+        end.label_values = start.label_values = size.label_values = lvs
     sent_by: dict[str, int] = {}
-    e_add, s_add, b_add = end.samples.append, start.samples.append, size.samples.append
-    cget = cache.get
-    for p in s.partitions:
-        lv = (p.topic, str(p.partition)) if lvs else _NO_VALUES
-        ck = (p.topic, p.partition)
-        key = cget(ck)
-        if key is None:
-            key = cache[ck] = f'topic="{esc[p.topic]}",partition="{p.partition}"'
-        e_add((key, lv, p.end_offset))
-        s_add((key, lv, p.start_offset))
-        b_add((key, lv, p.bytes))
-        sent_by[p.topic] = sent_by.get(p.topic, 0) + p.end_offset
+    for (t, _), e in zip(sig, ends, strict=True):
+        sent_by[t] = sent_by.get(t, 0) + e
     for t, n in sent_by.items():
         sent.add((t,), n)
 
@@ -158,28 +168,35 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
     consumed = Family("mqlite_messages_consumed", "counter",
                       "Messages consumed by a group: committed offsets (stream groups) or "
                       "deliveries settled (queue groups)", ("topic", "group"))
-    lag_add = lag.samples.append
-    com_add = committed.samples.append
     for grp in s.groups:
         g = grp.group
-        gk = f'group="{esc[g]}",topic="'
-        gc_: dict[tuple[str, int], str] = cache.setdefault(("~g", g), {})
-        gget = gc_.get
+        rows = grp.lag
         members.add((g,), grp.members)
+        gsig = [(x.topic, x.partition) for x in rows]
+        gkeys = _keys(cache, ("~group", g), gsig, f'group="{_esc(g)}",')
+        lags = [x.lag for x in rows]
+        coms = [x.committed for x in rows]
+        lag.keys += gkeys
+        lag.values += lags
+        if None not in coms:
+            committed.keys += gkeys
+            committed.values += coms
+        else:
+            for k, c in zip(gkeys, coms, strict=True):
+                if c is not None:
+                    committed.keys.append(k)
+                    committed.values.append(c)
+        if label_values:
+            glvs = [(g, t, str(i)) for t, i in gsig]
+            lag.label_values += glvs
+            committed.label_values += [lv for lv, c in zip(glvs, coms, strict=True)
+                                       if c is not None]
         sums: dict[str, int] = {}
         done: dict[str, int] = {}
-        for x in grp.lag:
-            t = x.topic
-            lv = (g, t, str(x.partition)) if lvs else _NO_VALUES
-            ck = (t, x.partition)
-            key = gget(ck)
-            if key is None:
-                key = gc_[ck] = f'{gk}{esc[t]}",partition="{x.partition}"'
-            lag_add((key, lv, x.lag))
-            sums[t] = sums.get(t, 0) + x.lag
-            if x.committed is not None:
-                com_add((key, lv, x.committed))
-                done[t] = done.get(t, 0) + x.committed
+        for (t, _), n, c in zip(gsig, lags, coms, strict=True):
+            sums[t] = sums.get(t, 0) + n
+            if c is not None:
+                done[t] = done.get(t, 0) + c
         for t, n in sums.items():
             lag_sum.add((g, t), n)
         for t, n in done.items():
@@ -230,16 +247,17 @@ def render(families: list[Family]) -> bytes:
     ``generate_latest`` (which builds one object per sample and sorts its
     labels): a broker of 10,000 partitions exposes ~50,000 samples, and
     this keeps a scrape within its budget (benchmarks/bench_scrape.py).
+    The per-line loop is ``str.format`` mapped over the columns.
     """
-    parts: list[str] = []
+    out: list[str] = []
     for f in families:
         name = f.name + "_total" if f.kind == "counter" else f.name
-        parts.append(f"# HELP {name} {f.doc}\n# TYPE {name} {f.kind}\n")
+        out.append(f"# HELP {name} {f.doc}\n# TYPE {name} {f.kind}\n")
         if f.labels:
-            parts.append("".join([f"{name}{{{k}}} {v}\n" for k, _, v in f.samples]))
+            out.append("".join(map((name + "{{{}}} {}\n").format, f.keys, f.values)))
         else:
-            parts.append("".join([f"{name} {v}\n" for _, _, v in f.samples]))
-    return "".join(parts).encode()
+            out.append("".join(map((name + " {}\n").format, f.values)))
+    return "".join(out).encode()
 
 
 def _to_prometheus(f: Family) -> Any:
@@ -247,7 +265,7 @@ def _to_prometheus(f: Family) -> Any:
 
     cls = CounterMetricFamily if f.kind == "counter" else GaugeMetricFamily
     fam = cls(f.name, f.doc, labels=list(f.labels))
-    for _, lv, v in f.samples:
+    for lv, v in zip(f.label_values, f.values, strict=True):
         fam.add_metric(list(lv), v)
     return fam
 

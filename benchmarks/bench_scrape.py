@@ -7,8 +7,8 @@ groups with messages in flight and a dead-letter topic; then times, per
 round, the parts of one scrape:
 
 * ``stats``    ``broker.stats()`` (one read transaction, no group joined)
-* ``render``   ``BrokerCollector.families`` + the exposition text
-               (``mqlite metrics``' path: GC paused, no label-value tuples)
+* ``render``   ``BrokerCollector.exposition()``: stats + the exposition text
+               (``mqlite metrics``' path, without the socket)
 * ``http``     a GET of ``/metrics`` from ``mqlite.metrics.serve`` (the target)
 * ``registry`` ``prometheus_client.generate_latest`` over a registry holding
                the collector (the generic path, for comparison)
@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Callable
 
 import mqlite
-from mqlite.metrics import BrokerCollector, render, serve
+from mqlite.metrics import BrokerCollector, serve
 
 
 def build(path: str, topics: int, partitions: int, groups: int, group_topics: int,
@@ -91,7 +91,7 @@ def main() -> None:
 
         for _ in range(a.rounds):
             s = timed("stats", b.stats)
-            text = timed("render", lambda: render(col.families(label_values=False)))
+            text = timed("render", col.exposition)
             body = timed("http", get)
             timed("registry", lambda: pc.generate_latest(reg))
             size, lines = len(body), text.count(b"\n")  # type: ignore[attr-defined,arg-type]

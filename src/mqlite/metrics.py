@@ -40,6 +40,7 @@ group's offsets are reset backwards.
 from __future__ import annotations
 
 import gc
+import operator
 import threading
 import time
 from collections.abc import Iterator
@@ -67,34 +68,51 @@ def _require_prometheus() -> Any:
 class Family:
     """One metric family: name, type (``"gauge"`` / ``"counter"``), help, labels, samples.
 
-    Columnar: ``keys[i]`` is sample ``i``'s label text (``topic="a",partition="0"``),
-    ``values[i]`` its value, ``label_values[i]`` its label values (left empty by
-    ``stats_families(label_values=False)``).  Label texts are built once and shared
-    by the families with the same labels (and kept between scrapes).  A counter's
-    samples are exposed as ``<name>_total``.
+    Columnar, in segments: each segment is ``(keys, values)`` where ``keys[i]`` is
+    a sample's label text (``topic="a",partition="0"``) and ``values[i]`` its
+    value; ``label_values`` holds the samples' label values in order (left empty
+    by ``stats_families(label_values=False)``).  Label-text lists are built once
+    and shared by the families with the same labels, and kept between scrapes
+    while the set of partitions is unchanged.  A counter's samples are exposed
+    as ``<name>_total``.
     """
 
-    __slots__ = ("doc", "keys", "kind", "label_values", "labels", "name", "values")
+    __slots__ = ("doc", "kind", "label_values", "labels", "name", "segments")
 
     def __init__(self, name: str, kind: str, doc: str, labels: tuple[str, ...]) -> None:
         self.name = name
         self.kind = kind
         self.doc = doc
         self.labels = labels
-        self.keys: list[str] = []
-        self.values: list[Any] = []  # int or float
+        self.segments: list[tuple[list[str], list[Any]]] = []
         self.label_values: list[Any] = []  # tuple[str, ...] each
 
     def add(self, values: tuple[str, ...], value: float) -> None:
-        """Add a sample; the label text is built from ``values``."""
-        self.keys.append(_label_text(self.labels, values))
-        self.values.append(value)
+        """Add one sample; the label text is built from ``values``."""
+        if not self.segments or self.segments[-1][0] is _SHARED_NONE:
+            self.segments.append(([], []))
+        keys, vals = self.segments[-1]
+        keys.append(_label_text(self.labels, values))
+        vals.append(value)
         self.label_values.append(values)
 
+    def extend(self, keys: list[str], values: list[Any]) -> None:
+        """Add a segment: ``keys`` (kept by reference: it may be a cached list) and values."""
+        self.segments.append((keys, values))
+        self.segments.append((_SHARED_NONE, []))  # later add() calls open a fresh segment
+
     @property
-    def samples(self) -> list[tuple[tuple[str, ...], float]]:
+    def values(self) -> list[Any]:
+        return [v for _, vals in self.segments for v in vals]
+
+    @property
+    def samples(self) -> list[tuple[tuple[str, ...], Any]]:
         """``(label values, value)`` pairs (needs ``label_values``)."""
         return list(zip(self.label_values, self.values, strict=True))
+
+
+_SHARED_NONE: list[str] = []
+_add = operator.add
 
 
 def _esc(v: str) -> str:
@@ -144,9 +162,9 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
     sig = [(p.topic, p.partition) for p in parts]
     keys = _keys(cache, "~partitions", sig, "")
     ends = [p.end_offset for p in parts]
-    end.keys, end.values = keys, ends
-    start.keys, start.values = keys, [p.start_offset for p in parts]
-    size.keys, size.values = keys, [p.bytes for p in parts]
+    end.extend(keys, ends)
+    start.extend(keys, [p.start_offset for p in parts])
+    size.extend(keys, [p.bytes for p in parts])
     if label_values:
         lvs = [(t, str(i)) for t, i in sig]
         end.label_values = start.label_values = size.label_values = lvs
@@ -176,16 +194,12 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
         gkeys = _keys(cache, ("~group", g), gsig, f'group="{_esc(g)}",')
         lags = [x.lag for x in rows]
         coms = [x.committed for x in rows]
-        lag.keys += gkeys
-        lag.values += lags
+        lag.extend(gkeys, lags)
         if None not in coms:
-            committed.keys += gkeys
-            committed.values += coms
+            committed.extend(gkeys, coms)
         else:
-            for k, c in zip(gkeys, coms, strict=True):
-                if c is not None:
-                    committed.keys.append(k)
-                    committed.values.append(c)
+            kept = [(k, c) for k, c in zip(gkeys, coms, strict=True) if c is not None]
+            committed.extend([k for k, _ in kept], [c for _, c in kept])
         if label_values:
             glvs = [(g, t, str(i)) for t, i in gsig]
             lag.label_values += glvs
@@ -240,23 +254,39 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
     return out
 
 
-def render(families: list[Family]) -> bytes:
+def render(families: list[Family], cache: dict[Any, Any] | None = None) -> bytes:
     """Prometheus text exposition format (0.0.4) of ``families``.
 
     Written directly rather than through ``prometheus_client``'s generic
     ``generate_latest`` (which builds one object per sample and sorts its
-    labels): a broker of 10,000 partitions exposes ~50,000 samples, and
-    this keeps a scrape within its budget (benchmarks/bench_scrape.py).
-    The per-line loop is ``str.format`` mapped over the columns.
+    labels): a broker of 10,000 partitions exposes ~50,000 samples.  Each
+    line is a cached prefix (``\\nname{labels} ``) plus ``str(value)``, joined
+    by C-level ``map``; ``cache`` (``BrokerCollector`` keeps one) holds the
+    prefixes of the label-text lists seen at the previous call.
     """
+    old: dict[Any, Any] = cache if cache is not None else {}
+    new: dict[Any, Any] = {}
     out: list[str] = []
     for f in families:
         name = f.name + "_total" if f.kind == "counter" else f.name
-        out.append(f"# HELP {name} {f.doc}\n# TYPE {name} {f.kind}\n")
-        if f.labels:
-            out.append("".join(map((name + "{{{}}} {}\n").format, f.keys, f.values)))
+        out.append(f"# HELP {name} {f.doc}\n# TYPE {name} {f.kind}")
+        if not f.labels:
+            out.extend(f"\n{name} {v}" for _, vals in f.segments for v in vals)
         else:
-            out.append("".join(map((name + " {}\n").format, f.values)))
+            head = f"\n{name}{{"
+            for keys, vals in f.segments:
+                if not vals:
+                    continue
+                slot = (id(keys), name)
+                hit = new.get(slot) or old.get(slot)
+                if hit is None or hit[0] is not keys:
+                    hit = (keys, [f"{head}{k}}} " for k in keys])
+                new[slot] = hit
+                out.append("".join(map(_add, hit[1], map(str, vals))))
+        out.append("\n")
+    if cache is not None:
+        cache.clear()
+        cache.update(new)
     return "".join(out).encode()
 
 
@@ -265,7 +295,7 @@ def _to_prometheus(f: Family) -> Any:
 
     cls = CounterMetricFamily if f.kind == "counter" else GaugeMetricFamily
     fam = cls(f.name, f.doc, labels=list(f.labels))
-    for lv, v in zip(f.label_values, f.values, strict=True):
+    for lv, v in f.samples:
         fam.add_metric(list(lv), v)
     return fam
 
@@ -290,31 +320,38 @@ class BrokerCollector:
         _require_prometheus()
         self._broker = broker
         self._lock = threading.Lock()
-        self._labels: dict[tuple[Any, ...], Any] = {}
+        self._labels: dict[Any, Any] = {}
+        self._render_cache: dict[Any, Any] = {}
 
     def describe(self) -> list[Any]:
         return []
 
     def families(self, *, label_values: bool = True) -> list[Family]:
-        """The current families (one stats snapshot), mqlite's own representation.
-
-        The cyclic garbage collector is paused meanwhile: a scrape of a large
-        broker allocates ~10^5 short-lived objects, and the collections they
-        trigger were measured to double the scrape time.
-        """
+        """The current families (one stats snapshot), mqlite's own representation."""
         with self._lock:
-            was = gc.isenabled()
-            gc.disable()
-            try:
-                t0 = time.perf_counter()
-                s = self._broker.stats()
-                if len(self._labels) > self.MAX_CACHED_LABELS:
-                    self._labels.clear()
-                return stats_families(s, time.perf_counter() - t0, label_values=label_values,
-                                      label_cache=self._labels)
-            finally:
-                if was:
-                    gc.enable()
+            return self._families(label_values)
+
+    def exposition(self) -> bytes:
+        """One scrape as Prometheus text (what :func:`serve` answers)."""
+        with self._lock:
+            return render(self._families(False), self._render_cache)
+
+    def _families(self, label_values: bool) -> list[Family]:
+        # The cyclic garbage collector is paused meanwhile: a scrape of a large
+        # broker allocates ~10^5 short-lived objects, and the collections they
+        # triggered were measured to double the scrape time on a loaded machine.
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            s = self._broker.stats()
+            if len(self._labels) > self.MAX_CACHED_LABELS:
+                self._labels.clear()
+            return stats_families(s, time.perf_counter() - t0, label_values=label_values,
+                                  label_cache=self._labels)
+        finally:
+            if was:
+                gc.enable()
 
     def collect(self) -> Iterator[Any]:
         for f in self.families():
@@ -331,7 +368,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404, "only /metrics is served")
             return
         try:
-            body = render(self.collector.families(label_values=False))
+            body = self.collector.exposition()
             if self.registry is not None:
                 from prometheus_client import generate_latest
 

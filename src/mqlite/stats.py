@@ -83,10 +83,10 @@ def _group_stats(snap: _Snapshot, mdir: str, name: str, gstate: GroupState,
             pids.update(rec.pids)
     rows = []
     where = snap.where
-    state = snap.state
+    states = snap.states
     for pid in pids:
         t, i = where[pid]
-        start, end, _ = state(pid)
+        start, end, _ = states.get(pid) or snap.state(pid)
         off = committed.get(pid)
         base = start if off is None else min(max(off, start), end)
         rows.append((t, i, off, end, end - base))
@@ -166,10 +166,10 @@ def broker_stats(engine: Engine) -> BrokerStats:
         dbs = env.dbs
         snap = _Snapshot(txn, dbs)
         parts = []
-        state = snap.state
+        states = snap.states
         for t, rec in snap.topics.items():
             for i, pid in enumerate(rec.pids):
-                start, end, size = state(pid)
+                start, end, size = states.get(pid) or snap.state(pid)
                 parts.append(PartitionStats(topic=t, partition=i, start_offset=start,
                                             end_offset=end, bytes=size))
         queues = []

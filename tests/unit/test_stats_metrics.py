@@ -317,3 +317,29 @@ def test_alter_topic(busy: mqlite.Broker) -> None:
     got = q.receive(max_messages=100, timeout=5.0)
     assert {(d.partition, d.offset) for d in got} >= {(4, 0)}
     q.close()
+
+
+def test_cached_exposition_follows_changes(busy: mqlite.Broker) -> None:
+    b = busy
+    col = BrokerCollector(b)
+    c = b.consumer("orders", group="g")
+    c.poll(max_records=5, timeout=5.0)
+    c.commit()
+
+    def fresh() -> dict:
+        return _samples(render(BrokerCollector(b).families(label_values=False)).decode())
+
+    def cached() -> dict:
+        m = _samples(col.exposition().decode())
+        m.pop(("mqlite_scrape_duration_seconds", ()))
+        return m
+
+    for change in (lambda: None, lambda: b.send("orders", b"more"),
+                   lambda: b.create_topic("new", 2), lambda: b.delete_topic("new"),
+                   lambda: b.reset_offsets("other", "orders", "earliest")):
+        change()
+        want = fresh()
+        want.pop(("mqlite_scrape_duration_seconds", ()))
+        assert cached() == want
+        assert cached() == want  # the second call reuses every cached label text
+    c.close()

@@ -367,6 +367,30 @@ class Engine:
         env.space_freed()
         env.notify_topics([name])
 
+    def alter_topic(self, name: str, *, partitions: int | None = None,
+                    changes: dict[str, Any] | None = None) -> TopicConfig:
+        """Change a topic's settings and/or grow its partitions (see ``Broker.alter_topic``)."""
+        validate_topic_name(name)
+        env = self.live_env()
+        with self._catalog_change() as txn:
+            rec = _log.get_topic(txn, env.dbs, name)
+            if rec is None:
+                raise TopicNotFoundError(f"topic {name!r} does not exist")
+            have = len(rec.pids)
+            if partitions is not None and partitions < have:
+                raise ValueError(
+                    f"topic {name!r} has {have} partitions; partitions can only be added "
+                    f"(got {partitions}): removing one would drop its messages")
+            if changes:
+                cfg = TopicConfig.from_dict({**rec.config, **changes, "partitions": have})
+                rec = _log.set_topic_config(txn, env.dbs, rec, cfg)
+            if partitions is not None and partitions > have:
+                TopicConfig.from_dict({**rec.config, "partitions": partitions})  # bounds
+                rec = _log.add_partitions(txn, env.dbs, rec, partitions - have)
+            env.check_topic_cache(_log.topics_version(txn, env.dbs))
+        env.notify_topics([name])
+        return rec.topic_config()
+
     def topics(self) -> list[str]:
         """Names of all topics, sorted."""
         with self.read() as txn:

@@ -14,12 +14,13 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
-from mqlite import _core, routing, scheduler
+from mqlite import _core, routing, scheduler, stats
 from mqlite import groups as _groups
 from mqlite import queue as _queue
 from mqlite import transaction as _tx
 from mqlite._engine import Engine
 from mqlite._headers import HeadersArg
+from mqlite._storage.backup import copy_compacted
 from mqlite._storage.env import acquire_env
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
@@ -34,7 +35,14 @@ from mqlite.producer import Producer
 from mqlite.queue import DeadLetter, Queue, QueuePolicy
 from mqlite.retry import Backoff
 from mqlite.transaction import Transaction
-from mqlite.types import BatchMetadata, RecordMetadata, TopicDescription, TopicPartition
+from mqlite.types import (
+    BatchMetadata,
+    BrokerStats,
+    QueueStats,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+)
 
 if TYPE_CHECKING:
     from mqlite.queue import QueuePolicy
@@ -212,6 +220,118 @@ class Broker:
     def describe_topic(self, name: str) -> TopicDescription:
         """Configuration and per-partition state (offsets, messages, bytes, timestamps)."""
         return self._engine.describe_topic(name)
+
+    def alter_topic(self, name: str, *, partitions: int | None = None,
+                    retention_ms: int | None | Unset = UNSET,
+                    retention_bytes: int | None | Unset = UNSET,
+                    retention_messages: int | None | Unset = UNSET) -> TopicConfig:
+        """Change a topic's retention or add partitions, in one write transaction.
+
+        Parameters
+        ----------
+        partitions
+            New partition count, >= the current one (partitions are only
+            added: removing one would drop its messages).  New partitions
+            start empty with fresh ids.  Keyed sends map keys over the new
+            count from now on (as Kafka does), so a key's later messages may
+            land in another partition than its earlier ones.  Queue consumers
+            pick new partitions up at their next ``receive()``; a stream
+            group's members at its next rebalance (a member joining or leaving).
+        retention_ms, retention_bytes, retention_messages
+            As in :meth:`create_topic` (milliseconds / bytes / messages, >= 1;
+            ``None`` = keep forever); left out = unchanged.  Applied at the
+            next append or :meth:`apply_retention`.
+
+        Returns
+        -------
+        TopicConfig
+            The configuration now stored.
+
+        Raises
+        ------
+        TopicNotFoundError, TypeError, ValueError
+        """
+        changes: dict[str, Any] = {}
+        for key, val in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes),
+                         ("retention_messages", retention_messages)):
+            if val is not UNSET:
+                changes[key] = val
+        TopicConfig.from_dict(changes)  # types and bounds, before any storage call
+        if partitions is not None:
+            TopicConfig(partitions=partitions)
+        return self._engine.alter_topic(name, partitions=partitions, changes=changes)
+
+    # -- inspecting and operating ----------------------------------------------------------
+    def stats(self) -> BrokerStats:
+        """One consistent, read-only snapshot of every topic, group, queue and DLQ.
+
+        Taken in one read transaction without joining any group, so it never
+        disturbs consumers (``mqlite metrics`` and ``mqlite top`` use it).
+        See :class:`mqlite.BrokerStats`.
+        """
+        return stats.broker_stats(self._engine)
+
+    def queue_stats(self, topic: str, group: str) -> QueueStats | None:
+        """Depths of one queue group without joining it (``None``: no such group).
+
+        Ready, in-flight, delayed, consumed, live consumers, dead-letter depth,
+        the oldest unsettled delivery and the oldest never-delivered message's
+        timestamp; see :class:`mqlite.QueueStats`.
+        """
+        return stats.queue_stats(self._engine, topic, group)
+
+    def space(self) -> dict[str, int]:
+        """Storage use, in bytes: ``map_size``, ``used_bytes`` (pages in use),
+        ``high_water_bytes`` (sends are refused above it) and ``file_bytes``."""
+        return self._engine.live_env().space()
+
+    def reset_offsets(self, group: str, topic: str, to: Any, *,
+                      partitions: list[int] | None = None,
+                      force: bool = False) -> dict[int, int]:
+        """Set a stream group's committed offsets on ``topic``; returns them per partition.
+
+        Parameters
+        ----------
+        to
+            ``"earliest"``, ``"latest"``, an offset (clamped to each
+            partition's stored range) or a timezone-aware ``datetime`` (the
+            first message at or after it, else the log end).
+        partitions
+            Only these partition numbers (default: all).
+        force
+            Reset even while members are alive (they keep reading from their
+            in-memory positions and may commit over the reset).
+
+        Raises
+        ------
+        GroupActiveError
+            The group has a live member and ``force`` is false.
+        TopicNotFoundError, PartitionNotFoundError, TypeError, ValueError
+        """
+        return _groups.reset_offsets(self._engine, group, topic, to, partitions=partitions,
+                                     force=force)
+
+    def backup(self, dest: str | os.PathLike[str]) -> int:
+        """Write a hot, consistent, compacted copy of the broker into directory ``dest``.
+
+        Producers and consumers keep running: the copy is a snapshot as of
+        the moment it began (every database, one read transaction), holding
+        live data only (free pages dropped).  Restore by opening the copy:
+        ``mqlite.open(dest)``.  ``dest`` must be new or empty.
+
+        Returns
+        -------
+        int
+            Size of the copy's ``data.mdb`` in bytes.
+
+        Raises
+        ------
+        BrokerDirectoryError
+            ``dest`` exists and is not an empty directory.
+        StorageError
+            The copy failed (e.g. the disk is full).
+        """
+        return copy_compacted(self._engine.live_env(), os.fspath(dest))
 
     # -- writing -------------------------------------------------------------------------
     def send(

@@ -7,7 +7,14 @@ Examples::
     mqlite send data/ orders 'hello' --key k1
     mqlite tail data/ orders -n 20
     mqlite describe data/ orders
-    mqlite groups data/ ; mqlite group data/ payments
+    mqlite groups data/ ; mqlite group data/ payments     # stream and queue groups
+    mqlite group reset-offsets data/ payments --topic orders --to-earliest
+    mqlite topic alter data/ orders --partitions 12 --retention-ms 3600000
+    mqlite queue data/ emails mailers       # ready / in-flight / delayed / DLQ, oldest age
+    mqlite peek data/ orders --offset 100 -n 5        # or --timestamp ISO, --key K
+    mqlite top data/                        # live rates and lag (--once: one frame)
+    mqlite metrics data/ --port 9100        # Prometheus on http://127.0.0.1:9100/metrics
+    mqlite backup data/ backup/             # hot, consistent, compacted copy
     mqlite dlq list data/ emails.dlq ; mqlite dlq redrive data/ emails.dlq
     mqlite verify data/            # deep CRC check, exit status 1 on damage
 
@@ -21,12 +28,21 @@ verification found damage, 2 usage or mqlite error.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 __all__ = ["main"]
 
@@ -41,19 +57,48 @@ def _fmt_bytes(v: bytes | None) -> str:
         return repr(v)
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> str:
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def _console() -> Console:
+    # Not a terminal (a pipe, a test): wide lines rather than wrapped table cells.
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False,
+                   soft_wrap=False)
 
 
-def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+def _table(rows: list[list[Any]], header: list[str], title: str | None = None) -> Table:
+    t = Table(*header, title=title, title_justify="left", header_style="bold")
+    for r in rows:
+        t.add_row(*["-" if c is None else str(c) for c in r])
+    return t
+
+
+def _out(args: argparse.Namespace, data: Any, render: Any) -> None:
+    """``--json``: ``data`` as JSON; else ``render`` (text or rich renderables) on stdout."""
     if args.json:
         print(json.dumps(json.loads(msgspec.json.encode(data)), indent=2))
+    elif isinstance(render, str):
+        print(render)
     else:
-        print(text)
+        _console().print(render)
+
+
+def _age(ms: int | None, now_ms: int) -> str:
+    if ms is None:
+        return "-"
+    s = max(0, now_ms - ms) / 1000
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def _parse_time_ms(text: str) -> int:
+    """UNIX ms from digits, or an ISO 8601 date/time (UTC when it names no zone)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a time: {text!r}; give ISO 8601 (2026-01-31T12:00:00Z, "
+                         "UTC unless it names a zone) or UNIX milliseconds") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.UTC)
+    return int(when.timestamp() * 1000)
 
 
 def _open(args: argparse.Namespace, create: bool = False) -> Any:
@@ -80,10 +125,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
         d = b.describe_topic(args.topic)
     rows = [[p.partition, p.start_offset, p.end_offset, p.messages, p.bytes,
              p.oldest_timestamp_ms, p.newest_timestamp_ms] for p in d.partitions]
-    text = f"topic {d.name}  config {d.config}\n" + _table(
-        rows, ["partition", "start", "end", "messages", "bytes", "oldest_ms", "newest_ms"])
+    table = _table(rows, ["partition", "start", "end", "messages", "bytes", "oldest_ms",
+                          "newest_ms"], title=f"topic {d.name}  config {d.config}")
     _out(args, {"name": d.name, "config": d.config,
-                "partitions": [p._asdict() for p in d.partitions]}, text)
+                "partitions": [p._asdict() for p in d.partitions]}, table)
     return 0
 
 
@@ -141,8 +186,20 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_groups(args: argparse.Namespace) -> int:
     with _open(args) as b:
-        names = b.groups()
-    _out(args, names, "\n".join(names) if names else "(no groups)")
+        st = b.stats()
+    data: list[dict[str, Any]] = []
+    for g in st.groups:
+        data.append({"group": g.group, "kind": "stream", "topics": g.topics,
+                     "members": g.members, "generation": g.generation, "lag": g.total_lag})
+    for q in st.queues:
+        data.append({"group": q.group, "kind": "queue", "topics": [q.topic],
+                     "members": q.consumers, "ready": q.ready, "inflight": q.inflight,
+                     "delayed": q.delayed, "dead_letter_topic": q.dead_letter_topic,
+                     "dead_letters": q.dead_letters})
+    rows = [[d["group"], d["kind"], ",".join(d["topics"]), d["members"], d.get("lag"),
+             d.get("ready"), d.get("inflight"), d.get("dead_letters")] for d in data]
+    _out(args, data, _table(rows, ["group", "kind", "topics", "members", "lag", "ready",
+                                   "in-flight", "dlq"]) if rows else "(no groups)")
     return 0
 
 
@@ -153,10 +210,276 @@ def cmd_group(args: argparse.Namespace) -> int:
             for m in d.members]
     lag = [[f"{p.partition.topic}[{p.partition.partition}]", p.committed, p.end_offset, p.lag,
             p.owner or "-"] for p in d.partitions]
-    text = (f"group {d.group} generation {d.generation} assignor {d.assignor}\n"
-            + _table(rows, ["member", "pid", "status", "owns"]) + "\n\n"
-            + _table(lag, ["partition", "committed", "end", "lag", "owner"]))
-    _out(args, d, text)
+    _out(args, d, Group(
+        _table(rows, ["member", "pid", "status", "owns"],
+               title=f"group {d.group} generation {d.generation} assignor {d.assignor} "
+                     f"state {d.state}"),
+        _table(lag, ["partition", "committed", "end", "lag", "owner"])))
+    return 0
+
+
+def cmd_reset_offsets(args: argparse.Namespace) -> int:
+    to: Any
+    if args.to_earliest:
+        to = "earliest"
+    elif args.to_latest:
+        to = "latest"
+    elif args.to_offset is not None:
+        to = args.to_offset
+    else:
+        to = _dt.datetime.fromtimestamp(_parse_time_ms(args.to_datetime) / 1000,
+                                        tz=_dt.UTC)
+    with _open(args) as b:
+        new = b.reset_offsets(args.group, args.topic, to, partitions=args.partition,
+                              force=args.force)
+    rows = [[args.topic, p, off] for p, off in sorted(new.items())]
+    _out(args, {"group": args.group, "topic": args.topic,
+                "offsets": {str(p): o for p, o in sorted(new.items())}},
+         _table(rows, ["topic", "partition", "committed"],
+                title=f"group {args.group}: offsets reset"))
+    return 0
+
+
+def cmd_topic_alter(args: argparse.Namespace) -> int:
+    kw: dict[str, Any] = {}
+    for name in ("retention_ms", "retention_bytes", "retention_messages"):
+        v = getattr(args, name)
+        if v is not None:
+            kw[name] = None if v == "none" else _int_arg(v, "--" + name.replace("_", "-"))
+    if args.partitions is None and not kw:
+        raise ValueError("nothing to change: give --partitions and/or --retention-ms, "
+                         "--retention-bytes, --retention-messages")
+    with _open(args) as b:
+        cfg = b.alter_topic(args.topic, partitions=args.partitions, **kw)
+    _out(args, {"topic": args.topic, "config": cfg.to_dict()},
+         f"topic {args.topic}: {cfg.to_dict()}")
+    return 0
+
+
+def _int_arg(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} takes an integer or 'none', got {text!r}") from None
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    with _open(args) as b:
+        q = b.queue_stats(args.topic, args.group)
+    if q is None:
+        raise ValueError(f"topic {args.topic!r} has no queue group {args.group!r} (it is "
+                         "created by its first broker.queue(...) or set_queue_policy)")
+    now = int(time.time() * 1000)
+    rows = [["ready", q.ready], ["in-flight", q.inflight], ["delayed (nacked)", q.delayed],
+            ["consumed", q.consumed], ["consumers", q.consumers],
+            ["dead-letter topic", q.dead_letter_topic or "-"],
+            ["dead letters", q.dead_letters], ["max deliveries", q.max_deliveries],
+            ["oldest ready message age", _age(q.oldest_ready_timestamp_ms, now)],
+            ["oldest in-flight delivery age", _age(q.oldest_pending_ms, now)]]
+    _out(args, q, _table(rows, ["", "value"], title=f"queue {q.topic} / {q.group}"))
+    return 0
+
+
+def _headers_text(headers: Any) -> str:
+    return ", ".join(f"{k}={_fmt_bytes(v)}" for k, v in headers or ())
+
+
+def cmd_peek(args: argparse.Namespace) -> int:
+    from mqlite import TopicPartition
+
+    msgs: list[Any] = []
+    with _open(args) as b:
+        d = b.describe_topic(args.topic)
+        nparts = len(d.partitions)
+        if args.key is not None:
+            key = args.key.encode()
+            # Every partition unless one is named: after partitions were added, a key's
+            # older messages sit in the partition its hash chose then.
+            parts = range(nparts) if args.partition is None else [args.partition]
+            total = sum(d.partitions[p].end_offset - d.partitions[p].start_offset
+                        for p in parts)
+            with Progress(TextColumn("scanning {task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                          console=Console(stderr=True), transient=True,
+                          disable=args.json or not sys.stderr.isatty()) as bar:
+                task = bar.add_task(args.topic, total=total)
+                for part in parts:
+                    info = d.partitions[part]
+                    pos = info.start_offset
+                    while pos < info.end_offset and len(msgs) < args.n:
+                        chunk = b.read(args.topic, part, pos, 1000)
+                        if not chunk:
+                            break
+                        msgs.extend(m for m in chunk if m.key == key)
+                        bar.advance(task, chunk[-1].offset + 1 - pos)
+                        pos = chunk[-1].offset + 1
+            msgs = msgs[:args.n]
+        else:
+            parts = range(nparts) if args.partition is None else [args.partition]
+            for p in parts:
+                if args.timestamp is not None:
+                    c = b.consumer(None)
+                    try:
+                        tp = TopicPartition(args.topic, p)
+                        hit = c.offsets_for_times({tp: _parse_time_ms(args.timestamp)})[tp]
+                    finally:
+                        c.close()
+                    if hit is None:
+                        continue
+                    start = hit.offset
+                elif args.offset is not None:
+                    start = args.offset
+                else:
+                    start = d.partitions[p].start_offset
+                msgs.extend(b.read(args.topic, p, max(start, d.partitions[p].start_offset),
+                                   args.n))
+    data = [{"topic": m.topic, "partition": m.partition, "offset": m.offset,
+             "timestamp_ms": m.timestamp_ms, "key": _fmt_bytes(m.key),
+             "value": _fmt_bytes(m.value),
+             "headers": [[k, _fmt_bytes(v)] for k, v in m.headers or ()]} for m in msgs]
+    rows = [[m["partition"], m["offset"],
+             _dt.datetime.fromtimestamp(m["timestamp_ms"] / 1000, tz=_dt.UTC)
+             .isoformat(timespec="milliseconds"), m["key"], m["value"][:80],
+             _headers_text(msgs[i].headers)[:80]] for i, m in enumerate(data)]
+    _out(args, data, _table(rows, ["partition", "offset", "time (UTC)", "key", "value",
+                                   "headers"], title=f"{args.topic}")
+         if rows else "(no messages)")
+    return 0
+
+
+def _top_frame(prev: Any, cur: Any) -> Any:
+    """Tables of one ``mqlite top`` frame: rates between two snapshots, lag, queues."""
+    dt = max(0.001, (cur.taken_ms - prev.taken_ms) / 1000) if prev is not None else None
+    before: dict[str, int] = {}
+    if prev is not None:
+        for p in prev.partitions:
+            before[p.topic] = before.get(p.topic, 0) + p.end_offset
+    ends: dict[str, list[int]] = {}
+    for p in cur.partitions:
+        e = ends.setdefault(p.topic, [0, 0, 0])
+        e[0] += p.end_offset
+        e[1] += p.end_offset - p.start_offset
+        e[2] += p.bytes
+    topics = []
+    for t, (end, msgs, size) in sorted(ends.items()):
+        rate = None if dt is None or t not in before else (end - before[t]) / dt
+        topics.append({"topic": t, "messages": msgs, "bytes": size, "end": end,
+                       "in_per_s": None if rate is None else round(rate, 1)})
+    prev_done: dict[tuple[str, str], int] = {}
+    if prev is not None:
+        for g in prev.groups:
+            for x in g.lag:
+                k = (g.group, x.topic)
+                prev_done[k] = prev_done.get(k, 0) + (x.committed or 0)
+        for q in prev.queues:
+            prev_done[(q.group, q.topic)] = q.consumed
+    groups = []
+    for g in cur.groups:
+        per: dict[str, list[int]] = {}
+        for x in g.lag:
+            e = per.setdefault(x.topic, [0, 0])
+            e[0] += x.lag
+            e[1] += x.committed or 0
+        for t, (lag, done) in sorted(per.items()):
+            k = (g.group, t)
+            rate = None if dt is None or k not in prev_done else (done - prev_done[k]) / dt
+            groups.append({"group": g.group, "kind": "stream", "topic": t, "members": g.members,
+                           "lag": lag, "out_per_s": None if rate is None else round(rate, 1)})
+    for q in cur.queues:
+        k = (q.group, q.topic)
+        rate = None if dt is None or k not in prev_done else (q.consumed - prev_done[k]) / dt
+        groups.append({"group": q.group, "kind": "queue", "topic": q.topic,
+                       "members": q.consumers, "lag": q.ready + q.inflight + q.delayed,
+                       "ready": q.ready, "inflight": q.inflight,
+                       "out_per_s": None if rate is None else round(rate, 1)})
+    data = {"taken_ms": cur.taken_ms, "topics": topics, "groups": groups,
+            "dead_letters": cur.dead_letters, "scheduled": cur.scheduled}
+    render = Group(
+        _table([[t["topic"], t["messages"], t["bytes"], t["in_per_s"]] for t in topics],
+               ["topic", "messages", "bytes", "in/s"], title="topics"),
+        _table([[g["group"], g["kind"], g["topic"], g["members"], g["lag"], g["out_per_s"]]
+                for g in groups], ["group", "kind", "topic", "members", "lag", "out/s"],
+               title="groups (queue lag = ready + in-flight + delayed)"),
+        _table([[t, n] for t, n in cur.dead_letters.items()], ["dead-letter topic", "depth"],
+               title="dead letters"))
+    return data, render
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.interval <= 0 or args.interval > 3600:
+        raise ValueError(f"--interval is seconds, > 0 and <= 3600, got {args.interval}")
+    with _open(args) as b:
+        prev = b.stats()
+        if args.once:
+            time.sleep(args.interval)  # two snapshots, so rates can be shown
+            data, render = _top_frame(prev, b.stats())
+            _out(args, data, render)
+            return 0
+        if args.json:
+            raise ValueError("mqlite top --json needs --once (one JSON frame)")
+        _, render = _top_frame(None, prev)
+        try:
+            with Live(render, console=_console(), refresh_per_second=4, screen=False) as live:
+                while True:
+                    time.sleep(args.interval)
+                    cur = b.stats()
+                    live.update(_top_frame(prev, cur)[1])
+                    prev = cur
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from mqlite.metrics import serve
+
+    stop = threading.Event()
+    with _open(args) as b:
+        server, _ = serve(b, args.port, args.addr)
+        print(f"serving metrics of {b.path} on http://{args.addr}:{server.server_port}/metrics",
+              flush=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            stop.wait()
+        finally:
+            server.shutdown()
+            server.server_close()
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    dest = os.path.abspath(args.dest)
+    out: dict[str, Any] = {}
+    with _open(args) as b:
+        used = max(1, b.space()["used_bytes"])
+
+        def work() -> None:
+            try:
+                out["size"] = b.backup(dest)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                out["error"] = exc
+
+        t0 = time.monotonic()
+        worker = threading.Thread(target=work, name="mqlite-backup")
+        with Progress(TextColumn("backup"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True,
+                      disable=args.json or not sys.stderr.isatty()) as bar:
+            task = bar.add_task("copy", total=used)
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.1)
+                try:
+                    bar.update(task, completed=min(used, os.path.getsize(
+                        os.path.join(dest, "data.mdb"))))
+                except OSError:
+                    pass
+        if "error" in out:
+            raise out["error"]
+    secs = time.monotonic() - t0
+    _out(args, {"dest": dest, "bytes": out["size"], "seconds": round(secs, 3)},
+         f"backup of {args.path} written to {dest}: {out['size']} bytes in {secs:.2f} s "
+         f"(restore: open it, e.g. mqlite topics {dest})")
     return 0
 
 
@@ -173,12 +496,37 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                  _table(rows, ["offset", "from", "orig_offset", "deliveries", "reason", "error"])
                  if rows else "(no dead letters)")
         elif args.action == "redrive":
-            n = b.redrive(args.topic, limit=args.limit)
+            n = _redrive_with_progress(args, b)
             _out(args, {"redriven": n}, f"redrove {n} message(s)")
         else:
             n = b.purge_dead_letters(args.topic)
             _out(args, {"purged": n}, f"purged {n} message(s)")
     return 0
+
+
+#: Dead letters redriven per transaction by ``mqlite dlq redrive`` (progress steps).
+_REDRIVE_CHUNK = 500
+
+
+def _redrive_with_progress(args: argparse.Namespace, b: Any) -> int:
+    """Redrive up to ``--limit`` letters in chunks, with a progress bar on a terminal.
+
+    Each chunk is one ``broker.redrive`` call (one write transaction, each letter
+    marked done with its copy), so an interrupted run leaves no letter redriven twice.
+    """
+    total = len(b.dead_letters(args.topic, limit=args.limit))
+    done = 0
+    with Progress(TextColumn("redrive"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                  disable=args.json or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("redrive", total=total)
+        while done < args.limit:
+            n = b.redrive(args.topic, limit=min(_REDRIVE_CHUNK, args.limit - done))
+            if n == 0:
+                break
+            done += n
+            bar.update(task, completed=min(done, total))
+    return done
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -237,8 +585,54 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("topic")
     sp.add_argument("-n", type=int, help="only the last N per partition")
     sp.add_argument("-f", "--follow", action="store_true")
-    add("groups", cmd_groups, "list consumer groups")
+    add("groups", cmd_groups, "list stream and queue consumer groups")
     add("group", cmd_group, "describe a consumer group").add_argument("group")
+    sp = add("group-reset-offsets", cmd_reset_offsets,
+             "set a stream group's committed offsets (also: mqlite group reset-offsets ...)")
+    sp.add_argument("group")
+    sp.add_argument("--topic", required=True)
+    how = sp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--to-earliest", action="store_true", help="the log start")
+    how.add_argument("--to-latest", action="store_true", help="the log end")
+    how.add_argument("--to-offset", type=int, metavar="N",
+                     help="offset N (clamped to the stored range)")
+    how.add_argument("--to-datetime", metavar="ISO",
+                     help="first message at or after this time (ISO 8601, UTC unless it names "
+                          "a zone; or UNIX ms)")
+    sp.add_argument("--partition", type=int, action="append",
+                    help="only this partition (repeatable; default all)")
+    sp.add_argument("--force", action="store_true",
+                    help="reset even while members are alive (they may commit over it)")
+    sp = add("topic-alter", cmd_topic_alter,
+             "change retention / add partitions (also: mqlite topic alter ...)")
+    sp.add_argument("topic")
+    sp.add_argument("--partitions", type=int, help="new count, >= the current one")
+    sp.add_argument("--retention-ms", help="milliseconds, or 'none' to keep forever")
+    sp.add_argument("--retention-bytes", help="bytes per partition, or 'none'")
+    sp.add_argument("--retention-messages", help="messages per partition, or 'none'")
+    sp = add("queue", cmd_queue, "depths of a queue group (ready, in-flight, delayed, DLQ)")
+    sp.add_argument("topic")
+    sp.add_argument("group")
+    sp = add("peek", cmd_peek, "show messages by offset, time or key (no group, no commit)")
+    sp.add_argument("topic")
+    sp.add_argument("--partition", type=int)
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--offset", type=int, help="from this offset (each partition)")
+    where.add_argument("--timestamp", metavar="TIME",
+                       help="from the first message at or after TIME (ISO 8601 or UNIX ms)")
+    where.add_argument("--key", help="messages with this key (UTF-8); scans the partitions")
+    sp.add_argument("-n", type=int, default=10, help="at most N messages per partition "
+                    "(with --key: in all)")
+    sp = add("top", cmd_top, "live view of rates, lag and queue depths")
+    sp.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    sp.add_argument("--once", action="store_true",
+                    help="print one frame (two snapshots --interval apart) and exit")
+    sp = add("metrics", cmd_metrics, "serve Prometheus metrics of the broker's state")
+    sp.add_argument("--port", type=int, default=9100, help="TCP port (0: any free one)")
+    sp.add_argument("--addr", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
+    sp = add("backup", cmd_backup, "hot, consistent, compacted copy into a new directory")
+    sp.add_argument("dest", help="new or empty directory; restore = open it")
     sp = sub.add_parser("dlq", help="dead-letter tools", parents=[common])
     sp.add_argument("action", choices=["list", "redrive", "purge"])
     sp.add_argument("path")
@@ -249,11 +643,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Two-word commands, spelled as users of kafka-consumer-groups / kafka-topics expect.
+_TWO_WORD = {("group", "reset-offsets"): "group-reset-offsets", ("topic", "alter"): "topic-alter"}
+
+
+def _join_two_word(argv: list[str]) -> list[str]:
+    for i in range(len(argv) - 1):
+        name = _TWO_WORD.get((argv[i], argv[i + 1]))
+        if name is not None and all(a.startswith("-") or a in ("sync", "lazy", "none")
+                                    for a in argv[:i]):
+            return argv[:i] + [name] + argv[i + 2:]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mqlite`` command."""
     from mqlite.errors import MqliteError
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_two_word(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.fn(args))
     except (MqliteError, ValueError, TypeError) as exc:

@@ -29,6 +29,7 @@ __all__ = [
     "CorruptRecordError",
     "ExchangeExistsError",
     "ExchangeNotFoundError",
+    "GroupActiveError",
     "GroupError",
     "InvalidTopicError",
     "MessageTooLargeError",
@@ -175,6 +176,15 @@ class CommitFailedError(GroupError):
 
     Poll again to join the current generation; the messages will be
     redelivered to whichever member owns the partition now.
+    """
+
+
+class GroupActiveError(GroupError):
+    """An admin change (offset reset) refused because the group has live members.
+
+    Stop the group's consumers first, or pass ``force=True`` (``--force``):
+    live members keep reading from their in-memory positions and may commit
+    over the reset.
     """
 
 

@@ -34,7 +34,7 @@ from mqlite.types import RecordMetadata
 if TYPE_CHECKING:
     from mqlite._engine import Engine
 
-__all__ = ["next_due_in", "next_due_ms", "promote_due", "schedule_send"]
+__all__ = ["next_due_in", "next_due_ms", "promote_due", "schedule_send", "scheduled_counts"]
 
 
 class ScheduledMessage(msgspec.Struct, array_like=True):
@@ -49,6 +49,28 @@ class ScheduledMessage(msgspec.Struct, array_like=True):
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(ScheduledMessage)
+
+
+class _TopicOnly(msgspec.Struct, array_like=True):
+    topic: str  # the first field of ScheduledMessage; the rest is skipped
+
+
+_dec_topic = msgspec.msgpack.Decoder(_TopicOnly)
+
+
+def scheduled_counts(txn: Any, dbs: dict[str, Any]) -> dict[str, int]:
+    """Delayed messages not yet promoted, per target topic, read in ``txn``.
+
+    Undecodable entries are counted under ``""`` (promotion sets them aside).
+    """
+    out: dict[str, int] = {}
+    for v in _schedule.pending_values(txn, dbs):
+        try:
+            t = _dec_topic.decode(v).topic
+        except msgspec.DecodeError:
+            t = ""
+        out[t] = out.get(t, 0) + 1
+    return out
 _log_failure = logging.getLogger("mqlite.scheduler")
 
 

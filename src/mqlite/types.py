@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+import msgspec
+
 __all__ = [
     "BatchMetadata",
+    "BrokerStats",
+    "GroupLag",
+    "GroupStats",
     "OffsetAndTimestamp",
     "PartitionInfo",
     "PartitionRange",
+    "PartitionStats",
+    "QueueStats",
     "RecordMetadata",
     "TopicDescription",
     "TopicPartition",
@@ -140,3 +147,121 @@ class OffsetAndTimestamp(NamedTuple):
 
     offset: int
     timestamp_ms: int
+
+
+# -- read-only snapshots of the whole broker (``Broker.stats()``, metrics, the CLI) ----------
+
+class PartitionStats(msgspec.Struct, frozen=True):
+    """Offsets and size of one partition.
+
+    ``end_offset`` is the next offset to be written: every message ever
+    appended to the partition (a counter: it only grows, until the topic is
+    deleted and recreated).  ``bytes`` counts the stored record batches.
+    """
+
+    topic: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    bytes: int
+
+
+class GroupLag(msgspec.Struct, frozen=True):
+    """A stream group's committed offset and lag on one partition.
+
+    ``lag`` is ``end_offset`` minus the committed offset (clamped to the
+    stored range); without a commit, ``end_offset`` minus the log start.
+    """
+
+    topic: str
+    partition: int
+    committed: int | None
+    end_offset: int
+    lag: int
+
+
+class GroupStats(msgspec.Struct, frozen=True):
+    """A stream-mode consumer group: live members and lag per partition.
+
+    ``members`` counts members whose process holds its member lock (probed
+    now, without joining); ``stored_members`` counts every member record,
+    including crashed ones not yet reaped and departed static members.
+    ``lag`` covers the subscribed topics and every partition with a commit.
+    """
+
+    group: str
+    generation: int
+    members: int
+    stored_members: int
+    topics: list[str]
+    lag: list[GroupLag]
+
+    @property
+    def total_lag(self) -> int:
+        return sum(x.lag for x in self.lag)
+
+
+class QueueStats(msgspec.Struct, frozen=True):
+    """A queue group (``broker.queue(topic, group)``) at one instant, without joining it.
+
+    Attributes
+    ----------
+    ready
+        Messages a ``receive()`` would hand out now: never delivered, plus
+        delivered ones visible again (timed out, released, nacked).
+    inflight
+        Delivered, held by a consumer, not yet acked, visibility not expired.
+    delayed
+        Nacked with a retry delay that has not yet passed.
+    consumed
+        Messages delivered and then settled (acked or dead-lettered): grows
+        like a counter; resets if the topic is recreated.
+    consumers
+        Live queue consumers (lock probed now).
+    oldest_pending_ms
+        First-delivery time (UNIX ms) of the oldest unsettled delivery, or ``None``.
+    oldest_ready_timestamp_ms
+        Timestamp of the oldest never-delivered message (only filled by
+        ``Broker.queue_stats``; ``None`` in ``Broker.stats()`` or when there is none).
+    """
+
+    topic: str
+    group: str
+    ready: int
+    inflight: int
+    delayed: int
+    consumed: int
+    consumers: int
+    dead_letter_topic: str | None
+    max_deliveries: int | None
+    oldest_pending_ms: int | None
+    oldest_ready_timestamp_ms: int | None = None
+    dead_letters: int = 0
+
+
+class BrokerStats(msgspec.Struct, frozen=True):
+    """One consistent snapshot of a broker (one read transaction): ``Broker.stats()``.
+
+    Attributes
+    ----------
+    taken_ms
+        When it was taken (UNIX ms).
+    partitions
+        Every partition of every topic, by topic then partition.
+    groups
+        Every stream-mode consumer group.
+    queues
+        Every queue group (``dead_letters`` filled with its dead-letter topic's depth).
+    scheduled
+        Delayed messages not yet due, per target topic.
+    dead_letters
+        Depth (not yet redriven or purged) of every topic some queue group
+        uses as its dead-letter topic.
+    """
+
+    taken_ms: int
+    partitions: list[PartitionStats]
+    groups: list[GroupStats]
+    queues: list[QueueStats]
+    scheduled: dict[str, int]
+    dead_letters: dict[str, int]

@@ -78,4 +78,7 @@ def test_dlq_and_groups_commands(tmp_broker_dir):
     assert listed[0]["original_topic"] == "jobs" and listed[0]["last_error"] == "boom"
     assert json.loads(run("--json", "dlq", "redrive", path, "jobs.dlq").stdout) == {"redriven": 1}
     assert json.loads(run("--json", "dlq", "list", path, "jobs.dlq").stdout) == []
-    assert json.loads(run("--json", "groups", path).stdout) == []
+    groups = json.loads(run("--json", "groups", path).stdout)  # queue groups are listed too
+    assert [(g["group"], g["kind"], g["topics"]) for g in groups] == [("workers", "queue",
+                                                                       ["jobs"])]
+    assert groups[0]["dead_letters"] == 0 and groups[0]["ready"] == 1  # the redriven copy

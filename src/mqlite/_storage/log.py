@@ -29,6 +29,7 @@ __all__ = [
     "PartitionScan",
     "PartitionState",
     "TopicRecord",
+    "add_partitions",
     "append_batches",
     "apply_retention",
     "create_topic",
@@ -36,13 +37,16 @@ __all__ = [
     "drop_partition",
     "find_offset_for_time",
     "get_topic",
+    "iter_topics",
     "list_topics",
+    "load_all_states",
     "load_state",
     "prefix_items",
     "prefix_keys",
     "put_batch",
     "read_records",
     "scan_partition",
+    "set_topic_config",
     "store_state",
     "topics_version",
 ]
@@ -94,6 +98,25 @@ def load_state(txn: Any, dbs: dict[str, Any], pid: int) -> PartitionState:
     if n < s:
         raise CorruptRecordError(f"partition state of id {pid}: end offset {n} < start {s}")
     return PartitionState(s, n, b, f, last)
+
+
+def load_all_states(txn: Any, dbs: dict[str, Any]) -> dict[int, tuple[int, int, int]]:
+    """``{partition id: (start offset, end offset, bytes)}`` of every partition, in one
+    cursor pass (for stats; no :class:`PartitionState` objects)."""
+    size = _STATE.size
+    unpack = _STATE.unpack
+    upid = _U32.unpack
+    raw = {upid(k)[0]: v for k, v in txn.cursor(db=dbs["partitions"]).iternext()}
+    out = {}
+    for pid, v in raw.items():
+        if len(v) != size:
+            raise CorruptRecordError(f"partition state of id {pid} has {len(v)} bytes, "
+                                     "expected 48")
+        s, n, b, _, _, _ = unpack(v)
+        if n < s:
+            raise CorruptRecordError(f"partition state of id {pid}: end offset {n} < start {s}")
+        out[pid] = (s, n, b)
+    return out
 
 
 def load_state_w(txn: Any, env: Any, pid: int) -> PartitionState:
@@ -438,6 +461,54 @@ def get_topic(txn: Any, dbs: dict[str, Any], name: str) -> TopicRecord | None:
 def list_topics(txn: Any, dbs: dict[str, Any]) -> list[str]:
     cur = txn.cursor(db=dbs["topics"])
     return [bytes(k).decode() for k in cur.iternext(keys=True, values=False)]
+
+
+def iter_topics(txn: Any, dbs: dict[str, Any]) -> list[TopicRecord]:
+    """Every topic record, sorted by name, in one cursor pass (for stats and metrics)."""
+    out = []
+    dec = _topic_decoder.decode
+    for k, v in txn.cursor(db=dbs["topics"]).iternext(keys=True, values=True):
+        try:
+            out.append(dec(v))
+        except msgspec.DecodeError as exc:
+            raise CorruptRecordError(
+                f"topic record of {bytes(k).decode(errors='replace')!r} is unreadable: "
+                f"{exc}") from None
+    return out
+
+
+def set_topic_config(txn: Any, dbs: dict[str, Any], rec: TopicRecord,
+                     cfg: TopicConfig) -> TopicRecord:
+    """Store ``cfg`` as ``rec``'s configuration (same partitions); bumps the catalog version."""
+    new = TopicRecord(name=rec.name, pids=rec.pids, config=cfg.to_dict(),
+                      created_ms=rec.created_ms)
+    txn.put(rec.name.encode(), _topic_encoder.encode(new), db=dbs["topics"])
+    _bump_topics_version(txn, dbs)
+    return new
+
+
+def add_partitions(txn: Any, dbs: dict[str, Any], rec: TopicRecord, count: int) -> TopicRecord:
+    """Give topic ``rec`` ``count`` more empty partitions, with fresh never-reused ids.
+
+    Existing partitions and their data are untouched; the stored
+    ``partitions`` setting follows.  Bumps the catalog version.
+    """
+    meta = dbs["meta"]
+    raw = txn.get(b"next_partition_id", db=meta)
+    first = 0 if raw is None else _U32.unpack(raw)[0]
+    if first + count >= 1 << 32:
+        raise StorageError("partition ids exhausted (2^32 created over the broker's life)")
+    new_pids = list(range(first, first + count))
+    txn.put(b"next_partition_id", _U32.pack(first + count), db=meta)
+    for pid in new_pids:
+        store_state(txn, dbs, pid, PartitionState())
+    config = dict(rec.config)
+    config["partitions"] = len(rec.pids) + count
+    new = TopicRecord(name=rec.name, pids=list(rec.pids) + new_pids, config=config,
+                      created_ms=rec.created_ms)
+    txn.put(rec.name.encode(), _topic_encoder.encode(new), db=dbs["topics"])
+    _bump_topics_version(txn, dbs)
+    return new
 
 
 def create_topic(txn: Any, dbs: dict[str, Any], name: str, cfg: TopicConfig,

@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 
 from mqlite._storage.keys import group_pid_key
-from mqlite._storage.log import prefix_keys
+from mqlite._storage.log import prefix_items, prefix_keys
 
-__all__ = ["OffsetValue", "drop_partitions", "partitions_with_offsets", "read", "write"]
+__all__ = ["OffsetValue", "committed_by_pid", "drop_partitions", "partitions_with_offsets",
+           "read", "write"]
 
 
 class OffsetValue(msgspec.Struct, array_like=True):
@@ -32,6 +33,13 @@ class OffsetValue(msgspec.Struct, array_like=True):
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(OffsetValue)
+
+
+class _OffsetOnly(msgspec.Struct, array_like=True):
+    offset: int  # the first field of OffsetValue; the rest is skipped
+
+
+_dec_offset = msgspec.msgpack.Decoder(_OffsetOnly)
 
 
 def read(txn: Any, dbs: dict[str, Any], group: str, pid: int) -> OffsetValue | None:
@@ -49,6 +57,15 @@ def partitions_with_offsets(txn: Any, dbs: dict[str, Any], group: str) -> set[in
     prefix = group.encode() + b"\x00"
     return {int.from_bytes(k[-4:], "big") for k in prefix_keys(txn, dbs["offsets"], prefix)
             if len(k) == len(prefix) + 4}
+
+
+def committed_by_pid(txn: Any, dbs: dict[str, Any], group: str) -> dict[int, int]:
+    """``{partition id: committed offset}`` of ``group``, in one cursor pass."""
+    prefix = group.encode() + b"\x00"
+    want = len(prefix) + 4
+    dec = _dec_offset.decode
+    return {int.from_bytes(k[-4:], "big"): dec(v).offset
+            for k, v in prefix_items(txn, dbs["offsets"], prefix) if len(k) == want}
 
 
 def drop_partitions(txn: Any, dbs: dict[str, Any], pids: list[int]) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "add_fresh",
     "bitmap",
     "delete",
+    "dlq_depth",
     "done_floor",
     "drop_topic",
     "due",
@@ -50,6 +51,7 @@ __all__ = [
     "not_done",
     "prefix",
     "put",
+    "queue_counts",
     "scan",
     "write_bits",
 ]
@@ -277,6 +279,32 @@ def lowest_pending(txn: Any, dbs: dict[str, Any], qg: str, pid: int, below: int)
     return low
 
 
+def queue_counts(txn: Any, dbs: dict[str, Any], qg: str, now: int) -> tuple[int, int, int, int]:
+    """Counts of queue group ``qg``'s pending messages at ``now`` (ms), read-only.
+
+    Returns ``(due, held, delayed, oldest_first_ms)``: messages visible again
+    now (timed out, released or nacked without delay), messages held by a
+    consumer under a live token and not yet timed out, messages nacked with a
+    delay still running, and the earliest first-delivery time of any pending
+    message (-1 when there is none).
+    """
+    due = held = delayed = 0
+    oldest = -1
+    unpack = _HDR.unpack_from
+    for _, v in prefix_items(txn, dbs["pending"], prefix(qg)):
+        vis, token, first_ms, _, _, _, span, _ = unpack(v)
+        n = int.from_bytes(v[_HSIZE:_HSIZE + ((span + 7) >> 3)], "little").bit_count()
+        if vis <= now:
+            due += n
+        elif token:
+            held += n
+        else:
+            delayed += n
+        if n and (oldest < 0 or first_ms < oldest):
+            oldest = first_ms
+    return due, held, delayed, oldest
+
+
 # -- dead-letter done marks ------------------------------------------------------------------
 
 def _done_prefix(dlq_topic: str, pid: int) -> bytes:
@@ -321,6 +349,27 @@ def mark_done(txn: Any, dbs: dict[str, Any], dlq_topic: str, pid: int, offsets: 
         else:
             break
     txn.put(pfx, _U64.pack(floor), db=pend)
+
+
+def dlq_depth(txn: Any, dbs: dict[str, Any], dlq_topic: str, pid: int, start: int,
+              end: int) -> int:
+    """Dead letters of ``dlq_topic``'s partition id ``pid`` not yet done, among the stored
+    offsets ``start`` (log start) to ``end`` (exclusive)."""
+    low = max(done_floor(txn, dbs, dlq_topic, pid), start)
+    if low >= end:
+        return 0
+    pfx = _done_prefix(dlq_topic, pid)
+    marks = 0
+    cur = txn.cursor(db=dbs["pending"])
+    if cur.set_range(pfx + _U64.pack(low)):
+        for raw in cur.iternext(keys=True, values=False):
+            k = bytes(raw)
+            if not k.startswith(pfx) or len(k) != len(pfx) + 8:
+                break
+            if _U64.unpack_from(k, len(pfx))[0] >= end:
+                break
+            marks += 1
+    return end - low - marks
 
 
 def drop_topic(txn: Any, dbs: dict[str, Any], topic: str) -> None:

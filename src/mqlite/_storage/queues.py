@@ -23,7 +23,7 @@ from typing import Any
 from mqlite._storage.keys import group_pid_key
 from mqlite._storage.log import prefix_keys
 
-__all__ = ["cursor", "drop_topic", "get_record", "group_name", "groups_of", "put_record",
+__all__ = ["all_groups", "cursor", "drop_topic", "get_record", "group_name", "groups_of", "put_record",
            "set_cursor"]
 
 _U64 = struct.Struct(">Q")
@@ -53,6 +53,16 @@ def put_record(txn: Any, dbs: dict[str, Any], qg: str, value: bytes) -> None:
 def groups_of(txn: Any, dbs: dict[str, Any], topic: str) -> list[str]:
     """Names (``qg``) of every queue group of ``topic``, sorted."""
     return [k.decode() for k in prefix_keys(txn, dbs["groups"], _topic_prefix(topic))]
+
+
+def all_groups(txn: Any, dbs: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(qg, topic, group)`` of every queue group of every topic, sorted by ``qg``."""
+    out = []
+    for k in prefix_keys(txn, dbs["groups"], b"~q~"):
+        qg = k.decode()
+        topic, _, group = qg[3:].partition("~")
+        out.append((qg, topic, group))
+    return out
 
 
 def cursor(txn: Any, dbs: dict[str, Any], qg: str, pid: int) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["next_due", "put", "set_aside", "set_aside_entries", "take_due"]
+__all__ = ["next_due", "pending_values", "put", "set_aside", "set_aside_entries", "take_due"]
 
 _SEQ_KEY = b"scheduled_seq"
 _NEVER = (1 << 64) - 1
@@ -51,6 +51,18 @@ def next_due(txn: Any, dbs: dict[str, Any]) -> int | None:
         return None
     due = int.from_bytes(bytes(cur.key()[:8]), "big")
     return None if due == _NEVER else due
+
+
+def pending_values(txn: Any, dbs: dict[str, Any]) -> list[Any]:
+    """The stored values of every message not yet promoted (set-aside ones excluded),
+    due-time order; buffers valid while ``txn`` is open."""
+    cur = txn.cursor(db=dbs["scheduled"])
+    out = []
+    for k, v in cur.iternext(keys=True, values=True):
+        if bytes(k[:8]) == _NEVER_KEY:
+            break
+        out.append(v)
+    return out
 
 
 def take_due(txn: Any, dbs: dict[str, Any], now_ms: int, limit: int) -> list[bytes]:

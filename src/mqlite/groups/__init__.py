@@ -35,6 +35,7 @@ from mqlite.groups.admin import PartitionLag as PartitionLag
 from mqlite.groups.admin import committed_offsets as committed_offsets
 from mqlite.groups.admin import describe_group as describe_group
 from mqlite.groups.admin import list_groups as list_groups
+from mqlite.groups.admin import reset_offsets as reset_offsets
 from mqlite.groups.member import _IDLE_WAIT as _IDLE_WAIT
 from mqlite.groups.member import _PENDING_WAIT as _PENDING_WAIT
 from mqlite.groups.member import _REAP_GRACE as _REAP_GRACE

@@ -11,6 +11,7 @@ Member status comes from an uncached probe of the liveness service
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,17 @@ from mqlite._storage import groups as _groups
 from mqlite._storage import log as _log
 from mqlite._storage import offsets as _offsets
 from mqlite.config import validate_group_name, validate_topic_name
-from mqlite.groups.state import GroupState, _now_ms, _okey, _tp_of, load_group, read_offset
+from mqlite.errors import GroupActiveError
+from mqlite.groups.state import (
+    GroupState,
+    _now_ms,
+    _okey,
+    _tp_of,
+    load_group,
+    read_offset,
+    store_group,
+    write_offset,
+)
 from mqlite.groups.watcher import member_status
 from mqlite.types import TopicPartition
 
@@ -35,6 +46,7 @@ __all__ = [
     "committed_offsets",
     "describe_group",
     "list_groups",
+    "reset_offsets",
 ]
 
 
@@ -160,4 +172,91 @@ def committed_offsets(engine: Engine, group: str, topic: str) -> dict[int, int]:
             v = read_offset(txn, env.dbs, group, pid)
             if v is not None:
                 out[i] = v.offset
+    return out
+
+
+#: ``member_id`` stored with offsets written by :func:`reset_offsets`.
+RESET_MEMBER = "admin:reset-offsets"
+
+
+def _reset_target(to: object) -> tuple[str, int]:
+    """(kind, value) of a reset target, validated before any storage call."""
+    if isinstance(to, str):
+        if to in ("earliest", "latest"):
+            return to, 0
+        raise ValueError(f"to must be 'earliest', 'latest', an offset (int >= 0) or a "
+                         f"timezone-aware datetime, got {to!r}")
+    if isinstance(to, bool):
+        raise TypeError("to must be 'earliest', 'latest', an int offset or a datetime, not bool")
+    if isinstance(to, int):
+        if to < 0:
+            raise ValueError(f"to= offset must be >= 0, got {to}")
+        return "offset", to
+    if isinstance(to, _dt.datetime):
+        if to.tzinfo is None:
+            raise ValueError("to= datetime must be timezone-aware (e.g. "
+                             "datetime(2026, 1, 1, tzinfo=timezone.utc)); a naive one is "
+                             "ambiguous")
+        return "time", int(to.timestamp() * 1000)
+    raise TypeError(f"to must be 'earliest', 'latest', an int offset or a datetime, "
+                    f"not {type(to).__name__}")
+
+
+def reset_offsets(engine: Engine, group: str, topic: str, to: object, *,
+                  partitions: list[int] | None = None, force: bool = False) -> dict[int, int]:
+    """Set ``group``'s committed offsets on ``topic`` (one write transaction).
+
+    ``to`` is ``"earliest"`` (log start), ``"latest"`` (log end), an offset
+    (clamped to the stored range, as Kafka's reset does) or a timezone-aware
+    datetime (the first message at or after it; the log end when none is).
+    Returns the new committed offset per partition.  A group that never had
+    members gets an empty group record, so it is listed (Kafka likewise
+    lets an offset reset create a group).
+
+    Raises
+    ------
+    GroupActiveError
+        A member of the group is alive (unless ``force``).
+    TopicNotFoundError, PartitionNotFoundError, TypeError, ValueError
+    """
+    from mqlite.errors import PartitionNotFoundError
+
+    validate_group_name(group)
+    validate_topic_name(topic)
+    kind, value = _reset_target(to)
+    env = engine.live_env()
+    now = _now_ms()
+    out: dict[int, int] = {}
+    with engine.write("reset offsets") as txn:
+        rec = engine.topic(txn, topic)
+        state = load_group(txn, env.dbs, group)
+        if state is None:  # offsets set ahead of the group's first member: list it
+            state = GroupState()
+            store_group(txn, env.dbs, group, state)
+        live = [mid for mid, m in state.members.items() if not m.departed_ms
+                and member_status(env.path, m, now) == "alive"]
+        if live and not force:
+            raise GroupActiveError(
+                f"group {group!r} has {len(live)} live member(s) ({', '.join(sorted(live))}); "
+                "stop its consumers first, or force it (--force / force=True): live members "
+                "keep reading from their own positions and may commit over the reset")
+        parts = range(len(rec.pids)) if partitions is None else partitions
+        for i in parts:
+            if not isinstance(i, int) or not 0 <= i < len(rec.pids):
+                raise PartitionNotFoundError(
+                    f"topic {topic!r} has partitions 0..{len(rec.pids) - 1}, not {i!r}")
+            pid = rec.pids[i]
+            st = _log.load_state(txn, env.dbs, pid)
+            if kind == "earliest":
+                off = st.start
+            elif kind == "latest":
+                off = st.next
+            elif kind == "offset":
+                off = min(max(value, st.start), st.next)
+            else:
+                hit = _log.find_offset_for_time(txn, env.dbs, pid, st, value, topic, i)
+                off = st.next if hit is None else hit[0]
+            write_offset(txn, env.dbs, group, pid,
+                         _offsets.OffsetValue(off, RESET_MEMBER, state.generation, now))
+            out[i] = off
     return out

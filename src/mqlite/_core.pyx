@@ -957,12 +957,22 @@ cdef class Notifier:
     """
 
     cdef mq_notify n
+    cdef mq_bells *bells  # doorbells (doorbell.h), or NULL
     cdef readonly Py_ssize_t slots
     cdef bint is_open
     cdef Py_ssize_t active  # waits running without the GIL
 
     def __cinit__(self):
         memset(&self.n, 0, sizeof(mq_notify))
+        self.bells = NULL
+
+    cdef void _unmap(self):
+        self.n.bells = NULL
+        if self.bells != NULL:
+            mq_bells_close(self.bells)
+            free(self.bells)
+            self.bells = NULL
+        mq_notify_close(&self.n)
 
     def __init__(self, path, slots=4096, mode=0o600):
         cdef int64_t n_slots = _as_i64(slots, "slots")
@@ -988,7 +998,7 @@ cdef class Notifier:
 
     def __dealloc__(self):
         # A running wait() holds a reference, so none can be active here.
-        mq_notify_close(&self.n)
+        self._unmap()
 
     cdef size_t _slot(self, object slot) except? 0:
         if not PyLong_Check(slot):
@@ -1039,8 +1049,91 @@ cdef class Notifier:
         finally:
             self.active -= 1
             if not self.is_open and self.active == 0:
-                mq_notify_close(&self.n)
+                self._unmap()
         return rc == 1
+
+    # -- doorbells (csrc/doorbell.h): wake-ups an event loop can watch ---------------------
+    def attach_bells(self, path, directory, mode=0o600, dir_mode=0o700):
+        """Open the bell table ``path`` (FIFOs in ``directory``); later bumps ring doorbells.
+
+        Idempotent.  Raises ``OSError`` (errno of the failed call) or
+        ``ValueError`` (a table made for another slot count, a path too long).
+        """
+        cdef mq_bells *b
+        cdef int rc
+        if not self.is_open:
+            raise ValueError("Notifier is closed")
+        if self.bells != NULL:
+            return
+        bpath = os.fsencode(path)
+        bdir = os.fsencode(directory)
+        if b"\0" in bpath or b"\0" in bdir:
+            raise ValueError("path contains a NUL byte")
+        b = <mq_bells *>malloc(sizeof(mq_bells))
+        if b == NULL:
+            raise MemoryError()
+        rc = mq_bells_open(b, bpath, bdir, <size_t>self.slots, <unsigned>_as_i64(mode, "mode"),
+                           <unsigned>_as_i64(dir_mode, "dir_mode"))
+        if rc < 0:
+            err = b.sys_errno
+            free(b)
+            if rc == MQ_EINVAL:
+                raise ValueError(f"bell table {os.fsdecode(bpath)!r}: made for another slot "
+                                 "count or version, or the path is too long")
+            if err > 0:
+                raise OSError(err, f"{os.strerror(err)} ({mq_strerror(rc).decode()})",
+                              os.fsdecode(bpath))
+            raise OSError(f"bell table {os.fsdecode(bpath)!r}: {mq_strerror(rc).decode()}")
+        self.bells = b
+        self.n.bells = b
+
+    def bell_claim(self):
+        """Claim a doorbell: ``(index, fd)``; ``fd`` is the FIFO's non-blocking read end.
+
+        Raises ``OSError`` (``EBUSY``: every entry is taken) or ``ValueError``
+        (closed, no bell table attached).
+        """
+        cdef int fd = -1
+        cdef int rc
+        self._bells()
+        rc = mq_bells_claim(self.bells, &fd)
+        if rc < 0:
+            err = self.bells.sys_errno
+            raise OSError(err, f"cannot claim a doorbell: {os.strerror(err)}")
+        return rc, fd
+
+    def bell_release(self, index, fd):
+        """Give a claimed doorbell back (closes ``fd``, removes the FIFO).
+
+        Call once per claim.  ``fd`` is closed in every case; once the
+        notifier is closed the entry was already given back by the close.
+        """
+        if self.bells == NULL or not self.is_open:
+            os.close(fd)
+            return
+        mq_bells_release(self.bells, <int>_as_i64(index, "index"), <int>_as_i64(fd, "fd"))
+
+    def bell_arm(self, index, slot):
+        """Ring doorbell ``index`` on bumps of ``slot``; counts as one waiter on the slot."""
+        cdef size_t s = self._slot(slot)
+        self._bells()
+        mq_bells_arm(self.bells, <int>_as_i64(index, "index"), s)
+        mq_notify_waiters_add(&self.n, s, 1)
+
+    def bell_disarm(self, index, slot):
+        """Undo one :meth:`bell_arm` (quietly nothing once closed)."""
+        if self.bells == NULL or not self.is_open:
+            return
+        cdef size_t s = self._slot(slot)
+        mq_notify_waiters_add(&self.n, s, -1)
+        mq_bells_disarm(self.bells, <int>_as_i64(index, "index"), s)
+
+    cdef int _bells(self) except -1:
+        if not self.is_open:
+            raise ValueError("Notifier is closed")
+        if self.bells == NULL:
+            raise ValueError("no bell table attached (call attach_bells first)")
+        return 0
 
     def close(self):
         """Unmap the file (deferred until running waits return); idempotent."""
@@ -1048,7 +1141,7 @@ cdef class Notifier:
             return
         self.is_open = False
         if self.active == 0:
-            mq_notify_close(&self.n)
+            self._unmap()
 
     @property
     def closed(self):

@@ -124,6 +124,20 @@ cdef extern from "batch.h" nogil:
     int mq_batch_find_timestamp(const uint8_t *buf, size_t len, int64_t ts, int64_t *index)
 
 
+cdef extern from "doorbell.h" nogil:
+    ctypedef struct mq_bells:
+        int sys_errno
+
+    int mq_bells_open(mq_bells *b, const char *path, const char *dir, size_t slots,
+                      unsigned mode, unsigned dir_mode)
+    void mq_bells_close(mq_bells *b)
+    int mq_bells_claim(mq_bells *b, int *fd_out)
+    void mq_bells_release(mq_bells *b, int index, int fd)
+    void mq_bells_arm(mq_bells *b, int index, size_t slot)
+    void mq_bells_disarm(mq_bells *b, int index, size_t slot)
+    void mq_bells_ring(const mq_bells *b, size_t slot)
+
+
 cdef extern from "notify.h" nogil:
     enum:
         MQ_NOTIFY_RETURN_ON_EINTR
@@ -131,11 +145,13 @@ cdef extern from "notify.h" nogil:
     ctypedef struct mq_notify:
         size_t slots
         int sys_errno
+        mq_bells *bells
 
     int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     void mq_notify_close(mq_notify *n)
     uint32_t mq_notify_load(const mq_notify *n, size_t slot)
     void mq_notify_bump(mq_notify *n, size_t slot)
+    void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)
     int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns,
                        int flags)
 

@@ -4,12 +4,18 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#ifdef __linux__
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 
 static uint32_t *u32_at(const mq_bells *b, size_t off)
 {
@@ -21,16 +27,14 @@ static size_t entry_off(const mq_bells *b, int index)
     return MQ_BELLS_HEADER + (size_t)index * b->entry_len;
 }
 
+static uint32_t *ring_of(const mq_bells *b, int index)
+{
+    return u32_at(b, entry_off(b, index));
+}
+
 static uint64_t *bits_of(const mq_bells *b, int index)
 {
     return (uint64_t *)(void *)(b->base + entry_off(b, index) + 8);
-}
-
-/* The FIFO path of entry `index`; 0, or -1 when it does not fit. */
-static int fifo_path(const mq_bells *b, int index, char *out, size_t cap)
-{
-    int n = snprintf(out, cap, "%s/%d", b->dir, index);
-    return (n < 0 || (size_t)n >= cap) ? -1 : 0;
 }
 
 static int open_table(const char *path, unsigned mode)
@@ -54,13 +58,12 @@ static int open_table(const char *path, unsigned mode)
     }
 }
 
-int mq_bells_open(mq_bells *b, const char *path, const char *dir, size_t slots,
-                  unsigned mode, unsigned dir_mode)
+int mq_bells_open(mq_bells *b, const char *path, size_t slots, unsigned mode)
 {
     memset(b, 0, sizeof(*b));
     b->fd = -1;
     b->guard = -1;
-    if (slots == 0 || slots > (1u << 24) || strlen(dir) + 16 >= MQ_BELLS_PATH_MAX)
+    if (slots == 0 || slots > (1u << 24))
         return MQ_EINVAL;
     size_t words = (slots + 63) / 64;
     size_t entry_len = 8 + 8 * words;
@@ -125,9 +128,6 @@ int mq_bells_open(mq_bells *b, const char *path, const char *dir, size_t slots,
     b->entry_len = entry_len;
     b->fd = fd;
     b->guard = guard;
-    b->dir_mode = dir_mode;
-    b->fifo_mode = mode;
-    strcpy(b->dir, dir);
     return MQ_OK;
 }
 
@@ -149,58 +149,20 @@ static void clear_bits(mq_bells *b, int index)
         __atomic_store_n(&bits[w], 0, __ATOMIC_SEQ_CST);
 }
 
-/* mkdir the FIFO directory if missing; refuse anything but a real directory. */
-static int ensure_dir(mq_bells *b)
-{
-    if (mkdir(b->dir, (mode_t)b->dir_mode) == 0) {
-        if (chmod(b->dir, (mode_t)b->dir_mode) < 0)
-            return -1;
-        return 0;
-    }
-    if (errno != EEXIST)
-        return -1;
-    struct stat st;
-    if (lstat(b->dir, &st) < 0)
-        return -1;
-    if (!S_ISDIR(st.st_mode)) {
-        errno = S_ISLNK(st.st_mode) ? ELOOP : ENOTDIR;
-        return -1;
-    }
-    return 0;
-}
-
-int mq_bells_claim(mq_bells *b, int *fd_out)
+int mq_bells_claim(mq_bells *b)
 {
     b->sys_errno = 0;
-    if (ensure_dir(b) < 0) {
-        b->sys_errno = errno;
-        return MQ_EOPEN;
-    }
     for (int i = 0; i < MQ_BELLS_ENTRIES; i++) {
-        if (b->mine[i] || lock_entry(b, i, F_WRLCK) < 0)
+        if (b->mine[i])
             continue;
-        char path[MQ_BELLS_PATH_MAX];
-        int fd = -1;
-        if (fifo_path(b, i, path, sizeof(path)) == 0) {
-            clear_bits(b, i);
-            __atomic_fetch_add(u32_at(b, entry_off(b, i)), 1, __ATOMIC_SEQ_CST);
-            if ((unlink(path) == 0 || errno == ENOENT) &&
-                mkfifo(path, (mode_t)b->fifo_mode) == 0)
-                fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
-            if (fd >= 0 && fchmod(fd, (mode_t)b->fifo_mode) < 0) {
-                int e = errno;
-                close(fd);
-                errno = e;
-                fd = -1;
-            }
-        } else {
-            errno = ENAMETOOLONG;
-        }
-        if (fd < 0) {
+        if (lock_entry(b, i, F_WRLCK) < 0) {
+            if (errno == EAGAIN || errno == EACCES)
+                continue; /* owned by another process */
             b->sys_errno = errno;
-            lock_entry(b, i, F_UNLCK);
-            return MQ_EOPEN;
+            return MQ_ELOCK;
         }
+        clear_bits(b, i);
+        __atomic_fetch_add(u32_at(b, entry_off(b, i) + 4), 1, __ATOMIC_SEQ_CST);
         uint32_t *high = u32_at(b, 16);
         uint32_t h = __atomic_load_n(high, __ATOMIC_SEQ_CST);
         while (h < (uint32_t)i + 1 &&
@@ -208,23 +170,34 @@ int mq_bells_claim(mq_bells *b, int *fd_out)
                                             __ATOMIC_SEQ_CST))
             ;
         b->mine[i] = 1;
-        *fd_out = fd;
         return i;
     }
     b->sys_errno = EBUSY;
     return MQ_ELOCK;
 }
 
-void mq_bells_release(mq_bells *b, int index, int fd)
+#ifdef __linux__
+static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *timeout)
+{
+    return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+}
+#endif
+
+void mq_bells_kick(mq_bells *b, int index)
+{
+    uint32_t *ring = ring_of(b, index);
+    __atomic_fetch_add(ring, 1, __ATOMIC_SEQ_CST);
+#ifdef __linux__
+    futex(ring, FUTEX_WAKE, INT_MAX, NULL);
+#endif
+}
+
+void mq_bells_release(mq_bells *b, int index)
 {
     if (index < 0 || index >= MQ_BELLS_ENTRIES || !b->mine[index] || !b->base)
         return;
     clear_bits(b, index);
-    if (fd >= 0)
-        close(fd);
-    char path[MQ_BELLS_PATH_MAX];
-    if (fifo_path(b, index, path, sizeof(path)) == 0)
-        unlink(path);
+    mq_bells_kick(b, index);
     lock_entry(b, index, F_UNLCK);
     b->mine[index] = 0;
 }
@@ -234,7 +207,7 @@ void mq_bells_close(mq_bells *b)
     if (b->base) {
         for (int i = 0; i < MQ_BELLS_ENTRIES; i++)
             if (b->mine[i])
-                mq_bells_release(b, i, -1); /* descriptors are the binding's to close */
+                mq_bells_release(b, i);
         mq_guard_remove(b->guard);
         munmap(b->base, b->map_len);
         close(b->fd);
@@ -256,6 +229,47 @@ void mq_bells_disarm(mq_bells *b, int index, size_t slot)
                        __ATOMIC_SEQ_CST);
 }
 
+uint32_t mq_bells_load(const mq_bells *b, int index)
+{
+    return __atomic_load_n(ring_of(b, index), __ATOMIC_ACQUIRE);
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns)
+{
+    uint32_t *ring = ring_of(b, index);
+    int64_t deadline;
+    if (__builtin_add_overflow(now_ns(), timeout_ns, &deadline))
+        deadline = INT64_MAX;
+    for (;;) {
+        if (__atomic_load_n(ring, __ATOMIC_SEQ_CST) != expected)
+            return 1;
+        int64_t left = deadline - now_ns();
+        if (left <= 0)
+            return 0;
+#ifdef __linux__
+        struct timespec ts = {(time_t)(left / 1000000000), (long)(left % 1000000000)};
+        if (futex(ring, FUTEX_WAIT, expected, &ts) == 0)
+            return 1;
+        if (errno == EAGAIN || errno == ETIMEDOUT)
+            continue;
+        if (errno == EINTR)
+            return MQ_EINTR;
+#endif
+        /* sleep-poll: at most 1 ms per step */
+        int64_t step_ns = left < 1000000 ? left : 1000000;
+        struct timespec step = {0, (long)step_ns};
+        if (nanosleep(&step, NULL) < 0 && errno == EINTR)
+            return MQ_EINTR;
+    }
+}
+
 void mq_bells_ring(const mq_bells *b, size_t slot)
 {
     uint32_t high = __atomic_load_n(u32_at(b, 16), __ATOMIC_SEQ_CST);
@@ -265,15 +279,10 @@ void mq_bells_ring(const mq_bells *b, size_t slot)
     for (uint32_t i = 0; i < high; i++) {
         if (!(__atomic_load_n(&bits_of(b, (int)i)[slot / 64], __ATOMIC_SEQ_CST) & mask))
             continue;
-        char path[MQ_BELLS_PATH_MAX];
-        if (fifo_path(b, (int)i, path, sizeof(path)) < 0)
-            continue;
-        int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
-            continue; /* ENXIO: owner died; ENOENT: released meanwhile */
-        char one = 1;
-        ssize_t w = write(fd, &one, 1); /* EAGAIN: full, unread rings are pending anyway */
-        (void)w;
-        close(fd);
+        uint32_t *ring = ring_of(b, (int)i);
+        __atomic_fetch_add(ring, 1, __ATOMIC_SEQ_CST);
+#ifdef __linux__
+        futex(ring, FUTEX_WAKE, INT_MAX, NULL);
+#endif
     }
 }

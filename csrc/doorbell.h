@@ -1,58 +1,60 @@
-/* doorbell.h - wake-ups an event loop can watch: per-waiter FIFOs rung by bumpers.
+/* doorbell.h - one futex word per event loop, rung by every bump of a word it armed.
  *
  * A futex has no file descriptor, so an asyncio loop cannot wait on the
- * notify words (notify.h) without parking a thread in futex_wait.  A
- * doorbell is a named FIFO that one waiter (an event loop) reads and that
- * every process bumping a notify word it armed writes one byte into; the
- * loop watches the FIFO's read end with epoll (loop.add_reader).
+ * notify words (notify.h) directly, and parking one thread per waiting task
+ * in futex_wait costs a thread per wait.  Instead each event loop claims a
+ * doorbell: an entry of a shared table holding a bitmap of the notify slots
+ * its tasks wait on and one 32-bit ring word.  A process that bumps an armed
+ * slot increments the ring word of every entry that armed it and FUTEX_WAKEs
+ * it; one thread per loop sleeps on its ring word and hands each ring to the
+ * loop (docs/decisions.md D26 has the measurements: a FIFO the loop watches
+ * directly was slower here, because a pipe write wakes the reader with the
+ * scheduler's "sync" hint and the reader then waits for the writer's CPU).
  *
- * Files (in the broker directory):
- *   bells.shm      the bell table, mapped MAP_SHARED by every process
- *   bells/<i>      the FIFO of entry i (created by the entry's claimer)
- *
- * Byte layout of bells.shm (native endian, all fields naturally aligned):
+ * File bells.shm (in the broker directory), mapped MAP_SHARED by every
+ * process; byte layout (native endian, fields naturally aligned):
  *
  *   0   uint32 magic    0x4C42514D ("MQBL" little-endian); 0 in a fresh file
- *   4   uint32 version  1
+ *   4   uint32 version  2
  *   8   uint32 entries  MQ_BELLS_ENTRIES
  *   12  uint32 slots    notify slots per bitmap (the notify file's slot count)
- *   16  uint32 high     1 + the highest entry index ever claimed (bumpers scan
+ *   16  uint32 high     1 + the highest entry index ever claimed (ringers scan
  *                       entries [0, high)); only grows
  *   20  ...            zero up to byte 64
  *   64 + i * E  entry i, E = 8 + 8 * ceil(slots / 64) bytes:
- *        uint32 gen     bumped by every claim of the entry
- *        uint32 unused
- *        uint64 bits[ceil(slots / 64)]   bit s set: ring this entry's FIFO
- *                                        when notify slot s is bumped
+ *        uint32 ring    incremented (wrapping) by every ring; the futex word
+ *        uint32 gen     incremented by every claim of the entry
+ *        uint64 bits[ceil(slots / 64)]   bit s set: ring this entry when
+ *                                        notify slot s is bumped
  *
  * Ownership: an entry is owned by whoever holds an open-file-description
  * lock (F_OFD_SETLK, write) on its first byte; the kernel drops it when the
- * owner's process dies.  A claimer clears the bitmap, recreates the FIFO
- * (unlink + mkfifo, so a dead owner's FIFO never reaches the new owner) and
- * opens it O_RDWR | O_NONBLOCK (holding both ends: the loop never sees a
- * hang-up when a ringer closes).  Entries of one process share one file
- * description, so the process remembers its own entries (b->mine) and never
- * claims one twice.
+ * owner's process dies, so a crashed process's entry is free again.  A
+ * claimer clears the bitmap a previous owner may have left.  Entries of one
+ * process share one file description, so the process remembers its own
+ * entries (b->mine) and never claims one twice.
  *
  * Concurrency contract - a ring is a hint, exactly like a notify bump:
  *  - A waiter arms bit s, then increments the notify slot's waiter count,
  *    then re-reads the slot's seq (all seq_cst).  A bumper increments seq,
  *    reads the waiter count and, when non-zero, reads the bits (seq_cst).
  *    So either the waiter sees the new seq, or the bumper sees the bit and
- *    rings.  The waiter re-reads state after every ring, whatever caused it.
- *  - A ring is open(O_WRONLY | O_NONBLOCK) + write(1 byte) + close.  A full
- *    FIFO (EAGAIN: the owner has unread rings anyway), a FIFO without reader
- *    (ENXIO: its owner died) or a missing one (ENOENT) is ignored.  A dead
- *    owner's bits stay set until the entry is claimed again; that costs
- *    failed opens for bumps of those slots, never correctness.
- *  - Bumpers never take a lock: mq_bells_ring may run in any thread of any
- *    process, concurrently with claims and releases.  claim / release / arm
- *    / disarm of one mq_bells are serialised by the caller (the binding
- *    holds the GIL).
+ *    rings.  The loop re-reads the armed slots after every ring, whatever
+ *    caused it, and every wait has a timeout.
+ *  - The ring word's waiter loads it, handles rings, then futex-waits on the
+ *    loaded value: an increment in between makes the wait return at once.
+ *  - Ringers never take a lock: mq_bells_ring may run in any thread of any
+ *    process, concurrently with claims and releases.  A ring racing a
+ *    release or re-claim rings an entry nobody (or a new owner) waits on: a
+ *    spurious wake-up at worst.  claim / release / arm / disarm of one
+ *    mq_bells are serialised by the caller (the binding holds the GIL).
+ *  - Futex operations are the shared ones (the word lives in a file mapping
+ *    shared between processes).  Other systems than Linux sleep-poll the
+ *    ring word (at most 1 ms per step), as notify.h does.
  *
  * Bounds: slot indexes are not checked here; the caller guarantees
- * slot < slots.  Entry indexes passed back in come from mq_bells_claim.
- * A truncated bells.shm is grown back by the SIGBUS guard (guard.h,
+ * slot < slots.  Entry indexes passed in come from mq_bells_claim.  A
+ * truncated bells.shm is grown back by the SIGBUS guard (guard.h,
  * MQ_GUARD_REGROW): the lost bits read as zero, which costs at most one
  * missed ring (a waiter's timeout of latency).
  */
@@ -66,9 +68,8 @@
 
 #define MQ_BELLS_ENTRIES 256
 #define MQ_BELLS_MAGIC 0x4C42514Du
-#define MQ_BELLS_VERSION 1u
+#define MQ_BELLS_VERSION 2u
 #define MQ_BELLS_HEADER 64
-#define MQ_BELLS_PATH_MAX 4096
 
 typedef struct mq_bells {
     unsigned char *base; /* NULL when closed */
@@ -78,42 +79,48 @@ typedef struct mq_bells {
     int fd;        /* the table's descriptor: its OFD locks own entries; -1 when closed */
     int guard;     /* SIGBUS guard id, -1 when none */
     int sys_errno; /* errno behind the last failed call, else 0 */
-    unsigned dir_mode;
-    unsigned fifo_mode;
-    char dir[MQ_BELLS_PATH_MAX]; /* the FIFO directory */
     unsigned char mine[MQ_BELLS_ENTRIES]; /* entries this process claimed */
 } mq_bells;
 
 /* Opens (creating with exactly `mode`, O_NOFOLLOW | O_CLOEXEC) the table at
- * `path`, grows it to its size for `slots` under flock, maps it and records
- * `dir` as the FIFO directory (created with `dir_mode` on first claim).
+ * `path`, grows it to its size for `slots` under flock and maps it.
  * Returns MQ_OK, or (b left closed) MQ_EINVAL (slots 0 or above 2**24, a
- * path too long, a table made for another slot count), MQ_EOPEN / MQ_ELOCK
- * / MQ_ESIZE / MQ_EMAP with errno in b->sys_errno, or MQ_EGUARD. */
-int mq_bells_open(mq_bells *b, const char *path, const char *dir, size_t slots,
-                  unsigned mode, unsigned dir_mode);
+ * table made for another slot count or version), MQ_EOPEN / MQ_ELOCK /
+ * MQ_ESIZE / MQ_EMAP with errno in b->sys_errno, or MQ_EGUARD. */
+int mq_bells_open(mq_bells *b, const char *path, size_t slots, unsigned mode);
 
 /* Releases every entry this process still owns, withdraws the guard,
  * unmaps and closes; idempotent.  No other call may run on b meanwhile. */
 void mq_bells_close(mq_bells *b);
 
-/* Claims a free entry: returns its index (>= 0) and stores the FIFO's
- * descriptor (O_RDWR | O_NONBLOCK | O_CLOEXEC; the caller closes it only
- * through mq_bells_release) in *fd_out.  Errors: MQ_ELOCK with sys_errno
- * EBUSY when every entry is owned, MQ_EOPEN (mkdir, mkfifo or open failed:
- * errno in sys_errno; ELOOP or ENOTDIR for a symlinked directory). */
-int mq_bells_claim(mq_bells *b, int *fd_out);
+/* Claims a free entry (bits cleared, gen incremented); returns its index
+ * (>= 0), or MQ_ELOCK with sys_errno EBUSY when every entry is owned (or
+ * another errno when fcntl failed otherwise). */
+int mq_bells_claim(mq_bells *b);
 
-/* Clears entry `index`'s bits, closes `fd`, removes the FIFO and gives the
- * entry up.  Waiter counts incremented for its bits are the caller's. */
-void mq_bells_release(mq_bells *b, int index, int fd);
+/* Clears entry `index`'s bits, rings it once (a thread sleeping on it
+ * wakes and sees the release) and gives it up.  Waiter counts incremented
+ * for its bits are the caller's. */
+void mq_bells_release(mq_bells *b, int index);
 
 /* Sets / clears bit `slot` of entry `index` (seq_cst). */
 void mq_bells_arm(mq_bells *b, int index, size_t slot);
 void mq_bells_disarm(mq_bells *b, int index, size_t slot);
 
-/* Rings the FIFO of every entry with bit `slot` set.  Any thread, no lock;
- * called by mq_notify_bump after it saw a non-zero waiter count. */
+/* The ring word of entry `index` (acquire load). */
+uint32_t mq_bells_load(const mq_bells *b, int index);
+
+/* Increments entry `index`'s ring word and wakes its waiter. */
+void mq_bells_kick(mq_bells *b, int index);
+
+/* Waits until entry `index`'s ring word differs from `expected`, a wake-up
+ * arrives or `timeout_ns` passes.  Returns 1 (differs / woken), 0 (timeout)
+ * or MQ_EINTR (a signal arrived; the caller runs its handlers and calls
+ * again with the time left). */
+int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns);
+
+/* Rings every entry with bit `slot` set.  Any thread, no lock; called by
+ * mq_notify_bump after it saw a non-zero waiter count. */
 void mq_bells_ring(const mq_bells *b, size_t slot);
 
 #endif

@@ -1052,12 +1052,12 @@ cdef class Notifier:
                 self._unmap()
         return rc == 1
 
-    # -- doorbells (csrc/doorbell.h): wake-ups an event loop can watch ---------------------
-    def attach_bells(self, path, directory, mode=0o600, dir_mode=0o700):
-        """Open the bell table ``path`` (FIFOs in ``directory``); later bumps ring doorbells.
+    # -- doorbells (csrc/doorbell.h): one futex word per event loop ------------------------
+    def attach_bells(self, path, mode=0o600):
+        """Open the bell table ``path``; later bumps of armed slots ring doorbells.
 
         Idempotent.  Raises ``OSError`` (errno of the failed call) or
-        ``ValueError`` (a table made for another slot count, a path too long).
+        ``ValueError`` (a table made for another slot count or version).
         """
         cdef mq_bells *b
         cdef int rc
@@ -1066,20 +1066,19 @@ cdef class Notifier:
         if self.bells != NULL:
             return
         bpath = os.fsencode(path)
-        bdir = os.fsencode(directory)
-        if b"\0" in bpath or b"\0" in bdir:
+        if b"\0" in bpath:
             raise ValueError("path contains a NUL byte")
         b = <mq_bells *>malloc(sizeof(mq_bells))
         if b == NULL:
             raise MemoryError()
-        rc = mq_bells_open(b, bpath, bdir, <size_t>self.slots, <unsigned>_as_i64(mode, "mode"),
-                           <unsigned>_as_i64(dir_mode, "dir_mode"))
+        rc = mq_bells_open(b, bpath, <size_t>self.slots, <unsigned>_as_i64(mode, "mode"))
         if rc < 0:
             err = b.sys_errno
             free(b)
             if rc == MQ_EINVAL:
-                raise ValueError(f"bell table {os.fsdecode(bpath)!r}: made for another slot "
-                                 "count or version, or the path is too long")
+                raise ValueError(f"bell table {os.fsdecode(bpath)!r} was made for another "
+                                 "slot count or version; remove it while no process has the "
+                                 "broker open")
             if err > 0:
                 raise OSError(err, f"{os.strerror(err)} ({mq_strerror(rc).decode()})",
                               os.fsdecode(bpath))
@@ -1088,30 +1087,24 @@ cdef class Notifier:
         self.n.bells = b
 
     def bell_claim(self):
-        """Claim a doorbell: ``(index, fd)``; ``fd`` is the FIFO's non-blocking read end.
+        """Claim a doorbell; returns its index.
 
-        Raises ``OSError`` (``EBUSY``: every entry is taken) or ``ValueError``
-        (closed, no bell table attached).
+        Raises ``OSError`` (``EBUSY``: every doorbell is taken) or
+        ``ValueError`` (closed, no bell table attached).
         """
-        cdef int fd = -1
         cdef int rc
         self._bells()
-        rc = mq_bells_claim(self.bells, &fd)
+        rc = mq_bells_claim(self.bells)
         if rc < 0:
             err = self.bells.sys_errno
             raise OSError(err, f"cannot claim a doorbell: {os.strerror(err)}")
-        return rc, fd
+        return rc
 
-    def bell_release(self, index, fd):
-        """Give a claimed doorbell back (closes ``fd``, removes the FIFO).
-
-        Call once per claim.  ``fd`` is closed in every case; once the
-        notifier is closed the entry was already given back by the close.
-        """
+    def bell_release(self, index):
+        """Give a claimed doorbell back (its waiter wakes); nothing once closed."""
         if self.bells == NULL or not self.is_open:
-            os.close(fd)
             return
-        mq_bells_release(self.bells, <int>_as_i64(index, "index"), <int>_as_i64(fd, "fd"))
+        mq_bells_release(self.bells, <int>_as_i64(index, "index"))
 
     def bell_arm(self, index, slot):
         """Ring doorbell ``index`` on bumps of ``slot``; counts as one waiter on the slot."""
@@ -1128,6 +1121,49 @@ cdef class Notifier:
         mq_notify_waiters_add(&self.n, s, -1)
         mq_bells_disarm(self.bells, <int>_as_i64(index, "index"), s)
 
+    def bell_load(self, index):
+        """Doorbell ``index``'s ring word."""
+        self._bells()
+        return mq_bells_load(self.bells, <int>_as_i64(index, "index"))
+
+    def bell_kick(self, index):
+        """Ring doorbell ``index`` (wakes its waiter); nothing once closed."""
+        if self.bells == NULL or not self.is_open:
+            return
+        mq_bells_kick(self.bells, <int>_as_i64(index, "index"))
+
+    def bell_wait(self, index, expected, timeout):
+        """Block (GIL released) until doorbell ``index``'s ring word != ``expected``.
+
+        Returns ``True`` when it differs or a ring arrived, ``False`` after
+        ``timeout`` seconds.  Signal handlers run while waiting.
+        """
+        cdef int i = <int>_as_i64(index, "index")
+        cdef uint32_t exp = _as_u32(expected, "expected")
+        cdef double t = timeout
+        cdef int64_t deadline, left
+        cdef int rc
+        self._bells()
+        if t != t:
+            raise ValueError("timeout must not be NaN")
+        left = 0 if t <= 0 else (INT64_MAX if t >= 9.2e9 else <int64_t>(t * 1e9))
+        deadline = _monotonic_ns()
+        deadline = INT64_MAX if left > INT64_MAX - deadline else deadline + left
+        self.active += 1
+        try:
+            while True:
+                with nogil:
+                    rc = mq_bells_wait(self.bells, i, exp, left)
+                if rc != MQ_EINTR:
+                    break
+                PyErr_CheckSignals()
+                left = deadline - _monotonic_ns()
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                self._unmap()
+        return rc == 1
+
     cdef int _bells(self) except -1:
         if not self.is_open:
             raise ValueError("Notifier is closed")
@@ -1137,9 +1173,13 @@ cdef class Notifier:
 
     def close(self):
         """Unmap the file (deferred until running waits return); idempotent."""
+        cdef int i
         if not self.is_open:
             return
         self.is_open = False
+        if self.bells != NULL:
+            for i in range(256):  # give this process's doorbells back now: their waiters wake
+                mq_bells_release(self.bells, i)
         if self.active == 0:
             self._unmap()
 

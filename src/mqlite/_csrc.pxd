@@ -128,13 +128,15 @@ cdef extern from "doorbell.h" nogil:
     ctypedef struct mq_bells:
         int sys_errno
 
-    int mq_bells_open(mq_bells *b, const char *path, const char *dir, size_t slots,
-                      unsigned mode, unsigned dir_mode)
+    int mq_bells_open(mq_bells *b, const char *path, size_t slots, unsigned mode)
     void mq_bells_close(mq_bells *b)
-    int mq_bells_claim(mq_bells *b, int *fd_out)
-    void mq_bells_release(mq_bells *b, int index, int fd)
+    int mq_bells_claim(mq_bells *b)
+    void mq_bells_release(mq_bells *b, int index)
     void mq_bells_arm(mq_bells *b, int index, size_t slot)
     void mq_bells_disarm(mq_bells *b, int index, size_t slot)
+    uint32_t mq_bells_load(const mq_bells *b, int index)
+    void mq_bells_kick(mq_bells *b, int index)
+    int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns)
     void mq_bells_ring(const mq_bells *b, size_t slot)
 
 

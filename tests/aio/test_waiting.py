@@ -313,7 +313,7 @@ def test_waits_fall_back_to_threads_when_no_doorbell_is_free(path: Path) -> None
     with mqlite.open(path) as sync:
         sync.create_topic("t")
         n = sync.notifier
-        claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]
+        claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]  # all of them
         try:
             async def main() -> None:
                 async with mqlite.aio.open(path) as b:
@@ -327,5 +327,5 @@ def test_waits_fall_back_to_threads_when_no_doorbell_is_free(path: Path) -> None
 
             run(main())
         finally:
-            for index, fd in claimed:
-                n.bell_release(index, fd)
+            for index in claimed:
+                n.bell_release(index)

@@ -1,19 +1,18 @@
 """csrc/doorbell.c: claiming, arming, ringing across processes, and dead owners' entries.
 
-Contract (doorbell.h): a bump of an armed slot writes a byte into the FIFO of
-every entry that armed it, in any process; an entry belongs to whoever holds
-its OFD lock, so a dead owner's entry is free again; a claim clears the bits
-a previous owner left; every entry taken is a clean ``EBUSY`` error.
+Contract (doorbell.h): a bump of an armed slot increments (and futex-wakes)
+the ring word of every entry that armed it, in any process; an entry belongs
+to whoever holds its OFD lock, so a dead owner's entry is free again; a claim
+clears the bits a previous owner left; every entry taken is a clean
+``EBUSY`` error.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import select
-import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,64 +24,71 @@ SLOTS = 64
 
 def _notifier(d: Path) -> _core.Notifier:
     n = _core.Notifier(str(d / "notify.shm"), SLOTS)
-    n.attach_bells(str(d / "bells.shm"), str(d / "bells"))
+    n.attach_bells(str(d / "bells.shm"))
     return n
-
-
-def _readable(fd: int, timeout: float = 0.0) -> bool:
-    return bool(select.select([fd], [], [], timeout)[0])
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def test_armed_slot_rings_and_unarmed_does_not(tmp_path: Path) -> None:
     n = _notifier(tmp_path)
-    index, fd = n.bell_claim()
-    fifo = tmp_path / "bells" / str(index)
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    assert stat.S_IMODE(os.lstat(fifo).st_mode) == 0o600
-    assert stat.S_IMODE(os.lstat(tmp_path / "bells").st_mode) == 0o700
+    index = n.bell_claim()
+    r0 = n.bell_load(index)
     n.bump(3)
-    assert not _readable(fd)
+    assert n.bell_load(index) == r0
     n.bell_arm(index, 3)
     n.bump(5)
-    assert not _readable(fd)
+    assert n.bell_load(index) == r0
+    assert n.bell_wait(index, r0, 0.0) is False
     n.bump(3)
-    assert _readable(fd)
-    _drain(fd)
+    assert n.bell_load(index) == r0 + 1
+    assert n.bell_wait(index, r0, 10.0) is True
     n.bell_disarm(index, 3)
     n.bump(3)
-    assert not _readable(fd)
-    n.bell_release(index, fd)
-    assert not fifo.exists()
+    assert n.bell_load(index) == r0 + 1
+    n.bell_release(index)
+    n.close()
+
+
+def test_wait_blocks_until_a_ring_from_another_thread(tmp_path: Path) -> None:
+    n = _notifier(tmp_path)
+    index = n.bell_claim()
+    n.bell_arm(index, 2)
+    seen = n.bell_load(index)
+    started = threading.Event()
+    out: list[bool] = []
+
+    def waiter() -> None:
+        started.set()
+        out.append(n.bell_wait(index, seen, 30.0))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    started.wait(10)
+    n.bump(2)
+    t.join(30)
+    assert out == [True]
+    n.bell_release(index)
     n.close()
 
 
 def test_bump_in_another_process_rings(tmp_path: Path) -> None:
     n = _notifier(tmp_path)
-    index, fd = n.bell_claim()
+    index = n.bell_claim()
     n.bell_arm(index, 7)
+    seen = n.bell_load(index)
     code = (f"from mqlite import _core; n = _core.Notifier({str(tmp_path / 'notify.shm')!r}, "
-            f"{SLOTS}); n.attach_bells({str(tmp_path / 'bells.shm')!r}, "
-            f"{str(tmp_path / 'bells')!r}); n.bump(7)")
+            f"{SLOTS}); n.attach_bells({str(tmp_path / 'bells.shm')!r}); n.bump(7)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    assert _readable(fd, 10.0)
-    n.bell_release(index, fd)
+    assert n.bell_wait(index, seen, 10.0) is True
+    n.bell_release(index)
     n.close()
 
 
 def test_dead_owner_entry_is_reclaimed_with_clean_bits(tmp_path: Path) -> None:
     n = _notifier(tmp_path)
-    code = (f"import os, sys, time; from mqlite import _core; "
+    code = (f"import time; from mqlite import _core; "
             f"n = _core.Notifier({str(tmp_path / 'notify.shm')!r}, {SLOTS}); "
-            f"n.attach_bells({str(tmp_path / 'bells.shm')!r}, {str(tmp_path / 'bells')!r}); "
-            f"i, fd = n.bell_claim(); n.bell_arm(i, 9); print(i, flush=True); time.sleep(600)")
+            f"n.attach_bells({str(tmp_path / 'bells.shm')!r}); "
+            f"i = n.bell_claim(); n.bell_arm(i, 9); print(i, flush=True); time.sleep(600)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
@@ -92,29 +98,25 @@ def test_dead_owner_entry_is_reclaimed_with_clean_bits(tmp_path: Path) -> None:
         child.wait()
         if child.stdout is not None:
             child.stdout.close()
-    n.bump(9)  # the dead owner's FIFO has no reader: ignored
     claims = [n.bell_claim() for _ in range(256)]  # every entry, the dead one included
-    assert sorted(i for i, _ in claims) == list(range(256))
+    assert sorted(claims) == list(range(256))
     with pytest.raises(OSError) as info:
         n.bell_claim()
     assert info.value.errno == errno.EBUSY
-    fd = dict(claims)[dead_index]
-    _drain(fd)
+    before = n.bell_load(dead_index)
     n.bump(9)  # the bits the dead owner set were cleared by the claim
-    assert not _readable(fd)
-    for i, f in claims:
-        n.bell_release(i, f)
+    assert n.bell_load(dead_index) == before
+    for i in claims:
+        n.bell_release(i)
     n.close()
 
 
-def test_symlinked_fifo_directory_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "elsewhere").mkdir()
-    os.symlink(tmp_path / "elsewhere", tmp_path / "bells")
+def test_release_wakes_the_waiter(tmp_path: Path) -> None:
     n = _notifier(tmp_path)
-    with pytest.raises(OSError) as info:
-        n.bell_claim()
-    assert info.value.errno == errno.ELOOP
-    assert os.listdir(tmp_path / "elsewhere") == []
+    index = n.bell_claim()
+    seen = n.bell_load(index)
+    n.bell_release(index)
+    assert n.bell_wait(index, seen, 0.0) is True
     n.close()
 
 
@@ -122,17 +124,29 @@ def test_table_for_another_slot_count_is_refused(tmp_path: Path) -> None:
     _notifier(tmp_path).close()
     n = _core.Notifier(str(tmp_path / "notify2.shm"), SLOTS * 2)
     with pytest.raises(ValueError, match="another slot count"):
-        n.attach_bells(str(tmp_path / "bells.shm"), str(tmp_path / "bells"))
+        n.attach_bells(str(tmp_path / "bells.shm"))
+    n.close()
+
+
+def test_symlinked_table_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    (tmp_path / "bells.shm").symlink_to(target)
+    n = _core.Notifier(str(tmp_path / "notify.shm"), SLOTS)
+    with pytest.raises(OSError) as info:
+        n.attach_bells(str(tmp_path / "bells.shm"))
+    assert info.value.errno == errno.ELOOP
+    assert not target.exists()
     n.close()
 
 
 def test_calls_after_close(tmp_path: Path) -> None:
     n = _notifier(tmp_path)
-    index, fd = n.bell_claim()
+    index = n.bell_claim()
     n.close()
-    n.bell_release(index, fd)  # closes the descriptor; the close gave the entry back
-    with pytest.raises(OSError):
-        os.fstat(fd)
+    n.bell_release(index)  # quietly nothing: the close gave the entry back
+    n.bell_disarm(index, 1)
+    n.bell_kick(index)
     with pytest.raises(ValueError):
         n.bell_claim()
-    n.bell_disarm(index, 1)  # quietly nothing
+    with pytest.raises(ValueError):
+        n.bell_load(index)

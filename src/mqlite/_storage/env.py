@@ -538,9 +538,7 @@ class Env:
             )
             # doorbells for event loops (csrc/doorbell.h, mqlite.aio); every process
             # attaches them so its bumps ring the loops waiting on a slot
-            self.notifier.attach_bells(
-                os.path.join(self.path, "bells.shm"), os.path.join(self.path, "bells"),
-                self.file_mode, 0o770 if self.shared_group else 0o700)
+            self.notifier.attach_bells(os.path.join(self.path, "bells.shm"), self.file_mode)
         self._fix_file_modes()
 
     def _guard_map(self, env: Any) -> None:

@@ -1,30 +1,32 @@
 """Waiting on the broker's wake-up words from an event loop, through a doorbell.
 
 The broker's blocking waits futex-wait on shared-memory words
-(``notify.shm``, csrc/notify.h).  A futex has no file descriptor, so an event
-loop cannot watch one.  Instead each :class:`LoopBell` claims a *doorbell*
-(csrc/doorbell.h): a FIFO under ``<broker>/bells/`` that every process
-bumping a word this loop armed writes one byte into.  The loop watches the
-FIFO with ``loop.add_reader``; on a ring it re-reads the armed words and
-resolves the futures of the waits whose word moved.  No thread is parked for
-a wait, a cancelled wait unregisters synchronously (nothing to give back),
-and an idle waiter costs nothing but its registration.
+(``notify.shm``, csrc/notify.h); parking a thread per waiting task would cost
+a thread per wait.  Instead each :class:`LoopBell` claims a *doorbell*
+(csrc/doorbell.h): an entry in ``bells.shm`` with a bitmap of the words its
+tasks wait on and one ring word.  Every process that bumps an armed word
+increments the ring word and FUTEX_WAKEs it; one thread per loop
+(``mqlite-aio-bell``) sleeps on the ring word and hands each ring to the loop
+(``call_soon_threadsafe``, coalesced); the loop then re-reads the armed words
+and resolves the futures of the waits whose word moved.  However many tasks
+wait, that is one thread; a cancelled wait unregisters synchronously
+(nothing to give back) and an idle waiter costs only its registration.
 
 Contract (as the blocking waits): a ring is a hint.  Callers load the word
 before they read state, wait, and re-read state after every wake-up; each
 wait has a finite timeout, so a lost ring costs at most that timeout.
 
-When no doorbell can be claimed (all :data:`MAX_BELLS` are taken, or the
-FIFO cannot be created) waits fall back to a blocking ``Notifier.wait`` in the
-broker's worker threads (then a wait holds a thread).  docs/decisions.md D26
-has the measurements behind the choice.
+When no doorbell can be claimed (all :data:`MAX_BELLS` are taken) waits fall
+back to a blocking ``Notifier.wait`` in the broker's worker threads (then a
+wait holds a thread).  docs/decisions.md D26 has the measurements behind the
+choice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -33,6 +35,9 @@ __all__ = ["LoopBell"]
 
 #: Doorbells per broker directory (csrc/doorbell.h, MQ_BELLS_ENTRIES).
 MAX_BELLS = 256
+
+#: Seconds the bell thread sleeps at most before it re-checks that it is still wanted.
+_BELL_IDLE = 5.0
 
 
 class LoopBell:
@@ -44,24 +49,41 @@ class LoopBell:
         self.loop = loop
         self._executor = executor
         self._index = -1
-        self._fd = -1
+        self._closed = False
+        self._scheduled = False  # a hand-over to the loop is pending
+        self._thread: threading.Thread | None = None
         # slot -> [(expected seq, future)]: the waits registered now
         self._waits: dict[int, list[tuple[int, asyncio.Future[bool]]]] = {}
         try:
-            self._index, self._fd = notifier.bell_claim()
+            self._index = notifier.bell_claim()
         except (OSError, ValueError):
             return  # fall back to blocking waits in the executor
+        self._thread = threading.Thread(target=self._listen, args=(notifier.bell_load(
+            self._index),), name="mqlite-aio-bell", daemon=True)
+        self._thread.start()
+
+    def _listen(self, seen: int) -> None:
+        """The bell thread: sleep on the ring word, hand each ring to the loop."""
+        n, index = self._n, self._index
         try:
-            loop.add_reader(self._fd, self._on_ring)
-        except BaseException:
-            notifier.bell_release(self._index, self._fd)
-            self._index = self._fd = -1
-            raise
+            while not self._closed:
+                n.bell_wait(index, seen, _BELL_IDLE)
+                if self._closed:
+                    return
+                cur = n.bell_load(index)
+                if cur == seen:
+                    continue
+                seen = cur
+                if not self._scheduled:
+                    self._scheduled = True
+                    self.loop.call_soon_threadsafe(self._on_ring)
+        except (ValueError, RuntimeError):  # notifier or loop closed
+            return
 
     @property
     def has_doorbell(self) -> bool:
         """Whether waits use a doorbell (else they block a worker thread)."""
-        return self._fd >= 0
+        return self._index >= 0
 
     def waiting(self) -> int:
         """Number of waits registered now."""
@@ -79,9 +101,11 @@ class LoopBell:
         n = self._n
         if fut is None:
             fut = self.loop.create_future()
+        if self._closed:
+            return True  # the broker is closing: callers re-check state (and see it)
         if timeout <= 0 or fut.done():
             return n.load(slot) != seq
-        if self._fd < 0:
+        if self._index < 0:
             return await self._blocking_wait(slot, seq, timeout, fut)
         waits = self._waits.get(slot)
         if waits is None:
@@ -119,14 +143,7 @@ class LoopBell:
         return False
 
     def _on_ring(self) -> None:
-        fd = self._fd
-        try:
-            while len(os.read(fd, 4096)) == 4096:
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            return
+        self._scheduled = False
         try:
             load = self._n.load
             for slot, waits in self._waits.items():
@@ -145,13 +162,15 @@ class LoopBell:
                     fut.set_result(True)
 
     def close(self) -> None:
-        """End every wait, stop watching the FIFO and give the doorbell back.  Idempotent."""
+        """End every wait, stop the bell thread and give the doorbell back.  Idempotent."""
         self.wake_all()
-        if self._fd >= 0:
-            with contextlib.suppress(Exception):  # the loop may be closed already
-                self.loop.remove_reader(self._fd)
-            fd, self._fd = self._fd, -1
-            self._n.bell_release(self._index, fd)
+        if self._closed:
+            return
+        self._closed = True
+        if self._index >= 0:
+            self._n.bell_release(self._index)  # kicks the ring word: the thread sees _closed
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(1.0)
 
 
 def _set(fut: asyncio.Future[bool], value: bool) -> None:

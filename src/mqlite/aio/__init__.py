@@ -19,8 +19,9 @@
 How it runs (docs/asyncio.md, docs/decisions.md D26): storage work that can
 block (write transactions and their fsync, opening) runs in a few worker
 threads per broker handle; small reads may run inline; waiting for new
-messages holds no thread: the loop watches a per-loop doorbell FIFO that
-writers in any process poke when they bump a word this loop waits on.
+messages holds no thread per wait: a loop's waits share one doorbell (a
+futex word in ``bells.shm`` that writers in any process ring when they bump a
+word the loop waits on) and one thread that hands its rings to the loop.
 Semantics and errors are those of the synchronous API.
 """
 

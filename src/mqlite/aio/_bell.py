@@ -52,8 +52,8 @@ class LoopBell:
         self._closed = False
         self._scheduled = False  # a hand-over to the loop is pending
         self._thread: threading.Thread | None = None
-        # slot -> [(expected seq, future)]: the waits registered now
-        self._waits: dict[int, list[tuple[int, asyncio.Future[bool]]]] = {}
+        # slot -> {future: expected seq}: the waits registered now
+        self._waits: dict[int, dict[asyncio.Future[bool], int]] = {}
         try:
             self._index = notifier.bell_claim()
         except (OSError, ValueError):
@@ -109,10 +109,9 @@ class LoopBell:
             return await self._blocking_wait(slot, seq, timeout, fut)
         waits = self._waits.get(slot)
         if waits is None:
-            waits = self._waits[slot] = []
+            waits = self._waits[slot] = {}
             n.bell_arm(self._index, slot)
-        entry = (seq, fut)
-        waits.append(entry)
+        waits[fut] = seq
         timer = None
         try:
             if n.load(slot) != seq:  # moved before the bell was armed
@@ -122,7 +121,7 @@ class LoopBell:
         finally:
             if timer is not None:
                 timer.cancel()
-            waits.remove(entry)
+            del waits[fut]
             if not waits and self._waits.get(slot) is waits:
                 del self._waits[slot]
                 with contextlib.suppress(ValueError):  # the broker closed meanwhile
@@ -148,7 +147,7 @@ class LoopBell:
             load = self._n.load
             for slot, waits in self._waits.items():
                 cur = load(slot)
-                for seq, fut in waits:
+                for fut, seq in waits.items():
                     if cur != seq and not fut.done():
                         fut.set_result(True)
         except ValueError:  # notifier closed: end every wait, callers re-check state
@@ -157,7 +156,7 @@ class LoopBell:
     def wake_all(self) -> None:
         """End every registered wait now (each returns ``True``; callers re-read state)."""
         for waits in self._waits.values():
-            for _, fut in waits:
+            for fut in waits:
                 if not fut.done():
                     fut.set_result(True)
 

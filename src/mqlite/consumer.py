@@ -438,10 +438,12 @@ class Consumer:
         ----------
         writes
             ``False``: never write (the caller runs on an event loop thread,
-            where an fsync must not happen).  A round that would have to
-            write (promote due delayed messages) then changes nothing and
-            returns ``needs_writes=True``; a group consumer always needs
-            writes (heartbeats, joins, commits) and raises ``ValueError``.
+            where an fsync must not happen, and rebalance callbacks must not
+            run).  A round that would have to write (a group join,
+            rebalance or automatic commit, a ``commit="before"`` policy,
+            promoting due delayed messages) then changes nothing and returns
+            ``needs_writes=True``: run it again with ``writes=True`` off the
+            loop.
 
         Raises
         ------
@@ -451,8 +453,6 @@ class Consumer:
         if max_records is None:
             max_records = self._max_poll
         require_int(max_records, "max_records", minimum=1)
-        if not writes and self._group is not None:
-            raise ValueError("a group consumer's poll writes (joins, commits): use writes=True")
         return self._step(max_records, writes)
 
     def _step(self, max_records: int, writes: bool) -> PollStep:
@@ -462,8 +462,8 @@ class Consumer:
             # a change committed in between is never slept through.
             slot = self._waiting_on = self._wait_slot()
             seq = self._env.notifier.load(slot)
-            if group is not None:
-                group.before_fetch()
+            if group is not None and not group.before_fetch(writes):
+                return PollStep([], False, slot, seq, 0.0, True)
             msgs, due_ms = self._fetch(max_records)
             wait = math.inf
             if due_ms is not None:

@@ -3,11 +3,12 @@
 Semantics and errors are the synchronous consumer's (it does the work); this
 class decides where each round runs and how it waits:
 
-* a round of ``poll`` (:meth:`mqlite.Consumer.poll_step`) of a consumer
-  without a group only reads, so it runs inline on the loop thread (a read
-  transaction: microseconds); a round that must write (promote due delayed
-  messages) and every round of a group consumer (joins, heartbeats, commits:
-  an fsync under ``durability="sync"``) run in the broker's worker threads;
+* a round of ``poll`` (:meth:`mqlite.Consumer.poll_step`) that only reads
+  (no group, or a joined member whose group is stable and that has nothing
+  to commit) runs inline on the loop thread (a read transaction:
+  microseconds); a round that must write (join, rebalance, automatic commit:
+  an fsync under ``durability="sync"``; promote due delayed messages) runs in
+  the broker's worker threads, and so do rebalance callbacks;
 * between rounds it waits on the topic's wake-up word through the loop's
   doorbell (:mod:`mqlite.aio._bell`): no thread is held while waiting;
 * cancelling a ``poll`` (``asyncio.timeout``, ``task.cancel()``) ends the wait
@@ -166,17 +167,12 @@ class AsyncConsumer:
         if self._inflight is not None:  # a cancelled round still running: let it finish
             await asyncio.wait([self._inflight])
         deadline = loop.time() + timeout
-        inline = self.sync.group is None
         with self._wake_lock:
             woken, self._wake_pending = self._wake_pending, False
         bell = broker._bell()
         while True:
-            step: PollStep | None = None
-            if inline:
-                step = self.sync.poll_step(max_records, writes=False)
-                if step.needs_writes:
-                    step = None
-            if step is None:
+            step = self.sync.poll_step(max_records, writes=False)
+            if step.needs_writes:
                 step = await self._step_in_worker(max_records)
             if step.done:
                 return step.messages

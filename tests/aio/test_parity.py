@@ -235,3 +235,26 @@ def test_closed_broker_refuses(run: Any) -> None:
             await b.topics()
 
     run(body)
+
+
+@pytest.mark.parametrize("policy", ["after", "before", "manual"])
+def test_group_commit_policies(run: Any, policy: str) -> None:
+    async def body(b: Any) -> None:
+        await b.create_topic("t")
+        await b.send_batch("t", [b"a", b"b"])
+        c = b.consumer("t", group="g", commit=policy)
+        assert [m.value for m in await c.poll(timeout=1.0)] == [b"a", b"b"]
+        tp = TopicPartition("t", 0)
+        if policy == "before":
+            assert await c.committed(tp) == 2
+        await b.send("t", b"c")
+        assert [m.value for m in await c.poll(timeout=1.0)] == [b"c"]
+        if policy == "after":
+            assert await c.committed(tp) == 2  # the second poll committed the first's
+        if policy == "manual":
+            assert await c.committed(tp) is None
+            await c.commit()
+        await c.close()
+        assert (await b.committed_offsets("g", "t"))[0] == 3
+
+    run(body)

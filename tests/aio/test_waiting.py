@@ -236,7 +236,10 @@ def test_coroutine_rebalance_callbacks_are_awaited(path: Path) -> None:
                 await asyncio.sleep(0)
                 seen.append(("assign", tps))
 
+            loop_thread = threading.get_ident()
+
             def on_revoke(tps: list[Any]) -> None:
+                assert threading.get_ident() != loop_thread  # never blocks the loop
                 seen.append(("revoke", tps))
 
             c = b.consumer("t", group="g", on_assign=on_assign, on_revoke=on_revoke)

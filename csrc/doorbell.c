@@ -270,6 +270,21 @@ int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns)
     }
 }
 
+void mq_bells_listen(mq_bells *b, int index, int fd, const volatile int *stop)
+{
+    uint32_t seen = mq_bells_load(b, index);
+    uint64_t one = 1;
+    while (!*stop) {
+        mq_bells_wait(b, index, seen, 250000000); /* EINTR or timeout: re-check and go on */
+        uint32_t cur = mq_bells_load(b, index);
+        if (cur == seen)
+            continue;
+        seen = cur;
+        ssize_t w = write(fd, &one, sizeof(one));
+        (void)w;
+    }
+}
+
 void mq_bells_ring(const mq_bells *b, size_t slot)
 {
     uint32_t high = __atomic_load_n(u32_at(b, 16), __ATOMIC_SEQ_CST);

@@ -6,10 +6,12 @@
  * doorbell: an entry of a shared table holding a bitmap of the notify slots
  * its tasks wait on and one 32-bit ring word.  A process that bumps an armed
  * slot increments the ring word of every entry that armed it and FUTEX_WAKEs
- * it; one thread per loop sleeps on its ring word and hands each ring to the
- * loop (docs/decisions.md D26 has the measurements: a FIFO the loop watches
- * directly was slower here, because a pipe write wakes the reader with the
- * scheduler's "sync" hint and the reader then waits for the writer's CPU).
+ * it; one thread per loop sleeps on its ring word (mq_bells_listen) and
+ * hands each ring to the loop through a pipe (docs/decisions.md D26 has the
+ * measurements: a FIFO written by every bumper and watched by the loop
+ * directly was slower here: a pipe write wakes the reader with the
+ * scheduler's "sync" hint, so the reader waits for the bumper's CPU, while
+ * the bell thread sleeps again right after its write).
  *
  * File bells.shm (in the broker directory), mapped MAP_SHARED by every
  * process; byte layout (native endian, fields naturally aligned):
@@ -118,6 +120,14 @@ void mq_bells_kick(mq_bells *b, int index);
  * or MQ_EINTR (a signal arrived; the caller runs its handlers and calls
  * again with the time left). */
 int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns);
+
+/* The listener loop of one event loop's bell thread: waits on entry
+ * `index`'s ring word and, for every change, writes an 8-byte 1 to `fd` (an
+ * eventfd or a pipe the loop watches; EAGAIN, a full pipe, is ignored: a
+ * wake-up is pending anyway), without touching anything else, so the thread
+ * never needs the Python GIL.  Re-checks `*stop` at least every 250 ms and
+ * after every ring; returns when it is non-zero. */
+void mq_bells_listen(mq_bells *b, int index, int fd, const volatile int *stop);
 
 /* Rings every entry with bit `slot` set.  Any thread, no lock; called by
  * mq_notify_bump after it saw a non-zero waiter count. */

@@ -209,6 +209,10 @@ class Notifier:
         """Doorbell ``index``'s ring word."""
     def bell_kick(self, index: int) -> None:
         """Ring doorbell ``index``."""
+    def bell_listen(self, index: int, fd: int) -> None:
+        """Doorbell ``index``'s listener loop (blocks): each ring writes an 8-byte 1 to ``fd``."""
+    def bell_unlisten(self, index: int) -> None:
+        """Make :meth:`bell_listen` of doorbell ``index`` return."""
     def bell_wait(self, index: int, expected: int, timeout: float) -> bool:
         """Block (GIL released) until the ring word != ``expected`` or ``timeout`` s pass."""
     def close(self) -> None: ...

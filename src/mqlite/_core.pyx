@@ -958,12 +958,14 @@ cdef class Notifier:
 
     cdef mq_notify n
     cdef mq_bells *bells  # doorbells (doorbell.h), or NULL
+    cdef int listen_stop[256]  # per doorbell: its bell_listen() must return
     cdef readonly Py_ssize_t slots
     cdef bint is_open
     cdef Py_ssize_t active  # waits running without the GIL
 
     def __cinit__(self):
         memset(&self.n, 0, sizeof(mq_notify))
+        memset(self.listen_stop, 0, sizeof(self.listen_stop))
         self.bells = NULL
 
     cdef void _unmap(self):
@@ -1164,6 +1166,34 @@ cdef class Notifier:
                 self._unmap()
         return rc == 1
 
+    def bell_listen(self, index, fd):
+        """Run doorbell ``index``'s listener (blocks; GIL released): every ring writes an
+        8-byte 1 to ``fd`` (an eventfd or pipe).  Returns after :meth:`bell_unlisten` or
+        :meth:`close`.  For a dedicated thread.
+        """
+        cdef int i = <int>_as_i64(index, "index")
+        cdef int f = <int>_as_i64(fd, "fd")
+        self._bells()
+        if i < 0 or i >= 256:
+            raise ValueError(f"doorbell index {index} out of range [0, 256)")
+        self.listen_stop[i] = 0
+        self.active += 1
+        try:
+            with nogil:
+                mq_bells_listen(self.bells, i, f, &self.listen_stop[i])
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                self._unmap()
+
+    def bell_unlisten(self, index):
+        """Make doorbell ``index``'s :meth:`bell_listen` return (soon: it is woken)."""
+        cdef int i = <int>_as_i64(index, "index")
+        if 0 <= i < 256:
+            self.listen_stop[i] = 1
+            if self.bells != NULL and self.is_open:
+                mq_bells_kick(self.bells, i)
+
     cdef int _bells(self) except -1:
         if not self.is_open:
             raise ValueError("Notifier is closed")
@@ -1179,6 +1209,7 @@ cdef class Notifier:
         self.is_open = False
         if self.bells != NULL:
             for i in range(256):  # give this process's doorbells back now: their waiters wake
+                self.listen_stop[i] = 1
                 mq_bells_release(self.bells, i)
         if self.active == 0:
             self._unmap()

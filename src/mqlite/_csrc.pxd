@@ -138,6 +138,7 @@ cdef extern from "doorbell.h" nogil:
     void mq_bells_kick(mq_bells *b, int index)
     int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns)
     void mq_bells_ring(const mq_bells *b, size_t slot)
+    void mq_bells_listen(mq_bells *b, int index, int fd, const volatile int *stop)
 
 
 cdef extern from "notify.h" nogil:

@@ -150,3 +150,26 @@ def test_calls_after_close(tmp_path: Path) -> None:
         n.bell_claim()
     with pytest.raises(ValueError):
         n.bell_load(index)
+
+
+def test_listener_writes_each_ring_to_an_eventfd_and_stops(tmp_path: Path) -> None:
+    import os
+    import select
+
+    n = _notifier(tmp_path)
+    index = n.bell_claim()
+    n.bell_arm(index, 4)
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    t = threading.Thread(target=n.bell_listen, args=(index, efd))
+    t.start()
+    try:
+        n.bump(4)
+        assert select.select([efd], [], [], 10.0)[0]
+        assert int.from_bytes(os.read(efd, 8), "little") >= 1
+    finally:
+        n.bell_unlisten(index)
+        t.join(10)
+    assert not t.is_alive()
+    os.close(efd)
+    n.bell_release(index)
+    n.close()

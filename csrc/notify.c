@@ -1,5 +1,6 @@
 #include "notify.h"
 
+#include "doorbell.h"
 #include "guard.h"
 
 #include <errno.h>
@@ -52,6 +53,7 @@ int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     n->fd = -1;
     n->guard = -1;
     n->sys_errno = 0;
+    n->bells = NULL;
     if (slots == 0 || slots > (size_t)INT64_MAX / sizeof(mq_notify_slot))
         return MQ_EINVAL;
     size_t need = slots * sizeof(mq_notify_slot);
@@ -138,10 +140,19 @@ void mq_notify_bump(mq_notify *n, size_t slot)
      * by a load of `waiters` could be reordered before the increment, and a
      * waiter that registered just then would sleep through this bump. */
     __atomic_fetch_add(&s->seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST) > 0) {
 #ifdef __linux__
-    if (__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST) > 0)
         futex(&s->seq, FUTEX_WAKE, INT_MAX, NULL);
 #endif
+        struct mq_bells *b = n->bells;
+        if (b)
+            mq_bells_ring(b, slot);
+    }
+}
+
+void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)
+{
+    __atomic_fetch_add(&n->slots_base[slot].waiters, (uint32_t)delta, __ATOMIC_SEQ_CST);
 }
 
 static int64_t now_ns(void)

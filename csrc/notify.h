@@ -28,6 +28,11 @@
  *  - The futex operations are the shared (non-PRIVATE) ones: the words live
  *    in a file mapping shared between processes.
  *
+ *  - Doorbells (doorbell.h): when `bells` is set, a bump that sees a non-zero
+ *    waiter count also rings the FIFOs of the event loops that armed the
+ *    slot.  An event loop registers with mq_notify_waiters_add(+1) after
+ *    arming, so the bump's waiter check covers it too.
+ *
  * Linux uses futex(2).  Other systems sleep-poll: re-read seq every 1 ms at
  * most until it changes or the timeout passes.
  *
@@ -60,6 +65,7 @@ typedef struct mq_notify {
     int fd;        /* kept open for the SIGBUS guard; -1 when closed */
     int guard;     /* guard id (guard.h), -1 when none */
     int sys_errno; /* the errno behind the last failed mq_notify_open, else 0 */
+    struct mq_bells *bells; /* doorbells rung by bump (doorbell.h), or NULL; set by the owner */
 } mq_notify;
 
 /* Opens `path` (creating it with exactly `mode`, umask not applied, when it
@@ -88,6 +94,10 @@ uint32_t mq_notify_load(const mq_notify *n, size_t slot);
 /* Increments the slot's seq (wrapping) and wakes every process or thread
  * waiting on it, making the syscall only when the waiter count is non-zero. */
 void mq_notify_bump(mq_notify *n, size_t slot);
+
+/* Adds `delta` (+1 or -1) to the slot's waiter count (seq_cst): an event
+ * loop waiting through a doorbell counts as a waiter while it waits. */
+void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta);
 
 #define MQ_NOTIFY_RETURN_ON_EINTR 1 /* mq_notify_wait flag */
 

@@ -10,6 +10,8 @@ shared safely by the processes of one machine.  No server.
 ...     broker.send("orders", b"hello", key=b"k")
 """
 
+from typing import TYPE_CHECKING, Any
+
 from mqlite._core import Message
 from mqlite.broker import Broker, open
 from mqlite.config import TopicConfig
@@ -66,6 +68,19 @@ from mqlite.types import (
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from mqlite import aio as aio
+
+
+def __getattr__(name: str) -> Any:
+    # ``mqlite.aio`` is imported on first use, so ``import mqlite`` does not pay for asyncio
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module("mqlite.aio")
+    raise AttributeError(f"module 'mqlite' has no attribute {name!r}")
+
+
 __all__ = [
     "AlreadyProcessedError",
     "Backoff",
@@ -121,5 +136,6 @@ __all__ = [
     "Transaction",
     "UnroutableError",
     "__version__",
+    "aio",
     "open",
 ]

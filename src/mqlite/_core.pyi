@@ -195,6 +195,26 @@ class Notifier:
         Returns ``True`` if the value differed (or a wake-up arrived), ``False`` on timeout.
         Returns at once when the value already differs.  ``timeout`` <= 0 never blocks.
         """
+    def attach_bells(self, path: str, mode: int = 0o600) -> None:
+        """Open the doorbell table (csrc/doorbell.h); later bumps ring armed doorbells."""
+    def bell_claim(self) -> int:
+        """Claim a doorbell; its index (``OSError`` EBUSY when all are taken)."""
+    def bell_release(self, index: int) -> None:
+        """Give a claimed doorbell back (its waiter wakes)."""
+    def bell_arm(self, index: int, slot: int) -> None:
+        """Ring doorbell ``index`` on bumps of ``slot`` (counts as a waiter of the slot)."""
+    def bell_disarm(self, index: int, slot: int) -> None:
+        """Undo one :meth:`bell_arm`."""
+    def bell_load(self, index: int) -> int:
+        """Doorbell ``index``'s ring word."""
+    def bell_kick(self, index: int) -> None:
+        """Ring doorbell ``index``."""
+    def bell_listen(self, index: int, fd: int) -> None:
+        """Doorbell ``index``'s listener loop (blocks): each ring writes an 8-byte 1 to ``fd``."""
+    def bell_unlisten(self, index: int) -> None:
+        """Make :meth:`bell_listen` of doorbell ``index`` return."""
+    def bell_wait(self, index: int, expected: int, timeout: float) -> bool:
+        """Block (GIL released) until the ring word != ``expected`` or ``timeout`` s pass."""
     def close(self) -> None: ...
 
 def buffer_address(data: bytes | bytearray | memoryview) -> int:

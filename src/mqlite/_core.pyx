@@ -957,12 +957,24 @@ cdef class Notifier:
     """
 
     cdef mq_notify n
+    cdef mq_bells *bells  # doorbells (doorbell.h), or NULL
+    cdef int listen_stop[256]  # per doorbell: its bell_listen() must return
     cdef readonly Py_ssize_t slots
     cdef bint is_open
     cdef Py_ssize_t active  # waits running without the GIL
 
     def __cinit__(self):
         memset(&self.n, 0, sizeof(mq_notify))
+        memset(self.listen_stop, 0, sizeof(self.listen_stop))
+        self.bells = NULL
+
+    cdef void _unmap(self):
+        self.n.bells = NULL
+        if self.bells != NULL:
+            mq_bells_close(self.bells)
+            free(self.bells)
+            self.bells = NULL
+        mq_notify_close(&self.n)
 
     def __init__(self, path, slots=4096, mode=0o600):
         cdef int64_t n_slots = _as_i64(slots, "slots")
@@ -988,7 +1000,7 @@ cdef class Notifier:
 
     def __dealloc__(self):
         # A running wait() holds a reference, so none can be active here.
-        mq_notify_close(&self.n)
+        self._unmap()
 
     cdef size_t _slot(self, object slot) except? 0:
         if not PyLong_Check(slot):
@@ -1039,16 +1051,168 @@ cdef class Notifier:
         finally:
             self.active -= 1
             if not self.is_open and self.active == 0:
-                mq_notify_close(&self.n)
+                self._unmap()
         return rc == 1
+
+    # -- doorbells (csrc/doorbell.h): one futex word per event loop ------------------------
+    def attach_bells(self, path, mode=0o600):
+        """Open the bell table ``path``; later bumps of armed slots ring doorbells.
+
+        Idempotent.  Raises ``OSError`` (errno of the failed call) or
+        ``ValueError`` (a table made for another slot count or version).
+        """
+        cdef mq_bells *b
+        cdef int rc
+        if not self.is_open:
+            raise ValueError("Notifier is closed")
+        if self.bells != NULL:
+            return
+        bpath = os.fsencode(path)
+        if b"\0" in bpath:
+            raise ValueError("path contains a NUL byte")
+        b = <mq_bells *>malloc(sizeof(mq_bells))
+        if b == NULL:
+            raise MemoryError()
+        rc = mq_bells_open(b, bpath, <size_t>self.slots, <unsigned>_as_i64(mode, "mode"))
+        if rc < 0:
+            err = b.sys_errno
+            free(b)
+            if rc == MQ_EINVAL:
+                raise ValueError(f"bell table {os.fsdecode(bpath)!r} was made for another "
+                                 "slot count or version; remove it while no process has the "
+                                 "broker open")
+            if err > 0:
+                raise OSError(err, f"{os.strerror(err)} ({mq_strerror(rc).decode()})",
+                              os.fsdecode(bpath))
+            raise OSError(f"bell table {os.fsdecode(bpath)!r}: {mq_strerror(rc).decode()}")
+        self.bells = b
+        self.n.bells = b
+
+    def bell_claim(self):
+        """Claim a doorbell; returns its index.
+
+        Raises ``OSError`` (``EBUSY``: every doorbell is taken) or
+        ``ValueError`` (closed, no bell table attached).
+        """
+        cdef int rc
+        self._bells()
+        rc = mq_bells_claim(self.bells)
+        if rc < 0:
+            err = self.bells.sys_errno
+            raise OSError(err, f"cannot claim a doorbell: {os.strerror(err)}")
+        return rc
+
+    def bell_release(self, index):
+        """Give a claimed doorbell back (its waiter wakes); nothing once closed."""
+        if self.bells == NULL or not self.is_open:
+            return
+        mq_bells_release(self.bells, <int>_as_i64(index, "index"))
+
+    def bell_arm(self, index, slot):
+        """Ring doorbell ``index`` on bumps of ``slot``; counts as one waiter on the slot."""
+        cdef size_t s = self._slot(slot)
+        self._bells()
+        mq_bells_arm(self.bells, <int>_as_i64(index, "index"), s)
+        mq_notify_waiters_add(&self.n, s, 1)
+
+    def bell_disarm(self, index, slot):
+        """Undo one :meth:`bell_arm` (quietly nothing once closed)."""
+        if self.bells == NULL or not self.is_open:
+            return
+        cdef size_t s = self._slot(slot)
+        mq_notify_waiters_add(&self.n, s, -1)
+        mq_bells_disarm(self.bells, <int>_as_i64(index, "index"), s)
+
+    def bell_load(self, index):
+        """Doorbell ``index``'s ring word."""
+        self._bells()
+        return mq_bells_load(self.bells, <int>_as_i64(index, "index"))
+
+    def bell_kick(self, index):
+        """Ring doorbell ``index`` (wakes its waiter); nothing once closed."""
+        if self.bells == NULL or not self.is_open:
+            return
+        mq_bells_kick(self.bells, <int>_as_i64(index, "index"))
+
+    def bell_wait(self, index, expected, timeout):
+        """Block (GIL released) until doorbell ``index``'s ring word != ``expected``.
+
+        Returns ``True`` when it differs or a ring arrived, ``False`` after
+        ``timeout`` seconds.  Signal handlers run while waiting.
+        """
+        cdef int i = <int>_as_i64(index, "index")
+        cdef uint32_t exp = _as_u32(expected, "expected")
+        cdef double t = timeout
+        cdef int64_t deadline, left
+        cdef int rc
+        self._bells()
+        if t != t:
+            raise ValueError("timeout must not be NaN")
+        left = 0 if t <= 0 else (INT64_MAX if t >= 9.2e9 else <int64_t>(t * 1e9))
+        deadline = _monotonic_ns()
+        deadline = INT64_MAX if left > INT64_MAX - deadline else deadline + left
+        self.active += 1
+        try:
+            while True:
+                with nogil:
+                    rc = mq_bells_wait(self.bells, i, exp, left)
+                if rc != MQ_EINTR:
+                    break
+                PyErr_CheckSignals()
+                left = deadline - _monotonic_ns()
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                self._unmap()
+        return rc == 1
+
+    def bell_listen(self, index, fd):
+        """Run doorbell ``index``'s listener (blocks; GIL released): every ring writes an
+        8-byte 1 to ``fd`` (an eventfd or pipe).  Returns after :meth:`bell_unlisten` or
+        :meth:`close`.  For a dedicated thread.
+        """
+        cdef int i = <int>_as_i64(index, "index")
+        cdef int f = <int>_as_i64(fd, "fd")
+        self._bells()
+        if i < 0 or i >= 256:
+            raise ValueError(f"doorbell index {index} out of range [0, 256)")
+        self.listen_stop[i] = 0
+        self.active += 1
+        try:
+            with nogil:
+                mq_bells_listen(self.bells, i, f, &self.listen_stop[i])
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                self._unmap()
+
+    def bell_unlisten(self, index):
+        """Make doorbell ``index``'s :meth:`bell_listen` return (soon: it is woken)."""
+        cdef int i = <int>_as_i64(index, "index")
+        if 0 <= i < 256:
+            self.listen_stop[i] = 1
+            if self.bells != NULL and self.is_open:
+                mq_bells_kick(self.bells, i)
+
+    cdef int _bells(self) except -1:
+        if not self.is_open:
+            raise ValueError("Notifier is closed")
+        if self.bells == NULL:
+            raise ValueError("no bell table attached (call attach_bells first)")
+        return 0
 
     def close(self):
         """Unmap the file (deferred until running waits return); idempotent."""
+        cdef int i
         if not self.is_open:
             return
         self.is_open = False
+        if self.bells != NULL:
+            for i in range(256):  # give this process's doorbells back now: their waiters wake
+                self.listen_stop[i] = 1
+                mq_bells_release(self.bells, i)
         if self.active == 0:
-            mq_notify_close(&self.n)
+            self._unmap()
 
     @property
     def closed(self):

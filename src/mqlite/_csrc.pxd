@@ -124,6 +124,23 @@ cdef extern from "batch.h" nogil:
     int mq_batch_find_timestamp(const uint8_t *buf, size_t len, int64_t ts, int64_t *index)
 
 
+cdef extern from "doorbell.h" nogil:
+    ctypedef struct mq_bells:
+        int sys_errno
+
+    int mq_bells_open(mq_bells *b, const char *path, size_t slots, unsigned mode)
+    void mq_bells_close(mq_bells *b)
+    int mq_bells_claim(mq_bells *b)
+    void mq_bells_release(mq_bells *b, int index)
+    void mq_bells_arm(mq_bells *b, int index, size_t slot)
+    void mq_bells_disarm(mq_bells *b, int index, size_t slot)
+    uint32_t mq_bells_load(const mq_bells *b, int index)
+    void mq_bells_kick(mq_bells *b, int index)
+    int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns)
+    void mq_bells_ring(const mq_bells *b, size_t slot)
+    void mq_bells_listen(mq_bells *b, int index, int fd, const volatile int *stop)
+
+
 cdef extern from "notify.h" nogil:
     enum:
         MQ_NOTIFY_RETURN_ON_EINTR
@@ -131,11 +148,13 @@ cdef extern from "notify.h" nogil:
     ctypedef struct mq_notify:
         size_t slots
         int sys_errno
+        mq_bells *bells
 
     int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     void mq_notify_close(mq_notify *n)
     uint32_t mq_notify_load(const mq_notify *n, size_t slot)
     void mq_notify_bump(mq_notify *n, size_t slot)
+    void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)
     int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns,
                        int flags)
 

@@ -137,6 +137,15 @@ class Broker:
     def closed(self) -> bool:
         return self._engine.closed
 
+    @property
+    def notifier(self) -> _core.Notifier:
+        """Low level: this process's wake-up words of the broker (csrc/notify.h).
+
+        For event-loop integrations (:mod:`mqlite.aio` waits on them through
+        doorbells, csrc/doorbell.h).  Raises :class:`ClosedError` when closed.
+        """
+        return self._engine.live_env().notifier
+
     def close(self) -> None:
         """Close every child, then release this handle.  Idempotent; any thread.
 

@@ -12,9 +12,10 @@ wake-up word (futex) with a timeout, then re-reads committed state.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Self, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, overload
 
 from mqlite import _core, scheduler
 from mqlite._lifecycle import UseGuard, guarded
@@ -30,10 +31,38 @@ from mqlite.types import OffsetAndTimestamp, TopicPartition
 if TYPE_CHECKING:
     from mqlite._engine import Engine
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "PollStep"]
 
 _RESETS = ("earliest", "latest", "none")
 _COMMITS = ("after", "before", "manual")
+
+
+class PollStep(NamedTuple):
+    """One round of :meth:`Consumer.poll_step`.
+
+    Attributes
+    ----------
+    messages
+        What the round fetched (return them when ``done``).
+    done
+        ``True``: the poll is over, return ``messages`` (empty only when a
+        ``close()`` interrupted it).  ``False``: nothing yet; wait.
+    slot, seq
+        Wait until wake-up word ``slot`` no longer holds ``seq`` ...
+    wait
+        ... or at most this many seconds (``inf``: only the caller's timeout),
+        then run another round.
+    needs_writes
+        The round needs a write (``writes=False`` was passed): run it again
+        with ``writes=True`` off the event loop.
+    """
+
+    messages: list[_core.Message]
+    done: bool
+    slot: int
+    seq: int
+    wait: float
+    needs_writes: bool
 
 
 def _normalize_topics(topics: str | Iterable[str] | None) -> list[str]:
@@ -386,40 +415,79 @@ class Consumer:
         require_positive_number(timeout, "timeout")
         deadline = time.monotonic() + timeout
         notifier = self._env.notifier
+        while True:
+            step = self._step(max_records, True)
+            if step.done:
+                return step.messages
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._life.woken():
+                return []
+            notifier.wait(step.slot, step.seq, min(remaining, step.wait))
+            if self._life.woken():
+                return []
+
+    @guarded
+    def poll_step(self, max_records: int | None = None, *, writes: bool = True) -> PollStep:
+        """One non-blocking round of :meth:`poll`, for event loops (``mqlite.aio``).
+
+        Fetches like ``poll(timeout=0)`` and, when nothing is there, says what
+        to wait on: the caller waits until wake-up word ``slot`` differs from
+        ``seq`` (or ``wait`` seconds pass), then calls again.
+
+        Parameters
+        ----------
+        writes
+            ``False``: never write (the caller runs on an event loop thread,
+            where an fsync must not happen, and rebalance callbacks must not
+            run).  A round that would have to write (a group join,
+            rebalance or automatic commit, a ``commit="before"`` policy,
+            promoting due delayed messages) then changes nothing and returns
+            ``needs_writes=True``: run it again with ``writes=True`` off the
+            loop.
+
+        Raises
+        ------
+        As :meth:`poll`.
+        """
+        self._check_open()
+        if max_records is None:
+            max_records = self._max_poll
+        require_int(max_records, "max_records", minimum=1)
+        return self._step(max_records, writes)
+
+    def _step(self, max_records: int, writes: bool) -> PollStep:
         group = self._group
         while True:
             # Load the wake-up word before reading any state (group or log), so
             # a change committed in between is never slept through.
             slot = self._waiting_on = self._wait_slot()
-            seq = notifier.load(slot)
-            if group is not None:
-                group.before_fetch()
+            seq = self._env.notifier.load(slot)
+            if group is not None and not group.before_fetch(writes):
+                return PollStep([], False, slot, seq, 0.0, True)
             msgs, due_ms = self._fetch(max_records)
-            due = None
+            wait = math.inf
             if due_ms is not None:
                 due = (due_ms - time.time_ns() // 1_000_000) / 1000.0
-                if due <= 0 and scheduler.promote_due(self._engine) and not msgs:
-                    continue  # read what was just made visible
+                if due <= 0:
+                    if not writes:
+                        if not msgs:
+                            return PollStep([], False, slot, seq, 0.0, True)
+                    elif scheduler.promote_due(self._engine) and not msgs:
+                        continue  # read what was just made visible
+                wait = due + 0.001
             if msgs:
                 if self._life.close_requested and self._commit_policy != "before":
                     # close() interrupted this poll: hand nothing out, so that the
                     # close's commit does not cover messages nobody processed
                     for m in reversed(msgs):
                         self._positions[TopicPartition(m.topic, m.partition)] = m.offset
-                    return []
+                    return PollStep([], True, slot, seq, 0.0, False)
                 if group is not None:
                     group.after_fetch(msgs)
-                return msgs
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._life.woken():
-                return msgs
+                return PollStep(msgs, True, slot, seq, 0.0, False)
             if group is not None:
-                remaining = min(remaining, group.wait_budget())
-            if due is not None:
-                remaining = min(remaining, due + 0.001)
-            notifier.wait(slot, seq, remaining)
-            if self._life.woken():
-                return msgs
+                wait = min(wait, group.wait_budget())
+            return PollStep(msgs, False, slot, seq, wait, False)
 
     def __iter__(self) -> Iterator[_core.Message]:
         """Yield messages forever (until :meth:`close`), polling in 1 s waits."""

@@ -501,7 +501,7 @@ class Env:
 
     # -- lifecycle -------------------------------------------------------------------
     def _open(self) -> None:
-        for name in ("data.mdb", "lock.mdb", "notify.shm"):
+        for name in ("data.mdb", "lock.mdb", "notify.shm", "bells.shm"):
             _check_not_symlink(os.path.join(self.path, name))
         stored = check_data_file(self.path)
         if stored is not None:
@@ -573,6 +573,9 @@ class Env:
             self.notifier = _core.Notifier(
                 os.path.join(self.path, "notify.shm"), NOTIFY_SLOTS, self.file_mode
             )
+            # doorbells for event loops (csrc/doorbell.h, mqlite.aio); every process
+            # attaches them so its bumps ring the loops waiting on a slot
+            self.notifier.attach_bells(os.path.join(self.path, "bells.shm"), self.file_mode)
         self._fix_file_modes()
 
     def _guard_map(self, env: Any) -> None:

@@ -393,9 +393,18 @@ class GroupMember:
         """
         return _PENDING_WAIT if self.pending else _IDLE_WAIT
 
-    def before_fetch(self) -> None:
-        """Called by ``poll()`` before fetching: join, commit (``after``), sync ownership."""
+    def before_fetch(self, writes: bool = True) -> bool:
+        """Called by ``poll()`` before fetching: join, commit (``after``), sync ownership.
+
+        ``writes=False`` (an event loop's round, ``mqlite.aio``): when the
+        round would write (join, rebalance, an automatic commit, or a
+        ``commit="before"`` policy) return ``False`` without doing any of it,
+        so the caller reruns it off the loop; ``True`` when it only read.
+        """
         self._check_fork()
+        if not writes and (self.member_id is None or self.pending
+                           or self._commit_policy == "before"):
+            return False
         self._last_poll = now = time.monotonic()
         if now - self._last_beat >= self._beat_every:
             self._heartbeat()  # heartbeats ride on poll() too, not only on the watcher
@@ -405,15 +414,17 @@ class GroupMember:
         with self.env.read_txn() as txn:
             raw = _raw_group(txn, self.env.dbs, self.group)
         if raw is not None and raw == self._raw and not self.pending:
-            self._auto_commit()
-            return
+            return self._auto_commit(writes)
         state = _decode_group(self.group, raw)
-        self._raw = raw
         if (state is not None and state.generation == self.generation_seen
                 and not self.pending and self._is_mine(state)):
-            self._auto_commit()
-            return
+            self._raw = raw
+            return self._auto_commit(writes)
+        if not writes:
+            return False
+        self._raw = raw
         self._sync(state)
+        return True
 
     @draining
     def after_fetch(self, msgs: list[Any]) -> None:
@@ -443,15 +454,18 @@ class GroupMember:
                 if pos.get(tp, -1) >= 0 and self._committed.get(tp) != pos[tp]}
 
     @draining
-    def _auto_commit(self) -> None:
+    def _auto_commit(self, writes: bool = True) -> bool:
         if self._commit_policy != "after":
-            return
+            return True
         todo = self._dirty(self.owned)
+        if todo and not writes:
+            return False
         if todo:
             with self.engine.write() as txn:
                 state = load_group(txn, self.env.dbs, self.group)
                 self._commit_owned(txn, state, todo)
             # A fenced partition is not an error here: its new owner redelivers.
+        return True
 
     def _lost(self) -> None:
         """This member was removed (expired) or replaced: give up everything, forget the id."""

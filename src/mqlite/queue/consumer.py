@@ -30,6 +30,7 @@ from mqlite._storage.pending import NOBODY, Entry
 from mqlite.config import (
     MAX_VISIBILITY_TIMEOUT_S,
     UNSET,
+    require_int,
     validate_group_name,
     validate_topic_name,
 )
@@ -234,6 +235,26 @@ class Queue:
         CorruptRecordError, TypeError, ValueError
         """
         return _receive.receive(self, max_messages, timeout, visibility_timeout)
+
+    @guarded
+    def receive_step(self, max_messages: int = 10, visibility_timeout: float | None = None,
+                     *, first: bool = True) -> _receive.ReceiveStep:
+        """One non-blocking round of :meth:`receive`, for event loops (``mqlite.aio``).
+
+        Takes what is receivable now; when nothing is, says what to wait on:
+        until wake-up word ``slot`` differs from ``seq`` or ``wait`` seconds
+        pass, then call again with ``first=False`` (which looks in a read
+        transaction before taking the write lock).  Writes (run it off the
+        event loop thread).
+
+        Raises
+        ------
+        As :meth:`receive`.
+        """
+        self._check_open()
+        require_int(max_messages, "max_messages", minimum=1)
+        vt = _receive.visibility_ms(self, visibility_timeout)
+        return _receive.receive_step(self, max_messages, vt, first)
 
     # -- settling ----------------------------------------------------------------------
     @guarded

@@ -15,9 +15,10 @@ of the queue's group; appends to the dead-letter topic.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mqlite import _core
 from mqlite._engine import now_ms
@@ -34,11 +35,29 @@ from mqlite.queue.policy import FOREVER, load_meta, seconds_ms
 if TYPE_CHECKING:
     from mqlite.queue.core import QueueCore
 
-__all__ = ["ERROR_TIMEOUT", "receive"]
+__all__ = ["ERROR_TIMEOUT", "ReceiveStep", "receive", "receive_step"]
 
 ERROR_TIMEOUT = "visibility timeout expired"
 
 _Taken = list[tuple[Receipt, int, list[_core.Message]]]
+
+
+class ReceiveStep(NamedTuple):
+    """One round of :meth:`Queue.receive_step` (fields as :class:`mqlite.consumer.PollStep`)."""
+
+    deliveries: list[Delivery]
+    done: bool
+    slot: int
+    seq: int
+    wait: float
+
+
+def visibility_ms(q: QueueCore, visibility_timeout: float | None) -> int:
+    """The visibility timeout of one receive, in ms (validated)."""
+    if visibility_timeout is None:
+        return q.visibility_timeout_ms
+    return seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=True,
+                      maximum=MAX_VISIBILITY_TIMEOUT_S)
 
 
 def receive(q: QueueCore, max_messages: int, timeout: float,
@@ -47,51 +66,57 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
     q._check_open()
     require_int(max_messages, "max_messages", minimum=1)
     require_positive_number(timeout, "timeout")
-    vt = q.visibility_timeout_ms
-    if visibility_timeout is not None:
-        vt = seconds_ms(visibility_timeout, "visibility_timeout", allow_zero=True,
-                        maximum=MAX_VISIBILITY_TIMEOUT_S)
+    vt = visibility_ms(q, visibility_timeout)
+    notifier = q._env.notifier
+    life = q._life
+    deadline = time.monotonic() + timeout
+    first = True
+    while True:
+        step = receive_step(q, max_messages, vt, first)
+        first = False
+        if step.done:
+            return step.deliveries
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or life.woken():
+            return []
+        notifier.wait(step.slot, step.seq, min(remaining, step.wait))
+        if life.woken():
+            return []
+        q._check_open()
+
+
+def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool) -> ReceiveStep:
+    """One round of receiving: take what is there, else say what to wait on.
+
+    ``first``: take at once; otherwise (after a wake-up, which is only a hint)
+    look in a read transaction before taking the write lock.
+    """
     from mqlite import scheduler
 
     engine = q._engine
-    notifier = q._env.notifier
     slot = q._slot
-    life = q._life
-    deadline = time.monotonic() + timeout
-    seq = notifier.load(slot)
+    seq = q._env.notifier.load(slot)
     next_due = scheduler.next_due_ms(engine)
-    if next_due is not None and next_due <= now_ms():
+    now = now_ms()
+    take = first
+    if next_due is not None and next_due <= now:
         scheduler.promote_due(engine)
-    out, next_visible = _receive_once(q, max_messages, vt)
-    while not out:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return out
-            now = now_ms()
-            wait = remaining
-            if next_visible < FOREVER:
-                wait = min(wait, max(0.0, (next_visible - now) / 1000.0) + 0.001)
-            if next_due is not None:
-                wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
-            if life.woken():
-                return out
-            notifier.wait(slot, seq, wait)
-            if life.woken():
-                return out
-            q._check_open()
-            # A wake-up is a hint: look before taking the write lock.
-            seq = notifier.load(slot)
-            next_due = scheduler.next_due_ms(engine)
-            now = now_ms()
-            if next_due is not None and next_due <= now:
-                scheduler.promote_due(engine)
-                break
-            avail, next_visible = _peek(q, now)
-            if avail:
-                break
+        next_due = scheduler.next_due_ms(engine)
+        take = True
+    next_visible = FOREVER
+    if not take:
+        take, next_visible = _peek(q, now)
+    if take:
         out, next_visible = _receive_once(q, max_messages, vt)
-    return out
+        if out:
+            return ReceiveStep(out, True, slot, seq, 0.0)
+        now = now_ms()
+    wait = math.inf
+    if next_visible < FOREVER:
+        wait = max(0.0, (next_visible - now) / 1000.0) + 0.001
+    if next_due is not None:
+        wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
+    return ReceiveStep([], False, slot, seq, wait)
 
 
 def _peek(q: QueueCore, now: int) -> tuple[bool, int]:

@@ -1,0 +1,199 @@
+"""Waiting on the broker's wake-up words from an event loop, through a doorbell.
+
+The broker's blocking waits futex-wait on shared-memory words
+(``notify.shm``, csrc/notify.h); parking a thread per waiting task would cost
+a thread per wait.  Instead each :class:`LoopBell` claims a *doorbell*
+(csrc/doorbell.h): an entry in ``bells.shm`` with a bitmap of the words its
+tasks wait on and one ring word.  Every process that bumps an armed word
+increments the ring word and FUTEX_WAKEs it; one thread per loop
+(``mqlite-aio-bell``) sleeps on the ring word in C and, without ever taking
+the GIL, writes each ring into a pipe the loop watches
+(``loop.add_reader``); the loop then re-reads the armed words and resolves
+the futures of the waits whose word moved.  However many tasks
+wait, that is one thread; a cancelled wait unregisters synchronously
+(nothing to give back) and an idle waiter costs only its registration.
+
+Contract (as the blocking waits): a ring is a hint.  Callers load the word
+before they read state, wait, and re-read state after every wake-up; each
+wait has a finite timeout, so a lost ring costs at most that timeout.
+
+When no doorbell can be claimed (all :data:`MAX_BELLS` are taken) waits fall
+back to a blocking ``Notifier.wait`` in the broker's worker threads (then a
+wait holds a thread).  docs/decisions.md D26 has the measurements behind the
+choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+__all__ = ["LoopBell"]
+
+#: Doorbells per broker directory (csrc/doorbell.h, MQ_BELLS_ENTRIES).
+MAX_BELLS = 256
+
+
+class LoopBell:
+    """The doorbell of one broker handle on one event loop (loop thread only)."""
+
+    def __init__(self, notifier: Any, loop: asyncio.AbstractEventLoop,
+                 executor: Executor) -> None:
+        self._n = notifier
+        self.loop = loop
+        self._executor = executor
+        self._index = -1
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # slot -> {future: expected seq}: the waits registered now
+        self._waits: dict[int, dict[asyncio.Future[bool], int]] = {}
+        self._rfd = self._wfd = -1
+        try:
+            self._index = notifier.bell_claim()
+        except (OSError, ValueError):
+            return  # fall back to blocking waits in the executor
+        try:
+            # A pipe rather than an eventfd: a pipe write wakes the loop thread with the
+            # scheduler's sync hint, onto the bell thread's CPU, which sleeps again at
+            # once (measured faster here than the eventfd's plain wake-up, D26).
+            self._rfd, self._wfd = os.pipe()  # close-on-exec by default (PEP 446)
+            os.set_blocking(self._rfd, False)
+            os.set_blocking(self._wfd, False)
+            loop.add_reader(self._rfd, self._on_ring)
+            self._thread = threading.Thread(target=notifier.bell_listen,
+                                            args=(self._index, self._wfd),
+                                            name="mqlite-aio-bell", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._close_fds()
+            notifier.bell_release(self._index)
+            self._index = -1
+            raise
+
+    def _close_fds(self) -> None:
+        if self._rfd >= 0:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self.loop.remove_reader(self._rfd)
+            os.close(self._rfd)
+            if self._wfd != self._rfd:
+                os.close(self._wfd)
+        self._rfd = self._wfd = -1
+
+    @property
+    def has_doorbell(self) -> bool:
+        """Whether waits use a doorbell (else they block a worker thread)."""
+        return self._index >= 0
+
+    def waiting(self) -> int:
+        """Number of waits registered now."""
+        return sum(len(w) for w in self._waits.values())
+
+    async def wait(self, slot: int, seq: int, timeout: float,
+                   fut: asyncio.Future[bool] | None = None) -> bool:
+        """Wait until word ``slot`` differs from ``seq``, ``timeout`` s pass, or ``fut`` is set.
+
+        Returns ``True`` when woken (a hint), ``False`` on timeout.  A caller
+        may pass its own ``fut`` and resolve it (with ``False``) to end the
+        wait early (``wakeup()``).  Cancelling the awaiting task unregisters
+        the wait at once.
+        """
+        n = self._n
+        if fut is None:
+            fut = self.loop.create_future()
+        if self._closed:
+            return True  # the broker is closing: callers re-check state (and see it)
+        if timeout <= 0 or fut.done():
+            return n.load(slot) != seq
+        if self._index < 0:
+            return await self._blocking_wait(slot, seq, timeout, fut)
+        waits = self._waits.get(slot)
+        if waits is None:
+            waits = self._waits[slot] = {}
+            n.bell_arm(self._index, slot)
+        waits[fut] = seq
+        timer = None
+        try:
+            if n.load(slot) != seq:  # moved before the bell was armed
+                return True
+            timer = self.loop.call_later(timeout, _set, fut, False)
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            del waits[fut]
+            if not waits and self._waits.get(slot) is waits:
+                del self._waits[slot]
+                with contextlib.suppress(ValueError):  # the broker closed meanwhile
+                    n.bell_disarm(self._index, slot)
+
+    async def _blocking_wait(self, slot: int, seq: int, timeout: float,
+                             fut: asyncio.Future[bool]) -> bool:
+        # Fallback: a worker thread waits; slices of at most 0.25 s bound how long a
+        # cancelled or woken wait keeps its thread.
+        deadline = self.loop.time() + timeout
+        while not fut.done():
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return False
+            if await self.loop.run_in_executor(self._executor, self._n.wait, slot, seq,
+                                               min(left, 0.25)):
+                return True
+        return False
+
+    def _on_ring(self) -> None:
+        try:
+            os.read(self._rfd, 65536)  # what is there; more keeps it readable: read next time
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return
+        try:
+            load = self._n.load
+            for slot, waits in self._waits.items():
+                cur = load(slot)
+                for fut, seq in waits.items():
+                    if cur != seq and not fut.done():
+                        fut.set_result(True)
+        except ValueError:  # notifier closed: end every wait, callers re-check state
+            self.wake_all()
+
+    def wake_all(self) -> None:
+        """End every registered wait now (each returns ``True``; callers re-read state)."""
+        for waits in self._waits.values():
+            for fut in waits:
+                if not fut.done():
+                    fut.set_result(True)
+
+    def close(self) -> None:
+        """End every wait, stop the bell thread and give the doorbell back.  Idempotent."""
+        self.wake_all()
+        if self._closed:
+            return
+        self._closed = True
+        if self._index >= 0:
+            self._n.bell_unlisten(self._index)  # kicks the ring word: the listener returns
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(1.0)
+            self._close_fds()
+            self._n.bell_release(self._index)
+
+
+def _set(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def threadsafe_setter(loop: asyncio.AbstractEventLoop,
+                      fut: asyncio.Future[bool]) -> Callable[[], None]:
+    """A callable any thread may call to end a wait on ``fut`` (``wakeup()``)."""
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed: nothing waits any more
+            loop.call_soon_threadsafe(_set, fut, False)
+
+    return wake

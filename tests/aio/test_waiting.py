@@ -1,0 +1,334 @@
+"""Waiting in the event loop: wake-ups across processes, wakeup(), close, cancellation.
+
+A waiting ``poll`` / ``receive`` holds no thread (it is registered with the
+loop's doorbell); cancelling it returns everything at once; a wake-up from
+another process reaches it.  Children are real processes (``_procs_aio.py``)
+synchronised through their stdout, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqlite
+import mqlite.aio
+from mqlite.aio._runner import WORKERS
+
+HERE = Path(__file__).resolve().parent
+SRC = str(Path(mqlite.__file__).resolve().parent.parent)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Sender:
+    """A child process that sends one message per ``go()`` to its topics."""
+
+    def __init__(self, path: Path, topics: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, env_path()]),
+                   PYTHONUNBUFFERED="1")
+        self.p = subprocess.Popen([sys.executable, str(HERE / "_procs_aio.py"), "send",
+                                   str(path), *topics], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env)
+        assert self._line() == "ready"
+
+    def _line(self) -> str:
+        assert self.p.stdout is not None
+        return self.p.stdout.readline().strip()
+
+    def go(self, text: str = "m") -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(text + "\n")
+        self.p.stdin.flush()
+
+    def wait_sent(self) -> None:
+        assert self._line() == "sent"
+
+    def close(self) -> None:
+        if self.p.stdin is not None:
+            self.p.stdin.close()
+        try:
+            self.p.wait(30)
+        finally:
+            if self.p.poll() is None:
+                self.p.kill()
+                self.p.wait()
+            if self.p.stdout is not None:
+                self.p.stdout.close()
+
+
+def env_path() -> str:
+    return os.environ.get("PYTHONPATH", "")
+
+
+@pytest.fixture
+def path(tmp_broker_dir: Path) -> Iterator[Path]:
+    yield tmp_broker_dir
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_poll_wakes_on_send_from_another_process(path: Path) -> None:
+    async def main() -> None:
+        async with mqlite.aio.open(path) as b:
+            await b.create_topic("t")
+            c = b.consumer("t", group="g")
+            assert await c.poll(timeout=0.01) == []
+            sender = await asyncio.to_thread(Sender, path, ["t"])
+            try:
+                task = asyncio.create_task(c.poll(timeout=30))
+                while b._bell().waiting() == 0:  # registered: the wait is armed
+                    await asyncio.sleep(0.001)
+                sender.go("hello")
+                async with asyncio.timeout(10):  # a lost wake-up would take 30 s
+                    msgs = await task
+                assert [m.value for m in msgs] == [b"hello"]
+            finally:
+                await asyncio.to_thread(sender.close)
+            await c.close()
+
+    run(main())
+
+
+def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path) -> None:
+    n = 1000
+    topics = [f"t{i}" for i in range(n)]
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            for t in topics:
+                await b.create_topic(t)
+            consumers = [b.consumer(t) for t in topics]
+            threads_before = threading.active_count()
+            tasks = [asyncio.create_task(c.poll(timeout=30)) for c in consumers]
+            while b._bell().waiting() < n:
+                await asyncio.sleep(0.01)
+            # waiting holds no thread: at most the broker's worker pool exists
+            assert threading.active_count() <= threads_before + WORKERS + 1  # + the bell thread
+            sender = await asyncio.to_thread(Sender, path, topics)
+            try:
+                sender.go("x")
+                async with asyncio.timeout(20):
+                    results = await asyncio.gather(*tasks)
+                await asyncio.to_thread(sender.wait_sent)
+            finally:
+                await asyncio.to_thread(sender.close)
+            for t, msgs in zip(topics, results, strict=True):
+                assert [(m.topic, m.value) for m in msgs] == [(t, b"x")]
+            assert b._bell().waiting() == 0
+
+    run(main())
+
+
+def test_cancelling_thousand_waits_returns_every_resource(path: Path) -> None:
+    n = 1000
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("a")
+            await b.create_topic("q")
+            consumers = [b.consumer("a") for _ in range(n // 2)]
+            queue = await b.queue("q", "g").start()
+            assert await consumers[0].poll(timeout=0.01) == []  # bell claimed, pool started
+            assert await queue.receive(timeout=0.01) == []
+            fds, threads = _fds(), threading.active_count()
+            tasks = [asyncio.create_task(c.poll(timeout=30)) for c in consumers]
+            tasks += [asyncio.create_task(queue.receive(timeout=30)) for _ in range(n // 2)]
+            while b._bell().waiting() < n:
+                await asyncio.sleep(0.01)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(t.cancelled() for t in tasks)
+            # returned at once: no wait registered, no descriptor or thread left behind
+            assert b._bell().waiting() == 0
+            assert _fds() == fds
+            # the only threads are the broker's bounded worker pool (started on demand)
+            assert threading.active_count() <= threads + WORKERS
+            await queue.close()
+
+    run(main())
+
+
+def test_timeout_context_ends_the_wait(path: Path) -> None:
+    async def main() -> None:
+        async with mqlite.aio.open(path) as b:
+            await b.create_topic("t")
+            c = b.consumer("t")
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await c.poll(timeout=30)
+            assert b._bell().waiting() == 0
+            await b.send("t", b"after")
+            assert [m.value for m in await c.poll(timeout=5)] == [b"after"]
+
+    run(main())
+
+
+def test_wakeup_from_another_thread_ends_poll_and_receive(path: Path) -> None:
+    async def main() -> None:
+        async with mqlite.aio.open(path) as b:
+            await b.create_topic("t")
+            c = b.consumer("t")
+            q = b.queue("t", "g")
+            await q.start()
+            assert await q.receive(timeout=0.01) == []
+            for obj, call in ((c, lambda: c.poll(timeout=30)),
+                              (q, lambda: q.receive(timeout=30))):
+                task = asyncio.create_task(call())
+                while b._bell().waiting() == 0:
+                    await asyncio.sleep(0.001)
+                await asyncio.to_thread(obj.wakeup)
+                async with asyncio.timeout(10):
+                    assert await task == []
+            # a wakeup with no call waiting makes the next call return without waiting
+            c.wakeup()
+            async with asyncio.timeout(10):
+                assert await c.poll(timeout=30) == []
+            assert await c.poll(timeout=0.01) == []  # and only that one
+
+    run(main())
+
+
+def test_close_ends_waiting_calls(path: Path) -> None:
+    async def main() -> None:
+        b = await mqlite.aio.open(path)
+        await b.create_topic("t")
+        c = b.consumer("t", group="g")
+        assert await c.poll(timeout=0.01) == []
+        task = asyncio.create_task(c.poll(timeout=30))
+        while b._bell().waiting() == 0:
+            await asyncio.sleep(0.001)
+        await c.close()
+        async with asyncio.timeout(10):
+            assert await task == []
+        c2 = b.consumer("t")
+        task = asyncio.create_task(c2.poll(timeout=30))
+        while b._bell().waiting() == 0:
+            await asyncio.sleep(0.001)
+        await b.close()
+        async with asyncio.timeout(10):
+            result = await asyncio.gather(task, return_exceptions=True)
+        assert result[0] == [] or isinstance(result[0], mqlite.ClosedError)
+
+    run(main())
+
+
+def test_coroutine_rebalance_callbacks_are_awaited(path: Path) -> None:
+    async def main() -> None:
+        async with mqlite.aio.open(path) as b:
+            await b.create_topic("t", partitions=2)
+            seen: list[tuple[str, list[Any]]] = []
+
+            async def on_assign(tps: list[Any]) -> None:
+                await asyncio.sleep(0)
+                seen.append(("assign", tps))
+
+            loop_thread = threading.get_ident()
+
+            def on_revoke(tps: list[Any]) -> None:
+                assert threading.get_ident() != loop_thread  # never blocks the loop
+                seen.append(("revoke", tps))
+
+            c = b.consumer("t", group="g", on_assign=on_assign, on_revoke=on_revoke)
+            await c.poll(timeout=0.05)
+            assert seen == [("assign", [mqlite.TopicPartition("t", 0),
+                                        mqlite.TopicPartition("t", 1)])]
+            await c.close()
+            assert seen[-1][0] == "revoke"
+
+    run(main())
+
+
+def test_cancelled_group_poll_loses_no_message(path: Path) -> None:
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            c = b.consumer("t", group="g")
+            await c.poll(timeout=0.01)
+            for i in range(20):
+                await b.send("t", b"%d" % i)
+                task = asyncio.create_task(c.poll(timeout=5))
+                for _ in range(i % 4):
+                    await asyncio.sleep(0)
+                task.cancel()
+                got = await asyncio.gather(task, return_exceptions=True)
+                if got[0] == [] or isinstance(got[0], asyncio.CancelledError):
+                    async with asyncio.timeout(10):
+                        got = [await c.poll(timeout=5)]
+                assert [m.value for m in got[0]] == [b"%d" % i]
+
+    run(main())
+
+
+def test_cancelled_receive_gives_messages_back_at_once(path: Path) -> None:
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            q = await b.queue("t", "g", visibility_timeout=300).start()
+            for i in range(10):
+                await b.send("t", b"%d" % i)
+                task = asyncio.create_task(q.receive(timeout=5))
+                for _ in range(i % 3):
+                    await asyncio.sleep(0)
+                task.cancel()
+                got = await asyncio.gather(task, return_exceptions=True)
+                if not isinstance(got[0], list) or not got[0]:
+                    async with asyncio.timeout(10):  # not held for the 300 s visibility
+                        got = [await q.receive(timeout=5)]
+                assert [d.value for d in got[0]] == [b"%d" % i]
+                await q.ack(got[0])
+
+    run(main())
+
+
+def test_concurrent_producer_sends_all_resolve(path: Path) -> None:
+    async def main() -> None:
+        async with mqlite.aio.open(path) as b:
+            await b.create_topic("t")
+            p = b.producer()
+
+            async def one(i: int) -> Any:
+                return await p.send("t", b"%d" % i)
+
+            mds = await asyncio.gather(*(one(i) for i in range(256)))
+            assert sorted(md.offset for md in mds) == list(range(256))
+            with pytest.raises(mqlite.TopicNotFoundError):
+                await p.send("missing", b"v")
+            await p.close()
+
+    run(main())
+
+
+def test_waits_fall_back_to_threads_when_no_doorbell_is_free(path: Path) -> None:
+    with mqlite.open(path) as sync:
+        sync.create_topic("t")
+        n = sync.notifier
+        claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]  # all of them
+        try:
+            async def main() -> None:
+                async with mqlite.aio.open(path) as b:
+                    assert not b._bell().has_doorbell
+                    c = b.consumer("t")
+                    task = asyncio.create_task(c.poll(timeout=30))
+                    await asyncio.sleep(0.05)
+                    await b.send("t", b"v")
+                    async with asyncio.timeout(10):
+                        assert [m.value for m in await task] == [b"v"]
+
+            run(main())
+        finally:
+            for index in claimed:
+                n.bell_release(index)

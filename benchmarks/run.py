@@ -136,6 +136,8 @@ def build_rows(p: Profile) -> list[RowSpec]:
             add("latency", f"cross-process latency at {p.lat_rate:.0f} msg/s",
                 ("mq_latency", {"rate": p.lat_rate}), ("redis_latency", {"rate": p.lat_rate}),
                 Budget(p.lat_seconds, int(p.lat_rate * p.lat_seconds)), kind="latency")
+            add("beside4", "one send per call beside 3+1 group consumers (poll 100 + commit)",
+                ("mq_beside", {}), ("redis_beside", {}), one)
             for n in (1, 4, 16):
                 add(f"threads{n}", f"{n} producer threads, each waits for its ack",
                     ("mq_threads", {"n": n}), ("redis_threads", {"n": n}), conc)

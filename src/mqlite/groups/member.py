@@ -593,10 +593,18 @@ class GroupMember:
                 todo[TopicPartition(*tp)] = off
         else:
             raise TypeError("commit() takes None, a Message or {TopicPartition: offset}")
-        if todo:
-            with self.engine.write() as txn:
-                self.commit_in(txn, todo)
-            self._committed.update(todo)
+        if not todo:
+            return
+        done = self._committed
+        if all(done.get(tp) == off for tp, off in todo.items()):
+            # Nothing new: write nothing (no write lock, no fsync), but keep the fence,
+            # so a member that lost a partition still learns it here (issue 14).
+            with self.env.read_txn() as txn:
+                self.check_fence(txn, todo)
+            return
+        with self.engine.write() as txn:
+            self.commit_in(txn, todo)
+        self._committed.update(todo)
 
     def _fence(self, state: GroupState | None) -> str | None:
         """Why this member may not commit (``None`` when it may)."""
@@ -615,6 +623,16 @@ class GroupMember:
         CommitFailedError
             This member (incarnation) does not own one of the partitions.
         """
+        self._write_offsets(txn, self.check_fence(txn, todo), todo)
+
+    def check_fence(self, txn: Any, todo: dict[TopicPartition, int]) -> GroupState:
+        """The group state in ``txn`` when this member may commit every partition of ``todo``.
+
+        Raises
+        ------
+        CommitFailedError
+            This member (incarnation) does not own one of the partitions.
+        """
         state = load_group(txn, self.env.dbs, self.group)
         why = self._fence(state)
         if state is None or why is not None:
@@ -625,7 +643,7 @@ class GroupMember:
                 raise CommitFailedError(
                     f"cannot commit {tp.topic}[{tp.partition}]: this member does not own it "
                     f"(group {self.group!r}, generation {state.generation}); poll() again")
-        self._write_offsets(txn, state, todo)
+        return state
 
     def _commit_owned(self, txn: Any, state: GroupState | None,
                       todo: dict[TopicPartition, int]) -> set[TopicPartition]:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +42,7 @@ from mqlite import _core
 from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_list
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
+from mqlite._storage import tickets as _tickets
 from mqlite._storage.env import Env
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
@@ -52,6 +55,7 @@ from mqlite.config import (
 from mqlite.errors import (
     ClosedError,
     PartitionNotFoundError,
+    StorageFullError,
     TopicNotFoundError,
 )
 from mqlite.types import (
@@ -77,6 +81,20 @@ _SPACE_CHECK_EVERY = 64
 _SPACE_CHECK_BYTES = 1 << 20
 _RETENTION_INTERVAL_S = 1.0
 _UNCAPPED = 1 << 30  # max_message_bytes for re-appends of messages accepted once
+
+# Commit combining (csrc/combine.h, docs/decisions.md D27).  A slot's payload is one
+# encoded send: topic length, dedup key length (-1: none), partition, timestamp and the
+# max_message_bytes it was encoded under, then topic, dedup key and the record batch.
+_SLOT_HEAD = struct.Struct(">HhiqI")
+# Result status of a combined send (r0, r1, r2 = partition, offset, timestamp when OK).
+_ST_OK, _ST_NO_TOPIC, _ST_FULL, _ST_RETRY = 0, 1, 2, 3
+#: Slots one committer takes into its transaction at most.
+_COMBINE_MAX = 64
+#: Rounds a committer serves for others once its own send is done.
+_LEAD_ROUNDS = 4
+#: Seconds a sender sleeps on its slot before trying the combining lock again (a
+#: committer that died, or a hand-off wake-up lost to a race, costs at most this).
+_COMBINE_WAIT_S = 0.002
 
 # Called inside the delete transaction of a topic, to drop feature state kept
 # for it (offsets, pending entries, bindings).
@@ -487,6 +505,11 @@ class Engine:
         hh = None if headers is None else (normalize_headers(headers),)
         batches = _core.encode_batches((value,), kk, hh, ts, max_message_bytes=maxb)
         dkey = None if dedup_id is None else _dedup.dedup_key(topic, dedup_id)
+        comb = env.combiner
+        if comb is not None:
+            md = self._send_combined(comb, rec, topic, key, partition, ts, maxb, batches[0], dkey)
+            if md is not None:
+                return md
         txn = env.write_txn()
         try:
             rec2 = (env.topic_cache.get(topic) if txn is env.fresh_txn else None) or self.topic(
@@ -535,6 +558,157 @@ class Engine:
             env.fail(txn, exc, f"send to {topic!r}")
         env.commit(txn, wake=topic)
         return _tuple_new(RecordMetadata, (topic, part, off, ts))
+
+    # -- commit combining (csrc/combine.h; docs/decisions.md D27) -------------------------
+    def _send_combined(self, comb: Any, rec: TopicRecord, topic: str, key: Any,
+                       partition: int | None, ts: int, maxb: int, batch: bytes,
+                       dkey: bytes | None) -> RecordMetadata | None:
+        """Hand one encoded send to the commit ring and return its metadata once durable.
+
+        ``None`` when the ring cannot take it (too large, no free slot, or the
+        topic changed under the sender's cache): the caller commits on its own.
+        """
+        tb = topic.encode()
+        if len(rec.pids) == 1 and partition is None and key is None:
+            part = 0
+        else:
+            part = self.choose_partition(rec, key, partition)
+        head = _SLOT_HEAD.pack(len(tb), -1 if dkey is None else len(dkey), part, ts, maxb)
+        size = len(head) + len(tb) + (0 if dkey is None else len(dkey)) + len(batch)
+        if size > comb.slot_bytes:
+            return None
+        idx = comb.claim(os.getpid())
+        if idx < 0:
+            return None
+        payload = b"".join((head, tb, dkey or b"", batch))
+        ticket = comb.fill(idx, payload)
+        env = self.env
+        tlock = env.comb_lock
+        done = (ticket, _core.DONE)
+        try:
+            while comb.word(idx) != done:
+                if tlock.acquire(blocking=False):
+                    try:
+                        if comb.trylock():
+                            try:
+                                self._lead(comb, idx, done)
+                            finally:
+                                comb.unlock()
+                                for other, _t in comb.collect():
+                                    comb.wake(other)  # hand the lock over
+                    finally:
+                        tlock.release()
+                    if comb.word(idx) == done:
+                        break
+                comb.wait(idx, ticket, _COMBINE_WAIT_S)
+        except BaseException:
+            if comb.withdraw(idx, ticket):
+                raise
+            # else it was committed meanwhile: the result stands
+        st, r0, r1, r2 = comb.result(idx)
+        comb.release(idx, ticket)
+        if st == _ST_OK:
+            return _tuple_new(RecordMetadata, (topic, r0, r1, r2))
+        if st == _ST_NO_TOPIC:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist; create it with broker.create_topic({topic!r})")
+        if st == _ST_FULL:
+            raise StorageFullError(env.full_message())
+        return None  # _ST_RETRY: the topic changed; the caller sends on its own
+
+    def _lead(self, comb: Any, idx: int, done: tuple[int, int]) -> None:
+        """Holding the combining lock: commit rounds of FILLED slots until ours is DONE
+        and none is left (at most ``_LEAD_ROUNDS`` rounds once ours is done)."""
+        env = self.env
+        rounds = 0
+        while True:
+            txn = env.write_txn()
+            try:
+                taken = self._take_ring(txn, comb)
+            except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
+                env.fail(txn, exc, "combined send")
+            if taken is None:
+                env.abort(txn)  # nothing to write: no commit, no sync
+            else:
+                env.commit(txn)  # raises after aborting: the slots stay FILLED
+                for i, ticket in taken:
+                    comb.done(i, ticket)
+                    comb.wake(i)
+            rounds += 1
+            if comb.word(idx) == done and (rounds >= _LEAD_ROUNDS or not comb.collect(1)):
+                return
+
+    def _take_ring(self, txn: Any, comb: Any) -> list[tuple[int, int]] | None:
+        """Holding both locks: apply every FILLED slot in ``txn`` and store its result.
+
+        Returns the ``(slot, ticket)`` pairs to mark DONE once ``txn`` has
+        committed, or ``None`` when the transaction wrote nothing at all.
+
+        Each slot's result is recorded under its ticket in the same transaction
+        (:mod:`mqlite._storage.tickets`): a slot still FILLED whose ticket is
+        found there was committed by a committer that died before marking it
+        DONE, so it gets the stored result and is not appended again.
+        """
+        env = self.env
+        dbs = env.dbs
+        taken: list[tuple[int, int]] = []
+        slots = comb.collect(_COMBINE_MAX)
+        for idx, ticket in slots:
+            payload = comb.payload(idx)
+            if comb.word(idx) != (ticket, _core.FILLED):
+                continue  # withdrawn by its owner while we copied it
+            res = _tickets.lookup(txn, dbs, ticket)
+            if res is None:
+                try:
+                    res = self._apply_slot(txn, payload)
+                except (TopicNotFoundError, PartitionNotFoundError):
+                    res = (_ST_NO_TOPIC, 0, 0, 0)
+                except StorageFullError:
+                    res = (_ST_FULL, 0, 0, 0)
+                _tickets.record(txn, dbs, ticket, res)
+            comb.set_result(idx, *res)
+            taken.append((idx, ticket))
+        pruned = _tickets.prune(txn, dbs, {t for _, t in slots})
+        return taken if taken or pruned else None
+
+    def _apply_slot(self, txn: Any, payload: bytes) -> tuple[int, int, int, int]:
+        """Append the send encoded in a ring slot inside ``txn``; its result tuple."""
+        env = self.env
+        tlen, dlen, part, ts, maxb = _SLOT_HEAD.unpack_from(payload)
+        pos = _SLOT_HEAD.size
+        topic = payload[pos:pos + tlen].decode()
+        pos += tlen
+        dkey = None
+        if dlen >= 0:
+            dkey = payload[pos:pos + dlen]
+            pos += dlen
+        batch = payload[pos:]
+        rec = self.topic(txn, topic)
+        if part >= len(rec.pids) or rec.config["max_message_bytes"] != maxb:
+            return (_ST_RETRY, 0, 0, 0)
+        if dkey is not None:
+            hit = _dedup.lookup(txn, env.dbs, dkey, now_ms())
+            if hit is not None:
+                return (_ST_OK, hit[1], hit[2], hit[3])
+        pid = rec.pids[part]
+        nbytes = len(batch)
+        self.maybe_check_space(env, txn, nbytes)
+        st = env.state_cache.get(pid) if txn is env.fresh_txn else None
+        if st is None:
+            st = _log.load_state_w(txn, env, pid)
+        off = st.next
+        _log.put_batch(txn, env.dbs, pid, off, batch)
+        st.next = off + 1
+        st.bytes += nbytes
+        if st.first_ts < 0:
+            st.first_ts = ts
+        st.last_ts = max(st.last_ts, ts)
+        self._after_append(txn, env, rec, pid, st, nbytes)
+        _log.store_state(txn, env.dbs, pid, st)
+        if dkey is not None:
+            self.dedup_store(txn, dkey, rec, part, off, ts)
+        env.touched.add(topic)
+        return (_ST_OK, part, off, ts)
 
     def send_batch(
         self,

@@ -568,19 +568,14 @@ class Engine:
         ``None`` when the ring cannot take it (too large, no free slot, or the
         topic changed under the sender's cache): the caller commits on its own.
         """
-        tb = topic.encode()
-        if len(rec.pids) == 1 and partition is None and key is None:
-            part = 0
-        else:
-            part = self.choose_partition(rec, key, partition)
-        head = _SLOT_HEAD.pack(len(tb), -1 if dkey is None else len(dkey), part, ts, maxb)
-        size = len(head) + len(tb) + (0 if dkey is None else len(dkey)) + len(batch)
-        if size > comb.slot_bytes:
+        if len(batch) > comb.slot_bytes:
+            return None
+        payload = self.ring_payload(rec, key, partition, ts, maxb, batch, dkey)
+        if len(payload) > comb.slot_bytes:
             return None
         idx = comb.claim(os.getpid())
         if idx < 0:
             return None
-        payload = b"".join((head, tb, dkey or b"", batch))
         ticket = comb.fill(idx, payload)
         env = self.env
         tlock = env.comb_lock
@@ -630,13 +625,35 @@ class Engine:
             if taken is None:
                 env.abort(txn)  # nothing to write: no commit, no sync
             else:
-                env.commit(txn)  # raises after aborting: the slots stay FILLED
-                for i, ticket in taken:
-                    comb.done(i, ticket)
-                    comb.wake(i)
+                self._ring_commit(txn)
+                self._ring_done(comb, taken)
             rounds += 1
             if comb.word(idx) == done and (rounds >= _LEAD_ROUNDS or not comb.collect(1)):
                 return
+
+    def _ring_commit(self, txn: Any) -> None:
+        """Commit a combined transaction; on failure it is aborted and the slots stay
+        FILLED for the next committer.  (A method of its own: the crash tests kill
+        the committer around it.)"""
+        self.env.commit(txn)
+
+    @staticmethod
+    def _ring_done(comb: Any, taken: list[tuple[int, int]]) -> None:
+        """After the commit: mark each taken slot DONE and wake its owner."""
+        for i, ticket in taken:
+            comb.done(i, ticket)
+            comb.wake(i)
+
+    def ring_payload(self, rec: TopicRecord, key: Any, partition: int | None, ts: int,
+                     maxb: int, batch: bytes, dkey: bytes | None) -> bytes:
+        """The ring slot payload of one encoded send (see ``_SLOT_HEAD``)."""
+        tb = rec.name.encode()
+        if len(rec.pids) == 1 and partition is None and key is None:
+            part = 0
+        else:
+            part = self.choose_partition(rec, key, partition)
+        head = _SLOT_HEAD.pack(len(tb), -1 if dkey is None else len(dkey), part, ts, maxb)
+        return b"".join((head, tb, dkey or b"", batch))
 
     def _take_ring(self, txn: Any, comb: Any) -> list[tuple[int, int]] | None:
         """Holding both locks: apply every FILLED slot in ``txn`` and store its result.
@@ -663,6 +680,8 @@ class Engine:
                     res = self._apply_slot(txn, payload)
                 except (TopicNotFoundError, PartitionNotFoundError):
                     res = (_ST_NO_TOPIC, 0, 0, 0)
+                except (struct.error, UnicodeDecodeError, ValueError):
+                    res = (_ST_RETRY, 0, 0, 0)  # not a slot we can read: its owner sends alone
                 except StorageFullError:
                     res = (_ST_FULL, 0, 0, 0)
                 _tickets.record(txn, dbs, ticket, res)

@@ -238,14 +238,20 @@ const uint8_t *mq_comb_payload(const mq_comb *c, uint32_t idx, uint32_t *len)
 
 uint32_t mq_comb_collect(const mq_comb *c, uint32_t *out, uint64_t *tickets, uint32_t max)
 {
+    /* The `max` oldest FILLED slots, by ticket: a sender's slots are applied in the
+     * order it filled them even when a committer cannot take them all at once.
+     * Insertion into a sorted array of at most `max` entries (max <= nslots). */
     uint32_t n = 0;
-    for (uint32_t i = 0; i < c->nslots && n < max; i++) {
+    if (max == 0)
+        return 0;
+    for (uint32_t i = 0; i < c->nslots; i++) {
         uint64_t w = __atomic_load_n(word_of(c, i), __ATOMIC_ACQUIRE);
         if ((w & 3u) != MQ_COMB_FILLED)
             continue;
-        /* insertion sort by ticket: n is small (at most the slot count) */
-        uint32_t j = n++;
         uint64_t t = w >> 2;
+        if (n == max && tickets[n - 1] <= t)
+            continue;
+        uint32_t j = n < max ? n++ : n - 1;
         while (j > 0 && tickets[j - 1] > t) {
             tickets[j] = tickets[j - 1];
             out[j] = out[j - 1];
@@ -355,4 +361,12 @@ void mq_comb_wake(mq_comb *c, uint32_t idx)
     (void)c;
     (void)idx;
 #endif
+}
+
+void mq_comb_unclaim(mq_comb *c, uint32_t idx)
+{
+    uint64_t w = __atomic_load_n(word_of(c, idx), __ATOMIC_ACQUIRE);
+    if ((w & 3u) == MQ_COMB_CLAIMED)
+        __atomic_compare_exchange_n(word_of(c, idx), &w, (w & ~(uint64_t)3u) | MQ_COMB_FREE, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }

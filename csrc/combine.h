@@ -45,6 +45,7 @@
  * States (low 2 bits of word) and every transition:
  *
  *   FREE(t)    -> CLAIMED(t)  sender, CAS (mq_comb_claim); owner pid stored
+ *   CLAIMED(t) -> FREE(t)     sender handing back an unfilled slot (mq_comb_unclaim)
  *   CLAIMED(t) -> FILLED(T)   sender, after copying the payload, with a new
  *                             ticket T (release store; mq_comb_fill)
  *   FILLED(T)  -> FILLED(T)   committer holding the lock writes status/r0-r2
@@ -123,6 +124,8 @@ void mq_comb_close(mq_comb *c);
  * reclaims slots of dead owners once and scans again.  Returns the slot
  * index, or -1 when every slot is busy. */
 int64_t mq_comb_claim(mq_comb *c, uint32_t pid);
+/* CLAIMED -> FREE: the owner hands back a slot it claimed and did not fill. */
+void mq_comb_unclaim(mq_comb *c, uint32_t idx);
 /* Copies `len` (<= slot_bytes) payload bytes into claimed slot `idx`, takes
  * a ticket and publishes FILLED (release).  Returns the ticket. */
 uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len);
@@ -130,8 +133,8 @@ uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len);
 uint64_t mq_comb_word(const mq_comb *c, uint32_t idx);
 /* Pointer to / length of the payload of slot `idx` (valid while FILLED). */
 const uint8_t *mq_comb_payload(const mq_comb *c, uint32_t idx, uint32_t *len);
-/* Indexes of FILLED slots, ordered by ticket, at most `max`, into `out` (and
- * their tickets into `tickets`).  Returns how many. */
+/* Indexes of the (at most `max`) FILLED slots with the oldest tickets, ordered by
+ * ticket, into `out` (and their tickets into `tickets`).  Returns how many. */
 uint32_t mq_comb_collect(const mq_comb *c, uint32_t *out, uint64_t *tickets, uint32_t max);
 /* Lock holder only, slot FILLED: store the result fields. */
 void mq_comb_set_result(mq_comb *c, uint32_t idx, int32_t status, int64_t r0, int64_t r1,

@@ -1147,6 +1147,10 @@ cdef class Combiner:
             raise ValueError(f"pid must be a positive 32-bit int, not {pid}")
         return mq_comb_claim(&self.c, <uint32_t>p)
 
+    def unclaim(self, idx):
+        """CLAIMED -> FREE: hand back a slot claimed but not filled."""
+        mq_comb_unclaim(&self.c, self._idx(idx))
+
     def fill(self, idx, payload):
         """Copy ``payload`` into claimed slot ``idx`` and publish it FILLED; returns the ticket."""
         cdef uint32_t i = self._idx(idx)

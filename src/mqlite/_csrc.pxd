@@ -184,3 +184,4 @@ cdef extern from "combine.h" nogil:
     void mq_comb_unlock(mq_comb *c)
     int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns)
     void mq_comb_wake(mq_comb *c, uint32_t idx)
+    void mq_comb_unclaim(mq_comb *c, uint32_t idx)

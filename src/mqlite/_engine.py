@@ -67,11 +67,15 @@ from mqlite.types import (
 )
 
 __all__ = [
+    "RING_KIND_APPEND",
+    "RING_OK",
+    "RING_RETRY",
     "Engine",
     "TopicRecord",
     "check_values_arg",
     "now_ms",
     "on_consumed_floor",
+    "on_ring_kind",
     "on_topic_delete",
 ]
 
@@ -82,12 +86,16 @@ _SPACE_CHECK_BYTES = 1 << 20
 _RETENTION_INTERVAL_S = 1.0
 _UNCAPPED = 1 << 30  # max_message_bytes for re-appends of messages accepted once
 
-# Commit combining (csrc/combine.h, docs/decisions.md D27).  A slot's payload is one
-# encoded send: topic length, dedup key length (-1: none), partition, timestamp and the
-# max_message_bytes it was encoded under, then topic, dedup key and the record batch.
-_SLOT_HEAD = struct.Struct(">HhiqI")
+# Commit combining (csrc/combine.h, docs/decisions.md D27).  A slot's payload starts
+# with its kind (u8).  Kind 0 is one append to one partition: topic length, dedup key length (-1: none), partition,
+# timestamp (of the first record, stored with a dedup id), the max_message_bytes it was
+# encoded under and the batch count; then topic, dedup key, each batch's length (u32)
+# and the record batches.
+_SLOT_HEAD = struct.Struct(">BHhiqIH")
 # Result status of a combined send (r0, r1, r2 = partition, offset, timestamp when OK).
 _ST_OK, _ST_NO_TOPIC, _ST_FULL, _ST_RETRY = 0, 1, 2, 3
+RING_OK = _ST_OK  # the status of a ring result that succeeded (see Engine.ring_submit)
+RING_RETRY = _ST_RETRY  # the committer could not apply it: the sender does it alone
 #: Slots one committer takes into its transaction at most.
 _COMBINE_MAX = 64
 #: Rounds a committer serves for others once its own send is done.
@@ -114,6 +122,23 @@ def on_consumed_floor(
     """Register ``hook(txn, dbs, rec, pid) -> offset | None`` for ``cleanup="consumed"``."""
     if hook not in _CONSUMED_FLOOR_HOOKS:
         _CONSUMED_FLOOR_HOOKS.append(hook)
+
+
+# Handlers of commit-ring slot kinds other than appends (kind 0), registered by the
+# features that hand operations to the ring (offset commits: mqlite.groups).  A
+# handler applies one slot's payload inside the committer's transaction and returns
+# its result tuple; it must write nothing when it returns a status other than OK.
+_RING_HANDLERS: dict[int, Callable[[Any, Any, bytes], tuple[int, int, int, int]]] = {}
+RING_KIND_APPEND = 0
+
+
+def on_ring_kind(kind: int,
+                 handler: Callable[[Any, Any, bytes], tuple[int, int, int, int]]) -> None:
+    """Register ``handler(engine, txn, payload) -> (status, r0, r1, r2)`` for slots of
+    ``kind`` (1-255) of the commit ring."""
+    if not 0 < kind < 256:
+        raise ValueError("ring slot kinds are 1-255 (0 is an append)")
+    _RING_HANDLERS[kind] = handler
 
 
 def now_ms() -> int:
@@ -570,50 +595,87 @@ class Engine:
         """
         if len(batch) > comb.slot_bytes:
             return None
-        payload = self.ring_payload(rec, key, partition, ts, maxb, batch, dkey)
-        if len(payload) > comb.slot_bytes:
+        if len(rec.pids) == 1 and partition is None and key is None:
+            part = 0
+        else:
+            part = self.choose_partition(rec, key, partition)
+        res = self.ring_submit(comb, [self.ring_payload(rec.name, part, ts, maxb, [batch], dkey)])
+        if res is None:
             return None
-        idx = comb.claim(os.getpid())
-        if idx < 0:
+        st, r0, r1, r2 = res[0]
+        if st == _ST_OK:
+            return _tuple_new(RecordMetadata, (topic, r0, r1, r2))
+        self.raise_ring_status(st, topic)
+        return None  # _ST_RETRY: the topic changed; the caller sends on its own
+
+    def raise_ring_status(self, st: int, topic: str) -> None:
+        """Raise the error a ring result status stands for (nothing for OK / retry)."""
+        if st == _ST_NO_TOPIC:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist; create it with broker.create_topic({topic!r})")
+        if st == _ST_FULL:
+            raise StorageFullError(self.env.full_message())
+
+    def ring_submit(self, comb: Any,
+                    payloads: list[bytes]) -> list[tuple[int, int, int, int]] | None:
+        """Hand encoded appends to the commit ring; their results once all are durable.
+
+        Each payload (from :meth:`ring_payload`) takes one slot; they are
+        applied in order (tickets increase), usually in one transaction.
+        Returns ``(status, partition, base_offset, timestamp)`` per payload, or
+        ``None`` when they do not fit or no slots are free (nothing was handed
+        over: commit alone).  A status other than ``_ST_OK`` is for the caller
+        to raise (:meth:`raise_ring_status`) or to retry alone (``_ST_RETRY``).
+        """
+        cap = comb.slot_bytes
+        if any(len(p) > cap for p in payloads):
             return None
-        ticket = comb.fill(idx, payload)
+        pid = os.getpid()
+        mine: list[int] = []
+        for _ in payloads:
+            idx = comb.claim(pid)
+            if idx < 0:
+                for i in mine:
+                    comb.unclaim(i)
+                return None
+            mine.append(idx)
+        done = [(comb.fill(i, p), _core.DONE) for i, p in zip(mine, payloads)]
         env = self.env
         tlock = env.comb_lock
-        done = (ticket, _core.DONE)
+        word = comb.word
         try:
-            while comb.word(idx) != done:
+            while any(word(i) != d for i, d in zip(mine, done)):
                 if tlock.acquire(blocking=False):
                     try:
                         if comb.trylock():
                             try:
-                                self._lead(comb, idx, done)
+                                self._lead(comb, mine, done)
                             finally:
                                 comb.unlock()
                                 for other, _t in comb.collect():
                                     comb.wake(other)  # hand the lock over
                     finally:
                         tlock.release()
-                    if comb.word(idx) == done:
+                    continue
+                for i, d in zip(mine, done):
+                    if word(i) != d:
+                        comb.wait(i, d[0], _COMBINE_WAIT_S)
                         break
-                comb.wait(idx, ticket, _COMBINE_WAIT_S)
         except BaseException:
-            if comb.withdraw(idx, ticket):
-                raise
-            # else it was committed meanwhile: the result stands
-        st, r0, r1, r2 = comb.result(idx)
-        comb.release(idx, ticket)
-        if st == _ST_OK:
-            return _tuple_new(RecordMetadata, (topic, r0, r1, r2))
-        if st == _ST_NO_TOPIC:
-            raise TopicNotFoundError(
-                f"topic {topic!r} does not exist; create it with broker.create_topic({topic!r})")
-        if st == _ST_FULL:
-            raise StorageFullError(env.full_message())
-        return None  # _ST_RETRY: the topic changed; the caller sends on its own
+            withdrawn = [comb.withdraw(i, d[0]) for i, d in zip(mine, done)]
+            for i, d, w in zip(mine, done, withdrawn):
+                if not w:
+                    comb.release(i, d[0])  # committed meanwhile (the caller gets no answer)
+            raise
+        out = []
+        for i, d in zip(mine, done):
+            out.append(comb.result(i))
+            comb.release(i, d[0])
+        return out
 
-    def _lead(self, comb: Any, idx: int, done: tuple[int, int]) -> None:
-        """Holding the combining lock: commit rounds of FILLED slots until ours is DONE
-        and none is left (at most ``_LEAD_ROUNDS`` rounds once ours is done)."""
+    def _lead(self, comb: Any, mine: list[int], done: list[tuple[int, int]]) -> None:
+        """Holding the combining lock: commit rounds of FILLED slots until ours are DONE
+        and none is left (at most ``_LEAD_ROUNDS`` rounds once ours are done)."""
         env = self.env
         rounds = 0
         while True:
@@ -628,7 +690,8 @@ class Engine:
                 self._ring_commit(txn)
                 self._ring_done(comb, taken)
             rounds += 1
-            if comb.word(idx) == done and (rounds >= _LEAD_ROUNDS or not comb.collect(1)):
+            if all(comb.word(i) == d for i, d in zip(mine, done)) and (
+                    rounds >= _LEAD_ROUNDS or not comb.collect(1)):
                 return
 
     def _ring_commit(self, txn: Any) -> None:
@@ -644,16 +707,15 @@ class Engine:
             comb.done(i, ticket)
             comb.wake(i)
 
-    def ring_payload(self, rec: TopicRecord, key: Any, partition: int | None, ts: int,
-                     maxb: int, batch: bytes, dkey: bytes | None) -> bytes:
-        """The ring slot payload of one encoded send (see ``_SLOT_HEAD``)."""
-        tb = rec.name.encode()
-        if len(rec.pids) == 1 and partition is None and key is None:
-            part = 0
-        else:
-            part = self.choose_partition(rec, key, partition)
-        head = _SLOT_HEAD.pack(len(tb), -1 if dkey is None else len(dkey), part, ts, maxb)
-        return b"".join((head, tb, dkey or b"", batch))
+    @staticmethod
+    def ring_payload(topic: str, part: int, ts: int, maxb: int, batches: list[bytes],
+                     dkey: bytes | None) -> bytes:
+        """The ring slot payload of encoded batches for one partition (``_SLOT_HEAD``)."""
+        tb = topic.encode()
+        head = _SLOT_HEAD.pack(RING_KIND_APPEND, len(tb), -1 if dkey is None else len(dkey),
+                               part, ts, maxb, len(batches))
+        lens = struct.pack(f">{len(batches)}I", *map(len, batches))
+        return b"".join((head, tb, dkey or b"", lens, *batches))
 
     def _take_ring(self, txn: Any, comb: Any) -> list[tuple[int, int]] | None:
         """Holding both locks: apply every FILLED slot in ``txn`` and store its result.
@@ -693,7 +755,11 @@ class Engine:
     def _apply_slot(self, txn: Any, payload: bytes) -> tuple[int, int, int, int]:
         """Append the send encoded in a ring slot inside ``txn``; its result tuple."""
         env = self.env
-        tlen, dlen, part, ts, maxb = _SLOT_HEAD.unpack_from(payload)
+        kind = payload[0] if payload else -1
+        if kind != RING_KIND_APPEND:
+            handler = _RING_HANDLERS.get(kind)
+            return (_ST_RETRY, 0, 0, 0) if handler is None else handler(self, txn, payload)
+        _, tlen, dlen, part, ts, maxb, nb = _SLOT_HEAD.unpack_from(payload)
         pos = _SLOT_HEAD.size
         topic = payload[pos:pos + tlen].decode()
         pos += tlen
@@ -701,7 +767,14 @@ class Engine:
         if dlen >= 0:
             dkey = payload[pos:pos + dlen]
             pos += dlen
-        batch = payload[pos:]
+        lens = struct.unpack_from(f">{nb}I", payload, pos)
+        pos += 4 * nb
+        batches = []
+        for n in lens:
+            batches.append(payload[pos:pos + n])
+            pos += n
+        if pos != len(payload) or not batches:
+            raise ValueError("malformed ring slot")
         rec = self.topic(txn, topic)
         if part >= len(rec.pids) or rec.config["max_message_bytes"] != maxb:
             return (_ST_RETRY, 0, 0, 0)
@@ -709,24 +782,10 @@ class Engine:
             hit = _dedup.lookup(txn, env.dbs, dkey, now_ms())
             if hit is not None:
                 return (_ST_OK, hit[1], hit[2], hit[3])
-        pid = rec.pids[part]
-        nbytes = len(batch)
-        self.maybe_check_space(env, txn, nbytes)
-        st = env.state_cache.get(pid) if txn is env.fresh_txn else None
-        if st is None:
-            st = _log.load_state_w(txn, env, pid)
-        off = st.next
-        _log.put_batch(txn, env.dbs, pid, off, batch)
-        st.next = off + 1
-        st.bytes += nbytes
-        if st.first_ts < 0:
-            st.first_ts = ts
-        st.last_ts = max(st.last_ts, ts)
-        self._after_append(txn, env, rec, pid, st, nbytes)
-        _log.store_state(txn, env.dbs, pid, st)
+        self.maybe_check_space(env, txn, sum(lens))
+        off, _st = self.append_in(txn, rec, part, batches)
         if dkey is not None:
             self.dedup_store(txn, dkey, rec, part, off, ts)
-        env.touched.add(topic)
         return (_ST_OK, part, off, ts)
 
     def send_batch(
@@ -787,6 +846,18 @@ class Engine:
         total = sum(len(b) for _, bs in groups for b in bs)
         ranges: list[PartitionRange] = []
         first_ts = ts if isinstance(ts, int) else (ts[0] if len(ts) else now_ms())
+        comb = env.combiner
+        if comb is not None and len(groups) == 1 and total < comb.slot_bytes:
+            # One partition, small: through the commit ring (one slot, all or nothing).
+            res = self.ring_submit(comb, [self.ring_payload(
+                topic, groups[0][0], first_ts, rec.config["max_message_bytes"], groups[0][1],
+                None)])
+            if res is not None:
+                status, r0, r1, _r2 = res[0]
+                self.raise_ring_status(status, topic)
+                if status == _ST_OK:
+                    return BatchMetadata(topic, first_ts, [PartitionRange(r0, r1, len(values))],
+                                         assignment)
         txn = env.write_txn()
         try:
             rec2 = self.topic(txn, topic)

@@ -39,7 +39,7 @@ def _hand_over(broker: mqlite.Broker, topic: str, value: bytes) -> tuple[int, in
     ts = 1_700_000_000_000
     batch = _core.encode_batches((value,), None, None, ts,
                                  max_message_bytes=rec.config["max_message_bytes"])[0]
-    payload = eng.ring_payload(rec, None, None, ts, rec.config["max_message_bytes"], batch, None)
+    payload = eng.ring_payload(topic, 0, ts, rec.config["max_message_bytes"], [batch], None)
     comb = eng.env.combiner
     idx = comb.claim(os.getpid())
     assert idx >= 0
@@ -125,8 +125,8 @@ def test_sender_killed_after_handing_over_is_committed_at_most_once(
     rec = eng.topic_fresh("t")
     batch = _core.encode_batches((b"orphan",), None, None, 1,
                                  max_message_bytes=rec.config["max_message_bytes"])[0]
-    t2 = comb.fill(idx, eng.ring_payload(rec, None, None, 1, rec.config["max_message_bytes"],
-                                          batch, None))
+    t2 = comb.fill(idx, eng.ring_payload("t", 0, 1, rec.config["max_message_bytes"], [batch],
+                                          None))
     broker.send("t", b"next")
     assert comb.word(idx) == (t2, _core.DONE)
     assert comb.reclaim() >= 1

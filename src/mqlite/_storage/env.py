@@ -76,7 +76,7 @@ NOTIFY_SLOTS = 4096
 #: durability mode (``commit-sync.shm``, ``commit-lazy.shm``), so an operation is only
 #: ever committed by a process whose commits are at least as durable as its sender's.
 COMB_SLOTS = 64
-COMB_SLOT_BYTES = 4096
+COMB_SLOT_BYTES = 65536 - 64  # a slot (64-byte header + payload) is 64 KiB
 _READER_CHECK_INTERVAL = 5.0
 _META = struct.Struct("<II")  # magic, version
 _LMDB_MAGIC = 0xBEEFC0DE

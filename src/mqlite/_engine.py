@@ -645,9 +645,11 @@ class Engine:
         word = comb.word
         try:
             while any(word(i) != d for i, d in zip(mine, done)):
+                led = False
                 if tlock.acquire(blocking=False):
                     try:
                         if comb.trylock():
+                            led = True
                             try:
                                 self._lead(comb, mine, done)
                             finally:
@@ -656,6 +658,7 @@ class Engine:
                                     comb.wake(other)  # hand the lock over
                     finally:
                         tlock.release()
+                if led:
                     continue
                 for i, d in zip(mine, done):
                     if word(i) != d:

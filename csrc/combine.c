@@ -63,9 +63,68 @@ static int open_file(const char *path, unsigned mode)
     }
 }
 
+/* The kernel's boot id (16 bytes from the 36-character UUID text); zeros when
+ * unreadable (then no check is made). */
+static void read_boot_id(uint8_t out[16])
+{
+    char text[64];
+    memset(out, 0, 16);
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n < 32)
+        return;
+    int k = 0;
+    for (ssize_t i = 0; i < n && k < 32; i++) {
+        char ch = text[i];
+        int v;
+        if (ch >= '0' && ch <= '9')
+            v = ch - '0';
+        else if (ch >= 'a' && ch <= 'f')
+            v = ch - 'a' + 10;
+        else
+            continue;
+        out[k / 2] = (uint8_t)(out[k / 2] | (k % 2 ? v : v << 4));
+        k++;
+    }
+    if (k != 32)
+        memset(out, 0, 16);
+}
+
+static int init_file(int fd, size_t need, uint32_t nslots, uint32_t slot_bytes,
+                     const uint8_t boot[16], uint64_t floor)
+{
+    uint8_t hdr[MQ_COMB_HEADER];
+    struct timespec ts;
+    uint32_t v;
+    uint64_t seed;
+    memset(hdr, 0, sizeof hdr);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    seed = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    if (seed < floor)
+        seed = floor;
+    v = MQ_COMB_MAGIC;
+    memcpy(hdr, &v, 4);
+    v = MQ_COMB_VERSION;
+    memcpy(hdr + 4, &v, 4);
+    memcpy(hdr + 8, &nslots, 4);
+    memcpy(hdr + 12, &slot_bytes, 4);
+    memcpy(hdr + 16, &seed, 8);
+    memcpy(hdr + 24, boot, 16);
+    /* truncate to 0 first: every slot reads FREE (zero) again */
+    if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)need) < 0 ||
+        pwrite(fd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr)
+        return -1;
+    return 0;
+}
+
 int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_bytes,
                  unsigned mode)
 {
+    uint8_t boot[16];
+    read_boot_id(boot);
     c->base = NULL;
     c->map_len = 0;
     c->nslots = 0;
@@ -94,27 +153,15 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
         c->sys_errno = errno;
         rc = MQ_ESIZE;
     } else if (st.st_size == 0) {
-        uint8_t hdr[MQ_COMB_HEADER];
-        struct timespec ts;
-        uint32_t v;
-        uint64_t seed;
-        memset(hdr, 0, sizeof hdr);
-        clock_gettime(CLOCK_REALTIME, &ts);
-        seed = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-        v = MQ_COMB_MAGIC;
-        memcpy(hdr, &v, 4);
-        v = MQ_COMB_VERSION;
-        memcpy(hdr + 4, &v, 4);
-        memcpy(hdr + 8, &nslots, 4);
-        memcpy(hdr + 12, &slot_bytes, 4);
-        memcpy(hdr + 16, &seed, 8);
-        if (ftruncate(fd, (off_t)need) < 0 || pwrite(fd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
+        if (init_file(fd, need, nslots, slot_bytes, boot, 0) < 0) {
             c->sys_errno = errno;
             rc = MQ_ESIZE;
         }
     } else {
-        uint8_t hdr[16];
+        uint8_t hdr[40];
         uint32_t magic, version, ns, sb;
+        uint64_t next;
+        static const uint8_t zero[16];
         if ((uint64_t)st.st_size < need || pread(fd, hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
             rc = MQ_EMAGIC;
         } else {
@@ -122,9 +169,19 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
             memcpy(&version, hdr + 4, 4);
             memcpy(&ns, hdr + 8, 4);
             memcpy(&sb, hdr + 12, 4);
+            memcpy(&next, hdr + 16, 8);
             if (magic != MQ_COMB_MAGIC || version != MQ_COMB_VERSION || ns != nslots ||
-                sb != slot_bytes)
+                sb != slot_bytes) {
                 rc = MQ_EMAGIC;
+            } else if (memcmp(boot, zero, 16) != 0 && memcmp(hdr + 24, boot, 16) != 0) {
+                /* Written before the last boot: every process that used it is gone
+                 * and none of its operations was answered after the OS went down,
+                 * and its pages may be torn.  Start empty, tickets above the old. */
+                if (init_file(fd, need, nslots, slot_bytes, boot, next + 1) < 0) {
+                    c->sys_errno = errno;
+                    rc = MQ_ESIZE;
+                }
+            }
         }
     }
     flock(fd, LOCK_UN);

@@ -28,7 +28,9 @@
  *   16      8     next_ticket (atomic fetch-add; seeded from CLOCK_REALTIME
  *                 nanoseconds when the file is created, so tickets of a
  *                 re-created file never repeat those of an older one)
- *   24      40    reserved, zero
+ *   24      16    boot id of the kernel that created the file (from
+ *                 /proc/sys/kernel/random/boot_id; zeros where unreadable)
+ *   40      24    reserved, zero
  *
  *   slot i at MQ_COMB_HEADER + i * (MQ_COMB_SLOT_HEADER + slot_bytes):
  *   0       8     word = ticket << 2 | state   (atomic; the only sync point)
@@ -111,7 +113,11 @@ typedef struct mq_comb {
 
 /* Opens (creating with exactly `mode`, O_NOFOLLOW|O_CLOEXEC) and maps the
  * ring file `path`.  A new or empty file is sized and initialised under an
- * exclusive flock, so concurrent openers agree.  Returns MQ_OK; MQ_EINVAL
+ * exclusive flock, so concurrent openers agree.  A file written under another
+ * boot (an OS crash or reboot since) is initialised again, every slot FREE and
+ * tickets continuing above its old next_ticket: its operations were never
+ * answered after the OS went down (callers died with it), and its pages may
+ * have reached the disk torn.  Returns MQ_OK; MQ_EINVAL
  * for 0 slots, slot_bytes < 64 or not a multiple of 64, or a size overflow;
  * MQ_EMAGIC when an existing file has another magic, version, nslots or
  * slot_bytes (or is shorter than that layout); MQ_EOPEN / MQ_ELOCK /

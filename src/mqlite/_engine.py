@@ -54,6 +54,7 @@ from mqlite.config import (
 )
 from mqlite.errors import (
     ClosedError,
+    CorruptRecordError,
     PartitionNotFoundError,
     StorageFullError,
     TopicNotFoundError,
@@ -745,7 +746,7 @@ class Engine:
                     res = self._apply_slot(txn, payload)
                 except (TopicNotFoundError, PartitionNotFoundError):
                     res = (_ST_NO_TOPIC, 0, 0, 0)
-                except (struct.error, UnicodeDecodeError, ValueError):
+                except (struct.error, UnicodeDecodeError, ValueError, CorruptRecordError):
                     res = (_ST_RETRY, 0, 0, 0)  # not a slot we can read: its owner sends alone
                 except StorageFullError:
                     res = (_ST_FULL, 0, 0, 0)
@@ -778,6 +779,8 @@ class Engine:
             pos += n
         if pos != len(payload) or not batches:
             raise ValueError("malformed ring slot")
+        for b in batches:
+            _core.batch_header(b)  # CorruptRecordError before anything is written
         rec = self.topic(txn, topic)
         if part >= len(rec.pids) or rec.config["max_message_bytes"] != maxb:
             return (_ST_RETRY, 0, 0, 0)

@@ -150,3 +150,23 @@ def test_wait_returns_when_the_slot_moves_on(tmp_path: Path) -> None:
     assert r.done(i, t)
     r.wake(i)
     assert r.wait(i, t, 5.0)  # DONE: returns at once
+
+
+def test_a_ring_from_an_earlier_boot_starts_empty(tmp_path: Path) -> None:
+    """After an OS crash the ring's slots were never answered (their senders died with
+    the OS) and may be torn on disk: a file with another boot id is reset."""
+    r = ring(tmp_path)
+    i = r.claim(os.getpid())
+    t = r.fill(i, b"in flight when the power went")
+    r.close()
+    path = tmp_path / "ring.shm"
+    with open(path, "r+b") as f:
+        f.seek(24)
+        f.write(b"\x5a" * 16)  # another boot's id
+    r2 = ring(tmp_path)
+    assert r2.collect() == []
+    assert all(r2.word(k)[1] == _core.FREE for k in range(r2.nslots))
+    j = r2.claim(os.getpid())
+    assert r2.fill(j, b"new") > t  # tickets never go back
+    r3 = ring(tmp_path)  # same boot now: nothing is reset
+    assert r3.collect() == [(j, r2.word(j)[0])]

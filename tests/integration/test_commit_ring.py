@@ -116,3 +116,29 @@ def test_offset_commits_through_the_ring_stay_fenced(broker: mqlite.Broker) -> N
         other.commit({tp0: 1})  # owns nothing in its group yet
     c.close()
     other.close()
+
+
+def test_queue_acks_through_the_ring(broker: mqlite.Broker,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mqlite import _engine
+
+    calls: list[str] = []
+    handlers = dict(_engine._RING_HANDLERS)
+    for kind, fn in handlers.items():
+        def spy(e: object, txn: object, p: bytes, fn: object = fn) -> tuple[int, int, int, int]:
+            calls.append(str(p[0]))
+            return fn(e, txn, p)  # type: ignore[operator, no-any-return]
+        monkeypatch.setitem(_engine._RING_HANDLERS, kind, spy)
+    q = broker.queue("t", group="q", visibility_timeout=30)
+    broker.send_batch("t", [b"a", b"b", b"c"], partition=0)
+    broker.send("t", b"d", partition=1)
+    got: list[mqlite.Delivery] = []
+    while len(got) < 4:
+        got += q.receive(10, timeout=0.5)
+    assert q.ack(got[:2]) == 2
+    assert "2" in calls
+    with pytest.raises(mqlite.StaleDeliveryError):
+        q.ack(got[:3])  # two already acked: the ring writes nothing, the solo path reports
+    assert q.ack(got[3:]) == 1
+    assert q.pending() == []
+    q.close()

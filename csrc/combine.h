@@ -7,15 +7,19 @@
  *
  * Roles
  *  - A *sender* claims a FREE slot, copies its encoded operation in, takes a
- *    ticket and publishes the slot FILLED; then it begins an LMDB write
- *    transaction (blocking on LMDB's robust write mutex, which is the
- *    combining lock: the kernel releases it when its holder dies).
- *  - Whoever holds the write lock is the *committer*: if its own slot is
- *    already DONE it aborts at once; otherwise it collects every FILLED slot,
+ *    ticket and publishes the slot FILLED; then it tries the combining lock,
+ *    an flock on the ring file (mq_comb_trylock; the kernel drops it when its
+ *    holder dies).  Not got: it futex-waits on its slot word with a short
+ *    timeout (mq_comb_wait) and tries again, until its slot is DONE.
+ *  - The lock holder is the *committer* (leader): it begins an LMDB write
+ *    transaction, collects the oldest FILLED slots (its own included),
  *    applies each through the engine's one append path, records
  *    `ticket -> result` in LMDB inside the same transaction, writes each
  *    result into its slot (still FILLED, lock held), commits (the syncs the
- *    durability mode requires, once for all), then marks each slot DONE.
+ *    durability mode requires, once for all), marks each slot DONE and wakes
+ *    its waiters (mq_comb_wake).  It repeats until its own slots are DONE,
+ *    releases the lock, then wakes the owners of slots still FILLED so one of
+ *    them takes over (a wake-up lost to a race costs one wait timeout).
  *  - A sender that finds its slot DONE reads the result and frees the slot.
  *
  * File layout (native endianness; every process on one machine agrees):

@@ -52,6 +52,9 @@ def _side_cells(side: dict[str, Any] | None, kind: str) -> tuple[str, str, str]:
     else:
         cu = side.get("call_us")
         lat = _fmt_us(cu["median"]) if cu else "-"
+    mpc = side.get("msgs_per_commit")
+    if mpc:
+        rate += f" ({mpc['median']:.3g}/commit)"
     return rate, mb, lat
 
 

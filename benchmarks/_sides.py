@@ -160,6 +160,46 @@ def run_latency(mp: Any, system: str, target: dict[str, Any], size: int, rate: f
     return _latency_sample(res)
 
 
+def run_beside(mp: Any, system: str, target: dict[str, Any], send: Callable[[], Any],
+               budget: Budget) -> Sample:
+    """One producer (this process) sending one message at a time beside four group
+    consumer processes: 3 members of ``payments`` and 1 of ``analytics``, each polling
+    100 and committing/acking what it got.  The sample is the producer's rate; the
+    consumers' polls and messages go to ``extra``.
+    """
+    stop = mp.Event()
+    out = mp.Queue()
+    barrier = mp.Barrier(5)
+    members = [("payments", "p1"), ("payments", "p2"), ("payments", "p3"),
+               ("analytics", "a1")]
+    procs = [mp.Process(target=_workers.group_consumer,
+                        args=(system, target, g, name, stop, barrier, out), daemon=True)
+             for g, name in members]
+    results: list[Any] = []
+    try:
+        for p in procs:
+            p.start()
+        barrier.wait(PROC_TIMEOUT)
+        sample = _loop(lambda: (send(), 1)[1], budget)
+        stop.set()
+        while len(results) < len(procs):
+            status, payload = out.get(timeout=PROC_TIMEOUT)
+            if status != "ok":
+                raise RuntimeError(f"consumer process failed:\n{payload}")
+            results.append(payload)
+        sample.extra["consumer_polls"] = sum(r[0] for r in results)
+        sample.extra["consumer_messages"] = sum(r[1] for r in results)
+        return sample
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=5.0)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5.0)
+        out.close()
+
+
 # -- mqlite --------------------------------------------------------------------------------
 
 class _Mq(Side):
@@ -296,6 +336,24 @@ class MqQueueOne(MqQueue):
         super().__init__(ctx, size, budget, batch=1, **opts)
 
 
+class MqBeside(_Mq):
+    """``broker.send()`` per call beside 3 ``payments`` + 1 ``analytics`` group consumers."""
+
+    label = "mqlite send() beside 4 group consumers"
+
+    def rep(self, i: int) -> Sample:
+        topic = f"t{i}-{uuid.uuid4().hex[:6]}"
+        self.broker.create_topic(topic, partitions=3)
+        send, v = self.broker.send, self.value
+        send(topic, v)
+        target = {"path": self.broker.path, "durability": self.ctx.durability, "topic": topic}
+        try:
+            return run_beside(self.ctx.mp, "mqlite", target, lambda: send(topic, v),
+                              self.budget)
+        finally:
+            self.broker.delete_topic(topic)
+
+
 class MqThreads(_Mq):
     """N threads share one broker.producer(linger_ms=0); each waits on its own future."""
 
@@ -329,11 +387,17 @@ class MqProcesses(_Mq):
         topic = self.fresh_topic(i)
         n = self.opts["n"]
         target = {"path": self.broker.path, "durability": self.ctx.durability, "topic": topic}
+        env = self.broker._engine.env
         try:
+            txn0 = env.lmdb.info()["last_txnid"]
             res = run_processes(self.ctx.mp, [(_workers.sender_process, (
                 "mqlite", target, self.size, self.budget.seconds, self.budget.messages // n))
                 for _ in range(n)], parties=n)
-            return _windows(res, n)
+            commits = env.lmdb.info()["last_txnid"] - txn0
+            sample = _windows(res, n)
+            # every LMDB commit of the repetition (the n warm-up sends included)
+            sample.extra["msgs_per_commit"] = round((sample.messages + n) / max(commits, 1), 2)
+            return sample
         finally:
             self.broker.delete_topic(topic)
 
@@ -515,6 +579,22 @@ class RedisProcesses(_Redis):
             self.drop(key)
 
 
+class RedisBeside(_Redis):
+    label = "Redis XADD beside 4 XREADGROUP+XACK consumers"
+
+    def rep(self, i: int) -> Sample:
+        key = self.fresh_key(i)
+        for g in ("payments", "analytics"):
+            self.r.xgroup_create(key, g, id="$", mkstream=True)
+        xadd, v = self.r.xadd, self.value
+        target = {"port": self.ctx.redis_port, "key": key}
+        try:
+            return run_beside(self.ctx.mp, "redis", target, lambda: xadd(key, {"v": v}),
+                              self.budget)
+        finally:
+            self.drop(key)
+
+
 class RedisLatency(_Redis):
     label = "Redis XADD -> XREADGROUP BLOCK (2 processes)"
 
@@ -642,8 +722,9 @@ class LiteQueueSide(_Peer):
 SIDES: dict[str, type[Side]] = {
     "mq_send": MqSend, "mq_send_batch": MqSendBatch, "mq_consume": MqConsume,
     "mq_queue": MqQueue, "mq_queue_one": MqQueueOne, "mq_threads": MqThreads,
-    "mq_procs": MqProcesses, "mq_latency": MqLatency,
+    "mq_procs": MqProcesses, "mq_latency": MqLatency, "mq_beside": MqBeside,
     "redis_send": RedisSend, "redis_pipeline": RedisPipeline, "redis_group": RedisGroupRead,
     "redis_threads": RedisThreads, "redis_procs": RedisProcesses, "redis_latency": RedisLatency,
+    "redis_beside": RedisBeside,
     "persistqueue": PersistQueueSide, "litequeue": LiteQueueSide,
 }

@@ -23,6 +23,7 @@ import mqlite
 from benchmarks._common import make_value, now_ns, read_stamp, stamp_value
 
 __all__ = [
+    "group_consumer",
     "latency_consumer",
     "latency_producer",
     "make_sender",
@@ -176,5 +177,51 @@ def latency_consumer(system: str, target: dict[str, Any], count: int, seconds: f
                 r.close()
         out.put(("ok", ("consumer", lat)))
     except BaseException:  # noqa: BLE001
+        barrier.abort()
+        out.put(("error", traceback.format_exc()))
+
+
+def group_consumer(system: str, target: dict[str, Any], group: str, name: str, stop: Any,
+                   barrier: Any, out: Any) -> None:
+    """A group member that polls 100 and commits what it got, until ``stop`` is set.
+
+    mqlite: ``consumer.poll(100)`` then ``commit()`` when it got messages; Redis:
+    ``XREADGROUP COUNT 100 BLOCK`` then ``XACK`` of what it read.  Reports
+    ``(polls, messages)``.  The "beside consumers" rows run the producer next to
+    four of these (3 in one group, 1 in another).
+    """
+    try:
+        polls = got = 0
+        if system == "mqlite":
+            broker = mqlite.open(target["path"], durability=target["durability"])
+            consumer = broker.consumer(target["topic"], group=group, commit="manual")
+            consumer.poll(100, timeout=0.01)  # join before the clock starts
+            try:
+                barrier.wait(BARRIER_TIMEOUT)
+                while not stop.is_set():
+                    msgs = consumer.poll(100, timeout=0.05)
+                    polls += 1
+                    if msgs:
+                        got += len(msgs)
+                        consumer.commit()
+            finally:
+                consumer.close()
+                broker.close()
+        else:
+            r = redis.Redis(host="127.0.0.1", port=target["port"])
+            key = target["key"]
+            try:
+                barrier.wait(BARRIER_TIMEOUT)
+                while not stop.is_set():
+                    resp = r.xreadgroup(group, name, {key: ">"}, count=100, block=50)
+                    polls += 1
+                    if resp:
+                        ids = [e[0] for e in resp[0][1]]
+                        got += len(ids)
+                        r.xack(key, group, *ids)
+            finally:
+                r.close()
+        out.put(("ok", (polls, got)))
+    except BaseException:  # noqa: BLE001 - reported to the runner, which fails the row
         barrier.abort()
         out.put(("error", traceback.format_exc()))

@@ -136,10 +136,12 @@ def build_rows(p: Profile) -> list[RowSpec]:
             add("latency", f"cross-process latency at {p.lat_rate:.0f} msg/s",
                 ("mq_latency", {"rate": p.lat_rate}), ("redis_latency", {"rate": p.lat_rate}),
                 Budget(p.lat_seconds, int(p.lat_rate * p.lat_seconds)), kind="latency")
+            add("beside4", "one send per call beside 3+1 group consumers (poll 100 + commit)",
+                ("mq_beside", {}), ("redis_beside", {}), one)
             for n in (1, 4, 16):
                 add(f"threads{n}", f"{n} producer threads, each waits for its ack",
                     ("mq_threads", {"n": n}), ("redis_threads", {"n": n}), conc)
-            for n in (1, 4, 16):
+            for n in (1, 2, 4, 16, 64):
                 add(f"procs{n}", f"{n} producer processes, each waits for its ack",
                     ("mq_procs", {"n": n}), ("redis_procs", {"n": n}), conc)
             peer = Budget(p.peer_seconds, p.peer_cap)
@@ -230,6 +232,9 @@ def run_row(spec: RowSpec, ctx: Any, reps: int, log: Any) -> dict[str, Any]:
     }
     if spec.b is None:
         row["b_skipped"] = "not run"
+    per_commit = [x.extra["msgs_per_commit"] for x in samples[0] if "msgs_per_commit" in x.extra]
+    if per_commit:
+        row["a"]["msgs_per_commit"] = summarize(per_commit)
     ra, rb = samples
     if ra and rb and not errors[0] and not errors[1]:
         ma = row["a"]["p50_us" if spec.kind == "latency" else "rate"]["median"]

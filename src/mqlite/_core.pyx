@@ -42,6 +42,10 @@ BATCH_MAGIC = MQ_BATCH_MAGIC
 BATCH_HEADER_SIZE = MQ_BATCH_HEADER_SIZE
 DEFAULT_MAX_BATCH_BYTES = 262144
 DEFAULT_MAX_MESSAGE_BYTES = 8388608
+FREE = MQ_COMB_FREE
+CLAIMED = MQ_COMB_CLAIMED
+FILLED = MQ_COMB_FILLED
+DONE = MQ_COMB_DONE
 
 cdef enum:
     # Releasing and re-taking the GIL costs about a microsecond uncontended
@@ -1227,6 +1231,224 @@ cdef class Notifier:
     def __repr__(self):
         state = "closed" if not self.is_open else f"slots={self.slots}"
         return f"<Notifier {state}>"
+
+
+# -- cross-process commit combining (csrc/combine.h) ---------------------------------
+
+cdef class Combiner:
+    """The shared ring of csrc/combine.h: slots handed from senders to the next committer.
+
+    See _core.pyi and csrc/combine.h for the contract.  Every method holds the
+    GIL for its whole (short, non-blocking) run, so ``close()`` from another
+    thread cannot unmap the file under one; after ``close()`` every method
+    raises ``ValueError``.
+    """
+
+    cdef mq_comb c
+    cdef bint is_open
+    cdef Py_ssize_t active  # waits running without the GIL
+
+    def __cinit__(self):
+        memset(&self.c, 0, sizeof(mq_comb))
+
+    def __init__(self, path, nslots=64, slot_bytes=4096, mode=0o600):
+        cdef int64_t ns = _as_i64(nslots, "nslots")
+        cdef int64_t sb = _as_i64(slot_bytes, "slot_bytes")
+        cdef int64_t m = _as_i64(mode, "mode")
+        cdef int rc
+        cdef const char *cpath
+        if self.is_open:
+            raise ValueError("Combiner is already initialised")
+        if ns < 1 or ns > (1 << 20):
+            raise ValueError(f"nslots must be in [1, 2**20], not {nslots}")
+        if sb < 64 or sb > (1 << 24) or sb % 64:
+            raise ValueError(f"slot_bytes must be a multiple of 64 in [64, 2**24], not {slot_bytes}")
+        if m < 0 or m > 0o7777:
+            raise ValueError(f"mode must be a permission mode (0 to 0o7777), not {mode!r}")
+        bpath = os.fsencode(path)
+        if b"\0" in bpath:
+            raise ValueError("path contains a NUL byte")
+        cpath = bpath
+        with nogil:
+            rc = mq_comb_open(&self.c, cpath, <uint32_t>ns, <uint32_t>sb, <unsigned>m)
+        if rc == MQ_EMAGIC:
+            raise ValueError(f"{os.fsdecode(bpath)!r} is not a commit ring of this layout "
+                             f"({ns} slots of {sb} bytes); delete it while no process has "
+                             "the broker open")
+        if rc < 0:
+            _raise_notify_open(rc, self.c.sys_errno, bpath)
+        self.is_open = True
+
+    def __dealloc__(self):
+        mq_comb_close(&self.c)
+
+    cdef uint32_t _idx(self, object idx) except? 0:
+        if not self.is_open:
+            raise ValueError("Combiner is closed")
+        cdef int64_t i = _as_i64(idx, "idx")
+        if i < 0 or i >= self.c.nslots:
+            raise ValueError(f"slot {idx} out of range [0, {self.c.nslots})")
+        return <uint32_t>i
+
+    cdef int _check(self) except -1:
+        if not self.is_open:
+            raise ValueError("Combiner is closed")
+        return 0
+
+    @property
+    def nslots(self):
+        return self.c.nslots
+
+    @property
+    def slot_bytes(self):
+        return self.c.slot_bytes
+
+    def claim(self, pid):
+        """FREE -> CLAIMED for ``pid``; the slot index, or -1 when every slot is busy."""
+        self._check()
+        cdef int64_t p = _as_i64(pid, "pid")
+        if p <= 0 or p > 0xFFFFFFFF:
+            raise ValueError(f"pid must be a positive 32-bit int, not {pid}")
+        return mq_comb_claim(&self.c, <uint32_t>p)
+
+    def unclaim(self, idx):
+        """CLAIMED -> FREE: hand back a slot claimed but not filled."""
+        mq_comb_unclaim(&self.c, self._idx(idx))
+
+    def fill(self, idx, payload):
+        """Copy ``payload`` into claimed slot ``idx`` and publish it FILLED; returns the ticket."""
+        cdef uint32_t i = self._idx(idx)
+        cdef Py_buffer view
+        cdef uint64_t t
+        _acquire(payload, &view, "payload")
+        try:
+            if view.len > self.c.slot_bytes:
+                raise ValueError(f"payload of {view.len} bytes does not fit a slot "
+                                 f"({self.c.slot_bytes} bytes)")
+            t = mq_comb_fill(&self.c, i, view.buf, <uint32_t>view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return t
+
+    def word(self, idx):
+        """``(ticket, state)`` of slot ``idx`` (acquire load)."""
+        cdef uint64_t w = mq_comb_word(&self.c, self._idx(idx))
+        return (w >> 2, <int>(w & 3))
+
+    def payload(self, idx):
+        """A copy of slot ``idx``'s payload (meaningful while it is FILLED)."""
+        cdef uint32_t n
+        cdef const uint8_t *p = mq_comb_payload(&self.c, self._idx(idx), &n)
+        return PyBytes_FromStringAndSize(<const char *>p, n)
+
+    def collect(self, max_slots=None):
+        """``[(idx, ticket), ...]`` of the FILLED slots, oldest ticket first."""
+        self._check()
+        cdef uint32_t cap = self.c.nslots
+        cdef uint32_t n, k
+        if max_slots is not None:
+            cap = <uint32_t>min(max(<int64_t>_as_i64(max_slots, "max_slots"), 0), cap)
+        cdef uint32_t *idx = <uint32_t *>malloc(sizeof(uint32_t) * (cap + 1))
+        cdef uint64_t *tk = <uint64_t *>malloc(sizeof(uint64_t) * (cap + 1))
+        if idx == NULL or tk == NULL:
+            free(idx)
+            free(tk)
+            raise MemoryError()
+        try:
+            n = mq_comb_collect(&self.c, idx, tk, cap)
+            return [(idx[k], tk[k]) for k in range(n)]
+        finally:
+            free(idx)
+            free(tk)
+
+    def set_result(self, idx, status, r0, r1, r2):
+        """Lock holder only, slot FILLED: store its result fields."""
+        cdef uint32_t i = self._idx(idx)
+        cdef int64_t st = _as_i64(status, "status")
+        if st < -0x80000000 or st > 0x7FFFFFFF:
+            raise ValueError("status must fit 32 bits")
+        mq_comb_set_result(&self.c, i, <int32_t>st, _as_i64(r0, "r0"), _as_i64(r1, "r1"),
+                           _as_i64(r2, "r2"))
+
+    def done(self, idx, ticket):
+        """FILLED(ticket) -> DONE(ticket); ``True`` when this call made the move."""
+        cdef uint32_t i = self._idx(idx)
+        return mq_comb_done(&self.c, i, <uint64_t>ticket) == 1
+
+    def result(self, idx):
+        """``(status, r0, r1, r2)`` of slot ``idx`` (read after seeing DONE of its ticket)."""
+        cdef int32_t st
+        cdef int64_t a, b, c
+        mq_comb_result(&self.c, self._idx(idx), &st, &a, &b, &c)
+        return (st, a, b, c)
+
+    def release(self, idx, ticket):
+        """DONE(ticket) -> FREE; ``True`` when this call made the move."""
+        cdef uint32_t i = self._idx(idx)
+        return mq_comb_release(&self.c, i, <uint64_t>ticket) == 1
+
+    def withdraw(self, idx, ticket):
+        """FILLED(ticket) -> FREE; ``False`` when the slot moved on (DONE)."""
+        cdef uint32_t i = self._idx(idx)
+        return mq_comb_withdraw(&self.c, i, <uint64_t>ticket) == 1
+
+    def trylock(self):
+        """Take the combining lock without blocking (flock); ``True`` when taken.
+
+        Per open file description: threads of one process must exclude each
+        other themselves.  ``OSError`` for an unexpected flock error.
+        """
+        self._check()
+        cdef int rc = mq_comb_trylock(&self.c)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        return rc == 1
+
+    def unlock(self):
+        """Release the combining lock."""
+        self._check()
+        mq_comb_unlock(&self.c)
+
+    def wait(self, idx, ticket, timeout):
+        """Sleep (GIL released) while slot ``idx`` is FILLED(``ticket``), at most
+        ``timeout`` seconds; ``True`` when it moved on."""
+        cdef uint32_t i = self._idx(idx)
+        cdef uint64_t t = <uint64_t>ticket
+        cdef int64_t ns = <int64_t>(float(timeout) * 1e9)
+        cdef int rc
+        self.active += 1
+        try:
+            with nogil:
+                rc = mq_comb_wait(&self.c, i, t, ns)
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                mq_comb_close(&self.c)
+        return rc == 1
+
+    def wake(self, idx):
+        """Wake the waiters of slot ``idx``."""
+        mq_comb_wake(&self.c, self._idx(idx))
+
+    def reclaim(self):
+        """Free CLAIMED/DONE slots of owners that no longer exist; returns how many."""
+        self._check()
+        return mq_comb_reclaim(&self.c)
+
+    def close(self):
+        """Unmap the file (deferred until running waits return); idempotent."""
+        if self.is_open:
+            self.is_open = False
+            if self.active == 0:
+                mq_comb_close(&self.c)
+
+    @property
+    def closed(self):
+        return not self.is_open
+
+    def __repr__(self):
+        state = "closed" if not self.is_open else f"{self.c.nslots}x{self.c.slot_bytes}"
+        return f"<Combiner {state}>"
 
 
 # -- SIGBUS guards (csrc/guard.h) ------------------------------------------------------

@@ -168,3 +168,39 @@ cdef extern from "guard.h" nogil:
     void mq_guard_remove(int id)
     int mq_guard_restore(int id)
     uint64_t mq_guard_faults()
+
+
+cdef extern from "combine.h" nogil:
+    enum:
+        MQ_COMB_FREE
+        MQ_COMB_CLAIMED
+        MQ_COMB_FILLED
+        MQ_COMB_DONE
+
+    ctypedef struct mq_comb:
+        int fd
+        uint32_t nslots
+        uint32_t slot_bytes
+        int sys_errno
+
+    int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_bytes,
+                     unsigned mode)
+    void mq_comb_close(mq_comb *c)
+    int64_t mq_comb_claim(mq_comb *c, uint32_t pid)
+    uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len)
+    uint64_t mq_comb_word(const mq_comb *c, uint32_t idx)
+    const uint8_t *mq_comb_payload(const mq_comb *c, uint32_t idx, uint32_t *len)
+    uint32_t mq_comb_collect(const mq_comb *c, uint32_t *out, uint64_t *tickets, uint32_t max)
+    void mq_comb_set_result(mq_comb *c, uint32_t idx, int32_t status, int64_t r0, int64_t r1,
+                            int64_t r2)
+    int mq_comb_done(mq_comb *c, uint32_t idx, uint64_t ticket)
+    void mq_comb_result(const mq_comb *c, uint32_t idx, int32_t *status, int64_t *r0,
+                        int64_t *r1, int64_t *r2)
+    int mq_comb_release(mq_comb *c, uint32_t idx, uint64_t ticket)
+    int mq_comb_withdraw(mq_comb *c, uint32_t idx, uint64_t ticket)
+    uint32_t mq_comb_reclaim(mq_comb *c)
+    int mq_comb_trylock(mq_comb *c)
+    void mq_comb_unlock(mq_comb *c)
+    int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns)
+    void mq_comb_wake(mq_comb *c, uint32_t idx)
+    void mq_comb_unclaim(mq_comb *c, uint32_t idx)

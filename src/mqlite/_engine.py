@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +43,7 @@ from mqlite import _core
 from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_list
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
+from mqlite._storage import tickets as _tickets
 from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env, MapExhaustedError
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
@@ -52,7 +55,9 @@ from mqlite.config import (
 )
 from mqlite.errors import (
     ClosedError,
+    CorruptRecordError,
     PartitionNotFoundError,
+    StorageFullError,
     TopicNotFoundError,
 )
 from mqlite.types import (
@@ -65,12 +70,16 @@ from mqlite.types import (
 
 __all__ = [
     "DRAIN_RETRY_S",
+    "RING_KIND_APPEND",
+    "RING_OK",
+    "RING_RETRY",
     "Engine",
     "TopicRecord",
     "check_values_arg",
     "draining",
     "now_ms",
     "on_consumed_floor",
+    "on_ring_kind",
     "on_topic_delete",
     "retry_draining",
 ]
@@ -79,6 +88,22 @@ TopicRecord = _log.TopicRecord
 _tuple_new = tuple.__new__  # NamedTuple construction without the keyword-argument wrapper
 _RETENTION_INTERVAL_S = 1.0
 _UNCAPPED = 1 << 30  # max_message_bytes for re-appends of messages accepted once
+
+# Commit combining (csrc/combine.h, docs/decisions.md D27).  A slot's payload starts
+# with its kind (u8).  Kind 0 is one append to one partition: topic length, dedup key length (-1: none), partition,
+# timestamp (of the first record, stored with a dedup id), the max_message_bytes it was
+# encoded under and the batch count; then topic, dedup key, each batch's length (u32)
+# and the record batches.
+_SLOT_HEAD = struct.Struct(">BHhiqIH")
+# Result status of a combined send (r0, r1, r2 = partition, offset, timestamp when OK).
+_ST_OK, _ST_NO_TOPIC, _ST_FULL, _ST_RETRY = 0, 1, 2, 3
+RING_OK = _ST_OK  # the status of a ring result that succeeded (see Engine.ring_submit)
+RING_RETRY = _ST_RETRY  # the committer could not apply it: the sender does it alone
+#: Slots one committer takes into its transaction at most.
+_COMBINE_MAX = 64
+#: Seconds a sender sleeps on its slot before trying the combining lock again (a
+#: committer that died, or a hand-off wake-up lost to a race, costs at most this).
+_COMBINE_WAIT_S = 0.002
 
 # Called inside the delete transaction of a topic, to drop feature state kept
 # for it (offsets, pending entries, bindings).
@@ -98,6 +123,23 @@ def on_consumed_floor(
     """Register ``hook(txn, dbs, rec, pid) -> offset | None`` for ``cleanup="consumed"``."""
     if hook not in _CONSUMED_FLOOR_HOOKS:
         _CONSUMED_FLOOR_HOOKS.append(hook)
+
+
+# Handlers of commit-ring slot kinds other than appends (kind 0), registered by the
+# features that hand operations to the ring (offset commits: mqlite.groups).  A
+# handler applies one slot's payload inside the committer's transaction and returns
+# its result tuple; it must write nothing when it returns a status other than OK.
+_RING_HANDLERS: dict[int, Callable[[Any, Any, bytes], tuple[int, int, int, int]]] = {}
+RING_KIND_APPEND = 0
+
+
+def on_ring_kind(kind: int,
+                 handler: Callable[[Any, Any, bytes], tuple[int, int, int, int]]) -> None:
+    """Register ``handler(engine, txn, payload) -> (status, r0, r1, r2)`` for slots of
+    ``kind`` (1-255) of the commit ring."""
+    if not 0 < kind < 256:
+        raise ValueError("ring slot kinds are 1-255 (0 is an append)")
+    _RING_HANDLERS[kind] = handler
 
 
 def now_ms() -> int:
@@ -560,6 +602,11 @@ class Engine:
         hh = None if headers is None else (normalize_headers(headers),)
         batches = _core.encode_batches((value,), kk, hh, ts, max_message_bytes=maxb)
         dkey = None if dedup_id is None else _dedup.dedup_key(topic, dedup_id)
+        comb = env.combiner
+        if comb is not None:
+            md = self._send_combined(comb, rec, topic, key, partition, ts, maxb, batches[0], dkey)
+            if md is not None:
+                return md
         txn = env.write_txn()
         try:
             rec2 = (env.topic_cache.get(topic) if txn is env.fresh_txn else None) or self.topic(
@@ -603,6 +650,218 @@ class Engine:
             env.fail(txn, exc, f"send to {topic!r}")
         env.commit(txn, wake=topic)
         return _tuple_new(RecordMetadata, (topic, part, off, ts))
+
+    # -- commit combining (csrc/combine.h; docs/decisions.md D27) -------------------------
+    def _send_combined(self, comb: Any, rec: TopicRecord, topic: str, key: Any,
+                       partition: int | None, ts: int, maxb: int, batch: bytes,
+                       dkey: bytes | None) -> RecordMetadata | None:
+        """Hand one encoded send to the commit ring and return its metadata once durable.
+
+        ``None`` when the ring cannot take it (too large, no free slot, or the
+        topic changed under the sender's cache): the caller commits on its own.
+        """
+        if len(batch) > comb.slot_bytes:
+            return None
+        if len(rec.pids) == 1 and partition is None and key is None:
+            part = 0
+        else:
+            part = self.choose_partition(rec, key, partition)
+        res = self.ring_submit(comb, [self.ring_payload(rec.name, part, ts, maxb, [batch], dkey)])
+        if res is None:
+            return None
+        st, r0, r1, r2 = res[0]
+        if st == _ST_OK:
+            return _tuple_new(RecordMetadata, (topic, r0, r1, r2))
+        self.raise_ring_status(st, topic)
+        return None  # _ST_RETRY: the topic changed; the caller sends on its own
+
+    def raise_ring_status(self, st: int, topic: str) -> None:
+        """Raise the error a ring result status stands for (nothing for OK / retry)."""
+        if st == _ST_NO_TOPIC:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist; create it with broker.create_topic({topic!r})")
+        if st == _ST_FULL:
+            raise StorageFullError(self.env.full_message())
+
+    def ring_submit(self, comb: Any,
+                    payloads: list[bytes]) -> list[tuple[int, int, int, int]] | None:
+        """Hand encoded appends to the commit ring; their results once all are durable.
+
+        Each payload (from :meth:`ring_payload`) takes one slot; they are
+        applied in order (tickets increase), usually in one transaction.
+        Returns ``(status, partition, base_offset, timestamp)`` per payload, or
+        ``None`` when they do not fit or no slots are free (nothing was handed
+        over: commit alone).  A status other than ``_ST_OK`` is for the caller
+        to raise (:meth:`raise_ring_status`) or to retry alone (``_ST_RETRY``).
+        """
+        cap = comb.slot_bytes
+        if any(len(p) > cap for p in payloads):
+            return None
+        pid = os.getpid()
+        mine: list[int] = []
+        for _ in payloads:
+            idx = comb.claim(pid)
+            if idx < 0:
+                for i in mine:
+                    comb.unclaim(i)
+                return None
+            mine.append(idx)
+        done = [(comb.fill(i, p), _core.DONE) for i, p in zip(mine, payloads)]
+        env = self.env
+        tlock = env.comb_lock
+        word = comb.word
+        try:
+            while any(word(i) != d for i, d in zip(mine, done)):
+                led = False
+                if tlock.acquire(blocking=False):
+                    try:
+                        if comb.trylock():
+                            led = True
+                            try:
+                                self._lead(comb, mine, done)
+                            finally:
+                                comb.unlock()
+                                for other, _t in comb.collect():
+                                    comb.wake(other)  # hand the lock over
+                    finally:
+                        tlock.release()
+                if led:
+                    continue
+                for i, d in zip(mine, done):
+                    if word(i) != d:
+                        comb.wait(i, d[0], _COMBINE_WAIT_S)
+                        break
+        except BaseException:
+            withdrawn = [comb.withdraw(i, d[0]) for i, d in zip(mine, done)]
+            for i, d, w in zip(mine, done, withdrawn):
+                if not w:
+                    comb.release(i, d[0])  # committed meanwhile (the caller gets no answer)
+            raise
+        out = []
+        for i, d in zip(mine, done):
+            out.append(comb.result(i))
+            comb.release(i, d[0])
+        return out
+
+    def _lead(self, comb: Any, mine: list[int], done: list[tuple[int, int]]) -> None:
+        """Holding the combining lock: commit rounds of FILLED slots until ours are DONE.
+
+        It then returns at once (the caller hands the lock to the owners of slots
+        still FILLED): serving later arrivals in extra rounds made a producer beside
+        committing consumers wait for their commits too, 1.5x slower (D27).
+        """
+        env = self.env
+        while True:
+            txn = env.write_txn()
+            try:
+                taken = self._take_ring(txn, comb)
+            except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
+                env.fail(txn, exc, "combined send")
+            if taken is None:
+                env.abort(txn)  # nothing to write: no commit, no sync
+            else:
+                self._ring_commit(txn)
+                self._ring_done(comb, taken)
+            if all(comb.word(i) == d for i, d in zip(mine, done)):
+                return
+
+    def _ring_commit(self, txn: Any) -> None:
+        """Commit a combined transaction; on failure it is aborted and the slots stay
+        FILLED for the next committer.  (A method of its own: the crash tests kill
+        the committer around it.)"""
+        self.env.commit(txn)
+
+    @staticmethod
+    def _ring_done(comb: Any, taken: list[tuple[int, int]]) -> None:
+        """After the commit: mark each taken slot DONE and wake its owner."""
+        for i, ticket in taken:
+            comb.done(i, ticket)
+            comb.wake(i)
+
+    @staticmethod
+    def ring_payload(topic: str, part: int, ts: int, maxb: int, batches: list[bytes],
+                     dkey: bytes | None) -> bytes:
+        """The ring slot payload of encoded batches for one partition (``_SLOT_HEAD``)."""
+        tb = topic.encode()
+        head = _SLOT_HEAD.pack(RING_KIND_APPEND, len(tb), -1 if dkey is None else len(dkey),
+                               part, ts, maxb, len(batches))
+        lens = struct.pack(f">{len(batches)}I", *map(len, batches))
+        return b"".join((head, tb, dkey or b"", lens, *batches))
+
+    def _take_ring(self, txn: Any, comb: Any) -> list[tuple[int, int]] | None:
+        """Holding both locks: apply every FILLED slot in ``txn`` and store its result.
+
+        Returns the ``(slot, ticket)`` pairs to mark DONE once ``txn`` has
+        committed, or ``None`` when the transaction wrote nothing at all.
+
+        Each slot's result is recorded under its ticket in the same transaction
+        (:mod:`mqlite._storage.tickets`): a slot still FILLED whose ticket is
+        found there was committed by a committer that died before marking it
+        DONE, so it gets the stored result and is not appended again.
+        """
+        env = self.env
+        dbs = env.dbs
+        taken: list[tuple[int, int]] = []
+        slots = comb.collect(_COMBINE_MAX)
+        for idx, ticket in slots:
+            payload = comb.payload(idx)
+            if comb.word(idx) != (ticket, _core.FILLED):
+                continue  # withdrawn by its owner while we copied it
+            res = _tickets.lookup(txn, dbs, ticket)
+            if res is None:
+                try:
+                    res = self._apply_slot(txn, payload)
+                except (TopicNotFoundError, PartitionNotFoundError):
+                    res = (_ST_NO_TOPIC, 0, 0, 0)
+                except (struct.error, UnicodeDecodeError, ValueError, CorruptRecordError):
+                    res = (_ST_RETRY, 0, 0, 0)  # not a slot we can read: its owner sends alone
+                except MapExhaustedError:
+                    raise  # LMDB failed mid-write: the transaction must abort, slots stay FILLED
+                except StorageFullError:  # refused by the space check, before any write
+                    res = (_ST_FULL, 0, 0, 0)
+                _tickets.record(txn, dbs, ticket, res)
+            comb.set_result(idx, *res)
+            taken.append((idx, ticket))
+        pruned = _tickets.prune(txn, dbs, {t for _, t in slots})
+        return taken if taken or pruned else None
+
+    def _apply_slot(self, txn: Any, payload: bytes) -> tuple[int, int, int, int]:
+        """Append the send encoded in a ring slot inside ``txn``; its result tuple."""
+        env = self.env
+        kind = payload[0] if payload else -1
+        if kind != RING_KIND_APPEND:
+            handler = _RING_HANDLERS.get(kind)
+            return (_ST_RETRY, 0, 0, 0) if handler is None else handler(self, txn, payload)
+        _, tlen, dlen, part, ts, maxb, nb = _SLOT_HEAD.unpack_from(payload)
+        pos = _SLOT_HEAD.size
+        topic = payload[pos:pos + tlen].decode()
+        pos += tlen
+        dkey = None
+        if dlen >= 0:
+            dkey = payload[pos:pos + dlen]
+            pos += dlen
+        lens = struct.unpack_from(f">{nb}I", payload, pos)
+        pos += 4 * nb
+        batches = []
+        for n in lens:
+            batches.append(payload[pos:pos + n])
+            pos += n
+        if pos != len(payload) or not batches:
+            raise ValueError("malformed ring slot")
+        for b in batches:
+            _core.batch_header(b)  # CorruptRecordError before anything is written
+        rec = self.topic(txn, topic)
+        if part >= len(rec.pids) or rec.config["max_message_bytes"] != maxb:
+            return (_ST_RETRY, 0, 0, 0)
+        if dkey is not None:
+            hit = _dedup.lookup(txn, env.dbs, dkey, now_ms())
+            if hit is not None:
+                return (_ST_OK, hit[1], hit[2], hit[3])
+        env.check_space(txn, sum(lens), SPACE_SEND)
+        off, _st = self.append_in(txn, rec, part, batches)
+        if dkey is not None:
+            self.dedup_store(txn, dkey, rec, part, off, ts)
+        return (_ST_OK, part, off, ts)
 
     def send_batch(
         self,
@@ -662,6 +921,18 @@ class Engine:
         total = sum(len(b) for _, bs in groups for b in bs)
         ranges: list[PartitionRange] = []
         first_ts = ts if isinstance(ts, int) else (ts[0] if len(ts) else now_ms())
+        comb = env.combiner
+        if comb is not None and len(groups) == 1 and total < comb.slot_bytes:
+            # One partition, small: through the commit ring (one slot, all or nothing).
+            res = self.ring_submit(comb, [self.ring_payload(
+                topic, groups[0][0], first_ts, rec.config["max_message_bytes"], groups[0][1],
+                None)])
+            if res is not None:
+                status, r0, r1, _r2 = res[0]
+                self.raise_ring_status(status, topic)
+                if status == _ST_OK:
+                    return BatchMetadata(topic, first_ts, [PartitionRange(r0, r1, len(values))],
+                                         assignment)
         txn = env.write_txn()
         try:
             rec2 = self.topic(txn, topic)

@@ -22,7 +22,7 @@ import time
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Self
 
-from mqlite._engine import TopicRecord, now_ms
+from mqlite._engine import RING_OK, TopicRecord, now_ms
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.config import (
     MAX_DELAY_S,
@@ -378,6 +378,10 @@ class Producer:
             groups = encode_items(engine, items)
             if not groups:
                 return
+            if env.combiner is not None:
+                groups = self._commit_ring(env.combiner, groups)
+                if not groups:
+                    return
             results: list[tuple[SendItem, RecordMetadata]] = []
             txn = env.write_txn()
             try:
@@ -403,6 +407,42 @@ class Producer:
         except BaseException as exc:  # noqa: BLE001 - every record of the failed transaction fails
             for it in items:
                 _fail(it, exc)
+
+    def _commit_ring(self, comb: Any, groups: list[_Group]) -> list[_Group]:
+        """Hand the encoded groups to the cross-process commit ring (one slot each).
+
+        Resolves the futures of every group the ring committed or refused with
+        an error; returns the groups left to commit alone (all of them when the
+        ring could not take them, those whose topic changed meanwhile).
+        """
+        engine = self._engine
+        payloads = []
+        for g in groups:
+            rec = engine.topic_cached(g.topic)
+            first = g.items[0]
+            payloads.append(engine.ring_payload(
+                g.topic, g.partition, first.ts, rec.config["max_message_bytes"], g.batches,
+                first.dedup))
+        res = engine.ring_submit(comb, payloads)
+        if res is None:
+            return groups
+        left = []
+        for g, (st, part, base, ts) in zip(groups, res):
+            if st == RING_OK:
+                if g.items[0].dedup is not None:
+                    g.items[0].future.set_result(RecordMetadata(g.topic, part, base, ts))
+                    continue
+                for i, it in enumerate(g.items):
+                    it.future.set_result(RecordMetadata(g.topic, part, base + i, it.ts))
+                continue
+            try:
+                engine.raise_ring_status(st, g.topic)
+            except MqliteError as exc:
+                for it in g.items:
+                    _fail(it, exc)
+                continue
+            left.append(g)  # retry alone: the topic changed under the cache
+        return left
 
     _CLOSE_RANK = 0  # broker.close() closes producers before consumers and queues
 

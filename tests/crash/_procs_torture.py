@@ -37,6 +37,11 @@ it reaches ``point``:
 * ``after_ack``        queue: ack returned, before ``A`` is written
 * ``txn_before_commit`` any role: inside mqlite, just before an LMDB write commit
 * ``txn_after_commit`` any role: inside mqlite, the LMDB commit done, before return
+* ``comb_before_commit`` producer leading the commit ring: slots applied and
+                       recorded, before the LMDB commit
+* ``comb_after_commit`` producer leading the commit ring: committed, no slot DONE yet
+* ``comb_mid_done``    producer leading the commit ring: the first slot marked
+                       DONE and woken, the others not
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from typing import Any
 
 import mqlite
 from mqlite import TopicPartition
+from mqlite import _engine as _engmod
 from mqlite._storage import env as _envmod
 
 now_ns = time.monotonic_ns
@@ -64,7 +70,8 @@ STREAM_POINTS = ("after_poll", "before_commit", "after_commit",
                  "txn_before_commit", "txn_after_commit")
 QUEUE_POINTS = ("after_receive", "before_ack", "in_ack", "after_ack",
                 "txn_before_commit", "txn_after_commit")
-PRODUCER_POINTS = ("after_send", "txn_before_commit", "txn_after_commit")
+COMBINER_POINTS = ("comb_before_commit", "comb_after_commit", "comb_mid_done")
+PRODUCER_POINTS = ("after_send", "txn_before_commit", "txn_after_commit", *COMBINER_POINTS)
 
 
 class Log:
@@ -86,6 +93,8 @@ class KillPoints:
         self.point, self.left = kill_at if kill_at else ("", 0)
         if self.point.startswith("txn_"):
             self._patch_commit()
+        elif self.point.startswith("comb_"):
+            patch_combiner(self.hit)
 
     def hit(self, point: str) -> None:
         if point != self.point:
@@ -120,6 +129,40 @@ class KillPoints:
         t.daemon = True
         t.start()
         return t
+
+
+def patch_combiner(hit: Callable[[str], None]) -> None:
+    """Call ``hit(point)`` at the steps of a commit-ring leader (``COMBINER_POINTS``)."""
+    eng = _engmod.Engine
+    commit = eng._ring_commit
+
+    def ring_commit(self: Any, txn: Any) -> None:
+        hit("comb_before_commit")
+        commit(self, txn)
+
+    def ring_done(comb: Any, taken: list[tuple[int, int]]) -> None:
+        hit("comb_after_commit")
+        for k, (i, ticket) in enumerate(taken):
+            comb.done(i, ticket)
+            comb.wake(i)
+            if k == 0:
+                hit("comb_mid_done")
+
+    eng._ring_commit = ring_commit  # type: ignore[method-assign]
+    eng._ring_done = staticmethod(ring_done)  # type: ignore[method-assign,assignment]
+
+
+def lead_and_die(path: str, mode: str, topic: str, value: bytes, point: str,
+                 log_path: str) -> None:
+    """Send ``value`` (leading the commit ring) and SIGKILL at ``point`` of the lead."""
+
+    def body(log: Log) -> None:
+        kp = KillPoints(log, (point, 1))
+        broker = mqlite.open(path, durability=mode)
+        broker.send(topic, value)
+        kp.log.write([f"E {now_ns()} the send returned: {point} was never reached"])
+
+    _guard(log_path, body)
 
 
 def _guard(log_path: str, body: Callable[[Log], None]) -> None:

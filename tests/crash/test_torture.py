@@ -349,6 +349,13 @@ def check(run: Run, drained: Drained) -> tuple[list[str], dict[str, Any]]:
                                    f"{last_first[key]} of the same partition")
                     last_first[key] = o
                 prev.append(e)
+        # no message appended twice (a commit-ring leader killed after its commit must
+        # not let the next one append its slots again): one position per message id
+        at: dict[str, tuple[int, int]] = {}
+        for po, evs in delivered.items():
+            for e in evs:
+                if at.setdefault(e.f[2], po) != po:
+                    bad.append(f"{g}: id {e.f[2]} stored at {at[e.f[2]]} and at {po}")
         # 1. no loss
         ids = {e.f[2] for evs in delivered.values() for e in evs}
         lost = sorted(set(sent) - ids)

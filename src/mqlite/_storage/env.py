@@ -92,6 +92,11 @@ DB_NAMES = (
 )
 FORMAT_VERSION = 1
 NOTIFY_SLOTS = 4096
+#: The commit ring (csrc/combine.h): slots and payload bytes per slot.  One ring per
+#: durability mode (``commit-sync.shm``, ``commit-lazy.shm``), so an operation is only
+#: ever committed by a process whose commits are at least as durable as its sender's.
+COMB_SLOTS = 64
+COMB_SLOT_BYTES = 65536 - 64  # a slot (64-byte header + payload) is 64 KiB
 _READER_CHECK_INTERVAL = 5.0
 #: Space tiers of :meth:`Env.check_space`.
 SPACE_SEND = "send"
@@ -472,6 +477,10 @@ class Env:
         self.dbs: dict[str, Any] = {}
         self.pid = os.getpid()
         self.notifier: Any = None
+        self.combiner: Any = None  # the commit ring; None under "none" or when unusable
+        # flock is per open file description: the threads of this process exclude
+        # each other from leading the ring with this lock (csrc/combine.h).
+        self.comb_lock = threading.Lock()
         self._next_reader_check = 0.0
         self._full_until = 0.0
         # Write-path cache: partition states and topic records as of our last
@@ -576,6 +585,14 @@ class Env:
             # doorbells for event loops (csrc/doorbell.h, mqlite.aio); every process
             # attaches them so its bumps ring the loops waiting on a slot
             self.notifier.attach_bells(os.path.join(self.path, "bells.shm"), self.file_mode)
+        if (self.combiner is None and self.durability != "none"
+                and os.environ.get("MQLITE_COMBINE", "1") != "0"):
+            try:
+                self.combiner = _core.Combiner(
+                    os.path.join(self.path, f"commit-{self.durability}.shm"), COMB_SLOTS,
+                    COMB_SLOT_BYTES, self.file_mode)
+            except (OSError, ValueError):
+                self.combiner = None  # every send commits on its own, as without a ring
         self._fix_file_modes()
 
     def _guard_map(self, env: Any) -> None:
@@ -656,6 +673,11 @@ class Env:
             _graveyard.append(self.lmdb)
         self.lmdb = None
         self.lock = threading.RLock()
+        if self.combiner is not None:
+            # The inherited descriptor shares the parent's flock: use a ring of our own.
+            self.combiner.close()
+            self.combiner = None
+        self.comb_lock = threading.Lock()
         self._fence = threading.Lock()
         self._begun = itertools.count()  # the parent's threads do not exist here
         self._ended = itertools.count()
@@ -696,6 +718,9 @@ class Env:
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
+        if self.combiner is not None:
+            self.combiner.close()
+            self.combiner = None
 
     # -- transactions ----------------------------------------------------------------
     def _recover_from_panic(self, dead: Any) -> Any:
@@ -990,6 +1015,10 @@ class Env:
             st = txn.stat(db) if db is not None else self.lmdb.stat()
             total += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return total + 2  # the two meta pages
+
+    def full_message(self, tier: str = SPACE_SEND) -> str:
+        """The message of :class:`StorageFullError` for this broker and space tier."""
+        return self._full_message(tier)
 
     def _full_message(self, tier: str) -> str:
         if tier == SPACE_SEND:

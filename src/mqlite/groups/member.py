@@ -42,7 +42,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from mqlite._engine import draining, retry_draining
+import msgspec
+
+from mqlite._engine import RING_OK, RING_RETRY, draining, on_ring_kind, retry_draining
 from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
 from mqlite.assignors import ASSIGNORS, EAGER
@@ -460,7 +462,9 @@ class GroupMember:
         todo = self._dirty(self.owned)
         if todo and not writes:
             return False
-        if todo:
+        if todo and self._commit_by_ring(todo, fenced_ok=True):
+            self._committed.update(todo)
+        elif todo:
             with self.engine.write() as txn:
                 state = load_group(txn, self.env.dbs, self.group)
                 self._commit_owned(txn, state, todo)
@@ -623,10 +627,39 @@ class GroupMember:
                 todo[TopicPartition(*tp)] = off
         else:
             raise TypeError("commit() takes None, a Message or {TopicPartition: offset}")
-        if todo:
+        if not todo:
+            return
+        done = self._committed
+        if all(done.get(tp) == off for tp, off in todo.items()):
+            # Nothing new: write nothing (no write lock, no fsync), but keep the fence,
+            # so a member that lost a partition still learns it here (issue 14).
+            with self.env.read_txn() as txn:
+                self.check_fence(txn, todo)
+            return
+        if not self._commit_by_ring(todo):
             with self.engine.write() as txn:
                 self.commit_in(txn, todo)
-            self._committed.update(todo)
+        self._committed.update(todo)
+
+    def _commit_by_ring(self, todo: dict[TopicPartition, int], fenced_ok: bool = False) -> bool:
+        """Commit ``todo`` through the cross-process commit ring (one slot, all or nothing).
+
+        ``True`` when committed.  ``False`` when it must be done alone: no ring,
+        a partition not owned by this member (locally or in the stored state:
+        the write transaction then reports or skips it exactly), or no free
+        slot.  With ``fenced_ok`` (automatic commits) nothing is raised here.
+        """
+        comb = self.env.combiner
+        if comb is None or self.member_id is None:
+            return False
+        held = set(self.owned)
+        if any(tp not in held for tp in todo):
+            return False
+        payload = bytes((RING_KIND_OFFSETS,)) + _ring_enc.encode(_RingOffsets(
+            self.group, self.member_id, self._lock_name,
+            [(tp.topic, tp.partition, off) for tp, off in todo.items()]))
+        res = self.engine.ring_submit(comb, [payload])
+        return res is not None and res[0][0] == RING_OK
 
     def _fence(self, state: GroupState | None) -> str | None:
         """Why this member may not commit (``None`` when it may)."""
@@ -645,6 +678,16 @@ class GroupMember:
         CommitFailedError
             This member (incarnation) does not own one of the partitions.
         """
+        self._write_offsets(txn, self.check_fence(txn, todo), todo)
+
+    def check_fence(self, txn: Any, todo: dict[TopicPartition, int]) -> GroupState:
+        """The group state in ``txn`` when this member may commit every partition of ``todo``.
+
+        Raises
+        ------
+        CommitFailedError
+            This member (incarnation) does not own one of the partitions.
+        """
         state = load_group(txn, self.env.dbs, self.group)
         why = self._fence(state)
         if state is None or why is not None:
@@ -655,7 +698,7 @@ class GroupMember:
                 raise CommitFailedError(
                     f"cannot commit {tp.topic}[{tp.partition}]: this member does not own it "
                     f"(group {self.group!r}, generation {state.generation}); poll() again")
-        self._write_offsets(txn, state, todo)
+        return state
 
     def _commit_owned(self, txn: Any, state: GroupState | None,
                       todo: dict[TopicPartition, int]) -> set[TopicPartition]:
@@ -768,3 +811,60 @@ class _Watcher:
         if (designated or now - first >= _REAP_GRACE) and apply_verdicts(
                 m.engine, m.group, verdicts):
             self.raw = None  # re-read (and re-track) next tick
+
+
+# -- offset commits through the commit ring (docs/decisions.md D27) -----------------------------
+
+#: Commit-ring slot kind of a fenced offset commit (see mqlite._engine.on_ring_kind).
+RING_KIND_OFFSETS = 1
+
+
+class _RingOffsets(msgspec.Struct, array_like=True):
+    group: str
+    member_id: str
+    lock: str
+    offsets: list[tuple[str, int, int]]
+
+
+_ring_enc = msgspec.msgpack.Encoder()
+_ring_dec = msgspec.msgpack.Decoder(_RingOffsets)
+
+
+def _apply_ring_offsets(engine: Engine, txn: Any, payload: bytes) -> tuple[int, int, int, int]:
+    """Inside the committer's transaction: the fenced commit of one member, all or nothing.
+
+    The same checks as :meth:`GroupMember.check_fence` on the stored state (this
+    incarnation's lock, ownership of every partition, the partition exists);
+    anything else is ``RING_RETRY`` with nothing written, and the member then
+    commits alone, which raises or skips exactly as without the ring.
+    """
+    try:
+        op = _ring_dec.decode(payload[1:])
+    except msgspec.DecodeError:
+        return (RING_RETRY, 0, 0, 0)
+    dbs = engine.env.dbs
+    state = load_group(txn, dbs, op.group)
+    if state is None:
+        return (RING_RETRY, 0, 0, 0)
+    m = state.members.get(op.member_id)
+    if m is None or m.lock != op.lock:
+        return (RING_RETRY, 0, 0, 0)
+    pids = []
+    for topic, part, _off in op.offsets:
+        if state.owners.get(_okey(topic, part)) != op.member_id:
+            return (RING_RETRY, 0, 0, 0)
+        try:
+            rec = engine.topic(txn, topic)
+        except TopicNotFoundError:
+            return (RING_RETRY, 0, 0, 0)
+        if not 0 <= part < len(rec.pids):
+            return (RING_RETRY, 0, 0, 0)
+        pids.append(rec.pids[part])
+    now = _now_ms()
+    for pid, (_t, _p, off) in zip(pids, op.offsets):
+        write_offset(txn, dbs, op.group, pid,
+                     OffsetValue(off, op.member_id, state.generation, now))
+    return (RING_OK, 0, 0, 0)
+
+
+on_ring_kind(RING_KIND_OFFSETS, _apply_ring_offsets)

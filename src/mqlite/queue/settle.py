@@ -21,8 +21,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from mqlite import _core
-from mqlite._engine import now_ms
+from mqlite._engine import RING_OK, RING_RETRY, now_ms, on_ring_kind
 from mqlite._storage import log as _log
 from mqlite._storage import pending as _pending
 from mqlite._storage.pending import NOBODY, Entry
@@ -34,6 +36,7 @@ from mqlite.queue.deliveries import Delivery, Receipt
 from mqlite.queue.policy import seconds_ms
 
 if TYPE_CHECKING:
+    from mqlite._engine import Engine
     from mqlite.queue.core import QueueCore
 
 __all__ = ["ack", "ack_in", "dead_letter", "extend", "nack", "settle_one"]
@@ -102,6 +105,8 @@ def ack(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> int:
     if not ds:
         return 0
     env = q._env
+    if env.combiner is not None and _ack_by_ring(q, ds):
+        return len(ds)
     dbs = env.dbs
     qg = q._qg
     held = _pending.held_bits
@@ -329,3 +334,76 @@ def extend(q: QueueCore, deliveries: Delivery | Iterable[Delivery], seconds: flo
                 for d in group:
                     d._r = r
     return n
+
+
+# -- acks through the commit ring (docs/decisions.md D27) ----------------------------------------
+
+#: Commit-ring slot kind of a queue ack (see mqlite._engine.on_ring_kind).
+RING_KIND_ACK = 2
+
+
+class _RingAck(msgspec.Struct, array_like=True):
+    topic: str
+    qg: str
+    entries: list[tuple[bytes, int, int, list[int]]]  # key, token, first offset, offsets
+
+
+_ring_enc = msgspec.msgpack.Encoder()
+_ring_dec = msgspec.msgpack.Decoder(_RingAck)
+
+
+def _ack_by_ring(q: QueueCore, ds: list[Delivery]) -> bool:
+    """Acknowledge ``ds`` through the cross-process commit ring; ``True`` when done.
+
+    All or nothing: when a delivery is not a well-formed one of this queue, or
+    the committer finds one stale, nothing is written and the caller acks alone
+    (which reports the stale ones exactly as without the ring).
+    """
+    by: dict[int, tuple[Any, list[int]]] = {}
+    seen: set[tuple[int, int]] = set()
+    for d in ds:
+        if type(d) is not Delivery:
+            return False
+        r = d._r
+        k = (id(r), d.offset)
+        if type(r) is not Receipt or r.qg != q._qg or k in seen:
+            return False
+        seen.add(k)
+        by.setdefault(id(r), (r, []))[1].append(d.offset)
+    if len({r.key for r, _ in by.values()}) != len(by):
+        return False
+    payload = bytes((RING_KIND_ACK,)) + _ring_enc.encode(_RingAck(
+        q.topic, q._qg, [(r.key, r.token, r.first, offs) for r, offs in by.values()]))
+    res = q._engine.ring_submit(q._env.combiner, [payload])
+    return res is not None and res[0][0] == RING_OK
+
+
+def _apply_ring_ack(engine: Engine, txn: Any, payload: bytes) -> tuple[int, int, int, int]:
+    """Inside the committer's transaction: clear the acked bits of one ack, all or nothing."""
+    try:
+        op = _ring_dec.decode(payload[1:])
+    except msgspec.DecodeError:
+        return (RING_RETRY, 0, 0, 0)
+    dbs = engine.env.dbs
+    writes = []
+    for key, token, first, offs in op.entries:
+        if not key.startswith(_pending.prefix(op.qg)):
+            return (RING_RETRY, 0, 0, 0)
+        got = _pending.held_bits(txn, dbs, key, token)
+        if got is None:
+            return (RING_RETRY, 0, 0, 0)
+        raw, bm = got
+        for off in offs:
+            i = off - first
+            j, m = i >> 3, 1 << (i & 7)
+            if not (0 <= j < len(bm)) or not bm[j] & m:
+                return (RING_RETRY, 0, 0, 0)
+            bm[j] ^= m
+        writes.append((key, raw, bm))
+    for key, raw, bm in writes:
+        _pending.write_bits(txn, dbs, key, raw, bm)
+    cleanup_consumed(engine, txn, op.topic)
+    return (RING_OK, 0, 0, 0)
+
+
+on_ring_kind(RING_KIND_ACK, _apply_ring_ack)

@@ -1,0 +1,181 @@
+/* combine.h - cross-process commit combining: a shared-memory ring of slots.
+ *
+ * Several processes append to one LMDB environment and each durable commit
+ * pays its syncs under LMDB's one write lock.  Combining lets whoever holds
+ * that lock next commit the already-encoded operations of every process
+ * waiting for it, so N waiting senders share one commit (and its fsyncs).
+ *
+ * Roles
+ *  - A *sender* claims a FREE slot, copies its encoded operation in, takes a
+ *    ticket and publishes the slot FILLED; then it tries the combining lock,
+ *    an flock on the ring file (mq_comb_trylock; the kernel drops it when its
+ *    holder dies).  Not got: it futex-waits on its slot word with a short
+ *    timeout (mq_comb_wait) and tries again, until its slot is DONE.
+ *  - The lock holder is the *committer* (leader): it begins an LMDB write
+ *    transaction, collects the oldest FILLED slots (its own included),
+ *    applies each through the engine's one append path, records
+ *    `ticket -> result` in LMDB inside the same transaction, writes each
+ *    result into its slot (still FILLED, lock held), commits (the syncs the
+ *    durability mode requires, once for all), marks each slot DONE and wakes
+ *    its waiters (mq_comb_wake).  It repeats until its own slots are DONE,
+ *    releases the lock, then wakes the owners of slots still FILLED so one of
+ *    them takes over (a wake-up lost to a race costs one wait timeout).
+ *  - A sender that finds its slot DONE reads the result and frees the slot.
+ *
+ * File layout (native endianness; every process on one machine agrees):
+ *
+ *   offset  size  header (MQ_COMB_HEADER = 64 bytes)
+ *   0       4     magic  'MQCB' (0x4243514d)
+ *   4       4     version (1)
+ *   8       4     nslots
+ *   12      4     slot_bytes (payload capacity of one slot)
+ *   16      8     next_ticket (atomic fetch-add; seeded from CLOCK_REALTIME
+ *                 nanoseconds when the file is created, so tickets of a
+ *                 re-created file never repeat those of an older one)
+ *   24      16    boot id of the kernel that created the file (from
+ *                 /proc/sys/kernel/random/boot_id; zeros where unreadable)
+ *   40      24    reserved, zero
+ *
+ *   slot i at MQ_COMB_HEADER + i * (MQ_COMB_SLOT_HEADER + slot_bytes):
+ *   0       8     word = ticket << 2 | state   (atomic; the only sync point)
+ *   8       4     owner pid
+ *   12      4     len (payload bytes)
+ *   16      4     status (result code; the caller's meaning, 0 = ok)
+ *   20      4     reserved
+ *   24      8     r0 \
+ *   32      8     r1  } result values (e.g. partition, offset, timestamp)
+ *   40      8     r2 /
+ *   48      16    reserved
+ *   64      slot_bytes payload
+ *
+ * States (low 2 bits of word) and every transition:
+ *
+ *   FREE(t)    -> CLAIMED(t)  sender, CAS (mq_comb_claim); owner pid stored
+ *   CLAIMED(t) -> FREE(t)     sender handing back an unfilled slot (mq_comb_unclaim)
+ *   CLAIMED(t) -> FILLED(T)   sender, after copying the payload, with a new
+ *                             ticket T (release store; mq_comb_fill)
+ *   FILLED(T)  -> FILLED(T)   committer holding the lock writes status/r0-r2
+ *                             (mq_comb_set_result); nobody reads them yet
+ *   FILLED(T)  -> DONE(T)     committer after its commit returned, CAS on the
+ *                             exact word (mq_comb_done): a stale committer
+ *                             whose slot was already finished and reused
+ *                             fails the CAS (tickets never repeat: no ABA)
+ *   DONE(T)    -> FREE(T)     owner after reading the result (mq_comb_release)
+ *   FILLED(T)  -> FREE(T)     owner withdrawing (its begin failed) by CAS
+ *                             (mq_comb_withdraw); a committer that copied the
+ *                             payload re-reads the word afterwards and skips
+ *                             the slot if it changed
+ *   CLAIMED/DONE -> FREE      any claimer, when the owner pid no longer
+ *                             exists (mq_comb_reclaim; kill(pid, 0) == ESRCH)
+ *
+ * Crash semantics (the LMDB side is the caller's, see docs/decisions.md D27):
+ *  - sender dies CLAIMED: reclaimed as above; nothing was handed over.
+ *  - sender dies FILLED: the next committer may commit its operation (the
+ *    sender got no answer: "may or may not"); the slot then goes DONE and is
+ *    reclaimed.
+ *  - committer dies before its commit: LMDB aborts the transaction; the slots
+ *    are still FILLED and the next lock holder takes them.
+ *  - committer dies after its commit, before DONE: the slots are FILLED and
+ *    their tickets are in LMDB's ticket table; the next committer finds them
+ *    there, writes the stored results and marks them DONE without appending
+ *    again.
+ * Results are written only by the lock holder of a FILLED slot and read only
+ * by the owner after an acquire load saw DONE of its own ticket, so a reader
+ * never sees a half-written result.
+ *
+ * Bounds: indexes are checked by the binding (idx < nslots).  The file is
+ * never truncated by mqlite; another program truncating it makes the next
+ * access fault (not guarded: delete commit.shm only while no process has the
+ * broker open).  Pid reuse can keep a dead owner's slot CLAIMED/DONE until
+ * the reused pid exits (a leaked slot, never a wrong result); owners in
+ * another pid namespace are invisible to kill(2), so brokers shared across
+ * pid namespaces must not enable combining.
+ */
+#ifndef MQLITE_COMBINE_H
+#define MQLITE_COMBINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mqerr.h"
+
+#define MQ_COMB_MAGIC 0x4243514du
+#define MQ_COMB_VERSION 1u
+#define MQ_COMB_HEADER 64u
+#define MQ_COMB_SLOT_HEADER 64u
+
+enum { MQ_COMB_FREE = 0, MQ_COMB_CLAIMED = 1, MQ_COMB_FILLED = 2, MQ_COMB_DONE = 3 };
+
+typedef struct mq_comb {
+    uint8_t *base;       /* NULL when closed */
+    size_t map_len;
+    uint32_t nslots;
+    uint32_t slot_bytes;
+    int fd;              /* the ring file, kept open for the combining lock; -1 closed */
+    int sys_errno;       /* errno behind the last failed mq_comb_open, else 0 */
+} mq_comb;
+
+/* Opens (creating with exactly `mode`, O_NOFOLLOW|O_CLOEXEC) and maps the
+ * ring file `path`.  A new or empty file is sized and initialised under an
+ * exclusive flock, so concurrent openers agree.  A file written under another
+ * boot (an OS crash or reboot since) is initialised again, every slot FREE and
+ * tickets continuing above its old next_ticket: its operations were never
+ * answered after the OS went down (callers died with it), and its pages may
+ * have reached the disk torn.  Returns MQ_OK; MQ_EINVAL
+ * for 0 slots, slot_bytes < 64 or not a multiple of 64, or a size overflow;
+ * MQ_EMAGIC when an existing file has another magic, version, nslots or
+ * slot_bytes (or is shorter than that layout); MQ_EOPEN / MQ_ELOCK /
+ * MQ_ESIZE / MQ_EMAP with errno in c->sys_errno. */
+int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_bytes,
+                 unsigned mode);
+void mq_comb_close(mq_comb *c);
+
+/* FREE -> CLAIMED for `pid`, scanning from pid % nslots; when none is free,
+ * reclaims slots of dead owners once and scans again.  Returns the slot
+ * index, or -1 when every slot is busy. */
+int64_t mq_comb_claim(mq_comb *c, uint32_t pid);
+/* CLAIMED -> FREE: the owner hands back a slot it claimed and did not fill. */
+void mq_comb_unclaim(mq_comb *c, uint32_t idx);
+/* Copies `len` (<= slot_bytes) payload bytes into claimed slot `idx`, takes
+ * a ticket and publishes FILLED (release).  Returns the ticket. */
+uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len);
+/* Acquire load of slot `idx`'s word (ticket << 2 | state). */
+uint64_t mq_comb_word(const mq_comb *c, uint32_t idx);
+/* Pointer to / length of the payload of slot `idx` (valid while FILLED). */
+const uint8_t *mq_comb_payload(const mq_comb *c, uint32_t idx, uint32_t *len);
+/* Indexes of the (at most `max`) FILLED slots with the oldest tickets, ordered by
+ * ticket, into `out` (and their tickets into `tickets`).  Returns how many. */
+uint32_t mq_comb_collect(const mq_comb *c, uint32_t *out, uint64_t *tickets, uint32_t max);
+/* Lock holder only, slot FILLED: store the result fields. */
+void mq_comb_set_result(mq_comb *c, uint32_t idx, int32_t status, int64_t r0, int64_t r1,
+                        int64_t r2);
+/* FILLED(ticket) -> DONE(ticket).  Returns 1 when this call did it, 0 when
+ * the word was something else (already done by a recovering committer). */
+int mq_comb_done(mq_comb *c, uint32_t idx, uint64_t ticket);
+/* Owner, after seeing DONE(ticket): read the result fields. */
+void mq_comb_result(const mq_comb *c, uint32_t idx, int32_t *status, int64_t *r0,
+                    int64_t *r1, int64_t *r2);
+/* DONE(ticket) -> FREE(ticket).  Returns 1 when done, 0 otherwise. */
+int mq_comb_release(mq_comb *c, uint32_t idx, uint64_t ticket);
+/* FILLED(ticket) -> FREE(ticket).  Returns 1 when withdrawn, 0 when the word
+ * moved on (the slot is DONE: read the result and release it instead). */
+int mq_comb_withdraw(mq_comb *c, uint32_t idx, uint64_t ticket);
+/* CLAIMED/DONE slots whose owner no longer exists -> FREE.  Returns how many. */
+uint32_t mq_comb_reclaim(mq_comb *c);
+/* The combining lock: an exclusive flock on the ring file (the kernel drops it
+ * when its holder dies).  flock belongs to the open file description, so
+ * threads of one process must also exclude each other (the binding's caller
+ * does, with a thread lock), and a forked child must reopen the ring.
+ * trylock returns 1 (taken), 0 (held by another) or -errno. */
+int mq_comb_trylock(mq_comb *c);
+void mq_comb_unlock(mq_comb *c);
+/* Sender: sleep (futex on the low 32 bits of the slot word) while slot `idx`
+ * is FILLED(ticket), at most `timeout_ns`.  Returns 1 when the word moved on,
+ * 0 otherwise (timeout, spurious or hand-off wake-up).  Other systems sleep
+ * at most 1 ms. */
+int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns);
+/* Committer: wake the waiters of slot `idx` (after DONE, or to hand the lock
+ * over when it leaves FILLED slots behind). */
+void mq_comb_wake(mq_comb *c, uint32_t idx);
+
+#endif

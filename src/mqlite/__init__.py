@@ -16,6 +16,7 @@ from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
 from mqlite.errors import (
     AlreadyProcessedError,
+    BackendError,
     BrokerDirectoryError,
     CancelledError,
     ClosedError,
@@ -28,6 +29,7 @@ from mqlite.errors import (
     InvalidTopicError,
     MessageTooLargeError,
     MqliteError,
+    NotSupportedError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
     QueueConfigConflictError,
@@ -62,6 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyProcessedError",
+    "BackendError",
     "Backoff",
     "BatchMetadata",
     "Binding",
@@ -83,6 +86,7 @@ __all__ = [
     "Message",
     "MessageTooLargeError",
     "MqliteError",
+    "NotSupportedError",
     "OffsetAndTimestamp",
     "OffsetOutOfRangeError",
     "PartitionInfo",

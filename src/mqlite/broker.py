@@ -11,7 +11,7 @@ write transaction that never spans user code.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from mqlite import _core, routing, scheduler
@@ -37,6 +37,7 @@ from mqlite.transaction import Transaction
 from mqlite.types import BatchMetadata, RecordMetadata, TopicDescription, TopicPartition
 
 if TYPE_CHECKING:
+    from mqlite.backend import StreamBroker
     from mqlite.queue import QueuePolicy
     from mqlite.retry import Backoff
 
@@ -50,8 +51,15 @@ def open(
     map_size: int | None = None,
     create: bool = True,
     shared_group: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> Broker:
     """Open (creating if needed) the broker stored in directory ``path``.
+
+    ``path`` may instead be a ``kafka://host:port[,host:port...]`` URL: then
+    the result is a :class:`mqlite.kafka.KafkaBroker` with the same stream
+    API (both satisfy :class:`mqlite.backend.StreamBroker`; annotate with
+    that, or call :func:`mqlite.kafka.open`, in typed code), configured with
+    ``client_options`` (librdkafka properties); see docs/scale-out.md.
 
     Parameters
     ----------
@@ -89,6 +97,12 @@ def open(
         Empty ``path``, unknown durability mode, or the directory is already
         open in this process with another durability mode.
     """
+    if isinstance(path, str) and path.startswith("kafka://"):
+        from mqlite.kafka import open as open_kafka  # needs the [kafka] extra
+
+        return open_kafka(path, client_options=client_options)  # type: ignore[return-value]
+    if client_options is not None:
+        raise TypeError("client_options is for kafka:// URLs; a broker directory takes none")
     if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
         raise ValueError("mqlite.open() needs a broker directory, got an empty path; "
                          "pass one explicitly, e.g. mqlite.open('data/') (or '.' for the "
@@ -572,3 +586,8 @@ class Broker:
             The broker is closed.
         """
         return _tx.claim(self._engine, event_id, scope, ttl=ttl)
+
+
+if TYPE_CHECKING:
+    def _conforms(b: Broker) -> StreamBroker:  # mypy checks Broker against the seam
+        return b

@@ -139,7 +139,8 @@ class KafkaBroker:
                      retention_bytes: int | None = None, retention_messages: int | None = None,
                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                      cleanup: str = "delete", exist_ok: bool = False,
-                     replication_factor: int | None = None) -> None:
+                     replication_factor: int | None = None,
+                     config: Mapping[str, str] | None = None) -> None:
         """Create a topic with ``partitions`` partitions; returns once the metadata shows it.
 
         Parameters
@@ -147,9 +148,15 @@ class KafkaBroker:
         retention_ms, retention_bytes, max_message_bytes
             Kafka's ``retention.ms``, ``retention.bytes`` (per partition, as
             on the embedded backend) and ``max.message.bytes``.
+            ``None`` keeps the cluster's defaults (``log.retention.*``), not
+            "forever" as on the embedded backend: pass
+            ``config={"retention.ms": "-1"}`` for that.
         replication_factor
             Copies of each partition (``None``: the cluster's
             ``default.replication.factor``); 1 to 32767.
+        config
+            More Kafka topic configs (``{"min.insync.replicas": "2"}``),
+            applied after the ones above.
 
         Raises
         ------
@@ -166,19 +173,23 @@ class KafkaBroker:
             _unsupported(f"create_topic(cleanup={cleanup!r})",
                          "Kafka deletes by retention only; size retention_ms/retention_bytes "
                          "to the slowest group, or keep such topics on the embedded backend")
-        config: dict[str, str] = {}
+        config_out: dict[str, str] = {}
         if retention_ms is not None:
-            config["retention.ms"] = str(require_int(retention_ms, "retention_ms", minimum=1))
+            config_out["retention.ms"] = str(require_int(retention_ms, "retention_ms", minimum=1))
         if retention_bytes is not None:
-            config["retention.bytes"] = str(require_int(retention_bytes, "retention_bytes",
+            config_out["retention.bytes"] = str(require_int(retention_bytes, "retention_bytes",
                                                         minimum=1))
         if max_message_bytes != DEFAULT_MAX_MESSAGE_BYTES:
-            config["max.message.bytes"] = str(require_int(max_message_bytes,
+            config_out["max.message.bytes"] = str(require_int(max_message_bytes,
                                                           "max_message_bytes", minimum=1))
+        for k, v in (config or {}).items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("config maps Kafka topic config names to str values")
+            config_out[k] = v
         rf = -1 if replication_factor is None else require_int(
             replication_factor, "replication_factor", minimum=1, maximum=32767)
         fut = self._cluster.admin.create_topics(
-            [NewTopic(name, partitions, rf, config=config)],
+            [NewTopic(name, partitions, rf, config=config_out)],
             request_timeout=REQUEST_TIMEOUT)[name]
         try:
             fut.result()

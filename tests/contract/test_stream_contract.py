@@ -223,3 +223,51 @@ def test_closed_broker_refuses(broker: Any, topic: str) -> None:
     broker.close()
     with pytest.raises(mqlite.ClosedError):
         broker.consumer(topic)
+
+
+def test_two_members_split_the_partitions(broker: Any, topic: str) -> None:
+    broker.create_topic(topic, 4)
+    assigned: list[list[TP]] = []
+    a = broker.consumer(topic, group="g-split", on_assign=assigned.append, **GROUP_OPTS)
+    b = broker.consumer(topic, group="g-split", **GROUP_OPTS)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+            a.assignment() and b.assignment()
+            and len(a.assignment()) + len(b.assignment()) == 4):
+        a.poll(timeout=0.1)
+        b.poll(timeout=0.1)
+    assert sorted(a.assignment() + b.assignment()) == [TP(topic, p) for p in range(4)]
+    assert assigned  # on_assign ran with a sorted list of TopicPartition
+    assert all(x == sorted(x) for x in assigned)
+    broker.send_batch(topic, [b"%d" % i for i in range(40)], keys=[b"%d" % i for i in range(40)])
+    seen: list[mqlite.Message] = []
+    deadline = time.monotonic() + 30
+    while len(seen) < 40 and time.monotonic() < deadline:
+        seen += a.poll(timeout=0.1) + b.poll(timeout=0.1)
+    assert sorted(int(m.value) for m in seen) == list(range(40))  # each exactly once
+    a.close()
+    b.close()
+
+
+def test_commit_before_is_at_most_once(broker: Any, topic: str) -> None:
+    broker.create_topic(topic, 1)
+    broker.send_batch(topic, [b"a", b"b"])
+    c = broker.consumer(topic, group="g-before", commit="before", **GROUP_OPTS)
+    msgs = drain(c, 2)
+    assert c.committed(TP(topic, 0)) == 2  # committed before the messages were handed out
+    assert len(msgs) == 2
+    c.close()
+
+
+def test_wakeup_returns_a_blocked_poll(broker: Any, topic: str) -> None:
+    import threading
+
+    broker.create_topic(topic, 1)
+    c = broker.consumer(topic)
+    timer = threading.Timer(0.3, c.wakeup)
+    timer.start()
+    t0 = time.monotonic()
+    assert c.poll(timeout=30) == []
+    assert time.monotonic() - t0 < 10
+    timer.join()
+    c.close()

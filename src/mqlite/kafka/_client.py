@@ -118,6 +118,11 @@ class Cluster:
                     "broker.create_topic (mqlite never relies on Kafka's auto-creation)")
         return n
 
+    def known_partitions(self, topic: str) -> int:
+        """:meth:`partitions_for` with the cache hit inlined (the per-send path)."""
+        n = self._partitions.get(topic)
+        return self.partitions_for(topic) if n is None else n
+
     def check_partition(self, topic: str, partition: int) -> int:
         n = self.partitions_for(topic)
         if not 0 <= partition < n:

@@ -148,9 +148,10 @@ class KafkaBroker:
         retention_ms, retention_bytes, max_message_bytes
             Kafka's ``retention.ms``, ``retention.bytes`` (per partition, as
             on the embedded backend) and ``max.message.bytes``.
-            ``None`` keeps the cluster's defaults (``log.retention.*``), not
-            "forever" as on the embedded backend: pass
-            ``config={"retention.ms": "-1"}`` for that.
+            ``None`` keeps forever, as on the embedded backend (Kafka's
+            ``-1``), not the cluster's ``log.retention.*`` default (7 days
+            by timestamp: records with older timestamps would be deleted at
+            once); pass ``config={"retention.ms": ...}`` for another value.
         replication_factor
             Copies of each partition (``None``: the cluster's
             ``default.replication.factor``); 1 to 32767.
@@ -173,7 +174,7 @@ class KafkaBroker:
             _unsupported(f"create_topic(cleanup={cleanup!r})",
                          "Kafka deletes by retention only; size retention_ms/retention_bytes "
                          "to the slowest group, or keep such topics on the embedded backend")
-        config_out: dict[str, str] = {}
+        config_out: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
         if retention_ms is not None:
             config_out["retention.ms"] = str(require_int(retention_ms, "retention_ms", minimum=1))
         if retention_bytes is not None:

@@ -32,7 +32,7 @@ from typing import Any, Self, overload
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, Consumer, KafkaException
 from confluent_kafka import TopicPartition as KTP
 
-from mqlite._core import Message
+from mqlite._core import Message, messages_from_kafka
 from mqlite.config import MAX_I64, require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
     ClosedError,
@@ -385,7 +385,7 @@ class KafkaConsumer:
             max_records = self._max_poll
         require_int(max_records, "max_records", minimum=1)
         require_positive_number(timeout, "timeout")
-        if self._commit_policy == "after" and self._returned:
+        if self._returned and self.group is not None and self._commit_policy == "after":
             self._commit_returned()
         deadline = time.monotonic() + timeout
         c = self._c
@@ -403,30 +403,35 @@ class KafkaConsumer:
         if self._closed:
             return []
         out = self._convert(raw)
-        if out and self._commit_policy == "before":
+        if out and self.group is not None and self._commit_policy == "before":
             self._commit_returned()
         return out
 
     def _convert(self, raw: list[Any]) -> list[Message]:
         out: list[Message] = []
+        last: dict[tuple[str, int], int] = {}
+        i, n = 0, len(raw)
+        while i < n:
+            i = messages_from_kafka(raw, i, out, last)  # stops at an error message
+            if i < n:
+                self._raise_for(raw[i])
+                i += 1
         positions = self._positions
         returned = self._returned
-        for m in raw:
-            err = m.error()
-            if err is not None:
-                if err.code() in _BY_CODE or err.fatal():
-                    exc = to_mqlite(err, f"poll {m.topic()}[{m.partition()}]")
-                    if isinstance(exc, OffsetOutOfRangeError):
-                        tp = TopicPartition(m.topic(), m.partition())
-                        exc.offsets = {tp: positions.get(tp, -1)}
-                    raise exc
-                continue  # informational (end of partition, transient broker errors)
-            tp = TopicPartition(m.topic(), m.partition())
-            off = m.offset()
-            out.append(Message(tp.topic, tp.partition, off, m.timestamp()[1], m.key(), m.value(),
-                               _headers(m.headers())))
+        for (topic, part), off in last.items():
+            tp = TopicPartition(topic, part)
             positions[tp] = returned[tp] = off + 1
         return out
+
+    def _raise_for(self, m: Any) -> None:
+        err = m.error()
+        if err.code() in _BY_CODE or err.fatal():
+            exc = to_mqlite(err, f"poll {m.topic()}[{m.partition()}]")
+            if isinstance(exc, OffsetOutOfRangeError):
+                tp = TopicPartition(m.topic(), m.partition())
+                exc.offsets = {tp: self._positions.get(tp, -1)}
+            raise exc
+        # otherwise informational (end of partition, transient broker errors): skipped
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages forever (until :meth:`close`), polling in 1 s waits."""

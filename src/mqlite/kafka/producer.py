@@ -15,17 +15,18 @@ placement; librdkafka's default ``consistent_random`` hashes with CRC32).
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.config import MAX_I64, require_int, require_milliseconds, validate_topic_name
 from mqlite.errors import ClosedError, NotSupportedError, PartitionNotFoundError, TimeoutError
-from mqlite.future import SendFuture
+from mqlite.future import _FINISHED, _PENDING, SendFuture, _run_callback
 from mqlite.kafka._client import Cluster
 from mqlite.kafka._errors import to_mqlite
 from mqlite.partitioner import resolve_partitioner
@@ -35,12 +36,122 @@ __all__ = ["KafkaProducer", "producer_config"]
 
 #: How long the delivery thread waits for librdkafka events per call (seconds).
 _SERVE_WAIT = 0.1
+#: Seconds after a send during which the sending thread serves delivery reports.
+_BUSY = 0.01
 
 
 def producer_config(cluster: Cluster, **extra: Any) -> dict[str, Any]:
     """librdkafka settings of every mqlite producer (see the module docstring for why)."""
     return cluster.client_config(**{"enable.idempotence": True, "acks": "all",
                                     "partitioner": "murmur2_random", **extra})
+
+
+_lock = threading.Lock()
+
+
+class DeliveryFuture(SendFuture[RecordMetadata]):
+    """A :class:`mqlite.SendFuture` resolved by librdkafka's delivery report.
+
+    The future is itself the ``on_delivery`` callback; it keeps
+    ``(partition, offset, timestamp)`` and builds the
+    :class:`RecordMetadata` on the first :meth:`result`, and makes its wait
+    lock only when someone waits: sending a million records does not cost a
+    million locks and named tuples nobody reads.
+    """
+
+    __slots__ = ("_serve", "_topic", "_where")
+
+    def __init__(self, topic: str, serve: Callable[[float], object] | None = None) -> None:
+        # no super().__init__(): the gate lock is made only if a waiter needs one
+        self._state = _PENDING
+        self._gate: Any = None
+        self._result: Any = None
+        self._exc: BaseException | None = None
+        self._callbacks: list[Callable[[SendFuture[RecordMetadata]], object]] | None = None
+        self._topic = topic
+        self._where: tuple[int, int, int] | None = None
+        self._serve = serve
+
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._finish(_FINISHED, None, to_mqlite(err, f"send to {self._topic!r}"))
+            return
+        self._where = (msg.partition(), msg.offset(), msg.timestamp()[1])
+        with _lock:
+            if self._state != _PENDING:
+                return
+            self._state = _FINISHED
+            callbacks, self._callbacks = self._callbacks, None
+            gate = self._gate
+        if gate is not None:
+            gate.release()
+        for fn in callbacks or ():
+            _run_callback(fn, self)
+
+    def _finish(self, state: int, result: Any = None, exc: BaseException | None = None) -> bool:
+        with _lock:
+            if self._state != _PENDING:
+                return False
+            if result is not None:
+                self._result = result
+            self._exc = exc
+            self._state = state
+            callbacks, self._callbacks = self._callbacks, None
+            gate = self._gate
+        if gate is not None:
+            gate.release()
+        for fn in callbacks or ():
+            _run_callback(fn, self)
+        return True
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._state != _PENDING:
+            return
+        serve = self._serve
+        if serve is not None:
+            # the waiting thread serves librdkafka's delivery reports itself: no hand-off
+            # to the producer's thread, so a synchronous send returns on its ack
+            if timeout is not None and (isinstance(timeout, bool)
+                                        or not isinstance(timeout, (int, float))):
+                raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+            deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+            while self._state == _PENDING:
+                left = _SERVE_WAIT if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the record was not acknowledged within the timeout")
+                serve(min(left, _SERVE_WAIT))
+            return
+        with _lock:
+            if self._state != _PENDING:
+                return
+            if self._gate is None:
+                gate = _thread.allocate_lock()
+                gate.acquire()
+                self._gate = gate
+        super()._wait(timeout)
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        out = super().result(timeout)
+        if out is None and self._where is not None:
+            p, o, ts = self._where
+            out = self._result = RecordMetadata(self._topic, p, o, ts)
+        return out
+
+    def add_done_callback(self, fn: Callable[[SendFuture[RecordMetadata]], object]) -> None:
+        if not callable(fn):
+            raise TypeError(f"callback must be callable, not {type(fn).__name__}")
+        with _lock:
+            if self._state == _PENDING:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        _run_callback(fn, self)
+
+    def __repr__(self) -> str:
+        if self._state == _FINISHED and self._exc is None:
+            return f"<SendFuture {self.result()!r}>"
+        return super().__repr__()
 
 
 def delivered(fut: SendFuture[RecordMetadata], err: KafkaError | None, msg: Any) -> None:
@@ -94,15 +205,26 @@ class KafkaProducer:
         except KafkaException as exc:
             raise to_mqlite(exc, "create a Kafka producer") from exc
         self._closed = False
+        self._sent = 0
+        self._last_send = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="mqlite-kafka-delivery",
                                         daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
+        # Serves delivery reports nobody waits for (futures with callbacks, or never
+        # waited on).  While a thread is sending, that thread serves them (poll(0) every
+        # 512 sends; a waiter serves its own), so this one stands aside: taking the GIL
+        # for each report batch would cost the sender a third of its throughput.
         p = self._p
-        while not self._stop.is_set():
-            p.poll(_SERVE_WAIT)
+        stop = self._stop
+        while not stop.is_set():
+            idle = time.monotonic() - self._last_send
+            if idle < _BUSY:
+                stop.wait(_BUSY - idle)
+            else:
+                p.poll(_SERVE_WAIT)
 
     def send(self, topic: str, value: Any, key: Any = None, headers: HeadersArg = None,
              partition: int | None = None, timestamp_ms: int | None = None,
@@ -129,9 +251,8 @@ class KafkaProducer:
                 "send(dedup_id=)", "Kafka has no deduplication window: the idempotent producer "
                 "(enabled by mqlite) removes retry duplicates; deduplicate on the consumer side "
                 "(e.g. a claim per event id) for repeats by the application")
-        fut: SendFuture[RecordMetadata] = SendFuture()
-        self.produce(topic, value, key, headers, partition, timestamp_ms,
-                     lambda err, msg: delivered(fut, err, msg))
+        fut = DeliveryFuture(topic, self._p.poll)
+        self.produce(topic, value, key, headers, partition, timestamp_ms, fut)
         return fut
 
     def produce(self, topic: str, value: Any, key: Any, headers: HeadersArg,
@@ -140,10 +261,8 @@ class KafkaProducer:
         """Validate and hand one record to librdkafka (shared by sends and transactions)."""
         if type(topic) is not str:
             validate_topic_name(topic)
-        if isinstance(value, str) or isinstance(key, str):
-            raise TypeError("value and key must be bytes-like, not str; encode them first")
         if partition is None:
-            n = self._cluster.partitions_for(topic)
+            n = self._cluster.known_partitions(topic)
             if self._local is not None:
                 partition = self._local(key, value, n)
                 if not isinstance(partition, int) or not 0 <= partition < n:
@@ -152,29 +271,36 @@ class KafkaProducer:
         else:
             require_int(partition, "partition", minimum=0)
             self._cluster.check_partition(topic, partition)
+        if value is not None and type(value) is not bytes:
+            if isinstance(value, str):
+                raise TypeError("value and key must be bytes-like, not str; encode them first")
+            value = bytes(value)
+        if key is not None and type(key) is not bytes:
+            if isinstance(key, str):
+                raise TypeError("value and key must be bytes-like, not str; encode them first")
+            key = bytes(key)
         ts = 0 if timestamp_ms is None else require_int(timestamp_ms, "timestamp_ms", minimum=0,
                                                         maximum=MAX_I64)
-        hs = normalize_headers(headers) if headers is not None else None
-        kwargs: dict[str, Any] = {"on_delivery": on_delivery, "timestamp": ts}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if hs:
-            kwargs["headers"] = hs
-        if key is not None:
-            kwargs["key"] = bytes(key) if not isinstance(key, bytes) else key
-        if value is not None and not isinstance(value, bytes):
-            value = bytes(value)
+        hs = None if headers is None else cast("list[tuple[str, str | bytes | None]] | None",
+                                                normalize_headers(headers))
+        part = -1 if partition is None else partition
+        p = self._p
         while True:
             try:
-                self._p.produce(topic, value, **kwargs)
-                return
+                p.produce(topic, value, key, part, on_delivery=on_delivery, timestamp=ts,
+                          headers=hs)
+                break
             except BufferError:
                 # librdkafka's queue is full: wait for deliveries (backpressure)
                 if self._closed:
                     raise ClosedError("this producer is closed") from None
-                self._p.flush(_SERVE_WAIT)
+                p.flush(_SERVE_WAIT)
             except KafkaException as exc:
                 raise to_mqlite(exc, f"send to {topic!r}") from exc
+        self._last_send = time.monotonic()
+        self._sent += 1
+        if self._sent & 511 == 0:
+            p.poll(0)  # serve delivery reports here too: fewer hand-offs to the serving thread
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued record is acknowledged (or failed).

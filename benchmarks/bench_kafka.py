@@ -31,8 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import mqlite  # noqa: E402
-from mqlite import TopicPartition as TP  # noqa: E402
+import mqlite
+from mqlite import TopicPartition as TP
 
 VALUE = b"x" * 100
 PARTITIONS = 6

@@ -59,3 +59,24 @@ def test_wheel_broker_start_is_measured(kafka_server: Any) -> None:
     # the session fixture polls the port and a metadata request with a deadline
     assert kafka_server.start_seconds < 60
     print(f"{kafka_server.kind} answered after {kafka_server.start_seconds:.2f} s")
+
+
+def test_client_options_cannot_break_the_consumer_contract(kafka_url: str) -> None:
+    topic = f"opts-{uuid.uuid4().hex[:8]}"
+    opts = {"group.id": "not-mine", "enable.auto.commit": "true", "transactional.id": "tid-1",
+            "log_level": 3}
+    with mqlite.open(kafka_url, client_options=opts) as b:
+        b.create_topic(topic, 1)
+        b.send(topic, b"x")  # a plain send is not transactional despite transactional.id
+        c = b.consumer(topic, group="mine", commit="manual", session_timeout=6)
+        msgs: list[Any] = []
+        for _ in range(12):  # up to a minute on a loaded machine
+            msgs = msgs or c.poll(timeout=5)
+        assert len(msgs) == 1
+        assert b.committed_offsets("mine", topic) == {}  # no auto-commit behind our back
+        c.commit()
+        assert b.committed_offsets("mine", topic) == {0: 1}
+        assert b.committed_offsets("not-mine", topic) == {}
+        c.close()
+        with b.transaction() as tx:  # the transactional id is used here
+            tx.send(topic, b"y")

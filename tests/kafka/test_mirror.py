@@ -125,3 +125,40 @@ def test_mirror_killed_midway_resumes_without_duplicates(kafka_url: str, tmp_pat
     r = run_mirror(src, kafka_url, "--topics", topic)
     assert r.returncode == 0, r.stderr
     assert_identical(src, kafka_url, topic)
+
+
+def test_mirror_follow_copies_new_records_until_sigterm(kafka_url: str, tmp_path: Path) -> None:
+    import queue
+    import threading
+
+    topic = f"m-{uuid.uuid4().hex[:8]}"
+    src = tmp_path / "src"
+    fill(src, topic, 2, 100)
+    lines: queue.Queue[str] = queue.Queue()
+    with subprocess.Popen([sys.executable, "-m", "mqlite", "mirror", str(src), kafka_url,
+                           "--topics", topic, "--follow"], stderr=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env=ENV) as proc:
+        assert proc.stderr is not None
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()],
+                                  daemon=True)
+        reader.start()
+
+        def wait_copied(n: int) -> None:
+            while True:
+                line = lines.get(timeout=120)
+                if "copied" in line and int(line.rsplit(" ", 1)[1]) >= n:
+                    return
+
+        wait_copied(100)  # the initial copy is done
+        with mqlite.open(src) as b:
+            b.send_batch(topic, [b"late-%d" % i for i in range(50)],
+                         keys=[b"late-%d" % i for i in range(50)])
+        wait_copied(150)  # followed
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        assert proc.stdout is not None
+        out = proc.stdout.read()  # a few bytes: the summary line
+        reader.join(60)
+    assert proc.returncode == 0, out
+    assert "mirrored 150 record(s)" in out
+    assert_identical(src, kafka_url, topic)

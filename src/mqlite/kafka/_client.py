@@ -58,6 +58,8 @@ class Cluster:
                 raise TypeError(f"client_options keys are librdkafka property names (str), "
                                 f"not {type(k).__name__}")
         self.bootstrap = bootstrap
+        # a transactional id makes a producer transactional: only transaction() uses it
+        self.transactional_id: str | None = options.pop("transactional.id", None)
         self.options: dict[str, Any] = {"bootstrap.servers": bootstrap, **options}
         self._lock = threading.Lock()
         self._partitions: dict[str, int] = {}
@@ -69,10 +71,18 @@ class Cluster:
     def admin_config(self) -> dict[str, Any]:
         return dict(self.options)
 
-    def client_config(self, **overrides: Any) -> dict[str, Any]:
-        """The user's options with ``overrides`` (mqlite's choices) applied where unset."""
-        out = dict(overrides)
+    def client_config(self, forced: dict[str, Any] | None = None,
+                      **defaults: Any) -> dict[str, Any]:
+        """mqlite's ``defaults``, then the user's options over them, then ``forced``.
+
+        ``forced`` are the settings an mqlite object's contract depends on (a
+        consumer's ``group.id``, auto-commit off); ``client_options`` cannot
+        change those.
+        """
+        out = dict(defaults)
         out.update(self.options)
+        if forced:
+            out.update(forced)
         return out
 
     @property
@@ -86,7 +96,7 @@ class Cluster:
             if self.closed:
                 raise ClosedError("this Kafka broker handle is closed")
             if self._meta is None:
-                self._meta = Consumer(self.client_config(**{
+                self._meta = Consumer(self.client_config({
                     "group.id": f"mqlite-meta-{uuid.uuid4().hex}",
                     "enable.auto.commit": False}))
             return self._meta

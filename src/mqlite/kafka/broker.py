@@ -344,8 +344,8 @@ class KafkaBroker:
     def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
         """Committed offsets of ``group`` on each partition of ``topic`` (absent = none)."""
         n = self.partitions_for(topic)
-        c = Consumer(self._cluster.client_config(**{"group.id": group,
-                                                    "enable.auto.commit": False}))
+        c = Consumer(self._cluster.client_config({"group.id": group,
+                                                  "enable.auto.commit": False}))
         try:
             res = c.committed([KTP(topic, p) for p in range(n)], timeout=REQUEST_TIMEOUT)
         except KafkaException as exc:
@@ -359,8 +359,8 @@ class KafkaBroker:
 
         Used to carry a group's position over after :command:`mqlite mirror`.
         """
-        c = Consumer(self._cluster.client_config(**{"group.id": group,
-                                                    "enable.auto.commit": False}))
+        c = Consumer(self._cluster.client_config({"group.id": group,
+                                                  "enable.auto.commit": False}))
         try:
             c.commit(offsets=[KTP(tp.topic, tp.partition, o) for tp, o in offsets.items()],
                      asynchronous=False)
@@ -378,8 +378,7 @@ class KafkaBroker:
         self._check_open()
         with self._lock:
             if self._tx_producer is None:
-                tid = self._cluster.options.get("transactional.id") or \
-                    f"mqlite-{uuid.uuid4().hex}"
+                tid = self._cluster.transactional_id or f"mqlite-{uuid.uuid4().hex}"
                 p = KafkaProducer(self._cluster, extra={"transactional.id": tid})
                 try:
                     p._p.init_transactions(REQUEST_TIMEOUT)

@@ -142,22 +142,29 @@ class KafkaConsumer:
         self._woken = threading.Event()
         self._incremental = (assignor == "cooperative-sticky" or cluster.options.get(
             "partition.assignment.strategy") == "cooperative-sticky")
-        overrides: dict[str, Any] = {
+        forced: dict[str, Any] = {
             "group.id": group if group is not None else f"mqlite-reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": _RESETS[auto_offset_reset],
+        }
+        overrides: dict[str, Any] = {
             "session.timeout.ms": int(session * 1000),
             "heartbeat.interval.ms": max(1, min(3000, int(session * 1000 / 3))),
             "max.poll.interval.ms": max(int(interval * 1000), int(session * 1000)),
             "isolation.level": "read_committed",
         }
         if instance_id is not None:
-            overrides["group.instance.id"] = instance_id
+            forced["group.instance.id"] = instance_id
         if assignor is not None:
-            overrides["partition.assignment.strategy"] = _ASSIGNORS[assignor]
+            forced["partition.assignment.strategy"] = _ASSIGNORS[assignor]
+        if session_timeout is not None:
+            forced["session.timeout.ms"] = overrides.pop("session.timeout.ms")
+            forced["heartbeat.interval.ms"] = overrides.pop("heartbeat.interval.ms")
+        if max_poll_interval is not None:
+            forced["max.poll.interval.ms"] = overrides.pop("max.poll.interval.ms")
         try:
-            self._c = Consumer(cluster.client_config(**overrides))
+            self._c = Consumer(cluster.client_config(forced, **overrides))
         except KafkaException as exc:
             raise to_mqlite(exc, "create a Kafka consumer") from exc
         if topics is not None:

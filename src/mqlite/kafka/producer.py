@@ -40,10 +40,11 @@ _SERVE_WAIT = 0.1
 _BUSY = 0.01
 
 
-def producer_config(cluster: Cluster, **extra: Any) -> dict[str, Any]:
+def producer_config(cluster: Cluster, forced: dict[str, Any] | None = None,
+                    **extra: Any) -> dict[str, Any]:
     """librdkafka settings of every mqlite producer (see the module docstring for why)."""
-    return cluster.client_config(**{"enable.idempotence": True, "acks": "all",
-                                    "partitioner": "murmur2_random", **extra})
+    return cluster.client_config(forced, **{"enable.idempotence": True, "acks": "all",
+                                            "partitioner": "murmur2_random", **extra})
 
 
 _lock = threading.Lock()
@@ -197,9 +198,9 @@ class KafkaProducer:
             # round-robin and user callables are computed here, with mqlite's implementations
             self._local = resolve_partitioner(partitioner, batch_bytes)
         self._cluster = cluster
-        cfg = producer_config(cluster, **{"linger.ms": linger_ms, "batch.size": batch_bytes,
-                                          "queue.buffering.max.messages": max_queued,
-                                          **(extra or {})})
+        cfg = producer_config(cluster, extra, **{"linger.ms": linger_ms,
+                                                 "batch.size": batch_bytes,
+                                                 "queue.buffering.max.messages": max_queued})
         try:
             self._p = Producer(cfg)
         except KafkaException as exc:

@@ -38,7 +38,7 @@ VALUE = b"x" * 100
 PARTITIONS = 6
 
 
-def raw_round(bootstrap: str, topic: str, n: int) -> tuple[float, float]:
+def raw_round(bootstrap: str, topic: str, n: int) -> tuple[float, float, float, float]:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka import TopicPartition as KTP
 
@@ -50,7 +50,7 @@ def raw_round(bootstrap: str, topic: str, n: int) -> tuple[float, float]:
 
     p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
                   "partitioner": "murmur2_random", "linger.ms": 5, "log_level": 3})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
         while True:
             try:
@@ -62,56 +62,63 @@ def raw_round(bootstrap: str, topic: str, n: int) -> tuple[float, float]:
             p.poll(0)
     p.flush()
     produce = time.perf_counter() - t0
+    produce_cpu = time.process_time() - c0
     assert acked[0] == n
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex}",
                   "enable.auto.commit": False, "log_level": 3})
     c.assign([KTP(topic, part, 0) for part in range(PARTITIONS)])
     got = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while got < n:
         for m in c.consume(500, 1.0):
             if m.error() is None:
                 _ = (m.key(), m.value(), m.headers(), m.timestamp())
                 got += 1
     consume = time.perf_counter() - t0
+    consume_cpu = time.process_time() - c0
     c.close()
-    return produce, consume
+    return produce, consume, produce_cpu, consume_cpu
 
 
-def mqlite_round(url: str, topic: str, n: int) -> tuple[float, float]:
+def mqlite_round(url: str, topic: str, n: int) -> tuple[float, float, float, float]:
     with mqlite.open(url, client_options={"log_level": 3}) as b:
         p = b.producer(linger_ms=5)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         futs = [p.send(topic, VALUE, key=b"k%d" % (i % 1000)) for i in range(n)]
         p.flush()
         produce = time.perf_counter() - t0
+        produce_cpu = time.process_time() - c0
         assert all(f.done() for f in futs)
         p.close()
         c = b.consumer()
         c.assign([TP(topic, part) for part in range(PARTITIONS)])
         got = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         while got < n:
             got += len(c.poll(max_records=500, timeout=1.0))
         consume = time.perf_counter() - t0
+        consume_cpu = time.process_time() - c0
         c.close()
-    return produce, consume
+    return produce, consume, produce_cpu, consume_cpu
 
 
 def overhead(server: Any, n: int, rounds: int) -> dict[str, float]:
-    rows: dict[str, list[float]] = {"raw_produce": [], "raw_consume": [], "mq_produce": [],
-                                    "mq_consume": []}
+    rows: dict[str, list[float]] = {f"{side}_{what}": [] for side in ("raw", "mq")
+                                    for what in ("produce", "consume", "produce_cpu",
+                                                 "consume_cpu")}
     with mqlite.open(server.url, client_options={"log_level": 3}) as admin:
         for r in range(rounds):
             for side in (("raw", "mq") if r % 2 == 0 else ("mq", "raw")):
                 topic = f"bench-{side}-{uuid.uuid4().hex[:8]}"
                 admin.create_topic(topic, PARTITIONS)
                 if side == "raw":
-                    pr, co = raw_round(server.bootstrap, topic, n)
+                    pr, co, pc, cc = raw_round(server.bootstrap, topic, n)
                 else:
-                    pr, co = mqlite_round(server.url, topic, n)
+                    pr, co, pc, cc = mqlite_round(server.url, topic, n)
                 rows[f"{side}_produce"].append(n / pr)
                 rows[f"{side}_consume"].append(n / co)
+                rows[f"{side}_produce_cpu"].append(pc / n * 1e6)  # client CPU µs per message
+                rows[f"{side}_consume_cpu"].append(cc / n * 1e6)
                 admin.delete_topic(topic)
     return {k: statistics.median(v) for k, v in rows.items()}
 
@@ -166,7 +173,9 @@ def main() -> None:
         for what in ("produce", "consume"):
             raw, mq = med[f"raw_{what}"], med[f"mq_{what}"]
             print(f"{what:8s} raw confluent-kafka {raw:>10,.0f} msg/s   mqlite kafka backend "
-                  f"{mq:>10,.0f} msg/s   ratio {mq / raw:.1%}   (target >= 90%)")
+                  f"{mq:>10,.0f} msg/s   ratio {mq / raw:.1%}   (target >= 90%)   client CPU "
+                  f"per message: raw {med[f'raw_{what}_cpu']:.2f} µs, mqlite "
+                  f"{med[f'mq_{what}_cpu']:.2f} µs")
         if args.mirror:
             res = mirror_run(server, args.mirror)
             print(f"mirror   {res['records']:,} records, {PARTITIONS} partitions: "

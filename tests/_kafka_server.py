@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,13 +41,19 @@ class KafkaServer:
         return self.url[len("kafka://"):]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        # The server runs in a session of its own: signal its whole process group, so
+        # nothing it started outlives the test session.
+        if self.proc is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -58,12 +65,18 @@ def _free_port() -> int:
 
 
 def _noida_cmd(port: int, data: str) -> list[str] | None:
-    exe = Path(sys.executable).parent / "noida-db"
-    if not exe.exists():
-        found = shutil.which("noida-db")
-        if found is None:
-            return None
-        exe = Path(found)
+    # The binary itself, not the `noida-db` console script: that wrapper runs the binary
+    # as a child, and stopping the wrapper would leave the server running.
+    try:
+        from importlib.resources import files
+
+        exe = Path(str(files("noida_db").joinpath("noida-db")))
+    except ImportError:
+        return None
+    if not exe.is_file():
+        return None
+    if not os.access(exe, os.X_OK):
+        exe.chmod(0o755)
     return [str(exe), "start", "--data-dir", data, "--only", "kafka", "--kafka-port", str(port)]
 
 

@@ -381,7 +381,7 @@ class KafkaBroker:
                 tid = self._cluster.transactional_id or f"mqlite-{uuid.uuid4().hex}"
                 p = KafkaProducer(self._cluster, extra={"transactional.id": tid})
                 try:
-                    p._p.init_transactions(REQUEST_TIMEOUT)
+                    p.client.init_transactions(REQUEST_TIMEOUT)
                 except KafkaException as exc:
                     p.close(0)
                     raise to_mqlite(exc, "initialise Kafka transactions") from exc

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Self, overload
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, Consumer, KafkaException
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaException
 from confluent_kafka import TopicPartition as KTP
 
 from mqlite._core import Message, messages_from_kafka
@@ -216,15 +216,17 @@ class KafkaConsumer:
         self._positions = {tp: p for tp, p in self._positions.items() if tp in tps}
         self._assign_all(tps)
 
-    def _start_offset(self, tp: TopicPartition) -> int:
-        pos = self._positions.get(tp)
-        if pos is not None:
-            return pos
-        return {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}.get(self._reset, OFFSET_STORED)
-
     def _assign_all(self, tps: list[TopicPartition]) -> None:
+        # Resolve "earliest"/"latest" to offsets here (one watermark request per
+        # partition): librdkafka's own logical-offset lookup delayed the first fetch by
+        # ~0.5 s on the test broker, and position() then answers exactly what is read.
+        todo = [tp for tp in tps if tp not in self._positions]
+        if todo and self._reset in ("earliest", "latest"):
+            for tp, (lo, hi) in self._cluster.watermarks(todo).items():
+                self._positions[tp] = lo if self._reset == "earliest" else hi
         self._assigned = list(tps)
-        self._c.assign([KTP(tp.topic, tp.partition, self._start_offset(tp)) for tp in tps])
+        self._c.assign([KTP(tp.topic, tp.partition, self._positions.get(tp, OFFSET_STORED))
+                        for tp in tps])
 
     def assignment(self) -> list[TopicPartition]:
         """The partitions this consumer currently reads."""
@@ -396,15 +398,15 @@ class KafkaConsumer:
             self._commit_returned()
         deadline = time.monotonic() + timeout
         c = self._c
-        raw: list[Any] = []
-        while True:
+        raw: list[Any] = c.consume(max_records, 0)  # what is already fetched: no wait
+        while not raw and not self._woken.is_set() and not self._closed:
             first = c.poll(max(0.0, min(_WAIT_SLICE, deadline - time.monotonic())))
             if first is not None:
                 raw.append(first)
                 if max_records > 1:
                     raw.extend(c.consume(max_records - 1, 0))
                 break
-            if self._woken.is_set() or self._closed or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 break
         self._woken.clear()
         if self._closed:

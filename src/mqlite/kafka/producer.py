@@ -207,7 +207,7 @@ class KafkaProducer:
             raise to_mqlite(exc, "create a Kafka producer") from exc
         self._closed = False
         self._sent = 0
-        self._last_send = 0.0
+        self._waiting = 0  # threads serving reports in result(); the GIL guards the count
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="mqlite-kafka-delivery",
                                         daemon=True)
@@ -216,16 +216,30 @@ class KafkaProducer:
     def _serve(self) -> None:
         # Serves delivery reports nobody waits for (futures with callbacks, or never
         # waited on).  While a thread is sending, that thread serves them (poll(0) every
-        # 512 sends; a waiter serves its own), so this one stands aside: taking the GIL
-        # for each report batch would cost the sender a third of its throughput.
+        # 512 sends), and a thread in result() serves its own, so this one stands aside
+        # then: taking the GIL for each report batch cost the sender a third of its
+        # throughput (docs/decisions.md D30).
         p = self._p
         stop = self._stop
+        seen = -1
+        aside = 0
         while not stop.is_set():
-            idle = time.monotonic() - self._last_send
-            if idle < _BUSY:
-                stop.wait(_BUSY - idle)
+            if self._sent != seen or self._waiting:
+                seen = self._sent
+                stop.wait(_BUSY)
+                aside += 1
+                if aside % 10 == 0:
+                    p.poll(0)  # a slow, steady sender: reports at least every ~0.1 s
             else:
                 p.poll(_SERVE_WAIT)
+
+    def serve_for_waiter(self, timeout: float) -> None:
+        """Serve delivery reports on the calling thread (a future's ``result()`` waits here)."""
+        self._waiting += 1
+        try:
+            self._p.poll(timeout)
+        finally:
+            self._waiting -= 1
 
     def send(self, topic: str, value: Any, key: Any = None, headers: HeadersArg = None,
              partition: int | None = None, timestamp_ms: int | None = None,
@@ -252,7 +266,22 @@ class KafkaProducer:
                 "send(dedup_id=)", "Kafka has no deduplication window: the idempotent producer "
                 "(enabled by mqlite) removes retry duplicates; deduplicate on the consumer side "
                 "(e.g. a claim per event id) for repeats by the application")
-        fut = DeliveryFuture(topic, self._p.poll)
+        fut = DeliveryFuture(topic, self.serve_for_waiter)
+        if (headers is None and partition is None and timestamp_ms is None
+                and self._local is None and type(topic) is str
+                and (type(value) is bytes or value is None)
+                and (type(key) is bytes or key is None)):
+            # the common case, inlined: nothing to convert or check but the topic
+            self._cluster.known_partitions(topic)  # TopicNotFoundError before queueing
+            try:
+                self._p.produce(topic, value, key, on_delivery=fut)
+            except (BufferError, KafkaException):
+                self.produce(topic, value, key, None, None, None, fut)  # waits / maps
+                return fut
+            self._sent += 1
+            if self._sent & 511 == 0:
+                self._p.poll(0)
+            return fut
         self.produce(topic, value, key, headers, partition, timestamp_ms, fut)
         return fut
 
@@ -298,7 +327,6 @@ class KafkaProducer:
                 p.flush(_SERVE_WAIT)
             except KafkaException as exc:
                 raise to_mqlite(exc, f"send to {topic!r}") from exc
-        self._last_send = time.monotonic()
         self._sent += 1
         if self._sent & 511 == 0:
             p.poll(0)  # serve delivery reports here too: fewer hand-offs to the serving thread
@@ -333,6 +361,11 @@ class KafkaProducer:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def client(self) -> Producer:
+        """The underlying ``confluent_kafka.Producer`` (Kafka-specific calls: transactions)."""
+        return self._p
 
     def __enter__(self) -> Self:
         return self

@@ -16,6 +16,7 @@ publishes and claims are embedded-only (:class:`NotSupportedError`).
 from __future__ import annotations
 
 import threading
+import time
 from types import TracebackType
 from typing import Any, Self
 
@@ -58,7 +59,7 @@ class KafkaTransaction:
             return
         self._lock.acquire()
         try:
-            self._producer._p.begin_transaction()
+            self._producer.client.begin_transaction()
         except KafkaException as exc:
             self._lock.release()
             raise to_mqlite(exc, "begin a Kafka transaction") from exc
@@ -109,7 +110,7 @@ class KafkaTransaction:
         if not todo:
             return
         try:
-            self._producer._p.send_offsets_to_transaction(
+            self._producer.client.send_offsets_to_transaction(
                 [KTP(tp.topic, tp.partition, o) for tp, o in todo.items()], meta,
                 REQUEST_TIMEOUT)
         except KafkaException as exc:
@@ -157,12 +158,17 @@ class KafkaTransaction:
 
     def _abort_quietly(self) -> None:
         try:
-            self._producer._p.abort_transaction(REQUEST_TIMEOUT)
+            self._producer.client.abort_transaction(REQUEST_TIMEOUT)
         except KafkaException:
             pass  # the producer is fenced or the coordinator gone: nothing was committed
 
     def _finish(self, state: str, exc: BaseException | None) -> None:
         self._state = state
+        if exc is None:
+            # flush() returned, but a report may still be in the serving thread's hands
+            deadline = time.monotonic() + REQUEST_TIMEOUT
+            while any(not r for _, r in self._sent) and time.monotonic() < deadline:
+                self._producer.client.poll(0.05)
         try:
             for fut, report in self._sent:
                 if exc is not None:

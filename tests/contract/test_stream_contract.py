@@ -271,3 +271,16 @@ def test_wakeup_returns_a_blocked_poll(broker: Any, topic: str) -> None:
     assert time.monotonic() - t0 < 10
     timer.join()
     c.close()
+
+
+def test_group_member_seeks_back(broker: Any, topic: str) -> None:
+    broker.create_topic(topic, 1)
+    broker.send_batch(topic, [b"a", b"b", b"c"])
+    c = broker.consumer(topic, group="g-seek", commit="manual", **GROUP_OPTS)
+    assert [m.value for m in drain(c, 3)] == [b"a", b"b", b"c"]
+    c.seek(TP(topic, 0), 1)
+    assert c.position(TP(topic, 0)) == 1
+    assert [m.value for m in drain(c, 2)] == [b"b", b"c"]
+    with pytest.raises(ValueError):
+        c.seek(TP(topic + "-other", 0), 0)  # not assigned
+    c.close()

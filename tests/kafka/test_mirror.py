@@ -162,3 +162,19 @@ def test_mirror_follow_copies_new_records_until_sigterm(kafka_url: str, tmp_path
     assert proc.returncode == 0, out
     assert "mirrored 150 record(s)" in out
     assert_identical(src, kafka_url, topic)
+
+
+def test_translate_follows_the_segments(tmp_path: Path) -> None:
+    state = MirrorState.load(tmp_path, "kafka://h:1")
+    assert translate(state, "t", 0, 5) is None  # never mirrored
+    state.segments = {"t": {0: [[10, 0], [100, 90], [150, 120]]}}
+    state.save()
+    again = MirrorState.load(tmp_path, "kafka://h:1")
+    assert again.segments == state.segments
+    assert (again.path.stat().st_mode & 0o777) == 0o600
+    assert translate(again, "t", 0, 5) is None  # before the first mirrored record
+    assert translate(again, "t", 0, 10) == 0
+    assert translate(again, "t", 0, 60) == 50
+    assert translate(again, "t", 0, 100) == 90  # retention skipped 100 - 90 - 10 offsets
+    assert translate(again, "t", 0, 170) == 140
+    assert MirrorState.load(tmp_path, "kafka://other:1").segments == {}

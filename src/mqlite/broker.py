@@ -96,9 +96,17 @@ def open(
     ValueError
         Empty ``path``, unknown durability mode, or the directory is already
         open in this process with another durability mode.
+    TypeError
+        ``client_options`` with a directory (they are for ``kafka://`` URLs).
+    ImportError
+        A ``kafka://`` URL without confluent-kafka installed (``mqlite[kafka]``).
     """
     if isinstance(path, str) and path.startswith("kafka://"):
-        from mqlite.kafka import open as open_kafka  # needs the [kafka] extra
+        try:
+            from mqlite.kafka import open as open_kafka
+        except ImportError as exc:
+            raise ImportError(f"{path!r} needs the Kafka client: pip install 'mqlite[kafka]' "
+                              f"(confluent-kafka); {exc}") from exc
 
         return open_kafka(path, client_options=client_options)  # type: ignore[return-value]
     if client_options is not None:

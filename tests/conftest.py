@@ -91,3 +91,25 @@ def tmp_broker_dir(tmp_path: Path) -> Path:
     """Path for a fresh broker directory (not yet created) in a private tmp dir."""
     tmp_path.chmod(0o700)
     return tmp_path / "broker"
+
+
+# -- Kafka (the Kafka backend's tests and the contract suite) -----------------
+# One Kafka-protocol broker from a wheel per session, started on first use
+# (tests/_kafka_server.py); skipped with the reason where none can run.
+@pytest.fixture(scope="session")
+def kafka_server():  # type: ignore[no-untyped-def]
+    from _kafka_server import start, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def kafka_url(kafka_server) -> str:  # type: ignore[no-untyped-def]
+    return str(kafka_server.url)

@@ -18,6 +18,7 @@ from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
 from mqlite.errors import (
     AlreadyProcessedError,
+    BackendError,
     BrokerDirectoryError,
     CancelledError,
     ClosedError,
@@ -31,6 +32,7 @@ from mqlite.errors import (
     InvalidTopicError,
     MessageTooLargeError,
     MqliteError,
+    NotSupportedError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
     QueueConfigConflictError,
@@ -83,6 +85,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AlreadyProcessedError",
+    "BackendError",
     "Backoff",
     "BatchMetadata",
     "Binding",
@@ -108,6 +111,7 @@ __all__ = [
     "Message",
     "MessageTooLargeError",
     "MqliteError",
+    "NotSupportedError",
     "OffsetAndTimestamp",
     "OffsetOutOfRangeError",
     "PartitionInfo",

@@ -268,3 +268,11 @@ def guard_remove(guard_id: int) -> None:
     """Withdraw a guard from :func:`guard_zero` before the range is unmapped."""
 def guard_faults() -> int:
     """How many SIGBUS faults the guards repaired since the process started."""
+
+# -- records from other backends -------------------------------------------------
+def messages_from_kafka(raw: list[Any], start: int, out: list[Message],
+                        last: dict[tuple[str, int], int]) -> int:
+    """Append Messages for confluent-kafka messages of ``raw[start:]`` up to the first error.
+
+    Returns the index of the first message with an error (``len(raw)`` if none).
+    """

@@ -1499,3 +1499,39 @@ def guard_remove(guard_id):
 def guard_faults():
     """How many SIGBUS faults the guards repaired since the process started."""
     return mq_guard_faults()
+
+
+# -- records from other backends (the Kafka backend) ---------------------------------
+
+def messages_from_kafka(list raw, Py_ssize_t start, list out, dict last):
+    """Append a Message to ``out`` for each confluent-kafka message of ``raw[start:]``.
+
+    Stops at the first message whose ``error()`` is not None and returns its
+    index (``len(raw)`` when there is none), so the caller decides what the
+    error means.  ``last[(topic, partition)]`` is set to the offset of the
+    last record converted per partition.  A null header value reads as
+    ``b""``.  The Kafka consumer's per-record cost is this loop: it makes each
+    Message directly, without the checks of ``Message.__init__`` (librdkafka
+    hands out exact ``str`` topics and ``bytes`` keys and values).
+    """
+    cdef Message m
+    cdef Py_ssize_t i, n = len(raw)
+    for i in range(start, n):
+        k = raw[i]
+        if k.error() is not None:
+            return i
+        topic = k.topic()
+        partition = k.partition()
+        m = Message.__new__(Message)
+        m.topic = topic
+        m.partition = partition
+        m.offset = k.offset()
+        m.timestamp_ms = k.timestamp()[1]
+        m.key = k.key()
+        m.value = k.value()
+        headers = k.headers()
+        if headers:
+            m._headers = tuple([(name, b"" if v is None else v) for name, v in headers])
+        out.append(m)
+        last[(topic, partition)] = m.offset
+    return n

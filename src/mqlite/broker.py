@@ -11,7 +11,7 @@ write transaction that never spans user code.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from mqlite import _core, routing, scheduler, stats
@@ -45,6 +45,7 @@ from mqlite.types import (
 )
 
 if TYPE_CHECKING:
+    from mqlite.backend import StreamBroker
     from mqlite.queue import QueuePolicy
     from mqlite.retry import Backoff
 
@@ -58,8 +59,15 @@ def open(
     map_size: int | None = None,
     create: bool = True,
     shared_group: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> Broker:
     """Open (creating if needed) the broker stored in directory ``path``.
+
+    ``path`` may instead be a ``kafka://host:port[,host:port...]`` URL: then
+    the result is a :class:`mqlite.kafka.KafkaBroker` with the same stream
+    API (both satisfy :class:`mqlite.backend.StreamBroker`; annotate with
+    that, or call :func:`mqlite.kafka.open`, in typed code), configured with
+    ``client_options`` (librdkafka properties); see docs/scale-out.md.
 
     Parameters
     ----------
@@ -99,7 +107,21 @@ def open(
     ValueError
         Empty ``path``, unknown durability mode, or the directory is already
         open in this process with another durability mode.
+    TypeError
+        ``client_options`` with a directory (they are for ``kafka://`` URLs).
+    ImportError
+        A ``kafka://`` URL without confluent-kafka installed (``mqlite[kafka]``).
     """
+    if isinstance(path, str) and path.startswith("kafka://"):
+        try:
+            from mqlite.kafka import open as open_kafka
+        except ImportError as exc:
+            raise ImportError(f"{path!r} needs the Kafka client: pip install 'mqlite[kafka]' "
+                              f"(confluent-kafka); {exc}") from exc
+
+        return open_kafka(path, client_options=client_options)  # type: ignore[return-value]
+    if client_options is not None:
+        raise TypeError("client_options is for kafka:// URLs; a broker directory takes none")
     if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
         raise ValueError("mqlite.open() needs a broker directory, got an empty path; "
                          "pass one explicitly, e.g. mqlite.open('data/') (or '.' for the "
@@ -704,3 +726,8 @@ class Broker:
             The broker is closed.
         """
         return _tx.claim(self._engine, event_id, scope, ttl=ttl)
+
+
+if TYPE_CHECKING:
+    def _conforms(b: Broker) -> StreamBroker:  # mypy checks Broker against the seam
+        return b

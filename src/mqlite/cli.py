@@ -17,6 +17,7 @@ Examples::
     mqlite backup data/ backup/             # hot, consistent, compacted copy
     mqlite dlq list data/ emails.dlq ; mqlite dlq redrive data/ emails.dlq
     mqlite verify data/            # deep CRC check, exit status 1 on damage
+    mqlite mirror data/ kafka://host:9092 [--topics T ...] [--follow]   # copy to Kafka
 
 Every command takes ``--json`` for machine-readable output, before or after
 the command name (``mqlite --json topics data/`` or ``mqlite topics data/
@@ -640,6 +641,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=1000)
     sp.set_defaults(fn=cmd_dlq)
     add("verify", cmd_verify, "deep-check every stored batch (exit 1 on damage)")
+    from mqlite.mirror import add_mirror_command
+
+    add_mirror_command(sub, common)
     return p
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "AlreadyProcessedError",
+    "BackendError",
     "BrokerDirectoryError",
     "CancelledError",
     "ClosedError",
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidTopicError",
     "MessageTooLargeError",
     "MqliteError",
+    "NotSupportedError",
     "OffsetOutOfRangeError",
     "PartitionNotFoundError",
     "QueueConfigConflictError",
@@ -278,3 +280,37 @@ class TimeoutError(MqliteError, builtins.TimeoutError):
     """A blocking call timed out."""
 
     retriable = True
+
+
+class NotSupportedError(MqliteError):
+    """The backend in use has no such feature (e.g. queues or exchanges on Kafka).
+
+    The message names the alternative (another call, or the embedded
+    backend); ``feature`` is the name of the missing call or option.
+    """
+
+    def __init__(self, feature: str, alternative: str) -> None:
+        super().__init__(f"{feature} is not supported by this backend; {alternative}")
+        self.feature = feature
+        self.alternative = alternative
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.feature, self.alternative))
+
+
+class BackendError(MqliteError):
+    """A remote backend (Kafka) failed in a way no narrower mqlite error describes.
+
+    Attributes
+    ----------
+    code
+        The backend's error name (for Kafka, librdkafka's, e.g. ``"_TRANSPORT"``).
+    """
+
+    def __init__(self, message: str, code: str = "", retriable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self.args[0]) if self.args else "", self.code, self.retriable))

@@ -58,12 +58,15 @@ class BatchMetadata(Sequence[RecordMetadata]):
     __slots__ = ("_assign", "_count", "_offsets", "ranges", "timestamp_ms", "topic")
 
     def __init__(self, topic: str, timestamp_ms: int, ranges: Sequence[PartitionRange],
-                 assignment: Sequence[int] | None = None) -> None:
+                 assignment: Sequence[int] | None = None, *,
+                 offsets: Sequence[int] | None = None) -> None:
         self.topic = topic
         self.timestamp_ms = timestamp_ms
         self.ranges: tuple[PartitionRange, ...] = tuple(ranges)
         self._assign = assignment  # partition of message i, when several were used
-        self._offsets: list[int] | None = None
+        # offset of message i, when a backend reports them one by one (Kafka: other
+        # producers may interleave, so a partition's offsets need not be one run)
+        self._offsets: list[int] | None = None if offsets is None else list(offsets)
         self._count = sum(r.count for r in self.ranges)
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ shared safely by the processes of one machine.  No server.
 """
 
 from mqlite._core import Message
+from mqlite.app import App, Context, Reject, Retry
 from mqlite.broker import Broker, open
 from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
@@ -62,6 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyProcessedError",
+    "App",
     "Backoff",
     "BatchMetadata",
     "Binding",
@@ -72,6 +74,7 @@ __all__ = [
     "CommitFailedError",
     "ConcurrentAccessError",
     "Consumer",
+    "Context",
     "CorruptRecordError",
     "DeadLetter",
     "Delivery",
@@ -93,6 +96,8 @@ __all__ = [
     "QueueConfigConflictError",
     "QueuePolicy",
     "RecordMetadata",
+    "Reject",
+    "Retry",
     "RoundRobinPartitioner",
     "SendFuture",
     "StaleDeliveryError",

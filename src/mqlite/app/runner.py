@@ -593,7 +593,9 @@ class StreamRunner(Runner):
                 if self._buffered >= self._max_buffered:
                     self._drain(0.5)
                     continue
-                msgs = c.poll(max_records=spec.batch, timeout=1.0)
+                if self._stopping or not self._done_q.empty():
+                    continue  # a stop or report came during commit(), which took its wake-up
+                msgs = c.poll(max_records=spec.batch, timeout=1.0 if self.ready else 0.01)
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
@@ -793,7 +795,10 @@ class QueueRunner(Runner):
                 if free <= 0:
                     self._drain(0.5)
                     continue
-                ds = q.receive(max_messages=min(spec.batch, free * per_job), timeout=1.0)
+                if self._stopping or not self._done_q.empty():
+                    continue  # a stop or report came during another call (took its wake-up)
+                ds = q.receive(max_messages=min(spec.batch, free * per_job),
+                               timeout=1.0 if self.ready else 0.01)
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()

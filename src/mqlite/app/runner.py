@@ -106,11 +106,12 @@ class _Item:
 class _Acc:
     """What a job has finished and not yet flushed."""
 
-    __slots__ = ("done", "items")
+    __slots__ = ("done", "items", "keys")
 
     def __init__(self) -> None:
         self.items: list[_Item] = []
         self.done: int | None = None  # stream: next offset to commit
+        self.keys: set[Any] = set()  # idempotency keys claimed by this job (flushed or not)
 
 
 class _Done(NamedTuple):
@@ -267,6 +268,8 @@ class Runner:
                 outputs = outputs + [Output(reply_to, encode_value(result), None,
                                             [(H_CORRELATION, corr or b"")], None)]
         manual_skip = spec.ack == "manual" and (ctx is None or not ctx._acks)
+        if claim is not None:
+            acc.keys.add(claim)
         if outputs or claim is not None or (delivery is not None and not manual_skip):
             acc.items.append(_Item(outputs, claim, None if manual_skip else delivery))
         if delivery is None and not manual_skip:
@@ -417,7 +420,8 @@ class Runner:
                         self._emit(m, attempt, None, 0.0, None, None)
                     try:
                         payload, key = self._prepare(m)
-                        if key is not None and self.backend.is_processed(key, self._scope):
+                        if key is not None and (key in acc.keys or
+                                                self.backend.is_processed(key, self._scope)):
                             self._success(acc, m, None, None, None, delivery)
                             if obs:
                                 self._emit(m, attempt, "skipped", 0.0, None, payload)
@@ -479,7 +483,8 @@ class Runner:
                         self._emit(m, attempt, None, 0.0, None, None)
                     try:
                         payload, key = self._prepare(m)
-                        if key is not None and self.backend.is_processed(key, self._scope):
+                        if key is not None and (key in acc.keys or
+                                                self.backend.is_processed(key, self._scope)):
                             self._success(acc, m, None, None, None, delivery)
                             if obs:
                                 self._emit(m, attempt, "skipped", 0.0, None, payload)

@@ -168,10 +168,12 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._scope = f"{spec.group}:{spec.name}"
+        # stream, async, concurrency=1: fetching and handling both run on the App's loop
+        self._loop_driven = spec.is_async and spec.concurrency == 1 and spec.mode == "stream"
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        if not self.spec.is_async:
+        if not self.spec.is_async and self.spec.concurrency > 1:
             self._pool = ThreadPoolExecutor(self.spec.concurrency,
                                             thread_name_prefix=f"mqlite-{self.spec.name}")
         self._thread = threading.Thread(target=self._main, name=f"mqlite-fetch-{self.spec.name}",
@@ -223,8 +225,12 @@ class Runner:
         self._running += 1
         if self.spec.is_async:
             fut = asyncio.run_coroutine_threadsafe(coro(), self.app._event_loop())
+        elif self._pool is None:
+            # concurrency=1, sync: run on the fetch thread (no hand-off; with the GIL a
+            # second thread would not run a CPU-bound handler any sooner)
+            job()
+            return
         else:
-            assert self._pool is not None
             fut = self._pool.submit(job)
         fut.add_done_callback(self._job_crashed)
 
@@ -234,7 +240,8 @@ class Runner:
 
     def _report(self, d: _Done) -> None:
         self._done_q.put(d)
-        self._wake()
+        if not self._loop_driven and threading.current_thread() is not self._thread:
+            self._wake()  # inline jobs (fetch thread, or loop-driven) need no wake-up
 
     def _emit(self, m: Message, attempt: int, status: str | None, seconds: float,
               error: BaseException | None, payload: Any) -> None:
@@ -257,7 +264,7 @@ class Runner:
         if result is not None and spec.publishers:
             value = encode_value(result)
             outputs = outputs + [Output(t, value, None, None, None) for t in spec.publishers]
-        if m.headers:
+        if result is not None and m.headers:
             reply_to = corr = None
             for n, v in m.headers:
                 if n == H_REPLY_TO:
@@ -395,52 +402,49 @@ class Runner:
                 key = str(key)
         return payload, key
 
+    def _fast(self) -> bool:
+        """Whether a job may take the lean path (nothing per message but the call)."""
+        spec = self.spec
+        return (not self.app._listeners and spec.ctx_param is None and not spec.publishers
+                and spec.idempotency_key is None and not spec.exactly_once
+                and spec.mode == "stream" and spec.ack != "manual")
+
+    def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
+        """Lean path: a handled message that returned a value or has headers (a reply?)."""
+        self._success(acc, m, None, result, None, None)
+
     def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
         """Handle ``msgs`` in order on this thread; returns how many were finished."""
         spec = self.spec
-        call = spec.call
-        needs_ctx = spec.ctx_param is not None
-        obs = self.app._listeners
-        queue_mode = spec.mode == "queue"
         acc = _Acc()
         i = 0
         n = len(msgs)
+        first_exc: Exception | None = None
         try:
+            if self._fast():
+                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
+                raw = spec.raw_bytes
+                while i < n and not (self._stopping or lane.revoked):
+                    m = msgs[i]
+                    try:
+                        if raw:
+                            v = m.value
+                            r = h(b"" if v is None else v)
+                        else:
+                            r = h(decode(m.value)) if takes else h()
+                    except Exception as exc:  # noqa: BLE001 - classified below
+                        first_exc = exc
+                        break
+                    if r is not None:
+                        self._fast_done(acc, m, r)
+                    i += 1
+                if i:
+                    acc.done = msgs[i - 1].offset + 1
             while i < n:
                 if self._halted(lane):
                     break
-                m = msgs[i]
-                delivery = m if queue_mode and spec.ack != "before" else None
-                attempt = attempt_of(m)
-                while True:
-                    ctx = Context(m, attempt, spec.group, spec.name) if needs_ctx else None
-                    payload = None
-                    t0 = time.perf_counter()
-                    if obs:
-                        self._emit(m, attempt, None, 0.0, None, None)
-                    try:
-                        payload, key = self._prepare(m)
-                        if key is not None and (key in acc.keys or
-                                                self.backend.is_processed(key, self._scope)):
-                            self._success(acc, m, None, None, None, delivery)
-                            if obs:
-                                self._emit(m, attempt, "skipped", 0.0, None, payload)
-                            break
-                        result = call(payload, ctx)
-                    except Exception as exc:  # noqa: BLE001 - every handler error is classified
-                        delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
-                        if delay is None:
-                            break
-                        self._flush(lane, acc)
-                        self._report_progress(lane)
-                        if self._wait(lane, delay):
-                            raise _Halt from None
-                        attempt += 1
-                        continue
-                    self._success(acc, m, ctx, result, key, delivery)
-                    if obs:
-                        self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
-                    break
+                self._one_sync(lane, acc, msgs[i], attempt_of, first_exc)
+                first_exc = None
                 i += 1
             self._flush(lane, acc)
         except _Halt:
@@ -455,55 +459,81 @@ class Runner:
         self.handled += i
         return i
 
+    def _one_sync(self, lane: Any, acc: _Acc, m: Any, attempt_of: Callable[[Any], int],
+                  first_exc: Exception | None) -> None:
+        """One message through attempts, retries, dead letter (raises _Halt when stopped)."""
+        spec = self.spec
+        obs = self.app._listeners
+        delivery = m if spec.mode == "queue" and spec.ack != "before" else None
+        attempt = attempt_of(m)
+        while True:
+            ctx = Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None
+            payload = key = None
+            t0 = time.perf_counter()
+            if obs:
+                self._emit(m, attempt, None, 0.0, None, None)
+            try:
+                if first_exc is not None:
+                    exc, first_exc = first_exc, None
+                    raise exc
+                payload, key = self._prepare(m)
+                if key is not None and (key in acc.keys or
+                                        self.backend.is_processed(key, self._scope)):
+                    self._success(acc, m, None, None, None, delivery)
+                    if obs:
+                        self._emit(m, attempt, "skipped", 0.0, None, payload)
+                    return
+                result = spec.call(payload, ctx)
+            except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
+                if delay is None:
+                    return
+                self._flush(lane, acc)
+                self._report_progress(lane)
+                if self._wait(lane, delay):
+                    raise _Halt from None
+                attempt += 1
+                continue
+            self._success(acc, m, ctx, result, key, delivery)
+            if obs:
+                self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
+            return
+
     async def _run_async(self, lane: Any, msgs: list[Any],
                          attempt_of: Callable[[Any], int]) -> int:
         """The :meth:`_run_sync` of ``async def`` handlers, on the App's loop."""
         spec = self.spec
-        call = spec.call
-        needs_ctx = spec.ctx_param is not None
-        obs = self.app._listeners
-        queue_mode = spec.mode == "queue"
         loop = asyncio.get_running_loop()
         io = self.app._io_pool()
         acc = _Acc()
         i = 0
         n = len(msgs)
+        first_exc: Exception | None = None
         try:
+            if self._fast():
+                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
+                raw = spec.raw_bytes
+                while i < n and not (self._stopping or lane.revoked):
+                    m = msgs[i]
+                    try:
+                        if raw:
+                            v = m.value
+                            r = await h(b"" if v is None else v)
+                        else:
+                            r = await (h(decode(m.value)) if takes else h())
+                    except Exception as exc:  # noqa: BLE001 - classified below
+                        first_exc = exc
+                        break
+                    if r is not None:
+                        self._fast_done(acc, m, r)
+                    i += 1
+                if i:
+                    acc.done = msgs[i - 1].offset + 1
             while i < n:
                 if self._halted(lane):
                     break
-                m = msgs[i]
-                delivery = m if queue_mode and spec.ack != "before" else None
-                attempt = attempt_of(m)
-                while True:
-                    ctx = Context(m, attempt, spec.group, spec.name) if needs_ctx else None
-                    payload = None
-                    t0 = time.perf_counter()
-                    if obs:
-                        self._emit(m, attempt, None, 0.0, None, None)
-                    try:
-                        payload, key = self._prepare(m)
-                        if key is not None and (key in acc.keys or
-                                                self.backend.is_processed(key, self._scope)):
-                            self._success(acc, m, None, None, None, delivery)
-                            if obs:
-                                self._emit(m, attempt, "skipped", 0.0, None, payload)
-                            break
-                        result = await call(payload, ctx)
-                    except Exception as exc:  # noqa: BLE001 - every handler error is classified
-                        delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
-                        if delay is None:
-                            break
-                        await loop.run_in_executor(io, self._flush, lane, acc)
-                        self._report_progress(lane)
-                        if await self._wait_async(lane, delay):
-                            raise _Halt from None
-                        attempt += 1
-                        continue
-                    self._success(acc, m, ctx, result, key, delivery)
-                    if obs:
-                        self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
-                    break
+                await self._one_async(lane, acc, msgs[i], attempt_of, first_exc)
+                first_exc = None
                 i += 1
             if self._needs_io(acc):
                 await loop.run_in_executor(io, self._flush, lane, acc)
@@ -520,6 +550,47 @@ class Runner:
             await self._wait_async(lane, 1.0)
         self.handled += i
         return i
+
+    async def _one_async(self, lane: Any, acc: _Acc, m: Any,
+                         attempt_of: Callable[[Any], int], first_exc: Exception | None) -> None:
+        """:meth:`_one_sync` for ``async def`` handlers."""
+        spec = self.spec
+        obs = self.app._listeners
+        delivery = m if spec.mode == "queue" and spec.ack != "before" else None
+        attempt = attempt_of(m)
+        while True:
+            ctx = Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None
+            payload = key = None
+            t0 = time.perf_counter()
+            if obs:
+                self._emit(m, attempt, None, 0.0, None, None)
+            try:
+                if first_exc is not None:
+                    exc, first_exc = first_exc, None
+                    raise exc
+                payload, key = self._prepare(m)
+                if key is not None and (key in acc.keys or
+                                        self.backend.is_processed(key, self._scope)):
+                    self._success(acc, m, None, None, None, delivery)
+                    if obs:
+                        self._emit(m, attempt, "skipped", 0.0, None, payload)
+                    return
+                result = await spec.call(payload, ctx)
+            except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
+                if delay is None:
+                    return
+                await asyncio.get_running_loop().run_in_executor(
+                    self.app._io_pool(), self._flush, lane, acc)
+                self._report_progress(lane)
+                if await self._wait_async(lane, delay):
+                    raise _Halt from None
+                attempt += 1
+                continue
+            self._success(acc, m, ctx, result, key, delivery)
+            if obs:
+                self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
+            return
 
     def _report_progress(self, lane: Any) -> None:
         pass
@@ -557,6 +628,39 @@ class _Lane:
         self.done: int | None = None
 
 
+def _runs(msgs: list[Any]) -> list[tuple[tuple[str, int], list[Any]]]:
+    """Split a poll's messages into per-partition runs, in order.
+
+    ``poll`` returns each partition's messages as one run of dense offsets, so
+    a run's end is found by binary search on "same partition, offset = first +
+    index" (a few attribute reads per run instead of one per message).
+    """
+    out: list[tuple[tuple[str, int], list[Any]]] = []
+    by: dict[tuple[str, int], list[Any]] = {}
+    s, n = 0, len(msgs)
+    while s < n:
+        f = msgs[s]
+        t, p, o = f.topic, f.partition, f.offset
+        lo, hi = s, n - 1  # msgs[lo] is in the run; find the last index in it
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            m = msgs[mid]
+            if m.offset == o + (mid - s) and m.partition == p and m.topic == t:
+                lo = mid
+            else:
+                hi = mid - 1
+        run = msgs[s:lo + 1]
+        key = (t, p)
+        prev = by.get(key)
+        if prev is None:
+            by[key] = run
+            out.append((key, run))
+        else:
+            prev.extend(run)
+        s = lo + 1
+    return out
+
+
 def _first_attempt(m: Any) -> int:
     return 1
 
@@ -571,7 +675,7 @@ class StreamRunner(Runner):
         self._ready_lanes: deque[_Lane] = deque()
         self._to_commit: dict[TopicPartition, int] = {}
         self._rewinds: dict[TopicPartition, int] = {}
-        self._max_buffered = spec.batch * (spec.concurrency + 1)
+        self._max_buffered = spec.batch * (spec.concurrency + 3)
 
     def _wake(self) -> None:
         c = self._consumer
@@ -585,6 +689,9 @@ class StreamRunner(Runner):
         return self.backend.stream_lag(self.spec.group, self.spec.topics)
 
     def _loop(self) -> None:
+        if self._loop_driven:
+            asyncio.run_coroutine_threadsafe(self._aloop(), self.app._event_loop()).result()
+            return
         spec = self.spec
         self._consumer = c = self.backend.stream_consumer(
             spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
@@ -610,6 +717,51 @@ class StreamRunner(Runner):
         finally:
             c.close()
 
+    async def _aloop(self) -> None:
+        """The fetch loop of a loop-driven subscriber: one thread, like a hand-written loop.
+
+        Polls without waiting on the loop; handles each partition's run inline
+        (``await``); commits; only when nothing is there does a blocking poll run
+        in an executor thread.  Lanes never run during a poll, so a revocation
+        never waits.
+        """
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        self._consumer = c = self.backend.stream_consumer(
+            spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+            batch=spec.batch, on_revoke=self._on_revoke)
+        blocking = functools.partial(c.poll, max_records=spec.batch, timeout=1.0)
+        try:
+            while not self._stopping:
+                self._drain(0.0)
+                self._apply_rewinds()
+                self._commit()
+                while self._ready_lanes and not self._stopping:
+                    lane = self._ready_lanes.popleft()
+                    if lane.running or lane.revoked or not lane.batches:
+                        continue
+                    batch = lane.batches.popleft()
+                    while lane.batches and len(batch) < 4 * spec.batch:
+                        batch = batch + lane.batches.popleft()
+                    lane.running = True
+                    self._running += 1
+                    await self._job_async(lane, batch)
+                    self._drain(0.0)
+                if self._stopping:
+                    break
+                msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self.ready else []
+                if not msgs and not self._stopping:
+                    self._commit()  # caught up: commit before waiting
+                    msgs = await loop.run_in_executor(None, blocking)
+                if not self.ready:
+                    self.ready = True
+                    self.app._notify_progress()
+                if msgs:
+                    self._dispatch(msgs)
+            self._shutdown()
+        finally:
+            c.close()
+
     def _dispatch(self, msgs: list[Any]) -> None:
         if self.spec.ack == "before":
             ends: dict[TopicPartition, int] = {}
@@ -619,15 +771,7 @@ class StreamRunner(Runner):
                 self._consumer.commit(ends)
             except CommitFailedError:
                 return  # lost them already: the new owner reads them
-        by: dict[tuple[str, int], list[Any]] = {}
-        for m in msgs:
-            k = (m.topic, m.partition)
-            lst = by.get(k)
-            if lst is None:
-                by[k] = [m]
-            else:
-                lst.append(m)
-        for (t, p), batch in by.items():
+        for (t, p), batch in _runs(msgs):
             tp = TopicPartition(t, p)
             lane = self._lanes.get(tp)
             if lane is None:
@@ -639,11 +783,15 @@ class StreamRunner(Runner):
         self._schedule()
 
     def _schedule(self) -> None:
+        if self._loop_driven:
+            return  # _aloop runs the lanes itself
         while self._running < self.spec.concurrency and self._ready_lanes and not self._stopping:
             lane = self._ready_lanes.popleft()
             if lane.running or lane.revoked or not lane.batches:
                 continue
             batch = lane.batches.popleft()
+            while lane.batches and len(batch) < 4 * self.spec.batch:
+                batch = batch + lane.batches.popleft()  # fewer, larger jobs when behind
             lane.running = True
             self._submit(functools.partial(self._job, lane, batch),
                          functools.partial(self._job_async, lane, batch))

@@ -59,6 +59,7 @@ class SubscriberSpec:
     ctx_param: str | None = None
     ctx_first: bool = False
     decode: Callable[[bytes | None], Any] = field(default=make_decoder(None))
+    raw_bytes: bool = False  # the payload is annotated ``bytes``: no decoding at all
 
     @property
     def permanent_types(self) -> tuple[type[BaseException], ...]:
@@ -208,4 +209,5 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
         auto_offset_reset=auto_offset_reset, visibility_timeout=vt,
         is_async=inspect.iscoroutinefunction(handler), takes_payload=takes_payload,
         ctx_param=ctx_param, ctx_first=ctx_first,
-        decode=make_decoder(ann) if takes_payload else _no_payload)
+        decode=make_decoder(ann) if takes_payload else _no_payload,
+        raw_bytes=takes_payload and ann is bytes and ctx_param is None)

@@ -300,7 +300,8 @@ class App:
         """Publish the decorated handler's return value to ``topic`` (``None``: nothing).
 
         Stack it under (or over) ``@app.subscriber``; several publishers
-        publish the value to each topic.  The value is encoded as by
+        publish the value to each topic.  The output keeps the input message's
+        key (so one customer's events stay in order downstream too).  The value is encoded as by
         :meth:`publish` and sent with the handler's outcome (see
         ``Context.publish``).
         """

@@ -263,7 +263,7 @@ class Runner:
         outputs = ctx._outputs if ctx is not None else []
         if result is not None and spec.publishers:
             value = encode_value(result)
-            outputs = outputs + [Output(t, value, None, None, None) for t in spec.publishers]
+            outputs = outputs + [Output(t, value, m.key, None, None) for t in spec.publishers]
         if result is not None and m.headers:
             reply_to = corr = None
             for n, v in m.headers:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import mqlite
 from shop import BROKER, DURABILITY, Order, Payment
+
+import mqlite
 
 app = mqlite.App(BROKER, name="analytics", durability=DURABILITY, partitions=6)
 orders: Counter[str] = Counter()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 
-import mqlite
 from shop import BROKER, DURABILITY
+
+import mqlite
 
 app = mqlite.App(BROKER, name="dlq-monitor", durability=DURABILITY)
 log = logging.getLogger("dlq-monitor")

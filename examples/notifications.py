@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-import mqlite
 from shop import BROKER, DURABILITY, Notification, Payment
+
+import mqlite
 
 app = mqlite.App(BROKER, name="notifications", durability=DURABILITY, partitions=6)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import random
 
-import mqlite
 from shop import BROKER, DURABILITY, Order
+
+import mqlite
 
 app = mqlite.App(BROKER, name="orders", durability=DURABILITY, partitions=6)
 

@@ -11,8 +11,9 @@ fails transiently (retried with backoff); a declined card is rejected
 
 from __future__ import annotations
 
-import mqlite
 from shop import BROKER, DURABILITY, Order, Payment
+
+import mqlite
 
 app = mqlite.App(BROKER, name="payments", durability=DURABILITY, partitions=6)
 

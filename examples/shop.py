@@ -14,19 +14,19 @@ DURABILITY = os.environ.get("MQLITE_DURABILITY", "sync")
 
 
 class Order(msgspec.Struct):
-    orderId: int  # noqa: N815 - the wire name
+    orderId: int
     customer: str
     amount: float
     card: str = "ok"  # "ok", "flaky" (fails transiently once), "declined" (permanent)
 
 
 class Payment(msgspec.Struct):
-    orderId: int  # noqa: N815
+    orderId: int
     amount: float
     status: str
 
 
 class Notification(msgspec.Struct):
-    orderId: int  # noqa: N815
+    orderId: int
     customer: str
     text: str

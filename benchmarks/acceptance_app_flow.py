@@ -87,7 +87,7 @@ def main() -> None:
             if args.kill and killed is None and len(paid) >= n // 3:
                 workers = [int(x) for x in subprocess.run(
                     ["pgrep", "-P", str(procs["payments"].pid)], capture_output=True,
-                    text=True).stdout.split()]
+                    text=True, check=False).stdout.split()]
                 killed = workers[0]
                 os.kill(killed, signal.SIGKILL)
             if time.monotonic() - t0 > 600:

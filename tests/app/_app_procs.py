@@ -6,6 +6,7 @@ The broker directory comes from ``MQLITE_TEST_DIR``; nothing here sleeps.
 from __future__ import annotations
 
 import os
+import threading
 
 import mqlite
 
@@ -29,3 +30,14 @@ eos_app = mqlite.App(DIR, name="eos", durability="none", partitions=3)
 def eos_handle(x: dict, ctx: mqlite.Context) -> None:
     ctx.publish("out", {"id": x["id"]})
     ctx.publish("out2", {"id": x["id"]})
+
+
+# A handler that never finishes: for the second-signal test.
+stuck_app = mqlite.App(DIR, name="stuck", durability="none", graceful_timeout=600)
+
+
+@stuck_app.subscriber("in", group="stuck")
+def stuck(x: object) -> None:
+    with open(os.path.join(DIR, "entered"), "w") as f:  # the test waits for this file
+        f.write("1")
+    threading.Event().wait()  # never set

@@ -169,3 +169,23 @@ def test_exactly_once_under_sigkill_gives_one_output_per_input(app_procs: Any) -
     finally:
         out.close()
         b.close()
+
+
+def test_second_signal_stops_at_once_and_nothing_is_committed(app_procs: Any) -> None:
+    b = _setup(app_procs.dir, 1, 1)
+    try:
+        port = _free_port()
+        p = app_procs.run("_app_procs:stuck_app", "--health-port", str(port))
+        entered = app_procs.dir / "entered"
+        wait_until(entered.exists, TIMEOUT, "the handler to start")
+        wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        p.send_signal(signal.SIGTERM)  # graceful: would wait up to 600 s for the handler
+        # the stop has begun (not ready any more) before the second signal is sent, so
+        # the kernel cannot merge the two signals into one
+        wait_until(lambda: _health(port)[0] == 503, TIMEOUT, "health 503 while stopping")
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)  # second signal: at once
+        assert p.wait(TIMEOUT) == 128 + signal.SIGTERM
+        assert b.committed_offsets("stuck", "in") == {}  # redelivered to the next owner
+    finally:
+        b.close()

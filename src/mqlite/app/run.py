@@ -230,7 +230,7 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
             index, _ = entry
             rc = os.waitstatus_to_exitcode(status)
             if hits[0]:
-                code = max(code, max(0, rc))
+                code = max(code, rc, 1 if hits[0] > 1 else 0)  # a second signal: 1
                 continue
             log.warning("worker %d (pid %d) exited with %d; starting it again", index, pid, rc)
             w = _spawn(app, index)

@@ -370,3 +370,38 @@ def test_commit_position_is_per_partition_with_keys() -> None:
         assert seqs == sorted(seqs)  # in order within each partition
     assert sum(map(len, order.values())) == 200
     assert TopicPartition("t", 0) == ("t", 0)
+
+
+def test_mqlite_run_refuses_bad_targets(tmp_path, monkeypatch) -> None:
+    from mqlite.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "svc_mod.py").write_text("import mqlite\napp = mqlite.App('d')\nnot_app = 3\n")
+    assert main(["run", "no_such_module_xyz:app"]) == 2
+    assert main(["run", "svc_mod:missing"]) == 2
+    assert main(["run", "svc_mod:not_app"]) == 2
+    assert main(["run", "a:b:c"]) == 2
+    assert main(["run", "svc_mod:app", "--graceful-timeout", "-1"]) == 2
+
+
+def test_health_endpoint_serves_200_and_503() -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from mqlite.app.run import serve_health
+
+    state = {"ready": False}
+    server = serve_health(lambda: (state["ready"], {"x": 1}), 0)
+    port = server.server_address[1]
+    try:
+        with pytest.raises(urllib.error.HTTPError) as ei:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert ei.value.code == 503
+        ei.value.close()
+        state["ready"] = True
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read()) == {"ready": True, "x": 1}
+    finally:
+        server.shutdown()
+        server.server_close()

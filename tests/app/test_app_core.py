@@ -405,3 +405,29 @@ def test_health_endpoint_serves_200_and_503() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pydantic_models_are_decoded_validated_and_encoded() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class POrder(pydantic.BaseModel):  # type: ignore[name-defined, misc]
+        id: int
+        amount: float
+
+    app = mqlite.App("unused")
+    got: list[object] = []
+
+    def handle(order):  # type: ignore[no-untyped-def]
+        got.append(order)
+        return POrder(id=order.id, amount=order.amount * 2)
+
+    handle.__annotations__ = {"order": POrder}
+    app.subscriber("orders", dead_letter="orders.dlq")(app.publisher("out")(handle))
+    with TestApp(app) as t:
+        t.publish("orders", POrder(id=1, amount=2.5))
+        t.publish("orders", {"id": "x"})
+        t.wait_idle()
+        assert [(o.id, o.amount) for o in got] == [(1, 2.5)]  # type: ignore[attr-defined]
+        assert t.published("out") == [{"id": 1, "amount": 5.0}]
+        (dl,) = t.dead_letters("orders.dlq")
+        assert dl.reason == "invalid payload"

@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``mqlite run module:app``: run a service App until SIGTERM / SIGINT (mqlite.app.run)."""
     import logging
 
-    from mqlite.app.run import load_app
+    from mqlite.app.app import load_app
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

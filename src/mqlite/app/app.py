@@ -35,7 +35,7 @@ from mqlite.errors import ClosedError, TimeoutError
 from mqlite.retry import Backoff
 from mqlite.types import RecordMetadata
 
-__all__ = ["App", "Health"]
+__all__ = ["App", "Health", "load_app"]
 
 log = logging.getLogger("mqlite.app")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -654,3 +654,33 @@ def _decode_reply(value: bytes | None) -> Any:
     except msgspec.DecodeError:
         return value
 
+
+def load_app(spec: str) -> App:
+    """Import ``"module:attribute"`` (attribute default ``app``) from the current directory.
+
+    Raises
+    ------
+    ValueError
+        ``spec`` is malformed, the module or attribute does not exist.
+    TypeError
+        The attribute is not a :class:`mqlite.App`.
+    """
+    import importlib
+    import sys
+
+    if not isinstance(spec, str) or not spec or spec.count(":") > 1:
+        raise ValueError(f"expected module:attribute (e.g. service:app), got {spec!r}")
+    mod_name, _, attr = spec.partition(":")
+    attr = attr or "app"
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"cannot import {mod_name!r}: {exc}") from None
+    obj = getattr(mod, attr, None)
+    if obj is None:
+        raise ValueError(f"module {mod_name!r} has no attribute {attr!r}")
+    if not isinstance(obj, App):
+        raise TypeError(f"{spec} is a {type(obj).__name__}, not a mqlite.App")
+    return obj

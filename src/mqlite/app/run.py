@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from mqlite.app.app import App
 
-__all__ = ["load_app", "run_app", "serve_health"]
+__all__ = ["run_app", "serve_health"]
 
 log = logging.getLogger("mqlite.app")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,39 +65,6 @@ def serve_health(report: Callable[[], tuple[bool, dict[str, Any]]], port: int,
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="mqlite-health", daemon=True).start()
     return server
-
-
-def load_app(spec: str) -> App:
-    """Import ``"module:attribute"`` (attribute default ``app``) from the current directory.
-
-    Raises
-    ------
-    ValueError
-        ``spec`` is malformed, the module or attribute does not exist.
-    TypeError
-        The attribute is not a :class:`mqlite.App`.
-    """
-    import importlib
-    import sys
-
-    from mqlite.app.app import App
-
-    if not isinstance(spec, str) or not spec or spec.count(":") > 1:
-        raise ValueError(f"expected module:attribute (e.g. service:app), got {spec!r}")
-    mod_name, _, attr = spec.partition(":")
-    attr = attr or "app"
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"cannot import {mod_name!r}: {exc}") from None
-    obj = getattr(mod, attr, None)
-    if obj is None:
-        raise ValueError(f"module {mod_name!r} has no attribute {attr!r}")
-    if not isinstance(obj, App):
-        raise TypeError(f"{spec} is a {type(obj).__name__}, not a mqlite.App")
-    return obj
 
 
 def _check(workers: object, health_port: object) -> None:

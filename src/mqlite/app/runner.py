@@ -424,8 +424,9 @@ class Runner:
             if self._fast():
                 decode, h, takes = spec.decode, spec.handler, spec.takes_payload
                 raw = spec.raw_bytes
-                while i < n and not (self._stopping or lane.revoked):
-                    m = msgs[i]
+                for m in msgs:
+                    if self._stopping or lane.revoked:
+                        break
                     try:
                         if raw:
                             v = m.value
@@ -513,8 +514,9 @@ class Runner:
             if self._fast():
                 decode, h, takes = spec.decode, spec.handler, spec.takes_payload
                 raw = spec.raw_bytes
-                while i < n and not (self._stopping or lane.revoked):
-                    m = msgs[i]
+                for m in msgs:
+                    if self._stopping or lane.revoked:
+                        break
                     try:
                         if raw:
                             v = m.value

@@ -104,6 +104,8 @@ def _run_here(app: App, health_port: int | None, health_host: str,
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in _SIGNALS}
+    # a forked worker starts with them blocked (see _spawn): deliver any pending one now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     server = None
     try:
         app.start()
@@ -146,7 +148,12 @@ class _Worker:
 
 def _spawn(app: App, index: int) -> _Worker:
     rfd, wfd = os.pipe()
+    # Blocked across the fork: a SIGTERM that reaches the worker before it installed its
+    # own handlers must not run the supervisor's (which signals the other workers).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid == 0:  # the worker
         code = 1
         try:

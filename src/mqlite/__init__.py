@@ -13,6 +13,7 @@ shared safely by the processes of one machine.  No server.
 from typing import TYPE_CHECKING, Any
 
 from mqlite._core import Message
+from mqlite.app import App, Context, Reject, Retry
 from mqlite.broker import Broker, open
 from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
@@ -85,6 +86,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AlreadyProcessedError",
+    "App",
     "BackendError",
     "Backoff",
     "BatchMetadata",
@@ -97,6 +99,7 @@ __all__ = [
     "CommitFailedError",
     "ConcurrentAccessError",
     "Consumer",
+    "Context",
     "CorruptRecordError",
     "DeadLetter",
     "Delivery",
@@ -124,6 +127,8 @@ __all__ = [
     "QueuePolicy",
     "QueueStats",
     "RecordMetadata",
+    "Reject",
+    "Retry",
     "RoundRobinPartitioner",
     "SendFuture",
     "StaleDeliveryError",

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from mqlite._engine import Engine
     from mqlite._storage.pending import Entry
 
-__all__ = ["H_COUNT", "H_ERROR", "H_FIRST", "H_GROUP", "H_LAST", "H_OFFSET", "H_PARTITION",
+__all__ = ["DLQ_HEADERS", "H_COUNT", "H_ERROR", "H_ERROR_TYPE", "H_FIRST", "H_GROUP", "H_LAST", "H_OFFSET", "H_PARTITION",
            "H_REASON", "H_TIME", "H_TOPIC", "REASON_MAX_DELIVERIES", "DeadLetter",
            "dead_letters", "purge_dead_letters", "redrive", "to_dlq"]
 
@@ -45,8 +45,11 @@ H_LAST = "x-last-delivery-ms"
 H_REASON = "x-dead-letter-reason"
 H_GROUP = "x-original-group"
 H_TIME = "x-dead-lettered-ms"
+H_ERROR_TYPE = "x-error-type"  # set by mqlite.App's dead letters (the exception's type)
 _DLQ_HEADERS = frozenset({H_TOPIC, H_PARTITION, H_OFFSET, H_COUNT, H_ERROR, H_FIRST, H_LAST,
-                          H_REASON, H_GROUP, H_TIME})
+                          H_REASON, H_GROUP, H_TIME, H_ERROR_TYPE})
+#: The provenance headers a dead letter gains (removed again by ``redrive``).
+DLQ_HEADERS = _DLQ_HEADERS
 REASON_MAX_DELIVERIES = "max deliveries exceeded"
 _MAX_ERROR = _pending.MAX_ERROR
 

@@ -1,0 +1,25 @@
+"""The service framework: :class:`App`, handlers, publishers, retries, dead letters, running.
+
+Layers: this package is written on the public broker API through
+:mod:`mqlite.app.backend`; nothing below it imports it.  Modules:
+
+``app``         App: registration, lifecycle, publish, request/reply, health, redrive
+``subscriber``  options of ``@app.subscriber``, validated at decoration time
+``runner``      the fetch thread and handler lanes of each subscriber (commits, retries, DLQ)
+``context``     Context handed to handlers; outputs
+``codec``       payload encoding / decoding with msgspec
+``exceptions``  Reject (permanent) and Retry (transient)
+``backend``     the seam to the broker (sync mqlite today; aio / Kafka later)
+``run``         app.run(workers=N), signals, health endpoint
+``testing``     TestApp: the real engine in a temporary directory
+"""
+
+from mqlite.app.app import App, Health
+from mqlite.app.codec import PayloadError
+from mqlite.app.context import Context
+from mqlite.app.exceptions import Reject, Retry
+from mqlite.app.runner import HandlerEvent
+from mqlite.app.testing import TestApp
+
+__all__ = ["App", "Context", "HandlerEvent", "Health", "PayloadError", "Reject", "Retry",
+           "TestApp"]

@@ -1,0 +1,171 @@
+"""The one seam between the App and a broker (internal).
+
+Handlers never see this: the App reads, writes and commits only through a
+:class:`Backend`.  :class:`LocalBackend` is the sync mqlite broker; an
+asyncio backend (``mqlite.aio``) or a Kafka backend implement the same small
+surface, so the App and every handler run unchanged on them.
+
+Every method may be called from any App thread except where noted: a
+stream consumer is used by its fetch thread only (``commit_in_tx`` passes it to
+a transaction in a handler thread, which mqlite's fenced commit allows).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from mqlite.app.context import Output
+from mqlite.errors import TopicExistsError, TopicNotFoundError
+from mqlite.types import RecordMetadata, TopicPartition
+
+__all__ = ["Backend", "LocalBackend", "open_backend"]
+
+
+class Backend(Protocol):
+    """What the App needs from a broker."""
+
+    def ensure_topic(self, name: str, partitions: int) -> None: ...
+    def send(self, out: Output) -> RecordMetadata: ...
+    def apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
+              offsets: tuple[Any, dict[TopicPartition, int]] | None,
+              acks: Sequence[Any]) -> None: ...
+    def stream_consumer(self, topics: list[str], group: str, *, auto_offset_reset: str,
+                        batch: int,
+                        on_revoke: Callable[[list[TopicPartition]], Any]) -> Any: ...
+    def queue(self, topic: str, group: str, *, visibility_timeout: float,
+              max_deliveries: int | None, dead_letter: str | None) -> Any: ...
+    def reader(self, topic: str) -> Any: ...
+    def is_processed(self, key: Any, scope: str) -> bool: ...
+    def stream_lag(self, group: str, topics: list[str]) -> int: ...
+    def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
+                to_topic: str | None) -> int: ...
+    def dead_letters(self, dlq: str, limit: int) -> list[Any]: ...
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """:class:`Backend` over a sync :class:`mqlite.Broker` (this process's handle).
+
+    With ``auto_create`` (the App's ``auto_create_topics``), a send to a missing
+    topic creates it with ``partitions`` partitions and is tried again.
+    """
+
+    def __init__(self, broker: Any, owned: bool, auto_create: bool = True,
+                 partitions: int = 1) -> None:
+        self.broker = broker
+        self._owned = owned
+        self.auto_create = auto_create
+        self.partitions = partitions
+
+    def ensure_topic(self, name: str, partitions: int) -> None:
+        if name in self.broker.topics():
+            return
+        try:
+            self.broker.create_topic(name, partitions)
+        except TopicExistsError:
+            pass  # another worker created it first: use it as it is
+
+    def send(self, out: Output) -> RecordMetadata:
+        try:
+            return self.broker.send(out.topic, out.value, out.key,
+                                    out.headers, out.partition)
+        except TopicNotFoundError:
+            if not self.auto_create:
+                raise
+        self.ensure_topic(out.topic, self.partitions)
+        return self.broker.send(out.topic, out.value, out.key,
+                                out.headers, out.partition)
+
+    def apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
+              offsets: tuple[Any, dict[TopicPartition, int]] | None,
+              acks: Sequence[Any]) -> None:
+        """Sends, claims, an offset commit and queue acks in ONE transaction (all or nothing)."""
+        try:
+            self._apply(outputs, claims, offsets, acks)
+        except TopicNotFoundError:
+            if not self.auto_create:
+                raise
+            for o in outputs:
+                self.ensure_topic(o.topic, self.partitions)
+            self._apply(outputs, claims, offsets, acks)
+
+    def _apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
+               offsets: tuple[Any, dict[TopicPartition, int]] | None,
+               acks: Sequence[Any]) -> None:
+        if not outputs and not claims and offsets is None and not acks:
+            return
+        if len(outputs) == 1 and not claims and offsets is None and not acks:
+            self.send(outputs[0])
+            return
+        with self.broker.transaction() as tx:
+            for o in outputs:
+                tx.send(o.topic, o.value, o.key, o.headers, o.partition)
+            for key, scope, ttl in claims:
+                tx.claim(key, scope, ttl=ttl)
+            if offsets is not None:
+                tx.commit_offsets(offsets[0], offsets[1])
+            if acks:
+                tx.ack(acks)
+
+    def stream_consumer(self, topics: list[str], group: str, *, auto_offset_reset: str,
+                        batch: int, on_revoke: Callable[[list[TopicPartition]], Any]) -> Any:
+        # commit="manual": the App commits only contiguous completed offsets itself.
+        # max_poll_interval: a fetch thread waiting for busy handlers stops polling for a
+        # while; the member's heartbeat thread keeps it alive meanwhile.
+        return self.broker.consumer(topics, group=group, auto_offset_reset=auto_offset_reset,
+                                    commit="manual", max_poll_records=batch,
+                                    max_poll_interval=86400.0, on_revoke=on_revoke,
+                                    assignor="cooperative-sticky")
+
+    def queue(self, topic: str, group: str, *, visibility_timeout: float,
+              max_deliveries: int | None, dead_letter: str | None) -> Any:
+        self.broker.set_queue_policy(topic, group, max_deliveries=max_deliveries,
+                                     dead_letter_topic=dead_letter, retry_backoff=None)
+        return self.broker.queue(topic, group, visibility_timeout=visibility_timeout)
+
+    def reader(self, topic: str) -> Any:
+        """A groupless consumer of every partition of ``topic``, positioned at the end."""
+        c = self.broker.consumer(None)
+        tps = [TopicPartition(topic, p) for p in range(self.broker.partitions_for(topic))]
+        c.assign(tps)
+        c.seek_to_end(*tps)
+        return c
+
+    def is_processed(self, key: Any, scope: str) -> bool:
+        return self.broker.is_processed(key, scope)
+
+    def stream_lag(self, group: str, topics: list[str]) -> int:
+        total = 0
+        for t in topics:
+            committed = self.broker.committed_offsets(group, t)
+            for p in self.broker.describe_topic(t).partitions:
+                total += max(0, p.end_offset - max(committed.get(p.partition, 0),
+                                                    p.start_offset))
+        return total
+
+    def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
+                to_topic: str | None) -> int:
+        return self.broker.redrive(dlq, where, limit, to_topic)
+
+    def dead_letters(self, dlq: str, limit: int) -> list[Any]:
+        return self.broker.dead_letters(dlq, limit)
+
+    def close(self) -> None:
+        if self._owned:
+            self.broker.close()
+
+
+def open_backend(target: Any, durability: str, auto_create: bool = True,
+                 partitions: int = 1) -> LocalBackend:
+    """A backend for ``target``: a broker directory path or an open :class:`mqlite.Broker`."""
+    import mqlite
+
+    if isinstance(target, mqlite.Broker):
+        return LocalBackend(target, False, auto_create, partitions)
+    if isinstance(target, (str, os.PathLike)):
+        return LocalBackend(mqlite.open(target, durability=durability), True, auto_create,
+                            partitions)
+    raise TypeError(f"App() takes a broker directory (str / PathLike) or a mqlite.Broker, "
+                    f"not {type(target).__name__}")

@@ -1,0 +1,1033 @@
+"""Subscriber runtimes: one fetch thread per subscriber, lanes of handlers, commits.
+
+Contract (what every subscriber guarantees):
+
+* **Stream mode.**  The fetch thread owns the group consumer (``commit="manual"``)
+  and polls in batches.  Messages are split into one *lane* per partition; a
+  lane runs its messages one at a time, in offset order, as one job on the
+  subscriber's thread pool (sync handlers) or the App's event loop (``async
+  def``).  At most ``concurrency`` lanes run at once.  A lane reports the next
+  offset after its last *finished* message (handled, skipped as a duplicate,
+  dead-lettered or dropped); only the fetch thread commits, and only such
+  offsets, so a commit never passes a message that failed and is still being
+  retried, nor one that was never handled.  Transient failures are retried
+  **in place** (the lane waits out the backoff; later messages of that
+  partition wait, other partitions move on), see docs/decisions.md D29.
+* **Queue mode.**  The fetch thread receives deliveries and hands chunks to up
+  to ``concurrency`` jobs.  A transient failure is a ``nack(delay=backoff)`` (the
+  message comes back later, possibly to another worker, with its delivery
+  count raised: attempts survive crashes); a job acks its finished deliveries
+  in one transaction together with their outputs.
+* **Outputs** (``ctx.publish``, a publisher's return value, a reply, a dead
+  letter) are held until the handler succeeds and written in one transaction
+  per job flush, *before* the offsets that cover them are committed (or, with
+  ``exactly_once=True`` / in queue mode, in the same transaction as the commit
+  / acks).
+* **Stop.**  Lanes stop between messages; what was not handled is neither
+  committed nor acked, so the group's next owner gets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import queue as _queue_mod
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from mqlite.app.codec import PayloadError, encode_value
+from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output
+from mqlite.app.exceptions import Reject, Retry
+from mqlite.errors import (
+    AlreadyProcessedError,
+    ClosedError,
+    CommitFailedError,
+    StaleDeliveryError,
+)
+from mqlite.queue import deadletters as _dl
+from mqlite.types import TopicPartition
+
+if TYPE_CHECKING:
+    from mqlite._core import Message
+    from mqlite.app.backend import Backend
+    from mqlite.app.subscriber import SubscriberSpec
+
+__all__ = ["STATUSES", "HandlerEvent", "QueueRunner", "Runner", "StreamRunner"]
+
+log = logging.getLogger("mqlite.app")
+
+#: Outcome statuses reported to listeners (``HandlerEvent.status``).
+STATUSES = ("ok", "retry", "dead_letter", "error", "skipped")
+_MAX_ERROR = 1000
+
+
+class HandlerEvent(NamedTuple):
+    """What a listener (``App(listeners=...)`` / ``app.add_listener``) is told.
+
+    ``status`` is ``None`` when a handler call starts, then one of ``"ok"``,
+    ``"retry"`` (failed, will be tried again), ``"dead_letter"`` (sent to the
+    dead-letter topic), ``"error"`` (failed for good with no dead-letter topic:
+    dropped) or ``"skipped"`` (an idempotency key seen before).  ``seconds``
+    is the handler's wall time (0 at start).
+    """
+
+    subscriber: str
+    group: str
+    topic: str
+    partition: int
+    offset: int
+    attempt: int
+    status: str | None
+    seconds: float
+    error: BaseException | None
+    payload: Any
+
+
+class _Halt(Exception):
+    """A lane stops early (stop, revoke, lost partition)."""
+
+
+class _Item:
+    """The finished part of one message in a job: outputs, claim, delivery to ack."""
+
+    __slots__ = ("claim", "delivery", "outputs")
+
+    def __init__(self, outputs: list[Output], claim: Any, delivery: Any) -> None:
+        self.outputs = outputs
+        self.claim = claim
+        self.delivery = delivery
+
+
+class _Acc:
+    """What a job has finished and not yet flushed."""
+
+    __slots__ = ("done", "items", "keys")
+
+    def __init__(self) -> None:
+        self.items: list[_Item] = []
+        self.done: int | None = None  # stream: next offset to commit
+        self.keys: set[Any] = set()  # idempotency keys claimed by this job (flushed or not)
+
+
+class _Done(NamedTuple):
+    """A lane's report to the fetch thread."""
+
+    key: Any                 # TopicPartition (stream) or job id (queue)
+    done: int | None         # next offset to commit (stream)
+    rewind: int | None       # first offset not handled, to read again (stream)
+    size: int                # messages the job was given
+    final: bool              # False: progress report, the job goes on
+
+
+def _where(msgs: list[Any], i: int) -> tuple[str, int, int]:
+    m = msgs[min(i, len(msgs) - 1)]
+    return m.topic, m.partition, m.offset
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+
+
+def dead_letter_output(dlq: str, m: Message, group: str, attempts: int,
+                       exc: BaseException, reason: str) -> Output:
+    """The dead letter of ``m``: its value, key and headers plus ``x-*`` provenance headers.
+
+    The header names are those of queue mode's dead letters, so ``broker.dead_letters``,
+    ``broker.redrive`` and ``mqlite dlq`` work on them; ``x-error-type`` is added.
+    """
+    now = str(time.time_ns() // 1_000_000).encode()
+    hs = [(n, v) for n, v in m.headers if n not in _dl.DLQ_HEADERS]
+    hs += [(_dl.H_TOPIC, m.topic.encode()), (_dl.H_PARTITION, str(m.partition).encode()),
+           (_dl.H_OFFSET, str(m.offset).encode()), (_dl.H_GROUP, group.encode()),
+           (_dl.H_COUNT, str(attempts).encode()),
+           (_dl.H_ERROR, _error_text(exc).encode("utf-8", "replace")),
+           (_dl.H_ERROR_TYPE, type(exc).__qualname__.encode()),
+           (_dl.H_REASON, reason.encode()), (_dl.H_TIME, now)]
+    return Output(dlq, m.value if m.value is not None else b"", m.key, hs, None)
+
+
+class Runner:
+    """Common machinery of a subscriber runtime (internal)."""
+
+    def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.app = app
+        self.ready = False
+        self.failed: BaseException | None = None
+        self.handled = 0
+        self._stopping = False
+        self._done_q: _queue_mod.SimpleQueue[_Done] = _queue_mod.SimpleQueue()
+        self._running = 0
+        self._buffered = 0
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._scope = f"{spec.group}:{spec.name}"
+        # stream, async, concurrency=1: fetching and handling both run on the App's loop
+        self._loop_driven = spec.is_async and spec.concurrency == 1 and spec.mode == "stream"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.spec.is_async and self.spec.concurrency > 1:
+            self._pool = ThreadPoolExecutor(self.spec.concurrency,
+                                            thread_name_prefix=f"mqlite-{self.spec.name}")
+        self._thread = threading.Thread(target=self._main, name=f"mqlite-fetch-{self.spec.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Stop fetching; lanes stop between messages (any thread)."""
+        self._stopping = True
+        self._wake()
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the fetch thread to finish its shutdown; True when it did."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        return True
+
+    def busy(self) -> bool:
+        """Messages fetched and not finished, or a job running."""
+        return self._running > 0 or self._buffered > 0
+
+    def lag(self) -> int:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            if not self._stopping:
+                log.exception("subscriber %s stopped on an error", self.spec.name)
+            self.failed = exc
+        finally:
+            self.ready = False
+            self.app._notify_progress()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _submit(self, job: Callable[[], Any], coro: Callable[[], Coroutine[Any, Any, Any]]
+                ) -> None:
+        self._running += 1
+        if self.spec.is_async:
+            fut = asyncio.run_coroutine_threadsafe(coro(), self.app._event_loop())
+        elif self._pool is None:
+            # concurrency=1, sync: run on the fetch thread (no hand-off; with the GIL a
+            # second thread would not run a CPU-bound handler any sooner)
+            job()
+            return
+        else:
+            fut = self._pool.submit(job)
+        fut.add_done_callback(self._job_crashed)
+
+    def _job_crashed(self, fut: Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("subscriber %s: a job failed: %r", self.spec.name, fut.exception())
+
+    def _report(self, d: _Done) -> None:
+        self._done_q.put(d)
+        if not self._loop_driven and threading.current_thread() is not self._thread:
+            self._wake()  # inline jobs (fetch thread, or loop-driven) need no wake-up
+
+    def _emit(self, m: Message, attempt: int, status: str | None, seconds: float,
+              error: BaseException | None, payload: Any) -> None:
+        ev = HandlerEvent(self.spec.name, self.spec.group, m.topic, m.partition, m.offset,
+                          attempt, status, seconds, error, payload)
+        for fn in self.app._listeners:
+            try:
+                fn(ev)
+            except Exception:
+                log.exception("listener %r failed", fn)
+
+    def _halted(self, lane: Any) -> bool:
+        return self._stopping or lane.revoked
+
+    # -- one message: before, after ------------------------------------------------------
+    def _success(self, acc: _Acc, m: Message, ctx: Context | None, result: Any, claim: Any,
+                 delivery: Any) -> None:
+        spec = self.spec
+        outputs = ctx._outputs if ctx is not None else []
+        if result is not None and spec.publishers:
+            value = encode_value(result)
+            outputs = outputs + [Output(t, value, m.key, None, None) for t in spec.publishers]
+        if result is not None and m.headers:
+            reply_to = corr = None
+            for n, v in m.headers:
+                if n == H_REPLY_TO:
+                    reply_to = v.decode()
+                elif n == H_CORRELATION:
+                    corr = v
+            if reply_to is not None:
+                outputs = outputs + [Output(reply_to, encode_value(result), None,
+                                            [(H_CORRELATION, corr or b"")], None)]
+        manual_skip = spec.ack == "manual" and (ctx is None or not ctx._acks)
+        if claim is not None:
+            acc.keys.add(claim)
+        if outputs or claim is not None or (delivery is not None and not manual_skip):
+            acc.items.append(_Item(outputs, claim, None if manual_skip else delivery))
+        if delivery is None and not manual_skip:
+            acc.done = m.offset + 1
+
+    def _give_up(self, acc: _Acc, m: Message, attempt: int, exc: BaseException,
+                 permanent: bool, delivery: Any) -> str:
+        spec = self.spec
+        if isinstance(exc, PayloadError):
+            reason = "invalid payload"
+        elif isinstance(exc, Reject):
+            reason = f"rejected: {exc.reason}"[:_MAX_ERROR]
+        elif permanent:
+            reason = "permanent error"
+        else:
+            reason = "retries exhausted"
+        if spec.dead_letter is not None:
+            out = dead_letter_output(spec.dead_letter, m, spec.group, attempt, exc, reason)
+            acc.items.append(_Item([out], None, delivery))
+            status = "dead_letter"
+            log.warning("%s: %s[%d]@%d dead-lettered to %s after %d attempt(s): %s",
+                        spec.name, m.topic, m.partition, m.offset, spec.dead_letter, attempt,
+                        _error_text(exc))
+        else:
+            if delivery is not None:
+                acc.items.append(_Item([], None, delivery))
+            status = "error"
+            log.error("%s: %s[%d]@%d dropped after %d attempt(s) (no dead_letter topic): %s",
+                      spec.name, m.topic, m.partition, m.offset, attempt, _error_text(exc))
+        if delivery is None:
+            acc.done = m.offset + 1
+        return status
+
+    def _failure(self, acc: _Acc, m: Message, attempt: int, exc: BaseException,
+                 delivery: Any, t0: float, payload: Any) -> float | None:
+        """Classify a failed attempt; returns a delay to retry in place, else ``None``."""
+        spec = self.spec
+        permanent = isinstance(exc, spec.permanent_types)
+        obs = self.app._listeners
+        if not permanent and attempt <= spec.retries:
+            if isinstance(exc, Retry) and exc.delay is not None:
+                delay = exc.delay
+            else:
+                delay = spec.backoff.delay(attempt)
+            if obs:
+                self._emit(m, attempt, "retry", time.perf_counter() - t0, exc, payload)
+            if delivery is not None and spec.ack != "before":
+                try:
+                    delivery.nack(delay=delay, error=_error_text(exc))
+                except (StaleDeliveryError, ClosedError):
+                    pass  # redelivered elsewhere already / shutting down
+                return None
+            return delay
+        status = self._give_up(acc, m, attempt, exc, permanent, delivery)
+        if obs:
+            self._emit(m, attempt, status, time.perf_counter() - t0, exc, payload)
+        return None
+
+    # -- flushing ----------------------------------------------------------------------------
+    def _needs_io(self, acc: _Acc) -> bool:
+        return bool(acc.items) or (self.spec.exactly_once and acc.done is not None)
+
+    def _flush(self, lane: Any, acc: _Acc) -> None:
+        """Write the finished part of a job; report committable progress (job thread)."""
+        items, done = acc.items, acc.done
+        acc.items, acc.done = [], None
+        if items or (self.spec.exactly_once and done is not None):
+            self._apply(lane, items, done)
+        if done is not None and lane is not None:
+            lane.done = done
+
+    def _apply(self, lane: Any, items: list[_Item], done: int | None) -> None:
+        spec = self.spec
+        offsets = None
+        if spec.exactly_once and done is not None and lane is not None:
+            offsets = (self._consumer_for_tx(), {lane.tp: done})
+        for _ in range(len(items) + 2):
+            outputs = [o for it in items for o in it.outputs]
+            claims = [(it.claim, self._scope, spec.idempotency_ttl) for it in items
+                      if it.claim is not None]
+            acks = [it.delivery for it in items if it.delivery is not None]
+            try:
+                self.backend.apply(outputs, claims, offsets, acks)
+                return
+            except AlreadyProcessedError as exc:
+                # Another worker handled that event first: drop its outputs, keep the rest.
+                key = exc.event_id
+                for it in items:
+                    if it.claim is not None and (it.claim == key or (
+                            isinstance(it.claim, str) and it.claim.encode() == key)):
+                        it.outputs, it.claim = [], None
+                        break
+                else:
+                    raise
+            except StaleDeliveryError:
+                # A visibility timeout ran out: apply delivery by delivery, skip stale ones.
+                for it in items:
+                    try:
+                        self.backend.apply(it.outputs, [] if it.claim is None else
+                                           [(it.claim, self._scope, spec.idempotency_ttl)],
+                                           None, [] if it.delivery is None else [it.delivery])
+                    except (StaleDeliveryError, AlreadyProcessedError):
+                        pass
+                return
+            except CommitFailedError:
+                log.warning("%s: lost %s while committing; its new owner handles it",
+                            spec.name, lane.tp if lane is not None else "?")
+                if lane is not None:
+                    lane.revoked = True
+                raise _Halt from None
+
+    def _consumer_for_tx(self) -> Any:
+        raise NotImplementedError
+
+    # -- the job bodies --------------------------------------------------------------------
+    def _prepare(self, m: Message) -> tuple[Any, Any]:
+        """Decode; with ``idempotency_key``, return the key (raise _Skip when seen)."""
+        payload = self.spec.decode(m.value)
+        key = None
+        if self.spec.idempotency_key is not None:
+            key = self.spec.idempotency_key(payload)
+            if key is not None and not isinstance(key, (str, bytes)):
+                key = str(key)
+        return payload, key
+
+    def _fast(self) -> bool:
+        """Whether a job may take the lean path (nothing per message but the call)."""
+        spec = self.spec
+        return (not self.app._listeners and spec.ctx_param is None and not spec.publishers
+                and spec.idempotency_key is None and not spec.exactly_once
+                and spec.mode == "stream" and spec.ack != "manual")
+
+    def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
+        """Lean path: a handled message that returned a value or has headers (a reply?)."""
+        self._success(acc, m, None, result, None, None)
+
+    def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
+        """Handle ``msgs`` in order on this thread; returns how many were finished."""
+        spec = self.spec
+        acc = _Acc()
+        i = 0
+        n = len(msgs)
+        first_exc: Exception | None = None
+        try:
+            if self._fast():
+                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
+                raw = spec.raw_bytes
+                for m in msgs:
+                    if self._stopping or lane.revoked:
+                        break
+                    try:
+                        if raw:
+                            v = m.value
+                            r = h(b"" if v is None else v)
+                        else:
+                            r = h(decode(m.value)) if takes else h()
+                    except Exception as exc:  # noqa: BLE001 - classified below
+                        first_exc = exc
+                        break
+                    if r is not None:
+                        self._fast_done(acc, m, r)
+                    i += 1
+                if i:
+                    acc.done = msgs[i - 1].offset + 1
+            while i < n:
+                if self._halted(lane):
+                    break
+                self._one_sync(lane, acc, msgs[i], attempt_of, first_exc)
+                first_exc = None
+                i += 1
+            self._flush(lane, acc)
+        except _Halt:
+            try:
+                self._flush(lane, acc)
+            except _Halt:
+                pass
+        except Exception:
+            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
+                          spec.name, *_where(msgs, i))
+            self._wait(lane, 1.0)
+        self.handled += i
+        return i
+
+    def _one_sync(self, lane: Any, acc: _Acc, m: Any, attempt_of: Callable[[Any], int],
+                  first_exc: Exception | None) -> None:
+        """One message through attempts, retries, dead letter (raises _Halt when stopped)."""
+        spec = self.spec
+        obs = self.app._listeners
+        delivery = m if spec.mode == "queue" and spec.ack != "before" else None
+        attempt = attempt_of(m)
+        while True:
+            ctx = Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None
+            payload = key = None
+            t0 = time.perf_counter()
+            if obs:
+                self._emit(m, attempt, None, 0.0, None, None)
+            try:
+                if first_exc is not None:
+                    exc, first_exc = first_exc, None
+                    raise exc
+                payload, key = self._prepare(m)
+                if key is not None and (key in acc.keys or
+                                        self.backend.is_processed(key, self._scope)):
+                    self._success(acc, m, None, None, None, delivery)
+                    if obs:
+                        self._emit(m, attempt, "skipped", 0.0, None, payload)
+                    return
+                result = spec.call(payload, ctx)
+            except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
+                if delay is None:
+                    return
+                self._flush(lane, acc)
+                self._report_progress(lane)
+                if self._wait(lane, delay):
+                    raise _Halt from None
+                attempt += 1
+                continue
+            self._success(acc, m, ctx, result, key, delivery)
+            if obs:
+                self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
+            return
+
+    async def _run_async(self, lane: Any, msgs: list[Any],
+                         attempt_of: Callable[[Any], int]) -> int:
+        """The :meth:`_run_sync` of ``async def`` handlers, on the App's loop."""
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        io = self.app._io_pool()
+        acc = _Acc()
+        i = 0
+        n = len(msgs)
+        first_exc: Exception | None = None
+        try:
+            if self._fast():
+                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
+                raw = spec.raw_bytes
+                for m in msgs:
+                    if self._stopping or lane.revoked:
+                        break
+                    try:
+                        if raw:
+                            v = m.value
+                            r = await h(b"" if v is None else v)
+                        else:
+                            r = await (h(decode(m.value)) if takes else h())
+                    except Exception as exc:  # noqa: BLE001 - classified below
+                        first_exc = exc
+                        break
+                    if r is not None:
+                        self._fast_done(acc, m, r)
+                    i += 1
+                if i:
+                    acc.done = msgs[i - 1].offset + 1
+            while i < n:
+                if self._halted(lane):
+                    break
+                await self._one_async(lane, acc, msgs[i], attempt_of, first_exc)
+                first_exc = None
+                i += 1
+            if self._needs_io(acc):
+                await loop.run_in_executor(io, self._flush, lane, acc)
+            else:
+                self._flush(lane, acc)
+        except _Halt:
+            try:
+                await loop.run_in_executor(io, self._flush, lane, acc)
+            except _Halt:
+                pass
+        except Exception:
+            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
+                          spec.name, *_where(msgs, i))
+            await self._wait_async(lane, 1.0)
+        self.handled += i
+        return i
+
+    async def _one_async(self, lane: Any, acc: _Acc, m: Any,
+                         attempt_of: Callable[[Any], int], first_exc: Exception | None) -> None:
+        """:meth:`_one_sync` for ``async def`` handlers."""
+        spec = self.spec
+        obs = self.app._listeners
+        delivery = m if spec.mode == "queue" and spec.ack != "before" else None
+        attempt = attempt_of(m)
+        while True:
+            ctx = Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None
+            payload = key = None
+            t0 = time.perf_counter()
+            if obs:
+                self._emit(m, attempt, None, 0.0, None, None)
+            try:
+                if first_exc is not None:
+                    exc, first_exc = first_exc, None
+                    raise exc
+                payload, key = self._prepare(m)
+                if key is not None and (key in acc.keys or
+                                        self.backend.is_processed(key, self._scope)):
+                    self._success(acc, m, None, None, None, delivery)
+                    if obs:
+                        self._emit(m, attempt, "skipped", 0.0, None, payload)
+                    return
+                result = await spec.call(payload, ctx)
+            except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
+                if delay is None:
+                    return
+                await asyncio.get_running_loop().run_in_executor(
+                    self.app._io_pool(), self._flush, lane, acc)
+                self._report_progress(lane)
+                if await self._wait_async(lane, delay):
+                    raise _Halt from None
+                attempt += 1
+                continue
+            self._success(acc, m, ctx, result, key, delivery)
+            if obs:
+                self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
+            return
+
+    def _report_progress(self, lane: Any) -> None:
+        pass
+
+    def _wait(self, lane: Any, delay: float) -> bool:
+        """Wait ``delay`` seconds before a retry; True when stopped or revoked meanwhile."""
+        end = time.monotonic() + delay
+        while not self._halted(lane):
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self.app._stop_event.wait(min(left, 0.1))
+        return True
+
+    async def _wait_async(self, lane: Any, delay: float) -> bool:
+        end = time.monotonic() + delay
+        while not self._halted(lane):
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(left, 0.1))
+        return True
+
+
+class _Lane:
+    """One partition's queue of fetched batches (stream mode)."""
+
+    __slots__ = ("batches", "done", "revoked", "running", "tp")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.batches: deque[list[Any]] = deque()
+        self.running = False
+        self.revoked = False
+        self.done: int | None = None
+
+
+def _runs(msgs: list[Any]) -> list[tuple[tuple[str, int], list[Any]]]:
+    """Split a poll's messages into per-partition runs, in order.
+
+    ``poll`` returns each partition's messages as one run of dense offsets, so
+    a run's end is found by binary search on "same partition, offset = first +
+    index" (a few attribute reads per run instead of one per message).
+    """
+    out: list[tuple[tuple[str, int], list[Any]]] = []
+    by: dict[tuple[str, int], list[Any]] = {}
+    s, n = 0, len(msgs)
+    while s < n:
+        f = msgs[s]
+        t, p, o = f.topic, f.partition, f.offset
+        lo, hi = s, n - 1  # msgs[lo] is in the run; find the last index in it
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            m = msgs[mid]
+            if m.offset == o + (mid - s) and m.partition == p and m.topic == t:
+                lo = mid
+            else:
+                hi = mid - 1
+        run = msgs[s:lo + 1]
+        key = (t, p)
+        prev = by.get(key)
+        if prev is None:
+            by[key] = run
+            out.append((key, run))
+        else:
+            prev.extend(run)
+        s = lo + 1
+    return out
+
+
+def _first_attempt(m: Any) -> int:
+    return 1
+
+
+class StreamRunner(Runner):
+    """Stream mode (Kafka-style ordered group): see the module docstring."""
+
+    def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
+        super().__init__(spec, backend, app)
+        self._consumer: Any = None
+        self._lanes: dict[TopicPartition, _Lane] = {}
+        self._ready_lanes: deque[_Lane] = deque()
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._rewinds: dict[TopicPartition, int] = {}
+        self._max_buffered = spec.batch * (spec.concurrency + 3)
+
+    def _wake(self) -> None:
+        c = self._consumer
+        if c is not None:
+            c.wakeup()
+
+    def _consumer_for_tx(self) -> Any:
+        return self._consumer
+
+    def lag(self) -> int:
+        return self.backend.stream_lag(self.spec.group, self.spec.topics)
+
+    def _loop(self) -> None:
+        if self._loop_driven:
+            asyncio.run_coroutine_threadsafe(self._aloop(), self.app._event_loop()).result()
+            return
+        spec = self.spec
+        self._consumer = c = self.backend.stream_consumer(
+            spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+            batch=spec.batch, on_revoke=self._on_revoke)
+        try:
+            while not self._stopping:
+                self._drain(0.0)
+                self._apply_rewinds()
+                self._schedule()
+                self._commit()
+                if self._buffered >= self._max_buffered:
+                    self._drain(0.5)
+                    continue
+                if self._stopping or not self._done_q.empty():
+                    continue  # a stop or report came during commit(), which took its wake-up
+                msgs = c.poll(max_records=spec.batch, timeout=1.0 if self.ready else 0.01)
+                if not self.ready:
+                    self.ready = True
+                    self.app._notify_progress()
+                if msgs:
+                    self._dispatch(msgs)
+            self._shutdown()
+        finally:
+            c.close()
+
+    async def _aloop(self) -> None:
+        """The fetch loop of a loop-driven subscriber: one thread, like a hand-written loop.
+
+        Polls without waiting on the loop; handles each partition's run inline
+        (``await``); commits; only when nothing is there does a blocking poll run
+        in an executor thread.  Lanes never run during a poll, so a revocation
+        never waits.
+        """
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        self._consumer = c = self.backend.stream_consumer(
+            spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+            batch=spec.batch, on_revoke=self._on_revoke)
+        blocking = functools.partial(c.poll, max_records=spec.batch, timeout=1.0)
+        try:
+            while not self._stopping:
+                self._drain(0.0)
+                self._apply_rewinds()
+                self._commit()
+                while self._ready_lanes and not self._stopping:
+                    lane = self._ready_lanes.popleft()
+                    if lane.running or lane.revoked or not lane.batches:
+                        continue
+                    batch = lane.batches.popleft()
+                    while lane.batches and len(batch) < 4 * spec.batch:
+                        batch = batch + lane.batches.popleft()
+                    lane.running = True
+                    self._running += 1
+                    await self._job_async(lane, batch)
+                    self._drain(0.0)
+                if self._stopping:
+                    break
+                msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self.ready else []
+                if not msgs and not self._stopping:
+                    self._commit()  # caught up: commit before waiting
+                    msgs = await loop.run_in_executor(None, blocking)
+                if not self.ready:
+                    self.ready = True
+                    self.app._notify_progress()
+                if msgs:
+                    self._dispatch(msgs)
+            self._shutdown()
+        finally:
+            c.close()
+
+    def _dispatch(self, msgs: list[Any]) -> None:
+        if self.spec.ack == "before":
+            ends: dict[TopicPartition, int] = {}
+            for m in msgs:
+                ends[TopicPartition(m.topic, m.partition)] = m.offset + 1
+            try:
+                self._consumer.commit(ends)
+            except CommitFailedError:
+                return  # lost them already: the new owner reads them
+        for (t, p), batch in _runs(msgs):
+            tp = TopicPartition(t, p)
+            lane = self._lanes.get(tp)
+            if lane is None:
+                lane = self._lanes[tp] = _Lane(tp)
+            lane.batches.append(batch)
+            self._buffered += len(batch)
+            if not lane.running and len(lane.batches) == 1:
+                self._ready_lanes.append(lane)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._loop_driven:
+            return  # _aloop runs the lanes itself
+        while self._running < self.spec.concurrency and self._ready_lanes and not self._stopping:
+            lane = self._ready_lanes.popleft()
+            if lane.running or lane.revoked or not lane.batches:
+                continue
+            batch = lane.batches.popleft()
+            while lane.batches and len(batch) < 4 * self.spec.batch:
+                batch = batch + lane.batches.popleft()  # fewer, larger jobs when behind
+            lane.running = True
+            self._submit(functools.partial(self._job, lane, batch),
+                         functools.partial(self._job_async, lane, batch))
+
+    def _job(self, lane: _Lane, batch: list[Any]) -> None:
+        n = 0
+        try:
+            n = self._run_sync(lane, batch, _first_attempt)
+        finally:
+            self._finish(lane, batch, n)
+
+    async def _job_async(self, lane: _Lane, batch: list[Any]) -> None:
+        n = 0
+        try:
+            n = await self._run_async(lane, batch, _first_attempt)
+        finally:
+            self._finish(lane, batch, n)
+
+    def _finish(self, lane: _Lane, batch: list[Any], n: int) -> None:
+        rewind = batch[n].offset if n < len(batch) else None
+        done, lane.done = lane.done, None
+        self._report(_Done(lane.tp, done, rewind, len(batch), True))
+
+    def _report_progress(self, lane: Any) -> None:
+        done, lane.done = lane.done, None
+        if done is not None:
+            self._report(_Done(lane.tp, done, None, 0, False))
+
+    def _drain(self, timeout: float) -> None:
+        """Take lane reports (waiting up to ``timeout`` for the first)."""
+        got = False
+        while True:
+            try:
+                d = self._done_q.get(timeout=timeout) if timeout > 0 and not got else \
+                    self._done_q.get_nowait()
+            except _queue_mod.Empty:
+                break
+            got = True
+            lane = self._lanes.get(d.key)
+            if d.done is not None and not self.spec.exactly_once:
+                self._to_commit[d.key] = d.done
+            if not d.final:
+                continue
+            self._running -= 1
+            self._buffered -= d.size
+            if lane is None:
+                continue
+            lane.running = False
+            if d.rewind is not None and not lane.revoked and not self._stopping:
+                self._rewinds[lane.tp] = d.rewind
+                for b in lane.batches:
+                    self._buffered -= len(b)
+                lane.batches.clear()
+            elif lane.batches:
+                self._ready_lanes.append(lane)
+        if got:
+            self.app._notify_progress()
+
+    def _apply_rewinds(self) -> None:
+        while self._rewinds:
+            tp, off = self._rewinds.popitem()
+            if tp in self._lanes:
+                try:
+                    self._consumer.seek(tp, off)
+                except ValueError:
+                    pass  # no longer assigned
+
+    def _commit(self) -> None:
+        if not self._to_commit:
+            return
+        todo, self._to_commit = self._to_commit, {}
+        try:
+            self._consumer.commit(todo)
+        except CommitFailedError:
+            # Some partition moved: commit the others, drop the lost ones.
+            owned = set(self._consumer.assignment())
+            rest = {tp: o for tp, o in todo.items() if tp in owned}
+            if rest:
+                try:
+                    self._consumer.commit(rest)
+                except CommitFailedError:
+                    pass
+        self.app._notify_progress()
+
+    def _wait_lanes(self, lanes: list[_Lane], timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while any(lane.running for lane in lanes):
+            left = end - time.monotonic()
+            if left <= 0:
+                log.warning("%s: handlers still running after %.1f s; leaving them",
+                            self.spec.name, timeout)
+                return
+            self._drain(min(left, 0.5))
+
+    def _on_revoke(self, tps: list[TopicPartition]) -> None:
+        lanes = []
+        for tp in tps:
+            lane = self._lanes.get(tp)
+            if lane is None:
+                continue
+            lane.revoked = True
+            for b in lane.batches:
+                self._buffered -= len(b)
+            lane.batches.clear()
+            lanes.append(lane)
+        self._wait_lanes(lanes, self.app.graceful_timeout)
+        self._commit()
+        for tp in tps:
+            self._lanes.pop(tp, None)
+            self._rewinds.pop(tp, None)
+
+    def _shutdown(self) -> None:
+        for lane in self._lanes.values():
+            for b in lane.batches:
+                self._buffered -= len(b)
+            lane.batches.clear()
+        self._wait_lanes(list(self._lanes.values()), self.app.graceful_timeout)
+        self._drain(0.0)
+        self._commit()
+
+
+class QueueRunner(Runner):
+    """Queue mode (competing consumers, per-message acks): see the module docstring."""
+
+    def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
+        super().__init__(spec, backend, app)
+        self._queue: Any = None
+        self._jobs = 0
+        self.revoked = False  # the "lane" of a queue job is the runner itself
+
+    def _wake(self) -> None:
+        q = self._queue
+        if q is not None:
+            q.wakeup()
+
+    def _consumer_for_tx(self) -> Any:
+        return None
+
+    def lag(self) -> int:
+        q = self._queue
+        return 0 if q is None else int(q.lag())
+
+    def _loop(self) -> None:
+        spec = self.spec
+        max_deliveries = None if spec.ack == "before" else spec.retries + 1
+        self._queue = q = self.backend.queue(
+            spec.topics[0], spec.group, visibility_timeout=spec.visibility_timeout,
+            max_deliveries=max_deliveries, dead_letter=spec.dead_letter)
+        per_job = max(1, spec.batch // spec.concurrency)
+        try:
+            while not self._stopping:
+                self._drain(0.0)
+                free = spec.concurrency - self._running
+                if free <= 0:
+                    self._drain(0.5)
+                    continue
+                if self._stopping or not self._done_q.empty():
+                    continue  # a stop or report came during another call (took its wake-up)
+                ds = q.receive(max_messages=min(spec.batch, free * per_job),
+                               timeout=1.0 if self.ready else 0.01)
+                if not self.ready:
+                    self.ready = True
+                    self.app._notify_progress()
+                if not ds:
+                    continue
+                if spec.ack == "before":
+                    q.ack(ds)
+                chunks = min(free, len(ds))
+                for k in range(chunks):
+                    part = ds[k::chunks]
+                    self._buffered += len(part)
+                    self._submit(functools.partial(self._job, part),
+                                 functools.partial(self._job_async, part))
+            end = time.monotonic() + self.app.graceful_timeout
+            while self._running > 0 and time.monotonic() < end:
+                self._drain(min(0.5, max(0.0, end - time.monotonic())))
+        finally:
+            q.close()
+
+    def _attempt_of(self, d: Any) -> int:
+        return int(d.delivery_count)
+
+    def _job(self, ds: list[Any]) -> None:
+        try:
+            self._run_sync(self._extender(ds), ds, self._attempt_of)
+        finally:
+            self._report(_Done(None, None, None, len(ds), True))
+
+    async def _job_async(self, ds: list[Any]) -> None:
+        try:
+            await self._run_async(self._extender(ds), ds, self._attempt_of)
+        finally:
+            self._report(_Done(None, None, None, len(ds), True))
+
+    def _extender(self, ds: list[Any]) -> _Extender:
+        return _Extender(self, ds)
+
+    def _drain(self, timeout: float) -> None:
+        got = False
+        while True:
+            try:
+                d = self._done_q.get(timeout=timeout) if timeout > 0 and not got else \
+                    self._done_q.get_nowait()
+            except _queue_mod.Empty:
+                break
+            got = True
+            self._running -= 1
+            self._buffered -= d.size
+        if got:
+            self.app._notify_progress()
+
+
+class _Extender:
+    """The "lane" of a queue job: keeps the job's deliveries invisible while it runs."""
+
+    __slots__ = ("_ds", "_next", "_runner", "done", "tp")
+
+    def __init__(self, runner: QueueRunner, ds: list[Any]) -> None:
+        self._runner = runner
+        self._ds = ds
+        vt = runner.spec.visibility_timeout
+        self._next = time.monotonic() + vt / 2
+        self.done: int | None = None
+        self.tp = None
+
+    @property
+    def revoked(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            vt = self._runner.spec.visibility_timeout
+            self._next = now + vt / 2
+            for d in self._ds:  # one by one: nacked ones are no longer ours
+                try:
+                    self._runner._queue.extend(d, vt)
+                except (StaleDeliveryError, ClosedError):
+                    pass
+        return False

@@ -1,0 +1,43 @@
+"""Apps run by the multi-process tests (``mqlite run _app_procs:NAME``).
+
+The broker directory comes from ``MQLITE_TEST_DIR``; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import mqlite
+
+DIR = os.environ.get("MQLITE_TEST_DIR", "unused")
+
+# At-least-once worker: one output per handled input (6 partitions, shared by workers).
+workers_app = mqlite.App(DIR, name="w", durability="none", partitions=6, graceful_timeout=30)
+
+
+@workers_app.subscriber("in", group="workers", concurrency=2, batch=20)
+@workers_app.publisher("out")
+def handle(x: dict) -> dict:
+    return {"id": x["id"], "pid": os.getpid()}
+
+
+# Exactly-once: outputs and the offset commit in one transaction.
+eos_app = mqlite.App(DIR, name="eos", durability="none", partitions=3)
+
+
+@eos_app.subscriber("in", group="eos", exactly_once=True, batch=5, concurrency=3)
+def eos_handle(x: dict, ctx: mqlite.Context) -> None:
+    ctx.publish("out", {"id": x["id"]})
+    ctx.publish("out2", {"id": x["id"]})
+
+
+# A handler that never finishes: for the second-signal test.
+stuck_app = mqlite.App(DIR, name="stuck", durability="none", graceful_timeout=600)
+
+
+@stuck_app.subscriber("in", group="stuck")
+def stuck(x: object) -> None:
+    with open(os.path.join(DIR, "entered"), "w") as f:  # the test waits for this file
+        f.write("1")
+    threading.Event().wait()  # never set

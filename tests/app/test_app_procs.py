@@ -1,0 +1,191 @@
+"""`mqlite run` with worker processes: SIGTERM (no duplicates), SIGKILL (nothing lost),
+exactly-once under SIGKILL, health.  Synchronised on the output topic (blocking polls),
+never on sleeps; outcomes only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import msgspec
+from _polling import wait_until
+
+import mqlite
+from mqlite import TopicPartition
+
+TIMEOUT = 120.0
+
+
+class Outputs:
+    """Reads a topic from the beginning in this (test) process."""
+
+    def __init__(self, broker: mqlite.Broker, topic: str) -> None:
+        self.c = broker.consumer(None)
+        tps = [TopicPartition(topic, p) for p in range(broker.partitions_for(topic))]
+        self.c.assign(tps)
+        self.c.seek_to_beginning(*tps)
+        self.values: list[dict[str, Any]] = []
+
+    def until(self, cond: Any, what: str, timeout: float = TIMEOUT) -> None:
+        end = time.monotonic() + timeout
+        while not cond(self.values):
+            left = end - time.monotonic()
+            assert left > 0, f"timed out waiting for {what}: {len(self.values)} outputs"
+            for m in self.c.poll(max_records=1000, timeout=min(left, 1.0)):
+                self.values.append(msgspec.json.decode(m.value))
+
+    def drain(self) -> None:
+        """Read what is left (the writers have exited): until a poll comes back empty."""
+        while True:
+            msgs = self.c.poll(max_records=1000, timeout=0.2)
+            if not msgs:
+                return
+            self.values += [msgspec.json.decode(m.value) for m in msgs]
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError:
+        return 0, {}
+
+
+def _ready(port: int) -> tuple[int, dict[str, Any]] | None:
+    h = _health(port)
+    return h if h[0] == 200 else None
+
+
+def _setup(d: Any, n: int, partitions: int, outs: tuple[str, ...] = ("out",)) -> mqlite.Broker:
+    b = mqlite.open(d, durability="none")
+    b.create_topic("in", partitions=partitions)
+    for t in outs:
+        b.create_topic(t, partitions=partitions)
+    for start in range(0, n, 500):
+        ids = range(start, min(n, start + 500))
+        b.send_batch("in", [msgspec.json.encode({"id": i}) for i in ids],
+                     keys=[str(i).encode() for i in ids])
+    return b
+
+
+def _stop(proc: Any) -> int:
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(TIMEOUT)
+    return int(rc)
+
+
+def test_workers_share_the_group_and_sigterm_leaves_no_duplicates(app_procs: Any) -> None:
+    n = 3000
+    b = _setup(app_procs.dir, n, 6)
+    out = Outputs(b, "out")
+    port = _free_port()
+    try:
+        p1 = app_procs.run("_app_procs:workers_app", "--workers", "3", "--health-port",
+                           str(port))
+        out.until(lambda v: len(v) >= 300, "first outputs")
+        _, body = wait_until(lambda: _ready(port),
+                                  TIMEOUT, "health 200")
+        assert body["ready"] is True and len(body["workers"]) == 3
+        # every worker polled once (ready): all three are members of the one group
+        assert len(b.describe_group("workers").members) == 3
+        assert _stop(p1) == 0, p1.stdout.read().decode()[-3000:]
+        p2 = app_procs.run("_app_procs:workers_app", "--workers", "2")
+        out.until(lambda v: len({x["id"] for x in v}) == n, "every input handled")
+        assert _stop(p2) == 0, p2.stdout.read().decode()[-3000:]
+        out.drain()
+        counts = Counter(v["id"] for v in out.values)
+        assert set(counts) == set(range(n))
+        dups = {i: c for i, c in counts.items() if c > 1}
+        assert not dups, f"duplicates after SIGTERM: {list(dups.items())[:10]}"
+        assert b.committed_offsets("workers", "in") == {
+            p.partition: p.end_offset for p in b.describe_topic("in").partitions}
+    finally:
+        out.close()
+        b.close()
+
+
+def test_sigkill_of_a_worker_loses_nothing_and_it_is_restarted(app_procs: Any) -> None:
+    n = 3000
+    b = _setup(app_procs.dir, n, 6)
+    out = Outputs(b, "out")
+    port = _free_port()
+    try:
+        p = app_procs.run("_app_procs:workers_app", "--workers", "3", "--health-port",
+                          str(port))
+        _, body = wait_until(lambda: _ready(port),
+                             TIMEOUT, "health 200")
+        out.until(lambda v: len(v) >= 200, "first outputs")
+        victim = int(min(body["workers"]))
+        os.kill(victim, signal.SIGKILL)
+        out.until(lambda v: len({x["id"] for x in v}) == n, "every input after SIGKILL")
+        _, body2 = wait_until(lambda: _ready(port),
+                              TIMEOUT, "restarted worker ready")
+        assert str(victim) not in body2["workers"] and len(body2["workers"]) == 3
+        assert _stop(p) == 0
+    finally:
+        out.close()
+        b.close()
+
+
+def test_exactly_once_under_sigkill_gives_one_output_per_input(app_procs: Any) -> None:
+    n = 1500
+    b = _setup(app_procs.dir, n, 3, outs=("out", "out2"))
+    out = Outputs(b, "out")
+    try:
+        for _ in range(3):
+            p = app_procs.run("_app_procs:eos_app")
+            seen = len(out.values)
+            out.until(lambda v, seen=seen: len(v) >= min(n, seen + 150), "progress")
+            os.killpg(p.pid, signal.SIGKILL)  # anywhere: mid-handler, mid-commit
+            p.wait(TIMEOUT)
+        p = app_procs.run("_app_procs:eos_app")
+        out.until(lambda v: len(v) >= n, "all outputs")
+        assert _stop(p) == 0
+        out.drain()
+        counts = Counter(v["id"] for v in out.values)
+        assert set(counts) == set(range(n)) and set(counts.values()) == {1}
+        out2 = Outputs(b, "out2")
+        out2.until(lambda v: len(v) >= n, "out2")
+        assert Counter(v["id"] for v in out2.values) == counts
+        out2.close()
+    finally:
+        out.close()
+        b.close()
+
+
+def test_second_signal_stops_at_once_and_nothing_is_committed(app_procs: Any) -> None:
+    b = _setup(app_procs.dir, 1, 1)
+    try:
+        port = _free_port()
+        p = app_procs.run("_app_procs:stuck_app", "--health-port", str(port))
+        entered = app_procs.dir / "entered"
+        wait_until(entered.exists, TIMEOUT, "the handler to start")
+        wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        p.send_signal(signal.SIGTERM)  # graceful: would wait up to 600 s for the handler
+        # the stop has begun (not ready any more) before the second signal is sent, so
+        # the kernel cannot merge the two signals into one
+        wait_until(lambda: _health(port)[0] == 503, TIMEOUT, "health 503 while stopping")
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)  # second signal: at once
+        assert p.wait(TIMEOUT) == 128 + signal.SIGTERM
+        assert b.committed_offsets("stuck", "in") == {}  # redelivered to the next owner
+    finally:
+        b.close()

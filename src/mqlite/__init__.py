@@ -13,7 +13,6 @@ shared safely by the processes of one machine.  No server.
 from typing import TYPE_CHECKING, Any
 
 from mqlite._core import Message
-from mqlite.app import App, Context, Reject, Retry
 from mqlite.broker import Broker, open
 from mqlite.config import TopicConfig
 from mqlite.consumer import Consumer
@@ -73,14 +72,24 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from mqlite import aio as aio
+    from mqlite.app import App, Context, Reject, Retry
+
+#: Names imported on first use, so ``import mqlite`` does not pay for asyncio and the
+#: service framework (PEP 562).
+_LAZY = {"App": "mqlite.app", "Context": "mqlite.app", "Reject": "mqlite.app",
+         "Retry": "mqlite.app"}
 
 
 def __getattr__(name: str) -> Any:
     # ``mqlite.aio`` is imported on first use, so ``import mqlite`` does not pay for asyncio
-    if name == "aio":
-        import importlib
+    import importlib
 
+    if name == "aio":
         return importlib.import_module("mqlite.aio")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'mqlite' has no attribute {name!r}")
 
 

@@ -1,5 +1,6 @@
 #include "combine.h"
 
+#include "shmfile.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -38,29 +39,6 @@ static inline uint64_t *word_of(const mq_comb *c, uint32_t idx)
 static inline uint64_t *next_ticket(const mq_comb *c)
 {
     return (uint64_t *)(void *)(c->base + 16);
-}
-
-static int open_file(const char *path, unsigned mode)
-{
-    for (;;) {
-        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
-        if (fd >= 0) {
-            if (fchmod(fd, (mode_t)mode) < 0) {
-                int e = errno;
-                close(fd);
-                errno = e;
-                return -1;
-            }
-            return fd;
-        }
-        if (errno != EEXIST)
-            return -1;
-        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-        if (fd >= 0)
-            return fd;
-        if (errno != ENOENT)
-            return -1;
-    }
 }
 
 /* The kernel's boot id (16 bytes from the 36-character UUID text); zeros when
@@ -135,19 +113,17 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
         slot_bytes > (1u << 24))
         return MQ_EINVAL;
     size_t need = MQ_COMB_HEADER + (size_t)nslots * (MQ_COMB_SLOT_HEADER + slot_bytes);
-    int fd = open_file(path, mode);
+    int fd = mq_shm_open(path, mode);
     if (fd < 0) {
         c->sys_errno = errno;
         return MQ_EOPEN;
     }
     int rc = MQ_OK;
     struct stat st;
-    while (flock(fd, LOCK_EX) < 0) {
-        if (errno != EINTR) {
-            c->sys_errno = errno;
-            close(fd);
-            return MQ_ELOCK;
-        }
+    if (mq_shm_lock_ex(fd) < 0) {
+        c->sys_errno = errno;
+        close(fd);
+        return MQ_ELOCK;
     }
     if (fstat(fd, &st) < 0) {
         c->sys_errno = errno;

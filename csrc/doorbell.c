@@ -1,5 +1,6 @@
 #include "doorbell.h"
 
+#include "shmfile.h"
 #include "guard.h"
 
 #include <errno.h>
@@ -37,27 +38,6 @@ static uint64_t *bits_of(const mq_bells *b, int index)
     return (uint64_t *)(void *)(b->base + entry_off(b, index) + 8);
 }
 
-static int open_table(const char *path, unsigned mode)
-{
-    for (;;) {
-        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
-        if (fd >= 0) {
-            if (fchmod(fd, (mode_t)mode) < 0) { /* exact mode, umask not applied */
-                int e = errno;
-                close(fd);
-                errno = e;
-                return -1;
-            }
-            return fd;
-        }
-        if (errno != EEXIST)
-            return -1;
-        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-        if (fd >= 0 || errno != ENOENT)
-            return fd;
-    }
-}
-
 int mq_bells_open(mq_bells *b, const char *path, size_t slots, unsigned mode)
 {
     memset(b, 0, sizeof(*b));
@@ -68,19 +48,17 @@ int mq_bells_open(mq_bells *b, const char *path, size_t slots, unsigned mode)
     size_t words = (slots + 63) / 64;
     size_t entry_len = 8 + 8 * words;
     size_t need = MQ_BELLS_HEADER + MQ_BELLS_ENTRIES * entry_len;
-    int fd = open_table(path, mode);
+    int fd = mq_shm_open(path, mode);
     if (fd < 0) {
         b->sys_errno = errno;
         return MQ_EOPEN;
     }
     int rc = MQ_OK;
     struct stat st;
-    while (flock(fd, LOCK_EX) < 0) {
-        if (errno != EINTR) {
-            b->sys_errno = errno;
-            close(fd);
-            return MQ_ELOCK;
-        }
+    if (mq_shm_lock_ex(fd) < 0) {
+        b->sys_errno = errno;
+        close(fd);
+        return MQ_ELOCK;
     }
     if (fstat(fd, &st) < 0 ||
         ((uint64_t)st.st_size < need && ftruncate(fd, (off_t)need) < 0)) {

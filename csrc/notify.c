@@ -1,5 +1,6 @@
 #include "notify.h"
 
+#include "shmfile.h"
 #include "doorbell.h"
 #include "guard.h"
 
@@ -17,34 +18,6 @@
 #include <sys/syscall.h>
 #endif
 
-/* Returns a descriptor, or -1 with errno set. */
-static int open_file(const char *path, unsigned mode)
-{
-    for (;;) {
-        int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
-        if (fd >= 0) {
-            /* We created it: apply the requested mode exactly.  A shared
-             * group mode (0660) must not be narrowed by the umask, or the
-             * other members could not open the file read-write. */
-            if (fchmod(fd, (mode_t)mode) < 0) {
-                int e = errno;
-                close(fd);
-                errno = e;
-                return -1;
-            }
-            return fd;
-        }
-        if (errno != EEXIST)
-            return -1;
-        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-        if (fd >= 0)
-            return fd;
-        if (errno != ENOENT)
-            return -1;
-        /* Deleted between the two opens: try to create it again. */
-    }
-}
-
 int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
 {
     n->slots_base = NULL;
@@ -58,7 +31,7 @@ int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
         return MQ_EINVAL;
     size_t need = slots * sizeof(mq_notify_slot);
 
-    int fd = open_file(path, mode);
+    int fd = mq_shm_open(path, mode);
     if (fd < 0) {
         n->sys_errno = errno;
         return MQ_EOPEN;
@@ -68,12 +41,10 @@ int mq_notify_open(mq_notify *n, const char *path, size_t slots, unsigned mode)
     /* Check-and-grow under an exclusive lock: without it, an opener that
      * wants fewer slots could ftruncate the file back down after another
      * grew it, and a mapping past the new end would fault. */
-    while (flock(fd, LOCK_EX) < 0) {
-        if (errno != EINTR) {
-            n->sys_errno = errno;
-            rc = MQ_ELOCK;
-            goto out;
-        }
+    if (mq_shm_lock_ex(fd) < 0) {
+        n->sys_errno = errno;
+        rc = MQ_ELOCK;
+        goto out;
     }
     if (fstat(fd, &st) < 0 ||
         ((uint64_t)st.st_size < need && ftruncate(fd, (off_t)need) < 0)) {

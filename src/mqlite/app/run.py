@@ -95,7 +95,11 @@ class _Metrics:
     """What ``metrics_port`` starts: a private registry, its HandlerMetrics, the server."""
 
     def __init__(self, port: int, host: str) -> None:
-        import prometheus_client
+        try:
+            import prometheus_client
+        except ImportError:
+            raise ImportError("metrics_port / --metrics-port needs prometheus_client: pip "
+                              "install 'mqlite[metrics]'") from None
 
         self.port = port
         self.host = host

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -50,6 +51,16 @@ def _scrape(port: int) -> Samples | None:
     return out
 
 
+def _health(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
 def _get(m: Samples, name: str, **labels: str) -> float | None:
     return m.get((name, tuple(sorted(labels.items()))))
 
@@ -81,12 +92,18 @@ def test_metrics_port_serves_broker_state_and_handler_metrics_of_all_workers(
         app_procs: Any, workers: int) -> None:
     b = mqlite.open(app_procs.dir, durability="none")
     port = _free_port()
+    hport = _free_port()
     try:
         b.create_topic("events", partitions=3)
         b.create_topic("jobs", partitions=3)
+        b.send_batch("jobs", [msgspec.json.encode({"id": i}) for i in range(JOBS)])
+        p = app_procs.run("_app_procs:metrics_app", "--workers", str(workers),
+                          "--metrics-port", str(port), "--health-port", str(hport))
+        # every worker joined (health 200): the 3 event partitions are spread over all of
+        # them, so each worker handles events and the counters below need all their reports
+        wait_until(lambda: _health(hport) == 200, TIMEOUT, "health 200", step=0.05)
         b.send_batch("events", [msgspec.json.encode({"id": i}) for i in range(EVENTS)],
                      keys=[str(i).encode() for i in range(EVENTS)])
-        b.send_batch("jobs", [msgspec.json.encode({"id": i}) for i in range(JOBS)])
         # state the App does not touch, so nonzero lag / ready / in-flight are checked too
         audit = b.consumer("events", group="audit")
         assert len(audit.poll(max_records=40, timeout=10.0)) == 40
@@ -95,8 +112,6 @@ def test_metrics_port_serves_broker_state_and_handler_metrics_of_all_workers(
         idle = b.queue("jobs", "idle", visibility_timeout=3600.0)
         held = idle.receive(max_messages=5, timeout=10.0)
         assert len(held) == 5
-        p = app_procs.run("_app_procs:metrics_app", "--workers", str(workers),
-                          "--metrics-port", str(port))
         m = wait_until(lambda: _quiet(_scrape(port)), TIMEOUT,
                        "every message handled in the scrape", step=0.05)
         st = b.stats()

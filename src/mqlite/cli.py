@@ -19,6 +19,7 @@ Examples::
     mqlite verify data/            # deep CRC check, exit status 1 on damage
     mqlite mirror data/ kafka://host:9092 [--topics T ...] [--follow]   # copy to Kafka
     mqlite run service:app --workers 3 --health-port 8081   # run a mqlite.App
+    mqlite run service:app --workers 3 --metrics-port 9100  # ... with Prometheus metrics
 
 Every command takes ``--json`` for machine-readable output, before or after
 the command name (``mqlite --json topics data/`` or ``mqlite topics data/
@@ -560,7 +561,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ValueError("--graceful-timeout is in seconds: 0 to 3600")
         app.graceful_timeout = args.graceful_timeout
     return app.run(workers=args.workers, health_port=args.health_port,
-                   health_host=args.health_host)
+                   health_host=args.health_host, metrics_port=args.metrics_port,
+                   metrics_host=args.metrics_host)
 
 
 def _add_app_commands(sub: Any) -> None:
@@ -572,6 +574,11 @@ def _add_app_commands(sub: Any) -> None:
     sp.add_argument("--health-port", type=int,
                     help="serve GET /health on this port (200 ready, 503 not)")
     sp.add_argument("--health-host", default="127.0.0.1", help="address of the health server")
+    sp.add_argument("--metrics-port", type=int,
+                    help="serve Prometheus /metrics on this port: broker state and the "
+                         "handler metrics of all workers (0-65535)")
+    sp.add_argument("--metrics-host", default="127.0.0.1",
+                    help="address of the metrics server")
     sp.add_argument("--graceful-timeout", type=float,
                     help="seconds running handlers get to finish on SIGTERM (0-3600)")
     sp.add_argument("--log-level", default="info",

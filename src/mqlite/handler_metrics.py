@@ -7,7 +7,7 @@ runs and :meth:`HandlerMetrics.finished` after it settled the message.
 Metric names (fixed; docs/operations.md)::
 
     mqlite_handler_messages_total{handler,topic,status}   counter; status is
-        "ok", "retry", "dead_letter" or "error"
+        "ok", "retry", "dead_letter", "error" or "skipped"
     mqlite_handler_duration_seconds{handler,topic}        histogram
     mqlite_handler_inflight{handler}                      gauge
 
@@ -26,7 +26,7 @@ from typing import Any
 __all__ = ["DEFAULT_BUCKETS", "STATUSES", "HandlerMetrics"]
 
 #: Outcomes a handler call is counted under.
-STATUSES = frozenset({"ok", "retry", "dead_letter", "error"})
+STATUSES = frozenset({"ok", "retry", "dead_letter", "error", "skipped"})
 
 #: Histogram buckets, seconds: 1 ms to 60 s (a message handler, not an HTTP request).
 DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -34,7 +34,8 @@ DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 # One set of metric objects per registry: prometheus_client refuses a second
 # registration of a name, and several Apps in one process share the counters.
-_shared: dict[int, tuple[Any, Any, Any]] = {}
+# The registry is kept in the entry: its id() is never reused by another one.
+_shared: dict[int, tuple[Any, tuple[Any, Any, Any]]] = {}
 _shared_lock = threading.Lock()
 
 
@@ -47,18 +48,19 @@ def _metric_objects(registry: Any) -> tuple[Any, Any, Any]:
 
     reg = pc.REGISTRY if registry is None else registry
     with _shared_lock:
-        objs = _shared.get(id(reg))
-        if objs is None:
-            objs = (
-                pc.Counter("mqlite_handler_messages", "Messages a handler finished, by outcome",
-                           ["handler", "topic", "status"], registry=reg),
-                pc.Histogram("mqlite_handler_duration_seconds",
-                             "Seconds a handler took per message", ["handler", "topic"],
-                             buckets=DEFAULT_BUCKETS, registry=reg),
-                pc.Gauge("mqlite_handler_inflight", "Messages a handler is processing now",
-                         ["handler"], registry=reg),
-            )
-            _shared[id(reg)] = objs
+        hit = _shared.get(id(reg))
+        if hit is not None and hit[0] is reg:
+            return hit[1]
+        objs = (
+            pc.Counter("mqlite_handler_messages", "Messages a handler finished, by outcome",
+                       ["handler", "topic", "status"], registry=reg),
+            pc.Histogram("mqlite_handler_duration_seconds",
+                         "Seconds a handler took per message", ["handler", "topic"],
+                         buckets=DEFAULT_BUCKETS, registry=reg),
+            pc.Gauge("mqlite_handler_inflight", "Messages a handler is processing now",
+                     ["handler"], registry=reg),
+        )
+        _shared[id(reg)] = (reg, objs)
         return objs
 
 
@@ -80,6 +82,16 @@ class HandlerMetrics:
     """
 
     __slots__ = ("_count", "_duration", "_inflight", "enabled", "finished", "started")
+
+    def abandoned(self, handler: str, count: int) -> None:
+        """``count`` calls of ``handler`` that started will never finish (their process died).
+
+        In-flight - ``count``; nothing is counted or observed.  ``count`` >= 0.
+        """
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"count must be an int >= 0, got {count!r}")
+        if self.enabled and count:
+            self._inflight.labels(handler).dec(count)
 
     #: ``started(handler, topic)``: a handler began one message (in-flight + 1).
     started: Callable[[str, str], None]
@@ -115,7 +127,8 @@ class HandlerMetrics:
 
         ``status`` is ``"ok"`` (processed), ``"retry"`` (will be delivered
         again), ``"dead_letter"`` (moved to the dead-letter topic or rejected)
-        or ``"error"`` (failed otherwise); ``seconds`` is the handler's wall
+        ``"error"`` (failed otherwise) or ``"skipped"`` (a duplicate by
+        idempotency key: not run, observed as 0 s); ``seconds`` is the handler's wall
         time (>= 0).  Anything else is a ``ValueError``.
         """
         if status not in STATUSES:

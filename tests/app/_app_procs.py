@@ -41,3 +41,20 @@ def stuck(x: object) -> None:
     with open(os.path.join(DIR, "entered"), "w") as f:  # the test waits for this file
         f.write("1")
     threading.Event().wait()  # never set
+
+
+# Metrics: a stream handler (lag per partition) and a queue handler whose ids divisible
+# by 4 fail permanently into a dead-letter topic (DLQ depth); mqlite run --metrics-port.
+metrics_app = mqlite.App(DIR, name="met", durability="none", partitions=3)
+
+
+@metrics_app.subscriber("events", group="met.events", batch=50)
+def on_event(x: dict) -> None:
+    return None
+
+
+@metrics_app.subscriber("jobs", group="met.jobs", mode="queue", dead_letter="jobs.dlq",
+                        permanent=(ValueError,), concurrency=2)
+def on_job(x: dict) -> None:
+    if x["id"] % 4 == 0:
+        raise ValueError("bad job")

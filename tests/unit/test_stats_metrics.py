@@ -231,14 +231,26 @@ def test_handler_metrics_counts_and_validates() -> None:
     hm = HandlerMetrics(reg)
     assert hm.enabled
     assert HandlerMetrics(reg)._count is hm._count  # one set of metrics per registry
-    for status in ("ok", "retry", "dead_letter", "error", "ok"):
+    for status in ("ok", "retry", "dead_letter", "error", "ok", "skipped"):
         hm.started("h", "t")
-        hm.finished("h", "t", status, 0.5)
+        hm.finished("h", "t", status, 0.0 if status == "skipped" else 0.5)
     m = _samples(generate_latest(reg).decode())
     assert m[("mqlite_handler_messages_total",
               (("handler", "h"), ("status", "ok"), ("topic", "t")))] == 2
+    assert m[("mqlite_handler_messages_total",
+              (("handler", "h"), ("status", "skipped"), ("topic", "t")))] == 1
     assert m[("mqlite_handler_duration_seconds_sum", (("handler", "h"), ("topic", "t")))] == 2.5
+    assert m[("mqlite_handler_duration_seconds_count", (("handler", "h"), ("topic", "t")))] == 6
     assert m[("mqlite_handler_inflight", (("handler", "h"),))] == 0
+    # calls of a worker that died: in-flight drops, nothing counted
+    hm.started("h", "t")
+    hm.started("h", "t")
+    hm.abandoned("h", 2)
+    m = _samples(generate_latest(reg).decode())
+    assert m[("mqlite_handler_inflight", (("handler", "h"),))] == 0
+    assert m[("mqlite_handler_duration_seconds_count", (("handler", "h"), ("topic", "t")))] == 6
+    with pytest.raises(ValueError, match="count"):
+        hm.abandoned("h", -1)
     with pytest.raises(ValueError, match="status"):
         hm.finished("h", "t", "okay", 0.1)
     with pytest.raises(TypeError):

@@ -491,15 +491,20 @@ class App:
         self.stop()
 
     def run(self, workers: int = 1, *, health_port: int | None = None,
-            health_host: str = "127.0.0.1") -> int:
+            health_host: str = "127.0.0.1", metrics_port: int | None = None,
+            metrics_host: str = "127.0.0.1") -> int:
         """Run until SIGTERM / SIGINT (see :func:`mqlite.app.run.run_app`); returns an exit code.
 
         ``workers`` > 1 forks that many worker processes that share the groups
         (1 to 256).  ``health_port`` serves ``GET /health`` (200 ready, 503 not).
+        ``metrics_port`` (0 to 65535) serves Prometheus ``GET /metrics``: broker
+        state plus the handler metrics of all workers (needs ``prometheus_client``,
+        the ``[metrics]`` extra).
         """
         from mqlite.app.run import run_app
 
-        return run_app(self, workers=workers, health_port=health_port, health_host=health_host)
+        return run_app(self, workers=workers, health_port=health_port, health_host=health_host,
+                       metrics_port=metrics_port, metrics_host=metrics_host)
 
     # -- state ---------------------------------------------------------------------------------
     def health(self) -> Health:

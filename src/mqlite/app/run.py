@@ -16,6 +16,16 @@ both to its workers.
 Health: ``GET /health`` on ``health_port`` answers 200 with ``{"ready": true,
 ...}`` when every subscriber (every worker) has joined and none failed, else
 503.
+
+Metrics: ``metrics_port`` serves Prometheus text on ``GET /metrics``: the
+broker-state families of :mod:`mqlite.metrics` (one ``Broker.stats()`` per
+scrape) plus the handler metrics of :class:`mqlite.HandlerMetrics` fed by an
+App listener.  With one worker everything is in this process.  With
+``workers > 1`` the supervisor serves the one endpoint: each worker writes
+its handler start / finish events as short JSON lines to a pipe, the
+supervisor applies them to its own registry (counters survive a worker's
+restart; a dead worker's in-flight count is dropped when its pipe closes) and
+opens the broker itself, read-only use, for the broker families.
 """
 
 from __future__ import annotations
@@ -28,10 +38,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from mqlite.handler_metrics import HandlerMetrics
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from mqlite.app.app import App
+    from mqlite.app.runner import HandlerEvent
 
 __all__ = ["run_app", "serve_health"]
 
@@ -67,33 +80,126 @@ def serve_health(report: Callable[[], tuple[bool, dict[str, Any]]], port: int,
     return server
 
 
-def _check(workers: object, health_port: object) -> None:
+def _check(workers: object, health_port: object, metrics_port: object = None) -> None:
     if not isinstance(workers, int) or isinstance(workers, bool):
         raise TypeError("workers must be an int")
     if not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1 to 256, got {workers}")
-    if health_port is not None and (not isinstance(health_port, int)
-                                    or not 0 <= health_port <= 65535):
-        raise ValueError(f"health_port must be 0 to 65535, got {health_port!r}")
+    for name, port in (("health_port", health_port), ("metrics_port", metrics_port)):
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                                 or not 0 <= port <= 65535):
+            raise ValueError(f"{name} must be 0 to 65535 or None, got {port!r}")
+
+
+class _Metrics:
+    """What ``metrics_port`` starts: a private registry, its HandlerMetrics, the server."""
+
+    def __init__(self, port: int, host: str) -> None:
+        try:
+            import prometheus_client
+        except ImportError:
+            raise ImportError("metrics_port / --metrics-port needs prometheus_client: pip "
+                              "install 'mqlite[metrics]'") from None
+
+        self.port = port
+        self.host = host
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        self.handlers = HandlerMetrics(self.registry, enabled=True)
+        self.server: Any = None
+        self._broker: Any = None
+
+    def listener(self, ev: HandlerEvent) -> None:
+        """An App listener recording ``ev`` in this process's handler metrics."""
+        if ev.status is None:
+            self.handlers.started(ev.subscriber, ev.topic)
+        else:
+            self.handlers.finished(ev.subscriber, ev.topic, ev.status, ev.seconds)
+
+    def serve(self, broker: Any) -> None:
+        from mqlite.metrics import serve
+
+        self.server, _ = serve(broker, self.port, self.host, registry=self.registry)
+        log.info("serving metrics on http://%s:%d/metrics", self.host,
+                 self.server.server_port)
+
+    def serve_target(self, target: Any, durability: str) -> None:
+        """Serve with a broker of our own opened on ``target`` (a path) or ``target`` itself."""
+        import mqlite
+
+        if isinstance(target, mqlite.Broker):
+            self.serve(target)
+            return
+        self._broker = mqlite.open(target, durability=durability)
+        self.serve(self._broker)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
 
 
 def run_app(app: App, *, workers: int = 1, health_port: int | None = None,
-            health_host: str = "127.0.0.1", ready_fd: int | None = None) -> int:
+            health_host: str = "127.0.0.1", ready_fd: int | None = None,
+            metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> int:
     """Run ``app`` until a signal; returns the exit code (0 after a graceful stop).
 
     Must be called from the main thread (it installs SIGTERM / SIGINT handlers).
     ``ready_fd``: a pipe to write one byte to once ready (used by the supervisor).
+    ``metrics_port`` (0 to 65535; 0 picks a free one): serve Prometheus metrics
+    (broker state and the handler metrics of every worker) on
+    ``http://metrics_host:metrics_port/metrics``; needs ``prometheus_client``
+    (the ``[metrics]`` extra: ``ImportError`` otherwise).
     """
-    _check(workers, health_port)
+    _check(workers, health_port, metrics_port)
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("app.run() installs signal handlers: call it from the main thread")
+    metrics = None if metrics_port is None else _Metrics(metrics_port, metrics_host)
     if workers > 1:
-        return _supervise(app, workers, health_port, health_host)
-    return _run_here(app, health_port, health_host, ready_fd)
+        return _supervise(app, workers, health_port, health_host, metrics)
+    return _run_here(app, health_port, health_host, ready_fd, metrics)
+
+
+def _forward(fd: int) -> Callable[[HandlerEvent], None]:
+    """A worker's listener: one JSON line per event on ``fd`` (< PIPE_BUF: atomic)."""
+    def listener(ev: HandlerEvent) -> None:
+        line = json.dumps([ev.subscriber, ev.topic, ev.status, ev.seconds]).encode() + b"\n"
+        if len(line) <= 4096:
+            os.write(fd, line)
+
+    return listener
+
+
+def _collect(metrics: _Metrics, rfd: int) -> None:
+    """Supervisor side of :func:`_forward`: apply one worker's events until its pipe closes."""
+    open_calls: dict[tuple[str, str], int] = {}
+    h = metrics.handlers
+    try:
+        with os.fdopen(rfd, "rb") as f:
+            for line in f:
+                try:
+                    name, topic, status, seconds = json.loads(line)
+                    if status is None:
+                        h.started(name, topic)
+                        open_calls[name, topic] = open_calls.get((name, topic), 0) + 1
+                    else:
+                        h.finished(name, topic, status, seconds)
+                        open_calls[name, topic] = open_calls.get((name, topic), 0) - 1
+                except (ValueError, TypeError):
+                    log.warning("metrics: a bad event line from a worker: %r", line[:200])
+    finally:
+        # the worker is gone: what it was running is no longer in flight here
+        for (name, _), n in open_calls.items():
+            if n > 0:
+                h.abandoned(name, n)
 
 
 def _run_here(app: App, health_port: int | None, health_host: str,
-              ready_fd: int | None) -> int:
+              ready_fd: int | None, metrics: _Metrics | None = None,
+              events_fd: int | None = None) -> int:
     stop = threading.Event()
     hits = [0]
 
@@ -107,8 +213,17 @@ def _run_here(app: App, health_port: int | None, health_host: str,
     # a forked worker starts with them blocked (see _spawn): deliver any pending one now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     server = None
+    listener: Callable[[HandlerEvent], None] | None = None
+    if metrics is not None:
+        listener = metrics.listener
+    elif events_fd is not None:
+        listener = _forward(events_fd)
+    if listener is not None:
+        app.add_listener(listener)
     try:
         app.start()
+        if metrics is not None:
+            metrics.serve(app._backend_now().broker)
         if health_port is not None:
             server = serve_health(lambda: tuple(app.health()), health_port,  # type: ignore[arg-type, return-value]
                                   health_host)
@@ -126,6 +241,10 @@ def _run_here(app: App, health_port: int | None, health_host: str,
         if server is not None:
             server.shutdown()
             server.server_close()
+        if metrics is not None:
+            metrics.close()
+        if listener is not None and listener in app._listeners:
+            app._listeners.remove(listener)
         for s, h in old.items():
             signal.signal(s, h)
 
@@ -146,8 +265,9 @@ class _Worker:
             os.close(rfd)
 
 
-def _spawn(app: App, index: int) -> _Worker:
+def _spawn(app: App, index: int, metrics: _Metrics | None = None) -> _Worker:
     rfd, wfd = os.pipe()
+    mr, mw = os.pipe() if metrics is not None else (-1, -1)
     # Blocked across the fork: a SIGTERM that reaches the worker before it installed its
     # own handlers must not run the supervisor's (which signals the other workers).
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -158,18 +278,25 @@ def _spawn(app: App, index: int) -> _Worker:
         code = 1
         try:
             os.close(rfd)
+            if mr >= 0:
+                os.close(mr)
             app._after_fork()
             os.environ["MQLITE_WORKER"] = str(index)
-            code = _run_here(app, None, "127.0.0.1", wfd)
+            code = _run_here(app, None, "127.0.0.1", wfd, None, mw if mw >= 0 else None)
         except BaseException:
             log.exception("worker %d failed", index)
         finally:
             os._exit(code)
     os.close(wfd)
+    if metrics is not None:
+        os.close(mw)
+        threading.Thread(target=_collect, args=(metrics, mr), name="mqlite-metrics-events",
+                         daemon=True).start()
     return _Worker(pid, rfd)
 
 
-def _supervise(app: App, workers: int, health_port: int | None, health_host: str) -> int:
+def _supervise(app: App, workers: int, health_port: int | None, health_host: str,
+               metrics: _Metrics | None = None) -> int:
     if app._backend is not None or app._runners:
         raise RuntimeError("app.run(workers>1) forks workers: do not start the App or open "
                            "its broker before run()")
@@ -189,8 +316,12 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
     code = 0
     try:
         for i in range(workers):
-            w = _spawn(app, i)
+            w = _spawn(app, i, metrics)
             procs[w.pid] = (i, w)
+        if metrics is not None:
+            # opened after the first forks; a restart forks with it open (the storage
+            # layer's at-fork hook makes a child forget inherited environments)
+            metrics.serve_target(app.target, app.durability)
         if health_port is not None:
             def report() -> tuple[bool, dict[str, Any]]:
                 ws = {str(w.pid): w.ready for _, w in procs.values()}
@@ -207,12 +338,14 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
                 code = max(code, rc, 1 if hits[0] > 1 else 0)  # a second signal: 1
                 continue
             log.warning("worker %d (pid %d) exited with %d; starting it again", index, pid, rc)
-            w = _spawn(app, index)
+            w = _spawn(app, index, metrics)
             procs[w.pid] = (index, w)
         return code
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
+        if metrics is not None:
+            metrics.close()
         for s, h in old.items():
             signal.signal(s, h)

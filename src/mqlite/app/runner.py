@@ -124,6 +124,18 @@ class _Done(NamedTuple):
     final: bool              # False: progress report, the job goes on
 
 
+class _Attempt:
+    """One handler call of a message: context, start time, and what decoding gave."""
+
+    __slots__ = ("ctx", "key", "payload", "t0")
+
+    def __init__(self, ctx: Context | None, t0: float) -> None:
+        self.ctx = ctx
+        self.t0 = t0
+        self.payload: Any = None
+        self.key: Any = None
+
+
 def _where(msgs: list[Any], i: int) -> tuple[str, int, int]:
     m = msgs[min(i, len(msgs) - 1)]
     return m.topic, m.partition, m.offset
@@ -460,33 +472,53 @@ class Runner:
         self.handled += i
         return i
 
+    def _begin(self, m: Any, attempt: int) -> _Attempt:
+        """Start one attempt of ``m``: its context, start time and the listeners' event."""
+        spec = self.spec
+        at = _Attempt(Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None,
+                      time.perf_counter())
+        if self.app._listeners:
+            self._emit(m, attempt, None, 0.0, None, None)
+        return at
+
+    def _ready(self, acc: _Acc, m: Any, attempt: int, at: _Attempt, delivery: Any,
+               pending: Exception | None) -> bool:
+        """Raise the error the lean path already met (``pending``), decode ``m`` into
+        ``at`` and check its idempotency key; False when ``m`` is a duplicate, settled
+        as skipped, so the handler is not called."""
+        if pending is not None:
+            raise pending
+        at.payload, at.key = self._prepare(m)
+        if at.key is not None and (at.key in acc.keys or
+                                   self.backend.is_processed(at.key, self._scope)):
+            self._success(acc, m, None, None, None, delivery)
+            if self.app._listeners:
+                self._emit(m, attempt, "skipped", 0.0, None, at.payload)
+            return False
+        return True
+
+    def _done(self, acc: _Acc, m: Any, attempt: int, at: _Attempt, result: Any,
+              delivery: Any) -> None:
+        """The handler returned ``result``: settle ``m`` and tell the listeners."""
+        self._success(acc, m, at.ctx, result, at.key, delivery)
+        if self.app._listeners:
+            self._emit(m, attempt, "ok", time.perf_counter() - at.t0, None, at.payload)
+
     def _one_sync(self, lane: Any, acc: _Acc, m: Any, attempt_of: Callable[[Any], int],
                   first_exc: Exception | None) -> None:
         """One message through attempts, retries, dead letter (raises _Halt when stopped)."""
         spec = self.spec
-        obs = self.app._listeners
         delivery = m if spec.mode == "queue" and spec.ack != "before" else None
         attempt = attempt_of(m)
         while True:
-            ctx = Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None
-            payload = key = None
-            t0 = time.perf_counter()
-            if obs:
-                self._emit(m, attempt, None, 0.0, None, None)
+            at = self._begin(m, attempt)
+            pending, first_exc = first_exc, None
             try:
-                if first_exc is not None:
-                    exc, first_exc = first_exc, None
-                    raise exc
-                payload, key = self._prepare(m)
-                if key is not None and (key in acc.keys or
-                                        self.backend.is_processed(key, self._scope)):
-                    self._success(acc, m, None, None, None, delivery)
-                    if obs:
-                        self._emit(m, attempt, "skipped", 0.0, None, payload)
+                if not self._ready(acc, m, attempt, at, delivery, pending):
                     return
-                result = spec.call(payload, ctx)
+                result = spec.call(at.payload, at.ctx)
             except Exception as exc:  # noqa: BLE001 - every handler error is classified
-                delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
+                delay = self._failure(acc, m, attempt, exc, delivery, at.t0, at.payload)
                 if delay is None:
                     return
                 self._flush(lane, acc)
@@ -495,9 +527,7 @@ class Runner:
                     raise _Halt from None
                 attempt += 1
                 continue
-            self._success(acc, m, ctx, result, key, delivery)
-            if obs:
-                self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
+            self._done(acc, m, attempt, at, result, delivery)
             return
 
     async def _run_async(self, lane: Any, msgs: list[Any],
@@ -557,29 +587,17 @@ class Runner:
                          attempt_of: Callable[[Any], int], first_exc: Exception | None) -> None:
         """:meth:`_one_sync` for ``async def`` handlers."""
         spec = self.spec
-        obs = self.app._listeners
         delivery = m if spec.mode == "queue" and spec.ack != "before" else None
         attempt = attempt_of(m)
         while True:
-            ctx = Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None
-            payload = key = None
-            t0 = time.perf_counter()
-            if obs:
-                self._emit(m, attempt, None, 0.0, None, None)
+            at = self._begin(m, attempt)
+            pending, first_exc = first_exc, None
             try:
-                if first_exc is not None:
-                    exc, first_exc = first_exc, None
-                    raise exc
-                payload, key = self._prepare(m)
-                if key is not None and (key in acc.keys or
-                                        self.backend.is_processed(key, self._scope)):
-                    self._success(acc, m, None, None, None, delivery)
-                    if obs:
-                        self._emit(m, attempt, "skipped", 0.0, None, payload)
+                if not self._ready(acc, m, attempt, at, delivery, pending):
                     return
-                result = await spec.call(payload, ctx)
+                result = await spec.call(at.payload, at.ctx)
             except Exception as exc:  # noqa: BLE001 - every handler error is classified
-                delay = self._failure(acc, m, attempt, exc, delivery, t0, payload)
+                delay = self._failure(acc, m, attempt, exc, delivery, at.t0, at.payload)
                 if delay is None:
                     return
                 await asyncio.get_running_loop().run_in_executor(
@@ -589,9 +607,7 @@ class Runner:
                     raise _Halt from None
                 attempt += 1
                 continue
-            self._success(acc, m, ctx, result, key, delivery)
-            if obs:
-                self._emit(m, attempt, "ok", time.perf_counter() - t0, None, payload)
+            self._done(acc, m, attempt, at, result, delivery)
             return
 
     def _report_progress(self, lane: Any) -> None:

@@ -293,14 +293,17 @@ class Broker:
         return self._engine.alter_topic(name, partitions=partitions, changes=changes)
 
     # -- inspecting and operating ----------------------------------------------------------
-    def stats(self) -> BrokerStats:
+    def stats(self, *, dead_letter_topics: Iterable[str] = ()) -> BrokerStats:
         """One consistent, read-only snapshot of every topic, group, queue and DLQ.
 
         Taken in one read transaction without joining any group, so it never
         disturbs consumers (``mqlite metrics`` and ``mqlite top`` use it).
-        See :class:`mqlite.BrokerStats`.
+        Queue groups' dead-letter topics are found from their policies;
+        ``dead_letter_topics`` adds others (stream-mode DLQs an App writes to)
+        to ``BrokerStats.dead_letters``.  See :class:`mqlite.BrokerStats`.
+        Raises ``ValueError`` / ``TypeError`` for a bad topic name or a bare string.
         """
-        return stats.broker_stats(self._engine)
+        return stats.broker_stats(self._engine, dead_letter_topics)
 
     def queue_stats(self, topic: str, group: str) -> QueueStats | None:
         """Depths of one queue group without joining it (``None``: no such group).

@@ -438,7 +438,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     with _open(args) as b:
-        server, _ = serve(b, args.port, args.addr)
+        server, _ = serve(b, args.port, args.addr,
+                          dead_letter_topics=args.dead_letter_topic or ())
         print(f"serving metrics of {b.path} on http://{args.addr}:{server.server_port}/metrics",
               flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -673,6 +674,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=9100, help="TCP port (0: any free one)")
     sp.add_argument("--addr", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
+    sp.add_argument("--dead-letter-topic", action="append", metavar="TOPIC",
+                    help="also export the dead-letter depth of TOPIC (repeatable; queue "
+                         "groups' DLQs are found on their own, an App's stream DLQs are not)")
     sp = add("backup", cmd_backup, "hot, consistent, compacted copy into a new directory")
     sp.add_argument("dest", help="new or empty directory; restore = open it")
     sp = sub.add_parser("dlq", help="dead-letter tools", parents=[common])

@@ -43,10 +43,11 @@ import gc
 import operator
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from mqlite.config import validate_topic_name
 from mqlite.handler_metrics import HandlerMetrics
 
 if TYPE_CHECKING:
@@ -311,14 +312,25 @@ class BrokerCollector:
     ``describe()`` returns nothing, so registering does not read the broker.
     For large brokers :func:`serve` is faster: it renders the exposition
     text directly (see :func:`render`).
+
+    ``dead_letter_topics``: topics whose dead-letter depth is exposed besides
+    the queue groups' DLQs (which are found on their own), e.g. the
+    ``dead_letter=`` topics of an App's stream subscribers.  ``ValueError`` for
+    a bad topic name, ``TypeError`` for a bare string.
     """
 
     #: Label texts kept between scrapes before the cache is dropped (topics come and go).
     MAX_CACHED_LABELS = 1_000_000
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, dead_letter_topics: Iterable[str] = ()) -> None:
         _require_prometheus()
+        if isinstance(dead_letter_topics, (str, bytes)):
+            raise TypeError("dead_letter_topics must be an iterable of topic names, not one "
+                            f"string: wrap it in a list ([{dead_letter_topics!r}])")
         self._broker = broker
+        self._dlqs = tuple(dead_letter_topics)
+        for t in self._dlqs:
+            validate_topic_name(t)
         self._lock = threading.Lock()
         self._labels: dict[Any, Any] = {}
         self._render_cache: dict[Any, Any] = {}
@@ -344,7 +356,7 @@ class BrokerCollector:
         gc.disable()
         try:
             t0 = time.perf_counter()
-            s = self._broker.stats()
+            s = self._broker.stats(dead_letter_topics=self._dlqs)
             if len(self._labels) > self.MAX_CACHED_LABELS:
                 self._labels.clear()
             return stats_families(s, time.perf_counter() - t0, label_values=label_values,
@@ -392,7 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(broker: Broker, port: int, addr: str = "127.0.0.1",
-          registry: Any = None) -> tuple[ThreadingHTTPServer, threading.Thread]:
+          registry: Any = None, dead_letter_topics: Iterable[str] = ()
+          ) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve ``broker``'s metrics on ``http://addr:port/metrics`` from a daemon thread.
 
     Parameters
@@ -406,6 +419,9 @@ def serve(broker: Broker, port: int, addr: str = "127.0.0.1",
         A ``prometheus_client`` registry appended to each scrape (handler
         metrics, your own); ``None``: broker metrics only.  Pass
         ``prometheus_client.REGISTRY`` to include the process's defaults.
+    dead_letter_topics
+        More dead-letter topics to report the depth of (see
+        :class:`BrokerCollector`).
 
     Returns ``(server, thread)``; ``server.shutdown()`` stops it.
 
@@ -418,8 +434,9 @@ def serve(broker: Broker, port: int, addr: str = "127.0.0.1",
     """
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+    collector = BrokerCollector(broker, dead_letter_topics)
     handler = type("MqliteMetricsHandler", (_Handler,),
-                   {"collector": BrokerCollector(broker), "registry": registry})
+                   {"collector": collector, "registry": registry})
     server = ThreadingHTTPServer((addr, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="mqlite-metrics", daemon=True)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mqlite import _liveness, scheduler
@@ -46,16 +48,56 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Catalog:
+    """The topic records of one catalog version, and where each partition id belongs.
+
+    Immutable once built; shared by every snapshot of the same version (a
+    scrape of 10,000 partitions spends ~15 ms building it, and the catalog
+    changes only on create / delete / alter topic, each of which bumps the
+    version).
+    """
+
+    __slots__ = ("topics", "version", "where")
+
+    def __init__(self, version: int, records: list[TopicRecord]) -> None:
+        self.version = version
+        self.topics: dict[str, TopicRecord] = {r.name: r for r in records}
+        self.where: dict[int, tuple[str, int]] = {
+            pid: (t, i) for t, rec in self.topics.items() for i, pid in enumerate(rec.pids)}
+
+
+# One catalog per open environment, dropped with it (keyed weakly by the Env object).
+_catalogs: weakref.WeakKeyDictionary[Any, _Catalog] = weakref.WeakKeyDictionary()
+
+
+def _catalog(env: Any, txn: Any) -> _Catalog:
+    """The catalog as seen by ``txn``: the cached one when its version is current."""
+    ver = _log.topics_version(txn, env.dbs)
+    cat = _catalogs.get(env)
+    if cat is None or cat.version != ver:
+        cat = _Catalog(ver, _log.iter_topics(txn, env.dbs))
+        _catalogs[env] = cat
+    return cat
+
+
 class _Snapshot:
     """Topic records and partition states of one read transaction, loaded once."""
 
-    def __init__(self, txn: Any, dbs: dict[str, Any]) -> None:
+    def __init__(self, txn: Any, env: Any) -> None:
         self.txn = txn
-        self.dbs = dbs
-        self.topics: dict[str, TopicRecord] = {r.name: r for r in _log.iter_topics(txn, dbs)}
+        self.dbs = dbs = env.dbs
+        cat = _catalog(env, txn)
+        self.topics: dict[str, TopicRecord] = cat.topics
+        self.where: dict[int, tuple[str, int]] = cat.where
         self.states: dict[int, tuple[int, int, int]] = _log.load_all_states(txn, dbs)
-        self.where: dict[int, tuple[str, int]] = {
-            pid: (t, i) for t, rec in self.topics.items() for i, pid in enumerate(rec.pids)}
+        self._committed: dict[str, dict[int, int]] | None = None
+
+    def committed(self, group: str) -> dict[int, int]:
+        """``{partition id: committed offset}`` of stream group ``group`` (all groups'
+        offsets are read in one cursor pass, on first use)."""
+        if self._committed is None:
+            self._committed = _offsets.committed_all(self.txn, self.dbs)
+        return self._committed.get(group, {})
 
     def state(self, pid: int) -> tuple[int, int, int]:
         """(start offset, end offset, bytes) of partition id ``pid``."""
@@ -75,7 +117,7 @@ def _group_stats(snap: _Snapshot, mdir: str, name: str, gstate: GroupState,
         if _liveness.status(os.path.join(mdir, m.lock), m.session_timeout_ms, now) == "alive":
             live += 1
     wanted = {t for m in gstate.members.values() for t in m.topics}
-    committed = _offsets.committed_by_pid(snap.txn, snap.dbs, name)
+    committed = snap.committed(name)
     pids = {pid for pid in committed if pid in snap.where}
     for t in wanted:
         rec = snap.topics.get(t)
@@ -143,8 +185,12 @@ def _dlq_depth(snap: _Snapshot, topic: str) -> int:
     return n
 
 
-def broker_stats(engine: Engine) -> BrokerStats:
+def broker_stats(engine: Engine, dead_letter_topics: Iterable[str] = ()) -> BrokerStats:
     """A consistent snapshot of every topic, group, queue, delayed message and DLQ.
+
+    The dead-letter topics of queue groups are known from their policies;
+    ``dead_letter_topics`` names more (an App's stream-mode ``dead_letter=``
+    topics, say): their depth is reported too, 0 while they do not exist.
 
     One read transaction; nothing is joined or changed (see the module
     docstring).  Cost: one pass over the topic catalog, one state read per
@@ -154,17 +200,20 @@ def broker_stats(engine: Engine) -> BrokerStats:
 
     Raises
     ------
+    ValueError
+        A name in ``dead_letter_topics`` is not a valid topic name.
     ClosedError
         The broker handle is closed.
     CorruptRecordError, GroupError
         A stored record is unreadable.
     """
+    extra = sorted(set(_topic_names(dead_letter_topics)))
     env = engine.live_env()
     now = _now_ms()
     mdir = _liveness.members_dir(env.path)
     with env.read_txn() as txn:
         dbs = env.dbs
-        snap = _Snapshot(txn, dbs)
+        snap = _Snapshot(txn, env)
         parts = []
         states = snap.states
         for t, rec in snap.topics.items():
@@ -184,9 +233,22 @@ def broker_stats(engine: Engine) -> BrokerStats:
                 groups.append(_group_stats(snap, mdir, name, gst, now))
         dead = {q.dead_letter_topic: q.dead_letters for q in queues
                 if q.dead_letter_topic is not None}
+        for t in extra:
+            if t not in dead:
+                dead[t] = _dlq_depth(snap, t)
         scheduled = scheduler.scheduled_counts(txn, dbs)
     return BrokerStats(taken_ms=now, partitions=parts, groups=groups, queues=queues,
                        scheduled=scheduled, dead_letters=dict(sorted(dead.items())))
+
+
+def _topic_names(names: Iterable[str]) -> list[str]:
+    if isinstance(names, (str, bytes)):
+        raise TypeError("dead_letter_topics must be an iterable of topic names, not one "
+                        f"string: wrap it in a list ([{names!r}])")
+    out = list(names)
+    for t in out:
+        validate_topic_name(t)
+    return out
 
 
 def _stream_group_names(txn: Any, dbs: dict[str, Any]) -> list[str]:
@@ -211,6 +273,6 @@ def queue_stats(engine: Engine, topic: str, group: str) -> QueueStats | None:
     now = _now_ms()
     with env.read_txn() as txn:
         engine.topic(txn, topic)
-        snap = _Snapshot(txn, env.dbs)
+        snap = _Snapshot(txn, env)
         return _queue_stats(snap, _liveness.members_dir(env.path),
                             _queues.group_name(topic, group), topic, group, now, detail=True)

@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _STATE = struct.Struct(">QQQqqQ")
+_STATE_HEAD = struct.Struct(">QQQ24x")  # start, next, bytes of a _STATE record
 
 
 class TopicRecord(msgspec.Struct, frozen=True):
@@ -102,20 +103,27 @@ def load_state(txn: Any, dbs: dict[str, Any], pid: int) -> PartitionState:
 
 def load_all_states(txn: Any, dbs: dict[str, Any]) -> dict[int, tuple[int, int, int]]:
     """``{partition id: (start offset, end offset, bytes)}`` of every partition, in one
-    cursor pass (for stats; no :class:`PartitionState` objects)."""
-    size = _STATE.size
-    unpack = _STATE.unpack
-    upid = _U32.unpack
-    raw = {upid(k)[0]: v for k, v in txn.cursor(db=dbs["partitions"]).iternext()}
-    out = {}
-    for pid, v in raw.items():
-        if len(v) != size:
-            raise CorruptRecordError(f"partition state of id {pid} has {len(v)} bytes, "
-                                     "expected 48")
-        s, n, b, _, _, _ = unpack(v)
+    cursor pass (for stats; no :class:`PartitionState` objects).
+
+    Raises :class:`CorruptRecordError` for a state that is not 48 bytes or
+    whose end offset is below its start.
+    """
+    unpack = _STATE_HEAD.unpack
+    from_bytes = int.from_bytes
+    out: dict[int, tuple[int, int, int]] = {}
+    try:
+        for k, v in txn.cursor(db=dbs["partitions"]).iternext():
+            out[from_bytes(k, "big")] = unpack(v)
+    except struct.error:
+        for k, v in txn.cursor(db=dbs["partitions"]).iternext():
+            if len(v) != _STATE.size:
+                raise CorruptRecordError(
+                    f"partition state of id {from_bytes(k, 'big')} has {len(v)} bytes, "
+                    "expected 48") from None
+        raise
+    for pid, (s, n, _) in out.items():
         if n < s:
             raise CorruptRecordError(f"partition state of id {pid}: end offset {n} < start {s}")
-        out[pid] = (s, n, b)
     return out
 
 

@@ -16,9 +16,10 @@ import msgspec
 
 from mqlite._storage.keys import group_pid_key
 from mqlite._storage.log import prefix_items, prefix_keys
+from mqlite.errors import CorruptRecordError
 
-__all__ = ["OffsetValue", "committed_by_pid", "drop_partitions", "partitions_with_offsets",
-           "read", "write"]
+__all__ = ["OffsetValue", "committed_all", "committed_by_pid", "drop_partitions",
+           "partitions_with_offsets", "read", "write"]
 
 
 class OffsetValue(msgspec.Struct, array_like=True):
@@ -66,6 +67,42 @@ def committed_by_pid(txn: Any, dbs: dict[str, Any], group: str) -> dict[int, int
     dec = _dec_offset.decode
     return {int.from_bytes(k[-4:], "big"): dec(v).offset
             for k, v in prefix_items(txn, dbs["offsets"], prefix) if len(k) == want}
+
+
+def committed_all(txn: Any, dbs: dict[str, Any]) -> dict[str, dict[int, int]]:
+    """``{group: {partition id: committed offset}}`` of every group, in one cursor pass.
+
+    What :func:`committed_by_pid` gives for each group, at a fraction of the cost
+    when all groups are wanted (stats, metrics scrapes).  Keys that are not
+    ``group \\x00 pid`` (4 bytes) are skipped, as ``committed_by_pid`` skips them;
+    the scan stops at the first ``~`` key: queue groups' cursors (``~q~topic~group``,
+    :mod:`mqlite._storage.queues`) sort after every stream group name
+    (``[A-Za-z0-9._-]``) and are not offset records.
+
+    Raises :class:`CorruptRecordError` for an offset record that does not decode.
+    """
+    dec = _dec_offset.decode
+    from_bytes = int.from_bytes
+    out: dict[str, dict[int, int]] = {}
+    last_raw = b""
+    cur_map: dict[int, int] = {}
+    for k, v in txn.cursor(db=dbs["offsets"]).iternext():
+        kb = bytes(k)
+        if kb[:1] == b"~":
+            break
+        if len(kb) < 6 or kb[-5] != 0:
+            continue
+        raw = kb[:-5]
+        if raw != last_raw:
+            last_raw = raw
+            cur_map = out.setdefault(raw.decode(errors="replace"), {})
+        try:
+            cur_map[from_bytes(kb[-4:], "big")] = dec(v).offset
+        except msgspec.DecodeError as exc:
+            raise CorruptRecordError(
+                f"committed offset of group {raw.decode(errors='replace')!r} is unreadable: "
+                f"{exc}") from None
+    return out
 
 
 def drop_partitions(txn: Any, dbs: dict[str, Any], pids: list[int]) -> None:

@@ -115,22 +115,24 @@ class _Metrics:
         else:
             self.handlers.finished(ev.subscriber, ev.topic, ev.status, ev.seconds)
 
-    def serve(self, broker: Any) -> None:
+    def serve(self, broker: Any, dead_letter_topics: list[str]) -> None:
         from mqlite.metrics import serve
 
-        self.server, _ = serve(broker, self.port, self.host, registry=self.registry)
+        self.server, _ = serve(broker, self.port, self.host, registry=self.registry,
+                               dead_letter_topics=dead_letter_topics)
         log.info("serving metrics on http://%s:%d/metrics", self.host,
                  self.server.server_port)
 
-    def serve_target(self, target: Any, durability: str) -> None:
+    def serve_target(self, target: Any, durability: str, dead_letter_topics: list[str]
+                     ) -> None:
         """Serve with a broker of our own opened on ``target`` (a path) or ``target`` itself."""
         import mqlite
 
         if isinstance(target, mqlite.Broker):
-            self.serve(target)
+            self.serve(target, dead_letter_topics)
             return
         self._broker = mqlite.open(target, durability=durability)
-        self.serve(self._broker)
+        self.serve(self._broker, dead_letter_topics)
 
     def close(self) -> None:
         if self.server is not None:
@@ -161,6 +163,11 @@ def run_app(app: App, *, workers: int = 1, health_port: int | None = None,
     if workers > 1:
         return _supervise(app, workers, health_port, health_host, metrics)
     return _run_here(app, health_port, health_host, ready_fd, metrics)
+
+
+def _dead_letter_topics(app: App) -> list[str]:
+    """The ``dead_letter=`` topics of ``app``'s subscribers (their depth is exported)."""
+    return sorted({s.dead_letter for s in app.subscribers if s.dead_letter is not None})
 
 
 def _forward(fd: int) -> Callable[[HandlerEvent], None]:
@@ -223,7 +230,7 @@ def _run_here(app: App, health_port: int | None, health_host: str,
     try:
         app.start()
         if metrics is not None:
-            metrics.serve(app._backend_now().broker)
+            metrics.serve(app._backend_now().broker, _dead_letter_topics(app))
         if health_port is not None:
             server = serve_health(lambda: tuple(app.health()), health_port,  # type: ignore[arg-type, return-value]
                                   health_host)
@@ -321,7 +328,7 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
         if metrics is not None:
             # opened after the first forks; a restart forks with it open (the storage
             # layer's at-fork hook makes a child forget inherited environments)
-            metrics.serve_target(app.target, app.durability)
+            metrics.serve_target(app.target, app.durability, _dead_letter_topics(app))
         if health_port is not None:
             def report() -> tuple[bool, dict[str, Any]]:
                 ws = {str(w.pid): w.ready for _, w in procs.values()}

@@ -1,0 +1,175 @@
+"""A Prometheus scrape of the example shop while it runs (issue 13's acceptance).
+
+The examples run as real processes, payments on two workers with
+``--metrics-port``; the endpoint is scraped while the orders flow and once
+everything is handled, and every value is checked against the API:
+lag per partition (``Broker.stats()`` and ``committed_offsets``), queue ready
+/ in-flight (the notifications work queue, and a test-held queue group), the
+stream DLQ's depth (``dead_letters()``) and the payments handler's counters
+and histogram (the order generator's draws, replayed).  Synchronised on the
+health and metrics endpoints (polling), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import msgspec
+from _polling import wait_until
+from prometheus_client.parser import text_string_to_metric_families
+from test_examples import EXAMPLES, TIMEOUT, _env, _free_port, _healthy
+
+import mqlite
+
+N = 300
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _scrape(port: int) -> Samples | None:
+    """Every sample as ``{(name, sorted labels): value}``; None while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def _get(m: Samples, name: str, **labels: str) -> float | None:
+    return m.get((name, tuple(sorted(labels.items()))))
+
+
+def _pay_counts(m: Samples) -> dict[str, float]:
+    return {dict(lv)["status"]: v for (n, lv), v in m.items()
+            if n == "mqlite_handler_messages_total" and dict(lv).get("handler") == "pay"}
+
+
+def _draws(n: int) -> tuple[int, int]:
+    """(declined, flaky) among the generator's ``n`` orders (its draws, replayed)."""
+    rng = random.Random(7)
+    declined = flaky = 0
+    for _ in range(n):
+        r = rng.random()
+        rng.randrange(100)
+        rng.uniform(5, 500)
+        declined += r < 0.01
+        flaky += 0.01 <= r < 0.06
+    return declined, flaky
+
+
+def test_scrape_of_the_running_shop_matches_the_api(tmp_broker_dir: Path) -> None:
+    declined, flaky = _draws(N)
+    assert declined and flaky
+    env = _env(tmp_broker_dir)
+    mport = _free_port()
+    b = mqlite.open(tmp_broker_dir, durability="none")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for topic, parts in (("order-created", 6), ("payment-processed", 6),
+                             ("notification-sent", 6), ("alerts", 1)):
+            b.create_topic(topic, partitions=parts, exist_ok=True)
+        ports = []
+        for target, extra in (("payments:app", ["--workers", "2", "--metrics-port", str(mport)]),
+                              ("notifications:app", []), ("analytics:app", []),
+                              ("dlq_monitor:app", [])):
+            ports.append(_free_port())
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "mqlite", "run", target, *extra, "--health-port",
+                 str(ports[-1])], cwd=EXAMPLES, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True))
+        for port in ports:  # every worker joined: no rebalance replays a handler later
+            wait_until(lambda port=port: _healthy(port), TIMEOUT, f"service on {port} ready")
+        # state no service touches, so nonzero lag and in-flight are checked too
+        audit = b.consumer("order-created", group="audit")
+        held = b.queue("payment-processed", "held", visibility_timeout=3600.0)
+        gen = subprocess.Popen([sys.executable, "order_service.py", "--orders", str(N), "--seed",
+                                "7", "--flaky", "0.05", "--declined", "0.01"],
+                               cwd=EXAMPLES, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+        during = wait_until(lambda: _scrape(mport), TIMEOUT, "a scrape while orders flow")
+        out, _ = gen.communicate(timeout=TIMEOUT)
+        assert gen.returncode == 0, out.decode()
+        assert _get(during, "mqlite_topic_partition_end_offset", topic="order-created",
+                    partition="0") is not None
+        assert len(audit.poll(max_records=40, timeout=10.0)) == 40
+        audit.commit()
+        got = held.receive(max_messages=5, timeout=TIMEOUT)
+        assert len(got) == 5
+
+        def quiet() -> Samples | None:
+            m = _scrape(mport)
+            if m is None:
+                return None
+            pay = _pay_counts(m)
+            done = (pay.get("ok", 0) + pay.get("dead_letter", 0) == N
+                    and _get(m, "mqlite_handler_inflight", handler="pay") == 0
+                    and _get(m, "mqlite_consumer_group_lag_sum", group="payments",
+                             topic="order-created") == 0
+                    and _get(m, "mqlite_consumer_group_lag_sum", group="analytics",
+                             topic="order-created") == 0
+                    and _get(m, "mqlite_queue_messages_ready", topic="payment-processed",
+                             group="notifications") == 0
+                    and _get(m, "mqlite_queue_messages_inflight", topic="payment-processed",
+                             group="notifications") == 0)
+            return m if done else None
+
+        m = wait_until(quiet, TIMEOUT, "every order handled, in the scrape", step=0.1)
+        st = b.stats(dead_letter_topics=["order-created.dlq"])
+
+        # handler counters and histogram == the generator's draws
+        assert _pay_counts(m) == {"ok": N - declined, "retry": flaky, "dead_letter": declined}
+        assert _get(m, "mqlite_handler_duration_seconds_count", handler="pay",
+                    topic="order-created") == N + flaky
+        assert _get(m, "mqlite_handler_duration_seconds_bucket", handler="pay",
+                    topic="order-created", le="+Inf") == N + flaky
+
+        # the stream DLQ's depth == dead_letters()
+        dls = b.dead_letters("order-created.dlq")
+        assert len(dls) == declined == st.dead_letters["order-created.dlq"]
+        assert _get(m, "mqlite_dead_letter_messages", topic="order-created.dlq") == declined
+
+        # lag per partition == stats() == committed offsets
+        ends = {p.partition: p.end_offset for p in b.describe_topic("order-created").partitions}
+        for g in ("payments", "analytics", "audit"):
+            (grp,) = [x for x in st.groups if x.group == g]
+            committed = b.committed_offsets(g, "order-created")
+            assert {r.partition for r in grp.lag} == set(range(6))
+            for row in grp.lag:
+                lbl = {"group": g, "topic": "order-created", "partition": str(row.partition)}
+                assert _get(m, "mqlite_consumer_group_lag", **lbl) == row.lag
+                assert row.lag == ends[row.partition] - committed.get(row.partition, 0)
+        assert sum(r.lag for r in next(x for x in st.groups if x.group == "audit").lag) \
+            == N - 40
+
+        # queue ready / in-flight == stats(): the notifications queue drained, "held" holds 5
+        paid = N - declined
+        for group, ready, inflight in (("notifications", 0, 0), ("held", paid - 5, 5)):
+            (q,) = [x for x in st.queues if x.group == group]
+            lbl = {"topic": "payment-processed", "group": group}
+            assert (q.ready, q.inflight) == (ready, inflight)
+            assert _get(m, "mqlite_queue_messages_ready", **lbl) == ready
+            assert _get(m, "mqlite_queue_messages_inflight", **lbl) == inflight
+        got_decoded = {msgspec.json.decode(d.message.value)["orderId"] for d in dls}
+        assert len(got_decoded) == declined
+
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=TIMEOUT)[0].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
+        held.close()
+        audit.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(30)
+            if p.stdout is not None:
+                p.stdout.close()
+        b.close()

@@ -166,7 +166,8 @@ def test_in_process_main(filled: str, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_metrics_command_serves_and_stops_on_sigterm(filled: str) -> None:
-    with subprocess.Popen([sys.executable, "-m", "mqlite", "metrics", filled, "--port", "0"],
+    with subprocess.Popen([sys.executable, "-m", "mqlite", "metrics", filled, "--port", "0",
+                           "--dead-letter-topic", "later.dlq"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -180,7 +181,10 @@ def test_metrics_command_serves_and_stops_on_sigterm(filled: str) -> None:
             ready = fams["mqlite_queue_messages_ready"].samples[0]
             assert ready.labels == {"topic": "orders", "group": "workers"}
             assert ready.value == 28
-            assert fams["mqlite_dead_letter_messages"].samples[0].value == 1
+            dead = {s.labels["topic"]: s.value
+                    for s in fams["mqlite_dead_letter_messages"].samples}
+            assert len(dead) == 2 and dead.pop("later.dlq") == 0  # named, not created yet
+            assert list(dead.values()) == [1]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
         finally:

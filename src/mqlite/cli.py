@@ -14,6 +14,7 @@ Examples::
     mqlite peek data/ orders --offset 100 -n 5        # or --timestamp ISO, --key K
     mqlite top data/                        # live rates and lag (--once: one frame)
     mqlite metrics data/ --port 9100        # Prometheus on http://127.0.0.1:9100/metrics
+    mqlite ui data/ --port 8180 [--allow-actions]   # web console on http://127.0.0.1:8180/
     mqlite backup data/ backup/             # hot, consistent, compacted copy
     mqlite dlq list data/ emails.dlq ; mqlite dlq redrive data/ emails.dlq
     mqlite verify data/            # deep CRC check, exit status 1 on damage
@@ -451,6 +452,16 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from mqlite.ui import run_console
+    except ImportError as exc:
+        raise ValueError(f"the web console needs the [ui] extra (pip install 'mqlite[ui]'): "
+                         f"{exc}") from None
+    with _open(args) as b:
+        return run_console(b, host=args.addr, port=args.port, allow_actions=args.allow_actions)
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     dest = os.path.abspath(args.dest)
     out: dict[str, Any] = {}
@@ -673,6 +684,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=9100, help="TCP port (0: any free one)")
     sp.add_argument("--addr", default="127.0.0.1",
                     help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
+    sp = add("ui", cmd_ui, "web console: topics, groups, queues, DLQs, live rates and lag")
+    sp.add_argument("--port", type=int, default=8180, help="TCP port (0: any free one)")
+    sp.add_argument("--addr", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--allow-actions", action="store_true",
+                    help="enable redrive / purge / reset-offsets; each needs the token "
+                         "printed at start")
     sp = add("backup", cmd_backup, "hot, consistent, compacted copy into a new directory")
     sp.add_argument("dest", help="new or empty directory; restore = open it")
     sp = sub.add_parser("dlq", help="dead-letter tools", parents=[common])

@@ -459,7 +459,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ValueError(f"the web console needs the [ui] extra (pip install 'mqlite[ui]'): "
                          f"{exc}") from None
     with _open(args) as b:
-        return run_console(b, host=args.addr, port=args.port, allow_actions=args.allow_actions)
+        return run_console(b, host=args.addr, port=args.port, allow_actions=args.allow_actions,
+                           refresh=args.refresh)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -691,6 +692,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-actions", action="store_true",
                     help="enable redrive / purge / reset-offsets; each needs the token "
                          "printed at start")
+    sp.add_argument("--refresh", type=float, default=2.0,
+                    help="seconds between live refreshes of open pages (0.25-60)")
     sp = add("backup", cmd_backup, "hot, consistent, compacted copy into a new directory")
     sp.add_argument("dest", help="new or empty directory; restore = open it")
     sp = sub.add_parser("dlq", help="dead-letter tools", parents=[common])

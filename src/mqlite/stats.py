@@ -20,8 +20,10 @@ through them ``mqlite.metrics`` and the CLI.
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mqlite import _liveness, scheduler
@@ -238,20 +240,22 @@ def queue_pending(engine: Engine, topic: str, group: str, limit: int = 1000
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
         raise ValueError(f"limit is a message count from 1 to 100000, got {limit!r}")
     env = engine.live_env()
-    out: list[dict[str, Any]] = []
     with env.read_txn() as txn:
         rec = engine.topic(txn, topic)
         part_of = {pid: i for i, pid in enumerate(rec.pids)}
-        for e in _pending.scan(txn, env.dbs, _pending.prefix(_queues.group_name(topic, group))):
-            owner = e.owner.rstrip(b"\x00").decode("utf-8", "replace") or None
+        entries = _pending.scan(txn, env.dbs, _pending.prefix(_queues.group_name(topic, group)))
+
+    def each() -> Iterator[tuple[int, int, Any]]:
+        for e in entries:
+            part = part_of.get(e.pid, -1)
             for off in e.offsets():
-                out.append({"partition": part_of.get(e.pid, -1), "offset": off,
-                            "delivery_count": e.count, "visible_at_ms": e.visible,
-                            "owner": owner, "first_delivery_ms": e.first_ms,
-                            "last_delivery_ms": e.last_ms, "last_error": e.error or None})
-                if len(out) >= limit:
-                    break
-            if len(out) >= limit:
-                break
-    out.sort(key=lambda d: (d["partition"], d["offset"]))
+                yield part, off, e
+
+    out = []
+    for part, off, e in heapq.nsmallest(limit, each(), key=lambda x: (x[0], x[1])):
+        out.append({"partition": part, "offset": off, "delivery_count": e.count,
+                    "visible_at_ms": e.visible,
+                    "owner": e.owner.rstrip(b"\x00").decode("utf-8", "replace") or None,
+                    "first_delivery_ms": e.first_ms, "last_delivery_ms": e.last_ms,
+                    "last_error": e.error or None})
     return out

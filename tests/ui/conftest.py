@@ -139,11 +139,18 @@ def console() -> Iterator[Callable[..., ConsoleProc]]:
             c.proc.stdout.close()
 
 
-@pytest.fixture
-def populated(tmp_path: Path) -> str:
-    """A broker directory filled by ``_ui_procs.populate`` (in a child: it leaves a queue
-    delivery in flight by exiting without closing)."""
-    path = str(tmp_path / "broker")
-    subprocess.run([sys.executable, str(HERE / "_ui_procs.py"), "populate", path], check=True,
-                   timeout=STEP * 2, capture_output=True)
+@pytest.fixture(scope="session")
+def _populated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ui-template") / "broker"
+    subprocess.run([sys.executable, str(HERE / "_ui_procs.py"), "populate", str(path)],
+                   check=True, timeout=STEP * 2, capture_output=True)
     return path
+
+
+@pytest.fixture
+def populated(_populated_template: Path, tmp_path: Path) -> str:
+    """A broker directory filled by ``_ui_procs.populate`` (run once per session in a child:
+    it leaves a queue delivery in flight by exiting without closing), copied per test."""
+    path = tmp_path / "broker"
+    shutil.copytree(_populated_template, path)
+    return str(path)

@@ -161,9 +161,19 @@ class _Console:
             now_ms=time.time_ns() // 1_000_000, nav=name.split(".")[0], **ctx)
         return HTMLResponse(html, status_code=status)
 
+    def stats(self) -> Any:
+        """The sampler's newest snapshot while it is fresh (younger than two sampling
+        cycles plus 1 s), else a new one: open pages refreshing every few seconds then
+        cost no broker reads beyond the sampler's own."""
+        st = self.history.snapshot()
+        limit_ms = 2000 * self.history.period + 1000
+        if st is None or time.time_ns() // 1_000_000 - st.taken_ms > limit_ms:
+            st = self.b.stats()
+        return st
+
     # -- pages -------------------------------------------------------------------------
     def overview(self, request: Request) -> HTMLResponse:
-        st = self.b.stats()
+        st = self.stats()
         last = self.history.latest()
         topics: dict[str, dict[str, Any]] = {}
         for p in st.partitions:
@@ -300,7 +310,7 @@ class _Console:
                          headers=[(k, decode_bytes(v, 4096)) for k, v in m.headers or ()])
 
     def groups(self, request: Request) -> HTMLResponse:
-        st = self.b.stats()
+        st = self.stats()
         return self.page(request, "groups.html", stream=st.groups, queues=st.queues)
 
     def group(self, request: Request) -> HTMLResponse:
@@ -323,14 +333,13 @@ class _Console:
             p["state"] = ("in flight" if p["owner"] and p["visible_at_ms"] > now
                           else "waiting for retry" if p["visible_at_ms"] > now
                           else "visible again")
-        st = self.b.stats()
         return self.page(request, "queue.html", q=qs, pending=pending,
-                         scheduled=st.scheduled.get(topic, 0),
+                         scheduled=self.stats().scheduled.get(topic, 0),
                          policy=self.b.queue_policy(topic, group),
                          chart_keys=[f"{group} (queue {topic})"])
 
     def queues(self, request: Request) -> HTMLResponse:
-        st = self.b.stats()
+        st = self.stats()
         return self.page(request, "queues.html", queues=st.queues, scheduled=st.scheduled,
                          dead=st.dead_letters)
 

@@ -107,6 +107,8 @@ class History:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Seconds one sampling cycle took last (snapshot + wait): ``interval`` or longer.
+        self.period = interval
 
     def sample(self) -> Sample:
         """Take one snapshot now and append its sample (the thread calls this)."""
@@ -121,6 +123,11 @@ class History:
         """The kept samples, oldest first."""
         with self._lock:
             return list(self._samples)
+
+    def snapshot(self) -> Any:
+        """The ``BrokerStats`` of the newest sample (``None`` before the first)."""
+        with self._lock:
+            return self._prev
 
     def latest(self) -> Sample | None:
         """The newest sample, or ``None`` before the first."""
@@ -149,4 +156,6 @@ class History:
             except Exception:  # noqa: BLE001 - a failed sample must not kill the console
                 _log.exception("mqlite ui: taking a stats snapshot failed")
             took = time.monotonic() - t0
-            self._stop.wait(max(self.interval - took, 4 * took, 0.01))
+            wait = max(self.interval - took, 4 * took, 0.01)
+            self.period = took + wait
+            self._stop.wait(wait)

@@ -56,9 +56,12 @@ def _hosts_for(host: str) -> list[str]:
 
 
 def run_console(broker: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                allow_actions: bool = False, interval: float = 1.0,
+                allow_actions: bool = False, refresh: float = 2.0,
                 out: TextIO | None = None) -> int:
     """Serve the console for an open ``broker`` until SIGINT / SIGTERM; returns 0.
+
+    ``refresh`` is the seconds between live refreshes of the open pages, 0.25
+    to 60 (charts are sampled every ``min(refresh, 1)`` s).
 
     Prints the URL (and, with ``allow_actions``, the per-start token) on
     ``out`` (default stdout) before serving, flushed, so a supervisor or a
@@ -67,7 +70,7 @@ def run_console(broker: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     Raises
     ------
     ValueError
-        Bad ``host`` / ``port`` / ``interval``, or the port is taken.
+        Bad ``host`` / ``port`` / ``refresh``, or the port is taken.
     """
     import uvicorn
 
@@ -76,11 +79,16 @@ def run_console(broker: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     from mqlite.ui.security import new_token
 
     out = out if out is not None else sys.stdout
-    hist = History(broker.stats, interval=interval)
+    if isinstance(refresh, bool) or not isinstance(refresh, int | float) or not (
+            0.25 <= refresh <= 60):
+        raise ValueError(f"--refresh is seconds between page refreshes, 0.25 to 60, got "
+                         f"{refresh!r}")
+    hist = History(broker.stats, interval=min(float(refresh), 1.0))
     sock = bind_socket(host, port)
     try:
         token = new_token() if allow_actions else None
-        app = create_app(broker, token=token, history=hist, allowed_hosts=_hosts_for(host))
+        app = create_app(broker, token=token, history=hist, allowed_hosts=_hosts_for(host),
+                         refresh_ms=int(refresh * 1000))
         real_port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         print(f"mqlite console for {broker.path} on http://{shown}:{real_port}/", file=out)

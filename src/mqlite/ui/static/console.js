@@ -23,9 +23,12 @@
   }
 
   // -- live numbers: re-fetch this page and swap the #live block ----------------------------
+  let liveBusy = false, chartsBusy = false;
+
   async function refreshLive() {
     const live = document.getElementById("live");
-    if (!live) return;
+    if (!live || liveBusy) return;
+    liveBusy = true;
     try {
       const resp = await fetch(window.location.href, {headers: {"Accept": "text/html"}});
       if (!resp.ok) return;
@@ -38,6 +41,8 @@
                                                           10)) + 1);
     } catch (e) {
       // the console went away: keep the last numbers
+    } finally {
+      liveBusy = false;
     }
   }
 
@@ -114,6 +119,16 @@
   }
 
   async function refreshCharts() {
+    if (chartsBusy) return;
+    chartsBusy = true;
+    try {
+      await drawAll();
+    } finally {
+      chartsBusy = false;
+    }
+  }
+
+  async function drawAll() {
     for (const svg of document.querySelectorAll("svg.chart")) {
       const params = new URLSearchParams({chart: svg.dataset.chart});
       for (const s of (svg.dataset.series || "").split("\n")) if (s) params.append("series", s);

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 import mqlite
 
 HERE = Path(__file__).resolve().parent

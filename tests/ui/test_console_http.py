@@ -122,6 +122,12 @@ def test_actions_need_token_and_same_origin(console: Any, populated: str) -> Non
                                {"group": "audit", "topic": "orders", "to": "offset",
                                 "value": "x", "token": c.token, "back": "//evil"}, same)
     assert status == 303 and hdrs["location"].startswith("/?err=")
+    status, _, hdrs = _request(c.port, "POST", "/actions/purge",
+                               {**form, "back": "/\\evil.example"}, same)
+    assert status == 303 and hdrs["location"].startswith("/?msg=purged+0")
+    status, page, _ = _request(c.port, "POST", "/actions/purge",
+                               {**form, "pad": "x" * 20_000}, same)
+    assert status == 413 and "larger than" in page
     with mqlite.open(populated) as b:
         assert b.dead_letters("emails.dlq") == []
         assert b.committed_offsets("audit", "orders") == {0: 7, 1: 7, 2: 7}

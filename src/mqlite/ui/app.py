@@ -44,6 +44,8 @@ KEY_SCAN_LIMIT = 100_000
 _MAX_SHOW, _DEFAULT_SHOW = 500, 20
 #: Bytes of a value shown on the message page (the rest is cut, and says so).
 _MAX_VALUE_SHOWN = 64 * 1024
+#: Bytes an action's form may have (they hold a few short fields).
+_MAX_FORM = 16 * 1024
 #: Series drawn per chart (the largest by latest value).
 _MAX_SERIES = 8
 
@@ -381,7 +383,13 @@ class _Console:
 
     # -- actions -----------------------------------------------------------------------
     async def action(self, request: Request) -> Response:
-        body = (await request.body()).decode("utf-8", "replace")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > _MAX_FORM:
+                return self.page(request, "error.html", status=413,
+                                 error=f"form larger than {_MAX_FORM} bytes refused")
+        body = raw.decode("utf-8", "replace")
         form = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
         headers = {k.lower(): v for k, v in request.headers.items()}
         why = self.guard.refusal(scheme=request.url.scheme, host=headers.get("host", ""),
@@ -389,7 +397,7 @@ class _Console:
         if why is not None:
             return self.page(request, "error.html", status=403, error=why)
         back = form.get("back", "/")
-        if not back.startswith("/") or back.startswith("//"):
+        if not back.startswith("/") or back.startswith("//") or "\\" in back:
             back = "/"
         what = request.path_params["what"]
         try:

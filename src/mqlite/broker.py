@@ -314,6 +314,15 @@ class Broker:
         """
         return stats.queue_stats(self._engine, topic, group)
 
+    def queue_pending(self, topic: str, group: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """A queue group's unsettled messages (in-flight, waiting for retry) without joining it.
+
+        The dicts ``Queue.pending()`` returns (owner, delivery count, visibility
+        deadline, last error), at most ``limit`` (1 to 100,000); read-only.
+        The web console's queue page uses it.
+        """
+        return stats.queue_pending(self._engine, topic, group, limit)
+
     def space(self) -> dict[str, int]:
         """Storage use, in bytes: ``map_size``, ``used_bytes`` (pages in use),
         ``high_water_bytes`` (sends are refused above it) and ``file_bytes``."""

@@ -14,6 +14,7 @@ Examples::
     mqlite peek data/ orders --offset 100 -n 5        # or --timestamp ISO, --key K
     mqlite top data/                        # live rates and lag (--once: one frame)
     mqlite metrics data/ --port 9100        # Prometheus on http://127.0.0.1:9100/metrics
+    mqlite ui data/ --port 8180 [--allow-actions]   # web console on http://127.0.0.1:8180/
     mqlite backup data/ backup/             # hot, consistent, compacted copy
     mqlite dlq list data/ emails.dlq ; mqlite dlq redrive data/ emails.dlq
     mqlite verify data/            # deep CRC check, exit status 1 on damage
@@ -452,6 +453,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from mqlite.ui import run_console
+    except ImportError as exc:
+        raise ValueError(f"the web console needs the [ui] extra (pip install 'mqlite[ui]'): "
+                         f"{exc}") from None
+    with _open(args) as b:
+        return run_console(b, host=args.addr, port=args.port, allow_actions=args.allow_actions,
+                           refresh=args.refresh)
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     dest = os.path.abspath(args.dest)
     out: dict[str, Any] = {}
@@ -677,6 +689,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--dead-letter-topic", action="append", metavar="TOPIC",
                     help="also export the dead-letter depth of TOPIC (repeatable; queue "
                          "groups' DLQs are found on their own, an App's stream DLQs are not)")
+    sp = add("ui", cmd_ui, "web console: topics, groups, queues, DLQs, live rates and lag")
+    sp.add_argument("--port", type=int, default=8180, help="TCP port (0: any free one)")
+    sp.add_argument("--addr", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--allow-actions", action="store_true",
+                    help="enable redrive / purge / reset-offsets; each needs the token "
+                         "printed at start")
+    sp.add_argument("--refresh", type=float, default=2.0,
+                    help="seconds between live refreshes of open pages (0.25-60)")
     sp = add("backup", cmd_backup, "hot, consistent, compacted copy into a new directory")
     sp.add_argument("dest", help="new or empty directory; restore = open it")
     sp = sub.add_parser("dlq", help="dead-letter tools", parents=[common])

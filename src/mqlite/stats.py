@@ -20,10 +20,11 @@ through them ``mqlite.metrics`` and the CLI.
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mqlite import _liveness, scheduler
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from mqlite._engine import Engine
     from mqlite._storage.log import TopicRecord
 
-__all__ = ["broker_stats", "queue_stats"]
+__all__ = ["broker_stats", "queue_pending", "queue_stats"]
 
 
 def _now_ms() -> int:
@@ -276,3 +277,46 @@ def queue_stats(engine: Engine, topic: str, group: str) -> QueueStats | None:
         snap = _Snapshot(txn, env)
         return _queue_stats(snap, _liveness.members_dir(env.path),
                             _queues.group_name(topic, group), topic, group, now, detail=True)
+
+
+def queue_pending(engine: Engine, topic: str, group: str, limit: int = 1000
+                  ) -> list[dict[str, Any]]:
+    """Unsettled messages of one queue group, one dict per message, without joining it.
+
+    The same dicts as ``Queue.pending()`` (``partition``, ``offset``,
+    ``delivery_count``, ``visible_at_ms``, ``owner`` — the consumer's owner id,
+    ``None`` once released —, ``first_delivery_ms``, ``last_delivery_ms``,
+    ``last_error``), in partition then offset order, at most ``limit`` (1 to
+    100,000).  One read transaction; nothing is changed.
+
+    Raises
+    ------
+    ValueError
+        Bad topic or group name, or ``limit`` out of bounds.
+    TopicNotFoundError
+        ``topic`` does not exist.
+    """
+    validate_topic_name(topic)
+    validate_group_name(group)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+        raise ValueError(f"limit is a message count from 1 to 100000, got {limit!r}")
+    env = engine.live_env()
+    with env.read_txn() as txn:
+        rec = engine.topic(txn, topic)
+        part_of = {pid: i for i, pid in enumerate(rec.pids)}
+        entries = _pending.scan(txn, env.dbs, _pending.prefix(_queues.group_name(topic, group)))
+
+    def each() -> Iterator[tuple[int, int, Any]]:
+        for e in entries:
+            part = part_of.get(e.pid, -1)
+            for off in e.offsets():
+                yield part, off, e
+
+    out = []
+    for part, off, e in heapq.nsmallest(limit, each(), key=lambda x: (x[0], x[1])):
+        out.append({"partition": part, "offset": off, "delivery_count": e.count,
+                    "visible_at_ms": e.visible,
+                    "owner": e.owner.rstrip(b"\x00").decode("utf-8", "replace") or None,
+                    "first_delivery_ms": e.first_ms, "last_delivery_ms": e.last_ms,
+                    "last_error": e.error or None})
+    return out

@@ -430,6 +430,11 @@ class _Dir:
         self.peers: dict[str, int] = {}  # lock file name -> pid (other processes only)
         self.fds: dict[str, int] = {}  # lock file name -> probe descriptor
         self.dead: set[str] = set()  # locks seen dead whose reaps already ran
+        # Listed but not probed yet: a lock file exists unlocked for a moment after it is
+        # created, so one of these found unlocked is probed once more a tick later before
+        # it counts as dead (a subscriber that registers after locking never sees it).
+        self.young: set[str] = set()
+        self.deferred = False  # some young lock was found unlocked: tick again
         self.wd: int | None = None  # its inotify watch (None: none, poll the mtime)
         self.dirty = True  # inotify reported a change: re-list
 
@@ -439,8 +444,8 @@ class _Dir:
         self.dirty = False
         me = os.getpid()
         try:
-            names = os.listdir(self.path) if mtime_ns is not None else []
-        except OSError:
+            names = os.listdir(self.path)
+        except OSError:  # gone, or not there yet: no peers
             names = []
         peers: dict[str, int] = {}
         for n in names:
@@ -450,6 +455,7 @@ class _Dir:
                     peers[n] = pid
         new = set(peers) - set(self.peers)
         self.peers = peers
+        self.young = (self.young & set(peers)) | new
         for n in [n for n in self.fds if n not in peers]:
             _close_quiet(self.fds.pop(n))
         self.dead &= set(peers)
@@ -490,6 +496,7 @@ _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 #: IN_ONLYDIR: a lock file appears or goes, or the directory itself does.
 _IN_MASK = 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800 | 0x01000000
 _IN_IGNORED = 0x8000  # the watch is gone (directory deleted or unmounted)
+_IN_Q_OVERFLOW = 0x4000  # events were lost
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -525,28 +532,40 @@ class _DirEvents:
         """Stop watching (errors ignored: the watch may be gone with its directory)."""
         self.libc.inotify_rm_watch(self.fd, wd)
 
-    def drain(self) -> set[int] | None:
-        """Read every pending event; the watch descriptors that are gone (None: overflow)."""
-        gone: set[int] = set()
+    def drain(self) -> tuple[bool, set[int] | None]:
+        """Read every pending event.
+
+        Returns whether any is about another process's file or a directory
+        itself (this process's own lock files come and go without a re-list),
+        and the watch descriptors that are gone (None: events were lost).
+        """
+        gone: set[int] | None = set()
+        relevant = False
+        me = os.getpid()
         while True:
             try:
                 buf = os.read(self.fd, 65536)
             except BlockingIOError:
-                return gone
+                return relevant, gone
             except OSError as exc:
                 if exc.errno == errno.EINTR:
                     continue
-                return None
+                return True, None
             if not buf:
-                return gone
+                return relevant, gone
             i = 0
             while i + _EVENT.size <= len(buf):
                 wd, mask, _, n = _EVENT.unpack_from(buf, i)
-                if mask & _IN_IGNORED:
-                    gone.add(wd)
-                if mask & 0x4000:  # IN_Q_OVERFLOW: events were lost
-                    gone.add(-1)
+                name = buf[i + _EVENT.size:i + _EVENT.size + n].rstrip(b"\0")
                 i += _EVENT.size + n
+                if mask & _IN_Q_OVERFLOW:
+                    relevant, gone = True, None
+                elif mask & _IN_IGNORED:
+                    relevant = True
+                    if gone is not None:
+                        gone.add(wd)
+                elif not name or lock_pid(os.fsdecode(name)) != me:
+                    relevant = True
 
     def close(self) -> None:
         _close_quiet(self.fd)
@@ -579,10 +598,10 @@ class _Run:
         """inotify fired: mark every directory for a re-list; forget vanished watches."""
         if self.events is None:
             return
-        gone = self.events.drain()
+        relevant, gone = self.events.drain()
         for d in self.dirs.values():
-            d.dirty = True
-            if gone is not None and d.wd in gone:
+            d.dirty = d.dirty or relevant
+            if gone is None or d.wd in gone:
                 d.wd = None  # the directory went: watch it again (or poll its mtime)
 
     def drop(self, key: tuple[str, str]) -> None:
@@ -597,7 +616,8 @@ class _Run:
         """True when nothing needs a timed tick: every directory has an inotify watch and
         every peer lock it holds is dead and handled (a live peer may lose its pidfd
         wake-up, so it is probed every :data:`PROBE_INTERVAL`)."""
-        return all(d.wd is not None and d.dead.issuperset(d.peers) for d in self.dirs.values())
+        return all(d.wd is not None and not d.deferred and d.dead.issuperset(d.peers)
+                   for d in self.dirs.values())
 
     def close(self) -> None:
         for d in self.dirs.values():
@@ -625,6 +645,7 @@ class _Hub:
 
     def add(self, w: Watch) -> None:
         with self.guard:
+            new_key = w.key not in self.subs
             self.subs.setdefault(w.key, []).append(w)
             if self.thread is None:
                 r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -640,8 +661,8 @@ class _Hub:
                     self.wake_r = self.wake_w = -1
                     raise
                 self.thread = t
-            else:
-                self._wake()
+            elif new_key:
+                self._wake()  # a new directory to watch
 
     def remove(self, w: Watch) -> bool:
         """Unsubscribe ``w``; False if it was not subscribed here (closed, or a fork's)."""
@@ -730,8 +751,11 @@ class _Hub:
                     run.fired.discard(pid)
                     _close_quiet(run.pidfds.pop(pid))
         dead = d.probe()
-        fresh = dead - d.dead
-        d.dead = dead
+        wait = dead & d.young
+        d.young.clear()
+        fresh = dead - d.dead - wait
+        d.dead = dead - wait
+        d.deferred = bool(wait)
         for w in (ws if fresh else [w for w in ws if w.retry]):
             with w.lock:
                 if w.closed:

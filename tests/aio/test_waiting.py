@@ -102,7 +102,11 @@ def test_poll_wakes_on_send_from_another_process(path: Path) -> None:
     run(main())
 
 
-def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path) -> None:
+@pytest.mark.parametrize("mode", ["poll", "receive"])
+def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path, mode: str) -> None:
+    """1,000 tasks each waiting on its own topic (stream consumers or queue consumers):
+    no thread per wait, and for queues one liveness watcher thread for all of them (D32),
+    fewer than 8 threads in all; one message per topic from another process wakes each."""
     n = 1000
     topics = [f"t{i}" for i in range(n)]
 
@@ -110,13 +114,22 @@ def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path) -> No
         async with mqlite.aio.open(path, durability="none") as b:
             for t in topics:
                 await b.create_topic(t)
-            consumers = [b.consumer(t) for t in topics]
             threads_before = threading.active_count()
-            tasks = [asyncio.create_task(c.poll(timeout=30)) for c in consumers]
+            consumers: list[Any]
+            if mode == "poll":
+                consumers = [b.consumer(t) for t in topics]
+                tasks = [asyncio.create_task(c.poll(timeout=30)) for c in consumers]
+            else:
+                consumers = [await b.queue(t, "g").start() for t in topics]
+                tasks = [asyncio.create_task(c.receive(timeout=30)) for c in consumers]
             while b._bell().waiting() < n:
                 await asyncio.sleep(0.01)
-            # waiting holds no thread: at most the broker's worker pool exists
-            assert threading.active_count() <= threads_before + WORKERS + 1  # + the bell thread
+            # waiting holds no thread: at most the broker's worker pool, the bell thread
+            # and (queues) the process's one liveness watcher exist
+            names = [t.name for t in threading.enumerate()]
+            assert sum(name == "mqlite-liveness" for name in names) == (mode == "receive")
+            assert threading.active_count() <= threads_before + WORKERS + 2, names
+            assert threading.active_count() < 8, names
             sender = await asyncio.to_thread(Sender, path, topics)
             try:
                 sender.go("x")
@@ -128,6 +141,8 @@ def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path) -> No
             for t, msgs in zip(topics, results, strict=True):
                 assert [(m.topic, m.value) for m in msgs] == [(t, b"x")]
             assert b._bell().waiting() == 0
+            for c in consumers:
+                await c.close()
 
     run(main())
 

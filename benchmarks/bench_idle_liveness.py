@@ -8,9 +8,11 @@ and the two consumers, lets them settle, then sleeps in its main thread for
 watchers are the only ones awake).  Kinds and periods are interleaved over
 ``--runs`` rounds; the table shows the median and range per cell.
 
-The period is patched in the child (``mqlite.queue.liveness.PROBE_INTERVAL``
-and ``mqlite.groups.watcher._WATCH_INTERVAL``), so one tree measures several
-periods.  Run from the repository root::
+The period is patched in the child (``mqlite._liveness.PROBE_INTERVAL``, the
+process's one queue watcher, and ``mqlite.groups.watcher._WATCH_INTERVAL``), so one
+tree measures several periods.  Since D32 the queue watcher has no timed wake-up
+while no other process has a queue consumer, so the ``queue`` rows are ~0 whatever
+the period.  Run from the repository root::
 
     python benchmarks/bench_idle_liveness.py                  # ~2 min
     python benchmarks/bench_idle_liveness.py --periods 20,50 --runs 5 --seconds 5
@@ -27,11 +29,11 @@ CHILD = r"""
 import sys, tempfile, time
 import mqlite
 import mqlite.groups.watcher as gw
-import mqlite.queue.liveness as ql
+import mqlite._liveness as lv
 
 kind, period, secs = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 gw._WATCH_INTERVAL = period
-ql.PROBE_INTERVAL = period
+lv.PROBE_INTERVAL = period
 with tempfile.TemporaryDirectory() as d:
     b = mqlite.open(d, durability="none")
     b.create_topic("t", partitions=2)

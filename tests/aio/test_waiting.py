@@ -177,6 +177,53 @@ def test_cancelling_thousand_waits_returns_every_resource(path: Path) -> None:
     run(main())
 
 
+def test_waits_share_one_deadline_timer_in_deadline_order(path: Path) -> None:
+    """All waits of a loop share one timer: each still ends at its own timeout, in
+    order, whatever ends earlier; cancelled waits leave no timer and their stale
+    entries do not pile up."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            cs = [b.consumer("t") for _ in range(4)]
+            await cs[0].poll(timeout=0.01)
+            bell = b._bell()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            ended: dict[int, float] = {}
+
+            async def wait(i: int, timeout: float) -> None:
+                assert await cs[i].poll(timeout=timeout) == []
+                ended[i] = loop.time() - t0
+
+            long = asyncio.create_task(wait(0, 0.6))
+            first = asyncio.create_task(cs[1].poll(timeout=30))  # cancelled below
+            mid = asyncio.create_task(wait(2, 0.3))
+            short = asyncio.create_task(wait(3, 0.1))
+            while bell.waiting() < 4:
+                await asyncio.sleep(0.001)
+            first.cancel()
+            await asyncio.gather(long, mid, short)
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert sorted(ended, key=ended.__getitem__) == [3, 2, 0]
+            assert ended[3] >= 0.1 and ended[2] >= 0.3 and ended[0] >= 0.6
+            assert ended[0] < 20  # far below the cancelled 30 s wait
+            # 1,000 waits cancelled: their entries are compacted away, not kept 30 s
+            many = [b.consumer("t") for _ in range(1000)]
+            for _ in range(3):
+                tasks = [asyncio.create_task(c.poll(timeout=30)) for c in many]
+                while bell.waiting() < len(many):
+                    await asyncio.sleep(0.001)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            assert bell.waiting() == 0
+            assert len(bell._heap) <= 2 * len(many)
+
+    run(main())
+
+
 def test_timeout_context_ends_the_wait(path: Path) -> None:
     async def main() -> None:
         async with mqlite.aio.open(path) as b:

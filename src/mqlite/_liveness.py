@@ -724,8 +724,10 @@ class _Hub:
                     run.fired.update(p for p, f in run.pidfds.items() if f == fd)
         finally:
             with self.guard:
-                if self.run is run:
+                if self.thread is threading.current_thread():  # ended by an error
                     self.thread = self.run = None
+                    _close_quiet(self.wake_w)  # the next subscriber starts afresh
+                    self.wake_w = -1
                 if self.wake_r == wake_r:
                     self.wake_r = -1
             run.close()

@@ -102,7 +102,11 @@ def test_poll_wakes_on_send_from_another_process(path: Path) -> None:
     run(main())
 
 
-def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path) -> None:
+@pytest.mark.parametrize("mode", ["poll", "receive"])
+def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path, mode: str) -> None:
+    """1,000 tasks each waiting on its own topic (stream consumers or queue consumers):
+    no thread per wait, and for queues one liveness watcher thread for all of them (D32),
+    fewer than 8 threads in all; one message per topic from another process wakes each."""
     n = 1000
     topics = [f"t{i}" for i in range(n)]
 
@@ -110,13 +114,22 @@ def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path) -> No
         async with mqlite.aio.open(path, durability="none") as b:
             for t in topics:
                 await b.create_topic(t)
-            consumers = [b.consumer(t) for t in topics]
             threads_before = threading.active_count()
-            tasks = [asyncio.create_task(c.poll(timeout=30)) for c in consumers]
+            consumers: list[Any]
+            if mode == "poll":
+                consumers = [b.consumer(t) for t in topics]
+                tasks = [asyncio.create_task(c.poll(timeout=30)) for c in consumers]
+            else:
+                consumers = [await b.queue(t, "g").start() for t in topics]
+                tasks = [asyncio.create_task(c.receive(timeout=30)) for c in consumers]
             while b._bell().waiting() < n:
                 await asyncio.sleep(0.01)
-            # waiting holds no thread: at most the broker's worker pool exists
-            assert threading.active_count() <= threads_before + WORKERS + 1  # + the bell thread
+            # waiting holds no thread: at most the broker's worker pool, the bell thread
+            # and (queues) the process's one liveness watcher exist
+            names = [t.name for t in threading.enumerate()]
+            assert sum(name == "mqlite-liveness" for name in names) == (mode == "receive")
+            assert threading.active_count() <= threads_before + WORKERS + 2, names
+            assert threading.active_count() < 8, names
             sender = await asyncio.to_thread(Sender, path, topics)
             try:
                 sender.go("x")
@@ -128,6 +141,8 @@ def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path) -> No
             for t, msgs in zip(topics, results, strict=True):
                 assert [(m.topic, m.value) for m in msgs] == [(t, b"x")]
             assert b._bell().waiting() == 0
+            for c in consumers:
+                await c.close()
 
     run(main())
 
@@ -158,6 +173,53 @@ def test_cancelling_thousand_waits_returns_every_resource(path: Path) -> None:
             # the only threads are the broker's bounded worker pool (started on demand)
             assert threading.active_count() <= threads + WORKERS
             await queue.close()
+
+    run(main())
+
+
+def test_waits_share_one_deadline_timer_in_deadline_order(path: Path) -> None:
+    """All waits of a loop share one timer: each still ends at its own timeout, in
+    order, whatever ends earlier; cancelled waits leave no timer and their stale
+    entries do not pile up."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            cs = [b.consumer("t") for _ in range(4)]
+            await cs[0].poll(timeout=0.01)
+            bell = b._bell()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            ended: dict[int, float] = {}
+
+            async def wait(i: int, timeout: float) -> None:
+                assert await cs[i].poll(timeout=timeout) == []
+                ended[i] = loop.time() - t0
+
+            long = asyncio.create_task(wait(0, 0.6))
+            first = asyncio.create_task(cs[1].poll(timeout=30))  # cancelled below
+            mid = asyncio.create_task(wait(2, 0.3))
+            short = asyncio.create_task(wait(3, 0.1))
+            while bell.waiting() < 4:
+                await asyncio.sleep(0.001)
+            first.cancel()
+            await asyncio.gather(long, mid, short)
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert sorted(ended, key=ended.__getitem__) == [3, 2, 0]
+            assert ended[3] >= 0.1 and ended[2] >= 0.3 and ended[0] >= 0.6
+            assert ended[0] < 20  # far below the cancelled 30 s wait
+            # 1,000 waits cancelled: their entries are compacted away, not kept 30 s
+            many = [b.consumer("t") for _ in range(1000)]
+            for _ in range(3):
+                tasks = [asyncio.create_task(c.poll(timeout=30)) for c in many]
+                while bell.waiting() < len(many):
+                    await asyncio.sleep(0.001)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            assert bell.waiting() == 0
+            assert len(bell._heap) <= 2 * len(many)
 
     run(main())
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import mqlite
-import mqlite.queue.liveness as queue_liveness
+from mqlite import _liveness
 
 CHILD = str(Path(__file__).with_name("_procs_queue.py"))
 
@@ -192,7 +192,7 @@ def test_sigkilled_holder_is_noticed_through_its_pidfd(tmp_broker_dir, tmp_path,
     """The periodic probe is pushed out to an hour, so only the holder's pidfd can wake the
     survivor's watcher: the survivor still gets the dead one's messages, and the dead one's
     lock file is removed."""
-    monkeypatch.setattr(queue_liveness, "PROBE_INTERVAL", 3600.0)
+    monkeypatch.setattr(_liveness, "PROBE_INTERVAL", 3600.0)
     members = tmp_broker_dir / "members"
     with mqlite.open(tmp_broker_dir, durability="none") as broker:
         broker.create_topic("jobs", partitions=1)
@@ -214,7 +214,7 @@ def test_sigkilled_holder_is_noticed_through_its_pidfd(tmp_broker_dir, tmp_path,
         assert sorted(int(d.value) for d in got) == list(range(10))
         assert all(d.delivery_count == 2 for d in got)
         q.ack(got)
-        q.close()  # joins the watcher thread: its reap, unlink included, is over
+        q.close()  # waits for a reap in progress: its unlink is over
     assert not (members / dead_lock).exists()
 
 

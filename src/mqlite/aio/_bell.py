@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -53,6 +55,11 @@ class LoopBell:
         # slot -> {future: expected seq}: the waits registered now
         self._waits: dict[int, dict[asyncio.Future[bool], int]] = {}
         self._rfd = self._wfd = -1
+        # deadlines of the registered waits: [when, order, future or None when stale]
+        self._heap: list[list[Any]] = []
+        self._stale = 0
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
         try:
             self._index = notifier.bell_claim()
         except (OSError, ValueError):
@@ -116,20 +123,60 @@ class LoopBell:
             waits = self._waits[slot] = {}
             n.bell_arm(self._index, slot)
         waits[fut] = seq
-        timer = None
+        entry: list[Any] | None = None
         try:
             if n.load(slot) != seq:  # moved before the bell was armed
                 return True
-            timer = self.loop.call_later(timeout, _set, fut, False)
+            entry = self._deadline(timeout, fut)
             return await fut
         finally:
-            if timer is not None:
-                timer.cancel()
+            if entry is not None and entry[2] is not None:
+                entry[2] = None  # still in the heap: now a stale entry
+                self._stale += 1
             del waits[fut]
             if not waits and self._waits.get(slot) is waits:
                 del self._waits[slot]
                 with contextlib.suppress(ValueError):  # the broker closed meanwhile
                     n.bell_disarm(self._index, slot)
+
+    def _deadline(self, timeout: float, fut: asyncio.Future[bool]) -> list[Any]:
+        """Register ``fut`` to be resolved with False in ``timeout`` seconds.
+
+        All waits of the loop share one timer (the earliest deadline) instead of a
+        ``call_later`` handle each: a wait costs a heap entry, and one that ends
+        early (woken, cancelled) only marks its entry stale, which is O(1) and
+        allocates nothing; stale entries are dropped when they reach the top or
+        when they are more than half of the heap.
+        """
+        when = self.loop.time() + timeout
+        entry = [when, next(self._order), fut]
+        heapq.heappush(self._heap, entry)
+        if self._timer is None or when < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(when, self._expire)
+        if self._stale > 64 and self._stale * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if e[2] is not None]
+            heapq.heapify(self._heap)
+            self._stale = 0
+        return entry
+
+    def _expire(self) -> None:
+        """The shared timer: resolve every wait whose deadline passed; re-arm."""
+        self._timer = None
+        heap = self._heap
+        now = self.loop.time() + 1e-6  # asyncio may run a timer up to its clock's resolution early
+        while heap and (heap[0][2] is None or heap[0][0] <= now):
+            entry = heapq.heappop(heap)
+            fut = entry[2]
+            if fut is None:
+                self._stale -= 1
+                continue
+            entry[2] = None  # left the heap: its wait must not count it stale
+            if not fut.done():
+                fut.set_result(False)
+        if heap and not self._closed:
+            self._timer = self.loop.call_at(heap[0][0], self._expire)
 
     async def _blocking_wait(self, slot: int, seq: int, timeout: float,
                              fut: asyncio.Future[bool]) -> bool:
@@ -175,6 +222,11 @@ class LoopBell:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self._timer.cancel()
+            self._timer = None
+        self._heap.clear()
         if self._index >= 0:
             self._n.bell_unlisten(self._index)  # kicks the ring word: the listener returns
             if self._thread is not None and self._thread is not threading.current_thread():

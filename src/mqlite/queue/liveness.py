@@ -3,12 +3,14 @@
 Owner liveness is the kernel's, through the broker's one liveness service
 (:mod:`mqlite._liveness`, shared with stream groups): each
 :class:`~mqlite.Queue` holds a :class:`~mqlite._liveness.MemberLock` on
-``members/q-<owner id>-<pid>-<random>.lock`` for its whole life, and a watcher
-thread in every live queue consumer of the group probes the others' locks
-every ``PROBE_INTERVAL`` seconds (and at once when a peer's ``pidfd`` reports
-its exit), releasing a dead owner's pending entries at once (the kernel drops
-a lock when its process dies).  A consumer also reaps once, synchronously,
-when it starts (which also arms its pidfds).
+``members/q-<owner id>-<pid>-<random>.lock`` for its whole life, and
+subscribes its reap to the process's one liveness watcher thread
+(:func:`mqlite._liveness.watch`, D32), which probes other processes' ``q-``
+locks every ``PROBE_INTERVAL`` seconds (and at once when a peer's ``pidfd``
+reports its exit).  When a lock is found dead every queue consumer of the
+process reaps: it releases its group's entries of dead owners at once (the
+kernel drops a lock when its process dies).  A consumer also reaps once,
+synchronously, when it starts.
 
 Queue consumers do not heartbeat, so they never expire: a consumer that is
 alive but hung keeps its lock, and its messages come back only when their
@@ -24,10 +26,9 @@ the pending entries of dead consumers (released: visible now, no owner).
 from __future__ import annotations
 
 import os
-import threading
 from typing import TYPE_CHECKING
 
-from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, lock_pid, members_dir, unlink_quiet
+from mqlite._liveness import MemberLock, Watch, members_dir, status, unlink_quiet, watch
 from mqlite._storage import pending as _pending
 from mqlite._storage.pending import NOBODY
 from mqlite.errors import MqliteError
@@ -42,15 +43,13 @@ ERROR_OWNER_DIED = "consumer died"
 
 
 class QueueLiveness:
-    """The member lock and watcher thread of one :class:`~mqlite.Queue`."""
+    """The member lock and liveness subscription of one :class:`~mqlite.Queue`."""
 
     def __init__(self, queue: QueueCore) -> None:
         self._q = queue
         self._lock: MemberLock | None = None  # closed in forked children by the service
         self.lock_name = ""
-        self._stop = threading.Event()
-        self._prober: Prober | None = None  # the watcher's; wake() ends its wait
-        self._thread: threading.Thread | None = None
+        self._watch: Watch | None = None
 
     # -- lock file ---------------------------------------------------------------------
     def create_lock(self) -> str:
@@ -68,71 +67,53 @@ class QueueLiveness:
             self._lock.close()
             self._lock = None
 
-    # -- watcher thread ----------------------------------------------------------------
+    # -- the process's watcher -----------------------------------------------------------
     def start(self) -> None:
-        """Reap once, synchronously, then start the watcher thread.
+        """Reap once, synchronously, then subscribe to the process's liveness watcher.
 
         The synchronous reap gives a consumer started after a crash the dead
         consumer's deliveries on its first ``receive``, not a watcher period
-        later, and it arms the watcher's pidfds for the peers present now, so
-        one that dies right after this returns wakes the watcher at once.
+        later.  The watcher opens a pidfd for every peer process with a queue
+        lock file, so one that dies after this returns wakes it at once.
+
+        Raises
+        ------
+        OSError, RuntimeError
+            The watcher thread cannot be started (descriptor or thread limit).
         """
-        prober = Prober(members_dir(self._q._env.path))
         try:
-            try:
-                self._reap(prober)
-            except (MqliteError, OSError):
-                pass  # the watcher thread tries again every PROBE_INTERVAL
-            self._prober = prober
-            self._thread = threading.Thread(target=self._watch, args=(prober,), daemon=True,
-                                            name=f"mqlite-queue-{self._q.group}")
-            self._thread.start()
-        except BaseException:
-            self._thread = None
-            prober.close()
-            raise
+            self._reap()
+        except (MqliteError, OSError):
+            pass  # the watcher tries again when it next finds a dead lock
+        self._watch = watch(self._q._env.path, "q-", self._reap_if_open)
 
     def stop(self) -> None:
-        """Stop the watcher thread and wait (up to 1 s) for it; called once, by close."""
-        self._stop.set()
-        if self._prober is not None:
-            self._prober.wake()  # ignored in a forked child (no watcher there)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(1.0)
+        """Unsubscribe (waits up to 1 s for a reap in progress); called once, by close."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
-    def _watch(self, prober: Prober) -> None:
+    def _reap_if_open(self) -> None:
         q = self._q
-        try:
-            while True:
-                # returns early when a peer's pidfd fires or stop() wakes it
-                prober.wait(PROBE_INTERVAL)
-                if (self._stop.is_set() or os.getpid() != q._pid or q._engine.closed
-                        or q._closed):
-                    return
-                try:
-                    self._reap(prober)
-                except (MqliteError, OSError):
-                    continue
-        finally:
-            if os.getpid() == q._pid:
-                prober.close()
+        if os.getpid() != q._pid or q._engine.closed or q._closed:
+            return
+        self._reap()
 
     # -- probe and reap ----------------------------------------------------------------
     @staticmethod
-    def _probe(prober: Prober, lock: str) -> bool:
+    def _probe(mdir: str, lock: str) -> bool:
         """True while the member holding ``lock`` is alive.
 
         No timeout: queue consumers do not heartbeat, so a hung consumer stays
         "alive" and its messages wait for their visibility timeout.
         """
-        return prober.status(lock, None, 0) != "dead"
+        return status(os.path.join(mdir, lock), None, 0) != "dead"
 
-    def _reap(self, prober: Prober) -> bool:
+    def _reap(self) -> bool:
         """Release the entries of dead consumers of this group; True if any died.
 
-        ``prober`` keeps one descriptor per peer lock file and one pidfd per
-        peer process (:meth:`~mqlite._liveness.Prober.track`), so a peer's
-        exit wakes the watcher at once.
+        Runs on this consumer's start and in the process's watcher thread when
+        it finds a peer lock dead: one uncached probe per other consumer.
         """
         q = self._q
         env = q._env
@@ -140,10 +121,9 @@ class QueueLiveness:
             meta = load_meta(txn, env.dbs, q._qg)
         if meta is None:
             return False
-        locks = list(meta.consumers.values())
-        prober.track(locks, [p for p in map(lock_pid, locks) if p])
+        mdir = members_dir(env.path)
         dead = {cid: lock for cid, lock in meta.consumers.items()
-                if cid != q.owner_id and not self._probe(prober, lock)}
+                if cid != q.owner_id and not self._probe(mdir, lock)}
         if not dead:
             return False
         released = 0
@@ -163,10 +143,8 @@ class QueueLiveness:
                 if released:
                     meta.min_visible_ms = 0
                 q._store_meta(txn, meta)
-        mdir = prober.directory
         for lock in dead.values():
             unlink_quiet(os.path.join(mdir, lock))
-            prober.forget(lock)
         if released:
             env.notify_topics((q.topic,))
         return True

@@ -93,6 +93,9 @@ class KafkaProducer(ProducerCore):
         self._closed = False
         self._sent = 0
         self._waiting = 0  # threads serving reports in result(); the GIL guards the count
+        #: Records an event loop awaits (``mqlite.aio`` on Kafka): while > 0 the serving
+        #: thread serves every report as it comes instead of standing aside.
+        self.awaited = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="mqlite-kafka-delivery",
                                         daemon=True)
@@ -103,13 +106,14 @@ class KafkaProducer(ProducerCore):
         # waited on).  While a thread is sending, that thread serves them (poll(0) every
         # 512 sends), and a thread in result() serves its own, so this one stands aside
         # then: taking the GIL for each report batch cost the sender a third of its
-        # throughput (docs/decisions.md D30).
+        # throughput (docs/decisions.md D30).  Not while an event loop awaits records
+        # (``awaited``): a loop cannot serve reports itself.
         p = self._p
         stop = self._stop
         seen = -1
         aside = 0
         while not stop.is_set():
-            if self._sent != seen or self._waiting:
+            if (self._sent != seen or self._waiting) and not self.awaited:
                 seen = self._sent
                 stop.wait(_BUSY)
                 aside += 1

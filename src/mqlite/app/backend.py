@@ -159,9 +159,17 @@ class LocalBackend:
 
 def open_backend(target: Any, durability: str, auto_create: bool = True,
                  partitions: int = 1) -> LocalBackend:
-    """A backend for ``target``: a broker directory path or an open :class:`mqlite.Broker`."""
+    """A backend for ``target``: a broker directory path or an open :class:`mqlite.Broker`.
+
+    A ``kafka://`` URL gives a :class:`mqlite.app.kafka_backend.KafkaBackend`
+    (``durability`` does not apply).
+    """
     import mqlite
 
+    if isinstance(target, str) and target.startswith("kafka://"):
+        from mqlite.app.kafka_backend import KafkaBackend
+
+        return KafkaBackend(mqlite.open(target), True, auto_create, partitions)
     if isinstance(target, mqlite.Broker):
         return LocalBackend(target, False, auto_create, partitions)
     if isinstance(target, (str, os.PathLike)):

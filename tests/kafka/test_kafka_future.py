@@ -142,3 +142,15 @@ def test_a_waiter_serves_its_producers_reports() -> None:
         "serve_for_waiter": lambda self, t: None})())
     with pytest.raises(mqlite.TimeoutError):
         idle.result(timeout=0.05)
+
+
+def test_confluent_reports_are_read_through_their_getters() -> None:
+    from confluent_kafka import Message as KMessage
+
+    report = KMessage(topic="orders", partition=5, offset=9, timestamp=(1, 123), value=b"v")
+    fut: KafkaFuture[Any] = KafkaFuture()
+    fut(None, report)
+    fake: KafkaFuture[Any] = KafkaFuture()
+    fake(None, _Msg())  # another type after confluent's: the getters by name
+    assert fut.result() == mqlite.RecordMetadata("orders", 5, 9, 123)
+    assert fake.result() == mqlite.RecordMetadata("orders", 3, 41, 1_700_000_000_000)

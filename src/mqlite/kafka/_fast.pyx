@@ -6,8 +6,9 @@ callback per record.  The mqlite producer adds a future per record; written
 in Python (a ``SendFuture`` subclass, its ``__init__``, a lock in the
 delivery report) that doubled the client CPU per record.  Here:
 
-* :class:`KafkaFuture` is a C object of seven fields; it is itself the
-  ``on_delivery`` callback, keeps the delivery report's message and builds
+* :class:`KafkaFuture` is a small C object; it is itself the
+  ``on_delivery`` callback, keeps the report's partition, offset and
+  timestamp as C integers (read through the getters' C functions) and builds
   the :class:`mqlite.RecordMetadata` only on the first ``result()``.  Its
   state changes happen with the GIL held and without running Python code in
   between, so it needs no lock.
@@ -21,6 +22,8 @@ delivery report) that doubled the client CPU per record.  Here:
 
 import _thread
 from time import monotonic
+
+from cpython.object cimport PyObject
 
 from confluent_kafka import KafkaException
 
@@ -40,6 +43,41 @@ cdef enum:
 #: Longest single wait of a thread serving delivery reports in ``result()`` (seconds).
 cdef double SERVE_WAIT = 0.1
 
+cdef extern from "Python.h":
+    ctypedef struct PyMethodDef:
+        void* ml_meth
+        int ml_flags
+    ctypedef struct PyMethodDescrObject:
+        PyMethodDef* d_method
+    int METH_NOARGS
+
+# A METH_NOARGS method's C function: (self, NULL) -> new reference, NULL with an exception set.
+ctypedef object (*_noargs_fn)(object, PyObject*)
+
+cdef type _report_type = None   # confluent-kafka's Message, once its getters are known
+cdef _noargs_fn _get_partition = NULL
+cdef _noargs_fn _get_offset = NULL
+cdef _noargs_fn _get_timestamp = NULL
+
+
+cdef _noargs_fn _getter(type tp, str name) except? NULL:
+    d = tp.__dict__.get(name)
+    if type(d) is not type(str.upper):
+        return NULL
+    cdef PyMethodDef* md = (<PyMethodDescrObject*><PyObject*>d).d_method
+    return <_noargs_fn>md.ml_meth if md.ml_flags == METH_NOARGS else NULL
+
+
+cdef int _learn_report_type(type tp) except -1:
+    # the getters' C functions, called as CPython would call them, for exactly this type
+    global _report_type, _get_partition, _get_offset, _get_timestamp
+    cdef _noargs_fn p = _getter(tp, "partition"), o = _getter(tp, "offset")
+    cdef _noargs_fn t = _getter(tp, "timestamp")
+    if p != NULL and o != NULL and t != NULL:
+        _get_partition, _get_offset, _get_timestamp = p, o, t
+        _report_type = tp
+    return 0
+
 
 cdef class KafkaFuture:
     """The outcome of one record sent to Kafka: its metadata once acknowledged, or its error.
@@ -53,7 +91,9 @@ cdef class KafkaFuture:
     """
 
     cdef object _owner       # the producer (serve_for_waiter) or None: wait on a gate lock
-    cdef object _msg         # the delivery report's message until result() reads it
+    cdef object _topic       # the topic sent to (None: taken from the report)
+    cdef long long _partition, _offset, _timestamp  # from the report, when _acked
+    cdef bint _acked
     cdef object _result
     cdef object _exc
     cdef list _callbacks
@@ -69,7 +109,21 @@ cdef class KafkaFuture:
         if self._state != PENDING:
             return
         if err is None:
-            self._msg = msg
+            # keep three numbers, not the report (its key and value copies): a kept future
+            # costs its own few bytes only, and RecordMetadata is built on first result()
+            if type(msg) is not _report_type and _report_type is None:
+                _learn_report_type(type(msg))
+            if type(msg) is _report_type:
+                self._partition = _get_partition(msg, NULL)
+                self._offset = _get_offset(msg, NULL)
+                self._timestamp = _get_timestamp(msg, NULL)[1]
+            else:
+                self._partition = msg.partition()
+                self._offset = msg.offset()
+                self._timestamp = msg.timestamp()[1]
+            if self._topic is None:
+                self._topic = msg.topic()
+            self._acked = True
         else:
             exc = to_mqlite(err, f"send to {msg.topic()!r}")
             if self._state != PENDING:  # to_mqlite ran Python code: a cancel() may have won
@@ -169,11 +223,9 @@ cdef class KafkaFuture:
             raise CancelledError("the send's future was cancelled")
         if self._exc is not None:
             raise self._exc
-        msg = self._msg
-        if self._result is None and msg is not None:
-            self._result = RecordMetadata(msg.topic(), msg.partition(), msg.offset(),
-                                          msg.timestamp()[1])
-            self._msg = None
+        if self._result is None and self._acked:
+            self._result = RecordMetadata(self._topic, self._partition, self._offset,
+                                          self._timestamp)
         return self._result
 
     def exception(self, timeout=None):
@@ -258,6 +310,7 @@ cdef class ProducerCore:
             if topic in parts:
                 fut = KafkaFuture.__new__(KafkaFuture)
                 fut._owner = self
+                fut._topic = topic
                 try:
                     self._produce_fn(topic, value, key, -1, fut)
                 except (BufferError, KafkaException):

@@ -30,12 +30,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from mqlite.app.backend import LocalBackend
+from mqlite.app.backend import URL_BACKENDS, LocalBackend
 from mqlite.app.context import Output
 from mqlite.errors import NotSupportedError
 from mqlite.types import TopicPartition
 
-__all__ = ["KafkaBackend"]
+__all__ = ["KafkaBackend", "open_kafka_backend"]
 
 log = logging.getLogger("mqlite.app")
 
@@ -107,3 +107,13 @@ class KafkaBackend(LocalBackend):
         raise NotSupportedError(
             "app.dead_letters()", "dead letters on Kafka are a plain topic: read it with a "
             "subscriber (examples/dlq_monitor.py) or a consumer")
+
+
+def open_kafka_backend(url: str, auto_create: bool, partitions: int) -> KafkaBackend:
+    """The App's backend for ``mqlite.App("kafka://...")`` (registered in ``URL_BACKENDS``)."""
+    import mqlite
+
+    return KafkaBackend(mqlite.open(url), True, auto_create, partitions)
+
+
+URL_BACKENDS["kafka://"] = open_kafka_backend

@@ -32,10 +32,18 @@ ext = Extension(
     extra_compile_args=cflags,
     extra_link_args=ldflags,
 )
+# The Kafka backend's per-record producer path (src/mqlite/kafka/_fast.pyx, D37): Python
+# objects only, no csrc.
+kafka_ext = Extension(
+    "mqlite.kafka._fast",
+    sources=["src/mqlite/kafka/_fast.pyx"],
+    extra_compile_args=cflags,
+    extra_link_args=ldflags,
+)
 
 setup(
     ext_modules=cythonize(
-        [ext],
+        [ext, kafka_ext],
         language_level=3,
         compiler_directives={
             "boundscheck": False,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from mqlite import _core
@@ -69,6 +69,7 @@ def open(
     map_size: int | None = None,
     create: bool = True,
     shared_group: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> _Opening:
     """Open (creating if needed) the broker in directory ``path``, for asyncio.
 
@@ -77,7 +78,20 @@ def open(
     and guarantees are those of :func:`mqlite.open`; the opening runs in a
     worker thread.  Must be awaited in a running event loop; the broker then
     belongs to that loop.
+
+    A ``kafka://host:port[,...]`` URL (with ``client_options``, librdkafka
+    properties) gives a :class:`mqlite.aio.kafka.AsyncKafkaBroker`: the same
+    stream API on Kafka (docs/scale-out.md).
     """
+    if isinstance(path, str) and path.startswith("kafka://"):
+        try:
+            from mqlite.aio.kafka import open_kafka
+        except ImportError as exc:
+            raise ImportError(f"{path!r} needs the Kafka client: pip install 'mqlite[kafka]' "
+                              f"(confluent-kafka); {exc}") from exc
+        return open_kafka(path, client_options)  # type: ignore[return-value]
+    if client_options is not None:
+        raise TypeError("client_options is for kafka:// URLs; a broker directory takes none")
     return _Opening(path, {"durability": durability, "map_size": map_size, "create": create,
                            "shared_group": shared_group})
 

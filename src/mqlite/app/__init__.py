@@ -14,6 +14,7 @@ Layers: this package is written on the public broker API through
 ``testing``     TestApp: the real engine in a temporary directory
 """
 
+from mqlite.app import kafka_backend as kafka_backend  # registers kafka:// (URL_BACKENDS)
 from mqlite.app.app import App, Health
 from mqlite.app.codec import PayloadError
 from mqlite.app.context import Context

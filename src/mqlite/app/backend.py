@@ -20,7 +20,7 @@ from mqlite.app.context import Output
 from mqlite.errors import TopicExistsError, TopicNotFoundError
 from mqlite.types import RecordMetadata, TopicPartition
 
-__all__ = ["Backend", "LocalBackend", "open_backend"]
+__all__ = ["URL_BACKENDS", "Backend", "LocalBackend", "open_backend"]
 
 
 class Backend(Protocol):
@@ -157,11 +157,25 @@ class LocalBackend:
             self.broker.close()
 
 
+#: Backends for URL targets by prefix, ``make(url, auto_create, partitions)``; each module
+#: registers itself (``mqlite.app.kafka_backend``: ``"kafka://"``), so this one imports none.
+URL_BACKENDS: dict[str, Callable[[str, bool, int], LocalBackend]] = {}
+
+
 def open_backend(target: Any, durability: str, auto_create: bool = True,
                  partitions: int = 1) -> LocalBackend:
-    """A backend for ``target``: a broker directory path or an open :class:`mqlite.Broker`."""
+    """A backend for ``target``: a broker directory path or an open :class:`mqlite.Broker`.
+
+    A URL registered in :data:`URL_BACKENDS` (``kafka://``:
+    :class:`mqlite.app.kafka_backend.KafkaBackend`) gives that backend
+    (``durability`` does not apply).
+    """
     import mqlite
 
+    if isinstance(target, str):
+        for prefix, make in URL_BACKENDS.items():
+            if target.startswith(prefix):
+                return make(target, auto_create, partitions)
     if isinstance(target, mqlite.Broker):
         return LocalBackend(target, False, auto_create, partitions)
     if isinstance(target, (str, os.PathLike)):

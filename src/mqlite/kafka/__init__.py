@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mqlite.kafka.broker import KafkaBroker, open
 from mqlite.kafka.consumer import KafkaConsumer
-from mqlite.kafka.producer import KafkaProducer
+from mqlite.kafka.producer import KafkaFuture, KafkaProducer
 from mqlite.kafka.transaction import KafkaTransaction
 
-__all__ = ["KafkaBroker", "KafkaConsumer", "KafkaProducer", "KafkaTransaction", "open"]
+__all__ = ["KafkaBroker", "KafkaConsumer", "KafkaFuture", "KafkaProducer", "KafkaTransaction", "open"]

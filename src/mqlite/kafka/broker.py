@@ -12,7 +12,6 @@ has the table).
 
 from __future__ import annotations
 
-import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,11 +24,11 @@ from confluent_kafka.admin import NewTopic
 from mqlite._headers import HeadersArg, normalize_headers_list
 from mqlite.config import DEFAULT_MAX_MESSAGE_BYTES, require_int, validate_topic_name
 from mqlite.errors import NotSupportedError, TopicExistsError
-from mqlite.future import SendFuture
 from mqlite.kafka._client import REQUEST_TIMEOUT, Cluster, parse_url
 from mqlite.kafka._errors import to_mqlite
+from mqlite.kafka._fast import KafkaFuture
 from mqlite.kafka.consumer import KafkaConsumer
-from mqlite.kafka.producer import KafkaProducer, delivered
+from mqlite.kafka.producer import KafkaProducer
 from mqlite.kafka.transaction import KafkaTransaction
 from mqlite.types import (
     BatchMetadata,
@@ -291,12 +290,12 @@ class KafkaBroker:
         else:
             stamps = [timestamp_ms] * n
         producer = self._shared_producer()
-        futs: list[SendFuture[RecordMetadata]] = []
+        futs: list[KafkaFuture[RecordMetadata]] = []
         for i in range(n):
-            fut: SendFuture[RecordMetadata] = SendFuture()
+            fut: KafkaFuture[RecordMetadata] = KafkaFuture(producer)
             producer.produce(topic, values[i], None if keys is None else keys[i],
                              None if hs is None else hs[i], partition, stamps[i],
-                             functools.partial(delivered, fut))
+                             fut)
             futs.append(fut)
         producer.flush()
         mds = [f.result() for f in futs]

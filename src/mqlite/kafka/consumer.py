@@ -140,6 +140,10 @@ class KafkaConsumer:
         self._assigned: list[TopicPartition] = []
         self._closed = False
         self._woken = threading.Event()
+        # librdkafka's group metadata (for transactional offset commits), fetched by the
+        # polling thread after each rebalance: consumer_group_metadata() called while
+        # another thread is inside poll() never returns (confluent-kafka 2.16)
+        self._gm: Any = None
         self._incremental = (assignor == "cooperative-sticky" or cluster.options.get(
             "partition.assignment.strategy") == "cooperative-sticky")
         forced: dict[str, Any] = {
@@ -234,6 +238,7 @@ class KafkaConsumer:
 
     # rebalance callbacks: run inside librdkafka's poll, on this consumer's thread
     def _assigned_cb(self, _c: Any, parts: list[KTP]) -> None:
+        self._gm = None
         tps = sorted(TopicPartition(p.topic, p.partition) for p in parts)
         if self._c_incremental():
             self._assigned = sorted(set(self._assigned) | set(tps))
@@ -257,6 +262,7 @@ class KafkaConsumer:
             self._on_assign(tps)
 
     def _revoked_cb(self, _c: Any, parts: list[KTP]) -> None:
+        self._gm = None
         tps = sorted(TopicPartition(p.topic, p.partition) for p in parts)
         if self._commit_policy == "after":
             self._commit_returned(only=set(tps))
@@ -269,6 +275,7 @@ class KafkaConsumer:
             self._returned.pop(tp, None)
 
     def _lost_cb(self, _c: Any, parts: list[KTP]) -> None:
+        self._gm = None
         gone = {TopicPartition(p.topic, p.partition) for p in parts}
         if self._on_revoke is not None:
             self._on_revoke(sorted(gone))
@@ -411,6 +418,8 @@ class KafkaConsumer:
         self._woken.clear()
         if self._closed:
             return []
+        if self._gm is None and self.group is not None:
+            self._gm = c.consumer_group_metadata()  # this thread, between polls: see __init__
         out = self._convert(raw)
         if out and self.group is not None and self._commit_policy == "before":
             self._commit_returned()
@@ -538,7 +547,10 @@ class KafkaConsumer:
         self._check_open()
         if self.group is None:
             raise ValueError("transactional offset commits need a consumer created with group=")
-        return self._c.consumer_group_metadata()
+        gm = self._gm
+        if gm is None:  # not polled since the last rebalance: no poll() runs concurrently
+            gm = self._gm = self._c.consumer_group_metadata()
+        return gm
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -2,9 +2,11 @@
 
 A thin layer over one ``confluent_kafka.Producer``: ``send`` validates like
 the embedded producer (topic exists, partition in range, bytes not ``str``),
-hands the record to librdkafka and returns a :class:`mqlite.SendFuture` that a
-background thread resolves from librdkafka's delivery report (a
-:class:`RecordMetadata`, or the mapped mqlite error).
+hands the record to librdkafka and returns a :class:`KafkaFuture` (the
+methods of :class:`mqlite.SendFuture`, not a subclass) that librdkafka's
+delivery report resolves (a :class:`RecordMetadata`, or the mapped mqlite
+error).  The per-record path is C (``mqlite.kafka._fast``, docs/decisions.md
+D37): raw confluent-kafka's CPU per record plus a few percent.
 
 Settings mqlite chooses (the user's ``client_options`` win where given):
 ``enable.idempotence=true`` (so ``acks=all`` and ordered retries: no
@@ -15,7 +17,6 @@ placement; librdkafka's default ``consistent_random`` hashes with CRC32).
 
 from __future__ import annotations
 
-import _thread
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +27,13 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.config import MAX_I64, require_int, require_milliseconds, validate_topic_name
 from mqlite.errors import ClosedError, NotSupportedError, PartitionNotFoundError, TimeoutError
-from mqlite.future import _FINISHED, _PENDING, SendFuture, _run_callback
 from mqlite.kafka._client import Cluster
 from mqlite.kafka._errors import to_mqlite
+from mqlite.kafka._fast import KafkaFuture, ProducerCore
 from mqlite.partitioner import resolve_partitioner
 from mqlite.types import RecordMetadata
 
-__all__ = ["KafkaProducer", "producer_config"]
+__all__ = ["KafkaFuture", "KafkaProducer", "producer_config"]
 
 #: How long the delivery thread waits for librdkafka events per call (seconds).
 _SERVE_WAIT = 0.1
@@ -47,124 +48,7 @@ def producer_config(cluster: Cluster, forced: dict[str, Any] | None = None,
                                             "partitioner": "murmur2_random", **extra})
 
 
-_lock = threading.Lock()
-
-
-class DeliveryFuture(SendFuture[RecordMetadata]):
-    """A :class:`mqlite.SendFuture` resolved by librdkafka's delivery report.
-
-    The future is itself the ``on_delivery`` callback; it keeps
-    ``(partition, offset, timestamp)`` and builds the
-    :class:`RecordMetadata` on the first :meth:`result`, and makes its wait
-    lock only when someone waits: sending a million records does not cost a
-    million locks and named tuples nobody reads.
-    """
-
-    __slots__ = ("_serve", "_topic", "_where")
-
-    def __init__(self, topic: str, serve: Callable[[float], object] | None = None) -> None:
-        # no super().__init__(): the gate lock is made only if a waiter needs one
-        self._state = _PENDING
-        self._gate: Any = None
-        self._result: Any = None
-        self._exc: BaseException | None = None
-        self._callbacks: list[Callable[[SendFuture[RecordMetadata]], object]] | None = None
-        self._topic = topic
-        self._where: tuple[int, int, int] | None = None
-        self._serve = serve
-
-    def __call__(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self._finish(_FINISHED, None, to_mqlite(err, f"send to {self._topic!r}"))
-            return
-        self._where = (msg.partition(), msg.offset(), msg.timestamp()[1])
-        with _lock:
-            if self._state != _PENDING:
-                return
-            self._state = _FINISHED
-            callbacks, self._callbacks = self._callbacks, None
-            gate = self._gate
-        if gate is not None:
-            gate.release()
-        for fn in callbacks or ():
-            _run_callback(fn, self)
-
-    def _finish(self, state: int, result: Any = None, exc: BaseException | None = None) -> bool:
-        with _lock:
-            if self._state != _PENDING:
-                return False
-            if result is not None:
-                self._result = result
-            self._exc = exc
-            self._state = state
-            callbacks, self._callbacks = self._callbacks, None
-            gate = self._gate
-        if gate is not None:
-            gate.release()
-        for fn in callbacks or ():
-            _run_callback(fn, self)
-        return True
-
-    def _wait(self, timeout: float | None) -> None:
-        if self._state != _PENDING:
-            return
-        serve = self._serve
-        if serve is not None:
-            # the waiting thread serves librdkafka's delivery reports itself: no hand-off
-            # to the producer's thread, so a synchronous send returns on its ack
-            if timeout is not None and (isinstance(timeout, bool)
-                                        or not isinstance(timeout, (int, float))):
-                raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-            deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-            while self._state == _PENDING:
-                left = _SERVE_WAIT if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the record was not acknowledged within the timeout")
-                serve(min(left, _SERVE_WAIT))
-            return
-        with _lock:
-            if self._state != _PENDING:
-                return
-            if self._gate is None:
-                gate = _thread.allocate_lock()
-                gate.acquire()
-                self._gate = gate
-        super()._wait(timeout)
-
-    def result(self, timeout: float | None = None) -> RecordMetadata:
-        out = super().result(timeout)
-        if out is None and self._where is not None:
-            p, o, ts = self._where
-            out = self._result = RecordMetadata(self._topic, p, o, ts)
-        return out
-
-    def add_done_callback(self, fn: Callable[[SendFuture[RecordMetadata]], object]) -> None:
-        if not callable(fn):
-            raise TypeError(f"callback must be callable, not {type(fn).__name__}")
-        with _lock:
-            if self._state == _PENDING:
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(fn)
-                return
-        _run_callback(fn, self)
-
-    def __repr__(self) -> str:
-        if self._state == _FINISHED and self._exc is None:
-            return f"<SendFuture {self.result()!r}>"
-        return super().__repr__()
-
-
-def delivered(fut: SendFuture[RecordMetadata], err: KafkaError | None, msg: Any) -> None:
-    """Resolve ``fut`` from a librdkafka delivery report."""
-    if err is not None:
-        fut.set_exception(to_mqlite(err, f"send to {msg.topic()!r}"))
-    else:
-        fut.set_result(RecordMetadata(msg.topic(), msg.partition(), msg.offset(),
-                                      msg.timestamp()[1]))
-
-
-class KafkaProducer:
+class KafkaProducer(ProducerCore):
     """Thread-safe batching producer on Kafka; the futures resolve on the broker's ack.
 
     Parameters
@@ -205,9 +89,13 @@ class KafkaProducer:
             self._p = Producer(cfg)
         except KafkaException as exc:
             raise to_mqlite(exc, "create a Kafka producer") from exc
+        self._core_init(self._p, cluster, self._local is not None)
         self._closed = False
         self._sent = 0
         self._waiting = 0  # threads serving reports in result(); the GIL guards the count
+        #: Records an event loop awaits (``mqlite.aio`` on Kafka): while > 0 the serving
+        #: thread serves every report as it comes instead of standing aside.
+        self.awaited = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="mqlite-kafka-delivery",
                                         daemon=True)
@@ -218,13 +106,14 @@ class KafkaProducer:
         # waited on).  While a thread is sending, that thread serves them (poll(0) every
         # 512 sends), and a thread in result() serves its own, so this one stands aside
         # then: taking the GIL for each report batch cost the sender a third of its
-        # throughput (docs/decisions.md D30).
+        # throughput (docs/decisions.md D30).  Not while an event loop awaits records
+        # (``awaited``): a loop cannot serve reports itself.
         p = self._p
         stop = self._stop
         seen = -1
         aside = 0
         while not stop.is_set():
-            if self._sent != seen or self._waiting:
+            if (self._sent != seen or self._waiting) and not self.awaited:
                 seen = self._sent
                 stop.wait(_BUSY)
                 aside += 1
@@ -241,24 +130,12 @@ class KafkaProducer:
         finally:
             self._waiting -= 1
 
-    def send(self, topic: str, value: Any, key: Any = None, headers: HeadersArg = None,
-             partition: int | None = None, timestamp_ms: int | None = None,
-             dedup_id: str | bytes | None = None) -> SendFuture[RecordMetadata]:
-        """Queue one record; the future resolves to its metadata once Kafka acknowledged it.
-
-        With ``enable.idempotence`` (mqlite's default) the acknowledgement
-        means every in-sync replica has the record (``acks=all``).
-
-        Raises
-        ------
-        TopicNotFoundError, PartitionNotFoundError, TypeError, ValueError
-            At once, before anything is queued.
-        NotSupportedError
-            ``dedup_id`` (Kafka has no dedup window; use the idempotent
-            producer, which mqlite enables, against retries).
-        ClosedError
-            The producer is closed.
-        """
+    def _send_slow(self, topic: str, value: Any, key: Any, headers: HeadersArg,
+                   partition: int | None, timestamp_ms: int | None,
+                   dedup_id: str | bytes | None) -> KafkaFuture[RecordMetadata]:
+        # ProducerCore.send (the per-record path, C) calls this for every record it does not
+        # take itself: headers, explicit partitions or timestamps, conversions, a topic not
+        # in the metadata cache yet, a closed producer
         if self._closed:
             raise ClosedError("this producer is closed")
         if dedup_id is not None:
@@ -266,22 +143,7 @@ class KafkaProducer:
                 "send(dedup_id=)", "Kafka has no deduplication window: the idempotent producer "
                 "(enabled by mqlite) removes retry duplicates; deduplicate on the consumer side "
                 "(e.g. a claim per event id) for repeats by the application")
-        fut = DeliveryFuture(topic, self.serve_for_waiter)
-        if (headers is None and partition is None and timestamp_ms is None
-                and self._local is None and type(topic) is str
-                and (type(value) is bytes or value is None)
-                and (type(key) is bytes or key is None)):
-            # the common case, inlined: nothing to convert or check but the topic
-            self._cluster.known_partitions(topic)  # TopicNotFoundError before queueing
-            try:
-                self._p.produce(topic, value, key, on_delivery=fut)
-            except (BufferError, KafkaException):
-                self.produce(topic, value, key, None, None, None, fut)  # waits / maps
-                return fut
-            self._sent += 1
-            if self._sent & 511 == 0:
-                self._p.poll(0)
-            return fut
+        fut: KafkaFuture[RecordMetadata] = KafkaFuture(self)
         self.produce(topic, value, key, headers, partition, timestamp_ms, fut)
         return fut
 

@@ -1,0 +1,96 @@
+"""``mqlite.App("kafka://...")``: the same handlers on the Kafka backend."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import msgspec
+import pytest
+from _polling import wait_until
+
+pytest.importorskip("confluent_kafka")
+
+import mqlite
+from mqlite import TopicPartition as TP
+
+TIMEOUT = 120.0
+
+
+def _read(b: Any, topic: str, n: int, timeout: float = TIMEOUT) -> list[mqlite.Message]:
+    """Every message of ``topic`` once there are ``n`` (blocking polls, read_committed)."""
+    c = b.consumer(None)
+    c.assign([TP(topic, p) for p in range(b.partitions_for(topic))])
+    out: list[mqlite.Message] = []
+    end = time.monotonic() + timeout
+    try:
+        while len(out) < n:
+            assert time.monotonic() < end, f"{topic}: {len(out)} of {n} messages"
+            out += c.poll(1000, timeout=1.0)
+    finally:
+        c.close()
+    return out
+
+
+def test_handlers_run_unchanged_exactly_once_retries_dead_letters(kafka_url: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    orders, paid, dlq = f"orders-{tag}", f"paid-{tag}", f"orders-{tag}.dlq"
+    app = mqlite.App(kafka_url, name="pay", partitions=3)
+    attempts: Counter[int] = Counter()
+    seen_by_analytics: list[int] = []
+
+    @app.subscriber(orders, group=f"payments-{tag}", exactly_once=True,
+                    idempotency_key=lambda o: str(o["id"]), retries=2,
+                    backoff=mqlite.Backoff.exponential(base=0.01, cap=0.05),
+                    dead_letter=dlq, concurrency=2)
+    @app.publisher(paid)
+    def pay(order: dict, ctx: mqlite.Context) -> dict:
+        attempts[order["id"]] += 1
+        if order["id"] % 10 == 3:
+            raise mqlite.Reject("card declined")
+        if order["id"] % 10 == 5 and ctx.attempt == 1:
+            raise ConnectionError("card processor timed out")
+        return {"id": order["id"], "attempt": ctx.attempt}
+
+    @app.subscriber(orders, group=f"analytics-{tag}")
+    def count(order: dict) -> None:
+        seen_by_analytics.append(order["id"])
+
+    n = 60
+    with app:
+        assert app.wait_ready(TIMEOUT)
+        for i in range(n):
+            app.publish(orders, {"id": i}, key=f"user-{i % 7}")
+        with mqlite.open(kafka_url, client_options={"log_level": 3}) as b:
+            out = [msgspec.json.decode(m.value) for m in _read(b, paid, n - n // 10)]
+            dead = _read(b, dlq, n // 10)
+            wait_until(lambda: len(seen_by_analytics) >= n, TIMEOUT, "analytics saw every order")
+    assert sorted(o["id"] for o in out) == [i for i in range(n) if i % 10 != 3]
+    assert all(o["attempt"] == (2 if o["id"] % 10 == 5 else 1) for o in out)
+    assert sorted(msgspec.json.decode(m.value)["id"] for m in dead) == list(range(3, n, 10))
+    hs = dict(dead[0].headers)
+    assert hs["x-dead-letter-reason"] == b"rejected: card declined"
+    assert hs["x-delivery-count"] == b"1"
+    assert hs["x-original-topic"] == orders.encode()
+    assert sorted(seen_by_analytics) == list(range(n))
+    with mqlite.open(kafka_url, client_options={"log_level": 3}) as b:
+        ends = {p.partition: p.end_offset for p in b.describe_topic(orders).partitions}
+        assert b.committed_offsets(f"payments-{tag}", orders) == {
+            p: e for p, e in ends.items() if e}
+
+
+def test_what_kafka_lacks_is_refused_with_the_alternative(kafka_url: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    app = mqlite.App(kafka_url)
+
+    @app.subscriber(f"jobs-{tag}", group="w", mode="queue")
+    def work(x: object) -> None:
+        return None
+
+    with app:
+        assert not app.wait_ready(TIMEOUT)  # the queue subscriber failed, with the reason
+        assert "stream subscriber" in str(app.health().subscribers["work"]["error"])
+        with pytest.raises(mqlite.NotSupportedError, match="plain topic"):
+            app.dead_letters(f"jobs-{tag}.dlq")

@@ -270,13 +270,13 @@ class Runner:
 
     # -- one message: before, after ------------------------------------------------------
     def _success(self, acc: _Acc, m: Message, ctx: Context | None, result: Any, claim: Any,
-                 delivery: Any) -> None:
+                 delivery: Any, reply: bool = True) -> None:
         spec = self.spec
         outputs = ctx._outputs if ctx is not None else []
         if result is not None and spec.publishers:
             value = encode_value(result)
             outputs = outputs + [Output(t, value, m.key, None, None) for t in spec.publishers]
-        if result is not None and m.headers:
+        if reply and m.headers:  # a request: reply even with None (JSON null)
             reply_to = corr = None
             for n, v in m.headers:
                 if n == H_REPLY_TO:
@@ -422,7 +422,7 @@ class Runner:
                 and spec.mode == "stream" and spec.ack != "manual")
 
     def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
-        """Lean path: a handled message that returned a value or has headers (a reply?)."""
+        """Lean path: a handled message that returned a value or has headers (a request?)."""
         self._success(acc, m, None, result, None, None)
 
     def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
@@ -448,7 +448,7 @@ class Runner:
                     except Exception as exc:  # noqa: BLE001 - classified below
                         first_exc = exc
                         break
-                    if r is not None:
+                    if r is not None or m.headers:  # headers: a request wants a reply
                         self._fast_done(acc, m, r)
                     i += 1
                 if i:
@@ -491,7 +491,7 @@ class Runner:
         at.payload, at.key = self._prepare(m)
         if at.key is not None and (at.key in acc.keys or
                                    self.backend.is_processed(at.key, self._scope)):
-            self._success(acc, m, None, None, None, delivery)
+            self._success(acc, m, None, None, None, delivery, reply=False)
             if self.app._listeners:
                 self._emit(m, attempt, "skipped", 0.0, None, at.payload)
             return False
@@ -556,7 +556,7 @@ class Runner:
                     except Exception as exc:  # noqa: BLE001 - classified below
                         first_exc = exc
                         break
-                    if r is not None:
+                    if r is not None or m.headers:  # headers: a request wants a reply
                         self._fast_done(acc, m, r)
                     i += 1
                 if i:
@@ -694,6 +694,7 @@ class StreamRunner(Runner):
         self._to_commit: dict[TopicPartition, int] = {}
         self._rewinds: dict[TopicPartition, int] = {}
         self._max_buffered = spec.batch * (spec.concurrency + 3)
+        self._next_commit = 0.0  # monotonic time before which _commit() waits (interval)
 
     def _wake(self) -> None:
         c = self._consumer
@@ -719,13 +720,19 @@ class StreamRunner(Runner):
                 self._drain(0.0)
                 self._apply_rewinds()
                 self._schedule()
-                self._commit()
+                self._commit(force=False)
                 if self._buffered >= self._max_buffered:
                     self._drain(0.5)
                     continue
                 if self._stopping or not self._done_q.empty():
                     continue  # a stop or report came during commit(), which took its wake-up
-                msgs = c.poll(max_records=spec.batch, timeout=1.0 if self.ready else 0.01)
+                msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self._to_commit else []
+                if not msgs and self._to_commit:
+                    self._commit()  # caught up: commit before waiting
+                    if self._stopping or not self._done_q.empty():
+                        continue
+                if not msgs:
+                    msgs = c.poll(max_records=spec.batch, timeout=1.0 if self.ready else 0.01)
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
@@ -753,7 +760,7 @@ class StreamRunner(Runner):
             while not self._stopping:
                 self._drain(0.0)
                 self._apply_rewinds()
-                self._commit()
+                self._commit(force=False)
                 while self._ready_lanes and not self._stopping:
                     lane = self._ready_lanes.popleft()
                     if lane.running or lane.revoked or not lane.batches:
@@ -817,16 +824,147 @@ class StreamRunner(Runner):
     def _job(self, lane: _Lane, batch: list[Any]) -> None:
         n = 0
         try:
-            n = self._run_sync(lane, batch, _first_attempt)
+            if self.spec.batch_handler:
+                n = self._run_batches_sync(lane, batch)
+            else:
+                n = self._run_sync(lane, batch, _first_attempt)
         finally:
             self._finish(lane, batch, n)
 
     async def _job_async(self, lane: _Lane, batch: list[Any]) -> None:
         n = 0
         try:
-            n = await self._run_async(lane, batch, _first_attempt)
+            if self.spec.batch_handler:
+                n = await self._run_batches_async(lane, batch)
+            else:
+                n = await self._run_async(lane, batch, _first_attempt)
         finally:
             self._finish(lane, batch, n)
+
+    # -- batch handlers (batch=True) ---------------------------------------------------------
+    def _batch_start(self, acc: _Acc, chunk: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Decode ``chunk``: (payloads, their messages); undecodable ones are given up."""
+        decode, obs = self.spec.decode, self.app._listeners
+        payloads: list[Any] = []
+        good: list[Any] = []
+        for m in chunk:
+            try:
+                payloads.append(decode(m.value))
+            except PayloadError as exc:
+                status = self._give_up(acc, m, 1, exc, True, None)
+                if obs:
+                    self._emit(m, 1, status, 0.0, exc, None)
+                continue
+            good.append(m)
+        if obs:
+            for m in good:
+                self._emit(m, 1, None, 0.0, None, None)
+        return payloads, good
+
+    def _batch_outcome(self, acc: _Acc, good: list[Any], attempt: int,
+                       exc: BaseException | None, t0: float) -> float | None:
+        """Settle one call of a batch handler; a delay to retry the whole batch, else None."""
+        spec, obs = self.spec, self.app._listeners
+        dt = time.perf_counter() - t0
+        if exc is None:
+            if obs:
+                for m in good:
+                    self._emit(m, attempt, "ok", dt, None, None)
+            return None
+        permanent = isinstance(exc, spec.permanent_types)
+        if not permanent and attempt <= spec.retries:
+            if obs:
+                for m in good:
+                    self._emit(m, attempt, "retry", dt, exc, None)
+            if isinstance(exc, Retry) and exc.delay is not None:
+                return exc.delay
+            return spec.backoff.delay(attempt)
+        for m in good:
+            status = self._give_up(acc, m, attempt, exc, permanent, None)
+            if obs:
+                self._emit(m, attempt, status, dt, exc, None)
+        return None
+
+    def _run_batches_sync(self, lane: _Lane, msgs: list[Any]) -> int:
+        """Hand ``msgs`` to a sync batch handler in lists of up to ``max_records``."""
+        spec, acc, i = self.spec, _Acc(), 0
+        try:
+            while i < len(msgs) and not self._halted(lane):
+                chunk = msgs[i:i + spec.batch]
+                payloads, good = self._batch_start(acc, chunk)
+                attempt = 1
+                while payloads:
+                    t0 = time.perf_counter()
+                    try:
+                        spec.handler(payloads)
+                        err: Exception | None = None
+                    except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                        err = exc
+                    delay = self._batch_outcome(acc, good, attempt, err, t0)
+                    if delay is None:
+                        break
+                    self._flush(lane, acc)
+                    self._report_progress(lane)
+                    if self._wait(lane, delay):
+                        raise _Halt from None
+                    attempt += 1
+                acc.done = chunk[-1].offset + 1
+                i += len(chunk)
+            self._flush(lane, acc)
+        except _Halt:
+            try:
+                self._flush(lane, acc)
+            except _Halt:
+                pass
+        except Exception:
+            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
+                          spec.name, *_where(msgs, i))
+            self._wait(lane, 1.0)
+        self.handled += i
+        return i
+
+    async def _run_batches_async(self, lane: _Lane, msgs: list[Any]) -> int:
+        """:meth:`_run_batches_sync` for an ``async def`` batch handler, on the App's loop."""
+        spec, acc, i = self.spec, _Acc(), 0
+        loop = asyncio.get_running_loop()
+        io = self.app._io_pool()
+        try:
+            while i < len(msgs) and not self._halted(lane):
+                chunk = msgs[i:i + spec.batch]
+                payloads, good = self._batch_start(acc, chunk)
+                attempt = 1
+                while payloads:
+                    t0 = time.perf_counter()
+                    try:
+                        await spec.handler(payloads)
+                        err: Exception | None = None
+                    except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                        err = exc
+                    delay = self._batch_outcome(acc, good, attempt, err, t0)
+                    if delay is None:
+                        break
+                    await loop.run_in_executor(io, self._flush, lane, acc)
+                    self._report_progress(lane)
+                    if await self._wait_async(lane, delay):
+                        raise _Halt from None
+                    attempt += 1
+                acc.done = chunk[-1].offset + 1
+                i += len(chunk)
+            if self._needs_io(acc):
+                await loop.run_in_executor(io, self._flush, lane, acc)
+            else:
+                self._flush(lane, acc)
+        except _Halt:
+            try:
+                await loop.run_in_executor(io, self._flush, lane, acc)
+            except _Halt:
+                pass
+        except Exception:
+            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
+                          spec.name, *_where(msgs, i))
+            await self._wait_async(lane, 1.0)
+        self.handled += i
+        return i
 
     def _finish(self, lane: _Lane, batch: list[Any], n: int) -> None:
         rewind = batch[n].offset if n < len(batch) else None
@@ -877,9 +1015,16 @@ class StreamRunner(Runner):
                 except ValueError:
                     pass  # no longer assigned
 
-    def _commit(self) -> None:
+    def _commit(self, force: bool = True) -> None:
+        """Commit the lanes' finished offsets; ``force=False``: only once the
+        subscriber's ``commit_interval`` has passed since the last commit."""
         if not self._to_commit:
             return
+        if not force:
+            now = time.monotonic()
+            if now < self._next_commit:
+                return
+            self._next_commit = now + self.spec.commit_interval
         todo, self._to_commit = self._to_commit, {}
         try:
             self._consumer.commit(todo)

@@ -29,6 +29,7 @@ _ACKS = ("before", "after", "manual")
 MAX_RETRIES = 1000
 MAX_CONCURRENCY = 1024
 MAX_BATCH = 10_000
+MAX_COMMIT_INTERVAL = 60.0
 
 
 @dataclass(eq=False)
@@ -50,6 +51,8 @@ class SubscriberSpec:
     permanent: tuple[type[BaseException], ...] = ()
     concurrency: int = 1
     batch: int = 500
+    batch_handler: bool = False  # batch=True: the handler takes a list of payloads
+    commit_interval: float = 0.1
     partitions: int | None = None
     auto_offset_reset: str = "earliest"
     visibility_timeout: float = 30.0
@@ -126,6 +129,26 @@ def _introspect(fn: Callable[..., Any]) -> tuple[bool, str | None, bool, Any]:
     return takes_payload, ctx_name, ctx_first, payload_ann
 
 
+def _batch_item_type(handler: Callable[..., Any], ann: Any, takes_payload: bool,
+                     ctx_param: str | None, mode: str, exactly_once: bool,
+                     idempotency_key: Any, ack: str) -> Any:
+    """The item type of a ``batch=True`` handler's ``list[T]`` annotation (checks its options)."""
+    what = f"batch=True handler {getattr(handler, '__qualname__', handler)!r}"
+    if not takes_payload or ctx_param is not None:
+        raise TypeError(f"{what} takes one parameter, the list of payloads (no ctx)")
+    if mode != "stream":
+        raise ValueError(f"{what}: batch handlers are for mode='stream'")
+    if exactly_once or idempotency_key is not None or ack == "manual":
+        raise ValueError(f"{what}: exactly_once, idempotency_key and ack='manual' work per "
+                         "message; use a per-message handler for them")
+    if ann is None:
+        return None
+    if typing.get_origin(ann) in (list, Sequence):
+        args = typing.get_args(ann)
+        return args[0] if args else None
+    raise TypeError(f"{what}: annotate the payload parameter as list[T] (got {ann!r})")
+
+
 def _check_seconds(value: Any, name: str, maximum: float, allow_zero: bool = True) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
@@ -148,9 +171,10 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
               app_name: str, name: str | None, mode: str, ack: str, exactly_once: bool,
               idempotency_key: Callable[[Any], Any] | None, idempotency_ttl: float,
               retries: int, backoff: Backoff | float | None, dead_letter: str | None,
-              permanent: Sequence[type[BaseException]], concurrency: int, batch: int,
+              permanent: Sequence[type[BaseException]], concurrency: int, batch: int | bool,
               partitions: int | None, auto_offset_reset: str,
-              visibility_timeout: float) -> SubscriberSpec:
+              visibility_timeout: float, commit_interval: float = 0.1,
+              max_records: int | None = None) -> SubscriberSpec:
     """Validate ``@app.subscriber`` options into a :class:`SubscriberSpec` (raises on bad ones)."""
     if not callable(handler):
         raise TypeError("@app.subscriber decorates a function")
@@ -189,13 +213,24 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
         if not (isinstance(p, type) and issubclass(p, BaseException)):
             raise TypeError(f"permanent= takes exception types, got {p!r}")
     _check_int(concurrency, "concurrency", 1, MAX_CONCURRENCY)
-    _check_int(batch, "batch", 1, MAX_BATCH)
+    batch_handler = batch is True
+    if batch is False or batch is True:
+        poll_size = 500 if max_records is None else max_records
+    else:
+        poll_size = batch if max_records is None else max_records
+        if max_records is not None and batch != 500:
+            raise ValueError("pass the poll size as batch=N or max_records=N, not both")
+    _check_int(poll_size, "max_records" if max_records is not None else "batch", 1, MAX_BATCH)
+    ci = _check_seconds(commit_interval, "commit_interval", MAX_COMMIT_INTERVAL)
     if partitions is not None:
         _check_int(partitions, "partitions", 1, 10_000)
     if auto_offset_reset not in ("earliest", "latest"):
         raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
     vt = _check_seconds(visibility_timeout, "visibility_timeout", 43200, allow_zero=False)
     takes_payload, ctx_param, ctx_first, ann = _introspect(handler)
+    if batch_handler:
+        ann = _batch_item_type(handler, ann, takes_payload, ctx_param, mode, exactly_once,
+                               idempotency_key, ack)
     hname = name or getattr(handler, "__name__", "handler")
     if not isinstance(hname, str) or not hname:
         raise TypeError("name must be a non-empty str")
@@ -205,9 +240,10 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
         handler=handler, topics=tlist, group=grp, name=hname, mode=mode, ack=ack,
         exactly_once=exactly_once, idempotency_key=idempotency_key, idempotency_ttl=ttl,
         retries=retries, backoff=bo, dead_letter=dead_letter, permanent=perm,
-        concurrency=concurrency, batch=batch, partitions=partitions,
+        concurrency=concurrency, batch=poll_size, batch_handler=batch_handler,
+        commit_interval=ci, partitions=partitions,
         auto_offset_reset=auto_offset_reset, visibility_timeout=vt,
         is_async=inspect.iscoroutinefunction(handler), takes_payload=takes_payload,
         ctx_param=ctx_param, ctx_first=ctx_first,
         decode=make_decoder(ann) if takes_payload else _no_payload,
-        raw_bytes=takes_payload and ann is bytes and ctx_param is None)
+        raw_bytes=takes_payload and ann is bytes and ctx_param is None and not batch_handler)

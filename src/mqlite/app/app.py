@@ -492,6 +492,12 @@ class App:
             self._replies.close()
             self._replies = None
         if self._loop is not None:
+            if self._backend is not None and self._loop.is_running():
+                try:  # the asyncio side of the backend (doorbell, threads) lives on the loop
+                    asyncio.run_coroutine_threadsafe(self._backend.aclose(),
+                                                     self._loop).result(10)
+                except Exception:
+                    log.exception("closing the App's asyncio broker handle failed")
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
                 self._loop_thread.join(10)

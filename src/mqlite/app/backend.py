@@ -8,6 +8,15 @@ surface, so the App and every handler run unchanged on them.
 Every method may be called from any App thread except where noted: a
 stream consumer is used by its fetch thread only (``commit_in_tx`` passes it to
 a transaction in a handler thread, which mqlite's fenced commit allows).
+
+Async subscribers that fetch on the App's event loop (stream mode,
+``concurrency=1``) take an asyncio consumer from ``async_stream_consumer``
+(called on that loop): an object with ``await poll(max_records, timeout)``,
+``wakeup()`` (any thread), ``await close()`` and ``sync``, the synchronous
+consumer used for commits, seeks and transactions.  ``aclose()`` (on the loop)
+releases what those needed, before ``close()``.  These two were added to the
+seam additively (D33); a backend without an asyncio client can return a
+wrapper that runs the sync consumer's ``poll`` in a thread.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ class Backend(Protocol):
                         on_revoke: Callable[[list[TopicPartition]], Any]) -> Any: ...
     def queue(self, topic: str, group: str, *, visibility_timeout: float,
               max_deliveries: int | None, dead_letter: str | None) -> Any: ...
+    def async_stream_consumer(self, topics: list[str], group: str, *,
+                              auto_offset_reset: str, batch: int,
+                              on_revoke: Callable[[list[TopicPartition]], Any]) -> Any: ...
+    async def aclose(self) -> None: ...
     def reader(self, topic: str) -> Any: ...
     def is_processed(self, key: Any, scope: str) -> bool: ...
     def stream_lag(self, group: str, topics: list[str]) -> int: ...
@@ -58,6 +71,7 @@ class LocalBackend:
         self._owned = owned
         self.auto_create = auto_create
         self.partitions = partitions
+        self._aio: Any = None  # mqlite.aio.AsyncBroker over ``broker``, made on first use
 
     def ensure_topic(self, name: str, partitions: int) -> None:
         if name in self.broker.topics():
@@ -118,6 +132,35 @@ class LocalBackend:
                                     commit="manual", max_poll_records=batch,
                                     max_poll_interval=86400.0, on_revoke=on_revoke,
                                     assignor="cooperative-sticky")
+
+    def async_stream_consumer(self, topics: list[str], group: str, *,
+                              auto_offset_reset: str, batch: int,
+                              on_revoke: Callable[[list[TopicPartition]], Any]) -> Any:
+        """An :class:`mqlite.aio.AsyncConsumer` as :meth:`stream_consumer` (on the App loop).
+
+        Its ``poll`` reads inline on the loop and waits on the loop's doorbell:
+        no thread is held while it waits.
+        """
+        if self._aio is None:
+            from mqlite.aio import AsyncBroker
+
+            self._aio = AsyncBroker(self.broker)
+        return self._aio.consumer(topics, group, auto_offset_reset=auto_offset_reset,
+                                  commit="manual", max_poll_records=batch,
+                                  max_poll_interval=86400.0, on_revoke=on_revoke,
+                                  assignor="cooperative-sticky")
+
+    async def aclose(self) -> None:
+        """Release the asyncio side (doorbell, worker threads); on the App's loop.
+
+        A broker the App opened is closed with it.  A broker the caller passed
+        stays open, and so does its asyncio handle (``mqlite.aio`` has no way
+        yet to release one without closing the broker): its idle doorbell
+        thread ends with the process.
+        """
+        if self._aio is not None and self._owned:
+            aio, self._aio = self._aio, None
+            await aio.close()
 
     def queue(self, topic: str, group: str, *, visibility_timeout: float,
               max_deliveries: int | None, dead_letter: str | None) -> Any:

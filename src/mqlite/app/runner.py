@@ -178,6 +178,7 @@ class Runner:
         self._running = 0
         self._buffered = 0
         self._thread: threading.Thread | None = None
+        self._task: Future[None] | None = None  # the loop-driven subscriber's task
         self._pool: ThreadPoolExecutor | None = None
         self._scope = f"{spec.group}:{spec.name}"
         # stream, async, concurrency=1: fetching and handling both run on the App's loop
@@ -185,6 +186,9 @@ class Runner:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        if self._loop_driven:  # no fetch thread: the subscriber is one task on the App loop
+            self._task = asyncio.run_coroutine_threadsafe(self._amain(), self.app._event_loop())
+            return
         if not self.spec.is_async and self.spec.concurrency > 1:
             self._pool = ThreadPoolExecutor(self.spec.concurrency,
                                             thread_name_prefix=f"mqlite-{self.spec.name}")
@@ -199,6 +203,13 @@ class Runner:
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the fetch thread to finish its shutdown; True when it did."""
+        if self._task is not None:
+            try:
+                self._task.result(timeout)
+            except TimeoutError:
+                return False
+            except BaseException:  # noqa: BLE001 - recorded in self.failed by _amain
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -228,7 +239,21 @@ class Runner:
             self.ready = False
             self.app._notify_progress()
 
+    async def _amain(self) -> None:
+        try:
+            await self._aloop()
+        except BaseException as exc:
+            if not self._stopping:
+                log.exception("subscriber %s stopped on an error", self.spec.name)
+            self.failed = exc
+        finally:
+            self.ready = False
+            self.app._notify_progress()
+
     def _loop(self) -> None:
+        raise NotImplementedError
+
+    async def _aloop(self) -> None:
         raise NotImplementedError
 
     # -- jobs ------------------------------------------------------------------------------
@@ -689,6 +714,7 @@ class StreamRunner(Runner):
     def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
         super().__init__(spec, backend, app)
         self._consumer: Any = None
+        self._aconsumer: Any = None  # loop-driven: the asyncio consumer (backend seam)
         self._lanes: dict[TopicPartition, _Lane] = {}
         self._ready_lanes: deque[_Lane] = deque()
         self._to_commit: dict[TopicPartition, int] = {}
@@ -697,7 +723,7 @@ class StreamRunner(Runner):
         self._next_commit = 0.0  # monotonic time before which _commit() waits (interval)
 
     def _wake(self) -> None:
-        c = self._consumer
+        c = self._aconsumer if self._loop_driven else self._consumer
         if c is not None:
             c.wakeup()
 
@@ -708,9 +734,6 @@ class StreamRunner(Runner):
         return self.backend.stream_lag(self.spec.group, self.spec.topics)
 
     def _loop(self) -> None:
-        if self._loop_driven:
-            asyncio.run_coroutine_threadsafe(self._aloop(), self.app._event_loop()).result()
-            return
         spec = self.spec
         self._consumer = c = self.backend.stream_consumer(
             spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
@@ -743,24 +766,29 @@ class StreamRunner(Runner):
             c.close()
 
     async def _aloop(self) -> None:
-        """The fetch loop of a loop-driven subscriber: one thread, like a hand-written loop.
+        """The fetch loop of a loop-driven subscriber: one task, like a hand-written loop.
 
-        Polls without waiting on the loop; handles each partition's run inline
-        (``await``); commits; only when nothing is there does a blocking poll run
-        in an executor thread.  Lanes never run during a poll, so a revocation
-        never waits.
+        Polls through the backend's asyncio consumer (``mqlite.aio``: reads
+        inline on the loop, waits on the loop's doorbell, no thread held while
+        waiting); handles each partition's run inline (``await``); commits
+        (in the App's I/O threads, so an fsync never blocks the loop).  Lanes
+        never run during a poll, so a revocation never waits.
         """
         spec = self.spec
         loop = asyncio.get_running_loop()
-        self._consumer = c = self.backend.stream_consumer(
+        io = self.app._io_pool()
+        self._aconsumer = ac = self.backend.async_stream_consumer(
             spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
             batch=spec.batch, on_revoke=self._on_revoke)
-        blocking = functools.partial(c.poll, max_records=spec.batch, timeout=1.0)
+        self._consumer = ac.sync
+        if self._stopping:
+            ac.wakeup()  # a stop that came before the consumer existed
         try:
             while not self._stopping:
                 self._drain(0.0)
                 self._apply_rewinds()
-                self._commit(force=False)
+                if self._to_commit and time.monotonic() >= self._next_commit:
+                    await loop.run_in_executor(io, self._commit, False)
                 while self._ready_lanes and not self._stopping:
                     lane = self._ready_lanes.popleft()
                     if lane.running or lane.revoked or not lane.batches:
@@ -774,18 +802,19 @@ class StreamRunner(Runner):
                     self._drain(0.0)
                 if self._stopping:
                     break
-                msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self.ready else []
+                msgs = await ac.poll(spec.batch, 1e-6) if self.ready else []
                 if not msgs and not self._stopping:
-                    self._commit()  # caught up: commit before waiting
-                    msgs = await loop.run_in_executor(None, blocking)
+                    if self._to_commit:  # caught up: commit before waiting
+                        await loop.run_in_executor(io, self._commit)
+                    msgs = await ac.poll(spec.batch, 1.0)
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
                 if msgs:
                     self._dispatch(msgs)
-            self._shutdown()
+            await loop.run_in_executor(io, self._shutdown)
         finally:
-            c.close()
+            await ac.close()
 
     def _dispatch(self, msgs: list[Any]) -> None:
         if self.spec.ack == "before":

@@ -205,7 +205,8 @@ class App:
                    batch: int | bool = 500, partitions: int | None = None,
                    auto_offset_reset: str = "earliest", visibility_timeout: float = 30.0,
                    name: str | None = None, commit_interval: float = 0.1,
-                   max_records: int | None = None) -> Callable[[F], F]:
+                   max_records: int | None = None,
+                   retry_topic: bool | str = False) -> Callable[[F], F]:
         """Register the decorated function (``def`` or ``async def``) as a handler.
 
         The handler takes the decoded payload (typed by its annotation, see
@@ -268,6 +269,16 @@ class App:
         max_records
             Messages fetched per poll, as ``batch=N`` (for batch handlers:
             the largest list): 1 to 10,000, default 500.
+        retry_topic
+            Stream mode: ``True`` retries through ``"<topic>.retry"`` (or a
+            topic name given here) instead of in place, as Spring Kafka's
+            retry topics do.  A transient failure sends the message there with
+            ``delay=`` the backoff and the partition moves on; the subscriber
+            also reads the retry topic (skipping other groups' retries); after
+            ``retries`` it goes to ``dead_letter`` with its original topic,
+            partition and offset.  Per-key order is NOT kept for a message
+            that failed.  Default ``False``: retry in place (order kept, the
+            partition waits).  Not with ``exactly_once`` or ``batch=True``.
         commit_interval
             Stream mode: seconds between offset commits while messages keep
             coming, 0 to 60, default 0.1.  The App always commits when it
@@ -307,7 +318,7 @@ class App:
                 dead_letter=dead_letter, permanent=permanent, concurrency=concurrency,
                 batch=batch, partitions=partitions, auto_offset_reset=auto_offset_reset,
                 visibility_timeout=visibility_timeout, commit_interval=commit_interval,
-                max_records=max_records)
+                max_records=max_records, retry_topic=retry_topic)
             spec.publishers.extend(self._publishers.get(id(fn), []))
             if any(s.name == spec.name for s in self.subscribers):
                 raise ValueError(f"a subscriber named {spec.name!r} exists; pass name=")
@@ -421,6 +432,8 @@ class App:
                 n = spec.partitions or self.partitions
                 for t in spec.topics:
                     backend.ensure_topic(t, n)
+                if spec.retry_topic is not None:
+                    backend.ensure_topic(spec.retry_topic, n)
                 for t in spec.publishers:
                     backend.ensure_topic(t, self.partitions)
                 if spec.dead_letter is not None:

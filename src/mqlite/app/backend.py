@@ -52,6 +52,7 @@ class Backend(Protocol):
     def reader(self, topic: str) -> Any: ...
     def is_processed(self, key: Any, scope: str) -> bool: ...
     def stream_lag(self, group: str, topics: list[str]) -> int: ...
+    def scheduled(self, topic: str) -> int: ...
     def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
                 to_topic: str | None) -> int: ...
     def dead_letters(self, dlq: str, limit: int) -> list[Any]: ...
@@ -84,13 +85,13 @@ class LocalBackend:
     def send(self, out: Output) -> RecordMetadata:
         try:
             return self.broker.send(out.topic, out.value, out.key,
-                                    out.headers, out.partition)
+                                    out.headers, out.partition, delay=out.delay)
         except TopicNotFoundError:
             if not self.auto_create:
                 raise
         self.ensure_topic(out.topic, self.partitions)
         return self.broker.send(out.topic, out.value, out.key,
-                                out.headers, out.partition)
+                                out.headers, out.partition, delay=out.delay)
 
     def apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
               offsets: tuple[Any, dict[TopicPartition, int]] | None,
@@ -108,6 +109,13 @@ class LocalBackend:
     def _apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
                offsets: tuple[Any, dict[TopicPartition, int]] | None,
                acks: Sequence[Any]) -> None:
+        if any(o.delay is not None for o in outputs):
+            # delayed messages cannot join a transaction: sent first, on their own (a
+            # crash before the transaction sends them again: at-least-once)
+            for o in outputs:
+                if o.delay is not None:
+                    self.send(o)
+            outputs = [o for o in outputs if o.delay is None]
         if not outputs and not claims and offsets is None and not acks:
             return
         if len(outputs) == 1 and not claims and offsets is None and not acks:
@@ -187,6 +195,10 @@ class LocalBackend:
                 total += max(0, p.end_offset - max(committed.get(p.partition, 0),
                                                     p.start_offset))
         return total
+
+    def scheduled(self, topic: str) -> int:
+        """Delayed messages for ``topic`` not yet due (retry topics' pending retries)."""
+        return int(self.broker.stats().scheduled.get(topic, 0))
 
     def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
                 to_topic: str | None) -> int:

@@ -61,6 +61,15 @@ __all__ = ["STATUSES", "HandlerEvent", "QueueRunner", "Runner", "StreamRunner"]
 
 log = logging.getLogger("mqlite.app")
 
+#: Headers of a message on a retry topic (``retry_topic=``): the attempt it is for, the
+#: group that retries it, and where it was first read.
+H_RETRY_ATTEMPT = "x-mqlite-retry-attempt"
+H_RETRY_GROUP = "x-mqlite-retry-group"
+H_RETRY_TOPIC = "x-mqlite-retry-topic"
+H_RETRY_PARTITION = "x-mqlite-retry-partition"
+H_RETRY_OFFSET = "x-mqlite-retry-offset"
+_RETRY_PREFIX = "x-mqlite-retry-"
+
 #: Outcome statuses reported to listeners (``HandlerEvent.status``).
 STATUSES = ("ok", "retry", "dead_letter", "error", "skipped")
 _MAX_ERROR = 1000
@@ -208,8 +217,8 @@ class Runner:
                 self._task.result(timeout)
             except TimeoutError:
                 return False
-            except BaseException:  # noqa: BLE001 - recorded in self.failed by _amain
-                pass
+            except BaseException as exc:  # noqa: BLE001 - _amain logged it, in self.failed
+                log.debug("subscriber %s ended with %r", self.spec.name, exc)
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -331,7 +340,8 @@ class Runner:
         else:
             reason = "retries exhausted"
         if spec.dead_letter is not None:
-            out = dead_letter_output(spec.dead_letter, m, spec.group, attempt, exc, reason)
+            src = _original(m) if spec.retry_topic is not None else m
+            out = dead_letter_output(spec.dead_letter, src, spec.group, attempt, exc, reason)
             acc.items.append(_Item([out], None, delivery))
             status = "dead_letter"
             log.warning("%s: %s[%d]@%d dead-lettered to %s after %d attempt(s): %s",
@@ -365,6 +375,11 @@ class Runner:
                     delivery.nack(delay=delay, error=_error_text(exc))
                 except (StaleDeliveryError, ClosedError):
                     pass  # redelivered elsewhere already / shutting down
+                return None
+            if spec.retry_topic is not None:  # the partition moves on; the retry comes later
+                acc.items.append(_Item([_retry_output(spec.retry_topic, spec.group, m,
+                                                      attempt + 1, delay)], None, None))
+                acc.done = m.offset + 1
                 return None
             return delay
         status = self._give_up(acc, m, attempt, exc, permanent, delivery)
@@ -444,7 +459,8 @@ class Runner:
         spec = self.spec
         return (not self.app._listeners and spec.ctx_param is None and not spec.publishers
                 and spec.idempotency_key is None and not spec.exactly_once
-                and spec.mode == "stream" and spec.ack != "manual")
+                and spec.mode == "stream" and spec.ack != "manual"
+                and spec.retry_topic is None)
 
     def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
         """Lean path: a handled message that returned a value or has headers (a request?)."""
@@ -513,6 +529,10 @@ class Runner:
         as skipped, so the handler is not called."""
         if pending is not None:
             raise pending
+        if self.spec.retry_topic is not None and m.topic == self.spec.retry_topic and \
+                _header(m, H_RETRY_GROUP) != self.spec.group.encode():
+            self._success(acc, m, None, None, None, delivery, reply=False)
+            return False  # another group's retry on a shared retry topic
         at.payload, at.key = self._prepare(m)
         if at.key is not None and (at.key in acc.keys or
                                    self.backend.is_processed(at.key, self._scope)):
@@ -708,6 +728,52 @@ def _first_attempt(m: Any) -> int:
     return 1
 
 
+def _header(m: Any, name: str) -> bytes | None:
+    for n, v in m.headers:
+        if n == name:
+            return bytes(v)
+    return None
+
+
+def _retry_attempt(m: Any) -> int:
+    """The attempt a message is for: 1, or what its retry-topic header says."""
+    v = _header(m, H_RETRY_ATTEMPT)
+    try:
+        return max(1, int(v)) if v is not None else 1
+    except ValueError:
+        return 1
+
+
+def _retry_output(topic: str, group: str, m: Any, attempt: int, delay: float) -> Output:
+    """``m`` to retry through ``topic`` after ``delay`` s, for ``attempt`` (keeps its key)."""
+    hs = [(n, v) for n, v in m.headers if not n.startswith(_RETRY_PREFIX)]
+    if _header(m, H_RETRY_TOPIC) is None:
+        origin = [(H_RETRY_TOPIC, m.topic.encode()), (H_RETRY_PARTITION, str(m.partition).encode()),
+                  (H_RETRY_OFFSET, str(m.offset).encode())]
+    else:
+        origin = [(n, v) for n, v in m.headers
+                  if n in (H_RETRY_TOPIC, H_RETRY_PARTITION, H_RETRY_OFFSET)]
+    hs += origin + [(H_RETRY_ATTEMPT, str(attempt).encode()), (H_RETRY_GROUP, group.encode())]
+    return Output(topic, m.value if m.value is not None else b"", m.key, hs, None,
+                  max(0.0, float(delay)))
+
+
+def _original(m: Any) -> Any:
+    """``m`` as first read (its original topic, partition, offset) when it came by a retry topic."""
+    t = _header(m, H_RETRY_TOPIC)
+    if t is None:
+        return m
+    from mqlite._core import Message
+
+    try:
+        p = int(_header(m, H_RETRY_PARTITION) or b"0")
+        o = int(_header(m, H_RETRY_OFFSET) or b"0")
+    except ValueError:
+        return m
+    hs = [(n, v) for n, v in m.headers if not n.startswith(_RETRY_PREFIX)]
+    return Message(t.decode(), p, o, m.timestamp_ms, m.key, m.value, hs)
+
+
 class StreamRunner(Runner):
     """Stream mode (Kafka-style ordered group): see the module docstring."""
 
@@ -720,6 +786,8 @@ class StreamRunner(Runner):
         self._to_commit: dict[TopicPartition, int] = {}
         self._rewinds: dict[TopicPartition, int] = {}
         self._max_buffered = spec.batch * (spec.concurrency + 3)
+        self._fetch_topics = spec.topics + ([spec.retry_topic] if spec.retry_topic else [])
+        self._attempt_of = _retry_attempt if spec.retry_topic else _first_attempt
         self._next_commit = 0.0  # monotonic time before which _commit() waits (interval)
 
     def _wake(self) -> None:
@@ -731,12 +799,15 @@ class StreamRunner(Runner):
         return self._consumer
 
     def lag(self) -> int:
-        return self.backend.stream_lag(self.spec.group, self.spec.topics)
+        lag = self.backend.stream_lag(self.spec.group, self._fetch_topics)
+        if self.spec.retry_topic is not None:  # retries waiting out their delay
+            lag += self.backend.scheduled(self.spec.retry_topic)
+        return lag
 
     def _loop(self) -> None:
         spec = self.spec
         self._consumer = c = self.backend.stream_consumer(
-            spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+            self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
             batch=spec.batch, on_revoke=self._on_revoke)
         try:
             while not self._stopping:
@@ -778,7 +849,7 @@ class StreamRunner(Runner):
         loop = asyncio.get_running_loop()
         io = self.app._io_pool()
         self._aconsumer = ac = self.backend.async_stream_consumer(
-            spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+            self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
             batch=spec.batch, on_revoke=self._on_revoke)
         self._consumer = ac.sync
         if self._stopping:
@@ -856,7 +927,7 @@ class StreamRunner(Runner):
             if self.spec.batch_handler:
                 n = self._run_batches_sync(lane, batch)
             else:
-                n = self._run_sync(lane, batch, _first_attempt)
+                n = self._run_sync(lane, batch, self._attempt_of)
         finally:
             self._finish(lane, batch, n)
 
@@ -866,7 +937,7 @@ class StreamRunner(Runner):
             if self.spec.batch_handler:
                 n = await self._run_batches_async(lane, batch)
             else:
-                n = await self._run_async(lane, batch, _first_attempt)
+                n = await self._run_async(lane, batch, self._attempt_of)
         finally:
             self._finish(lane, batch, n)
 

@@ -53,6 +53,7 @@ class SubscriberSpec:
     batch: int = 500
     batch_handler: bool = False  # batch=True: the handler takes a list of payloads
     commit_interval: float = 0.1
+    retry_topic: str | None = None  # stream: failed messages retry through this topic
     partitions: int | None = None
     auto_offset_reset: str = "earliest"
     visibility_timeout: float = 30.0
@@ -149,6 +150,31 @@ def _batch_item_type(handler: Callable[..., Any], ann: Any, takes_payload: bool,
     raise TypeError(f"{what}: annotate the payload parameter as list[T] (got {ann!r})")
 
 
+def _retry_topic(retry_topic: bool | str, topics: list[str], mode: str, exactly_once: bool,
+                 batch_handler: bool, dead_letter: str | None) -> str | None:
+    """The retry topic's name for ``retry_topic=`` (``None``: retry in place)."""
+    if retry_topic is False:
+        return None
+    if retry_topic is True:
+        if len(topics) != 1:
+            raise ValueError("a subscriber of several topics needs retry_topic='name'")
+        name = f"{topics[0]}.retry"
+    elif isinstance(retry_topic, str):
+        name = retry_topic
+    else:
+        raise TypeError(f"retry_topic must be a bool or a topic name, not "
+                        f"{type(retry_topic).__name__}")
+    validate_topic_name(name, "retry_topic")
+    if mode != "stream":
+        raise ValueError("retry_topic is for mode='stream' (queue mode retries by nack(delay=))")
+    if exactly_once or batch_handler:
+        raise ValueError("retry_topic does not combine with exactly_once or batch=True: retry "
+                         "messages are delayed sends, outside the commit's transaction")
+    if name in topics or name == dead_letter:
+        raise ValueError("retry_topic must differ from the subscribed and dead-letter topics")
+    return name
+
+
 def _check_seconds(value: Any, name: str, maximum: float, allow_zero: bool = True) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
@@ -174,7 +200,8 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
               permanent: Sequence[type[BaseException]], concurrency: int, batch: int | bool,
               partitions: int | None, auto_offset_reset: str,
               visibility_timeout: float, commit_interval: float = 0.1,
-              max_records: int | None = None) -> SubscriberSpec:
+              max_records: int | None = None,
+              retry_topic: bool | str = False) -> SubscriberSpec:
     """Validate ``@app.subscriber`` options into a :class:`SubscriberSpec` (raises on bad ones)."""
     if not callable(handler):
         raise TypeError("@app.subscriber decorates a function")
@@ -222,6 +249,7 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
             raise ValueError("pass the poll size as batch=N or max_records=N, not both")
     _check_int(poll_size, "max_records" if max_records is not None else "batch", 1, MAX_BATCH)
     ci = _check_seconds(commit_interval, "commit_interval", MAX_COMMIT_INTERVAL)
+    rt = _retry_topic(retry_topic, tlist, mode, exactly_once, batch_handler, dead_letter)
     if partitions is not None:
         _check_int(partitions, "partitions", 1, 10_000)
     if auto_offset_reset not in ("earliest", "latest"):
@@ -241,7 +269,7 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
         exactly_once=exactly_once, idempotency_key=idempotency_key, idempotency_ttl=ttl,
         retries=retries, backoff=bo, dead_letter=dead_letter, permanent=perm,
         concurrency=concurrency, batch=poll_size, batch_handler=batch_handler,
-        commit_interval=ci, partitions=partitions,
+        commit_interval=ci, retry_topic=rt, partitions=partitions,
         auto_offset_reset=auto_offset_reset, visibility_timeout=vt,
         is_async=inspect.iscoroutinefunction(handler), takes_payload=takes_payload,
         ctx_param=ctx_param, ctx_first=ctx_first,

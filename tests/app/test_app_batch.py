@@ -180,3 +180,26 @@ def test_async_subscribers_fetch_on_the_loop_with_no_thread_per_subscriber() -> 
             t.publish(f"t{i}", i)
         t.wait_idle()
         assert got == {i: [i] for i in range(n)}
+
+
+def test_a_backend_without_an_asyncio_consumer_falls_back_to_a_thread(monkeypatch) -> None:
+    from mqlite.app import runner
+    from mqlite.app.backend import ThreadedAsyncConsumer
+
+    def threaded(backend, topics, group, **kw):  # a backend with no async_stream_consumer
+        return ThreadedAsyncConsumer(backend.stream_consumer(topics, group, **kw))
+
+    monkeypatch.setattr(runner, "async_stream_consumer", threaded)
+    app = mqlite.App("unused")
+    got: list[int] = []
+
+    @app.subscriber("t", group="g")
+    async def h(x: int) -> None:
+        got.append(x)
+
+    with TestApp(app) as t:
+        for i in range(30):
+            t.publish("t", i)
+        t.wait_idle()
+        assert got == list(range(30))
+        assert app.broker.committed_offsets("g", "t") == {0: 30}

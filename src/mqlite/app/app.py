@@ -505,10 +505,10 @@ class App:
             self._replies.close()
             self._replies = None
         if self._loop is not None:
-            if self._backend is not None and self._loop.is_running():
+            aclose = getattr(self._backend, "aclose", None)
+            if aclose is not None and self._loop.is_running():
                 try:  # the asyncio side of the backend (doorbell, threads) lives on the loop
-                    asyncio.run_coroutine_threadsafe(self._backend.aclose(),
-                                                     self._loop).result(10)
+                    asyncio.run_coroutine_threadsafe(aclose(), self._loop).result(10)
                 except Exception:
                     log.exception("closing the App's asyncio broker handle failed")
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -14,13 +14,17 @@ Async subscribers that fetch on the App's event loop (stream mode,
 (called on that loop): an object with ``await poll(max_records, timeout)``,
 ``wakeup()`` (any thread), ``await close()`` and ``sync``, the synchronous
 consumer used for commits, seeks and transactions.  ``aclose()`` (on the loop)
-releases what those needed, before ``close()``.  These two were added to the
-seam additively (D33); a backend without an asyncio client can return a
-wrapper that runs the sync consumer's ``poll`` in a thread.
+releases what those needed, before ``close()``.  These two (and ``scheduled``)
+are OPTIONAL methods, not in the :class:`Backend` protocol (added by D33,
+so backends written against the protocol stay valid): for a backend without them the App
+uses :class:`ThreadedAsyncConsumer` over ``stream_consumer`` (its waiting
+polls hold a thread) and skips ``aclose`` / counts no scheduled retries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -29,7 +33,8 @@ from mqlite.app.context import Output
 from mqlite.errors import TopicExistsError, TopicNotFoundError
 from mqlite.types import RecordMetadata, TopicPartition
 
-__all__ = ["Backend", "LocalBackend", "open_backend"]
+__all__ = ["Backend", "LocalBackend", "ThreadedAsyncConsumer", "async_stream_consumer",
+           "open_backend"]
 
 
 class Backend(Protocol):
@@ -45,14 +50,9 @@ class Backend(Protocol):
                         on_revoke: Callable[[list[TopicPartition]], Any]) -> Any: ...
     def queue(self, topic: str, group: str, *, visibility_timeout: float,
               max_deliveries: int | None, dead_letter: str | None) -> Any: ...
-    def async_stream_consumer(self, topics: list[str], group: str, *,
-                              auto_offset_reset: str, batch: int,
-                              on_revoke: Callable[[list[TopicPartition]], Any]) -> Any: ...
-    async def aclose(self) -> None: ...
     def reader(self, topic: str) -> Any: ...
     def is_processed(self, key: Any, scope: str) -> bool: ...
     def stream_lag(self, group: str, topics: list[str]) -> int: ...
-    def scheduled(self, topic: str) -> int: ...
     def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
                 to_topic: str | None) -> int: ...
     def dead_letters(self, dlq: str, limit: int) -> list[Any]: ...
@@ -210,6 +210,42 @@ class LocalBackend:
     def close(self) -> None:
         if self._owned:
             self.broker.close()
+
+
+class ThreadedAsyncConsumer:
+    """The asyncio consumer shape over a sync stream consumer (a backend with no asyncio client).
+
+    A poll with a timeout under 1 ms runs inline on the loop; a longer one
+    runs in the loop's default executor (a thread held while it waits).
+    """
+
+    def __init__(self, sync: Any) -> None:
+        self.sync = sync
+
+    async def poll(self, max_records: int, timeout: float) -> list[Any]:
+        if timeout < 0.001:
+            return list(self.sync.poll(max_records=max_records, timeout=timeout))
+        loop = asyncio.get_running_loop()
+        return list(await loop.run_in_executor(
+            None, functools.partial(self.sync.poll, max_records=max_records, timeout=timeout)))
+
+    def wakeup(self) -> None:
+        self.sync.wakeup()
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.sync.close)
+
+
+def async_stream_consumer(backend: Any, topics: list[str], group: str, *,
+                          auto_offset_reset: str, batch: int,
+                          on_revoke: Callable[[list[TopicPartition]], Any]) -> Any:
+    """``backend.async_stream_consumer(...)``, or a :class:`ThreadedAsyncConsumer` when it has none."""
+    make = getattr(backend, "async_stream_consumer", None)
+    if make is not None:
+        return make(topics, group, auto_offset_reset=auto_offset_reset, batch=batch,
+                    on_revoke=on_revoke)
+    return ThreadedAsyncConsumer(backend.stream_consumer(
+        topics, group, auto_offset_reset=auto_offset_reset, batch=batch, on_revoke=on_revoke))
 
 
 def open_backend(target: Any, durability: str, auto_create: bool = True,

@@ -40,6 +40,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mqlite.app.backend import async_stream_consumer
 from mqlite.app.codec import PayloadError, encode_value
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output
 from mqlite.app.exceptions import Reject, Retry
@@ -800,8 +801,9 @@ class StreamRunner(Runner):
 
     def lag(self) -> int:
         lag = self.backend.stream_lag(self.spec.group, self._fetch_topics)
-        if self.spec.retry_topic is not None:  # retries waiting out their delay
-            lag += self.backend.scheduled(self.spec.retry_topic)
+        scheduled = getattr(self.backend, "scheduled", None)
+        if self.spec.retry_topic is not None and scheduled is not None:
+            lag += scheduled(self.spec.retry_topic)  # retries waiting out their delay
         return lag
 
     def _loop(self) -> None:
@@ -849,8 +851,8 @@ class StreamRunner(Runner):
         spec = self.spec
         loop = asyncio.get_running_loop()
         io = self.app._io_pool()
-        self._aconsumer = ac = self.backend.async_stream_consumer(
-            self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+        self._aconsumer = ac = async_stream_consumer(
+            self.backend, self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
             batch=spec.batch, on_revoke=self._on_revoke)
         self._consumer = ac.sync
         if self._stopping:

@@ -9,6 +9,8 @@ each row a median of ``--reps`` repetitions, interleaved):
 * ``App empty async``: ``async def h(v: bytes): pass`` (stream, batch 1000), from
   ``app.wait_ready()`` (group joined, first poll done) until every message is
   handled and committed (``wait_idle``); the raw row is timed from its first poll too;
+* ``App empty async, batch=True``: ``async def h(vs: list[bytes]): pass``, lists of up
+  to 1000 (a batch handler, D33);
 * ``App empty sync``: the same with ``def h(v: bytes): pass`` (one worker, one process);
 * ``App 1 ms I/O, concurrency=1`` and ``=8``: a sync handler that waits 1 ms
   (``time.sleep(0.001)``, standing for an I/O call) on an 8-partition topic.
@@ -95,6 +97,14 @@ def app_empty_async(n: int) -> float:
     return _app_rate(n, reg)
 
 
+def app_empty_async_batch(n: int) -> float:
+    def reg(app: mqlite.App) -> None:
+        @app.subscriber("t", group="g", batch=True, max_records=1000)
+        async def h(vs: list[bytes]) -> None:
+            return None
+    return _app_rate(n, reg)
+
+
 def app_empty_sync(n: int) -> float:
     def reg(app: mqlite.App) -> None:
         @app.subscriber("t", group="g", batch=1000)
@@ -118,11 +128,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     rows: dict[str, list[float]] = {k: [] for k in (
-        "raw poll+commit (batch 1000)", "App empty async handler", "App empty sync handler",
+        "raw poll+commit (batch 1000)", "App empty async handler",
+        "App empty async, batch=True", "App empty sync handler",
         "App 1 ms I/O, concurrency=1", "App 1 ms I/O, concurrency=8")}
     for _ in range(args.reps):  # interleaved: every row once per repetition
         rows["raw poll+commit (batch 1000)"].append(raw_poll_commit(args.n))
         rows["App empty async handler"].append(app_empty_async(args.n))
+        rows["App empty async, batch=True"].append(app_empty_async_batch(args.n))
         rows["App empty sync handler"].append(app_empty_sync(args.n))
         rows["App 1 ms I/O, concurrency=1"].append(app_io(args.io_n, 1))
         rows["App 1 ms I/O, concurrency=8"].append(app_io(args.io_n, 8))
@@ -137,6 +149,9 @@ def main() -> None:
     print(f"empty async / raw poll+commit: {med['App empty async handler'] / raw:.0%} of the "
           f"medians; per repetition {', '.join(f'{x:.0%}' for x in paired)}, median "
           f"{statistics.median(paired):.0%} (target >= 50%)")
+    pb = [a / r for a, r in zip(rows["App empty async, batch=True"], raw_rows, strict=True)]
+    print(f"empty async batch handler / raw poll+commit: per repetition "
+          f"{', '.join(f'{x:.0%}' for x in pb)}, median {statistics.median(pb):.0%}")
     print(f"empty sync handler: {med['App empty sync handler']:,.0f} msg/s (target >= 100k)")
     print(f"concurrency=8 / concurrency=1 (1 ms I/O): "
           f"{med['App 1 ms I/O, concurrency=8'] / med['App 1 ms I/O, concurrency=1']:.1f}x "

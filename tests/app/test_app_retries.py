@@ -191,3 +191,64 @@ def test_queue_poison_message_that_kills_the_worker_still_reaches_the_dlq(tmp_br
         pol = app.broker.queue_policy("jobs", "w")
     assert pol is not None
     assert pol.max_deliveries == 3 and pol.dead_letter_topic == "jobs.dlq"
+
+
+def test_retry_topic_keeps_the_partition_moving_then_dead_letters_with_the_origin() -> None:
+    app = mqlite.App("unused")
+    seen: list[tuple[int, int]] = []  # (id, attempt)
+
+    @app.subscriber("orders", group="pay", retries=2, backoff=0.05, retry_topic=True,
+                    dead_letter="orders.dlq")
+    def pay(order: dict, ctx: mqlite.Context) -> None:
+        seen.append((order["id"], ctx.attempt))
+        if order["id"] == 0:
+            raise RuntimeError("card declined")
+
+    with TestApp(app) as t:
+        for i in range(4):
+            t.publish("orders", {"id": i}, key=b"same-key")
+        t.wait_idle()
+        # the failing message did not hold up the ones behind it (same key, same partition)
+        ids = [i for i, _ in seen]
+        assert ids.index(3) < len(ids) - 1
+        assert [a for i, a in seen if i == 0] == [1, 2, 3]
+        assert sorted(i for i, _ in seen if i != 0) == [1, 2, 3]
+        (dl,) = t.dead_letters("orders.dlq")
+        assert (dl.original_topic, dl.original_partition, dl.original_offset) == \
+            ("orders", 0, 0)
+        assert dl.delivery_count == 3 and dl.reason == "retries exhausted"
+        assert dl.message.key == b"same-key"
+        assert "orders.retry" in app.broker.topics()
+        # retry messages carry no leftover retry headers into the dead letter
+        assert not [n for n, _ in dl.message.headers if n.startswith("x-mqlite-retry-")]
+
+
+def test_retry_topic_shared_by_two_groups_each_retries_only_its_own() -> None:
+    app = mqlite.App("unused")
+    calls = {"a": 0, "b": 0}
+
+    @app.subscriber("t", group="a", retries=1, backoff=0, retry_topic="shared.retry")
+    def a(x: int) -> None:
+        calls["a"] += 1
+        raise RuntimeError("a fails")
+
+    @app.subscriber("t", group="b", retries=1, backoff=0, retry_topic="shared.retry")
+    def b(x: int) -> None:
+        calls["b"] += 1
+
+    with TestApp(app) as t:
+        t.publish("t", 1)
+        t.wait_idle()
+        assert calls == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"mode": "queue"}, {"exactly_once": True}, {"retry_topic": "t"},
+    {"retry_topic": 3}, {"topics": ["t", "u"]},
+])
+def test_retry_topic_bad_options(kwargs: dict) -> None:
+    app = mqlite.App("unused")
+    kwargs = {"retry_topic": True, **kwargs}
+    topics = kwargs.pop("topics", "t")
+    with pytest.raises((TypeError, ValueError)):
+        app.subscriber(topics, **kwargs)(lambda x: None)

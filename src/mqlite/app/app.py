@@ -202,9 +202,11 @@ class App:
                    idempotency_ttl: float = 7 * 24 * 3600.0, retries: int = 3,
                    backoff: Backoff | float | None = _UNSET, dead_letter: str | None = None,
                    permanent: Sequence[type[BaseException]] = (), concurrency: int = 1,
-                   batch: int = 500, partitions: int | None = None,
+                   batch: int | bool = 500, partitions: int | None = None,
                    auto_offset_reset: str = "earliest", visibility_timeout: float = 30.0,
-                   name: str | None = None) -> Callable[[F], F]:
+                   name: str | None = None, commit_interval: float = 0.1,
+                   max_records: int | None = None,
+                   retry_topic: bool | str = False) -> Callable[[F], F]:
         """Register the decorated function (``def`` or ``async def``) as a handler.
 
         The handler takes the decoded payload (typed by its annotation, see
@@ -257,6 +259,33 @@ class App:
             at a time within each.  Queue mode: that many messages at once.
         batch
             Messages fetched per poll / receive: 1 to 10,000, default 500.
+            ``batch=True`` makes a *batch handler* (stream mode): it takes
+            ``list[T]``, the decoded payloads of up to ``max_records``
+            consecutive messages of one partition, in order, and is retried,
+            dead-lettered and committed as a whole (a payload that does not
+            decode is dead-lettered alone and left out of the list).  Its
+            return value is ignored, so no ``@app.publisher``; no ``ctx``,
+            ``exactly_once``, ``idempotency_key`` or ``ack="manual"``.
+        max_records
+            Messages fetched per poll, as ``batch=N`` (for batch handlers:
+            the largest list): 1 to 10,000, default 500.
+        retry_topic
+            Stream mode: ``True`` retries through ``"<topic>.retry"`` (or a
+            topic name given here) instead of in place, as Spring Kafka's
+            retry topics do.  A transient failure sends the message there with
+            ``delay=`` the backoff and the partition moves on; the subscriber
+            also reads the retry topic (skipping other groups' retries); after
+            ``retries`` it goes to ``dead_letter`` with its original topic,
+            partition and offset.  Per-key order is NOT kept for a message
+            that failed.  Default ``False``: retry in place (order kept, the
+            partition waits).  Not with ``exactly_once`` or ``batch=True``.
+        commit_interval
+            Stream mode: seconds between offset commits while messages keep
+            coming, 0 to 60, default 0.1.  The App always commits when it
+            has caught up (before it waits), on a rebalance and at stop, so
+            this only bounds how much a *killed* worker's successor handles
+            again (at-least-once).  0 commits after every fetched batch.
+            ``exactly_once=True`` commits with each job's outputs regardless.
         partitions
             Partitions of this subscriber's topics when the App creates them
             (default: the App's ``partitions``).
@@ -288,7 +317,8 @@ class App:
                 idempotency_ttl=idempotency_ttl, retries=retries, backoff=backoff,
                 dead_letter=dead_letter, permanent=permanent, concurrency=concurrency,
                 batch=batch, partitions=partitions, auto_offset_reset=auto_offset_reset,
-                visibility_timeout=visibility_timeout)
+                visibility_timeout=visibility_timeout, commit_interval=commit_interval,
+                max_records=max_records, retry_topic=retry_topic)
             spec.publishers.extend(self._publishers.get(id(fn), []))
             if any(s.name == spec.name for s in self.subscribers):
                 raise ValueError(f"a subscriber named {spec.name!r} exists; pass name=")
@@ -396,9 +426,14 @@ class App:
                 raise RuntimeError("this App was stopped; create a new App to start again")
             backend = self._backend_now()
             for spec in self.subscribers:
+                if spec.batch_handler and spec.publishers:
+                    raise ValueError(f"subscriber {spec.name!r}: a batch=True handler's return "
+                                     "value is not published; remove @app.publisher")
                 n = spec.partitions or self.partitions
                 for t in spec.topics:
                     backend.ensure_topic(t, n)
+                if spec.retry_topic is not None:
+                    backend.ensure_topic(spec.retry_topic, n)
                 for t in spec.publishers:
                     backend.ensure_topic(t, self.partitions)
                 if spec.dead_letter is not None:
@@ -470,6 +505,12 @@ class App:
             self._replies.close()
             self._replies = None
         if self._loop is not None:
+            aclose = getattr(self._backend, "aclose", None)
+            if aclose is not None and self._loop.is_running():
+                try:  # the asyncio side of the backend (doorbell, threads) lives on the loop
+                    asyncio.run_coroutine_threadsafe(aclose(), self._loop).result(10)
+                except Exception:
+                    log.exception("closing the App's asyncio broker handle failed")
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
                 self._loop_thread.join(10)

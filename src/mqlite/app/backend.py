@@ -8,10 +8,23 @@ surface, so the App and every handler run unchanged on them.
 Every method may be called from any App thread except where noted: a
 stream consumer is used by its fetch thread only (``commit_in_tx`` passes it to
 a transaction in a handler thread, which mqlite's fenced commit allows).
+
+Async subscribers that fetch on the App's event loop (stream mode,
+``concurrency=1``) take an asyncio consumer from ``async_stream_consumer``
+(called on that loop): an object with ``await poll(max_records, timeout)``,
+``wakeup()`` (any thread), ``await close()`` and ``sync``, the synchronous
+consumer used for commits, seeks and transactions.  ``aclose()`` (on the loop)
+releases what those needed, before ``close()``.  These two (and ``scheduled``)
+are OPTIONAL methods, not in the :class:`Backend` protocol (added by D33,
+so backends written against the protocol stay valid): for a backend without them the App
+uses :class:`ThreadedAsyncConsumer` over ``stream_consumer`` (its waiting
+polls hold a thread) and skips ``aclose`` / counts no scheduled retries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -20,7 +33,8 @@ from mqlite.app.context import Output
 from mqlite.errors import TopicExistsError, TopicNotFoundError
 from mqlite.types import RecordMetadata, TopicPartition
 
-__all__ = ["URL_BACKENDS", "Backend", "LocalBackend", "open_backend"]
+__all__ = ["URL_BACKENDS", "Backend", "LocalBackend", "ThreadedAsyncConsumer",
+           "async_stream_consumer", "open_backend"]
 
 
 class Backend(Protocol):
@@ -58,6 +72,7 @@ class LocalBackend:
         self._owned = owned
         self.auto_create = auto_create
         self.partitions = partitions
+        self._aio: Any = None  # mqlite.aio.AsyncBroker over ``broker``, made on first use
 
     def ensure_topic(self, name: str, partitions: int) -> None:
         if name in self.broker.topics():
@@ -70,13 +85,13 @@ class LocalBackend:
     def send(self, out: Output) -> RecordMetadata:
         try:
             return self.broker.send(out.topic, out.value, out.key,
-                                    out.headers, out.partition)
+                                    out.headers, out.partition, delay=out.delay)
         except TopicNotFoundError:
             if not self.auto_create:
                 raise
         self.ensure_topic(out.topic, self.partitions)
         return self.broker.send(out.topic, out.value, out.key,
-                                out.headers, out.partition)
+                                out.headers, out.partition, delay=out.delay)
 
     def apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
               offsets: tuple[Any, dict[TopicPartition, int]] | None,
@@ -94,6 +109,13 @@ class LocalBackend:
     def _apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
                offsets: tuple[Any, dict[TopicPartition, int]] | None,
                acks: Sequence[Any]) -> None:
+        if any(o.delay is not None for o in outputs):
+            # delayed messages cannot join a transaction: sent first, on their own (a
+            # crash before the transaction sends them again: at-least-once)
+            for o in outputs:
+                if o.delay is not None:
+                    self.send(o)
+            outputs = [o for o in outputs if o.delay is None]
         if not outputs and not claims and offsets is None and not acks:
             return
         if len(outputs) == 1 and not claims and offsets is None and not acks:
@@ -118,6 +140,35 @@ class LocalBackend:
                                     commit="manual", max_poll_records=batch,
                                     max_poll_interval=86400.0, on_revoke=on_revoke,
                                     assignor="cooperative-sticky")
+
+    def async_stream_consumer(self, topics: list[str], group: str, *,
+                              auto_offset_reset: str, batch: int,
+                              on_revoke: Callable[[list[TopicPartition]], Any]) -> Any:
+        """An :class:`mqlite.aio.AsyncConsumer` as :meth:`stream_consumer` (on the App loop).
+
+        Its ``poll`` reads inline on the loop and waits on the loop's doorbell:
+        no thread is held while it waits.
+        """
+        if self._aio is None:
+            from mqlite.aio import AsyncBroker
+
+            self._aio = AsyncBroker(self.broker)
+        return self._aio.consumer(topics, group, auto_offset_reset=auto_offset_reset,
+                                  commit="manual", max_poll_records=batch,
+                                  max_poll_interval=86400.0, on_revoke=on_revoke,
+                                  assignor="cooperative-sticky")
+
+    async def aclose(self) -> None:
+        """Release the asyncio side (doorbell, worker threads); on the App's loop.
+
+        A broker the App opened is closed with it.  A broker the caller passed
+        stays open, and so does its asyncio handle (``mqlite.aio`` has no way
+        yet to release one without closing the broker): its idle doorbell
+        thread ends with the process.
+        """
+        if self._aio is not None and self._owned:
+            aio, self._aio = self._aio, None
+            await aio.close()
 
     def queue(self, topic: str, group: str, *, visibility_timeout: float,
               max_deliveries: int | None, dead_letter: str | None) -> Any:
@@ -145,6 +196,10 @@ class LocalBackend:
                                                     p.start_offset))
         return total
 
+    def scheduled(self, topic: str) -> int:
+        """Delayed messages for ``topic`` not yet due (retry topics' pending retries)."""
+        return int(self.broker.stats().scheduled.get(topic, 0))
+
     def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
                 to_topic: str | None) -> int:
         return self.broker.redrive(dlq, where, limit, to_topic)
@@ -160,6 +215,42 @@ class LocalBackend:
 #: Backends for URL targets by prefix, ``make(url, auto_create, partitions)``; each module
 #: registers itself (``mqlite.app.kafka_backend``: ``"kafka://"``), so this one imports none.
 URL_BACKENDS: dict[str, Callable[[str, bool, int], LocalBackend]] = {}
+
+
+class ThreadedAsyncConsumer:
+    """The asyncio consumer shape over a sync stream consumer (a backend with no asyncio client).
+
+    A poll with a timeout under 1 ms runs inline on the loop; a longer one
+    runs in the loop's default executor (a thread held while it waits).
+    """
+
+    def __init__(self, sync: Any) -> None:
+        self.sync = sync
+
+    async def poll(self, max_records: int, timeout: float) -> list[Any]:
+        if timeout < 0.001:
+            return list(self.sync.poll(max_records=max_records, timeout=timeout))
+        loop = asyncio.get_running_loop()
+        return list(await loop.run_in_executor(
+            None, functools.partial(self.sync.poll, max_records=max_records, timeout=timeout)))
+
+    def wakeup(self) -> None:
+        self.sync.wakeup()
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.sync.close)
+
+
+def async_stream_consumer(backend: Any, topics: list[str], group: str, *,
+                          auto_offset_reset: str, batch: int,
+                          on_revoke: Callable[[list[TopicPartition]], Any]) -> Any:
+    """``backend.async_stream_consumer(...)``, or a :class:`ThreadedAsyncConsumer` when it has none."""
+    make = getattr(backend, "async_stream_consumer", None)
+    if make is not None:
+        return make(topics, group, auto_offset_reset=auto_offset_reset, batch=batch,
+                    on_revoke=on_revoke)
+    return ThreadedAsyncConsumer(backend.stream_consumer(
+        topics, group, auto_offset_reset=auto_offset_reset, batch=batch, on_revoke=on_revoke))
 
 
 def open_backend(target: Any, durability: str, auto_create: bool = True,

@@ -25,6 +25,7 @@ class Output(NamedTuple):
     key: bytes | None
     headers: list[tuple[str, bytes]] | None
     partition: int | None
+    delay: float | None = None  # seconds: a delayed message (retry topics), sent on its own
 
 
 def _headers(headers: Any) -> list[tuple[str, bytes]] | None:

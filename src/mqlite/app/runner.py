@@ -40,6 +40,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mqlite.app.backend import async_stream_consumer
 from mqlite.app.codec import PayloadError, encode_value
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output
 from mqlite.app.exceptions import Reject, Retry
@@ -60,6 +61,15 @@ if TYPE_CHECKING:
 __all__ = ["STATUSES", "HandlerEvent", "QueueRunner", "Runner", "StreamRunner"]
 
 log = logging.getLogger("mqlite.app")
+
+#: Headers of a message on a retry topic (``retry_topic=``): the attempt it is for, the
+#: group that retries it, and where it was first read.
+H_RETRY_ATTEMPT = "x-mqlite-retry-attempt"
+H_RETRY_GROUP = "x-mqlite-retry-group"
+H_RETRY_TOPIC = "x-mqlite-retry-topic"
+H_RETRY_PARTITION = "x-mqlite-retry-partition"
+H_RETRY_OFFSET = "x-mqlite-retry-offset"
+_RETRY_PREFIX = "x-mqlite-retry-"
 
 #: Outcome statuses reported to listeners (``HandlerEvent.status``).
 STATUSES = ("ok", "retry", "dead_letter", "error", "skipped")
@@ -178,6 +188,7 @@ class Runner:
         self._running = 0
         self._buffered = 0
         self._thread: threading.Thread | None = None
+        self._task: Future[None] | None = None  # the loop-driven subscriber's task
         self._pool: ThreadPoolExecutor | None = None
         self._scope = f"{spec.group}:{spec.name}"
         # stream, async, concurrency=1: fetching and handling both run on the App's loop
@@ -185,6 +196,9 @@ class Runner:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        if self._loop_driven:  # no fetch thread: the subscriber is one task on the App loop
+            self._task = asyncio.run_coroutine_threadsafe(self._amain(), self.app._event_loop())
+            return
         if not self.spec.is_async and self.spec.concurrency > 1:
             self._pool = ThreadPoolExecutor(self.spec.concurrency,
                                             thread_name_prefix=f"mqlite-{self.spec.name}")
@@ -199,6 +213,13 @@ class Runner:
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the fetch thread to finish its shutdown; True when it did."""
+        if self._task is not None:
+            try:
+                self._task.result(timeout)
+            except TimeoutError:
+                return False
+            except BaseException as exc:  # noqa: BLE001 - _amain logged it, in self.failed
+                log.debug("subscriber %s ended with %r", self.spec.name, exc)
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -228,7 +249,21 @@ class Runner:
             self.ready = False
             self.app._notify_progress()
 
+    async def _amain(self) -> None:
+        try:
+            await self._aloop()
+        except BaseException as exc:
+            if not self._stopping:
+                log.exception("subscriber %s stopped on an error", self.spec.name)
+            self.failed = exc
+        finally:
+            self.ready = False
+            self.app._notify_progress()
+
     def _loop(self) -> None:
+        raise NotImplementedError
+
+    async def _aloop(self) -> None:
         raise NotImplementedError
 
     # -- jobs ------------------------------------------------------------------------------
@@ -270,13 +305,13 @@ class Runner:
 
     # -- one message: before, after ------------------------------------------------------
     def _success(self, acc: _Acc, m: Message, ctx: Context | None, result: Any, claim: Any,
-                 delivery: Any) -> None:
+                 delivery: Any, reply: bool = True) -> None:
         spec = self.spec
         outputs = ctx._outputs if ctx is not None else []
         if result is not None and spec.publishers:
             value = encode_value(result)
             outputs = outputs + [Output(t, value, m.key, None, None) for t in spec.publishers]
-        if result is not None and m.headers:
+        if reply and m.headers:  # a request: reply even with None (JSON null)
             reply_to = corr = None
             for n, v in m.headers:
                 if n == H_REPLY_TO:
@@ -306,7 +341,8 @@ class Runner:
         else:
             reason = "retries exhausted"
         if spec.dead_letter is not None:
-            out = dead_letter_output(spec.dead_letter, m, spec.group, attempt, exc, reason)
+            src = _original(m) if spec.retry_topic is not None else m
+            out = dead_letter_output(spec.dead_letter, src, spec.group, attempt, exc, reason)
             acc.items.append(_Item([out], None, delivery))
             status = "dead_letter"
             log.warning("%s: %s[%d]@%d dead-lettered to %s after %d attempt(s): %s",
@@ -340,6 +376,11 @@ class Runner:
                     delivery.nack(delay=delay, error=_error_text(exc))
                 except (StaleDeliveryError, ClosedError):
                     pass  # redelivered elsewhere already / shutting down
+                return None
+            if spec.retry_topic is not None:  # the partition moves on; the retry comes later
+                acc.items.append(_Item([_retry_output(spec.retry_topic, spec.group, m,
+                                                      attempt + 1, delay)], None, None))
+                acc.done = m.offset + 1
                 return None
             return delay
         status = self._give_up(acc, m, attempt, exc, permanent, delivery)
@@ -419,10 +460,11 @@ class Runner:
         spec = self.spec
         return (not self.app._listeners and spec.ctx_param is None and not spec.publishers
                 and spec.idempotency_key is None and not spec.exactly_once
-                and spec.mode == "stream" and spec.ack != "manual")
+                and spec.mode == "stream" and spec.ack != "manual"
+                and spec.retry_topic is None)
 
     def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
-        """Lean path: a handled message that returned a value or has headers (a reply?)."""
+        """Lean path: a handled message that returned a value or has headers (a request?)."""
         self._success(acc, m, None, result, None, None)
 
     def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
@@ -448,7 +490,7 @@ class Runner:
                     except Exception as exc:  # noqa: BLE001 - classified below
                         first_exc = exc
                         break
-                    if r is not None:
+                    if r is not None or m.headers:  # headers: a request wants a reply
                         self._fast_done(acc, m, r)
                     i += 1
                 if i:
@@ -488,10 +530,14 @@ class Runner:
         as skipped, so the handler is not called."""
         if pending is not None:
             raise pending
+        if self.spec.retry_topic is not None and m.topic == self.spec.retry_topic and \
+                _header(m, H_RETRY_GROUP) != self.spec.group.encode():
+            self._success(acc, m, None, None, None, delivery, reply=False)
+            return False  # another group's retry on a shared retry topic
         at.payload, at.key = self._prepare(m)
         if at.key is not None and (at.key in acc.keys or
                                    self.backend.is_processed(at.key, self._scope)):
-            self._success(acc, m, None, None, None, delivery)
+            self._success(acc, m, None, None, None, delivery, reply=False)
             if self.app._listeners:
                 self._emit(m, attempt, "skipped", 0.0, None, at.payload)
             return False
@@ -556,7 +602,7 @@ class Runner:
                     except Exception as exc:  # noqa: BLE001 - classified below
                         first_exc = exc
                         break
-                    if r is not None:
+                    if r is not None or m.headers:  # headers: a request wants a reply
                         self._fast_done(acc, m, r)
                     i += 1
                 if i:
@@ -683,20 +729,70 @@ def _first_attempt(m: Any) -> int:
     return 1
 
 
+def _header(m: Any, name: str) -> bytes | None:
+    for n, v in m.headers:
+        if n == name:
+            return bytes(v)
+    return None
+
+
+def _retry_attempt(m: Any) -> int:
+    """The attempt a message is for: 1, or what its retry-topic header says."""
+    v = _header(m, H_RETRY_ATTEMPT)
+    try:
+        return max(1, int(v)) if v is not None else 1
+    except ValueError:
+        return 1
+
+
+def _retry_output(topic: str, group: str, m: Any, attempt: int, delay: float) -> Output:
+    """``m`` to retry through ``topic`` after ``delay`` s, for ``attempt`` (keeps its key)."""
+    hs = [(n, v) for n, v in m.headers if not n.startswith(_RETRY_PREFIX)]
+    if _header(m, H_RETRY_TOPIC) is None:
+        origin = [(H_RETRY_TOPIC, m.topic.encode()), (H_RETRY_PARTITION, str(m.partition).encode()),
+                  (H_RETRY_OFFSET, str(m.offset).encode())]
+    else:
+        origin = [(n, v) for n, v in m.headers
+                  if n in (H_RETRY_TOPIC, H_RETRY_PARTITION, H_RETRY_OFFSET)]
+    hs += origin + [(H_RETRY_ATTEMPT, str(attempt).encode()), (H_RETRY_GROUP, group.encode())]
+    return Output(topic, m.value if m.value is not None else b"", m.key, hs, None,
+                  max(0.0, float(delay)))
+
+
+def _original(m: Any) -> Any:
+    """``m`` as first read (its original topic, partition, offset) when it came by a retry topic."""
+    t = _header(m, H_RETRY_TOPIC)
+    if t is None:
+        return m
+    from mqlite._core import Message
+
+    try:
+        p = int(_header(m, H_RETRY_PARTITION) or b"0")
+        o = int(_header(m, H_RETRY_OFFSET) or b"0")
+    except ValueError:
+        return m
+    hs = [(n, v) for n, v in m.headers if not n.startswith(_RETRY_PREFIX)]
+    return Message(t.decode(), p, o, m.timestamp_ms, m.key, m.value, hs)
+
+
 class StreamRunner(Runner):
     """Stream mode (Kafka-style ordered group): see the module docstring."""
 
     def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
         super().__init__(spec, backend, app)
         self._consumer: Any = None
+        self._aconsumer: Any = None  # loop-driven: the asyncio consumer (backend seam)
         self._lanes: dict[TopicPartition, _Lane] = {}
         self._ready_lanes: deque[_Lane] = deque()
         self._to_commit: dict[TopicPartition, int] = {}
         self._rewinds: dict[TopicPartition, int] = {}
         self._max_buffered = spec.batch * (spec.concurrency + 3)
+        self._fetch_topics = spec.topics + ([spec.retry_topic] if spec.retry_topic else [])
+        self._attempt_of = _retry_attempt if spec.retry_topic else _first_attempt
+        self._next_commit = 0.0  # monotonic time before which _commit() waits (interval)
 
     def _wake(self) -> None:
-        c = self._consumer
+        c = self._aconsumer if self._loop_driven else self._consumer
         if c is not None:
             c.wakeup()
 
@@ -704,28 +800,35 @@ class StreamRunner(Runner):
         return self._consumer
 
     def lag(self) -> int:
-        return self.backend.stream_lag(self.spec.group, self.spec.topics)
+        lag = self.backend.stream_lag(self.spec.group, self._fetch_topics)
+        scheduled = getattr(self.backend, "scheduled", None)
+        if self.spec.retry_topic is not None and scheduled is not None:
+            lag += scheduled(self.spec.retry_topic)  # retries waiting out their delay
+        return lag
 
     def _loop(self) -> None:
-        if self._loop_driven:
-            asyncio.run_coroutine_threadsafe(self._aloop(), self.app._event_loop()).result()
-            return
         spec = self.spec
         self._consumer = c = self.backend.stream_consumer(
-            spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+            self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
             batch=spec.batch, on_revoke=self._on_revoke)
         try:
             while not self._stopping:
                 self._drain(0.0)
                 self._apply_rewinds()
                 self._schedule()
-                self._commit()
+                self._commit(force=False)
                 if self._buffered >= self._max_buffered:
                     self._drain(0.5)
                     continue
                 if self._stopping or not self._done_q.empty():
                     continue  # a stop or report came during commit(), which took its wake-up
-                msgs = c.poll(max_records=spec.batch, timeout=1.0 if self.ready else 0.01)
+                msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self._to_commit else []
+                if not msgs and self._to_commit:
+                    self._commit()  # caught up: commit before waiting
+                    if self._stopping or not self._done_q.empty():
+                        continue
+                if not msgs:
+                    msgs = c.poll(max_records=spec.batch, timeout=1.0 if self.ready else 0.01)
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
@@ -736,24 +839,30 @@ class StreamRunner(Runner):
             c.close()
 
     async def _aloop(self) -> None:
-        """The fetch loop of a loop-driven subscriber: one thread, like a hand-written loop.
+        """The fetch loop of a loop-driven subscriber: one task, like a hand-written loop.
 
-        Polls without waiting on the loop; handles each partition's run inline
-        (``await``); commits; only when nothing is there does a blocking poll run
-        in an executor thread.  Lanes never run during a poll, so a revocation
-        never waits.
+        Polls through the backend's asyncio consumer (``mqlite.aio``: reads
+        inline on the loop, waits on the loop's doorbell, no thread held while
+        waiting); handles each partition's run inline (``await``); commits on
+        the loop, at most every ``commit_interval`` while messages keep coming
+        (a commit handed to a thread each time measured ~2x the CPU per
+        message).  Lanes never run during a poll, so a revocation never waits.
         """
         spec = self.spec
         loop = asyncio.get_running_loop()
-        self._consumer = c = self.backend.stream_consumer(
-            spec.topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
+        io = self.app._io_pool()
+        self._aconsumer = ac = async_stream_consumer(
+            self.backend, self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
             batch=spec.batch, on_revoke=self._on_revoke)
-        blocking = functools.partial(c.poll, max_records=spec.batch, timeout=1.0)
+        self._consumer = ac.sync
+        if self._stopping:
+            ac.wakeup()  # a stop that came before the consumer existed
         try:
             while not self._stopping:
                 self._drain(0.0)
                 self._apply_rewinds()
-                self._commit()
+                if self._to_commit and time.monotonic() >= self._next_commit:
+                    self._commit(False)
                 while self._ready_lanes and not self._stopping:
                     lane = self._ready_lanes.popleft()
                     if lane.running or lane.revoked or not lane.batches:
@@ -767,18 +876,19 @@ class StreamRunner(Runner):
                     self._drain(0.0)
                 if self._stopping:
                     break
-                msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self.ready else []
+                msgs = await ac.poll(spec.batch, 1e-6) if self.ready else []
                 if not msgs and not self._stopping:
-                    self._commit()  # caught up: commit before waiting
-                    msgs = await loop.run_in_executor(None, blocking)
+                    if self._to_commit:  # caught up: commit before waiting
+                        self._commit()
+                    msgs = await ac.poll(spec.batch, 1.0)
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
                 if msgs:
                     self._dispatch(msgs)
-            self._shutdown()
+            await loop.run_in_executor(io, self._shutdown)
         finally:
-            c.close()
+            await ac.close()
 
     def _dispatch(self, msgs: list[Any]) -> None:
         if self.spec.ack == "before":
@@ -817,16 +927,147 @@ class StreamRunner(Runner):
     def _job(self, lane: _Lane, batch: list[Any]) -> None:
         n = 0
         try:
-            n = self._run_sync(lane, batch, _first_attempt)
+            if self.spec.batch_handler:
+                n = self._run_batches_sync(lane, batch)
+            else:
+                n = self._run_sync(lane, batch, self._attempt_of)
         finally:
             self._finish(lane, batch, n)
 
     async def _job_async(self, lane: _Lane, batch: list[Any]) -> None:
         n = 0
         try:
-            n = await self._run_async(lane, batch, _first_attempt)
+            if self.spec.batch_handler:
+                n = await self._run_batches_async(lane, batch)
+            else:
+                n = await self._run_async(lane, batch, self._attempt_of)
         finally:
             self._finish(lane, batch, n)
+
+    # -- batch handlers (batch=True) ---------------------------------------------------------
+    def _batch_start(self, acc: _Acc, chunk: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Decode ``chunk``: (payloads, their messages); undecodable ones are given up."""
+        decode, obs = self.spec.decode, self.app._listeners
+        payloads: list[Any] = []
+        good: list[Any] = []
+        for m in chunk:
+            try:
+                payloads.append(decode(m.value))
+            except PayloadError as exc:
+                status = self._give_up(acc, m, 1, exc, True, None)
+                if obs:
+                    self._emit(m, 1, status, 0.0, exc, None)
+                continue
+            good.append(m)
+        if obs:
+            for m in good:
+                self._emit(m, 1, None, 0.0, None, None)
+        return payloads, good
+
+    def _batch_outcome(self, acc: _Acc, good: list[Any], attempt: int,
+                       exc: BaseException | None, t0: float) -> float | None:
+        """Settle one call of a batch handler; a delay to retry the whole batch, else None."""
+        spec, obs = self.spec, self.app._listeners
+        dt = time.perf_counter() - t0
+        if exc is None:
+            if obs:
+                for m in good:
+                    self._emit(m, attempt, "ok", dt, None, None)
+            return None
+        permanent = isinstance(exc, spec.permanent_types)
+        if not permanent and attempt <= spec.retries:
+            if obs:
+                for m in good:
+                    self._emit(m, attempt, "retry", dt, exc, None)
+            if isinstance(exc, Retry) and exc.delay is not None:
+                return exc.delay
+            return spec.backoff.delay(attempt)
+        for m in good:
+            status = self._give_up(acc, m, attempt, exc, permanent, None)
+            if obs:
+                self._emit(m, attempt, status, dt, exc, None)
+        return None
+
+    def _run_batches_sync(self, lane: _Lane, msgs: list[Any]) -> int:
+        """Hand ``msgs`` to a sync batch handler in lists of up to ``max_records``."""
+        spec, acc, i = self.spec, _Acc(), 0
+        try:
+            while i < len(msgs) and not self._halted(lane):
+                chunk = msgs[i:i + spec.batch]
+                payloads, good = self._batch_start(acc, chunk)
+                attempt = 1
+                while payloads:
+                    t0 = time.perf_counter()
+                    try:
+                        spec.handler(payloads)
+                        err: Exception | None = None
+                    except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                        err = exc
+                    delay = self._batch_outcome(acc, good, attempt, err, t0)
+                    if delay is None:
+                        break
+                    self._flush(lane, acc)
+                    self._report_progress(lane)
+                    if self._wait(lane, delay):
+                        raise _Halt from None
+                    attempt += 1
+                acc.done = chunk[-1].offset + 1
+                i += len(chunk)
+            self._flush(lane, acc)
+        except _Halt:
+            try:
+                self._flush(lane, acc)
+            except _Halt:
+                pass
+        except Exception:
+            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
+                          spec.name, *_where(msgs, i))
+            self._wait(lane, 1.0)
+        self.handled += i
+        return i
+
+    async def _run_batches_async(self, lane: _Lane, msgs: list[Any]) -> int:
+        """:meth:`_run_batches_sync` for an ``async def`` batch handler, on the App's loop."""
+        spec, acc, i = self.spec, _Acc(), 0
+        loop = asyncio.get_running_loop()
+        io = self.app._io_pool()
+        try:
+            while i < len(msgs) and not self._halted(lane):
+                chunk = msgs[i:i + spec.batch]
+                payloads, good = self._batch_start(acc, chunk)
+                attempt = 1
+                while payloads:
+                    t0 = time.perf_counter()
+                    try:
+                        await spec.handler(payloads)
+                        err: Exception | None = None
+                    except Exception as exc:  # noqa: BLE001 - every handler error is classified
+                        err = exc
+                    delay = self._batch_outcome(acc, good, attempt, err, t0)
+                    if delay is None:
+                        break
+                    await loop.run_in_executor(io, self._flush, lane, acc)
+                    self._report_progress(lane)
+                    if await self._wait_async(lane, delay):
+                        raise _Halt from None
+                    attempt += 1
+                acc.done = chunk[-1].offset + 1
+                i += len(chunk)
+            if self._needs_io(acc):
+                await loop.run_in_executor(io, self._flush, lane, acc)
+            else:
+                self._flush(lane, acc)
+        except _Halt:
+            try:
+                await loop.run_in_executor(io, self._flush, lane, acc)
+            except _Halt:
+                pass
+        except Exception:
+            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
+                          spec.name, *_where(msgs, i))
+            await self._wait_async(lane, 1.0)
+        self.handled += i
+        return i
 
     def _finish(self, lane: _Lane, batch: list[Any], n: int) -> None:
         rewind = batch[n].offset if n < len(batch) else None
@@ -877,9 +1118,16 @@ class StreamRunner(Runner):
                 except ValueError:
                     pass  # no longer assigned
 
-    def _commit(self) -> None:
+    def _commit(self, force: bool = True) -> None:
+        """Commit the lanes' finished offsets; ``force=False``: only once the
+        subscriber's ``commit_interval`` has passed since the last commit."""
         if not self._to_commit:
             return
+        if not force:
+            now = time.monotonic()
+            if now < self._next_commit:
+                return
+            self._next_commit = now + self.spec.commit_interval
         todo, self._to_commit = self._to_commit, {}
         try:
             self._consumer.commit(todo)

@@ -29,6 +29,7 @@ _ACKS = ("before", "after", "manual")
 MAX_RETRIES = 1000
 MAX_CONCURRENCY = 1024
 MAX_BATCH = 10_000
+MAX_COMMIT_INTERVAL = 60.0
 
 
 @dataclass(eq=False)
@@ -50,6 +51,9 @@ class SubscriberSpec:
     permanent: tuple[type[BaseException], ...] = ()
     concurrency: int = 1
     batch: int = 500
+    batch_handler: bool = False  # batch=True: the handler takes a list of payloads
+    commit_interval: float = 0.1
+    retry_topic: str | None = None  # stream: failed messages retry through this topic
     partitions: int | None = None
     auto_offset_reset: str = "earliest"
     visibility_timeout: float = 30.0
@@ -126,6 +130,51 @@ def _introspect(fn: Callable[..., Any]) -> tuple[bool, str | None, bool, Any]:
     return takes_payload, ctx_name, ctx_first, payload_ann
 
 
+def _batch_item_type(handler: Callable[..., Any], ann: Any, takes_payload: bool,
+                     ctx_param: str | None, mode: str, exactly_once: bool,
+                     idempotency_key: Any, ack: str) -> Any:
+    """The item type of a ``batch=True`` handler's ``list[T]`` annotation (checks its options)."""
+    what = f"batch=True handler {getattr(handler, '__qualname__', handler)!r}"
+    if not takes_payload or ctx_param is not None:
+        raise TypeError(f"{what} takes one parameter, the list of payloads (no ctx)")
+    if mode != "stream":
+        raise ValueError(f"{what}: batch handlers are for mode='stream'")
+    if exactly_once or idempotency_key is not None or ack == "manual":
+        raise ValueError(f"{what}: exactly_once, idempotency_key and ack='manual' work per "
+                         "message; use a per-message handler for them")
+    if ann is None:
+        return None
+    if typing.get_origin(ann) in (list, Sequence):
+        args = typing.get_args(ann)
+        return args[0] if args else None
+    raise TypeError(f"{what}: annotate the payload parameter as list[T] (got {ann!r})")
+
+
+def _retry_topic(retry_topic: bool | str, topics: list[str], mode: str, exactly_once: bool,
+                 batch_handler: bool, dead_letter: str | None) -> str | None:
+    """The retry topic's name for ``retry_topic=`` (``None``: retry in place)."""
+    if retry_topic is False:
+        return None
+    if retry_topic is True:
+        if len(topics) != 1:
+            raise ValueError("a subscriber of several topics needs retry_topic='name'")
+        name = f"{topics[0]}.retry"
+    elif isinstance(retry_topic, str):
+        name = retry_topic
+    else:
+        raise TypeError(f"retry_topic must be a bool or a topic name, not "
+                        f"{type(retry_topic).__name__}")
+    validate_topic_name(name, "retry_topic")
+    if mode != "stream":
+        raise ValueError("retry_topic is for mode='stream' (queue mode retries by nack(delay=))")
+    if exactly_once or batch_handler:
+        raise ValueError("retry_topic does not combine with exactly_once or batch=True: retry "
+                         "messages are delayed sends, outside the commit's transaction")
+    if name in topics or name == dead_letter:
+        raise ValueError("retry_topic must differ from the subscribed and dead-letter topics")
+    return name
+
+
 def _check_seconds(value: Any, name: str, maximum: float, allow_zero: bool = True) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
@@ -148,9 +197,11 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
               app_name: str, name: str | None, mode: str, ack: str, exactly_once: bool,
               idempotency_key: Callable[[Any], Any] | None, idempotency_ttl: float,
               retries: int, backoff: Backoff | float | None, dead_letter: str | None,
-              permanent: Sequence[type[BaseException]], concurrency: int, batch: int,
+              permanent: Sequence[type[BaseException]], concurrency: int, batch: int | bool,
               partitions: int | None, auto_offset_reset: str,
-              visibility_timeout: float) -> SubscriberSpec:
+              visibility_timeout: float, commit_interval: float = 0.1,
+              max_records: int | None = None,
+              retry_topic: bool | str = False) -> SubscriberSpec:
     """Validate ``@app.subscriber`` options into a :class:`SubscriberSpec` (raises on bad ones)."""
     if not callable(handler):
         raise TypeError("@app.subscriber decorates a function")
@@ -189,13 +240,25 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
         if not (isinstance(p, type) and issubclass(p, BaseException)):
             raise TypeError(f"permanent= takes exception types, got {p!r}")
     _check_int(concurrency, "concurrency", 1, MAX_CONCURRENCY)
-    _check_int(batch, "batch", 1, MAX_BATCH)
+    batch_handler = batch is True
+    if batch is False or batch is True:
+        poll_size = 500 if max_records is None else max_records
+    else:
+        poll_size = batch if max_records is None else max_records
+        if max_records is not None and batch != 500:
+            raise ValueError("pass the poll size as batch=N or max_records=N, not both")
+    _check_int(poll_size, "max_records" if max_records is not None else "batch", 1, MAX_BATCH)
+    ci = _check_seconds(commit_interval, "commit_interval", MAX_COMMIT_INTERVAL)
+    rt = _retry_topic(retry_topic, tlist, mode, exactly_once, batch_handler, dead_letter)
     if partitions is not None:
         _check_int(partitions, "partitions", 1, 10_000)
     if auto_offset_reset not in ("earliest", "latest"):
         raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
     vt = _check_seconds(visibility_timeout, "visibility_timeout", 43200, allow_zero=False)
     takes_payload, ctx_param, ctx_first, ann = _introspect(handler)
+    if batch_handler:
+        ann = _batch_item_type(handler, ann, takes_payload, ctx_param, mode, exactly_once,
+                               idempotency_key, ack)
     hname = name or getattr(handler, "__name__", "handler")
     if not isinstance(hname, str) or not hname:
         raise TypeError("name must be a non-empty str")
@@ -205,9 +268,10 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
         handler=handler, topics=tlist, group=grp, name=hname, mode=mode, ack=ack,
         exactly_once=exactly_once, idempotency_key=idempotency_key, idempotency_ttl=ttl,
         retries=retries, backoff=bo, dead_letter=dead_letter, permanent=perm,
-        concurrency=concurrency, batch=batch, partitions=partitions,
+        concurrency=concurrency, batch=poll_size, batch_handler=batch_handler,
+        commit_interval=ci, retry_topic=rt, partitions=partitions,
         auto_offset_reset=auto_offset_reset, visibility_timeout=vt,
         is_async=inspect.iscoroutinefunction(handler), takes_payload=takes_payload,
         ctx_param=ctx_param, ctx_first=ctx_first,
         decode=make_decoder(ann) if takes_payload else _no_payload,
-        raw_bytes=takes_payload and ann is bytes and ctx_param is None)
+        raw_bytes=takes_payload and ann is bytes and ctx_param is None and not batch_handler)

@@ -1,9 +1,6 @@
-"""Notification service: an ``async def`` handler per processed payment, as a work queue.
+"""Notification service: an ``async def`` handler per processed payment.
 
     mqlite run notifications:app
-
-Queue mode (SQS style): each payment is a job, acked after the handler
-returns; any number of workers share the jobs, in no particular order.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import mqlite
 app = mqlite.App(BROKER, name="notifications", durability=DURABILITY, partitions=6)
 
 
-@app.subscriber("payment-processed", group="notifications", mode="queue")
+@app.subscriber("payment-processed", group="notifications")
 @app.publisher("notification-sent")
 async def notify(payment: Payment, ctx: mqlite.Context) -> Notification:
     await asyncio.sleep(0)  # stands for an e-mail / push API call

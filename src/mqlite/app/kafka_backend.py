@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from mqlite.app.backend import URL_BACKENDS, LocalBackend
+from mqlite.app.backend import URL_BACKENDS, LocalBackend, ThreadedAsyncConsumer
 from mqlite.app.context import Output
 from mqlite.errors import NotSupportedError
 from mqlite.types import TopicPartition
@@ -83,6 +83,23 @@ class KafkaBackend(LocalBackend):
         return self.broker.consumer(topics, group=group, auto_offset_reset=auto_offset_reset,
                                     commit="manual", max_poll_records=batch,
                                     max_poll_interval=MAX_POLL_INTERVAL, on_revoke=on_revoke)
+
+    def async_stream_consumer(self, topics: list[str], group: str, *,
+                              auto_offset_reset: str, batch: int,
+                              on_revoke: Callable[[list[TopicPartition]], Any]) -> Any:
+        """The App's asyncio consumer: :meth:`stream_consumer` behind a
+        :class:`~mqlite.app.backend.ThreadedAsyncConsumer` (librdkafka waits in its
+        own threads; the embedded engine's loop doorbells do not apply)."""
+        return ThreadedAsyncConsumer(self.stream_consumer(
+            topics, group, auto_offset_reset=auto_offset_reset, batch=batch,
+            on_revoke=on_revoke))
+
+    async def aclose(self) -> None:
+        """Nothing asyncio-side to release (see :meth:`async_stream_consumer`)."""
+
+    def scheduled(self, topic: str) -> int:
+        """0: Kafka has no delayed messages (``delay=`` raises ``NotSupportedError``)."""
+        return 0
 
     def _no_queues(self) -> NoReturn:
         raise NotSupportedError(

@@ -34,7 +34,20 @@
  *                 re-created file never repeat those of an older one)
  *   24      16    boot id of the kernel that created the file (from
  *                 /proc/sys/kernel/random/boot_id; zeros where unreadable)
- *   40      24    reserved, zero
+ *   40      4     fill_seq: +1 by every mq_comb_fill (a futex word: a gathering
+ *                 committer sleeps on it)
+ *   44      4     gatherers: committers sleeping on fill_seq (a filler wakes
+ *                 them only when it is not 0)
+ *   48      4     active: the committers' estimate of how many operations a
+ *                 commit can expect (the slots FILLED when the last commit
+ *                 returned: its own plus those filled while it ran; lowered to
+ *                 what arrived when a gather times out)
+ *   52      4     commit_us: moving average of a combined commit's duration
+ *                 in microseconds (bounds a gather)
+ *   56      8     reserved, zero
+ * The fields at 40-55 are hints: any value is safe (a wrong one costs at most
+ * one bounded gather); a file written by a version without them reads zeros,
+ * which means "do not gather".
  *
  *   slot i at MQ_COMB_HEADER + i * (MQ_COMB_SLOT_HEADER + slot_bytes):
  *   0       8     word = ticket << 2 | state   (atomic; the only sync point)
@@ -79,6 +92,13 @@
  *    their tickets are in LMDB's ticket table; the next committer finds them
  *    there, writes the stored results and marks them DONE without appending
  *    again.
+ * Gathering (mq_comb_gather, D35): a committer about to begin its transaction
+ * may wait, holding the combining lock, when at most half of `active` slots
+ * are FILLED, until `active` slots are FILLED or min(max_wait, commit_us / 2)
+ * has passed, so senders that alternate with it
+ * (each arriving just after the other's commit began) share commits.  It
+ * changes no slot state; a filler that sees gatherers > 0 wakes them.
+ *
  * Results are written only by the lock holder of a FILLED slot and read only
  * by the owner after an acquire load saw DONE of its own ticket, so a reader
  * never sees a half-written result.
@@ -177,5 +197,21 @@ int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns);
 /* Committer: wake the waiters of slot `idx` (after DONE, or to hand the lock
  * over when it leaves FILLED slots behind). */
 void mq_comb_wake(mq_comb *c, uint32_t idx);
+
+/* Number of FILLED slots now. */
+uint32_t mq_comb_filled(const mq_comb *c);
+/* Committer holding the lock, before it collects: when at most half of
+ * `active` slots are FILLED, sleeps (futex on fill_seq) until `active` are
+ * FILLED or min(max_wait_us, commit_us / 2)
+ * microseconds passed; when it times out short, `active` becomes what arrived.
+ * Returns the number of FILLED slots at the end (at once when active <= 1). */
+uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us);
+/* Committer after a combined commit of `taken` slots that took `commit_ns`,
+ * before it marks them DONE: active = the slots FILLED now (the taken ones and
+ * those that arrived during the commit; at least `taken`); commit_us moves a
+ * quarter of the way to commit_ns / 1000 (at most 1 s). */
+void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns);
+/* (active, commit_us, fill_seq), for tests and tools. */
+void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq);
 
 #endif

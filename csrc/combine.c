@@ -1,5 +1,6 @@
 #include "combine.h"
 
+#include "guard.h"
 #include "shmfile.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -120,6 +121,7 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
     c->slot_bytes = 0;
     c->sys_errno = 0;
     c->fd = -1;
+    c->guard = -1;
     if (nslots == 0 || nslots > (1u << 20) || slot_bytes < 64 || slot_bytes % 64 ||
         slot_bytes > (1u << 24))
         return MQ_EINVAL;
@@ -182,7 +184,15 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
         close(fd);
         return MQ_EMAP;
     }
-    c->fd = fd; /* kept: the combining lock is an flock on it */
+    int guard = mq_guard_add(m, need, fd, MQ_GUARD_REGROW);
+    if (guard < 0) {
+        c->sys_errno = errno ? errno : ENOSPC;
+        munmap(m, need);
+        close(fd);
+        return MQ_EGUARD;
+    }
+    c->guard = guard;
+    c->fd = fd; /* kept: the combining lock is an flock on it, and the guard regrows it */
     c->base = m;
     c->map_len = need;
     c->nslots = nslots;
@@ -192,6 +202,9 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
 
 void mq_comb_close(mq_comb *c)
 {
+    if (c->guard >= 0)
+        mq_guard_remove(c->guard); /* before unmapping and closing: see guard.h */
+    c->guard = -1;
     if (c->base)
         munmap(c->base, c->map_len);
     if (c->fd >= 0)
@@ -246,8 +259,18 @@ static int64_t claim_scan(mq_comb *c, uint32_t pid)
     return -1;
 }
 
+int mq_comb_intact(const mq_comb *c)
+{
+    uint32_t h[4];
+    memcpy(h, c->base, sizeof h);
+    return h[0] == MQ_COMB_MAGIC && h[1] == MQ_COMB_VERSION && h[2] == c->nslots &&
+           h[3] == c->slot_bytes;
+}
+
 int64_t mq_comb_claim(mq_comb *c, uint32_t pid)
 {
+    if (!mq_comb_intact(c))
+        return -1; /* the file was truncated under us: commit alone */
     int64_t i = claim_scan(c, pid);
     if (i < 0 && mq_comb_reclaim(c) > 0)
         i = claim_scan(c, pid);

@@ -104,9 +104,18 @@
  * never sees a half-written result.
  *
  * Bounds: indexes are checked by the binding (idx < nslots).  The file is
- * never truncated by mqlite; another program truncating it makes the next
- * access fault (not guarded: delete commit.shm only while no process has the
- * broker open).  Pid reuse can keep a dead owner's slot CLAIMED/DONE until
+ * never truncated by mqlite.  Another program truncating it under a live
+ * process would make the next access fault: the mapping is registered with
+ * the SIGBUS guard (guard.h, MQ_GUARD_REGROW), which grows the file back
+ * (zeros) and retries the access.  Zeros mean: the header no longer matches
+ * (mq_comb_intact() false), so mq_comb_claim() hands out no slot and every
+ * sender of that process commits alone, as without a ring (a process opening
+ * the file later gets MQ_EMAGIC and does the same); a slot that was zeroed
+ * reads FREE(0), so its owner sees its FILLED(T) gone without DONE(T) and
+ * reports the operation as of unknown outcome (it may have been committed).
+ * Unlinking the file under live processes faults nothing (their mapping stays
+ * valid); processes that open the broker afterwards create a new ring, and
+ * the two rings' committers serialise on LMDB's write lock.  Pid reuse can keep a dead owner's slot CLAIMED/DONE until
  * the reused pid exits (a leaked slot, never a wrong result); owners in
  * another pid namespace are invisible to kill(2), so brokers shared across
  * pid namespaces must not enable combining.
@@ -132,6 +141,7 @@ typedef struct mq_comb {
     uint32_t nslots;
     uint32_t slot_bytes;
     int fd;              /* the ring file, kept open for the combining lock; -1 closed */
+    int guard;           /* SIGBUS guard id (guard.h), -1 when none */
     int sys_errno;       /* errno behind the last failed mq_comb_open, else 0 */
 } mq_comb;
 
@@ -145,14 +155,15 @@ typedef struct mq_comb {
  * for 0 slots, slot_bytes < 64 or not a multiple of 64, or a size overflow;
  * MQ_EMAGIC when an existing file has another magic, version, nslots or
  * slot_bytes (or is shorter than that layout); MQ_EOPEN / MQ_ELOCK /
- * MQ_ESIZE / MQ_EMAP with errno in c->sys_errno. */
+ * MQ_ESIZE / MQ_EMAP / MQ_EGUARD (SIGBUS guard table full or handler not
+ * installable) with errno in c->sys_errno. */
 int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_bytes,
                  unsigned mode);
 void mq_comb_close(mq_comb *c);
 
 /* FREE -> CLAIMED for `pid`, scanning from pid % nslots; when none is free,
  * reclaims slots of dead owners once and scans again.  Returns the slot
- * index, or -1 when every slot is busy. */
+ * index, or -1 when every slot is busy or the header is not intact. */
 int64_t mq_comb_claim(mq_comb *c, uint32_t pid);
 /* CLAIMED -> FREE: the owner hands back a slot it claimed and did not fill. */
 void mq_comb_unclaim(mq_comb *c, uint32_t idx);
@@ -198,6 +209,9 @@ int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns);
  * over when it leaves FILLED slots behind). */
 void mq_comb_wake(mq_comb *c, uint32_t idx);
 
+/* 1 when the header still holds this ring's magic, version and layout (a
+ * truncated and regrown file reads zeros), else 0. */
+int mq_comb_intact(const mq_comb *c);
 /* Number of FILLED slots now. */
 uint32_t mq_comb_filled(const mq_comb *c);
 /* Committer holding the lock, before it collects: when at most half of

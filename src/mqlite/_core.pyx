@@ -1247,9 +1247,12 @@ cdef class Combiner:
     cdef mq_comb c
     cdef bint is_open
     cdef Py_ssize_t active  # waits running without the GIL
+    cdef readonly str path
 
     def __cinit__(self):
         memset(&self.c, 0, sizeof(mq_comb))
+        self.c.fd = -1  # never opened: close() must not close descriptor 0
+        self.c.guard = -1
 
     def __init__(self, path, nslots=64, slot_bytes=4096, mode=0o600):
         cdef int64_t ns = _as_i64(nslots, "nslots")
@@ -1269,6 +1272,7 @@ cdef class Combiner:
         if b"\0" in bpath:
             raise ValueError("path contains a NUL byte")
         cpath = bpath
+        self.path = os.fsdecode(bpath)
         with nogil:
             rc = mq_comb_open(&self.c, cpath, <uint32_t>ns, <uint32_t>sb, <unsigned>m)
         if rc == MQ_EMAGIC:
@@ -1429,6 +1433,12 @@ cdef class Combiner:
     def wake(self, idx):
         """Wake the waiters of slot ``idx``."""
         mq_comb_wake(&self.c, self._idx(idx))
+
+    def intact(self):
+        """``False`` once the file was truncated under this process (the SIGBUS guard
+        grew it back with zeros): no slot is handed out any more."""
+        self._check()
+        return mq_comb_intact(&self.c) == 1
 
     def filled(self):
         """How many slots are FILLED now."""

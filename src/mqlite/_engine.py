@@ -57,6 +57,7 @@ from mqlite.errors import (
     ClosedError,
     CorruptRecordError,
     PartitionNotFoundError,
+    StorageError,
     StorageFullError,
     TopicNotFoundError,
 )
@@ -731,6 +732,11 @@ class Engine:
         word = comb.word
         try:
             while any(word(i) != d for i, d in zip(mine, done)):
+                if _ring_lost(comb, mine, done):
+                    raise StorageError(
+                        f"the commit ring file {comb.path!r} was truncated while this call "
+                        "waited in it: its records may or may not have been stored (check "
+                        "before sending again); later calls commit on their own")
                 led = False
                 if tlock.acquire(blocking=False):
                     try:
@@ -786,7 +792,8 @@ class Engine:
                 self._ring_commit(txn)
                 comb.note_commit(len(taken), time.perf_counter_ns() - t0)
                 self._ring_done(comb, taken)
-            if all(comb.word(i) == d for i, d in zip(mine, done)):
+            if all(comb.word(i) == d for i, d in zip(mine, done)) or _ring_lost(
+                    comb, mine, done):
                 return
 
     def _ring_commit(self, txn: Any) -> None:
@@ -1118,6 +1125,17 @@ def _consumed_floor(txn: Any, env: Env, rec: TopicRecord, pid: int) -> int | Non
     found = [f for f in floors if f is not None]
     return min(found) if found else None
 
+
+
+def _ring_lost(comb: Any, mine: list[int], done: list[tuple[int, int]]) -> bool:
+    """True when one of our slots is neither FILLED nor DONE under our ticket: the ring
+    file was truncated (the SIGBUS guard grew it back with zeros, csrc/combine.h)."""
+    filled = _core.FILLED
+    for i, d in zip(mine, done):
+        w = comb.word(i)
+        if w != d and w != (d[0], filled):
+            return True
+    return False
 
 
 class _Run:

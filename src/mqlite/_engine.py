@@ -946,16 +946,6 @@ class Engine:
                     fresh.append((ticket, res))
         runs.clear()
 
-    # Kept for callers of the first ring version (tests, tools): one slot, own run.
-    def _apply_slot(self, txn: Any, payload: bytes) -> tuple[int, int, int, int]:
-        """Append the operation encoded in one ring slot inside ``txn``; its result tuple."""
-        runs: dict[tuple[str, int], _Run] = {}
-        results: list[tuple[int, int, tuple[int, int, int, int]]] = []
-        fresh: list[tuple[int, tuple[int, int, int, int]]] = []
-        res = self._stage_slot(txn, payload, 0, 0, runs, {}, results, fresh)
-        self._flush_runs(txn, runs, results, fresh)
-        return res if res is not None else results[0][2]
-
     def send_batch(
         self,
         topic: str,

@@ -313,6 +313,10 @@ static int64_t mono_ns(void)
 uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
 {
     uint32_t want = __atomic_load_n(hdr_u32(c, ACTIVE_OFF), __ATOMIC_RELAXED);
+    /* Only the lock holder gathers: a flag still set is a dead holder's; clear it,
+     * or every fill would go on paying a futex wake for nobody. */
+    if (__atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_RELAXED) != 0)
+        __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 0, __ATOMIC_SEQ_CST);
     uint32_t n = mq_comb_filled(c);
     if (want > c->nslots)
         want = c->nslots;
@@ -327,7 +331,7 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
         return n;
     int64_t deadline = mono_ns() + budget;
     uint32_t *seq = hdr_u32(c, FILL_SEQ_OFF);
-    __atomic_fetch_add(hdr_u32(c, GATHERERS_OFF), 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 1, __ATOMIC_SEQ_CST);
     for (;;) {
         uint32_t s = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
         n = mq_comb_filled(c);
@@ -351,7 +355,7 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
         nanosleep(&ts, NULL);
 #endif
     }
-    __atomic_fetch_sub(hdr_u32(c, GATHERERS_OFF), 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 0, __ATOMIC_SEQ_CST);
     return n;
 }
 

@@ -36,8 +36,9 @@
  *                 /proc/sys/kernel/random/boot_id; zeros where unreadable)
  *   40      4     fill_seq: +1 by every mq_comb_fill (a futex word: a gathering
  *                 committer sleeps on it)
- *   44      4     gatherers: committers sleeping on fill_seq (a filler wakes
- *                 them only when it is not 0)
+ *   44      4     gatherer: 1 while the lock holder sleeps on fill_seq (a
+ *                 filler wakes it only then); a gather clears a 1 left by a
+ *                 holder that died in one
  *   48      4     active: the committers' estimate of how many operations a
  *                 commit can expect (the slots FILLED when the last commit
  *                 returned: its own plus those filled while it ran; lowered to
@@ -97,7 +98,8 @@
  * are FILLED, until `active` slots are FILLED or min(max_wait, commit_us / 2)
  * has passed, so senders that alternate with it
  * (each arriving just after the other's commit began) share commits.  It
- * changes no slot state; a filler that sees gatherers > 0 wakes them.
+ * changes no slot state; a filler that sees the gatherer flag wakes it.  Only
+ * the holder of the combining lock may call it.
  *
  * Results are written only by the lock holder of a FILLED slot and read only
  * by the owner after an acquire load saw DONE of its own ticket, so a reader

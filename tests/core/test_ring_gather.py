@@ -9,6 +9,7 @@ results are recorded as one ticket-table entry.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -187,3 +188,15 @@ def test_a_run_split_for_the_space_check_keeps_each_slots_batches() -> None:
     parts = run.split()
     assert [(p.slots, p.batches) for p in parts] == [([(1, 11, 5, 2)], bs[:1]),
                                                       ([(2, 12, 6, 2)], bs[1:])]
+
+
+def test_a_gather_clears_the_flag_a_dead_gatherer_left(tmp_path: Path) -> None:
+    path = tmp_path / "ring.shm"
+    r = _core.Combiner(str(path), 8, 128)
+    with open(path, "r+b") as f:  # a holder killed while it slept: its flag stays set
+        f.seek(44)
+        f.write((1).to_bytes(4, sys.byteorder))
+    r.gather(1000)
+    with open(path, "rb") as f:
+        f.seek(44)
+        assert f.read(4) == bytes(4)

@@ -4,8 +4,9 @@ Usage::
 
     python benchmarks/bench_commit_ring.py beside 300    # 300 sends beside 3+1 committing consumers
     python benchmarks/bench_commit_ring.py procs 16 100  # 16 processes x 100 sends each
+    python benchmarks/bench_commit_ring.py procs 4 300 lazy  # the same under "lazy"
 
-Both run under ``"sync"`` and exit when the work is done, so the wall time of
+Both run under ``"sync"`` (or the durability given last) and exit when the work is done, so the wall time of
 the whole process is the measure; compare the ring on and off with::
 
     farm-bench -n 5 --vs "env MQLITE_COMBINE=0 python benchmarks/bench_commit_ring.py beside 300" \\
@@ -22,9 +23,11 @@ from typing import Any
 
 import mqlite
 
+DURABILITY = "sync"
+
 
 def _consumer(path: str, group: str, stop: Any, barrier: Any) -> None:
-    b = mqlite.open(path, durability="sync")
+    b = mqlite.open(path, durability=DURABILITY)
     c = b.consumer("orders", group=group, commit="manual")
     c.poll(1, timeout=0.2)
     barrier.wait(60)
@@ -36,7 +39,7 @@ def _consumer(path: str, group: str, stop: Any, barrier: Any) -> None:
 
 
 def _sender(path: str, n: int, barrier: Any) -> None:
-    b = mqlite.open(path, durability="sync")
+    b = mqlite.open(path, durability=DURABILITY)
     b.send("orders", b"warm-up")
     barrier.wait(60)
     for _ in range(n):
@@ -45,9 +48,12 @@ def _sender(path: str, n: int, barrier: Any) -> None:
 
 
 def main(argv: list[str]) -> int:
+    global DURABILITY
+    if argv and argv[-1] in ("sync", "lazy", "none"):
+        DURABILITY = argv.pop()
     ctx = multiprocessing.get_context("fork")
     path = os.path.join(tempfile.mkdtemp(prefix="mqbench-ring-"), "broker")
-    broker = mqlite.open(path, durability="sync")
+    broker = mqlite.open(path, durability=DURABILITY)
     broker.create_topic("orders", partitions=3)
     if argv[:1] == ["beside"] and len(argv) == 2:
         stop = ctx.Event()

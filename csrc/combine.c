@@ -1,5 +1,6 @@
 #include "combine.h"
 
+#include "guard.h"
 #include "shmfile.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +40,17 @@ static inline uint64_t *word_of(const mq_comb *c, uint32_t idx)
 static inline uint64_t *next_ticket(const mq_comb *c)
 {
     return (uint64_t *)(void *)(c->base + 16);
+}
+
+/* The gather hints of the header (see combine.h). */
+#define FILL_SEQ_OFF 40
+#define GATHERERS_OFF 44
+#define ACTIVE_OFF 48
+#define COMMIT_US_OFF 52
+
+static inline uint32_t *hdr_u32(const mq_comb *c, size_t off)
+{
+    return (uint32_t *)(void *)(c->base + off);
 }
 
 /* The kernel's boot id (16 bytes from the 36-character UUID text); zeros when
@@ -109,6 +121,7 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
     c->slot_bytes = 0;
     c->sys_errno = 0;
     c->fd = -1;
+    c->guard = -1;
     if (nslots == 0 || nslots > (1u << 20) || slot_bytes < 64 || slot_bytes % 64 ||
         slot_bytes > (1u << 24))
         return MQ_EINVAL;
@@ -171,7 +184,15 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
         close(fd);
         return MQ_EMAP;
     }
-    c->fd = fd; /* kept: the combining lock is an flock on it */
+    int guard = mq_guard_add(m, need, fd, MQ_GUARD_REGROW);
+    if (guard < 0) {
+        c->sys_errno = errno ? errno : ENOSPC;
+        munmap(m, need);
+        close(fd);
+        return MQ_EGUARD;
+    }
+    c->guard = guard;
+    c->fd = fd; /* kept: the combining lock is an flock on it, and the guard regrows it */
     c->base = m;
     c->map_len = need;
     c->nslots = nslots;
@@ -181,6 +202,9 @@ int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_by
 
 void mq_comb_close(mq_comb *c)
 {
+    if (c->guard >= 0)
+        mq_guard_remove(c->guard); /* before unmapping and closing: see guard.h */
+    c->guard = -1;
     if (c->base)
         munmap(c->base, c->map_len);
     if (c->fd >= 0)
@@ -235,8 +259,18 @@ static int64_t claim_scan(mq_comb *c, uint32_t pid)
     return -1;
 }
 
+int mq_comb_intact(const mq_comb *c)
+{
+    uint32_t h[4];
+    memcpy(h, c->base, sizeof h);
+    return h[0] == MQ_COMB_MAGIC && h[1] == MQ_COMB_VERSION && h[2] == c->nslots &&
+           h[3] == c->slot_bytes;
+}
+
 int64_t mq_comb_claim(mq_comb *c, uint32_t pid)
 {
+    if (!mq_comb_intact(c))
+        return -1; /* the file was truncated under us: commit alone */
     int64_t i = claim_scan(c, pid);
     if (i < 0 && mq_comb_reclaim(c) > 0)
         i = claim_scan(c, pid);
@@ -250,7 +284,101 @@ uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len)
     memcpy(s + LEN_OFF, &len, 4);
     uint64_t t = __atomic_fetch_add(next_ticket(c), 1, __ATOMIC_RELAXED) & (UINT64_MAX >> 2);
     __atomic_store_n(word_of(c, idx), (t << 2) | MQ_COMB_FILLED, __ATOMIC_RELEASE);
+    /* seq_cst pair with mq_comb_gather: either it sees this FILLED or we see it waiting */
+    __atomic_fetch_add(hdr_u32(c, FILL_SEQ_OFF), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_SEQ_CST) != 0) {
+#ifdef __linux__
+        syscall(SYS_futex, hdr_u32(c, FILL_SEQ_OFF), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+#endif
+    }
     return t;
+}
+
+uint32_t mq_comb_filled(const mq_comb *c)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->nslots; i++)
+        if ((__atomic_load_n(word_of(c, i), __ATOMIC_ACQUIRE) & 3u) == MQ_COMB_FILLED)
+            n++;
+    return n;
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
+{
+    uint32_t want = __atomic_load_n(hdr_u32(c, ACTIVE_OFF), __ATOMIC_RELAXED);
+    /* Only the lock holder gathers: a flag still set is a dead holder's; clear it,
+     * or every fill would go on paying a futex wake for nobody. */
+    if (__atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_RELAXED) != 0)
+        __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 0, __ATOMIC_SEQ_CST);
+    uint32_t n = mq_comb_filled(c);
+    if (want > c->nslots)
+        want = c->nslots;
+    /* Gather only while at most half of the expected are here: waiting for the
+     * last stragglers leaves the disk idle for less gain than the next commit,
+     * which starts as soon as this one ends, will bring (D35). */
+    if (want <= 1 || 2 * n > want)
+        return n;
+    uint32_t cu = __atomic_load_n(hdr_u32(c, COMMIT_US_OFF), __ATOMIC_RELAXED) / 2;
+    int64_t budget = (int64_t)(cu < max_wait_us ? cu : max_wait_us) * 1000;
+    if (budget <= 0)
+        return n;
+    int64_t deadline = mono_ns() + budget;
+    uint32_t *seq = hdr_u32(c, FILL_SEQ_OFF);
+    __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint32_t s = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
+        n = mq_comb_filled(c);
+        if (n >= want)
+            break;
+        int64_t left = deadline - mono_ns();
+        if (left <= 0) {
+            /* fewer came than the last commits suggested: expect what did */
+            __atomic_store_n(hdr_u32(c, ACTIVE_OFF), n, __ATOMIC_RELAXED);
+            break;
+        }
+#ifdef __linux__
+        struct timespec ts;
+        ts.tv_sec = (time_t)(left / 1000000000);
+        ts.tv_nsec = (long)(left % 1000000000);
+        syscall(SYS_futex, seq, FUTEX_WAIT, s, &ts, NULL, 0);
+#else
+        struct timespec ts;
+        ts.tv_sec = 0;
+        ts.tv_nsec = left < 50000 ? (long)left : 50000L;
+        nanosleep(&ts, NULL);
+#endif
+    }
+    __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 0, __ATOMIC_SEQ_CST);
+    return n;
+}
+
+void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns)
+{
+    /* before DONE: the taken slots are still FILLED, and so are the arrivals */
+    uint32_t active = mq_comb_filled(c);
+    if (active < taken)
+        active = taken > c->nslots ? c->nslots : taken;
+    __atomic_store_n(hdr_u32(c, ACTIVE_OFF), active, __ATOMIC_RELAXED);
+    uint64_t us = commit_ns / 1000;
+    if (us > 1000000)
+        us = 1000000; /* one stalled commit must not make every gather long */
+    uint32_t old = __atomic_load_n(hdr_u32(c, COMMIT_US_OFF), __ATOMIC_RELAXED);
+    uint32_t avg = old == 0 ? (uint32_t)us : (uint32_t)((3 * (uint64_t)old + us) / 4);
+    __atomic_store_n(hdr_u32(c, COMMIT_US_OFF), avg, __ATOMIC_RELAXED);
+}
+
+void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq)
+{
+    *active = __atomic_load_n(hdr_u32(c, ACTIVE_OFF), __ATOMIC_RELAXED);
+    *commit_us = __atomic_load_n(hdr_u32(c, COMMIT_US_OFF), __ATOMIC_RELAXED);
+    *seq = __atomic_load_n(hdr_u32(c, FILL_SEQ_OFF), __ATOMIC_RELAXED);
 }
 
 uint64_t mq_comb_word(const mq_comb *c, uint32_t idx)

@@ -34,7 +34,21 @@
  *                 re-created file never repeat those of an older one)
  *   24      16    boot id of the kernel that created the file (from
  *                 /proc/sys/kernel/random/boot_id; zeros where unreadable)
- *   40      24    reserved, zero
+ *   40      4     fill_seq: +1 by every mq_comb_fill (a futex word: a gathering
+ *                 committer sleeps on it)
+ *   44      4     gatherer: 1 while the lock holder sleeps on fill_seq (a
+ *                 filler wakes it only then); a gather clears a 1 left by a
+ *                 holder that died in one
+ *   48      4     active: the committers' estimate of how many operations a
+ *                 commit can expect (the slots FILLED when the last commit
+ *                 returned: its own plus those filled while it ran; lowered to
+ *                 what arrived when a gather times out)
+ *   52      4     commit_us: moving average of a combined commit's duration
+ *                 in microseconds (bounds a gather)
+ *   56      8     reserved, zero
+ * The fields at 40-55 are hints: any value is safe (a wrong one costs at most
+ * one bounded gather); a file written by a version without them reads zeros,
+ * which means "do not gather".
  *
  *   slot i at MQ_COMB_HEADER + i * (MQ_COMB_SLOT_HEADER + slot_bytes):
  *   0       8     word = ticket << 2 | state   (atomic; the only sync point)
@@ -79,14 +93,31 @@
  *    their tickets are in LMDB's ticket table; the next committer finds them
  *    there, writes the stored results and marks them DONE without appending
  *    again.
+ * Gathering (mq_comb_gather, D35): a committer about to begin its transaction
+ * may wait, holding the combining lock, when at most half of `active` slots
+ * are FILLED, until `active` slots are FILLED or min(max_wait, commit_us / 2)
+ * has passed, so senders that alternate with it
+ * (each arriving just after the other's commit began) share commits.  It
+ * changes no slot state; a filler that sees the gatherer flag wakes it.  Only
+ * the holder of the combining lock may call it.
+ *
  * Results are written only by the lock holder of a FILLED slot and read only
  * by the owner after an acquire load saw DONE of its own ticket, so a reader
  * never sees a half-written result.
  *
  * Bounds: indexes are checked by the binding (idx < nslots).  The file is
- * never truncated by mqlite; another program truncating it makes the next
- * access fault (not guarded: delete commit.shm only while no process has the
- * broker open).  Pid reuse can keep a dead owner's slot CLAIMED/DONE until
+ * never truncated by mqlite.  Another program truncating it under a live
+ * process would make the next access fault: the mapping is registered with
+ * the SIGBUS guard (guard.h, MQ_GUARD_REGROW), which grows the file back
+ * (zeros) and retries the access.  Zeros mean: the header no longer matches
+ * (mq_comb_intact() false), so mq_comb_claim() hands out no slot and every
+ * sender of that process commits alone, as without a ring (a process opening
+ * the file later gets MQ_EMAGIC and does the same); a slot that was zeroed
+ * reads FREE(0), so its owner sees its FILLED(T) gone without DONE(T) and
+ * reports the operation as of unknown outcome (it may have been committed).
+ * Unlinking the file under live processes faults nothing (their mapping stays
+ * valid); processes that open the broker afterwards create a new ring, and
+ * the two rings' committers serialise on LMDB's write lock.  Pid reuse can keep a dead owner's slot CLAIMED/DONE until
  * the reused pid exits (a leaked slot, never a wrong result); owners in
  * another pid namespace are invisible to kill(2), so brokers shared across
  * pid namespaces must not enable combining.
@@ -112,6 +143,7 @@ typedef struct mq_comb {
     uint32_t nslots;
     uint32_t slot_bytes;
     int fd;              /* the ring file, kept open for the combining lock; -1 closed */
+    int guard;           /* SIGBUS guard id (guard.h), -1 when none */
     int sys_errno;       /* errno behind the last failed mq_comb_open, else 0 */
 } mq_comb;
 
@@ -125,14 +157,15 @@ typedef struct mq_comb {
  * for 0 slots, slot_bytes < 64 or not a multiple of 64, or a size overflow;
  * MQ_EMAGIC when an existing file has another magic, version, nslots or
  * slot_bytes (or is shorter than that layout); MQ_EOPEN / MQ_ELOCK /
- * MQ_ESIZE / MQ_EMAP with errno in c->sys_errno. */
+ * MQ_ESIZE / MQ_EMAP / MQ_EGUARD (SIGBUS guard table full or handler not
+ * installable) with errno in c->sys_errno. */
 int mq_comb_open(mq_comb *c, const char *path, uint32_t nslots, uint32_t slot_bytes,
                  unsigned mode);
 void mq_comb_close(mq_comb *c);
 
 /* FREE -> CLAIMED for `pid`, scanning from pid % nslots; when none is free,
  * reclaims slots of dead owners once and scans again.  Returns the slot
- * index, or -1 when every slot is busy. */
+ * index, or -1 when every slot is busy or the header is not intact. */
 int64_t mq_comb_claim(mq_comb *c, uint32_t pid);
 /* CLAIMED -> FREE: the owner hands back a slot it claimed and did not fill. */
 void mq_comb_unclaim(mq_comb *c, uint32_t idx);
@@ -177,5 +210,24 @@ int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns);
 /* Committer: wake the waiters of slot `idx` (after DONE, or to hand the lock
  * over when it leaves FILLED slots behind). */
 void mq_comb_wake(mq_comb *c, uint32_t idx);
+
+/* 1 when the header still holds this ring's magic, version and layout (a
+ * truncated and regrown file reads zeros), else 0. */
+int mq_comb_intact(const mq_comb *c);
+/* Number of FILLED slots now. */
+uint32_t mq_comb_filled(const mq_comb *c);
+/* Committer holding the lock, before it collects: when at most half of
+ * `active` slots are FILLED, sleeps (futex on fill_seq) until `active` are
+ * FILLED or min(max_wait_us, commit_us / 2)
+ * microseconds passed; when it times out short, `active` becomes what arrived.
+ * Returns the number of FILLED slots at the end (at once when active <= 1). */
+uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us);
+/* Committer after a combined commit of `taken` slots that took `commit_ns`,
+ * before it marks them DONE: active = the slots FILLED now (the taken ones and
+ * those that arrived during the commit; at least `taken`); commit_us moves a
+ * quarter of the way to commit_ns / 1000 (at most 1 s). */
+void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns);
+/* (active, commit_us, fill_seq), for tests and tools. */
+void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq);
 
 #endif

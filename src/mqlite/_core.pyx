@@ -1247,9 +1247,12 @@ cdef class Combiner:
     cdef mq_comb c
     cdef bint is_open
     cdef Py_ssize_t active  # waits running without the GIL
+    cdef readonly str path
 
     def __cinit__(self):
         memset(&self.c, 0, sizeof(mq_comb))
+        self.c.fd = -1  # never opened: close() must not close descriptor 0
+        self.c.guard = -1
 
     def __init__(self, path, nslots=64, slot_bytes=4096, mode=0o600):
         cdef int64_t ns = _as_i64(nslots, "nslots")
@@ -1269,6 +1272,7 @@ cdef class Combiner:
         if b"\0" in bpath:
             raise ValueError("path contains a NUL byte")
         cpath = bpath
+        self.path = os.fsdecode(bpath)
         with nogil:
             rc = mq_comb_open(&self.c, cpath, <uint32_t>ns, <uint32_t>sb, <unsigned>m)
         if rc == MQ_EMAGIC:
@@ -1429,6 +1433,53 @@ cdef class Combiner:
     def wake(self, idx):
         """Wake the waiters of slot ``idx``."""
         mq_comb_wake(&self.c, self._idx(idx))
+
+    def intact(self):
+        """``False`` once the file was truncated under this process (the SIGBUS guard
+        grew it back with zeros): no slot is handed out any more."""
+        self._check()
+        return mq_comb_intact(&self.c) == 1
+
+    def filled(self):
+        """How many slots are FILLED now."""
+        self._check()
+        return mq_comb_filled(&self.c)
+
+    def gather(self, max_wait_us):
+        """Lock holder, before collecting: sleep (GIL released) until the expected
+        number of slots is FILLED, at most ``min(max_wait_us, commit time / 2)``
+        microseconds (csrc/combine.h); returns how many are FILLED."""
+        self._check()
+        cdef int64_t us = _as_i64(max_wait_us, "max_wait_us")
+        cdef uint32_t n
+        if us < 0 or us > 1000000:
+            raise ValueError(f"max_wait_us must be in [0, 1000000], not {max_wait_us}")
+        self.active += 1
+        try:
+            with nogil:
+                n = mq_comb_gather(&self.c, <uint32_t>us)
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                mq_comb_close(&self.c)
+        return n
+
+    def note_commit(self, taken, commit_ns):
+        """After a combined commit of ``taken`` slots that took ``commit_ns``: update the
+        gather hints."""
+        self._check()
+        cdef int64_t t = _as_i64(taken, "taken")
+        cdef int64_t ns = _as_i64(commit_ns, "commit_ns")
+        if t < 0 or t > 0xFFFFFFFF or ns < 0:
+            raise ValueError("taken must be a 32-bit count and commit_ns >= 0")
+        mq_comb_note_commit(&self.c, <uint32_t>t, <uint64_t>ns)
+
+    def hints(self):
+        """``(active, commit_us, fill_seq)`` of the header's gather hints."""
+        self._check()
+        cdef uint32_t a, cu, sq
+        mq_comb_hints(&self.c, &a, &cu, &sq)
+        return (a, cu, sq)
 
     def reclaim(self):
         """Free CLAIMED/DONE slots of owners that no longer exist; returns how many."""

@@ -179,6 +179,7 @@ cdef extern from "combine.h" nogil:
 
     ctypedef struct mq_comb:
         int fd
+        int guard
         uint32_t nslots
         uint32_t slot_bytes
         int sys_errno
@@ -204,3 +205,8 @@ cdef extern from "combine.h" nogil:
     int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns)
     void mq_comb_wake(mq_comb *c, uint32_t idx)
     void mq_comb_unclaim(mq_comb *c, uint32_t idx)
+    uint32_t mq_comb_filled(const mq_comb *c)
+    int mq_comb_intact(const mq_comb *c)
+    uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
+    void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns)
+    void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq)

@@ -57,6 +57,7 @@ from mqlite.errors import (
     ClosedError,
     CorruptRecordError,
     PartitionNotFoundError,
+    StorageError,
     StorageFullError,
     TopicNotFoundError,
 )
@@ -104,6 +105,25 @@ _COMBINE_MAX = 64
 #: Seconds a sender sleeps on its slot before trying the combining lock again (a
 #: committer that died, or a hand-off wake-up lost to a race, costs at most this).
 _COMBINE_WAIT_S = 0.002
+#: Microseconds a committer waits at most for the senders the last commits had
+#: (and never more than half a commit's duration): csrc/combine.h, D35.
+_GATHER_MAX_US = 1000
+
+
+@functools.cache
+def _gather_us() -> int:
+    """``MQLITE_GATHER_US`` (microseconds, 0-100000; 0 never gathers), else 1000."""
+    raw = os.environ.get("MQLITE_GATHER_US", "")
+    if not raw:
+        return _GATHER_MAX_US
+    try:
+        us = int(raw)
+    except ValueError:
+        raise ValueError(f"MQLITE_GATHER_US must be microseconds (0-100000), not {raw!r}") \
+            from None
+    if not 0 <= us <= 100_000:
+        raise ValueError(f"MQLITE_GATHER_US must be microseconds (0-100000), not {raw!r}")
+    return us
 
 # Called inside the delete transaction of a topic, to drop feature state kept
 # for it (offsets, pending entries, bindings).
@@ -712,6 +732,11 @@ class Engine:
         word = comb.word
         try:
             while any(word(i) != d for i, d in zip(mine, done)):
+                if _ring_lost(comb, mine, done):
+                    raise StorageError(
+                        f"the commit ring file {comb.path!r} was truncated while this call "
+                        "waited in it: its records may or may not have been stored (check "
+                        "before sending again); later calls commit on their own")
                 led = False
                 if tlock.acquire(blocking=False):
                     try:
@@ -752,6 +777,9 @@ class Engine:
         """
         env = self.env
         while True:
+            # Senders that alternate with us arrive just after a commit begins: wait
+            # (bounded) for as many as the last commits had (D35).
+            comb.gather(_gather_us())
             txn = env.write_txn()
             try:
                 taken = self._take_ring(txn, comb)
@@ -760,9 +788,12 @@ class Engine:
             if taken is None:
                 env.abort(txn)  # nothing to write: no commit, no sync
             else:
+                t0 = time.perf_counter_ns()
                 self._ring_commit(txn)
+                comb.note_commit(len(taken), time.perf_counter_ns() - t0)
                 self._ring_done(comb, taken)
-            if all(comb.word(i) == d for i, d in zip(mine, done)):
+            if all(comb.word(i) == d for i, d in zip(mine, done)) or _ring_lost(
+                    comb, mine, done):
                 return
 
     def _ring_commit(self, txn: Any) -> None:
@@ -794,74 +825,126 @@ class Engine:
         Returns the ``(slot, ticket)`` pairs to mark DONE once ``txn`` has
         committed, or ``None`` when the transaction wrote nothing at all.
 
-        Each slot's result is recorded under its ticket in the same transaction
-        (:mod:`mqlite._storage.tickets`): a slot still FILLED whose ticket is
-        found there was committed by a committer that died before marking it
-        DONE, so it gets the stored result and is not appended again.
+        The results of the slots applied are recorded under their tickets in the
+        same transaction, as one entry (:mod:`mqlite._storage.tickets`): a slot
+        still FILLED whose ticket is found there was committed by a committer
+        that died before marking it DONE, so it gets the stored result and is
+        not appended again.  Appends without a dedup id to one partition are
+        applied as one run (one state update, one space check) in ticket order;
+        an append with a dedup id, and any other kind of slot, first applies every
+        run collected so far, so each sender's operations keep their order.
         """
         env = self.env
         dbs = env.dbs
-        taken: list[tuple[int, int]] = []
         slots = comb.collect(_COMBINE_MAX)
+        known, pruned = _tickets.load(txn, dbs, {t for _, t in slots})
+        taken: list[tuple[int, int]] = []
+        results: list[tuple[int, int, tuple[int, int, int, int]]] = []
+        fresh: list[tuple[int, tuple[int, int, int, int]]] = []
+        runs: dict[tuple[str, int], _Run] = {}
+        recs: dict[str, TopicRecord | None] = {}
+        filled = _core.FILLED
+        word = comb.word
         for idx, ticket in slots:
             payload = comb.payload(idx)
-            if comb.word(idx) != (ticket, _core.FILLED):
+            if word(idx) != (ticket, filled):
                 continue  # withdrawn by its owner while we copied it
-            res = _tickets.lookup(txn, dbs, ticket)
-            if res is None:
-                try:
-                    res = self._apply_slot(txn, payload)
-                except (TopicNotFoundError, PartitionNotFoundError):
-                    res = (_ST_NO_TOPIC, 0, 0, 0)
-                except (struct.error, UnicodeDecodeError, ValueError, CorruptRecordError):
-                    res = (_ST_RETRY, 0, 0, 0)  # not a slot we can read: its owner sends alone
-                except MapExhaustedError:
-                    raise  # LMDB failed mid-write: the transaction must abort, slots stay FILLED
-                except StorageFullError:  # refused by the space check, before any write
-                    res = (_ST_FULL, 0, 0, 0)
-                _tickets.record(txn, dbs, ticket, res)
-            comb.set_result(idx, *res)
             taken.append((idx, ticket))
-        pruned = _tickets.prune(txn, dbs, {t for _, t in slots})
+            res = known.get(ticket)
+            if res is not None:
+                results.append((idx, ticket, res))
+                continue
+            res = self._stage_slot(txn, payload, idx, ticket, runs, recs, results, fresh)
+            if res is not None:
+                results.append((idx, ticket, res))
+                fresh.append((ticket, res))
+        self._flush_runs(txn, runs, results, fresh)
+        _tickets.record_many(txn, dbs, fresh)
+        for idx, _ticket, res in results:
+            comb.set_result(idx, *res)
         return taken if taken or pruned else None
 
-    def _apply_slot(self, txn: Any, payload: bytes) -> tuple[int, int, int, int]:
-        """Append the send encoded in a ring slot inside ``txn``; its result tuple."""
-        env = self.env
+    def _stage_slot(self, txn: Any, payload: bytes, idx: int, ticket: int,
+                    runs: dict[tuple[str, int], _Run], recs: dict[str, TopicRecord | None],
+                    results: list[tuple[int, int, tuple[int, int, int, int]]],
+                    fresh: list[tuple[int, tuple[int, int, int, int]]],
+                    ) -> tuple[int, int, int, int] | None:
+        """Apply one slot, or add it to the run of its partition (then ``None``)."""
         kind = payload[0] if payload else -1
         if kind != RING_KIND_APPEND:
+            self._flush_runs(txn, runs, results, fresh)
             handler = _RING_HANDLERS.get(kind)
-            return (_ST_RETRY, 0, 0, 0) if handler is None else handler(self, txn, payload)
-        _, tlen, dlen, part, ts, maxb, nb = _SLOT_HEAD.unpack_from(payload)
-        pos = _SLOT_HEAD.size
-        topic = payload[pos:pos + tlen].decode()
-        pos += tlen
-        dkey = None
-        if dlen >= 0:
-            dkey = payload[pos:pos + dlen]
-            pos += dlen
-        lens = struct.unpack_from(f">{nb}I", payload, pos)
-        pos += 4 * nb
-        batches = []
-        for n in lens:
-            batches.append(payload[pos:pos + n])
-            pos += n
-        if pos != len(payload) or not batches:
-            raise ValueError("malformed ring slot")
-        for b in batches:
-            _core.batch_header(b)  # CorruptRecordError before anything is written
-        rec = self.topic(txn, topic)
+            if handler is None:
+                return (_ST_RETRY, 0, 0, 0)
+            return _slot_status(lambda: handler(self, txn, payload))
+        try:
+            topic, dkey, part, ts, maxb, batches, count = _parse_append(payload)
+        except (struct.error, UnicodeDecodeError, ValueError, CorruptRecordError):
+            return (_ST_RETRY, 0, 0, 0)  # not a slot we can read: its owner sends alone
+        if topic not in recs:
+            try:
+                recs[topic] = self.topic(txn, topic)
+            except TopicNotFoundError:
+                recs[topic] = None
+        rec = recs[topic]
+        if rec is None:
+            return (_ST_NO_TOPIC, 0, 0, 0)
         if part >= len(rec.pids) or rec.config["max_message_bytes"] != maxb:
             return (_ST_RETRY, 0, 0, 0)
-        if dkey is not None:
-            hit = _dedup.lookup(txn, env.dbs, dkey, now_ms())
-            if hit is not None:
-                return (_ST_OK, hit[1], hit[2], hit[3])
-        env.check_space(txn, sum(lens), SPACE_SEND)
+        if dkey is None:
+            run = runs.get((topic, part))
+            if run is None:
+                run = runs[(topic, part)] = _Run(rec, part)
+            run.add(idx, ticket, ts, batches, count)
+            return None
+        self._flush_runs(txn, runs, results, fresh)
+        return _slot_status(lambda: self._apply_dedup(txn, rec, part, ts, batches, dkey))
+
+    def _apply_dedup(self, txn: Any, rec: TopicRecord, part: int, ts: int,
+                     batches: list[bytes], dkey: bytes) -> tuple[int, int, int, int]:
+        """One append with a dedup id, inside ``txn``: the stored result of a live id, else
+        the append (space check, state, retention, dedup record)."""
+        env = self.env
+        hit = _dedup.lookup(txn, env.dbs, dkey, now_ms())
+        if hit is not None:
+            return (_ST_OK, hit[1], hit[2], hit[3])
+        env.check_space(txn, sum(map(len, batches)), SPACE_SEND)
         off, _st = self.append_in(txn, rec, part, batches)
-        if dkey is not None:
-            self.dedup_store(txn, dkey, rec, part, off, ts)
+        self.dedup_store(txn, dkey, rec, part, off, ts)
         return (_ST_OK, part, off, ts)
+
+    def _flush_runs(self, txn: Any, runs: dict[tuple[str, int], _Run],
+                    results: list[tuple[int, int, tuple[int, int, int, int]]],
+                    fresh: list[tuple[int, tuple[int, int, int, int]]]) -> None:
+        """Append every collected run (one ``append_in`` each) and note its slots' results.
+
+        A run the space check refuses is applied slot by slot, so exactly the
+        slots that do not fit are refused, as when each slot was its own append.
+        """
+        env = self.env
+        for run in runs.values():
+            try:
+                env.check_space(txn, run.nbytes, SPACE_SEND)
+                parts = [run]
+            except StorageFullError:
+                parts = run.split()
+            for r in parts:
+                if len(parts) > 1:
+                    try:
+                        env.check_space(txn, r.nbytes, SPACE_SEND)
+                    except StorageFullError:
+                        for idx, ticket, _ts, _n in r.slots:
+                            res = (_ST_FULL, 0, 0, 0)
+                            results.append((idx, ticket, res))
+                            fresh.append((ticket, res))
+                        continue
+                off, _st = self.append_in(txn, r.rec, r.part, r.batches)
+                for idx, ticket, ts, n in r.slots:
+                    res = (_ST_OK, r.part, off, ts)
+                    off += n
+                    results.append((idx, ticket, res))
+                    fresh.append((ticket, res))
+        runs.clear()
 
     def send_batch(
         self,
@@ -1032,3 +1115,92 @@ def _consumed_floor(txn: Any, env: Env, rec: TopicRecord, pid: int) -> int | Non
     found = [f for f in floors if f is not None]
     return min(found) if found else None
 
+
+
+def _ring_lost(comb: Any, mine: list[int], done: list[tuple[int, int]]) -> bool:
+    """True when one of our slots is neither FILLED nor DONE under our ticket: the ring
+    file was truncated (the SIGBUS guard grew it back with zeros, csrc/combine.h)."""
+    filled = _core.FILLED
+    for i, d in zip(mine, done):
+        w = comb.word(i)
+        if w != d and w != (d[0], filled):
+            return True
+    return False
+
+
+class _Run:
+    """Appends of ring slots to one partition, applied as one ``append_in``."""
+
+    __slots__ = ("batches", "nbytes", "part", "rec", "slots")
+
+    def __init__(self, rec: TopicRecord, part: int) -> None:
+        self.rec = rec
+        self.part = part
+        self.batches: list[bytes] = []
+        self.nbytes = 0
+        self.slots: list[tuple[int, int, int, int]] = []  # (slot, ticket, ts, records)
+
+    def add(self, idx: int, ticket: int, ts: int, batches: list[bytes], count: int) -> None:
+        """Add one slot's batches (``count`` records in all)."""
+        self.batches.extend(batches)
+        self.nbytes += sum(map(len, batches))
+        self.slots.append((idx, ticket, ts, count))
+
+    def split(self) -> list[_Run]:
+        """One run per slot (for a run the space check refused as a whole)."""
+        out = []
+        pos = 0
+        for idx, ticket, ts, count in self.slots:
+            r = _Run(self.rec, self.part)
+            # a slot's batches are consecutive; find them by record count
+            got = 0
+            bs: list[bytes] = []
+            while got < count:
+                b = self.batches[pos]
+                pos += 1
+                bs.append(b)
+                got += _core.batch_header(b)[2]
+            r.add(idx, ticket, ts, bs, count)
+            out.append(r)
+        return out
+
+
+def _parse_append(payload: bytes) -> tuple[str, bytes | None, int, int, int, list[bytes], int]:
+    """``(topic, dedup key, partition, ts, max_message_bytes, batches, records)`` of an
+    append slot (``_SLOT_HEAD``); every batch's header is checked before anything is
+    written.  Raises struct.error, UnicodeDecodeError, ValueError, CorruptRecordError."""
+    _, tlen, dlen, part, ts, maxb, nb = _SLOT_HEAD.unpack_from(payload)
+    pos = _SLOT_HEAD.size
+    topic = payload[pos:pos + tlen].decode()
+    pos += tlen
+    dkey = None
+    if dlen >= 0:
+        dkey = payload[pos:pos + dlen]
+        pos += dlen
+    lens = struct.unpack_from(f">{nb}I", payload, pos)
+    pos += 4 * nb
+    batches = []
+    count = 0
+    header = _core.batch_header
+    for n in lens:
+        b = payload[pos:pos + n]
+        pos += n
+        count += header(b)[2]
+        batches.append(b)
+    if pos != len(payload) or not batches or part < 0:
+        raise ValueError("malformed ring slot")
+    return topic, dkey, part, ts, maxb, batches, count
+
+
+def _slot_status(fn: Callable[[], tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """Run one slot's operation; the status an expected refusal stands for."""
+    try:
+        return fn()
+    except (TopicNotFoundError, PartitionNotFoundError):
+        return (_ST_NO_TOPIC, 0, 0, 0)
+    except (struct.error, UnicodeDecodeError, ValueError, CorruptRecordError):
+        return (_ST_RETRY, 0, 0, 0)  # not a slot we can read: its owner sends alone
+    except MapExhaustedError:
+        raise  # LMDB failed mid-write: the transaction must abort, slots stay FILLED
+    except StorageFullError:  # refused by the space check, before any write
+        return (_ST_FULL, 0, 0, 0)

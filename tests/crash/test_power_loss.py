@@ -45,6 +45,12 @@ set aside by ``mqlite.open`` and started afresh (nothing in it was ever
 acknowledged).
 
 ``"none"`` promises nothing across an OS crash and is not checked.
+
+The ``combine`` rows add commits that carry other senders' operations: before
+about half of the single sends, 1-5 more sends are handed to the commit ring
+as another process would hand them, and the send that follows commits them
+all in one transaction (``_procs_powerloss.py``); the same checks apply to
+every one of them.
 """
 
 from __future__ import annotations
@@ -144,12 +150,14 @@ class Workload:
         return sends, qacked, committed
 
 
-def run_workload(shim: Path, tmp: Path, durability: str, seed: int, ops: int
-                 ) -> tuple[Trace, Workload]:
+def run_workload(shim: Path, tmp: Path, durability: str, seed: int, ops: int,
+                 combine: bool = False) -> tuple[Trace, Workload]:
     broker_dir = tmp / "live"
     trace_path = tmp / "trace.bin"
     env = dict(os.environ, LD_PRELOAD=str(shim), MQLITE_TRACE_FILE=str(trace_path))
-    cfg = {"path": str(broker_dir), "durability": durability, "ops": ops, "seed": seed}
+    env.pop("MQLITE_COMBINE", None)
+    cfg = {"path": str(broker_dir), "durability": durability, "ops": ops, "seed": seed,
+           "combine": combine}
     proc = subprocess.run([sys.executable, str(CHILD), json.dumps(cfg)], env=env,
                           capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, f"workload child failed ({proc.returncode}):\n{proc.stderr}"
@@ -245,16 +253,21 @@ def crash_points(trace: Trace, start: int, rng: random.Random, n_random: int) ->
     return sorted(p for p in points if p >= start)
 
 
-@pytest.mark.parametrize(("durability", "ops", "max_points"), [
-    ("sync", 120, 160),
-    ("lazy", 120, 160),
-    pytest.param("sync", 1500, 1500, marks=pytest.mark.slow),
-    pytest.param("lazy", 1500, 1500, marks=pytest.mark.slow),
+@pytest.mark.parametrize(("durability", "ops", "max_points", "combine"), [
+    ("sync", 120, 160, False),
+    ("lazy", 120, 160, False),
+    ("sync", 80, 80, True),
+    ("lazy", 80, 80, True),
+    pytest.param("sync", 1500, 1500, False, marks=pytest.mark.slow),
+    pytest.param("lazy", 1500, 1500, False, marks=pytest.mark.slow),
+    pytest.param("sync", 1500, 1500, True, marks=pytest.mark.slow),
+    pytest.param("lazy", 1500, 1500, True, marks=pytest.mark.slow),
 ])
 def test_crash_images_keep_every_synced_message(shim: Path, tmp_path: Path, rng: random.Random,
                                                 durability: str, ops: int,
-                                                max_points: int) -> None:
-    trace, work = run_workload(shim, tmp_path, durability, rng.randrange(2**32), ops=ops)
+                                                max_points: int, combine: bool) -> None:
+    trace, work = run_workload(shim, tmp_path, durability, rng.randrange(2**32), ops=ops,
+                               combine=combine)
     assert trace.syncs, "the shim saw no sync of data.mdb: is LMDB still writing through libc?"
     assert any(k == b"W" for k in trace.kinds)
     if durability == "sync":

@@ -1535,3 +1535,8 @@ def messages_from_kafka(list raw, Py_ssize_t start, list out, dict last):
         out.append(m)
         last[(topic, partition)] = m.offset
     return n
+
+
+# -- the single-message send path (docs/decisions.md D36) ----------------------------
+
+include "_sendpath.pxi"

@@ -44,7 +44,7 @@ from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_lis
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
 from mqlite._storage import tickets as _tickets
-from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env, MapExhaustedError
+from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env, MapExhaustedError, lmdb_error
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -215,6 +215,11 @@ class Engine:
         # two alternating topics on one partition each)
         self._rr: dict[str, Iterator[int]] = {}
         self._last_retention: dict[int, float] = {}
+        # The common case of send() in Cython (D36), one per environment.
+        if env.send_path is None:
+            env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
+                                           SPACE_SEND)
+        self.send_path: Any = env.send_path
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -588,7 +593,14 @@ class Engine:
 
         The one-record twin of :meth:`append_in`, inlined for speed: the same
         steps (partition choice, space check, state, retention, dedup, wake-up).
+        The common case (no headers, dedup id or timestamp; bytes or ``None``
+        value and key; no commit ring) runs in ``_core.SendPath`` (D36), which
+        hands back ``None`` for anything else, before doing anything.
         """
+        if headers is None and dedup_id is None and timestamp_ms is None:
+            md = self.send_path.send(self, topic, value, key, partition)
+            if md is not None:
+                return md  # type: ignore[no-any-return]
         if type(topic) is not str:
             validate_topic_name(topic)
         ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(

@@ -600,7 +600,17 @@ class Engine:
         if headers is None and dedup_id is None and timestamp_ms is None:
             md = self.send_path.send(self, topic, value, key, partition)
             if md is not None:
-                return md  # type: ignore[no-any-return]
+                return md
+        return self.send_general(topic, value, key, headers, partition, timestamp_ms, dedup_id)
+
+    def send_general(self, topic: str, value: Any, key: Any = None,
+                     headers: HeadersArg = None, partition: int | None = None,
+                     timestamp_ms: int | None = None,
+                     dedup_id: str | bytes | None = None) -> RecordMetadata:
+        """:meth:`send` without the Cython common case: every argument, the commit ring.
+
+        For callers that already tried ``send_path`` (``Broker.send``).
+        """
         if type(topic) is not str:
             validate_topic_name(topic)
         ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(

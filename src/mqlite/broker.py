@@ -420,8 +420,9 @@ class Broker:
             eng = self._engine
             md = eng.send_path.send(eng, topic, value, key, partition)
             if md is not None:
-                return md  # type: ignore[no-any-return]
-        return self._engine.send(topic, value, key, headers, partition, timestamp_ms, dedup_id)
+                return md
+        return self._engine.send_general(topic, value, key, headers, partition, timestamp_ms,
+                                         dedup_id)
 
     def send_batch(
         self,

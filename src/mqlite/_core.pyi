@@ -282,3 +282,39 @@ def messages_from_kafka(raw: list[Any], start: int, out: list[Message],
 
     Returns the index of the first message with an error (``len(raw)`` if none).
     """
+
+# -- the single-message send path (_sendpath.pxi, docs/decisions.md D36) -------
+class PartitionState:
+    """Mutable in-transaction copy of one partition's stored state (int64 fields)."""
+
+    start: int
+    next: int
+    bytes: int
+    first_ts: int
+    last_ts: int
+
+    def __init__(self, start: int = 0, next: int = 0, nbytes: int = 0,
+                 first_ts: int = -1, last_ts: int = -1) -> None: ...
+    @property
+    def messages(self) -> int:
+        """``next - start``."""
+
+class SendPath:
+    """``Engine.send``'s common case for one environment, in one C call.
+
+    Built once per environment (``Env.send_path``) with the pieces it shares
+    with the Python path: ``SendPath(env, RecordMetadata, lmdb_error,
+    load_state_w, SPACE_SEND)``.
+    """
+
+    def __init__(self, env: Any, md_type: type, lmdb_error: Any, load_state_w: Any,
+                 space_send: str) -> None: ...
+    def send(self, engine: Any, topic: Any, value: Any, key: Any, partition: Any) -> Any:
+        """Append one message in its own write transaction and return its
+        ``RecordMetadata``, exactly as ``Engine.send`` would; or ``None``, having done
+        nothing, when the call is not the common case: headers, dedup ids and
+        explicit timestamps are never passed here; a value or key that is not
+        ``bytes``/``None``, a topic not in the topic cache, a message above the
+        topic's ``max_message_bytes``, the commit ring in use, or an environment
+        closing, being reopened or due for its reader check.  Errors inside the
+        transaction abort it and raise as ``Engine.send`` raises them."""

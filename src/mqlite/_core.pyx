@@ -1668,3 +1668,8 @@ def messages_from_kafka(list raw, Py_ssize_t start, list out, dict last):
     if prev_topic is not None:
         last[(prev_topic, prev_partition)] = prev_offset
     return n
+
+
+# -- the single-message send path (docs/decisions.md D36) ----------------------------
+
+include "_sendpath.pxi"

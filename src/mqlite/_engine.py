@@ -44,7 +44,7 @@ from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_lis
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
 from mqlite._storage import tickets as _tickets
-from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env, MapExhaustedError
+from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env, MapExhaustedError, lmdb_error
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -235,6 +235,11 @@ class Engine:
         # two alternating topics on one partition each)
         self._rr: dict[str, Iterator[int]] = {}
         self._last_retention: dict[int, float] = {}
+        # The common case of send() in Cython (D36), one per environment.
+        if env.send_path is None:
+            env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
+                                           SPACE_SEND)
+        self.send_path: Any = env.send_path
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -608,6 +613,23 @@ class Engine:
 
         The one-record twin of :meth:`append_in`, inlined for speed: the same
         steps (partition choice, space check, state, retention, dedup, wake-up).
+        The common case (no headers, dedup id or timestamp; bytes or ``None``
+        value and key; no commit ring) runs in ``_core.SendPath`` (D36), which
+        hands back ``None`` for anything else, before doing anything.
+        """
+        if headers is None and dedup_id is None and timestamp_ms is None:
+            md = self.send_path.send(self, topic, value, key, partition)
+            if md is not None:
+                return md
+        return self.send_general(topic, value, key, headers, partition, timestamp_ms, dedup_id)
+
+    def send_general(self, topic: str, value: Any, key: Any = None,
+                     headers: HeadersArg = None, partition: int | None = None,
+                     timestamp_ms: int | None = None,
+                     dedup_id: str | bytes | None = None) -> RecordMetadata:
+        """:meth:`send` without the Cython common case: every argument, the commit ring.
+
+        For callers that already tried ``send_path`` (``Broker.send``).
         """
         if type(topic) is not str:
             validate_topic_name(topic)

@@ -427,7 +427,14 @@ class Broker:
             return scheduler.schedule_send(
                 self._engine, topic, value, key=key, headers=headers, partition=partition,
                 timestamp_ms=timestamp_ms, dedup_id=dedup_id, delay=delay, deliver_at=deliver_at)
-        return self._engine.send(topic, value, key, headers, partition, timestamp_ms, dedup_id)
+        if headers is None and dedup_id is None and timestamp_ms is None:
+            # The common case in one C call (D36); None: not the common case, nothing done.
+            eng = self._engine
+            md = eng.send_path.send(eng, topic, value, key, partition)
+            if md is not None:
+                return md
+        return self._engine.send_general(topic, value, key, headers, partition, timestamp_ms,
+                                         dedup_id)
 
     def send_batch(
         self,

@@ -117,6 +117,9 @@ class KillPoints:
             hit("txn_after_commit")
 
         _envmod.Env.commit = commit  # type: ignore[method-assign]
+        # The single-send fast path (D36) commits in C, past Env.commit: send through
+        # the Python path here so these points see every send's commit.
+        _engmod._core.SendPath = _NoSendPath  # type: ignore[misc,assignment]
 
     def arm_timer(self, point: str, rng: random.Random) -> threading.Timer | None:
         """For ``in_ack``: a thread that kills the process a moment from now."""
@@ -129,6 +132,16 @@ class KillPoints:
         t.daemon = True
         t.start()
         return t
+
+
+class _NoSendPath:
+    """Stands in for ``_core.SendPath``: never takes a send (the general path does)."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def send(self, *args: Any) -> None:
+        return None
 
 
 def patch_combiner(hit: Callable[[str], None]) -> None:

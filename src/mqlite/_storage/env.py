@@ -478,6 +478,8 @@ class Env:
         self.pid = os.getpid()
         self.notifier: Any = None
         self.combiner: Any = None  # the commit ring; None under "none" or when unusable
+        # The single-send fast path (_core.SendPath, D36), made by the first Engine.
+        self.send_path: Any = None
         # flock is per open file description: the threads of this process exclude
         # each other from leading the ring with this lock (csrc/combine.h).
         self.comb_lock = threading.Lock()
@@ -853,23 +855,31 @@ class Env:
         if tid == self._cache_tid + 1:
             self.fresh_txn = txn
         else:
-            self.fresh_txn = None
-            self.state_cache.clear()
-            self.space_budget = 0  # others wrote: count the space again before admitting
-            # Another process committed since our last commit: check the topic cache
-            # now, not only when this transaction reads a topic record.  A transaction
-            # that reads none (declare an exchange, say) still commits, and the next
-            # one is "fresh" and trusts the cache (issue 10, defect 13).
             try:
-                ver = _log.topics_version(txn, self.dbs)
+                self.revalidate(txn)
             except lmdb.Error as exc:
                 self.abort(txn)
                 raise lmdb_error(exc, "begin write") from exc
             except BaseException:
                 self.abort(txn)
                 raise
-            self.check_topic_cache(ver)
         return txn
+
+    def revalidate(self, txn: Any) -> None:
+        """Drop the write-path cache at the start of write transaction ``txn``, which
+        follows another writer's commit: partition states, the space budget, and the
+        topic cache unless the catalog version is unchanged.
+
+        Raises the raw ``lmdb`` error of the version read (the caller aborts ``txn``).
+        """
+        self.fresh_txn = None
+        self.state_cache.clear()
+        self.space_budget = 0  # others wrote: count the space again before admitting
+        # Another process committed since our last commit: check the topic cache
+        # now, not only when this transaction reads a topic record.  A transaction
+        # that reads none (declare an exchange, say) still commits, and the next
+        # one is "fresh" and trusts the cache (issue 10, defect 13).
+        self.check_topic_cache(_log.topics_version(txn, self.dbs))
 
     def check_topic_cache(self, ver: int) -> bool:
         """Make the topic cache valid for catalog version ``ver``; ``False`` if older.

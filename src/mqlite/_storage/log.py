@@ -53,6 +53,7 @@ __all__ = [
 
 _STATE = struct.Struct(">QQQqqQ")
 _STATE_HEAD = struct.Struct(">QQQ24x")  # start, next, bytes of a _STATE record
+_MAX_I64 = (1 << 63) - 1
 
 
 class TopicRecord(msgspec.Struct, frozen=True):
@@ -71,22 +72,10 @@ _topic_encoder = msgspec.msgpack.Encoder()
 _topic_decoder = msgspec.msgpack.Decoder(TopicRecord)
 
 
-class PartitionState:
-    """Mutable in-transaction copy of one partition's stored state."""
-
-    __slots__ = ("bytes", "first_ts", "last_ts", "next", "start")
-
-    def __init__(self, start: int = 0, next: int = 0, nbytes: int = 0,
-                 first_ts: int = -1, last_ts: int = -1) -> None:
-        self.start = start
-        self.next = next
-        self.bytes = nbytes
-        self.first_ts = first_ts
-        self.last_ts = last_ts
-
-    @property
-    def messages(self) -> int:
-        return self.next - self.start
+#: Mutable in-transaction copy of one partition's stored state: ``start``, ``next``
+#: (end offset), ``bytes``, ``first_ts``, ``last_ts`` (int64 fields) and ``messages``.
+#: A Cython class, so the single-send path updates it in C (D36).
+PartitionState = _core.PartitionState
 
 
 def load_state(txn: Any, dbs: dict[str, Any], pid: int) -> PartitionState:
@@ -98,6 +87,9 @@ def load_state(txn: Any, dbs: dict[str, Any], pid: int) -> PartitionState:
     s, n, b, f, last, _ = _STATE.unpack(raw)
     if n < s:
         raise CorruptRecordError(f"partition state of id {pid}: end offset {n} < start {s}")
+    if n > _MAX_I64 or b > _MAX_I64:
+        raise CorruptRecordError(f"partition state of id {pid}: end offset {n} or size {b} "
+                                 "above 2**63 - 1")
     return PartitionState(s, n, b, f, last)
 
 

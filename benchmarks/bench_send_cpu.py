@@ -1,0 +1,148 @@
+"""The single-message CPU path: ``broker.send()`` one 100 B message per call.
+
+Three ways to run it (from the repository root):
+
+``python benchmarks/bench_send_cpu.py send N [--durability none] [--topic-kind plain]``
+    Fixed work for ``farm-bench``: open a fresh broker (``map_size=1 GiB``), create
+    one topic and send ``N`` messages of 100 B, one ``send()`` each; prints the rate.
+    ``--topic-kind`` picks the call shape: ``plain`` (no key, no headers),
+    ``key`` (a 4-byte key), ``headers`` (one header) or ``dedup`` (a dedup id each).
+
+``python benchmarks/bench_send_cpu.py callgrind [--n 20000] [--src A --src B ...]``
+    Instructions per send under callgrind: ``N`` sends minus a 0-send run, per
+    source tree (``--src`` is a directory put first on ``PYTHONPATH``, e.g. an old
+    checkout's ``src``; default: this checkout).  ``PYTHONHASHSEED=0``.
+
+``python benchmarks/bench_send_cpu.py rate [--n 100000] [--reps 5] [--src A --src B ...]``
+    Sends per second of each source tree, interleaved A B A B ..., medians, and
+    the ratio of each to the first (one run of this script: same machine load).
+
+Old against new, wall clock (baseline: ``git worktree add --detach /tmp/base bb76c84``,
+then ``python setup.py build_ext --inplace`` in it)::
+
+    farm-bench -n 9 --vs 'env PYTHONPATH=/tmp/base/src python benchmarks/bench_send_cpu.py send 100000' \\
+        -- python benchmarks/bench_send_cpu.py send 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _send(n: int, durability: str, kind: str) -> float:
+    import mqlite
+
+    d = tempfile.mkdtemp(prefix="mqlite-sendcpu-")
+    try:
+        with mqlite.open(d, durability=durability, map_size=1 << 30) as b:
+            b.create_topic("t")
+            v = bytes(100)
+            send = b.send
+            b.send("t", v)  # first send: caches filled, as in a running service
+            t0 = time.perf_counter()
+            if kind == "plain":
+                for _ in range(n):
+                    send("t", v)
+            elif kind == "key":
+                k = b"user"
+                for _ in range(n):
+                    send("t", v, k)
+            elif kind == "headers":
+                h = {"trace": b"0123456789abcdef"}
+                for _ in range(n):
+                    send("t", v, headers=h)
+            elif kind == "dedup":
+                for i in range(n):
+                    send("t", v, dedup_id=str(i))
+            else:
+                raise SystemExit(f"unknown --topic-kind {kind!r}")
+            dt = time.perf_counter() - t0
+        return n / dt if dt > 0 else 0.0
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _env_for(src: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONHASHSEED"] = "0"
+    if src:
+        env["PYTHONPATH"] = os.path.abspath(src)
+    return env
+
+
+def _callgrind_total(src: str | None, n: int, durability: str, kind: str) -> int:
+    with tempfile.TemporaryDirectory(prefix="mqlite-cg-") as tmp:
+        out = os.path.join(tmp, "cg.out")
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+               sys.executable, os.path.abspath(__file__), "send", str(n),
+               "--durability", durability, "--topic-kind", kind]
+        r = subprocess.run(cmd, env=_env_for(src), capture_output=True, text=True, check=False)
+        m = re.search(r"Collected : (\d+)", r.stderr)
+        if r.returncode != 0 or m is None:
+            raise SystemExit(f"callgrind failed ({r.returncode}):\n{r.stderr[-2000:]}")
+        return int(m.group(1))
+
+
+def _rate_child(src: str | None, n: int, durability: str, kind: str) -> float:
+    cmd = [sys.executable, os.path.abspath(__file__), "send", str(n),
+           "--durability", durability, "--topic-kind", kind]
+    r = subprocess.run(cmd, env=_env_for(src), capture_output=True, text=True, check=True)
+    return float(r.stdout.split()[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("mode", choices=["send", "callgrind", "rate"])
+    ap.add_argument("n", nargs="?", type=int, default=None)
+    ap.add_argument("--n", dest="n_opt", type=int, default=None)
+    ap.add_argument("--durability", default="none", choices=["none", "lazy", "sync"])
+    ap.add_argument("--topic-kind", default="plain", choices=["plain", "key", "headers", "dedup"])
+    ap.add_argument("--src", action="append", default=None,
+                    help="source tree to put on PYTHONPATH (repeatable; default: this one)")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    n = args.n if args.n is not None else args.n_opt
+    srcs: list[str | None] = list(args.src) if args.src else [None]
+    if args.mode == "send":
+        rate = _send(100_000 if n is None else n, args.durability, args.topic_kind)
+        print(f"{rate:.0f} sends/s")
+        return
+    if args.mode == "callgrind":
+        n = 20_000 if n is None else n
+        print(f"callgrind, {n} sends of 100 B minus 0 sends, durability={args.durability}, "
+              f"kind={args.topic_kind}")
+        base = None
+        for src in srcs:
+            per = (_callgrind_total(src, n, args.durability, args.topic_kind)
+                   - _callgrind_total(src, 0, args.durability, args.topic_kind)) / n
+            base = per if base is None else base
+            print(f"{src or ROOT + '/src'}: {per:,.0f} instructions/send "
+                  f"({per / base:.2f}x the first)")
+        return
+    n = 100_000 if n is None else n
+    rates: dict[int, list[float]] = {i: [] for i in range(len(srcs))}
+    for _ in range(args.reps):
+        for i, src in enumerate(srcs):
+            rates[i].append(_rate_child(src, n, args.durability, args.topic_kind))
+    print(f"{n} sends of 100 B per run, durability={args.durability}, kind={args.topic_kind}, "
+          f"{args.reps} interleaved runs, load {os.getloadavg()[0]:.1f}")
+    first = statistics.median(rates[0])
+    for i, src in enumerate(srcs):
+        med = statistics.median(rates[i])
+        print(f"{src or ROOT + '/src'}: median {med:,.0f} sends/s "
+              f"(min {min(rates[i]):,.0f}, max {max(rates[i]):,.0f}), {med / first:.2f}x the first")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+# Included by _core.pyx: the single-message send path (docs/decisions.md D36).
+#
+# broker.send() of one message in its own write transaction, with every step
+# that used to run as Python bytecode (about 25k of the 47k instructions a send
+# cost) done here: encoding the one-record batch straight into its bytes
+# object, the partition choice for no key / a bytes key, the transaction's
+# begin and write-path cache check, the space budget, the record and state
+# puts (keys and the 48-byte state packed in C), the commit and the two
+# wake-up bumps.  py-lmdb has no C API, so LMDB is still reached through its
+# Python methods (positional arguments: no keyword dict per call).
+#
+# It mirrors Engine.send (_engine.py) and Env.write_txn / Env.commit
+# (_storage/env.py) step for step and shares their state (the Env's write-path
+# caches, fence counters, space budget), so either path may run next.  It
+# takes only the common case and returns None *before touching anything* for
+# the rest (headers, a dedup id, an explicit timestamp, a value or key that is
+# not bytes / None, an uncached topic, an environment being reopened, closed or
+# due for a reader check): the caller then runs the general path, which
+# validates, raises and recovers exactly as before.  Rare events inside the
+# transaction (another writer committed since our last commit, a cache miss,
+# a space re-count, retention, a round-robin partition) call the same Python
+# helpers the general path calls.
+
+from cpython.bytes cimport PyBytes_FromStringAndSize as _bytes_new
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
+from posix.time cimport CLOCK_REALTIME
+
+cdef extern from "Python.h":
+    ctypedef struct _AllocType "PyTypeObject":
+        PyObject *(*tp_alloc)(_AllocType *t, Py_ssize_t n)
+
+cdef inline void _put_be32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline void _put_be64(uint8_t *p, uint64_t v) noexcept nogil:
+    _put_be32(p, <uint32_t>(v >> 32))
+    _put_be32(p + 4, <uint32_t>v)
+
+
+cdef inline int64_t _realtime_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef inline double _monotonic_s() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef class PartitionState:
+    """Mutable in-transaction copy of one partition's stored state (_storage/log.py).
+
+    A C struct behind Python attributes, so the send path reads and updates
+    it without an int object per field.  Fields are int64: the stored
+    offsets and byte counts are unsigned 64-bit and a value above 2**63 - 1
+    is refused as corrupt when the state is loaded.
+    """
+
+    cdef public int64_t start
+    cdef public int64_t next
+    cdef public int64_t bytes
+    cdef public int64_t first_ts
+    cdef public int64_t last_ts
+
+    def __init__(self, int64_t start=0, int64_t next=0, int64_t nbytes=0,
+                 int64_t first_ts=-1, int64_t last_ts=-1):
+        self.start = start
+        self.next = next
+        self.bytes = nbytes
+        self.first_ts = first_ts
+        self.last_ts = last_ts
+
+    @property
+    def messages(self):
+        """Messages in the partition: end offset minus start offset."""
+        return self.next - self.start
+
+    def __repr__(self):
+        return (f"PartitionState(start={self.start}, next={self.next}, bytes={self.bytes}, "
+                f"first_ts={self.first_ts}, last_ts={self.last_ts})")
+
+
+cdef class SendPath:
+    """The common case of ``Engine.send`` for one environment (see _core.pyi)."""
+
+    cdef object env              # mqlite._storage.env.Env
+    # The Env's instance dict: its plain attributes read and written without the
+    # generic attribute protocol (a third of the cost).  The names used here are
+    # all plain instance attributes set by Env.__init__ / Env._open.
+    cdef dict ed
+    cdef object md_type          # mqlite.types.RecordMetadata
+    cdef object lmdb_error       # _storage.env.lmdb_error(exc, what) -> MqliteError
+    cdef object load_state_w     # _storage.log.load_state_w(txn, env, pid)
+    cdef object space_send       # _storage.env.SPACE_SEND
+    # Bound to env.lmdb as of the last send; refreshed when it is replaced (a
+    # reopen after fork or after MDB_PANIC).
+    cdef object lmdb_env
+    cdef object begin            # lmdb_env.begin
+    cdef object rdb, pdb         # the "records" and "partitions" databases
+    cdef object t_id, t_put, t_commit  # lmdb.Transaction's methods, unbound
+    cdef object combiner         # env.combiner, which changes only with env.lmdb
+    cdef int64_t psize           # LMDB's page size
+    # The topic record of the last send and what it says (records are immutable:
+    # a changed topic is a new record object).
+    cdef object last_rec
+    cdef int64_t last_maxb
+    cdef bint last_retention
+    cdef dict topic_cache, state_cache, slot_cache
+
+    def __init__(self, env, md_type, lmdb_error, load_state_w, space_send):
+        self.env = env
+        self.ed = env.__dict__
+        self.md_type = md_type
+        self.lmdb_error = lmdb_error
+        self.load_state_w = load_state_w
+        self.space_send = space_send
+        self.topic_cache = env.topic_cache
+        self.state_cache = env.state_cache
+        self.slot_cache = env.slot_cache
+
+    def send(self, engine, topic, value, key, partition):
+        """Append ``value`` (and ``key``) to ``topic`` in one transaction; its metadata.
+
+        ``None`` when the call is not the common case; nothing was done then.
+        """
+        cdef object env = self.env
+        cdef dict ed = self.ed
+        cdef object rec, cfg, lm, txn, st_obj, batch, rkey, skey, state, rec2, tid, nt, slot
+        cdef PartitionState st
+        cdef mq_records r
+        cdef mq_slice vs, ks
+        cdef size_t count = 0, size = 0
+        cdef int64_t ts, maxb, off = 0, nbytes, need, budget, klen, cache_tid
+        cdef Py_ssize_t npart, part = 0
+        cdef uint32_t pid
+        cdef int rc
+        cdef bint fresh, retained = False
+        cdef uint8_t *p
+        cdef Notifier notifier
+
+        if type(topic) is not str or engine._closed:
+            return None
+        rec = self.topic_cache.get(topic)
+        if rec is None:
+            return None
+        lm = ed["lmdb"]
+        if lm is not self.lmdb_env:
+            if lm is None:
+                return None  # Env.write_txn reopens it
+            dbs = ed["dbs"]
+            self.begin = lm.begin
+            self.rdb = dbs["records"]
+            self.pdb = dbs["partitions"]
+            self.combiner = ed["combiner"]
+            self.psize = ed["_psize"]
+            self.lmdb_env = lm
+        if self.combiner is not None:
+            return None  # sync / lazy sends go through the commit ring (D27)
+        if rec is not self.last_rec:
+            cfg = rec.config
+            self.last_maxb = cfg["max_message_bytes"]
+            self.last_retention = (cfg["retention_ms"] is not None
+                                   or cfg["retention_bytes"] is not None
+                                   or cfg["retention_messages"] is not None)
+            self.last_rec = rec
+        maxb = self.last_maxb
+        # -- encode (outside the transaction, as Engine.send) --------------------------
+        memset(&r, 0, sizeof(mq_records))
+        if type(value) is bytes:
+            vs.ptr = <const uint8_t *>PyBytes_AS_STRING(value)
+            vs.len = len(<bytes>value)
+        elif value is None:
+            vs.ptr = NULL
+            vs.len = -1
+        else:
+            return None
+        klen = 0
+        if key is not None:
+            if type(key) is not bytes:
+                return None
+            ks.ptr = <const uint8_t *>PyBytes_AS_STRING(key)
+            ks.len = klen = len(<bytes>key)
+            r.keys = &ks
+        if (vs.len if vs.len > 0 else 0) + klen > maxb:
+            return None  # the general path raises MessageTooLargeError
+        ts = _realtime_ms()
+        r.count = 1
+        r.values = &vs
+        r.timestamp = ts
+        rc = mq_batch_plan(&r, 0, DEFAULT_MAX_BATCH_BYTES, &count, &size)
+        if rc < 0 or count != 1:
+            return None
+        batch = _bytes_new(NULL, <Py_ssize_t>size)
+        rc = mq_batch_encode(&r, 0, 1, -1, -1, <uint8_t *>PyBytes_AS_STRING(batch), size)
+        if rc < 0:
+            _raise_encode(rc)
+        nbytes = <int64_t>size
+
+        # -- begin (Env.write_txn's common case) -------------------------------------
+        if (ed["_closing"] or ed["touched"] or ed["after_commit"]
+                or mq_guard_faults() != <uint64_t>ed["_faults"]
+                or _monotonic_s() >= <double>ed["_next_reader_check"]):
+            return None  # Env.write_txn does the fault check, the reader check
+        next(ed["_begun"])
+        try:
+            txn = self.begin(None, None, True)
+        except Exception:
+            env._leave()
+            return None  # the general path begins again: it recovers or raises converted
+        except BaseException:
+            env._leave()
+            raise
+        if self.t_put is None:  # the first send: lmdb.Transaction's methods
+            self.t_id = type(txn).id
+            self.t_put = type(txn).put
+            self.t_commit = type(txn).commit
+        try:
+            tid = self.t_id(txn)
+            cache_tid = ed["_cache_tid"]
+            fresh = tid == cache_tid + 1
+            # env.fresh_txn stays None (as every commit leaves it): the helpers
+            # called below on rare paths then read from txn, never from a cache.
+            if fresh:
+                rec2 = self.topic_cache.get(topic)
+            else:
+                env.revalidate(txn)
+                rec2 = None
+            if rec2 is None:
+                rec2 = engine.topic(txn, topic)
+            if rec2 is not rec:
+                if rec2.config["max_message_bytes"] != maxb:
+                    env.abort(txn)
+                    return None  # the topic changed under us: the general path re-encodes
+                rec = rec2
+
+            # -- partition, space, state, puts ------------------------------------
+            pids = rec.pids
+            npart = len(pids)
+            if partition is None and npart == 1:
+                part = 0
+            elif partition is None and key is not None:
+                part = mq_partition_for_key(ks.ptr, <size_t>klen, <uint32_t>npart)
+            else:
+                part = engine.choose_partition(rec, key, partition)
+            pyid = pids[part]
+            pid = <uint32_t>pyid
+            need = 2 * nbytes + self.psize
+            budget = ed["space_budget"]
+            if need < budget:
+                ed["space_budget"] = budget - need
+            else:
+                env.check_space(txn, nbytes, self.space_send)
+            st_obj = self.state_cache.get(pyid) if fresh else None
+            if st_obj is None:
+                st_obj = self.load_state_w(txn, env, pyid)
+            st = <PartitionState?>st_obj
+            off = st.next
+            rkey = _bytes_new(NULL, 12)
+            p = <uint8_t *>PyBytes_AS_STRING(rkey)
+            _put_be32(p, pid)
+            _put_be64(p + 4, <uint64_t>off)
+            self.t_put(txn, rkey, batch, True, True, False, self.rdb)
+            st.next = off + 1
+            st.bytes += nbytes
+            if st.first_ts < 0:
+                st.first_ts = ts
+            if st.last_ts < ts:
+                st.last_ts = ts
+            retained = False
+            if rec is self.last_rec:
+                retained = self.last_retention
+            else:
+                cfg = rec.config
+                retained = (cfg["retention_ms"] is not None or cfg["retention_bytes"] is not None
+                            or cfg["retention_messages"] is not None)
+            if retained:
+                engine._after_append(txn, env, rec, pyid, st)
+            skey = _bytes_new(NULL, 4)
+            _put_be32(<uint8_t *>PyBytes_AS_STRING(skey), pid)
+            state = _bytes_new(NULL, 48)
+            p = <uint8_t *>PyBytes_AS_STRING(state)
+            _put_be64(p, <uint64_t>st.start)
+            _put_be64(p + 8, <uint64_t>st.next)
+            _put_be64(p + 16, <uint64_t>st.bytes)
+            _put_be64(p + 24, <uint64_t>st.first_ts)
+            _put_be64(p + 32, <uint64_t>st.last_ts)
+            _put_be64(p + 40, 0)
+            self.t_put(txn, skey, state, True, True, False, self.pdb)
+        except BaseException as exc:
+            env.fail(txn, exc, f"send to {topic!r}")
+
+        # -- commit (Env.commit's short way for one send) --------------------------
+        if retained and (ed["touched"] or ed["after_commit"]):  # left by retention's hooks
+            env.commit(txn, topic)
+        else:
+            ed["_cache_tid"] = -1
+            try:
+                self.t_commit(txn)
+            except BaseException as exc:
+                self.state_cache.clear()
+                env._leave()
+                raise self.lmdb_error(exc, "commit") from exc
+            ed["_cache_tid"] = tid
+            nt = ed["notifier"]
+            slot = self.slot_cache.get(topic) or env.topic_slot(topic)
+            if (type(nt) is Notifier and (<Notifier>nt).is_open and type(slot) is int
+                    and 0 < <Py_ssize_t>slot < (<Notifier>nt).slots):
+                notifier = <Notifier>nt
+                mq_notify_bump(&notifier.n, <size_t><Py_ssize_t>slot)
+                mq_notify_bump(&notifier.n, 0)
+            else:
+                nt.bump(slot)
+                nt.bump(0)
+            next(ed["_ended"])  # Env._leave, inlined
+            if ed["_closing"]:
+                env._close_if_idle()
+        return self.metadata(topic, part, off, ts)
+
+    cdef object metadata(self, object topic, Py_ssize_t part, int64_t off, int64_t ts):
+        """RecordMetadata(topic, part, off, ts), built as tuple.__new__ builds a subclass
+        instance (RecordMetadata is a NamedTuple: no __dict__, no __new__ of its own)."""
+        cdef _AllocType *tp = <_AllocType *>self.md_type
+        cdef object obj, item  # objects: each stored item gets the tuple's own reference
+        cdef PyObject *md = tp.tp_alloc(tp, 4)
+        if md == NULL:
+            raise MemoryError()
+        obj = <object>md
+        _Py_DECREF(md)  # `obj` holds the reference now
+        Py_INCREF(topic)
+        PyTuple_SET_ITEM(obj, 0, topic)
+        item = part
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(obj, 1, item)
+        item = off
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(obj, 2, item)
+        item = ts
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(obj, 3, item)
+        return obj

@@ -28,13 +28,17 @@ Contract
 
 * **One watcher thread per process** (:func:`watch`).  Every queue consumer
   of a process subscribes its reap to one shared thread instead of running its
-  own.  Per :data:`PROBE_INTERVAL` tick it does one ``stat`` of each watched
-  members directory (a changed or recent mtime means a re-list), one ``flock``
-  probe per *peer* lock file (other processes' files with the subscribers'
-  prefix, each probed once however many subscribers share it), and sleeps in
-  ``poll()`` on one ``pidfd`` per peer process.  A lock newly seen dead runs
-  every subscriber's reap once; a reap that fails is retried every tick.  With
-  no peers, an idle tick is one ``stat``.
+  own.  It sleeps in ``poll()`` on an inotify watch of each members directory
+  (another process's lock file appearing or going means a re-list; without
+  inotify, one ``stat`` of the directory per tick), one ``pidfd`` per peer
+  process and a wake pipe.  While a peer lock (another process's file with the
+  subscribers' prefix) is not known dead, it also wakes every
+  :data:`PROBE_INTERVAL` for one ``flock`` probe per peer lock, each probed once
+  however many subscribers share it; with no live peer it has no timed wake-up.
+  A file listed for the first time is probed from the next tick on (it is
+  unlocked until its creator's ``flock``, which retries while a probe's shared
+  lock is on it).  A lock newly seen dead runs every subscriber's reap once; a
+  reap that fails is retried every tick.
 
 Thread safety: a :class:`MemberLock` is used by its owner and its owner's
 watcher thread (heartbeat); :meth:`Prober.wake` may be called from any

@@ -82,7 +82,14 @@ class Reaper:
 
 
 def _watcher() -> threading.Thread | None:
-    return next((t for t in threading.enumerate() if t.name == "mqlite-liveness"), None)
+    return lv._hub.thread
+
+
+def _settle() -> None:
+    """Wait for watcher threads of earlier tests that are still ending."""
+    for t in threading.enumerate():
+        if t.name == "mqlite-liveness" and t is not lv._hub.thread:
+            t.join(30)
 
 
 def _voluntary_switches(t: threading.Thread) -> int:
@@ -104,6 +111,8 @@ def _wait_for(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-d
 
 def test_many_subscribers_share_one_thread_that_ends_with_the_last(tmp_path: Path) -> None:
     lv.ensure_members_dir(str(tmp_path), 0o700)
+    _settle()
+    assert lv.watcher_threads() == 0
     fds = len(os.listdir("/proc/self/fd"))
     watches = [lv.watch(str(tmp_path), "q-", lambda: None) for _ in range(200)]
     assert lv.watcher_threads() == 1

@@ -28,13 +28,17 @@ Contract
 
 * **One watcher thread per process** (:func:`watch`).  Every queue consumer
   of a process subscribes its reap to one shared thread instead of running its
-  own.  Per :data:`PROBE_INTERVAL` tick it does one ``stat`` of each watched
-  members directory (a changed or recent mtime means a re-list), one ``flock``
-  probe per *peer* lock file (other processes' files with the subscribers'
-  prefix, each probed once however many subscribers share it), and sleeps in
-  ``poll()`` on one ``pidfd`` per peer process.  A lock newly seen dead runs
-  every subscriber's reap once; a reap that fails is retried every tick.  With
-  no peers, an idle tick is one ``stat``.
+  own.  It sleeps in ``poll()`` on an inotify watch of each members directory
+  (another process's lock file appearing or going means a re-list; without
+  inotify, one ``stat`` of the directory per tick), one ``pidfd`` per peer
+  process and a wake pipe.  While a peer lock (another process's file with the
+  subscribers' prefix) is not known dead, it also wakes every
+  :data:`PROBE_INTERVAL` for one ``flock`` probe per peer lock, each probed once
+  however many subscribers share it; with no live peer it has no timed wake-up.
+  A file listed for the first time is probed from the next tick on (it is
+  unlocked until its creator's ``flock``, which retries while a probe's shared
+  lock is on it).  A lock newly seen dead runs every subscriber's reap once; a
+  reap that fails is retried every tick.
 
 Thread safety: a :class:`MemberLock` is used by its owner and its owner's
 watcher thread (heartbeat); :meth:`Prober.wake` may be called from any
@@ -172,7 +176,7 @@ class MemberLock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      file_mode)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_new(fd)
         except BaseException:
             os.close(fd)
             unlink_quiet(path)
@@ -217,6 +221,33 @@ class MemberLock:
                 os.close(fd)
             except OSError:
                 pass
+
+
+#: Attempts (1 ms apart) to take the exclusive lock of a just-created lock file.
+_LOCK_ATTEMPTS = 500
+
+
+def _lock_new(fd: int) -> None:
+    """Take the exclusive lock of a lock file this process just created.
+
+    The file is visible before it is locked, so a prober (another process's
+    liveness watcher lists the directory) may hold its *shared* probe lock at
+    that moment, for the length of two system calls: retry, never block (a
+    stopped prober must not hang the creator).
+
+    Raises
+    ------
+    OSError
+        Still held after :data:`_LOCK_ATTEMPTS` attempts, or another error.
+    """
+    for attempt in range(_LOCK_ATTEMPTS):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == _LOCK_ATTEMPTS - 1:
+                raise
+            time.sleep(0.001)
 
 
 # -- probing -----------------------------------------------------------------------------------
@@ -430,11 +461,9 @@ class _Dir:
         self.peers: dict[str, int] = {}  # lock file name -> pid (other processes only)
         self.fds: dict[str, int] = {}  # lock file name -> probe descriptor
         self.dead: set[str] = set()  # locks seen dead whose reaps already ran
-        # Listed but not probed yet: a lock file exists unlocked for a moment after it is
-        # created, so one of these found unlocked is probed once more a tick later before
-        # it counts as dead (a subscriber that registers after locking never sees it).
+        # Listed for the first time: probed from the next tick on (see probe()).
         self.young: set[str] = set()
-        self.deferred = False  # some young lock was found unlocked: tick again
+        self.deferred = False  # young locks wait for the next tick: tick again
         self.wd: int | None = None  # its inotify watch (None: none, poll the mtime)
         self.dirty = True  # inotify reported a change: re-list
 
@@ -461,10 +490,18 @@ class _Dir:
         self.dead &= set(peers)
         return new
 
-    def probe(self) -> set[str]:
-        """Names of the peer locks that nobody holds (their processes are gone)."""
+    def probe(self, skip: set[str]) -> set[str]:
+        """Names of the peer locks that nobody holds (their processes are gone).
+
+        Names in ``skip`` (listed for the first time) are left for the next
+        tick: a lock file exists unlocked between its creation and its owner's
+        ``flock``, and a probe's shared lock in that window would also make the
+        owner's first ``LOCK_NB`` attempt fail (it retries, :func:`_lock_new`).
+        """
         dead: set[str] = set()
         for n in self.peers:
+            if n in skip:
+                continue
             fd = self.fds.get(n)
             if fd is None:
                 try:
@@ -752,12 +789,11 @@ class _Hub:
                 if pid in run.fired:  # a reused pid: its old pidfd has fired
                     run.fired.discard(pid)
                     _close_quiet(run.pidfds.pop(pid))
-        dead = d.probe()
-        wait = dead & d.young
-        d.young.clear()
-        fresh = dead - d.dead - wait
-        d.dead = dead - wait
-        d.deferred = bool(wait)
+        dead = d.probe(skip=d.young)
+        d.deferred = bool(d.young)  # probe them on the next tick
+        d.young = set()
+        fresh = dead - d.dead
+        d.dead = dead
         for w in (ws if fresh else [w for w in ws if w.retry]):
             with w.lock:
                 if w.closed:

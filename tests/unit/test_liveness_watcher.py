@@ -7,6 +7,7 @@ stdin); waits are on events with generous timeouts, never sleeps for order.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -81,7 +82,14 @@ class Reaper:
 
 
 def _watcher() -> threading.Thread | None:
-    return next((t for t in threading.enumerate() if t.name == "mqlite-liveness"), None)
+    return lv._hub.thread
+
+
+def _settle() -> None:
+    """Wait for watcher threads of earlier tests that are still ending."""
+    for t in threading.enumerate():
+        if t.name == "mqlite-liveness" and t is not lv._hub.thread:
+            t.join(30)
 
 
 def _voluntary_switches(t: threading.Thread) -> int:
@@ -103,6 +111,8 @@ def _wait_for(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-d
 
 def test_many_subscribers_share_one_thread_that_ends_with_the_last(tmp_path: Path) -> None:
     lv.ensure_members_dir(str(tmp_path), 0o700)
+    _settle()
+    assert lv.watcher_threads() == 0
     fds = len(os.listdir("/proc/self/fd"))
     watches = [lv.watch(str(tmp_path), "q-", lambda: None) for _ in range(200)]
     assert lv.watcher_threads() == 1
@@ -244,3 +254,52 @@ def test_closing_a_queue_in_a_forked_child_does_not_wait(tmp_path: Path) -> None
         q.close()
     finally:
         b.close()
+
+
+class _ReleasingTime:
+    """Stands in for ``time`` in ``mqlite._liveness``: its first ``sleep`` releases a
+    prober's shared lock (the prober finishing its two system calls)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sleeps = 0
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_creating_a_lock_retries_while_a_prober_holds_the_fresh_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's watcher may probe a lock file between its creation and the
+    owner's flock (found by the kill -9 torture test): the owner retries."""
+    path = tmp_path / "fresh.lock"
+    owner = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    prober = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(prober, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the probe, mid-way
+        clock = _ReleasingTime(prober)
+        monkeypatch.setattr(lv, "time", clock)
+        lv._lock_new(owner)
+        assert clock.sleeps == 1
+        assert lv.lock_held(prober)  # the owner holds it now
+        # a prober that never lets go: the owner gives up after its attempts
+        other = tmp_path / "stuck.lock"
+        stuck = os.open(other, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        holder = os.open(other, os.O_RDONLY)
+        try:
+            fcntl.flock(holder, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            monkeypatch.setattr(lv, "time", _ReleasingTime(-1))
+            monkeypatch.setattr(lv, "_LOCK_ATTEMPTS", 3)
+            with pytest.raises(BlockingIOError):
+                lv._lock_new(stuck)
+        finally:
+            os.close(holder)
+            os.close(stuck)
+    finally:
+        os.close(prober)
+        os.close(owner)

@@ -107,8 +107,12 @@ def test_workers_share_the_group_and_sigterm_leaves_no_duplicates(app_procs: Any
         # every worker polled once (ready): all three are members of the one group
         assert len(b.describe_group("workers").members) == 3
         assert _stop(p1) == 0, p1.stdout.read().decode()[-3000:]
-        p2 = app_procs.run("_app_procs:workers_app", "--workers", "2")
+        port2 = _free_port()
+        p2 = app_procs.run("_app_procs:workers_app", "--workers", "2", "--health-port",
+                           str(port2))
         out.until(lambda v: len({x["id"] for x in v}) == n, "every input handled")
+        # p1 may have handled every input already: SIGTERM only once p2's handlers are in
+        wait_until(lambda: _ready(port2), TIMEOUT, "second run's health 200")
         assert _stop(p2) == 0, p2.stdout.read().decode()[-3000:]
         out.drain()
         counts = Counter(v["id"] for v in out.values)

@@ -170,6 +170,12 @@ def _clean_previous(previous: Previous | None, allowed: Callable[[str], Mapping[
             cand = {tuple(item) for item in raw
                     if isinstance(item, (tuple, list)) and len(item) == 2
                     and isinstance(item[0], str) and isinstance(item[1], int)}
+        if any(len(tp) == 2 and type(tp[1]) is bool for tp in cand):
+            # ("t", True) == ("t", 1): the set kept whichever came first, so the result
+            # would depend on input order; validate each entry before deduplicating.
+            cand = {tuple(item) for item in raw
+                    if isinstance(item, (tuple, list)) and len(item) == 2
+                    and type(item[0]) is str and type(item[1]) is int}
         ok = allowed(m)
         tps: set[TP] = {(t, p) for t, p in (tp for tp in cand if len(tp) == 2)
                         if type(p) is int and type(t) is str and 0 <= p < ok.get(t, 0)}

@@ -132,3 +132,14 @@ def test_static_members_keep_partitions_under_new_member_ids(
     again = assign(name, renamed, parts, instance_ids=new_iids)
     for m in ids:
         assert again["new-" + m if m in iids else m] == out[m]
+
+
+def test_a_bool_partition_beside_the_equal_int_does_not_depend_on_order() -> None:
+    # ("t1", True) == ("t1", 1): deduplicating before validating kept whichever came first
+    # (found by test_deterministic_whatever_the_input_order)
+    members = {"a": [], "b": ["t1"], "c": ["t1"]}
+    got = [assign("cooperative-sticky", dict(ms), {"t1": 2}, {"b": prev}, instance_ids={})
+           for ms in (list(members.items()), list(reversed(members.items())))
+           for prev in ([("t1", 1), ("t1", True)], [("t1", True), ("t1", 1)])]
+    assert all(g == got[0] for g in got)
+    assert got[0]["b"] == [("t1", 1)]

@@ -106,13 +106,15 @@ _COMBINE_MAX = 64
 #: committer that died, or a hand-off wake-up lost to a race, costs at most this).
 _COMBINE_WAIT_S = 0.002
 #: Microseconds a committer waits at most for the senders the last commits had
-#: (and never more than half a commit's duration): csrc/combine.h, D35.
-_GATHER_MAX_US = 1000
+#: (and never more than half a commit's duration): csrc/combine.h, D35.  Off by
+#: default: with it on, the kill -9 torture's producers (which sleep 0-12 ms between
+#: sends) stalled (D35); opt in with ``MQLITE_GATHER_US``.
+_GATHER_MAX_US = 0
 
 
 @functools.cache
 def _gather_us() -> int:
-    """``MQLITE_GATHER_US`` (microseconds, 0-100000; 0 never gathers), else 1000."""
+    """``MQLITE_GATHER_US`` (microseconds, 0-100000; 0 never gathers), else 0."""
     raw = os.environ.get("MQLITE_GATHER_US", "")
     if not raw:
         return _GATHER_MAX_US

@@ -94,3 +94,22 @@ def test_what_kafka_lacks_is_refused_with_the_alternative(kafka_url: str) -> Non
         assert "stream subscriber" in str(app.health().subscribers["work"]["error"])
         with pytest.raises(mqlite.NotSupportedError, match="plain topic"):
             app.dead_letters(f"jobs-{tag}.dlq")
+
+
+
+def test_retry_topics_are_refused_on_kafka(kafka_url: str) -> None:
+    # Kafka has no delayed messages: a retry topic would retry at once, so the App's
+    # delayed retry send is refused with NotSupportedError naming in-place retries.
+    from mqlite.app.backend import open_backend
+    from mqlite.app.context import Output
+
+    tag = uuid.uuid4().hex[:6]
+    be = open_backend(kafka_url, "none")
+    try:
+        be.ensure_topic(f"rt-{tag}.retry", 1)
+        retry = Output(f"rt-{tag}.retry", b"{}", None, [("x-attempt", b"2")], None, delay=0.5)
+        with pytest.raises(mqlite.NotSupportedError, match="in-place retries"):
+            be.apply([retry], [], None, [])
+        assert be.scheduled(f"rt-{tag}.retry") == 0
+    finally:
+        be.close()

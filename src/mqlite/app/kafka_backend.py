@@ -62,6 +62,10 @@ class KafkaBackend(LocalBackend):
                acks: Sequence[Any]) -> None:
         if acks:
             self._no_queues()
+        if any(o.delay is not None for o in outputs):
+            raise NotSupportedError(
+                "retry topics (retry_topic=) on Kafka", "Kafka has no delayed messages: use "
+                "in-place retries (the default: drop retry_topic=)")
         if claims and not self._warned_keys:
             self._warned_keys = True
             log.warning("idempotency_key is not checked on Kafka (no claim store): with "

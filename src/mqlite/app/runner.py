@@ -503,13 +503,9 @@ class Runner:
                 i += 1
             self._flush(lane, acc)
         except _Halt:
-            try:
-                self._flush(lane, acc)
-            except _Halt:
-                pass
-        except Exception:
-            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
-                          spec.name, *_where(msgs, i))
+            self._flush_halted(lane, acc)
+        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
+            self._log_failed_job(msgs, i)
             self._wait(lane, 1.0)
         self.handled += i
         return i
@@ -580,8 +576,6 @@ class Runner:
                          attempt_of: Callable[[Any], int]) -> int:
         """The :meth:`_run_sync` of ``async def`` handlers, on the App's loop."""
         spec = self.spec
-        loop = asyncio.get_running_loop()
-        io = self.app._io_pool()
         acc = _Acc()
         i = 0
         n = len(msgs)
@@ -613,18 +607,11 @@ class Runner:
                 await self._one_async(lane, acc, msgs[i], attempt_of, first_exc)
                 first_exc = None
                 i += 1
-            if self._needs_io(acc):
-                await loop.run_in_executor(io, self._flush, lane, acc)
-            else:
-                self._flush(lane, acc)
+            await self._flush_async(lane, acc)
         except _Halt:
-            try:
-                await loop.run_in_executor(io, self._flush, lane, acc)
-            except _Halt:
-                pass
-        except Exception:
-            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
-                          spec.name, *_where(msgs, i))
+            await self._flush_halted_async(lane, acc)
+        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
+            self._log_failed_job(msgs, i)
             await self._wait_async(lane, 1.0)
         self.handled += i
         return i
@@ -658,6 +645,33 @@ class Runner:
 
     def _report_progress(self, lane: Any) -> None:
         pass
+
+    def _flush_halted(self, lane: Any, acc: _Acc) -> None:
+        """Flush what a halted job finished; a second halt while flushing is ignored."""
+        try:
+            self._flush(lane, acc)
+        except _Halt:
+            pass
+
+    async def _flush_async(self, lane: Any, acc: _Acc) -> None:
+        """:meth:`_flush` from the loop: inline unless it has storage work (may fsync)."""
+        if self._needs_io(acc):
+            await asyncio.get_running_loop().run_in_executor(
+                self.app._io_pool(), self._flush, lane, acc)
+        else:
+            self._flush(lane, acc)
+
+    async def _flush_halted_async(self, lane: Any, acc: _Acc) -> None:
+        """:meth:`_flush_halted` from the loop (always off it: a halt may be a stop)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.app._io_pool(), self._flush, lane, acc)
+        except _Halt:
+            pass
+
+    def _log_failed_job(self, msgs: list[Any], i: int) -> None:
+        log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
+                      self.spec.name, *_where(msgs, i))
 
     def _wait(self, lane: Any, delay: float) -> bool:
         """Wait ``delay`` seconds before a retry; True when stopped or revoked meanwhile."""
@@ -1015,13 +1029,9 @@ class StreamRunner(Runner):
                 i += len(chunk)
             self._flush(lane, acc)
         except _Halt:
-            try:
-                self._flush(lane, acc)
-            except _Halt:
-                pass
-        except Exception:
-            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
-                          spec.name, *_where(msgs, i))
+            self._flush_halted(lane, acc)
+        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
+            self._log_failed_job(msgs, i)
             self._wait(lane, 1.0)
         self.handled += i
         return i
@@ -1053,18 +1063,11 @@ class StreamRunner(Runner):
                     attempt += 1
                 acc.done = chunk[-1].offset + 1
                 i += len(chunk)
-            if self._needs_io(acc):
-                await loop.run_in_executor(io, self._flush, lane, acc)
-            else:
-                self._flush(lane, acc)
+            await self._flush_async(lane, acc)
         except _Halt:
-            try:
-                await loop.run_in_executor(io, self._flush, lane, acc)
-            except _Halt:
-                pass
-        except Exception:
-            log.exception("subscriber %s: job failed; handling again from %s[%s]@%s in 1 s",
-                          spec.name, *_where(msgs, i))
+            await self._flush_halted_async(lane, acc)
+        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
+            self._log_failed_job(msgs, i)
             await self._wait_async(lane, 1.0)
         self.handled += i
         return i

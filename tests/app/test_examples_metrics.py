@@ -17,33 +17,16 @@ import random
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import msgspec
 from _polling import wait_until
-from prometheus_client.parser import text_string_to_metric_families
+from test_app_metrics import Samples, _get, _scrape
 from test_examples import EXAMPLES, TIMEOUT, _env, _free_port, _healthy
 
 import mqlite
 
 N = 300
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _scrape(port: int) -> Samples | None:
-    """Every sample as ``{(name, sorted labels): value}``; None while nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-def _get(m: Samples, name: str, **labels: str) -> float | None:
-    return m.get((name, tuple(sorted(labels.items()))))
 
 
 def _pay_counts(m: Samples) -> dict[str, float]:

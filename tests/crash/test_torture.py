@@ -70,9 +70,11 @@ ARM_CHANCE = 0.4
 #: asserted is half the members' 10 s session timeout: the stalls this test exists to
 #: catch (a dead member noticed only when its session or a visibility timeout expires)
 #: last 10 s or more, while CPU starvation at load averages of 10-170 (five test suites
-#: and benchmarks at once on 2 cores) stretched honest progress to 2.5-4 s.
+#: and benchmarks at once on 2 cores) stretched honest progress to 2.5-4 s, and to 5.3 s
+#: once with six engineers' suites running (a failure of 1 in 14 observations).  8 s stays
+#: below the 10 s stalls while leaving that starvation room.
 LIVENESS_TARGET_S = 1.0
-LIVENESS_LIMIT_S = 5.0
+LIVENESS_LIMIT_S = 8.0
 #: Observations allowed above the limit (scheduling noise, not a stall; see above).
 LIVENESS_MISS_FRACTION = 0.05
 

@@ -91,9 +91,11 @@ def test_console_in_chromium(browser: Any, console: Any, populated: str,
         proc.wait(timeout=STEP)
     assert proc.returncode == 0
     page.goto(c.url)
-    page.wait_for_function(
-        "document.querySelectorAll('svg.chart[data-chart=rates] polyline').length > 0",
-        timeout=MS)
+    # a locator, not wait_for_function: the console's CSP forbids eval, and Playwright's
+    # polling of a string predicate evaluates it in the page (it failed when the chart was
+    # not drawn at the first check)
+    page.locator("svg.chart[data-chart=rates] polyline").first.wait_for(
+        state="attached", timeout=MS)
     _shot(page, tmp_path, "overview")
 
     # 3. Browse a message by offset, open it, read its headers decoded.

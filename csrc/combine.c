@@ -228,8 +228,13 @@ uint32_t mq_comb_reclaim(mq_comb *c)
         uint32_t st = (uint32_t)(w & 3u);
         if (st != MQ_COMB_CLAIMED && st != MQ_COMB_DONE)
             continue;
-        uint32_t owner = __atomic_load_n((uint32_t *)(void *)(slot_at(c, i) + OWNER_OFF),
-                                         __ATOMIC_RELAXED);
+        /* CLAIMED carries its owner in the word itself (claim_scan); DONE(T)'s owner
+         * field was stored by the claimer before its FILLED release store, so the
+         * acquire load of DONE above sees it. */
+        uint32_t owner = st == MQ_COMB_CLAIMED
+            ? (uint32_t)(w >> 2)
+            : __atomic_load_n((uint32_t *)(void *)(slot_at(c, i) + OWNER_OFF),
+                              __ATOMIC_RELAXED);
         if (!pid_gone(owner))
             continue;
         uint64_t freed = (w & ~(uint64_t)3u) | MQ_COMB_FREE;
@@ -248,7 +253,10 @@ static int64_t claim_scan(mq_comb *c, uint32_t pid)
         uint64_t w = __atomic_load_n(word_of(c, i), __ATOMIC_RELAXED);
         if ((w & 3u) != MQ_COMB_FREE)
             continue;
-        uint64_t claimed = (w & ~(uint64_t)3u) | MQ_COMB_CLAIMED;
+        /* The owner goes into the word with the CAS: a reclaimer must never read a
+         * previous (dead) owner's pid for this claim (the owner field is written
+         * after the CAS, and is only trusted once the slot is FILLED). */
+        uint64_t claimed = ((uint64_t)pid << 2) | MQ_COMB_CLAIMED;
         if (__atomic_compare_exchange_n(word_of(c, i), &w, claimed, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_RELAXED)) {
             __atomic_store_n((uint32_t *)(void *)(slot_at(c, i) + OWNER_OFF), pid,

@@ -64,9 +64,13 @@
  *
  * States (low 2 bits of word) and every transition:
  *
- *   FREE(t)    -> CLAIMED(t)  sender, CAS (mq_comb_claim); owner pid stored
- *   CLAIMED(t) -> FREE(t)     sender handing back an unfilled slot (mq_comb_unclaim)
- *   CLAIMED(t) -> FILLED(T)   sender, after copying the payload, with a new
+ *   FREE(t)    -> CLAIMED(p)  sender, CAS (mq_comb_claim); while CLAIMED the
+ *                             ticket bits hold the owner pid p, so the owner is
+ *                             set in the same CAS (a reclaimer never sees a
+ *                             previous owner's pid for a fresh claim); the owner
+ *                             field is then stored too, for DONE's reclaim
+ *   CLAIMED(p) -> FREE(p)     sender handing back an unfilled slot (mq_comb_unclaim)
+ *   CLAIMED(p) -> FILLED(T)   sender, after copying the payload, with a new
  *                             ticket T (release store; mq_comb_fill)
  *   FILLED(T)  -> FILLED(T)   committer holding the lock writes status/r0-r2
  *                             (mq_comb_set_result); nobody reads them yet

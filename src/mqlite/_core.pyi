@@ -9,6 +9,7 @@ Byte arguments accept any C-contiguous buffer (``bytes``, ``bytearray``,
 ``str`` is given: ``str`` is always a ``TypeError`` for payloads ("encode it first").
 """
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -222,6 +223,17 @@ FREE: int
 CLAIMED: int
 FILLED: int
 DONE: int
+
+class WriteGate:
+    """One process at a time inside LMDB's write lock (csrc/wgate.h)."""
+
+    path: str
+    inside: int
+    def __init__(self, path: str | bytes | os.PathLike[str]) -> None: ...
+    def enter(self) -> None: ...
+    def leave(self) -> None: ...
+    def close(self) -> None: ...
+    def forget(self) -> None: ...
 
 class Combiner:
     """The shared ring of slots of csrc/combine.h (``commit.shm``).

@@ -21,6 +21,7 @@ from libc.stdint cimport INT32_MAX, INT64_MAX, int32_t, int64_t, uint8_t, uint32
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport close
 
 from mqlite._csrc cimport *
 
@@ -1231,6 +1232,92 @@ cdef class Notifier:
     def __repr__(self):
         state = "closed" if not self.is_open else f"slots={self.slots}"
         return f"<Notifier {state}>"
+
+
+# -- the write gate (csrc/wgate.h) ------------------------------------------------------
+
+cdef class WriteGate:
+    """One process at a time inside LMDB's write lock (csrc/wgate.h, D42).
+
+    ``enter()`` before beginning an LMDB write transaction, ``leave()`` once it
+    committed or aborted.  The threads of this process share the gate: the
+    first one in takes the flock (waiting, without the GIL, while another
+    process holds it), the last one out drops it.  The counters are only read
+    and changed with the GIL held, and the flock is dropped with the GIL held,
+    so a thread that was granted the lock and waits for the GIL is always
+    counted (``waiting``) before anyone can drop it.  Not for use across
+    ``fork()``: a child opens a gate of its own.
+    """
+
+    cdef int fd
+    cdef Py_ssize_t depth    # threads of this process inside
+    cdef Py_ssize_t waiting  # threads of this process waiting for the flock
+    cdef readonly str path
+
+    def __cinit__(self):
+        self.fd = -1
+
+    def __init__(self, path):
+        bpath = os.fsencode(path)
+        if b"\0" in bpath:
+            raise ValueError("path contains a NUL byte")
+        cdef const char *cpath = bpath
+        cdef int fd
+        with nogil:
+            fd = mq_wgate_open(cpath)
+        if fd < 0:
+            raise OSError(-fd, os.strerror(-fd), os.fsdecode(bpath))
+        self.fd = fd
+        self.path = os.fsdecode(bpath)
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)  # drops the flock with the description's last descriptor
+
+    cdef int c_enter(self) except -1:
+        cdef int rc = 0
+        if self.fd < 0:
+            raise ValueError("WriteGate is closed")
+        if self.depth == 0:
+            self.waiting += 1
+            with nogil:
+                rc = mq_wgate_lock(self.fd)
+            self.waiting -= 1
+            if rc < 0:
+                raise OSError(-rc, os.strerror(-rc), self.path)
+        self.depth += 1
+        return 0
+
+    cdef void c_leave(self) noexcept:
+        if self.depth > 0:
+            self.depth -= 1
+            if self.depth == 0 and self.waiting == 0 and self.fd >= 0:
+                mq_wgate_unlock(self.fd)
+
+    def enter(self):
+        """Wait for the gate (``OSError`` when flock fails; ``ValueError`` once closed)."""
+        self.c_enter()
+
+    def leave(self):
+        """Leave the gate (one call per ``enter``; the last thread out drops the flock)."""
+        self.c_leave()
+
+    def close(self):
+        """Close the descriptor (drops the flock).  Idempotent."""
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+        self.depth = 0
+
+    def forget(self):
+        """In a forked child: drop the inherited descriptor without unlocking it (the
+        parent's lock is the parent's).  Idempotent."""
+        self.close()
+
+    @property
+    def inside(self):
+        """Threads of this process inside the gate."""
+        return self.depth
 
 
 # -- cross-process commit combining (csrc/combine.h) ---------------------------------

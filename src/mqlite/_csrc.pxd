@@ -210,3 +210,9 @@ cdef extern from "combine.h" nogil:
     uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
     void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns)
     void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq)
+
+
+cdef extern from "wgate.h" nogil:
+    int mq_wgate_open(const char *path)
+    int mq_wgate_lock(int fd)
+    void mq_wgate_unlock(int fd)

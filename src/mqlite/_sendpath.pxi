@@ -132,6 +132,7 @@ cdef class SendPath:
         """
         cdef object env = self.env
         cdef dict ed = self.ed
+        cdef object gate
         cdef object rec, cfg, lm, txn, st_obj, batch, rkey, skey, state, rec2, tid, nt, slot
         cdef PartitionState st
         cdef mq_records r
@@ -208,13 +209,23 @@ cdef class SendPath:
                 or mq_guard_faults() != <uint64_t>ed["_faults"]
                 or _monotonic_s() >= <double>ed["_next_reader_check"]):
             return None  # Env.write_txn does the fault check, the reader check
+        gate = ed["gate"]
+        if type(gate) is not WriteGate:
+            return None  # Env.write_txn takes the gate (or reports why it cannot)
         next(ed["_begun"])
+        try:
+            (<WriteGate>gate).c_enter()  # csrc/wgate.h: left by the commit / abort below
+        except Exception:
+            env._leave()
+            return None  # the general path tries again and converts the error
         try:
             txn = self.begin(None, None, True)
         except Exception:
+            (<WriteGate>gate).c_leave()
             env._leave()
             return None  # the general path begins again: it recovers or raises converted
         except BaseException:
+            (<WriteGate>gate).c_leave()
             env._leave()
             raise
         if self.t_put is None:  # the first send: lmdb.Transaction's methods
@@ -304,9 +315,11 @@ cdef class SendPath:
             try:
                 self.t_commit(txn)
             except BaseException as exc:
+                (<WriteGate>gate).c_leave()
                 self.state_cache.clear()
                 env._leave()
                 raise self.lmdb_error(exc, "commit") from exc
+            (<WriteGate>gate).c_leave()
             ed["_cache_tid"] = tid
             nt = ed["notifier"]
             slot = self.slot_cache.get(topic) or env.topic_slot(topic)

@@ -96,6 +96,20 @@ def test_reclaim_frees_claimed_and_done_slots_of_dead_owners_only(tmp_path: Path
     assert r.claim(os.getpid()) == -1  # b is FILLED, the others ours (alive)
 
 
+def test_claim_puts_its_owner_in_the_word(tmp_path: Path) -> None:
+    """A claim names its owner in the CAS itself: a reclaimer running between the CAS
+    and the owner field's store must not read the slot's previous, dead owner."""
+    r = ring(tmp_path, nslots=1)
+    gone = dead_pid()
+    i = r.claim(gone)
+    t = r.fill(i, b"x")
+    assert r.done(i, t) and r.release(i, t)  # FREE; the owner field still says `gone`
+    assert r.claim(os.getpid()) == i
+    assert r.word(i) == (os.getpid(), _core.CLAIMED)
+    assert r.reclaim() == 0
+    assert r.word(i) == (os.getpid(), _core.CLAIMED)
+
+
 def test_file_is_private_and_layout_checked(tmp_path: Path) -> None:
     r = ring(tmp_path)
     mode = stat.S_IMODE(os.stat(tmp_path / "ring.shm").st_mode)

@@ -46,6 +46,7 @@ it reaches ``point``:
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -180,6 +181,10 @@ def lead_and_die(path: str, mode: str, topic: str, value: bytes, point: str,
 
 def _guard(log_path: str, body: Callable[[Log], None]) -> None:
     log = Log(log_path)
+    # SIGUSR1 dumps every thread's stack next to the log (the test asks live children
+    # for it before its final kills, to show where a stalled process waits).
+    faulthandler.register(signal.SIGUSR1, file=open(log_path + ".stack", "w"),  # noqa: SIM115
+                          all_threads=True)
     try:
         body(log)
     except BaseException:  # noqa: BLE001 - reported to the parent through the log
@@ -329,6 +334,24 @@ def hold_reader(path: str, ready_path: str, mode: str = "none") -> None:
         f.write(str(os.getpid()))
     while True:
         time.sleep(10)
+
+
+def hold_write(path: str, ready_path: str, mode: str = "sync") -> None:
+    """Begin a write transaction, announce it, and sleep in it until killed."""
+    broker = mqlite.open(path, durability=mode)
+    broker._engine.env.write_txn()
+    with open(ready_path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(10)
+
+
+def send_after_gate(path: str, topic: str, out_path: str, mode: str = "sync") -> None:
+    """Send one message (waiting for the write gate) and write its offset to ``out_path``."""
+    broker = mqlite.open(path, durability=mode)
+    md = broker.send(topic, b"after")
+    with open(out_path, "w") as f:
+        f.write(str(md.offset))
 
 
 def poll_reader(path: str, ready_path: str, topic: str, mode: str = "none") -> None:

@@ -29,12 +29,19 @@ against RELIABILITY.md:
    after every kill; a CPU-starved survivor misses the bound once in a while,
    so at most ``LIVENESS_MISS_FRACTION`` of the observations may miss it.
 
-Reproduce a failure with the printed ``MQLITE_TEST_SEED``.
+Reproduce a failure with the printed ``MQLITE_TEST_SEED``.  Every observation slower
+than ``LIVENESS_TARGET_S`` is printed with its victim and survivor; the logs directory
+(under the test's ``tmp_path``) keeps each child's pid (``pids``), ``/proc/locks`` at the
+end of the kills (``proc-locks``) and every survivor's Python stacks (``<log>.stack``,
+written on the SIGUSR1 sent after the last liveness window): a stalled survivor shows
+where it waits (docs/decisions.md D42 was found that way).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import statistics
 import time
 from collections import defaultdict
@@ -122,6 +129,8 @@ def _launch(children: Any, run: Run, logs: Path, name: str, rng: random.Random,
         target = procs.queue_member
     inc = Incarnation(name, kind, group, log, now_ns())
     p = children.start(f"{run.mode}-{name}-{k}", target, *args)
+    with open(logs / "pids", "a") as f:
+        f.write(f"{log.name} {p.pid}\n")
     run.incarnations.append(inc)
     return inc, p
 
@@ -181,6 +190,14 @@ def torture(children: Any, tmp_path: Path, mode: str, kills: int,
     time.sleep(LIVENESS_LIMIT_S + 0.2)  # let the survivors of the last kill show progress
     reap_dead()
     run.end_ns = now_ns()
+    for _inc, p in live.values():  # stacks of the survivors (see _procs_torture._guard)
+        os.kill(p.pid, signal.SIGUSR1)
+    (logs / "proc-locks").write_text(Path("/proc/locks").read_text())
+    stacks = [inc.log.with_name(inc.log.name + ".stack") for inc, _p in live.values()]
+    deadline = time.monotonic() + 5.0  # diagnostics only: never fails the test
+    while time.monotonic() < deadline and not all(
+            f.exists() and f.stat().st_size > 0 for f in stacks):
+        time.sleep(0.01)
     for name, (inc, p) in live.items():
         children.kill(p.name)
         errs = _errors(inc.log)
@@ -367,8 +384,12 @@ def check(run: Run, drained: Drained) -> tuple[list[str], dict[str, Any]]:
     return bad, stats
 
 
-def liveness(run: Run) -> list[float]:
-    """Seconds from each kill to the next progress event of every surviving process."""
+def liveness(run: Run, misses: list[str] | None = None) -> list[float]:
+    """Seconds from each kill to the next progress event of every surviving process.
+
+    Each observation above ``LIVENESS_TARGET_S`` is described in ``misses`` (victim,
+    how it died, the stalled survivor and its log), to tell a stall from noise.
+    """
     progress: dict[int, list[int]] = {}
     for inc in run.incarnations:
         kind = "S" if inc.kind == "producer" else "D"
@@ -389,6 +410,10 @@ def liveness(run: Run) -> list[float]:
                 continue  # still starting up: its first progress measures start-up, not the kill
             nxt = next((ns for ns in progress[id(inc)] if ns > tk), None)
             lat.append(float("inf") if nxt is None else (nxt - tk) / 1e9)
+            if misses is not None and lat[-1] > LIVENESS_TARGET_S:
+                misses.append(f"kill of {victim.log.name} ({victim.how}) at "
+                              f"{(tk - run.incarnations[0].start_ns) / 1e9:.2f} s: "
+                              f"{inc.log.name} next progress after {lat[-1]:.2f} s")
     return lat
 
 
@@ -401,7 +426,8 @@ def _torture_and_check(children: Any, tmp_path: Path, mode: str, kills: int,
     t1 = time.monotonic()
     drained = drain(run)
     bad, stats = check(run, drained)
-    lat = liveness(run)
+    misses: list[str] = []
+    lat = liveness(run, misses)
     points = sorted(i.how for _, i in run.kills if i.how.startswith("point:"))
     print(f"mode={mode} kills={len(run.kills)} (named points: {points}) "
           f"torture {t1 - t0:.1f} s, drain+check {time.monotonic() - t1:.1f} s; {stats}")
@@ -409,6 +435,8 @@ def _torture_and_check(children: Any, tmp_path: Path, mode: str, kills: int,
         print(f"liveness after kills: median {statistics.median(lat):.3f} s, "
               f"max {max(lat):.3f} s over {len(lat)} survivor observations; "
               f"> {LIVENESS_TARGET_S} s: {sum(x > LIVENESS_TARGET_S for x in lat)}")
+    for miss in misses:
+        print("slow:", miss)
     assert len(run.kills) >= kills
     assert stats["sent"] > 0
     assert not bad, f"{len(bad)} violations, first: " + "\n".join(bad[:10])
@@ -416,7 +444,8 @@ def _torture_and_check(children: Any, tmp_path: Path, mode: str, kills: int,
     missed = [x for x in lat if x > LIVENESS_LIMIT_S]
     assert len(missed) <= LIVENESS_MISS_FRACTION * len(lat), (
         f"{len(missed)} of {len(lat)} survivor observations made no progress within "
-        f"{LIVENESS_LIMIT_S} s after a kill (worst {max(lat):.2f} s)")
+        f"{LIVENESS_LIMIT_S} s after a kill (worst {max(lat):.2f} s):\n" + "\n".join(
+            m for m in misses if float(m.rsplit(" after ", 1)[1][:-2]) > LIVENESS_LIMIT_S))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -478,6 +478,9 @@ class Env:
         self.pid = os.getpid()
         self.notifier: Any = None
         self.combiner: Any = None  # the commit ring; None under "none" or when unusable
+        # The write gate (csrc/wgate.h, D42): taken around every LMDB write transaction,
+        # so that only one process at a time waits in LMDB's write lock.
+        self.gate: Any = None
         # The single-send fast path (_core.SendPath, D36), made by the first Engine.
         self.send_path: Any = None
         # flock is per open file description: the threads of this process exclude
@@ -549,24 +552,34 @@ class Env:
         except lmdb.Error as exc:
             raise lmdb_error(exc, f"opening broker {self.path}") from exc
         try:
+            if self.gate is None:
+                self.gate = _core.WriteGate(os.path.join(self.path, "data.mdb"))
             self.dbs = {}
-            with env.begin(write=True) as txn:
-                for name in DB_NAMES:
-                    self.dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
-                meta = self.dbs["meta"]
-                fmt = txn.get(b"format", db=meta)
-                if fmt is None:
-                    txn.put(b"format", struct.pack(">I", FORMAT_VERSION), db=meta)
-                    txn.put(b"map_size", struct.pack(">Q", self.map_size), db=meta)
-                elif struct.unpack(">I", fmt)[0] != FORMAT_VERSION:
-                    raise StorageError(
-                        f"broker {self.path} has format {struct.unpack('>I', fmt)[0]}, "
-                        f"this mqlite reads format {FORMAT_VERSION}"
-                    )
+            self.gate.enter()
+            try:
+                with env.begin(write=True) as txn:
+                    for name in DB_NAMES:
+                        self.dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
+                    meta = self.dbs["meta"]
+                    fmt = txn.get(b"format", db=meta)
+                    if fmt is None:
+                        txn.put(b"format", struct.pack(">I", FORMAT_VERSION), db=meta)
+                        txn.put(b"map_size", struct.pack(">Q", self.map_size), db=meta)
+                    elif struct.unpack(">I", fmt)[0] != FORMAT_VERSION:
+                        raise StorageError(
+                            f"broker {self.path} has format {struct.unpack('>I', fmt)[0]}, "
+                            f"this mqlite reads format {FORMAT_VERSION}"
+                        )
+            finally:
+                self.gate.leave()
             env.reader_check()
         except lmdb.Error as exc:
             env.close()
             raise lmdb_error(exc, f"opening broker {self.path}") from exc
+        except OSError as exc:  # the write gate's descriptor or flock
+            env.close()
+            raise StorageError(f"opening broker {self.path}: cannot take the write gate "
+                               f"on data.mdb: {exc.strerror}") from exc
         except BaseException:
             env.close()
             raise
@@ -679,6 +692,9 @@ class Env:
             # The inherited descriptor shares the parent's flock: use a ring of our own.
             self.combiner.close()
             self.combiner = None
+        if self.gate is not None:
+            self.gate.forget()  # the parent's gate, whatever it holds; ours comes with _open
+            self.gate = None
         self.comb_lock = threading.Lock()
         self._fence = threading.Lock()
         self._begun = itertools.count()  # the parent's threads do not exist here
@@ -723,6 +739,9 @@ class Env:
         if self.combiner is not None:
             self.combiner.close()
             self.combiner = None
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
 
     # -- transactions ----------------------------------------------------------------
     def _recover_from_panic(self, dead: Any) -> Any:
@@ -836,15 +855,29 @@ class Env:
                     env.reader_check()
                 except lmdb.Error:
                     pass
+            gate = self.gate
+            try:
+                gate.enter()  # the write gate (csrc/wgate.h): left by commit / abort
+            except OSError as exc:
+                raise StorageError(f"cannot take the write gate of {self.path}: "
+                                   f"{exc.strerror}") from exc
             try:
                 txn = env.begin(write=True)
-            except lmdb.PanicError:
-                try:
-                    txn = self._recover_from_panic(env).begin(write=True)
-                except lmdb.Error as exc:
+            except BaseException as exc:
+                gate.leave()
+                if isinstance(exc, lmdb.PanicError):
+                    gate.enter()
+                    try:
+                        txn = self._recover_from_panic(env).begin(write=True)
+                    except BaseException as exc2:
+                        gate.leave()
+                        if isinstance(exc2, lmdb.Error):
+                            raise lmdb_error(exc2, "begin write") from exc2
+                        raise
+                elif isinstance(exc, lmdb.Error):
                     raise lmdb_error(exc, "begin write") from exc
-            except lmdb.Error as exc:
-                raise lmdb_error(exc, "begin write") from exc
+                else:
+                    raise
         except BaseException:
             self._leave()
             raise
@@ -921,9 +954,11 @@ class Env:
         try:
             txn.commit()
         except BaseException as exc:
+            self.gate.leave()
             self.state_cache.clear()
             self._leave()
             raise lmdb_error(exc, "commit") from exc
+        self.gate.leave()
         self._cache_tid = tid
         if wake is not None and not touched and not hooks:  # one send: the short way
             n = self.notifier
@@ -975,6 +1010,7 @@ class Env:
         try:
             txn.abort()
         finally:
+            self.gate.leave()
             self._leave()
 
     def check_space(self, txn: Any, nbytes: int = 0, tier: str = SPACE_SEND) -> None:

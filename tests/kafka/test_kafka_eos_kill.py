@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from _kafka_server import KILL_UNSUPPORTED
 from _polling import wait_until
 
 pytest.importorskip("confluent_kafka")
@@ -35,18 +36,6 @@ from mqlite import TopicPartition
 
 SRC = str(Path(mqlite.__file__).resolve().parent.parent)
 
-#: Why the whole-App test cannot pass on the wheel brokers (measured, docs/scale-out.md):
-#: it runs against MQLITE_TEST_KAFKA_URL=kafka://<a Kafka cluster>.
-WHY_NOT = {
-    "noida": "noida-db 0.2.3 never expires a SIGKILLed consumer-group member (no session "
-             "timeout on the coordinator's side): the restarted worker's join starts a "
-             "rebalance that waits for the dead member forever, so the group stops "
-             "(docs/scale-out.md); the transactional fencing itself is tested by "
-             "test_restarted_slot_aborts_a_killed_producers_open_transaction",
-    "tansu": "Tansu 0.6 does not abort a fenced producer's open transaction: after "
-             "init_transactions with the same transactional.id its records become visible "
-             "to read_committed readers (docs/scale-out.md)",
-}
 TIMEOUT = 240.0
 OPTS = {"log_level": 3}
 
@@ -118,8 +107,8 @@ class _Reader:
 
 def test_sigkilled_exactly_once_worker_loses_nothing_and_duplicates_nothing(
         kafka_server: Any, tmp_path: Path) -> None:
-    if kafka_server.kind in WHY_NOT:
-        pytest.skip(WHY_NOT[kafka_server.kind])
+    if kafka_server.kind in KILL_UNSUPPORTED:
+        pytest.skip(KILL_UNSUPPORTED[kafka_server.kind])
     url = kafka_server.url
     tag = uuid.uuid4().hex[:6]
     topic_in, topic_out, group = f"eos-in-{tag}", f"eos-out-{tag}", f"eos-{tag}"
@@ -209,7 +198,7 @@ def test_restarted_slot_aborts_a_killed_producers_open_transaction(
     (and so its transactional id) goes to the next claimant, whose init_transactions
     aborts the open transaction at once; while it lives, nobody else gets that id."""
     if kafka_server.kind == "tansu":
-        pytest.skip(WHY_NOT["tansu"])
+        pytest.skip(KILL_UNSUPPORTED["tansu"])
     from mqlite.kafka.txid import claim_transactional_id
 
     url = kafka_server.url

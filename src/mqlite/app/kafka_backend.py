@@ -84,10 +84,20 @@ class KafkaBackend(LocalBackend):
     def prepare_exactly_once(self, group: str) -> None:
         """Claim ``group``'s transactional id and register it (App start; module docstring).
 
-        Registering aborts what a dead predecessor of this worker left open,
-        before this worker reads anything.
+        Registering aborts what a dead predecessor of this worker left open.  It
+        runs in a thread of its own, so that the subscriber joins its group as
+        soon as without it (a later join means another rebalance round for the
+        whole group); the first transaction waits for it, and retries it if it
+        failed.
         """
-        self._transactional_id(group)
+        def register() -> None:
+            try:
+                self._transactional_id(group)
+            except Exception:  # the first transaction tries again, and raises
+                log.warning("registering the transactional id of group %r failed; the "
+                            "first transaction tries again", group, exc_info=True)
+
+        threading.Thread(target=register, name="mqlite-kafka-txid", daemon=True).start()
 
     def _transactional_id(self, group: str) -> str:
         with self._tx_lock:

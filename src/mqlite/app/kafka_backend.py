@@ -48,7 +48,7 @@ from mqlite.app.backend import (
     ThreadedAsyncConsumer,
 )
 from mqlite.app.context import Output
-from mqlite.errors import NotSupportedError
+from mqlite.errors import ClosedError, NotSupportedError
 from mqlite.types import TopicPartition
 
 if TYPE_CHECKING:  # mqlite.kafka needs confluent-kafka: imported when a Kafka App starts
@@ -80,6 +80,7 @@ class KafkaBackend(LocalBackend):
         self._warned_keys = False
         self._tx_lock = threading.Lock()
         self._claims: dict[str, SlotClaim] = {}  # consumer group -> its transactional id
+        self._tx_closed = False
 
     def prepare_exactly_once(self, group: str) -> None:
         """Claim ``group``'s transactional id and register it (App start; module docstring).
@@ -93,6 +94,8 @@ class KafkaBackend(LocalBackend):
         def register() -> None:
             try:
                 self._transactional_id(group)
+            except ClosedError:
+                pass  # the App stopped first
             except Exception:  # the first transaction tries again, and raises
                 log.warning("registering the transactional id of group %r failed; the "
                             "first transaction tries again", group, exc_info=True)
@@ -103,6 +106,8 @@ class KafkaBackend(LocalBackend):
         with self._tx_lock:
             claim = self._claims.get(group)
             if claim is None:
+                if self._tx_closed:
+                    raise ClosedError("this App's Kafka backend is closed")
                 from mqlite.kafka.txid import claim_transactional_id
 
                 claim = claim_transactional_id(
@@ -166,6 +171,7 @@ class KafkaBackend(LocalBackend):
         caller's), then give the transactional-id slots up."""
         with self._tx_lock:
             claims, self._claims = self._claims, {}
+            self._tx_closed = True  # a registration still to run claims nothing now
         try:
             if self._owned:
                 self.broker.close()

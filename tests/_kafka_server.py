@@ -20,7 +20,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KafkaServer", "start", "unavailable_reason"]
+__all__ = ["KILL_UNSUPPORTED", "KafkaServer", "start", "unavailable_reason"]
+
+#: Why an exactly-once App worker SIGKILLed mid-run cannot recover on the wheel brokers
+#: (measured, docs/scale-out.md): tests/kafka/test_kafka_eos_kill.py and
+#: ``acceptance_app_flow_kafka.py --kill`` need MQLITE_TEST_KAFKA_URL=kafka://<a cluster>.
+KILL_UNSUPPORTED = {
+    "noida": "noida-db 0.2.3 never expires a SIGKILLed consumer-group member (no session "
+             "timeout on the coordinator's side): the restarted worker's join starts a "
+             "rebalance that waits for the dead member forever, so the group stops "
+             "(docs/scale-out.md); the transactional fencing itself is tested by "
+             "tests/kafka/test_kafka_eos_kill.py",
+    "tansu": "Tansu 0.6 does not abort a fenced producer's open transaction: after "
+             "init_transactions with the same transactional.id its records become visible "
+             "to read_committed readers (docs/scale-out.md)",
+}
 
 START_DEADLINE = 60.0  # seconds; the wheels start in ~0.2 s on an idle machine
 

@@ -113,3 +113,33 @@ def test_retry_topics_are_refused_on_kafka(kafka_url: str) -> None:
         assert be.scheduled(f"rt-{tag}.retry") == 0
     finally:
         be.close()
+
+
+def test_app_runs_on_an_open_kafka_broker_and_leaves_it_open(kafka_url: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    src, out = f"in-{tag}", f"out-{tag}"
+    n = 20
+    with mqlite.open(kafka_url, client_options={"log_level": 3}) as b:
+        app = mqlite.App(b, name="onbroker", partitions=2)
+
+        @app.subscriber(src, group=f"g-{tag}", exactly_once=True)
+        @app.publisher(out)
+        def double(x: dict) -> dict:
+            return {"id": x["id"], "twice": 2 * x["id"]}
+
+        with app:
+            assert app.broker is b
+            assert app.wait_ready(TIMEOUT)
+            for i in range(n):
+                app.publish(src, {"id": i}, key=str(i))
+            got = [msgspec.json.decode(m.value) for m in _read(b, out, n)]
+        assert not b.closed  # the caller's broker: the App does not close it
+        assert sorted(o["twice"] for o in got) == [2 * i for i in range(n)]
+        assert b.topics()  # still usable
+        with pytest.raises(TypeError, match="URL"):
+            app.run(workers=2)  # a forked worker cannot use this process's client
+
+
+def test_app_refuses_other_targets_naming_what_it_takes() -> None:
+    with pytest.raises(TypeError, match="KafkaBroker"):
+        mqlite.App(object())

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, NamedTuple, Self, TypeVar
 
-from mqlite.app.backend import LocalBackend, open_backend
+from mqlite.app.backend import LocalBackend, is_target, open_backend
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, make_output
 from mqlite.app.runner import HandlerEvent, QueueRunner, Runner, StreamRunner
 from mqlite.app.subscriber import SubscriberSpec, make_spec
@@ -104,8 +104,10 @@ class App:
     ----------
     broker
         A broker directory (``str`` / ``os.PathLike``; opened at :meth:`start`
-        or at the first publish) or an open :class:`mqlite.Broker` (the App
-        does not close it).
+        or at the first publish), a ``kafka://`` URL, or an open
+        :class:`mqlite.Broker` or :class:`mqlite.kafka.KafkaBroker` (the App
+        does not close it; a Kafka client does not survive a fork, so an App on
+        a ``KafkaBroker`` runs with ``run(workers=1)``: give the URL for more).
     name
         The service name: default groups are ``"{name}.{handler}"``; 1-200
         characters of ``[A-Za-z0-9._-]``.
@@ -145,11 +147,10 @@ class App:
                  partitions: int = 1, graceful_timeout: float = 30.0,
                  reply_topic: str = "mqlite.replies", auto_create_topics: bool = True,
                  listeners: Sequence[Callable[[HandlerEvent], Any]] = ()) -> None:
-        import mqlite
-
-        if not isinstance(broker, (str, os.PathLike, mqlite.Broker)):
-            raise TypeError(f"App() takes a broker directory (str / PathLike) or a "
-                            f"mqlite.Broker, not {type(broker).__name__}")
+        if not is_target(broker):
+            raise TypeError(f"App() takes a broker directory (str / PathLike), a kafka:// URL, "
+                            f"a mqlite.Broker or a mqlite.kafka.KafkaBroker, not "
+                            f"{type(broker).__name__}")
         validate_topic_name(name, "app name")
         if len(name) > 200:
             raise ValueError("name must be at most 200 characters")
@@ -438,6 +439,9 @@ class App:
                     backend.ensure_topic(t, self.partitions)
                 if spec.dead_letter is not None:
                     backend.ensure_topic(spec.dead_letter, 1)
+                fence = getattr(backend, "prepare_exactly_once", None)  # optional (Kafka)
+                if fence is not None and spec.exactly_once and spec.mode == "stream":
+                    fence(spec.group)
             for fn in self._startup:
                 self._call_hook(fn)
             self._stop_event.clear()

@@ -33,8 +33,8 @@ from mqlite.app.context import Output
 from mqlite.errors import TopicExistsError, TopicNotFoundError
 from mqlite.types import RecordMetadata, TopicPartition
 
-__all__ = ["URL_BACKENDS", "Backend", "LocalBackend", "ThreadedAsyncConsumer",
-           "async_stream_consumer", "open_backend"]
+__all__ = ["BROKER_BACKENDS", "URL_BACKENDS", "Backend", "LocalBackend", "ThreadedAsyncConsumer",
+           "async_stream_consumer", "is_target", "open_backend"]
 
 
 class Backend(Protocol):
@@ -215,6 +215,18 @@ class LocalBackend:
 #: Backends for URL targets by prefix, ``make(url, auto_create, partitions)``; each module
 #: registers itself (``mqlite.app.kafka_backend``: ``"kafka://"``), so this one imports none.
 URL_BACKENDS: dict[str, Callable[[str, bool, int], LocalBackend]] = {}
+#: Backends for open broker handles of other backends: ``(accepts(target), make(target,
+#: auto_create, partitions))``; the App does not close such a handle (``mqlite.kafka``'s
+#: ``KafkaBroker``: registered by ``mqlite.app.kafka_backend``).
+BROKER_BACKENDS: list[tuple[Callable[[Any], bool], Callable[[Any, bool, int], LocalBackend]]] = []
+
+
+def is_target(target: Any) -> bool:
+    """Whether ``mqlite.App(target)`` takes ``target`` (path, URL, or an open broker handle)."""
+    import mqlite
+
+    return isinstance(target, (str, os.PathLike, mqlite.Broker)) or any(
+        accepts(target) for accepts, _ in BROKER_BACKENDS)
 
 
 class ThreadedAsyncConsumer:
@@ -255,7 +267,8 @@ def async_stream_consumer(backend: Any, topics: list[str], group: str, *,
 
 def open_backend(target: Any, durability: str, auto_create: bool = True,
                  partitions: int = 1) -> LocalBackend:
-    """A backend for ``target``: a broker directory path or an open :class:`mqlite.Broker`.
+    """A backend for ``target``: a broker directory path or an open :class:`mqlite.Broker`
+    (or another backend's open handle registered in :data:`BROKER_BACKENDS`).
 
     A URL registered in :data:`URL_BACKENDS` (``kafka://``:
     :class:`mqlite.app.kafka_backend.KafkaBackend`) gives that backend
@@ -269,8 +282,11 @@ def open_backend(target: Any, durability: str, auto_create: bool = True,
                 return make(target, auto_create, partitions)
     if isinstance(target, mqlite.Broker):
         return LocalBackend(target, False, auto_create, partitions)
+    for accepts, adopt in BROKER_BACKENDS:
+        if accepts(target):
+            return adopt(target, auto_create, partitions)
     if isinstance(target, (str, os.PathLike)):
         return LocalBackend(mqlite.open(target, durability=durability), True, auto_create,
                             partitions)
-    raise TypeError(f"App() takes a broker directory (str / PathLike) or a mqlite.Broker, "
-                    f"not {type(target).__name__}")
+    raise TypeError(f"App() takes a broker directory (str / PathLike), a kafka:// URL, a "
+                    f"mqlite.Broker or a mqlite.kafka.KafkaBroker, not {type(target).__name__}")

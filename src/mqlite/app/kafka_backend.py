@@ -13,6 +13,14 @@ differs, and why:
   commit are one Kafka transaction (``send_offsets_to_transaction``), so a
   crash or a rebalance never applies one without the other; mqlite's Kafka
   consumers read ``read_committed``.
+* **Stable transactional ids** (D39): each exactly-once group's
+  transactions use the id ``{base}.{group}.{host}.{slot}``
+  (:mod:`mqlite.kafka.txid`; ``base`` is ``client_options``'
+  ``transactional.id``, else ``"mqlite"``; the slot starts at the worker
+  index, ``MQLITE_WORKER``), registered when the App starts.  A worker
+  restarted after a SIGKILL takes its predecessor's id, which aborts the
+  transaction the dead one left open: ``read_committed`` readers of its
+  outputs move on at once instead of after ``transaction.timeout.ms``.
 * **Idempotency keys are not checked**: Kafka has no claim store, so
   ``idempotency_key`` does not skip an event that was *published* twice (a
   redelivered record is still handled once under ``exactly_once``, by the
@@ -27,21 +35,35 @@ differs, and why:
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from mqlite.app.backend import URL_BACKENDS, LocalBackend, ThreadedAsyncConsumer
+from mqlite.app.backend import (
+    BROKER_BACKENDS,
+    URL_BACKENDS,
+    LocalBackend,
+    ThreadedAsyncConsumer,
+)
 from mqlite.app.context import Output
-from mqlite.errors import NotSupportedError
+from mqlite.errors import ClosedError, NotSupportedError
 from mqlite.types import TopicPartition
 
-__all__ = ["KafkaBackend", "open_kafka_backend"]
+if TYPE_CHECKING:  # mqlite.kafka needs confluent-kafka: imported when a Kafka App starts
+    from mqlite.kafka.txid import SlotClaim
+
+__all__ = ["KafkaBackend", "adopt_kafka_broker", "open_kafka_backend", "worker_index"]
 
 log = logging.getLogger("mqlite.app")
 
 #: Seconds a Kafka group member may go without polling before it leaves the group: the
 #: App's fetch thread pauses polling while its handlers are busy with a full buffer.
 MAX_POLL_INTERVAL = 300.0
+#: Worker indexes (``MQLITE_WORKER``) a transactional-id slot can start from (the same
+#: bound as ``mqlite.kafka.txid.MAX_SLOTS``).
+MAX_SLOTS = 4096
 
 
 class KafkaBackend(LocalBackend):
@@ -56,6 +78,48 @@ class KafkaBackend(LocalBackend):
                  partitions: int = 1) -> None:
         super().__init__(broker, owned, auto_create, partitions)
         self._warned_keys = False
+        self._tx_lock = threading.Lock()
+        self._claims: dict[str, SlotClaim] = {}  # consumer group -> its transactional id
+        self._tx_closed = False
+
+    def prepare_exactly_once(self, group: str) -> None:
+        """Claim ``group``'s transactional id and register it (App start; module docstring).
+
+        Registering aborts what a dead predecessor of this worker left open.  It
+        runs in a thread of its own, so that the subscriber joins its group as
+        soon as without it (a later join means another rebalance round for the
+        whole group); the first transaction waits for it, and retries it if it
+        failed.
+        """
+        def register() -> None:
+            try:
+                self._transactional_id(group)
+            except ClosedError:
+                pass  # the App stopped first
+            except Exception:  # the first transaction tries again, and raises
+                log.warning("registering the transactional id of group %r failed; the "
+                            "first transaction tries again", group, exc_info=True)
+
+        threading.Thread(target=register, name="mqlite-kafka-txid", daemon=True).start()
+
+    def _transactional_id(self, group: str) -> str:
+        with self._tx_lock:
+            claim = self._claims.get(group)
+            if claim is None:
+                if self._tx_closed:
+                    raise ClosedError("this App's Kafka backend is closed")
+                from mqlite.kafka.txid import claim_transactional_id
+
+                claim = claim_transactional_id(
+                    self.broker.client_transactional_id or "mqlite", group,
+                    self.broker.url, worker_index())
+                try:
+                    self.broker.init_transactions(claim.transactional_id)
+                except BaseException:
+                    claim.release()
+                    raise
+                self._claims[group] = claim
+            return claim.transactional_id
 
     def _apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
                offsets: tuple[Any, dict[TopicPartition, int]] | None,
@@ -76,7 +140,8 @@ class KafkaBackend(LocalBackend):
             for o in outputs:
                 self.send(o)
             return
-        with self.broker.transaction() as tx:
+        tid = self._transactional_id(offsets[0].group)
+        with self.broker.transaction(transactional_id=tid) as tx:
             for o in outputs:
                 tx.send(o.topic, o.value, o.key, o.headers, o.partition)
             tx.commit_offsets(offsets[0], offsets[1])
@@ -100,6 +165,22 @@ class KafkaBackend(LocalBackend):
 
     async def aclose(self) -> None:
         """Nothing asyncio-side to release (see :meth:`async_stream_consumer`)."""
+
+    def close(self) -> None:
+        """Close an owned broker (or end this App's transactional producers on a
+        caller's), then give the transactional-id slots up."""
+        with self._tx_lock:
+            claims, self._claims = self._claims, {}
+            self._tx_closed = True  # a registration still to run claims nothing now
+        try:
+            if self._owned:
+                self.broker.close()
+            elif not self.broker.closed:
+                for claim in claims.values():
+                    self.broker.end_transactions(claim.transactional_id)
+        finally:
+            for claim in claims.values():
+                claim.release()
 
     def scheduled(self, topic: str) -> int:
         """0: Kafka has no delayed messages (``delay=`` raises ``NotSupportedError``)."""
@@ -130,6 +211,19 @@ class KafkaBackend(LocalBackend):
             "subscriber (examples/dlq_monitor.py) or a consumer")
 
 
+def worker_index() -> int:
+    """This process's worker index: ``MQLITE_WORKER`` (set by ``app.run(workers=N)``), else 0."""
+    raw = os.environ.get("MQLITE_WORKER", "0")
+    try:
+        index = int(raw)
+    except ValueError:
+        raise ValueError(f"MQLITE_WORKER must be a worker index (0 to {MAX_SLOTS - 1}), "
+                         f"got {raw!r}") from None
+    if not 0 <= index < MAX_SLOTS:
+        raise ValueError(f"MQLITE_WORKER must be 0 to {MAX_SLOTS - 1}, got {index}")
+    return index
+
+
 def open_kafka_backend(url: str, auto_create: bool, partitions: int) -> KafkaBackend:
     """The App's backend for ``mqlite.App("kafka://...")`` (registered in ``URL_BACKENDS``)."""
     import mqlite
@@ -137,4 +231,16 @@ def open_kafka_backend(url: str, auto_create: bool, partitions: int) -> KafkaBac
     return KafkaBackend(mqlite.open(url), True, auto_create, partitions)
 
 
+def _is_kafka_broker(target: Any) -> bool:
+    # a KafkaBroker exists only once its module is imported: no import (confluent-kafka) here
+    mod = sys.modules.get("mqlite.kafka.broker")
+    return mod is not None and isinstance(target, mod.KafkaBroker)
+
+
+def adopt_kafka_broker(target: Any, auto_create: bool, partitions: int) -> KafkaBackend:
+    """The App's backend for ``mqlite.App(kafka_broker)``: the App does not close it."""
+    return KafkaBackend(target, False, auto_create, partitions)
+
+
 URL_BACKENDS["kafka://"] = open_kafka_backend
+BROKER_BACKENDS.append((_is_kafka_broker, adopt_kafka_broker))

@@ -304,6 +304,12 @@ def _spawn(app: App, index: int, metrics: _Metrics | None = None) -> _Worker:
 
 def _supervise(app: App, workers: int, health_port: int | None, health_host: str,
                metrics: _Metrics | None = None) -> int:
+    import mqlite
+
+    if not isinstance(app.target, (str, os.PathLike, mqlite.Broker)):
+        raise TypeError(f"app.run(workers>1) forks workers, and a forked worker cannot use "
+                        f"the open {type(app.target).__name__} the App was given: pass its "
+                        f"URL (mqlite.App('kafka://...')) to run several workers")
     if app._backend is not None or app._runners:
         raise RuntimeError("app.run(workers>1) forks workers: do not start the App or open "
                            "its broker before run()")

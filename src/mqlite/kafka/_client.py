@@ -19,17 +19,26 @@ from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient
 
+from mqlite.config import require_int
 from mqlite.errors import ClosedError, PartitionNotFoundError, TopicNotFoundError
 from mqlite.kafka._errors import to_mqlite
 from mqlite.types import TopicPartition
 
-__all__ = ["INTERNAL_TOPICS", "Cluster", "parse_url"]
+__all__ = ["INTERNAL_TOPICS", "REQUEST_TIMEOUT", "TRANSACTION_TIMEOUT_MS", "Cluster",
+           "parse_url"]
 
 #: Kafka's own topics, hidden from ``topics()``.
 INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
 
 #: Seconds a metadata or admin request may take before :class:`mqlite.TimeoutError`.
 REQUEST_TIMEOUT = 30.0
+
+#: mqlite's ``transaction.timeout.ms`` for its transactional producers (milliseconds; Kafka
+#: Streams' exactly-once default): how long the coordinator lets a transaction stay open
+#: before it aborts it, which bounds how long a dead producer's open transaction holds
+#: ``read_committed`` readers back.  ``client_options`` may set 1,000 to 2**31 - 1 (and the
+#: broker refuses more than its ``transaction.max.timeout.ms``, 900,000 by default).
+TRANSACTION_TIMEOUT_MS = 10_000
 
 
 def parse_url(url: str) -> str:
@@ -57,6 +66,11 @@ class Cluster:
             if not isinstance(k, str):
                 raise TypeError(f"client_options keys are librdkafka property names (str), "
                                 f"not {type(k).__name__}")
+        if "transaction.timeout.ms" in options:
+            v = options["transaction.timeout.ms"]
+            ms = int(v) if isinstance(v, str) and v.strip().isdigit() else v
+            require_int(ms, "client_options['transaction.timeout.ms'] (milliseconds)",
+                        minimum=1000, maximum=2**31 - 1)
         self.bootstrap = bootstrap
         # a transactional id makes a producer transactional: only transaction() uses it
         self.transactional_id: str | None = options.pop("transactional.id", None)

@@ -24,7 +24,7 @@ from confluent_kafka.admin import NewTopic
 from mqlite._headers import HeadersArg, normalize_headers_list
 from mqlite.config import DEFAULT_MAX_MESSAGE_BYTES, require_int, validate_topic_name
 from mqlite.errors import NotSupportedError, TopicExistsError
-from mqlite.kafka._client import REQUEST_TIMEOUT, Cluster, parse_url
+from mqlite.kafka._client import REQUEST_TIMEOUT, TRANSACTION_TIMEOUT_MS, Cluster, parse_url
 from mqlite.kafka._errors import to_mqlite
 from mqlite.kafka._fast import KafkaFuture
 from mqlite.kafka.consumer import KafkaConsumer
@@ -82,8 +82,9 @@ class KafkaBroker:
         self._cluster = cluster
         self._lock = threading.Lock()
         self._producer: KafkaProducer | None = None
-        self._tx_producer: KafkaProducer | None = None
-        self._tx_lock = threading.Lock()
+        #: transactional.id -> its producer and the lock its transactions take in turn
+        self._tx: dict[str, tuple[KafkaProducer, threading.Lock]] = {}
+        self._default_tid = cluster.transactional_id or f"mqlite-{uuid.uuid4().hex}"
         self._children: list[Any] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -105,8 +106,10 @@ class KafkaBroker:
             return
         with self._lock:
             children, self._children = self._children, []
-            own = [p for p in (self._producer, self._tx_producer) if p is not None]
-            self._producer = self._tx_producer = None
+            own = [p for p in (self._producer,) if p is not None] + \
+                [p for p, _ in self._tx.values()]
+            self._producer = None
+            self._tx = {}
         first: BaseException | None = None
         for child in [c for c in children if isinstance(c, KafkaProducer)] + own + \
                 [c for c in children if not isinstance(c, KafkaProducer)]:
@@ -368,24 +371,82 @@ class KafkaBroker:
         finally:
             c.close()
 
-    def transaction(self) -> KafkaTransaction:
+    @property
+    def client_transactional_id(self) -> str | None:
+        """The ``transactional.id`` given in ``client_options`` (``None``: none given)."""
+        return self._cluster.transactional_id
+
+    def transaction(self, *, transactional_id: str | None = None) -> KafkaTransaction:
         """``with broker.transaction() as tx:`` — a Kafka transaction.
 
         See :mod:`mqlite.kafka.transaction`: ``tx.send`` and
         ``tx.commit_offsets(consumer)`` commit atomically.
+
+        Parameters
+        ----------
+        transactional_id
+            The producer's ``transactional.id``; ``None``: this handle's own
+            (``client_options``' ``transactional.id``, else ``mqlite-<random>``).
+            Transactions of one id run one at a time; see
+            :meth:`init_transactions` for why a process that may be restarted
+            wants a stable one.
+
+        Raises
+        ------
+        ClosedError, TypeError, ValueError
+        BackendError, TimeoutError
+            Registering the id with the coordinator failed.
         """
-        self._check_open()
+        producer, lock = self._tx_producer(transactional_id)
+        return KafkaTransaction(producer, lock)
+
+    def init_transactions(self, transactional_id: str | None = None) -> None:
+        """Register ``transactional_id``'s producer with the coordinator now (idempotent).
+
+        Kafka's ``init_transactions``: the coordinator aborts any transaction a
+        previous producer of the same id left open (a killed process) and
+        fences that producer, so ``read_committed`` readers move past its
+        records at once instead of after ``transaction.timeout.ms``.  A
+        restarted process that calls this at start with its predecessor's id
+        (see :mod:`mqlite.kafka.txid`) releases what the predecessor pinned.
+
+        Raises
+        ------
+        As :meth:`transaction`.
+        """
+        self._tx_producer(transactional_id)
+
+    def end_transactions(self, transactional_id: str) -> None:
+        """Close ``transactional_id``'s producer (waits for its open transaction).  Idempotent."""
         with self._lock:
-            if self._tx_producer is None:
-                tid = self._cluster.transactional_id or f"mqlite-{uuid.uuid4().hex}"
-                p = KafkaProducer(self._cluster, extra={"transactional.id": tid})
+            entry = self._tx.pop(transactional_id, None)
+        if entry is not None:
+            with entry[1]:
+                entry[0].close()
+
+    def _tx_producer(self, transactional_id: str | None) -> tuple[KafkaProducer, threading.Lock]:
+        self._check_open()
+        if transactional_id is None:
+            tid = self._default_tid
+        elif not isinstance(transactional_id, str):
+            raise TypeError(f"transactional_id must be a str, not "
+                            f"{type(transactional_id).__name__}")
+        elif not 1 <= len(transactional_id) <= 1000:
+            raise ValueError("transactional_id must be 1 to 1000 characters")
+        else:
+            tid = transactional_id
+        with self._lock:
+            entry = self._tx.get(tid)
+            if entry is None:
+                p = KafkaProducer(self._cluster, extra={"transactional.id": tid},
+                                  defaults={"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS})
                 try:
                     p.client.init_transactions(REQUEST_TIMEOUT)
                 except KafkaException as exc:
                     p.close(0)
                     raise to_mqlite(exc, "initialise Kafka transactions") from exc
-                self._tx_producer = p
-            return KafkaTransaction(self._tx_producer, self._tx_lock)
+                entry = self._tx[tid] = (p, threading.Lock())
+            return entry
 
     def _check_open(self) -> None:
         if self._cluster.closed:

@@ -69,11 +69,15 @@ class KafkaProducer(ProducerCore):
     max_queued
         librdkafka's ``queue.buffering.max.messages``; ``send`` waits
         (backpressure) while that many records are unacknowledged.
+    extra, defaults
+        librdkafka settings (internal): ``extra`` over everything,
+        ``defaults`` under the user's ``client_options``.
     """
 
     def __init__(self, cluster: Cluster, *, linger_ms: float = 0.0, batch_bytes: int = 1 << 20,
                  partitioner: str | Callable[[Any, Any, int], int] | None = None,
-                 max_queued: int = 1_000_000, extra: dict[str, Any] | None = None) -> None:
+                 max_queued: int = 1_000_000, extra: dict[str, Any] | None = None,
+                 defaults: dict[str, Any] | None = None) -> None:
         require_milliseconds(linger_ms, "linger_ms", maximum=60_000)
         require_int(batch_bytes, "batch_bytes", minimum=1, maximum=2**31 - 1)
         require_int(max_queued, "max_queued", minimum=1, maximum=2**31 - 1)
@@ -82,7 +86,7 @@ class KafkaProducer(ProducerCore):
             # round-robin and user callables are computed here, with mqlite's implementations
             self._local = resolve_partitioner(partitioner, batch_bytes)
         self._cluster = cluster
-        cfg = producer_config(cluster, extra, **{"linger.ms": linger_ms,
+        cfg = producer_config(cluster, extra, **{**(defaults or {}), "linger.ms": linger_ms,
                                                  "batch.size": batch_bytes,
                                                  "queue.buffering.max.messages": max_queued})
         try:

@@ -7,9 +7,10 @@ consumers that read with ``isolation.level=read_committed`` (mqlite's Kafka
 consumers do).  The send futures resolve when the transaction commits (as on
 the embedded backend) and fail with the error if it aborts.
 
-A broker handle has one transactional producer (``transactional.id`` from
-``client_options`` or ``mqlite-<random>``), so its transactions run one at a
-time: a second ``with broker.transaction()`` in another thread waits.  Acks,
+Each ``transactional.id`` has one producer per broker handle (the handle's
+own: ``client_options``' ``transactional.id`` or ``mqlite-<random>``; or the
+one given to ``broker.transaction(transactional_id=...)``), so transactions
+of one id run one at a time: a second one in another thread waits.  Acks,
 publishes and claims are embedded-only (:class:`NotSupportedError`).
 """
 

@@ -35,11 +35,13 @@ import logging
 import queue as _queue_mod
 import threading
 import time
+import types
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, run_lane
 from mqlite.app.backend import async_stream_consumer
 from mqlite.app.codec import PayloadError, encode_value
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output
@@ -116,9 +118,10 @@ class _Item:
 class _Acc:
     """What a job has finished and not yet flushed."""
 
-    __slots__ = ("done", "items", "keys")
+    __slots__ = ("done", "items", "keys", "pos")
 
     def __init__(self) -> None:
+        self.pos = 0  # messages of the job finished so far
         self.items: list[_Item] = []
         self.done: int | None = None  # stream: next offset to commit
         self.keys: set[Any] = set()  # idempotency keys claimed by this job (flushed or not)
@@ -464,51 +467,75 @@ class Runner:
                 and spec.retry_topic is None)
 
     def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
-        """Lean path: a handled message that returned a value or has headers (a request?)."""
+        """Lean path: a handled message with headers (a request wants its reply)."""
         self._success(acc, m, None, result, None, None)
 
     def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
         """Handle ``msgs`` in order on this thread; returns how many were finished."""
-        spec = self.spec
-        acc = _Acc()
-        i = 0
+        return self._guarded_sync(lane, msgs, lambda acc: self._handle_sync(lane, msgs, acc,
+                                                                            attempt_of))
+
+    def _handle_sync(self, lane: Any, msgs: list[Any], acc: _Acc,
+                     attempt_of: Callable[[Any], int]) -> None:
+        first_exc = self._lean_sync(lane, msgs, acc) if self._fast() else None
         n = len(msgs)
-        first_exc: Exception | None = None
+        while acc.pos < n and not self._halted(lane):
+            self._one_sync(lane, acc, msgs[acc.pos], attempt_of, first_exc)
+            first_exc = None
+            acc.pos += 1
+
+    def _lane_mode(self) -> int:
+        """How the lean loop passes the payload (``run_lane``'s ``mode``)."""
+        spec = self.spec
+        return 0 if spec.raw_bytes else (1 if spec.takes_payload else 2)
+
+    def _lean_sync(self, lane: Any, msgs: list[Any], acc: _Acc) -> Exception | None:
+        """The lean path (:meth:`_fast`): the handler on each message in a C loop
+        (``_core.run_lane``) until the end, a stop, or an error, which is returned
+        for :meth:`_one_sync` to classify as the message's first attempt."""
+        spec, mode, i = self.spec, self._lane_mode(), 0
+        while True:
+            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, False, spec.decode, self,
+                                       lane)
+            if outcome != LANE_REPLY:
+                break
+            self._fast_done(acc, msgs[i], obj)  # has headers: a request wants a reply
+            i += 1
+        if i:
+            acc.pos, acc.done = i, msgs[i - 1].offset + 1
+        return obj if outcome == LANE_RAISED else None
+
+    def _guarded_sync(self, lane: Any, msgs: list[Any], body: Callable[[_Acc], None]) -> int:
+        """Run a job's ``body``, which advances ``acc.pos`` past each finished message,
+        then flush.  A halt flushes what was finished; any other error is logged and
+        the job pauses 1 s (its unfinished messages are read again).  Returns
+        ``acc.pos``."""
+        acc = _Acc()
         try:
-            if self._fast():
-                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
-                raw = spec.raw_bytes
-                for m in msgs:
-                    if self._stopping or lane.revoked:
-                        break
-                    try:
-                        if raw:
-                            v = m.value
-                            r = h(b"" if v is None else v)
-                        else:
-                            r = h(decode(m.value)) if takes else h()
-                    except Exception as exc:  # noqa: BLE001 - classified below
-                        first_exc = exc
-                        break
-                    if r is not None or m.headers:  # headers: a request wants a reply
-                        self._fast_done(acc, m, r)
-                    i += 1
-                if i:
-                    acc.done = msgs[i - 1].offset + 1
-            while i < n:
-                if self._halted(lane):
-                    break
-                self._one_sync(lane, acc, msgs[i], attempt_of, first_exc)
-                first_exc = None
-                i += 1
+            body(acc)
             self._flush(lane, acc)
         except _Halt:
             self._flush_halted(lane, acc)
         except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
+            self._log_failed_job(msgs, acc.pos)
             self._wait(lane, 1.0)
-        self.handled += i
-        return i
+        self.handled += acc.pos
+        return acc.pos
+
+    async def _guarded_async(self, lane: Any, msgs: list[Any],
+                             body: Callable[[_Acc], Coroutine[Any, Any, None]]) -> int:
+        """:meth:`_guarded_sync` on the App's loop (flushes off it when they write)."""
+        acc = _Acc()
+        try:
+            await body(acc)
+            await self._flush_async(lane, acc)
+        except _Halt:
+            await self._flush_halted_async(lane, acc)
+        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
+            self._log_failed_job(msgs, acc.pos)
+            await self._wait_async(lane, 1.0)
+        self.handled += acc.pos
+        return acc.pos
 
     def _begin(self, m: Any, attempt: int) -> _Attempt:
         """Start one attempt of ``m``: its context, start time and the listeners' event."""
@@ -575,46 +602,40 @@ class Runner:
     async def _run_async(self, lane: Any, msgs: list[Any],
                          attempt_of: Callable[[Any], int]) -> int:
         """The :meth:`_run_sync` of ``async def`` handlers, on the App's loop."""
-        spec = self.spec
-        acc = _Acc()
-        i = 0
-        n = len(msgs)
-        first_exc: Exception | None = None
-        try:
-            if self._fast():
-                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
-                raw = spec.raw_bytes
-                for m in msgs:
-                    if self._stopping or lane.revoked:
-                        break
-                    try:
-                        if raw:
-                            v = m.value
-                            r = await h(b"" if v is None else v)
-                        else:
-                            r = await (h(decode(m.value)) if takes else h())
-                    except Exception as exc:  # noqa: BLE001 - classified below
-                        first_exc = exc
-                        break
-                    if r is not None or m.headers:  # headers: a request wants a reply
-                        self._fast_done(acc, m, r)
-                    i += 1
-                if i:
-                    acc.done = msgs[i - 1].offset + 1
-            while i < n:
-                if self._halted(lane):
-                    break
-                await self._one_async(lane, acc, msgs[i], attempt_of, first_exc)
+        async def body(acc: _Acc) -> None:
+            first_exc = await self._lean_async(lane, msgs, acc) if self._fast() else None
+            n = len(msgs)
+            while acc.pos < n and not self._halted(lane):
+                await self._one_async(lane, acc, msgs[acc.pos], attempt_of, first_exc)
                 first_exc = None
-                i += 1
-            await self._flush_async(lane, acc)
-        except _Halt:
-            await self._flush_halted_async(lane, acc)
-        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
-            await self._wait_async(lane, 1.0)
-        self.handled += i
-        return i
+                acc.pos += 1
+        return await self._guarded_async(lane, msgs, body)
+
+    async def _lean_async(self, lane: Any, msgs: list[Any], acc: _Acc) -> Exception | None:
+        """:meth:`_lean_sync` for ``async def`` handlers: a coroutine that returns
+        without waiting finishes inside the C loop; one that waits is awaited here
+        (:func:`_resume`), then the loop goes on."""
+        spec, mode, i = self.spec, self._lane_mode(), 0
+        while True:
+            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, True, spec.decode, self,
+                                       lane)
+            if outcome == LANE_DONE or outcome == LANE_RAISED:
+                break
+            if outcome != LANE_REPLY:  # it waits: finish it on the loop
+                try:
+                    obj = await (_resume(*obj) if outcome == LANE_SUSPENDED else obj)
+                except Exception as exc:  # noqa: BLE001 - classified by _one_async
+                    outcome, obj = LANE_RAISED, exc
+                    break
+                if not msgs[i].headers:
+                    i += 1
+                    continue
+            self._fast_done(acc, msgs[i], obj)  # has headers: a request wants a reply
+            i += 1
+        if i:
+            acc.pos, acc.done = i, msgs[i - 1].offset + 1
+        return obj if outcome == LANE_RAISED else None
+
 
     async def _one_async(self, lane: Any, acc: _Acc, m: Any,
                          attempt_of: Callable[[Any], int], first_exc: Exception | None) -> None:
@@ -737,6 +758,29 @@ def _runs(msgs: list[Any]) -> list[tuple[tuple[str, int], list[Any]]]:
             prev.extend(run)
         s = lo + 1
     return out
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """The rest of ``await coro`` for a coroutine that already ran until it first
+    waited, on ``yielded`` (``run_lane`` started it): what the task sends or throws
+    goes on to the coroutine, as ``await`` would pass it."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a cancellation: the coroutine's to handle
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _first_attempt(m: Any) -> int:
@@ -1004,10 +1048,11 @@ class StreamRunner(Runner):
 
     def _run_batches_sync(self, lane: _Lane, msgs: list[Any]) -> int:
         """Hand ``msgs`` to a sync batch handler in lists of up to ``max_records``."""
-        spec, acc, i = self.spec, _Acc(), 0
-        try:
-            while i < len(msgs) and not self._halted(lane):
-                chunk = msgs[i:i + spec.batch]
+        spec = self.spec
+
+        def body(acc: _Acc) -> None:
+            while acc.pos < len(msgs) and not self._halted(lane):
+                chunk = msgs[acc.pos:acc.pos + spec.batch]
                 payloads, good = self._batch_start(acc, chunk)
                 attempt = 1
                 while payloads:
@@ -1026,24 +1071,18 @@ class StreamRunner(Runner):
                         raise _Halt from None
                     attempt += 1
                 acc.done = chunk[-1].offset + 1
-                i += len(chunk)
-            self._flush(lane, acc)
-        except _Halt:
-            self._flush_halted(lane, acc)
-        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
-            self._wait(lane, 1.0)
-        self.handled += i
-        return i
+                acc.pos += len(chunk)
+        return self._guarded_sync(lane, msgs, body)
 
     async def _run_batches_async(self, lane: _Lane, msgs: list[Any]) -> int:
         """:meth:`_run_batches_sync` for an ``async def`` batch handler, on the App's loop."""
-        spec, acc, i = self.spec, _Acc(), 0
+        spec = self.spec
         loop = asyncio.get_running_loop()
         io = self.app._io_pool()
-        try:
-            while i < len(msgs) and not self._halted(lane):
-                chunk = msgs[i:i + spec.batch]
+
+        async def body(acc: _Acc) -> None:
+            while acc.pos < len(msgs) and not self._halted(lane):
+                chunk = msgs[acc.pos:acc.pos + spec.batch]
                 payloads, good = self._batch_start(acc, chunk)
                 attempt = 1
                 while payloads:
@@ -1062,15 +1101,9 @@ class StreamRunner(Runner):
                         raise _Halt from None
                     attempt += 1
                 acc.done = chunk[-1].offset + 1
-                i += len(chunk)
-            await self._flush_async(lane, acc)
-        except _Halt:
-            await self._flush_halted_async(lane, acc)
-        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
-            await self._wait_async(lane, 1.0)
-        self.handled += i
-        return i
+                acc.pos += len(chunk)
+        return await self._guarded_async(lane, msgs, body)
+
 
     def _finish(self, lane: _Lane, batch: list[Any], n: int) -> None:
         rewind = batch[n].offset if n < len(batch) else None

@@ -194,8 +194,14 @@ class Runner:
         self._task: Future[None] | None = None  # the loop-driven subscriber's task
         self._pool: ThreadPoolExecutor | None = None
         self._scope = f"{spec.group}:{spec.name}"
-        # stream, async, concurrency=1: fetching and handling both run on the App's loop
-        self._loop_driven = spec.is_async and spec.concurrency == 1 and spec.mode == "stream"
+        # async handlers: fetching (mqlite.aio) and handling both run on the App's loop, with
+        # jobs inline (concurrency=1) or as tasks beside the fetch task (D33, D40); queue mode
+        # needs the backend's async_queue, else a fetch thread as for sync handlers
+        self._loop_driven = spec.is_async and (spec.mode == "stream" or
+                                               hasattr(backend, "async_queue"))
+        self._tasks: set[asyncio.Task[Any]] = set()  # loop-driven jobs running as tasks
+        self._report_evt: asyncio.Event | None = None  # set on a job's report (loop-driven)
+        self._evt_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -290,8 +296,43 @@ class Runner:
 
     def _report(self, d: _Done) -> None:
         self._done_q.put(d)
-        if not self._loop_driven and threading.current_thread() is not self._thread:
-            self._wake()  # inline jobs (fetch thread, or loop-driven) need no wake-up
+        if self._loop_driven:
+            if self.spec.concurrency > 1:
+                self._wake()  # jobs run as tasks while the fetch task waits
+        elif threading.current_thread() is not self._thread:
+            self._wake()  # inline jobs (on the fetch thread) need no wake-up
+
+    # -- loop-driven subscribers: jobs as tasks ----------------------------------------------
+    def _kick(self) -> None:
+        """End the fetch task's :meth:`_wait_report` now (any thread)."""
+        evt, loop = self._report_evt, self._evt_loop
+        if evt is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(evt.set)
+
+    async def _wait_report(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a job's report or a stop request (fetch task, on
+        the loop; it yields to the loop unless a report is already waiting)."""
+        evt = self._report_evt
+        if evt is None:  # first wait: made on the loop
+            evt = self._report_evt = asyncio.Event()
+            self._evt_loop = asyncio.get_running_loop()
+        evt.clear()
+        if self._done_q.empty():
+            try:
+                await asyncio.wait_for(evt.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _spawn(self, job: Coroutine[Any, Any, Any]) -> None:
+        """Run ``job`` as a task beside the fetch task (loop-driven, concurrency > 1)."""
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("subscriber %s: a job failed: %r", self.spec.name, task.exception())
 
     def _emit(self, m: Message, attempt: int, status: str | None, seconds: float,
               error: BaseException | None, payload: Any) -> None:
@@ -853,6 +894,7 @@ class StreamRunner(Runner):
         c = self._aconsumer if self._loop_driven else self._consumer
         if c is not None:
             c.wakeup()
+        self._kick()
 
     def _consumer_for_tx(self) -> Any:
         return self._consumer
@@ -901,10 +943,14 @@ class StreamRunner(Runner):
 
         Polls through the backend's asyncio consumer (``mqlite.aio``: reads
         inline on the loop, waits on the loop's doorbell, no thread held while
-        waiting); handles each partition's run inline (``await``); commits on
-        the loop, at most every ``commit_interval`` while messages keep coming
-        (a commit handed to a thread each time measured ~2x the CPU per
-        message).  Lanes never run during a poll, so a revocation never waits.
+        waiting); commits on the loop, at most every ``commit_interval`` while
+        messages keep coming (a commit handed to a thread each time measured
+        ~2x the CPU per message).  With ``concurrency=1`` it handles each
+        partition's run inline (``await``), so lanes never run during a poll
+        and a revocation never waits; with more, up to ``concurrency`` lanes
+        run as tasks while it polls, and their reports wake its waits.  A
+        revocation (in a poll round, in an aio worker thread) then waits for
+        the revoked lanes as the fetch thread of a sync subscriber does.
         """
         spec = self.spec
         loop = asyncio.get_running_loop()
@@ -921,7 +967,8 @@ class StreamRunner(Runner):
                 self._apply_rewinds()
                 if self._to_commit and time.monotonic() >= self._next_commit:
                     self._commit(False)
-                while self._ready_lanes and not self._stopping:
+                while (self._ready_lanes and not self._stopping
+                       and self._running < spec.concurrency):
                     lane = self._ready_lanes.popleft()
                     if lane.running or lane.revoked or not lane.batches:
                         continue
@@ -930,10 +977,16 @@ class StreamRunner(Runner):
                         batch = batch + lane.batches.popleft()
                     lane.running = True
                     self._running += 1
-                    await self._job_async(lane, batch)
-                    self._drain(0.0)
+                    if spec.concurrency == 1:
+                        await self._job_async(lane, batch)
+                        self._drain(0.0)
+                    else:
+                        self._spawn(self._job_async(lane, batch))
                 if self._stopping:
                     break
+                if self._buffered >= self._max_buffered:  # lanes behind: wait for one
+                    await self._wait_report(0.5)
+                    continue
                 msgs = await ac.poll(spec.batch, 1e-6) if self.ready else []
                 if not msgs and not self._stopping:
                     if self._to_commit:  # caught up: commit before waiting
@@ -1221,13 +1274,15 @@ class QueueRunner(Runner):
     def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
         super().__init__(spec, backend, app)
         self._queue: Any = None
+        self._aqueue: Any = None  # loop-driven: the mqlite.aio queue (backend.async_queue)
         self._jobs = 0
         self.revoked = False  # the "lane" of a queue job is the runner itself
 
     def _wake(self) -> None:
-        q = self._queue
+        q = self._aqueue if self._loop_driven else self._queue
         if q is not None:
             q.wakeup()
+        self._kick()
 
     def _consumer_for_tx(self) -> Any:
         return None
@@ -1272,6 +1327,57 @@ class QueueRunner(Runner):
                 self._drain(min(0.5, max(0.0, end - time.monotonic())))
         finally:
             q.close()
+
+    async def _aloop(self) -> None:
+        """:meth:`_loop` on the App's loop, for ``async def`` handlers (D40).
+
+        Receives through the backend's asyncio queue (``mqlite.aio``: each
+        receive round in a worker thread, waits on the loop's doorbell, no
+        thread held while waiting); runs a job inline with ``concurrency=1``,
+        else up to ``concurrency`` jobs as tasks while it receives.
+        """
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        max_deliveries = None if spec.ack == "before" else spec.retries + 1
+        make = self.backend.async_queue  # type: ignore[attr-defined]
+        self._aqueue = aq = await make(
+            spec.topics[0], spec.group, visibility_timeout=spec.visibility_timeout,
+            max_deliveries=max_deliveries, dead_letter=spec.dead_letter)
+        self._queue = aq.sync
+        per_job = max(1, spec.batch // spec.concurrency)
+        try:
+            while not self._stopping:
+                self._drain(0.0)
+                free = spec.concurrency - self._running
+                if free <= 0:
+                    await self._wait_report(0.5)
+                    continue
+                got = await aq.receive(max_messages=min(spec.batch, free * per_job),
+                                       timeout=1.0 if self.ready else 0.01)
+                if not self.ready:
+                    self.ready = True
+                    self.app._notify_progress()
+                if not got:
+                    continue
+                if spec.ack == "before":
+                    await aq.ack(got)
+                ds = [d.sync for d in got]
+                chunks = min(free, len(ds))
+                for k in range(chunks):
+                    part = ds[k::chunks]
+                    self._buffered += len(part)
+                    self._running += 1
+                    if spec.concurrency == 1:
+                        await self._job_async(part)
+                        self._drain(0.0)
+                    else:
+                        self._spawn(self._job_async(part))
+            end = loop.time() + self.app.graceful_timeout
+            while self._running > 0 and loop.time() < end:
+                await self._wait_report(min(0.5, max(0.0, end - loop.time())))
+                self._drain(0.0)
+        finally:
+            await aq.close()
 
     def _attempt_of(self, d: Any) -> int:
         return int(d.delivery_count)

@@ -161,3 +161,37 @@ def test_async_queue_stop_finishes_in_flight_jobs_and_releases_the_rest(tmp_brok
         rest = [int(d.value or b"") for d in q.receive(max_messages=100, timeout=5)]
         assert sorted(rest + finished) == list(range(16))  # none lost, none twice
         q.close()
+
+
+def test_stop_releases_the_aio_handle_of_a_callers_broker_and_leaves_it_open(
+        tmp_broker_dir) -> None:
+    def aio_threads() -> list[str]:
+        return [t.name for t in threading.enumerate()
+                if t.name.startswith("mqlite-aio") and t.is_alive()]
+
+    assert aio_threads() == []
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        app = mqlite.App(b)
+        got: list[int] = []
+
+        @app.subscriber("t", group="g")
+        async def h(x: int) -> None:
+            got.append(x)
+
+        @app.subscriber("jobs", group="w", mode="queue")
+        async def q(x: int) -> None:
+            got.append(-x)
+
+        with app:
+            app.publish("t", 1)
+            app.publish("jobs", 2)
+            app.wait_idle()
+            assert "mqlite-aio-bell" in aio_threads()
+        assert sorted(got) == [-2, 1]
+        for th in threading.enumerate():  # AsyncBroker.detach(): doorbell and workers end
+            if th.name.startswith("mqlite-aio"):
+                th.join(30)
+        assert aio_threads() == []
+        assert not b.closed
+        b.send("t", b"3")  # the caller's broker is still open and usable
+        assert b.committed_offsets("g", "t") == {0: 1}

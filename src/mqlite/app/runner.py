@@ -1,5 +1,8 @@
 """Subscriber runtimes: one fetch thread per subscriber, lanes of handlers, commits.
 
+(An ``async def`` subscriber's "fetch thread" is a task on the App's loop that
+fetches through ``mqlite.aio``, and its jobs run inline or as tasks: D33, D40.)
+
 Contract (what every subscriber guarantees):
 
 * **Stream mode.**  The fetch thread owns the group consumer (``commit="manual"``)

@@ -1,6 +1,7 @@
 """Issue 12 acceptance: mqlite.App overhead and concurrency, all rows in one run.
 
-    python benchmarks/acceptance_app.py [--n 200000] [--io-n 2000] [--reps 5]
+    python benchmarks/acceptance_app.py [--n 200000] [--io-n 2000] [--queue-n 20000]
+                                        [--reps 5] [--rows REGEX]
 
 Rows (100-byte values, durability "none" so the framework is measured, not fsync;
 each row a median of ``--reps`` repetitions, interleaved):
@@ -13,7 +14,16 @@ each row a median of ``--reps`` repetitions, interleaved):
   to 1000 (a batch handler, D33);
 * ``App empty sync``: the same with ``def h(v: bytes): pass`` (one worker, one process);
 * ``App 1 ms I/O, concurrency=1`` and ``=8``: a sync handler that waits 1 ms
-  (``time.sleep(0.001)``, standing for an I/O call) on an 8-partition topic.
+  (``time.sleep(0.001)``, standing for an I/O call) on an 8-partition topic;
+* ``App async 1 ms I/O, concurrency=1`` and ``=8``: the same with ``await
+  asyncio.sleep(0.001)`` (jobs as tasks on the App's loop, D40);
+* ``App async queue ...``: queue mode (per-message acks), an empty ``async def``
+  handler with ``concurrency=1`` and a 1 ms one with ``concurrency=8`` (``--queue-n``
+  messages; fetching on ``mqlite.aio``, D40).
+
+``--rows REGEX`` runs only the rows whose name matches (the ratio lines need
+their rows).  The script uses only the public API, so running it with
+``PYTHONPATH=OTHER/src`` measures another tree.
 
 Targets (issue 12): empty async >= 50% of raw poll+commit; empty sync >= 100k msg/s;
 concurrency=8 >= 6x concurrency=1.
@@ -22,6 +32,8 @@ concurrency=8 >= 6x concurrency=1.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import re
 import shutil
 import statistics
 import tempfile
@@ -41,8 +53,10 @@ def _fill(path: str, topic: str, n: int, partitions: int = 1) -> None:
             if partitions == 1:
                 b.send_batch(topic, [VALUE] * k)
             else:
-                for p in range(partitions):
-                    b.send_batch(topic, [VALUE] * (k // partitions), partition=p)
+                for p in range(partitions):  # k spread over the partitions, none lost
+                    share = k // partitions + (1 if p < k % partitions else 0)
+                    if share:
+                        b.send_batch(topic, [VALUE] * share, partition=p)
 
 
 def raw_poll_commit(n: int) -> float:
@@ -121,41 +135,73 @@ def app_io(n: int, concurrency: int) -> float:
     return _app_rate(n, reg, partitions=8)
 
 
+def app_async_io(n: int, concurrency: int) -> float:
+    def reg(app: mqlite.App) -> None:
+        @app.subscriber("t", group="g", batch=100, concurrency=concurrency)
+        async def h(v: bytes) -> None:
+            await asyncio.sleep(0.001)
+    return _app_rate(n, reg, partitions=8)
+
+
+def app_async_queue(n: int, concurrency: int, io: bool) -> float:
+    def reg(app: mqlite.App) -> None:
+        @app.subscriber("t", group="g", mode="queue", batch=100, concurrency=concurrency)
+        async def h(v: bytes) -> None:
+            if io:
+                await asyncio.sleep(0.001)
+    return _app_rate(n, reg)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200_000, help="messages per overhead row")
     ap.add_argument("--io-n", type=int, default=2000, help="messages per 1 ms I/O row")
+    ap.add_argument("--queue-n", type=int, default=20_000, help="messages per queue-mode row")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--rows", default="", help="only the rows whose name matches this regex")
     args = ap.parse_args()
-    rows: dict[str, list[float]] = {k: [] for k in (
-        "raw poll+commit (batch 1000)", "App empty async handler",
-        "App empty async, batch=True", "App empty sync handler",
-        "App 1 ms I/O, concurrency=1", "App 1 ms I/O, concurrency=8")}
+    table: dict[str, Callable[[], float]] = {
+        "raw poll+commit (batch 1000)": lambda: raw_poll_commit(args.n),
+        "App empty async handler": lambda: app_empty_async(args.n),
+        "App empty async, batch=True": lambda: app_empty_async_batch(args.n),
+        "App empty sync handler": lambda: app_empty_sync(args.n),
+        "App 1 ms I/O, concurrency=1": lambda: app_io(args.io_n, 1),
+        "App 1 ms I/O, concurrency=8": lambda: app_io(args.io_n, 8),
+        "App async 1 ms I/O, concurrency=1": lambda: app_async_io(args.io_n, 1),
+        "App async 1 ms I/O, concurrency=8": lambda: app_async_io(args.io_n, 8),
+        "App async queue, empty": lambda: app_async_queue(args.queue_n, 1, False),
+        "App async queue 1 ms I/O, conc.=8": lambda: app_async_queue(args.io_n, 8, True),
+    }
+    table = {k: f for k, f in table.items() if re.search(args.rows, k)}
+    rows: dict[str, list[float]] = {k: [] for k in table}
     for _ in range(args.reps):  # interleaved: every row once per repetition
-        rows["raw poll+commit (batch 1000)"].append(raw_poll_commit(args.n))
-        rows["App empty async handler"].append(app_empty_async(args.n))
-        rows["App empty async, batch=True"].append(app_empty_async_batch(args.n))
-        rows["App empty sync handler"].append(app_empty_sync(args.n))
-        rows["App 1 ms I/O, concurrency=1"].append(app_io(args.io_n, 1))
-        rows["App 1 ms I/O, concurrency=8"].append(app_io(args.io_n, 8))
+        for k, f in table.items():
+            rows[k].append(f())
     med = {k: statistics.median(v) for k, v in rows.items()}
-    raw_rows = rows["raw poll+commit (batch 1000)"]
-    paired = [a / r for a, r in zip(rows["App empty async handler"], raw_rows, strict=True)]
     print(f"{'row':34} {'median msg/s':>14}  (min - max)")
     for k, v in rows.items():
         print(f"{k:34} {med[k]:>14,.0f}  ({min(v):,.0f} - {max(v):,.0f})")
-    raw = med["raw poll+commit (batch 1000)"]
     print()
+    if "raw poll+commit (batch 1000)" not in rows or "App empty async handler" not in rows:
+        return
+    raw_rows = rows["raw poll+commit (batch 1000)"]
+    paired = [a / r for a, r in zip(rows["App empty async handler"], raw_rows, strict=True)]
+    raw = med["raw poll+commit (batch 1000)"]
     print(f"empty async / raw poll+commit: {med['App empty async handler'] / raw:.0%} of the "
           f"medians; per repetition {', '.join(f'{x:.0%}' for x in paired)}, median "
           f"{statistics.median(paired):.0%} (target >= 50%)")
-    pb = [a / r for a, r in zip(rows["App empty async, batch=True"], raw_rows, strict=True)]
-    print(f"empty async batch handler / raw poll+commit: per repetition "
-          f"{', '.join(f'{x:.0%}' for x in pb)}, median {statistics.median(pb):.0%}")
-    print(f"empty sync handler: {med['App empty sync handler']:,.0f} msg/s (target >= 100k)")
-    print(f"concurrency=8 / concurrency=1 (1 ms I/O): "
-          f"{med['App 1 ms I/O, concurrency=8'] / med['App 1 ms I/O, concurrency=1']:.1f}x "
-          "(target >= 6x)")
+    if "App empty async, batch=True" in rows:
+        pb = [a / r for a, r in zip(rows["App empty async, batch=True"], raw_rows, strict=True)]
+        print(f"empty async batch handler / raw poll+commit: per repetition "
+              f"{', '.join(f'{x:.0%}' for x in pb)}, median {statistics.median(pb):.0%}")
+    if "App empty sync handler" in rows:
+        print(f"empty sync handler: {med['App empty sync handler']:,.0f} msg/s "
+              "(target >= 100k)")
+    for kind in ("", "async "):
+        c1, c8 = f"App {kind}1 ms I/O, concurrency=1", f"App {kind}1 ms I/O, concurrency=8"
+        if c1 in rows and c8 in rows:
+            print(f"{kind}concurrency=8 / concurrency=1 (1 ms I/O): {med[c8] / med[c1]:.1f}x "
+                  "(target >= 6x)")
 
 
 if __name__ == "__main__":

@@ -330,3 +330,17 @@ class SendPath:
         topic's ``max_message_bytes``, the commit ring in use, or an environment
         closing, being reopened or due for its reader check.  Errors inside the
         transaction abort it and raise as ``Engine.send`` raises them."""
+
+LANE_DONE: int
+LANE_SUSPENDED: int
+LANE_REPLY: int
+LANE_RAISED: int
+LANE_AWAIT: int
+
+def run_lane(handler: Any, msgs: list[Any], i: int, mode: int, is_async: bool, decode: Any,
+             runner: Any, lane: Any) -> tuple[int, int, Any]:
+    """The App's lean handler loop (D40): call ``handler`` on ``msgs[i:]`` while each
+    call finishes at once; ``(i, outcome, obj)`` with ``outcome`` one of the
+    ``LANE_*`` constants (DONE: msgs[i] not started; SUSPENDED: obj is
+    (coroutine, yielded); REPLY: msgs[i] handled, obj its result, it has headers;
+    RAISED: obj the Exception; AWAIT: obj a non-coroutine awaitable to await)."""

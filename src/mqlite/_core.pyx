@@ -1760,3 +1760,8 @@ def messages_from_kafka(list raw, Py_ssize_t start, list out, dict last):
 # -- the single-message send path (docs/decisions.md D36) ----------------------------
 
 include "_sendpath.pxi"
+
+
+# -- the App's lean handler loop (docs/decisions.md D40) -------------------------------
+
+include "_lanepath.pxi"

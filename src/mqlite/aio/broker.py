@@ -153,6 +153,15 @@ class AsyncBroker:
                 q._closed = True
             self._runner.shutdown()
 
+    async def detach(self) -> None:
+        """Release this handle's asyncio side (doorbell, worker threads), leaving
+        ``sync`` open: for a broker the caller opened and still uses.  Close the
+        consumers and queues made from this handle first.  Idempotent."""
+        if self._bell_ is not None:
+            self._bell_.close()
+            self._bell_ = None
+        self._runner.shutdown()
+
     async def __aenter__(self) -> Self:
         return self
 

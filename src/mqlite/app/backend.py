@@ -9,16 +9,19 @@ Every method may be called from any App thread except where noted: a
 stream consumer is used by its fetch thread only (``commit_in_tx`` passes it to
 a transaction in a handler thread, which mqlite's fenced commit allows).
 
-Async subscribers that fetch on the App's event loop (stream mode,
-``concurrency=1``) take an asyncio consumer from ``async_stream_consumer``
+Async subscribers fetch on the App's event loop (D33, D40): stream mode takes
+an asyncio consumer from ``async_stream_consumer``
 (called on that loop): an object with ``await poll(max_records, timeout)``,
 ``wakeup()`` (any thread), ``await close()`` and ``sync``, the synchronous
 consumer used for commits, seeks and transactions.  ``aclose()`` (on the loop)
-releases what those needed, before ``close()``.  These two (and ``scheduled``)
-are OPTIONAL methods, not in the :class:`Backend` protocol (added by D33,
-so backends written against the protocol stay valid): for a backend without them the App
-uses :class:`ThreadedAsyncConsumer` over ``stream_consumer`` (its waiting
-polls hold a thread) and skips ``aclose`` / counts no scheduled retries.
+releases what those needed, before ``close()``.  Queue mode takes a started
+:class:`mqlite.aio.AsyncQueue` from ``await async_queue(...)`` (arguments as
+``queue``).  These (and ``scheduled``) are OPTIONAL methods, not in the
+:class:`Backend` protocol (added by D33 and D40, so backends written against
+the protocol stay valid): for a backend without them the App uses
+:class:`ThreadedAsyncConsumer` over ``stream_consumer`` (its waiting polls
+hold a thread), a fetch thread for async queue subscribers, and skips
+``aclose`` / counts no scheduled retries.
 """
 
 from __future__ import annotations
@@ -149,26 +152,43 @@ class LocalBackend:
         Its ``poll`` reads inline on the loop and waits on the loop's doorbell:
         no thread is held while it waits.
         """
-        if self._aio is None:
-            from mqlite.aio import AsyncBroker
-
-            self._aio = AsyncBroker(self.broker)
-        return self._aio.consumer(topics, group, auto_offset_reset=auto_offset_reset,
+        return self._aio_broker().consumer(topics, group, auto_offset_reset=auto_offset_reset,
                                   commit="manual", max_poll_records=batch,
                                   max_poll_interval=86400.0, on_revoke=on_revoke,
                                   assignor="cooperative-sticky")
 
+    def _aio_broker(self) -> Any:
+        if self._aio is None:
+            from mqlite.aio import AsyncBroker
+
+            self._aio = AsyncBroker(self.broker)
+        return self._aio
+
+    async def async_queue(self, topic: str, group: str, *, visibility_timeout: float,
+                          max_deliveries: int | None, dead_letter: str | None) -> Any:
+        """A started :class:`mqlite.aio.AsyncQueue` as :meth:`queue` (on the App loop).
+
+        Its ``receive`` waits on the loop's doorbell (no thread held); setting
+        the policy and registering with the group run in worker threads.
+        """
+        aio = self._aio_broker()
+        await aio.set_queue_policy(topic, group, max_deliveries=max_deliveries,
+                                   dead_letter_topic=dead_letter, retry_backoff=None)
+        q = aio.queue(topic, group, visibility_timeout=visibility_timeout)
+        return await q.start()
+
     async def aclose(self) -> None:
         """Release the asyncio side (doorbell, worker threads); on the App's loop.
 
-        A broker the App opened is closed with it.  A broker the caller passed
-        stays open, and so does its asyncio handle (``mqlite.aio`` has no way
-        yet to release one without closing the broker): its idle doorbell
-        thread ends with the process.
+        A broker the App opened is closed with it; a broker the caller passed
+        stays open (``AsyncBroker.detach``).
         """
-        if self._aio is not None and self._owned:
+        if self._aio is not None:
             aio, self._aio = self._aio, None
-            await aio.close()
+            if self._owned:
+                await aio.close()
+            else:
+                await aio.detach()
 
     def queue(self, topic: str, group: str, *, visibility_timeout: float,
               max_deliveries: int | None, dead_letter: str | None) -> Any:

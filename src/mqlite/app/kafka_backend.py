@@ -196,6 +196,10 @@ class KafkaBackend(LocalBackend):
               max_deliveries: int | None, dead_letter: str | None) -> Any:
         self._no_queues()
 
+    async def async_queue(self, topic: str, group: str, *, visibility_timeout: float,
+                          max_deliveries: int | None, dead_letter: str | None) -> Any:
+        self._no_queues()
+
     def is_processed(self, key: Any, scope: str) -> bool:
         return False  # no claim store on Kafka (module docstring)
 

@@ -1,5 +1,8 @@
 """Subscriber runtimes: one fetch thread per subscriber, lanes of handlers, commits.
 
+(An ``async def`` subscriber's "fetch thread" is a task on the App's loop that
+fetches through ``mqlite.aio``, and its jobs run inline or as tasks: D33, D40.)
+
 Contract (what every subscriber guarantees):
 
 * **Stream mode.**  The fetch thread owns the group consumer (``commit="manual"``)
@@ -35,11 +38,13 @@ import logging
 import queue as _queue_mod
 import threading
 import time
+import types
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, run_lane
 from mqlite.app.backend import async_stream_consumer
 from mqlite.app.codec import PayloadError, encode_value
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output
@@ -116,9 +121,10 @@ class _Item:
 class _Acc:
     """What a job has finished and not yet flushed."""
 
-    __slots__ = ("done", "items", "keys")
+    __slots__ = ("done", "items", "keys", "pos")
 
     def __init__(self) -> None:
+        self.pos = 0  # messages of the job finished so far
         self.items: list[_Item] = []
         self.done: int | None = None  # stream: next offset to commit
         self.keys: set[Any] = set()  # idempotency keys claimed by this job (flushed or not)
@@ -191,8 +197,14 @@ class Runner:
         self._task: Future[None] | None = None  # the loop-driven subscriber's task
         self._pool: ThreadPoolExecutor | None = None
         self._scope = f"{spec.group}:{spec.name}"
-        # stream, async, concurrency=1: fetching and handling both run on the App's loop
-        self._loop_driven = spec.is_async and spec.concurrency == 1 and spec.mode == "stream"
+        # async handlers: fetching (mqlite.aio) and handling both run on the App's loop, with
+        # jobs inline (concurrency=1) or as tasks beside the fetch task (D33, D40); queue mode
+        # needs the backend's async_queue, else a fetch thread as for sync handlers
+        self._loop_driven = spec.is_async and (spec.mode == "stream" or
+                                               hasattr(backend, "async_queue"))
+        self._tasks: set[asyncio.Task[Any]] = set()  # loop-driven jobs running as tasks
+        self._report_evt: asyncio.Event | None = None  # set on a job's report (loop-driven)
+        self._evt_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -287,8 +299,43 @@ class Runner:
 
     def _report(self, d: _Done) -> None:
         self._done_q.put(d)
-        if not self._loop_driven and threading.current_thread() is not self._thread:
-            self._wake()  # inline jobs (fetch thread, or loop-driven) need no wake-up
+        if self._loop_driven:
+            if self.spec.concurrency > 1:
+                self._wake()  # jobs run as tasks while the fetch task waits
+        elif threading.current_thread() is not self._thread:
+            self._wake()  # inline jobs (on the fetch thread) need no wake-up
+
+    # -- loop-driven subscribers: jobs as tasks ----------------------------------------------
+    def _kick(self) -> None:
+        """End the fetch task's :meth:`_wait_report` now (any thread)."""
+        evt, loop = self._report_evt, self._evt_loop
+        if evt is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(evt.set)
+
+    async def _wait_report(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a job's report or a stop request (fetch task, on
+        the loop; it yields to the loop unless a report is already waiting)."""
+        evt = self._report_evt
+        if evt is None:  # first wait: made on the loop
+            evt = self._report_evt = asyncio.Event()
+            self._evt_loop = asyncio.get_running_loop()
+        evt.clear()
+        if self._done_q.empty():
+            try:
+                await asyncio.wait_for(evt.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _spawn(self, job: Coroutine[Any, Any, Any]) -> None:
+        """Run ``job`` as a task beside the fetch task (loop-driven, concurrency > 1)."""
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("subscriber %s: a job failed: %r", self.spec.name, task.exception())
 
     def _emit(self, m: Message, attempt: int, status: str | None, seconds: float,
               error: BaseException | None, payload: Any) -> None:
@@ -464,51 +511,75 @@ class Runner:
                 and spec.retry_topic is None)
 
     def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
-        """Lean path: a handled message that returned a value or has headers (a request?)."""
+        """Lean path: a handled message with headers (a request wants its reply)."""
         self._success(acc, m, None, result, None, None)
 
     def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
         """Handle ``msgs`` in order on this thread; returns how many were finished."""
-        spec = self.spec
-        acc = _Acc()
-        i = 0
+        return self._guarded_sync(lane, msgs, lambda acc: self._handle_sync(lane, msgs, acc,
+                                                                            attempt_of))
+
+    def _handle_sync(self, lane: Any, msgs: list[Any], acc: _Acc,
+                     attempt_of: Callable[[Any], int]) -> None:
+        first_exc = self._lean_sync(lane, msgs, acc) if self._fast() else None
         n = len(msgs)
-        first_exc: Exception | None = None
+        while acc.pos < n and not self._halted(lane):
+            self._one_sync(lane, acc, msgs[acc.pos], attempt_of, first_exc)
+            first_exc = None
+            acc.pos += 1
+
+    def _lane_mode(self) -> int:
+        """How the lean loop passes the payload (``run_lane``'s ``mode``)."""
+        spec = self.spec
+        return 0 if spec.raw_bytes else (1 if spec.takes_payload else 2)
+
+    def _lean_sync(self, lane: Any, msgs: list[Any], acc: _Acc) -> Exception | None:
+        """The lean path (:meth:`_fast`): the handler on each message in a C loop
+        (``_core.run_lane``) until the end, a stop, or an error, which is returned
+        for :meth:`_one_sync` to classify as the message's first attempt."""
+        spec, mode, i = self.spec, self._lane_mode(), 0
+        while True:
+            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, False, spec.decode, self,
+                                       lane)
+            if outcome != LANE_REPLY:
+                break
+            self._fast_done(acc, msgs[i], obj)  # has headers: a request wants a reply
+            i += 1
+        if i:
+            acc.pos, acc.done = i, msgs[i - 1].offset + 1
+        return obj if outcome == LANE_RAISED else None
+
+    def _guarded_sync(self, lane: Any, msgs: list[Any], body: Callable[[_Acc], None]) -> int:
+        """Run a job's ``body``, which advances ``acc.pos`` past each finished message,
+        then flush.  A halt flushes what was finished; any other error is logged and
+        the job pauses 1 s (its unfinished messages are read again).  Returns
+        ``acc.pos``."""
+        acc = _Acc()
         try:
-            if self._fast():
-                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
-                raw = spec.raw_bytes
-                for m in msgs:
-                    if self._stopping or lane.revoked:
-                        break
-                    try:
-                        if raw:
-                            v = m.value
-                            r = h(b"" if v is None else v)
-                        else:
-                            r = h(decode(m.value)) if takes else h()
-                    except Exception as exc:  # noqa: BLE001 - classified below
-                        first_exc = exc
-                        break
-                    if r is not None or m.headers:  # headers: a request wants a reply
-                        self._fast_done(acc, m, r)
-                    i += 1
-                if i:
-                    acc.done = msgs[i - 1].offset + 1
-            while i < n:
-                if self._halted(lane):
-                    break
-                self._one_sync(lane, acc, msgs[i], attempt_of, first_exc)
-                first_exc = None
-                i += 1
+            body(acc)
             self._flush(lane, acc)
         except _Halt:
             self._flush_halted(lane, acc)
         except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
+            self._log_failed_job(msgs, acc.pos)
             self._wait(lane, 1.0)
-        self.handled += i
-        return i
+        self.handled += acc.pos
+        return acc.pos
+
+    async def _guarded_async(self, lane: Any, msgs: list[Any],
+                             body: Callable[[_Acc], Coroutine[Any, Any, None]]) -> int:
+        """:meth:`_guarded_sync` on the App's loop (flushes off it when they write)."""
+        acc = _Acc()
+        try:
+            await body(acc)
+            await self._flush_async(lane, acc)
+        except _Halt:
+            await self._flush_halted_async(lane, acc)
+        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
+            self._log_failed_job(msgs, acc.pos)
+            await self._wait_async(lane, 1.0)
+        self.handled += acc.pos
+        return acc.pos
 
     def _begin(self, m: Any, attempt: int) -> _Attempt:
         """Start one attempt of ``m``: its context, start time and the listeners' event."""
@@ -575,46 +646,40 @@ class Runner:
     async def _run_async(self, lane: Any, msgs: list[Any],
                          attempt_of: Callable[[Any], int]) -> int:
         """The :meth:`_run_sync` of ``async def`` handlers, on the App's loop."""
-        spec = self.spec
-        acc = _Acc()
-        i = 0
-        n = len(msgs)
-        first_exc: Exception | None = None
-        try:
-            if self._fast():
-                decode, h, takes = spec.decode, spec.handler, spec.takes_payload
-                raw = spec.raw_bytes
-                for m in msgs:
-                    if self._stopping or lane.revoked:
-                        break
-                    try:
-                        if raw:
-                            v = m.value
-                            r = await h(b"" if v is None else v)
-                        else:
-                            r = await (h(decode(m.value)) if takes else h())
-                    except Exception as exc:  # noqa: BLE001 - classified below
-                        first_exc = exc
-                        break
-                    if r is not None or m.headers:  # headers: a request wants a reply
-                        self._fast_done(acc, m, r)
-                    i += 1
-                if i:
-                    acc.done = msgs[i - 1].offset + 1
-            while i < n:
-                if self._halted(lane):
-                    break
-                await self._one_async(lane, acc, msgs[i], attempt_of, first_exc)
+        async def body(acc: _Acc) -> None:
+            first_exc = await self._lean_async(lane, msgs, acc) if self._fast() else None
+            n = len(msgs)
+            while acc.pos < n and not self._halted(lane):
+                await self._one_async(lane, acc, msgs[acc.pos], attempt_of, first_exc)
                 first_exc = None
-                i += 1
-            await self._flush_async(lane, acc)
-        except _Halt:
-            await self._flush_halted_async(lane, acc)
-        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
-            await self._wait_async(lane, 1.0)
-        self.handled += i
-        return i
+                acc.pos += 1
+        return await self._guarded_async(lane, msgs, body)
+
+    async def _lean_async(self, lane: Any, msgs: list[Any], acc: _Acc) -> Exception | None:
+        """:meth:`_lean_sync` for ``async def`` handlers: a coroutine that returns
+        without waiting finishes inside the C loop; one that waits is awaited here
+        (:func:`_resume`), then the loop goes on."""
+        spec, mode, i = self.spec, self._lane_mode(), 0
+        while True:
+            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, True, spec.decode, self,
+                                       lane)
+            if outcome == LANE_DONE or outcome == LANE_RAISED:
+                break
+            if outcome != LANE_REPLY:  # it waits: finish it on the loop
+                try:
+                    obj = await (_resume(*obj) if outcome == LANE_SUSPENDED else obj)
+                except Exception as exc:  # noqa: BLE001 - classified by _one_async
+                    outcome, obj = LANE_RAISED, exc
+                    break
+                if not msgs[i].headers:
+                    i += 1
+                    continue
+            self._fast_done(acc, msgs[i], obj)  # has headers: a request wants a reply
+            i += 1
+        if i:
+            acc.pos, acc.done = i, msgs[i - 1].offset + 1
+        return obj if outcome == LANE_RAISED else None
+
 
     async def _one_async(self, lane: Any, acc: _Acc, m: Any,
                          attempt_of: Callable[[Any], int], first_exc: Exception | None) -> None:
@@ -739,6 +804,29 @@ def _runs(msgs: list[Any]) -> list[tuple[tuple[str, int], list[Any]]]:
     return out
 
 
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """The rest of ``await coro`` for a coroutine that already ran until it first
+    waited, on ``yielded`` (``run_lane`` started it): what the task sends or throws
+    goes on to the coroutine, as ``await`` would pass it."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a cancellation: the coroutine's to handle
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
 def _first_attempt(m: Any) -> int:
     return 1
 
@@ -809,6 +897,7 @@ class StreamRunner(Runner):
         c = self._aconsumer if self._loop_driven else self._consumer
         if c is not None:
             c.wakeup()
+        self._kick()
 
     def _consumer_for_tx(self) -> Any:
         return self._consumer
@@ -857,10 +946,14 @@ class StreamRunner(Runner):
 
         Polls through the backend's asyncio consumer (``mqlite.aio``: reads
         inline on the loop, waits on the loop's doorbell, no thread held while
-        waiting); handles each partition's run inline (``await``); commits on
-        the loop, at most every ``commit_interval`` while messages keep coming
-        (a commit handed to a thread each time measured ~2x the CPU per
-        message).  Lanes never run during a poll, so a revocation never waits.
+        waiting); commits on the loop, at most every ``commit_interval`` while
+        messages keep coming (a commit handed to a thread each time measured
+        ~2x the CPU per message).  With ``concurrency=1`` it handles each
+        partition's run inline (``await``), so lanes never run during a poll
+        and a revocation never waits; with more, up to ``concurrency`` lanes
+        run as tasks while it polls, and their reports wake its waits.  A
+        revocation (in a poll round, in an aio worker thread) then waits for
+        the revoked lanes as the fetch thread of a sync subscriber does.
         """
         spec = self.spec
         loop = asyncio.get_running_loop()
@@ -877,7 +970,8 @@ class StreamRunner(Runner):
                 self._apply_rewinds()
                 if self._to_commit and time.monotonic() >= self._next_commit:
                     self._commit(False)
-                while self._ready_lanes and not self._stopping:
+                while (self._ready_lanes and not self._stopping
+                       and self._running < spec.concurrency):
                     lane = self._ready_lanes.popleft()
                     if lane.running or lane.revoked or not lane.batches:
                         continue
@@ -886,10 +980,16 @@ class StreamRunner(Runner):
                         batch = batch + lane.batches.popleft()
                     lane.running = True
                     self._running += 1
-                    await self._job_async(lane, batch)
-                    self._drain(0.0)
+                    if spec.concurrency == 1:
+                        await self._job_async(lane, batch)
+                        self._drain(0.0)
+                    else:
+                        self._spawn(self._job_async(lane, batch))
                 if self._stopping:
                     break
+                if self._buffered >= self._max_buffered:  # lanes behind: wait for one
+                    await self._wait_report(0.5)
+                    continue
                 msgs = await ac.poll(spec.batch, 1e-6) if self.ready else []
                 if not msgs and not self._stopping:
                     if self._to_commit:  # caught up: commit before waiting
@@ -1004,10 +1104,11 @@ class StreamRunner(Runner):
 
     def _run_batches_sync(self, lane: _Lane, msgs: list[Any]) -> int:
         """Hand ``msgs`` to a sync batch handler in lists of up to ``max_records``."""
-        spec, acc, i = self.spec, _Acc(), 0
-        try:
-            while i < len(msgs) and not self._halted(lane):
-                chunk = msgs[i:i + spec.batch]
+        spec = self.spec
+
+        def body(acc: _Acc) -> None:
+            while acc.pos < len(msgs) and not self._halted(lane):
+                chunk = msgs[acc.pos:acc.pos + spec.batch]
                 payloads, good = self._batch_start(acc, chunk)
                 attempt = 1
                 while payloads:
@@ -1026,24 +1127,18 @@ class StreamRunner(Runner):
                         raise _Halt from None
                     attempt += 1
                 acc.done = chunk[-1].offset + 1
-                i += len(chunk)
-            self._flush(lane, acc)
-        except _Halt:
-            self._flush_halted(lane, acc)
-        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
-            self._wait(lane, 1.0)
-        self.handled += i
-        return i
+                acc.pos += len(chunk)
+        return self._guarded_sync(lane, msgs, body)
 
     async def _run_batches_async(self, lane: _Lane, msgs: list[Any]) -> int:
         """:meth:`_run_batches_sync` for an ``async def`` batch handler, on the App's loop."""
-        spec, acc, i = self.spec, _Acc(), 0
+        spec = self.spec
         loop = asyncio.get_running_loop()
         io = self.app._io_pool()
-        try:
-            while i < len(msgs) and not self._halted(lane):
-                chunk = msgs[i:i + spec.batch]
+
+        async def body(acc: _Acc) -> None:
+            while acc.pos < len(msgs) and not self._halted(lane):
+                chunk = msgs[acc.pos:acc.pos + spec.batch]
                 payloads, good = self._batch_start(acc, chunk)
                 attempt = 1
                 while payloads:
@@ -1062,15 +1157,9 @@ class StreamRunner(Runner):
                         raise _Halt from None
                     attempt += 1
                 acc.done = chunk[-1].offset + 1
-                i += len(chunk)
-            await self._flush_async(lane, acc)
-        except _Halt:
-            await self._flush_halted_async(lane, acc)
-        except Exception:  # noqa: BLE001 - logged with its traceback, then handled again
-            self._log_failed_job(msgs, i)
-            await self._wait_async(lane, 1.0)
-        self.handled += i
-        return i
+                acc.pos += len(chunk)
+        return await self._guarded_async(lane, msgs, body)
+
 
     def _finish(self, lane: _Lane, batch: list[Any], n: int) -> None:
         rewind = batch[n].offset if n < len(batch) else None
@@ -1188,13 +1277,15 @@ class QueueRunner(Runner):
     def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
         super().__init__(spec, backend, app)
         self._queue: Any = None
+        self._aqueue: Any = None  # loop-driven: the mqlite.aio queue (backend.async_queue)
         self._jobs = 0
         self.revoked = False  # the "lane" of a queue job is the runner itself
 
     def _wake(self) -> None:
-        q = self._queue
+        q = self._aqueue if self._loop_driven else self._queue
         if q is not None:
             q.wakeup()
+        self._kick()
 
     def _consumer_for_tx(self) -> Any:
         return None
@@ -1239,6 +1330,57 @@ class QueueRunner(Runner):
                 self._drain(min(0.5, max(0.0, end - time.monotonic())))
         finally:
             q.close()
+
+    async def _aloop(self) -> None:
+        """:meth:`_loop` on the App's loop, for ``async def`` handlers (D40).
+
+        Receives through the backend's asyncio queue (``mqlite.aio``: each
+        receive round in a worker thread, waits on the loop's doorbell, no
+        thread held while waiting); runs a job inline with ``concurrency=1``,
+        else up to ``concurrency`` jobs as tasks while it receives.
+        """
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        max_deliveries = None if spec.ack == "before" else spec.retries + 1
+        make = self.backend.async_queue  # type: ignore[attr-defined]
+        self._aqueue = aq = await make(
+            spec.topics[0], spec.group, visibility_timeout=spec.visibility_timeout,
+            max_deliveries=max_deliveries, dead_letter=spec.dead_letter)
+        self._queue = aq.sync
+        per_job = max(1, spec.batch // spec.concurrency)
+        try:
+            while not self._stopping:
+                self._drain(0.0)
+                free = spec.concurrency - self._running
+                if free <= 0:
+                    await self._wait_report(0.5)
+                    continue
+                got = await aq.receive(max_messages=min(spec.batch, free * per_job),
+                                       timeout=1.0 if self.ready else 0.01)
+                if not self.ready:
+                    self.ready = True
+                    self.app._notify_progress()
+                if not got:
+                    continue
+                if spec.ack == "before":
+                    await aq.ack(got)
+                ds = [d.sync for d in got]
+                chunks = min(free, len(ds))
+                for k in range(chunks):
+                    part = ds[k::chunks]
+                    self._buffered += len(part)
+                    self._running += 1
+                    if spec.concurrency == 1:
+                        await self._job_async(part)
+                        self._drain(0.0)
+                    else:
+                        self._spawn(self._job_async(part))
+            end = loop.time() + self.app.graceful_timeout
+            while self._running > 0 and loop.time() < end:
+                await self._wait_report(min(0.5, max(0.0, end - loop.time())))
+                self._drain(0.0)
+        finally:
+            await aq.close()
 
     def _attempt_of(self, d: Any) -> int:
         return int(d.delivery_count)

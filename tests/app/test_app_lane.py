@@ -1,0 +1,196 @@
+"""The App's lean handler loop (``_core.run_lane``, D40): outcomes, and the App around it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+import mqlite
+from mqlite import _core
+from mqlite._core import Message
+from mqlite.app import TestApp
+
+
+class _Flags:
+    def __init__(self) -> None:
+        self._stopping = False
+        self.revoked = False
+
+
+def _msgs(n: int, headers_at: int | None = None) -> list[Message]:
+    return [Message("t", 0, i, 0, None, json.dumps(i).encode(),
+                    [("x-reply-to", b"r")] if i == headers_at else None) for i in range(n)]
+
+
+def test_run_lane_sync_modes_headers_and_errors() -> None:
+    seen: list[Any] = []
+    flags = _Flags()
+    msgs = _msgs(5, headers_at=3)
+    msgs[1] = Message("t", 0, 1, 0, None, None)  # a tombstone: b"" in mode 0
+    assert _core.run_lane(seen.append, msgs, 0, 0, False, None, flags, flags) == (
+        3, _core.LANE_REPLY, None)
+    assert seen == [b"0", b"", b"2", b"3"]
+    assert _core.run_lane(seen.append, msgs, 4, 0, False, None, flags, flags) == (
+        5, _core.LANE_DONE, None)
+    seen.clear()
+    out = _core.run_lane(lambda v: v * 10, _msgs(5, headers_at=2), 0, 1, False, json.loads,
+                         flags, flags)
+    assert out == (2, _core.LANE_REPLY, 20)  # the result of the message with headers
+    calls: list[int] = []
+    assert _core.run_lane(lambda: calls.append(1), _msgs(3), 0, 2, False, None, flags,
+                          flags) == (3, _core.LANE_DONE, None)
+    assert calls == [1, 1, 1]
+
+    def boom(v: int) -> None:
+        if v == 2:
+            raise ValueError("two")
+    i, outcome, exc = _core.run_lane(boom, _msgs(5), 0, 1, False, json.loads, flags, flags)
+    assert (i, outcome, type(exc), str(exc)) == (2, _core.LANE_RAISED, ValueError, "two")
+    # a decoding error is raised at that message too
+    bad = _msgs(3)
+    bad[1] = Message("t", 0, 1, 0, None, b"{not json")
+    i, outcome, exc = _core.run_lane(seen.append, bad, 0, 1, False, json.loads, flags, flags)
+    assert (i, outcome, isinstance(exc, ValueError)) == (1, _core.LANE_RAISED, True)
+
+
+def test_run_lane_stops_before_a_message_when_stopping_or_revoked() -> None:
+    flags = _Flags()
+    seen: list[bytes] = []
+
+    def h(v: bytes) -> None:
+        seen.append(v)
+        if len(seen) == 2:
+            flags._stopping = True
+    assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags, flags) == (
+        2, _core.LANE_DONE, None)
+    flags._stopping, seen[:] = False, []
+    lane = _Flags()
+    lane.revoked = True
+    assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags, lane) == (
+        0, _core.LANE_DONE, None)
+    assert seen == []
+
+
+def test_run_lane_async_returns_suspends_and_hands_back_other_awaitables() -> None:
+    flags = _Flags()
+    seen: list[int] = []
+
+    async def quick(v: int) -> int:
+        seen.append(v)
+        return v
+
+    async def main() -> None:
+        assert _core.run_lane(quick, _msgs(4, headers_at=3), 0, 1, True, json.loads, flags,
+                              flags) == (3, _core.LANE_REPLY, 3)
+        fut = asyncio.get_running_loop().create_future()
+
+        async def waits(v: int) -> int:
+            if v == 1:
+                return await fut
+            return v
+        i, outcome, (coro, yielded) = _core.run_lane(waits, _msgs(3), 0, 1, True, json.loads,
+                                                     flags, flags)
+        assert (i, outcome, yielded) == (1, _core.LANE_SUSPENDED, fut)
+        fut.get_loop().call_soon(fut.set_result, 42)
+        from mqlite.app.runner import _resume
+        assert await _resume(coro, yielded) == 42
+
+        fut2 = asyncio.get_running_loop().create_future()
+        fut2.set_result(7)
+        i, outcome, aw = _core.run_lane(lambda v: fut2, _msgs(2), 0, 1, True, json.loads,
+                                        flags, flags)
+        assert (i, outcome, aw) == (0, _core.LANE_AWAIT, fut2)
+
+        async def raises(v: int) -> None:
+            raise KeyError(v)
+        i, outcome, exc = _core.run_lane(raises, _msgs(2), 0, 1, True, json.loads, flags,
+                                         flags)
+        assert (i, outcome, type(exc)) == (0, _core.LANE_RAISED, KeyError)
+
+        async def cancelled(v: int) -> None:
+            raise asyncio.CancelledError
+        with pytest.raises(asyncio.CancelledError):  # not an Exception: it propagates
+            _core.run_lane(cancelled, _msgs(2), 0, 1, True, json.loads, flags, flags)
+    asyncio.run(main())
+    assert seen == [0, 1, 2, 3]
+
+
+def test_resume_passes_cancellation_to_the_handler() -> None:
+    from mqlite.app.runner import _resume
+
+    flags = _Flags()
+    events: list[str] = []
+
+    async def h(v: int) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def drive() -> None:
+        _, outcome, (coro, yielded) = _core.run_lane(h, _msgs(1), 0, 1, True, json.loads,
+                                                     flags, flags)
+        assert outcome == _core.LANE_SUSPENDED
+        await _resume(coro, yielded)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(drive())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    asyncio.run(main())
+    assert events == ["cancelled"]
+
+
+def test_app_async_handlers_that_wait_keep_order_retries_and_replies() -> None:
+    app = mqlite.App("unused")
+    seen: list[int] = []
+    fails = {7: 1}  # message 7 fails once (transient), then succeeds
+
+    @app.subscriber("orders", group="g", retries=2, backoff=0.01)
+    async def handle(v: int) -> int | None:
+        if v % 3 == 0:
+            await asyncio.sleep(0)  # suspends: finished by _resume, then the C loop goes on
+        if v % 5 == 0:
+            await asyncio.sleep(0.001)
+        if fails.get(v):
+            fails[v] -= 1
+            raise RuntimeError("transient")
+        seen.append(v)
+        return v * 2
+
+    async def ask() -> Any:
+        return await app.request("orders", 1000, timeout=30)
+
+    with TestApp(app) as t:
+        for i in range(40):
+            t.publish("orders", i)
+        t.wait_idle()
+        assert seen == list(range(40))
+        assert app.broker.committed_offsets("g", "orders") == {0: 40}
+        assert asyncio.run(ask()) == 2000  # a request on the lean path gets its reply
+
+
+def test_app_sync_lean_path_dead_letters_and_replies() -> None:
+    app = mqlite.App("unused")
+    seen: list[bytes] = []
+
+    @app.subscriber("raw", group="g", dead_letter="raw.dlq")
+    def handle(v: bytes) -> bytes:
+        if v == b"bad":
+            raise mqlite.Reject("no")
+        seen.append(v)
+        return v.upper()
+
+    with TestApp(app) as t:
+        for v in (b"a", b"bad", b"c"):
+            t.publish("raw", v)
+        t.wait_idle()
+        assert seen == [b"a", b"c"]
+        assert [d.message.value for d in app.dead_letters("raw.dlq")] == [b"bad"]
+        assert app.request_sync("raw", b"q", timeout=30) == b"Q"

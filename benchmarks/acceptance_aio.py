@@ -68,6 +68,8 @@ def _tmp(prefix: str) -> str:
 class _ExecutorWait:
     """Alternative A: each wait is a blocking futex wait in the loop's default executor."""
 
+    armable = False  # no arm(): waits go through wait()
+
     def __init__(self, notifier: Any) -> None:
         self.n = notifier
 
@@ -88,6 +90,8 @@ class _ExecutorWait:
 class _ThreadWait:
     """Alternative B: one waiter thread per process futex-waits, then wakes the loop
     through its self-pipe (``call_soon_threadsafe``), as an eventfd + add_reader would."""
+
+    armable = False  # no arm(): waits go through wait()
 
     def __init__(self, notifier: Any) -> None:
         self.n = notifier

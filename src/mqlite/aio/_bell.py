@@ -100,6 +100,11 @@ class LoopBell:
         """Number of waits registered now."""
         return sum(len(w) for w in self._waits.values())
 
+    @property
+    def armable(self) -> bool:
+        """Whether :meth:`arm` may be used now (a doorbell is held and the bell is open)."""
+        return self._index >= 0 and not self._closed
+
     async def wait(self, slot: int, seq: int, timeout: float,
                    fut: asyncio.Future[bool] | None = None) -> bool:
         """Wait until word ``slot`` differs from ``seq``, ``timeout`` s pass, or ``fut`` is set.
@@ -107,7 +112,8 @@ class LoopBell:
         Returns ``True`` when woken (a hint), ``False`` on timeout.  A caller
         may pass its own ``fut`` and resolve it (with ``False``) to end the
         wait early (``wakeup()``).  Cancelling the awaiting task unregisters
-        the wait at once.
+        the wait at once.  (:meth:`arm` / :meth:`disarm` are the same wait
+        without this coroutine's frame, for the hot paths.)
         """
         n = self._n
         if fut is None:
@@ -118,28 +124,49 @@ class LoopBell:
             return n.load(slot) != seq
         if self._index < 0:
             return await self._blocking_wait(slot, seq, timeout, fut)
+        reg = self.arm(slot, seq, timeout, fut)
+        try:
+            return await fut
+        finally:
+            self.disarm(reg)
+
+    def arm(self, slot: int, seq: int, timeout: float, fut: asyncio.Future[bool]) -> list[Any]:
+        """Register a wait: ``fut`` is resolved ``True`` when word ``slot`` moves from ``seq``
+        (at once if it has already), ``False`` after ``timeout`` seconds (> 0).
+
+        Only while :attr:`armable`.  The caller awaits ``fut`` itself and must
+        pass the returned registration to :meth:`disarm` once the wait ends in
+        any way (woken, timed out, cancelled): in a ``finally``.  Both calls
+        are O(1) and allocate one list; cancelling the waiting task costs
+        asyncio's own unwinding plus :meth:`disarm`.
+        """
+        n = self._n
         waits = self._waits.get(slot)
         if waits is None:
             waits = self._waits[slot] = {}
             n.bell_arm(self._index, slot)
         waits[fut] = seq
-        entry: list[Any] | None = None
-        try:
-            if n.load(slot) != seq:  # moved before the bell was armed
-                return True
-            entry = self._deadline(timeout, fut)
-            return await fut
-        finally:
-            if entry is not None and entry[2] is not None:
-                entry[2] = None  # still in the heap: now a stale entry
-                self._stale += 1
-            del waits[fut]
-            if not waits and self._waits.get(slot) is waits:
-                del self._waits[slot]
-                with contextlib.suppress(ValueError):  # the broker closed meanwhile
-                    n.bell_disarm(self._index, slot)
+        # [when, order, future while in the deadline heap (else None), slot, future]
+        if n.load(slot) != seq:  # moved before the bell was armed
+            if not fut.done():
+                fut.set_result(True)
+            return [0.0, 0, None, slot, fut]
+        return self._deadline(timeout, fut, slot)
 
-    def _deadline(self, timeout: float, fut: asyncio.Future[bool]) -> list[Any]:
+    def disarm(self, reg: list[Any]) -> None:
+        """End the wait :meth:`arm` registered (idempotent per registration)."""
+        if reg[2] is not None:
+            reg[2] = None  # still in the heap: now a stale entry
+            self._stale += 1
+        slot, fut = reg[3], reg[4]
+        waits = self._waits.get(slot)
+        if waits is None or waits.pop(fut, None) is None or waits:
+            return
+        del self._waits[slot]
+        with contextlib.suppress(ValueError):  # the broker closed meanwhile
+            self._n.bell_disarm(self._index, slot)
+
+    def _deadline(self, timeout: float, fut: asyncio.Future[bool], slot: int) -> list[Any]:
         """Register ``fut`` to be resolved with False in ``timeout`` seconds.
 
         All waits of the loop share one timer (the earliest deadline) instead of a
@@ -149,7 +176,7 @@ class LoopBell:
         when they are more than half of the heap.
         """
         when = self.loop.time() + timeout
-        entry = [when, next(self._order), fut]
+        entry = [when, next(self._order), fut, slot, fut]
         heapq.heappush(self._heap, entry)
         if self._timer is None or when < self._timer.when():
             if self._timer is not None:

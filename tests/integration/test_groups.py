@@ -527,8 +527,7 @@ def test_static_member_replaced_between_probe_and_reap_is_not_touched(
         broker: mqlite.Broker) -> None:
     a = broker.consumer("t", group="g", instance_id="s1", session_timeout=30)
     a.poll(timeout=0.01)
-    a._group._stop.set()
-    a._group._thread.join()
+    a._group.stop_watching()
     env = broker._engine.env
     with env.read_txn() as txn:
         old = load_group(txn, env.dbs, "g")

@@ -1,6 +1,7 @@
 """Issue 11 acceptance: the asyncio front end (``mqlite.aio``), side by side with the sync API.
 
-    python benchmarks/acceptance_aio.py latency    [--n 10000 --rate 2000 --rounds 3 --group]
+    python benchmarks/acceptance_aio.py latency    [--n 10000 --rate 2000 --rounds 3 --group
+                                                    --kinds sync,aio,... --no-redis]
     python benchmarks/acceptance_aio.py idle       [--tasks 1000 --seconds 10 --mode poll|receive]
     python benchmarks/acceptance_aio.py producer   [--tasks 256 --seconds 3 --rounds 3]
     python benchmarks/acceptance_aio.py throughput [--messages 200000 --rounds 3]
@@ -251,14 +252,14 @@ def _latency_redis(port: int, n: int, rate: float) -> list[tuple[float, float]]:
 
 def bench_latency(args: argparse.Namespace) -> None:
     proc, port, rdir = start_redis()
-    kinds = ["sync", "aio", "aio-executor", "aio-thread"]
+    kinds = args.kinds.split(",")
     res: dict[str, list[list[tuple[float, float]]]] = {k: [] for k in [*kinds,
                                                                        "redis.asyncio"]}
     try:
         for _ in range(args.rounds):
             for k in kinds:
                 res[k].append(_latency_mqlite(k, args.n, args.rate, args.group))
-            if proc is not None:
+            if proc is not None and not args.no_redis:
                 res["redis.asyncio"].append(_latency_redis(port, args.n, args.rate))
     finally:
         if proc is not None:
@@ -535,6 +536,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--group", action="store_true", help="latency: group consumers")
+    ap.add_argument("--kinds", default="sync,aio,aio-executor,aio-thread",
+                    help="latency: mqlite rows, interleaved in this order each round")
+    ap.add_argument("--no-redis", action="store_true", help="latency: skip the redis row")
     ap.add_argument("--tasks", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=0.0)
     ap.add_argument("--mode", choices=["poll", "receive"], default="poll")

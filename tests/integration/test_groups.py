@@ -490,7 +490,7 @@ def test_idle_member_does_not_burn_cpu(broker: mqlite.Broker) -> None:
     while time.monotonic() < end:
         cs[0].poll(timeout=end - time.monotonic())
     wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
-    # Three watcher threads probing two peers each at 20 Hz plus one idle poller.
+    # The one group watcher thread probing the three members at 20 Hz plus one idle poller.
     assert cpu / wall < 0.05, f"{cpu / wall:.1%} of a core while idle"  # measured ~1.2%
     for c in cs:
         c.close()

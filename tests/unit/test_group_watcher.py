@@ -11,6 +11,7 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 from _polling import wait_until
 
 import mqlite
@@ -89,3 +90,22 @@ def test_a_lone_member_does_not_expire_itself(tmp_broker_dir: Path) -> None:
         d = b.describe_group("g")
         assert [m.status for m in d.members] == ["expired"] and d.generation == gen
         c.close()
+
+
+def test_members_that_join_and_leave_between_ticks_leave_no_descriptor(
+        tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group joined and left before the watcher's next tick (it ticks once an hour here)
+    still has its descriptors closed (found by test_closing_only_the_broker_frees_...)."""
+    monkeypatch.setattr(group_watcher, "_WATCH_INTERVAL", 3600.0)
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        keep = b.consumer("t", group="keep")
+        keep.poll(timeout=0)  # the thread runs (and sleeps) throughout
+        fds = _fds()
+        for i in range(20):
+            c = b.consumer("t", group=f"g{i}")
+            c.poll(timeout=0)
+            c.close()
+        wait_until(lambda: _fds() <= fds, 30.0, "every group's descriptors closed")
+        assert group_watcher.watcher_threads() == 1
+        keep.close()

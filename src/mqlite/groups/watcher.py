@@ -253,11 +253,18 @@ class _Ticker:
             if member not in gw.members:
                 return
             gw.members.remove(member)
-            if not gw.members and self.groups.get((id(gw.engine), gw.group)) is gw:
+            dropped = not gw.members and self.groups.get((id(gw.engine), gw.group)) is gw
+            if dropped:
                 del self.groups[(id(gw.engine), gw.group)]
-            self._wake()  # the thread closes a group nobody watches any more
+            self._wake()
         if threading.current_thread() is not self.thread and gw.lock.acquire(timeout=timeout):
-            gw.lock.release()  # a tick in progress (that may still have used it) is over
+            try:  # a tick in progress (that may still have used it) is over
+                if dropped:
+                    # Closed here, not only by the thread: it may have joined and left
+                    # between two of the thread's ticks, never seen by it (idempotent).
+                    gw.close()
+            finally:
+                gw.lock.release()
 
     def _wake(self) -> None:
         if self.wake_w >= 0:
@@ -310,6 +317,7 @@ class _Ticker:
                     self.thread = None
                     _close_quiet(self.wake_w)  # the next member starts afresh
                     self.wake_w = -1
+                    live.update(self.groups)
                     self.groups.clear()
             for gw in live.values():
                 gw.close()

@@ -11,7 +11,9 @@
 ``latency``: process A sends ``--n`` messages at ``--rate``/s; process B waits
 in a ``poll`` and stamps each message when the call returns (CLOCK_MONOTONIC
 is system-wide).  Rows, interleaved round by round in one run: ``sync``
-(``Consumer.poll``), ``aio`` (``await AsyncConsumer.poll``, doorbell),
+(``Consumer.poll``), ``aio`` (``await AsyncConsumer.poll``, doorbell watched by the
+loop through io_uring where the kernel can), ``aio-bell-thread`` (the same with the
+doorbell's listener thread, ``MQLITE_AIO_URING=0``),
 ``aio-executor`` (the same, but each wait is a blocking ``Notifier.wait`` in
 the default executor), ``aio-thread`` (one waiter thread per process that
 futex-waits and hands the wake-up to the loop with ``call_soon_threadsafe``,
@@ -143,6 +145,9 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
         b.close()
         out.put(stamps)
         return
+
+    if kind == "aio-bell-thread":  # the doorbell's listener thread instead of io_uring
+        os.environ["MQLITE_AIO_URING"] = "0"
 
     async def main() -> None:
         ab = await mqlite.aio.open(path, durability="none")
@@ -536,7 +541,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--group", action="store_true", help="latency: group consumers")
-    ap.add_argument("--kinds", default="sync,aio,aio-executor,aio-thread",
+    ap.add_argument("--kinds", default="sync,aio,aio-bell-thread,aio-executor,aio-thread",
                     help="latency: mqlite rows, interleaved in this order each round")
     ap.add_argument("--no-redis", action="store_true", help="latency: skip the redis row")
     ap.add_argument("--tasks", type=int, default=0)

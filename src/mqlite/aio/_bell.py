@@ -60,11 +60,23 @@ class LoopBell:
         self._stale = 0
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._uring: Any = None  # _core.UringBell while the loop watches the ring word itself
+        self._rearm: asyncio.TimerHandle | None = None
         try:
             self._index = notifier.bell_claim()
         except (OSError, ValueError):
             return  # fall back to blocking waits in the executor
         try:
+            if _use_uring():
+                with contextlib.suppress(OSError, AttributeError):
+                    self._uring = notifier.bell_uring(self._index)
+            if self._uring is not None:
+                # The loop's selector watches the ring word through io_uring: a ring
+                # makes the loop thread runnable directly, with no bell thread (D41).
+                self._rfd = self._uring.fileno()
+                loop.add_reader(self._rfd, self._on_uring)
+                self._uring.arm()
+                return
             # A pipe rather than an eventfd: a pipe write wakes the loop thread with the
             # scheduler's sync hint, onto the bell thread's CPU, which sleeps again at
             # once (measured faster here than the eventfd's plain wake-up, D26).
@@ -86,10 +98,21 @@ class LoopBell:
         if self._rfd >= 0:
             with contextlib.suppress(Exception):  # the loop may be closed already
                 self.loop.remove_reader(self._rfd)
-            os.close(self._rfd)
-            if self._wfd != self._rfd:
-                os.close(self._wfd)
+            if self._uring is None:
+                os.close(self._rfd)
+                if self._wfd != self._rfd:
+                    os.close(self._wfd)
+        if self._uring is not None:
+            self._uring.close()  # closes its descriptor; a pending wait is cancelled
+        if self._rearm is not None:
+            self._rearm.cancel()
+            self._rearm = None
         self._rfd = self._wfd = -1
+
+    @property
+    def via_uring(self) -> bool:
+        """Whether the loop watches the ring word through io_uring (no bell thread)."""
+        return self._uring is not None
 
     @property
     def has_doorbell(self) -> bool:
@@ -219,6 +242,32 @@ class LoopBell:
                 return True
         return False
 
+    def _on_uring(self) -> None:
+        """The io_uring wait completed (a ring, or the word moved before it was armed):
+        wait again from the word's current value, then resume the waits whose word moved."""
+        u = self._uring
+        if u is None or self._closed:
+            return
+        done, failed = u.reap()
+        if done and self._rearm is None:
+            if failed:
+                # The kernel refused the wait (e.g. bells.shm truncated under us: EFAULT):
+                # retry in 10 ms rather than spin; meanwhile waits end at their timeouts.
+                self._rearm = self.loop.call_later(0.01, self._arm_again)
+            else:
+                self._arm_again()
+        self._resume()
+
+    def _arm_again(self) -> None:
+        self._rearm = None
+        if self._uring is None or self._closed:
+            return
+        try:
+            self._uring.arm()
+        except (OSError, ValueError):
+            if not self._closed:
+                self._rearm = self.loop.call_later(0.01, self._arm_again)
+
     def _on_ring(self) -> None:
         try:
             os.read(self._rfd, 65536)  # what is there; more keeps it readable: read next time
@@ -226,6 +275,10 @@ class LoopBell:
             pass
         except OSError:
             return
+        self._resume()
+
+    def _resume(self) -> None:
+        """Resolve the futures of the waits whose word moved."""
         try:
             load = self._n.load
             for slot, waits in self._waits.items():
@@ -255,11 +308,17 @@ class LoopBell:
             self._timer = None
         self._heap.clear()
         if self._index >= 0:
-            self._n.bell_unlisten(self._index)  # kicks the ring word: the listener returns
-            if self._thread is not None and self._thread is not threading.current_thread():
-                self._thread.join(1.0)
+            if self._thread is not None:
+                self._n.bell_unlisten(self._index)  # kicks the ring word: the listener returns
+                if self._thread is not threading.current_thread():
+                    self._thread.join(1.0)
             self._close_fds()
             self._n.bell_release(self._index)
+
+
+def _use_uring() -> bool:
+    """io_uring unless ``MQLITE_AIO_URING=0`` (then every loop has a bell thread)."""
+    return os.environ.get("MQLITE_AIO_URING", "1") != "0"
 
 
 def _set(fut: asyncio.Future[bool], value: bool) -> None:

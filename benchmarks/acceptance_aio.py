@@ -135,6 +135,7 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
         c.poll(timeout=0.01)
         c.seek_to_end()
         ready.set()
+        cpu0 = _cpu()
         while len(stamps) < n:
             msgs = c.poll(max_records=1000, timeout=5.0)
             now = time.monotonic_ns()
@@ -142,8 +143,9 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
                 break
             for m in msgs:
                 stamps[m.offset] = now
+        cpu = _cpu() - cpu0
         b.close()
-        out.put(stamps)
+        out.put((stamps, cpu))
         return
 
     if kind == "aio-bell-thread":  # the doorbell's listener thread instead of io_uring
@@ -161,6 +163,7 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
         await c.poll(timeout=0.01)
         await c.seek_to_end()
         ready.set()
+        cpu_box[0] = _cpu()
         while len(stamps) < n:
             msgs = await c.poll(max_records=1000, timeout=5.0)
             now = time.monotonic_ns()
@@ -168,20 +171,23 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
                 break
             for m in msgs:
                 stamps[m.offset] = now
+        cpu_box[0] = _cpu() - cpu_box[0]
         await ab.close()
 
+    cpu_box = [0.0]
     asyncio.run(main())
-    out.put(stamps)
+    out.put((stamps, cpu_box[0]))
 
 
 def _redis_proc(port: int, n: int, ready: Any, out: Any) -> None:
     import redis.asyncio as aredis
 
-    async def main() -> dict[bytes, int]:
+    async def main() -> tuple[dict[bytes, int], float]:
         r = aredis.Redis(port=port)
         stamps: dict[bytes, int] = {}
         await r.ping()
         ready.set()
+        cpu0 = _cpu()
         while len(stamps) < n:
             res = await r.xreadgroup("g", "c1", {"lat": ">"}, count=1000, block=5000)
             now = time.monotonic_ns()
@@ -193,10 +199,15 @@ def _redis_proc(port: int, n: int, ready: Any, out: Any) -> None:
                     stamps[mid] = now
                     ids.append(mid)
             await r.xack("lat", "g", *ids)
+        cpu = _cpu() - cpu0
         await r.aclose()
-        return stamps
+        return stamps, cpu
 
     out.put(asyncio.run(main()))
+
+
+#: Consumer process CPU (user + system) per message, microseconds, per row and round.
+_CPU: dict[str, list[float]] = {}
 
 
 def _pace(n: int, rate: float, send: Callable[[], Any]) -> dict[Any, tuple[int, int]]:
@@ -227,7 +238,8 @@ def _latency_mqlite(kind: str, n: int, rate: float, group: bool
         ready.wait(60)
         time.sleep(0.2)
         sent = _pace(n, rate, lambda: b.send("lat", b"x" * 100).offset)
-        stamps = out.get(timeout=120)
+        stamps, cpu = out.get(timeout=120)
+        _CPU.setdefault(kind, []).append(cpu / n * 1e6)
         p.join(10)
         b.close()
         return [((stamps[o] - t[0]) / 1000.0, (stamps[o] - t[1]) / 1000.0)
@@ -249,7 +261,8 @@ def _latency_redis(port: int, n: int, rate: float) -> list[tuple[float, float]]:
     ready.wait(60)
     time.sleep(0.2)
     sent = _pace(n, rate, lambda: r.xadd("lat", {"v": b"x" * 100}))
-    stamps = out.get(timeout=120)
+    stamps, cpu = out.get(timeout=120)
+    _CPU.setdefault("redis.asyncio", []).append(cpu / n * 1e6)
     p.join(10)
     return [((stamps[k] - t[0]) / 1000.0, (stamps[k] - t[1]) / 1000.0)
             for k, t in sent.items() if k in stamps]
@@ -295,6 +308,8 @@ def bench_latency(args: argparse.Namespace) -> None:
             r = summary["redis.asyncio"]
             print(f"redis.asyncio/aio: p50 {r[0] / a[0]:.2f}x, p99 {r[1] / a[1]:.2f}x "
                   f"(target > 1)\n")
+    print("consumer process CPU per message (user + system, median over rounds, µs): "
+          + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in _CPU.items()))
 
 
 # -- idle ---------------------------------------------------------------------------------

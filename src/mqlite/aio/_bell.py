@@ -5,13 +5,16 @@ The broker's blocking waits futex-wait on shared-memory words
 a thread per wait.  Instead each :class:`LoopBell` claims a *doorbell*
 (csrc/doorbell.h): an entry in ``bells.shm`` with a bitmap of the words its
 tasks wait on and one ring word.  Every process that bumps an armed word
-increments the ring word and FUTEX_WAKEs it; one thread per loop
-(``mqlite-aio-bell``) sleeps on the ring word in C and, without ever taking
-the GIL, writes each ring into a pipe the loop watches
-(``loop.add_reader``); the loop then re-reads the armed words and resolves
-the futures of the waits whose word moved.  However many tasks
-wait, that is one thread; a cancelled wait unregisters synchronously
-(nothing to give back) and an idle waiter costs only its registration.
+increments the ring word and FUTEX_WAKEs it.  Where the kernel can wait on a
+futex through io_uring (Linux >= 6.7), the loop watches the ring word itself:
+an io_uring ``FUTEX_WAIT`` on it completes on a ring and the io_uring
+descriptor (``loop.add_reader``) becomes readable (csrc/uring_bell.h, D41).
+Elsewhere one thread per loop (``mqlite-aio-bell``) sleeps on the ring word in
+C and, without ever taking the GIL, writes each ring into a pipe the loop
+watches.  Either way the loop then re-reads the armed words and resolves the
+futures of the waits whose word moved.  However many tasks wait, that is at
+most one thread; a cancelled wait unregisters synchronously (nothing to give
+back) and an idle waiter costs only its registration.
 
 Contract (as the blocking waits): a ring is a hint.  Callers load the word
 before they read state, wait, and re-read state after every wake-up; each
@@ -67,15 +70,7 @@ class LoopBell:
         except (OSError, ValueError):
             return  # fall back to blocking waits in the executor
         try:
-            if _use_uring():
-                with contextlib.suppress(OSError, AttributeError):
-                    self._uring = notifier.bell_uring(self._index)
-            if self._uring is not None:
-                # The loop's selector watches the ring word through io_uring: a ring
-                # makes the loop thread runnable directly, with no bell thread (D41).
-                self._rfd = self._uring.fileno()
-                loop.add_reader(self._rfd, self._on_uring)
-                self._uring.arm()
+            if _use_uring() and self._watch_uring():
                 return
             # A pipe rather than an eventfd: a pipe write wakes the loop thread with the
             # scheduler's sync hint, onto the bell thread's CPU, which sleeps again at
@@ -93,6 +88,24 @@ class LoopBell:
             notifier.bell_release(self._index)
             self._index = -1
             raise
+
+    def _watch_uring(self) -> bool:
+        """Watch the ring word through io_uring; False (nothing held) where it cannot."""
+        try:
+            self._uring = self._n.bell_uring(self._index)
+        except (OSError, AttributeError):
+            return False
+        try:
+            # The loop's selector watches the ring word: a ring makes the loop thread
+            # runnable directly, with no bell thread (D41).
+            self._rfd = self._uring.fileno()
+            self.loop.add_reader(self._rfd, self._on_uring)
+            self._uring.arm()
+        except (OSError, ValueError):
+            self._close_fds()
+            self._uring = None
+            return False
+        return True
 
     def _close_fds(self) -> None:
         if self._rfd >= 0:
@@ -264,7 +277,9 @@ class LoopBell:
             return
         try:
             self._uring.arm()
-        except (OSError, ValueError):
+        except ValueError:  # the notifier closed: end every wait, callers re-check state
+            self.wake_all()
+        except OSError:  # could not submit: retry (waits meanwhile end at their timeouts)
             if not self._closed:
                 self._rearm = self.loop.call_later(0.01, self._arm_again)
 

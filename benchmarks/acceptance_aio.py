@@ -1,6 +1,7 @@
 """Issue 11 acceptance: the asyncio front end (``mqlite.aio``), side by side with the sync API.
 
-    python benchmarks/acceptance_aio.py latency    [--n 10000 --rate 2000 --rounds 3 --group]
+    python benchmarks/acceptance_aio.py latency    [--n 10000 --rate 2000 --rounds 3 --group
+                                                    --kinds sync,aio,... --no-redis]
     python benchmarks/acceptance_aio.py idle       [--tasks 1000 --seconds 10 --mode poll|receive]
     python benchmarks/acceptance_aio.py producer   [--tasks 256 --seconds 3 --rounds 3]
     python benchmarks/acceptance_aio.py throughput [--messages 200000 --rounds 3]
@@ -10,7 +11,9 @@
 ``latency``: process A sends ``--n`` messages at ``--rate``/s; process B waits
 in a ``poll`` and stamps each message when the call returns (CLOCK_MONOTONIC
 is system-wide).  Rows, interleaved round by round in one run: ``sync``
-(``Consumer.poll``), ``aio`` (``await AsyncConsumer.poll``, doorbell),
+(``Consumer.poll``), ``aio`` (``await AsyncConsumer.poll``, doorbell watched by the
+loop through io_uring where the kernel can), ``aio-bell-thread`` (the same with the
+doorbell's listener thread, ``MQLITE_AIO_URING=0``),
 ``aio-executor`` (the same, but each wait is a blocking ``Notifier.wait`` in
 the default executor), ``aio-thread`` (one waiter thread per process that
 futex-waits and hands the wake-up to the loop with ``call_soon_threadsafe``,
@@ -68,6 +71,8 @@ def _tmp(prefix: str) -> str:
 class _ExecutorWait:
     """Alternative A: each wait is a blocking futex wait in the loop's default executor."""
 
+    armable = False  # no arm(): waits go through wait()
+
     def __init__(self, notifier: Any) -> None:
         self.n = notifier
 
@@ -88,6 +93,8 @@ class _ExecutorWait:
 class _ThreadWait:
     """Alternative B: one waiter thread per process futex-waits, then wakes the loop
     through its self-pipe (``call_soon_threadsafe``), as an eventfd + add_reader would."""
+
+    armable = False  # no arm(): waits go through wait()
 
     def __init__(self, notifier: Any) -> None:
         self.n = notifier
@@ -128,6 +135,7 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
         c.poll(timeout=0.01)
         c.seek_to_end()
         ready.set()
+        cpu0 = _cpu()
         while len(stamps) < n:
             msgs = c.poll(max_records=1000, timeout=5.0)
             now = time.monotonic_ns()
@@ -135,9 +143,13 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
                 break
             for m in msgs:
                 stamps[m.offset] = now
+        cpu = _cpu() - cpu0
         b.close()
-        out.put(stamps)
+        out.put((stamps, cpu))
         return
+
+    if kind == "aio-bell-thread":  # the doorbell's listener thread instead of io_uring
+        os.environ["MQLITE_AIO_URING"] = "0"
 
     async def main() -> None:
         ab = await mqlite.aio.open(path, durability="none")
@@ -151,6 +163,7 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
         await c.poll(timeout=0.01)
         await c.seek_to_end()
         ready.set()
+        cpu_box[0] = _cpu()
         while len(stamps) < n:
             msgs = await c.poll(max_records=1000, timeout=5.0)
             now = time.monotonic_ns()
@@ -158,20 +171,23 @@ def _consumer_proc(kind: str, path: str, n: int, group: bool, ready: Any, out: A
                 break
             for m in msgs:
                 stamps[m.offset] = now
+        cpu_box[0] = _cpu() - cpu_box[0]
         await ab.close()
 
+    cpu_box = [0.0]
     asyncio.run(main())
-    out.put(stamps)
+    out.put((stamps, cpu_box[0]))
 
 
 def _redis_proc(port: int, n: int, ready: Any, out: Any) -> None:
     import redis.asyncio as aredis
 
-    async def main() -> dict[bytes, int]:
+    async def main() -> tuple[dict[bytes, int], float]:
         r = aredis.Redis(port=port)
         stamps: dict[bytes, int] = {}
         await r.ping()
         ready.set()
+        cpu0 = _cpu()
         while len(stamps) < n:
             res = await r.xreadgroup("g", "c1", {"lat": ">"}, count=1000, block=5000)
             now = time.monotonic_ns()
@@ -183,10 +199,15 @@ def _redis_proc(port: int, n: int, ready: Any, out: Any) -> None:
                     stamps[mid] = now
                     ids.append(mid)
             await r.xack("lat", "g", *ids)
+        cpu = _cpu() - cpu0
         await r.aclose()
-        return stamps
+        return stamps, cpu
 
     out.put(asyncio.run(main()))
+
+
+#: Consumer process CPU (user + system) per message, microseconds, per row and round.
+_CPU: dict[str, list[float]] = {}
 
 
 def _pace(n: int, rate: float, send: Callable[[], Any]) -> dict[Any, tuple[int, int]]:
@@ -217,7 +238,8 @@ def _latency_mqlite(kind: str, n: int, rate: float, group: bool
         ready.wait(60)
         time.sleep(0.2)
         sent = _pace(n, rate, lambda: b.send("lat", b"x" * 100).offset)
-        stamps = out.get(timeout=120)
+        stamps, cpu = out.get(timeout=120)
+        _CPU.setdefault(kind, []).append(cpu / n * 1e6)
         p.join(10)
         b.close()
         return [((stamps[o] - t[0]) / 1000.0, (stamps[o] - t[1]) / 1000.0)
@@ -239,7 +261,8 @@ def _latency_redis(port: int, n: int, rate: float) -> list[tuple[float, float]]:
     ready.wait(60)
     time.sleep(0.2)
     sent = _pace(n, rate, lambda: r.xadd("lat", {"v": b"x" * 100}))
-    stamps = out.get(timeout=120)
+    stamps, cpu = out.get(timeout=120)
+    _CPU.setdefault("redis.asyncio", []).append(cpu / n * 1e6)
     p.join(10)
     return [((stamps[k] - t[0]) / 1000.0, (stamps[k] - t[1]) / 1000.0)
             for k, t in sent.items() if k in stamps]
@@ -247,14 +270,14 @@ def _latency_redis(port: int, n: int, rate: float) -> list[tuple[float, float]]:
 
 def bench_latency(args: argparse.Namespace) -> None:
     proc, port, rdir = start_redis()
-    kinds = ["sync", "aio", "aio-executor", "aio-thread"]
+    kinds = args.kinds.split(",")
     res: dict[str, list[list[tuple[float, float]]]] = {k: [] for k in [*kinds,
                                                                        "redis.asyncio"]}
     try:
         for _ in range(args.rounds):
             for k in kinds:
                 res[k].append(_latency_mqlite(k, args.n, args.rate, args.group))
-            if proc is not None:
+            if proc is not None and not args.no_redis:
                 res["redis.asyncio"].append(_latency_redis(port, args.n, args.rate))
     finally:
         if proc is not None:
@@ -285,6 +308,8 @@ def bench_latency(args: argparse.Namespace) -> None:
             r = summary["redis.asyncio"]
             print(f"redis.asyncio/aio: p50 {r[0] / a[0]:.2f}x, p99 {r[1] / a[1]:.2f}x "
                   f"(target > 1)\n")
+    print("consumer process CPU per message (user + system, median over rounds, µs): "
+          + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in _CPU.items()))
 
 
 # -- idle ---------------------------------------------------------------------------------
@@ -531,6 +556,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--group", action="store_true", help="latency: group consumers")
+    ap.add_argument("--kinds", default="sync,aio,aio-bell-thread,aio-executor,aio-thread",
+                    help="latency: mqlite rows, interleaved in this order each round")
+    ap.add_argument("--no-redis", action="store_true", help="latency: skip the redis row")
     ap.add_argument("--tasks", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=0.0)
     ap.add_argument("--mode", choices=["poll", "receive"], default="poll")

@@ -6,7 +6,8 @@ process opens a broker in a temporary directory, creates a 2-partition topic
 and the two consumers, lets them settle, then sleeps in its main thread for
 ``--seconds`` and reports ``process_time / wall time`` (every thread: the
 watchers are the only ones awake).  Kinds and periods are interleaved over
-``--runs`` rounds; the table shows the median and range per cell.
+``--runs`` rounds; the table shows the median and range per cell, and the
+process's thread count (every thread, the main one included).
 
 The period is patched in the child (``mqlite._liveness.PROBE_INTERVAL``, the
 process's one queue watcher, and ``mqlite.groups.watcher._WATCH_INTERVAL``), so one
@@ -28,7 +29,7 @@ import subprocess
 import sys
 
 CHILD = r"""
-import sys, tempfile, time
+import sys, tempfile, threading, time
 import mqlite
 import mqlite.groups.watcher as gw
 import mqlite._liveness as lv
@@ -49,7 +50,7 @@ with tempfile.TemporaryDirectory() as d:
     time.sleep(0.5)
     c0, w0 = time.process_time(), time.monotonic()
     time.sleep(secs)
-    print((time.process_time() - c0) / (time.monotonic() - w0))
+    print((time.process_time() - c0) / (time.monotonic() - w0), threading.active_count())
     for c in cs:
         c.close()
     b.close()
@@ -67,13 +68,16 @@ def main() -> None:
     periods = [float(p) for p in args.periods.split(",")]
     kinds = args.kinds.split(",")
     got: dict[tuple[str, float], list[float]] = {}
+    threads: dict[str, set[int]] = {}
     for _ in range(args.runs):
         for kind in kinds:
             for ms in periods:
                 out = subprocess.run([sys.executable, "-c", CHILD, kind, str(ms / 1000),
                                       str(args.seconds), str(args.consumers)],
                                      check=True, capture_output=True, text=True).stdout
-                got.setdefault((kind, ms), []).append(100 * float(out))
+                cpu, nthreads = out.split()
+                got.setdefault((kind, ms), []).append(100 * float(cpu))
+                threads.setdefault(kind, set()).add(int(nthreads))
     print(f"{args.consumers} idle consumers in one process, % of one core, median (range) "
           f"of {args.runs}")
     print("kind   " + "".join(f"{f'{ms:g} ms':>22}" for ms in periods))
@@ -82,7 +86,8 @@ def main() -> None:
         for ms in periods:
             v = got[(kind, ms)]
             cells.append(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})")
-        print(f"{kind:<7}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{kind:<7}" + "".join(f"{c:>22}" for c in cells)
+              + f"   threads: {'/'.join(map(str, sorted(threads[kind])))}")
 
 
 if __name__ == "__main__":

@@ -212,6 +212,11 @@ uint32_t mq_bells_load(const mq_bells *b, int index)
     return __atomic_load_n(ring_of(b, index), __ATOMIC_ACQUIRE);
 }
 
+uint32_t *mq_bells_ring_word(const mq_bells *b, int index)
+{
+    return ring_of(b, index);
+}
+
 static int64_t now_ns(void)
 {
     struct timespec ts;

@@ -11,7 +11,9 @@
  * measurements: a FIFO written by every bumper and watched by the loop
  * directly was slower here: a pipe write wakes the reader with the
  * scheduler's "sync" hint, so the reader waits for the bumper's CPU, while
- * the bell thread sleeps again right after its write).
+ * the bell thread sleeps again right after its write).  Where the kernel can
+ * wait on a futex through io_uring (Linux >= 6.7), the loop watches the ring
+ * word itself instead, with no bell thread (uring_bell.h, D41).
  *
  * File bells.shm (in the broker directory), mapped MAP_SHARED by every
  * process; byte layout (native endian, fields naturally aligned):
@@ -111,6 +113,10 @@ void mq_bells_disarm(mq_bells *b, int index, size_t slot);
 
 /* The ring word of entry `index` (acquire load). */
 uint32_t mq_bells_load(const mq_bells *b, int index);
+
+/* The address of entry `index`'s ring word (for a futex wait through io_uring,
+ * uring_bell.h; valid while b is open). */
+uint32_t *mq_bells_ring_word(const mq_bells *b, int index);
 
 /* Increments entry `index`'s ring word and wakes its waiter. */
 void mq_bells_kick(mq_bells *b, int index);

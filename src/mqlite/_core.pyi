@@ -214,6 +214,8 @@ class Notifier:
         """Doorbell ``index``'s listener loop (blocks): each ring writes an 8-byte 1 to ``fd``."""
     def bell_unlisten(self, index: int) -> None:
         """Make :meth:`bell_listen` of doorbell ``index`` return."""
+    def bell_uring(self, index: int) -> UringBell:
+        """Watch doorbell ``index`` through io_uring (OSError where the kernel cannot)."""
     def bell_wait(self, index: int, expected: int, timeout: float) -> bool:
         """Block (GIL released) until the ring word != ``expected`` or ``timeout`` s pass."""
     def close(self) -> None: ...
@@ -234,6 +236,18 @@ class WriteGate:
     def leave(self) -> None: ...
     def close(self) -> None: ...
     def forget(self) -> None: ...
+
+class UringBell:
+    """Doorbell of a :class:`Notifier` watched through io_uring (csrc/uring_bell.h)."""
+
+    def fileno(self) -> int:
+        """The io_uring descriptor, readable while a ring waits to be handled (-1: closed)."""
+    def arm(self) -> None:
+        """Wait in the kernel for the ring word to move from its current value."""
+    def reap(self) -> tuple[int, int]:
+        """Consume completions: ``(count, errno of a failed wait or 0)``."""
+    def close(self) -> None:
+        """Close the ring (a pending wait is cancelled).  Idempotent."""
 
 class Combiner:
     """The shared ring of slots of csrc/combine.h (``commit.shm``).

@@ -25,6 +25,7 @@ from posix.unistd cimport close
 
 from mqlite._csrc cimport *
 
+import errno
 import os
 
 from mqlite.errors import CorruptRecordError, MessageTooLargeError
@@ -1191,6 +1192,20 @@ cdef class Notifier:
             if not self.is_open and self.active == 0:
                 self._unmap()
 
+    def bell_uring(self, index):
+        """Watch doorbell ``index`` through io_uring instead of a listener thread.
+
+        Returns a :class:`UringBell` (see there).  Raises ``OSError``
+        (``ENOSYS``, ``EPERM``, ``EINVAL``: no io_uring, or no futex
+        operations in it, Linux < 6.7: use :meth:`bell_listen`) or
+        ``ValueError`` (closed, no bell table, index out of range).
+        """
+        cdef int i = <int>_as_i64(index, "index")
+        self._bells()
+        if i < 0 or i >= 256:
+            raise ValueError(f"doorbell index {index} out of range [0, 256)")
+        return UringBell(self, i)
+
     def bell_unlisten(self, index):
         """Make doorbell ``index``'s :meth:`bell_listen` return (soon: it is woken)."""
         cdef int i = <int>_as_i64(index, "index")
@@ -1321,6 +1336,79 @@ cdef class WriteGate:
 
 
 # -- cross-process commit combining (csrc/combine.h) ---------------------------------
+
+cdef class UringBell:
+    """Doorbell ``index`` of a :class:`Notifier` watched through io_uring (uring_bell.h).
+
+    :meth:`fileno` is readable while a ring is waiting to be handled.  The
+    loop thread calls :meth:`arm` once, then on every readable event
+    :meth:`reap` and (when it consumed a completion) :meth:`arm` again,
+    before it re-reads the armed words.  Not thread-safe (one loop thread).
+    Holds the notifier's mapping until :meth:`close` (idempotent).
+    """
+
+    cdef Notifier n
+    cdef mq_uring_bell u
+    cdef int index
+    cdef bint held
+
+    def __cinit__(self, Notifier n, int index):
+        cdef int rc
+        memset(&self.u, 0, sizeof(mq_uring_bell))
+        self.u.fd = -1
+        self.n = n
+        self.index = index
+        self.held = False
+        with nogil:
+            rc = mq_uring_bell_open(&self.u)
+        if rc < 0:
+            err = self.u.sys_errno or errno.EIO
+            raise OSError(err, f"cannot watch a doorbell through io_uring: {os.strerror(err)}")
+        n.active += 1  # the ring word's mapping must outlive pending waits
+        self.held = True
+
+    def fileno(self):
+        """The io_uring descriptor (-1 once closed)."""
+        return self.u.fd
+
+    def arm(self):
+        """Wait (in the kernel) for the ring word to move from its current value.
+
+        Raises ``OSError`` (the submission failed) or ``ValueError`` (closed).
+        """
+        cdef uint32_t *word
+        cdef int rc
+        if not self.held or not self.n.is_open or self.n.bells == NULL:
+            raise ValueError("this doorbell watch is closed")
+        word = mq_bells_ring_word(self.n.bells, self.index)
+        rc = mq_uring_bell_arm(&self.u, word, mq_bells_load(self.n.bells, self.index))
+        if rc < 0:
+            err = self.u.sys_errno or errno.EIO
+            raise OSError(err, f"cannot arm the doorbell's io_uring wait: {os.strerror(err)}")
+
+    def reap(self):
+        """Consume the completions: ``(count, errno of a failed wait or 0)``."""
+        cdef int failed = 0
+        cdef int n = mq_uring_bell_reap(&self.u, &failed)
+        return n, -failed
+
+    def close(self):
+        """Close the ring (a pending wait is cancelled).  Idempotent."""
+        mq_uring_bell_close(&self.u)
+        if self.held:
+            self.held = False
+            self.n.active -= 1
+            if not self.n.is_open and self.n.active == 0:
+                self.n._unmap()
+
+    def __dealloc__(self):
+        mq_uring_bell_close(&self.u)
+        if self.held and self.n is not None:
+            self.held = False
+            self.n.active -= 1
+            if not self.n.is_open and self.n.active == 0:
+                self.n._unmap()
+
 
 cdef class Combiner:
     """The shared ring of csrc/combine.h: slots handed from senders to the next committer.

@@ -139,6 +139,18 @@ cdef extern from "doorbell.h" nogil:
     int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns)
     void mq_bells_ring(const mq_bells *b, size_t slot)
     void mq_bells_listen(mq_bells *b, int index, int fd, const volatile int *stop)
+    uint32_t *mq_bells_ring_word(const mq_bells *b, int index)
+
+
+cdef extern from "uring_bell.h" nogil:
+    ctypedef struct mq_uring_bell:
+        int fd
+        int sys_errno
+
+    int mq_uring_bell_open(mq_uring_bell *u)
+    int mq_uring_bell_arm(mq_uring_bell *u, uint32_t *word, uint32_t expected)
+    int mq_uring_bell_reap(mq_uring_bell *u, int *failed)
+    void mq_uring_bell_close(mq_uring_bell *u)
 
 
 cdef extern from "notify.h" nogil:

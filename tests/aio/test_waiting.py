@@ -81,12 +81,31 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def test_poll_wakes_on_send_from_another_process(path: Path) -> None:
+@pytest.fixture(params=["uring", "thread"])
+def bell_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the loop watches its doorbell: io_uring (default where the kernel can) or the
+    bell thread (``MQLITE_AIO_URING=0``, and kernels older than 6.7)."""
+    monkeypatch.setenv("MQLITE_AIO_URING", "1" if request.param == "uring" else "0")
+    return str(request.param)
+
+
+def _check_bell_mode(b: Any, mode: str) -> None:
+    bell = b._bell()
+    if mode == "uring" and not bell.via_uring:
+        pytest.skip("no futex waits through io_uring here (Linux >= 6.7): the bell thread "
+                    "is used, as the 'thread' case tests")
+    assert bell.via_uring == (mode == "uring")
+    names = [t.name for t in threading.enumerate()]
+    assert ("mqlite-aio-bell" in names) == (mode == "thread"), names
+
+
+def test_poll_wakes_on_send_from_another_process(path: Path, bell_mode: str) -> None:
     async def main() -> None:
         async with mqlite.aio.open(path) as b:
             await b.create_topic("t")
             c = b.consumer("t", group="g")
             assert await c.poll(timeout=0.01) == []
+            _check_bell_mode(b, bell_mode)
             sender = await asyncio.to_thread(Sender, path, ["t"])
             try:
                 task = asyncio.create_task(c.poll(timeout=30))
@@ -104,7 +123,8 @@ def test_poll_wakes_on_send_from_another_process(path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["poll", "receive"])
-def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path, mode: str) -> None:
+def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path, mode: str,
+                                                               bell_mode: str) -> None:
     """1,000 tasks each waiting on its own topic (stream consumers or queue consumers):
     no thread per wait, and for queues one liveness watcher thread for all of them (D32),
     fewer than 8 threads in all; one message per topic from another process wakes each."""
@@ -125,6 +145,7 @@ def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path, mode:
                 tasks = [asyncio.create_task(c.receive(timeout=30)) for c in consumers]
             while b._bell().waiting() < n:
                 await asyncio.sleep(0.01)
+            _check_bell_mode(b, bell_mode)
             # waiting holds no thread: at most the broker's worker pool, the bell thread
             # and (queues) the process's one liveness watcher exist
             names = [t.name for t in threading.enumerate()

@@ -490,7 +490,7 @@ def test_idle_member_does_not_burn_cpu(broker: mqlite.Broker) -> None:
     while time.monotonic() < end:
         cs[0].poll(timeout=end - time.monotonic())
     wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
-    # Three watcher threads probing two peers each at 20 Hz plus one idle poller.
+    # The one group watcher thread probing the three members at 20 Hz plus one idle poller.
     assert cpu / wall < 0.05, f"{cpu / wall:.1%} of a core while idle"  # measured ~1.2%
     for c in cs:
         c.close()
@@ -527,8 +527,7 @@ def test_static_member_replaced_between_probe_and_reap_is_not_touched(
         broker: mqlite.Broker) -> None:
     a = broker.consumer("t", group="g", instance_id="s1", session_timeout=30)
     a.poll(timeout=0.01)
-    a._group._stop.set()
-    a._group._thread.join()
+    a._group.stop_watching()
     env = broker._engine.env
     with env.read_txn() as txn:
         old = load_group(txn, env.dbs, "g")

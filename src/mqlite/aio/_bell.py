@@ -5,13 +5,16 @@ The broker's blocking waits futex-wait on shared-memory words
 a thread per wait.  Instead each :class:`LoopBell` claims a *doorbell*
 (csrc/doorbell.h): an entry in ``bells.shm`` with a bitmap of the words its
 tasks wait on and one ring word.  Every process that bumps an armed word
-increments the ring word and FUTEX_WAKEs it; one thread per loop
-(``mqlite-aio-bell``) sleeps on the ring word in C and, without ever taking
-the GIL, writes each ring into a pipe the loop watches
-(``loop.add_reader``); the loop then re-reads the armed words and resolves
-the futures of the waits whose word moved.  However many tasks
-wait, that is one thread; a cancelled wait unregisters synchronously
-(nothing to give back) and an idle waiter costs only its registration.
+increments the ring word and FUTEX_WAKEs it.  Where the kernel can wait on a
+futex through io_uring (Linux >= 6.7), the loop watches the ring word itself:
+an io_uring ``FUTEX_WAIT`` on it completes on a ring and the io_uring
+descriptor (``loop.add_reader``) becomes readable (csrc/uring_bell.h, D41).
+Elsewhere one thread per loop (``mqlite-aio-bell``) sleeps on the ring word in
+C and, without ever taking the GIL, writes each ring into a pipe the loop
+watches.  Either way the loop then re-reads the armed words and resolves the
+futures of the waits whose word moved.  However many tasks wait, that is at
+most one thread; a cancelled wait unregisters synchronously (nothing to give
+back) and an idle waiter costs only its registration.
 
 Contract (as the blocking waits): a ring is a hint.  Callers load the word
 before they read state, wait, and re-read state after every wake-up; each
@@ -60,11 +63,15 @@ class LoopBell:
         self._stale = 0
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._uring: Any = None  # _core.UringBell while the loop watches the ring word itself
+        self._rearm: asyncio.TimerHandle | None = None
         try:
             self._index = notifier.bell_claim()
         except (OSError, ValueError):
             return  # fall back to blocking waits in the executor
         try:
+            if _use_uring() and self._watch_uring():
+                return
             # A pipe rather than an eventfd: a pipe write wakes the loop thread with the
             # scheduler's sync hint, onto the bell thread's CPU, which sleeps again at
             # once (measured faster here than the eventfd's plain wake-up, D26).
@@ -82,14 +89,43 @@ class LoopBell:
             self._index = -1
             raise
 
+    def _watch_uring(self) -> bool:
+        """Watch the ring word through io_uring; False (nothing held) where it cannot."""
+        try:
+            self._uring = self._n.bell_uring(self._index)
+        except (OSError, AttributeError):
+            return False
+        try:
+            # The loop's selector watches the ring word: a ring makes the loop thread
+            # runnable directly, with no bell thread (D41).
+            self._rfd = self._uring.fileno()
+            self.loop.add_reader(self._rfd, self._on_uring)
+            self._uring.arm()
+        except (OSError, ValueError):
+            self._close_fds()
+            self._uring = None
+            return False
+        return True
+
     def _close_fds(self) -> None:
         if self._rfd >= 0:
             with contextlib.suppress(Exception):  # the loop may be closed already
                 self.loop.remove_reader(self._rfd)
-            os.close(self._rfd)
-            if self._wfd != self._rfd:
-                os.close(self._wfd)
+            if self._uring is None:
+                os.close(self._rfd)
+                if self._wfd != self._rfd:
+                    os.close(self._wfd)
+        if self._uring is not None:
+            self._uring.close()  # closes its descriptor; a pending wait is cancelled
+        if self._rearm is not None:
+            self._rearm.cancel()
+            self._rearm = None
         self._rfd = self._wfd = -1
+
+    @property
+    def via_uring(self) -> bool:
+        """Whether the loop watches the ring word through io_uring (no bell thread)."""
+        return self._uring is not None
 
     @property
     def has_doorbell(self) -> bool:
@@ -100,6 +136,11 @@ class LoopBell:
         """Number of waits registered now."""
         return sum(len(w) for w in self._waits.values())
 
+    @property
+    def armable(self) -> bool:
+        """Whether :meth:`arm` may be used now (a doorbell is held and the bell is open)."""
+        return self._index >= 0 and not self._closed
+
     async def wait(self, slot: int, seq: int, timeout: float,
                    fut: asyncio.Future[bool] | None = None) -> bool:
         """Wait until word ``slot`` differs from ``seq``, ``timeout`` s pass, or ``fut`` is set.
@@ -107,7 +148,8 @@ class LoopBell:
         Returns ``True`` when woken (a hint), ``False`` on timeout.  A caller
         may pass its own ``fut`` and resolve it (with ``False``) to end the
         wait early (``wakeup()``).  Cancelling the awaiting task unregisters
-        the wait at once.
+        the wait at once.  (:meth:`arm` / :meth:`disarm` are the same wait
+        without this coroutine's frame, for the hot paths.)
         """
         n = self._n
         if fut is None:
@@ -118,28 +160,49 @@ class LoopBell:
             return n.load(slot) != seq
         if self._index < 0:
             return await self._blocking_wait(slot, seq, timeout, fut)
+        reg = self.arm(slot, seq, timeout, fut)
+        try:
+            return await fut
+        finally:
+            self.disarm(reg)
+
+    def arm(self, slot: int, seq: int, timeout: float, fut: asyncio.Future[bool]) -> list[Any]:
+        """Register a wait: ``fut`` is resolved ``True`` when word ``slot`` moves from ``seq``
+        (at once if it has already), ``False`` after ``timeout`` seconds (> 0).
+
+        Only while :attr:`armable`.  The caller awaits ``fut`` itself and must
+        pass the returned registration to :meth:`disarm` once the wait ends in
+        any way (woken, timed out, cancelled): in a ``finally``.  Both calls
+        are O(1) and allocate one list; cancelling the waiting task costs
+        asyncio's own unwinding plus :meth:`disarm`.
+        """
+        n = self._n
         waits = self._waits.get(slot)
         if waits is None:
             waits = self._waits[slot] = {}
             n.bell_arm(self._index, slot)
         waits[fut] = seq
-        entry: list[Any] | None = None
-        try:
-            if n.load(slot) != seq:  # moved before the bell was armed
-                return True
-            entry = self._deadline(timeout, fut)
-            return await fut
-        finally:
-            if entry is not None and entry[2] is not None:
-                entry[2] = None  # still in the heap: now a stale entry
-                self._stale += 1
-            del waits[fut]
-            if not waits and self._waits.get(slot) is waits:
-                del self._waits[slot]
-                with contextlib.suppress(ValueError):  # the broker closed meanwhile
-                    n.bell_disarm(self._index, slot)
+        # [when, order, future while in the deadline heap (else None), slot, future]
+        if n.load(slot) != seq:  # moved before the bell was armed
+            if not fut.done():
+                fut.set_result(True)
+            return [0.0, 0, None, slot, fut]
+        return self._deadline(timeout, fut, slot)
 
-    def _deadline(self, timeout: float, fut: asyncio.Future[bool]) -> list[Any]:
+    def disarm(self, reg: list[Any]) -> None:
+        """End the wait :meth:`arm` registered (idempotent per registration)."""
+        if reg[2] is not None:
+            reg[2] = None  # still in the heap: now a stale entry
+            self._stale += 1
+        slot, fut = reg[3], reg[4]
+        waits = self._waits.get(slot)
+        if waits is None or waits.pop(fut, None) is None or waits:
+            return
+        del self._waits[slot]
+        with contextlib.suppress(ValueError):  # the broker closed meanwhile
+            self._n.bell_disarm(self._index, slot)
+
+    def _deadline(self, timeout: float, fut: asyncio.Future[bool], slot: int) -> list[Any]:
         """Register ``fut`` to be resolved with False in ``timeout`` seconds.
 
         All waits of the loop share one timer (the earliest deadline) instead of a
@@ -149,7 +212,7 @@ class LoopBell:
         when they are more than half of the heap.
         """
         when = self.loop.time() + timeout
-        entry = [when, next(self._order), fut]
+        entry = [when, next(self._order), fut, slot, fut]
         heapq.heappush(self._heap, entry)
         if self._timer is None or when < self._timer.when():
             if self._timer is not None:
@@ -192,6 +255,34 @@ class LoopBell:
                 return True
         return False
 
+    def _on_uring(self) -> None:
+        """The io_uring wait completed (a ring, or the word moved before it was armed):
+        wait again from the word's current value, then resume the waits whose word moved."""
+        u = self._uring
+        if u is None or self._closed:
+            return
+        done, failed = u.reap()
+        if done and self._rearm is None:
+            if failed:
+                # The kernel refused the wait (e.g. bells.shm truncated under us: EFAULT):
+                # retry in 10 ms rather than spin; meanwhile waits end at their timeouts.
+                self._rearm = self.loop.call_later(0.01, self._arm_again)
+            else:
+                self._arm_again()
+        self._resume()
+
+    def _arm_again(self) -> None:
+        self._rearm = None
+        if self._uring is None or self._closed:
+            return
+        try:
+            self._uring.arm()
+        except ValueError:  # the notifier closed: end every wait, callers re-check state
+            self.wake_all()
+        except OSError:  # could not submit: retry (waits meanwhile end at their timeouts)
+            if not self._closed:
+                self._rearm = self.loop.call_later(0.01, self._arm_again)
+
     def _on_ring(self) -> None:
         try:
             os.read(self._rfd, 65536)  # what is there; more keeps it readable: read next time
@@ -199,6 +290,10 @@ class LoopBell:
             pass
         except OSError:
             return
+        self._resume()
+
+    def _resume(self) -> None:
+        """Resolve the futures of the waits whose word moved."""
         try:
             load = self._n.load
             for slot, waits in self._waits.items():
@@ -228,11 +323,17 @@ class LoopBell:
             self._timer = None
         self._heap.clear()
         if self._index >= 0:
-            self._n.bell_unlisten(self._index)  # kicks the ring word: the listener returns
-            if self._thread is not None and self._thread is not threading.current_thread():
-                self._thread.join(1.0)
+            if self._thread is not None:
+                self._n.bell_unlisten(self._index)  # kicks the ring word: the listener returns
+                if self._thread is not threading.current_thread():
+                    self._thread.join(1.0)
             self._close_fds()
             self._n.bell_release(self._index)
+
+
+def _use_uring() -> bool:
+    """io_uring unless ``MQLITE_AIO_URING=0`` (then every loop has a bell thread)."""
+    return os.environ.get("MQLITE_AIO_URING", "1") != "0"
 
 
 def _set(fut: asyncio.Future[bool], value: bool) -> None:

@@ -156,43 +156,49 @@ class AsyncConsumer:
                 "this consumer is being polled by another task; a consumer serves one task "
                 "at a time: create one consumer per task")
         self._busy = True
+        # One coroutine frame from here to the awaited future (the wait is armed inline,
+        # not in a nested coroutine): cancelling a waiting poll unwinds only this frame.
         try:
-            return await self._poll(max_records, timeout)
+            broker = self._broker
+            loop = asyncio.get_running_loop()
+            if self._inflight is not None:  # a cancelled round still running: let it finish
+                await asyncio.wait([self._inflight])
+            deadline = loop.time() + timeout
+            with self._wake_lock:
+                woken, self._wake_pending = self._wake_pending, False
+            bell = broker._bell()
+            while True:
+                step = self.sync.poll_step(max_records, writes=False)
+                if step.needs_writes:
+                    step = await self._step_in_worker(max_records)
+                if step.done:
+                    return step.messages
+                remaining = deadline - loop.time()
+                if remaining <= 0 or woken:
+                    return []
+                fut: asyncio.Future[bool] = loop.create_future()
+                with self._wake_lock:
+                    if self._wake_pending:
+                        self._wake_pending = False
+                        return []
+                    self._wait_fut = fut
+                span = min(remaining, step.wait)
+                reg = bell.arm(step.slot, step.seq, span, fut) if bell.armable else None
+                try:
+                    if reg is not None:
+                        await fut
+                    else:
+                        await bell.wait(step.slot, step.seq, span, fut)
+                finally:
+                    if reg is not None:
+                        bell.disarm(reg)
+                    with self._wake_lock:
+                        self._wait_fut = None
+                        woken, self._wake_pending = self._wake_pending, False
+                if woken:
+                    return []
         finally:
             self._busy = False
-
-    async def _poll(self, max_records: int | None, timeout: float) -> list[_core.Message]:
-        broker = self._broker
-        loop = asyncio.get_running_loop()
-        if self._inflight is not None:  # a cancelled round still running: let it finish
-            await asyncio.wait([self._inflight])
-        deadline = loop.time() + timeout
-        with self._wake_lock:
-            woken, self._wake_pending = self._wake_pending, False
-        bell = broker._bell()
-        while True:
-            step = self.sync.poll_step(max_records, writes=False)
-            if step.needs_writes:
-                step = await self._step_in_worker(max_records)
-            if step.done:
-                return step.messages
-            remaining = deadline - loop.time()
-            if remaining <= 0 or woken:
-                return []
-            fut: asyncio.Future[bool] = loop.create_future()
-            with self._wake_lock:
-                if self._wake_pending:
-                    self._wake_pending = False
-                    return []
-                self._wait_fut = fut
-            try:
-                await bell.wait(step.slot, step.seq, min(remaining, step.wait), fut)
-            finally:
-                with self._wake_lock:
-                    self._wait_fut = None
-                    woken, self._wake_pending = self._wake_pending, False
-            if woken:
-                return []
 
     async def _step_in_worker(self, max_records: int | None) -> PollStep:
         fut = self._broker._runner.submit(self.sync.poll_step, max_records)

@@ -185,9 +185,16 @@ class AsyncQueue:
                 if self._wake_gen != gen:
                     return []
                 self._waits.add(fut)
+            span = min(remaining, step.wait)
+            reg = bell.arm(step.slot, step.seq, span, fut) if bell.armable else None
             try:
-                await bell.wait(step.slot, step.seq, min(remaining, step.wait), fut)
+                if reg is not None:  # armed inline: a cancel unwinds this frame only
+                    await fut
+                else:
+                    await bell.wait(step.slot, step.seq, span, fut)
             finally:
+                if reg is not None:
+                    bell.disarm(reg)
                 with self._lock:
                     self._waits.discard(fut)
                     if self._wake_gen != gen:

@@ -18,7 +18,7 @@ By concern, each module opening with its contract:
   membership (join, leave, ownership sync in ``poll()``, fenced commits,
   static members);
 * :mod:`~mqlite.groups.watcher`: probing peers through the liveness service,
-  reaping the dead and expired, the member's watcher thread;
+  reaping the dead and expired, the process's one group watcher thread;
 * :mod:`~mqlite.groups.admin`: ``describe_group``, ``list_groups``,
   ``committed_offsets`` (read-only).
 
@@ -38,10 +38,7 @@ from mqlite.groups.admin import list_groups as list_groups
 from mqlite.groups.admin import reset_offsets as reset_offsets
 from mqlite.groups.member import _IDLE_WAIT as _IDLE_WAIT
 from mqlite.groups.member import _PENDING_WAIT as _PENDING_WAIT
-from mqlite.groups.member import _REAP_GRACE as _REAP_GRACE
-from mqlite.groups.member import _WATCH_INTERVAL as _WATCH_INTERVAL
 from mqlite.groups.member import GroupMember as GroupMember
-from mqlite.groups.member import _Watcher as _Watcher
 from mqlite.groups.state import GroupState as GroupState
 from mqlite.groups.state import MemberState as MemberState
 from mqlite.groups.state import Verdicts as Verdicts
@@ -53,6 +50,8 @@ from mqlite.groups.state import rebalance as rebalance
 from mqlite.groups.state import remove_member as remove_member
 from mqlite.groups.state import store_group as store_group
 from mqlite.groups.state import write_offset as write_offset
+from mqlite.groups.watcher import _REAP_GRACE as _REAP_GRACE
+from mqlite.groups.watcher import _WATCH_INTERVAL as _WATCH_INTERVAL
 from mqlite.groups.watcher import apply_verdicts as apply_verdicts
 from mqlite.groups.watcher import find_suspects as find_suspects
 from mqlite.groups.watcher import member_status as member_status

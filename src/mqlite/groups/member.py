@@ -5,8 +5,8 @@ Contract
 :class:`GroupMember` is driven by its :class:`~mqlite.Consumer` (``poll()``
 calls :meth:`~GroupMember.before_fetch` and :meth:`~GroupMember.after_fetch`;
 ``commit``/``committed``/``close`` forward here) from one thread at a time,
-plus its own watcher thread (:mod:`mqlite.groups.watcher`), which only
-heartbeats and reaps others.  Every change to the group goes through one
+plus the process's one group watcher thread (:mod:`mqlite.groups.watcher`),
+which only heartbeats it and reaps others.  Every change to the group goes through one
 write transaction on the stored state (:mod:`mqlite.groups.state`).
 
 A member releases a partition in its own ``poll()``: first ``on_revoke``,
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -45,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import msgspec
 
 from mqlite._engine import RING_OK, RING_RETRY, draining, on_ring_kind, retry_draining
-from mqlite._liveness import PROBE_INTERVAL, MemberLock, Prober, members_dir, unlink_quiet
+from mqlite._liveness import MemberLock, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
 from mqlite.assignors import ASSIGNORS, EAGER
 from mqlite.config import (
@@ -57,7 +56,6 @@ from mqlite.config import (
 from mqlite.errors import (
     CommitFailedError,
     GroupError,
-    MqliteError,
     PartitionNotFoundError,
     TopicNotFoundError,
 )
@@ -78,7 +76,9 @@ from mqlite.groups.state import (
     store_group,
     write_offset,
 )
-from mqlite.groups.watcher import _notify_group, apply_verdicts, find_suspects, member_status
+from mqlite.groups.watcher import GroupWatch, _notify_group, member_status
+from mqlite.groups.watcher import join as _join_watcher
+from mqlite.groups.watcher import leave as _leave_watcher
 from mqlite.types import TopicPartition
 
 if TYPE_CHECKING:
@@ -91,13 +91,6 @@ __all__ = ["GroupMember"]
 _PENDING_WAIT = 0.25
 #: Longest a poll() waits otherwise before re-reading the group state.
 _IDLE_WAIT = 1.0
-
-
-#: Seconds between two liveness probes of the watcher thread (the one period of
-#: :mod:`mqlite._liveness`, shared with queue groups).
-_WATCH_INTERVAL = PROBE_INTERVAL
-#: A watcher that is not the designated reaper waits this long before reaping itself.
-_REAP_GRACE = 0.1
 
 
 class GroupMember:
@@ -188,9 +181,7 @@ class GroupMember:
         self._last_beat = 0.0
         self._beat_every = max(0.05, self.session_timeout_ms / 3000.0)
         self._committed: dict[TopicPartition, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watcher: _Watcher | None = None
+        self._watch: GroupWatch | None = None  # the process's group watcher serves it
         self._pid = os.getpid()
 
     # -- join / leave ----------------------------------------------------------------------
@@ -341,11 +332,7 @@ class GroupMember:
         the member).  With the broker already closed it only drops the lock,
         so the other members reap this member at once.
         """
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.prober.wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(2.0)
+        self.stop_watching()
         if os.getpid() != self._pid:
             return
         if self.engine.closed:
@@ -359,22 +346,24 @@ class GroupMember:
         finally:
             self._leave(commit=self._commit_policy != "manual")
 
-    # -- watcher thread ----------------------------------------------------------------------
+    # -- the group watcher -----------------------------------------------------------------
     def _start_watcher(self) -> None:
-        if self._thread is None:
-            self._watcher = _Watcher(self)
-            self._thread = threading.Thread(target=self._watch, daemon=True,
-                                            name=f"mqlite-group-{self.group}")
-            self._thread.start()
+        if self._watch is None:
+            self._watch = _join_watcher(self)
 
-    def _watch(self) -> None:
-        watcher = self._watcher
-        if watcher is None:
-            return
-        try:
-            watcher.run()
-        finally:
-            watcher.close()
+    def stop_watching(self, timeout: float = 2.0) -> None:
+        """Leave the process's group watcher: no more heartbeats (waits up to ``timeout`` s
+        for a tick of the group in progress).  Idempotent."""
+        gw, self._watch = self._watch, None
+        if gw is not None:
+            _leave_watcher(gw, self, timeout)
+
+    def beat_if_due(self, now: float) -> None:
+        """Heartbeat when one is due and ``poll()`` was called within ``max_poll_interval``
+        (the watcher thread; ``now`` is ``time.monotonic()``)."""
+        if now - self._last_beat >= self._beat_every and (
+                now - self._last_poll < self.max_poll_interval):
+            self._heartbeat()
 
     def _heartbeat(self) -> None:
         """Refresh the lock file's mtime (no LMDB write, so no fsync)."""
@@ -731,86 +720,6 @@ class GroupMember:
         for tp, off in todo.items():
             write_offset(txn, self.env.dbs, self.group, self._pid_of(txn, tp),
                          OffsetValue(off, me, state.generation, now))
-
-
-class _Watcher:
-    """The body of a member's watcher thread: heartbeat, probe peers, reap.
-
-    Probing is cheap: one read transaction, and when the group record is
-    unchanged no decoding; peers are probed through the liveness service's
-    :class:`~mqlite._liveness.Prober` (one cached descriptor per peer lock
-    file: one ``flock`` and one ``fstat`` per probe), which also sleeps on the
-    peers' ``pidfd``s, so a crash wakes the watcher at once instead of at the
-    next ``PROBE_INTERVAL`` tick.  Only the designated reaper (the alive member
-    with the smallest id) reaps at once; the others wait ``_REAP_GRACE`` first,
-    so a crash does not queue every member on the write lock.
-    """
-
-    def __init__(self, member: GroupMember) -> None:
-        self.m = member
-        self.raw: bytes | None = None
-        self.state: GroupState | None = None
-        self.prober = Prober(members_dir(member.env.path))
-        self.suspect_since: dict[str, float] = {}
-        self.last_error: Exception | None = None  # kept for debugging; the loop goes on
-
-    def close(self) -> None:
-        self.prober.close()
-
-    def run(self) -> None:
-        m = self.m
-        while not m._stop.is_set():
-            if os.getpid() != m._pid or m.engine.closed:
-                return
-            t = time.monotonic()
-            if t - m._last_beat >= m._beat_every and t - m._last_poll < m.max_poll_interval:
-                m._heartbeat()
-            try:
-                self.tick()
-            except (MqliteError, OSError):
-                pass  # transient (engine closing, file races): the next tick retries
-            except Exception as exc:  # noqa: BLE001 - a dead watcher would stop liveness
-                self.last_error = exc
-            self.prober.wait(_WATCH_INTERVAL)
-
-    def _probe(self, ms: MemberState, now_ms: int) -> str:
-        return self.prober.status(ms.lock, ms.session_timeout_ms, now_ms)
-
-    def _track(self, state: GroupState) -> None:
-        self.prober.track((ms.lock for ms in state.members.values()),
-                          (ms.pid for ms in state.members.values() if not ms.departed_ms))
-
-    def tick(self) -> None:
-        m = self.m
-        env = m.env
-        with env.read_txn() as txn:
-            raw = _raw_group(txn, env.dbs, m.group)
-        if raw is None:
-            return
-        if raw != self.raw:
-            self.state = _decode_group(m.group, raw)
-            self.raw = raw
-            if self.state is not None:
-                self._track(self.state)
-        state = self.state
-        if state is None:
-            return
-        me = m.member_id
-        verdicts = find_suspects(m.engine, state, _now_ms(), exclude=me, probe=self._probe)
-        now = time.monotonic()
-        if not verdicts:
-            self.suspect_since.clear()
-            return
-        for mid in list(self.suspect_since):
-            if mid not in verdicts:
-                del self.suspect_since[mid]
-        first = min(self.suspect_since.setdefault(mid, now) for mid in verdicts)
-        healthy = [mid for mid, ms in state.members.items()
-                   if mid not in verdicts and not ms.departed_ms]
-        designated = me is not None and (not healthy or me == min(healthy))
-        if (designated or now - first >= _REAP_GRACE) and apply_verdicts(
-                m.engine, m.group, verdicts):
-            self.raw = None  # re-read (and re-track) next tick
 
 
 # -- offset commits through the commit ring (docs/decisions.md D27) -----------------------------

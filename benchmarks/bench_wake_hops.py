@@ -1,0 +1,135 @@
+"""Where a cross-process wake-up into an asyncio loop spends its time (issue 11, D41).
+
+Two parts, each interleaved round by round in one run (medians of the rounds'
+percentiles, microseconds):
+
+1. kernel hand-over, no Python (``_wake_hops.c``, compiled here with ``cc``):
+   a writer process bumps a shared futex word at ``--rate``; the waiter is a
+   thread in ``FUTEX_WAIT`` (the synchronous poll), or an epoll loop woken by a
+   bell thread's pipe write (the doorbell listener of D26), or an epoll loop
+   watching an io_uring ``FUTEX_WAIT`` (D41);
+2. asyncio's own hand-over, in one process: a thread writes a pipe; a thread
+   blocked in ``os.read`` returns, against a loop's ``add_reader`` callback that
+   resolves a future a task awaits (what ``LoopBell`` does on every ring).
+
+    python benchmarks/bench_wake_hops.py [--n 4000 --rate 2000 --rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def kernel_hops(args: argparse.Namespace) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("no C compiler: skipping the kernel hand-over part")
+        return
+    with tempfile.TemporaryDirectory() as d:
+        exe = os.path.join(d, "wake_hops")
+        subprocess.run([cc, "-O2", "-o", exe, os.path.join(HERE, "_wake_hops.c"), "-lpthread"],
+                       check=True)
+        out = subprocess.run([exe, str(args.n), str(args.rate), str(args.rounds)], check=True,
+                             capture_output=True, text=True).stdout
+    print("[kernel hand-over, another process]\n" + out)
+
+
+def _pct(xs: list[int], p: float) -> float:
+    return sorted(xs)[min(len(xs) - 1, int(len(xs) * p))] / 1000.0
+
+
+def _writer(w: int, n: int, gap: float, sent: list[int]) -> None:
+    for _ in range(n):
+        time.sleep(gap)
+        sent.append(time.perf_counter_ns())
+        os.write(w, b"x")
+
+
+def _blocking(n: int, gap: float) -> list[int]:
+    r, w = os.pipe()
+    sent: list[int] = []
+    got: list[tuple[int, int]] = []
+    t = threading.Thread(target=_writer, args=(w, n, gap, sent))
+    t.start()
+    seen = 0
+    while seen < n:
+        seen += len(os.read(r, 4096))
+        got.append((seen, time.perf_counter_ns()))
+    t.join()
+    os.close(r)
+    os.close(w)
+    return [now - sent[k - 1] for k, now in got]
+
+
+class _Reader:
+    """The loop side: bytes read so far and the future the task awaits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, r: int) -> None:
+        self.r = r
+        self.n = 0
+        self.fut: asyncio.Future[bool] = loop.create_future()
+
+    def on_ready(self) -> None:
+        self.n += len(os.read(self.r, 4096))
+        if not self.fut.done():
+            self.fut.set_result(True)
+
+
+async def _loop(n: int, gap: float) -> list[int]:
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    sent: list[int] = []
+    got: list[tuple[int, int]] = []
+    reader = _Reader(loop, r)
+    loop.add_reader(r, reader.on_ready)
+    t = threading.Thread(target=_writer, args=(w, n, gap, sent))
+    t.start()
+    while reader.n < n:
+        await reader.fut
+        got.append((reader.n, time.perf_counter_ns()))
+        reader.fut = loop.create_future()
+    await asyncio.to_thread(t.join)
+    loop.remove_reader(r)
+    os.close(r)
+    os.close(w)
+    return [now - sent[k - 1] for k, now in got]
+
+
+def asyncio_hop(args: argparse.Namespace) -> None:
+    gap = 1.0 / args.rate
+    rows: dict[str, list[tuple[float, float]]] = {"blocking read": [],
+                                                  "loop reader -> future -> task": []}
+    for _ in range(args.rounds):
+        b = _blocking(args.n, gap)
+        a = asyncio.run(_loop(args.n, gap))
+        rows["blocking read"].append((_pct(b, 0.5), _pct(b, 0.99)))
+        rows["loop reader -> future -> task"].append((_pct(a, 0.5), _pct(a, 0.99)))
+    print("[asyncio hand-over, one process: a thread writes a pipe]")
+    for name, v in rows.items():
+        print(f"{name:30} p50 {statistics.median(x[0] for x in v):7.1f}  "
+              f"p99 {statistics.median(x[1] for x in v):8.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    kernel_hops(args)
+    asyncio_hop(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -173,7 +173,7 @@ def test_async_subscribers_fetch_on_the_loop_with_no_thread_per_subscriber() -> 
     with TestApp(app) as t:
         names = [th.name for th in threading.enumerate()]
         assert not [x for x in names if x.startswith("mqlite-fetch-")], names
-        # besides each group member's heartbeat thread (the group layer's), a fixed few:
+        # besides the process's group watcher thread (the group layer's, D41), a fixed few:
         # the loop, its doorbell listener, aio / I/O workers; not one per waiting poll
         assert len([x for x in names if not x.startswith("mqlite-group-")]) < 8, names
         for i in range(n):

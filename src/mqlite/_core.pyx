@@ -1318,16 +1318,13 @@ cdef class WriteGate:
         self.c_leave()
 
     def close(self):
-        """Close the descriptor (drops the flock).  Idempotent."""
+        """Close the descriptor.  Idempotent.  The flock goes with the description's last
+        descriptor, so in a forked child (the description is shared with the parent)
+        this drops the inherited copy without unlocking the parent's gate."""
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
         self.depth = 0
-
-    def forget(self):
-        """In a forked child: drop the inherited descriptor without unlocking it (the
-        parent's lock is the parent's).  Idempotent."""
-        self.close()
 
     @property
     def inside(self):

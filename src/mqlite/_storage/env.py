@@ -693,7 +693,9 @@ class Env:
             self.combiner.close()
             self.combiner = None
         if self.gate is not None:
-            self.gate.forget()  # the parent's gate, whatever it holds; ours comes with _open
+            # The inherited descriptor is the parent's gate: closing our copy leaves the
+            # parent's flock alone (no unlock is sent); ours comes with _open.
+            self.gate.close()
             self.gate = None
         self.comb_lock = threading.Lock()
         self._fence = threading.Lock()
@@ -862,22 +864,17 @@ class Env:
                 raise StorageError(f"cannot take the write gate of {self.path}: "
                                    f"{exc.strerror}") from exc
             try:
-                txn = env.begin(write=True)
-            except BaseException as exc:
+                try:
+                    txn = env.begin(write=True)
+                except lmdb.PanicError:
+                    # the reopen's own catalog transaction nests in the gate we hold
+                    txn = self._recover_from_panic(env).begin(write=True)
+            except lmdb.Error as exc:
                 gate.leave()
-                if isinstance(exc, lmdb.PanicError):
-                    gate.enter()
-                    try:
-                        txn = self._recover_from_panic(env).begin(write=True)
-                    except BaseException as exc2:
-                        gate.leave()
-                        if isinstance(exc2, lmdb.Error):
-                            raise lmdb_error(exc2, "begin write") from exc2
-                        raise
-                elif isinstance(exc, lmdb.Error):
-                    raise lmdb_error(exc, "begin write") from exc
-                else:
-                    raise
+                raise lmdb_error(exc, "begin write") from exc
+            except BaseException:
+                gate.leave()
+                raise
         except BaseException:
             self._leave()
             raise

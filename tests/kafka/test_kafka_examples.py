@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -24,11 +23,11 @@ from typing import Any
 import msgspec
 import pytest
 from _polling import wait_until
+from test_kafka_app import _read
 
 pytest.importorskip("confluent_kafka")
 
 import mqlite
-from mqlite import TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -53,17 +52,7 @@ def _healthy(port: int) -> bool:
 
 def _read_until(b: Any, topic: str, n: int) -> list[mqlite.Message]:
     """Every committed message of ``topic`` once there are ``n`` (blocking polls)."""
-    c = b.consumer(None)
-    c.assign([TopicPartition(topic, p) for p in range(b.partitions_for(topic))])
-    out: list[mqlite.Message] = []
-    end = time.monotonic() + TIMEOUT
-    try:
-        while len(out) < n:
-            assert time.monotonic() < end, f"{topic}: {len(out)} of {n} messages"
-            out += c.poll(1000, timeout=1.0)
-    finally:
-        c.close()
-    return out
+    return _read(b, topic, n, TIMEOUT)
 
 
 def test_shop_flow_on_kafka_with_3_payment_workers(kafka_url: str) -> None:

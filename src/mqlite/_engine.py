@@ -112,6 +112,13 @@ _COMBINE_WAIT_S = 0.002
 _GATHER_MAX_US = 0
 
 
+#: An offset commit or ack follows a sender's commit only when a send was filled into
+#: the ring this recently (nanoseconds), and waits for one at most this long (D43).
+FOLLOW_WINDOW_NS = 5_000_000
+FOLLOW_MAX_NS = 5_000_000
+_FOLLOW = os.environ.get("MQLITE_FOLLOW", "1") != "0"
+
+
 @functools.cache
 def _gather_us() -> int:
     """``MQLITE_GATHER_US`` (microseconds, 0-100000; 0 never gathers), else 0."""
@@ -727,8 +734,8 @@ class Engine:
         if st == _ST_FULL:
             raise StorageFullError(self.env.full_message())
 
-    def ring_submit(self, comb: Any,
-                    payloads: list[bytes]) -> list[tuple[int, int, int, int]] | None:
+    def ring_submit(self, comb: Any, payloads: list[bytes], *,
+                    follow: bool = False) -> list[tuple[int, int, int, int]] | None:
         """Hand encoded appends to the commit ring; their results once all are durable.
 
         Each payload (from :meth:`ring_payload`) takes one slot; they are
@@ -737,6 +744,12 @@ class Engine:
         ``None`` when they do not fit or no slots are free (nothing was handed
         over: commit alone).  A status other than ``_ST_OK`` is for the caller
         to raise (:meth:`raise_ring_status`) or to retry alone (``_ST_RETRY``).
+
+        ``follow``: the operations are not sends (offset commits, acks).  When a
+        sender filled a slot lately (within :data:`FOLLOW_WINDOW_NS`), they first
+        wait about two commit durations (at most :data:`FOLLOW_MAX_NS`) for a
+        sender's commit to carry them, instead of queueing a commit of their own
+        in front of the sender's next one (D43).  Sends stamp the hint.
         """
         cap = comb.slot_bytes
         if any(len(p) > cap for p in payloads):
@@ -755,6 +768,10 @@ class Engine:
         tlock = env.comb_lock
         word = comb.word
         try:
+            if not follow:
+                comb.note_send()
+            elif _FOLLOW:
+                comb.follow(mine[-1], done[-1][0], FOLLOW_WINDOW_NS, FOLLOW_MAX_NS)
             while any(word(i) != d for i, d in zip(mine, done)):
                 if _ring_lost(comb, mine, done):
                     raise StorageError(

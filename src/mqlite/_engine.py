@@ -112,6 +112,10 @@ _COMBINE_WAIT_S = 0.002
 _GATHER_MAX_US = 0
 
 
+#: A leader leaving FILLED slots behind wakes the owners of this many of the oldest
+#: (each of which tries to lead); the others try when their wait times out.  Waking
+#: every owner made 16 sender processes spend most of their CPU waking up (D43).
+_HAND_OVER = 2
 #: An offset commit or ack follows a sender's commit only when a send was filled into
 #: the ring this recently (nanoseconds), and waits for one at most this long (D43).
 FOLLOW_WINDOW_NS = 5_000_000
@@ -632,6 +636,46 @@ class Engine:
                 return md
         return self.send_general(topic, value, key, headers, partition, timestamp_ms, dedup_id)
 
+    def _send_solo(self, comb: Any, topic: str, value: Any, key: Any,
+                   partition: int | None) -> RecordMetadata | None:
+        """A send that finds the commit ring idle commits alone, the short way (D43).
+
+        Holding the combining lock with no slot FILLED, and the last commit
+        having found nobody else waiting, nobody waits for a commit: going
+        through a slot would only add its ticket entry and the ring's bookkeeping (212,507 instructions per lone ``"sync"`` send
+        against 24,787 for the same send committed directly). Senders that
+        arrive meanwhile fill slots and wait, and the lock is handed to them
+        afterwards, as a leader does. ``None`` when the ring is busy or the
+        call is not the common case (nothing was sent: the caller goes on).
+        """
+        tlock = self.env.comb_lock
+        # ``active`` > 1: the last commit found others waiting, so more are coming; a
+        # leader that begins through the ring takes the ones that arrive meanwhile
+        if comb.filled() or comb.hints()[0] > 1 or not tlock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                if not comb.trylock():
+                    return None
+            except OSError:
+                return None  # the ring's own path reports it
+            try:
+                if comb.filled():
+                    return None  # a sender filled a slot first: lead it through the ring
+                t0 = time.perf_counter_ns()
+                md: RecordMetadata | None = self.send_path.send(
+                    self, topic, value, key, partition, True)
+                if md is not None:
+                    comb.note_commit(1, time.perf_counter_ns() - t0)
+                    comb.note_send()
+                return md
+            finally:
+                comb.unlock()
+                for other, _t in comb.collect(_HAND_OVER):
+                    comb.wake(other)  # hand the lock over to the arrivals
+        finally:
+            tlock.release()
+
     def send_general(self, topic: str, value: Any, key: Any = None,
                      headers: HeadersArg = None, partition: int | None = None,
                      timestamp_ms: int | None = None,
@@ -640,6 +684,12 @@ class Engine:
 
         For callers that already tried ``send_path`` (``Broker.send``).
         """
+        comb = self.env.combiner
+        if (comb is not None and headers is None and dedup_id is None
+                and timestamp_ms is None):
+            md = self._send_solo(comb, topic, value, key, partition)
+            if md is not None:
+                return md
         if type(topic) is not str:
             validate_topic_name(topic)
         ts = time.time_ns() // 1_000_000 if timestamp_ms is None else require_int(
@@ -787,8 +837,9 @@ class Engine:
                                 self._lead(comb, mine, done)
                             finally:
                                 comb.unlock()
-                                for other, _t in comb.collect():
-                                    comb.wake(other)  # hand the lock over
+                                # hand the lock over to the owners of the oldest slots
+                                for other, _t in comb.collect(_HAND_OVER):
+                                    comb.wake(other)
                     finally:
                         tlock.release()
                 if led:

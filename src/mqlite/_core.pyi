@@ -350,10 +350,19 @@ LANE_REPLY: int
 LANE_RAISED: int
 LANE_AWAIT: int
 
+class LaneFlag:
+    """A bool :func:`run_lane` reads as a C field before every message (D45): the
+    App's "stopping" (per runner) and "revoked" (per lane); ``bool(flag)`` is ``on``."""
+
+    on: bool
+    def __init__(self, on: bool = False) -> None: ...
+    def __bool__(self) -> bool: ...
+
 def run_lane(handler: Any, msgs: list[Any], i: int, mode: int, is_async: bool, decode: Any,
-             runner: Any, lane: Any) -> tuple[int, int, Any]:
-    """The App's lean handler loop (D40): call ``handler`` on ``msgs[i:]`` while each
-    call finishes at once; ``(i, outcome, obj)`` with ``outcome`` one of the
+             stopping: LaneFlag, revoked: LaneFlag) -> tuple[int, int, Any]:
+    """The App's lean handler loop (D40, D45): call ``handler`` on ``msgs[i:]`` while
+    each call finishes at once, stopping before a message once ``stopping.on`` or
+    ``revoked.on``; ``(i, outcome, obj)`` with ``outcome`` one of the
     ``LANE_*`` constants (DONE: msgs[i] not started; SUSPENDED: obj is
     (coroutine, yielded); REPLY: msgs[i] handled, obj its result, it has headers;
     RAISED: obj the Exception; AWAIT: obj a non-coroutine awaitable to await)."""

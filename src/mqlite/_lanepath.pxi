@@ -1,4 +1,4 @@
-# Included by _core.pyx: the App's lean handler loop (docs/decisions.md D40).
+# Included by _core.pyx: the App's lean handler loop (docs/decisions.md D40, D45).
 #
 # The App (mqlite.app.runner) hands a partition's run of messages to one
 # handler, one message per call.  For an empty handler the Python loop around
@@ -9,12 +9,22 @@
 # record's headers field directly, and runs a coroutine with ``PyIter_Send``
 # (no StopIteration object when it returns, unlike ``coro.send(None)`` from
 # Python).  It lives in the core extension because it reads Message's C
-# fields; it knows nothing of the App beyond the two stop flags it checks.
+# fields; it knows nothing of the App beyond the two LaneFlag objects it reads.
+#
+# D45: the two stop checks read LaneFlag's C field (they were Python attribute
+# reads of the runner and the lane, ~300 instructions per message), the handler
+# is called with PyObject_Vectorcall on a one-slot argument array (no tuple, no
+# keyword handling), and the exception state is saved once per run, not once
+# per message (one try around the loop: ``i`` says which message raised).
 
 cdef extern from "Python.h":
     int _lane_send "PyIter_Send"(object iterator, object arg, PyObject **presult) except -1
     bint _lane_is_coro "PyCoro_CheckExact"(object o)
     void _lane_decref "Py_DECREF"(PyObject *o)
+    object _lane_vcall "PyObject_Vectorcall"(object callable, PyObject **args, size_t nargsf,
+                                             PyObject *kwnames)
+    PyObject *_lane_item "PyList_GET_ITEM"(object lst, Py_ssize_t i)
+    size_t _LANE_ARGS_OFFSET "PY_VECTORCALL_ARGUMENTS_OFFSET"
 
 #: run_lane outcomes (the second item of its result)
 LANE_DONE = 0       # msgs[i] not started: the end, or the runner is stopping / the lane revoked
@@ -24,14 +34,42 @@ LANE_RAISED = 3     # msgs[i]'s decode or handler raised this Exception
 LANE_AWAIT = 4      # msgs[i]'s handler returned a non-coroutine awaitable: await it
 
 
-def run_lane(handler, list msgs, Py_ssize_t i, int mode, bint is_async, decode, runner,
-             lane):
+cdef class LaneFlag:
+    """A bool that :func:`run_lane` reads as a C field, before every message.
+
+    The App keeps one per subscriber runner ("stopping") and one per partition
+    lane ("revoked"); any thread may set ``on``.  ``bool(flag)`` is ``on``.
+    """
+
+    cdef public bint on
+
+    def __init__(self, bint on=False):
+        self.on = on
+
+    def __bool__(self):
+        return self.on
+
+    def __repr__(self):
+        return f"LaneFlag({self.on})"
+
+
+cdef inline object _lane_call1(object f, object arg):
+    """``f(arg)`` through vectorcall, with the slot before ``arg`` free for a bound
+    method's ``self`` (PY_VECTORCALL_ARGUMENTS_OFFSET)."""
+    cdef PyObject *args[2]
+    args[0] = NULL
+    args[1] = <PyObject *>arg
+    return _lane_vcall(f, &args[1], 1 | _LANE_ARGS_OFFSET, NULL)
+
+
+def run_lane(handler, list msgs, Py_ssize_t i, int mode, bint is_async, decode,
+             LaneFlag stopping not None, LaneFlag revoked not None):
     """Call ``handler`` on ``msgs[i:]`` in order while each call finishes at once.
 
     ``mode``: 0 passes the value as bytes (``b""`` for none), 1 passes
     ``decode(value)``, 2 passes nothing.  ``is_async``: ``handler`` returns a
     coroutine, run here until it returns or first waits.  Before each message
-    the loop stops when ``runner._stopping`` or ``lane.revoked`` is true.
+    the loop stops when ``stopping.on`` or ``revoked.on`` is true.
 
     Returns ``(i, outcome, obj)``: see the ``LANE_*`` constants.  Messages
     before ``i`` were handled with no headers (nothing else to do for them).
@@ -41,23 +79,21 @@ def run_lane(handler, list msgs, Py_ssize_t i, int mode, bint is_async, decode, 
     cdef PyObject *res = NULL
     cdef int rc
     cdef object m, v, r
-    cdef bint has_headers
-    while i < n:
-        if runner._stopping or lane.revoked:
-            return (i, 0, None)
-        m = msgs[i]
-        try:
+    cdef bint is_msg, has_headers
+    try:
+        while i < n:
+            if stopping.on or revoked.on:
+                return (i, 0, None)
+            m = <object>_lane_item(msgs, i)
+            is_msg = type(m) is Message
             if mode == 2:
                 r = handler()
             else:
-                if type(m) is Message:
-                    v = (<Message>m).value
-                else:
-                    v = m.value
+                v = (<Message>m).value if is_msg else m.value
                 if mode == 0:
-                    r = handler(b"" if v is None else v)
+                    r = _lane_call1(handler, b"" if v is None else v)
                 else:
-                    r = handler(decode(v))
+                    r = _lane_call1(handler, _lane_call1(decode, v))
             if is_async:
                 if not _lane_is_coro(r):
                     return (i, 4, r)
@@ -68,13 +104,13 @@ def run_lane(handler, list msgs, Py_ssize_t i, int mode, bint is_async, decode, 
                     return (i, 1, (r, v))
                 r = <object>res
                 _lane_decref(res)
-        except Exception as exc:
-            return (i, 3, exc)
-        if type(m) is Message:
-            has_headers = bool((<Message>m)._headers)
-        else:
-            has_headers = bool(m.headers)
-        if has_headers:
-            return (i, 2, r)
-        i += 1
+            if is_msg:
+                has_headers = (<Message>m)._headers is not None and bool((<Message>m)._headers)
+            else:
+                has_headers = bool(m.headers)
+            if has_headers:
+                return (i, 2, r)
+            i += 1
+    except Exception as exc:
+        return (i, 3, exc)
     return (i, 0, None)

@@ -15,9 +15,11 @@ from mqlite.app import TestApp
 
 
 class _Flags:
+    """Stands for a runner and a lane: the two LaneFlag objects run_lane reads."""
+
     def __init__(self) -> None:
-        self._stopping = False
-        self.revoked = False
+        self.stop = _core.LaneFlag()
+        self.rev = _core.LaneFlag()
 
 
 def _msgs(n: int, headers_at: int | None = None) -> list[Message]:
@@ -30,29 +32,29 @@ def test_run_lane_sync_modes_headers_and_errors() -> None:
     flags = _Flags()
     msgs = _msgs(5, headers_at=3)
     msgs[1] = Message("t", 0, 1, 0, None, None)  # a tombstone: b"" in mode 0
-    assert _core.run_lane(seen.append, msgs, 0, 0, False, None, flags, flags) == (
+    assert _core.run_lane(seen.append, msgs, 0, 0, False, None, flags.stop, flags.rev) == (
         3, _core.LANE_REPLY, None)
     assert seen == [b"0", b"", b"2", b"3"]
-    assert _core.run_lane(seen.append, msgs, 4, 0, False, None, flags, flags) == (
+    assert _core.run_lane(seen.append, msgs, 4, 0, False, None, flags.stop, flags.rev) == (
         5, _core.LANE_DONE, None)
     seen.clear()
     out = _core.run_lane(lambda v: v * 10, _msgs(5, headers_at=2), 0, 1, False, json.loads,
-                         flags, flags)
+                         flags.stop, flags.rev)
     assert out == (2, _core.LANE_REPLY, 20)  # the result of the message with headers
     calls: list[int] = []
-    assert _core.run_lane(lambda: calls.append(1), _msgs(3), 0, 2, False, None, flags,
-                          flags) == (3, _core.LANE_DONE, None)
+    assert _core.run_lane(lambda: calls.append(1), _msgs(3), 0, 2, False, None, flags.stop,
+                          flags.rev) == (3, _core.LANE_DONE, None)
     assert calls == [1, 1, 1]
 
     def boom(v: int) -> None:
         if v == 2:
             raise ValueError("two")
-    i, outcome, exc = _core.run_lane(boom, _msgs(5), 0, 1, False, json.loads, flags, flags)
+    i, outcome, exc = _core.run_lane(boom, _msgs(5), 0, 1, False, json.loads, flags.stop, flags.rev)
     assert (i, outcome, type(exc), str(exc)) == (2, _core.LANE_RAISED, ValueError, "two")
     # a decoding error is raised at that message too
     bad = _msgs(3)
     bad[1] = Message("t", 0, 1, 0, None, b"{not json")
-    i, outcome, exc = _core.run_lane(seen.append, bad, 0, 1, False, json.loads, flags, flags)
+    i, outcome, exc = _core.run_lane(seen.append, bad, 0, 1, False, json.loads, flags.stop, flags.rev)
     assert (i, outcome, isinstance(exc, ValueError)) == (1, _core.LANE_RAISED, True)
 
 
@@ -63,15 +65,41 @@ def test_run_lane_stops_before_a_message_when_stopping_or_revoked() -> None:
     def h(v: bytes) -> None:
         seen.append(v)
         if len(seen) == 2:
-            flags._stopping = True
-    assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags, flags) == (
+            flags.stop.on = True
+    assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags.stop, flags.rev) == (
         2, _core.LANE_DONE, None)
-    flags._stopping, seen[:] = False, []
-    lane = _Flags()
-    lane.revoked = True
-    assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags, lane) == (
+    flags.stop.on, seen[:] = False, []
+    flags.rev.on = True
+    assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags.stop, flags.rev) == (
         0, _core.LANE_DONE, None)
     assert seen == []
+    with pytest.raises(TypeError):  # the flags are LaneFlag objects, read as C fields
+        _core.run_lane(h, _msgs(1), 0, 0, False, None, False, flags.rev)
+
+
+def test_lane_flags_of_the_runner_and_lanes_are_what_run_lane_reads(tmp_path: Any) -> None:
+    """``Runner._stopping`` and ``_Lane.revoked`` are views of the LaneFlag objects
+    handed to run_lane: setting either from Python stops the C loop."""
+    from mqlite.app.runner import _Lane
+    from mqlite.types import TopicPartition
+
+    lane = _Lane(TopicPartition("t", 0))
+    assert not lane.revoked and not lane.revoked_flag
+    lane.revoked = True
+    assert lane.revoked_flag.on and bool(lane.revoked_flag)
+    app = mqlite.App(str(tmp_path / "b"))
+
+    @app.subscriber("t", group="g")
+    async def h(v: bytes) -> None:
+        return None
+    app.start()
+    try:
+        runner = app._runners[0]
+        assert not runner._stopping and not runner._stop_flag.on
+        runner.request_stop()
+        assert runner._stop_flag.on and runner._stopping
+    finally:
+        app.stop()
 
 
 def test_run_lane_async_returns_suspends_and_hands_back_other_awaitables() -> None:
@@ -83,8 +111,8 @@ def test_run_lane_async_returns_suspends_and_hands_back_other_awaitables() -> No
         return v
 
     async def main() -> None:
-        assert _core.run_lane(quick, _msgs(4, headers_at=3), 0, 1, True, json.loads, flags,
-                              flags) == (3, _core.LANE_REPLY, 3)
+        assert _core.run_lane(quick, _msgs(4, headers_at=3), 0, 1, True, json.loads, flags.stop,
+                              flags.rev) == (3, _core.LANE_REPLY, 3)
         fut = asyncio.get_running_loop().create_future()
 
         async def waits(v: int) -> int:
@@ -92,7 +120,7 @@ def test_run_lane_async_returns_suspends_and_hands_back_other_awaitables() -> No
                 return await fut
             return v
         i, outcome, (coro, yielded) = _core.run_lane(waits, _msgs(3), 0, 1, True, json.loads,
-                                                     flags, flags)
+                                                     flags.stop, flags.rev)
         assert (i, outcome, yielded) == (1, _core.LANE_SUSPENDED, fut)
         fut.get_loop().call_soon(fut.set_result, 42)
         from mqlite.app.runner import _resume
@@ -101,19 +129,19 @@ def test_run_lane_async_returns_suspends_and_hands_back_other_awaitables() -> No
         fut2 = asyncio.get_running_loop().create_future()
         fut2.set_result(7)
         i, outcome, aw = _core.run_lane(lambda v: fut2, _msgs(2), 0, 1, True, json.loads,
-                                        flags, flags)
+                                        flags.stop, flags.rev)
         assert (i, outcome, aw) == (0, _core.LANE_AWAIT, fut2)
 
         async def raises(v: int) -> None:
             raise KeyError(v)
-        i, outcome, exc = _core.run_lane(raises, _msgs(2), 0, 1, True, json.loads, flags,
-                                         flags)
+        i, outcome, exc = _core.run_lane(raises, _msgs(2), 0, 1, True, json.loads, flags.stop,
+                                         flags.rev)
         assert (i, outcome, type(exc)) == (0, _core.LANE_RAISED, KeyError)
 
         async def cancelled(v: int) -> None:
             raise asyncio.CancelledError
         with pytest.raises(asyncio.CancelledError):  # not an Exception: it propagates
-            _core.run_lane(cancelled, _msgs(2), 0, 1, True, json.loads, flags, flags)
+            _core.run_lane(cancelled, _msgs(2), 0, 1, True, json.loads, flags.stop, flags.rev)
     asyncio.run(main())
     assert seen == [0, 1, 2, 3]
 
@@ -133,7 +161,7 @@ def test_resume_passes_cancellation_to_the_handler() -> None:
 
     async def drive() -> None:
         _, outcome, (coro, yielded) = _core.run_lane(h, _msgs(1), 0, 1, True, json.loads,
-                                                     flags, flags)
+                                                     flags.stop, flags.rev)
         assert outcome == _core.LANE_SUSPENDED
         await _resume(coro, yielded)
 

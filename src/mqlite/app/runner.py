@@ -44,7 +44,7 @@ from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, run_lane
+from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, LaneFlag, run_lane
 from mqlite.app.backend import async_stream_consumer
 from mqlite.app.codec import PayloadError, encode_value
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output
@@ -189,7 +189,7 @@ class Runner:
         self.ready = False
         self.failed: BaseException | None = None
         self.handled = 0
-        self._stopping = False
+        self._stop_flag = LaneFlag()  # read as a C field by run_lane before each message
         self._done_q: _queue_mod.SimpleQueue[_Done] = _queue_mod.SimpleQueue()
         self._running = 0
         self._buffered = 0
@@ -205,6 +205,16 @@ class Runner:
         self._tasks: set[asyncio.Task[Any]] = set()  # loop-driven jobs running as tasks
         self._report_evt: asyncio.Event | None = None  # set on a job's report (loop-driven)
         self._evt_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _stopping(self) -> bool:
+        """Stop requested (:meth:`request_stop`): fetching ends, lanes stop between
+        messages."""
+        return self._stop_flag.on
+
+    @_stopping.setter
+    def _stopping(self, on: bool) -> None:
+        self._stop_flag.on = on
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -539,8 +549,8 @@ class Runner:
         for :meth:`_one_sync` to classify as the message's first attempt."""
         spec, mode, i = self.spec, self._lane_mode(), 0
         while True:
-            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, False, spec.decode, self,
-                                       lane)
+            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, False, spec.decode,
+                                       self._stop_flag, lane.revoked_flag)
             if outcome != LANE_REPLY:
                 break
             self._fast_done(acc, msgs[i], obj)  # has headers: a request wants a reply
@@ -661,8 +671,8 @@ class Runner:
         (:func:`_resume`), then the loop goes on."""
         spec, mode, i = self.spec, self._lane_mode(), 0
         while True:
-            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, True, spec.decode, self,
-                                       lane)
+            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, True, spec.decode,
+                                       self._stop_flag, lane.revoked_flag)
             if outcome == LANE_DONE or outcome == LANE_RAISED:
                 break
             if outcome != LANE_REPLY:  # it waits: finish it on the loop
@@ -761,14 +771,23 @@ class Runner:
 class _Lane:
     """One partition's queue of fetched batches (stream mode)."""
 
-    __slots__ = ("batches", "done", "revoked", "running", "tp")
+    __slots__ = ("batches", "done", "revoked_flag", "running", "tp")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
         self.batches: deque[list[Any]] = deque()
         self.running = False
-        self.revoked = False
+        self.revoked_flag = LaneFlag()  # read as a C field by run_lane before each message
         self.done: int | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """The partition was revoked: its job stops between messages."""
+        return self.revoked_flag.on
+
+    @revoked.setter
+    def revoked(self, on: bool) -> None:
+        self.revoked_flag.on = on
 
 
 def _runs(msgs: list[Any]) -> list[tuple[tuple[str, int], list[Any]]]:

@@ -359,10 +359,13 @@ class LaneFlag:
     def __bool__(self) -> bool: ...
 
 def run_lane(handler: Any, msgs: list[Any], i: int, mode: int, is_async: bool, decode: Any,
-             stopping: LaneFlag, revoked: LaneFlag) -> tuple[int, int, Any]:
+             stopping: LaneFlag, revoked: LaneFlag, make_ctx: Any = None,
+             ctx_first: bool = False) -> tuple[int, int, Any, Any]:
     """The App's lean handler loop (D40, D45): call ``handler`` on ``msgs[i:]`` while
     each call finishes at once, stopping before a message once ``stopping.on`` or
-    ``revoked.on``; ``(i, outcome, obj)`` with ``outcome`` one of the
-    ``LANE_*`` constants (DONE: msgs[i] not started; SUSPENDED: obj is
-    (coroutine, yielded); REPLY: msgs[i] handled, obj its result, it has headers;
-    RAISED: obj the Exception; AWAIT: obj a non-coroutine awaitable to await)."""
+    ``revoked.on``; with ``make_ctx``, each call also gets ``make_ctx(m)`` (after the
+    payload, or before it with ``ctx_first``).  ``(i, outcome, obj, ctx)`` with
+    ``outcome`` one of the ``LANE_*`` constants (DONE: msgs[i] not started;
+    SUSPENDED: obj is (coroutine, yielded); REPLY: msgs[i] handled, obj its result,
+    it has headers or ``ctx._outputs``; RAISED: obj the Exception; AWAIT: obj a
+    non-coroutine awaitable to await) and ``ctx`` msgs[i]'s context."""

@@ -33,28 +33,28 @@ def test_run_lane_sync_modes_headers_and_errors() -> None:
     msgs = _msgs(5, headers_at=3)
     msgs[1] = Message("t", 0, 1, 0, None, None)  # a tombstone: b"" in mode 0
     assert _core.run_lane(seen.append, msgs, 0, 0, False, None, flags.stop, flags.rev) == (
-        3, _core.LANE_REPLY, None)
+        3, _core.LANE_REPLY, None, None)
     assert seen == [b"0", b"", b"2", b"3"]
     assert _core.run_lane(seen.append, msgs, 4, 0, False, None, flags.stop, flags.rev) == (
-        5, _core.LANE_DONE, None)
+        5, _core.LANE_DONE, None, None)
     seen.clear()
     out = _core.run_lane(lambda v: v * 10, _msgs(5, headers_at=2), 0, 1, False, json.loads,
                          flags.stop, flags.rev)
-    assert out == (2, _core.LANE_REPLY, 20)  # the result of the message with headers
+    assert out == (2, _core.LANE_REPLY, 20, None)  # the result of the message with headers
     calls: list[int] = []
     assert _core.run_lane(lambda: calls.append(1), _msgs(3), 0, 2, False, None, flags.stop,
-                          flags.rev) == (3, _core.LANE_DONE, None)
+                          flags.rev) == (3, _core.LANE_DONE, None, None)
     assert calls == [1, 1, 1]
 
     def boom(v: int) -> None:
         if v == 2:
             raise ValueError("two")
-    i, outcome, exc = _core.run_lane(boom, _msgs(5), 0, 1, False, json.loads, flags.stop, flags.rev)
+    i, outcome, exc, _ = _core.run_lane(boom, _msgs(5), 0, 1, False, json.loads, flags.stop, flags.rev)
     assert (i, outcome, type(exc), str(exc)) == (2, _core.LANE_RAISED, ValueError, "two")
     # a decoding error is raised at that message too
     bad = _msgs(3)
     bad[1] = Message("t", 0, 1, 0, None, b"{not json")
-    i, outcome, exc = _core.run_lane(seen.append, bad, 0, 1, False, json.loads, flags.stop, flags.rev)
+    i, outcome, exc, _ = _core.run_lane(seen.append, bad, 0, 1, False, json.loads, flags.stop, flags.rev)
     assert (i, outcome, isinstance(exc, ValueError)) == (1, _core.LANE_RAISED, True)
 
 
@@ -67,11 +67,11 @@ def test_run_lane_stops_before_a_message_when_stopping_or_revoked() -> None:
         if len(seen) == 2:
             flags.stop.on = True
     assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags.stop, flags.rev) == (
-        2, _core.LANE_DONE, None)
+        2, _core.LANE_DONE, None, None)
     flags.stop.on, seen[:] = False, []
     flags.rev.on = True
     assert _core.run_lane(h, _msgs(5), 0, 0, False, None, flags.stop, flags.rev) == (
-        0, _core.LANE_DONE, None)
+        0, _core.LANE_DONE, None, None)
     assert seen == []
     with pytest.raises(TypeError):  # the flags are LaneFlag objects, read as C fields
         _core.run_lane(h, _msgs(1), 0, 0, False, None, False, flags.rev)
@@ -112,14 +112,14 @@ def test_run_lane_async_returns_suspends_and_hands_back_other_awaitables() -> No
 
     async def main() -> None:
         assert _core.run_lane(quick, _msgs(4, headers_at=3), 0, 1, True, json.loads, flags.stop,
-                              flags.rev) == (3, _core.LANE_REPLY, 3)
+                              flags.rev) == (3, _core.LANE_REPLY, 3, None)
         fut = asyncio.get_running_loop().create_future()
 
         async def waits(v: int) -> int:
             if v == 1:
                 return await fut
             return v
-        i, outcome, (coro, yielded) = _core.run_lane(waits, _msgs(3), 0, 1, True, json.loads,
+        i, outcome, (coro, yielded), _ = _core.run_lane(waits, _msgs(3), 0, 1, True, json.loads,
                                                      flags.stop, flags.rev)
         assert (i, outcome, yielded) == (1, _core.LANE_SUSPENDED, fut)
         fut.get_loop().call_soon(fut.set_result, 42)
@@ -128,13 +128,13 @@ def test_run_lane_async_returns_suspends_and_hands_back_other_awaitables() -> No
 
         fut2 = asyncio.get_running_loop().create_future()
         fut2.set_result(7)
-        i, outcome, aw = _core.run_lane(lambda v: fut2, _msgs(2), 0, 1, True, json.loads,
+        i, outcome, aw, _ = _core.run_lane(lambda v: fut2, _msgs(2), 0, 1, True, json.loads,
                                         flags.stop, flags.rev)
         assert (i, outcome, aw) == (0, _core.LANE_AWAIT, fut2)
 
         async def raises(v: int) -> None:
             raise KeyError(v)
-        i, outcome, exc = _core.run_lane(raises, _msgs(2), 0, 1, True, json.loads, flags.stop,
+        i, outcome, exc, _ = _core.run_lane(raises, _msgs(2), 0, 1, True, json.loads, flags.stop,
                                          flags.rev)
         assert (i, outcome, type(exc)) == (0, _core.LANE_RAISED, KeyError)
 
@@ -160,7 +160,7 @@ def test_resume_passes_cancellation_to_the_handler() -> None:
             raise
 
     async def drive() -> None:
-        _, outcome, (coro, yielded) = _core.run_lane(h, _msgs(1), 0, 1, True, json.loads,
+        _, outcome, (coro, yielded), _ = _core.run_lane(h, _msgs(1), 0, 1, True, json.loads,
                                                      flags.stop, flags.rev)
         assert outcome == _core.LANE_SUSPENDED
         await _resume(coro, yielded)
@@ -222,3 +222,124 @@ def test_app_sync_lean_path_dead_letters_and_replies() -> None:
         assert seen == [b"a", b"c"]
         assert [d.message.value for d in app.dead_letters("raw.dlq")] == [b"bad"]
         assert app.request_sync("raw", b"q", timeout=30) == b"Q"
+
+
+class _Ctx:
+    """Stands for an App Context: run_lane reads only ``_outputs``."""
+
+    def __init__(self, m: Message) -> None:
+        self.m = m
+        self._outputs: list[str] = []
+
+
+def test_run_lane_builds_a_ctx_per_message_and_stops_at_one_with_outputs() -> None:
+    flags = _Flags()
+    calls: list[tuple[Any, ...]] = []
+
+    def h(v: int, ctx: _Ctx) -> int:
+        calls.append((v, ctx.m.offset))
+        if v == 2:
+            ctx._outputs.append("out")
+        return v
+    i, outcome, obj, ctx = _core.run_lane(h, _msgs(5), 0, 1, False, json.loads, flags.stop,
+                                          flags.rev, _Ctx, False)
+    assert (i, outcome, obj) == (2, _core.LANE_REPLY, 2)  # its ctx has outputs: to Python
+    assert ctx._outputs == ["out"] and ctx.m.offset == 2
+    assert calls == [(0, 0), (1, 1), (2, 2)]
+    assert _core.run_lane(h, _msgs(5), 3, 1, False, json.loads, flags.stop, flags.rev, _Ctx,
+                          False) == (5, _core.LANE_DONE, None, None)
+
+    def first(ctx: _Ctx, v: bytes) -> None:
+        calls.append((ctx.m.offset, v))
+    calls.clear()
+    assert _core.run_lane(first, _msgs(2), 0, 0, False, None, flags.stop, flags.rev, _Ctx,
+                          True)[:2] == (2, _core.LANE_DONE)
+    assert calls == [(0, b"0"), (1, b"1")]
+
+    def only(ctx: _Ctx) -> None:
+        calls.append((ctx.m.offset,))
+    calls.clear()
+    assert _core.run_lane(only, _msgs(2), 0, 2, False, None, flags.stop, flags.rev, _Ctx,
+                          False)[:2] == (2, _core.LANE_DONE)
+    assert calls == [(0,), (1,)]
+
+    async def waits(v: int, ctx: _Ctx) -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        i, outcome, _, ctx = _core.run_lane(waits, _msgs(2), 0, 1, True, json.loads,
+                                            flags.stop, flags.rev, _Ctx, False)
+        assert (i, outcome, ctx.m.offset) == (0, _core.LANE_SUSPENDED, 0)  # its ctx given
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_app_ctx_handlers_take_the_lean_path_with_outputs_retries_and_dlq(
+        is_async: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A handler taking ``ctx`` runs in the C loop (D45): one Context per message with
+    its metadata; ``ctx.publish`` outputs are sent once, only for handled messages (not
+    for a failed attempt), in order; retries and the DLQ as on the full path."""
+    from mqlite.app import runner as runner_mod
+
+    lean_ctx: list[bool] = []
+    real = runner_mod.run_lane
+
+    def spy(*args: Any) -> Any:
+        lean_ctx.append(args[8] is not None)  # make_ctx given
+        return real(*args)
+    monkeypatch.setattr(runner_mod, "run_lane", spy)
+    app = mqlite.App(str(tmp_path / "b"))  # no TestApp: its listeners leave the lean path
+    seen: list[tuple[int, int, int, str]] = []
+    fails = {4: 1}  # transient once: retried in place on the full path
+
+    def work(v: int, ctx: mqlite.Context) -> None:
+        if v == 9:
+            ctx.publish("out", {"v": v})  # published, then rejected: never sent
+            raise mqlite.Reject("nine")
+        if v % 2 == 0:
+            ctx.publish("out", {"v": v, "attempt": ctx.attempt})
+        if fails.get(v):
+            fails[v] -= 1
+            raise RuntimeError("transient")
+        seen.append((v, ctx.offset, ctx.attempt, ctx.topic))
+
+    if is_async:
+        @app.subscriber("in", group="g", retries=2, backoff=0.01, dead_letter="in.dlq")
+        async def ah(v: int, ctx: mqlite.Context) -> None:
+            if v % 3 == 0:
+                await asyncio.sleep(0)  # waits: finished on the loop, ctx kept
+            work(v, ctx)
+    else:
+        @app.subscriber("in", group="g", retries=2, backoff=0.01, dead_letter="in.dlq")
+        def sh(ctx: mqlite.Context, v: int) -> None:
+            work(v, ctx)
+
+    app.start()
+    try:
+        assert app.wait_ready(30)
+        for i in range(12):
+            app.publish("in", i)
+        app.wait_idle(60)
+        assert [s[0] for s in seen] == [i for i in range(12) if i != 9]
+        assert all(s[1] == s[0] and s[3] == "in" for s in seen)
+        assert [s[2] for s in seen if s[0] == 4] == [2] and \
+            all(s[2] == 1 for s in seen if s[0] != 4)
+        outs = [json.loads(m.value) for m in app.broker.consumer(
+            "out", group="check", auto_offset_reset="earliest").poll(100, timeout=5)]
+        assert outs == [{"v": v, "attempt": 2 if v == 4 else 1} for v in range(0, 12, 2)]
+        assert [d.message.value for d in app.dead_letters("in.dlq")] == [b"9"]
+        assert app.broker.committed_offsets("g", "in") == {0: 12}
+    finally:
+        app.stop()
+    assert lean_ctx and all(lean_ctx)
+
+
+def test_context_maker_fills_every_slot_as_the_constructor() -> None:
+    from mqlite.app.context import Context, context_maker
+
+    m = _msgs(1, headers_at=0)[0]
+    a, b = context_maker(3, "g", "s")(m), Context(m, 3, "g", "s")
+    for name in Context.__slots__:
+        assert getattr(a, name) == getattr(b, name), name
+    assert a._outputs is not context_maker(3, "g", "s")(m)._outputs  # a new list each
+    assert (a.topic, a.offset, a.reply_to) == ("t", 0, "r")

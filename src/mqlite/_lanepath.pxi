@@ -33,7 +33,7 @@ cdef extern from "Python.h":
 #: run_lane outcomes (the second item of its result)
 LANE_DONE = 0       # msgs[i] not started: the end, or the runner is stopping / the lane revoked
 LANE_SUSPENDED = 1  # msgs[i]'s coroutine is waiting: (coroutine, what it yielded)
-LANE_REPLY = 2      # msgs[i] handled (result given); it has headers or its ctx has outputs
+LANE_REPLY = 2      # msgs[i] handled (result given); it has headers, ctx outputs or a result out
 LANE_RAISED = 3     # msgs[i]'s decode or handler raised this Exception
 LANE_AWAIT = 4      # msgs[i]'s handler returned a non-coroutine awaitable: await it
 
@@ -77,21 +77,22 @@ cdef inline object _lane_call1(object f, object arg):
 
 def run_lane(handler, list msgs, Py_ssize_t i, int mode, bint is_async, decode,
              LaneFlag stopping not None, LaneFlag revoked not None, make_ctx=None,
-             bint ctx_first=False):
+             bint ctx_first=False, bint results_out=False):
     """Call ``handler`` on ``msgs[i:]`` in order while each call finishes at once.
 
     ``mode``: 0 passes the value as bytes (``b""`` for none), 1 passes
     ``decode(value)``, 2 passes nothing.  ``make_ctx``: ``None``, or a callable
     building the message's context, ``make_ctx(m)``, passed after the payload
-    (before it when ``ctx_first``; alone in mode 2).  ``is_async``: ``handler``
+    (before it when ``ctx_first``; alone in mode 2).  ``results_out``: a result
+    other than ``None`` goes back to Python (the App publishes it).  ``is_async``: ``handler``
     returns a coroutine, run here until it returns or first waits.  Before each
     message the loop stops when ``stopping.on`` or ``revoked.on`` is true.
 
     Returns ``(i, outcome, obj, ctx)``: see the ``LANE_*`` constants; ``ctx`` is
     msgs[i]'s context (``None`` without ``make_ctx``, or when msgs[i] was not
-    started).  Messages before ``i`` were handled with no headers, and their
-    contexts hold no outputs (a falsy ``ctx._outputs``): nothing else to do for
-    them.  Only ``Exception`` is caught; anything else (a cancellation)
+    started).  Messages before ``i`` were handled with no headers, their
+    contexts hold no outputs (a falsy ``ctx._outputs``) and, with ``results_out``,
+    they returned ``None``: nothing else to do for them.  Only ``Exception`` is caught; anything else (a cancellation)
     propagates.
     """
     cdef Py_ssize_t n = len(msgs)
@@ -136,7 +137,8 @@ def run_lane(handler, list msgs, Py_ssize_t i, int mode, bint is_async, decode,
                 has_headers = (<Message>m)._headers is not None and bool((<Message>m)._headers)
             else:
                 has_headers = bool(m.headers)
-            if has_headers or (ctx is not None and ctx._outputs):
+            if has_headers or (results_out and r is not None) or (
+                    ctx is not None and ctx._outputs):
                 return (i, 2, r, ctx)
             i += 1
     except Exception as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +13,6 @@ import pytest
 import mqlite
 from mqlite import _core
 from mqlite._core import Message
-from mqlite.app import TestApp
 
 
 class _Flags:
@@ -20,6 +21,18 @@ class _Flags:
     def __init__(self) -> None:
         self.stop = _core.LaneFlag()
         self.rev = _core.LaneFlag()
+
+
+@contextlib.contextmanager
+def _running(app: mqlite.App) -> Iterator[mqlite.App]:
+    """A started App without TestApp: TestApp's listener would take every job off
+    the lean path (listeners need an event per message)."""
+    app.start()
+    try:
+        assert app.wait_ready(30)
+        yield app
+    finally:
+        app.stop()
 
 
 def _msgs(n: int, headers_at: int | None = None) -> list[Message]:
@@ -175,8 +188,8 @@ def test_resume_passes_cancellation_to_the_handler() -> None:
     assert events == ["cancelled"]
 
 
-def test_app_async_handlers_that_wait_keep_order_retries_and_replies() -> None:
-    app = mqlite.App("unused")
+def test_app_async_handlers_that_wait_keep_order_retries_and_replies(tmp_path: Any) -> None:
+    app = mqlite.App(str(tmp_path / "b"))
     seen: list[int] = []
     fails = {7: 1}  # message 7 fails once (transient), then succeeds
 
@@ -195,17 +208,17 @@ def test_app_async_handlers_that_wait_keep_order_retries_and_replies() -> None:
     async def ask() -> Any:
         return await app.request("orders", 1000, timeout=30)
 
-    with TestApp(app) as t:
+    with _running(app):
         for i in range(40):
-            t.publish("orders", i)
-        t.wait_idle()
+            app.publish("orders", i)
+        app.wait_idle(60)
         assert seen == list(range(40))
         assert app.broker.committed_offsets("g", "orders") == {0: 40}
         assert asyncio.run(ask()) == 2000  # a request on the lean path gets its reply
 
 
-def test_app_sync_lean_path_dead_letters_and_replies() -> None:
-    app = mqlite.App("unused")
+def test_app_sync_lean_path_dead_letters_and_replies(tmp_path: Any) -> None:
+    app = mqlite.App(str(tmp_path / "b"))
     seen: list[bytes] = []
 
     @app.subscriber("raw", group="g", dead_letter="raw.dlq")
@@ -215,10 +228,10 @@ def test_app_sync_lean_path_dead_letters_and_replies() -> None:
         seen.append(v)
         return v.upper()
 
-    with TestApp(app) as t:
+    with _running(app):
         for v in (b"a", b"bad", b"c"):
-            t.publish("raw", v)
-        t.wait_idle()
+            app.publish("raw", v)
+        app.wait_idle(60)
         assert seen == [b"a", b"c"]
         assert [d.message.value for d in app.dead_letters("raw.dlq")] == [b"bad"]
         assert app.request_sync("raw", b"q", timeout=30) == b"Q"
@@ -314,9 +327,7 @@ def test_app_ctx_handlers_take_the_lean_path_with_outputs_retries_and_dlq(
         def sh(ctx: mqlite.Context, v: int) -> None:
             work(v, ctx)
 
-    app.start()
-    try:
-        assert app.wait_ready(30)
+    with _running(app):
         for i in range(12):
             app.publish("in", i)
         app.wait_idle(60)
@@ -329,8 +340,6 @@ def test_app_ctx_handlers_take_the_lean_path_with_outputs_retries_and_dlq(
         assert outs == [{"v": v, "attempt": 2 if v == 4 else 1} for v in range(0, 12, 2)]
         assert [d.message.value for d in app.dead_letters("in.dlq")] == [b"9"]
         assert app.broker.committed_offsets("g", "in") == {0: 12}
-    finally:
-        app.stop()
     assert lean_ctx and all(lean_ctx)
 
 
@@ -343,3 +352,63 @@ def test_context_maker_fills_every_slot_as_the_constructor() -> None:
         assert getattr(a, name) == getattr(b, name), name
     assert a._outputs is not context_maker(3, "g", "s")(m)._outputs  # a new list each
     assert (a.topic, a.offset, a.reply_to) == ("t", 0, "r")
+
+
+def test_run_lane_results_out_hands_back_a_result_to_publish() -> None:
+    flags = _Flags()
+
+    def h(v: int) -> int | None:
+        return v if v % 2 else None
+    assert _core.run_lane(h, _msgs(4), 0, 1, False, json.loads, flags.stop, flags.rev, None,
+                          False, True) == (1, _core.LANE_REPLY, 1, None)
+    assert _core.run_lane(h, _msgs(4), 0, 1, False, json.loads, flags.stop, flags.rev, None,
+                          False, False)[:2] == (4, _core.LANE_DONE)  # no publisher: ignored
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_app_publisher_results_on_the_lean_path(is_async: bool, tmp_path: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``@app.publisher`` handlers run in the C loop (D45): each result other than
+    ``None`` is published once with the input's key, in order; ``None`` publishes
+    nothing; a failed attempt publishes nothing."""
+    from mqlite.app import runner as runner_mod
+
+    lean: list[bool] = []
+    real = runner_mod.run_lane
+
+    def spy(*args: Any) -> Any:
+        lean.append(args[10])  # results_out
+        return real(*args)
+    monkeypatch.setattr(runner_mod, "run_lane", spy)
+    app = mqlite.App(str(tmp_path / "b"))
+    fails = {3: 1}
+
+    def work(v: int) -> dict[str, int] | None:
+        if fails.get(v):
+            fails[v] -= 1
+            raise RuntimeError("transient")
+        return None if v % 4 == 0 else {"v": v}
+
+    if is_async:
+        @app.publisher("out")
+        @app.subscriber("in", group="g", retries=1, backoff=0.01)
+        async def ah(v: int) -> dict[str, int] | None:
+            if v % 3 == 0:
+                await asyncio.sleep(0)
+            return work(v)
+    else:
+        @app.publisher("out")
+        @app.subscriber("in", group="g", retries=1, backoff=0.01)
+        def sh(v: int) -> dict[str, int] | None:
+            return work(v)
+
+    with _running(app):
+        for i in range(10):
+            app.publish("in", i, key=f"k{i}")
+        app.wait_idle(60)
+        got = app.broker.consumer("out", group="check",
+                                  auto_offset_reset="earliest").poll(100, timeout=5)
+        assert [(json.loads(m.value), m.key) for m in got] == [
+            ({"v": v}, f"k{v}".encode()) for v in range(10) if v % 4]
+        assert app.broker.committed_offsets("g", "in") == {0: 10}
+    assert lean and all(lean)

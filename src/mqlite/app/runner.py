@@ -514,9 +514,10 @@ class Runner:
 
     def _fast(self) -> bool:
         """Whether a job may take the lean path (per message only the call, and a
-        ``ctx`` when the handler takes one)."""
+        ``ctx`` when the handler takes one; a message with something to send goes
+        back to Python)."""
         spec = self.spec
-        return (not self.app._listeners and not spec.publishers
+        return (not self.app._listeners
                 and spec.idempotency_key is None and not spec.exactly_once
                 and spec.mode == "stream" and spec.ack != "manual"
                 and spec.retry_topic is None)
@@ -532,8 +533,9 @@ class Runner:
         return mode, context_maker(1, spec.group, spec.name), spec.ctx_first
 
     def _fast_done(self, acc: _Acc, m: Message, ctx: Context | None, result: Any) -> None:
-        """Lean path: a handled message with headers (a request wants its reply) or
-        whose ``ctx`` published: settled as the full path settles it."""
+        """Lean path: a handled message with headers (a request wants its reply),
+        whose ``ctx`` published, or whose result a publisher sends: settled as the
+        full path settles it."""
         self._success(acc, m, ctx, result, None, None)
 
     def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
@@ -559,10 +561,10 @@ class Runner:
         while True:
             i, outcome, obj, ctx = run_lane(spec.handler, msgs, i, mode, False, spec.decode,
                                             self._stop_flag, lane.revoked_flag, make_ctx,
-                                            ctx_first)
+                                            ctx_first, bool(spec.publishers))
             if outcome != LANE_REPLY:
                 break
-            self._fast_done(acc, msgs[i], ctx, obj)  # a request wants a reply / ctx outputs
+            self._fast_done(acc, msgs[i], ctx, obj)  # a reply, ctx outputs or a result out
             i += 1
         if i:
             acc.pos, acc.done = i, msgs[i - 1].offset + 1
@@ -683,7 +685,7 @@ class Runner:
         while True:
             i, outcome, obj, ctx = run_lane(spec.handler, msgs, i, mode, True, spec.decode,
                                             self._stop_flag, lane.revoked_flag, make_ctx,
-                                            ctx_first)
+                                            ctx_first, bool(spec.publishers))
             if outcome == LANE_DONE or outcome == LANE_RAISED:
                 break
             if outcome != LANE_REPLY:  # it waits: finish it on the loop
@@ -692,10 +694,11 @@ class Runner:
                 except Exception as exc:  # noqa: BLE001 - classified by _one_async
                     outcome, obj = LANE_RAISED, exc
                     break
-                if not msgs[i].headers and not (ctx is not None and ctx._outputs):
+                if not msgs[i].headers and not (ctx is not None and ctx._outputs) and not (
+                        obj is not None and spec.publishers):
                     i += 1
                     continue
-            self._fast_done(acc, msgs[i], ctx, obj)  # a request wants a reply / ctx outputs
+            self._fast_done(acc, msgs[i], ctx, obj)  # a reply, ctx outputs or a result out
             i += 1
         if i:
             acc.pos, acc.done = i, msgs[i - 1].offset + 1

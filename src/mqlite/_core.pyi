@@ -360,12 +360,14 @@ class LaneFlag:
 
 def run_lane(handler: Any, msgs: list[Any], i: int, mode: int, is_async: bool, decode: Any,
              stopping: LaneFlag, revoked: LaneFlag, make_ctx: Any = None,
-             ctx_first: bool = False, results_out: bool = False) -> tuple[int, int, Any, Any]:
+             ctx_first: bool = False, results_out: bool = False,
+             fast_decode: Any = None) -> tuple[int, int, Any, Any]:
     """The App's lean handler loop (D40, D45): call ``handler`` on ``msgs[i:]`` while
     each call finishes at once, stopping before a message once ``stopping.on`` or
     ``revoked.on``; with ``make_ctx``, each call also gets ``make_ctx(m)`` (after the
     payload, or before it with ``ctx_first``); with ``results_out``, a result other
-    than ``None`` goes back to Python.  ``(i, outcome, obj, ctx)`` with
+    than ``None`` goes back to Python; ``fast_decode(value)``, when given, is tried
+    before ``decode`` (which then only raises the error).  ``(i, outcome, obj, ctx)`` with
     ``outcome`` one of the ``LANE_*`` constants (DONE: msgs[i] not started;
     SUSPENDED: obj is (coroutine, yielded); REPLY: msgs[i] handled, obj its result,
     it has headers, ``ctx._outputs`` or a result out; RAISED: obj the Exception; AWAIT: obj a

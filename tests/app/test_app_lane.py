@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 import mqlite
@@ -33,6 +34,10 @@ def _running(app: mqlite.App) -> Iterator[mqlite.App]:
         yield app
     finally:
         app.stop()
+
+
+class Order(msgspec.Struct):
+    id: int
 
 
 def _msgs(n: int, headers_at: int | None = None) -> list[Message]:
@@ -412,3 +417,53 @@ def test_app_publisher_results_on_the_lean_path(is_async: bool, tmp_path: Any,
             ({"v": v}, f"k{v}".encode()) for v in range(10) if v % 4]
         assert app.broker.committed_offsets("g", "in") == {0: 10}
     assert lean and all(lean)
+
+
+def test_run_lane_fast_decode_and_its_fallback_for_errors() -> None:
+    """``fast_decode`` decodes directly; a value it cannot decode goes to ``decode``,
+    whose error is the one raised (a PayloadError in the App), at that message."""
+    from mqlite.app.codec import PayloadError, fast_decoder, make_decoder
+
+    flags = _Flags()
+    for ann, good in ((None, [0, 1]), (Order, [Order(0), Order(1)])):  # Order: {"id": ...}
+        decode = make_decoder(ann)
+        fast = fast_decoder(decode)
+        assert fast is not None
+        slow: list[Any] = []
+
+        def counting(v: bytes | None, decode: Any = decode, slow: list[Any] = slow) -> Any:
+            slow.append(v)
+            return decode(v)
+        seen: list[Any] = []
+        msgs = ([Message("t", 0, i, 0, None, json.dumps({"id": i}).encode()) for i in range(2)]
+                if ann is Order else _msgs(2))
+        msgs.append(Message("t", 0, 2, 0, None, b"{not json"))
+        i, outcome, exc, _ = _core.run_lane(seen.append, msgs, 0, 1, False, counting,
+                                            flags.stop, flags.rev, None, False, False, fast)
+        assert seen == good and slow == [b"{not json"]  # the wrapper only for the error
+        assert (i, outcome, type(exc)) == (2, _core.LANE_RAISED, PayloadError)
+    assert fast_decoder(make_decoder(bytes)) is None  # bytes: nothing to decode
+
+
+def test_app_lean_typed_payloads_and_an_invalid_one(tmp_path: Any) -> None:
+    """A msgspec-typed handler on the lean path (msgspec decodes directly, D45): valid
+    payloads arrive as the type; an invalid one is dead-lettered after one attempt as
+    "invalid payload", with the wrapper's error text; the partition moves on."""
+    app = mqlite.App(str(tmp_path / "b"))
+    got: list[Order] = []
+
+    @app.subscriber("orders", group="g", retries=3, dead_letter="orders.dlq")
+    async def handle(order: Order) -> None:
+        got.append(order)
+
+    with _running(app):
+        app.publish("orders", {"id": 1})
+        app.publish("orders", b'{"id": "x"}')
+        app.publish("orders", {"id": 3})
+        app.wait_idle(60)
+        assert got == [Order(1), Order(3)]
+        (dl,) = app.dead_letters("orders.dlq")
+        assert (dl.message.value, dl.reason, dl.delivery_count) == (
+            b'{"id": "x"}', "invalid payload", 1)
+        assert "does not validate as Order" in (dl.last_error or "")
+        assert app.broker.committed_offsets("g", "orders") == {0: 3}

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, LaneFlag, run_lane
 from mqlite.app.backend import async_stream_consumer
-from mqlite.app.codec import PayloadError, encode_value
+from mqlite.app.codec import PayloadError, encode_value, fast_decoder
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output, context_maker
 from mqlite.app.exceptions import Reject, Retry
 from mqlite.errors import (
@@ -522,15 +522,17 @@ class Runner:
                 and spec.mode == "stream" and spec.ack != "manual"
                 and spec.retry_topic is None)
 
-    def _lean_args(self) -> tuple[int, Callable[[Any], Context] | None, bool]:
-        """``run_lane``'s ``mode``, ``make_ctx`` and ``ctx_first`` for this handler:
-        a handler that takes a ``ctx`` gets a new Context per message (attempt 1:
-        the lean path has no retry topic), made in the C loop (D45)."""
+    def _lean_args(self) -> tuple[int, Callable[[Any], Context] | None, bool, Any]:
+        """``run_lane``'s ``mode``, ``make_ctx``, ``ctx_first`` and ``fast_decode``
+        for this handler: a handler that takes a ``ctx`` gets a new Context per
+        message (attempt 1: the lean path has no retry topic), made in the C loop;
+        a JSON payload is decoded by msgspec directly (D45)."""
         spec = self.spec
         mode = 0 if spec.raw_bytes else (1 if spec.takes_payload else 2)
+        fast = fast_decoder(spec.decode) if mode == 1 else None
         if spec.ctx_param is None:
-            return mode, None, False
-        return mode, context_maker(1, spec.group, spec.name), spec.ctx_first
+            return mode, None, False, fast
+        return mode, context_maker(1, spec.group, spec.name), spec.ctx_first, fast
 
     def _fast_done(self, acc: _Acc, m: Message, ctx: Context | None, result: Any) -> None:
         """Lean path: a handled message with headers (a request wants its reply),
@@ -557,11 +559,11 @@ class Runner:
         (``_core.run_lane``) until the end, a stop, or an error, which is returned
         for :meth:`_one_sync` to classify as the message's first attempt."""
         spec, i = self.spec, 0
-        mode, make_ctx, ctx_first = self._lean_args()
+        mode, make_ctx, ctx_first, fast = self._lean_args()
         while True:
             i, outcome, obj, ctx = run_lane(spec.handler, msgs, i, mode, False, spec.decode,
                                             self._stop_flag, lane.revoked_flag, make_ctx,
-                                            ctx_first, bool(spec.publishers))
+                                            ctx_first, bool(spec.publishers), fast)
             if outcome != LANE_REPLY:
                 break
             self._fast_done(acc, msgs[i], ctx, obj)  # a reply, ctx outputs or a result out
@@ -681,11 +683,11 @@ class Runner:
         without waiting finishes inside the C loop; one that waits is awaited here
         (:func:`_resume`), then the loop goes on."""
         spec, i = self.spec, 0
-        mode, make_ctx, ctx_first = self._lean_args()
+        mode, make_ctx, ctx_first, fast = self._lean_args()
         while True:
             i, outcome, obj, ctx = run_lane(spec.handler, msgs, i, mode, True, spec.decode,
                                             self._stop_flag, lane.revoked_flag, make_ctx,
-                                            ctx_first, bool(spec.publishers))
+                                            ctx_first, bool(spec.publishers), fast)
             if outcome == LANE_DONE or outcome == LANE_RAISED:
                 break
             if outcome != LANE_REPLY:  # it waits: finish it on the loop

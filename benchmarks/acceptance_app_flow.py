@@ -14,6 +14,8 @@ dead-lettered, then SIGTERMs everything and checks:
 * flaky orders paid on attempt 2, after the backoff (order -> payment latency
   of flaky vs other orders, medians);
 * analytics saw every order (its committed offsets reach the end);
+* notifications (at-least-once, an ``async def`` taking ``ctx`` with a publisher)
+  sent one notification per payment, none twice (none of its workers is killed);
 * every service exited 0 on SIGTERM.
 """
 
@@ -94,6 +96,14 @@ def main() -> None:
                 raise SystemExit(f"timed out: {len(paid)} of {n - declined} paid")
         t_all = time.monotonic() - t0
         c.close()
+        # notifications (at-least-once, the default) commits to the end of what payments
+        # published before the SIGTERM, so every payment must have its notification
+        pp_ends = {p.partition: p.end_offset
+                   for p in b.describe_topic("payment-processed").partitions}
+        while b.committed_offsets("notifications", "payment-processed") != pp_ends:
+            if time.monotonic() - t0 > 600:
+                raise SystemExit("timed out waiting for notifications to commit")
+            time.sleep(0.05)
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
         rcs = {k: p.wait(120) for k, p in procs.items()}
@@ -109,6 +119,8 @@ def main() -> None:
             lat[cards[i]].append(ts - order_ts[i])
         ends = {p.partition: p.end_offset for p in b.describe_topic("order-created").partitions}
         analytics = b.committed_offsets("analytics", "order-created")
+        notes = Counter(msgspec.json.decode(m.value)["orderId"] for p in range(6)
+                        for m in b.read("notification-sent", p, 0, 100_000))
         print(f"orders: {n} published in {t_pub:.1f} s; all paid or dead-lettered after "
               f"{t_all:.1f} s; durability {args.durability}")
         print(f"paid: {len(counts)} distinct, max copies per order {max(counts.values())} "
@@ -118,10 +130,13 @@ def main() -> None:
         print(f"order -> payment latency, median: ok {statistics.median(lat['ok']):.0f} ms, "
               f"flaky {statistics.median(lat['flaky']):.0f} ms "
               f"(one retry after Backoff.exponential(base=0.05): 25-50 ms)")
+        print(f"notifications (at-least-once): {len(notes)} distinct of {len(counts)} paid, "
+              f"max copies {max(notes.values())} (no notifications worker killed: 1)")
         print(f"analytics committed == end offsets: {analytics == ends}; "
               f"payments worker SIGKILLed: {killed}; exit codes on SIGTERM: {rcs}")
         ok = (max(counts.values()) == 1 and len(counts) + len(dls) == n
               and {dl.delivery_count for dl in dls} == {1} and analytics == ends
+              and set(notes) == set(counts) and max(notes.values()) == 1
               and set(rcs.values()) == {0})
         print("OK" if ok else "FAILED")
         if not ok:

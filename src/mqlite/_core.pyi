@@ -350,10 +350,25 @@ LANE_REPLY: int
 LANE_RAISED: int
 LANE_AWAIT: int
 
+class LaneFlag:
+    """A bool :func:`run_lane` reads as a C field before every message (D45): the
+    App's "stopping" (per runner) and "revoked" (per lane); ``bool(flag)`` is ``on``."""
+
+    on: bool
+    def __init__(self, on: bool = False) -> None: ...
+    def __bool__(self) -> bool: ...
+
 def run_lane(handler: Any, msgs: list[Any], i: int, mode: int, is_async: bool, decode: Any,
-             runner: Any, lane: Any) -> tuple[int, int, Any]:
-    """The App's lean handler loop (D40): call ``handler`` on ``msgs[i:]`` while each
-    call finishes at once; ``(i, outcome, obj)`` with ``outcome`` one of the
-    ``LANE_*`` constants (DONE: msgs[i] not started; SUSPENDED: obj is
-    (coroutine, yielded); REPLY: msgs[i] handled, obj its result, it has headers;
-    RAISED: obj the Exception; AWAIT: obj a non-coroutine awaitable to await)."""
+             stopping: LaneFlag, revoked: LaneFlag, make_ctx: Any = None,
+             ctx_first: bool = False, results_out: bool = False,
+             fast_decode: Any = None) -> tuple[int, int, Any, Any]:
+    """The App's lean handler loop (D40, D45): call ``handler`` on ``msgs[i:]`` while
+    each call finishes at once, stopping before a message once ``stopping.on`` or
+    ``revoked.on``; with ``make_ctx``, each call also gets ``make_ctx(m)`` (after the
+    payload, or before it with ``ctx_first``); with ``results_out``, a result other
+    than ``None`` goes back to Python; ``fast_decode(value)``, when given, is tried
+    before ``decode`` (which then only raises the error).  ``(i, outcome, obj, ctx)`` with
+    ``outcome`` one of the ``LANE_*`` constants (DONE: msgs[i] not started;
+    SUSPENDED: obj is (coroutine, yielded); REPLY: msgs[i] handled, obj its result,
+    it has headers, ``ctx._outputs`` or a result out; RAISED: obj the Exception; AWAIT: obj a
+    non-coroutine awaitable to await) and ``ctx`` msgs[i]'s context."""

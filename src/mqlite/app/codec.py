@@ -25,12 +25,13 @@ A value that is not valid JSON or does not match the type raises
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-__all__ = ["PayloadError", "encode_key", "encode_value", "make_decoder"]
+__all__ = ["PayloadError", "encode_key", "encode_value", "fast_decoder", "make_decoder"]
 
 
 class PayloadError(ValueError):
@@ -87,6 +88,21 @@ def encode_key(key: Any) -> bytes | None:
     raise TypeError(f"key must be str, bytes, int or None, not {type(key).__name__}")
 
 
+#: make_decoder's functions -> the msgspec decode each wraps (see fast_decoder)
+_FAST: weakref.WeakKeyDictionary[Callable[..., Any], Callable[[bytes], Any]] = \
+    weakref.WeakKeyDictionary()
+
+
+def fast_decoder(decode: Callable[[bytes | None], Any]) -> Callable[[bytes], Any] | None:
+    """The msgspec decode inside a :func:`make_decoder` function, or ``None``.
+
+    For a value that is not ``None`` it returns what ``decode`` returns; when it
+    raises, call ``decode`` itself for the error (a :class:`PayloadError`).  The
+    App's lean loop calls it directly: one Python call less per message (D45).
+    """
+    return _FAST.get(decode)
+
+
 def make_decoder(annotation: Any) -> Callable[[bytes | None], Any]:
     """A function ``value -> payload`` for a handler parameter annotated ``annotation``.
 
@@ -101,6 +117,7 @@ def make_decoder(annotation: Any) -> Callable[[bytes | None], Any]:
                 return _json_decode(value)
             except msgspec.DecodeError as exc:
                 raise PayloadError(f"payload is not JSON: {exc}") from None
+        _FAST[plain] = _json_decode
         return plain
     if annotation is bytes:
         return lambda value: b"" if value is None else value
@@ -129,4 +146,5 @@ def make_decoder(annotation: Any) -> Callable[[bytes | None], Any]:
             return decoder.decode(value if value is not None else b"null")
         except msgspec.DecodeError as exc:  # ValidationError is a subclass
             raise PayloadError(f"payload does not validate as {name}: {exc}") from None
+    _FAST[typed] = decoder.decode
     return typed

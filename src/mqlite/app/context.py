@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mqlite.app.codec import encode_key, encode_value
@@ -9,7 +10,7 @@ from mqlite.app.codec import encode_key, encode_value
 if TYPE_CHECKING:
     from mqlite._core import Message
 
-__all__ = ["H_CORRELATION", "H_REPLY_TO", "Context", "Output"]
+__all__ = ["H_CORRELATION", "H_REPLY_TO", "Context", "Output", "context_maker"]
 
 #: Header naming the topic a request's reply goes to (request / reply).
 H_REPLY_TO = "x-reply-to"
@@ -150,3 +151,24 @@ class Context:
         m = self.message
         return (f"<mqlite.Context {m.topic}[{m.partition}]@{m.offset} attempt={self.attempt} "
                 f"group={self.group!r}>")
+
+
+def context_maker(attempt: int, group: str, subscriber: str) -> Callable[[Any], Context]:
+    """A function ``make(message)`` returning ``Context(message, attempt, group,
+    subscriber)``, for one subscriber's messages (the App's lean loop, D45).
+
+    It fills the slots as :meth:`Context.__init__` does, without the type call
+    to a Python ``__init__`` (about half the cost per message).
+    """
+    new = object.__new__
+
+    def make(message: Any) -> Context:
+        ctx: Context = new(Context)
+        ctx.message = message
+        ctx.attempt = attempt
+        ctx.group = group
+        ctx.subscriber = subscriber
+        ctx._outputs = []
+        ctx._acks = 0
+        return ctx
+    return make

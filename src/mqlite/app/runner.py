@@ -44,10 +44,10 @@ from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, run_lane
+from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, LaneFlag, run_lane
 from mqlite.app.backend import async_stream_consumer
-from mqlite.app.codec import PayloadError, encode_value
-from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output
+from mqlite.app.codec import PayloadError, encode_value, fast_decoder
+from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output, context_maker
 from mqlite.app.exceptions import Reject, Retry
 from mqlite.errors import (
     AlreadyProcessedError,
@@ -189,7 +189,7 @@ class Runner:
         self.ready = False
         self.failed: BaseException | None = None
         self.handled = 0
-        self._stopping = False
+        self._stop_flag = LaneFlag()  # read as a C field by run_lane before each message
         self._done_q: _queue_mod.SimpleQueue[_Done] = _queue_mod.SimpleQueue()
         self._running = 0
         self._buffered = 0
@@ -205,6 +205,16 @@ class Runner:
         self._tasks: set[asyncio.Task[Any]] = set()  # loop-driven jobs running as tasks
         self._report_evt: asyncio.Event | None = None  # set on a job's report (loop-driven)
         self._evt_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _stopping(self) -> bool:
+        """Stop requested (:meth:`request_stop`): fetching ends, lanes stop between
+        messages."""
+        return self._stop_flag.on
+
+    @_stopping.setter
+    def _stopping(self, on: bool) -> None:
+        self._stop_flag.on = on
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -503,16 +513,32 @@ class Runner:
         return payload, key
 
     def _fast(self) -> bool:
-        """Whether a job may take the lean path (nothing per message but the call)."""
+        """Whether a job may take the lean path (per message only the call, and a
+        ``ctx`` when the handler takes one; a message with something to send goes
+        back to Python)."""
         spec = self.spec
-        return (not self.app._listeners and spec.ctx_param is None and not spec.publishers
+        return (not self.app._listeners
                 and spec.idempotency_key is None and not spec.exactly_once
                 and spec.mode == "stream" and spec.ack != "manual"
                 and spec.retry_topic is None)
 
-    def _fast_done(self, acc: _Acc, m: Message, result: Any) -> None:
-        """Lean path: a handled message with headers (a request wants its reply)."""
-        self._success(acc, m, None, result, None, None)
+    def _lean_args(self) -> tuple[int, Callable[[Any], Context] | None, bool, Any]:
+        """``run_lane``'s ``mode``, ``make_ctx``, ``ctx_first`` and ``fast_decode``
+        for this handler: a handler that takes a ``ctx`` gets a new Context per
+        message (attempt 1: the lean path has no retry topic), made in the C loop;
+        a JSON payload is decoded by msgspec directly (D45)."""
+        spec = self.spec
+        mode = 0 if spec.raw_bytes else (1 if spec.takes_payload else 2)
+        fast = fast_decoder(spec.decode) if mode == 1 else None
+        if spec.ctx_param is None:
+            return mode, None, False, fast
+        return mode, context_maker(1, spec.group, spec.name), spec.ctx_first, fast
+
+    def _fast_done(self, acc: _Acc, m: Message, ctx: Context | None, result: Any) -> None:
+        """Lean path: a handled message with headers (a request wants its reply),
+        whose ``ctx`` published, or whose result a publisher sends: settled as the
+        full path settles it."""
+        self._success(acc, m, ctx, result, None, None)
 
     def _run_sync(self, lane: Any, msgs: list[Any], attempt_of: Callable[[Any], int]) -> int:
         """Handle ``msgs`` in order on this thread; returns how many were finished."""
@@ -528,22 +554,19 @@ class Runner:
             first_exc = None
             acc.pos += 1
 
-    def _lane_mode(self) -> int:
-        """How the lean loop passes the payload (``run_lane``'s ``mode``)."""
-        spec = self.spec
-        return 0 if spec.raw_bytes else (1 if spec.takes_payload else 2)
-
     def _lean_sync(self, lane: Any, msgs: list[Any], acc: _Acc) -> Exception | None:
         """The lean path (:meth:`_fast`): the handler on each message in a C loop
         (``_core.run_lane``) until the end, a stop, or an error, which is returned
         for :meth:`_one_sync` to classify as the message's first attempt."""
-        spec, mode, i = self.spec, self._lane_mode(), 0
+        spec, i = self.spec, 0
+        mode, make_ctx, ctx_first, fast = self._lean_args()
         while True:
-            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, False, spec.decode, self,
-                                       lane)
+            i, outcome, obj, ctx = run_lane(spec.handler, msgs, i, mode, False, spec.decode,
+                                            self._stop_flag, lane.revoked_flag, make_ctx,
+                                            ctx_first, bool(spec.publishers), fast)
             if outcome != LANE_REPLY:
                 break
-            self._fast_done(acc, msgs[i], obj)  # has headers: a request wants a reply
+            self._fast_done(acc, msgs[i], ctx, obj)  # a reply, ctx outputs or a result out
             i += 1
         if i:
             acc.pos, acc.done = i, msgs[i - 1].offset + 1
@@ -659,10 +682,12 @@ class Runner:
         """:meth:`_lean_sync` for ``async def`` handlers: a coroutine that returns
         without waiting finishes inside the C loop; one that waits is awaited here
         (:func:`_resume`), then the loop goes on."""
-        spec, mode, i = self.spec, self._lane_mode(), 0
+        spec, i = self.spec, 0
+        mode, make_ctx, ctx_first, fast = self._lean_args()
         while True:
-            i, outcome, obj = run_lane(spec.handler, msgs, i, mode, True, spec.decode, self,
-                                       lane)
+            i, outcome, obj, ctx = run_lane(spec.handler, msgs, i, mode, True, spec.decode,
+                                            self._stop_flag, lane.revoked_flag, make_ctx,
+                                            ctx_first, bool(spec.publishers), fast)
             if outcome == LANE_DONE or outcome == LANE_RAISED:
                 break
             if outcome != LANE_REPLY:  # it waits: finish it on the loop
@@ -671,10 +696,11 @@ class Runner:
                 except Exception as exc:  # noqa: BLE001 - classified by _one_async
                     outcome, obj = LANE_RAISED, exc
                     break
-                if not msgs[i].headers:
+                if not msgs[i].headers and not (ctx is not None and ctx._outputs) and not (
+                        obj is not None and spec.publishers):
                     i += 1
                     continue
-            self._fast_done(acc, msgs[i], obj)  # has headers: a request wants a reply
+            self._fast_done(acc, msgs[i], ctx, obj)  # a reply, ctx outputs or a result out
             i += 1
         if i:
             acc.pos, acc.done = i, msgs[i - 1].offset + 1
@@ -761,14 +787,23 @@ class Runner:
 class _Lane:
     """One partition's queue of fetched batches (stream mode)."""
 
-    __slots__ = ("batches", "done", "revoked", "running", "tp")
+    __slots__ = ("batches", "done", "revoked_flag", "running", "tp")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
         self.batches: deque[list[Any]] = deque()
         self.running = False
-        self.revoked = False
+        self.revoked_flag = LaneFlag()  # read as a C field by run_lane before each message
         self.done: int | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """The partition was revoked: its job stops between messages."""
+        return self.revoked_flag.on
+
+    @revoked.setter
+    def revoked(self, on: bool) -> None:
+        self.revoked_flag.on = on
 
 
 def _runs(msgs: list[Any]) -> list[tuple[tuple[str, int], list[Any]]]:

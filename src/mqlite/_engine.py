@@ -642,39 +642,56 @@ class Engine:
 
         Holding the combining lock with no slot FILLED, and the last commit
         having found nobody else waiting, nobody waits for a commit: going
-        through a slot would only add its ticket entry and the ring's bookkeeping (212,507 instructions per lone ``"sync"`` send
-        against 24,787 for the same send committed directly). Senders that
-        arrive meanwhile fill slots and wait, and the lock is handed to them
-        afterwards, as a leader does. ``None`` when the ring is busy or the
+        through a slot would only add its ticket entry and the ring's bookkeeping
+        (212,507 instructions per lone ``"sync"`` send against 24,787 for the
+        same send committed directly).  ``None`` when the ring is busy or the
         call is not the common case (nothing was sent: the caller goes on).
         """
-        tlock = self.env.comb_lock
-        # ``active`` > 1: the last commit found others waiting, so more are coming; a
-        # leader that begins through the ring takes the ones that arrive meanwhile
-        if comb.filled() or comb.hints()[0] > 1 or not tlock.acquire(blocking=False):
+        t0 = self.ring_alone(comb)
+        if t0 < 0:
             return None
+        md: RecordMetadata | None = None
         try:
-            try:
-                if not comb.trylock():
-                    return None
-            except OSError:
-                return None  # the ring's own path reports it
-            try:
-                if comb.filled():
-                    return None  # a sender filled a slot first: lead it through the ring
-                t0 = time.perf_counter_ns()
-                md: RecordMetadata | None = self.send_path.send(
-                    self, topic, value, key, partition, True)
-                if md is not None:
-                    comb.note_commit(1, time.perf_counter_ns() - t0)
-                    comb.note_send()
-                return md
-            finally:
-                comb.unlock()
-                for other, _t in comb.collect(_HAND_OVER):
-                    comb.wake(other)  # hand the lock over to the arrivals
+            md = self.send_path.send(self, topic, value, key, partition, True)
         finally:
-            tlock.release()
+            self.ring_alone_done(comb, t0, md is not None)
+        return md
+
+    def ring_alone(self, comb: Any) -> int:
+        """Take the combining lock when the ring is idle; the start time (ns), else -1.
+
+        Idle: no slot FILLED, and the last commit carried at most one operation
+        (the ring's ``active`` hint; when more were waiting, more are coming and a
+        leader that begins through the ring takes those that arrive meanwhile).
+        While the caller holds the lock and commits alone, senders that arrive fill
+        slots and wait; :meth:`ring_alone_done` (always call it after a
+        non-negative return) releases the lock and hands it over to them.
+        """
+        tlock = self.env.comb_lock
+        if comb.filled() or comb.hints()[0] > 1 or not tlock.acquire(blocking=False):
+            return -1
+        try:
+            got = comb.trylock()
+        except OSError:
+            got = False  # the ring's own path reports it
+        if got and not comb.filled():
+            return time.perf_counter_ns()
+        if got:
+            comb.unlock()  # a sender filled a slot first: lead it through the ring
+        tlock.release()
+        return -1
+
+    def ring_alone_done(self, comb: Any, t0: int, committed: bool) -> None:
+        """End :meth:`ring_alone`: note the commit, release the lock, hand it over."""
+        try:
+            if committed:
+                comb.note_commit(1, time.perf_counter_ns() - t0)
+                comb.note_send()
+            comb.unlock()
+            for other, _t in comb.collect(_HAND_OVER):
+                comb.wake(other)  # hand the lock over to the arrivals
+        finally:
+            self.env.comb_lock.release()
 
     def send_general(self, topic: str, value: Any, key: Any = None,
                      headers: HeadersArg = None, partition: int | None = None,

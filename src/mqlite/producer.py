@@ -378,35 +378,57 @@ class Producer:
             groups = encode_items(engine, items)
             if not groups:
                 return
-            if env.combiner is not None:
-                groups = self._commit_ring(env.combiner, groups)
-                if not groups:
-                    return
-            results: list[tuple[SendItem, RecordMetadata]] = []
-            txn = env.write_txn()
+            comb = env.combiner
+            alone = -1
+            if comb is not None:
+                # an idle ring: commit alone, holding its lock (D43); else hand over
+                alone = engine.ring_alone(comb)
+                if alone < 0:
+                    groups = self._commit_ring(comb, groups)
+                    if not groups:
+                        return
+            ok = False
             try:
-                total = sum(len(b) for g in groups for b in g.batches)
-                engine.check_space(env, txn, total)
-                touched = append_items(engine, txn, groups, now_ms(), results)
-            except BaseException as exc:
-                err = env.abort_with(txn, exc, "producer commit")
-                if retry and isinstance(err, TopicNotFoundError):
-                    # Another process deleted a topic after its records were encoded
-                    # from the cache: encode again from fresh metadata, which fails
-                    # only that topic's records, not the whole batch.
-                    env.topic_cache.clear()
-                    self._commit(items, retry=False)
-                    return
-                if err is exc:
-                    raise
-                raise err from exc
-            env.commit(txn)
-            env.notify_topics(touched)
-            for it, md in results:
-                it.future.set_result(md)  # a no-op on a future already resolved or cancelled
+                self._commit_alone(env, items, groups, retry)
+                ok = True
+            finally:
+                if alone >= 0:
+                    engine.ring_alone_done(comb, alone, ok)
         except BaseException as exc:  # noqa: BLE001 - every record of the failed transaction fails
             for it in items:
                 _fail(it, exc)
+
+    def _commit_alone(self, env: Any, items: list[SendItem], groups: list[_Group],
+                      retry: bool) -> None:
+        """Commit ``groups`` in one write transaction of this process; resolve the futures.
+
+        Raises what the transaction raised (the caller fails the records with it).
+        """
+        engine = self._engine
+        results: list[tuple[SendItem, RecordMetadata]] = []
+        txn = env.write_txn()
+        try:
+            total = sum(len(b) for g in groups for b in g.batches)
+            engine.check_space(env, txn, total)
+            touched = append_items(engine, txn, groups, now_ms(), results)
+        except BaseException as exc:
+            err = env.abort_with(txn, exc, "producer commit")
+            if retry and isinstance(err, TopicNotFoundError):
+                # Another process deleted a topic after its records were encoded
+                # from the cache: encode again from fresh metadata, which fails
+                # only that topic's records, not the whole batch.
+                env.topic_cache.clear()
+                again = encode_items(engine, items)
+                if again:
+                    self._commit_alone(env, items, again, retry=False)
+                return
+            if err is exc:
+                raise
+            raise err from exc
+        env.commit(txn)
+        env.notify_topics(touched)
+        for it, md in results:
+            it.future.set_result(md)  # a no-op on a future already resolved or cancelled
 
     def _commit_ring(self, comb: Any, groups: list[_Group]) -> list[_Group]:
         """Hand the encoded groups to the cross-process commit ring (one slot each).

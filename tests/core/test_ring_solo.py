@@ -86,3 +86,26 @@ def test_a_send_beside_a_waiting_slot_leads_it_through_the_ring(tmp_path: Path) 
         b.send("t", b"solo")
         assert lm.info()["last_txnid"] == tx + 1
         assert comb.hints()[2] == fills + 1
+
+
+def test_a_lone_producer_batch_commits_without_a_slot(tmp_path: Path) -> None:
+    with mqlite.open(tmp_path / "b", durability="sync") as b:
+        b.create_topic("t")
+        b.send("t", b"warm")  # the topic cache
+        comb = b._engine.env.combiner
+        fills = comb.hints()[2]
+        with b.producer() as p:
+            futs = [p.send("t", f"p{n}".encode()) for n in range(50)]
+            offs = [f.result(timeout=30).offset for f in futs]
+        assert offs == list(range(1, 51))
+        assert comb.hints()[2] == fills  # committed alone: no slot filled
+        assert all(comb.word(i)[1] == _core.FREE for i in range(comb.nslots))
+        i, t = _fill(b, "t", b"waiting")
+        with b.producer() as p:  # a slot waits: the batch goes through the ring, leads it
+            assert p.send("t", b"after").result(timeout=30).offset == 52
+        assert comb.word(i) == (t, _core.DONE) and comb.result(i)[2] == 51
+        assert comb.release(i, t)
+        c = b.consumer("t")
+        got = [m.value for m in c.poll(100, timeout=5)]
+        c.close()
+        assert got == [b"warm"] + [f"p{n}".encode() for n in range(50)] + [b"waiting", b"after"]

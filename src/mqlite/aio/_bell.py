@@ -209,8 +209,10 @@ class LoopBell:
         if waits is None or waits.pop(fut, None) is None or waits:
             return
         del self._waits[slot]
-        with contextlib.suppress(ValueError):  # the broker closed meanwhile
+        try:  # (not contextlib.suppress: this runs on every wake-up's path)
             self._n.bell_disarm(self._index, slot)
+        except ValueError:  # the broker closed meanwhile
+            pass
 
     def _deadline(self, timeout: float, fut: asyncio.Future[bool], slot: int) -> list[Any]:
         """Register ``fut`` to be resolved with False in ``timeout`` seconds.

@@ -156,7 +156,7 @@ def _forked(n: int, gap: float, body: Any) -> list[tuple[int, ...]]:
 
 
 def _xp_blocking(r: int) -> list[tuple[int, ...]]:
-    out = []
+    out: list[tuple[int, ...]] = []
     while True:
         b = os.read(r, 4096)
         now = time.perf_counter_ns()
@@ -169,7 +169,7 @@ def _xp_loop(r: int) -> list[tuple[int, ...]]:
     async def main() -> list[tuple[int, ...]]:
         loop = asyncio.get_running_loop()
         os.set_blocking(r, False)
-        out = []
+        out: list[tuple[int, ...]] = []
         box: list[Any] = [loop.create_future(), b"", 0]
 
         def on_ready() -> None:

@@ -1,13 +1,15 @@
-"""Where a cross-process wake-up into an asyncio loop spends its time (issue 11, D41).
+"""Where a cross-process wake-up into an asyncio loop spends its time (issue 11, D41, D44).
 
-Two parts, each interleaved round by round in one run (medians of the rounds'
+Three parts, each interleaved round by round in one run (medians of the rounds'
 percentiles, microseconds):
 
 1. kernel hand-over, no Python (``_wake_hops.c``, compiled here with ``cc``):
    a writer process bumps a shared futex word at ``--rate``; the waiter is a
    thread in ``FUTEX_WAIT`` (the synchronous poll), or an epoll loop woken by a
    bell thread's pipe write (the doorbell listener of D26), or an epoll loop
-   watching an io_uring ``FUTEX_WAIT`` (D41);
+   watching an io_uring ``FUTEX_WAIT`` (D41), or the same ring set up with
+   ``IORING_SETUP_DEFER_TASKRUN`` and a registered eventfd the loop watches instead
+   (tried and not taken, D44);
 2. asyncio's own hand-over, in one process: a thread writes a pipe; a thread
    blocked in ``os.read`` returns, against a loop's ``add_reader`` callback that
    resolves a future a task awaits (what ``LoopBell`` does on every ring);

@@ -47,6 +47,7 @@ static inline uint64_t *next_ticket(const mq_comb *c)
 #define GATHERERS_OFF 44
 #define ACTIVE_OFF 48
 #define COMMIT_US_OFF 52
+#define LAST_SEND_OFF 56
 
 static inline uint32_t *hdr_u32(const mq_comb *c, size_t off)
 {
@@ -380,6 +381,43 @@ void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns)
     uint32_t old = __atomic_load_n(hdr_u32(c, COMMIT_US_OFF), __ATOMIC_RELAXED);
     uint32_t avg = old == 0 ? (uint32_t)us : (uint32_t)((3 * (uint64_t)old + us) / 4);
     __atomic_store_n(hdr_u32(c, COMMIT_US_OFF), avg, __ATOMIC_RELAXED);
+}
+
+static uint64_t *hdr_u64(const mq_comb *c, size_t off)
+{
+    return (uint64_t *)(void *)(c->base + off);
+}
+
+void mq_comb_note_send(mq_comb *c)
+{
+    __atomic_store_n(hdr_u64(c, LAST_SEND_OFF), (uint64_t)mono_ns(), __ATOMIC_RELAXED);
+}
+
+int64_t mq_comb_since_send(const mq_comb *c)
+{
+    uint64_t last = __atomic_load_n(hdr_u64(c, LAST_SEND_OFF), __ATOMIC_RELAXED);
+    int64_t now = mono_ns();
+    if (last == 0 || last > (uint64_t)now)
+        return INT64_MAX;
+    return now - (int64_t)last;
+}
+
+int mq_comb_follow(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t window_ns,
+                   int64_t max_ns)
+{
+    if (mq_comb_since_send(c) >= window_ns)
+        return 0;
+    int64_t us = (int64_t)__atomic_load_n(hdr_u32(c, COMMIT_US_OFF), __ATOMIC_RELAXED);
+    int64_t budget = (2 * us + 200) * 1000;
+    if (budget > max_ns)
+        budget = max_ns;
+    int64_t deadline = mono_ns() + budget;
+    for (;;) {
+        if (mq_comb_wait(c, idx, ticket, deadline - mono_ns()))
+            return 1;
+        if (mono_ns() >= deadline)
+            return 0;
+    }
 }
 
 void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq)

@@ -45,10 +45,11 @@
  *                 what arrived when a gather times out)
  *   52      4     commit_us: moving average of a combined commit's duration
  *                 in microseconds (bounds a gather)
- *   56      8     reserved, zero
- * The fields at 40-55 are hints: any value is safe (a wrong one costs at most
- * one bounded gather); a file written by a version without them reads zeros,
- * which means "do not gather".
+ *   56      8     last_send_ns: CLOCK_MONOTONIC nanoseconds of the last fill
+ *                 of a send (mq_comb_note_send); 0 = none seen
+ * The fields at 40-63 are hints: any value is safe (a wrong one costs at most
+ * one bounded gather or one bounded deferral); a file written by a version
+ * without them reads zeros, which means "do not gather" and "no sender seen".
  *
  *   slot i at MQ_COMB_HEADER + i * (MQ_COMB_SLOT_HEADER + slot_bytes):
  *   0       8     word = ticket << 2 | state   (atomic; the only sync point)
@@ -104,6 +105,14 @@
  * (each arriving just after the other's commit began) share commits.  It
  * changes no slot state; a filler that sees the gatherer flag wakes it.  Only
  * the holder of the combining lock may call it.
+ *
+ * Following (mq_comb_follow, D43): an operation that is not a send (an offset
+ * commit, a queue ack) whose filler finds a send filled within the last
+ * `window_ns` waits up to about two commit durations for a sender's commit to
+ * take its slot before it tries the lock itself, so consumers ride the
+ * producers' commits instead of queueing commits of their own in front of
+ * them.  It changes no slot state; a follower that is not taken in time
+ * goes on as any sender (tries the lock, waits, ...).
  *
  * Results are written only by the lock holder of a FILLED slot and read only
  * by the owner after an acquire load saw DONE of its own ticket, so a reader
@@ -231,6 +240,19 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us);
  * those that arrived during the commit; at least `taken`); commit_us moves a
  * quarter of the way to commit_ns / 1000 (at most 1 s). */
 void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns);
+/* Sender of a send, after mq_comb_fill: last_send_ns = now (relaxed store). */
+void mq_comb_note_send(mq_comb *c);
+/* Nanoseconds since the last mq_comb_note_send of any process (INT64_MAX when
+ * none was seen or the hint is from the future). */
+int64_t mq_comb_since_send(const mq_comb *c);
+/* Follower of slot `idx`, FILLED(ticket): when a send was filled less than
+ * `window_ns` ago, sleep while the slot is FILLED(ticket), at most
+ * min(2 * commit_us + 200 us, max_ns) in all (hand-over wake-ups do not end
+ * it).  Returns 1 when the slot moved on (a committer took it), else 0 (no
+ * sender lately, or the time ran out): the caller then leads or waits as any
+ * sender. */
+int mq_comb_follow(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t window_ns,
+                   int64_t max_ns);
 /* (active, commit_us, fill_seq), for tests and tools. */
 void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq);
 

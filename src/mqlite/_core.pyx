@@ -1713,6 +1713,38 @@ cdef class Combiner:
             raise ValueError("taken must be a 32-bit count and commit_ns >= 0")
         mq_comb_note_commit(&self.c, <uint32_t>t, <uint64_t>ns)
 
+    def note_send(self):
+        """A send was just filled: stamp the header's ``last_send_ns`` hint."""
+        self._check()
+        mq_comb_note_send(&self.c)
+
+    def since_send(self):
+        """Nanoseconds since any process last stamped a send (a very large number: never)."""
+        self._check()
+        return mq_comb_since_send(&self.c)
+
+    def follow(self, idx, ticket, window_ns, max_ns):
+        """Follower of FILLED slot ``idx``: when a send was filled within ``window_ns``,
+        wait (GIL released) up to about two commit durations, at most ``max_ns``, for a
+        committer to take the slot (csrc/combine.h).  ``True`` when it was taken."""
+        self._check()
+        cdef uint32_t i = self._idx(idx)
+        cdef uint64_t t = <uint64_t>ticket
+        cdef int64_t w = _as_i64(window_ns, "window_ns")
+        cdef int64_t m = _as_i64(max_ns, "max_ns")
+        cdef int r
+        if w < 0 or m < 0 or m > 1000000000:
+            raise ValueError("window_ns must be >= 0 and max_ns in [0, 1e9]")
+        self.active += 1
+        try:
+            with nogil:
+                r = mq_comb_follow(&self.c, i, t, w, m)
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                mq_comb_close(&self.c)
+        return r == 1
+
     def hints(self):
         """``(active, commit_us, fill_seq)`` of the header's gather hints."""
         self._check()

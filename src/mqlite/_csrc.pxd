@@ -222,6 +222,10 @@ cdef extern from "combine.h" nogil:
     uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
     void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns)
     void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq)
+    void mq_comb_note_send(mq_comb *c)
+    int64_t mq_comb_since_send(const mq_comb *c)
+    int mq_comb_follow(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t window_ns,
+                       int64_t max_ns) nogil
 
 
 cdef extern from "wgate.h" nogil:

@@ -125,10 +125,12 @@ cdef class SendPath:
         self.state_cache = env.state_cache
         self.slot_cache = env.slot_cache
 
-    def send(self, engine, topic, value, key, partition):
+    def send(self, engine, topic, value, key, partition, bint solo=False):
         """Append ``value`` (and ``key``) to ``topic`` in one transaction; its metadata.
 
         ``None`` when the call is not the common case; nothing was done then.
+        ``solo``: the caller holds the commit ring's lock with no slot filled
+        (``Engine._send_solo``), so the ring does not take this send.
         """
         cdef object env = self.env
         cdef dict ed = self.ed
@@ -162,7 +164,7 @@ cdef class SendPath:
             self.combiner = ed["combiner"]
             self.psize = ed["_psize"]
             self.lmdb_env = lm
-        if self.combiner is not None:
+        if self.combiner is not None and not solo:
             return None  # sync / lazy sends go through the commit ring (D27)
         if rec is not self.last_rec:
             cfg = rec.config

@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from _polling import wait_until
+from _shop import example_env, publish_orders, shop_services, stop_all
 
 import mqlite
 from mqlite import TopicPartition
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
-SRC = str(Path(mqlite.__file__).resolve().parent.parent)
 TIMEOUT = 180.0
-
-
-def _env(d: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(MQLITE_DIR=str(d), MQLITE_DURABILITY="none", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(EXAMPLES), SRC, env.get("PYTHONPATH", "")]))
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-            return r.status == 200
-    except OSError:  # not listening yet, or 503 (HTTPError is an OSError)
-        return False
 
 
 def _read_until(b: mqlite.Broker, topic: str, n: int) -> list[Any]:
@@ -66,74 +36,35 @@ def _read_until(b: mqlite.Broker, topic: str, n: int) -> list[Any]:
 
 def test_shop_flow(tmp_broker_dir: Path) -> None:
     n = 400
-    env = _env(tmp_broker_dir)
+    env = example_env(MQLITE_DIR=str(tmp_broker_dir), MQLITE_DURABILITY="none")
     with mqlite.open(tmp_broker_dir, durability="none") as b:  # so the test can read them now
         for topic, parts in (("order-created", 6), ("payment-processed", 6),
                              ("notification-sent", 6), ("alerts", 1)):
             b.create_topic(topic, partitions=parts, exist_ok=True)
-    procs = []
-    ports = []
-    for target, extra in (("payments:app", ["--workers", "2"]), ("notifications:app", []),
-                          ("analytics:app", []), ("dlq_monitor:app", [])):
-        ports.append(_free_port())
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "mqlite", "run", target, *extra, "--health-port",
-             str(ports[-1])], cwd=EXAMPLES, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True))
-    try:
-        _run_shop(tmp_broker_dir, env, n, procs, ports)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(30)
-            if p.stdout is not None:
-                p.stdout.close()
-
-
-def _run_shop(tmp_broker_dir: Path, env: dict[str, str], n: int,
-              procs: list[subprocess.Popen[bytes]], ports: list[int]) -> None:
-    # every service is up (its signal handlers installed) before anything is published
-    for port in ports:
-        wait_until(lambda port=port: _healthy(port), TIMEOUT, f"service on {port} ready")
-    gen = subprocess.run([sys.executable, "order_service.py", "--orders", str(n), "--seed", "7",
-                          "--flaky", "0.05", "--declined", "0.01"],
-                         cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=TIMEOUT,
-                         check=False)
-    assert gen.returncode == 0, gen.stderr
-    rng = random.Random(7)
-    declined = flaky = 0
-    for _ in range(n):  # the generator's draws, replayed
-        r = rng.random()
-        rng.randrange(100)
-        rng.uniform(5, 500)
-        declined += r < 0.01
-        flaky += 0.01 <= r < 0.06
-    assert declined and flaky
-    with mqlite.open(tmp_broker_dir, durability="none") as b:
-        paid = _read_until(b, "payment-processed", n - declined)
-        sent = _read_until(b, "notification-sent", n - declined)
-        alerts = _read_until(b, "alerts", declined)
-        ends = {p.partition: p.end_offset for p in b.describe_topic("order-created").partitions}
-        want = {k: v for k, v in ends.items() if v}
-        wait_until(lambda: b.committed_offsets("analytics", "order-created") == want,
-                   TIMEOUT, "analytics to commit every order")
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        outs = [p.communicate(timeout=TIMEOUT)[0].decode() for p in procs]
-        assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
-        # exactly once per order, declined ones in the DLQ after one attempt
-        paid = _read_until(b, "payment-processed", n - declined)
-        assert len(paid) == n - declined
-        assert len(set(Counter(p["orderId"] for p in paid).values())) == 1
-        dls = b.dead_letters("order-created.dlq")
-        assert len(dls) == declined
-        assert all(d.delivery_count == 1 and d.reason == "rejected: card declined"
-                   for d in dls)
-        assert {p["orderId"] for p in paid} | {msgspec.json.decode(d.message.value)["orderId"]
-                                               for d in dls} == set(range(n))
-        assert sorted(s["orderId"] for s in sent) == sorted(p["orderId"] for p in paid)
-        assert len(alerts) == declined and all(a["error"] == "Reject: card declined"
-                                               for a in alerts)
-        assert b.committed_offsets("analytics", "order-created") == want
-        assert f"analytics: {n} orders" in outs[2]
+    with shop_services(env, 2, TIMEOUT) as procs:
+        declined = publish_orders(env, n, TIMEOUT)
+        with mqlite.open(tmp_broker_dir, durability="none") as b:
+            paid = _read_until(b, "payment-processed", n - declined)
+            sent = _read_until(b, "notification-sent", n - declined)
+            alerts = _read_until(b, "alerts", declined)
+            ends = {p.partition: p.end_offset
+                    for p in b.describe_topic("order-created").partitions}
+            want = {k: v for k, v in ends.items() if v}
+            wait_until(lambda: b.committed_offsets("analytics", "order-created") == want,
+                       TIMEOUT, "analytics to commit every order")
+            outs = stop_all(procs, TIMEOUT)
+            # exactly once per order, declined ones in the DLQ after one attempt
+            paid = _read_until(b, "payment-processed", n - declined)
+            assert len(paid) == n - declined
+            assert len(set(Counter(p["orderId"] for p in paid).values())) == 1
+            dls = b.dead_letters("order-created.dlq")
+            assert len(dls) == declined
+            assert all(d.delivery_count == 1 and d.reason == "rejected: card declined"
+                       for d in dls)
+            assert {p["orderId"] for p in paid} | {
+                msgspec.json.decode(d.message.value)["orderId"] for d in dls} == set(range(n))
+            assert sorted(s["orderId"] for s in sent) == sorted(p["orderId"] for p in paid)
+            assert len(alerts) == declined and all(a["error"] == "Reject: card declined"
+                                                   for a in alerts)
+            assert b.committed_offsets("analytics", "order-created") == want
+            assert f"analytics: {n} orders" in outs[2]

@@ -148,9 +148,13 @@ def test_one_commit_applies_runs_per_partition_and_keeps_each_slots_offset(
             b"u1", b"leader"]
         with eng.read() as txn:  # one entry per commit; pruned by the next one
             assert tickets.lookup(txn, eng.env.dbs, slots[0][0][1]) == got[b"a1"]
-        b.send("u", b"later")
+        i, t = _fill(b, payload("u", 0, [b"handed"]))
+        b.send("u", b"later")  # leads the handed slot through the ring: prunes
+        assert comb.word(i) == (t, _core.DONE) and comb.release(i, t)
         with eng.read() as txn:
             assert tickets.lookup(txn, eng.env.dbs, slots[0][0][1]) is None
+        assert [bytes(m.value or b"") for m in eng.read_partition("u", 0, 0, 100)] == [
+            b"u1", b"leader", b"handed", b"later"]
     finally:
         b.close()
 

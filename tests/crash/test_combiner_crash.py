@@ -101,7 +101,10 @@ def test_leader_killed_at_each_step(children: Any, tmp_path: Path, mode: str,
     # The dead leader's slot was finished too and is reclaimed (owner gone).
     comb.reclaim()
     assert all(comb.word(i)[1] == _core.FREE for i in range(comb.nslots))
-    broker.send("t", b"later")  # the next leader prunes the finished tickets
+    # (a send finding the ring idle would commit alone and prune nothing, D43)
+    handed, t2 = _hand_over(broker, "t", b"handed")
+    broker.send("t", b"later")  # leads the handed slot: prunes the finished tickets
+    assert comb.word(handed) == (t2, _core.DONE) and comb.release(handed, t2)
     with broker._engine.read() as txn:
         assert tickets.lookup(txn, broker._engine.env.dbs, ticket) is None
     broker.close()

@@ -647,7 +647,7 @@ class GroupMember:
         payload = bytes((RING_KIND_OFFSETS,)) + _ring_enc.encode(_RingOffsets(
             self.group, self.member_id, self._lock_name,
             [(tp.topic, tp.partition, off) for tp, off in todo.items()]))
-        res = self.engine.ring_submit(comb, [payload])
+        res = self.engine.ring_submit(comb, [payload], follow=True)
         return res is not None and res[0][0] == RING_OK
 
     def _fence(self, state: GroupState | None) -> str | None:

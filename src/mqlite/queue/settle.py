@@ -374,7 +374,7 @@ def _ack_by_ring(q: QueueCore, ds: list[Delivery]) -> bool:
         return False
     payload = bytes((RING_KIND_ACK,)) + _ring_enc.encode(_RingAck(
         q.topic, q._qg, [(r.key, r.token, r.first, offs) for r, offs in by.values()]))
-    res = q._engine.ring_submit(q._env.combiner, [payload])
+    res = q._engine.ring_submit(q._env.combiner, [payload], follow=True)
     return res is not None and res[0][0] == RING_OK
 
 

@@ -1338,10 +1338,13 @@ cdef class UringBell:
     """Doorbell ``index`` of a :class:`Notifier` watched through io_uring (uring_bell.h).
 
     :meth:`fileno` is readable while a ring is waiting to be handled.  The
-    loop thread calls :meth:`arm` once, then on every readable event
-    :meth:`reap` and (when it consumed a completion) :meth:`arm` again,
-    before it re-reads the armed words.  Not thread-safe (one loop thread).
-    Holds the notifier's mapping until :meth:`close` (idempotent).
+    loop thread calls :meth:`arm`; on a readable event it either calls
+    :meth:`reap`, re-reads the armed words and :meth:`arm` s again, or has
+    :meth:`on_readable` do the reaping and resolve the waits of the dict given
+    to :meth:`dispatch` (``mqlite.aio``, D44), and arms again later, then
+    re-reading the armed words.  :attr:`armed`: a wait is submitted and not
+    yet reaped.  Not thread-safe (one loop thread).  Holds the notifier's
+    mapping until :meth:`close` (idempotent).
     """
 
     cdef Notifier n

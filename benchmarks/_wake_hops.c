@@ -2,10 +2,13 @@
  * writer in another bumped a shared futex word (no Python): "futex" (a thread in
  * FUTEX_WAIT: the synchronous poll), "thread-pipe" (a bell thread in FUTEX_WAIT writes a
  * pipe an epoll loop watches: mqlite.aio's doorbell listener, D26), "uring" (the epoll
- * loop watches an io_uring whose FUTEX_WAIT completes: mqlite.aio since D41).  Run through
+ * loop watches an io_uring whose FUTEX_WAIT completes: mqlite.aio since D41),
+ * "uring-defer-evfd" (the same ring set up with IORING_SETUP_DEFER_TASKRUN and an eventfd
+ * registered with it, which the loop watches instead: no task-work signal interrupts the
+ * loop's epoll_wait; the loop runs the completion itself; tried for D44).  Run through
  * benchmarks/bench_wake_hops.py (compiles this file), or by hand:
  *   cc -O2 -o /tmp/wake_hops benchmarks/_wake_hops.c -lpthread && /tmp/wake_hops 4000 2000 5
- * Arguments: wake-ups per run, rate per second, rounds (modes interleaved), [one mode 0-2].
+ * Arguments: wake-ups per run, rate per second, rounds (modes interleaved), [one mode 0-3].
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -124,10 +128,12 @@ struct uring {
     struct io_uring_cqe *cqes;
 };
 
+static unsigned uring_flags = 0; /* io_uring_setup flags (0, or DEFER_TASKRUN) */
 static int uring_setup(struct uring *u)
 {
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
+    p.flags = uring_flags;
     u->fd = (int)syscall(__NR_io_uring_setup, 8, &p);
     if (u->fd < 0)
         return -1;
@@ -164,7 +170,8 @@ static int uring_futex_wait(struct uring *u, uint32_t *word, uint32_t val)
     s->addr3 = 0xffffffffu;  /* FUTEX_BITSET_MATCH_ANY */
     u->sq_array[idx] = idx;
     __atomic_store_n(u->sq_tail, tail + 1, __ATOMIC_RELEASE);
-    return (int)syscall(__NR_io_uring_enter, u->fd, 1, 0, 0, NULL, 0);
+    return (int)syscall(__NR_io_uring_enter, u->fd, 1, 0,
+                        uring_flags ? IORING_ENTER_GETEVENTS : 0u, NULL, 0);
 }
 
 static void wait_uring(void)
@@ -175,8 +182,16 @@ static void wait_uring(void)
         exit(3);
     }
     int ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = u.fd};
-    epoll_ctl(ep, EPOLL_CTL_ADD, u.fd, &ev);
+    int efd = -1;
+    if (uring_flags) {
+        efd = eventfd(0, EFD_NONBLOCK);
+        if (syscall(__NR_io_uring_register, u.fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0) {
+            perror("io_uring_register");
+            exit(3);
+        }
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = efd >= 0 ? efd : u.fd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, efd >= 0 ? efd : u.fd, &ev);
     uint32_t seen = __atomic_load_n(&sh->word, __ATOMIC_SEQ_CST);
     if (uring_futex_wait(&u, &sh->word, seen) < 0) {
         perror("submit");
@@ -186,6 +201,12 @@ static void wait_uring(void)
         struct epoll_event out;
         if (epoll_wait(ep, &out, 1, -1) < 1)
             continue;
+        if (efd >= 0) { /* consume the eventfd, then run the deferred completion */
+            uint64_t v;
+            if (read(efd, &v, sizeof v) < 0 && errno != EAGAIN)
+                perror("read");
+            syscall(__NR_io_uring_enter, u.fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+        }
         unsigned head = *u.cq_head;
         int completed = 0;
         while (head != __atomic_load_n(u.cq_tail, __ATOMIC_ACQUIRE)) {
@@ -216,8 +237,12 @@ static void run(const char *mode, int rate, int64_t *p50, int64_t *p99)
             wait_futex();
         else if (!strcmp(mode, "thread-pipe"))
             wait_thread_pipe();
-        else
+        else if (!strcmp(mode, "uring"))
             wait_uring();
+        else {
+            uring_flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+            wait_uring();
+        }
         _exit(0);
     }
     struct timespec settle = {0, 200000000};
@@ -249,19 +274,19 @@ int main(int argc, char **argv)
     int rounds = argc > 3 ? atoi(argv[3]) : 5;
     sh = mmap(NULL, sizeof *sh + sizeof(int64_t) * (size_t)n_msgs, PROT_READ | PROT_WRITE,
               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    const char *modes[] = {"futex", "thread-pipe", "uring"};
-    int64_t r50[3][64], r99[3][64];
+    const char *modes[] = {"futex", "thread-pipe", "uring", "uring-defer-evfd"};
+    int64_t r50[4][64], r99[4][64];
     int only = argc > 4 ? atoi(argv[4]) : -1;
     for (int r = 0; r < rounds && r < 64; r++)
-        for (int m = 0; m < 3; m++)
+        for (int m = 0; m < 4; m++)
             if (only < 0 || only == m)
             run(modes[m], rate, &r50[m][r], &r99[m][r]);
     printf("%d wake-ups at %d/s, %d rounds interleaved, median over rounds, us\n", n_msgs, rate,
            rounds);
-    for (int m = 0; m < 3; m++) {
+    for (int m = 0; m < 4; m++) {
         qsort(r50[m], (size_t)rounds, sizeof(int64_t), cmp64);
         qsort(r99[m], (size_t)rounds, sizeof(int64_t), cmp64);
-        printf("%-12s p50 %7.1f  p99 %8.1f\n", modes[m], r50[m][rounds / 2] / 1000.0,
+        printf("%-17s p50 %7.1f  p99 %8.1f\n", modes[m], r50[m][rounds / 2] / 1000.0,
                r99[m][rounds / 2] / 1000.0);
     }
     return 0;

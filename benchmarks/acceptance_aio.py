@@ -304,6 +304,10 @@ def bench_latency(args: argparse.Namespace) -> None:
         s, a = summary["sync"], summary["aio"]
         print(f"aio/sync: p50 {a[0] / s[0]:.2f}x (target <= 1.3x), p99 {a[1] / s[1]:.2f}x "
               f"(target <= 2x)")
+        per_round = [_pct([x[idx] for x in ra], 50) / _pct([x[idx] for x in rs], 50)
+                     for rs, ra in zip(res["sync"], res["aio"], strict=True)]
+        print("aio/sync p50 per round (sync and aio ran back to back): "
+              + ", ".join(f"{q:.2f}x" for q in per_round))
         if "redis.asyncio" in summary:
             r = summary["redis.asyncio"]
             print(f"redis.asyncio/aio: p50 {r[0] / a[0]:.2f}x, p99 {r[1] / a[1]:.2f}x "

@@ -1,16 +1,23 @@
-"""Where a cross-process wake-up into an asyncio loop spends its time (issue 11, D41).
+"""Where a cross-process wake-up into an asyncio loop spends its time (issue 11, D41, D44).
 
-Two parts, each interleaved round by round in one run (medians of the rounds'
+Three parts, each interleaved round by round in one run (medians of the rounds'
 percentiles, microseconds):
 
 1. kernel hand-over, no Python (``_wake_hops.c``, compiled here with ``cc``):
    a writer process bumps a shared futex word at ``--rate``; the waiter is a
    thread in ``FUTEX_WAIT`` (the synchronous poll), or an epoll loop woken by a
    bell thread's pipe write (the doorbell listener of D26), or an epoll loop
-   watching an io_uring ``FUTEX_WAIT`` (D41);
+   watching an io_uring ``FUTEX_WAIT`` (D41), or the same ring set up with
+   ``IORING_SETUP_DEFER_TASKRUN`` and a registered eventfd the loop watches instead
+   (tried and not taken, D44);
 2. asyncio's own hand-over, in one process: a thread writes a pipe; a thread
    blocked in ``os.read`` returns, against a loop's ``add_reader`` callback that
-   resolves a future a task awaits (what ``LoopBell`` does on every ring).
+   resolves a future a task awaits (what ``LoopBell`` does on every ring);
+3. the same with the writer in another process (no GIL shared with it), stamped
+   at three points: a thread blocked in ``os.read`` (the synchronous poll's
+   shape), the loop's reader callback (the selector's share), and the task the
+   callback's future resumes (one more loop iteration): the floor under any
+   library's ``await poll()`` on a stock asyncio loop (D44).
 
     python benchmarks/bench_wake_hops.py [--n 4000 --rate 2000 --rounds 5]
 """
@@ -26,6 +33,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -121,6 +129,91 @@ def asyncio_hop(args: argparse.Namespace) -> None:
               f"p99 {statistics.median(x[1] for x in v):8.1f}")
 
 
+def _proc_writer(w: int, n: int, gap: float) -> None:
+    """Child process: write the send time (8 bytes) into ``w`` every ``gap`` s."""
+    nxt = time.monotonic()
+    for _ in range(n):
+        nxt += gap
+        d = nxt - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        os.write(w, time.perf_counter_ns().to_bytes(8, "little"))
+
+
+def _forked(n: int, gap: float, body: Any) -> list[tuple[int, ...]]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer
+        os.close(r)
+        try:
+            _proc_writer(w, n, gap)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return body(r)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
+def _xp_blocking(r: int) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = []
+    while True:
+        b = os.read(r, 4096)
+        now = time.perf_counter_ns()
+        if not b:
+            return out
+        out.append((now - int.from_bytes(b[-8:], "little"),))
+
+
+def _xp_loop(r: int) -> list[tuple[int, ...]]:
+    async def main() -> list[tuple[int, ...]]:
+        loop = asyncio.get_running_loop()
+        os.set_blocking(r, False)
+        out: list[tuple[int, ...]] = []
+        box: list[Any] = [loop.create_future(), b"", 0]
+
+        def on_ready() -> None:
+            box[2] = time.perf_counter_ns()
+            box[1] = os.read(r, 4096)
+            if not box[0].done():
+                box[0].set_result(True)
+
+        loop.add_reader(r, on_ready)
+        while True:
+            await box[0]
+            now = time.perf_counter_ns()
+            if not box[1]:
+                break
+            sent = int.from_bytes(box[1][-8:], "little")
+            out.append((box[2] - sent, now - sent))
+            box[0] = loop.create_future()
+        loop.remove_reader(r)
+        return out
+
+    return asyncio.run(main())
+
+
+def asyncio_hop_procs(args: argparse.Namespace) -> None:
+    gap = 1.0 / args.rate
+    rows: dict[str, list[tuple[float, float]]] = {
+        "blocking read": [], "loop reader callback": [], "-> future -> task": []}
+    for _ in range(args.rounds):
+        b = _forked(args.n, gap, _xp_blocking)
+        a = _forked(args.n, gap, _xp_loop)
+        rows["blocking read"].append((_pct([x[0] for x in b], 0.5),
+                                      _pct([x[0] for x in b], 0.99)))
+        rows["loop reader callback"].append((_pct([x[0] for x in a], 0.5),
+                                             _pct([x[0] for x in a], 0.99)))
+        rows["-> future -> task"].append((_pct([x[1] for x in a], 0.5),
+                                          _pct([x[1] for x in a], 0.99)))
+    print("[asyncio hand-over, another process writes a pipe]")
+    for name, v in rows.items():
+        print(f"{name:30} p50 {statistics.median(x[0] for x in v):7.1f}  "
+              f"p99 {statistics.median(x[1] for x in v):8.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4000)
@@ -129,6 +222,7 @@ def main() -> None:
     args = ap.parse_args()
     kernel_hops(args)
     asyncio_hop(args)
+    asyncio_hop_procs(args)
 
 
 if __name__ == "__main__":

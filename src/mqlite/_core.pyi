@@ -10,7 +10,7 @@ Byte arguments accept any C-contiguous buffer (``bytes``, ``bytearray``,
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 BATCH_MAGIC: int  # 0xB1
@@ -243,8 +243,16 @@ class UringBell:
         """The io_uring descriptor, readable while a ring waits to be handled (-1: closed)."""
     def arm(self) -> None:
         """Wait in the kernel for the ring word to move from its current value."""
+    @property
+    def armed(self) -> bool:
+        """Whether a ``FUTEX_WAIT`` is submitted and not yet reaped."""
     def reap(self) -> tuple[int, int]:
         """Consume completions: ``(count, errno of a failed wait or 0)``."""
+    def dispatch(self, waits: dict[int, dict[Any, int]], after: Callable[[int], object]) -> None:
+        """Have :meth:`on_readable` resolve the futures of ``waits`` (slot -> {future: seq})."""
+    def on_readable(self) -> None:
+        """Reader callback: reap, ``set_result(True)`` on each future whose word moved,
+        ``after(flags)`` when something is left (1 pending, 2 failed, 4 notifier closed)."""
     def close(self) -> None:
         """Close the ring (a pending wait is cancelled).  Idempotent."""
 

@@ -1338,16 +1338,22 @@ cdef class UringBell:
     """Doorbell ``index`` of a :class:`Notifier` watched through io_uring (uring_bell.h).
 
     :meth:`fileno` is readable while a ring is waiting to be handled.  The
-    loop thread calls :meth:`arm` once, then on every readable event
-    :meth:`reap` and (when it consumed a completion) :meth:`arm` again,
-    before it re-reads the armed words.  Not thread-safe (one loop thread).
-    Holds the notifier's mapping until :meth:`close` (idempotent).
+    loop thread calls :meth:`arm`; on a readable event it either calls
+    :meth:`reap`, re-reads the armed words and :meth:`arm` s again, or has
+    :meth:`on_readable` do the reaping and resolve the waits of the dict given
+    to :meth:`dispatch` (``mqlite.aio``, D44), and arms again later, then
+    re-reading the armed words.  :attr:`armed`: a wait is submitted and not
+    yet reaped.  Not thread-safe (one loop thread).  Holds the notifier's
+    mapping until :meth:`close` (idempotent).
     """
 
     cdef Notifier n
     cdef mq_uring_bell u
     cdef int index
     cdef bint held
+    cdef readonly bint armed  # a FUTEX_WAIT is submitted and not yet reaped
+    cdef dict waits  # slot -> {future: expected value}: see dispatch()
+    cdef object after  # called by on_readable(): see dispatch()
 
     def __cinit__(self, Notifier n, int index):
         cdef int rc
@@ -1356,6 +1362,9 @@ cdef class UringBell:
         self.n = n
         self.index = index
         self.held = False
+        self.armed = False
+        self.waits = None
+        self.after = None
         with nogil:
             rc = mq_uring_bell_open(&self.u)
         if rc < 0:
@@ -1382,16 +1391,77 @@ cdef class UringBell:
         if rc < 0:
             err = self.u.sys_errno or errno.EIO
             raise OSError(err, f"cannot arm the doorbell's io_uring wait: {os.strerror(err)}")
+        self.armed = True
 
     def reap(self):
         """Consume the completions: ``(count, errno of a failed wait or 0)``."""
         cdef int failed = 0
         cdef int n = mq_uring_bell_reap(&self.u, &failed)
+        if n > 0:
+            self.armed = False
         return n, -failed
+
+    def dispatch(self, dict waits, after):
+        """Have :meth:`on_readable` resolve the waits of ``waits`` (the caller's dict).
+
+        ``waits`` maps a notifier slot to ``{future: expected value}`` and is
+        read, never changed, by :meth:`on_readable`; ``after(flags)`` is
+        called by it when something is left to do (see there).
+        """
+        self.waits = waits
+        self.after = after
+
+    def on_readable(self):
+        """The loop's reader callback (D44): reap, resolve the futures whose word moved.
+
+        A future of :meth:`dispatch`'s dict that is not done gets
+        ``set_result(True)`` when its slot's word differs from its expected
+        value.  Nothing is submitted here (a system call on the wake-up's
+        path); ``after(flags)`` is called when a completion was consumed and
+        something is left: ``flags & 1``, a wait is still pending (submit
+        again soon); ``flags & 2``, the kernel failed the wait (retry later);
+        ``flags & 4``, the notifier is closed (every future was resolved).
+        """
+        cdef int failed = 0
+        cdef int n
+        cdef int flags = 0
+        cdef uint32_t cur
+        cdef Py_ssize_t slot
+        if self.waits is None:
+            return
+        n = mq_uring_bell_reap(&self.u, &failed)
+        if n > 0:
+            self.armed = False
+        if failed != 0:
+            flags |= 2
+        if not self.n.is_open:
+            for w in self.waits.values():
+                for fut in w:
+                    if not fut.done():
+                        fut.set_result(True)
+            flags |= 4
+        else:
+            for key, w in self.waits.items():
+                slot = key
+                if slot < 0 or slot >= self.n.slots:
+                    continue
+                cur = mq_notify_load(&self.n.n, <size_t>slot)
+                for fut, seq in (<dict>w).items():
+                    if fut.done():
+                        continue
+                    if cur != <uint32_t>seq:
+                        fut.set_result(True)
+                    else:
+                        flags |= 1
+        if n > 0 and flags != 0:
+            self.after(flags)
 
     def close(self):
         """Close the ring (a pending wait is cancelled).  Idempotent."""
         mq_uring_bell_close(&self.u)
+        self.armed = False
+        self.waits = None
+        self.after = None
         if self.held:
             self.held = False
             self.n.active -= 1

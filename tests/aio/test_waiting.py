@@ -122,6 +122,92 @@ def test_poll_wakes_on_send_from_another_process(path: Path, bell_mode: str) -> 
     run(main())
 
 
+def test_every_wake_up_in_a_row_is_delivered(path: Path, bell_mode: str) -> None:
+    """One message at a time from another process, 100 times: each waiting poll wakes.
+    With io_uring the ring word's wait is submitted again only when the next wait is
+    armed (D44), so this exercises that re-submission on every round."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            c = b.consumer("t")
+            assert await c.poll(timeout=0.01) == []
+            _check_bell_mode(b, bell_mode)
+            bell = b._bell()
+            sender = await asyncio.to_thread(Sender, path, ["t"])
+            try:
+                for i in range(100):
+                    task = asyncio.create_task(c.poll(timeout=30))
+                    while bell.waiting() == 0:
+                        await asyncio.sleep(0)
+                    sender.go(f"m{i}")
+                    async with asyncio.timeout(10):  # a lost wake-up would take 30 s
+                        msgs = await task
+                    assert [m.value for m in msgs] == [f"m{i}".encode()]
+                    await asyncio.to_thread(sender.wait_sent)
+            finally:
+                await asyncio.to_thread(sender.close)
+            assert bell.waiting() == 0
+
+    run(main())
+
+
+def test_uring_wait_is_submitted_lazily_and_no_ring_is_lost(path: Path) -> None:
+    """io_uring doorbell (D44): the compiled reader callback resolves the moved wait and
+    submits nothing; a wait still registered gets the ring word's wait submitted again
+    after the resumed task ran, and a bump in between (while nothing is submitted) is
+    caught by the re-read that follows the submission; the next arm submits too."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            c = b.consumer("t")
+            assert await c.poll(timeout=0.01) == []
+            bell = b._bell()
+            if not bell.via_uring:
+                pytest.skip("no futex waits through io_uring here (Linux >= 6.7)")
+            n = b.sync.notifier
+            u = bell._uring
+            assert u.armed
+            loop = asyncio.get_running_loop()
+            s1, s2 = 5, 6
+            f1: asyncio.Future[bool] = loop.create_future()
+            f2: asyncio.Future[bool] = loop.create_future()
+            r1 = bell.arm(s1, n.load(s1), 30.0, f1)
+            r2 = bell.arm(s2, n.load(s2), 30.0, f2)
+            n.bump(s1)  # rings this loop's doorbell (the bell armed slot s1)
+            async with asyncio.timeout(10):
+                assert await f1 is True
+            # resumed before the re-submission: nothing is submitted now, f2 still waits
+            assert not u.armed and not f2.done()
+            bell.disarm(r1)
+            n.bump(s2)  # nothing submitted: only the re-read after the submission sees it
+            async with asyncio.timeout(10):
+                assert await f2 is True
+            bell.disarm(r2)
+            assert bell.waiting() == 0
+            # no wait left after a ring: nothing is submitted until the next arm
+            f3: asyncio.Future[bool] = loop.create_future()
+            r3 = bell.arm(s1, n.load(s1), 30.0, f3)
+            assert u.armed
+            n.bump(s1)
+            async with asyncio.timeout(10):
+                assert await f3 is True
+            await asyncio.sleep(0)  # let a (no-op) re-submission callback run
+            bell.disarm(r3)
+            assert not u.armed
+            f4: asyncio.Future[bool] = loop.create_future()
+            r4 = bell.arm(s2, n.load(s2), 30.0, f4)
+            assert u.armed  # submitted by arm() itself
+            n.bump(s2)
+            async with asyncio.timeout(10):
+                assert await f4 is True
+            bell.disarm(r4)
+            await c.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("mode", ["poll", "receive"])
 def test_thousand_waiting_tasks_hold_no_threads_and_each_wakes(path: Path, mode: str,
                                                                bell_mode: str) -> None:

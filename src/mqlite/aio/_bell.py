@@ -65,6 +65,7 @@ class LoopBell:
         self._timer: asyncio.TimerHandle | None = None
         self._uring: Any = None  # _core.UringBell while the loop watches the ring word itself
         self._rearm: asyncio.TimerHandle | None = None
+        self._rearm_soon = False  # io_uring: a _submit_soon callback is scheduled
         try:
             self._index = notifier.bell_claim()
         except (OSError, ValueError):
@@ -98,8 +99,12 @@ class LoopBell:
         try:
             # The loop's selector watches the ring word: a ring makes the loop thread
             # runnable directly, with no bell thread (D41).
+            # The reader callback is compiled (UringBell.on_readable, D44): it reaps the
+            # completion and resolves the futures of self._waits whose word moved, with
+            # no Python frame on the wake-up's path.
             self._rfd = self._uring.fileno()
-            self.loop.add_reader(self._rfd, self._on_uring)
+            self._uring.dispatch(self._waits, self._after_ring)
+            self.loop.add_reader(self._rfd, self._uring.on_readable)
             self._uring.arm()
         except (OSError, ValueError):
             self._close_fds()
@@ -182,6 +187,11 @@ class LoopBell:
             waits = self._waits[slot] = {}
             n.bell_arm(self._index, slot)
         waits[fut] = seq
+        if self._uring is not None and not self._uring.armed and self._rearm is None:
+            # The ring word's wait was not submitted again since the last ring (D44):
+            # submit it now, before the word is checked below, so that a bump after
+            # that check completes it.
+            self._submit()
         # [when, order, future while in the deadline heap (else None), slot, future]
         if n.load(slot) != seq:  # moved before the bell was armed
             if not fut.done():
@@ -199,8 +209,10 @@ class LoopBell:
         if waits is None or waits.pop(fut, None) is None or waits:
             return
         del self._waits[slot]
-        with contextlib.suppress(ValueError):  # the broker closed meanwhile
+        try:  # (not contextlib.suppress: this runs on every wake-up's path)
             self._n.bell_disarm(self._index, slot)
+        except ValueError:  # the broker closed meanwhile
+            pass
 
     def _deadline(self, timeout: float, fut: asyncio.Future[bool], slot: int) -> list[Any]:
         """Register ``fut`` to be resolved with False in ``timeout`` seconds.
@@ -255,24 +267,41 @@ class LoopBell:
                 return True
         return False
 
-    def _on_uring(self) -> None:
-        """The io_uring wait completed (a ring, or the word moved before it was armed):
-        wait again from the word's current value, then resume the waits whose word moved."""
-        u = self._uring
-        if u is None or self._closed:
-            return
-        done, failed = u.reap()
-        if done and self._rearm is None:
-            if failed:
-                # The kernel refused the wait (e.g. bells.shm truncated under us: EFAULT):
-                # retry in 10 ms rather than spin; meanwhile waits end at their timeouts.
-                self._rearm = self.loop.call_later(0.01, self._arm_again)
-            else:
-                self._arm_again()
-        self._resume()
+    def _after_ring(self, flags: int) -> None:
+        """Called by ``UringBell.on_readable`` after a ring that left something to do.
 
-    def _arm_again(self) -> None:
-        self._rearm = None
+        The reader callback (compiled: ``UringBell.on_readable``) reaps the
+        completion and resolves the waits whose word moved; it submits no new
+        ``FUTEX_WAIT`` (a system call on the path of every wake-up; the task just
+        resumed usually arms a wait of its own next, and :meth:`arm` submits it
+        then).  While other waits stay registered, the wait is submitted by a
+        callback run after the resumed tasks (:meth:`_submit_soon`, which re-reads
+        every armed word after submitting, so a ring in between is not lost).
+        """
+        if self._closed or self._uring is None:
+            return
+        if flags & 4:  # the notifier closed: every wait was ended; callers re-check state
+            return
+        if self._rearm is not None:
+            return
+        if flags & 2:
+            # The kernel refused the wait (e.g. bells.shm truncated under us: EFAULT):
+            # retry in 10 ms rather than spin; meanwhile waits end at their timeouts.
+            self._rearm = self.loop.call_later(0.01, self._arm_again)
+        elif not self._rearm_soon:
+            self._rearm_soon = True
+            self.loop.call_soon(self._submit_soon)
+
+    def _submit_soon(self) -> None:
+        self._rearm_soon = False
+        u = self._uring
+        if u is not None and not u.armed and self._waits and self._rearm is None:
+            self._submit()
+            if u.armed:
+                self._resume()  # a ring between the reap and the submission is not lost
+
+    def _submit(self) -> None:
+        """Submit the ring word's ``FUTEX_WAIT`` (io_uring only, loop thread)."""
         if self._uring is None or self._closed:
             return
         try:
@@ -282,6 +311,14 @@ class LoopBell:
         except OSError:  # could not submit: retry (waits meanwhile end at their timeouts)
             if not self._closed:
                 self._rearm = self.loop.call_later(0.01, self._arm_again)
+
+    def _arm_again(self) -> None:
+        self._rearm = None
+        if self._uring is None or self._closed:
+            return
+        self._submit()
+        if self._uring.armed:
+            self._resume()
 
     def _on_ring(self) -> None:
         try:

@@ -109,14 +109,16 @@ class AsyncBroker:
         self._bell_: LoopBell | None = None
         self._queues: list[AsyncQueue] = []
 
-    def _bell(self) -> LoopBell:
-        """The doorbell of the running loop (claimed on first use)."""
-        loop = asyncio.get_running_loop()
+    def _bell(self, loop: asyncio.AbstractEventLoop | None = None) -> LoopBell:
+        """The doorbell of the running loop ``loop`` (claimed on first use)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         bell = self._bell_
-        if bell is None or bell.loop is not loop:
-            if bell is not None:
-                bell.close()
-            bell = self._bell_ = LoopBell(self.sync.notifier, loop, self._runner.pool)
+        if bell is not None and bell.loop is loop:
+            return bell
+        if bell is not None:
+            bell.close()
+        bell = self._bell_ = LoopBell(self.sync.notifier, loop, self._runner.pool)
         return bell
 
     # -- lifecycle -----------------------------------------------------------------------

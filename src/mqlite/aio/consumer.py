@@ -166,7 +166,7 @@ class AsyncConsumer:
             deadline = loop.time() + timeout
             with self._wake_lock:
                 woken, self._wake_pending = self._wake_pending, False
-            bell = broker._bell()
+            bell = broker._bell(loop)
             while True:
                 step = self.sync.poll_step(max_records, writes=False)
                 if step.needs_writes:

@@ -167,7 +167,7 @@ class AsyncQueue:
         q = await self._get()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        bell = self._broker._bell()
+        bell = self._broker._bell(loop)
         with self._lock:
             gen = self._wake_gen
             woken, self._wake_pending = self._wake_pending, False

@@ -23,6 +23,7 @@ import mqlite
 import mqlite.aio
 from mqlite import _liveness
 from mqlite.aio._runner import WORKERS
+from mqlite.queue import Delivery
 
 HERE = Path(__file__).resolve().parent
 SRC = str(Path(mqlite.__file__).resolve().parent.parent)
@@ -503,3 +504,29 @@ def test_waits_fall_back_to_threads_when_no_doorbell_is_free(path: Path) -> None
         finally:
             for index in claimed:
                 n.bell_release(index)
+
+
+def test_receive_builds_async_deliveries_directly(tmp_path: Path) -> None:
+    """D43: the receive builds AsyncDelivery objects (Delivery subclasses), no wrappers."""
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_path / "b", durability="none") as b:
+            await b.create_topic("t")
+            await b.send_batch("t", [b"a", b"b", b"c"])
+            q = await b.queue("t", "g").start()
+            ds = await q.receive(10, timeout=5)
+            assert [d.value for d in ds] == [b"a", b"b", b"c"]
+            assert all(type(d) is mqlite.aio.AsyncDelivery and isinstance(d, Delivery) for d in ds)
+            plain = ds[2].sync
+            assert type(plain) is Delivery and plain.receipt == ds[2].receipt
+            assert repr(ds[0]).startswith("AsyncDelivery(")
+            await ds[0].ack()
+            assert await q.ack(ds[1:2]) == 1
+            q.sync.nack(plain, delay=0)  # the plain copy settles the same delivery
+            again = await q.receive(10, timeout=5)
+            assert [d.value for d in again] == [b"c"] and again[0].delivery_count == 2
+            await again[0].ack()
+            with pytest.raises(TypeError):
+                q.sync.receive_step(1, cls=dict)  # type: ignore[arg-type]
+            await q.close()
+
+    asyncio.run(main())

@@ -38,54 +38,51 @@ if TYPE_CHECKING:
 __all__ = ["AsyncDelivery", "AsyncQueue"]
 
 
-class AsyncDelivery:
+class AsyncDelivery(Delivery):
     """A received message and its delivery state, settled with coroutines.
 
-    The message fields are those of :class:`mqlite.queue.Delivery` (``sync``).
+    A :class:`mqlite.queue.Delivery` (its fields, and a sync queue's settling
+    calls take it as one) whose ``ack``, ``nack``, ``dead_letter`` and
+    ``extend`` are coroutines, run off the event loop.  Built directly by the
+    receive (no wrapper per message, D43).
     """
 
-    __slots__ = ("_aq", "sync")
+    __slots__ = ("_aq",)
+    _aq: AsyncQueue
 
-    def __init__(self, queue: AsyncQueue, delivery: Delivery) -> None:
-        self._aq = queue
-        self.sync = delivery
+    @property
+    def sync(self) -> Delivery:
+        """A plain :class:`mqlite.queue.Delivery` of the same delivery (sync settling)."""
+        d = Delivery(self.topic, self.partition, self.offset, self.timestamp_ms, self.key,
+                     self.value, self.headers)
+        d._r = self._r
+        return d
 
-    topic = property(lambda self: self.sync.topic)
-    partition = property(lambda self: self.sync.partition)
-    offset = property(lambda self: self.sync.offset)
-    timestamp_ms = property(lambda self: self.sync.timestamp_ms)
-    key = property(lambda self: self.sync.key)
-    value = property(lambda self: self.sync.value)
-    headers = property(lambda self: self.sync.headers)
-    delivery_count = property(lambda self: self.sync.delivery_count)
-    receipt = property(lambda self: self.sync.receipt)
-    visible_at_ms = property(lambda self: self.sync.visible_at_ms)
-
-    async def ack(self) -> None:
+    async def ack(self) -> None:  # type: ignore[override]
         """As :meth:`mqlite.queue.Delivery.ack` (raises :class:`StaleDeliveryError`)."""
-        await self._aq._run(self.sync.ack)
+        await self._aq._run(Delivery.ack, self)
 
-    async def nack(self, delay: float | None = None, error: str | None = None) -> None:
+    async def nack(self, delay: float | None = None,  # type: ignore[override]
+                   error: str | None = None) -> None:
         """As :meth:`mqlite.queue.Delivery.nack`: visible again after ``delay`` seconds."""
-        await self._aq._run(self.sync.nack, delay, error)
+        await self._aq._run(Delivery.nack, self, delay, error)
 
-    async def dead_letter(self, reason: str = "rejected") -> None:
+    async def dead_letter(self, reason: str = "rejected") -> None:  # type: ignore[override]
         """As :meth:`mqlite.queue.Delivery.dead_letter`."""
-        await self._aq._run(self.sync.dead_letter, reason)
+        await self._aq._run(Delivery.dead_letter, self, reason)
 
-    async def extend(self, seconds: float) -> None:
+    async def extend(self, seconds: float) -> None:  # type: ignore[override]
         """As :meth:`mqlite.queue.Delivery.extend` (seconds from now, 0 to 43200)."""
-        await self._aq._run(self.sync.extend, seconds)
+        await self._aq._run(Delivery.extend, self, seconds)
 
     def __repr__(self) -> str:
-        return f"Async{self.sync!r}"
+        return "Async" + Delivery.__repr__(self)
 
 
-def _unwrap(deliveries: AsyncDelivery | Delivery | Iterable[AsyncDelivery | Delivery]
-            ) -> list[Delivery]:
-    if isinstance(deliveries, (AsyncDelivery, Delivery)):
-        deliveries = [deliveries]
-    return [d.sync if isinstance(d, AsyncDelivery) else d for d in deliveries]
+def _unwrap(deliveries: Delivery | Iterable[Delivery]) -> list[Delivery]:
+    if isinstance(deliveries, Delivery):
+        return [deliveries]
+    return list(deliveries)
 
 
 class AsyncQueue:
@@ -176,7 +173,10 @@ class AsyncQueue:
             step = await self._step(q, max_messages, visibility_timeout, first)
             first = False
             if step.done:
-                return [AsyncDelivery(self, d) for d in step.deliveries]
+                out: list[AsyncDelivery] = step.deliveries  # type: ignore[assignment]
+                for d in out:
+                    d._aq = self
+                return out
             remaining = deadline - loop.time()
             if remaining <= 0 or woken:
                 return []
@@ -207,7 +207,7 @@ class AsyncQueue:
     async def _step(self, q: Queue, max_messages: int, vt: float | None,
                     first: bool) -> ReceiveStep:
         fut = self._broker._runner.submit(
-            lambda: q.receive_step(max_messages, vt, first=first))
+            lambda: q.receive_step(max_messages, vt, first=first, cls=AsyncDelivery))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:

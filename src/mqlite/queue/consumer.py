@@ -238,23 +238,27 @@ class Queue:
 
     @guarded
     def receive_step(self, max_messages: int = 10, visibility_timeout: float | None = None,
-                     *, first: bool = True) -> _receive.ReceiveStep:
+                     *, first: bool = True,
+                     cls: type[Delivery] = Delivery) -> _receive.ReceiveStep:
         """One non-blocking round of :meth:`receive`, for event loops (``mqlite.aio``).
 
         Takes what is receivable now; when nothing is, says what to wait on:
         until wake-up word ``slot`` differs from ``seq`` or ``wait`` seconds
         pass, then call again with ``first=False`` (which looks in a read
         transaction before taking the write lock).  Writes (run it off the
-        event loop thread).
+        event loop thread).  ``cls``: the class of the deliveries it builds, a
+        subclass of :class:`Delivery` (``mqlite.aio`` builds its own directly).
 
         Raises
         ------
-        As :meth:`receive`.
+        As :meth:`receive`; ``TypeError`` for a ``cls`` that is not a Delivery class.
         """
         self._check_open()
         require_int(max_messages, "max_messages", minimum=1)
+        if cls is not Delivery and not (isinstance(cls, type) and issubclass(cls, Delivery)):
+            raise TypeError(f"cls must be a subclass of mqlite.queue.Delivery, not {cls!r}")
         vt = _receive.visibility_ms(self, visibility_timeout)
-        return _receive.receive_step(self, max_messages, vt, first)
+        return _receive.receive_step(self, max_messages, vt, first, cls)
 
     # -- settling ----------------------------------------------------------------------
     @guarded

@@ -85,7 +85,8 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
         q._check_open()
 
 
-def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool) -> ReceiveStep:
+def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
+                 cls: type[Delivery] = Delivery) -> ReceiveStep:
     """One round of receiving: take what is there, else say what to wait on.
 
     ``first``: take at once; otherwise (after a wake-up, which is only a hint)
@@ -107,7 +108,7 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool) -> Recei
     if not take:
         take, next_visible = _peek(q, now)
     if take:
-        out, next_visible = _receive_once(q, max_messages, vt)
+        out, next_visible = _receive_once(q, max_messages, vt, cls)
         if out:
             return ReceiveStep(out, True, slot, seq, 0.0)
         now = now_ms()
@@ -137,7 +138,8 @@ def _peek(q: QueueCore, now: int) -> tuple[bool, int]:
     return False, hint
 
 
-def _receive_once(q: QueueCore, max_messages: int, vt: int) -> tuple[list[Delivery], int]:
+def _receive_once(q: QueueCore, max_messages: int, vt: int,
+                  cls: type[Delivery] = Delivery) -> tuple[list[Delivery], int]:
     engine = q._engine
     env = q._env
     dbs = env.dbs
@@ -213,7 +215,7 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int) -> tuple[list[Delive
     # Build the Delivery objects outside the write transaction.
     out: list[Delivery] = []
     ap = out.append
-    D = Delivery
+    D = cls
     for r, part, msgs in taken:
         for m in msgs:
             d = D(topic, part, m.offset, m.timestamp_ms, m.key, m.value, m.headers or None)

@@ -89,37 +89,6 @@ def test_async_queue_retries_with_attempts_then_dead_letters() -> None:
         assert letters[2].delivery_count == 3 and letters[3].delivery_count == 1
 
 
-def test_async_later_success_never_commits_past_an_earlier_failure() -> None:
-    app = mqlite.App("unused", partitions=2)
-    gate = threading.Event()
-    retrying = threading.Event()
-    done: list[tuple[int, int]] = []
-
-    @app.subscriber("t", group="g", concurrency=2, retries=1000, backoff=0.005)
-    async def h(x: int, ctx: mqlite.Context) -> None:
-        if ctx.partition == 0 and ctx.offset == 0 and not gate.is_set():
-            retrying.set()
-            raise RuntimeError("downstream not ready")
-        done.append((ctx.partition, ctx.offset))
-
-    with TestApp(app) as t:
-        for i in range(10):
-            t.publish("t", i, partition=0)
-            t.publish("t", i, partition=1)
-        assert retrying.wait(30)
-        b = app.broker
-        with app._progress:
-            assert app._progress.wait_for(
-                lambda: b.committed_offsets("g", "t").get(1) == 10, timeout=60)
-        assert b.committed_offsets("g", "t").get(0) in (None, 0)
-        assert not any(p == 0 for p, _ in done)
-        gate.set()
-        t.wait_idle()
-        assert b.committed_offsets("g", "t") == {0: 10, 1: 10}
-    assert [o for p, o in done if p == 0] == list(range(10))
-    assert [o for p, o in done if p == 1] == list(range(10))
-
-
 def test_async_queue_stop_finishes_in_flight_jobs_and_releases_the_rest(tmp_broker_dir) -> None:
     app = mqlite.App(tmp_broker_dir, durability="none")
     started: list[int] = []

@@ -1329,12 +1329,30 @@ class QueueRunner(Runner):
         q = self._queue
         return 0 if q is None else int(q.lag())
 
+    def _queue_options(self) -> dict[str, Any]:
+        """The queue consumer's options: retries as ``max_deliveries``, the DLQ."""
+        spec = self.spec
+        return {"visibility_timeout": spec.visibility_timeout,
+                "max_deliveries": None if spec.ack == "before" else spec.retries + 1,
+                "dead_letter": spec.dead_letter}
+
+    def _received(self) -> None:
+        """A receive round returned: the subscriber is ready (once)."""
+        if not self.ready:
+            self.ready = True
+            self.app._notify_progress()
+
+    def _parts(self, ds: list[Any], free: int) -> list[list[Any]]:
+        """``ds`` dealt round-robin into at most ``free`` jobs, counted as buffered."""
+        chunks = min(free, len(ds))
+        parts = [ds[k::chunks] for k in range(chunks)]
+        self._buffered += len(ds)
+        return parts
+
     def _loop(self) -> None:
         spec = self.spec
-        max_deliveries = None if spec.ack == "before" else spec.retries + 1
-        self._queue = q = self.backend.queue(
-            spec.topics[0], spec.group, visibility_timeout=spec.visibility_timeout,
-            max_deliveries=max_deliveries, dead_letter=spec.dead_letter)
+        self._queue = q = self.backend.queue(spec.topics[0], spec.group,
+                                             **self._queue_options())
         per_job = max(1, spec.batch // spec.concurrency)
         try:
             while not self._stopping:
@@ -1347,17 +1365,12 @@ class QueueRunner(Runner):
                     continue  # a stop or report came during another call (took its wake-up)
                 ds = q.receive(max_messages=min(spec.batch, free * per_job),
                                timeout=1.0 if self.ready else 0.01)
-                if not self.ready:
-                    self.ready = True
-                    self.app._notify_progress()
+                self._received()
                 if not ds:
                     continue
                 if spec.ack == "before":
                     q.ack(ds)
-                chunks = min(free, len(ds))
-                for k in range(chunks):
-                    part = ds[k::chunks]
-                    self._buffered += len(part)
+                for part in self._parts(ds, free):
                     self._submit(functools.partial(self._job, part),
                                  functools.partial(self._job_async, part))
             end = time.monotonic() + self.app.graceful_timeout
@@ -1376,11 +1389,8 @@ class QueueRunner(Runner):
         """
         spec = self.spec
         loop = asyncio.get_running_loop()
-        max_deliveries = None if spec.ack == "before" else spec.retries + 1
         make = self.backend.async_queue  # type: ignore[attr-defined]
-        self._aqueue = aq = await make(
-            spec.topics[0], spec.group, visibility_timeout=spec.visibility_timeout,
-            max_deliveries=max_deliveries, dead_letter=spec.dead_letter)
+        self._aqueue = aq = await make(spec.topics[0], spec.group, **self._queue_options())
         self._queue = aq.sync
         per_job = max(1, spec.batch // spec.concurrency)
         try:
@@ -1392,18 +1402,13 @@ class QueueRunner(Runner):
                     continue
                 got = await aq.receive(max_messages=min(spec.batch, free * per_job),
                                        timeout=1.0 if self.ready else 0.01)
-                if not self.ready:
-                    self.ready = True
-                    self.app._notify_progress()
+                self._received()
                 if not got:
                     continue
                 if spec.ack == "before":
                     await aq.ack(got)
-                ds = [d.sync for d in got]
-                chunks = min(free, len(ds))
-                for k in range(chunks):
-                    part = ds[k::chunks]
-                    self._buffered += len(part)
+                # plain deliveries: the jobs settle them with sync calls, in worker threads
+                for part in self._parts([d.sync for d in got], free):
                     self._running += 1
                     if spec.concurrency == 1:
                         await self._job_async(part)

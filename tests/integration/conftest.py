@@ -16,19 +16,12 @@ from pathlib import Path
 
 import pytest
 
-import mqlite
-
 HERE = Path(__file__).resolve().parent
-SRC_DIR = str(Path(mqlite.__file__).resolve().parent.parent)
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), SRC_DIR, env.get("PYTHONPATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+from _child_env import child_env
 
 
 class CoreProcs:

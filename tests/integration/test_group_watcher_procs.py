@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _child_env import HERE, child_env
 from _polling import wait_until
-from conftest import HERE, child_env
 
 import mqlite
 from mqlite.groups import watcher as group_watcher

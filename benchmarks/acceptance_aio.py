@@ -491,6 +491,10 @@ def bench_throughput(args: argparse.Namespace) -> None:
         print(f"aio/sync: poll+commit {med['aio poll+commit'] / med['sync poll+commit']:.0%}, "
               f"receive+ack {med['aio receive+ack'] / med['sync receive+ack']:.0%} "
               f"(target >= 80%)")
+        for what in ("poll+commit", "receive+ack"):
+            pairs = sorted(a / s for a, s in zip(rows[f"aio {what}"], rows[f"sync {what}"]))
+            print(f"aio/sync {what} per round (back to back): median "
+                  f"{statistics.median(pairs):.0%}, range {pairs[0]:.0%}-{pairs[-1]:.0%}")
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -17,7 +17,14 @@ percentiles, microseconds):
    at three points: a thread blocked in ``os.read`` (the synchronous poll's
    shape), the loop's reader callback (the selector's share), and the task the
    callback's future resumes (one more loop iteration): the floor under any
-   library's ``await poll()`` on a stock asyncio loop (D44).
+   library's ``await poll()`` on a stock asyncio loop (D44); and the task an
+   :class:`~mqlite.aio._future.InlineFuture` resumes inside the callback (D48).
+
+4. a worker thread's round trip: ``await`` an empty call handed to a worker
+   thread and back, through ``loop.run_in_executor`` (a ``ThreadPoolExecutor``)
+   against :class:`mqlite.aio._runner.Runner` (D48).
+
+``--only procs`` / ``--only runner`` runs part 3 / part 4 alone.
 
     python benchmarks/bench_wake_hops.py [--n 4000 --rate 2000 --rounds 5]
 """
@@ -167,12 +174,15 @@ def _xp_blocking(r: int) -> list[tuple[int, ...]]:
         out.append((now - int.from_bytes(b[-8:], "little"),))
 
 
-def _xp_loop(r: int) -> list[tuple[int, ...]]:
+def _xp_loop(r: int, inline: bool = False) -> list[tuple[int, ...]]:
+    from mqlite.aio._future import InlineFuture
+
     async def main() -> list[tuple[int, ...]]:
         loop = asyncio.get_running_loop()
+        make: Any = (lambda: InlineFuture(loop)) if inline else loop.create_future
         os.set_blocking(r, False)
         out: list[tuple[int, ...]] = []
-        box: list[Any] = [loop.create_future(), b"", 0]
+        box: list[Any] = [make(), b"", 0]
 
         def on_ready() -> None:
             box[2] = time.perf_counter_ns()
@@ -188,7 +198,7 @@ def _xp_loop(r: int) -> list[tuple[int, ...]]:
                 break
             sent = int.from_bytes(box[1][-8:], "little")
             out.append((box[2] - sent, now - sent))
-            box[0] = loop.create_future()
+            box[0] = make()
         loop.remove_reader(r)
         return out
 
@@ -198,17 +208,60 @@ def _xp_loop(r: int) -> list[tuple[int, ...]]:
 def asyncio_hop_procs(args: argparse.Namespace) -> None:
     gap = 1.0 / args.rate
     rows: dict[str, list[tuple[float, float]]] = {
-        "blocking read": [], "loop reader callback": [], "-> future -> task": []}
+        "blocking read": [], "loop reader callback": [], "-> future -> task": [],
+        "-> InlineFuture -> task": []}
     for _ in range(args.rounds):
         b = _forked(args.n, gap, _xp_blocking)
         a = _forked(args.n, gap, _xp_loop)
+        i = _forked(args.n, gap, lambda r: _xp_loop(r, inline=True))
         rows["blocking read"].append((_pct([x[0] for x in b], 0.5),
                                       _pct([x[0] for x in b], 0.99)))
         rows["loop reader callback"].append((_pct([x[0] for x in a], 0.5),
                                              _pct([x[0] for x in a], 0.99)))
         rows["-> future -> task"].append((_pct([x[1] for x in a], 0.5),
                                           _pct([x[1] for x in a], 0.99)))
+        rows["-> InlineFuture -> task"].append((_pct([x[1] for x in i], 0.5),
+                                                _pct([x[1] for x in i], 0.99)))
     print("[asyncio hand-over, another process writes a pipe]")
+    for name, v in rows.items():
+        print(f"{name:30} p50 {statistics.median(x[0] for x in v):7.1f}  "
+              f"p99 {statistics.median(x[1] for x in v):8.1f}")
+
+
+def _noop() -> None:
+    return None
+
+
+async def _round_trips(kind: str, n: int) -> list[int]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mqlite.aio._runner import Runner
+
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(4)
+    runner = Runner()
+    out: list[int] = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            if kind == "run_in_executor":
+                await loop.run_in_executor(pool, _noop)
+            else:
+                await runner.run(_noop)
+            out.append(time.perf_counter_ns() - t0)
+    finally:
+        pool.shutdown()
+        runner.shutdown()
+    return out
+
+
+def runner_hop(args: argparse.Namespace) -> None:
+    rows: dict[str, list[tuple[float, float]]] = {"run_in_executor": [], "Runner.run": []}
+    for _ in range(args.rounds):
+        for kind, v in rows.items():
+            xs = asyncio.run(_round_trips(kind, args.n))
+            v.append((_pct(xs, 0.5), _pct(xs, 0.99)))
+    print("[a worker thread's round trip, an empty call]")
     for name, v in rows.items():
         print(f"{name:30} p50 {statistics.median(x[0] for x in v):7.1f}  "
               f"p99 {statistics.median(x[1] for x in v):8.1f}")
@@ -219,10 +272,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", choices=["procs", "runner"], default=None)
     args = ap.parse_args()
-    kernel_hops(args)
-    asyncio_hop(args)
-    asyncio_hop_procs(args)
+    if args.only is None:
+        kernel_hops(args)
+        asyncio_hop(args)
+    if args.only in (None, "procs"):
+        asyncio_hop_procs(args)
+    if args.only in (None, "runner"):
+        runner_hop(args)
 
 
 if __name__ == "__main__":

@@ -1427,6 +1427,7 @@ cdef class UringBell:
         cdef int flags = 0
         cdef uint32_t cur
         cdef Py_ssize_t slot
+        cdef list moved = []
         if self.waits is None:
             return
         n = mq_uring_bell_reap(&self.u, &failed)
@@ -1438,7 +1439,7 @@ cdef class UringBell:
             for w in self.waits.values():
                 for fut in w:
                     if not fut.done():
-                        fut.set_result(True)
+                        moved.append(fut)
             flags |= 4
         else:
             for key, w in self.waits.items():
@@ -1450,11 +1451,17 @@ cdef class UringBell:
                     if fut.done():
                         continue
                     if cur != <uint32_t>seq:
-                        fut.set_result(True)
+                        moved.append(fut)
                     else:
                         flags |= 1
-        if n > 0 and flags != 0:
-            self.after(flags)
+        # Resolved after the walk (D48): a future that resumes its task inline lets
+        # that task arm, disarm or close the bell while this runs.
+        for fut in moved:
+            if not fut.done():
+                fut.set_result(True)
+        after = self.after  # (None once a resumed task closed the bell)
+        if n > 0 and flags != 0 and after is not None:
+            after(flags)
 
     def close(self):
         """Close the ring (a pending wait is cancelled).  Idempotent."""

@@ -123,6 +123,61 @@ def test_poll_wakes_on_send_from_another_process(path: Path, bell_mode: str) -> 
     run(main())
 
 
+def _resumed_inline() -> bool:
+    """Whether the running task was resumed by an ``InlineFuture`` (it is on the stack)."""
+    f: Any = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "_resume" and f.f_code.co_filename.endswith("_future.py"):
+            return True
+        f = f.f_back
+    return False
+
+
+def test_a_ring_resumes_the_polls_inside_the_reader_callback(path: Path, bell_mode: str) -> None:
+    """D48: the doorbell's reader callback resolves the waits' ``InlineFuture``s, so each
+    woken ``poll`` returns inside that callback (no extra loop iteration); the resumed
+    tasks arm and disarm waits on the same word while the callback walks the waits, and
+    one of them closes its consumer there: every poll still gets its message."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            cs = [b.consumer("t") for _ in range(3)]
+            for c in cs:
+                assert await c.poll(timeout=0.01) == []
+            _check_bell_mode(b, bell_mode)
+            bell = b._bell()
+            sender = await asyncio.to_thread(Sender, path, ["t"])
+            inside: list[bool] = []
+
+            async def reader(i: int, c: Any) -> list[bytes]:
+                got: list[bytes] = []
+                while len(got) < 2:
+                    msgs = await c.poll(timeout=30)
+                    inside.append(_resumed_inline())
+                    got += [m.value for m in msgs]
+                    if i == 0 and len(got) == 2:
+                        await c.close()  # inside the reader callback, with others waiting
+                return got
+
+            try:
+                tasks = [asyncio.create_task(reader(i, c)) for i, c in enumerate(cs)]
+                for text in ("a", "b"):
+                    while bell.waiting() < len(cs):  # every poll armed on the word
+                        await asyncio.sleep(0.001)
+                    sender.go(text)
+                    await asyncio.to_thread(sender.wait_sent)
+                async with asyncio.timeout(10):  # a lost wake-up would take 30 s
+                    results = await asyncio.gather(*tasks)
+            finally:
+                await asyncio.to_thread(sender.close)
+            assert results == [[b"a", b"b"]] * 3
+            assert inside and all(inside), inside
+            assert bell.waiting() == 0
+
+    run(main())
+
+
 def test_every_wake_up_in_a_row_is_delivered(path: Path, bell_mode: str) -> None:
     """One message at a time from another process, 100 times: each waiting poll wakes.
     With io_uring the ring word's wait is submitted again only when the next wait is

@@ -35,8 +35,10 @@ import itertools
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mqlite.aio._runner import Runner
 
 __all__ = ["LoopBell"]
 
@@ -48,10 +50,10 @@ class LoopBell:
     """The doorbell of one broker handle on one event loop (loop thread only)."""
 
     def __init__(self, notifier: Any, loop: asyncio.AbstractEventLoop,
-                 executor: Executor) -> None:
+                 runner: Runner) -> None:
         self._n = notifier
         self.loop = loop
-        self._executor = executor
+        self._runner = runner
         self._index = -1
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -241,6 +243,7 @@ class LoopBell:
         self._timer = None
         heap = self._heap
         now = self.loop.time() + 1e-6  # asyncio may run a timer up to its clock's resolution early
+        due = []
         while heap and (heap[0][2] is None or heap[0][0] <= now):
             entry = heapq.heappop(heap)
             fut = entry[2]
@@ -248,10 +251,14 @@ class LoopBell:
                 self._stale -= 1
                 continue
             entry[2] = None  # left the heap: its wait must not count it stale
-            if not fut.done():
-                fut.set_result(False)
+            due.append(fut)
         if heap and not self._closed:
             self._timer = self.loop.call_at(heap[0][0], self._expire)
+        # Resolved last: an InlineFuture resumes its task right here, and that task
+        # may arm or disarm waits (the heap, the timer) before this returns.
+        for fut in due:
+            if not fut.done():
+                fut.set_result(False)
 
     async def _blocking_wait(self, slot: int, seq: int, timeout: float,
                              fut: asyncio.Future[bool]) -> bool:
@@ -262,8 +269,7 @@ class LoopBell:
             left = deadline - self.loop.time()
             if left <= 0:
                 return False
-            if await self.loop.run_in_executor(self._executor, self._n.wait, slot, seq,
-                                               min(left, 0.25)):
+            if await self._runner.run(self._n.wait, slot, seq, min(left, 0.25)):
                 return True
         return False
 
@@ -331,22 +337,25 @@ class LoopBell:
 
     def _resume(self) -> None:
         """Resolve the futures of the waits whose word moved."""
+        moved: list[asyncio.Future[bool]] = []
         try:
             load = self._n.load
             for slot, waits in self._waits.items():
                 cur = load(slot)
-                for fut, seq in waits.items():
-                    if cur != seq and not fut.done():
-                        fut.set_result(True)
+                moved.extend(fut for fut, seq in waits.items() if cur != seq)
         except ValueError:  # notifier closed: end every wait, callers re-check state
             self.wake_all()
+            return
+        # Resolved after the walk: a resumed task (InlineFuture) may arm or disarm waits.
+        for fut in moved:
+            if not fut.done():
+                fut.set_result(True)
 
     def wake_all(self) -> None:
         """End every registered wait now (each returns ``True``; callers re-read state)."""
-        for waits in self._waits.values():
-            for fut in waits:
-                if not fut.done():
-                    fut.set_result(True)
+        for fut in [fut for waits in self._waits.values() for fut in waits]:
+            if not fut.done():  # (a resumed task may change the waits: a copy is walked)
+                fut.set_result(True)
 
     def close(self) -> None:
         """End every wait, stop the bell thread and give the doorbell back.  Idempotent."""

@@ -118,7 +118,7 @@ class AsyncBroker:
             return bell
         if bell is not None:
             bell.close()
-        bell = self._bell_ = LoopBell(self.sync.notifier, loop, self._runner.pool)
+        bell = self._bell_ = LoopBell(self.sync.notifier, loop, self._runner)
         return bell
 
     # -- lifecycle -----------------------------------------------------------------------

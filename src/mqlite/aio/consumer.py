@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Self, overload
 
 from mqlite import _core
 from mqlite.aio._bell import threadsafe_setter
+from mqlite.aio._future import InlineFuture
 from mqlite.config import require_int, require_positive_number
 from mqlite.consumer import Consumer, PollStep
 from mqlite.errors import ClosedError, ConcurrentAccessError
@@ -176,7 +177,7 @@ class AsyncConsumer:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or woken:
                     return []
-                fut: asyncio.Future[bool] = loop.create_future()
+                fut: asyncio.Future[bool] = InlineFuture(loop)  # the ring resumes us inline
                 with self._wake_lock:
                     if self._wake_pending:
                         self._wake_pending = False
@@ -201,12 +202,14 @@ class AsyncConsumer:
             self._busy = False
 
     async def _step_in_worker(self, max_records: int | None) -> PollStep:
-        fut = self._broker._runner.submit(self.sync.poll_step, max_records)
+        job = self._broker._runner.submit(self.sync.poll_step, max_records)
         try:
-            return await asyncio.shield(fut)
+            return await job
         except asyncio.CancelledError:
-            self._inflight = fut
-            fut.add_done_callback(self._put_back)
+            # The round runs to its end in the worker; what it fetched is put back then.
+            later = job.outcome_later()
+            self._inflight = later
+            later.add_done_callback(self._put_back)
             raise
 
     def _put_back(self, fut: asyncio.Future[Any]) -> None:

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self
 
 from mqlite.aio._bell import threadsafe_setter
+from mqlite.aio._future import InlineFuture
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import ClosedError
 from mqlite.queue import Delivery, Queue, QueuePolicy
@@ -180,7 +181,7 @@ class AsyncQueue:
             remaining = deadline - loop.time()
             if remaining <= 0 or woken:
                 return []
-            fut: asyncio.Future[bool] = loop.create_future()
+            fut: asyncio.Future[bool] = InlineFuture(loop)  # the ring resumes us inline
             with self._lock:
                 if self._wake_gen != gen:
                     return []
@@ -206,12 +207,13 @@ class AsyncQueue:
 
     async def _step(self, q: Queue, max_messages: int, vt: float | None,
                     first: bool) -> ReceiveStep:
-        fut = self._broker._runner.submit(
+        job = self._broker._runner.submit(
             lambda: q.receive_step(max_messages, vt, first=first, cls=AsyncDelivery))
         try:
-            return await asyncio.shield(fut)
+            return await job
         except asyncio.CancelledError:
-            fut.add_done_callback(self._put_back)
+            # The round runs to its end in the worker; what it took is released then.
+            job.outcome_later().add_done_callback(self._put_back)
             raise
 
     def _put_back(self, fut: asyncio.Future[Any]) -> None:

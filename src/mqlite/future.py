@@ -40,9 +40,9 @@ class SendFuture(Generic[T]):
     exactly once.
     """
 
-    __slots__ = ("_callbacks", "_exc", "_gate", "_result", "_state")
+    __slots__ = ("_callbacks", "_exc", "_gate", "_helper", "_result", "_state")
 
-    def __init__(self) -> None:
+    def __init__(self, helper: Callable[[], object] | None = None) -> None:
         gate = _thread.allocate_lock()
         gate.acquire()
         self._gate = gate
@@ -50,6 +50,10 @@ class SendFuture(Generic[T]):
         self._result: Any = None
         self._exc: BaseException | None = None
         self._callbacks: list[Callable[[SendFuture[T]], object]] | None = None
+        # Called (once) by the first thread that waits with no timeout while this is
+        # pending, before it blocks: the producer lets that thread commit what is
+        # queued itself when its flusher is idle (D49).  It may resolve this future.
+        self._helper = helper
 
     # -- completion (producer side) -----------------------------------------------------------
 
@@ -100,6 +104,10 @@ class SendFuture(Generic[T]):
         if self._state != _PENDING:
             return
         if timeout is None:
+            helper = self._helper
+            if helper is not None:
+                self._helper = None
+                helper()
             got = self._gate.acquire()
         else:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):

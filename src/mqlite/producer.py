@@ -48,6 +48,7 @@ class SendItem:
     """One queued record (internal)."""
 
     __slots__ = (
+        "auto_ts",
         "dedup",
         "future",
         "headers",
@@ -61,7 +62,8 @@ class SendItem:
     )
 
     def __init__(self, topic: str, value: Any, key: Any, headers: Any, partition: int,
-                 ts: int, dedup: bytes | None, future: Any, sender: int = 0) -> None:
+                 ts: int, dedup: bytes | None, future: Any, sender: int = 0,
+                 auto_ts: bool = False) -> None:
         self.topic = topic
         self.value = value
         self.key = key
@@ -72,6 +74,7 @@ class SendItem:
         self.future = future
         self.sender = sender  # the sending thread's id (adaptive gathering)
         self.size = (len(value) if value is not None else 0) + (len(key) if key else 0)
+        self.auto_ts = auto_ts  # ts is the send's clock, not the caller's timestamp_ms
 
 
 class _Group:
@@ -236,6 +239,7 @@ class Producer:
         self._gather_target = 0
         self._gather_for = 0.0
         self._last_senders: set[int] = set()
+        self._help = self._commit_here  # one bound method for every future
         self._thread = threading.Thread(target=self._run, name="mqlite-producer", daemon=True)
         self._thread.start()
         try:
@@ -287,9 +291,9 @@ class Producer:
         ts = now_ms() if timestamp_ms is None else require_int(
             timestamp_ms, "timestamp_ms", minimum=0, maximum=MAX_I64)
         dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
-        fut: SendFuture[RecordMetadata] = SendFuture()
+        fut: SendFuture[RecordMetadata] = SendFuture(self._help)
         item = SendItem(topic, value, key, normalize_headers(headers), part, ts, dkey, fut,
-                        get_ident())
+                        get_ident(), timestamp_ms is None)
         with self._lock:  # the condition's lock, entered without a Python-level frame
             while len(self._queue) >= self._max_queued and not self._closed:
                 self._cv.wait(0.1)
@@ -325,13 +329,64 @@ class Producer:
                     raise MqTimeout("flush() timed out with records still queued")
                 self._cv.wait(remaining if remaining is not None else 0.5)
 
+    def _commit_here(self) -> None:
+        """A thread about to wait on a future commits what is queued itself (D49).
+
+        Only when nothing is committing, no linger is asked for, and the last
+        batches came from one thread (``_gather_target <= 1``: nobody else's
+        record is about to join): then the flusher would commit exactly this
+        queue, and doing it here saves two thread hand-overs (the flusher's
+        wake-up and the waiter's).  Otherwise the caller just waits.
+        """
+        if self._linger or os.getpid() != self._pid:
+            return
+        cv = self._cv
+        with cv:
+            if (self._in_flight or not self._queue or self._gather_target > 1
+                    or self._closed):
+                return
+            items = self._take()
+        self._commit_timed(items)
+
+    def _take(self) -> list[SendItem]:
+        """Take the queue to commit it (the lock held)."""
+        items = self._queue
+        self._queue = []
+        self._queued_bytes = 0
+        self._flush_now = False
+        self._in_flight = len(items)
+        self._cv.notify_all()
+        return items
+
+    def _commit_timed(self, items: list[SendItem]) -> None:
+        """Commit ``items`` (taken by :meth:`_take`); then adapt the gathering."""
+        started = time.monotonic()
+        try:
+            self._commit(items)
+        finally:
+            took = time.monotonic() - started
+            senders = {it.sender for it in items}
+            # threads seen in the last two batches: N waiting senders that settled
+            # into two alternating half-batches are gathered back into one
+            target = len(senders | self._last_senders)
+            self._last_senders = senders
+            with self._cv:
+                self._in_flight = 0
+                self._gather_target = min(target, _GATHER_MAX_RECORDS)
+                self._gather_for = min(took * _GATHER_SHARE, _GATHER_MAX_SECONDS)
+                self._cv.notify_all()
+                if self._queue or self._closed:
+                    self._wake.notify()  # the flusher may wait for this commit's end
+
     def _run(self) -> None:
         cv, wake = self._cv, self._wake
         while True:
             with cv:
-                while not self._queue and not self._closed:
+                # (a waiting sender may be committing: one commit at a time keeps
+                # every sender's records in order)
+                while self._in_flight or (not self._queue and not self._closed):
                     wake.wait()
-                if not self._queue and self._closed:
+                if not self._queue:  # closed, nothing in flight
                     return
                 if len(self._queue) < self._gather_target:
                     # the threads of the last two batches are probably about to send
@@ -349,29 +404,12 @@ class Producer:
                     if left <= 0:
                         break
                     wake.wait(left)
-                items = self._queue
-                self._queue = []
-                self._queued_bytes = 0
-                self._flush_now = False
-                self._in_flight = len(items)
-                cv.notify_all()
-            started = time.monotonic()
-            try:
-                self._commit(items)
-            finally:
-                took = time.monotonic() - started
-                senders = {it.sender for it in items}
-                # threads seen in the last two batches: N waiting senders that settled
-                # into two alternating half-batches are gathered back into one
-                target = len(senders | self._last_senders)
-                self._last_senders = senders
-                with cv:
-                    self._in_flight = 0
-                    self._gather_target = min(target, _GATHER_MAX_RECORDS)
-                    self._gather_for = min(took * _GATHER_SHARE, _GATHER_MAX_SECONDS)
-                    cv.notify_all()
+                items = self._take()
+            self._commit_timed(items)
 
     def _commit(self, items: list[SendItem], retry: bool = True) -> None:
+        if len(items) == 1 and self._commit_one(items[0]):
+            return
         engine = self._engine
         try:
             env = engine.live_env()
@@ -397,6 +435,29 @@ class Producer:
         except BaseException as exc:  # noqa: BLE001 - every record of the failed transaction fails
             for it in items:
                 _fail(it, exc)
+
+    def _commit_one(self, it: SendItem) -> bool:
+        """A batch of one plain record goes the broker's single-send way (D49).
+
+        ``Engine.send`` commits it through the compiled single-send path (or
+        the commit ring when others are committing), a fifth of the Python
+        batch path's instructions.  Its timestamp is then taken at the commit,
+        microseconds after ``send()``.  ``False`` (nothing done) for a record
+        with headers, a dedup id or a caller's timestamp.
+        """
+        if it.headers is not None or it.dedup is not None or not it.auto_ts:
+            return False
+        engine = self._engine
+        try:
+            part: int | None = it.partition
+            if part == 0 and len(engine.topic_cached(it.topic).pids) == 1:
+                part = None  # (the compiled path's common case)
+            md = engine.send(it.topic, it.value, it.key, None, part)
+        except BaseException as exc:  # noqa: BLE001 - the record failed; nothing was stored
+            _fail(it, exc)
+            return True
+        it.future.set_result(md)
+        return True
 
     def _commit_alone(self, env: Any, items: list[SendItem], groups: list[_Group],
                       retry: bool) -> None:

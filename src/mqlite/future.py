@@ -25,11 +25,14 @@ from typing import Any, Generic, TypeVar
 from mqlite.errors import CancelledError
 from mqlite.errors import TimeoutError as _Timeout
 
-__all__ = ["SendFuture"]
+__all__ = ["HELP_MIN_TIMEOUT", "SendFuture"]
 
 T = TypeVar("T")
 
 _PENDING, _CANCELLED, _FINISHED = 0, 1, 2
+#: Seconds: a wait with a shorter timeout never commits in the waiting thread (a commit
+#: could outlast it); ``None`` or a longer one may (D49).
+HELP_MIN_TIMEOUT = 1.0
 _callbacks_lock = _thread.allocate_lock()  # guards only the rare callback registration race
 
 
@@ -50,9 +53,10 @@ class SendFuture(Generic[T]):
         self._result: Any = None
         self._exc: BaseException | None = None
         self._callbacks: list[Callable[[SendFuture[T]], object]] | None = None
-        # Called (once) by the first thread that waits with no timeout while this is
-        # pending, before it blocks: the producer lets that thread commit what is
-        # queued itself when its flusher is idle (D49).  It may resolve this future.
+        # Called (once) by the first thread that waits (with no timeout, or one of at
+        # least HELP_MIN_TIMEOUT) while this is pending, before it blocks: the producer
+        # lets that thread commit what is queued itself when its flusher is idle
+        # (D49).  It may resolve this future.
         self._helper = helper
 
     # -- completion (producer side) -----------------------------------------------------------
@@ -112,6 +116,10 @@ class SendFuture(Generic[T]):
         else:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
                 raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+            helper = self._helper
+            if helper is not None and timeout >= HELP_MIN_TIMEOUT:
+                self._helper = None
+                helper()
             got = self._gate.acquire(True, max(float(timeout), 0.0))
         if not got:
             raise _Timeout("the record was not committed within the timeout")
@@ -119,6 +127,13 @@ class SendFuture(Generic[T]):
 
     def result(self, timeout: float | None = None) -> T:
         """Wait for the commit and return the record's metadata.
+
+        ``timeout`` is in seconds (``None``: no limit).  When the producer's
+        flusher is idle and this thread is the only one sending, the wait
+        commits the queued records in this thread instead of handing them to
+        the flusher and back (D49); a ``timeout`` under
+        :data:`HELP_MIN_TIMEOUT` (1 s) never does, so it is never outlasted
+        by a commit.
 
         Raises
         ------

@@ -385,6 +385,64 @@ def test_single_waiting_sender_is_not_delayed_by_gathering(broker: mqlite.Broker
     assert per_send < 0.004, f"{per_send * 1e3:.2f} ms per send under 'none'"
 
 
+def _resolving_threads(p: mqlite.Producer, n: int, **send: Any) -> list[int]:
+    """Send ``n`` records one at a time, each waited for; the thread that resolved each."""
+    seen: list[int] = []
+    for i in range(n):
+        fut = p.send("t", b"%d" % i, **send)
+        fut.add_done_callback(lambda f: seen.append(threading.get_ident()))
+        fut.result(timeout=30)
+    return seen
+
+
+def test_a_waiting_sender_commits_its_own_record_when_the_flusher_is_idle(
+        broker: mqlite.Broker) -> None:
+    """D49: one thread sending and waiting commits its record itself (its future's
+    callbacks run on it), with no hand-over to the flusher thread and back; with a
+    linger, or with several threads sending, the flusher commits as before."""
+    import sys
+
+    broker.create_topic("t")
+    me = threading.get_ident()
+    # no GIL switch while the sender runs Python: the flusher, woken by the send, cannot
+    # take the queue before the sender's result() does
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        with broker.producer(linger_ms=0) as p:
+            assert _resolving_threads(p, 200) == [me] * 200
+            # pipelined: two queued, the wait on the second commits both, in order
+            f1, f2 = p.send("t", b"a"), p.send("t", b"b")
+            md2 = f2.result(timeout=30)
+            assert f1.done() and f1.result().offset + 1 == md2.offset
+        with broker.producer(linger_ms=1) as p:
+            assert me not in _resolving_threads(p, 20)  # the linger is the flusher's
+    finally:
+        sys.setswitchinterval(old)
+    values = [m.value for m in broker.read("t", max_records=1000)]
+    assert values[:200] == [b"%d" % i for i in range(200)] and values[200:202] == [b"a", b"b"]
+
+
+def test_one_plain_record_keeps_partitioning_and_explicit_timestamps(
+        broker: mqlite.Broker) -> None:
+    """A batch of one plain record commits through the single-send path (D49): the
+    producer's partition choice, a caller's timestamp, headers and dedup ids are kept."""
+    broker.create_topic("t", partitions=3)
+    with broker.producer(linger_ms=0, partitioner=lambda k, v, n: 2) as p:
+        md = p.send("t", b"x").result(timeout=30)
+        assert md.partition == 2
+        md = p.send("t", b"y", timestamp_ms=1234).result(timeout=30)
+        assert (md.partition, md.timestamp_ms) == (2, 1234)
+        md = p.send("t", b"z", headers={"h": b"1"}).result(timeout=30)
+        md2 = p.send("t", b"z", dedup_id="d").result(timeout=30)
+        md3 = p.send("t", b"z", dedup_id="d").result(timeout=30)
+        assert md3.offset == md2.offset  # the dedup window still applies
+    got = [(m.value, m.timestamp_ms, m.headers) for m in broker.read("t", partition=2)]
+    assert [g[0] for g in got] == [b"x", b"y", b"z", b"z"]
+    assert got[1][1] == 1234
+    assert [g[2] for g in got] == [[], [], [("h", b"1")], []]
+
+
 # -- failure isolation -------------------------------------------------------------------------
 
 

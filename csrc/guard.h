@@ -22,6 +22,22 @@
  *                    shared, as LMDB does) back over the zeroed pages, at the
  *                    same addresses, so pointers held by concurrent readers
  *                    stay valid.
+ *   MQ_GUARD_FILL    for LMDB's map under `writemap` (durability "none", D47),
+ *                    where the process *writes* through the map: zero pages
+ *                    would swallow those writes, and a commit could then point
+ *                    at pages never stored.  Instead: grow the file (fd open
+ *                    read-write) back to the range's length if it is shorter
+ *                    (never shrinking), then allocate the file's blocks from
+ *                    the faulting page on (fallocate, up to
+ *                    MQ_GUARD_FILL_CHUNK bytes, clipped to the range) and
+ *                    retry.  A write to a hole of a full disk faults; the
+ *                    owner preallocates ahead of LMDB's last page so that this
+ *                    is the rare case.  When the allocation fails (the disk is
+ *                    really full), or the same page faults again right after
+ *                    a repair (an I/O error, not a hole), the fault goes to
+ *                    the previous disposition: by default the process dies,
+ *                    which loses only its uncommitted transaction (as kill -9
+ *                    does) and never a committed one.
  *
  * Contract:
  *  - The handler only acts on kernel-generated SIGBUS (si_code > 0) whose
@@ -51,6 +67,8 @@
 #define MQ_GUARD_MAX 64
 #define MQ_GUARD_REGROW 1
 #define MQ_GUARD_ZERO 2
+#define MQ_GUARD_FILL 3
+#define MQ_GUARD_FILL_CHUNK (1u << 20)
 
 /* Installs the SIGBUS handler unless it already is the current one (another
  * library may have replaced it since: then it is installed again, chaining

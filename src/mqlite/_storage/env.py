@@ -22,6 +22,12 @@ Contract
 * LMDB's map of ``data.mdb`` is guarded against SIGBUS (``_guard_map``): a
   stored size that runs past the end of the file reads zeros, so the read
   raises :class:`CorruptRecordError` instead of killing the process.
+* Under ``durability="none"`` LMDB writes through its map (``writemap``, D47):
+  no ``pwrite`` copy per dirty page.  LMDB then sizes ``data.mdb`` to the map
+  (a sparse file), so the process allocates the file's blocks ahead of LMDB's
+  last page (:meth:`Env._prealloc`): a full disk is a typed
+  :class:`StorageError` before the transaction writes, never a SIGBUS on a
+  hole.  ``MQLITE_WRITEMAP=0`` in the environment turns it off.
 * Backpressure in three tiers (:meth:`Env.check_space`): above
   ``HIGH_WATER_FRACTION`` (90%) of the map in use, sends raise
   :class:`StorageFullError`; above ``GROW_WATER_FRACTION`` (95%) so do the other
@@ -102,6 +108,11 @@ _READER_CHECK_INTERVAL = 5.0
 SPACE_SEND = "send"
 SPACE_GROW = "grow"
 _SPACE_BUDGET_MAX = 1 << 20  # bytes a process adds between two counts of the pages in use
+# writemap (D47): bytes of data.mdb allocated ahead of LMDB's last page (clipped to the
+# map).  A check that finds less than half of it left allocates the next stretch.
+_PREALLOC_AHEAD = 16 << 20
+# The least room above the last page a write may start with when no more can be had.
+_PREALLOC_MIN_PAGES = 64
 _META = struct.Struct("<II")  # magic, version
 _LMDB_MAGIC = 0xBEEFC0DE
 _UNINITIALIZED_MAX_PAGES = 16  # see _never_initialized
@@ -510,6 +521,12 @@ class Env:
         self._closed = False
         self._guard = -1  # SIGBUS guard over LMDB's map (see _guard_map)
         self._guard_fd = -1
+        # writemap (D47): LMDB writes through its map; data.mdb is allocated ahead
+        # up to _alloc_end bytes through _alloc_fd (see _prealloc).
+        self.writemap = False
+        self._no_writemap = False  # writemap failed here once: this Env opens without it
+        self._alloc_fd = -1
+        self._alloc_end = 0
         self._faults = _core.guard_faults()
         self._open()
 
@@ -526,6 +543,7 @@ class Env:
             self.map_size = stored if req is None else max(req, stored)
         sync = self.durability != "none"
         metasync = self.durability == "sync"
+        writemap = self._writemap_wanted()
         options: dict[str, Any] = {
             "map_size": self.map_size,
             "subdir": True,
@@ -533,7 +551,7 @@ class Env:
             "mode": self.file_mode,
             "max_dbs": len(DB_NAMES) + 2,
             "max_readers": 1024,
-            "writemap": False,
+            "writemap": writemap,
             "sync": sync,
             "metasync": metasync,
             "readahead": False,
@@ -550,7 +568,15 @@ class Env:
                 _forget_inherited_env(self.path)
                 env = lmdb.open(self.path, **options)
         except lmdb.Error as exc:
-            raise lmdb_error(exc, f"opening broker {self.path}") from exc
+            if not writemap:
+                raise lmdb_error(exc, f"opening broker {self.path}") from exc
+            # sizing the file to the map failed (a file system without sparse files
+            # or too small, a quota): open as without writemap
+            return self._open_without_writemap()
+        if writemap and not self._start_prealloc(env):
+            env.close()
+            return self._open_without_writemap()
+        self.writemap = writemap
         try:
             if self.gate is None:
                 self.gate = _core.WriteGate(os.path.join(self.path, "data.mdb"))
@@ -610,6 +636,101 @@ class Env:
                 self.combiner = None  # every send commits on its own, as without a ring
         self._fix_file_modes()
 
+    def _writemap_wanted(self) -> bool:
+        """Whether to open LMDB with ``writemap`` (D47): ``"none"`` only, and only
+        where LMDB can size ``data.mdb`` to the map without a signal.
+
+        A soft ``RLIMIT_FSIZE`` below the map would make LMDB's ``ftruncate``
+        raise SIGXFSZ (by default fatal); ``MQLITE_WRITEMAP=0`` turns it off.
+        """
+        if (self.durability != "none" or self._no_writemap
+                or os.environ.get("MQLITE_WRITEMAP", "1") == "0"):
+            return False
+        try:
+            import resource
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        except (ImportError, OSError, ValueError):
+            return False
+        return soft == resource.RLIM_INFINITY or soft >= self.map_size
+
+    def _open_without_writemap(self) -> None:
+        self._close_alloc_fd()
+        self._no_writemap = True
+        self._open()
+
+    def _start_prealloc(self, env: Any) -> bool:
+        """Open the descriptor :meth:`_prealloc` allocates through and allocate
+        the first stretch; ``False`` when the file system cannot (no writemap then).
+        """
+        self._close_alloc_fd()
+        try:
+            self._alloc_fd = os.open(os.path.join(self.path, "data.mdb"),
+                                     os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        self._alloc_end = 0
+        self._psize = env.stat()["psize"]
+        self.map_size = env.info()["map_size"]
+        try:
+            self._prealloc(env.info()["last_pgno"], 0)
+        except StorageError:
+            self._close_alloc_fd()
+            return False
+        return True
+
+    def _close_alloc_fd(self) -> None:
+        if self._alloc_fd >= 0:
+            os.close(self._alloc_fd)
+            self._alloc_fd = -1
+        self._alloc_end = 0
+
+    def _prealloc(self, last_pgno: int, need_pages: int) -> None:
+        """Under writemap, make sure ``data.mdb`` has blocks for the pages a write
+        may touch: up to LMDB's last page plus ``need_pages`` plus
+        ``_PREALLOC_AHEAD`` bytes (clipped to the map), allocated in stretches.
+
+        LMDB writes a new page by storing into its map; on a file system that
+        cannot back a hole page (a full disk) that store is a SIGBUS, after
+        which no error can be raised from inside LMDB.  Allocating ahead turns
+        a full disk into this method's :class:`StorageError`, raised before the
+        transaction writes anything; a write still has the room allocated
+        earlier (an ack or an offset commit can drain a broker whose disk
+        filled) as long as at least ``_PREALLOC_MIN_PAGES`` pages are left.
+        Costs one comparison unless less than half the stretch is left.
+
+        Raises
+        ------
+        StorageError
+            No space (or quota, or file size limit) for the pages the write needs.
+        """
+        psize = self._psize
+        base = (last_pgno + 1 + need_pages) * psize
+        if base + _PREALLOC_AHEAD // 2 <= self._alloc_end or self._alloc_end >= self.map_size:
+            return
+        start = min(self._alloc_end, (last_pgno + 1) * psize)
+        end = min(self.map_size, base + _PREALLOC_AHEAD)
+        try:
+            os.posix_fallocate(self._alloc_fd, start, end - start)
+            self._alloc_end = end
+            return
+        except OSError as exc:
+            first = exc
+        # Not the whole stretch: the write goes ahead in the room there is, if any.
+        least = min(self.map_size, base + _PREALLOC_MIN_PAGES * psize)
+        if least <= self._alloc_end:
+            return
+        try:
+            os.posix_fallocate(self._alloc_fd, start, least - start)
+            self._alloc_end = least
+            return
+        except OSError:
+            pass
+        raise StorageError(
+            f"broker {self.path}: cannot allocate disk space for data.mdb "
+            f"({first.strerror}); free disk space (or raise the quota / file size "
+            "limit); nothing of this write was stored"
+        ) from first
+
     def _guard_map(self, env: Any) -> None:
         """Guard LMDB's map of ``data.mdb`` against SIGBUS (csrc/guard.h, MQ_GUARD_ZERO).
 
@@ -636,9 +757,13 @@ class Env:
                         if (len(fields) < 6 or int(fields[2], 16) != 0
                                 or not fields[5].rstrip("\n").endswith("/data.mdb")):
                             return  # not one whole mapping of data.mdb from offset 0
+                        rw = os.O_RDWR if self.writemap else os.O_RDONLY
                         fd = os.open(os.path.join(self.path, "data.mdb"),
-                                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                        self._guard = _core.guard_zero(lo, hi - lo, fd)
+                                     rw | os.O_CLOEXEC | os.O_NOFOLLOW)
+                        # under writemap LMDB writes through the map: zero pages would
+                        # swallow those writes, so the guard allocates instead (D47)
+                        add = _core.guard_fill if self.writemap else _core.guard_zero
+                        self._guard = add(lo, hi - lo, fd)
                         self._guard_fd, fd = fd, -1
                         return
         except (OSError, ValueError, TypeError, lmdb.Error):
@@ -732,6 +857,7 @@ class Env:
             if os.getpid() == self.pid:
                 self._unguard_map()
                 self.lmdb.close()
+                self._close_alloc_fd()
             else:
                 _graveyard.append(self.lmdb)
             self.lmdb = None
@@ -881,6 +1007,17 @@ class Env:
         if self.touched or self.after_commit:  # left by a transaction not ended here
             self.touched = set()
             self.after_commit = []
+        if self.writemap:
+            # Writes that skip check_space (acks, commits, deletes) take pages too:
+            # keep blocks on disk ahead of the last page (D47).
+            try:
+                self._prealloc(self.lmdb.info()["last_pgno"], 0)
+            except lmdb.Error as exc:
+                self.abort(txn)
+                raise lmdb_error(exc, "begin write") from exc
+            except BaseException:
+                self.abort(txn)
+                raise
         tid = txn.id()
         if tid == self._cache_tid + 1:
             self.fresh_txn = txn
@@ -1037,7 +1174,8 @@ class Env:
         if tier == SPACE_SEND and now < self._full_until:
             raise StorageFullError(self._full_message(tier))
         # last_pgno bounds the pages in use from above; counting is needed only near a mark.
-        used = self.lmdb.info()["last_pgno"] + 1
+        last = self.lmdb.info()["last_pgno"]
+        used = last + 1
         if used + need_pages > self._hwm_pages:
             used = self._pages_in_use(txn)
         if used + need_pages > mark:
@@ -1046,7 +1184,10 @@ class Env:
                 self._full_until = now + 0.05
             raise StorageFullError(self._full_message(tier))
         room = max(0, self._hwm_pages - used - need_pages) * self._psize
-        self.space_budget = min(room // 8, _SPACE_BUDGET_MAX)
+        budget = min(room // 8, _SPACE_BUDGET_MAX)
+        if self.writemap:  # blocks on disk for this write and the budget (D47)
+            self._prealloc(last, need_pages + -(-budget // self._psize))
+        self.space_budget = budget
 
     def space_freed(self) -> None:
         """Forget a cached "full" verdict: call after a commit that deleted data."""

@@ -41,19 +41,25 @@ static int repair(guard *g, uintptr_t addr)
     uintptr_t page = addr & page_mask;
     if (g->mode == MQ_GUARD_FILL) {
         struct stat st;
-        off_t need = (off_t)(g->end - g->start);
-        /* The same page again right after its repair: not a hole (an I/O error,
-         * or blocks that cannot be had): give up rather than loop. */
-        if (__atomic_exchange_n(&g->filled, page, __ATOMIC_ACQ_REL) == page)
-            return 0;
-        if (fstat(g->fd, &st) < 0)
-            return 0;
-        if (st.st_size < need && ftruncate(g->fd, need) != 0)
-            return 0;
         off_t off = (off_t)(page - g->start);
         off_t len = (off_t)MQ_GUARD_FILL_CHUNK;
-        if (len > need - off)
-            len = need - off;
+        off_t range = (off_t)(g->end - g->start);
+        if (len > range - off)
+            len = range - off;
+        if (fstat(g->fd, &st) < 0)
+            return 0;
+        if (off >= st.st_size) {
+            /* Past the end (the file was cut back, D47): extend it over the page
+             * and a stretch after it.  A read then sees zeros; a write allocates
+             * as any write to a file does (and faults again if it cannot). */
+            __atomic_store_n(&g->filled, 0, __ATOMIC_RELEASE);
+            return ftruncate(g->fd, off + len) == 0;
+        }
+        /* Inside the file: a hole whose block the file system could not give.
+         * The same page again right after allocating it is not a hole (an I/O
+         * error): give up rather than loop. */
+        if (__atomic_exchange_n(&g->filled, page, __ATOMIC_ACQ_REL) == page)
+            return 0;
         /* fallocate(2) is a plain system call: safe in a signal handler. */
         return fallocate(g->fd, 0, off, len) == 0;
     }

@@ -25,19 +25,22 @@
  *   MQ_GUARD_FILL    for LMDB's map under `writemap` (durability "none", D47),
  *                    where the process *writes* through the map: zero pages
  *                    would swallow those writes, and a commit could then point
- *                    at pages never stored.  Instead: grow the file (fd open
- *                    read-write) back to the range's length if it is shorter
- *                    (never shrinking), then allocate the file's blocks from
- *                    the faulting page on (fallocate, up to
- *                    MQ_GUARD_FILL_CHUNK bytes, clipped to the range) and
- *                    retry.  A write to a hole of a full disk faults; the
- *                    owner preallocates ahead of LMDB's last page so that this
- *                    is the rare case.  When the allocation fails (the disk is
- *                    really full), or the same page faults again right after
- *                    a repair (an I/O error, not a hole), the fault goes to
- *                    the previous disposition: by default the process dies,
- *                    which loses only its uncommitted transaction (as kill -9
- *                    does) and never a committed one.
+ *                    at pages never stored.  The owner keeps the file short
+ *                    (its last page plus a preallocated stretch, not the whole
+ *                    map) and allocates ahead of LMDB's last page.  A fault on
+ *                    a page at or past the end of the file grows the file
+ *                    (ftruncate, never shrinking) to that page plus
+ *                    MQ_GUARD_FILL_CHUNK bytes (clipped to the range) and
+ *                    retries: a read sees zeros, a write allocates as any
+ *                    write does.  A fault on a page inside the file (a hole
+ *                    the file system could not back: a full disk) allocates
+ *                    the page and the chunk after it (fallocate, fd open
+ *                    read-write) and retries.  When that allocation fails, or
+ *                    the same page faults again right after it was allocated
+ *                    (an I/O error, not a hole), the fault goes to the
+ *                    previous disposition: by default the process dies, which
+ *                    loses only its uncommitted transaction (as kill -9 does),
+ *                    never a committed one.
  *
  * Contract:
  *  - The handler only acts on kernel-generated SIGBUS (si_code > 0) whose

@@ -469,6 +469,10 @@ def _walk_all(path: str) -> None:
     env.close()
 
 
+class _NoWritemap(Exception):
+    """Internal: the file system cannot allocate ahead; open without writemap."""
+
+
 class Env:
     """One open LMDB environment plus the broker directory's shared files."""
 
@@ -573,10 +577,7 @@ class Env:
             # sizing the file to the map failed (a file system without sparse files
             # or too small, a quota): open as without writemap
             return self._open_without_writemap()
-        if writemap and not self._start_prealloc(env):
-            env.close()
-            return self._open_without_writemap()
-        self.writemap = writemap
+        self.writemap = False
         try:
             if self.gate is None:
                 self.gate = _core.WriteGate(os.path.join(self.path, "data.mdb"))
@@ -584,6 +585,10 @@ class Env:
             self.gate.enter()
             try:
                 with env.begin(write=True) as txn:
+                    # under LMDB's write lock: no other writer has pages past the last one
+                    if writemap and not self._start_prealloc(env):
+                        raise _NoWritemap
+                    self.writemap = writemap
                     for name in DB_NAMES:
                         self.dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
                     meta = self.dbs["meta"]
@@ -599,6 +604,9 @@ class Env:
             finally:
                 self.gate.leave()
             env.reader_check()
+        except _NoWritemap:
+            env.close()
+            return self._open_without_writemap()
         except lmdb.Error as exc:
             env.close()
             raise lmdb_error(exc, f"opening broker {self.path}") from exc
@@ -659,8 +667,17 @@ class Env:
         self._open()
 
     def _start_prealloc(self, env: Any) -> bool:
-        """Open the descriptor :meth:`_prealloc` allocates through and allocate
-        the first stretch; ``False`` when the file system cannot (no writemap then).
+        """Give ``data.mdb`` back its size and allocate the first stretch ahead.
+
+        Called inside a write transaction (LMDB's write lock held: no writer
+        has pages past the last committed one).  LMDB under ``writemap`` sizes
+        the file to the whole map (a sparse file of ``map_size`` bytes, 64 GiB
+        by default), which a copy that does not keep holes (``shutil.copy``,
+        ``tar`` without ``--sparse``) writes out in full; so the file is cut
+        back to its last page plus ``_PREALLOC_AHEAD`` (never below a page in
+        use), and that stretch is allocated.  Pages past the end fault into
+        the guard (``MQ_GUARD_FILL``), which grows the file.  Returns ``False``
+        when the file system cannot allocate (then no writemap).
         """
         self._close_alloc_fd()
         try:
@@ -668,12 +685,16 @@ class Env:
                                      os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             return False
-        self._alloc_end = 0
-        self._psize = env.stat()["psize"]
-        self.map_size = env.info()["map_size"]
+        self._psize = psize = env.stat()["psize"]
+        info = env.info()
+        self.map_size = info["map_size"]
+        last = info["last_pgno"]
+        keep = min(self.map_size, (last + 1) * psize + _PREALLOC_AHEAD)
         try:
-            self._prealloc(env.info()["last_pgno"], 0)
-        except StorageError:
+            if os.fstat(self._alloc_fd).st_size > keep:
+                os.ftruncate(self._alloc_fd, keep)
+            self._prealloc(last, 0)
+        except (OSError, StorageError):
             self._close_alloc_fd()
             return False
         return True
@@ -707,8 +728,11 @@ class Env:
         base = (last_pgno + 1 + need_pages) * psize
         if base + _PREALLOC_AHEAD // 2 <= self._alloc_end or self._alloc_end >= self.map_size:
             return
-        start = min(self._alloc_end, (last_pgno + 1) * psize)
+        # pages up to the last one were written (allocated); ours reach _alloc_end
+        start = max(self._alloc_end, (last_pgno + 1) * psize)
         end = min(self.map_size, base + _PREALLOC_AHEAD)
+        if start >= end:
+            return
         try:
             os.posix_fallocate(self._alloc_fd, start, end - start)
             self._alloc_end = end
@@ -717,7 +741,7 @@ class Env:
             first = exc
         # Not the whole stretch: the write goes ahead in the room there is, if any.
         least = min(self.map_size, base + _PREALLOC_MIN_PAGES * psize)
-        if least <= self._alloc_end:
+        if least <= start:
             return
         try:
             os.posix_fallocate(self._alloc_fd, start, least - start)

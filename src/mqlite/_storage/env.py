@@ -108,9 +108,16 @@ _READER_CHECK_INTERVAL = 5.0
 SPACE_SEND = "send"
 SPACE_GROW = "grow"
 _SPACE_BUDGET_MAX = 1 << 20  # bytes a process adds between two counts of the pages in use
-# writemap (D47): bytes of data.mdb allocated ahead of LMDB's last page (clipped to the
-# map).  A check that finds less than half of it left allocates the next stretch.
+# writemap (D47): bytes of data.mdb allocated ahead of LMDB's last page: an eighth of
+# the pages up to it, at least _PREALLOC_AHEAD_MIN and at most _PREALLOC_AHEAD (clipped
+# to the map).  A check that finds less than half of it left allocates the next stretch.
 _PREALLOC_AHEAD = 16 << 20
+_PREALLOC_AHEAD_MIN = 1 << 20
+# Under writemap the space budget is at most this fraction of the stretch: a commit
+# takes at most ~10 fresh pages per page charged (a B-tree path copied in each of the
+# databases it touches while a reader pins the freed ones), so a budget's worth of
+# sends stays inside the half of the stretch the last check left.
+_PREALLOC_BUDGET_DIV = 20
 # The least room above the last page a write may start with when no more can be had.
 _PREALLOC_MIN_PAGES = 64
 _META = struct.Struct("<II")  # magic, version
@@ -674,8 +681,8 @@ class Env:
         the file to the whole map (a sparse file of ``map_size`` bytes, 64 GiB
         by default), which a copy that does not keep holes (``shutil.copy``,
         ``tar`` without ``--sparse``) writes out in full; so the file is cut
-        back to its last page plus ``_PREALLOC_AHEAD`` (never below a page in
-        use), and that stretch is allocated.  Pages past the end fault into
+        back to its last page plus a stretch (:meth:`_prealloc_ahead`; never
+        below a page in use), and that stretch is allocated.  Pages past the end fault into
         the guard (``MQ_GUARD_FILL``), which grows the file.  Returns ``False``
         when the file system cannot allocate (then no writemap).
         """
@@ -689,7 +696,7 @@ class Env:
         info = env.info()
         self.map_size = info["map_size"]
         last = info["last_pgno"]
-        keep = min(self.map_size, (last + 1) * psize + _PREALLOC_AHEAD)
+        keep = min(self.map_size, (last + 1) * psize + self._prealloc_ahead(last))
         try:
             if os.fstat(self._alloc_fd).st_size > keep:
                 os.ftruncate(self._alloc_fd, keep)
@@ -699,6 +706,41 @@ class Env:
             return False
         return True
 
+    def _trim_file(self, env: Any) -> None:
+        """On close under writemap: cut ``data.mdb`` back to its last page (D47).
+
+        Under LMDB's write lock (no writer has pages past the last committed
+        one), so the file ends as it would without writemap: copies and
+        backups see no preallocated tail.  Another writemap process that had
+        allocated past that point notices the shorter file at its next check
+        (:meth:`_prealloc`) and allocates again.  Best effort: a failure leaves
+        the tail, which the next open cuts.
+        """
+        gate = self.gate
+        if self._alloc_fd < 0 or gate is None:
+            return
+        try:
+            gate.enter()
+        except OSError:
+            return
+        try:
+            txn = env.begin(write=True)
+            try:
+                end = (env.info()["last_pgno"] + 1) * self._psize
+                if os.fstat(self._alloc_fd).st_size > end:
+                    os.ftruncate(self._alloc_fd, end)
+            finally:
+                txn.abort()
+        except (OSError, lmdb.Error):
+            pass
+        finally:
+            gate.leave()
+
+    def _prealloc_ahead(self, last_pgno: int) -> int:
+        """Bytes to allocate past LMDB's last page: an eighth of the file, 1-16 MiB."""
+        return min(_PREALLOC_AHEAD,
+                   max(_PREALLOC_AHEAD_MIN, (last_pgno + 1) * self._psize // 8))
+
     def _close_alloc_fd(self) -> None:
         if self._alloc_fd >= 0:
             os.close(self._alloc_fd)
@@ -707,8 +749,8 @@ class Env:
 
     def _prealloc(self, last_pgno: int, need_pages: int) -> None:
         """Under writemap, make sure ``data.mdb`` has blocks for the pages a write
-        may touch: up to LMDB's last page plus ``need_pages`` plus
-        ``_PREALLOC_AHEAD`` bytes (clipped to the map), allocated in stretches.
+        may touch: up to LMDB's last page plus ``need_pages`` plus a stretch
+        (:meth:`_prealloc_ahead`, clipped to the map), allocated in stretches.
 
         LMDB writes a new page by storing into its map; on a file system that
         cannot back a hole page (a full disk) that store is a SIGBUS, after
@@ -717,7 +759,7 @@ class Env:
         transaction writes anything; a write still has the room allocated
         earlier (an ack or an offset commit can drain a broker whose disk
         filled) as long as at least ``_PREALLOC_MIN_PAGES`` pages are left.
-        Costs one comparison unless less than half the stretch is left.
+        Costs one comparison and an ``fstat`` unless less than half the stretch is left.
 
         Raises
         ------
@@ -726,11 +768,18 @@ class Env:
         """
         psize = self._psize
         base = (last_pgno + 1 + need_pages) * psize
-        if base + _PREALLOC_AHEAD // 2 <= self._alloc_end or self._alloc_end >= self.map_size:
-            return
+        ahead = self._prealloc_ahead(last_pgno)
+        if base + ahead // 2 <= self._alloc_end or self._alloc_end >= self.map_size:
+            try:
+                size = os.fstat(self._alloc_fd).st_size
+            except OSError:
+                size = 0
+            if size >= self._alloc_end:
+                return
+            self._alloc_end = size  # another process cut the file back (its close)
         # pages up to the last one were written (allocated); ours reach _alloc_end
         start = max(self._alloc_end, (last_pgno + 1) * psize)
-        end = min(self.map_size, base + _PREALLOC_AHEAD)
+        end = min(self.map_size, base + ahead)
         if start >= end:
             return
         try:
@@ -879,6 +928,8 @@ class Env:
     def _close_handles(self) -> None:
         if self.lmdb is not None:
             if os.getpid() == self.pid:
+                if self.writemap:
+                    self._trim_file(self.lmdb)
                 self._unguard_map()
                 self.lmdb.close()
                 self._close_alloc_fd()
@@ -1210,6 +1261,7 @@ class Env:
         room = max(0, self._hwm_pages - used - need_pages) * self._psize
         budget = min(room // 8, _SPACE_BUDGET_MAX)
         if self.writemap:  # blocks on disk for this write and the budget (D47)
+            budget = min(budget, self._prealloc_ahead(last) // _PREALLOC_BUDGET_DIV)
             self._prealloc(last, need_pages + -(-budget // self._psize))
         self.space_budget = budget
 

@@ -235,3 +235,32 @@ def test_disk_full_under_writemap_is_typed_not_sigbus(children: Any, small_fs: P
             assert stored.get(k) == crc, f"acknowledged message {k} lost"
         assert [m.offset for m in msgs] == list(range(len(msgs)))
         assert _core.guard_faults() == 0
+
+
+def test_no_nested_transactions_anywhere() -> None:
+    """``MDB_WRITEMAP`` forbids nested write transactions (LMDB returns EINVAL)."""
+    import re
+
+    src = Path(mqlite.__file__).resolve().parent
+    hits = []
+    for f in list(src.rglob("*.py")) + list(src.rglob("*.pyx")) + list(src.rglob("*.pxi")):
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"\.begin\([^)]*parent\s*=", line):
+                hits.append(f"{f.name}:{i}: {line.strip()}")
+    assert not hits, hits
+
+
+def test_file_size_limit_below_the_map_opens_without_writemap(tmp_broker_dir: Path) -> None:
+    """LMDB's ``ftruncate`` to the map would fail (EFBIG; SIGXFSZ where not ignored)."""
+    code = f"""
+import resource, mqlite
+resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 20, 32 << 20))
+with mqlite.open({str(tmp_broker_dir)!r}, durability="none", map_size=1 << 30) as b:
+    b.create_topic("t")
+    b.send("t", b"x")
+    print(b._engine.live_env().writemap, len(b.read("t", 0, 0)))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 0, f"child died ({res.returncode}): {res.stderr}"
+    assert res.stdout.split() == ["False", "1"]

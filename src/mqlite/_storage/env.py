@@ -656,7 +656,8 @@ class Env:
         where LMDB can size ``data.mdb`` to the map without a signal.
 
         A soft ``RLIMIT_FSIZE`` below the map would make LMDB's ``ftruncate``
-        raise SIGXFSZ (by default fatal); ``MQLITE_WRITEMAP=0`` turns it off.
+        fail, and raise SIGXFSZ (fatal unless ignored: CPython ignores it, an
+        embedding program may not); ``MQLITE_WRITEMAP=0`` turns it off.
         """
         if (self.durability != "none" or self._no_writemap
                 or os.environ.get("MQLITE_WRITEMAP", "1") == "0"):

@@ -101,7 +101,7 @@ def test_writemap_none_writer_beside_sync_writer_and_reader(
                    str(outs["sync"]), starts["sync"], go)
     # a second writemap writer, killed with SIGKILL half-way through
     children.start("kill", procs.send_and_record, str(tmp_broker_dir), "none", "t", "K",
-                   100 * n, str(outs["kill"]), starts["kill"], go, halfway)
+                   4 * n, str(outs["kill"]), starts["kill"], go, halfway)
     children.start("reader", procs.read_all, str(tmp_broker_dir), "sync", "t",
                    str(outs["reader"]), 2 * n, starts["reader"], go)
     for ev in starts.values():
@@ -116,7 +116,7 @@ def test_writemap_none_writer_beside_sync_writer_and_reader(
         p.join(180)
         assert p.exitcode == 0, f"{name} exited with {p.exitcode}"
     acked = {**_acked(outs["none"]), **_acked(outs["sync"]), **_acked(outs["kill"])}
-    assert len(acked) >= 2 * n + 100 * n // 2
+    assert len(acked) >= 2 * n + 4 * n // 2
     rep = verify_in_child(str(tmp_broker_dir), timeout=120)
     assert rep.ok, rep.problems
     with mqlite.open(tmp_broker_dir, durability="sync") as b:
@@ -156,8 +156,9 @@ print(n, mqlite._core.guard_faults())
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=False)
     assert res.returncode == 0, f"child died ({res.returncode}): {res.stderr}"
-    n, _faults = (int(x) for x in res.stdout.split())
+    n, faults = (int(x) for x in res.stdout.split())
     assert n == 50 + 20 * 200
+    assert faults > 0, "no store went past the cut end: the guard was not exercised"
     rep = verify_in_child(str(tmp_broker_dir), timeout=60)
     assert rep.ok, rep.problems
 

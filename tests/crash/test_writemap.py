@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -29,11 +30,13 @@ from typing import Any
 
 import _procs_writemap as procs
 import pytest
-from conftest import CTX
 
 import mqlite
 from mqlite import _core
 from mqlite.verify import verify_in_child
+
+# the crash suite's forkserver context (conftest.py preloads it; one per process)
+CTX = multiprocessing.get_context("forkserver")
 
 
 def _env(b: mqlite.Broker) -> Any:

@@ -1,6 +1,10 @@
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* fallocate */
+#endif
 #include "guard.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -11,6 +15,7 @@ typedef struct guard {
     uintptr_t start; /* 0: free slot; published last, withdrawn first */
     uintptr_t end;
     uintptr_t zeroed; /* MQ_GUARD_ZERO: lowest page mapped to zeros, 0 if none */
+    uintptr_t filled; /* MQ_GUARD_FILL: the page the last repair allocated, 0 if none */
     int fd;
     int mode;
 } guard;
@@ -34,6 +39,30 @@ static int repair(guard *g, uintptr_t addr)
         return ftruncate(g->fd, need) == 0;
     }
     uintptr_t page = addr & page_mask;
+    if (g->mode == MQ_GUARD_FILL) {
+        struct stat st;
+        off_t off = (off_t)(page - g->start);
+        off_t len = (off_t)MQ_GUARD_FILL_CHUNK;
+        off_t range = (off_t)(g->end - g->start);
+        if (len > range - off)
+            len = range - off;
+        if (fstat(g->fd, &st) < 0)
+            return 0;
+        if (off >= st.st_size) {
+            /* Past the end (the file was cut back, D47): extend it over the page
+             * and a stretch after it.  A read then sees zeros; a write allocates
+             * as any write to a file does (and faults again if it cannot). */
+            __atomic_store_n(&g->filled, 0, __ATOMIC_RELEASE);
+            return ftruncate(g->fd, off + len) == 0;
+        }
+        /* Inside the file: a hole whose block the file system could not give.
+         * The same page again right after allocating it is not a hole (an I/O
+         * error): give up rather than loop. */
+        if (__atomic_exchange_n(&g->filled, page, __ATOMIC_ACQ_REL) == page)
+            return 0;
+        /* fallocate(2) is a plain system call: safe in a signal handler. */
+        return fallocate(g->fd, 0, off, len) == 0;
+    }
     void *m = mmap((void *)page, g->end - page, PROT_READ,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED)
@@ -93,7 +122,8 @@ int mq_guard_install(void)
 
 int mq_guard_add(void *start, size_t len, int fd, int mode)
 {
-    if (!start || len == 0 || (mode != MQ_GUARD_REGROW && mode != MQ_GUARD_ZERO) || fd < 0 ||
+    if (!start || len == 0 ||
+        (mode != MQ_GUARD_REGROW && mode != MQ_GUARD_ZERO && mode != MQ_GUARD_FILL) || fd < 0 ||
         mq_guard_install() < 0)
         return MQ_EGUARD;
     for (int i = 0; i < MQ_GUARD_MAX; i++) {
@@ -104,6 +134,7 @@ int mq_guard_add(void *start, size_t len, int fd, int mode)
             continue;
         guards[i].end = (uintptr_t)start + len;
         guards[i].zeroed = 0;
+        guards[i].filled = 0;
         guards[i].fd = fd;
         guards[i].mode = mode;
         __atomic_store_n(&guards[i].start, (uintptr_t)start, __ATOMIC_RELEASE);

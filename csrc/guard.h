@@ -22,6 +22,25 @@
  *                    shared, as LMDB does) back over the zeroed pages, at the
  *                    same addresses, so pointers held by concurrent readers
  *                    stay valid.
+ *   MQ_GUARD_FILL    for LMDB's map under `writemap` (durability "none", D47),
+ *                    where the process *writes* through the map: zero pages
+ *                    would swallow those writes, and a commit could then point
+ *                    at pages never stored.  The owner keeps the file short
+ *                    (its last page plus a preallocated stretch, not the whole
+ *                    map) and allocates ahead of LMDB's last page.  A fault on
+ *                    a page at or past the end of the file grows the file
+ *                    (ftruncate, never shrinking) to that page plus
+ *                    MQ_GUARD_FILL_CHUNK bytes (clipped to the range) and
+ *                    retries: a read sees zeros, a write allocates as any
+ *                    write does.  A fault on a page inside the file (a hole
+ *                    the file system could not back: a full disk) allocates
+ *                    the page and the chunk after it (fallocate, fd open
+ *                    read-write) and retries.  When that allocation fails, or
+ *                    the same page faults again right after it was allocated
+ *                    (an I/O error, not a hole), the fault goes to the
+ *                    previous disposition: by default the process dies, which
+ *                    loses only its uncommitted transaction (as kill -9 does),
+ *                    never a committed one.
  *
  * Contract:
  *  - The handler only acts on kernel-generated SIGBUS (si_code > 0) whose
@@ -51,6 +70,8 @@
 #define MQ_GUARD_MAX 64
 #define MQ_GUARD_REGROW 1
 #define MQ_GUARD_ZERO 2
+#define MQ_GUARD_FILL 3
+#define MQ_GUARD_FILL_CHUNK (1u << 20)
 
 /* Installs the SIGBUS handler unless it already is the current one (another
  * library may have replaced it since: then it is installed again, chaining

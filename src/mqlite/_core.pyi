@@ -301,6 +301,8 @@ def buffer_address(data: bytes | bytearray | memoryview) -> int:
     """The address of ``data``'s first byte (a buffer-protocol object)."""
 def guard_zero(start: int, length: int, fd: int) -> int:
     """Guard a read-only shared map of ``fd``: a SIGBUS inside maps zero pages (id)."""
+def guard_fill(start: int, length: int, fd: int) -> int:
+    """Guard a writable shared map of ``fd``: a SIGBUS grows/allocates the file (id)."""
 def guard_restore(guard_id: int) -> None:
     """Map the file back over the pages a guarded fault zeroed."""
 def guard_remove(guard_id: int) -> None:

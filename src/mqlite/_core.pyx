@@ -1816,6 +1816,31 @@ def guard_zero(start, length, fd):
     return gid
 
 
+def guard_fill(start, length, fd):
+    """Guard ``[start, start + length)``, a writable shared map of file ``fd`` (MQ_GUARD_FILL).
+
+    For LMDB's map under ``writemap``: a SIGBUS inside the range (a write to a
+    hole the file system could not back, or a file shrunk under the map) grows
+    the file back to ``length`` bytes, allocates its blocks from the faulting
+    page on (up to 1 MiB) and retries the access, bumping :func:`guard_faults`.
+    When the blocks cannot be had, the fault goes to the previous disposition
+    (the process dies: its open write transaction is lost, nothing committed).
+    ``fd`` (opened read-write) must stay open while the guard exists.  Returns
+    the guard id; raises ``OSError`` when the table is full or the handler
+    cannot be installed.
+    """
+    cdef int64_t s = _as_i64(start, "start")
+    cdef int64_t n = _as_i64(length, "length")
+    cdef int64_t f = _as_i64(fd, "fd")
+    cdef int gid
+    if s <= 0 or n <= 0 or f < 0 or f > INT32_MAX:
+        raise ValueError("start and length must be positive, fd a descriptor")
+    gid = mq_guard_add(<void *><size_t>s, <size_t>n, <int>f, MQ_GUARD_FILL)
+    if gid < 0:
+        raise OSError(mq_strerror(gid).decode())
+    return gid
+
+
 def guard_restore(guard_id):
     """Map the file back over the pages a fault zeroed (see :func:`guard_zero`)."""
     cdef int rc = mq_guard_restore(<int>_as_i64(guard_id, "guard_id"))

@@ -175,6 +175,7 @@ cdef extern from "guard.h" nogil:
     enum:
         MQ_GUARD_REGROW
         MQ_GUARD_ZERO
+        MQ_GUARD_FILL
 
     int mq_guard_add(void *start, size_t len, int fd, int mode)
     void mq_guard_remove(int id)

@@ -2,7 +2,8 @@
 
 With SIGXFSZ ignored, a write past the limit fails with EFBIG, which is what
 a full disk looks like to LMDB (it writes through ``pwrite``; ``writemap`` is
-off).  The child sends until a send fails.  The failure must be a typed
+off under ``"sync"``; the ``"none"`` path, which writes through the map, is
+``test_writemap.py``'s).  The child sends until a send fails.  The failure must be a typed
 mqlite error (:class:`StorageError` or a subclass), never a crash or a raw
 ``lmdb`` exception; the failed send returned no metadata; and after
 reopening without the limit, ``verify`` passes, every send that returned is

@@ -104,6 +104,10 @@ class Result:
 def run_child(shim: Path, cfg: dict[str, Any], cwd: Path) -> Result:
     env = dict(os.environ)
     env["LD_PRELOAD"] = str(shim)
+    # These cases are about LMDB's write(2)/fsync(2) path.  Under "none" LMDB writes
+    # through its map (writemap, D47): nothing to intercept; its full-disk path is
+    # test_writemap.py's.  Off here, "none" takes the write(2) path again.
+    env["MQLITE_WRITEMAP"] = "0"
     for k in ("MQLITE_FAULT_OPS", "MQLITE_FAULT_AFTER", "MQLITE_FAULT_STICKY",
               "MQLITE_FAULT_LATE", "MQLITE_FAULT_ERRNO"):
         env.pop(k, None)  # the child arms the shim itself, once the broker is open

@@ -22,6 +22,12 @@ Contract
 * LMDB's map of ``data.mdb`` is guarded against SIGBUS (``_guard_map``): a
   stored size that runs past the end of the file reads zeros, so the read
   raises :class:`CorruptRecordError` instead of killing the process.
+* Under ``durability="none"`` LMDB writes through its map (``writemap``, D47):
+  no ``pwrite`` copy per dirty page.  LMDB then sizes ``data.mdb`` to the map
+  (a sparse file), so the process allocates the file's blocks ahead of LMDB's
+  last page (:meth:`Env._prealloc`): a full disk is a typed
+  :class:`StorageError` before the transaction writes, never a SIGBUS on a
+  hole.  ``MQLITE_WRITEMAP=0`` in the environment turns it off.
 * Backpressure in three tiers (:meth:`Env.check_space`): above
   ``HIGH_WATER_FRACTION`` (90%) of the map in use, sends raise
   :class:`StorageFullError`; above ``GROW_WATER_FRACTION`` (95%) so do the other
@@ -102,6 +108,18 @@ _READER_CHECK_INTERVAL = 5.0
 SPACE_SEND = "send"
 SPACE_GROW = "grow"
 _SPACE_BUDGET_MAX = 1 << 20  # bytes a process adds between two counts of the pages in use
+# writemap (D47): bytes of data.mdb allocated ahead of LMDB's last page: an eighth of
+# the pages up to it, at least _PREALLOC_AHEAD_MIN and at most _PREALLOC_AHEAD (clipped
+# to the map).  A check that finds less than half of it left allocates the next stretch.
+_PREALLOC_AHEAD = 16 << 20
+_PREALLOC_AHEAD_MIN = 1 << 20
+# Under writemap the space budget is at most this fraction of the stretch: a commit
+# takes at most ~10 fresh pages per page charged (a B-tree path copied in each of the
+# databases it touches while a reader pins the freed ones), so a budget's worth of
+# sends stays inside the half of the stretch the last check left.
+_PREALLOC_BUDGET_DIV = 20
+# The least room above the last page a write may start with when no more can be had.
+_PREALLOC_MIN_PAGES = 64
 _META = struct.Struct("<II")  # magic, version
 _LMDB_MAGIC = 0xBEEFC0DE
 _UNINITIALIZED_MAX_PAGES = 16  # see _never_initialized
@@ -458,6 +476,10 @@ def _walk_all(path: str) -> None:
     env.close()
 
 
+class _NoWritemap(Exception):
+    """Internal: the file system cannot allocate ahead; open without writemap."""
+
+
 class Env:
     """One open LMDB environment plus the broker directory's shared files."""
 
@@ -510,6 +532,12 @@ class Env:
         self._closed = False
         self._guard = -1  # SIGBUS guard over LMDB's map (see _guard_map)
         self._guard_fd = -1
+        # writemap (D47): LMDB writes through its map; data.mdb is allocated ahead
+        # up to _alloc_end bytes through _alloc_fd (see _prealloc).
+        self.writemap = False
+        self._no_writemap = False  # writemap failed here once: this Env opens without it
+        self._alloc_fd = -1
+        self._alloc_end = 0
         self._faults = _core.guard_faults()
         self._open()
 
@@ -526,6 +554,7 @@ class Env:
             self.map_size = stored if req is None else max(req, stored)
         sync = self.durability != "none"
         metasync = self.durability == "sync"
+        writemap = self._writemap_wanted()
         options: dict[str, Any] = {
             "map_size": self.map_size,
             "subdir": True,
@@ -533,7 +562,7 @@ class Env:
             "mode": self.file_mode,
             "max_dbs": len(DB_NAMES) + 2,
             "max_readers": 1024,
-            "writemap": False,
+            "writemap": writemap,
             "sync": sync,
             "metasync": metasync,
             "readahead": False,
@@ -550,7 +579,12 @@ class Env:
                 _forget_inherited_env(self.path)
                 env = lmdb.open(self.path, **options)
         except lmdb.Error as exc:
-            raise lmdb_error(exc, f"opening broker {self.path}") from exc
+            if not writemap:
+                raise lmdb_error(exc, f"opening broker {self.path}") from exc
+            # sizing the file to the map failed (a file system without sparse files
+            # or too small, a quota): open as without writemap
+            return self._open_without_writemap()
+        self.writemap = False
         try:
             if self.gate is None:
                 self.gate = _core.WriteGate(os.path.join(self.path, "data.mdb"))
@@ -558,6 +592,10 @@ class Env:
             self.gate.enter()
             try:
                 with env.begin(write=True) as txn:
+                    # under LMDB's write lock: no other writer has pages past the last one
+                    if writemap and not self._start_prealloc(env):
+                        raise _NoWritemap
+                    self.writemap = writemap
                     for name in DB_NAMES:
                         self.dbs[name] = env.open_db(name.encode(), txn=txn, create=True)
                     meta = self.dbs["meta"]
@@ -573,6 +611,9 @@ class Env:
             finally:
                 self.gate.leave()
             env.reader_check()
+        except _NoWritemap:
+            env.close()
+            return self._open_without_writemap()
         except lmdb.Error as exc:
             env.close()
             raise lmdb_error(exc, f"opening broker {self.path}") from exc
@@ -610,6 +651,160 @@ class Env:
                 self.combiner = None  # every send commits on its own, as without a ring
         self._fix_file_modes()
 
+    def _writemap_wanted(self) -> bool:
+        """Whether to open LMDB with ``writemap`` (D47): ``"none"`` only, and only
+        where LMDB can size ``data.mdb`` to the map without a signal.
+
+        A soft ``RLIMIT_FSIZE`` below the map would make LMDB's ``ftruncate``
+        fail, and raise SIGXFSZ (fatal unless ignored: CPython ignores it, an
+        embedding program may not); ``MQLITE_WRITEMAP=0`` turns it off.
+        """
+        if (self.durability != "none" or self._no_writemap
+                or os.environ.get("MQLITE_WRITEMAP", "1") == "0"):
+            return False
+        try:
+            import resource
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        except (ImportError, OSError, ValueError):
+            return False
+        return soft == resource.RLIM_INFINITY or soft >= self.map_size
+
+    def _open_without_writemap(self) -> None:
+        self._close_alloc_fd()
+        self._no_writemap = True
+        self._open()
+
+    def _start_prealloc(self, env: Any) -> bool:
+        """Give ``data.mdb`` back its size and allocate the first stretch ahead.
+
+        Called inside a write transaction (LMDB's write lock held: no writer
+        has pages past the last committed one).  LMDB under ``writemap`` sizes
+        the file to the whole map (a sparse file of ``map_size`` bytes, 64 GiB
+        by default), which a copy that does not keep holes (``shutil.copy``,
+        ``tar`` without ``--sparse``) writes out in full; so the file is cut
+        back to its last page plus a stretch (:meth:`_prealloc_ahead`; never
+        below a page in use), and that stretch is allocated.  Pages past the end fault into
+        the guard (``MQ_GUARD_FILL``), which grows the file.  Returns ``False``
+        when the file system cannot allocate (then no writemap).
+        """
+        self._close_alloc_fd()
+        try:
+            self._alloc_fd = os.open(os.path.join(self.path, "data.mdb"),
+                                     os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        self._psize = psize = env.stat()["psize"]
+        info = env.info()
+        self.map_size = info["map_size"]
+        last = info["last_pgno"]
+        keep = min(self.map_size, (last + 1) * psize + self._prealloc_ahead(last))
+        try:
+            if os.fstat(self._alloc_fd).st_size > keep:
+                os.ftruncate(self._alloc_fd, keep)
+            self._prealloc(last, 0)
+        except (OSError, StorageError):
+            self._close_alloc_fd()
+            return False
+        return True
+
+    def _trim_file(self, env: Any) -> None:
+        """On close under writemap: cut ``data.mdb`` back to its last page (D47).
+
+        Under LMDB's write lock (no writer has pages past the last committed
+        one), so the file ends as it would without writemap: copies and
+        backups see no preallocated tail.  Another writemap process that had
+        allocated past that point notices the shorter file at its next check
+        (:meth:`_prealloc`) and allocates again.  Best effort: a failure leaves
+        the tail, which the next open cuts.
+        """
+        gate = self.gate
+        if self._alloc_fd < 0 or gate is None:
+            return
+        try:
+            gate.enter()
+        except OSError:
+            return
+        try:
+            txn = env.begin(write=True)
+            try:
+                end = (env.info()["last_pgno"] + 1) * self._psize
+                if os.fstat(self._alloc_fd).st_size > end:
+                    os.ftruncate(self._alloc_fd, end)
+            finally:
+                txn.abort()
+        except (OSError, lmdb.Error):
+            pass
+        finally:
+            gate.leave()
+
+    def _prealloc_ahead(self, last_pgno: int) -> int:
+        """Bytes to allocate past LMDB's last page: an eighth of the file, 1-16 MiB."""
+        return min(_PREALLOC_AHEAD,
+                   max(_PREALLOC_AHEAD_MIN, (last_pgno + 1) * self._psize // 8))
+
+    def _close_alloc_fd(self) -> None:
+        if self._alloc_fd >= 0:
+            os.close(self._alloc_fd)
+            self._alloc_fd = -1
+        self._alloc_end = 0
+
+    def _prealloc(self, last_pgno: int, need_pages: int) -> None:
+        """Under writemap, make sure ``data.mdb`` has blocks for the pages a write
+        may touch: up to LMDB's last page plus ``need_pages`` plus a stretch
+        (:meth:`_prealloc_ahead`, clipped to the map), allocated in stretches.
+
+        LMDB writes a new page by storing into its map; on a file system that
+        cannot back a hole page (a full disk) that store is a SIGBUS, after
+        which no error can be raised from inside LMDB.  Allocating ahead turns
+        a full disk into this method's :class:`StorageError`, raised before the
+        transaction writes anything; a write still has the room allocated
+        earlier (an ack or an offset commit can drain a broker whose disk
+        filled) as long as at least ``_PREALLOC_MIN_PAGES`` pages are left.
+        Costs one comparison and an ``fstat`` unless less than half the stretch is left.
+
+        Raises
+        ------
+        StorageError
+            No space (or quota, or file size limit) for the pages the write needs.
+        """
+        psize = self._psize
+        base = (last_pgno + 1 + need_pages) * psize
+        ahead = self._prealloc_ahead(last_pgno)
+        if base + ahead // 2 <= self._alloc_end or self._alloc_end >= self.map_size:
+            try:
+                size = os.fstat(self._alloc_fd).st_size
+            except OSError:
+                size = 0
+            if size >= self._alloc_end:
+                return
+            self._alloc_end = size  # another process cut the file back (its close)
+        # pages up to the last one were written (allocated); ours reach _alloc_end
+        start = max(self._alloc_end, (last_pgno + 1) * psize)
+        end = min(self.map_size, base + ahead)
+        if start >= end:
+            return
+        try:
+            os.posix_fallocate(self._alloc_fd, start, end - start)
+            self._alloc_end = end
+            return
+        except OSError as exc:
+            first = exc
+        # Not the whole stretch: the write goes ahead in the room there is, if any.
+        least = min(self.map_size, base + _PREALLOC_MIN_PAGES * psize)
+        if least <= start:
+            return
+        try:
+            os.posix_fallocate(self._alloc_fd, start, least - start)
+            self._alloc_end = least
+            return
+        except OSError:
+            pass
+        raise StorageError(
+            f"broker {self.path}: cannot allocate disk space for data.mdb "
+            f"({first.strerror}); free disk space (or raise the quota / file size "
+            "limit); nothing of this write was stored"
+        ) from first
+
     def _guard_map(self, env: Any) -> None:
         """Guard LMDB's map of ``data.mdb`` against SIGBUS (csrc/guard.h, MQ_GUARD_ZERO).
 
@@ -636,9 +831,13 @@ class Env:
                         if (len(fields) < 6 or int(fields[2], 16) != 0
                                 or not fields[5].rstrip("\n").endswith("/data.mdb")):
                             return  # not one whole mapping of data.mdb from offset 0
+                        rw = os.O_RDWR if self.writemap else os.O_RDONLY
                         fd = os.open(os.path.join(self.path, "data.mdb"),
-                                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                        self._guard = _core.guard_zero(lo, hi - lo, fd)
+                                     rw | os.O_CLOEXEC | os.O_NOFOLLOW)
+                        # under writemap LMDB writes through the map: zero pages would
+                        # swallow those writes, so the guard allocates instead (D47)
+                        add = _core.guard_fill if self.writemap else _core.guard_zero
+                        self._guard = add(lo, hi - lo, fd)
                         self._guard_fd, fd = fd, -1
                         return
         except (OSError, ValueError, TypeError, lmdb.Error):
@@ -730,8 +929,11 @@ class Env:
     def _close_handles(self) -> None:
         if self.lmdb is not None:
             if os.getpid() == self.pid:
+                if self.writemap:
+                    self._trim_file(self.lmdb)
                 self._unguard_map()
                 self.lmdb.close()
+                self._close_alloc_fd()
             else:
                 _graveyard.append(self.lmdb)
             self.lmdb = None
@@ -881,6 +1083,17 @@ class Env:
         if self.touched or self.after_commit:  # left by a transaction not ended here
             self.touched = set()
             self.after_commit = []
+        if self.writemap:
+            # Writes that skip check_space (acks, commits, deletes) take pages too:
+            # keep blocks on disk ahead of the last page (D47).
+            try:
+                self._prealloc(self.lmdb.info()["last_pgno"], 0)
+            except lmdb.Error as exc:
+                self.abort(txn)
+                raise lmdb_error(exc, "begin write") from exc
+            except BaseException:
+                self.abort(txn)
+                raise
         tid = txn.id()
         if tid == self._cache_tid + 1:
             self.fresh_txn = txn
@@ -1037,7 +1250,8 @@ class Env:
         if tier == SPACE_SEND and now < self._full_until:
             raise StorageFullError(self._full_message(tier))
         # last_pgno bounds the pages in use from above; counting is needed only near a mark.
-        used = self.lmdb.info()["last_pgno"] + 1
+        last = self.lmdb.info()["last_pgno"]
+        used = last + 1
         if used + need_pages > self._hwm_pages:
             used = self._pages_in_use(txn)
         if used + need_pages > mark:
@@ -1046,7 +1260,11 @@ class Env:
                 self._full_until = now + 0.05
             raise StorageFullError(self._full_message(tier))
         room = max(0, self._hwm_pages - used - need_pages) * self._psize
-        self.space_budget = min(room // 8, _SPACE_BUDGET_MAX)
+        budget = min(room // 8, _SPACE_BUDGET_MAX)
+        if self.writemap:  # blocks on disk for this write and the budget (D47)
+            budget = min(budget, self._prealloc_ahead(last) // _PREALLOC_BUDGET_DIV)
+            self._prealloc(last, need_pages + -(-budget // self._psize))
+        self.space_budget = budget
 
     def space_freed(self) -> None:
         """Forget a cached "full" verdict: call after a commit that deleted data."""

@@ -1,0 +1,98 @@
+"""Child-process entry points for ``test_writemap.py`` (forkserver children).
+
+Each child records a send only after ``send`` returned: one JSON line
+``[partition, offset, crc32]`` per acknowledged message, flushed, so a child
+killed with SIGKILL leaves exactly the sends it was told succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from typing import Any
+
+import mqlite
+
+
+def _env_of(b: mqlite.Broker) -> Any:
+    return b._engine.live_env()  # test-only peek at the storage handle
+
+
+def send_and_record(path: str, durability: str, topic: str, tag: str, n: int,
+                    out: str, started: Any, go: Any, halfway: Any | None = None) -> None:
+    """Send ``n`` messages of ``tag``; record each acknowledged one in ``out``.
+
+    Sets ``started`` once the broker is open (with the handle's writemap
+    state written first to ``out + ".mode"``), waits for ``go``, and sets
+    ``halfway`` (if given) after ``n // 2`` acknowledged sends.
+    """
+    with mqlite.open(path, durability=durability, map_size=256 << 20) as b, \
+            open(out, "w", encoding="utf-8") as f:
+        with open(out + ".mode", "w", encoding="utf-8") as m:
+            m.write(json.dumps({"writemap": _env_of(b).writemap}))
+        started.set()
+        go.wait(60)
+        for i in range(n):
+            v = f"{tag}|{i}|".encode() + os.urandom(40 + i % 300)
+            md = b.send(topic, v)
+            f.write(json.dumps([md.partition, md.offset, zlib.crc32(v)]) + "\n")
+            f.flush()
+            if halfway is not None and i == n // 2:
+                halfway.set()
+
+
+def read_all(path: str, durability: str, topic: str, out: str, want: int,
+             started: Any, go: Any) -> None:
+    """Poll ``topic`` from offset 0 until ``want`` messages were read (or 60 s)."""
+    import time
+
+    with mqlite.open(path, durability=durability) as b:
+        started.set()
+        go.wait(60)
+        got: list[list[int]] = []
+        nxt = 0
+        deadline = time.monotonic() + 60
+        while len(got) < want and time.monotonic() < deadline:
+            msgs = b.read(topic, 0, nxt, max_records=1000)
+            for m in msgs:
+                got.append([m.offset, zlib.crc32(m.value)])
+            if msgs:
+                nxt = msgs[-1].offset + 1
+            else:
+                time.sleep(0.002)  # polling with a deadline, not synchronisation
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(json.dumps(got))
+
+
+def fill_until_full(path: str, out: str) -> None:
+    """Under ``"none"`` on a small file system: send 8 KiB messages until a send fails.
+
+    Writes ``{"writemap", "acked", "error", "read_back", "after"}`` to ``out``:
+    the error as ``[module, name, text]``; ``read_back`` the number of acked
+    messages read back in the same process after the failure; ``after`` the
+    outcome of one more small send.
+    """
+    res: dict[str, Any] = {"acked": [], "error": None}
+    try:
+        with mqlite.open(path, durability="none", map_size=64 << 20) as b:
+            res["writemap"] = _env_of(b).writemap
+            b.create_topic("t")
+            for i in range(100_000):
+                v = f"{i}|".encode() + os.urandom(8192)
+                try:
+                    md = b.send("t", v)
+                except Exception as exc:  # noqa: BLE001 - reported to the parent
+                    res["error"] = [type(exc).__module__, type(exc).__name__, str(exc)]
+                    break
+                res["acked"].append([md.partition, md.offset, zlib.crc32(v)])
+            msgs = b.read("t", 0, 0, max_records=100_000)
+            res["read_back"] = len(msgs)
+            try:
+                md = b.send("t", b"small")
+                res["after"] = ["ok", md.offset]
+            except Exception as exc:  # noqa: BLE001
+                res["after"] = [type(exc).__module__, type(exc).__name__, str(exc)]
+    finally:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(json.dumps(res))

@@ -1804,16 +1804,7 @@ def guard_zero(start, length, fd):
     Returns the guard id; raises ``OSError`` when the table is full or the
     handler cannot be installed.
     """
-    cdef int64_t s = _as_i64(start, "start")
-    cdef int64_t n = _as_i64(length, "length")
-    cdef int64_t f = _as_i64(fd, "fd")
-    cdef int gid
-    if s <= 0 or n <= 0 or f < 0 or f > INT32_MAX:
-        raise ValueError("start and length must be positive, fd a descriptor")
-    gid = mq_guard_add(<void *><size_t>s, <size_t>n, <int>f, MQ_GUARD_ZERO)
-    if gid < 0:
-        raise OSError(mq_strerror(gid).decode())
-    return gid
+    return _guard_add(start, length, fd, MQ_GUARD_ZERO)
 
 
 def guard_fill(start, length, fd):
@@ -1829,13 +1820,18 @@ def guard_fill(start, length, fd):
     the guard id; raises ``OSError`` when the table is full or the handler
     cannot be installed.
     """
+    return _guard_add(start, length, fd, MQ_GUARD_FILL)
+
+
+cdef int _guard_add(start, length, fd, int mode) except -1:
+    """Add a guard of ``mode`` (guard_zero, guard_fill): the id; ValueError, OSError."""
     cdef int64_t s = _as_i64(start, "start")
     cdef int64_t n = _as_i64(length, "length")
     cdef int64_t f = _as_i64(fd, "fd")
     cdef int gid
     if s <= 0 or n <= 0 or f < 0 or f > INT32_MAX:
         raise ValueError("start and length must be positive, fd a descriptor")
-    gid = mq_guard_add(<void *><size_t>s, <size_t>n, <int>f, MQ_GUARD_FILL)
+    gid = mq_guard_add(<void *><size_t>s, <size_t>n, <int>f, mode)
     if gid < 0:
         raise OSError(mq_strerror(gid).decode())
     return gid

@@ -1086,27 +1086,27 @@ class Env:
         if self.writemap:
             # Writes that skip check_space (acks, commits, deletes) take pages too:
             # keep blocks on disk ahead of the last page (D47).
-            try:
-                self._prealloc(self.lmdb.info()["last_pgno"], 0)
-            except lmdb.Error as exc:
-                self.abort(txn)
-                raise lmdb_error(exc, "begin write") from exc
-            except BaseException:
-                self.abort(txn)
-                raise
+            self._or_abort(txn, self._prealloc_now)
         tid = txn.id()
         if tid == self._cache_tid + 1:
             self.fresh_txn = txn
         else:
-            try:
-                self.revalidate(txn)
-            except lmdb.Error as exc:
-                self.abort(txn)
-                raise lmdb_error(exc, "begin write") from exc
-            except BaseException:
-                self.abort(txn)
-                raise
+            self._or_abort(txn, self.revalidate, txn)
         return txn
+
+    def _prealloc_now(self) -> None:
+        self._prealloc(self.lmdb.info()["last_pgno"], 0)
+
+    def _or_abort(self, txn: Any, fn: Any, *args: Any) -> None:
+        """``fn(*args)`` for a write transaction just begun; abort it if that raises."""
+        try:
+            fn(*args)
+        except lmdb.Error as exc:
+            self.abort(txn)
+            raise lmdb_error(exc, "begin write") from exc
+        except BaseException:
+            self.abort(txn)
+            raise
 
     def revalidate(self, txn: Any) -> None:
         """Drop the write-path cache at the start of write transaction ``txn``, which

@@ -23,6 +23,7 @@
 #define OWNER_OFF 8
 #define LEN_OFF 12
 #define STATUS_OFF 16
+#define FLAGS_OFF 20
 #define R0_OFF 24
 #define R1_OFF 32
 #define R2_OFF 40
@@ -288,9 +289,18 @@ int64_t mq_comb_claim(mq_comb *c, uint32_t pid)
 
 uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len)
 {
+    return mq_comb_fill_flags(c, idx, data, len, MQ_COMB_F_GATHER);
+}
+
+uint64_t mq_comb_fill_flags(mq_comb *c, uint32_t idx, const void *data, uint32_t len,
+                            uint32_t flags)
+{
     uint8_t *s = slot_at(c, idx);
     memcpy(s + MQ_COMB_SLOT_HEADER, data, len);
     memcpy(s + LEN_OFF, &len, 4);
+    /* a hint read by other processes without ordering: relaxed atomic, published
+     * with the FILLED release store below */
+    __atomic_store_n((uint32_t *)(void *)(s + FLAGS_OFF), flags, __ATOMIC_RELAXED);
     uint64_t t = __atomic_fetch_add(next_ticket(c), 1, __ATOMIC_RELAXED) & (UINT64_MAX >> 2);
     __atomic_store_n(word_of(c, idx), (t << 2) | MQ_COMB_FILLED, __ATOMIC_RELEASE);
     /* seq_cst pair with mq_comb_gather: either it sees this FILLED or we see it waiting */
@@ -312,6 +322,20 @@ uint32_t mq_comb_filled(const mq_comb *c)
     return n;
 }
 
+uint32_t mq_comb_filled_gathering(const mq_comb *c)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        if ((__atomic_load_n(word_of(c, i), __ATOMIC_ACQUIRE) & 3u) != MQ_COMB_FILLED)
+            continue;
+        uint32_t f = __atomic_load_n((uint32_t *)(void *)(slot_at(c, i) + FLAGS_OFF),
+                                     __ATOMIC_RELAXED);
+        if (f & MQ_COMB_F_GATHER)
+            n++;
+    }
+    return n;
+}
+
 static int64_t mono_ns(void)
 {
     struct timespec ts;
@@ -326,7 +350,7 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
      * or every fill would go on paying a futex wake for nobody. */
     if (__atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_RELAXED) != 0)
         __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 0, __ATOMIC_SEQ_CST);
-    uint32_t n = mq_comb_filled(c);
+    uint32_t n = mq_comb_filled_gathering(c);
     if (want > c->nslots)
         want = c->nslots;
     /* Gather only while at most half of the expected are here: waiting for the
@@ -343,7 +367,7 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
     __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 1, __ATOMIC_SEQ_CST);
     for (;;) {
         uint32_t s = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
-        n = mq_comb_filled(c);
+        n = mq_comb_filled_gathering(c);
         if (n >= want)
             break;
         int64_t left = deadline - mono_ns();
@@ -371,7 +395,7 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
 void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns)
 {
     /* before DONE: the taken slots are still FILLED, and so are the arrivals */
-    uint32_t active = mq_comb_filled(c);
+    uint32_t active = mq_comb_filled_gathering(c);
     if (active < taken)
         active = taken > c->nslots ? c->nslots : taken;
     __atomic_store_n(hdr_u32(c, ACTIVE_OFF), active, __ATOMIC_RELAXED);

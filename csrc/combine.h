@@ -39,10 +39,11 @@
  *   44      4     gatherer: 1 while the lock holder sleeps on fill_seq (a
  *                 filler wakes it only then); a gather clears a 1 left by a
  *                 holder that died in one
- *   48      4     active: the committers' estimate of how many operations a
- *                 commit can expect (the slots FILLED when the last commit
- *                 returned: its own plus those filled while it ran; lowered to
- *                 what arrived when a gather times out)
+ *   48      4     active: the committers' estimate of how many gathering
+ *                 operations (slots with MQ_COMB_F_GATHER, i.e. sends) a commit
+ *                 can expect (those FILLED when the last commit returned: its
+ *                 own plus those filled while it ran; lowered to what arrived
+ *                 when a gather times out)
  *   52      4     commit_us: moving average of a combined commit's duration
  *                 in microseconds (bounds a gather)
  *   56      8     last_send_ns: CLOCK_MONOTONIC nanoseconds of the last fill
@@ -56,7 +57,11 @@
  *   8       4     owner pid
  *   12      4     len (payload bytes)
  *   16      4     status (result code; the caller's meaning, 0 = ok)
- *   20      4     reserved
+ *   20      4     flags, written by mq_comb_fill before FILLED (a hint, D46):
+ *                 bit 0 MQ_COMB_F_GATHER = a commit may wait for operations
+ *                 like this one (sends); offset commits and acks leave it 0.
+ *                 A file written by a version without flags holds zeros or a
+ *                 stale value here: at most one bounded gather more or less
  *   24      8     r0 \
  *   32      8     r1  } result values (e.g. partition, offset, timestamp)
  *   40      8     r2 /
@@ -98,13 +103,15 @@
  *    their tickets are in LMDB's ticket table; the next committer finds them
  *    there, writes the stored results and marks them DONE without appending
  *    again.
- * Gathering (mq_comb_gather, D35): a committer about to begin its transaction
- * may wait, holding the combining lock, when at most half of `active` slots
- * are FILLED, until `active` slots are FILLED or min(max_wait, commit_us / 2)
- * has passed, so senders that alternate with it
- * (each arriving just after the other's commit began) share commits.  It
- * changes no slot state; a filler that sees the gatherer flag wakes it.  Only
- * the holder of the combining lock may call it.
+ * Gathering (mq_comb_gather, D35, D46): a committer about to begin its
+ * transaction may wait, holding the combining lock, when at most half of
+ * `active` gathering slots are FILLED, until `active` are or
+ * min(max_wait, commit_us / 2) has passed, so senders that alternate with it
+ * (each arriving just after the other's commit began) share commits.  Only
+ * slots filled with MQ_COMB_F_GATHER (sends) count: an offset commit or ack is
+ * never waited for (it follows the senders instead, below).  It changes no
+ * slot state; a filler that sees the gatherer flag wakes it.  Only the holder
+ * of the combining lock may call it.
  *
  * Following (mq_comb_follow, D43): an operation that is not a send (an offset
  * commit, a queue ack) whose filler finds a send filled within the last
@@ -149,6 +156,8 @@
 #define MQ_COMB_SLOT_HEADER 64u
 
 enum { MQ_COMB_FREE = 0, MQ_COMB_CLAIMED = 1, MQ_COMB_FILLED = 2, MQ_COMB_DONE = 3 };
+/* Slot flags (mq_comb_fill_flags): a commit may gather for this operation. */
+#define MQ_COMB_F_GATHER 1u
 
 typedef struct mq_comb {
     uint8_t *base;       /* NULL when closed */
@@ -185,6 +194,10 @@ void mq_comb_unclaim(mq_comb *c, uint32_t idx);
 /* Copies `len` (<= slot_bytes) payload bytes into claimed slot `idx`, takes
  * a ticket and publishes FILLED (release).  Returns the ticket. */
 uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len);
+/* mq_comb_fill with the slot's flags (MQ_COMB_F_*) stored before FILLED;
+ * mq_comb_fill is this with MQ_COMB_F_GATHER. */
+uint64_t mq_comb_fill_flags(mq_comb *c, uint32_t idx, const void *data, uint32_t len,
+                            uint32_t flags);
 /* Acquire load of slot `idx`'s word (ticket << 2 | state). */
 uint64_t mq_comb_word(const mq_comb *c, uint32_t idx);
 /* Pointer to / length of the payload of slot `idx` (valid while FILLED). */
@@ -229,16 +242,20 @@ void mq_comb_wake(mq_comb *c, uint32_t idx);
 int mq_comb_intact(const mq_comb *c);
 /* Number of FILLED slots now. */
 uint32_t mq_comb_filled(const mq_comb *c);
+/* Number of FILLED slots now whose flags have MQ_COMB_F_GATHER. */
+uint32_t mq_comb_filled_gathering(const mq_comb *c);
 /* Committer holding the lock, before it collects: when at most half of
- * `active` slots are FILLED, sleeps (futex on fill_seq) until `active` are
- * FILLED or min(max_wait_us, commit_us / 2)
+ * `active` gathering slots (MQ_COMB_F_GATHER) are FILLED, sleeps (futex on
+ * fill_seq) until `active` are or min(max_wait_us, commit_us / 2)
  * microseconds passed; when it times out short, `active` becomes what arrived.
- * Returns the number of FILLED slots at the end (at once when active <= 1). */
+ * Returns the number of FILLED gathering slots at the end (at once when
+ * active <= 1). */
 uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us);
-/* Committer after a combined commit of `taken` slots that took `commit_ns`,
- * before it marks them DONE: active = the slots FILLED now (the taken ones and
- * those that arrived during the commit; at least `taken`); commit_us moves a
- * quarter of the way to commit_ns / 1000 (at most 1 s). */
+/* Committer after a combined commit of `taken` gathering slots (sends) that
+ * took `commit_ns`, before it marks them DONE: active = the gathering slots
+ * FILLED now (the taken ones and those that arrived during the commit; at
+ * least `taken`); commit_us moves a quarter of the way to commit_ns / 1000
+ * (at most 1 s). */
 void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns);
 /* Sender of a send, after mq_comb_fill: last_send_ns = now (relaxed store). */
 void mq_comb_note_send(mq_comb *c);

@@ -1568,17 +1568,22 @@ cdef class Combiner:
         """CLAIMED -> FREE: hand back a slot claimed but not filled."""
         mq_comb_unclaim(&self.c, self._idx(idx))
 
-    def fill(self, idx, payload):
-        """Copy ``payload`` into claimed slot ``idx`` and publish it FILLED; returns the ticket."""
+    def fill(self, idx, payload, gather=True):
+        """Copy ``payload`` into claimed slot ``idx`` and publish it FILLED; returns the ticket.
+
+        ``gather``: a committer may wait for operations like this one (a send);
+        ``False`` for offset commits and acks, which are never waited for (D46).
+        """
         cdef uint32_t i = self._idx(idx)
         cdef Py_buffer view
         cdef uint64_t t
+        cdef uint32_t flags = MQ_COMB_F_GATHER if gather else 0
         _acquire(payload, &view, "payload")
         try:
             if view.len > self.c.slot_bytes:
                 raise ValueError(f"payload of {view.len} bytes does not fit a slot "
                                  f"({self.c.slot_bytes} bytes)")
-            t = mq_comb_fill(&self.c, i, view.buf, <uint32_t>view.len)
+            t = mq_comb_fill_flags(&self.c, i, view.buf, <uint32_t>view.len, flags)
         finally:
             PyBuffer_Release(&view)
         return t
@@ -1694,6 +1699,11 @@ cdef class Combiner:
         self._check()
         return mq_comb_filled(&self.c)
 
+    def filled_gathering(self):
+        """How many slots are FILLED now by operations a commit may gather for (sends)."""
+        self._check()
+        return mq_comb_filled_gathering(&self.c)
+
     def gather(self, max_wait_us):
         """Lock holder, before collecting: sleep (GIL released) until the expected
         number of slots is FILLED, at most ``min(max_wait_us, commit time / 2)``
@@ -1714,8 +1724,8 @@ cdef class Combiner:
         return n
 
     def note_commit(self, taken, commit_ns):
-        """After a combined commit of ``taken`` slots that took ``commit_ns``: update the
-        gather hints."""
+        """After a combined commit of ``taken`` gathering slots (sends) that took
+        ``commit_ns``: update the gather hints."""
         self._check()
         cdef int64_t t = _as_i64(taken, "taken")
         cdef int64_t ns = _as_i64(commit_ns, "commit_ns")

@@ -189,6 +189,7 @@ cdef extern from "combine.h" nogil:
         MQ_COMB_CLAIMED
         MQ_COMB_FILLED
         MQ_COMB_DONE
+        MQ_COMB_F_GATHER
 
     ctypedef struct mq_comb:
         int fd
@@ -202,6 +203,9 @@ cdef extern from "combine.h" nogil:
     void mq_comb_close(mq_comb *c)
     int64_t mq_comb_claim(mq_comb *c, uint32_t pid)
     uint64_t mq_comb_fill(mq_comb *c, uint32_t idx, const void *data, uint32_t len)
+    uint64_t mq_comb_fill_flags(mq_comb *c, uint32_t idx, const void *data, uint32_t len,
+                                uint32_t flags)
+    uint32_t mq_comb_filled_gathering(const mq_comb *c)
     uint64_t mq_comb_word(const mq_comb *c, uint32_t idx)
     const uint8_t *mq_comb_payload(const mq_comb *c, uint32_t idx, uint32_t *len)
     uint32_t mq_comb_collect(const mq_comb *c, uint32_t *out, uint64_t *tickets, uint32_t max)

@@ -106,10 +106,10 @@ _COMBINE_MAX = 64
 #: committer that died, or a hand-off wake-up lost to a race, costs at most this).
 _COMBINE_WAIT_S = 0.002
 #: Microseconds a committer waits at most for the senders the last commits had
-#: (and never more than half a commit's duration): csrc/combine.h, D35.  Off by
-#: default: with it on, the kill -9 torture's producers (which sleep 0-12 ms between
-#: sends) stalled (D35); opt in with ``MQLITE_GATHER_US``.
-_GATHER_MAX_US = 0
+#: (and never more than half a commit's duration): csrc/combine.h, D35.  On by
+#: default since D46 (the torture stall that kept it off was D42's lost wake-up, and
+#: only sends are waited for); ``MQLITE_GATHER_US=0`` turns it off.
+_GATHER_MAX_US = 1000
 
 
 #: A leader leaving FILLED slots behind wakes the owners of this many of the oldest
@@ -125,7 +125,7 @@ _FOLLOW = os.environ.get("MQLITE_FOLLOW", "1") != "0"
 
 @functools.cache
 def _gather_us() -> int:
-    """``MQLITE_GATHER_US`` (microseconds, 0-100000; 0 never gathers), else 0."""
+    """``MQLITE_GATHER_US`` (microseconds, 0-100000; 0 never gathers), else 1000."""
     raw = os.environ.get("MQLITE_GATHER_US", "")
     if not raw:
         return _GATHER_MAX_US
@@ -164,6 +164,7 @@ def on_consumed_floor(
 # its result tuple; it must write nothing when it returns a status other than OK.
 _RING_HANDLERS: dict[int, Callable[[Any, Any, bytes], tuple[int, int, int, int]]] = {}
 RING_KIND_APPEND = 0
+_KIND_APPEND_BYTE = bytes((RING_KIND_APPEND,))
 
 
 def on_ring_kind(kind: int,
@@ -248,6 +249,7 @@ class Engine:
         # two alternating topics on one partition each)
         self._rr: dict[str, Iterator[int]] = {}
         self._last_retention: dict[int, float] = {}
+        self._taken_sends = 0  # sends in the last ring commit (the gather hint, D46)
         # The common case of send() in Cython (D36), one per environment.
         if env.send_path is None:
             env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
@@ -830,7 +832,9 @@ class Engine:
                     comb.unclaim(i)
                 return None
             mine.append(idx)
-        done = [(comb.fill(i, p), _core.DONE) for i, p in zip(mine, payloads)]
+        # Only sends are gathered for: a commit never waits for an offset commit or
+        # an ack, which follow the senders' commits instead (D43, D46).
+        done = [(comb.fill(i, p, not follow), _core.DONE) for i, p in zip(mine, payloads)]
         env = self.env
         tlock = env.comb_lock
         word = comb.word
@@ -899,7 +903,7 @@ class Engine:
             else:
                 t0 = time.perf_counter_ns()
                 self._ring_commit(txn)
-                comb.note_commit(len(taken), time.perf_counter_ns() - t0)
+                comb.note_commit(self._taken_sends, time.perf_counter_ns() - t0)
                 self._ring_done(comb, taken)
             if all(comb.word(i) == d for i, d in zip(mine, done)) or _ring_lost(
                     comb, mine, done):
@@ -954,11 +958,14 @@ class Engine:
         recs: dict[str, TopicRecord | None] = {}
         filled = _core.FILLED
         word = comb.word
+        sends = 0
         for idx, ticket in slots:
             payload = comb.payload(idx)
             if word(idx) != (ticket, filled):
                 continue  # withdrawn by its owner while we copied it
             taken.append((idx, ticket))
+            if payload[:1] == _KIND_APPEND_BYTE:
+                sends += 1
             res = known.get(ticket)
             if res is not None:
                 results.append((idx, ticket, res))
@@ -968,6 +975,7 @@ class Engine:
                 results.append((idx, ticket, res))
                 fresh.append((ticket, res))
         self._flush_runs(txn, runs, results, fresh)
+        self._taken_sends = sends  # the gather hint of the commit (note_commit)
         _tickets.record_many(txn, dbs, fresh)
         for idx, _ticket, res in results:
             comb.set_result(idx, *res)

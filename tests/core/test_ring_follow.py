@@ -124,10 +124,12 @@ def test_a_group_commit_rides_the_next_send(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the commit never reached the ring"
             time.sleep(0.0005)
         assert lm.info()["last_txnid"] == tx0  # it did not commit on its own
+        assert comb.filled_gathering() == 0  # not a send: no commit waits for it (D46)
         b.send("t", b"second")  # leads: carries the offset commit in its transaction
         th.join(10)
         assert not th.is_alive() and not errors, errors
         assert lm.info()["last_txnid"] == tx0 + 1
+        assert comb.hints()[0] == 1  # the estimate counts the send, not the offset commit
         c.close()
         c2 = b.consumer("t", group="g", commit="manual")
         assert [m.value for m in c2.poll(10, timeout=5)] == [b"second"]

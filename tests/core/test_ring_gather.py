@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import mqlite
 from mqlite import _core
@@ -204,3 +205,53 @@ def test_a_gather_clears_the_flag_a_dead_gatherer_left(tmp_path: Path) -> None:
     with open(path, "rb") as f:
         f.seek(44)
         assert f.read(4) == bytes(4)
+
+
+def test_only_sends_are_gathered_for(tmp_path: Path) -> None:
+    """D46: slots filled with ``gather=False`` (offset commits, acks) neither count
+    in the estimate nor satisfy a gather: a commit waits only for senders."""
+    r = ring(tmp_path)
+    send = r.claim(os.getpid())
+    r.fill(send, b"send")  # a send (the default)
+    acks = [r.claim(os.getpid()) for _ in range(2)]
+    for i in acks:
+        r.fill(i, b"ack", gather=False)
+    assert r.filled() == 3 and r.filled_gathering() == 1
+    r.note_commit(1, 200_000_000)  # took the send; the two acks do not raise the estimate
+    assert r.hints()[0] == 1
+    t0 = time.monotonic()
+    assert r.gather(100_000) == 1  # a lone sender's commit: no wait for the acks
+    assert time.monotonic() - t0 < 0.05
+    # Two senders expected, one here: acks arriving do not end the wait.
+    second = r.claim(os.getpid())
+    r.fill(second, b"second")
+    r.note_commit(2, 200_000_000)
+    assert r.hints()[0] == 2
+    assert r.withdraw(second, r.word(second)[0])
+    late = r.claim(os.getpid())
+
+    def late_ack() -> None:
+        time.sleep(0.01)
+        r.fill(late, b"late ack", gather=False)
+
+    th = threading.Thread(target=late_ack)
+    t0 = time.monotonic()
+    th.start()
+    assert r.gather(50_000) == 1  # timed out short (50 ms cap): still one send
+    waited = time.monotonic() - t0
+    th.join()
+    assert waited >= 0.045, waited
+    assert r.hints()[0] == 1  # lowered to what came
+    assert r.filled() == 4
+
+
+def test_the_gather_is_on_by_default(monkeypatch: Any) -> None:
+    monkeypatch.delenv("MQLITE_GATHER_US", raising=False)
+    engine_mod._gather_us.cache_clear()
+    try:
+        assert engine_mod._gather_us() == 1000
+        monkeypatch.setenv("MQLITE_GATHER_US", "0")
+        engine_mod._gather_us.cache_clear()
+        assert engine_mod._gather_us() == 0
+    finally:
+        engine_mod._gather_us.cache_clear()

@@ -30,18 +30,24 @@ def _stack_names() -> list[str]:
     return names
 
 
+async def _awaited_inline_future() -> tuple[Any, InlineFuture[int], list[str], Any]:
+    """An InlineFuture and a task awaiting it, which records when (and where) it resumed."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    fut: InlineFuture[int] = InlineFuture(loop)
+
+    async def waiter() -> None:
+        order.append(f"resumed {await fut}")
+        order.append("inside" if "resolve" in _stack_names() else "outside")
+
+    task = loop.create_task(waiter())
+    await asyncio.sleep(0)  # the task now awaits fut
+    return loop, fut, order, task
+
+
 def test_inline_future_resumes_its_task_inside_the_resolving_callback() -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        order: list[str] = []
-        fut: InlineFuture[int] = InlineFuture(loop)
-
-        async def waiter() -> None:
-            order.append(f"resumed {await fut}")
-            order.append("inside" if "resolve" in _stack_names() else "outside")
-
-        task = loop.create_task(waiter())
-        await asyncio.sleep(0)  # the task now awaits fut
+        loop, fut, order, task = await _awaited_inline_future()
 
         def resolve() -> None:
             fut.set_result(5)
@@ -56,19 +62,11 @@ def test_inline_future_resumes_its_task_inside_the_resolving_callback() -> None:
 
 def test_inline_future_resolved_inside_a_task_resumes_the_next_iteration() -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        order: list[str] = []
-        fut: InlineFuture[int] = InlineFuture(loop)
-
-        async def waiter() -> None:
-            order.append(f"resumed {await fut}")
-
-        task = loop.create_task(waiter())
-        await asyncio.sleep(0)
+        loop, fut, order, task = await _awaited_inline_future()
         fut.set_result(1)  # this task is running: a task cannot run inside it
         order.append("set")
         await task
-        assert order == ["set", "resumed 1"]
+        assert order == ["set", "resumed 1", "outside"]
         # an exception is delivered the same way
         fut2: InlineFuture[int] = InlineFuture(loop)
         t2 = loop.create_task(_await(fut2))

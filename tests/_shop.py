@@ -112,3 +112,14 @@ def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[str]:
     outs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * len(procs), outs
     return outs
+
+
+def wait_analytics_caught_up(b: object, timeout: float) -> dict[int, int]:
+    """Wait until the ``analytics`` group committed every non-empty ``order-created``
+    partition to its end (``b``: a broker of either backend); those end offsets."""
+    ends = {p.partition: p.end_offset
+            for p in b.describe_topic("order-created").partitions}  # type: ignore[attr-defined]
+    want = {k: v for k, v in ends.items() if v}
+    wait_until(lambda: b.committed_offsets(  # type: ignore[attr-defined]
+        "analytics", "order-created") == want, timeout, "analytics to commit every order")
+    return want

@@ -107,19 +107,16 @@ class SendFuture(Generic[T]):
     def _wait(self, timeout: float | None) -> None:
         if self._state != _PENDING:
             return
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))):
+            raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        helper = self._helper
+        if helper is not None and (timeout is None or timeout >= HELP_MIN_TIMEOUT):
+            self._helper = None
+            helper()  # may commit (and resolve) this record in this thread (D49)
         if timeout is None:
-            helper = self._helper
-            if helper is not None:
-                self._helper = None
-                helper()
             got = self._gate.acquire()
         else:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-            helper = self._helper
-            if helper is not None and timeout >= HELP_MIN_TIMEOUT:
-                self._helper = None
-                helper()
             got = self._gate.acquire(True, max(float(timeout), 0.0))
         if not got:
             raise _Timeout("the record was not committed within the timeout")

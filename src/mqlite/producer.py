@@ -404,6 +404,8 @@ class Producer:
                     if left <= 0:
                         break
                     wake.wait(left)
+                if self._in_flight or not self._queue:
+                    continue  # a waiting sender took the queue while this waited
                 items = self._take()
             self._commit_timed(items)
 

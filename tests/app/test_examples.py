@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _polling import wait_until
-from _shop import example_env, publish_orders, shop_services, stop_all
+from _shop import example_env, publish_orders, shop_services, stop_all, wait_analytics_caught_up
 
 import mqlite
 from mqlite import TopicPartition
@@ -47,11 +46,7 @@ def test_shop_flow(tmp_broker_dir: Path) -> None:
             paid = _read_until(b, "payment-processed", n - declined)
             sent = _read_until(b, "notification-sent", n - declined)
             alerts = _read_until(b, "alerts", declined)
-            ends = {p.partition: p.end_offset
-                    for p in b.describe_topic("order-created").partitions}
-            want = {k: v for k, v in ends.items() if v}
-            wait_until(lambda: b.committed_offsets("analytics", "order-created") == want,
-                       TIMEOUT, "analytics to commit every order")
+            want = wait_analytics_caught_up(b, TIMEOUT)
             outs = stop_all(procs, TIMEOUT)
             # exactly once per order, declined ones in the DLQ after one attempt
             paid = _read_until(b, "payment-processed", n - declined)

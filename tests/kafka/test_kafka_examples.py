@@ -14,8 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from _polling import wait_until
-from _shop import example_env, publish_orders, shop_services, stop_all
+from _shop import example_env, publish_orders, shop_services, stop_all, wait_analytics_caught_up
 from test_kafka_app import _read
 
 pytest.importorskip("confluent_kafka")
@@ -52,11 +51,7 @@ def test_shop_flow_on_kafka_with_3_payment_workers(kafka_url: str) -> None:
             sent = _read_until(b, "notification-sent", n - declined)
             alerts = [msgspec.json.decode(m.value)
                       for m in _read_until(b, "alerts", declined)]
-            ends = {p.partition: p.end_offset
-                    for p in b.describe_topic("order-created").partitions}
-            want = {k: v for k, v in ends.items() if v}
-            wait_until(lambda: b.committed_offsets("analytics", "order-created") == want,
-                       TIMEOUT, "analytics to commit every order")
+            want = wait_analytics_caught_up(b, TIMEOUT)
             outs = stop_all(procs, TIMEOUT)
             # exactly once per order (Kafka transactions), declined ones dead-lettered once
             paid = [msgspec.json.decode(m.value) for m in

@@ -136,7 +136,7 @@ int mq_bells_wait(mq_bells *b, int index, uint32_t expected, int64_t timeout_ns)
 void mq_bells_listen(mq_bells *b, int index, int fd, const volatile int *stop);
 
 /* Rings every entry with bit `slot` set.  Any thread, no lock; called by
- * mq_notify_bump after it saw a non-zero waiter count. */
+ * mq_notify_bump when the slot's waiters word counts an armed event loop. */
 void mq_bells_ring(const mq_bells *b, size_t slot);
 
 #endif

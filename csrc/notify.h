@@ -28,10 +28,24 @@
  *  - The futex operations are the shared (non-PRIVATE) ones: the words live
  *    in a file mapping shared between processes.
  *
- *  - Doorbells (doorbell.h): when `bells` is set, a bump that sees a non-zero
- *    waiter count also rings the FIFOs of the event loops that armed the
- *    slot.  An event loop registers with mq_notify_waiters_add(+1) after
- *    arming, so the bump's waiter check covers it too.
+ *  - The waiters word counts two kinds of waiter:
+ *
+ *        bits 31..16  event loops armed on the slot (doorbells), in units of
+ *                     MQ_NOTIFY_BELL_UNIT
+ *        bits 15..0   threads asleep in mq_notify_wait (futex sleepers)
+ *
+ *    A bump makes the FUTEX_WAKE syscall only when the low half is non-zero
+ *    and scans the doorbells only when the high half is: a slot watched only
+ *    by event loops costs no futex syscall on the way to their rings, and
+ *    one watched only by threads no doorbell scan.  (65,535 sleepers at
+ *    once, or as many processes killed inside a wait, would carry into the
+ *    high half: then bumps also scan the doorbells, which is harmless.)
+ *
+ *  - Doorbells (doorbell.h): when `bells` is set, a bump whose waiters word
+ *    has a non-zero high half rings the doorbells of the event loops that
+ *    armed the slot.  An event loop registers with
+ *    mq_notify_waiters_add(+MQ_NOTIFY_BELL_UNIT) after arming, so the bump's
+ *    waiter check covers it too.
  *
  * Linux uses futex(2).  Other systems sleep-poll: re-read seq every 1 ms at
  * most until it changes or the timeout passes.
@@ -95,8 +109,12 @@ uint32_t mq_notify_load(const mq_notify *n, size_t slot);
  * waiting on it, making the syscall only when the waiter count is non-zero. */
 void mq_notify_bump(mq_notify *n, size_t slot);
 
-/* Adds `delta` (+1 or -1) to the slot's waiter count (seq_cst): an event
- * loop waiting through a doorbell counts as a waiter while it waits. */
+/* One event loop armed on a slot, in the waiters word (see the contract). */
+#define MQ_NOTIFY_BELL_UNIT (1u << 16)
+
+/* Adds `delta` to the slot's waiters word (seq_cst): an event loop waiting
+ * through a doorbell adds +MQ_NOTIFY_BELL_UNIT while it waits and the same
+ * negated after. */
 void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta);
 
 #define MQ_NOTIFY_RETURN_ON_EINTR 1 /* mq_notify_wait flag */

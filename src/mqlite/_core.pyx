@@ -1119,14 +1119,14 @@ cdef class Notifier:
         cdef size_t s = self._slot(slot)
         self._bells()
         mq_bells_arm(self.bells, <int>_as_i64(index, "index"), s)
-        mq_notify_waiters_add(&self.n, s, 1)
+        mq_notify_waiters_add(&self.n, s, MQ_NOTIFY_BELL_UNIT)
 
     def bell_disarm(self, index, slot):
         """Undo one :meth:`bell_arm` (quietly nothing once closed)."""
         if self.bells == NULL or not self.is_open:
             return
         cdef size_t s = self._slot(slot)
-        mq_notify_waiters_add(&self.n, s, -1)
+        mq_notify_waiters_add(&self.n, s, -<int>MQ_NOTIFY_BELL_UNIT)
         mq_bells_disarm(self.bells, <int>_as_i64(index, "index"), s)
 
     def bell_load(self, index):

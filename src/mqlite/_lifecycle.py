@@ -14,6 +14,10 @@ threads are inside (with their nesting depth, so callbacks such as
   waiters sleep on, so a thread already inside ``futex_wait`` returns at once;
   a thread about to wait sees the flag or a changed word (it loads the word
   before checking the flag), so no wake-up is lost.
+* :meth:`enter_beside` / :meth:`exit_beside` bracket a read-only call that
+  runs beside the thread inside (``mqlite.aio`` reads the next batch on the
+  loop while a worker commits): it never counts for ``exclusive``, and
+  ``close()`` waits for it as for a caller.
 * :meth:`request_close` decides how ``close()`` runs.  From a thread that is
   inside a call of the owner (a signal handler that interrupted ``poll``, or a
   callback) the real close is deferred to that call's outermost exit, which
@@ -54,6 +58,7 @@ class UseGuard:
     """Entry bookkeeping for one consumer object (see the module docstring)."""
 
     __slots__ = (
+        "_beside",
         "_cv",
         "_gen",
         "_lock",
@@ -72,6 +77,7 @@ class UseGuard:
         self._lock = threading.RLock()
         self._cv = threading.Condition(self._lock)  # close() waits here for callers to leave
         self._users: dict[int, list[int]] = {}  # thread id -> [depth, wake-up generation]
+        self._beside = 0  # read-only calls running beside the users (enter_beside)
         self._gen = 0
         self._pending = False  # a wakeup() that found no caller inside
         self._wake = wake
@@ -88,6 +94,7 @@ class UseGuard:
             self._lock = threading.RLock()
             self._cv = threading.Condition(self._lock)
             self._users = {}
+            self._beside = 0
             self.closing = self._pending = False
             self.close_deferred = 0
 
@@ -136,6 +143,33 @@ class UseGuard:
             # the thread that asked for a deferred close performs it (other
             # threads of a Queue just leave; the close waits for them)
             return self.close_deferred == me and not self.closing
+
+    def enter_beside(self) -> bool:
+        """Register a read-only call that may run beside a thread inside a call.
+
+        For a helper that only reads the owner's state and storage (never
+        writes either) while another thread is inside, e.g. ``mqlite.aio``'s
+        read-ahead on the loop thread while a worker thread commits.  It does
+        not count for ``exclusive``; :meth:`request_close` waits for it.
+
+        Returns
+        -------
+        bool
+            False (nothing registered) when a close is under way: skip the call.
+        """
+        self._after_fork()
+        with self._lock:
+            if self.closing or self.close_deferred:
+                return False
+            self._beside += 1
+            return True
+
+    def exit_beside(self) -> None:
+        """End a call registered by :meth:`enter_beside` (which returned True)."""
+        with self._lock:
+            self._beside -= 1
+            if self.closing:
+                self._cv.notify_all()
 
     def inside(self) -> bool:
         """Whether the current thread is inside a call of the owner."""
@@ -187,7 +221,7 @@ class UseGuard:
         if deferred:
             return False
         with self._cv:
-            while self._users:
+            while self._users or self._beside:
                 self._cv.wait(0.5)
                 if self._users:
                     self._wake()  # a caller that was between its check and its wait

@@ -23,6 +23,7 @@ from mqlite._storage import log as _log
 from mqlite.config import MAX_I64, require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
     ClosedError,
+    MqliteError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
 )
@@ -63,6 +64,17 @@ class PollStep(NamedTuple):
     seq: int
     wait: float
     needs_writes: bool
+
+
+class _Ahead(NamedTuple):
+    """A batch :meth:`Consumer.read_ahead` read and kept for the next fetch."""
+
+    max_records: int
+    tps: list[TopicPartition]  # the assignment it was read under
+    positions: list[int]  # the position of each of tps then (-1: not resolved yet)
+    moves: list[tuple[TopicPartition, int]]  # (partition, its position after the batch)
+    messages: list[_core.Message]
+    due: int | None  # the next delayed message's due ms, read in the same transaction
 
 
 def _normalize_topics(topics: str | Iterable[str] | None) -> list[str]:
@@ -155,6 +167,7 @@ class Consumer:
         self._manual: list[TopicPartition] | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._rotation = 0
+        self._ahead: _Ahead | None = None  # a batch read ahead (read_ahead), not yet returned
         self._closed = False
         self._group: Any = None
         self._waiting_on = 0  # the wake-up word poll() waits on (for wakeup())
@@ -356,6 +369,12 @@ class Consumer:
         The due time comes from the same read transaction, so polling costs no
         extra transaction for delayed-message support.
         """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and self._starts_at(ahead, max_records):
+            self._rotation += 1
+            for tp, nxt in ahead.moves:
+                self._positions[tp] = nxt
+            return ahead.messages, ahead.due
         env = self._env
         tps = self.assignment()
         out: list[_core.Message] = []
@@ -385,6 +404,78 @@ class Consumer:
         for tp, nxt in advanced:
             self._positions[tp] = nxt
         return out, due
+
+    def _starts_at(self, ahead: _Ahead, max_records: int) -> bool:
+        """Whether a fetch of ``max_records`` now starts where ``ahead`` was read."""
+        tps = self.assignment()
+        if max_records != ahead.max_records or tps != ahead.tps:
+            return False
+        positions = self._positions
+        return [positions.get(tp, -1) for tp in tps] == ahead.positions
+
+    def read_ahead(self, max_records: int | None = None) -> bool:
+        """Read the batch the next ``poll(max_records)`` would return, without consuming it.
+
+        For ``mqlite.aio``: called on the event loop while a worker thread
+        runs :meth:`commit` on this consumer, so the next poll's read overlaps
+        the commit's fsync.  It only reads (positions, assignment, storage)
+        and keeps the batch aside; the next fetch returns it only when it is
+        still exactly what that fetch would start from (same ``max_records``,
+        assignment and positions: a seek, a rebalance or a put-back discards
+        it).  Messages that arrived after this read are returned by a later
+        poll, as with any read.  Any thread; may run beside a thread inside a
+        call (:meth:`UseGuard.enter_beside`).
+
+        Returns
+        -------
+        bool
+            Whether a batch was kept (False: nothing to read, a position the
+            next poll must resolve first, a close under way, or any error,
+            which the next poll then meets itself).
+        """
+        if max_records is None:
+            max_records = self._max_poll
+        require_int(max_records, "max_records", minimum=1)
+        if self._closed or self._ahead is not None or not self._life.enter_beside():
+            return False
+        try:
+            ahead = self._read_ahead(max_records)
+        except MqliteError:
+            return False
+        finally:
+            self._life.exit_beside()
+        self._ahead = ahead
+        return ahead is not None
+
+    def _read_ahead(self, max_records: int) -> _Ahead | None:
+        env = self._env
+        tps = self.assignment()
+        if not tps:
+            return None
+        positions = [self._positions.get(tp, -1) for tp in tps]
+        out: list[_core.Message] = []
+        moves: list[tuple[TopicPartition, int]] = []
+        with env.read_txn() as txn:
+            due = scheduler.next_due_in(txn, env.dbs)
+            n = len(tps)
+            start = self._rotation % n
+            for i in range(n):
+                tp = tps[(start + i) % n]
+                pos = positions[(start + i) % n]
+                pid, _ = self._pid(txn, tp)
+                st = _log.load_state(txn, env.dbs, pid)
+                if pos < 0 or pos < st.start or pos > st.next:
+                    return None  # resolved (committed offset, reset policy) by the poll
+                if pos == st.next:
+                    continue
+                nxt = _log.read_records(txn, env.dbs, pid, pos, max_records - len(out), out,
+                                        tp.topic, tp.partition, st.next)
+                moves.append((tp, nxt))
+                if len(out) >= max_records:
+                    break
+        if not out:
+            return None
+        return _Ahead(max_records, tps, positions, moves, out, due)
 
     def _wait_slot(self) -> int:
         if len(self._topics) == 1:

@@ -123,6 +123,49 @@ def test_poll_wakes_on_send_from_another_process(path: Path, bell_mode: str) -> 
     run(main())
 
 
+def test_one_send_wakes_a_loop_and_a_sleeping_thread_on_the_same_word(path: Path) -> None:
+    """The word's waiter count keeps event loops and sleeping threads apart (D52): a bump
+    must still ring the loop's doorbell and FUTEX_WAKE the thread when both wait."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("t")
+            c = b.consumer("t")
+            assert await c.poll(timeout=0.01) == []
+            blocking = mqlite.open(path, durability="none")
+            sc = blocking.consumer("t")
+            assert sc.poll(timeout=0.01) == []
+            got: list[bytes] = []
+            entered = threading.Event()
+
+            def sync_poll() -> None:
+                entered.set()
+                got.extend(m.value for m in sc.poll(timeout=30))
+
+            t = threading.Thread(target=sync_poll)
+            sender = await asyncio.to_thread(Sender, path, ["t"])
+            try:
+                t.start()
+                await asyncio.to_thread(entered.wait, 30)
+                task = asyncio.create_task(c.poll(timeout=30))
+                while b._bell().waiting() == 0:
+                    await asyncio.sleep(0.001)
+                sender.go("both")
+                async with asyncio.timeout(10):  # a lost wake-up would take 30 s
+                    msgs = await task
+                assert [m.value for m in msgs] == [b"both"]
+                await asyncio.to_thread(t.join, 10)
+                assert not t.is_alive(), "the sleeping thread was not woken"
+                assert got == [b"both"]
+            finally:
+                await asyncio.to_thread(sender.close)
+                sc.close()
+                blocking.close()
+            await c.close()
+
+    run(main())
+
+
 def _resumed_inline() -> bool:
     """Whether the running task was resumed by an ``InlineFuture`` (it is on the stack)."""
     f: Any = sys._getframe(1)

@@ -122,6 +122,17 @@ class Runner:
             return await self._put(call, (), True)
         return await self._put(fn, args, True)
 
+    def call(self, fn: Callable[..., Any], *args: Any) -> Job:
+        """As :meth:`run`, but returns the job at once (await it), so the loop can do
+        other work while the call runs.
+
+        Raises
+        ------
+        ClosedError
+            The handle is closed.
+        """
+        return self._put(fn, args, True)
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Job:
         """Start ``fn(*args)`` in a worker thread; the job (a future of its outcome).
 

@@ -94,6 +94,7 @@ class AsyncConsumer:
         self._wake_lock = threading.Lock()
         self._inflight: asyncio.Future[Any] | None = None  # a round orphaned by a cancel
         self._buffer: list[_core.Message] = []
+        self._last_max: int | None = None  # max_records of the last poll (the read-ahead's)
 
     # -- plain (non-blocking) calls --------------------------------------------------------
     @property
@@ -157,6 +158,7 @@ class AsyncConsumer:
                 "this consumer is being polled by another task; a consumer serves one task "
                 "at a time: create one consumer per task")
         self._busy = True
+        self._last_max = max_records
         # One coroutine frame from here to the awaited future (the wait is armed inline,
         # not in a nested coroutine): cancelling a waiting poll unwinds only this frame.
         try:
@@ -248,8 +250,19 @@ class AsyncConsumer:
         return self._buffer.pop()
 
     async def commit(self, offsets: Any = None) -> None:
-        """As :meth:`mqlite.Consumer.commit` (a write: runs in a worker thread)."""
-        await self._broker._runner.run(self.sync.commit, offsets)
+        """As :meth:`mqlite.Consumer.commit` (a write: runs in a worker thread).
+
+        While the worker commits (an fsync under ``durability="sync"``), the
+        loop reads the batch the next :meth:`poll` will return
+        (:meth:`mqlite.Consumer.read_ahead`), so a ``poll`` + ``commit`` loop
+        overlaps its read with the commit's sync.  The batch is returned only
+        if it is still what that poll would read (no seek, rebalance or other
+        ``max_records`` in between).
+        """
+        job = self._broker._runner.call(self.sync.commit, offsets)
+        if not self._busy:  # (a poll waiting in another task reads for itself)
+            self.sync.read_ahead(self._last_max)
+        await job
 
     @overload
     async def committed(self, tp: TopicPartition) -> int | None: ...

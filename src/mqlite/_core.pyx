@@ -1404,9 +1404,12 @@ cdef class UringBell:
     def dispatch(self, dict waits, after):
         """Have :meth:`on_readable` resolve the waits of ``waits`` (the caller's dict).
 
-        ``waits`` maps a notifier slot to ``{future: expected value}`` and is
-        read, never changed, by :meth:`on_readable`; ``after(flags)`` is
-        called by it when something is left to do (see there).
+        ``waits`` maps a notifier slot to ``{future: expected value}``; the
+        doorbell arms a slot (``Notifier.bell_arm``) when it adds the slot's
+        first wait.  :meth:`on_readable` removes the waits it resolves, and
+        a slot it leaves without waits it removes and disarms
+        (``Notifier.bell_disarm``).  ``after(flags)`` is called by it when
+        something is left to do (see there).
         """
         self.waits = waits
         self.after = after
@@ -1416,7 +1419,8 @@ cdef class UringBell:
 
         A future of :meth:`dispatch`'s dict that is not done gets
         ``set_result(True)`` when its slot's word differs from its expected
-        value.  Nothing is submitted here (a system call on the wake-up's
+        value, after it left the dict (and its slot was disarmed when it was
+        the slot's last wait).  Nothing is submitted here (a system call on the wake-up's
         path); ``after(flags)`` is called when a completion was consumed and
         something is left: ``flags & 1``, a wait is still pending (submit
         again soon); ``flags & 2``, the kernel failed the wait (retry later);
@@ -1428,6 +1432,8 @@ cdef class UringBell:
         cdef uint32_t cur
         cdef Py_ssize_t slot
         cdef list moved = []
+        cdef list freed = []  # the slot of each moved future
+        cdef Py_ssize_t i
         if self.waits is None:
             return
         n = mq_uring_bell_reap(&self.u, &failed)
@@ -1452,8 +1458,17 @@ cdef class UringBell:
                         continue
                     if cur != <uint32_t>seq:
                         moved.append(fut)
+                        freed.append(key)
                     else:
                         flags |= 1
+            # The moved waits leave the dict here, and a slot left without waits is
+            # disarmed (D52): the resumed task's own disarm then has nothing to do.
+            for i in range(len(moved)):
+                key = freed[i]
+                w = self.waits.get(key)
+                if w is not None and (<dict>w).pop(moved[i], None) is not None and not w:
+                    del self.waits[key]
+                    self.n.bell_disarm(self.index, key)
         # Resolved after the walk (D48): a future that resumes its task inline lets
         # that task arm, disarm or close the bell while this runs.
         for fut in moved:

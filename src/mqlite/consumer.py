@@ -23,7 +23,6 @@ from mqlite._storage import log as _log
 from mqlite.config import MAX_I64, require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
     ClosedError,
-    MqliteError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
 )
@@ -440,7 +439,7 @@ class Consumer:
             return False
         try:
             ahead = self._read_ahead(max_records)
-        except MqliteError:
+        except Exception:  # noqa: BLE001 - a speculative read: the next poll meets the error
             return False
         finally:
             self._life.exit_beside()

@@ -208,6 +208,8 @@ class LoopBell:
             self._stale += 1
         slot, fut = reg[3], reg[4]
         waits = self._waits.get(slot)
+        # (a wait the io_uring reader callback resolved has left the dict already, and
+        # its slot was disarmed there when it was the last one: nothing to do here)
         if waits is None or waits.pop(fut, None) is None or waits:
             return
         del self._waits[slot]

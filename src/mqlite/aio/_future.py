@@ -30,6 +30,7 @@ __all__ = ["InlineFuture"]
 
 _T = TypeVar("_T")
 _current_task = asyncio.current_task
+_set_result = asyncio.Future.set_result
 
 
 class InlineFuture(asyncio.Future[_T]):
@@ -66,8 +67,9 @@ class InlineFuture(asyncio.Future[_T]):
     def set_result(self, result: _T) -> None:
         """As :meth:`asyncio.Future.set_result`; then the awaiting task resumes (inline
         when no task is running on this loop)."""
-        super().set_result(result)
-        self._resume(True)
+        _set_result(self, result)
+        if self._wake is not None:
+            self._resume(True)
 
     def set_exception(self, exception: type | BaseException) -> None:
         """As :meth:`asyncio.Future.set_exception`; then as :meth:`set_result`."""

@@ -377,32 +377,52 @@ class Consumer:
         env = self._env
         tps = self.assignment()
         out: list[_core.Message] = []
-        advanced: list[tuple[TopicPartition, int]] = []
         with env.read_txn() as txn:
             due = scheduler.next_due_in(txn, env.dbs)
             if not tps:
                 return out, due
-            n = len(tps)
-            start = self._rotation % n
+            advanced = self._read(txn, tps, None, max_records, out)
             self._rotation += 1
-            for i in range(n):
-                tp = tps[(start + i) % n]
-                pid, _ = self._pid(txn, tp)
-                st = _log.load_state(txn, env.dbs, pid)
-                pos = self._resolve_position(txn, tp, st)
-                if pos >= st.next:
-                    continue
-                nxt = _log.read_records(txn, env.dbs, pid, pos, max_records - len(out), out,
-                                        tp.topic, tp.partition, st.next)
-                advanced.append((tp, nxt))
-                if len(out) >= max_records:
-                    break
         # Positions move only once every read succeeded: if a later partition raises
         # (a corrupt batch), messages read before it were never returned and must not
         # count as consumed (a commit would skip them).
-        for tp, nxt in advanced:
+        for tp, nxt in advanced or ():  # (never None: positions=None resolves them)
             self._positions[tp] = nxt
         return out, due
+
+    def _read(self, txn: Any, tps: list[TopicPartition], positions: list[int] | None,
+              max_records: int, out: list[_core.Message],
+              ) -> list[tuple[TopicPartition, int]] | None:
+        """Read up to ``max_records`` into ``out`` from ``tps``, round-robin from the
+        current rotation; ``(partition, next position)`` of each partition read.
+
+        ``positions=None``: from the consumer's positions, resolving unset or
+        out-of-range ones (a poll).  Else from ``positions`` (one per ``tps``),
+        without changing anything: ``None`` when one needs resolving (a
+        read-ahead leaves that to the poll).
+        """
+        dbs = self._env.dbs
+        n = len(tps)
+        start = self._rotation % n
+        moves: list[tuple[TopicPartition, int]] = []
+        for i in range(n):
+            tp = tps[(start + i) % n]
+            pid, _ = self._pid(txn, tp)
+            st = _log.load_state(txn, dbs, pid)
+            if positions is None:
+                pos = self._resolve_position(txn, tp, st)
+            else:
+                pos = positions[(start + i) % n]
+                if pos < 0 or pos < st.start or pos > st.next:
+                    return None
+            if pos >= st.next:
+                continue
+            nxt = _log.read_records(txn, dbs, pid, pos, max_records - len(out), out,
+                                    tp.topic, tp.partition, st.next)
+            moves.append((tp, nxt))
+            if len(out) >= max_records:
+                break
+        return moves
 
     def _starts_at(self, ahead: _Ahead, max_records: int) -> bool:
         """Whether a fetch of ``max_records`` now starts where ``ahead`` was read."""
@@ -453,26 +473,10 @@ class Consumer:
             return None
         positions = [self._positions.get(tp, -1) for tp in tps]
         out: list[_core.Message] = []
-        moves: list[tuple[TopicPartition, int]] = []
         with env.read_txn() as txn:
             due = scheduler.next_due_in(txn, env.dbs)
-            n = len(tps)
-            start = self._rotation % n
-            for i in range(n):
-                tp = tps[(start + i) % n]
-                pos = positions[(start + i) % n]
-                pid, _ = self._pid(txn, tp)
-                st = _log.load_state(txn, env.dbs, pid)
-                if pos < 0 or pos < st.start or pos > st.next:
-                    return None  # resolved (committed offset, reset policy) by the poll
-                if pos == st.next:
-                    continue
-                nxt = _log.read_records(txn, env.dbs, pid, pos, max_records - len(out), out,
-                                        tp.topic, tp.partition, st.next)
-                moves.append((tp, nxt))
-                if len(out) >= max_records:
-                    break
-        if not out:
+            moves = self._read(txn, tps, positions, max_records, out)
+        if moves is None or not out:
             return None
         return _Ahead(max_records, tps, positions, moves, out, due)
 

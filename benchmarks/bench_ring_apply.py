@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--stale", type=int, default=0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        b = mqlite.open(os.path.join(d, "b"), durability="lazy")
+        # a 1 GiB map, as bench_send_cpu.py: valgrind refuses the default size
+        b = mqlite.open(os.path.join(d, "b"), durability="lazy", map_size=1 << 30)
         b.create_topic("orders", partitions=args.partitions)
         b.send("orders", b"warm-up")
         eng = b._engine

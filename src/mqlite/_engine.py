@@ -1056,11 +1056,11 @@ class Engine:
         for run in runs.values():
             try:
                 env.check_space(txn, run.nbytes, SPACE_SEND)
-                parts = [run]
+                parts, admitted = [run], True
             except StorageFullError:
-                parts = run.split()
+                parts, admitted = run.split(), False
             for r in parts:
-                if len(parts) > 1:
+                if not admitted:  # a run of one slot too (D50: it was appended unchecked)
                     try:
                         env.check_space(txn, r.nbytes, SPACE_SEND)
                     except StorageFullError:

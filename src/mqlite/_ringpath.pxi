@@ -94,6 +94,7 @@ cdef class RingApply:
     cdef object storage_full     # mqlite.errors.StorageFullError
     cdef object topic_missing    # mqlite.errors.TopicNotFoundError
     cdef object t_put            # lmdb.Transaction.put, unbound
+    cdef object t_get            # lmdb.Transaction.get, unbound
     cdef _RingSlot *slots
     cdef uint32_t slot_cap
     cdef _RingRun *runs
@@ -444,7 +445,7 @@ cdef class RingApply:
         if txn is ed["fresh_txn"]:
             st_obj = ed["state_cache"].get(pyid)
         if st_obj is None:
-            st_obj = self.load_state_w(txn, self.env, pyid)
+            st_obj = self._load_state(txn, dbs["partitions"], pyid, pid)
         st = <PartitionState?>st_obj
         while k >= 0:
             s = &self.slots[k]
@@ -485,6 +486,35 @@ cdef class RingApply:
         self.t_put(txn, skey, state, True, True, False, dbs["partitions"])
         ed["touched"].add(t.rec.name)
         return 0
+
+    cdef object _load_state(self, txn, pdb, object pyid, uint32_t pid):
+        """_storage.log.load_state_w on a cache miss: the stored 48-byte state (the layout
+        SendPath writes) unpacked here and cached; anything but a well-formed state (none
+        stored, a wrong length, end below start, a value above 2**63 - 1) goes to
+        load_state_w, which raises what it raises."""
+        cdef object skey = _bytes_new(NULL, 4), raw
+        cdef const uint8_t *p
+        cdef uint64_t s0, n0, b0
+        cdef PartitionState st
+        _put_be32(<uint8_t *>PyBytes_AS_STRING(skey), pid)
+        if self.t_get is None:
+            self.t_get = type(txn).get
+        raw = self.t_get(txn, skey, None, pdb)
+        if type(raw) is bytes and len(<bytes>raw) == 48:
+            p = <const uint8_t *>PyBytes_AS_STRING(raw)
+            s0 = _get_be64(p)
+            n0 = _get_be64(p + 8)
+            b0 = _get_be64(p + 16)
+            if s0 <= n0 and n0 <= <uint64_t>INT64_MAX and b0 <= <uint64_t>INT64_MAX:
+                st = PartitionState.__new__(PartitionState)
+                st.start = <int64_t>s0
+                st.next = <int64_t>n0
+                st.bytes = <int64_t>b0
+                st.first_ts = <int64_t>_get_be64(p + 24)
+                st.last_ts = <int64_t>_get_be64(p + 32)
+                self.ed["state_cache"][pyid] = st
+                return st
+        return self.load_state_w(txn, self.env, pyid)
 
     cdef Py_ssize_t _record(self, txn, mdb, uint32_t n) except -1:
         """The fresh results as one ticket entry (_storage.tickets.record_many's layout,

@@ -266,6 +266,33 @@ def test_a_run_refused_for_space_is_applied_slot_by_slot(tmp_broker_dir: Path,
         b.close()
 
 
+def test_a_lone_slot_refused_for_space_gets_storage_full(tmp_broker_dir: Path,
+                                                        monkeypatch: Any) -> None:
+    """A run of one slot that the space check refuses is refused (D35's Python apply
+    appended it unchecked: it re-checked only runs of several slots)."""
+    b = mqlite.open(tmp_broker_dir, durability="lazy")
+    try:
+        b.create_topic("t", partitions=2)
+        eng = b._engine
+        env = eng.env
+        slots = [_fill(b, _payload("t", 0, [[b"B" * 3000]])), _fill(b, _payload("t", 1, [[b"s"]]))]
+
+        def check_space(txn: Any, nbytes: int = 0, tier: str = "") -> None:
+            if nbytes > 2000:
+                raise StorageFullError("full")
+
+        monkeypatch.setattr(env, "check_space", check_space)
+        monkeypatch.setattr(env, "space_budget", 0)
+        compiled, python = _apply_both(b, slots)
+        assert compiled == python
+        results = compiled[2]
+        assert results[slots[0][0]] == (engine_mod._ST_FULL, 0, 0, 0)
+        assert results[slots[1][0]] == (0, 1, 0, 1000)
+        assert len(compiled[1]["records"]) == 1
+    finally:
+        b.close()
+
+
 def test_a_withdrawn_or_empty_ring_writes_nothing(tmp_broker_dir: Path) -> None:
     b = mqlite.open(tmp_broker_dir, durability="lazy")
     try:
@@ -303,6 +330,35 @@ def test_the_ticket_entry_has_the_storage_layout(tmp_broker_dir: Path) -> None:
         finally:
             env.abort(txn)
         assert got == want
+    finally:
+        b.close()
+
+
+def test_a_bad_partition_state_raises_as_the_python_path_does(tmp_broker_dir: Path) -> None:
+    b = mqlite.open(tmp_broker_dir, durability="lazy")
+    try:
+        b.create_topic("t", partitions=2)
+        eng = b._engine
+        env = eng.env
+        pids = eng.topic_cached("t").pids
+        slots = [_fill(b, _payload("t", p, [[b"v"]])) for p in (0, 1)]
+        bad = {"short": bytes(47), "end below start": struct.pack(">QQQqqQ", 5, 4, 0, -1, -1, 0),
+               "above 2**63 - 1": struct.pack(">QQQqqQ", 0, 1 << 63, 0, -1, -1, 0)}
+        for what, state in bad.items():
+            for take in (eng._take_ring, eng._take_ring_py):
+                txn = env.write_txn()
+                try:
+                    txn.put(pids[1].to_bytes(4, "big"), state, db=env.dbs["partitions"])
+                    env.state_cache.clear()
+                    with pytest.raises(CorruptRecordError):
+                        take(txn, env.combiner)
+                finally:
+                    env.abort(txn)
+                for i, t in slots:  # no answer was written: still FILLED, no result
+                    assert env.combiner.word(i) == (t, _core.FILLED), what
+                    assert env.combiner.result(i) == (0, 0, 0, 0), what
+        compiled, python = _apply_both(b, slots)  # the stored states are fine
+        assert compiled == python
     finally:
         b.close()
 

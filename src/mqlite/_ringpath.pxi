@@ -14,7 +14,9 @@
 #    of batches: one space check (the budget's common case inline, else
 #    Env.check_space; a run refused as a whole is applied slot by slot, so
 #    exactly the slots that do not fit get "storage full"), one partition state
-#    (Env.state_cache / _storage.log.load_state_w), a put per batch, retention
+#    (Env.state_cache, else the stored 48 bytes unpacked here as
+#    _storage.log.load_state reads them; anything malformed goes to
+#    load_state_w, which raises), a put per batch, retention
 #    through Engine._after_append when the topic has any, one state put, the
 #    topic marked touched;
 #  - anything else (an append with a dedup id, another kind of slot, a payload

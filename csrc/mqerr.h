@@ -30,9 +30,11 @@ enum {
     MQ_ETIMESTAMP = -12, /* max_timestamp/base_timestamp disagree with the records */
     MQ_EFIELDLEN = -13,  /* a negative length or count where none is allowed */
     MQ_ERECATTR = -14,   /* record attributes are not 0 */
-    MQ_ETOOBIG = -15,    /* encoder: a batch would not fit its 32-bit length field */
+    MQ_ETOOBIG = -15,    /* encoder: a batch would not fit its 32-bit length field;
+                          ringop: more batches than the caller made room for */
     MQ_EINTR = -16,      /* notify: a wait was interrupted by a signal */
-    MQ_EINVAL = -17,     /* notify: slot count is 0 or too large to map */
+    MQ_EINVAL = -17,     /* notify: slot count is 0 or too large to map;
+                          ringop: not an append, or a malformed one */
     MQ_EOPEN = -18,      /* notify: the file could not be opened or created (errno kept) */
     MQ_ELOCK = -19,      /* notify: flock() on the file failed (errno kept) */
     MQ_ESIZE = -20,      /* notify: fstat()/ftruncate() of the file failed (errno kept) */

@@ -355,6 +355,35 @@ class SendPath:
         closing, being reopened or due for its reader check.  Errors inside the
         transaction abort it and raise as ``Engine.send`` raises them."""
 
+class RingApply:
+    """The commit ring committer's apply step for one environment (D50), built once
+    per environment (``Env.ring_apply``) with the pieces it shares with the Python
+    path: ``RingApply(env, load_state_w, SPACE_SEND, StorageFullError,
+    TopicNotFoundError, tickets.load)``.
+    """
+
+    def __init__(self, env: Any, load_state_w: Any, space_send: str, storage_full: type,
+                 topic_missing: type) -> None: ...
+    def take(self, engine: Any, txn: Any, comb: Combiner,
+             max_slots: int) -> list[tuple[int, int]] | None:
+        """Holding the combining lock and ``txn``: apply the (at most ``max_slots``)
+        oldest FILLED slots, record their results under their tickets in ``txn`` and
+        write each into its slot; ``Engine._take_ring``'s contract and results.  Plain
+        appends are applied here, in runs per partition; dedup-id appends, other slot
+        kinds and payloads ``parse_ring_append`` refuses go through
+        ``engine._stage_slot`` after the runs before them.  Returns the ``(slot,
+        ticket)`` pairs to mark DONE after the commit, or ``None`` when nothing was
+        written.  An exception leaves ``txn`` to the caller to abort; no slot result
+        is written then."""
+
+def parse_ring_append(
+        payload: Any) -> tuple[str, bytes | None, int, int, int, list[bytes], int]:
+    """``(topic, dedup key or None, partition, timestamp_ms, max_message_bytes,
+    batches, records)`` of an append slot payload (csrc/ringop.h); every batch's
+    header is checked.  ``ValueError`` for a payload that is truncated, not an
+    append, has a negative partition, no batch or bytes after its batches, or a bad
+    batch header; ``UnicodeDecodeError`` for a topic that is not UTF-8."""
+
 LANE_DONE: int
 LANE_SUSPENDED: int
 LANE_REPLY: int

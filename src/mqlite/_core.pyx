@@ -19,7 +19,7 @@ from cpython.tuple cimport PyTuple_Check
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_Check, PyUnicode_DecodeUTF8
 from libc.stdint cimport INT32_MAX, INT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memset
+from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close
 
@@ -2005,3 +2005,8 @@ include "_sendpath.pxi"
 # -- the App's lean handler loop (docs/decisions.md D40) -------------------------------
 
 include "_lanepath.pxi"
+
+
+# -- the commit ring's apply step (docs/decisions.md D50) ----------------------------
+
+include "_ringpath.pxi"

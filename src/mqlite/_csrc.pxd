@@ -124,6 +124,35 @@ cdef extern from "batch.h" nogil:
     int mq_batch_find_timestamp(const uint8_t *buf, size_t len, int64_t ts, int64_t *index)
 
 
+cdef extern from "ringop.h" nogil:
+    enum:
+        MQ_RINGOP_APPEND
+        MQ_RINGOP_HEAD
+
+    ctypedef struct mq_ringop_batch:
+        const uint8_t *ptr
+        uint32_t len
+        uint32_t record_count
+        int64_t base_timestamp
+        int64_t max_timestamp
+
+    ctypedef struct mq_ringop:
+        uint8_t kind
+        const uint8_t *topic
+        uint32_t topic_len
+        const uint8_t *dedup
+        int32_t dedup_len
+        int32_t partition
+        int64_t timestamp
+        uint32_t max_message_bytes
+        uint32_t batch_count
+        uint64_t records
+        uint64_t bytes
+
+    int mq_ringop_parse(const uint8_t *buf, size_t len, mq_ringop *op, mq_ringop_batch *batches,
+                        uint32_t cap)
+
+
 cdef extern from "doorbell.h" nogil:
     ctypedef struct mq_bells:
         int sys_errno

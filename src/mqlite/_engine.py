@@ -255,6 +255,11 @@ class Engine:
             env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
                                            SPACE_SEND)
         self.send_path: Any = env.send_path
+        # The commit ring's apply step in Cython (D50), one per environment.
+        if env.ring_apply is None:
+            env.ring_apply = _core.RingApply(env, _log.load_state_w, SPACE_SEND,
+                                             StorageFullError, TopicNotFoundError)
+        self.ring_apply: Any = env.ring_apply
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -935,6 +940,15 @@ class Engine:
     def _take_ring(self, txn: Any, comb: Any) -> list[tuple[int, int]] | None:
         """Holding both locks: apply every FILLED slot in ``txn`` and store its result.
 
+        ``_core.RingApply.take`` (D50): :meth:`_take_ring_py`'s steps, with plain
+        appends (no dedup id) parsed and applied in Cython and everything else
+        staged here (:meth:`_stage_slot`) in slot order.
+        """
+        return self.ring_apply.take(self, txn, comb, _COMBINE_MAX)
+
+    def _take_ring_py(self, txn: Any, comb: Any) -> list[tuple[int, int]] | None:
+        """The reference of :meth:`_take_ring`, all in Python (the tests compare them).
+
         Returns the ``(slot, ticket)`` pairs to mark DONE once ``txn`` has
         committed, or ``None`` when the transaction wrote nothing at all.
 
@@ -1042,11 +1056,11 @@ class Engine:
         for run in runs.values():
             try:
                 env.check_space(txn, run.nbytes, SPACE_SEND)
-                parts = [run]
+                parts, admitted = [run], True
             except StorageFullError:
-                parts = run.split()
+                parts, admitted = run.split(), False
             for r in parts:
-                if len(parts) > 1:
+                if not admitted:  # a run of one slot too (D50: it was appended unchecked)
                     try:
                         env.check_space(txn, r.nbytes, SPACE_SEND)
                     except StorageFullError:

@@ -505,6 +505,8 @@ class Env:
         self.gate: Any = None
         # The single-send fast path (_core.SendPath, D36), made by the first Engine.
         self.send_path: Any = None
+        # The commit ring's apply step (_core.RingApply, D50), made by the first Engine.
+        self.ring_apply: Any = None
         # flock is per open file description: the threads of this process exclude
         # each other from leading the ring with this lock (csrc/combine.h).
         self.comb_lock = threading.Lock()

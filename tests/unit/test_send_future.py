@@ -15,10 +15,21 @@ from mqlite.future import SendFuture
 def test_result_blocks_until_resolved_from_another_thread() -> None:
     fut: SendFuture[int] = SendFuture()
     assert not fut.done() and not fut.cancelled() and not fut.running()
-    threading.Timer(0.05, fut.set_result, args=(42,)).start()
-    t0 = time.monotonic()
-    assert fut.result(timeout=5) == 42
-    assert time.monotonic() - t0 >= 0.04
+    steps: list[str] = []
+    go = threading.Event()
+
+    def resolve() -> None:
+        go.wait(10)  # the main thread is about to block in result()
+        steps.append("resolved")
+        fut.set_result(42)
+
+    t = threading.Thread(target=resolve)
+    t.start()
+    go.set()
+    assert fut.result(timeout=10) == 42
+    steps.append("returned")
+    t.join(10)
+    assert steps == ["resolved", "returned"]  # result() waited for the resolution
     assert fut.done() and fut.exception() is None
     assert fut.result() == 42  # again: resolved futures answer at once
 

@@ -1141,7 +1141,7 @@ class Env:
         self.topic_cache.clear()
         return True
 
-    def commit(self, txn: Any, wake: str | None = None) -> None:
+    def commit(self, txn: Any, wake: str | None = None, *, wrote: bool = False) -> None:
         """Commit a transaction from :meth:`write_txn` (errors converted).
 
         Threads of this process serialize on LMDB's write lock, which the
@@ -1153,6 +1153,10 @@ class Env:
         Wake-ups (the topics appended to, and ``wake``) and the after-commit
         callbacks run before the transaction stops counting as in flight, so
         a concurrent final close cannot unmap the notifier under them.
+
+        ``wrote=True``: the caller put a record in ``txn`` (a send), so the commit
+        spends its id and the check for an empty one (an ``info()`` call, about 8,700
+        instructions) is skipped (D51).
         """
         tid = txn.id()
         self.fresh_txn = None
@@ -1175,7 +1179,7 @@ class Env:
         # look "fresh" after that writer's commit (stale offsets: D51).  Asked while
         # the write gate is still ours, so no other process can have committed since.
         env = self.lmdb
-        if env is not None and env.info()["last_txnid"] == tid:
+        if wrote or (env is not None and env.info()["last_txnid"] == tid):
             self.gate.leave()
             self._cache_tid = tid
         else:  # nothing written: forget the cache, as an abort does

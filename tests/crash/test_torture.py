@@ -209,7 +209,7 @@ def torture(children: Any, tmp_path: Path, mode: str, kills: int,
                  if inc.start_ns < last_kill and not _progressed_since(inc, last_kill)]
         if not stuck or time.monotonic() > deadline:
             break
-        time.sleep(0.05)
+        time.sleep(0.2)  # logs are read whole: not too often
     run.end_ns = now_ns()
     for _inc, p in live.values():  # stacks of the survivors (see _procs_torture._guard)
         os.kill(p.pid, signal.SIGUSR1)

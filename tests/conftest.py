@@ -7,6 +7,7 @@ one small; anything bigger belongs in a helper module under ``tests/``.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import sys
@@ -81,6 +82,19 @@ def seed(session_seed: int, request: pytest.FixtureRequest) -> int:
 def rng(seed: int, request: pytest.FixtureRequest) -> random.Random:
     """A ``random.Random`` seeded from ``seed`` and this test's node id."""
     return random.Random(f"{seed}:{request.node.nodeid}")
+
+
+# -- forkserver children --------------------------------------------------------
+# The process suites (tests/crash, tests/integration) start children from one
+# ``forkserver`` per session, whose preload list is global: a test module that set
+# its own list at import replaced the others' at collection, so in a full run the
+# torture's children imported their entry points on every (re)start, which runs
+# alone never did (docs/decisions.md D51).  One list for every suite, set here
+# before any module is collected; a module not on ``sys.path`` is skipped by the
+# forkserver.
+FORKSERVER_PRELOAD = ["mqlite", "mqlite.queue", "mqlite.groups", "_procs_torture",
+                      "_procs_writemap", "_procs_groups", "_procs_ring"]
+multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
 
 
 # -- broker directories --------------------------------------------------------

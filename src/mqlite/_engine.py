@@ -773,7 +773,7 @@ class Engine:
                 self.dedup_store(txn, dkey, rec, part, off, ts)
         except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
             env.fail(txn, exc, f"send to {topic!r}")
-        env.commit(txn, wake=topic)
+        env.commit(txn, wake=topic, wrote=True)
         return _tuple_new(RecordMetadata, (topic, part, off, ts))
 
     # -- commit combining (csrc/combine.h; docs/decisions.md D27) -------------------------
@@ -1160,7 +1160,7 @@ class Engine:
                 ranges.append(PartitionRange(part, base, st.next - base))
         except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
             env.fail(txn, exc, f"send_batch to {topic!r}")
-        env.commit(txn)
+        env.commit(txn, wrote=True)
         return BatchMetadata(topic, first_ts, ranges, assignment)
 
     def apply_retention(self, topic: str | None = None) -> int:

@@ -1,7 +1,7 @@
 """Child-process entry points for the crash suites (torture, stale readers, disk full).
 
 Children are started through a ``forkserver`` that preloads ``mqlite`` and
-this module (see ``tests/crash/conftest.py``), so a restart costs a fork, not
+this module (``FORKSERVER_PRELOAD`` in ``tests/conftest.py``), so a restart costs a fork, not
 an interpreter start.
 
 Every child appends lines to its own log file with ``O_APPEND``, one
@@ -15,7 +15,9 @@ Torture log lines
 ``T <ns> <id> <crc>``                 producer: about to send message ``id``
                                       (payload CRC-32 ``crc``), written *before* send
 ``S <ns> <id> <partition> <offset>``  producer: the send of ``id`` returned
-``D <ns> <p> <o> <id> <crc> <count>`` consumer: delivered (count 0 in stream mode)
+``D <ns> <p> <o> <id> <crc> <count> <start>``
+                                      consumer: delivered (count 0 in stream mode) by
+                                      the poll/receive that began at ``<start>``
 ``C <ns> <p> <next_offset>``          stream member: commit returned
 ``A <ns> <p> <o>``                    queue member: ack returned for this delivery
 ``N <ns> <p> <o>``                    queue member: nack returned
@@ -112,9 +114,9 @@ class KillPoints:
         orig = _envmod.Env.commit
         hit = self.hit
 
-        def commit(env: Any, txn: Any, wake: str | None = None) -> None:
+        def commit(env: Any, txn: Any, wake: str | None = None, **kw: Any) -> None:
             hit("txn_before_commit")
-            orig(env, txn, wake)
+            orig(env, txn, wake, **kw)
             hit("txn_after_commit")
 
         _envmod.Env.commit = commit  # type: ignore[method-assign]
@@ -255,6 +257,7 @@ def stream_member(path: str, mode: str, topic: str, group: str, log_path: str, s
         broker = mqlite.open(path, durability=mode)
         consumer = broker.consumer(topic, group=group, commit="after")
         while True:
+            t0 = now_ns()
             msgs = consumer.poll(max_records=rng.randrange(1, 100), timeout=0.2)
             if not msgs:
                 continue
@@ -264,7 +267,7 @@ def stream_member(path: str, mode: str, topic: str, group: str, log_path: str, s
             upto: dict[int, int] = {}
             for m in msgs:
                 mid, crc = parse_payload(m.value)
-                lines.append(f"D {t} {m.partition} {m.offset} {mid} {crc} 0")
+                lines.append(f"D {t} {m.partition} {m.offset} {mid} {crc} 0 {t0}")
                 upto[m.partition] = m.offset + 1
             log.write(lines)
             kp.hit("before_commit")
@@ -290,6 +293,7 @@ def queue_member(path: str, mode: str, topic: str, group: str, log_path: str, se
         broker = mqlite.open(path, durability=mode)
         q = broker.queue(topic, group, visibility_timeout=60.0)
         while True:
+            t0 = now_ns()
             ds = q.receive(max_messages=rng.randrange(1, 50), timeout=0.2)
             if not ds:
                 continue
@@ -298,7 +302,8 @@ def queue_member(path: str, mode: str, topic: str, group: str, log_path: str, se
             lines = []
             for d in ds:
                 mid, crc = parse_payload(d.value)
-                lines.append(f"D {t} {d.partition} {d.offset} {mid} {crc} {d.delivery_count}")
+                lines.append(f"D {t} {d.partition} {d.offset} {mid} {crc} {d.delivery_count} "
+                             f"{t0}")
             log.write(lines)
             kp.hit("before_ack")
             nack = [d for d in ds if d.delivery_count < 3 and rng.random() < 0.05]

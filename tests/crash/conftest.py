@@ -1,7 +1,8 @@
 """Fixtures for the crash suites: child processes that never outlive a test.
 
 Children come from a ``forkserver`` preloading ``mqlite`` and
-``_procs_torture`` (the entry points), so starting or restarting one is a
+``_procs_torture`` (the entry points; the list of every suite is
+FORKSERVER_PRELOAD in tests/conftest.py), so starting or restarting one is a
 fork.  :class:`Children` SIGKILLs and joins every child still running at
 teardown.
 """
@@ -27,7 +28,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 CTX = multiprocessing.get_context("forkserver")
-CTX.set_forkserver_preload(["mqlite", "mqlite.queue", "mqlite.groups", "_procs_torture"])
+# preloads: FORKSERVER_PRELOAD in tests/conftest.py (one list for every suite)
 
 
 class Children:

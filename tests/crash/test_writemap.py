@@ -35,7 +35,7 @@ import mqlite
 from mqlite import _core
 from mqlite.verify import verify_in_child
 
-# the crash suite's forkserver context (conftest.py preloads it; one per process)
+# the crash suite's forkserver context (tests/conftest.py preloads it; one per process)
 CTX = multiprocessing.get_context("forkserver")
 
 

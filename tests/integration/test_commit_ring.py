@@ -21,7 +21,7 @@ import mqlite
 from mqlite import CommitFailedError, TopicPartition
 
 CTX = multiprocessing.get_context("forkserver")
-CTX.set_forkserver_preload(["mqlite", "_procs_ring"])
+# preloads: FORKSERVER_PRELOAD in tests/conftest.py (one list for every suite)
 
 
 @pytest.mark.parametrize("mode", ["sync", "lazy"])

@@ -29,7 +29,7 @@ from mqlite import CommitFailedError, GroupError, TopicPartition
 from mqlite.groups import apply_verdicts, find_suspects, load_group
 
 CTX = multiprocessing.get_context("forkserver")
-CTX.set_forkserver_preload(["mqlite", "_procs_groups"])
+# preloads: FORKSERVER_PRELOAD in tests/conftest.py (one list for every suite)
 
 now_ns = time.monotonic_ns
 

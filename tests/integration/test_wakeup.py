@@ -99,8 +99,11 @@ def test_delayed_send_wakes_waiter_in_another_process_when_due(core_proc: CorePr
     child = core_proc.start("wait-poll", broker_path, "5", "u")
     _wait_ready(child)
     time.sleep(0.2)
-    broker.send("u", b"later", delay=0.3)
+    # The message is due 0.3 s after its send *began*: taken after the send returned
+    # (a sync send waits for fsyncs, 0.17 s once on a loaded disk), "due" was late and
+    # the waiter, woken on time, looked early.
     due = time.time() + 0.3
+    broker.send("u", b"later", delay=0.3)
     res = _result(child)
     assert res["values"] == [b"later".hex()]
     # woken when due, not at the poll's 5 s timeout (the upper bound leaves room for a

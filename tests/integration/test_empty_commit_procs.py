@@ -21,6 +21,7 @@ from pathlib import Path
 
 import _procs_send
 import pytest
+from _children import stop_child
 
 import mqlite
 
@@ -44,12 +45,7 @@ class _Sender:
         return offset
 
     def close(self) -> None:
-        self.conn.send(None)
-        self.proc.join(30)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-        assert self.proc.exitcode == 0
+        stop_child(self.conn, self.proc)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from typing import Any
 
 import _procs_recreate
 import pytest
+from _children import stop_child
 
 import mqlite
 from mqlite import TopicPartition as TP
@@ -33,12 +34,7 @@ class _Other:
         assert self.conn.recv() == "ok"
 
     def close(self) -> None:
-        self.conn.send(None)
-        self.proc.join(30)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-        assert self.proc.exitcode == 0
+        stop_child(self.conn, self.proc)
 
 
 @pytest.fixture

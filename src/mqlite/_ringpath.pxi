@@ -416,14 +416,9 @@ cdef class RingApply:
 
     cdef bint _admit(self, txn, int64_t nbytes) except -1:
         """Env.check_space(txn, nbytes, SPACE_SEND): True when admitted."""
-        cdef dict ed = self.ed
-        cdef int64_t need = 2 * nbytes + <int64_t>ed["_psize"]
-        cdef int64_t budget = ed["space_budget"]
-        if need < budget:
-            ed["space_budget"] = budget - need
-            return True
         try:
-            self.env.check_space(txn, nbytes, self.space_send)
+            _check_space(self.env, self.ed, txn, nbytes, <int64_t>self.ed["_psize"],
+                         self.space_send)
         except self.storage_full:
             return False
         return True
@@ -437,13 +432,12 @@ cdef class RingApply:
         cdef object rdb = dbs["records"]
         cdef object pyid = t.pids[part]
         cdef uint32_t pid = <uint32_t>pyid
-        cdef object st_obj = None, rkey, value, skey, state
+        cdef object st_obj = None, value
         cdef PartitionState st
         cdef _RingSlot *s
         cdef mq_ringop_batch *b
         cdef int32_t k = first
         cdef uint32_t j
-        cdef uint8_t *p
         if txn is ed["fresh_txn"]:
             st_obj = ed["state_cache"].get(pyid)
         if st_obj is None:
@@ -458,12 +452,8 @@ cdef class RingApply:
             s.has = s.fresh = True
             for j in range(s.batch0, s.batch0 + s.nbatches):
                 b = &self.batches[j]
-                rkey = _bytes_new(NULL, 12)
-                p = <uint8_t *>PyBytes_AS_STRING(rkey)
-                _put_be32(p, pid)
-                _put_be64(p + 4, <uint64_t>st.next)
                 value = _bytes_new(<const char *>b.ptr, b.len)
-                self.t_put(txn, rkey, value, True, True, False, rdb)
+                self.t_put(txn, _record_key(pid, st.next), value, True, True, False, rdb)
                 st.next += b.record_count
                 st.bytes += b.len
                 if st.first_ts < 0:
@@ -475,17 +465,7 @@ cdef class RingApply:
             k = s.next
         if t.retained:
             engine._after_append(txn, self.env, t.rec, pyid, st)
-        skey = _bytes_new(NULL, 4)
-        _put_be32(<uint8_t *>PyBytes_AS_STRING(skey), pid)
-        state = _bytes_new(NULL, 48)
-        p = <uint8_t *>PyBytes_AS_STRING(state)
-        _put_be64(p, <uint64_t>st.start)
-        _put_be64(p + 8, <uint64_t>st.next)
-        _put_be64(p + 16, <uint64_t>st.bytes)
-        _put_be64(p + 24, <uint64_t>st.first_ts)
-        _put_be64(p + 32, <uint64_t>st.last_ts)
-        _put_be64(p + 40, 0)
-        self.t_put(txn, skey, state, True, True, False, dbs["partitions"])
+        _put_state(self.t_put, txn, dbs["partitions"], pid, st)
         ed["touched"].add(t.rec.name)
         return 0
 

@@ -87,6 +87,44 @@ cdef class PartitionState:
                 f"first_ts={self.first_ts}, last_ts={self.last_ts})")
 
 
+cdef inline object _record_key(uint32_t pid, int64_t off):
+    """The records table's key of partition ``pid``'s batch at ``off`` (_storage.log)."""
+    cdef object key = _bytes_new(NULL, 12)
+    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(key)
+    _put_be32(p, pid)
+    _put_be64(p + 4, <uint64_t>off)
+    return key
+
+
+cdef inline object _put_state(object t_put, object txn, object pdb, uint32_t pid,
+                              PartitionState st):
+    """Store ``st`` as partition ``pid``'s 48-byte state (_storage.log's layout)."""
+    cdef object skey = _bytes_new(NULL, 4)
+    cdef object state = _bytes_new(NULL, 48)
+    cdef uint8_t *p
+    _put_be32(<uint8_t *>PyBytes_AS_STRING(skey), pid)
+    p = <uint8_t *>PyBytes_AS_STRING(state)
+    _put_be64(p, <uint64_t>st.start)
+    _put_be64(p + 8, <uint64_t>st.next)
+    _put_be64(p + 16, <uint64_t>st.bytes)
+    _put_be64(p + 24, <uint64_t>st.first_ts)
+    _put_be64(p + 32, <uint64_t>st.last_ts)
+    _put_be64(p + 40, 0)
+    return t_put(txn, skey, state, True, True, False, pdb)
+
+
+cdef inline int _check_space(object env, dict ed, object txn, int64_t nbytes, int64_t psize,
+                             object space_send) except -1:
+    """Env.check_space(txn, nbytes, SPACE_SEND), from the budget a check left when it can."""
+    cdef int64_t need = 2 * nbytes + psize
+    cdef int64_t budget = ed["space_budget"]
+    if need < budget:
+        ed["space_budget"] = budget - need
+    else:
+        env.check_space(txn, nbytes, space_send)
+    return 0
+
+
 cdef class SendPath:
     """The common case of ``Engine.send`` for one environment (see _core.pyi)."""
 
@@ -135,17 +173,16 @@ cdef class SendPath:
         cdef object env = self.env
         cdef dict ed = self.ed
         cdef object gate
-        cdef object rec, cfg, lm, txn, st_obj, batch, rkey, skey, state, rec2, tid, nt, slot
+        cdef object rec, cfg, lm, txn, st_obj, batch, rec2, tid, nt, slot
         cdef PartitionState st
         cdef mq_records r
         cdef mq_slice vs, ks
         cdef size_t count = 0, size = 0
-        cdef int64_t ts, maxb, off = 0, nbytes, need, budget, klen, cache_tid
+        cdef int64_t ts, maxb, off = 0, nbytes, klen, cache_tid
         cdef Py_ssize_t npart, part = 0
         cdef uint32_t pid
         cdef int rc
         cdef bint fresh, retained = False
-        cdef uint8_t *p
         cdef Notifier notifier
 
         if type(topic) is not str or engine._closed:
@@ -264,22 +301,13 @@ cdef class SendPath:
                 part = engine.choose_partition(rec, key, partition)
             pyid = pids[part]
             pid = <uint32_t>pyid
-            need = 2 * nbytes + self.psize
-            budget = ed["space_budget"]
-            if need < budget:
-                ed["space_budget"] = budget - need
-            else:
-                env.check_space(txn, nbytes, self.space_send)
+            _check_space(env, ed, txn, nbytes, self.psize, self.space_send)
             st_obj = self.state_cache.get(pyid) if fresh else None
             if st_obj is None:
                 st_obj = self.load_state_w(txn, env, pyid)
             st = <PartitionState?>st_obj
             off = st.next
-            rkey = _bytes_new(NULL, 12)
-            p = <uint8_t *>PyBytes_AS_STRING(rkey)
-            _put_be32(p, pid)
-            _put_be64(p + 4, <uint64_t>off)
-            self.t_put(txn, rkey, batch, True, True, False, self.rdb)
+            self.t_put(txn, _record_key(pid, off), batch, True, True, False, self.rdb)
             st.next = off + 1
             st.bytes += nbytes
             if st.first_ts < 0:
@@ -295,17 +323,7 @@ cdef class SendPath:
                             or cfg["retention_messages"] is not None)
             if retained:
                 engine._after_append(txn, env, rec, pyid, st)
-            skey = _bytes_new(NULL, 4)
-            _put_be32(<uint8_t *>PyBytes_AS_STRING(skey), pid)
-            state = _bytes_new(NULL, 48)
-            p = <uint8_t *>PyBytes_AS_STRING(state)
-            _put_be64(p, <uint64_t>st.start)
-            _put_be64(p + 8, <uint64_t>st.next)
-            _put_be64(p + 16, <uint64_t>st.bytes)
-            _put_be64(p + 24, <uint64_t>st.first_ts)
-            _put_be64(p + 32, <uint64_t>st.last_ts)
-            _put_be64(p + 40, 0)
-            self.t_put(txn, skey, state, True, True, False, self.pdb)
+            _put_state(self.t_put, txn, self.pdb, pid, st)
         except BaseException as exc:
             env.fail(txn, exc, f"send to {topic!r}")
 

@@ -1181,11 +1181,11 @@ class Env:
         # look "fresh" after that writer's commit (stale offsets: D51).  Asked while
         # the write gate is still ours, so no other process can have committed since.
         env = self.lmdb
-        if wrote or (env is not None and env.info()["last_txnid"] == tid):
-            self.gate.leave()
+        spent = wrote or (env is not None and env.info()["last_txnid"] == tid)
+        self.gate.leave()
+        if spent:
             self._cache_tid = tid
         else:  # nothing written: forget the cache, as an abort does
-            self.gate.leave()
             self.state_cache.clear()
         if wake is not None and not touched and not hooks:  # one send: the short way
             n = self.notifier

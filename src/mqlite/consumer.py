@@ -386,20 +386,21 @@ class Consumer:
         # Positions move only once every read succeeded: if a later partition raises
         # (a corrupt batch), messages read before it were never returned and must not
         # count as consumed (a commit would skip them).
-        for tp, nxt in advanced or ():  # (never None: positions=None resolves them)
+        for tp, nxt in advanced:
             self._positions[tp] = nxt
         return out, due
 
     def _read(self, txn: Any, tps: list[TopicPartition], positions: list[int] | None,
               max_records: int, out: list[_core.Message],
-              ) -> list[tuple[TopicPartition, int]] | None:
+              ) -> list[tuple[TopicPartition, int]]:
         """Read up to ``max_records`` into ``out`` from ``tps``, round-robin from the
         current rotation; ``(partition, next position)`` of each partition read.
 
         ``positions=None``: from the consumer's positions, resolving unset or
         out-of-range ones (a poll).  Else from ``positions`` (one per ``tps``),
-        without changing anything: ``None`` when one needs resolving (a
-        read-ahead leaves that to the poll).
+        without changing anything: the read stops at the first partition whose
+        position needs resolving (a read-ahead leaves that to the poll; a poll
+        returns "up to" ``max_records``, so fewer partitions are as valid).
         """
         dbs = self._env.dbs
         n = len(tps)
@@ -414,7 +415,7 @@ class Consumer:
             else:
                 pos = positions[(start + i) % n]
                 if pos < 0 or pos < st.start or pos > st.next:
-                    return None
+                    break
             if pos >= st.next:
                 continue
             nxt = _log.read_records(txn, dbs, pid, pos, max_records - len(out), out,
@@ -448,9 +449,9 @@ class Consumer:
         Returns
         -------
         bool
-            Whether a batch was kept (False: nothing to read, a position the
-            next poll must resolve first, a close under way, or any error,
-            which the next poll then meets itself).
+            Whether a batch was kept (False: nothing to read before the first
+            position the next poll must resolve, a close under way, or any
+            error, which the next poll then meets itself).
         """
         if max_records is None:
             max_records = self._max_poll
@@ -476,7 +477,7 @@ class Consumer:
         with env.read_txn() as txn:
             due = scheduler.next_due_in(txn, env.dbs)
             moves = self._read(txn, tps, positions, max_records, out)
-        if moves is None or not out:
+        if not out:
             return None
         return _Ahead(max_records, tps, positions, moves, out, due)
 

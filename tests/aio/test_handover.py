@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -186,23 +185,29 @@ def test_runner_cancel_skips_a_queued_call_and_keeps_a_started_ones_outcome() ->
 
 
 def test_runner_runs_up_to_workers_calls_at_once_in_that_many_threads() -> None:
+    """The runner starts exactly WORKERS threads and shutdown ends them. Judged by the
+    threads themselves, not by a count: a thread left by an earlier test may end (or a
+    daemon start) while this one runs."""
+
     async def main() -> None:
         r = Runner()
         barrier = threading.Barrier(WORKERS, timeout=30)
-        before = threading.active_count()
+        before = set(threading.enumerate())
+        started: list[threading.Thread] = []
         try:
             idents = await asyncio.gather(*(r.run(_meet, barrier) for _ in range(WORKERS)))
             assert len(set(idents)) == WORKERS  # all met at the barrier: in parallel
             # more calls reuse the same threads
             idents2 = await asyncio.gather(*(r.run(threading.get_ident) for _ in range(50)))
             assert set(idents2) <= set(idents)
-            assert threading.active_count() - before == WORKERS
+            started = [t for t in threading.enumerate()
+                       if t not in before and t.name == "mqlite-aio"]
+            assert {t.ident for t in started} == set(idents)
         finally:
             r.shutdown()
-        deadline = time.monotonic() + 30
-        while threading.active_count() > before and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert threading.active_count() == before  # shutdown ends every worker
+        for t in started:
+            await asyncio.to_thread(t.join, 30)
+        assert not any(t.is_alive() for t in started)  # shutdown ends every worker
 
     asyncio.run(main())
 

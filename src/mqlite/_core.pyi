@@ -412,3 +412,37 @@ def run_lane(handler: Any, msgs: list[Any], i: int, mode: int, is_async: bool, d
     SUSPENDED: obj is (coroutine, yielded); REPLY: msgs[i] handled, obj its result,
     it has headers, ``ctx._outputs`` or a result out; RAISED: obj the Exception; AWAIT: obj a
     non-coroutine awaitable to await) and ``ctx`` msgs[i]'s context."""
+
+class UseGuard:
+    """Who is inside a consumer's methods (``mqlite._lifecycle``; compiled, D53).
+
+    ``UseGuard(what, wake, exclusive=...)``; each method is one atomic step
+    under the GIL (no lock on enter/exit).
+    """
+
+    what: str
+    exclusive: bool
+    def __init__(self, what: str, wake: Callable[[], object], *, exclusive: bool) -> None: ...
+    @property
+    def closing(self) -> bool: ...
+    @property
+    def close_deferred(self) -> int: ...
+    @property
+    def close_requested(self) -> bool: ...
+    @property
+    def _users(self) -> dict[int, int]: ...
+    def enter(self) -> None:
+        """Register the current thread as inside a call (``ClosedError`` while a close
+        is under way; ``ConcurrentAccessError`` when exclusive and another thread is in)."""
+    def exit(self) -> bool:
+        """Unregister one level; True when the caller must now run a deferred close."""
+    def enter_beside(self) -> bool:
+        """Register a read-only call beside the thread inside (False: a close is under way)."""
+    def exit_beside(self) -> None: ...
+    def inside(self) -> bool: ...
+    def woken(self) -> bool:
+        """Whether the current call should stop waiting (consumes a pending wake-up)."""
+    def wakeup(self) -> None: ...
+    def request_close(self) -> bool:
+        """True: close now (the callers have left); False: deferred to the outermost exit."""
+    def closed_done(self) -> None: ...

@@ -2010,3 +2010,8 @@ include "_lanepath.pxi"
 # -- the commit ring's apply step (docs/decisions.md D50) ----------------------------
 
 include "_ringpath.pxi"
+
+
+# -- who is inside a consumer's methods (docs/decisions.md D53) ----------------------
+
+include "_guard.pxi"

@@ -1,0 +1,244 @@
+"""The compiled UseGuard (D53): every rule of ``mqlite._lifecycle`` on the guard itself.
+
+The consumer-level behaviour (close from signal handlers, wakeups ending blocked
+polls, four threads sharing a consumer) is in ``test_lifecycle.py``; here each
+rule is checked directly, and hammered from several threads: the guard takes no
+lock on enter/exit, so its atomicity under the GIL is what keeps two threads
+out of an exclusive owner at once.  Threads synchronise on events and barriers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+import pytest
+
+import mqlite
+from mqlite._lifecycle import UseGuard
+
+T = 30  # seconds: generous bound for every event wait
+
+
+def _guard(exclusive: bool = True) -> tuple[UseGuard, list[int]]:
+    rang: list[int] = []
+    return UseGuard("consumer", lambda: rang.append(1), exclusive=exclusive), rang
+
+
+def _in_thread(fn: Callable[[], object]) -> object:
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except (mqlite.ClosedError, mqlite.ConcurrentAccessError) as exc:  # for the caller
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(T)
+    assert not t.is_alive()
+    return out[0]
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        UseGuard("consumer", 3, exclusive=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        UseGuard(b"consumer", lambda: None, exclusive=True)  # type: ignore[arg-type]
+
+
+def test_nesting_on_one_thread_and_exclusive_refusal_of_another() -> None:
+    g, _ = _guard()
+    g.enter()
+    g.enter()  # a callback calling back into the owner on the same thread
+    assert g.inside() and g._users == {threading.get_ident(): 2}
+    err = _in_thread(g.enter)
+    assert isinstance(err, mqlite.ConcurrentAccessError)
+    assert "one consumer per thread" in str(err)
+    assert g.exit() is False
+    assert g.inside()
+    assert g.exit() is False
+    assert not g.inside() and g._users == {}
+    assert _in_thread(lambda: (g.enter(), g.exit())[1]) is False  # free again
+    assert g.exit() is False  # exit without enter: nothing happens
+
+
+def test_a_shared_guard_admits_several_threads() -> None:
+    g, _ = _guard(exclusive=False)
+    g.enter()
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def other() -> None:
+        g.enter()
+        inside.set()
+        leave.wait(T)
+        g.exit()
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert inside.wait(T)
+    assert len(g._users) == 2
+    leave.set()
+    t.join(T)
+    g.exit()
+    assert g._users == {}
+
+
+def test_wakeup_reaches_the_calls_inside_or_else_the_next_call_once() -> None:
+    g, rang = _guard()
+    g.enter()
+    assert not g.woken()
+    g.wakeup()
+    assert rang == [1]
+    assert g.woken() and g.woken()  # inside since before the wakeup: stays woken
+    g.exit()
+    g.enter()
+    assert not g.woken()  # entered after it: not woken (it reached a call)
+    g.exit()
+    g.wakeup()  # nobody inside: the next call returns once
+    g.enter()
+    assert g.woken()
+    assert not g.woken()  # consumed
+    g.exit()
+
+
+def test_close_from_inside_is_deferred_to_the_outermost_exit() -> None:
+    g, rang = _guard()
+    g.enter()
+    g.enter()
+    assert g.request_close() is False
+    assert rang == [1] and g.close_requested and g.close_deferred == threading.get_ident()
+    assert g.woken()
+    assert g.exit() is False  # not the outermost
+    assert g.exit() is True  # the outermost: the owner closes now
+    err = _in_thread(g.enter)  # until the owner reports its close done
+    assert isinstance(err, mqlite.ClosedError) and "being closed" in str(err)
+    g.closed_done()
+    assert not g.close_requested
+    g.enter()
+    g.exit()
+
+
+def test_close_from_another_thread_waits_for_callers_and_beside_calls() -> None:
+    g, rang = _guard()
+    g.enter()
+    assert g.enter_beside() is True  # e.g. aio's read-ahead beside the caller
+    started = threading.Event()
+    result: list[bool] = []
+
+    def closer() -> None:
+        started.set()
+        result.append(g.request_close())
+
+    t = threading.Thread(target=closer)
+    t.start()
+    assert started.wait(T)
+    # the closer has set `closing` before it waits: wait for that flag, not a time
+    while not g.closing:
+        threading.Event().wait(0.001)
+    assert g.woken()  # the call inside is told to stop waiting
+    assert g.enter_beside() is False  # no new beside call once a close runs
+    assert isinstance(_in_thread(g.enter), mqlite.ClosedError)
+    assert t.is_alive()  # still waiting: a caller and a beside call are inside
+    assert g.exit() is False  # a close from another thread: nothing for this thread
+    assert result == []  # still waiting: the beside call is running
+    g.exit_beside()
+    t.join(T)
+    assert result == [True] and rang
+    g.closed_done()
+    assert not g.closing
+
+
+def test_an_exclusive_guard_never_admits_two_threads_under_contention() -> None:
+    """Four threads enter and leave 20,000 times each: whoever gets in is alone."""
+    g, _ = _guard()
+    inside = [0]
+    worst = [0]
+    refused = [0]
+    barrier = threading.Barrier(4, timeout=T)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        def hammer() -> None:
+            barrier.wait()
+            for _ in range(20_000):
+                try:
+                    g.enter()
+                except mqlite.ConcurrentAccessError:
+                    refused[0] += 1
+                    continue
+                inside[0] += 1
+                worst[0] = max(worst[0], inside[0])
+                inside[0] -= 1
+                g.exit()
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T * 4)
+    finally:
+        sys.setswitchinterval(old)
+    assert worst[0] == 1
+    assert g._users == {}
+    assert refused[0] > 0  # the threads did overlap (else the test proves nothing)
+
+
+def test_a_close_returns_only_after_every_hammering_thread_left() -> None:
+    g, _ = _guard(exclusive=False)
+    stop = threading.Event()
+    barrier = threading.Barrier(5, timeout=T)
+    after_close: list[int] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+
+    def hammer() -> None:
+        barrier.wait()
+        while not stop.is_set():
+            try:
+                g.enter()
+            except mqlite.ClosedError:
+                return
+            g.exit()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        barrier.wait()
+        assert g.request_close() is True
+        after_close.append(len(g._users))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(T)
+        sys.setswitchinterval(old)
+    assert after_close == [0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_with_a_fresh_guard() -> None:
+    g, _ = _guard()
+    g.enter()
+    assert g.request_close() is False  # deferred, in the parent
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's callers do not exist here
+        try:
+            g.enter()
+            ok = g.inside() and not g.close_requested and g._users == {threading.get_ident(): 1}
+            g.exit()
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert g.exit() is True  # the parent's own state is untouched

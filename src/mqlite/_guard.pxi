@@ -67,7 +67,7 @@ cdef class UseGuard:
     cdef object _deferred  # close() came from inside a call: that call's thread id (0: none)
     cdef long _pid
 
-    def __init__(self, str what, wake, *, bint exclusive):
+    def __init__(self, str what not None, wake, *, bint exclusive):
         if not callable(wake):
             raise TypeError(f"wake must be callable, not {type(wake).__name__}")
         self.what = what

@@ -48,6 +48,8 @@ def test_arguments_are_checked() -> None:
         UseGuard("consumer", 3, exclusive=True)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         UseGuard(b"consumer", lambda: None, exclusive=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        UseGuard(None, lambda: None, exclusive=True)  # type: ignore[arg-type]
 
 
 def test_nesting_on_one_thread_and_exclusive_refusal_of_another() -> None:

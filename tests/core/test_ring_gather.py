@@ -20,7 +20,6 @@ from mqlite import _core
 from mqlite import _engine as engine_mod
 from mqlite._storage import tickets
 
-
 # A gather that should not wait is given a long budget (half the 1 s commit-time cap):
 # "it did not wait" then reads as "it returned well within the budget", which a thread
 # starved on a loaded machine for a few hundred ms still meets (a 50 ms bound did not).

@@ -71,7 +71,7 @@ def test_a_follower_is_released_when_a_committer_takes_its_slot(tmp_path: Path) 
 
 def test_a_follower_gives_up_after_about_two_commits(tmp_path: Path) -> None:
     r = ring(tmp_path)
-    r.note_commit(1, 200_000_000)  # 200 ms commits: the budget is 2 x 200 ms + 0.2 ms
+    r.note_commit(1, 450_000_000)  # 450 ms commits: the budget is 2 x 450 ms + 0.2 ms
     r.note_send()
     i = r.claim(os.getpid())
     t = r.fill(i, b"commit")
@@ -79,11 +79,13 @@ def test_a_follower_gives_up_after_about_two_commits(tmp_path: Path) -> None:
     t0 = time.monotonic()
     assert r.follow(i, t, LATELY, 1_000_000_000) is False
     waited = time.monotonic() - t0
-    assert 0.4 <= waited < 30.0
+    assert 0.9 <= waited < 30.0
     assert r.word(i) == (t, _core.FILLED)  # nothing changed: the caller leads now
     t0 = time.monotonic()
     assert r.follow(i, t, LATELY, 3_000_000) is False  # max_ns caps the budget
-    assert time.monotonic() - t0 < 0.3  # not the 400 ms budget
+    # not the 900 ms budget; the room above the 3 ms cap is for a loaded machine (a 0.3 s
+    # bound against a 400 ms budget left too little)
+    assert time.monotonic() - t0 < 0.5
 
 
 def test_validation(tmp_path: Path) -> None:

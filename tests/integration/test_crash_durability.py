@@ -128,5 +128,5 @@ def test_writes_resume_after_sender_killed(core_proc: CoreProcs, broker_path: st
     with mqlite.open(broker_path) as b:
         t0 = time.monotonic()
         md = b.send("t", b"after", partition=0)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 5.0  # no stuck lock (room for a loaded disk's fsync)
         assert b.read("t", 0, md.offset)[0].value == b"after"

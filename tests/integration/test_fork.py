@@ -165,7 +165,7 @@ def test_fork_child_killed_does_not_block_parent(broker: mqlite.Broker) -> None:
         os.waitpid(pid, 0)
     t0 = time.monotonic()
     assert broker.send("t", b"parent", partition=0).offset == 1
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 5.0  # no stuck lock (room for a loaded machine's fsync)
     assert [m.value for m in broker.read("t", 0)] == [b"child", b"parent"]
 
 

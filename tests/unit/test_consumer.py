@@ -322,12 +322,13 @@ def test_blocking_poll_wakes_on_send_from_another_thread(broker: mqlite.Broker) 
     t0 = time.monotonic()
     timer.start()
     try:
-        got = c.poll(timeout=5)
+        got = c.poll(timeout=30)
     finally:
         timer.join()
     elapsed = time.monotonic() - t0
     assert _values(got) == [b"wake"]
-    assert 0.15 <= elapsed < 1.0, elapsed
+    # woken by the send, not at the 30 s timeout (no tight bound: load delays wake-ups)
+    assert 0.15 <= elapsed < 10.0, elapsed
 
 
 def test_blocking_poll_on_several_topics_wakes(broker: mqlite.Broker) -> None:
@@ -338,11 +339,11 @@ def test_blocking_poll_on_several_topics_wakes(broker: mqlite.Broker) -> None:
     t0 = time.monotonic()
     timer.start()
     try:
-        got = c.poll(timeout=5)
+        got = c.poll(timeout=30)
     finally:
         timer.join()
     assert _values(got) == [b"wake"]
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 10.0  # woken by the send, not at the 30 s timeout
 
 
 def test_idle_poll_returns_empty_after_timeout(broker: mqlite.Broker) -> None:
@@ -350,10 +351,11 @@ def test_idle_poll_returns_empty_after_timeout(broker: mqlite.Broker) -> None:
     c = broker.consumer("t")
     t0 = time.monotonic()
     assert c.poll(timeout=0.3) == []
-    assert 0.29 <= time.monotonic() - t0 < 0.8
+    # not before the timeout; after it, late only by what a loaded machine adds
+    assert 0.29 <= time.monotonic() - t0 < 5.0
     t0 = time.monotonic()
     assert c.poll(timeout=0) == []
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 1.0  # does not wait (no tight bound: load stalls threads)
 
 
 def test_consumer_close_and_context_manager(broker: mqlite.Broker) -> None:

@@ -21,7 +21,9 @@ import pytest
 
 import mqlite
 
-PROMPT = 1.0  # seconds: a 30 s wait that a wake-up ends must return well within this
+# seconds: a 30 s wait that a wake-up ends must return well within this; not tighter, as
+# a loaded machine schedules the waking thread late (it measures the wake-up, not the box)
+PROMPT = 5.0
 
 
 def _when_inside(obj: Any, fn: Callable[[], Any]) -> threading.Thread:

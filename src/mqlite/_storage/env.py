@@ -740,9 +740,20 @@ class Env:
             gate.leave()
 
     def _prealloc_ahead(self, last_pgno: int) -> int:
-        """Bytes to allocate past LMDB's last page: an eighth of the file, 1-16 MiB."""
-        return min(_PREALLOC_AHEAD,
-                   max(_PREALLOC_AHEAD_MIN, (last_pgno + 1) * self._psize // 8))
+        """Bytes to allocate past LMDB's last page: an eighth of the file, 1-16 MiB, in
+        whole pages.
+
+        Whole pages, because the file's size must always be a page boundary: LMDB
+        under writemap stores into the page that holds a size that is not (no
+        fault: the page is mapped), and when the file is extended later (the next
+        stretch, or the guard growing it over a fault past the end) the kernel zeroes
+        that page's bytes past the old size, after the store: a committed record
+        then has a run of zeros in it (D54).
+        """
+        psize = self._psize
+        ahead = min(_PREALLOC_AHEAD,
+                    max(_PREALLOC_AHEAD_MIN, (last_pgno + 1) * psize // 8))
+        return ahead - ahead % psize
 
     def _close_alloc_fd(self) -> None:
         if self._alloc_fd >= 0:

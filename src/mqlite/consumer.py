@@ -599,9 +599,11 @@ class Consumer:
         """Commit positions (default: everything returned so far) for the group.
 
         ``offsets`` may be a :class:`~mqlite.Message` (commit up to and
-        including it) or a mapping ``{TopicPartition: next_offset}``.
+        including it) or a mapping ``{TopicPartition: next_offset}`` (offsets
+        in 0..2**63-1).
         Raises :class:`CommitFailedError` for partitions this member no
-        longer owns; ``ValueError`` without a group.
+        longer owns; ``ValueError`` without a group or for an offset out of
+        that range (nothing is committed then).
         """
         self._check_open()
         if self._group is None:

@@ -210,7 +210,7 @@ class Transaction:
         elif isinstance(offsets, Message):
             todo = {TopicPartition(offsets.topic, offsets.partition): offsets.offset + 1}
         elif isinstance(offsets, dict):
-            todo = {TopicPartition(*tp): require_int(o, "offset", minimum=0)
+            todo = {TopicPartition(*tp): require_int(o, "offset", minimum=0, maximum=MAX_I64)
                     for tp, o in offsets.items()}
         else:
             raise TypeError("offsets must be None, a Message or {TopicPartition: offset}")

@@ -69,3 +69,19 @@ def test_topic_partition_with_a_non_str_topic_is_a_type_error(consumer: mqlite.C
         consumer.committed([TP("t", 0), bad])
     with pytest.raises(TypeError, match="topic must be str"):
         consumer.position(bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 2**63, 2**64])
+def test_a_commit_offset_outside_int64_is_a_value_error_and_stores_nothing(
+        broker: mqlite.Broker, consumer: mqlite.Consumer, bad: int) -> None:
+    """Offsets are stored as signed 64-bit numbers (found by the slow API fuzz: 2**64
+    escaped as msgspec's raw ``OverflowError``)."""
+    with pytest.raises(ValueError, match=r"0\.\.2\*\*63-1"):
+        consumer.commit({TP("t", 0): bad})
+    with pytest.raises(ValueError, match="offset"), broker.transaction() as tx:
+        tx.commit_offsets(consumer, {TP("t", 0): bad})
+    with pytest.raises(ValueError, match=r"0\.\.2\*\*63-1"):
+        broker.reset_offsets("g", "t", to=bad)
+    assert consumer.committed(TP("t", 0)) == 2  # what was committed before, unchanged
+    consumer.commit({TP("t", 0): 2**63 - 1})  # the largest offset is accepted
+    assert consumer.committed(TP("t", 0)) == 2**63 - 1

@@ -21,7 +21,7 @@ from mqlite._liveness import members_dir
 from mqlite._storage import groups as _groups
 from mqlite._storage import log as _log
 from mqlite._storage import offsets as _offsets
-from mqlite.config import validate_group_name, validate_topic_name
+from mqlite.config import MAX_I64, validate_group_name, validate_topic_name
 from mqlite.errors import GroupActiveError
 from mqlite.groups.state import (
     GroupState,
@@ -189,8 +189,8 @@ def _reset_target(to: object) -> tuple[str, int]:
     if isinstance(to, bool):
         raise TypeError("to must be 'earliest', 'latest', an int offset or a datetime, not bool")
     if isinstance(to, int):
-        if to < 0:
-            raise ValueError(f"to= offset must be >= 0, got {to}")
+        if not 0 <= to <= MAX_I64:
+            raise ValueError(f"to= offset must be in 0..2**63-1, got {to}")
         return "offset", to
     if isinstance(to, _dt.datetime):
         if to.tzinfo is None:

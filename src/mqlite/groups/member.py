@@ -48,6 +48,7 @@ from mqlite._liveness import MemberLock, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
 from mqlite.assignors import ASSIGNORS, EAGER
 from mqlite.config import (
+    MAX_I64,
     MAX_POLL_INTERVAL_S,
     MAX_SESSION_TIMEOUT_S,
     require_seconds,
@@ -611,8 +612,8 @@ class GroupMember:
                     raise TypeError(f"offset keys must be TopicPartition, not {tp!r}")
                 if not isinstance(off, int) or isinstance(off, bool):
                     raise TypeError(f"offset for {tp} must be int, not {type(off).__name__}")
-                if off < 0:
-                    raise ValueError(f"offset for {tp} must be >= 0, got {off}")
+                if not 0 <= off <= MAX_I64:
+                    raise ValueError(f"offset for {tp} must be in 0..2**63-1, got {off}")
                 todo[TopicPartition(*tp)] = off
         else:
             raise TypeError("commit() takes None, a Message or {TopicPartition: offset}")

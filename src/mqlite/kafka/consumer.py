@@ -505,7 +505,8 @@ class KafkaConsumer:
         if isinstance(offsets, Message):
             todo = {TopicPartition(offsets.topic, offsets.partition): offsets.offset + 1}
         elif isinstance(offsets, Mapping):
-            todo = {_tp(tp): require_int(o, "offset", minimum=0) for tp, o in offsets.items()}
+            todo = {_tp(tp): require_int(o, "offset", minimum=0, maximum=MAX_I64)
+                    for tp, o in offsets.items()}
         else:
             raise TypeError("offsets must be None, a Message or {TopicPartition: offset}")
         self._commit(todo)

@@ -26,7 +26,7 @@ from confluent_kafka import TopicPartition as KTP
 
 from mqlite._core import Message
 from mqlite._headers import HeadersArg
-from mqlite.config import require_int
+from mqlite.config import MAX_I64, require_int
 from mqlite.errors import ClosedError, NotSupportedError
 from mqlite.future import SendFuture
 from mqlite.kafka._client import REQUEST_TIMEOUT
@@ -104,7 +104,7 @@ class KafkaTransaction:
         elif isinstance(offsets, Message):
             todo = {TopicPartition(offsets.topic, offsets.partition): offsets.offset + 1}
         elif isinstance(offsets, dict):
-            todo = {TopicPartition(*tp): require_int(o, "offset", minimum=0)
+            todo = {TopicPartition(*tp): require_int(o, "offset", minimum=0, maximum=MAX_I64)
                     for tp, o in offsets.items()}
         else:
             raise TypeError("offsets must be None, a Message or {TopicPartition: offset}")

@@ -126,23 +126,15 @@ def test_close_from_inside_is_deferred_to_the_outermost_exit() -> None:
 
 
 def test_close_from_another_thread_waits_for_callers_and_beside_calls() -> None:
-    g, rang = _guard()
+    woke = threading.Event()  # the guard's wake(): called once `closing` is set
+    g = UseGuard("consumer", woke.set, exclusive=True)
     g.enter()
     assert g.enter_beside() is True  # e.g. aio's read-ahead beside the caller
-    started = threading.Event()
     result: list[bool] = []
-
-    def closer() -> None:
-        started.set()
-        result.append(g.request_close())
-
-    t = threading.Thread(target=closer)
+    t = threading.Thread(target=lambda: result.append(g.request_close()))
     t.start()
-    assert started.wait(T)
-    # the closer has set `closing` before it waits: wait for that flag, not a time
-    while not g.closing:
-        threading.Event().wait(0.001)
-    assert g.woken()  # the call inside is told to stop waiting
+    assert woke.wait(T)  # the closer set `closing` and woke the callers
+    assert g.closing and g.woken()  # the call inside is told to stop waiting
     assert g.enter_beside() is False  # no new beside call once a close runs
     assert isinstance(_in_thread(g.enter), mqlite.ClosedError)
     assert t.is_alive()  # still waiting: a caller and a beside call are inside
@@ -150,7 +142,7 @@ def test_close_from_another_thread_waits_for_callers_and_beside_calls() -> None:
     assert result == []  # still waiting: the beside call is running
     g.exit_beside()
     t.join(T)
-    assert result == [True] and rang
+    assert result == [True]
     g.closed_done()
     assert not g.closing
 

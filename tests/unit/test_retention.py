@@ -232,9 +232,13 @@ def _churn(broker: mqlite.Broker, tmp_broker_dir: Path, seconds: float) -> None:
     # ... and LMDB reuses them: the file does not keep what was sent.  A reader starved
     # inside its read transaction (a loaded box) lets the file grow past `bound` for a
     # while, never near the amount sent.
+    # The peak is judged as the end is: a starved reader's snapshot pins the pages it
+    # sees, so on a loaded box the file may pass `bound` for a while (38.9 MiB against 34
+    # once, D51, D57); a file that kept what was sent would hold at least four times it.
+    limit = max(bound, sent * 1024 // 3)
     final = os.path.getsize(tmp_broker_dir / "data.mdb")
-    assert final < max(bound, sent * 1024 // 3), f"data.mdb is {final} bytes, bound {bound}"
-    assert peak < bound, f"data.mdb peaked at {peak} bytes, bound {bound}"
+    assert final < limit, f"data.mdb is {final} bytes, bound {limit}"
+    assert peak < limit, f"data.mdb peaked at {peak} bytes, bound {limit} (sent {sent * 1024})"
 
 
 def test_churn_keeps_data_file_bounded(broker: mqlite.Broker, tmp_broker_dir: Path) -> None:

@@ -127,15 +127,28 @@ def test_partial_redelivery_takes_part_of_a_range_and_stales_the_rest(broker):
 
 
 def test_per_receive_visibility_timeout_and_extend(broker):
+    """A receive's own visibility timeout sets its deliveries' deadline, and extend moves
+    the deadline of the ones extended: judged by the stored deadlines and by what a
+    blocking receive gets when the first deadline passes, not by a fixed sleep (a stalled
+    machine only delays every step)."""
     _fill(broker, "t", 4)
     q = broker.queue("t", group="g", visibility_timeout=30)
+    t0 = time.time_ns() // 1_000_000
     ds = q.receive(4, timeout=0, visibility_timeout=1.0)
-    ds[0].extend(30.0)  # only this one stays hidden
+    t1 = time.time_ns() // 1_000_000
+    assert [d.offset for d in ds] == [0, 1, 2, 3]
+    ds[0].extend(30.0)  # only this one and the next stay hidden
     q.extend(ds[1:2], 30.0)
-    time.sleep(1.1)
-    again = q.receive(10, timeout=0)
+    t2 = time.time_ns() // 1_000_000
+    vis = {p["offset"]: p["visible_at_ms"] for p in q.pending()}
+    assert t0 + 1000 <= vis[2] == vis[3] <= t1 + 1000  # the receive's 1 s, not the queue's 30
+    assert t1 + 30_000 <= vis[0] <= t2 + 30_000  # moved by extend, counted from the extend
+    assert t1 + 30_000 <= vis[1] <= t2 + 30_000
+    again = q.receive(10, timeout=25.0)  # waits for the first deadline, that of 2 and 3
+    got = time.time_ns() // 1_000_000
     assert [d.offset for d in again] == [2, 3]
-    ds[0].ack()
+    assert got >= vis[2] and all(d.delivery_count == 2 for d in again)
+    ds[0].ack()  # still valid: their deadline was moved
     ds[1].ack()
     q.ack(again)
     assert q.lag() == 0
@@ -526,3 +539,4 @@ def test_argument_errors(broker):
     assert q.ack(ds) == 2  # nothing above changed anything
     q.close()
     other.close()
+

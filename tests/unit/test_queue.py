@@ -540,3 +540,73 @@ def test_argument_errors(broker):
     q.close()
     other.close()
 
+
+# -- an empty receive writes nothing (D57) -------------------------------------------------
+
+def _txnid(broker):
+    # LMDB's last transaction id (as benchmarks/bench_commit_ring.py reads it)
+    return int(broker._engine.env.handle().info()["last_txnid"])
+
+
+def _count_write_txns(broker, monkeypatch):
+    env = broker._engine.env
+    real = env.write_txn
+    begun = []
+
+    def write_txn(*args, **kwargs):
+        begun.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(env, "write_txn", write_txn)
+    return begun
+
+
+def test_an_idle_queue_receive_begins_no_write_transaction(tmp_broker_dir, monkeypatch):
+    """Regression: every ``receive`` began a write transaction (the broker's write lock,
+    against every other writer) and committed it even when it found nothing.  Now a queue
+    whose last round took nothing looks in a read transaction first, and everything the
+    write would have taken is still taken at once: new messages, expired and nacked
+    deliveries, moves to the dead-letter topic, due delayed messages."""
+    b = mqlite.open(tmp_broker_dir, durability="sync")
+    b.create_topic("t")
+    q = b.queue("t", "g", max_deliveries=2, dead_letter_topic="dlq")
+    assert q.receive(1, timeout=0) == []  # the first round of a queue takes at once
+    begun = _count_write_txns(b, monkeypatch)
+    tid = _txnid(b)
+    for _ in range(20):
+        assert q.receive(5, timeout=0) == []
+    assert q.receive(5, timeout=0.05) == []  # waits, looks again after the wait: the same
+    assert begun == [] and _txnid(b) == tid
+    # New messages.
+    b.send_batch("t", [b"a", b"b"])
+    ds = q.receive(5, timeout=0)
+    assert [d.value for d in ds] == [b"a", b"b"]
+    # A busy queue takes at once (no extra read), an idle one does not write.
+    n = len(begun)
+    assert q.receive(5, timeout=0) == []
+    assert q.receive(5, timeout=0) == [] and len(begun) == n + 1
+    # A nack at once is due at once; an expired delivery is due at its deadline.
+    ds[0].nack(delay=0.0)
+    ds[1].extend(0.0)
+    again = q.receive(5, timeout=0)
+    assert sorted(d.value for d in again) == [b"a", b"b"]
+    assert all(d.delivery_count == 2 for d in again)
+    # At max deliveries, a due entry moves to the dead-letter topic in the receive.
+    q.nack(again, delay=0.0)  # nack at max deliveries moves them itself
+    assert sorted(dl.message.value for dl in b.dead_letters("dlq")) == [b"a", b"b"]
+    b.send("t", b"c")
+    [c] = q.receive(1, timeout=0, visibility_timeout=0.0)  # due as soon as it is taken
+    [c] = q.receive(1, timeout=0, visibility_timeout=0.2)
+    assert c.value == b"c" and c.delivery_count == 2
+    assert q.receive(1, timeout=0) == []  # idle again (a stall of 0.2 s: this one moves it)
+    for p in q.pending():  # wait for its deadline; the next receive looks, then moves it
+        time.sleep(max(0.0, (p["visible_at_ms"] - time.time_ns() // 1_000_000) / 1000 + 0.01))
+    assert q.receive(1, timeout=0) == []
+    assert sorted(dl.message.value for dl in b.dead_letters("dlq")) == [b"a", b"b", b"c"]
+    assert q.pending() == []
+    # A delayed message is promoted and taken when due.
+    b.send("t", b"later", delay=0.05)
+    got = q.receive(1, timeout=30.0)
+    assert [d.value for d in got] == [b"later"]
+    q.close()
+    b.close()

@@ -44,7 +44,14 @@ from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_lis
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
 from mqlite._storage import tickets as _tickets
-from mqlite._storage.env import SPACE_GROW, SPACE_SEND, Env, MapExhaustedError, lmdb_error
+from mqlite._storage.env import (
+    SPACE_GROW,
+    SPACE_MOVE,
+    SPACE_SEND,
+    Env,
+    MapExhaustedError,
+    lmdb_error,
+)
 from mqlite.config import (
     DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -553,6 +560,13 @@ class Engine:
         Every append path goes through here (``send`` inlines the same steps
         for one record): partition state, space accounting, retention.
         Returns the first offset written and the partition's updated state.
+
+        The caller has admitted the bytes first, in the same transaction and before
+        anything of the append is written: :meth:`check_space` (sends, publishes,
+        redrives), :meth:`admit_growth` (dead-letter moves) or :meth:`admit_move`
+        (due delayed messages).  That check is what allocates the disk blocks under
+        writemap (D47, D57): an append it did not admit can meet a full disk in the
+        middle of the transaction, which kills the process.
         """
         env = self.env
         pid = rec.pids[part]
@@ -616,14 +630,22 @@ class Engine:
         """Admit a send of ``nbytes`` encoded bytes (``StorageFullError`` above 90%)."""
         env.check_space(txn, nbytes, SPACE_SEND)
 
-    def admit_growth(self, txn: Any) -> None:
-        """Admit a write that adds lasting state but no messages: a receive, a new group,
-        topic, exchange or binding (``StorageFullError`` above 95% of the map).
+    def admit_growth(self, txn: Any, nbytes: int = 0) -> None:
+        """Admit a write that adds lasting state, not new messages: a receive, a new
+        group, topic, exchange or binding, or a move of ``nbytes`` encoded bytes to a
+        dead-letter topic (``StorageFullError`` above 95% of the map).
 
         Draining writes (acks, nacks, offset commits, deletes, close) never call this:
         the map's last 5% is kept for them, so a full broker can always be drained.
         """
-        self.live_env().check_space(txn, 0, SPACE_GROW)
+        self.live_env().check_space(txn, nbytes, SPACE_GROW)
+
+    def admit_move(self, txn: Any, nbytes: int) -> None:
+        """Admit an append of ``nbytes`` encoded bytes that were counted once already
+        (a due delayed message, whose scheduled entry the same transaction deletes):
+        ``StorageFullError`` only when they would not fit the map at all, and under
+        writemap a typed ``StorageError`` when the disk has no blocks for them."""
+        self.live_env().check_space(txn, nbytes, SPACE_MOVE)
 
     def send(self, topic: str, value: Any, key: Any = None,
              headers: HeadersArg = None, partition: int | None = None,

@@ -638,7 +638,11 @@ class Broker:
 
     def redrive(self, topic: str, where: Callable[[DeadLetter], bool] | None = None,
                 limit: int | None = None, to_topic: str | None = None) -> int:
-        """Send dead letters of ``topic`` back to their original topic; returns how many."""
+        """Send dead letters of ``topic`` back to their original topic; returns how many.
+
+        A redrive is a send: above the high-water mark it raises
+        :class:`StorageFullError` and redrives nothing.
+        """
         return _queue.redrive(self._engine, topic, where, limit, to_topic)
 
     def purge_dead_letters(self, topic: str,

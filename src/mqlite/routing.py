@@ -288,7 +288,11 @@ def route(txn: Any, engine: Engine, exchange: str, routing_key: str,
 def publish_in(txn: Any, engine: Engine, exchange: str, routing_key: str, value: Any, *,
                key: Any, headers: Sequence[tuple[str, Any]] | None, ts: int,
                mandatory: bool) -> tuple[list[RecordMetadata], set[str]]:
-    """Route and append inside ``txn``; returns the metadata and the topics written."""
+    """Route and append inside ``txn``; returns the metadata and the topics written.
+
+    Admits the bytes of every copy as a send before writing the first
+    (``StorageFullError`` above the high-water mark).
+    """
     topics = route(txn, engine, exchange, routing_key, headers)
     if not topics:
         if mandatory:
@@ -296,7 +300,7 @@ def publish_in(txn: Any, engine: Engine, exchange: str, routing_key: str, value:
                 f"message with routing key {routing_key!r} matched no binding of exchange "
                 f"{exchange!r} and there is no alternate exchange")
         return [], set()
-    out = []
+    planned = []
     batch_cache: dict[int, list[bytes]] = {}
     for t in topics:
         rec = engine.topic(txn, t)
@@ -306,7 +310,12 @@ def publish_in(txn: Any, engine: Engine, exchange: str, routing_key: str, value:
             batches = batch_cache[maxb] = engine.encode(
                 rec, [value], None if key is None else [key],
                 None if headers is None else [headers], ts)
-        part = engine.choose_partition(rec, key, None)
+        planned.append((t, rec, engine.choose_partition(rec, key, None), batches))
+    # Every copy counts (a fanout to N topics stores N), before the first is written.
+    engine.check_space(engine.live_env(), txn,
+                       sum(len(b) for _, _, _, batches in planned for b in batches))
+    out = []
+    for t, rec, part, batches in planned:
         off, _ = engine.append_in(txn, rec, part, batches)
         out.append(RecordMetadata(t, part, off, ts))
     return out, set(topics)
@@ -325,7 +334,6 @@ def publish(engine: Engine, exchange: str, routing_key: str, value: Any, *, key:
     env = engine.live_env()
     txn = env.write_txn()
     try:
-        engine.check_space(env, txn, len(value) if value is not None else 0)
         out, touched = publish_in(txn, engine, exchange, routing_key, value, key=key,
                                   headers=headers, ts=ts, mandatory=mandatory)
     except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises

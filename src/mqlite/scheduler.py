@@ -143,6 +143,10 @@ def promote_due(engine: Engine, now_ms: int | None = None, limit: int = 10_000) 
     """Append every due scheduled message to its topic; return how many moved.
 
     Messages whose topic was deleted meanwhile are dropped.  One transaction.
+    Each append is admitted before it writes (:meth:`Engine.admit_move`: its bytes
+    were counted when it was scheduled, so it is refused only where it would not
+    fit the map, or under writemap where the disk has no blocks for it); a refusal
+    raises and promotes nothing.
     """
     env = engine.env
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
@@ -179,6 +183,7 @@ def promote_due(engine: Engine, now_ms: int | None = None, limit: int = 10_000) 
                 _schedule.set_aside(txn, env.dbs, raw, reason)
                 _log_failure.error("delayed message set aside, not promoted: %s", reason)
                 continue
+            engine.admit_move(txn, sum(map(len, batches)))
             off, _ = engine.append_in(txn, rec, part, batches)
             if dkey is not None:
                 engine.dedup_store(txn, dkey, rec, part, off, ts)

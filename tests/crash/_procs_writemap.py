@@ -96,3 +96,59 @@ def fill_until_full(path: str, out: str) -> None:
     finally:
         with open(out, "w", encoding="utf-8") as f:
             f.write(json.dumps(res))
+
+
+def appends_on_a_full_disk(path: str, out: str) -> None:
+    """Under ``"none"`` on a small file system: dead letters, a redrive and a due delayed
+    message prepared, the disk filled by sends, then each of those appends tried (D57).
+
+    Writes ``{"writemap", "filled", "errors", "after"}`` to ``out``: ``errors`` maps
+    ``dead_letter`` / ``redrive`` / ``promote`` to ``[module, name, text]`` (or
+    ``["ok", result]``); ``after`` what is still stored once they failed.
+    """
+    from mqlite import scheduler
+
+    res: dict[str, Any] = {"errors": {}, "filled": None}
+    chunk = 512 << 10
+    try:
+        with mqlite.open(path, durability="none", map_size=64 << 20) as b:
+            res["writemap"] = _env_of(b).writemap
+            b.create_topic("t")
+            b.create_topic("jobs")
+            with b.queue("jobs", "w", dead_letter_topic="jobs-dlq",
+                         visibility_timeout=600.0) as q:
+                for i in range(3):
+                    b.send("jobs", bytes([i]) * chunk)
+                ds = q.receive(max_messages=3, timeout=5.0)
+                assert len(ds) == 3, len(ds)
+                q.dead_letter(ds[:2], reason="bad")
+                b.send("jobs", b"d" * (2 * chunk), delay=0.001)  # due long before it is tried
+                for i in range(100_000):
+                    try:
+                        b.send("t", f"{i}|".encode() + os.urandom(8192))
+                    except Exception as exc:  # noqa: BLE001 - reported to the parent
+                        res["filled"] = [type(exc).__module__, type(exc).__name__, str(exc)]
+                        break
+                tries = {
+                    "dead_letter": lambda: q.dead_letter(ds[2], reason="bad"),
+                    "redrive": lambda: b.redrive("jobs-dlq"),
+                    "promote": b.promote_scheduled,
+                }
+                for name, fn in tries.items():
+                    try:
+                        res["errors"][name] = ["ok", fn()]
+                    except Exception as exc:  # noqa: BLE001
+                        res["errors"][name] = [type(exc).__module__, type(exc).__name__,
+                                               str(exc)]
+                with b._engine.read() as txn:
+                    sched = scheduler.scheduled_counts(txn, b._engine.env.dbs)
+                res["after"] = {
+                    "dead_letters": len(b.dead_letters("jobs-dlq")),
+                    "jobs_end": b.describe_topic("jobs").partitions[0].end_offset,
+                    "dlq_end": b.describe_topic("jobs-dlq").partitions[0].end_offset,
+                    "scheduled": sched,
+                    "pending": len(q.pending()),
+                }
+    finally:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(json.dumps(res))

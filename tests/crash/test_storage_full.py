@@ -396,3 +396,122 @@ def test_draining_writes_wait_out_a_reader_that_pins_freed_pages(
     q.close()
     b.close()
     _assert_sound(tmp_broker_dir)
+
+
+# -- D57: every append is counted before it writes, not only the sends ---------------------
+
+BIG = 100_000  # one message charged 2 * BIG + a page: past 95% from a map filled to 90%
+
+
+def _fill_log(b: mqlite.Broker, rng: random.Random) -> None:
+    b.create_topic("log")
+    _fill(b, ["log"], rng)
+    space = _used(b)
+    assert space["used_bytes"] > space["high_water_bytes"] - 16 * 4096, space
+
+
+def _ends(b: mqlite.Broker, topic: str) -> dict[int, int]:
+    return {p.partition: p.end_offset for p in b.describe_topic(topic).partitions}
+
+
+def _only_the_tier(exc: StorageFullError) -> None:
+    # A tier refusal, not LMDB's map running out in the middle of the write.
+    assert type(exc) is StorageFullError, type(exc)
+
+
+def test_redrive_of_a_full_broker_is_refused_and_changes_nothing(
+        tmp_broker_dir: Path, rng: random.Random) -> None:
+    """Regression (D54 "Left"): redrive appended without counting the space budget."""
+    b = mqlite.open(tmp_broker_dir, durability="none", map_size=MAP)
+    b.create_topic("jobs", partitions=2)
+    with b.queue("jobs", "w", dead_letter_topic="jobs-dlq") as q:
+        for i in range(5):
+            b.send("jobs", b"job %d" % i + b"j" * 2000, key=b"k%d" % i)
+        ds = q.receive(max_messages=5, timeout=5.0)
+        assert len(ds) == 5
+        assert q.dead_letter(ds, reason="bad") == 5
+    letters = b.dead_letters("jobs-dlq")
+    assert len(letters) == 5
+    dlq_ends, job_ends = _ends(b, "jobs-dlq"), _ends(b, "jobs")
+    _fill_log(b, rng)
+    with pytest.raises(StorageFullError) as ei:
+        b.redrive("jobs-dlq")
+    _only_the_tier(ei.value)
+    assert "nothing was redriven" in str(ei.value) and "map_size" in str(ei.value)
+    with pytest.raises(StorageFullError):
+        b.redrive("jobs-dlq", to_topic="log", limit=1)
+    assert b.dead_letters("jobs-dlq") == letters
+    assert _ends(b, "jobs-dlq") == dlq_ends and _ends(b, "jobs") == job_ends
+    # Space back: the same redrive goes through, every letter to its own partition.
+    b.delete_topic("log")
+    assert b.redrive("jobs-dlq") == 5
+    assert b.dead_letters("jobs-dlq") == []
+    back = [m for p in range(2) for m in b.read("jobs", p, 0, max_records=100)]
+    assert len(back) == 10
+    b.close()
+    _assert_sound(tmp_broker_dir)
+
+
+@pytest.mark.parametrize("how", ["nack", "dead_letter", "receive"])
+def test_a_dead_letter_move_past_the_grow_mark_is_refused_and_changes_nothing(
+        tmp_broker_dir: Path, rng: random.Random, how: str) -> None:
+    """Regression: moves to the dead-letter topic (from ``nack`` at max deliveries,
+    ``dead_letter``, and a ``receive`` that finds an entry at max deliveries) appended
+    uncounted, into the headroom kept for draining writes."""
+    b = mqlite.open(tmp_broker_dir, durability="none", map_size=MAP)
+    b.create_topic("jobs")
+    big = rng.randbytes(BIG)
+    b.send("jobs", big)
+    q = b.queue("jobs", "w", max_deliveries=1, dead_letter_topic="jobs-dlq",
+                visibility_timeout=0.0 if how == "receive" else 600.0)
+    [d] = q.receive(max_messages=1, timeout=5.0)
+    _fill_log(b, rng)
+
+    def move() -> object:
+        if how == "nack":
+            return q.nack(d)
+        if how == "dead_letter":
+            return q.dead_letter(d, reason="bad")
+        return q.receive(max_messages=1, timeout=0)  # the entry is due: it moves
+
+    for _ in range(2):
+        with pytest.raises(StorageFullError) as ei:
+            move()
+        _only_the_tier(ei.value)
+        assert "dead-letter topic 'jobs-dlq'" in str(ei.value), str(ei.value)
+        assert "nothing was changed" in str(ei.value)
+    assert b.dead_letters("jobs-dlq") == []
+    assert _ends(b, "jobs-dlq") == {0: 0}
+    [e] = q.pending()
+    assert e["delivery_count"] == 1
+    # Space back: the same move goes through.
+    b.delete_topic("log")
+    assert move() in (1, [])
+    [dl] = b.dead_letters("jobs-dlq")
+    assert dl.message.value == big and dl.original_offset == 0
+    assert q.pending() == []
+    q.close()
+    b.close()
+    _assert_sound(tmp_broker_dir)
+
+
+def test_publish_counts_every_copy(tmp_broker_dir: Path, rng: random.Random) -> None:
+    """Regression: ``publish`` charged one copy of the value however many topics it was
+    routed to, and a publish inside a transaction charged nothing."""
+    b = mqlite.open(tmp_broker_dir, durability="none", map_size=MAP)
+    b.declare_exchange("fan", "fanout")
+    names = [f"t{i}" for i in range(6)]
+    for t in names:
+        b.create_topic(t)
+        b.bind("fan", t)
+    value = rng.randbytes(200_000)  # one copy fits easily; six charged copies do not
+    with pytest.raises(StorageFullError) as ei:
+        b.publish("fan", "", value)
+    _only_the_tier(ei.value)
+    with pytest.raises(StorageFullError), b.transaction() as tx:
+        tx.publish("fan", "", value)
+    assert all(_ends(b, t) == {0: 0} for t in names)
+    mds = b.publish("fan", "", value[:20_000])  # six small copies fit
+    assert sorted(md.topic for md in mds) == names
+    b.close()
+    _assert_sound(tmp_broker_dir)

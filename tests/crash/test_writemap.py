@@ -274,6 +274,30 @@ def test_disk_full_under_writemap_is_typed_not_sigbus(children: Any, small_fs: P
         assert _core.guard_faults() == faults
 
 
+def test_appends_other_than_sends_meet_a_full_disk_typed(children: Any, small_fs: Path,
+                                                        tmp_path: Path) -> None:
+    """Regression (D54 "Left", D57): a dead-letter move, a redrive and the promotion of a
+    due delayed message appended without counting the space first, so under writemap a
+    full disk met them in the middle of the write transaction and the process died (the
+    guard could not grow the file).  Each is now refused typed, changing nothing."""
+    path = small_fs / "broker"
+    out = tmp_path / "appends.json"
+    p = children.start("appends", procs.appends_on_a_full_disk, str(path), str(out))
+    p.join(300)
+    assert p.exitcode == 0, f"the child died (exit code {p.exitcode})"
+    res = json.loads(out.read_text())
+    assert res["writemap"] is True
+    assert res["filled"] is not None, "the file system never filled"
+    for name in ("dead_letter", "redrive", "promote"):
+        module, cls, text = res["errors"][name]
+        assert module.startswith("mqlite"), f"{name}: {module}.{cls}: {text}"
+        assert issubclass(getattr(mqlite, cls), mqlite.StorageError), (name, cls, text)
+    assert res["after"] == {"dead_letters": 2, "jobs_end": 3, "dlq_end": 2,
+                            "scheduled": {"jobs": 1}, "pending": 1}
+    rep = verify_in_child(str(path), timeout=60)
+    assert rep.ok, rep.problems
+
+
 def test_no_nested_transactions_anywhere() -> None:
     """``MDB_WRITEMAP`` forbids nested write transactions (LMDB returns EINVAL)."""
     import re

@@ -127,15 +127,28 @@ def test_partial_redelivery_takes_part_of_a_range_and_stales_the_rest(broker):
 
 
 def test_per_receive_visibility_timeout_and_extend(broker):
+    """A receive's own visibility timeout sets its deliveries' deadline, and extend moves
+    the deadline of the ones extended: judged by the stored deadlines and by what a
+    blocking receive gets when the first deadline passes, not by a fixed sleep (a stalled
+    machine only delays every step)."""
     _fill(broker, "t", 4)
     q = broker.queue("t", group="g", visibility_timeout=30)
+    t0 = time.time_ns() // 1_000_000
     ds = q.receive(4, timeout=0, visibility_timeout=1.0)
-    ds[0].extend(30.0)  # only this one stays hidden
+    t1 = time.time_ns() // 1_000_000
+    assert [d.offset for d in ds] == [0, 1, 2, 3]
+    ds[0].extend(30.0)  # only this one and the next stay hidden
     q.extend(ds[1:2], 30.0)
-    time.sleep(1.1)
-    again = q.receive(10, timeout=0)
+    t2 = time.time_ns() // 1_000_000
+    vis = {p["offset"]: p["visible_at_ms"] for p in q.pending()}
+    assert t0 + 1000 <= vis[2] == vis[3] <= t1 + 1000  # the receive's 1 s, not the queue's 30
+    assert t1 + 30_000 <= vis[0] <= t2 + 30_000  # moved by extend, counted from the extend
+    assert t1 + 30_000 <= vis[1] <= t2 + 30_000
+    again = q.receive(10, timeout=25.0)  # waits for the first deadline, that of 2 and 3
+    got = time.time_ns() // 1_000_000
     assert [d.offset for d in again] == [2, 3]
-    ds[0].ack()
+    assert got >= vis[2] and all(d.delivery_count == 2 for d in again)
+    ds[0].ack()  # still valid: their deadline was moved
     ds[1].ack()
     q.ack(again)
     assert q.lag() == 0
@@ -526,3 +539,74 @@ def test_argument_errors(broker):
     assert q.ack(ds) == 2  # nothing above changed anything
     q.close()
     other.close()
+
+
+# -- an empty receive writes nothing (D57) -------------------------------------------------
+
+def _txnid(broker):
+    # LMDB's last transaction id (as benchmarks/bench_commit_ring.py reads it)
+    return int(broker._engine.env.handle().info()["last_txnid"])
+
+
+def _count_write_txns(broker, monkeypatch):
+    env = broker._engine.env
+    real = env.write_txn
+    begun = []
+
+    def write_txn(*args, **kwargs):
+        begun.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(env, "write_txn", write_txn)
+    return begun
+
+
+def test_an_idle_queue_receive_begins_no_write_transaction(tmp_broker_dir, monkeypatch):
+    """Regression: every ``receive`` began a write transaction (the broker's write lock,
+    against every other writer) and committed it even when it found nothing.  Now a queue
+    whose last round took nothing looks in a read transaction first, and everything the
+    write would have taken is still taken at once: new messages, expired and nacked
+    deliveries, moves to the dead-letter topic, due delayed messages."""
+    b = mqlite.open(tmp_broker_dir, durability="sync")
+    b.create_topic("t")
+    q = b.queue("t", "g", max_deliveries=2, dead_letter_topic="dlq")
+    assert q.receive(1, timeout=0) == []  # the first round of a queue takes at once
+    begun = _count_write_txns(b, monkeypatch)
+    tid = _txnid(b)
+    for _ in range(20):
+        assert q.receive(5, timeout=0) == []
+    assert q.receive(5, timeout=0.05) == []  # waits, looks again after the wait: the same
+    assert begun == [] and _txnid(b) == tid
+    # New messages.
+    b.send_batch("t", [b"a", b"b"])
+    ds = q.receive(5, timeout=0)
+    assert [d.value for d in ds] == [b"a", b"b"]
+    # A busy queue takes at once (no extra read), an idle one does not write.
+    n = len(begun)
+    assert q.receive(5, timeout=0) == []
+    assert q.receive(5, timeout=0) == [] and len(begun) == n + 1
+    # A nack at once is due at once; an expired delivery is due at its deadline.
+    ds[0].nack(delay=0.0)
+    ds[1].extend(0.0)
+    again = q.receive(5, timeout=0)
+    assert sorted(d.value for d in again) == [b"a", b"b"]
+    assert all(d.delivery_count == 2 for d in again)
+    # At max deliveries, a due entry moves to the dead-letter topic in the receive.
+    q.nack(again, delay=0.0)  # nack at max deliveries moves them itself
+    assert sorted(dl.message.value for dl in b.dead_letters("dlq")) == [b"a", b"b"]
+    b.send("t", b"c")
+    [c] = q.receive(1, timeout=0, visibility_timeout=0.0)  # due as soon as it is taken
+    [c] = q.receive(1, timeout=0, visibility_timeout=0.2)
+    assert c.value == b"c" and c.delivery_count == 2
+    assert q.receive(1, timeout=0) == []  # idle again (a stall of 0.2 s: this one moves it)
+    for p in q.pending():  # wait for its deadline; the next receive looks, then moves it
+        time.sleep(max(0.0, (p["visible_at_ms"] - time.time_ns() // 1_000_000) / 1000 + 0.01))
+    assert q.receive(1, timeout=0) == []
+    assert sorted(dl.message.value for dl in b.dead_letters("dlq")) == [b"a", b"b", b"c"]
+    assert q.pending() == []
+    # A delayed message is promoted and taken when due.
+    b.send("t", b"later", delay=0.05)
+    got = q.receive(1, timeout=30.0)
+    assert [d.value for d in got] == [b"later"]
+    q.close()
+    b.close()

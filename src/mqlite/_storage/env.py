@@ -30,10 +30,15 @@ Contract
   hole.  ``MQLITE_WRITEMAP=0`` in the environment turns it off.
 * Backpressure in three tiers (:meth:`Env.check_space`): above
   ``HIGH_WATER_FRACTION`` (90%) of the map in use, sends raise
-  :class:`StorageFullError`; above ``GROW_WATER_FRACTION`` (95%) so do the other
-  writes that add lasting state (receives, new groups, new topics); draining
+  :class:`StorageFullError` (every append of new messages: sends, publishes,
+  redrives); above ``GROW_WATER_FRACTION`` (95%) so do the other writes that add
+  lasting state (receives, dead-letter moves, new groups, new topics); draining
   writes (acks, nacks, offset commits, deletes, close) are always admitted, into
-  the headroom the first two tiers leave.
+  the headroom the first two tiers leave.  Every append is counted before it
+  writes, whatever its tier: the promotion of a due delayed message (a move: its
+  bytes were counted when it was scheduled) only where it would not fit the map
+  at all (:data:`SPACE_MOVE`).  Counting allocates the disk blocks under writemap,
+  so no append can meet a full disk in the middle of its transaction (D57).
 * ``lmdb`` exceptions are converted by :func:`lmdb_error`; none escapes raw.
 """
 
@@ -73,6 +78,7 @@ from mqlite.errors import (
 __all__ = [
     "DB_NAMES",
     "SPACE_GROW",
+    "SPACE_MOVE",
     "SPACE_SEND",
     "Env",
     "MapExhaustedError",
@@ -107,6 +113,9 @@ _READER_CHECK_INTERVAL = 5.0
 #: Space tiers of :meth:`Env.check_space`.
 SPACE_SEND = "send"
 SPACE_GROW = "grow"
+#: Appends that move bytes already counted (a due delayed message): refused only where
+#: they would not fit the map at all, and given their disk blocks under writemap.
+SPACE_MOVE = "move"
 _SPACE_BUDGET_MAX = 1 << 20  # bytes a process adds between two counts of the pages in use
 # writemap (D47): bytes of data.mdb allocated ahead of LMDB's last page: an eighth of
 # the pages up to it, at least _PREALLOC_AHEAD_MIN and at most _PREALLOC_AHEAD (clipped
@@ -634,6 +643,7 @@ class Env:
         self._psize = env.stat()["psize"]
         self._hwm_pages = int(self.map_size * HIGH_WATER_FRACTION) // self._psize
         self._grow_pages = int(self.map_size * GROW_WATER_FRACTION) // self._psize
+        self._map_pages = self.map_size // self._psize
         self.space_budget = 0
         self._next_reader_check = time.monotonic() + _READER_CHECK_INTERVAL
         if self.notifier is None:
@@ -1255,9 +1265,10 @@ class Env:
         """Admit a write of about ``nbytes`` new bytes, or raise :class:`StorageFullError`.
 
         ``tier`` is :data:`SPACE_SEND` (refused once the map is above
-        ``HIGH_WATER_FRACTION``) or :data:`SPACE_GROW` (refused above
-        ``GROW_WATER_FRACTION``); draining writes do not call this.  Every write of
-        the first two tiers calls it: the common case costs one subtraction from
+        ``HIGH_WATER_FRACTION``), :data:`SPACE_GROW` (refused above
+        ``GROW_WATER_FRACTION``) or :data:`SPACE_MOVE` (refused only when the write
+        would not fit the map); draining writes do not call this.  Every write of
+        these tiers calls it before it writes: the common case costs one subtraction from
         ``space_budget``, the bytes this process may still add before it counts the
         pages in use again.  A count sets the budget to an eighth of the room left
         below the send mark (at most 1 MiB); a write transaction that follows another
@@ -1272,7 +1283,8 @@ class Env:
         if need < self.space_budget:
             self.space_budget -= need
             return
-        mark = self._hwm_pages if tier == SPACE_SEND else self._grow_pages
+        mark = (self._hwm_pages if tier == SPACE_SEND
+                else self._grow_pages if tier == SPACE_GROW else self._map_pages)
         need_pages = -(-need // self._psize)
         now = time.monotonic()
         if tier == SPACE_SEND and now < self._full_until:
@@ -1310,6 +1322,12 @@ class Env:
         return self._full_message(tier)
 
     def _full_message(self, tier: str) -> str:
+        if tier == SPACE_MOVE:
+            return (
+                f"broker {self.path}: its map ({self.map_size} bytes) has no room left "
+                "for this write; ack in-flight messages, delete topics or let retention "
+                "delete old data, or reopen it with a larger map_size"
+            )
         if tier == SPACE_SEND:
             return (
                 f"broker {self.path} is above {int(HIGH_WATER_FRACTION * 100)}% of its map "

@@ -140,6 +140,7 @@ class Queue:
         self._owner = self.owner_id.encode()
         self._closed = False
         self._rotation = 0
+        self._idle = False
         self._pid = os.getpid()
         self._slot = self._env.topic_slot(topic)
         self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
@@ -245,8 +246,8 @@ class Queue:
         Takes what is receivable now; when nothing is, says what to wait on:
         until wake-up word ``slot`` differs from ``seq`` or ``wait`` seconds
         pass, then call again with ``first=False`` (which looks in a read
-        transaction before taking the write lock).  Writes (run it off the
-        event loop thread).  ``cls``: the class of the deliveries it builds, a
+        transaction before taking the write lock, as ``first=True`` does too when
+        the last round took nothing).  Writes (run it off the event loop thread).  ``cls``: the class of the deliveries it builds, a
         subclass of :class:`Delivery` (``mqlite.aio`` builds its own directly).
 
         Raises

@@ -42,6 +42,7 @@ class QueueCore(DeliveryOwner, Protocol):
     _policy: QueuePolicy
     _backoff: Backoff | None
     _rotation: int
+    _idle: bool  # the last receive round took nothing: the next one looks before it writes
     _slot: int
     _pid: int
     _closed: bool

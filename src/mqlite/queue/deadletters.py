@@ -11,6 +11,11 @@ Callers: ``receive`` (max deliveries reached on redelivery), ``settle``
 ``redrive`` / ``purge_dead_letters``.
 Changes: appends to the dead-letter topic (or, for redrive, to the original
 topic) and the dead-letter done marks.
+
+Space: every append here is admitted before it writes (D57): a move to the
+dead-letter topic as a growing write (refused above 95% of the map, with the
+receive, nack or ``dead_letter`` that asked for it: nothing changes), a redrive
+as a send (refused above 90%, nothing redriven).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from mqlite._engine import now_ms
 from mqlite._storage import log as _log
 from mqlite._storage import pending as _pending
 from mqlite.config import TopicConfig, require_int, validate_topic_name
-from mqlite.errors import TopicNotFoundError
+from mqlite.errors import StorageFullError, TopicNotFoundError
 
 if TYPE_CHECKING:
     from mqlite._engine import Engine
@@ -77,7 +82,13 @@ def to_dlq(engine: Engine, txn: Any, dlq: str | None, topic: str, group: str, pa
         hs = [(n, v) for n, v in m.headers if n not in _DLQ_HEADERS]
         common[2] = (H_OFFSET, str(m.offset).encode())
         items.append((m.key, m.value, hs + common, m.timestamp_ms))
-    _append_many(engine, txn, dlq, items)
+    try:
+        _append_many(engine, txn, dlq, items, None, engine.admit_growth)
+    except StorageFullError as exc:
+        raise type(exc)(
+            f"moving {len(items)} message(s) of {topic!r} to the dead-letter topic {dlq!r} "
+            f"was refused, nothing was changed (ack them to drop them instead): {exc}"
+        ) from exc
 
 
 def _target_topic(engine: Engine, txn: Any, topic: str) -> _log.TopicRecord:
@@ -92,22 +103,28 @@ def _target_topic(engine: Engine, txn: Any, topic: str) -> _log.TopicRecord:
 
 def _append_many(engine: Engine, txn: Any, topic: str,
                  items: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]],
-                 partition: int | None = None) -> None:
+                 partition: int | None, admit: Callable[[Any, int], None]) -> None:
     """Append records (key, value, headers, timestamp) inside ``txn``, no size cap
-    (they were accepted once already); keyed records go to their key's partition."""
+    (they were accepted once already); keyed records go to their key's partition.
+
+    ``admit(txn, nbytes)`` is called with the encoded size of all of them before the
+    first is written (raises ``StorageFullError`` to refuse them all)."""
     rec = _target_topic(engine, txn, topic)
     by_part: dict[int, list[int]] = {}
     for i, (k, _, _, _) in enumerate(items):
         p = engine.choose_partition(rec, k, partition if partition is None or
                                      partition < len(rec.pids) else None)
         by_part.setdefault(p, []).append(i)
+    planned: list[tuple[int, list[bytes]]] = []
     for part, idx in by_part.items():
         sel = [items[i] for i in idx]
         keys = [k for k, _, _, _ in sel]
-        batches = engine.encode(rec, [v for _, v, _, _ in sel],
-                                None if all(k is None for k in keys) else keys,
-                                [h for _, _, h, _ in sel], [t for _, _, _, t in sel],
-                                capped=False)
+        planned.append((part, engine.encode(rec, [v for _, v, _, _ in sel],
+                                            None if all(k is None for k in keys) else keys,
+                                            [h for _, _, h, _ in sel],
+                                            [t for _, _, _, t in sel], capped=False)))
+    admit(txn, sum(len(b) for _, batches in planned for b in batches))
+    for part, batches in planned:
         engine.append_in(txn, rec, part, batches)
 
 
@@ -205,7 +222,8 @@ def redrive(engine: Engine, dlq_topic: str,
     headers (the ``x-*`` dead-letter headers removed) to its original
     partition when it still exists, and marked done in the same transaction,
     so a crash never redrives twice.  ``where`` filters; letters whose target
-    topic no longer exists are left in place.
+    topic no longer exists are left in place.  A redrive is a send: above the
+    high-water mark it raises ``StorageFullError`` and redrives nothing.
     """
     validate_topic_name(dlq_topic)
     if to_topic is not None:
@@ -224,6 +242,10 @@ def redrive(engine: Engine, dlq_topic: str,
             chosen.append(dl)
     n = 0
     touched: set[str] = set()
+
+    def admit(txn: Any, nbytes: int) -> None:
+        engine.check_space(env, txn, nbytes)
+
     with engine.write() as txn:
         rec = engine.topic(txn, dlq_topic)
         still = {(dl.partition, dl.offset) for dl in _undone(engine, txn, dlq_topic)}
@@ -243,8 +265,12 @@ def redrive(engine: Engine, dlq_topic: str,
             part = dl.original_partition if to_topic is None else None
             if part is not None and not 0 <= part < len(trec.pids):
                 part = None
-            _append_many(engine, txn, target, [(msg.key, msg.value, headers, msg.timestamp_ms)],
-                         part)
+            try:
+                _append_many(engine, txn, target,
+                             [(msg.key, msg.value, headers, msg.timestamp_ms)], part, admit)
+            except StorageFullError as exc:
+                raise type(exc)(f"redrive of {dlq_topic!r} refused, nothing was "
+                                f"redriven: {exc}") from exc
             marks.setdefault(dl.partition, []).append(dl.offset)
             touched.add(target)
             n += 1

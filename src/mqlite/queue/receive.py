@@ -89,8 +89,14 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
                  cls: type[Delivery] = Delivery) -> ReceiveStep:
     """One round of receiving: take what is there, else say what to wait on.
 
-    ``first``: take at once; otherwise (after a wake-up, which is only a hint)
-    look in a read transaction before taking the write lock.
+    ``first``: take at once, unless this queue's last round took nothing;
+    otherwise (after a wake-up, which is only a hint, or while the queue is idle)
+    look in a read transaction before taking the write lock.  So a consumer
+    polling an empty queue takes no write lock and writes nothing (D57), and one
+    that keeps finding messages pays no extra read.  The look sees everything the
+    write would take: due redeliveries (and with them the moves to the dead-letter
+    topic) through the group's ``min_visible_ms``, new messages through the cursors
+    and the partitions' ends; due delayed messages are promoted before it.
     """
     from mqlite import scheduler
 
@@ -99,7 +105,7 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
     seq = q._env.notifier.load(slot)
     next_due = scheduler.next_due_ms(engine)
     now = now_ms()
-    take = first
+    take = first and not q._idle
     if next_due is not None and next_due <= now:
         scheduler.promote_due(engine)
         next_due = scheduler.next_due_ms(engine)
@@ -110,8 +116,10 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
     if take:
         out, next_visible = _receive_once(q, max_messages, vt, cls)
         if out:
+            q._idle = False
             return ReceiveStep(out, True, slot, seq, 0.0)
         now = now_ms()
+    q._idle = True
     wait = math.inf
     if next_visible < FOREVER:
         wait = max(0.0, (next_visible - now) / 1000.0) + 0.001

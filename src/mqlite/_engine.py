@@ -253,7 +253,8 @@ class Engine:
         # The common case of send() in Cython (D36), one per environment.
         if env.send_path is None:
             env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
-                                           SPACE_SEND)
+                                           SPACE_SEND, StorageError, _HAND_OVER,
+                                           _COMBINE_WAIT_S)
         self.send_path: Any = env.send_path
         # The commit ring's apply step in Cython (D50), one per environment.
         if env.ring_apply is None:
@@ -732,6 +733,19 @@ class Engine:
             md = self._send_combined(comb, rec, topic, key, partition, ts, maxb, batches[0], dkey)
             if md is not None:
                 return md
+        return self._send_direct(topic, value, kk, hh, key, partition, ts, rec, maxb, batches,
+                                 dkey)
+
+    def _send_direct(self, topic: str, value: Any, kk: tuple[Any] | None,
+                     hh: tuple[Any] | None, key: Any, partition: int | None, ts: int,
+                     rec: TopicRecord, maxb: int, batches: list[bytes],
+                     dkey: bytes | None) -> RecordMetadata:
+        """The end of :meth:`send_general`: one encoded send committed in its own transaction.
+
+        Also where the compiled ring send (``_core.SendPath``, D56) goes when the ring
+        cannot take the send (too large, no free slot, ``_ST_RETRY``).
+        """
+        env = self.env
         txn = env.write_txn()
         try:
             rec2 = (env.topic_cache.get(topic) if txn is env.fresh_txn else None) or self.topic(
@@ -828,7 +842,7 @@ class Engine:
         cap = comb.slot_bytes
         if any(len(p) > cap for p in payloads):
             return None
-        pid = os.getpid()
+        pid = _core.self_pid()  # no getpid() per send (D56)
         mine: list[int] = []
         for _ in payloads:
             idx = comb.claim(pid)

@@ -447,7 +447,7 @@ cdef class SendPath:
         cdef object tlock, md, payload, tb
         cdef uint32_t active = 0, cu = 0, seq = 0
         cdef int rc
-        cdef bint got, led
+        cdef bint got, led, skip_try
         cdef int64_t t0, idx
         cdef uint32_t i
         cdef uint64_t ticket, w, done_w, filled_w
@@ -536,6 +536,10 @@ cdef class SendPath:
         try:
             _comb_live(comb)
             mq_comb_note_send(&comb.c)
+            # The holder gathering now takes this slot before it collects (its gather
+            # ends first): a trylock now cannot succeed, so wait first (D56).  Only
+            # this once: after any wait the lock is tried, as in ring_submit.
+            skip_try = mq_comb_gathering(&comb.c) == 1
             while True:
                 _comb_live(comb)
                 w = mq_comb_word(&comb.c, i)
@@ -547,7 +551,9 @@ cdef class SendPath:
                         "waited in it: its records may or may not have been stored (check "
                         "before sending again); later calls commit on their own")
                 led = False
-                if tlock.acquire(False):
+                if skip_try:
+                    skip_try = False
+                elif tlock.acquire(False):
                     try:
                         _comb_live(comb)
                         rc = mq_comb_trylock(&comb.c)

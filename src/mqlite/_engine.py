@@ -635,8 +635,13 @@ class Engine:
         The one-record twin of :meth:`append_in`, inlined for speed: the same
         steps (partition choice, space check, state, retention, dedup, wake-up).
         The common case (no headers, dedup id or timestamp; bytes or ``None``
-        value and key; no commit ring) runs in ``_core.SendPath`` (D36), which
-        hands back ``None`` for anything else, before doing anything.
+        value and key) runs in ``_core.SendPath`` (D36), which hands back
+        ``None`` for anything else, before doing anything.  With a commit ring
+        it runs :meth:`send_general`'s ring steps there too (D56): alone when the
+        ring is idle (:meth:`_send_solo`), else :meth:`_send_combined` and
+        :meth:`ring_submit` for one send, compiled, with :meth:`_lead` called
+        as the leader's step; what the ring cannot take goes to
+        :meth:`_send_direct`.
         """
         if headers is None and dedup_id is None and timestamp_ms is None:
             md = self.send_path.send(self, topic, value, key, partition)
@@ -838,6 +843,9 @@ class Engine:
         wait about two commit durations (at most :data:`FOLLOW_MAX_NS`) for a
         sender's commit to carry them, instead of queueing a commit of their own
         in front of the sender's next one (D43).  Sends stamp the hint.
+
+        ``_core.SendPath`` runs the same steps for a common-case send (one payload,
+        ``follow=False``) in compiled code (D56); change both together.
         """
         cap = comb.slot_bytes
         if any(len(p) > cap for p in payloads):

@@ -33,7 +33,7 @@ import tempfile
 import time
 from typing import Any
 
-_FIELDS = ("msg_s", "user_us", "sys_us", "vcsw", "ivcsw", "per_commit")
+_FIELDS = ("msg_s", "user_us", "sys_us", "cpu_us", "vcsw", "ivcsw", "per_commit")
 
 
 def _sender(path: str, mode: str, n: int, barrier: Any, out: Any) -> None:
@@ -93,15 +93,54 @@ def run_once(procs: int, n: int, mode: str) -> dict[str, float]:
         "msg_s": tot / wall,
         "user_us": sum(r[1] for r in res) / tot * 1e6,
         "sys_us": sum(r[2] for r in res) / tot * 1e6,
+        "cpu_us": sum(r[1] + r[2] for r in res) / tot * 1e6,
         "vcsw": sum(r[3] for r in res) / tot,
         "ivcsw": sum(r[4] for r in res) / tot,
         "per_commit": tot / max(txn, 1),
     }
 
 
+def single(rounds: int, mode: str) -> None:
+    """One process, ``rounds`` sends that each go through a ring slot and lead it.
+
+    Before each send one more slot is handed over (as a waiting sender's), so the
+    ring is busy and the send takes the ring's way: fill, lead (apply, commit,
+    DONE), result.  For instruction counts of one sender's path, e.g.::
+
+        valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+            python benchmarks/bench_ring_cpu.py 1 0 lazy --single 600
+
+    (minus the same with ``--single 100``, divided by 500).
+    """
+    import mqlite
+    from mqlite import _core
+
+    d = tempfile.mkdtemp(prefix="ringcpu-")
+    try:
+        b = mqlite.open(d, durability=mode, map_size=1 << 30)  # valgrind: a small map
+        b.create_topic("t", partitions=1)
+        b.send("t", b"warm")
+        eng = b._engine
+        comb = eng.env.combiner
+        maxb = eng.topic_fresh("t").config["max_message_bytes"]
+        batch = _core.encode_batches((b"h" * 100,), None, None, 1, max_message_bytes=maxb)[0]
+        handed = eng.ring_payload("t", 0, 1, maxb, [batch], None)
+        value = b"x" * 100
+        pid = os.getpid()
+        for _ in range(rounds):
+            i = comb.claim(pid)
+            t = comb.fill(i, handed)
+            b.send("t", value)
+            if not comb.release(i, t):
+                raise SystemExit("the handed slot was not committed")
+        b.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _line(tag: str, r: dict[str, float]) -> str:
     return (f"{tag}: {r['msg_s']:.0f} msg/s, user {r['user_us']:.1f} sys {r['sys_us']:.1f} "
-            f"us/msg, vcsw {r['vcsw']:.2f} ivcsw {r['ivcsw']:.2f} /msg, "
+            f"user+sys {r['cpu_us']:.1f} us/msg, vcsw {r['vcsw']:.2f} ivcsw {r['ivcsw']:.2f} /msg, "
             f"{r['per_commit']:.2f} msg/commit")
 
 
@@ -114,7 +153,12 @@ def main(argv: list[str]) -> int:
                     help="a source directory to put on PYTHONPATH (repeat for A/B)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--single", type=int, metavar="ROUNDS",
+                    help="one process leading ROUNDS ring sends (for callgrind)")
     a = ap.parse_args(argv)
+    if a.single is not None:
+        single(a.single, a.mode)
+        return 0
     if not a.src:
         r = run_once(a.procs, a.n, a.mode)
         print(json.dumps(r) if a.json else _line(f"{a.mode} P={a.procs}", r), flush=True)
@@ -137,9 +181,9 @@ def main(argv: list[str]) -> int:
         line = _line(s, med)
         if s != first:
             rat = {f: statistics.median(x[f] / y[f] for x, y in zip(got[s], got[first]))
-                   for f in ("msg_s", "user_us", "sys_us")}
+                   for f in ("msg_s", "user_us", "sys_us", "cpu_us")}
             line += (f"  | ratio msg/s {rat['msg_s']:.2f}x, user {rat['user_us']:.2f}x, "
-                     f"sys {rat['sys_us']:.2f}x")
+                     f"sys {rat['sys_us']:.2f}x, user+sys {rat['cpu_us']:.2f}x")
         print(line, flush=True)
     return 0
 

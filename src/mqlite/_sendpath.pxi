@@ -27,6 +27,8 @@ from cpython.tuple cimport PyTuple_SET_ITEM
 from libc.stdint cimport uint16_t
 from posix.time cimport CLOCK_REALTIME
 
+from mqlite.errors import StorageError as _StorageError
+
 cdef extern from "Python.h":
     ctypedef struct _AllocType "PyTypeObject":
         PyObject *(*tp_alloc)(_AllocType *t, Py_ssize_t n)
@@ -218,7 +220,7 @@ cdef class SendPath:
         self.topic_cache = env.topic_cache
         self.state_cache = env.state_cache
         self.slot_cache = env.slot_cache
-        self.storage_error = storage_error
+        self.storage_error = _StorageError if storage_error is None else storage_error
         if not 0 <= hand_over <= _RING_HAND_OVER_MAX:
             raise ValueError(f"hand_over must be in [0, {_RING_HAND_OVER_MAX}], not {hand_over}")
         self.hand_over = hand_over

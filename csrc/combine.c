@@ -343,6 +343,11 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+int mq_comb_gathering(const mq_comb *c)
+{
+    return __atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_SEQ_CST) != 0;
+}
+
 uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
 {
     uint32_t want = __atomic_load_n(hdr_u32(c, ACTIVE_OFF), __ATOMIC_RELAXED);

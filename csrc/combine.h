@@ -251,6 +251,13 @@ uint32_t mq_comb_filled_gathering(const mq_comb *c);
  * Returns the number of FILLED gathering slots at the end (at once when
  * active <= 1). */
 uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us);
+/* 1 while the lock holder sleeps in mq_comb_gather (the header's gatherer
+ * flag, seq_cst load), else 0.  A sender that sees 1 right after its fill
+ * knows the lock is held and that the gather, which ends before its holder
+ * collects, will take its slot: it may wait without trying the lock (D56).  A
+ * flag left by a holder that died in a gather makes such a sender wait one
+ * timeout before it tries. */
+int mq_comb_gathering(const mq_comb *c);
 /* Committer after a combined commit of `taken` gathering slots (sends) that
  * took `commit_ns`, before it marks them DONE: active = the gathering slots
  * FILLED now (the taken ones and those that arrived during the commit; at

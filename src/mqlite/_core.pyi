@@ -256,6 +256,9 @@ class UringBell:
     def close(self) -> None:
         """Close the ring (a pending wait is cancelled).  Idempotent."""
 
+def self_pid() -> int:
+    """This process's pid, without a system call (an at-fork hook keeps it current)."""
+
 class Combiner:
     """The shared ring of slots of csrc/combine.h (``commit.shm``).
 
@@ -294,6 +297,8 @@ class Combiner:
     def filled(self) -> int: ...
     def filled_gathering(self) -> int: ...
     def gather(self, max_wait_us: int) -> int: ...
+    def gathering(self) -> bool:
+        """``True`` while the lock holder sleeps in a gather (csrc/combine.h)."""
     def note_commit(self, taken: int, commit_ns: int) -> None: ...
     def hints(self) -> tuple[int, int, int]: ...
     def close(self) -> None: ...
@@ -340,20 +345,28 @@ class SendPath:
 
     Built once per environment (``Env.send_path``) with the pieces it shares
     with the Python path: ``SendPath(env, RecordMetadata, lmdb_error,
-    load_state_w, SPACE_SEND)``.
+    load_state_w, SPACE_SEND, StorageError, _HAND_OVER, _COMBINE_WAIT_S)`` (the
+    last three: the commit ring's sender, D56).
     """
 
     def __init__(self, env: Any, md_type: type, lmdb_error: Any, load_state_w: Any,
-                 space_send: str) -> None: ...
-    def send(self, engine: Any, topic: Any, value: Any, key: Any, partition: Any) -> Any:
-        """Append one message in its own write transaction and return its
-        ``RecordMetadata``, exactly as ``Engine.send`` would; or ``None``, having done
-        nothing, when the call is not the common case: headers, dedup ids and
-        explicit timestamps are never passed here; a value or key that is not
-        ``bytes``/``None``, a topic not in the topic cache, a message above the
-        topic's ``max_message_bytes``, the commit ring in use, or an environment
-        closing, being reopened or due for its reader check.  Errors inside the
-        transaction abort it and raise as ``Engine.send`` raises them."""
+                 space_send: str, storage_error: type | None = None, hand_over: int = 2,
+                 wait_s: float = 0.002) -> None: ...
+    def send(self, engine: Any, topic: Any, value: Any, key: Any, partition: Any,
+             solo: bool = False) -> Any:
+        """Append one message and return its ``RecordMetadata``, exactly as
+        ``Engine.send`` would; or ``None``, having done nothing, when the call is not
+        the common case: headers, dedup ids and explicit timestamps are never passed
+        here; a value or key that is not ``bytes``/``None``, a topic not in the topic
+        cache, a message above the topic's ``max_message_bytes``, or (without a
+        commit ring, or with ``solo``) an environment closing, being reopened or due
+        for its reader check.  Without a commit ring (and with ``solo``: the caller
+        holds the ring's lock, ``Engine._send_solo``) the message is committed in a
+        write transaction of its own; with one, it goes the ring's way as
+        ``Engine.send_general`` sends it (D56): alone when the ring is idle, else
+        through a slot (``Engine.ring_submit``'s protocol, the leader's step being
+        ``engine._lead``), else (too large, no free slot, a retry result) through
+        ``engine._send_direct``.  Errors raise as ``Engine.send`` raises them."""
 
 class RingApply:
     """The commit ring committer's apply step for one environment (D50), built once

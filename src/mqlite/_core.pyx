@@ -1738,6 +1738,11 @@ cdef class Combiner:
                 mq_comb_close(&self.c)
         return n
 
+    def gathering(self):
+        """``True`` while the lock holder sleeps in a gather (the header's hint)."""
+        self._check()
+        return mq_comb_gathering(&self.c) == 1
+
     def note_commit(self, taken, commit_ns):
         """After a combined commit of ``taken`` gathering slots (sends) that took
         ``commit_ns``: update the gather hints."""

@@ -255,6 +255,7 @@ cdef extern from "combine.h" nogil:
     uint32_t mq_comb_filled(const mq_comb *c)
     int mq_comb_intact(const mq_comb *c)
     uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
+    int mq_comb_gathering(const mq_comb *c)
     void mq_comb_note_commit(mq_comb *c, uint32_t taken, uint64_t commit_ns)
     void mq_comb_hints(const mq_comb *c, uint32_t *active, uint32_t *commit_us, uint32_t *seq)
     void mq_comb_note_send(mq_comb *c)

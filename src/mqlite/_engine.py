@@ -260,7 +260,8 @@ class Engine:
         # The common case of send() in Cython (D36), one per environment.
         if env.send_path is None:
             env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
-                                           SPACE_SEND)
+                                           SPACE_SEND, StorageError, _HAND_OVER,
+                                           _COMBINE_WAIT_S)
         self.send_path: Any = env.send_path
         # The commit ring's apply step in Cython (D50), one per environment.
         if env.ring_apply is None:
@@ -656,8 +657,13 @@ class Engine:
         The one-record twin of :meth:`append_in`, inlined for speed: the same
         steps (partition choice, space check, state, retention, dedup, wake-up).
         The common case (no headers, dedup id or timestamp; bytes or ``None``
-        value and key; no commit ring) runs in ``_core.SendPath`` (D36), which
-        hands back ``None`` for anything else, before doing anything.
+        value and key) runs in ``_core.SendPath`` (D36), which hands back
+        ``None`` for anything else, before doing anything.  With a commit ring
+        it runs :meth:`send_general`'s ring steps there too (D56): alone when the
+        ring is idle (:meth:`_send_solo`), else :meth:`_send_combined` and
+        :meth:`ring_submit` for one send, compiled, with :meth:`_lead` called
+        as the leader's step; what the ring cannot take goes to
+        :meth:`_send_direct`.
         """
         if headers is None and dedup_id is None and timestamp_ms is None:
             md = self.send_path.send(self, topic, value, key, partition)
@@ -754,6 +760,19 @@ class Engine:
             md = self._send_combined(comb, rec, topic, key, partition, ts, maxb, batches[0], dkey)
             if md is not None:
                 return md
+        return self._send_direct(topic, value, kk, hh, key, partition, ts, rec, maxb, batches,
+                                 dkey)
+
+    def _send_direct(self, topic: str, value: Any, kk: tuple[Any] | None,
+                     hh: tuple[Any] | None, key: Any, partition: int | None, ts: int,
+                     rec: TopicRecord, maxb: int, batches: list[bytes],
+                     dkey: bytes | None) -> RecordMetadata:
+        """The end of :meth:`send_general`: one encoded send committed in its own transaction.
+
+        Also where the compiled ring send (``_core.SendPath``, D56) goes when the ring
+        cannot take the send (too large, no free slot, ``_ST_RETRY``).
+        """
+        env = self.env
         txn = env.write_txn()
         try:
             rec2 = (env.topic_cache.get(topic) if txn is env.fresh_txn else None) or self.topic(
@@ -846,11 +865,14 @@ class Engine:
         wait about two commit durations (at most :data:`FOLLOW_MAX_NS`) for a
         sender's commit to carry them, instead of queueing a commit of their own
         in front of the sender's next one (D43).  Sends stamp the hint.
+
+        ``_core.SendPath`` runs the same steps for a common-case send (one payload,
+        ``follow=False``) in compiled code (D56); change both together.
         """
         cap = comb.slot_bytes
         if any(len(p) > cap for p in payloads):
             return None
-        pid = os.getpid()
+        pid = _core.self_pid()  # no getpid() per send (D56)
         mine: list[int] = []
         for _ in payloads:
             idx = comb.claim(pid)

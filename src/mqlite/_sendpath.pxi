@@ -24,7 +24,10 @@
 from cpython.bytes cimport PyBytes_FromStringAndSize as _bytes_new
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
+from libc.stdint cimport uint16_t
 from posix.time cimport CLOCK_REALTIME
+
+from mqlite.errors import StorageError as _StorageError
 
 cdef extern from "Python.h":
     ctypedef struct _AllocType "PyTypeObject":
@@ -125,6 +128,56 @@ cdef inline int _check_space(object env, dict ed, object txn, int64_t nbytes, in
     return 0
 
 
+# -- the commit ring's sender (D56) ----------------------------------------------------
+#
+# Engine.ring_submit for one send, step for step, on the Combiner's C ring (the same
+# calls its Python methods make, with the same "Combiner is closed" check before each
+# group of them: another thread may close the environment while this one runs Python
+# code, e.g. Engine._lead, or waits without the GIL).
+
+cdef enum:
+    _RING_HAND_OVER_MAX = 8
+    _RING_HEAD = 23              # _engine._SLOT_HEAD: >BHhiqIH
+
+
+cdef inline int _comb_live(Combiner comb) except -1:
+    """Combiner._check: ``ValueError`` once the ring was closed."""
+    if not comb.is_open:
+        raise ValueError("Combiner is closed")
+    return 0
+
+
+cdef int _comb_hand_over(Combiner comb, uint32_t n) except -1:
+    """``for other, _t in comb.collect(n): comb.wake(other)`` (Engine's hand-over)."""
+    cdef uint32_t idx[_RING_HAND_OVER_MAX]
+    cdef uint64_t tk[_RING_HAND_OVER_MAX]
+    cdef uint32_t k, got
+    _comb_live(comb)
+    got = mq_comb_collect(&comb.c, idx, tk, n)
+    for k in range(got):
+        mq_comb_wake(&comb.c, idx[k])
+    return 0
+
+
+cdef int _comb_wait(Combiner comb, uint32_t i, uint64_t ticket, int64_t ns) except -1:
+    """Combiner.wait: sleep without the GIL while slot ``i`` is FILLED(``ticket``)."""
+    _comb_live(comb)
+    comb.active += 1
+    try:
+        with nogil:
+            mq_comb_wait(&comb.c, i, ticket, ns)
+    finally:
+        comb.active -= 1
+        if not comb.is_open and comb.active == 0:
+            mq_comb_close(&comb.c)
+    return 0
+
+
+cdef inline void _put_be16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 8)
+    p[1] = <uint8_t>v
+
+
 cdef class SendPath:
     """The common case of ``Engine.send`` for one environment (see _core.pyi)."""
 
@@ -151,8 +204,13 @@ cdef class SendPath:
     cdef int64_t last_maxb
     cdef bint last_retention
     cdef dict topic_cache, state_cache, slot_cache
+    # The commit ring's sender (Engine.ring_submit's one-send case, D56).
+    cdef object storage_error    # mqlite.errors.StorageError
+    cdef uint32_t hand_over      # _engine._HAND_OVER
+    cdef int64_t wait_ns         # _engine._COMBINE_WAIT_S in nanoseconds
 
-    def __init__(self, env, md_type, lmdb_error, load_state_w, space_send):
+    def __init__(self, env, md_type, lmdb_error, load_state_w, space_send,
+                 storage_error=None, hand_over=2, wait_s=0.002):
         self.env = env
         self.ed = env.__dict__
         self.md_type = md_type
@@ -162,28 +220,28 @@ cdef class SendPath:
         self.topic_cache = env.topic_cache
         self.state_cache = env.state_cache
         self.slot_cache = env.slot_cache
+        self.storage_error = _StorageError if storage_error is None else storage_error
+        if not 0 <= hand_over <= _RING_HAND_OVER_MAX:
+            raise ValueError(f"hand_over must be in [0, {_RING_HAND_OVER_MAX}], not {hand_over}")
+        self.hand_over = hand_over
+        self.wait_ns = <int64_t>(float(wait_s) * 1e9)
 
     def send(self, engine, topic, value, key, partition, bint solo=False):
         """Append ``value`` (and ``key``) to ``topic`` in one transaction; its metadata.
 
         ``None`` when the call is not the common case; nothing was done then.
         ``solo``: the caller holds the commit ring's lock with no slot filled
-        (``Engine._send_solo``), so the ring does not take this send.
+        (``Engine._send_solo``), so the ring does not take this send.  Without
+        it, when the environment has a commit ring, the send goes the ring's way
+        (:meth:`_ring_send`, D56).
         """
-        cdef object env = self.env
         cdef dict ed = self.ed
-        cdef object gate
-        cdef object rec, cfg, lm, txn, st_obj, batch, rec2, tid, nt, slot
-        cdef PartitionState st
+        cdef object rec, cfg, lm, batch
         cdef mq_records r
         cdef mq_slice vs, ks
         cdef size_t count = 0, size = 0
-        cdef int64_t ts, maxb, off = 0, nbytes, klen, cache_tid
-        cdef Py_ssize_t npart, part = 0
-        cdef uint32_t pid
+        cdef int64_t ts, maxb, klen
         cdef int rc
-        cdef bint fresh, retained = False
-        cdef Notifier notifier
 
         if type(topic) is not str or engine._closed:
             return None
@@ -201,8 +259,6 @@ cdef class SendPath:
             self.combiner = ed["combiner"]
             self.psize = ed["_psize"]
             self.lmdb_env = lm
-        if self.combiner is not None and not solo:
-            return None  # sync / lazy sends go through the commit ring (D27)
         if rec is not self.last_rec:
             cfg = rec.config
             self.last_maxb = cfg["max_message_bytes"]
@@ -241,7 +297,26 @@ cdef class SendPath:
         rc = mq_batch_encode(&r, 0, 1, -1, -1, <uint8_t *>PyBytes_AS_STRING(batch), size)
         if rc < 0:
             _raise_encode(rc)
-        nbytes = <int64_t>size
+        if self.combiner is not None and not solo:
+            # sync / lazy sends go through the commit ring (D27), compiled (D56)
+            return self._ring_send(engine, topic, rec, value, key, partition, batch, ts, maxb)
+        return self._commit_one(engine, topic, rec, key, partition, batch, ts, maxb)
+
+    cdef object _commit_one(self, object engine, object topic, object rec, object key,
+                            object partition, bytes batch, int64_t ts, int64_t maxb):
+        """The encoded ``batch`` committed in a transaction of its own (the rest of
+        :meth:`send`); ``None``, having done nothing, when the environment is not in
+        the common case (closing, reopened, due for its reader check ...)."""
+        cdef object env = self.env
+        cdef dict ed = self.ed
+        cdef object gate
+        cdef object cfg, txn, st_obj, rec2, tid, nt, slot
+        cdef PartitionState st
+        cdef int64_t off = 0, nbytes = len(batch), klen, cache_tid
+        cdef Py_ssize_t npart, part = 0
+        cdef uint32_t pid
+        cdef bint fresh, retained = False
+        cdef Notifier notifier
 
         # -- begin (Env.write_txn's common case) -------------------------------------
         if (ed["_closing"] or ed["touched"] or ed["after_commit"]
@@ -296,7 +371,9 @@ cdef class SendPath:
             if partition is None and npart == 1:
                 part = 0
             elif partition is None and key is not None:
-                part = mq_partition_for_key(ks.ptr, <size_t>klen, <uint32_t>npart)
+                klen = len(<bytes>key)
+                part = mq_partition_for_key(<const uint8_t *>PyBytes_AS_STRING(key),
+                                            <size_t>klen, <uint32_t>npart)
             else:
                 part = engine.choose_partition(rec, key, partition)
             pyid = pids[part]
@@ -355,6 +432,166 @@ cdef class SendPath:
             if ed["_closing"]:
                 env._close_if_idle()
         return self.metadata(topic, part, off, ts)
+
+    cdef object _ring_send(self, object engine, object topic, object rec, object value,
+                           object key, object partition, bytes batch, int64_t ts,
+                           int64_t maxb):
+        """The encoded ``batch`` handed to the commit ring, or committed alone when the
+        ring is idle: ``Engine._send_solo`` + ``_send_combined`` + ``ring_submit``
+        for one send, with the same protocol (csrc/combine.h, D27, D35, D43, D46) and
+        crash semantics; the leader's step stays ``engine._lead`` (Python: the crash
+        tests kill the committer around its parts).  Whatever the ring cannot take
+        (too large, no free slot, a ``_ST_RETRY`` result) goes to
+        ``engine._send_direct``, as ``send_general`` sends it."""
+        cdef dict ed = self.ed
+        cdef object comb_obj = self.combiner
+        cdef Combiner comb
+        cdef object tlock, md, payload, tb
+        cdef uint32_t active = 0, cu = 0, seq = 0
+        cdef int rc
+        cdef bint got, led, skip_try
+        cdef int64_t t0, idx
+        cdef uint32_t i
+        cdef uint64_t ticket, w, done_w, filled_w
+        cdef Py_ssize_t npart, part, blen, tlen, plen
+        cdef const char *tp
+        cdef uint8_t *p
+        cdef int32_t st = 0
+        cdef int64_t r0 = 0, r1 = 0, r2 = 0
+        if type(comb_obj) is not Combiner:
+            return None  # a stand-in ring (tests): the general path
+        comb = <Combiner>comb_obj
+        tlock = ed["comb_lock"]
+
+        # -- Engine._send_solo: the ring idle, commit alone the short way (D43) -------
+        _comb_live(comb)
+        mq_comb_hints(&comb.c, &active, &cu, &seq)
+        if mq_comb_filled(&comb.c) == 0 and active <= 1 and tlock.acquire(False):
+            rc = mq_comb_trylock(&comb.c)  # an error counts as "not got" (ring_alone)
+            got = rc == 1
+            if got and mq_comb_filled(&comb.c) == 0:
+                t0 = _monotonic_ns()
+                md = None
+                try:
+                    md = self._commit_one(engine, topic, rec, key, partition, batch, ts, maxb)
+                finally:
+                    try:  # Engine.ring_alone_done
+                        if md is not None:
+                            _comb_live(comb)
+                            mq_comb_note_commit(&comb.c, 1, <uint64_t>(_monotonic_ns() - t0))
+                            mq_comb_note_send(&comb.c)
+                        _comb_live(comb)
+                        mq_comb_unlock(&comb.c)
+                        _comb_hand_over(comb, self.hand_over)
+                    finally:
+                        tlock.release()
+                if md is not None:
+                    return md
+            else:
+                if got:
+                    mq_comb_unlock(&comb.c)  # a sender filled a slot first: the ring
+                tlock.release()
+
+        # -- Engine._send_combined: the slot payload (Engine.ring_payload) ------------
+        blen = len(batch)
+        if blen > <Py_ssize_t>comb.c.slot_bytes:
+            return engine._send_direct(topic, value, None if key is None else (key,), None,
+                                       key, partition, ts, rec, maxb, [batch], None)
+        npart = len(rec.pids)
+        if npart == 1 and partition is None and key is None:
+            part = 0
+        else:
+            part = engine.choose_partition(rec, key, partition)
+        tp = PyUnicode_AsUTF8AndSize(topic, &tlen)
+        if tlen > 0xFFFF or maxb < 0 or maxb > 0xFFFFFFFF or part > 0x7FFFFFFF:
+            payload = engine.ring_payload(topic, part, ts, maxb, [batch], None)  # raises
+            plen = len(payload)
+        else:
+            plen = _RING_HEAD + tlen + 4 + blen
+            payload = _bytes_new(NULL, plen)
+            p = <uint8_t *>PyBytes_AS_STRING(payload)
+            p[0] = 0  # RING_KIND_APPEND
+            _put_be16(p + 1, <uint16_t>tlen)
+            _put_be16(p + 3, 0xFFFF)  # no dedup key (-1)
+            _put_be32(p + 5, <uint32_t>part)
+            _put_be64(p + 9, <uint64_t>ts)
+            _put_be32(p + 17, <uint32_t>maxb)
+            _put_be16(p + 21, 1)  # one batch
+            memcpy(p + _RING_HEAD, tp, tlen)
+            _put_be32(p + _RING_HEAD + tlen, <uint32_t>blen)
+            memcpy(p + _RING_HEAD + tlen + 4, PyBytes_AS_STRING(batch), blen)
+
+        # -- Engine.ring_submit(comb, [payload]) --------------------------------------
+        _comb_live(comb)
+        if plen > <Py_ssize_t>comb.c.slot_bytes:
+            idx = -1
+        else:
+            idx = mq_comb_claim(&comb.c, <uint32_t>_guard_pid)  # no getpid() per send
+        if idx < 0:
+            return engine._send_direct(topic, value, None if key is None else (key,), None,
+                                       key, partition, ts, rec, maxb, [batch], None)
+        i = <uint32_t>idx
+        ticket = mq_comb_fill_flags(&comb.c, i, PyBytes_AS_STRING(payload), <uint32_t>plen,
+                                    MQ_COMB_F_GATHER)
+        done_w = ticket << 2 | MQ_COMB_DONE
+        filled_w = ticket << 2 | MQ_COMB_FILLED
+        try:
+            _comb_live(comb)
+            mq_comb_note_send(&comb.c)
+            # The holder gathering now takes this slot before it collects (its gather
+            # ends first): a trylock now cannot succeed, so wait first (D56).  Only
+            # this once: after any wait the lock is tried, as in ring_submit.
+            skip_try = mq_comb_gathering(&comb.c) == 1
+            while True:
+                _comb_live(comb)
+                w = mq_comb_word(&comb.c, i)
+                if w == done_w:
+                    break
+                if w != filled_w:  # _ring_lost
+                    raise self.storage_error(
+                        f"the commit ring file {comb.path!r} was truncated while this call "
+                        "waited in it: its records may or may not have been stored (check "
+                        "before sending again); later calls commit on their own")
+                led = False
+                if skip_try:
+                    skip_try = False
+                elif tlock.acquire(False):
+                    try:
+                        _comb_live(comb)
+                        rc = mq_comb_trylock(&comb.c)
+                        if rc < 0:
+                            raise OSError(-rc, os.strerror(-rc))
+                        if rc == 1:
+                            led = True
+                            try:
+                                engine._lead(comb, [idx], [(ticket, MQ_COMB_DONE)])
+                            finally:
+                                _comb_live(comb)
+                                mq_comb_unlock(&comb.c)
+                                # hand the lock over to the owners of the oldest slots
+                                _comb_hand_over(comb, self.hand_over)
+                    finally:
+                        tlock.release()
+                if led:
+                    continue
+                _comb_live(comb)
+                if mq_comb_word(&comb.c, i) != done_w:
+                    _comb_wait(comb, i, ticket, self.wait_ns)
+                    PyErr_CheckSignals()  # a signal handler's exception withdraws, as in Python
+        except BaseException:
+            _comb_live(comb)
+            if mq_comb_withdraw(&comb.c, i, ticket) != 1:
+                mq_comb_release(&comb.c, i, ticket)  # committed meanwhile (no answer)
+            raise
+        _comb_live(comb)
+        mq_comb_result(&comb.c, i, &st, &r0, &r1, &r2)
+        mq_comb_release(&comb.c, i, ticket)
+        if st == 0:  # _ST_OK
+            return self.metadata(topic, <Py_ssize_t>r0, r1, r2)
+        engine.raise_ring_status(st, topic)
+        # _ST_RETRY: the topic changed under the sender's cache; it sends on its own
+        return engine._send_direct(topic, value, None if key is None else (key,), None, key,
+                                   partition, ts, rec, maxb, [batch], None)
 
     cdef object metadata(self, object topic, Py_ssize_t part, int64_t off, int64_t ts):
         """RecordMetadata(topic, part, off, ts), built as tuple.__new__ builds a subclass

@@ -245,15 +245,20 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _child_json(children: Any, name: str, fn: Any, path: Path, out: Path) -> Any:
+    """Run ``fn(path, out)`` in a child process; the JSON it wrote to ``out``."""
+    p = children.start(name, fn, str(path), str(out))
+    p.join(300)
+    assert p.exitcode == 0, f"the child died (exit code {p.exitcode}): a SIGBUS?"
+    return json.loads(out.read_text())
+
+
 def test_disk_full_under_writemap_is_typed_not_sigbus(children: Any, small_fs: Path,
                                                      tmp_path: Path) -> None:
     path = small_fs / "broker"
     out = tmp_path / "full.json"
     faults = _core.guard_faults()  # (process-wide: other tests' repaired faults count too)
-    p = children.start("fill", procs.fill_until_full, str(path), str(out))
-    p.join(300)
-    assert p.exitcode == 0, f"the child died (exit code {p.exitcode}): a SIGBUS?"
-    res = json.loads(out.read_text())
+    res = _child_json(children, "fill", procs.fill_until_full, path, out)
     assert res["writemap"] is True
     assert res["error"] is not None, "the file system never filled"
     module, name, text = res["error"]
@@ -282,10 +287,7 @@ def test_appends_other_than_sends_meet_a_full_disk_typed(children: Any, small_fs
     guard could not grow the file).  Each is now refused typed, changing nothing."""
     path = small_fs / "broker"
     out = tmp_path / "appends.json"
-    p = children.start("appends", procs.appends_on_a_full_disk, str(path), str(out))
-    p.join(300)
-    assert p.exitcode == 0, f"the child died (exit code {p.exitcode})"
-    res = json.loads(out.read_text())
+    res = _child_json(children, "appends", procs.appends_on_a_full_disk, path, out)
     assert res["writemap"] is True
     assert res["filled"] is not None, "the file system never filled"
     for name in ("dead_letter", "redrive", "promote"):

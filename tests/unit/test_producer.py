@@ -423,6 +423,86 @@ def test_a_waiting_sender_commits_its_own_record_when_the_flusher_is_idle(
     assert values[:200] == [b"%d" % i for i in range(200)] and values[200:202] == [b"a", b"b"]
 
 
+def _count_flusher_wakeups(p: Any) -> list[int]:
+    """Count the producer's ``notify()`` calls to its flusher from now on."""
+    count = [0]
+    notify = p._wake.notify
+
+    def counted(n: int = 1) -> None:
+        count[0] += 1
+        notify(n)
+
+    p._wake.notify = counted
+    return count
+
+
+def test_senders_that_commit_their_own_records_do_not_wake_the_flusher(
+        broker: mqlite.Broker) -> None:
+    """D59: while the waiting callers commit their records themselves (D49), a send
+    does not wake the flusher (a thread hand-off per record for nothing: half the rate
+    of ``send().result()`` under "none"); the old code woke it on every send."""
+    import sys
+
+    broker.create_topic("t")
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # the flusher cannot take a record before its sender
+    try:
+        with broker.producer(linger_ms=0) as p:
+            wakeups = _count_flusher_wakeups(p)
+            mds = [p.send("t", b"%d" % i).result(timeout=30) for i in range(200)]
+    finally:
+        sys.setswitchinterval(old)
+    # the first send wakes it, the first caller's commit once more (to wait with a
+    # timeout from then on); a stall of the test thread longer than the flusher's idle
+    # bound (2 x 5 ms) costs two more
+    assert wakeups[0] < 100, wakeups[0]
+    assert [md.offset for md in mds] == list(range(200))
+    assert [m.value for m in broker.read("t", max_records=1000)] == [
+        b"%d" % i for i in range(200)]
+
+
+def test_a_record_nobody_waits_for_is_committed_after_callers_committed_their_own(
+        broker: mqlite.Broker) -> None:
+    """D59: after a run of records their senders committed (the flusher is not woken per
+    record then), a record nobody waits for is still committed by the flusher, within
+    its bound (5 ms), and the flusher is then woken per record again."""
+    broker.create_topic("t")
+    with broker.producer(linger_ms=0) as p:
+        for i in range(20):
+            p.send("t", b"%d" % i).result(timeout=30)
+        f = p.send("t", b"nobody waits")
+        deadline = time.monotonic() + 30
+        while not f.done():  # result() below 1 s never commits the record itself
+            assert time.monotonic() < deadline, "the flusher never committed the record"
+            try:
+                f.result(timeout=0.5)
+            except mqlite.TimeoutError:
+                pass
+        assert f.result().offset == 20
+        # the flusher committed it, so the next send wakes it again
+        wakeups = _count_flusher_wakeups(p)
+        p.send("t", b"next").result(timeout=30)
+        assert wakeups[0] >= 1
+    assert broker.describe_topic("t").partitions[0].end_offset == 22
+
+
+def test_an_idle_producer_flusher_goes_back_to_being_woken(broker: mqlite.Broker) -> None:
+    """D59: the flusher's timed waits (while callers commit their own records) stop
+    after two with nothing queued: an idle producer costs no periodic wake-ups."""
+    broker.create_topic("t")
+    with broker.producer(linger_ms=0) as p:
+        for i in range(20):
+            p.send("t", b"%d" % i).result(timeout=30)
+        deadline = time.monotonic() + 30
+        while p._caller_mode:  # two 5 ms timed waits with nothing queued end it
+            assert time.monotonic() < deadline, "the flusher kept waking with a timeout"
+            time.sleep(0.01)
+        wakeups = _count_flusher_wakeups(p)
+        f = p.send("t", b"after idle")
+        assert wakeups[0] == 1  # woken for it, as any first record
+        assert f.result(timeout=30).offset == 20
+
+
 def test_one_plain_record_keeps_partitioning_and_explicit_timestamps(
         broker: mqlite.Broker) -> None:
     """A batch of one plain record commits through the single-send path (D49): the

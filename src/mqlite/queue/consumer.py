@@ -247,8 +247,9 @@ class Queue:
         until wake-up word ``slot`` differs from ``seq`` or ``wait`` seconds
         pass, then call again with ``first=False`` (which looks in a read
         transaction before taking the write lock, as ``first=True`` does too when
-        the last round took nothing).  Writes (run it off the event loop thread).  ``cls``: the class of the deliveries it builds, a
-        subclass of :class:`Delivery` (``mqlite.aio`` builds its own directly).
+        the last round took nothing).  Writes (run it off the event loop thread).
+        ``cls``: the class of the deliveries it builds, a subclass of
+        :class:`Delivery` (``mqlite.aio`` builds its own directly).
 
         Raises
         ------

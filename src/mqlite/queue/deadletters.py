@@ -87,7 +87,8 @@ def to_dlq(engine: Engine, txn: Any, dlq: str | None, topic: str, group: str, pa
     except StorageFullError as exc:
         raise type(exc)(
             f"moving {len(items)} message(s) of {topic!r} to the dead-letter topic {dlq!r} "
-            f"was refused, nothing was changed (a delivery you hold can be acked instead, which drops it): {exc}"
+            "was refused, nothing was changed (a delivery you hold can be acked instead, "
+            f"which drops it): {exc}"
         ) from exc
 
 

@@ -259,6 +259,9 @@ class UringBell:
 def self_pid() -> int:
     """This process's pid, without a system call (an at-fork hook keeps it current)."""
 
+def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled wrapper of ``mqlite._lifecycle.guarded`` (D62)."""
+
 class Combiner:
     """The shared ring of slots of csrc/combine.h (``commit.shm``).
 

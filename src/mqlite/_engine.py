@@ -257,6 +257,7 @@ class Engine:
         self._rr: dict[str, Iterator[int]] = {}
         self._last_retention: dict[int, float] = {}
         self._taken_sends = 0  # sends in the last ring commit (the gather hint, D46)
+        self._taken_wrote = False  # whether the last ring transaction wrote (D62)
         # The common case of send() in Cython (D36), one per environment.
         if env.send_path is None:
             env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
@@ -961,8 +962,12 @@ class Engine:
     def _ring_commit(self, txn: Any) -> None:
         """Commit a combined transaction; on failure it is aborted and the slots stay
         FILLED for the next committer.  (A method of its own: the crash tests kill
-        the committer around it.)"""
-        self.env.commit(txn)
+        the committer around it.)  ``_take_ring`` wrote the slots' ticket entry into
+        ``txn`` when it recorded or pruned a ticket entry (``_taken_wrote``); the commit
+        then spends its id, and ``Env.commit`` skips its check for an empty one (an
+        ``info()`` call, D51, D62).  Slots whose results a dead committer had already
+        recorded write nothing: then the check runs."""
+        self.env.commit(txn, wrote=self._taken_wrote)
 
     @staticmethod
     def _ring_done(comb: Any, taken: list[tuple[int, int]]) -> None:
@@ -1035,6 +1040,7 @@ class Engine:
         self._flush_runs(txn, runs, results, fresh)
         self._taken_sends = sends  # the gather hint of the commit (note_commit)
         _tickets.record_many(txn, dbs, fresh)
+        self._taken_wrote = bool(fresh) or bool(pruned)  # _ring_commit's wrote=
         for idx, _ticket, res in results:
             comb.set_result(idx, *res)
         return taken if taken or pruned else None

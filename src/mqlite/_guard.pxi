@@ -22,6 +22,7 @@ from cpython.long cimport PyLong_FromUnsignedLong
 from cpython.pythread cimport PyThread_get_thread_ident
 from posix.unistd cimport getpid
 
+import functools as _functools
 import threading as _threading
 
 from mqlite.errors import ClosedError as _ClosedError
@@ -128,12 +129,16 @@ cdef class UseGuard:
         ConcurrentAccessError
             ``exclusive`` and another thread is inside.
         """
+        self.c_enter()
+
+    cdef int c_enter(self) except -1:
+        """:meth:`enter` for compiled callers (``guarded``)."""
         self._after_fork()
         me = _me()
         d = self._depth.get(me)
         if d is not None:
             self._depth[me] = <Py_ssize_t>d + 1
-            return
+            return 0
         if self._closing or self._deferred != 0:
             raise _ClosedError(f"this {self.what} is being closed")
         if self.exclusive and self._depth:
@@ -143,9 +148,14 @@ cdef class UseGuard:
                 "may be called from any thread)")
         self._depth[me] = 1
         self._gens[me] = self._gen
+        return 0
 
     def exit(self):
         """Unregister one level; True when the caller must now run a deferred close."""
+        return self.c_exit()
+
+    cdef bint c_exit(self) except -1:
+        """:meth:`exit` for compiled callers (``guarded``)."""
         if self._pid != _guard_pid:  # forked inside a call: the child starts afresh
             self._reset()
             return False
@@ -248,3 +258,37 @@ cdef class UseGuard:
         """The owner finished closing (its own checks refuse later calls)."""
         self._closing = False
         self._deferred = 0
+
+
+def guarded(method):
+    """Run a public method of a guarded owner between ``enter`` and ``exit`` (compiled).
+
+    The semantics of ``mqlite._lifecycle.guarded`` (which returns this): the owner has
+    ``_life`` (a :class:`UseGuard`), ``close()`` and ``_engine``; a close deferred by
+    ``request_close`` runs when the outermost call of the thread returns.  Compiled,
+    so that entering and leaving cost no Python frame (~0.1 µs instead of ~0.5 µs per
+    call, D62): an event loop's poll rounds (``mqlite.aio``) pay it on every wake-up.
+    Between ``enter`` and the ``try`` no Python code runs, so no signal handler can
+    leave the guard entered.
+    """
+    if not callable(method):
+        raise TypeError(f"guarded() takes a function, not {type(method).__name__}")
+
+    def wrapper(self, *args, **kwargs):
+        cdef UseGuard life = self._life
+        life.c_enter()
+        try:
+            if kwargs:
+                return method(self, *args, **kwargs)
+            return method(self, *args)
+        finally:
+            if life.c_exit():
+                # the deferred close: now outside every call on this thread, so close()
+                # waits for other callers and closes for real
+                try:
+                    self.close()
+                finally:
+                    self._engine.release_if_done()
+
+    _functools.update_wrapper(wrapper, method)
+    return wrapper

@@ -238,7 +238,9 @@ cdef class RingApply:
                 self._set(s, res, True)
             self._flush(engine, txn)
             engine._taken_sends = sends
-            self._record(txn, dbs["meta"], n)
+            # whether txn wrote (a ticket entry recorded or pruned): its commit then
+            # spends an id, so Env.commit may skip its check for an empty one (D62)
+            engine._taken_wrote = self._record(txn, dbs["meta"], n) > 0 or pruned > 0
         finally:
             self.topics = []
         taken = []

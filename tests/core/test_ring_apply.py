@@ -360,3 +360,62 @@ def test_take_checks_its_arguments(lazy: mqlite.Broker) -> None:
             eng.ring_apply.take(eng, txn, eng.env.combiner, "64")
     finally:
         eng.env.abort(txn)
+
+
+def _wrote_both(b: mqlite.Broker) -> list[tuple[bool, bool]]:
+    """(taken is not None, _taken_wrote) of the compiled and the Python apply."""
+    eng = b._engine
+    env = eng.env
+    out = []
+    for take in (eng._take_ring, eng._take_ring_py):
+        eng._taken_wrote = None  # type: ignore[assignment]  # each apply must set it
+        txn = env.write_txn()
+        try:
+            taken = take(txn, env.combiner)
+            out.append((taken is not None, eng._taken_wrote))
+        finally:
+            env.abort(txn)
+    return out
+
+
+def test_the_apply_says_whether_its_transaction_wrote(lazy: mqlite.Broker) -> None:
+    """D62: ``_ring_commit`` skips the empty-commit check (``info()``) only for a
+    transaction that recorded or pruned a ticket entry; slots whose results a dead
+    committer had recorded write nothing, so the check must still run for them."""
+    b = lazy
+    b.create_topic("t")
+    eng = b._engine
+    slots = [_fill(b, _payload("t", 0, [[b"v%d" % i]])) for i in range(2)]
+    assert _wrote_both(b) == [(True, True), (True, True)]  # fresh appends: a ticket entry
+    with eng.write() as txn:  # a committer that died after its commit, before DONE
+        tickets.record_many(txn, eng.env.dbs, [(slots[0][1], (0, 0, 7, 1000)),
+                                               (slots[1][1], (0, 0, 8, 1000))])
+    assert _wrote_both(b) == [(True, False), (True, False)]  # handed out, nothing written
+
+
+def test_a_ring_commit_that_wrote_skips_the_empty_commit_check(
+        lazy: mqlite.Broker, monkeypatch: Any) -> None:
+    b = lazy
+    b.create_topic("t")
+    b.send("t", b"warm")
+    eng = b._engine
+    env = eng.env
+    seen: list[bool] = []
+    commit = env.commit
+
+    def spy(txn: Any, wake: str | None = None, *, wrote: bool = False) -> None:
+        seen.append(wrote)
+        commit(txn, wake, wrote=wrote)
+
+    monkeypatch.setattr(env, "commit", spy)
+    i, t = _fill(b, _payload("t", 0, [[b"v"]]))
+    comb = env.combiner
+    assert comb.trylock()
+    try:
+        eng._lead(comb, [i], [(t, _core.DONE)])
+    finally:
+        comb.unlock()
+    assert seen == [True]
+    assert comb.result(i)[0] == 0
+    comb.release(i, t)
+    assert [m.value for m in b.consumer("t").poll(10, timeout=1)] == [b"warm", b"v"]

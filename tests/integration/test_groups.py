@@ -830,3 +830,30 @@ def test_forked_child_neither_keeps_parent_alive_nor_uses_its_membership(
         except ProcessLookupError:
             pass
     b.close()
+
+
+def test_the_shared_group_state_is_decoded_again_only_when_it_changed(
+        broker: mqlite.Broker) -> None:
+    """D62: the commit ring's committer fences offset commits against a shared decode
+    of the group state, which must follow every change of the stored state."""
+    from mqlite.groups.state import load_group_shared
+
+    env = broker._engine.env
+    c1 = broker.consumer("t", group="g")
+    c1.poll(timeout=0.05)
+    with env.read_txn() as txn:
+        a = load_group_shared(txn, env.dbs, "g")
+        b = load_group_shared(txn, env.dbs, "g")
+        assert load_group_shared(txn, env.dbs, "nobody") is None
+        assert a == load_group(txn, env.dbs, "g")  # equal to a fresh decode
+    assert a is not None and a is b  # the same bytes: decoded once
+    c2 = broker.consumer("t", group="g")
+    c2.poll(timeout=0.05)  # joins: the stored state changes
+    with env.read_txn() as txn:
+        c = load_group_shared(txn, env.dbs, "g")
+        fresh = load_group(txn, env.dbs, "g")
+    assert c is not a and c == fresh
+    assert fresh is not None and c2._group.member_id in fresh.members
+    assert c2._group.member_id not in a.members  # the old instance was not changed
+    c2.close()
+    c1.close()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 import mqlite
-from mqlite._lifecycle import UseGuard
+from mqlite._lifecycle import UseGuard, guarded
 
 T = 30  # seconds: generous bound for every event wait
 
@@ -236,3 +236,65 @@ def test_a_forked_child_starts_with_a_fresh_guard() -> None:
         os.close(r)
         os.waitpid(pid, 0)
     assert g.exit() is True  # the parent's own state is untouched
+
+
+class _Owner:
+    """A minimal guarded owner: ``_life``, ``close()`` and ``_engine``."""
+
+    def __init__(self) -> None:
+        self._life, _ = _guard()
+        self.closed = 0
+        self.released = 0
+        self._engine = self
+
+    def release_if_done(self) -> None:
+        self.released += 1
+
+    def close(self) -> None:
+        if self._life.request_close():
+            self.closed += 1
+
+    @guarded
+    def call(self, a: int, *, b: int = 2) -> tuple[int, int]:
+        """Return the arguments."""
+        return a, b
+
+    @guarded
+    def nested(self) -> tuple[int, int]:
+        return self.call(5, b=6)
+
+    @guarded
+    def close_inside(self) -> int:
+        self.close()  # from inside a call: deferred to the outermost exit
+        return self.closed
+
+    @guarded
+    def fail(self) -> None:
+        raise KeyError("boom")
+
+
+def test_the_compiled_wrapper_keeps_the_method_s_name_doc_and_signature() -> None:
+    """D62: ``guarded`` is compiled; help(), docs and signatures see the method."""
+    import inspect
+
+    assert _Owner.call.__name__ == "call"
+    assert _Owner.call.__qualname__ == "_Owner.call"
+    assert _Owner.call.__doc__ == "Return the arguments."
+    assert list(inspect.signature(_Owner.call).parameters) == ["self", "a", "b"]
+    with pytest.raises(TypeError, match="takes a function"):
+        guarded(42)  # type: ignore[arg-type]  # the typed error for bad input
+
+
+def test_the_compiled_wrapper_enters_leaves_and_runs_a_deferred_close() -> None:
+    o = _Owner()
+    assert o.call(1) == (1, 2)
+    assert o.call(1, b=3) == (1, 3)
+    assert o.nested() == (5, 6)
+    assert o._life._users == {}  # left on return
+    with pytest.raises(KeyError):
+        o.fail()
+    assert o._life._users == {}  # left on an exception too
+    assert o.close_inside() == 0  # not closed while inside
+    assert o.closed == 1 and o.released == 1  # the outermost exit ran close() once
+    with pytest.raises(mqlite.ClosedError):
+        o.call(1)

@@ -29,7 +29,25 @@ from typing import Any, TypeVar
 __all__ = ["InlineFuture"]
 
 _T = TypeVar("_T")
-_current_task = asyncio.current_task
+
+def _pick_current_task() -> Callable[[asyncio.AbstractEventLoop], object]:
+    """``asyncio.current_task`` for a loop that is known, as cheaply as this Python has it.
+
+    On 3.11 ``asyncio.current_task`` is a Python function around the C module's dict
+    of current tasks per loop (``asyncio.tasks._current_tasks``): its ``get`` is the
+    same lookup without the frame (~50 ns less on every inline resume, D62).  Later
+    Pythons implement ``current_task`` in C: use it.
+    """
+    fn = asyncio.current_task
+    tasks = getattr(asyncio, "tasks", None)
+    table = getattr(tasks, "_current_tasks", None)
+    if getattr(fn, "__code__", None) is not None and isinstance(table, dict):
+        get: Callable[[asyncio.AbstractEventLoop], object] = table.get
+        return get
+    return fn
+
+
+_current_task = _pick_current_task()
 _set_result = asyncio.Future.set_result
 
 

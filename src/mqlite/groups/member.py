@@ -71,6 +71,7 @@ from mqlite.groups.state import (
     _tp_of,
     grant_free,
     load_group,
+    load_group_shared,
     read_offset,
     rebalance,
     remove_member,
@@ -753,7 +754,7 @@ def _apply_ring_offsets(engine: Engine, txn: Any, payload: bytes) -> tuple[int, 
     except msgspec.DecodeError:
         return (RING_RETRY, 0, 0, 0)
     dbs = engine.env.dbs
-    state = load_group(txn, dbs, op.group)
+    state = load_group_shared(txn, dbs, op.group)  # read only
     if state is None:
         return (RING_RETRY, 0, 0, 0)
     m = state.members.get(op.member_id)

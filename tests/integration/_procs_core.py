@@ -1,7 +1,7 @@
 """Child-process entry points for the core integration and crash tests.
 
 Run as ``python -m _procs_core COMMAND ARGS...`` with this directory on
-``PYTHONPATH`` (see ``conftest.spawn_core``), or import the functions as
+``PYTHONPATH`` (see ``_integration_fixtures.CoreProcs``), or import the functions as
 ``multiprocessing`` targets.  Paths and parameters come in through argv;
 results go to stdout, one line per event, flushed at once so the parent can
 act on a line the moment it is written (e.g. SIGKILL right after "sent").

@@ -170,8 +170,8 @@ def test_offsets_for_times(broker: Any, backend: str, topic: str,
     tp = TP(topic, 0)
     found = c.offsets_for_times({tp: 1500})[tp]
     assert found is not None and found.offset == 1
-    assert c.offsets_for_times({tp: 999})[tp].offset == 0  # type: ignore[union-attr]
-    assert c.offsets_for_times({tp: 3000})[tp].offset == 2  # type: ignore[union-attr]
+    assert c.offsets_for_times({tp: 999})[tp].offset == 0
+    assert c.offsets_for_times({tp: 3000})[tp].offset == 2
     assert c.offsets_for_times({tp: 3001})[tp] is None  # past the last record
     c.close()
 

@@ -53,7 +53,7 @@ def _assert_sound(path: Path) -> None:
 
 
 @pytest.fixture
-def full(tmp_broker_dir: Path, rng: random.Random):  # type: ignore[no-untyped-def]
+def full(tmp_broker_dir: Path, rng: random.Random):
     b = mqlite.open(tmp_broker_dir, durability="none", map_size=MAP)
     b.create_topic("log", partitions=2)
     b.create_topic("jobs", cleanup="consumed")

@@ -127,7 +127,7 @@ def test_queue_acks_through_the_ring(broker: mqlite.Broker,
     for kind, fn in handlers.items():
         def spy(e: object, txn: object, p: bytes, fn: object = fn) -> tuple[int, int, int, int]:
             calls.append(str(p[0]))
-            return fn(e, txn, p)  # type: ignore[operator, no-any-return]
+            return fn(e, txn, p)
         monkeypatch.setitem(_engine._RING_HANDLERS, kind, spy)
     q = broker.queue("t", group="q", visibility_timeout=30)
     broker.send_batch("t", [b"a", b"b", b"c"], partition=0)

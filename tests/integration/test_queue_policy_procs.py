@@ -62,7 +62,7 @@ class Child:
         line = self.p.stdout.readline()
         if not line:
             raise AssertionError(f"child exited {self.p.wait(10)}: {self.p.stderr.read()}")
-        return json.loads(line)  # type: ignore[no-any-return]
+        return json.loads(line)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_idle_group_polls_write_nothing(broker: mqlite.Broker, policy: str) -> N
     before = last_txn(broker)
     for _ in range(20):
         assert c.poll(timeout=0.001) == []
-        c._group._heartbeat()  # type: ignore[union-attr]
+        c._group._heartbeat()
     if policy == "manual":
         c.commit()  # the same positions again: nothing new
     assert last_txn(broker) == before
@@ -65,9 +65,9 @@ def test_commit_of_unchanged_offsets_writes_nothing_but_stays_fenced(
     assert last_txn(broker) == before
     assert c.committed(tp0) == 1
     # Removed from the group behind its back: the no-op commit still reports it.
-    member = c._group.member_id  # type: ignore[union-attr]
+    member = c._group.member_id
     assert member is not None
-    lock = c._group._lock_name  # type: ignore[union-attr]
+    lock = c._group._lock_name
     assert apply_verdicts(broker._engine, "g", {member: (lock, "expired")})
     with pytest.raises(CommitFailedError):
         c.commit({tp0: 1})

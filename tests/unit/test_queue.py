@@ -199,7 +199,7 @@ def test_backoff_policies():
     with pytest.raises(ValueError):
         Backoff(jitter=1.5)
     with pytest.raises(TypeError):
-        Backoff(base="1")  # type: ignore[arg-type]
+        Backoff(base="1")
 
 
 # -- dead letters -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from mqlite.types import RecordMetadata
 
 
 @pytest.fixture()
-def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+def broker(tmp_path: Path):
     with mqlite.open(str(tmp_path / "b"), durability="none") as b:
         yield b
 
@@ -99,7 +99,7 @@ def test_not_the_common_case_returns_none_and_does_nothing(broker: mqlite.Broker
     with pytest.raises(PartitionNotFoundError):
         broker.send("t", b"v", partition=1)
     with pytest.raises(TypeError):
-        broker.send("t", b"v", partition=True)  # type: ignore[arg-type]
+        broker.send("t", b"v", partition=True)
 
 
 def test_errors_abort_cleanly(broker: mqlite.Broker) -> None:

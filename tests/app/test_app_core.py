@@ -415,7 +415,7 @@ def test_health_endpoint_serves_200_and_503() -> None:
 def test_pydantic_models_are_decoded_validated_and_encoded() -> None:
     pydantic = pytest.importorskip("pydantic")
 
-    class POrder(pydantic.BaseModel):
+    class POrder(pydantic.BaseModel):  # type: ignore[name-defined]  # importorskip: a ModuleType
         id: int
         amount: float
 

@@ -270,19 +270,19 @@ def test_bad_options_are_rejected(broker: mqlite.Broker) -> None:
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", assignor="sticky")
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", assignor=3)
+        broker.consumer("t", group="g", assignor=3)  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", session_timeout=0)
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", session_timeout="10")
+        broker.consumer("t", group="g", session_timeout="10")  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", max_poll_interval=-1)
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", instance_id=5)
+        broker.consumer("t", group="g", instance_id=5)  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", instance_id="")
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", on_assign=42)
+        broker.consumer("t", group="g", on_assign=42)  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="bad/name")
     with pytest.raises(ValueError):

@@ -68,7 +68,7 @@ def test_assign_explicit_partitions(broker: mqlite.Broker) -> None:
     c = broker.consumer()
     assert c.assignment() == []
     assert c.poll(timeout=0) == []
-    c.assign([TP("a", 2), ("b", 0)])
+    c.assign([TP("a", 2), ("b", 0)])  # type: ignore[list-item]  # a (topic, partition) tuple is accepted too
     assert c.assignment() == [TP("a", 2), TP("b", 0)]
     got = _drain(c)
     assert sorted(_values(got)) == sorted([b"a2-%d" % i for i in range(5)] +
@@ -78,7 +78,7 @@ def test_assign_explicit_partitions(broker: mqlite.Broker) -> None:
     with pytest.raises(mqlite.TopicNotFoundError):
         c.assign([TP("zzz", 0)])
     with pytest.raises(TypeError):
-        c.assign(["a"])
+        c.assign(["a"])  # type: ignore[list-item]  # checks the TypeError
 
 
 def test_poll_order_and_max_records(broker: mqlite.Broker) -> None:

@@ -637,7 +637,7 @@ def test_producer_argument_errors(broker: mqlite.Broker) -> None:
     with pytest.raises(ValueError):
         broker.producer(linger_ms=-1)
     with pytest.raises(TypeError):
-        broker.producer(linger_ms="5")  # type: ignore[arg-type]  # the TypeError checked
+        broker.producer(linger_ms="5")  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.producer(batch_bytes=0)
     with pytest.raises(ValueError):

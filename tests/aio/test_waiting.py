@@ -135,7 +135,7 @@ def test_one_send_wakes_a_loop_and_a_sleeping_thread_on_the_same_word(path: Path
             blocking = mqlite.open(path, durability="none")
             sc = blocking.consumer("t")
             assert sc.poll(timeout=0.01) == []
-            got: list[bytes] = []
+            got: list[bytes | None] = []
             entered = threading.Event()
 
             def sync_poll() -> None:

@@ -46,7 +46,8 @@ def _value(n: int, rng: random.Random) -> bytes:
     return f"t-{n}-".encode() + bytes([48 + n % 10]) * pad
 
 
-def _ident(value: bytes) -> int:
+def _ident(value: bytes | None) -> int:
+    assert value is not None  # every record here was sent with a value
     return int(value.split(b"-", 2)[1])
 
 

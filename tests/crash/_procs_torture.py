@@ -119,7 +119,7 @@ class KillPoints:
             orig(env, txn, wake, **kw)
             hit("txn_after_commit")
 
-        _envmod.Env.commit = commit  # type: ignore[method-assign]
+        _envmod.Env.commit = commit  # type: ignore[method-assign, assignment]  # the fault points
         # The single-send fast path (D36) commits in C, past Env.commit: send through
         # the Python path here so these points see every send's commit.
         _engmod._core.SendPath = _NoSendPath  # type: ignore[misc,assignment]

@@ -33,6 +33,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import mqlite
@@ -148,7 +149,7 @@ def mp_open_and_send(path: str, topic: str, conn: Any) -> None:
         conn.close()
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[..., None]] = {
     "send": cmd_send,
     "send-loop": cmd_send_loop,
     "read": cmd_read,

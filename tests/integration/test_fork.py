@@ -22,6 +22,7 @@ from typing import Any
 
 import _procs_core
 import pytest
+from _values import value
 
 import mqlite
 
@@ -88,7 +89,7 @@ def test_os_fork_child_can_send_and_read(broker: mqlite.Broker) -> None:
         md = broker.send("t", b"from-child", partition=0)
         with broker.producer(linger_ms=0) as p:
             md2 = p.send("t", b"from-child-producer", partition=1).result()
-        return [md.offset, md2.offset, [m.value.decode() for m in broker.read("t", 0)],
+        return [md.offset, md2.offset, [value(m).decode() for m in broker.read("t", 0)],
                 os.getpid() == broker._engine.env.pid]
 
     off, off2, values, same_pid = _fork_run(child)
@@ -111,12 +112,12 @@ def test_fork_child_reads_with_consumer_made_by_parent(broker: mqlite.Broker) ->
         broker.send("t", b"c", partition=1)
         got = []
         while batch := reader.poll(timeout=0):
-            got += [m.value.decode() for m in batch]
+            got += [value(m).decode() for m in batch]
         return got
 
     assert sorted(_fork_run(child)) == ["b", "c"]
     # The parent's reader keeps its own position.
-    assert sorted(m.value for m in reader.poll(timeout=0)) == [b"b", b"c"]
+    assert sorted(value(m) for m in reader.poll(timeout=0)) == [b"b", b"c"]
 
 
 def test_fork_child_opening_the_path_again_shares_the_reopened_env(broker: mqlite.Broker,

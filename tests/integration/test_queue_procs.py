@@ -38,7 +38,7 @@ class Procs:
         """Read stdout lines until one starts with ``expect`` (the child blocks on writes
         only if the pipe fills, which these few lines never do)."""
         deadline = time.monotonic() + timeout
-        assert p.stdout is not None
+        assert p.stdout is not None and p.stderr is not None
         while time.monotonic() < deadline:
             line = p.stdout.readline()
             if line.startswith(expect):

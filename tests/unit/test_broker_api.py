@@ -9,6 +9,7 @@ from pathlib import Path
 
 import _reference
 import pytest
+from _values import value
 
 import mqlite
 from mqlite import _core
@@ -397,7 +398,7 @@ def test_reader_iteration(broker: mqlite.Broker) -> None:
     broker.send_batch("t", [b"%d" % i for i in range(10, 15)], partition=1)
     with broker.consumer("t") as reader:
         got = list(itertools.islice(iter(reader), 15))
-    assert sorted(int(m.value) for m in got) == list(range(15))
+    assert sorted(int(value(m)) for m in got) == list(range(15))
     assert reader.closed
     with pytest.raises(mqlite.ClosedError):
         reader.poll(timeout=0)

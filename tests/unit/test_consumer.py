@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from _values import value
 
 import mqlite
 from mqlite import TopicPartition as TP
@@ -19,7 +20,7 @@ def _drain(c: mqlite.Consumer, max_records: int = 1000) -> list[mqlite.Message]:
 
 
 def _values(msgs: list[mqlite.Message]) -> list[bytes]:
-    return [m.value for m in msgs]
+    return [value(m) for m in msgs]
 
 
 # -- subscription and assignment ---------------------------------------------------------------

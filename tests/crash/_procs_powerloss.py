@@ -118,7 +118,7 @@ def main(cfg: dict[str, Any]) -> None:
                 b.send_batch("c", churn)
                 continue
             if r < 0.6:
-                values = []
+                values: list[bytes] = []
                 handed: list[tuple[int, int]] = []
                 if cfg.get("combine") and rng.random() < 0.5:
                     handed = _hand_over(b, [_value(n + i, rng) for i in range(rng.randrange(

@@ -8,6 +8,7 @@ working afterwards (its reader slots and locks untouched by the child), and
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -34,6 +35,10 @@ def _quiet_fork() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         yield
+
+
+def _send_offset(broker: mqlite.Broker, v: bytes) -> int:
+    return broker.send("t", v, partition=0).offset
 
 
 def _fork_run(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -172,14 +177,14 @@ def test_fork_child_killed_does_not_block_parent(broker: mqlite.Broker) -> None:
 
 def test_many_forks_in_a_row(broker: mqlite.Broker) -> None:
     for i in range(5):
-        _fork_run(lambda i=i: broker.send("t", b"%d" % i, partition=0).offset)
+        _fork_run(functools.partial(_send_offset, broker, b"%d" % i))
         broker.send("t", b"p%d" % i, partition=1)
     assert [m.value for m in broker.read("t", 0)] == [b"%d" % i for i in range(5)]
     assert len(broker.read("t", 1)) == 5
 
 
 def _mp_run(method: str, target: Callable[..., None], *args: Any) -> tuple[Any, ...]:
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)  # typed BaseContext: no .Process
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     with _quiet_fork():
         proc = ctx.Process(target=target, args=(*args, child_conn))

@@ -5,7 +5,6 @@ each step as one JSON line and waits for the parent's go-ahead; no sleeps.
 """
 
 from __future__ import annotations
-from _values import value
 
 import json
 import os
@@ -13,6 +12,8 @@ import time
 import traceback
 import warnings
 from typing import Any
+
+from _values import value
 
 import mqlite
 

@@ -8,6 +8,7 @@ never become a path).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,6 +90,10 @@ def unchanged(broker: mqlite.Broker, tmp_path: Path,
     broker.create_topic("good", partitions=2)
     broker.send("good", b"seed")
     yield lambda: Unchanged(broker, tmp_path)
+
+
+def _send_at(p: mqlite.Producer, ts: Any) -> Any:
+    return p.send("good", b"v", timestamp_ms=ts)
 
 
 def _with_producer(b: mqlite.Broker, fn: Callable[[Any], Any]) -> Any:
@@ -237,7 +242,7 @@ def test_negative_timestamp_is_value_error(broker: mqlite.Broker,
             with pytest.raises(ValueError):
                 broker.send_batch("good", [b"v", b"w"], timestamp_ms=[1, ts])
             with pytest.raises(ValueError):
-                _with_producer(broker, lambda p, ts=ts: p.send("good", b"v", timestamp_ms=ts))
+                _with_producer(broker, functools.partial(_send_at, ts=ts))
     assert broker.send("good", b"v", timestamp_ms=0).timestamp_ms == 0
 
 

@@ -356,7 +356,7 @@ def test_send_batch_large_batches_span_many_lmdb_values(broker: mqlite.Broker) -
     values = [bytes([i % 251]) * 1000 for i in range(2000)]  # ~2 MB: several stored batches
     md = broker.send_batch("t", values)
     assert len(md) == 2000
-    got = []
+    got: list[mqlite.Message] = []
     while len(got) < 2000:
         got += broker.read("t", offset=len(got), max_records=333)
     assert [m.offset for m in got] == list(range(2000))

@@ -237,7 +237,9 @@ def test_offsets_for_times(broker: mqlite.Broker) -> None:
         assert res == {tp0: mqlite.OffsetAndTimestamp(off, found_ts)}, ts
     assert c.offsets_for_times({tp0: 401, tp1: 0}) == {tp0: None, tp1: None}
     # Seeking to the answer reads from there.
-    c.seek(tp0, c.offsets_for_times({tp0: 250})[tp0].offset)
+    found = c.offsets_for_times({tp0: 250})[tp0]
+    assert found is not None
+    c.seek(tp0, found.offset)
     assert _values(c.poll(timeout=0)) == [b"d", b"e", b"f", b"g"]
 
 

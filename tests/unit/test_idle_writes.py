@@ -35,7 +35,7 @@ def last_txn(b: mqlite.Broker) -> int:
 def test_idle_group_polls_write_nothing(broker: mqlite.Broker, policy: str) -> None:
     c = broker.consumer("t", group="g", commit=policy)
     broker.send("t", b"a", partition=0)
-    got = []
+    got: list[mqlite.Message] = []
     while not got:
         got = c.poll(timeout=0.5)
     c.poll(timeout=0.01)  # "after": the first poll's positions are committed here
@@ -91,7 +91,7 @@ def test_new_offsets_are_still_written(broker: mqlite.Broker) -> None:
 def test_idle_queue_receive_writes_nothing(broker: mqlite.Broker) -> None:
     q = broker.queue("t", group="q")
     broker.send("t", b"a")
-    ds = []
+    ds: list[mqlite.Delivery] = []
     while not ds:
         ds = q.receive(10, timeout=0.5)
     q.ack(ds)

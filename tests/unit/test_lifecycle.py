@@ -207,7 +207,7 @@ def _signal_close_rounds(make: Callable[[], Any], call: Callable[[Any], list[Any
     print("seed", seed)
     got: list[Any] = []
     main = threading.main_thread().ident
-    assert threading.current_thread() is threading.main_thread()
+    assert main is not None and threading.current_thread() is threading.main_thread()
     target: list[Any] = []
     handled: list[bool] = []  # not an Event: Event.set() in a handler can race Event.wait()
 

@@ -11,7 +11,7 @@ Byte arguments accept any C-contiguous buffer (``bytes``, ``bytearray``,
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Self
 
 BATCH_MAGIC: int  # 0xB1
 BATCH_HEADER_SIZE: int  # 43
@@ -66,7 +66,7 @@ class Message:
         timestamp_ms: int,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+        headers: Sequence[tuple[str, bytes | bytearray | memoryview]] | None = None,
     ) -> None: ...
     @property
     def headers(self) -> list[tuple[str, bytes]]: ...
@@ -219,6 +219,10 @@ class Notifier:
     def bell_wait(self, index: int, expected: int, timeout: float) -> bool:
         """Block (GIL released) until the ring word != ``expected`` or ``timeout`` s pass."""
     def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc_info: object) -> None: ...
 
 # -- cross-process commit combining (csrc/combine.h) --------------------------
 FREE: int

@@ -317,7 +317,7 @@ def queue_member(path: str, mode: str, topic: str, group: str, log_path: str, se
                     q.ack(ack)
                     done = ack
                 except mqlite.StaleDeliveryError as exc:
-                    stale = {id(d) for d in exc.stale}  # type: ignore[attr-defined]
+                    stale = {id(d) for d in exc.stale}
                     done = [d for d in ack if id(d) not in stale]
                 if timer is not None:
                     timer.join()  # the process dies here at the latest

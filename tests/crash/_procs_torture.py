@@ -165,7 +165,7 @@ def patch_combiner(hit: Callable[[str], None]) -> None:
                 hit("comb_mid_done")
 
     eng._ring_commit = ring_commit  # type: ignore[method-assign]
-    eng._ring_done = staticmethod(ring_done)  # type: ignore[method-assign]
+    eng._ring_done = staticmethod(ring_done)  # type: ignore[method-assign]  # the fault points
 
 
 def lead_and_die(path: str, mode: str, topic: str, value: bytes, point: str,

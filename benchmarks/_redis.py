@@ -21,6 +21,7 @@ __all__ = [
     "INSTALL_HINT",
     "REDIS_DURABILITY",
     "RedisServer",
+    "XReadReply",
     "redis_server_path",
     "redis_server_version",
 ]
@@ -34,6 +35,11 @@ REDIS_DURABILITY: dict[str, tuple[str, list[str]]] = {
     "lazy": ("AOF appendfsync everysec", ["--appendonly", "yes", "--appendfsync", "everysec"]),
     "none": ("no persistence", ["--appendonly", "no"]),
 }
+
+#: XREADGROUP's reply as the benchmarks' clients read it (RESP2, bytes, no decode_responses):
+#: ``[(stream, [(id, fields), ...])]``. redis-py >= 8 types the call with every protocol's and
+#: option's shape, so the readers cast to this one.
+XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 # Common to every configuration: no RDB snapshots (they fork mid-run), no AOF
 # rewrite forks during a timed loop, loopback only.

@@ -545,9 +545,11 @@ class RedisThreads(_Redis):
 
         key = self.fresh_key(i)
         n = self.opts["n"]
+        port = self.ctx.redis_port
+        assert port is not None  # setup() refused a phase without redis-server
 
         def body(barrier: Any) -> tuple[int, int, int]:
-            c = redis.Redis(host="127.0.0.1", port=self.ctx.redis_port)
+            c = redis.Redis(host="127.0.0.1", port=port)
             try:
                 return _workers.timed_sender(lambda v: c.xadd(key, {"v": v}), self.size,
                                              self.budget.seconds, self.budget.messages // n,
@@ -719,7 +721,8 @@ class LiteQueueSide(_Peer):
         return 1
 
 
-SIDES: dict[str, type[Side]] = {
+#: Every side is built as ``cls(ctx, size, budget, **opts)`` (the base class takes no arguments).
+SIDES: dict[str, Callable[..., Side]] = {
     "mq_send": MqSend, "mq_send_batch": MqSendBatch, "mq_consume": MqConsume,
     "mq_queue": MqQueue, "mq_queue_one": MqQueueOne, "mq_threads": MqThreads,
     "mq_procs": MqProcesses, "mq_latency": MqLatency, "mq_beside": MqBeside,

@@ -15,12 +15,13 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 import mqlite
 from benchmarks._common import make_value, now_ns, read_stamp, stamp_value
+from benchmarks._redis import XReadReply
 
 __all__ = [
     "group_consumer",
@@ -153,6 +154,7 @@ def latency_consumer(system: str, target: dict[str, Any], count: int, seconds: f
                     msgs = consumer.poll(1000, timeout=0.2)
                     t = now_ns()
                     for m in msgs:
+                        assert m.value is not None  # every record here carries a stamp
                         lat.append((t - read_stamp(m.value)) / 1000.0)
                 consumer.commit()
             finally:
@@ -165,7 +167,8 @@ def latency_consumer(system: str, target: dict[str, Any], count: int, seconds: f
                 barrier.wait(BARRIER_TIMEOUT)
                 deadline = time.monotonic() + seconds + deadline_pad
                 while more() and time.monotonic() < deadline:
-                    resp = r.xreadgroup(group, "c1", {key: ">"}, count=1000, block=200)
+                    resp = cast(XReadReply, r.xreadgroup(group, "c1", {key: ">"}, count=1000,
+                                                         block=200))
                     t = now_ns()
                     if not resp:
                         continue
@@ -213,7 +216,8 @@ def group_consumer(system: str, target: dict[str, Any], group: str, name: str, s
             try:
                 barrier.wait(BARRIER_TIMEOUT)
                 while not stop.is_set():
-                    resp = r.xreadgroup(group, name, {key: ">"}, count=100, block=50)
+                    resp = cast(XReadReply, r.xreadgroup(group, name, {key: ">"}, count=100,
+                                                         block=50))
                     polls += 1
                     if resp:
                         ids = [e[0] for e in resp[0][1]]

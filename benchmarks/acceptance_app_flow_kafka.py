@@ -45,12 +45,17 @@ from typing import Any
 import msgspec
 
 import mqlite
-from mqlite import TopicPartition
+from mqlite import Message, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(ROOT / "tests"))
 OPTS = {"log_level": 3}
+
+
+def _order_id(m: Message) -> Any:
+    assert m.value is not None  # every record of this flow carries a JSON value
+    return msgspec.json.decode(m.value)["orderId"]
 
 
 def read_all(b: Any, topic: str, until: int | None = None,
@@ -128,7 +133,7 @@ def main() -> None:
         killed = None
         while len(paid) < n - declined:
             for m in c.poll(1000, timeout=5.0):
-                paid.append((msgspec.json.decode(m.value)["orderId"], m.timestamp_ms))
+                paid.append((_order_id(m), m.timestamp_ms))
             if t_pub is None and gen.poll() is not None:
                 t_pub = time.monotonic() - t0
             if args.kill and killed is None and len(paid) >= n // 3:
@@ -156,12 +161,12 @@ def main() -> None:
                 time.monotonic() < deadline:
             time.sleep(0.5)  # another process's commits: nothing to wait on but polling
         del procs["order_service"]
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
         rcs = {k: p.wait(120) for k, p in procs.items()}
         outs = {k: p.stdout.read().decode() if p.stdout else "" for k, p in procs.items()}
         counts = Counter(i for i, _ in paid)
-        order_ts = {msgspec.json.decode(m.value)["orderId"]: m.timestamp_ms
+        order_ts = {_order_id(m): m.timestamp_ms
                     for m in read_all(b, "order-created")}
         lat: dict[str, list[int]] = {"flaky": [], "ok": []}
         for i, ts in paid:
@@ -186,10 +191,10 @@ def main() -> None:
             print(outs)
         b.close()
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         server.stop()
 
 

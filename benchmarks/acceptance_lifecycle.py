@@ -14,6 +14,7 @@ Target (issue 9): a blocked ``poll(timeout=30)`` returns in < 50 ms.
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import statistics
 import tempfile
@@ -47,6 +48,7 @@ def _round(obj: Any, call: Callable[[], Any], trigger: Callable[[], None],
 def _signal_round(obj: Any, call: Callable[[], Any], settle: float) -> float:
     """The main thread blocks; a helper signals it; the handler closes."""
     main = threading.main_thread().ident
+    assert main is not None  # the main thread is running: it called this
     sent: list[float] = []
 
     def fire() -> None:
@@ -94,12 +96,12 @@ def main() -> None:
         xs = []
         for _ in range(max(1, args.rounds // 4)):
             c2 = b.consumer("t", group="g")
-            xs.append(_round(c2, lambda c2=c2: c2.poll(timeout=30), c2.close, settle))
+            xs.append(_round(c2, functools.partial(c2.poll, timeout=30), c2.close, settle))
         _report("consumer.close() from a thread", xs)
         xs = []
         for _ in range(max(1, args.rounds // 4)):
             c3 = b.consumer("t", group="g")
-            xs.append(_signal_round(c3, lambda c3=c3: c3.poll(timeout=30), settle))
+            xs.append(_signal_round(c3, functools.partial(c3.poll, timeout=30), settle))
         _report("consumer.close() in a signal handler", xs)
 
 

@@ -23,8 +23,17 @@ import statistics
 import subprocess
 import tempfile
 import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from typing import cast
 
 import mqlite
+
+#: XREADGROUP's reply as this client reads it (RESP2, bytes): ``[(stream, [(id, fields)])]``.
+#: redis-py >= 8 types the call with every protocol's shape, so the reads cast to this one.
+XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+#: Per message: microseconds from before the send call, and from its return, to the receive.
+Latencies = list[tuple[float, float]]
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -34,7 +43,7 @@ def _pct(xs: list[float], p: float) -> float:
 
 # -- mqlite ---------------------------------------------------------------------------------
 
-def _mq_consumer(path: str, n: int, ready: mp.Event, out: mp.Queue) -> None:
+def _mq_consumer(path: str, n: int, ready: Event, out: Queue[dict[int, int]]) -> None:
     b = mqlite.open(path, durability="none")
     c = b.consumer("lat")
     c.seek_to_end()
@@ -51,7 +60,7 @@ def _mq_consumer(path: str, n: int, ready: mp.Event, out: mp.Queue) -> None:
     b.close()
 
 
-def run_mqlite(n: int, rate: float) -> list[float]:
+def run_mqlite(n: int, rate: float) -> Latencies:
     d = tempfile.mkdtemp(prefix="mqlite-lat-")
     try:
         b = mqlite.open(d, durability="none")
@@ -111,14 +120,14 @@ def start_redis() -> tuple[subprocess.Popen | None, int, str]:
     return proc, port, d
 
 
-def _redis_consumer(port: int, n: int, ready: mp.Event, out: mp.Queue) -> None:
+def _redis_consumer(port: int, n: int, ready: Event, out: Queue[dict[bytes, int]]) -> None:
     import redis
 
     r = redis.Redis(port=port)
     stamps: dict[bytes, int] = {}
     ready.set()
     while len(stamps) < n:
-        res = r.xreadgroup("g", "c1", {"lat": ">"}, count=1000, block=5000)
+        res = cast(XReadReply, r.xreadgroup("g", "c1", {"lat": ">"}, count=1000, block=5000))
         now = time.monotonic_ns()
         if not res:
             break
@@ -128,7 +137,7 @@ def _redis_consumer(port: int, n: int, ready: mp.Event, out: mp.Queue) -> None:
     out.put(stamps)
 
 
-def run_redis(port: int, n: int, rate: float) -> list[float]:
+def run_redis(port: int, n: int, rate: float) -> Latencies:
     import redis
 
     r = redis.Redis(port=port)
@@ -145,7 +154,7 @@ def run_redis(port: int, n: int, rate: float) -> list[float]:
     nxt = time.monotonic()
     for _ in range(n):
         t0 = time.monotonic_ns()
-        mid = r.xadd("lat", {"v": b"x" * 100})
+        mid = cast(bytes, r.xadd("lat", {"v": b"x" * 100}))  # bytes: no decode_responses
         sent[mid] = (t0, time.monotonic_ns())
         nxt += gap
         delay = nxt - time.monotonic()
@@ -167,7 +176,7 @@ def main() -> None:
     if proc is None:
         print("redis-server not found: install it with `apt-get install -y redis-server`; "
               "running the mqlite rows only")
-    results: dict[str, list[list[float]]] = {"mqlite": [], "redis": []}
+    results: dict[str, list[Latencies]] = {"mqlite": [], "redis": []}
     try:
         for _ in range(args.rounds):
             results["mqlite"].append(run_mqlite(args.n, args.rate))

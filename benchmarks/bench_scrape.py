@@ -28,9 +28,12 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from typing import TypeVar
 
 import mqlite
 from mqlite.metrics import BrokerCollector, serve
+
+T = TypeVar("T")
 
 
 def build(path: str, topics: int, partitions: int, groups: int, group_topics: int,
@@ -78,7 +81,7 @@ def main() -> None:
         cpu: dict[str, list[float]] = {k: [] for k in times}
         size = lines = 0
 
-        def timed(part: str, fn: Callable[[], bytes | object]) -> object:
+        def timed(part: str, fn: Callable[[], T]) -> T:
             t, c = time.perf_counter(), time.process_time()
             out = fn()
             times[part].append(time.perf_counter() - t)
@@ -94,7 +97,7 @@ def main() -> None:
             text = timed("render", col.exposition)
             body = timed("http", get)
             timed("registry", lambda: pc.generate_latest(reg))
-            size, lines = len(body), text.count(b"\n")  # type: ignore[attr-defined,arg-type]
+            size, lines = len(body), text.count(b"\n")
         server.shutdown()
         print(f"{len(s.partitions)} partitions, {sum(len(g.lag) for g in s.groups)} lag series, "
               f"{lines} exposition lines, {size} bytes")

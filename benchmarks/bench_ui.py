@@ -20,9 +20,9 @@ import threading
 import time
 import urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_scrape import build
+from benchmarks.bench_scrape import build
 
 PAGES = ["/", "/topics", "/groups", "/groups/g000", "/queues", "/queues/t0000/q0",
          "/topics/t0000?by=offset&value=0&n=20", "/api/history?chart=lag"]

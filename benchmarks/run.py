@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 
     wall = time.monotonic() - started
     versions = _versions()
-    meta = {
+    meta: dict[str, Any] = {
         "profile": profile.name, "reps": reps, "started": _dt.datetime.now().astimezone()
         .isoformat(timespec="seconds"), "wall_seconds": wall,
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or

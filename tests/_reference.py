@@ -447,7 +447,7 @@ def _parse_records(buf: bytes, header: tuple[int, ...]) -> list[tuple[int, int, 
     if attributes & 0x7:
         raise ReferenceCorrupt("codec", f"compression codec {attributes & 0x7} not supported")
     outer = _Reader(buf, BATCH_HEADER_SIZE, length)
-    records = []
+    records: list[tuple[int, int, Any, Any, Any]] = []
     seen_max = None
     while outer.pos < length:
         index = len(records)

@@ -9,6 +9,7 @@ are declined (its random draws replayed).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -75,7 +76,7 @@ def shop_services(env: dict[str, str], payment_workers: int, timeout: float,
                  str(ports[-1])], cwd=EXAMPLES, env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True))
         for port in ports:
-            wait_until(lambda port=port: healthy(port), timeout, f"service on {port} ready")
+            wait_until(functools.partial(healthy, port), timeout, f"service on {port} ready")
         yield procs
     finally:
         for p in procs:

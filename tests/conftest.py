@@ -111,7 +111,7 @@ def tmp_broker_dir(tmp_path: Path) -> Path:
 # One Kafka-protocol broker from a wheel per session, started on first use
 # (tests/_kafka_server.py); skipped with the reason where none can run.
 @pytest.fixture(scope="session")
-def kafka_server():  # type: ignore[no-untyped-def]
+def kafka_server():
     from _kafka_server import start, unavailable_reason
 
     reason = unavailable_reason()
@@ -125,5 +125,5 @@ def kafka_server():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def kafka_url(kafka_server) -> str:  # type: ignore[no-untyped-def]
+def kafka_url(kafka_server) -> str:
     return str(kafka_server.url)

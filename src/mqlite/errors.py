@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import datetime
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -203,8 +204,15 @@ class StaleDeliveryError(GroupError):
     """An ack/nack used a delivery that is no longer this consumer's.
 
     Its visibility timeout expired (or its owner was declared dead) and the
-    message was redelivered; nothing was changed.
+    message was redelivered; nothing was changed.  For a list, the valid
+    deliveries were settled: the stale ones are in :attr:`stale`, the count
+    settled in :attr:`settled`.
     """
+
+    #: The stale deliveries of a list ack/nack (empty for a single delivery).
+    stale: Sequence[Any] = ()
+    #: How many deliveries of that list were settled.
+    settled: int = 0
 
 
 class ExchangeNotFoundError(MqliteError, KeyError):

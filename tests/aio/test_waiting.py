@@ -135,7 +135,7 @@ def test_one_send_wakes_a_loop_and_a_sleeping_thread_on_the_same_word(path: Path
             blocking = mqlite.open(path, durability="none")
             sc = blocking.consumer("t")
             assert sc.poll(timeout=0.01) == []
-            got: list[bytes] = []
+            got: list[bytes | None] = []
             entered = threading.Event()
 
             def sync_poll() -> None:
@@ -373,7 +373,8 @@ def test_cancelling_thousand_waits_returns_every_resource(path: Path) -> None:
             assert await consumers[0].poll(timeout=0.01) == []  # bell claimed, pool started
             assert await queue.receive(timeout=0.01) == []
             fds, threads = _fds(), threading.active_count()
-            tasks = [asyncio.create_task(c.poll(timeout=30)) for c in consumers]
+            tasks: list[asyncio.Task[Any]] = [asyncio.create_task(c.poll(timeout=30))
+                                              for c in consumers]
             tasks += [asyncio.create_task(queue.receive(timeout=30)) for _ in range(n // 2)]
             while b._bell().waiting() < n:
                 await asyncio.sleep(0.01)
@@ -540,7 +541,7 @@ def test_cancelled_group_poll_loses_no_message(path: Path) -> None:
                 for _ in range(i % 4):
                     await asyncio.sleep(0)
                 task.cancel()
-                got = await asyncio.gather(task, return_exceptions=True)
+                got: Any = await asyncio.gather(task, return_exceptions=True)
                 if got[0] == [] or isinstance(got[0], asyncio.CancelledError):
                     async with asyncio.timeout(10):
                         got = [await c.poll(timeout=5)]
@@ -560,7 +561,7 @@ def test_cancelled_receive_gives_messages_back_at_once(path: Path) -> None:
                 for _ in range(i % 3):
                     await asyncio.sleep(0)
                 task.cancel()
-                got = await asyncio.gather(task, return_exceptions=True)
+                got: Any = await asyncio.gather(task, return_exceptions=True)
                 if not isinstance(got[0], list) or not got[0]:
                     async with asyncio.timeout(10):  # not held for the 300 s visibility
                         got = [await q.receive(timeout=5)]

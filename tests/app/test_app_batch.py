@@ -27,7 +27,7 @@ def test_batch_handler_gets_typed_lists_in_order_and_commits(kind: str) -> None:
             got.append(items)
     else:
         @app.subscriber("t", group="g", batch=True, max_records=7)
-        async def h(items: list[Item]) -> None:
+        async def ah(items: list[Item]) -> None:
             await asyncio.sleep(0)
             got.append(items)
 
@@ -144,7 +144,7 @@ def test_request_to_a_handler_returning_none_gets_a_none_reply(kind: str) -> Non
             return None
     else:
         @app.subscriber("cmd")
-        async def h(x: object) -> None:
+        async def ah(x: object) -> None:
             return None
 
     @app.subscriber("cmd2")

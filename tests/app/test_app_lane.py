@@ -92,7 +92,7 @@ def test_run_lane_stops_before_a_message_when_stopping_or_revoked() -> None:
         0, _core.LANE_DONE, None, None)
     assert seen == []
     with pytest.raises(TypeError):  # the flags are LaneFlag objects, read as C fields
-        _core.run_lane(h, _msgs(1), 0, 0, False, None, False, flags.rev)
+        _core.run_lane(h, _msgs(1), 0, 0, False, None, False, flags.rev)  # type: ignore[arg-type]  # checks the TypeError
 
 
 def test_lane_flags_of_the_runner_and_lanes_are_what_run_lane_reads(tmp_path: Any) -> None:

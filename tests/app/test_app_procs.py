@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 from _polling import wait_until
+from _values import value
 
 import mqlite
 from mqlite import TopicPartition
@@ -39,7 +40,7 @@ class Outputs:
             left = end - time.monotonic()
             assert left > 0, f"timed out waiting for {what}: {len(self.values)} outputs"
             for m in self.c.poll(max_records=1000, timeout=min(left, 1.0)):
-                self.values.append(msgspec.json.decode(m.value))
+                self.values.append(msgspec.json.decode(value(m)))
 
     def drain(self) -> None:
         """Read what is left (the writers have exited): until a poll comes back empty."""
@@ -47,7 +48,7 @@ class Outputs:
             msgs = self.c.poll(max_records=1000, timeout=0.2)
             if not msgs:
                 return
-            self.values += [msgspec.json.decode(m.value) for m in msgs]
+            self.values += [msgspec.json.decode(value(m)) for m in msgs]
 
     def close(self) -> None:
         self.c.close()

@@ -165,7 +165,7 @@ def test_idempotency_key_skips_duplicates_across_group_members(tmp_broker_dir) -
                 apps[0].publish("events", {"id": f"ev-{n}", "copy": copy}, key=f"{n}-{copy}")
         for a in apps:
             a.wait_idle(60)
-        ids = Counter()
+        ids: Counter[bytes | None] = Counter()
         b = apps[0].broker
         for p in range(b.partitions_for("invoices")):
             for m in b.read("invoices", p, 0, 10_000):

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from _shop import example_env, publish_orders, shop_services, stop_all, wait_analytics_caught_up
+from _values import value
 
 import mqlite
 from mqlite import TopicPartition
@@ -27,7 +28,7 @@ def _read_until(b: mqlite.Broker, topic: str, n: int) -> list[Any]:
     try:
         while len(out) < n:
             assert time.monotonic() < end, f"{topic}: {len(out)} of {n} messages"
-            out += [msgspec.json.decode(m.value) for m in c.poll(1000, timeout=1.0)]
+            out += [msgspec.json.decode(value(m)) for m in c.poll(1000, timeout=1.0)]
     finally:
         c.close()
     return out

@@ -13,6 +13,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,7 +30,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def jrun(*args: str) -> object:
+def jrun(*args: str) -> Any:
     return json.loads(run(*args, "--json").stdout)
 
 
@@ -55,7 +56,7 @@ def filled(tmp_broker_dir: Path) -> str:
 
 def test_groups_lists_stream_and_queue_groups(filled: str) -> None:
     groups = jrun("groups", filled)
-    by = {(g["group"], g["kind"]): g for g in groups}  # type: ignore[union-attr]
+    by = {(g["group"], g["kind"]): g for g in groups}
     assert set(by) == {("billing", "stream"), ("workers", "queue")}
     assert by[("billing", "stream")]["lag"] == 0
     w = by[("workers", "queue")]
@@ -70,21 +71,21 @@ def test_reset_offsets_every_way(filled: str) -> None:
     with mqlite.open(filled) as b:
         ends = {str(p.partition): p.end_offset for p in b.describe_topic("orders").partitions}
     out = jrun("group", "reset-offsets", filled, "billing", "--topic", "orders", "--to-latest")
-    assert out["offsets"] == ends  # type: ignore[index]
+    assert out["offsets"] == ends
     out = jrun("group", "reset-offsets", filled, "billing", "--topic", "orders",
                "--to-offset", "1", "--partition", "2")
-    assert out["offsets"] == {"2": 1}  # type: ignore[index]
+    assert out["offsets"] == {"2": 1}
     # every message of partition p has a timestamp; the 10th message overall is at +10 s
     out = jrun("group", "reset-offsets", filled, "billing", "--topic", "orders",
                "--to-datetime", "2023-11-14T22:13:30Z")  # 1_700_000_010_000 ms
     with mqlite.open(filled) as b:
-        for p, off in out["offsets"].items():  # type: ignore[index]
+        for p, off in out["offsets"].items():
             msgs = b.read("orders", int(p), 0, 100)
             want = next((m.offset for m in msgs if m.timestamp_ms >= 1_700_000_010_000),
                         len(msgs))
             assert off == want
         assert b.committed_offsets("billing", "orders") == \
-            {int(p): o for p, o in out["offsets"].items()}  # type: ignore[index]
+            {int(p): o for p, o in out["offsets"].items()}
     # live members: refused unless --force
     with mqlite.open(filled) as b:
         c = b.consumer("orders", group="billing")
@@ -105,10 +106,10 @@ def test_reset_offsets_every_way(filled: str) -> None:
 def test_topic_alter(filled: str) -> None:
     out = jrun("topic", "alter", filled, "orders", "--partitions", "5", "--retention-ms",
                "60000")
-    assert out["config"]["partitions"] == 5  # type: ignore[index]
-    assert out["config"]["retention_ms"] == 60000  # type: ignore[index]
+    assert out["config"]["partitions"] == 5
+    assert out["config"]["retention_ms"] == 60000
     out = jrun("topic", "alter", filled, "orders", "--retention-ms", "none")
-    assert out["config"]["retention_ms"] is None  # type: ignore[index]
+    assert out["config"]["retention_ms"] is None
     with mqlite.open(filled) as b:
         assert b.partitions_for("orders") == 5
     for bad in (["--partitions", "2"], [], ["--retention-ms", "soon"]):
@@ -119,9 +120,9 @@ def test_topic_alter(filled: str) -> None:
 def test_queue_command(filled: str) -> None:
     q = jrun("queue", filled, "orders", "workers")
     assert (q["ready"], q["inflight"], q["consumed"], q["dead_letters"]) == \
-        (28, 0, 2, 1)  # type: ignore[index]
-    assert q["dead_letter_topic"] == "orders.dlq"  # type: ignore[index]
-    assert q["oldest_ready_timestamp_ms"] >= 1_700_000_000_000  # type: ignore[index]
+        (28, 0, 2, 1)
+    assert q["dead_letter_topic"] == "orders.dlq"
+    assert q["oldest_ready_timestamp_ms"] >= 1_700_000_000_000
     text = run("queue", filled, "orders", "workers").stdout
     assert "ready" in text and "28" in text and "oldest ready message age" in text
     proc = run("queue", filled, "orders", "nobody", check=False)
@@ -130,25 +131,25 @@ def test_queue_command(filled: str) -> None:
 
 def test_peek_by_offset_timestamp_and_key(filled: str) -> None:
     msgs = jrun("peek", filled, "orders", "--partition", "0", "--offset", "1", "-n", "2")
-    assert [m["offset"] for m in msgs] == [1, 2]  # type: ignore[index,union-attr]
-    assert msgs[0]["headers"][0][0] == "trace"  # type: ignore[index]
+    assert [m["offset"] for m in msgs] == [1, 2]
+    assert msgs[0]["headers"][0][0] == "trace"
     msgs = jrun("peek", filled, "orders", "--timestamp", "1700000025000", "-n", "100")
     assert sorted(m["timestamp_ms"] for m in msgs) == \
-        [1_700_000_000_000 + i * 1000 for i in range(25, 30)]  # type: ignore[union-attr,index]
+        [1_700_000_000_000 + i * 1000 for i in range(25, 30)]
     msgs = jrun("peek", filled, "orders", "--key", "k3", "-n", "100")
     assert sorted(m["value"] for m in msgs) == \
-        sorted(f"v{i}" for i in range(30) if i % 5 == 3)  # type: ignore[union-attr,index]
+        sorted(f"v{i}" for i in range(30) if i % 5 == 3)
     text = run("peek", filled, "orders", "--key", "k3").stdout
     assert "trace=t3" in text
 
 
 def test_top_once(filled: str) -> None:
     frame = jrun("top", filled, "--once", "--interval", "0.05")
-    topics = {t["topic"]: t for t in frame["topics"]}  # type: ignore[index]
+    topics = {t["topic"]: t for t in frame["topics"]}
     assert topics["orders"]["messages"] == 30 and topics["orders"]["in_per_s"] == 0
-    kinds = {(g["group"], g["kind"]) for g in frame["groups"]}  # type: ignore[index]
+    kinds = {(g["group"], g["kind"]) for g in frame["groups"]}
     assert kinds == {("billing", "stream"), ("workers", "queue")}
-    assert frame["dead_letters"] == {"orders.dlq": 1}  # type: ignore[index]
+    assert frame["dead_letters"] == {"orders.dlq": 1}
     assert "topics" in run("top", filled, "--once", "--interval", "0.05").stdout
     assert run("top", filled, "--json", check=False).returncode == 2
 
@@ -234,7 +235,7 @@ def test_backup_while_a_producer_process_runs(tmp_path: Path) -> None:
                 prod.kill()
                 prod.wait()
     copy = tmp_path / "copy"
-    assert out["bytes"] == (copy / "data.mdb").stat().st_size  # type: ignore[index]
+    assert out["bytes"] == (copy / "data.mdb").stat().st_size
     assert oct(copy.stat().st_mode & 0o777) == "0o700"
     assert oct((copy / "data.mdb").stat().st_mode & 0o777) == "0o600"
     assert (copy / "data.mdb").stat().st_size < (tmp_path / "b" / "data.mdb").stat().st_size

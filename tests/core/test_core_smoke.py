@@ -12,6 +12,7 @@ import multiprocessing
 import pickle
 import struct
 import time
+from typing import Any
 
 import pytest
 
@@ -154,7 +155,8 @@ def test_split_by_max_batch_bytes():
     batches = _core.encode_batches(values, max_batch_bytes=1000, default_timestamp_ms=5)
     assert len(batches) > 5
     assert all(len(b) <= 1000 for b in batches)
-    got, base = [], 0
+    got: list[_core.Message] = []
+    base = 0
     for b in batches:
         _core.decode_batch(b, "t", 0, base, out=got)
         base = len(got)
@@ -196,7 +198,7 @@ def test_from_offset_and_max_records():
     assert [m.offset for m in _decode(batch, 100, from_offset=108, max_records=5)] == [108, 109]
     assert _decode(batch, 100, from_offset=110) == []
     assert _decode(batch, 100, max_records=0) == []
-    out = ["sentinel"]
+    out: list[Any] = ["sentinel"]
     assert _core.decode_batch(batch, "t", 0, 0, out=out) is out and len(out) == 11
 
 
@@ -226,7 +228,7 @@ def test_argument_errors():
     with pytest.raises(TypeError, match="encode it first"):
         _core.encode_batches([b"v"], headers=[[("h", "text")]])
     with pytest.raises(TypeError):
-        _core.encode_batches([b"v"], headers=[[(b"h", b"v")]])
+        _core.encode_batches([b"v"], headers=[[(b"h", b"v")]])  # type: ignore[list-item]  # checks the TypeError
     with pytest.raises(TypeError):
         _core.encode_batches([42])
     with pytest.raises(TypeError, match="encode it first"):
@@ -279,7 +281,7 @@ def _small_batch():
 def _assert_corrupt(data):
     with pytest.raises(CorruptRecordError):
         _core.validate_batch(data)
-    out = ["keep"]
+    out: list[Any] = ["keep"]
     with pytest.raises(CorruptRecordError):
         _core.decode_batch(data, "t", 0, 0, out=out)
     assert out == ["keep"]

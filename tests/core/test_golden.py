@@ -10,6 +10,7 @@ magic/version, a note in docs/format.md, a new frozen batch next to the old).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import _reference as ref
 import pytest
@@ -212,7 +213,7 @@ def test_varint_encode_out_of_int64_range(value: int) -> None:
 
 # Three records: a null key, an empty key (with an empty value and a negative
 # timestamp delta), and a key with two headers of the same non-ASCII name.
-FROZEN_ARGS = {
+FROZEN_ARGS: dict[str, Any] = {
     "values": [b"order created", b"", b"\x00\xffpayload"],
     "keys": [None, b"", b"order-42"],
     "headers": [None, [], [("ключ-🔑", b"v1"), ("ключ-🔑", b"")]],

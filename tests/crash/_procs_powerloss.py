@@ -46,7 +46,8 @@ def _value(n: int, rng: random.Random) -> bytes:
     return f"t-{n}-".encode() + bytes([48 + n % 10]) * pad
 
 
-def _ident(value: bytes) -> int:
+def _ident(value: bytes | None) -> int:
+    assert value is not None  # every record here was sent with a value
     return int(value.split(b"-", 2)[1])
 
 
@@ -117,7 +118,7 @@ def main(cfg: dict[str, Any]) -> None:
                 b.send_batch("c", churn)
                 continue
             if r < 0.6:
-                values = []
+                values: list[bytes] = []
                 handed: list[tuple[int, int]] = []
                 if cfg.get("combine") and rng.random() < 0.5:
                     handed = _hand_over(b, [_value(n + i, rng) for i in range(rng.randrange(

@@ -119,7 +119,7 @@ class KillPoints:
             orig(env, txn, wake, **kw)
             hit("txn_after_commit")
 
-        _envmod.Env.commit = commit  # type: ignore[method-assign]
+        _envmod.Env.commit = commit  # type: ignore[method-assign, assignment]  # the fault points
         # The single-send fast path (D36) commits in C, past Env.commit: send through
         # the Python path here so these points see every send's commit.
         _engmod._core.SendPath = _NoSendPath  # type: ignore[misc,assignment]
@@ -165,7 +165,7 @@ def patch_combiner(hit: Callable[[str], None]) -> None:
                 hit("comb_mid_done")
 
     eng._ring_commit = ring_commit  # type: ignore[method-assign]
-    eng._ring_done = staticmethod(ring_done)  # type: ignore[method-assign,assignment]
+    eng._ring_done = staticmethod(ring_done)  # type: ignore[method-assign]  # the fault points
 
 
 def lead_and_die(path: str, mode: str, topic: str, value: bytes, point: str,
@@ -317,7 +317,7 @@ def queue_member(path: str, mode: str, topic: str, group: str, log_path: str, se
                     q.ack(ack)
                     done = ack
                 except mqlite.StaleDeliveryError as exc:
-                    stale = {id(d) for d in exc.stale}  # type: ignore[attr-defined]
+                    stale = {id(d) for d in exc.stale}
                     done = [d for d in ack if id(d) not in stale]
                 if timer is not None:
                     timer.join()  # the process dies here at the latest

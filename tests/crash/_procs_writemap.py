@@ -56,6 +56,7 @@ def read_all(path: str, durability: str, topic: str, out: str, want: int,
         while len(got) < want and time.monotonic() < deadline:
             msgs = b.read(topic, 0, nxt, max_records=1000)
             for m in msgs:
+                assert m.value is not None
                 got.append([m.offset, zlib.crc32(m.value)])
             if msgs:
                 nxt = msgs[-1].offset + 1

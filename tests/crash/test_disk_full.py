@@ -20,6 +20,7 @@ from typing import Any
 
 import _procs_torture as procs
 import pytest
+from _values import value
 
 import mqlite
 from mqlite.verify import verify_in_child
@@ -58,7 +59,7 @@ def test_write_failure_is_typed_and_earlier_data_intact(children: Any, tmp_broke
     assert rep.ok, rep.problems
     with mqlite.open(tmp_broker_dir, durability="sync") as b:
         msgs = b.read("t", 0, 0, max_records=100_000)
-        stored = {(m.partition, m.offset): m.value for m in msgs}
+        stored = {(m.partition, m.offset): value(m) for m in msgs}
         assert [m.offset for m in msgs] == list(range(len(msgs)))  # dense
         assert stored[(0, 0)] == b"0|before the limit"
         for k, crc in acked.items():

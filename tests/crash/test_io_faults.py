@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _values import value
 
 import mqlite
 from mqlite.verify import verify_in_child
@@ -148,7 +149,7 @@ def check_on_disk(path: Path, before: dict[tuple[int, int], bytes],
     assert rep.ok, rep.problems
     with mqlite.open(path, durability=durability) as b:
         msgs = b.read("t", 0, 0, max_records=100_000)
-        stored = {(m.partition, m.offset): m.value for m in msgs}
+        stored = {(m.partition, m.offset): value(m) for m in msgs}
         assert [m.offset for m in msgs] == list(range(len(msgs))), "offsets not dense"
         for k, v in before.items():
             assert stored.get(k) == v, f"message {k} written before the fault differs or is lost"

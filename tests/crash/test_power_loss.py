@@ -131,8 +131,8 @@ class Workload:
             else:
                 raise AssertionError(f"unexpected child line {line!r}")
         self.sent: dict[int, int] = {}
-        for _, vals in self.acks:
-            self.sent.update(vals)
+        for _, acked in self.acks:
+            self.sent.update(acked)
         self.all_qacked = {i for _, ids in self.qacks for i in ids}
 
     def durable(self, durable_to: int) -> tuple[dict[int, int], set[int], dict[int, int]]:
@@ -197,6 +197,7 @@ def check_image(image: Path, durability: str, work: Workload, durable_to: int) -
                 for m in msgs:
                     assert m.offset == offset, f"offsets not dense in t/{part}: {m.offset}"
                     offset += 1
+                    assert m.value is not None
                     ident = int(m.value.split(b"-", 2)[1])
                     assert sent.get(ident) == zlib.crc32(m.value), \
                         f"message {ident} in t/{part} was never sent with these bytes"
@@ -219,7 +220,9 @@ def check_image(image: Path, durability: str, work: Workload, durable_to: int) -
             got = q.receive(1000, timeout=0)
             if not got:
                 break
-            delivered += [int(d.value.split(b"-", 2)[1]) for d in got]
+            for d in got:
+                assert d.value is not None
+                delivered.append(int(d.value.split(b"-", 2)[1]))
         q.close()
         assert len(delivered) == len(set(delivered)), "a message was delivered twice at once"
         again = sorted(set(delivered) & qacked)

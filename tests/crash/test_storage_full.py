@@ -53,7 +53,7 @@ def _assert_sound(path: Path) -> None:
 
 
 @pytest.fixture
-def full(tmp_broker_dir: Path, rng: random.Random):  # type: ignore[no-untyped-def]
+def full(tmp_broker_dir: Path, rng: random.Random):
     b = mqlite.open(tmp_broker_dir, durability="none", map_size=MAP)
     b.create_topic("log", partitions=2)
     b.create_topic("jobs", cleanup="consumed")
@@ -106,7 +106,7 @@ def test_consumers_drain_a_full_broker_and_sends_resume(full, tmp_broker_dir: Pa
     job_msgs = {k: v for k, v in acked.items() if k[0] == "jobs"}
     # A stream group member joins (writes group state) and consumes, commits.
     with b.consumer("log", group="readers", commit="manual") as c:
-        seen = {}
+        seen: dict[tuple[str, int, int], bytes | None] = {}
         while len(seen) < len(log_msgs):
             msgs = c.poll(max_records=100, timeout=2.0)
             assert msgs, "a full broker stopped delivering"

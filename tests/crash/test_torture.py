@@ -56,6 +56,7 @@ import signal
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def _launch(children: Any, run: Run, logs: Path, name: str, rng: random.Random,
     path = str(run.path)
     if kind == "producer":
         args: tuple[Any, ...] = (path, run.mode, TOPIC, name, str(log), seed, kill_at)
-        target = procs.producer
+        target: Callable[..., None] = procs.producer
     elif kind == "stream":
         args = (path, run.mode, TOPIC, group, str(log), seed, kill_at)
         target = procs.stream_member

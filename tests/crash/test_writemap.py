@@ -30,6 +30,7 @@ from typing import Any
 
 import _procs_writemap as procs
 import pytest
+from _values import value
 
 import mqlite
 from mqlite import _core
@@ -108,7 +109,7 @@ def test_a_write_past_the_preallocated_stretch_keeps_every_byte(tmp_broker_dir: 
         assert b.redrive("dlq", to_topic="t9") == 4  # 8 MiB in one write transaction
         assert _core.guard_faults() > faults  # it did write past the end of the file
         assert os.path.getsize(tmp_broker_dir / "data.mdb") % psize == 0
-        got = sorted(m.value for m in b.read("t9", 0, 0, max_records=10))
+        got = sorted(value(m) for m in b.read("t9", 0, 0, max_records=10))
         assert got == sorted(big)
     assert verify_in_child(str(tmp_broker_dir)).problems == []
 
@@ -157,10 +158,10 @@ def test_writemap_none_writer_beside_sync_writer_and_reader(
     with mqlite.open(tmp_broker_dir, durability="sync") as b:
         msgs = b.read("t", 0, 0, max_records=1_000_000)
     assert [m.offset for m in msgs] == list(range(len(msgs)))  # dense
-    stored = {(m.partition, m.offset): zlib.crc32(m.value) for m in msgs}
+    stored = {(m.partition, m.offset): zlib.crc32(value(m)) for m in msgs}
     for k, crc in acked.items():
         assert stored.get(k) == crc, f"acknowledged message {k} lost or changed"
-    tags = {m.value.split(b"|", 1)[0] for m in msgs}
+    tags = {value(m).split(b"|", 1)[0] for m in msgs}
     assert tags == {b"N", b"S", b"K"}
     # The reader saw a prefix of the log, every payload as stored.
     seen = json.loads(outs["reader"].read_text())
@@ -272,7 +273,7 @@ def test_disk_full_under_writemap_is_typed_not_sigbus(children: Any, small_fs: P
     assert rep.ok, rep.problems
     with mqlite.open(path, durability="none") as b:
         msgs = b.read("t", 0, 0, max_records=100_000)
-        stored = {(m.partition, m.offset): zlib.crc32(m.value) for m in msgs}
+        stored = {(m.partition, m.offset): zlib.crc32(value(m)) for m in msgs}
         for k, crc in acked.items():
             assert stored.get(k) == crc, f"acknowledged message {k} lost"
         assert [m.offset for m in msgs] == list(range(len(msgs)))

@@ -1,7 +1,7 @@
 """Child-process entry points for the core integration and crash tests.
 
 Run as ``python -m _procs_core COMMAND ARGS...`` with this directory on
-``PYTHONPATH`` (see ``conftest.spawn_core``), or import the functions as
+``PYTHONPATH`` (see ``_integration_fixtures.CoreProcs``), or import the functions as
 ``multiprocessing`` targets.  Paths and parameters come in through argv;
 results go to stdout, one line per event, flushed at once so the parent can
 act on a line the moment it is written (e.g. SIGKILL right after "sent").
@@ -33,6 +33,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import mqlite
@@ -148,7 +149,7 @@ def mp_open_and_send(path: str, topic: str, conn: Any) -> None:
         conn.close()
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[..., None]] = {
     "send": cmd_send,
     "send-loop": cmd_send_loop,
     "read": cmd_read,

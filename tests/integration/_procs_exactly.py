@@ -53,6 +53,7 @@ def main(args: dict) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"timed out after {stats}")
             for msg in consumer.poll(max_records=10, timeout=1.0):
+                assert msg.value is not None
                 order = msg.value.decode()
                 if pattern == "external":
                     if broker.claim(order, scope="orders", ttl=3600):

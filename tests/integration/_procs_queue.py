@@ -18,6 +18,11 @@ import time
 import mqlite
 
 
+def _text(d: mqlite.Delivery) -> str:
+    assert d.value is not None  # the tests send every message with a value
+    return d.value.decode()
+
+
 def _open(args: dict) -> mqlite.Broker:
     return mqlite.open(args["dir"], durability=args.get("durability", "none"))
 
@@ -55,8 +60,8 @@ def consume(args: dict) -> None:
             keep = []
             lines = []
             for d in ds:
-                if poison is not None and d.value.startswith(poison.encode()):
-                    lines.append(f"nack {d.value.decode()} {d.delivery_count} {time.time()}\n")
+                if poison is not None and _text(d).startswith(poison):
+                    lines.append(f"nack {_text(d)} {d.delivery_count} {time.time()}\n")
                     d.nack(error=f"poison seen by pid {os.getpid()}")
                 elif nack_rate and rng.random() < nack_rate:
                     d.nack()
@@ -64,7 +69,7 @@ def consume(args: dict) -> None:
                     keep.append(d)
             if keep:
                 q.ack(keep)  # raises on a stale delivery: the test then sees a failure
-                lines.extend(f"ack {d.value.decode()} {d.delivery_count} {time.time()}\n"
+                lines.extend(f"ack {_text(d)} {d.delivery_count} {time.time()}\n"
                              for d in keep)
             out.write("".join(lines))
         q.close()
@@ -74,11 +79,11 @@ def hold(args: dict) -> None:
     """Receive ``n`` messages, report them, never ack: wait to be killed."""
     with _open(args) as broker:
         q = broker.queue(args["topic"], group=args["group"], visibility_timeout=60.0)
-        ds = []
+        ds: list[mqlite.Delivery] = []
         while len(ds) < args["n"]:
             ds += q.receive(args["n"] - len(ds), timeout=1.0)
         with open(args["out"], "w") as f:
-            json.dump([[d.value.decode(), d.delivery_count] for d in ds], f)
+            json.dump([[_text(d), d.delivery_count] for d in ds], f)
         print("holding", flush=True)
         while True:
             signal.pause()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue as _q
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import _procs_ring as children
 import pytest
@@ -22,6 +23,9 @@ from mqlite import CommitFailedError, TopicPartition
 
 CTX = multiprocessing.get_context("forkserver")
 # preloads: FORKSERVER_PRELOAD in tests/conftest.py (one list for every suite)
+
+#: An entry of mqlite._engine._RING_HANDLERS.
+_Handler = Callable[[Any, Any, bytes], tuple[int, int, int, int]]
 
 
 @pytest.mark.parametrize("mode", ["sync", "lazy"])
@@ -125,9 +129,9 @@ def test_queue_acks_through_the_ring(broker: mqlite.Broker,
     calls: list[str] = []
     handlers = dict(_engine._RING_HANDLERS)
     for kind, fn in handlers.items():
-        def spy(e: object, txn: object, p: bytes, fn: object = fn) -> tuple[int, int, int, int]:
+        def spy(e: object, txn: object, p: bytes, fn: _Handler = fn) -> tuple[int, int, int, int]:
             calls.append(str(p[0]))
-            return fn(e, txn, p)  # type: ignore[operator, no-any-return]
+            return fn(e, txn, p)
         monkeypatch.setitem(_engine._RING_HANDLERS, kind, spy)
     q = broker.queue("t", group="q", visibility_timeout=30)
     broker.send_batch("t", [b"a", b"b", b"c"], partition=0)

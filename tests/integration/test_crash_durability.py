@@ -23,7 +23,7 @@ import pytest
 import mqlite
 
 if TYPE_CHECKING:
-    from conftest import CoreProcs
+    from _integration_fixtures import CoreProcs
 
 MODES = ["sync", "lazy", "none"]
 

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _values import value
 
 import mqlite
 
@@ -44,7 +45,7 @@ def _race(path: str, pattern: str, tmp_path: Path, durability: str = "none") -> 
                 [sys.executable, CHILD, json.dumps(args)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         for p in children:
-            assert p.stdout is not None
+            assert p.stdout is not None and p.stderr is not None
             line = p.stdout.readline()  # blocks until the child is ready (or died)
             assert line.strip() == "ready", f"child not ready: {line!r} {p.stderr.read()}"
         for p in children:  # the barrier: both are blocked on stdin until now
@@ -67,7 +68,7 @@ def _race(path: str, pattern: str, tmp_path: Path, durability: str = "none") -> 
 def _effects(path: str) -> Counter[str]:
     with mqlite.open(path, durability="none") as b:
         msgs = b.consumer("effects").poll(max_records=10_000, timeout=0)
-    return Counter(m.value.decode() for m in msgs)
+    return Counter(value(m).decode() for m in msgs)
 
 
 @pytest.mark.parametrize(("pattern", "durability"),

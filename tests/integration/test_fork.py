@@ -8,6 +8,7 @@ working afterwards (its reader slots and locks untouched by the child), and
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import _procs_core
 import pytest
+from _values import value
 
 import mqlite
 
@@ -33,6 +35,10 @@ def _quiet_fork() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         yield
+
+
+def _send_offset(broker: mqlite.Broker, v: bytes) -> int:
+    return broker.send("t", v, partition=0).offset
 
 
 def _fork_run(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -88,7 +94,7 @@ def test_os_fork_child_can_send_and_read(broker: mqlite.Broker) -> None:
         md = broker.send("t", b"from-child", partition=0)
         with broker.producer(linger_ms=0) as p:
             md2 = p.send("t", b"from-child-producer", partition=1).result()
-        return [md.offset, md2.offset, [m.value.decode() for m in broker.read("t", 0)],
+        return [md.offset, md2.offset, [value(m).decode() for m in broker.read("t", 0)],
                 os.getpid() == broker._engine.env.pid]
 
     off, off2, values, same_pid = _fork_run(child)
@@ -111,12 +117,12 @@ def test_fork_child_reads_with_consumer_made_by_parent(broker: mqlite.Broker) ->
         broker.send("t", b"c", partition=1)
         got = []
         while batch := reader.poll(timeout=0):
-            got += [m.value.decode() for m in batch]
+            got += [value(m).decode() for m in batch]
         return got
 
     assert sorted(_fork_run(child)) == ["b", "c"]
     # The parent's reader keeps its own position.
-    assert sorted(m.value for m in reader.poll(timeout=0)) == [b"b", b"c"]
+    assert sorted(value(m) for m in reader.poll(timeout=0)) == [b"b", b"c"]
 
 
 def test_fork_child_opening_the_path_again_shares_the_reopened_env(broker: mqlite.Broker,
@@ -171,14 +177,14 @@ def test_fork_child_killed_does_not_block_parent(broker: mqlite.Broker) -> None:
 
 def test_many_forks_in_a_row(broker: mqlite.Broker) -> None:
     for i in range(5):
-        _fork_run(lambda i=i: broker.send("t", b"%d" % i, partition=0).offset)
+        _fork_run(functools.partial(_send_offset, broker, b"%d" % i))
         broker.send("t", b"p%d" % i, partition=1)
     assert [m.value for m in broker.read("t", 0)] == [b"%d" % i for i in range(5)]
     assert len(broker.read("t", 1)) == 5
 
 
 def _mp_run(method: str, target: Callable[..., None], *args: Any) -> tuple[Any, ...]:
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)  # typed BaseContext: no .Process
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     with _quiet_fork():
         proc = ctx.Process(target=target, args=(*args, child_conn))

@@ -40,7 +40,7 @@ class _Children:
                               str(session)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=child_env(), cwd=str(HERE))
         self.procs.append(p)
-        assert p.stdout is not None
+        assert p.stdout is not None and p.stderr is not None
         line = p.stdout.readline()  # blocks until the child is ready (or dies: "")
         assert line.startswith("ready "), (line, p.stderr.read() if p.poll() is not None
                                            else "")

@@ -270,19 +270,19 @@ def test_bad_options_are_rejected(broker: mqlite.Broker) -> None:
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", assignor="sticky")
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", assignor=3)
+        broker.consumer("t", group="g", assignor=3)  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", session_timeout=0)
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", session_timeout="10")
+        broker.consumer("t", group="g", session_timeout="10")  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", max_poll_interval=-1)
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", instance_id=5)
+        broker.consumer("t", group="g", instance_id=5)  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="g", instance_id="")
     with pytest.raises(TypeError):
-        broker.consumer("t", group="g", on_assign=42)
+        broker.consumer("t", group="g", on_assign=42)  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(ValueError):
         broker.consumer("t", group="bad/name")
     with pytest.raises(ValueError):
@@ -343,7 +343,9 @@ def test_commit_api_and_fencing(broker: mqlite.Broker) -> None:
     with env.read_txn() as txn:
         pid = broker._engine.topic(txn, "t").pids[lost.partition]
         v = read_offset(txn, env.dbs, "g", pid)
-        gen = load_group(txn, env.dbs, "g").generation
+        state = load_group(txn, env.dbs, "g")
+        assert state is not None
+        gen = state.generation
     assert v is not None and v.member_id == c2._group.member_id and v.generation == gen
     c1.close()
     c2.close()
@@ -545,6 +547,7 @@ def test_static_member_replaced_between_probe_and_reap_is_not_touched(
     env = broker._engine.env
     with env.read_txn() as txn:
         old = load_group(txn, env.dbs, "g")
+    assert old is not None
     a._group._drop_lock()  # as if the process died: the lock is free
     a._group.member_id = None
     a._closed = True

@@ -61,8 +61,9 @@ class Child:
         self.p.stdin.flush()
         line = self.p.stdout.readline()
         if not line:
+            assert self.p.stderr is not None
             raise AssertionError(f"child exited {self.p.wait(10)}: {self.p.stderr.read()}")
-        return json.loads(line)  # type: ignore[no-any-return]
+        return json.loads(line)
 
 
 @pytest.fixture

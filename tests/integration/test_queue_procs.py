@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _values import value
 
 import mqlite
 from mqlite import _liveness
@@ -38,7 +39,7 @@ class Procs:
         """Read stdout lines until one starts with ``expect`` (the child blocks on writes
         only if the pipe fills, which these few lines never do)."""
         deadline = time.monotonic() + timeout
-        assert p.stdout is not None
+        assert p.stdout is not None and p.stderr is not None
         while time.monotonic() < deadline:
             line = p.stdout.readline()
             if line.startswith(expect):
@@ -136,7 +137,7 @@ def test_consumer_started_after_a_crash_gets_the_dead_ones_messages_at_once(
     with mqlite.open(tmp_broker_dir, durability="none") as broker:
         q = broker.queue("jobs", group="workers", visibility_timeout=600)
         got = q.receive(100, timeout=0)  # no wait: reaped in the constructor
-        assert sorted(int(d.value) for d in got) == list(range(10))
+        assert sorted(int(value(d)) for d in got) == list(range(10))
         assert all(d.delivery_count == 2 for d in got)
         q.ack(got)
         q.close()
@@ -242,7 +243,7 @@ def test_sigkilled_holder_is_noticed_through_its_pidfd(tmp_broker_dir, tmp_path,
         deadline = time.monotonic() + 30
         while len(got) < 10 and time.monotonic() < deadline:
             got += q.receive(10 - len(got), timeout=max(0.0, deadline - time.monotonic()))
-        assert sorted(int(d.value) for d in got) == list(range(10))
+        assert sorted(int(value(d)) for d in got) == list(range(10))
         assert all(d.delivery_count == 2 for d in got)
         q.ack(got)
         q.close()  # waits for a reap in progress: its unlink is over
@@ -336,7 +337,7 @@ def test_scheduled_messages_survive_a_crash(tmp_broker_dir, procs):
         early = due - time.time() - 0.1
         if early > 0:  # not delivered before it is due
             assert q.receive(10, timeout=min(early, 0.5)) == []
-        got: list[bytes] = []
+        got: list[bytes | None] = []
         deadline = time.monotonic() + 60
         while len(got) < 5 and time.monotonic() < deadline:
             ds = q.receive(10, timeout=1.0)

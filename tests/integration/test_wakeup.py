@@ -24,7 +24,7 @@ import pytest
 import mqlite
 
 if TYPE_CHECKING:
-    from conftest import CoreProcs
+    from _integration_fixtures import CoreProcs
 
 #: The waiting child's poll timeout, and the bound that tells a wake-up from it.
 WAIT_S = "30"

@@ -14,7 +14,7 @@ pytest.importorskip("confluent_kafka")
 import mqlite
 import mqlite.aio
 from mqlite import TopicPartition as TP
-from mqlite.aio.kafka import AsyncKafkaBroker
+from mqlite.aio.kafka import AsyncKafkaBroker, AsyncKafkaConsumer
 
 OPTS = {"log_level": 3}
 
@@ -79,6 +79,7 @@ def test_cancelled_poll_loses_nothing(kafka_url: str) -> None:
         async with mqlite.aio.open(kafka_url, client_options=OPTS) as b:
             await b.create_topic(topic, 1)
             c = b.consumer(topic)
+            assert isinstance(c, AsyncKafkaConsumer)
             await c.start()
             waiting = asyncio.ensure_future(c.poll(timeout=30.0))
             await asyncio.sleep(0)  # let the poll start waiting in the consumer's thread
@@ -109,7 +110,7 @@ def test_transaction_commits_sends_and_offsets_together(kafka_url: str) -> None:
                     raise RuntimeError("handler failed")
             assert await c.committed(TP(src, 0)) is None
             async with b.transaction() as tx:
-                fut = tx.send(dst, b"doubled:" + b"".join(m.value for m in msgs))
+                fut = tx.send(dst, b"doubled:" + b"".join(m.value or b"" for m in msgs))
                 tx.commit_offsets(c)
             assert (await fut).topic == dst
             assert await c.committed(TP(src, 0)) == 2

@@ -199,6 +199,7 @@ def test_restarted_slot_aborts_a_killed_producers_open_transaction(
     aborts the open transaction at once; while it lives, nobody else gets that id."""
     if kafka_server.kind == "tansu":
         pytest.skip(KILL_UNSUPPORTED["tansu"])
+    from mqlite.kafka import KafkaBroker
     from mqlite.kafka.txid import claim_transactional_id
 
     url = kafka_server.url
@@ -206,6 +207,7 @@ def test_restarted_slot_aborts_a_killed_producers_open_transaction(
     topic, scope = f"fence-{tag}", f"scope-{tag}"
     mark = tmp_path / "zombie.tid"
     with mqlite.open(url, client_options=OPTS) as b:
+        assert isinstance(b, KafkaBroker)  # a kafka:// URL
         b.create_topic(topic)
         child = subprocess.Popen(
             [sys.executable, "-c", ZOMBIE, url, topic, scope, str(mark)],
@@ -230,7 +232,7 @@ def test_restarted_slot_aborts_a_killed_producers_open_transaction(
         try:
             assert claim.transactional_id == zombie_tid  # the dead process's id, at once
             b.init_transactions(claim.transactional_id)  # fences it, aborts its transaction
-            got: list[bytes] = []
+            got: list[bytes | None] = []
             end = time.monotonic() + TIMEOUT
             while not got:
                 assert time.monotonic() < end, "the aborted transaction still holds readers"

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 from _shop import example_env, publish_orders, shop_services, stop_all, wait_analytics_caught_up
+from _values import value
 from test_kafka_app import _read
 
 pytest.importorskip("confluent_kafka")
@@ -46,15 +47,15 @@ def test_shop_flow_on_kafka_with_3_payment_workers(kafka_url: str) -> None:
     with shop_services(env, 3, TIMEOUT) as procs:
         declined = publish_orders(env, n, TIMEOUT)
         with mqlite.open(kafka_url, client_options=OPTS) as b:
-            paid = [msgspec.json.decode(m.value) for m in
+            paid = [msgspec.json.decode(value(m)) for m in
                     _read_until(b, "payment-processed", n - declined)]
             sent = _read_until(b, "notification-sent", n - declined)
-            alerts = [msgspec.json.decode(m.value)
+            alerts = [msgspec.json.decode(value(m))
                       for m in _read_until(b, "alerts", declined)]
             want = wait_analytics_caught_up(b, TIMEOUT)
             outs = stop_all(procs, TIMEOUT)
             # exactly once per order (Kafka transactions), declined ones dead-lettered once
-            paid = [msgspec.json.decode(m.value) for m in
+            paid = [msgspec.json.decode(value(m)) for m in
                     _read_until(b, "payment-processed", n - declined)]
             assert len(paid) == n - declined
             assert set(Counter(p["orderId"] for p in paid).values()) == {1}
@@ -63,7 +64,7 @@ def test_shop_flow_on_kafka_with_3_payment_workers(kafka_url: str) -> None:
             assert all(dict(d.headers)["x-delivery-count"] == b"1"
                        and dict(d.headers)["x-dead-letter-reason"] == b"rejected: card declined"
                        for d in dls)
-            assert {p["orderId"] for p in paid} | {msgspec.json.decode(d.value)["orderId"]
+            assert {p["orderId"] for p in paid} | {msgspec.json.decode(value(d))["orderId"]
                                                    for d in dls} == set(range(n))
             assert len(sent) == n - declined
             assert len(alerts) == declined and all(a["error"] == "Reject: card declined"

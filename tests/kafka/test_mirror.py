@@ -69,7 +69,7 @@ def test_mirror_copies_partitions_and_translates_groups(kafka_url: str, tmp_path
     fill(src, topic, 3, 3000)
     with mqlite.open(src) as b:
         c = b.consumer(topic, group="billing", commit="manual")
-        seen = []
+        seen: list[mqlite.Message] = []
         while len(seen) < 100:
             seen += c.poll(max_records=100 - len(seen))
         c.commit()
@@ -139,8 +139,12 @@ def test_mirror_follow_copies_new_records_until_sigterm(kafka_url: str, tmp_path
                            "--topics", topic, "--follow"], stderr=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True, env=ENV) as proc:
         assert proc.stderr is not None
-        reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()],
-                                  daemon=True)
+        stderr = proc.stderr
+
+        def pump() -> None:
+            for x in stderr:
+                lines.put(x)
+        reader = threading.Thread(target=pump, daemon=True)
         reader.start()
 
         def wait_copied(n: int) -> None:

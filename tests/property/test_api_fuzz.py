@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +176,13 @@ class Driver:
         if op == "create_topic":
             if rng.random() < 0.5:
                 kw["exist_ok"] = rng.choice([True, True, False, None, 1])
-            for name, valid in [("retention_ms", [None, 1000, 60_000]),
-                                ("retention_bytes", [None, 1 << 20]),
-                                ("retention_messages", [None, 10, 1000]),
-                                ("max_message_bytes", [1024, 1 << 20, 100]),
-                                ("dedup_window_ms", [0, 1000]),
-                                ("cleanup", ["delete", "compact", "bogus"])]:
+            options: list[tuple[str, list[Any]]] = [("retention_ms", [None, 1000, 60_000]),
+                                                    ("retention_bytes", [None, 1 << 20]),
+                                                    ("retention_messages", [None, 10, 1000]),
+                                                    ("max_message_bytes", [1024, 1 << 20, 100]),
+                                                    ("dedup_window_ms", [0, 1000]),
+                                                    ("cleanup", ["delete", "compact", "bogus"])]
+            for name, valid in options:
                 if rng.random() < 0.2:
                     kw[name] = self.num(valid)
             return b.create_topic, (self.topic(), self.num([1, 2, 3])), kw
@@ -220,30 +222,33 @@ class Driver:
             return b.read, (self.topic(), self.num([0, 1, 2]), self.num([0, 1, 5, 100]),
                             self.num([1, 10, 500])), kw
         if op == "producer":
-            for name, valid in [("linger_ms", [0.0, 1.0, 5]), ("batch_bytes", [1024, 1 << 20]),
-                                ("partitioner", [None, "round_robin", "sticky", "bogus"]),
-                                ("max_queued", [1, 100, 1000])]:
+            options = [("linger_ms", [0.0, 1.0, 5]), ("batch_bytes", [1024, 1 << 20]),
+                       ("partitioner", [None, "round_robin", "sticky", "bogus"]),
+                       ("max_queued", [1, 100, 1000])]
+            for name, valid in options:
                 if rng.random() < 0.3:
                     kw[name] = self.num(valid)
             return b.producer, (), kw
         if op == "consumer":
             topics = rng.choice([self.topic(), [self.topic(), self.topic()], None])
             group = self.pick([None, "g1", "g2"], 0.2)
-            for name, valid in [("auto_offset_reset", ["earliest", "latest", "none", "x"]),
-                                ("commit", ["after", "before", "manual", "x"]),
-                                ("max_poll_records", [1, 10, 500]),
-                                ("instance_id", [None, "i1"]),
-                                ("assignor", [None, "range", "roundrobin", "cooperative-sticky"]),
-                                ("session_timeout", [None, 1.0, 10.0]),
-                                ("max_poll_interval", [None, 5.0, 300.0])]:
+            options = [("auto_offset_reset", ["earliest", "latest", "none", "x"]),
+                       ("commit", ["after", "before", "manual", "x"]),
+                       ("max_poll_records", [1, 10, 500]),
+                       ("instance_id", [None, "i1"]),
+                       ("assignor", [None, "range", "roundrobin", "cooperative-sticky"]),
+                       ("session_timeout", [None, 1.0, 10.0]),
+                       ("max_poll_interval", [None, 5.0, 300.0])]
+            for name, valid in options:
                 if rng.random() < 0.2:
                     kw[name] = self.num(valid)
             return b.consumer, (topics, group), kw
         if op == "queue":
-            for name, valid in [("visibility_timeout", [0, 0.05, 30.0]),
-                                ("max_deliveries", [None, 1, 3]),
-                                ("dead_letter_topic", [None, "dlq"]),
-                                ("retry_backoff", [None, 0.0, 0.01])]:
+            options = [("visibility_timeout", [0, 0.05, 30.0]),
+                       ("max_deliveries", [None, 1, 3]),
+                       ("dead_letter_topic", [None, "dlq"]),
+                       ("retry_backoff", [None, 0.0, 0.01])]
+            for name, valid in options:
                 if rng.random() < 0.25:
                     kw[name] = self.num(valid)
             return b.queue, (self.topic(), self.group()), kw
@@ -376,6 +381,8 @@ class Driver:
             for _ in range(rng.randint(0, 4)):
                 r = rng.random()
                 kind: str
+                fn: Callable[..., Any]
+                args: tuple[Any, ...]
                 if r < 0.4:
                     kind, fn, args = "tx.send", tx.send, (self.topic(), self.value(), self.key())
                 elif r < 0.6 and self.consumers:

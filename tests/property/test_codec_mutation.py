@@ -21,6 +21,7 @@ to name the input.  Hypothesis fuzzes the same entry points in-process.
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import os
@@ -284,11 +285,10 @@ def check_against_reference(data: Any, base: int, crc_broken: bool) -> list[str]
     sentinel = _core.Message("x", 0, 0, 0, None, None)
     for verify_crc, wanted in ((True, want), (False, want_nocrc)):
         out = [sentinel]
-        got = _outcome(
-            lambda out=out, verify_crc=verify_crc: _tuples(
-                _core.decode_batch(data, "t", 0, base, out=out, verify_crc=verify_crc)[1:]
-            )
-        )
+        def decode(out: list[_core.Message] = out, verify_crc: bool = verify_crc) -> Any:
+            return _tuples(
+                _core.decode_batch(data, "t", 0, base, out=out, verify_crc=verify_crc)[1:])
+        got = _outcome(decode)
         expect(f"decode_batch(verify_crc={verify_crc})", got, wanted)
         if got[0] != "ok" and out != [sentinel]:
             problems.append(f"decode_batch(verify_crc={verify_crc}) appended to out, then raised")
@@ -444,7 +444,7 @@ def test_structural_mutations_are_corrupt_for_the_reference() -> None:
     controls = {"producer_id changed", "base_sequence changed"}
     for desc, data in structural_mutations(batch):
         if desc not in controls:
-            outcome = _ref_outcome(lambda data=data: ref.decode_batch(data, base, verify_crc=False))
+            outcome = _ref_outcome(functools.partial(ref.decode_batch, data, base, verify_crc=False))
             assert outcome[0] == "corrupt", desc
     for desc in controls:
         data = dict(structural_mutations(batch))[desc]

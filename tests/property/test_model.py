@@ -253,7 +253,9 @@ class BrokerModel(RuleBasedStateMachine):
 
 
 # ~5 s in the CI profile; HYPOTHESIS_PROFILE=slow runs a tenth of its example budget.
-_EXAMPLES = 50 if settings.default.max_examples <= 100 else settings.default.max_examples // 10
+_DEFAULT = settings.default
+assert _DEFAULT is not None  # a profile is always loaded (conftest)
+_EXAMPLES = 50 if _DEFAULT.max_examples <= 100 else _DEFAULT.max_examples // 10
 BrokerModel.TestCase.settings = settings(max_examples=_EXAMPLES, stateful_step_count=40,
                                          deadline=None)
 TestBrokerModel = BrokerModel.TestCase

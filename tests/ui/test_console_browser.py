@@ -155,7 +155,9 @@ def test_console_in_chromium(browser: Any, console: Any, populated: str,
     expect(page.locator("#error")).to_contain_text("wrong action token")
     with mqlite.open(populated) as b:
         assert len(b.dead_letters("emails.dlq")) == 2  # nothing happened
-        ready_before = b.queue_stats("emails", "mailers").ready
+        qs = b.queue_stats("emails", "mailers")
+        assert qs is not None
+        ready_before = qs.ready
     page.goto(f"{c.url}dlq/emails.dlq")
     form.locator('input[name="token"]').fill(c.token)
     form.locator("button").click()
@@ -163,7 +165,8 @@ def test_console_in_chromium(browser: Any, console: Any, populated: str,
     expect(page.locator("#dlq-count")).to_have_text("0")
     with mqlite.open(populated) as b:
         assert b.dead_letters("emails.dlq") == []
-        assert b.queue_stats("emails", "mailers").ready == ready_before + 2
+        qs = b.queue_stats("emails", "mailers")
+        assert qs is not None and qs.ready == ready_before + 2
     assert errors == [], errors
 
 

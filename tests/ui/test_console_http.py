@@ -46,9 +46,9 @@ def _listening_addresses(port: int) -> set[str]:
         except OSError:
             continue
         for ln in lines:
-            f = ln.split()
-            addr, p = f[1].split(":")
-            if int(p, 16) == port and f[3] == "0A":
+            cols = ln.split()
+            addr, p = cols[1].split(":")
+            if int(p, 16) == port and cols[3] == "0A":
                 found.add(addr)
     return found
 
@@ -142,9 +142,10 @@ def test_guard_unit() -> None:
     ok = {"scheme": "http", "host": "127.0.0.1:1"}
     assert g.refusal(**ok, headers={"origin": "http://127.0.0.1:1"}, given="t" * 32) is None
     assert g.refusal(**ok, headers={}, given="t" * 32) is None  # curl: no Origin, token ok
-    assert "Referer" in g.refusal(**ok, headers={"referer": "http://x.example/a"},
-                                  given="t" * 32)
-    assert "read-only" in ActionGuard(None).refusal(**ok, headers={}, given="t" * 32)
+    refused = g.refusal(**ok, headers={"referer": "http://x.example/a"}, given="t" * 32)
+    assert refused is not None and "Referer" in refused
+    refused = ActionGuard(None).refusal(**ok, headers={}, given="t" * 32)
+    assert refused is not None and "read-only" in refused
 
 
 def test_decode_bytes() -> None:

@@ -8,6 +8,7 @@ never become a path).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,6 +92,10 @@ def unchanged(broker: mqlite.Broker, tmp_path: Path,
     yield lambda: Unchanged(broker, tmp_path)
 
 
+def _send_at(p: mqlite.Producer, ts: Any) -> Any:
+    return p.send("good", b"v", timestamp_ms=ts)
+
+
 def _with_producer(b: mqlite.Broker, fn: Callable[[Any], Any]) -> Any:
     with b.producer(linger_ms=0) as p:
         return fn(p)
@@ -113,7 +118,7 @@ TOPIC_CALLS: dict[str, Callable[[mqlite.Broker, Any], Any]] = {
     "consumer_list": lambda b, t: b.consumer(["good", t]),
     "subscribe": lambda b, t: b.consumer().subscribe([t]),
     "assign": lambda b, t: b.consumer().assign([TopicPartition(t, 0)]),
-    "assign_tuple": lambda b, t: b.consumer().assign([(t, 0)]),
+    "assign_tuple": lambda b, t: b.consumer().assign([(t, 0)]),  # type: ignore[list-item]  # a (topic, partition) tuple is accepted too
     "producer_send": lambda b, t: _with_producer(b, lambda p: p.send(t, b"v")),
 }
 
@@ -237,7 +242,7 @@ def test_negative_timestamp_is_value_error(broker: mqlite.Broker,
             with pytest.raises(ValueError):
                 broker.send_batch("good", [b"v", b"w"], timestamp_ms=[1, ts])
             with pytest.raises(ValueError):
-                _with_producer(broker, lambda p, ts=ts: p.send("good", b"v", timestamp_ms=ts))
+                _with_producer(broker, functools.partial(_send_at, ts=ts))
     assert broker.send("good", b"v", timestamp_ms=0).timestamp_ms == 0
 
 
@@ -338,25 +343,25 @@ def test_bad_consumer_arguments(broker: mqlite.Broker, unchanged: Callable[[], U
         with pytest.raises(ValueError):
             c.poll(max_records=0)
         with pytest.raises(TypeError):
-            c.poll(max_records="5")
+            c.poll(max_records="5")  # type: ignore[arg-type]  # checks the TypeError
         with pytest.raises(ValueError):
             c.poll(timeout=-1)
         with pytest.raises(ValueError):
             c.poll(timeout=float("nan"))
         with pytest.raises(TypeError):
-            c.poll(timeout="1")
+            c.poll(timeout="1")  # type: ignore[arg-type]  # checks the TypeError
         with pytest.raises(ValueError):
             c.seek(tp, -1)
         with pytest.raises(TypeError):
-            c.seek(tp, "3")
+            c.seek(tp, "3")  # type: ignore[arg-type]  # checks the TypeError
         with pytest.raises(TypeError):
-            c.seek("good", 3)
+            c.seek("good", 3)  # type: ignore[arg-type]  # checks the TypeError
         with pytest.raises(ValueError):
             c.seek(TopicPartition("good", 7), 0)  # not assigned
         with pytest.raises(mqlite.PartitionNotFoundError):
             c.assign([TopicPartition("good", 2)])
         with pytest.raises(ValueError):
-            c.assign([("good", -1)])
+            c.assign([("good", -1)])  # type: ignore[list-item]  # a tuple: the ValueError checked
         with pytest.raises(ValueError):
             c.offsets_for_times({tp: -1})
         with pytest.raises(ValueError):
@@ -393,6 +398,6 @@ def test_bad_delay_arguments(broker: mqlite.Broker, unchanged: Callable[[], Unch
         with pytest.raises(ValueError):
             broker.send("good", b"v", delay=-1)
         with pytest.raises(TypeError):
-            broker.send("good", b"v", delay="1")
+            broker.send("good", b"v", delay="1")  # type: ignore[arg-type]  # checks the TypeError
         with pytest.raises(ValueError):
             broker.send("good", b"v", delay=1, deliver_at=2e9)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import _reference
 import pytest
+from _values import value
 
 import mqlite
 from mqlite import _core
@@ -355,7 +356,7 @@ def test_send_batch_large_batches_span_many_lmdb_values(broker: mqlite.Broker) -
     values = [bytes([i % 251]) * 1000 for i in range(2000)]  # ~2 MB: several stored batches
     md = broker.send_batch("t", values)
     assert len(md) == 2000
-    got = []
+    got: list[mqlite.Message] = []
     while len(got) < 2000:
         got += broker.read("t", offset=len(got), max_records=333)
     assert [m.offset for m in got] == list(range(2000))
@@ -397,7 +398,7 @@ def test_reader_iteration(broker: mqlite.Broker) -> None:
     broker.send_batch("t", [b"%d" % i for i in range(10, 15)], partition=1)
     with broker.consumer("t") as reader:
         got = list(itertools.islice(iter(reader), 15))
-    assert sorted(int(m.value) for m in got) == list(range(15))
+    assert sorted(int(value(m)) for m in got) == list(range(15))
     assert reader.closed
     with pytest.raises(mqlite.ClosedError):
         reader.poll(timeout=0)

@@ -7,6 +7,8 @@ A partition that does not exist reads as ``None`` like Kafka's
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 import mqlite
@@ -14,12 +16,12 @@ from mqlite import TopicPartition as TP
 
 
 @pytest.fixture
-def consumer(broker: mqlite.Broker) -> mqlite.Consumer:
+def consumer(broker: mqlite.Broker) -> Iterator[mqlite.Consumer]:
     broker.create_topic("t", partitions=2)
     broker.send("t", b"a", partition=0)
     broker.send("t", b"b", partition=0)
     c = broker.consumer("t", group="g", commit="manual")
-    msgs = []
+    msgs: list[mqlite.Message] = []
     while len(msgs) < 2:
         msgs += c.poll(timeout=5)
     c.commit({TP("t", 0): 2})

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from _values import value
 
 import mqlite
 from mqlite import TopicPartition as TP
@@ -19,7 +20,7 @@ def _drain(c: mqlite.Consumer, max_records: int = 1000) -> list[mqlite.Message]:
 
 
 def _values(msgs: list[mqlite.Message]) -> list[bytes]:
-    return [m.value for m in msgs]
+    return [value(m) for m in msgs]
 
 
 # -- subscription and assignment ---------------------------------------------------------------
@@ -68,7 +69,7 @@ def test_assign_explicit_partitions(broker: mqlite.Broker) -> None:
     c = broker.consumer()
     assert c.assignment() == []
     assert c.poll(timeout=0) == []
-    c.assign([TP("a", 2), ("b", 0)])
+    c.assign([TP("a", 2), ("b", 0)])  # type: ignore[list-item]  # a (topic, partition) tuple is accepted too
     assert c.assignment() == [TP("a", 2), TP("b", 0)]
     got = _drain(c)
     assert sorted(_values(got)) == sorted([b"a2-%d" % i for i in range(5)] +
@@ -78,7 +79,7 @@ def test_assign_explicit_partitions(broker: mqlite.Broker) -> None:
     with pytest.raises(mqlite.TopicNotFoundError):
         c.assign([TP("zzz", 0)])
     with pytest.raises(TypeError):
-        c.assign(["a"])
+        c.assign(["a"])  # type: ignore[list-item]  # checks the TypeError
 
 
 def test_poll_order_and_max_records(broker: mqlite.Broker) -> None:
@@ -236,7 +237,9 @@ def test_offsets_for_times(broker: mqlite.Broker) -> None:
         assert res == {tp0: mqlite.OffsetAndTimestamp(off, found_ts)}, ts
     assert c.offsets_for_times({tp0: 401, tp1: 0}) == {tp0: None, tp1: None}
     # Seeking to the answer reads from there.
-    c.seek(tp0, c.offsets_for_times({tp0: 250})[tp0].offset)
+    found = c.offsets_for_times({tp0: 250})[tp0]
+    assert found is not None
+    c.seek(tp0, found.offset)
     assert _values(c.poll(timeout=0)) == [b"d", b"e", b"f", b"g"]
 
 

@@ -174,7 +174,7 @@ def test_delayed_messages_arrive_in_due_order(broker: mqlite.Broker) -> None:
         broker.send("t", v, delay=delay)
     broker.send("t", b"now")
     c = broker.consumer("t")
-    got: list[bytes] = []
+    got: list[bytes | None] = []
     deadline = time.monotonic() + 5
     while len(got) < 4 and time.monotonic() < deadline:
         got += [m.value for m in c.poll(timeout=1)]

@@ -53,7 +53,7 @@ def _publish(b: mqlite.Broker, topic: str, value: bytes | None, key: bytes | Non
     b.publish("fx", "", value, key=key)
 
 
-PATHS: dict[str, Callable[[mqlite.Broker, str, bytes | None, bytes | None], None]] = {
+PATHS: dict[str, Callable[[mqlite.Broker, str, bytes | None, bytes | None], object]] = {
     "send": lambda b, t, v, k: b.send(t, v, key=k),
     "send_batch": lambda b, t, v, k: b.send_batch(t, [v], keys=None if k is None else [k]),
     "producer": _producer,

@@ -123,4 +123,4 @@ def test_send_batch_headers_length_and_shape(hbroker: mqlite.Broker) -> None:
     with pytest.raises(ValueError, match="len\\(headers\\)"):
         hbroker.send_batch("t", [b"a", b"b"], headers=[None])
     with pytest.raises(TypeError, match="one headers entry per value"):
-        hbroker.send_batch("t", [b"a"], headers={"format": "pdf"})
+        hbroker.send_batch("t", [b"a"], headers={"format": "pdf"})  # type: ignore[arg-type]  # checks the TypeError

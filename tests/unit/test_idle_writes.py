@@ -35,7 +35,7 @@ def last_txn(b: mqlite.Broker) -> int:
 def test_idle_group_polls_write_nothing(broker: mqlite.Broker, policy: str) -> None:
     c = broker.consumer("t", group="g", commit=policy)
     broker.send("t", b"a", partition=0)
-    got = []
+    got: list[mqlite.Message] = []
     while not got:
         got = c.poll(timeout=0.5)
     c.poll(timeout=0.01)  # "after": the first poll's positions are committed here
@@ -44,7 +44,7 @@ def test_idle_group_polls_write_nothing(broker: mqlite.Broker, policy: str) -> N
     before = last_txn(broker)
     for _ in range(20):
         assert c.poll(timeout=0.001) == []
-        c._group._heartbeat()  # type: ignore[union-attr]
+        c._group._heartbeat()
     if policy == "manual":
         c.commit()  # the same positions again: nothing new
     assert last_txn(broker) == before
@@ -65,9 +65,9 @@ def test_commit_of_unchanged_offsets_writes_nothing_but_stays_fenced(
     assert last_txn(broker) == before
     assert c.committed(tp0) == 1
     # Removed from the group behind its back: the no-op commit still reports it.
-    member = c._group.member_id  # type: ignore[union-attr]
+    member = c._group.member_id
     assert member is not None
-    lock = c._group._lock_name  # type: ignore[union-attr]
+    lock = c._group._lock_name
     assert apply_verdicts(broker._engine, "g", {member: (lock, "expired")})
     with pytest.raises(CommitFailedError):
         c.commit({tp0: 1})
@@ -91,7 +91,7 @@ def test_new_offsets_are_still_written(broker: mqlite.Broker) -> None:
 def test_idle_queue_receive_writes_nothing(broker: mqlite.Broker) -> None:
     q = broker.queue("t", group="q")
     broker.send("t", b"a")
-    ds = []
+    ds: list[mqlite.Delivery] = []
     while not ds:
         ds = q.receive(10, timeout=0.5)
     q.ack(ds)

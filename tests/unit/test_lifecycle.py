@@ -207,7 +207,7 @@ def _signal_close_rounds(make: Callable[[], Any], call: Callable[[Any], list[Any
     print("seed", seed)
     got: list[Any] = []
     main = threading.main_thread().ident
-    assert threading.current_thread() is threading.main_thread()
+    assert main is not None and threading.current_thread() is threading.main_thread()
     target: list[Any] = []
     handled: list[bool] = []  # not an Event: Event.set() in a handler can race Event.wait()
 
@@ -283,6 +283,7 @@ def test_broker_close_from_a_signal_handler_during_poll(broker):
     broker.create_topic("t")
     c = broker.consumer("t", group="g")
     main = threading.main_thread().ident
+    assert main is not None
     old = signal.signal(signal.SIGUSR1, lambda *_: broker.close())
     try:
         t = _when_inside(c, lambda: signal.pthread_kill(main, signal.SIGUSR1))
@@ -348,6 +349,7 @@ def test_callbacks_may_call_back_into_the_consumer_on_the_same_thread(broker):
     broker.create_topic("t")
     broker.send("t", b"x")
     seen: list[Any] = []
+    c: mqlite.Consumer
     c = broker.consumer(None, group="g",
                         on_assign=lambda tps: seen.append(c.position(tps[0])))
     c.subscribe("t")
@@ -387,6 +389,7 @@ def test_signal_close_of_a_queue_also_ends_receives_in_other_threads(broker):
     broker.create_topic("t")
     q = broker.queue("t", "g")
     main = threading.main_thread().ident
+    assert main is not None
     other: list[Any] = []
 
     def worker() -> None:

@@ -100,7 +100,7 @@ def _voluntary_switches(t: threading.Thread) -> int:
     raise AssertionError("no voluntary_ctxt_switches in /proc")
 
 
-def _wait_for(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(cond, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

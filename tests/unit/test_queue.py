@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+from _values import value
 
 import mqlite
 from mqlite import Backoff, StaleDeliveryError
@@ -199,7 +200,7 @@ def test_backoff_policies():
     with pytest.raises(ValueError):
         Backoff(jitter=1.5)
     with pytest.raises(TypeError):
-        Backoff(base="1")  # type: ignore[arg-type]
+        Backoff(base="1")  # type: ignore[arg-type]  # checks the TypeError
 
 
 # -- dead letters -----------------------------------------------------------------------------
@@ -450,7 +451,7 @@ def test_stream_groups_and_queue_groups_are_independent(broker):
     q = broker.queue("t", group="same")
     c = broker.consumer("t", group="same")
     qs = q.receive(100, timeout=0)
-    got = []
+    got: list[mqlite.Message] = []
     deadline = time.monotonic() + 5
     while len(got) < 20 and time.monotonic() < deadline:
         got += c.poll(timeout=0.5)
@@ -589,7 +590,7 @@ def test_an_idle_queue_receive_begins_no_write_transaction(tmp_broker_dir, monke
     ds[0].nack(delay=0.0)
     ds[1].extend(0.0)
     again = q.receive(5, timeout=0)
-    assert sorted(d.value for d in again) == [b"a", b"b"]
+    assert sorted(value(d) for d in again) == [b"a", b"b"]
     assert all(d.delivery_count == 2 for d in again)
     # At max deliveries, a due entry moves to the dead-letter topic in the receive.
     q.nack(again, delay=0.0)  # nack at max deliveries moves them itself

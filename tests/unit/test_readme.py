@@ -17,8 +17,9 @@ def _blocks(lang: str) -> list[str]:
 
 def test_setup_is_two_commands_and_ci_runs_them():
     setup = README.split("## Set-up", 1)[1]
-    commands = [c.strip() for c in re.search(r"```bash\n(.*?)```", setup, re.DOTALL).group(1)
-                .strip().splitlines()]
+    block = re.search(r"```bash\n(.*?)```", setup, re.DOTALL)
+    assert block is not None
+    commands = [c.strip() for c in block.group(1).strip().splitlines()]
     assert len(commands) == 2
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     for c in commands:

@@ -168,6 +168,6 @@ def test_headers_binding_argument_errors(broker) -> None:
     with pytest.raises(ValueError, match="x-match"):
         broker.bind("h", "h-all", headers={"x-match": "any", "a": "b"})
     with pytest.raises(TypeError):
-        broker.bind("h", "h-all", headers=[("a", "b")])  # type: ignore[arg-type]
+        broker.bind("h", "h-all", headers=[("a", "b")])
     with pytest.raises(TypeError):
         broker.bind("h", "h-all", headers={"a": 5})

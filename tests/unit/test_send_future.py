@@ -133,7 +133,9 @@ def test_callback_registration_races_resolution_without_loss() -> None:
     def register(fut: SendFuture[int], calls: list[int], start: threading.Barrier) -> None:
         start.wait()
         for i in range(20):
-            fut.add_done_callback(lambda f, i=i: calls.append(i))
+            def note(f: SendFuture[int], i: int = i) -> None:
+                calls.append(i)
+            fut.add_done_callback(note)
 
     for _ in range(200):
         fut: SendFuture[int] = SendFuture()

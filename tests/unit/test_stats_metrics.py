@@ -142,10 +142,10 @@ def test_metrics_exposition_has_the_fixed_names_and_api_values(busy: mqlite.Brok
         assert m[("mqlite_topic_partition_end_offset", lv)] == p.end_offset
         assert m[("mqlite_topic_partition_start_offset", lv)] == p.start_offset
         assert m[("mqlite_topic_partition_bytes", lv)] == p.bytes
-    for p in b.describe_group("billing").partitions:
-        lv = (("group", "billing"), ("partition", str(p.partition.partition)),
-              ("topic", "orders"))
-        assert m[("mqlite_consumer_group_lag", lv)] == p.lag
+    for gp in b.describe_group("billing").partitions:
+        glv = (("group", "billing"), ("partition", str(gp.partition.partition)),
+               ("topic", "orders"))
+        assert m[("mqlite_consumer_group_lag", glv)] == gp.lag
     assert m[("mqlite_consumer_group_members", (("group", "billing"),))] == 1
     tg = (("group", "workers"), ("topic", "orders"))
     assert m[("mqlite_queue_messages_ready", tg)] == 30 - 4

@@ -103,9 +103,9 @@ def test_non_finite_or_negative_seconds_are_refused(bad: float) -> None:
 
 def test_type_errors_stay_type_errors(tbroker: mqlite.Broker) -> None:
     with pytest.raises(TypeError):
-        tbroker.consumer("t", group="g", session_timeout="30")
+        tbroker.consumer("t", group="g", session_timeout="30")  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(TypeError):
-        tbroker.send("t", b"x", deliver_at="tomorrow")
+        tbroker.send("t", b"x", deliver_at="tomorrow")  # type: ignore[arg-type]  # checks the TypeError
     with pytest.raises(TypeError):
         require_seconds(True, "x", maximum=10)
 

@@ -64,7 +64,11 @@ def test_nesting_on_one_thread_and_exclusive_refusal_of_another() -> None:
     assert g.inside()
     assert g.exit() is False
     assert not g.inside() and g._users == {}
-    assert _in_thread(lambda: (g.enter(), g.exit())[1]) is False  # free again
+
+    def enter_exit() -> bool:
+        g.enter()
+        return g.exit()
+    assert _in_thread(enter_exit) is False  # free again
     assert g.exit() is False  # exit without enter: nothing happens
 
 

@@ -170,8 +170,8 @@ def ack(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> int:
         err = StaleDeliveryError(
             f"{len(stale)} of {len(ds)} deliveries were stale (expired and redelivered, "
             f"released, or already settled); the other {done} were acknowledged")
-        err.stale = stale  # type: ignore[attr-defined]
-        err.settled = done  # type: ignore[attr-defined]
+        err.stale = stale
+        err.settled = done
         raise err
     return done
 
@@ -239,8 +239,8 @@ def _apply(q: QueueCore, deliveries: Delivery | Iterable[Delivery], what: str, f
             msg = (f"{len(stale)} of {len(ds)} deliveries were stale; the other {done} "
                    f"were {what}")
         err = StaleDeliveryError(msg)
-        err.stale = stale  # type: ignore[attr-defined]
-        err.settled = done  # type: ignore[attr-defined]
+        err.stale = stale
+        err.settled = done
         raise err
     return done, moved
 

@@ -1743,6 +1743,13 @@ cdef class Combiner:
         self._check()
         return mq_comb_gathering(&self.c) == 1
 
+    def held(self):
+        """``True`` while the header says a holder has the combining lock (the
+        holder word's hint, D60: set by ``trylock``, cleared by ``unlock``; a
+        holder killed in between leaves it set until the next holder)."""
+        self._check()
+        return mq_comb_held(&self.c) == 1
+
     def note_commit(self, taken, commit_ns):
         """After a combined commit of ``taken`` gathering slots (sends) that took
         ``commit_ns``: update the gather hints."""

@@ -1699,6 +1699,24 @@ cdef class Combiner:
                 mq_comb_close(&self.c)
         return rc == 1
 
+    def sleep(self, idx, ticket, timeout):
+        """:meth:`wait` telling its ways out apart (``mq_comb_sleep``): 1 when the slot
+        moved on, 0 when woken with it still FILLED(``ticket``), -1 when ``timeout``
+        seconds passed (D60: a sender tries the lock after a timed-out wait)."""
+        cdef uint32_t i = self._idx(idx)
+        cdef uint64_t t = <uint64_t>ticket
+        cdef int64_t ns = <int64_t>(float(timeout) * 1e9)
+        cdef int rc
+        self.active += 1
+        try:
+            with nogil:
+                rc = mq_comb_sleep(&self.c, i, t, ns)
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                mq_comb_close(&self.c)
+        return rc
+
     def wake(self, idx):
         """Wake the waiters of slot ``idx``."""
         mq_comb_wake(&self.c, self._idx(idx))

@@ -137,35 +137,65 @@ def test_the_hint_is_cleared_when_the_lead_raises(tmp_path: Path,
 
 _SENDER = """
 import sys, mqlite
+name, n = sys.argv[2], int(sys.argv[3])
 b = mqlite.open(sys.argv[1], durability="sync")
-for k in range(int(sys.argv[3])):
-    b.send("t", ("%s-%d" % (sys.argv[2], k)).encode())
+if sys.argv[4] == "warm":
+    b.send("t", ("%s-warm" % name).encode())  # later sends take the compiled path (D56)
+print("ready", flush=True)
+sys.stdin.readline()
+for k in range(n):
+    b.send("t", ("%s-%d" % (name, k)).encode())
 b.close()
 print("done", flush=True)
 """
 
 
-def test_a_stale_hint_costs_a_bounded_wait(tmp_path: Path) -> None:
+def _start_sender(path: Path, name: str, n: int, warm: bool) -> subprocess.Popen[str]:
+    """A child that sends ``name-0`` .. ``name-(n-1)`` once :func:`_go` tells it to."""
+    p = subprocess.Popen([sys.executable, "-c", _SENDER, str(path), name, str(n),
+                          "warm" if warm else "cold"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _go(senders: list[subprocess.Popen[str]]) -> None:
+    """Let the senders send; each must be done within a generous bound (a sender that
+    never tried the lock again on a stale hint would hang, and fail here)."""
+    for p in senders:
+        assert p.stdin is not None
+        p.stdin.write("\n")
+        p.stdin.flush()
+    try:
+        for p in senders:
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip() == "done"
+    finally:
+        for p in senders:
+            if p.poll() is None:
+                p.kill()
+                p.wait(60)
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["compiled", "first-send"])
+def test_a_stale_hint_costs_a_bounded_wait(tmp_path: Path, warm: bool) -> None:
     """A hint set with nobody holding the lock (its leader died between set and clear):
     a sender whose slot waits tries the lock after one timed-out wait, leads, and its
-    unlock clears the hint."""
+    unlock clears the hint.  A process's first send takes the Python ring path
+    (``Engine.ring_submit``), later ones the compiled one."""
     path = tmp_path / "b"
     with mqlite.open(path, durability="sync") as b:
         b.create_topic("t")
         b.send("t", b"0")
         comb = b._engine.env.combiner
+        sender = _start_sender(path, "s", 3, warm)
         _busy(b)
         _set_holder_word(_ring_file(b), _LEADING)
         assert comb.held()
-        # in a child (a sender that never tried the lock again would hang): the first
-        # send finds the stale hint, it is gone afterwards
-        sender = subprocess.run([sys.executable, "-c", _SENDER, str(path), "s", "3"],
-                                check=False, capture_output=True, text=True,
-                                timeout=120)
-        assert sender.returncode == 0 and sender.stdout.strip() == "done", sender.stderr
+        _go([sender])
         assert not comb.held()
-        assert [m.value for m in b._engine.read_partition("t")] == [b"0", b"s-0", b"s-1",
-                                                                     b"s-2"]
+        values = [m.value for m in b._engine.read_partition("t")]
+        assert values == [b"0"] + [b"s-warm"] * warm + [b"s-0", b"s-1", b"s-2"]
 
 
 _STUCK_LEADER = """
@@ -189,14 +219,16 @@ print("returned", flush=True)
 
 def test_a_leader_killed_with_its_hint_set(tmp_path: Path) -> None:
     """A leader SIGKILLed inside its lead (hint set, lock dropped by the kernel): the
-    senders of three other processes all complete; the dead leader's
+    warm senders of three other processes all complete; the dead leader's
     message is stored at most once; the hint is clear afterwards."""
     path = tmp_path / "b"
     n = 40
+    names = ("a", "b", "c")
     with mqlite.open(path, durability="sync") as b:
         b.create_topic("t")
         b.send("t", b"0")
         comb = b._engine.env.combiner
+        senders = [_start_sender(path, name, n, warm=True) for name in names]
         leader = subprocess.Popen([sys.executable, "-c", _STUCK_LEADER, str(path)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert leader.stdin is not None and leader.stdout is not None
@@ -210,22 +242,17 @@ def test_a_leader_killed_with_its_hint_set(tmp_path: Path) -> None:
             leader.stdout.close()
         assert comb.held()  # stale: nobody holds the lock, the hint stays
         assert comb.filled() >= 2  # the junk slot and the dead leader's: the ring is busy
-        # the senders in children (one that never tried the lock again would hang)
-        senders = [subprocess.Popen([sys.executable, "-c", _SENDER, str(path), name, str(n)],
-                                    stdout=subprocess.PIPE, text=True)
-                   for name in ("a", "b", "c")]
-        for p in senders:
-            out, _ = p.communicate(timeout=120)
-            assert p.returncode == 0 and out.strip() == "done"
+        _go(senders)
         assert not comb.held()
         values = [m.value or b"" for m in b._engine.read_partition("t")]
-        assert values[:2] == [b"0", b"warm"]
+        warm = [b"%s-warm" % s.encode() for s in names]
+        assert values[0] == b"0" and sorted(values[1:5]) == sorted(warm + [b"warm"])
         assert values.count(b"dead-leader") <= 1
-        rest = [v for v in values[2:] if v != b"dead-leader"]
-        assert sorted(rest) == sorted(b"%s-%d" % (s, k) for s in (b"a", b"b", b"c")
+        rest = [v for v in values[5:] if v != b"dead-leader"]
+        assert sorted(rest) == sorted(b"%s-%d" % (s.encode(), k) for s in names
                                       for k in range(n))
-        for s in (b"a", b"b", b"c"):  # each sender's order
-            mine = [v for v in rest if v.startswith(s + b"-")]
-            assert mine == [b"%s-%d" % (s, k) for k in range(n)]
+        for s in names:  # each sender's order
+            mine = [v for v in rest if v.startswith(s.encode() + b"-")]
+            assert mine == [b"%s-%d" % (s.encode(), k) for k in range(n)]
         comb.reclaim()
         assert comb.filled() == 0

@@ -262,9 +262,10 @@ int mq_comb_withdraw(mq_comb *c, uint32_t idx, uint64_t ticket);
 uint32_t mq_comb_reclaim(mq_comb *c);
 /* The combining lock: an exclusive flock on the ring file (the kernel drops it
  * when its holder dies).  trylock sets the holder word's LEADING bit once the
- * lock is taken, unlock clears it before releasing (D60).  flock belongs to the open file description, so
- * threads of one process must also exclude each other (the binding's caller
- * does, with a thread lock), and a forked child must reopen the ring.
+ * lock is taken, unlock clears it before releasing (D60).  flock belongs to
+ * the open file description, so threads of one process must also exclude each
+ * other (the binding's caller does, with a thread lock), and a forked child
+ * must reopen the ring.
  * trylock returns 1 (taken), 0 (held by another) or -errno. */
 int mq_comb_trylock(mq_comb *c);
 void mq_comb_unlock(mq_comb *c);

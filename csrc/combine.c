@@ -45,7 +45,7 @@ static inline uint64_t *next_ticket(const mq_comb *c)
 
 /* The gather hints of the header (see combine.h). */
 #define FILL_SEQ_OFF 40
-#define GATHERERS_OFF 44
+#define HOLDER_OFF 44 /* the holder word: MQ_COMB_H_GATHERING | MQ_COMB_H_LEADING */
 #define ACTIVE_OFF 48
 #define COMMIT_US_OFF 52
 #define LAST_SEND_OFF 56
@@ -305,7 +305,7 @@ uint64_t mq_comb_fill_flags(mq_comb *c, uint32_t idx, const void *data, uint32_t
     __atomic_store_n(word_of(c, idx), (t << 2) | MQ_COMB_FILLED, __ATOMIC_RELEASE);
     /* seq_cst pair with mq_comb_gather: either it sees this FILLED or we see it waiting */
     __atomic_fetch_add(hdr_u32(c, FILL_SEQ_OFF), 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_SEQ_CST) != 0) {
+    if (__atomic_load_n(hdr_u32(c, HOLDER_OFF), __ATOMIC_SEQ_CST) & MQ_COMB_H_GATHERING) {
 #ifdef __linux__
         syscall(SYS_futex, hdr_u32(c, FILL_SEQ_OFF), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 #endif
@@ -345,7 +345,13 @@ static int64_t mono_ns(void)
 
 int mq_comb_gathering(const mq_comb *c)
 {
-    return __atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_SEQ_CST) != 0;
+    return (__atomic_load_n(hdr_u32(c, HOLDER_OFF), __ATOMIC_SEQ_CST) & MQ_COMB_H_GATHERING) != 0;
+}
+
+int mq_comb_held(const mq_comb *c)
+{
+    /* either bit: a version-1 holder sets only the gathering one (as 1) */
+    return __atomic_load_n(hdr_u32(c, HOLDER_OFF), __ATOMIC_SEQ_CST) != 0;
 }
 
 uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
@@ -353,8 +359,8 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
     uint32_t want = __atomic_load_n(hdr_u32(c, ACTIVE_OFF), __ATOMIC_RELAXED);
     /* Only the lock holder gathers: a flag still set is a dead holder's; clear it,
      * or every fill would go on paying a futex wake for nobody. */
-    if (__atomic_load_n(hdr_u32(c, GATHERERS_OFF), __ATOMIC_RELAXED) != 0)
-        __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 0, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(hdr_u32(c, HOLDER_OFF), __ATOMIC_RELAXED) & MQ_COMB_H_GATHERING)
+        __atomic_fetch_and(hdr_u32(c, HOLDER_OFF), ~MQ_COMB_H_GATHERING, __ATOMIC_SEQ_CST);
     uint32_t n = mq_comb_filled_gathering(c);
     if (want > c->nslots)
         want = c->nslots;
@@ -369,7 +375,7 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
         return n;
     int64_t deadline = mono_ns() + budget;
     uint32_t *seq = hdr_u32(c, FILL_SEQ_OFF);
-    __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 1, __ATOMIC_SEQ_CST);
+    __atomic_fetch_or(hdr_u32(c, HOLDER_OFF), MQ_COMB_H_GATHERING, __ATOMIC_SEQ_CST);
     for (;;) {
         uint32_t s = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
         n = mq_comb_filled_gathering(c);
@@ -393,7 +399,7 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us)
         nanosleep(&ts, NULL);
 #endif
     }
-    __atomic_store_n(hdr_u32(c, GATHERERS_OFF), 0, __ATOMIC_SEQ_CST);
+    __atomic_fetch_and(hdr_u32(c, HOLDER_OFF), ~MQ_COMB_H_GATHERING, __ATOMIC_SEQ_CST);
     return n;
 }
 
@@ -543,8 +549,12 @@ int mq_comb_withdraw(mq_comb *c, uint32_t idx, uint64_t ticket)
 int mq_comb_trylock(mq_comb *c)
 {
     for (;;) {
-        if (flock(c->fd, LOCK_EX | LOCK_NB) == 0)
+        if (flock(c->fd, LOCK_EX | LOCK_NB) == 0) {
+            /* the leading hint, after the lock is ours (the flock is a full barrier);
+             * seq_cst: pairs with a sender's FILLED store and mq_comb_held load */
+            __atomic_fetch_or(hdr_u32(c, HOLDER_OFF), MQ_COMB_H_LEADING, __ATOMIC_SEQ_CST);
             return 1;
+        }
         if (errno == EWOULDBLOCK)
             return 0;
         if (errno != EINTR)
@@ -554,6 +564,10 @@ int mq_comb_trylock(mq_comb *c)
 
 void mq_comb_unlock(mq_comb *c)
 {
+    /* Cleared before the lock goes (seq_cst, then the flock's barrier): a sender that
+     * saw the hint filled its slot before this store, so the hand-over collect that
+     * follows the unlock sees its slot FILLED (combine.h, "The holder word"). */
+    __atomic_fetch_and(hdr_u32(c, HOLDER_OFF), ~MQ_COMB_H_LEADING, __ATOMIC_SEQ_CST);
     flock(c->fd, LOCK_UN);
 }
 
@@ -568,25 +582,35 @@ static inline uint32_t *low_word(const mq_comb *c, uint32_t idx)
     return (uint32_t *)(void *)w;
 }
 
-int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns)
+int mq_comb_sleep(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns)
 {
     uint64_t filled = (ticket << 2) | MQ_COMB_FILLED;
     if (__atomic_load_n(word_of(c, idx), __ATOMIC_ACQUIRE) != filled)
         return 1;
     if (timeout_ns <= 0)
-        return 0;
+        return -1;
+    int timed_out;
 #ifdef __linux__
     struct timespec ts;
     ts.tv_sec = (time_t)(timeout_ns / 1000000000);
     ts.tv_nsec = (long)(timeout_ns % 1000000000);
-    syscall(SYS_futex, low_word(c, idx), FUTEX_WAIT, (uint32_t)filled, &ts, NULL, 0);
+    timed_out = syscall(SYS_futex, low_word(c, idx), FUTEX_WAIT, (uint32_t)filled, &ts, NULL,
+                        0) < 0 && errno == ETIMEDOUT;
 #else
     struct timespec ts;
     ts.tv_sec = 0;
     ts.tv_nsec = timeout_ns < 1000000 ? (long)timeout_ns : 1000000L;
     nanosleep(&ts, NULL);
+    timed_out = 1; /* no wake-ups here: every sleep counts as timed out */
 #endif
-    return __atomic_load_n(word_of(c, idx), __ATOMIC_ACQUIRE) != filled;
+    if (__atomic_load_n(word_of(c, idx), __ATOMIC_ACQUIRE) != filled)
+        return 1;
+    return timed_out ? -1 : 0;
+}
+
+int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns)
+{
+    return mq_comb_sleep(c, idx, ticket, timeout_ns) == 1;
 }
 
 void mq_comb_wake(mq_comb *c, uint32_t idx)

@@ -10,7 +10,9 @@
  *    ticket and publishes the slot FILLED; then it tries the combining lock,
  *    an flock on the ring file (mq_comb_trylock; the kernel drops it when its
  *    holder dies).  Not got: it futex-waits on its slot word with a short
- *    timeout (mq_comb_wait) and tries again, until its slot is DONE.
+ *    timeout (mq_comb_sleep) and tries again, until its slot is DONE.  While
+ *    the header's holder word says a holder has the lock (mq_comb_held), it
+ *    waits without trying, except after a wait that timed out (D60, below).
  *  - The lock holder is the *committer* (leader): it begins an LMDB write
  *    transaction, collects the oldest FILLED slots (its own included),
  *    applies each through the engine's one append path, records
@@ -36,9 +38,14 @@
  *                 /proc/sys/kernel/random/boot_id; zeros where unreadable)
  *   40      4     fill_seq: +1 by every mq_comb_fill (a futex word: a gathering
  *                 committer sleeps on it)
- *   44      4     gatherer: 1 while the lock holder sleeps on fill_seq (a
- *                 filler wakes it only then); a gather clears a 1 left by a
- *                 holder that died in one
+ *   44      4     holder word (D60; "gatherer" in version 1 files, which held
+ *                 only bit 0):
+ *                 bit 0 MQ_COMB_H_GATHERING: the lock holder sleeps on fill_seq
+ *                 (a filler wakes it only then); a gather clears a bit 0 left
+ *                 by a holder that died in one
+ *                 bit 1 MQ_COMB_H_LEADING: the combining lock is held; set by
+ *                 mq_comb_trylock right after it took the lock, cleared by
+ *                 mq_comb_unlock right before it releases it
  *   48      4     active: the committers' estimate of how many gathering
  *                 operations (slots with MQ_COMB_F_GATHER, i.e. sends) a commit
  *                 can expect (those FILLED when the last commit returned: its
@@ -49,8 +56,37 @@
  *   56      8     last_send_ns: CLOCK_MONOTONIC nanoseconds of the last fill
  *                 of a send (mq_comb_note_send); 0 = none seen
  * The fields at 40-63 are hints: any value is safe (a wrong one costs at most
- * one bounded gather or one bounded deferral); a file written by a version
- * without them reads zeros, which means "do not gather" and "no sender seen".
+ * one bounded gather, one bounded deferral or one sender's wait); a file
+ * written by a version without them reads zeros, which means "do not gather",
+ * "no sender seen" and "no holder known".  Bit 1 of the holder word is new in
+ * the same version 1 layout (no version change: the bytes and every older
+ * meaning stay): a process built before it never sets it, so its senders try
+ * the lock as before, and it reads the word as "nonzero = gathering", so a
+ * filler of such a process pays a spare futex wake while a newer holder leads
+ * and a sender of it waits once before trying (both bounded, both as after a
+ * dead gatherer); a gather of such a process clears the whole word (the
+ * hint then says "no holder": senders try the lock, as before).
+ *
+ * The holder word's bit 1 (the leading hint, D60) and every transition:
+ *
+ *   0 -> LEADING   mq_comb_trylock, after flock(LOCK_EX|LOCK_NB) succeeded
+ *                  (atomic or, seq_cst).  Another holder cannot exist then.
+ *   LEADING -> 0   mq_comb_unlock, before flock(LOCK_UN) (atomic and, seq_cst):
+ *                  on every way out of a lead (the binding unlocks in a
+ *                  finally), and on the idle-ring path's unlock.
+ *   LEADING stale  the holder died between the two (SIGKILL): the kernel
+ *                  dropped the lock, the bit stays until the next holder's
+ *                  trylock/unlock pair rewrites it.
+ * Senders read it (mq_comb_held, seq_cst) after their FILLED store (whose
+ * seq_cst fill_seq increment orders it before the load): when they see it
+ * set, the holder's clear, its unlock and its hand-over collect come after
+ * their FILLED, so the holder either takes their slot or hands the lock over
+ * to the oldest FILLED slots, exactly as when their trylock had failed; they
+ * wait instead of calling flock.  The kernel lock stays the only truth: a
+ * sender waits at most one timeout on a set bit (mq_comb_sleep returns -1)
+ * and then tries the lock whatever the bit says, so a stale bit costs each
+ * sender one bounded wait; a bit seen clear while a lock is held costs the
+ * failed trylock of before.
  *
  *   slot i at MQ_COMB_HEADER + i * (MQ_COMB_SLOT_HEADER + slot_bytes):
  *   0       8     word = ticket << 2 | state   (atomic; the only sync point)
@@ -156,6 +192,9 @@
 #define MQ_COMB_SLOT_HEADER 64u
 
 enum { MQ_COMB_FREE = 0, MQ_COMB_CLAIMED = 1, MQ_COMB_FILLED = 2, MQ_COMB_DONE = 3 };
+/* The holder word's bits (header offset 44, see the layout). */
+#define MQ_COMB_H_GATHERING 1u
+#define MQ_COMB_H_LEADING 2u
 /* Slot flags (mq_comb_fill_flags): a commit may gather for this operation. */
 #define MQ_COMB_F_GATHER 1u
 
@@ -222,9 +261,11 @@ int mq_comb_withdraw(mq_comb *c, uint32_t idx, uint64_t ticket);
 /* CLAIMED/DONE slots whose owner no longer exists -> FREE.  Returns how many. */
 uint32_t mq_comb_reclaim(mq_comb *c);
 /* The combining lock: an exclusive flock on the ring file (the kernel drops it
- * when its holder dies).  flock belongs to the open file description, so
- * threads of one process must also exclude each other (the binding's caller
- * does, with a thread lock), and a forked child must reopen the ring.
+ * when its holder dies).  trylock sets the holder word's LEADING bit once the
+ * lock is taken, unlock clears it before releasing (D60).  flock belongs to
+ * the open file description, so threads of one process must also exclude each
+ * other (the binding's caller does, with a thread lock), and a forked child
+ * must reopen the ring.
  * trylock returns 1 (taken), 0 (held by another) or -errno. */
 int mq_comb_trylock(mq_comb *c);
 void mq_comb_unlock(mq_comb *c);
@@ -233,6 +274,11 @@ void mq_comb_unlock(mq_comb *c);
  * 0 otherwise (timeout, spurious or hand-off wake-up).  Other systems sleep
  * at most 1 ms. */
 int mq_comb_wait(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns);
+/* mq_comb_wait telling its ways out apart: 1 when the word moved on; 0 when
+ * woken (or interrupted) with the slot still FILLED(ticket); -1 when the
+ * timeout passed (or timeout_ns <= 0) with it still FILLED(ticket).  Other
+ * systems sleep at most 1 ms and report -1. */
+int mq_comb_sleep(mq_comb *c, uint32_t idx, uint64_t ticket, int64_t timeout_ns);
 /* Committer: wake the waiters of slot `idx` (after DONE, or to hand the lock
  * over when it leaves FILLED slots behind). */
 void mq_comb_wake(mq_comb *c, uint32_t idx);
@@ -258,6 +304,11 @@ uint32_t mq_comb_gather(mq_comb *c, uint32_t max_wait_us);
  * flag left by a holder that died in a gather makes such a sender wait one
  * timeout before it tries. */
 int mq_comb_gathering(const mq_comb *c);
+/* 1 when the holder word has any bit set (a holder has the combining lock, or
+ * a dead one left its hint), else 0; seq_cst load.  A sender that sees 1 after
+ * its fill may wait without trying the lock, but must try it after a wait
+ * that timed out (D60). */
+int mq_comb_held(const mq_comb *c);
 /* Committer after a combined commit of `taken` gathering slots (sends) that
  * took `commit_ns`, before it marks them DONE: active = the gathering slots
  * FILLED now (the taken ones and those that arrived during the commit; at

@@ -1699,6 +1699,24 @@ cdef class Combiner:
                 mq_comb_close(&self.c)
         return rc == 1
 
+    def sleep(self, idx, ticket, timeout):
+        """:meth:`wait` telling its ways out apart (``mq_comb_sleep``): 1 when the slot
+        moved on, 0 when woken with it still FILLED(``ticket``), -1 when ``timeout``
+        seconds passed (D60: a sender tries the lock after a timed-out wait)."""
+        cdef uint32_t i = self._idx(idx)
+        cdef uint64_t t = <uint64_t>ticket
+        cdef int64_t ns = <int64_t>(float(timeout) * 1e9)
+        cdef int rc
+        self.active += 1
+        try:
+            with nogil:
+                rc = mq_comb_sleep(&self.c, i, t, ns)
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                mq_comb_close(&self.c)
+        return rc
+
     def wake(self, idx):
         """Wake the waiters of slot ``idx``."""
         mq_comb_wake(&self.c, self._idx(idx))
@@ -1742,6 +1760,13 @@ cdef class Combiner:
         """``True`` while the lock holder sleeps in a gather (the header's hint)."""
         self._check()
         return mq_comb_gathering(&self.c) == 1
+
+    def held(self):
+        """``True`` while the header says a holder has the combining lock (the
+        holder word's hint, D60: set by ``trylock``, cleared by ``unlock``; a
+        holder killed in between leaves it set until the next holder)."""
+        self._check()
+        return mq_comb_held(&self.c) == 1
 
     def note_commit(self, taken, commit_ns):
         """After a combined commit of ``taken`` gathering slots (sends) that took

@@ -893,6 +893,11 @@ class Engine:
                 comb.note_send()
             elif _FOLLOW:
                 comb.follow(mine[-1], done[-1][0], FOLLOW_WINDOW_NS, FOLLOW_MAX_NS)
+            # A holder has the lock (the header's hint, D60): a trylock cannot succeed,
+            # and the holder takes our slots or hands the lock over when it leaves, so
+            # wait first; again after a wake-up, never after a wait that timed out (a
+            # holder killed with -9 leaves the hint set: one bounded wait).
+            skip = comb.held()
             while any(word(i) != d for i, d in zip(mine, done)):
                 if _ring_lost(comb, mine, done):
                     raise StorageError(
@@ -900,7 +905,9 @@ class Engine:
                         "waited in it: its records may or may not have been stored (check "
                         "before sending again); later calls commit on their own")
                 led = False
-                if tlock.acquire(blocking=False):
+                if skip:
+                    skip = False
+                elif tlock.acquire(blocking=False):
                     try:
                         if comb.trylock():
                             led = True
@@ -917,7 +924,7 @@ class Engine:
                     continue
                 for i, d in zip(mine, done):
                     if word(i) != d:
-                        comb.wait(i, d[0], _COMBINE_WAIT_S)
+                        skip = comb.sleep(i, d[0], _COMBINE_WAIT_S) == 0 and comb.held()
                         break
         except BaseException:
             withdrawn = [comb.withdraw(i, d[0]) for i, d in zip(mine, done)]

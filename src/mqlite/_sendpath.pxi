@@ -159,18 +159,21 @@ cdef int _comb_hand_over(Combiner comb, uint32_t n) except -1:
     return 0
 
 
-cdef int _comb_wait(Combiner comb, uint32_t i, uint64_t ticket, int64_t ns) except -1:
-    """Combiner.wait: sleep without the GIL while slot ``i`` is FILLED(``ticket``)."""
+cdef int _comb_wait(Combiner comb, uint32_t i, uint64_t ticket, int64_t ns) except -2:
+    """Combiner.wait: sleep without the GIL while slot ``i`` is FILLED(``ticket``).
+
+    ``mq_comb_sleep``'s answer: 1 moved on, 0 woken still FILLED, -1 timed out."""
+    cdef int rc
     _comb_live(comb)
     comb.active += 1
     try:
         with nogil:
-            mq_comb_wait(&comb.c, i, ticket, ns)
+            rc = mq_comb_sleep(&comb.c, i, ticket, ns)
     finally:
         comb.active -= 1
         if not comb.is_open and comb.active == 0:
             mq_comb_close(&comb.c)
-    return 0
+    return rc
 
 
 cdef inline void _put_be16(uint8_t *p, uint16_t v) noexcept nogil:
@@ -538,10 +541,13 @@ cdef class SendPath:
         try:
             _comb_live(comb)
             mq_comb_note_send(&comb.c)
-            # The holder gathering now takes this slot before it collects (its gather
-            # ends first): a trylock now cannot succeed, so wait first (D56).  Only
-            # this once: after any wait the lock is tried, as in ring_submit.
-            skip_try = mq_comb_gathering(&comb.c) == 1
+            # A holder has the lock (the holder word, D60; its gather, D56): a trylock
+            # now cannot succeed, and the holder takes this slot or hands the lock
+            # over to the oldest FILLED ones when it leaves (csrc/combine.h), so wait
+            # first.  After a wake-up the same holds; after a wait that timed out
+            # the lock is tried whatever the hint says (a holder killed with -9
+            # leaves it set: one bounded wait).
+            skip_try = mq_comb_held(&comb.c) == 1
             while True:
                 _comb_live(comb)
                 w = mq_comb_word(&comb.c, i)
@@ -576,8 +582,13 @@ cdef class SendPath:
                     continue
                 _comb_live(comb)
                 if mq_comb_word(&comb.c, i) != done_w:
-                    _comb_wait(comb, i, ticket, self.wait_ns)
+                    rc = _comb_wait(comb, i, ticket, self.wait_ns)
                     PyErr_CheckSignals()  # a signal handler's exception withdraws, as in Python
+                    # woken with the slot still FILLED (a hand-over, another sender's
+                    # lead): skip the trylock while a holder has the lock (D60)
+                    # (a close() from another thread may have unmapped it meanwhile:
+                    # the next round's check raises)
+                    skip_try = rc == 0 and comb.is_open and mq_comb_held(&comb.c) == 1
         except BaseException:
             _comb_live(comb)
             if mq_comb_withdraw(&comb.c, i, ticket) != 1:

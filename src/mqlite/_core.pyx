@@ -1684,20 +1684,9 @@ cdef class Combiner:
 
     def wait(self, idx, ticket, timeout):
         """Sleep (GIL released) while slot ``idx`` is FILLED(``ticket``), at most
-        ``timeout`` seconds; ``True`` when it moved on."""
-        cdef uint32_t i = self._idx(idx)
-        cdef uint64_t t = <uint64_t>ticket
-        cdef int64_t ns = <int64_t>(float(timeout) * 1e9)
-        cdef int rc
-        self.active += 1
-        try:
-            with nogil:
-                rc = mq_comb_wait(&self.c, i, t, ns)
-        finally:
-            self.active -= 1
-            if not self.is_open and self.active == 0:
-                mq_comb_close(&self.c)
-        return rc == 1
+        ``timeout`` seconds; ``True`` when it moved on (``mq_comb_wait`` is
+        ``mq_comb_sleep(...) == 1``)."""
+        return self.sleep(idx, ticket, timeout) == 1
 
     def sleep(self, idx, ticket, timeout):
         """:meth:`wait` telling its ways out apart (``mq_comb_sleep``): 1 when the slot

@@ -345,23 +345,27 @@ class Producer:
     def _commit_here(self) -> None:
         """A thread about to wait on a future commits what is queued itself (D49).
 
-        Only when nothing is committing, no linger is asked for, and the last
-        batches came from one thread (``_gather_target <= 1``: nobody else's
-        record is about to join): then the flusher would commit exactly this
-        queue, and doing it here saves two thread hand-overs (the flusher's
-        wake-up and the waiter's).  Otherwise the caller just waits.
+        Only when nothing is committing, no linger is asked for, and the queue
+        is what the flusher would commit next without waiting: the last batches
+        came from one thread (``_gather_target <= 1``: nobody else's record is
+        about to join, D49), or the threads of the last batches have all sent
+        again (the queue reached ``_gather_target``: the flusher's gather is
+        over, D63).  Doing it here saves two thread hand-overs (the flusher's
+        wake-up and this waiter's).  Otherwise the caller just waits.
         """
         if self._linger or os.getpid() != self._pid:
             return
         cv = self._cv
         with cv:
-            if (self._in_flight or not self._queue or self._gather_target > 1
-                    or self._closed):
+            target = self._gather_target
+            if (self._in_flight or not self._queue or self._closed
+                    or (target > 1 and len(self._queue) < target)):
                 return
             items = self._take()
-            if not self._caller_mode:
-                # callers commit their records now: stop waking the flusher per record,
+            if target <= 1 and not self._caller_mode:
+                # one thread commits its records now: stop waking the flusher per record,
                 # and wake it this once so that it waits with a timeout from now on
+                # (several threads: the flusher stays woken, it gathers for them)
                 self._caller_mode = True
                 self._wake.notify()
         self._commit_timed(items)

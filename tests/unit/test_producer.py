@@ -675,3 +675,39 @@ def test_flush_and_close_refuse_hostile_timeouts(broker: mqlite.Broker, timeout:
     assert not p.closed
     p.close(5.0)
     assert p.closed and len(broker.read("t")) == 1
+
+
+def _record_thread(seen: list[int], _fut: Any) -> None:
+    seen.append(threading.get_ident())
+
+
+def test_the_sender_that_completes_a_gathered_batch_commits_it(broker: mqlite.Broker) -> None:
+    """D63: once the threads of the last batches have all sent again (the queue reached
+    the gather target), the one whose wait comes next commits the batch itself instead
+    of waking the flusher and waiting for it; a batch still short of the target is the
+    flusher's, which gathers for the threads still to come."""
+    import sys
+
+    broker.create_topic("t")
+    me = threading.get_ident()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # the flusher cannot take the queue before this thread waits
+    try:
+        with broker.producer(linger_ms=0) as p:
+            p.send("t", b"warm").result(timeout=30)
+            for n, committer_is_me in ((3, True), (2, False)):
+                with p._cv:
+                    p._gather_target = 3  # as after batches from three threads
+                futs = [p.send("t", b"%d-%d" % (n, i)) for i in range(n)]
+                seen: list[int] = []
+                record = functools.partial(_record_thread, seen)
+                for f in futs:
+                    f.add_done_callback(record)
+                mds = [f.result(timeout=30) for f in futs[::-1]][::-1]
+                assert [md.offset for md in mds] == list(range(mds[0].offset,
+                                                               mds[0].offset + n))
+                assert (seen == [me] * n) if committer_is_me else (me not in seen), seen
+    finally:
+        sys.setswitchinterval(old)
+    assert [m.value for m in broker.read("t", max_records=10)] == [
+        b"warm", b"3-0", b"3-1", b"3-2", b"2-0", b"2-1"]

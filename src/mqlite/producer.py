@@ -362,10 +362,13 @@ class Producer:
                     or (target > 1 and len(self._queue) < target)):
                 return
             items = self._take()
-            if target <= 1 and not self._caller_mode:
+            if target > 1:
+                # several threads: the flusher gathers for them whenever a batch falls
+                # short, so it is woken per record (not caller mode's 5 ms looks, D59)
+                self._caller_mode = False
+            elif not self._caller_mode:
                 # one thread commits its records now: stop waking the flusher per record,
                 # and wake it this once so that it waits with a timeout from now on
-                # (several threads: the flusher stays woken, it gathers for them)
                 self._caller_mode = True
                 self._wake.notify()
         self._commit_timed(items)

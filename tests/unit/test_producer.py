@@ -707,6 +707,9 @@ def test_the_sender_that_completes_a_gathered_batch_commits_it(broker: mqlite.Br
                 assert [md.offset for md in mds] == list(range(mds[0].offset,
                                                                mds[0].offset + n))
                 assert (seen == [me] * n) if committer_is_me else (me not in seen), seen
+                # several threads: the flusher is woken per record again (it gathers
+                # for a short batch at once, not after caller mode's 5 ms looks)
+                assert not p._caller_mode
     finally:
         sys.setswitchinterval(old)
     assert [m.value for m in broker.read("t", max_records=10)] == [

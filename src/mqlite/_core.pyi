@@ -260,6 +260,9 @@ class UringBell:
     def close(self) -> None:
         """Close the ring (a pending wait is cancelled).  Idempotent."""
 
+def partition_slot(pid: int, nslots: int) -> int:
+    """The wake-up word of partition id ``pid`` in a notifier of ``nslots`` words (D64)."""
+
 def self_pid() -> int:
     """This process's pid, without a system call (an at-fork hook keeps it current)."""
 

@@ -947,6 +947,20 @@ def first_offset_at_or_after(data, base_offset, timestamp_ms):
 
 # -- cross-process wake-ups --------------------------------------------------------
 
+cdef inline Py_ssize_t _partition_slot(uint64_t pid, Py_ssize_t nslots) noexcept:
+    # Slot 0 is every append's, the others are shared by topics (crc32 of the name) and
+    # partitions (this multiplicative hash of the id): a collision only wakes a waiter
+    # for nothing.  Python's Env.partition_slot is this function.
+    return 1 + <Py_ssize_t>(((pid * 2654435761u) & 0xFFFFFFFFu) % <uint64_t>(nslots - 1))
+
+
+def partition_slot(pid, nslots):
+    """The wake-up word of partition id ``pid`` in a notifier of ``nslots`` words (D64)."""
+    if nslots < 2 or pid < 0:
+        raise ValueError(f"partition_slot: pid {pid} >= 0 and nslots {nslots} >= 2 expected")
+    return _partition_slot(<uint64_t>pid, <Py_ssize_t>nslots)
+
+
 cdef int64_t _monotonic_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)

@@ -63,6 +63,7 @@ from mqlite.config import (
 from mqlite.errors import (
     ClosedError,
     CorruptRecordError,
+    MqliteError,
     PartitionNotFoundError,
     StorageError,
     StorageFullError,
@@ -360,9 +361,32 @@ class Engine:
         """Run ``fn()`` once the write transaction in progress has committed (not on abort)."""
         self.env.after_commit.append(fn)
 
-    def touched(self, topic: str) -> None:
-        """Wake the consumers of ``topic`` when the current write transaction commits."""
+    def touched(self, topic: str, pids: Sequence[int] = ()) -> None:
+        """Wake the consumers of ``topic`` when the current write transaction commits;
+        also those reading only one of partition ids ``pids`` (D64)."""
         self.env.touched.add(topic)
+        self.env.touched_parts.update(pids)
+
+    def wake_readers(self, topics: Sequence[str]) -> None:
+        """Bump the wake-up words of ``topics`` and of every partition of them, now.
+
+        For changes that every reader must see at once, a group's membership
+        among them; appends bump only the partitions they wrote (D64).  Call
+        after the commit.  A topic that no longer exists wakes its topic word only.
+        """
+        env = self.env
+        pids: list[int] = []
+        if topics:
+            try:
+                with env.read_txn() as txn:
+                    for name in topics:
+                        rec = _log.get_topic(txn, env.dbs, name)
+                        if rec is not None:
+                            pids.extend(rec.pids)
+            except MqliteError:  # closing: the topic words below still wake its waiters
+                pass
+        env.notify_partitions(pids)
+        env.notify_topics(topics)
 
     # -- topic catalog -------------------------------------------------------------------
     def topic(self, txn: Any, name: str) -> _log.TopicRecord:
@@ -461,6 +485,7 @@ class Engine:
             for hook in _TOPIC_DELETE_HOOKS:
                 hook(txn, env.dbs, rec)
         env.space_freed()
+        env.notify_partitions(rec.pids)  # its readers of one partition learn it too (D64)
         env.notify_topics([name])
 
     def alter_topic(self, name: str, *, partitions: int | None = None,
@@ -484,6 +509,7 @@ class Engine:
                 TopicConfig.from_dict({**rec.config, "partitions": partitions})  # bounds
                 rec = _log.add_partitions(txn, env.dbs, rec, partitions - have)
             env.check_topic_cache(_log.topics_version(txn, env.dbs))
+        env.notify_partitions(rec.pids)  # a group reading it rebalances (D64)
         env.notify_topics([name])
         return rec.topic_config()
 
@@ -577,6 +603,7 @@ class Engine:
         self._after_append(txn, env, rec, pid, st)
         _log.store_state(txn, env.dbs, pid, st)
         env.touched.add(rec.name)
+        env.touched_parts.add(pid)
         return base, st
 
     def _after_append(self, txn: Any, env: Env, rec: _log.TopicRecord, pid: int,
@@ -811,6 +838,7 @@ class Engine:
                     is not None or rec.config["retention_messages"] is not None:
                 self._after_append(txn, env, rec, pid, st)
             _log.store_state(txn, env.dbs, pid, st)
+            env.touched_parts.add(pid)
             if dkey is not None:
                 self.dedup_store(txn, dkey, rec, part, off, ts)
         except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises

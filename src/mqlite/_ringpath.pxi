@@ -18,7 +18,7 @@
 #    _storage.log.load_state reads them; anything malformed goes to
 #    load_state_w, which raises), a put per batch, retention
 #    through Engine._after_append when the topic has any, one state put, the
-#    topic marked touched;
+#    topic and partition marked touched (D64);
 #  - anything else (an append with a dedup id, another kind of slot, a payload
 #    csrc/ringop.h refuses) first applies every run collected so far and then
 #    goes through Engine._stage_slot, the Python path, so the order of each
@@ -469,6 +469,7 @@ cdef class RingApply:
             engine._after_append(txn, self.env, t.rec, pyid, st)
         _put_state(self.t_put, txn, dbs["partitions"], pid, st)
         ed["touched"].add(t.rec.name)
+        ed["touched_parts"].add(pyid)
         return 0
 
     cdef object _load_state(self, txn, pdb, object pyid, uint32_t pid):

@@ -317,7 +317,7 @@ cdef class SendPath:
         cdef PartitionState st
         cdef int64_t off = 0, nbytes = len(batch), klen, cache_tid
         cdef Py_ssize_t npart, part = 0
-        cdef uint32_t pid
+        cdef uint32_t pid = 0
         cdef bint fresh, retained = False
         cdef Notifier notifier
 
@@ -409,6 +409,7 @@ cdef class SendPath:
 
         # -- commit (Env.commit's short way for one send) --------------------------
         if retained and (ed["touched"] or ed["after_commit"]):  # left by retention's hooks
+            ed["touched_parts"].add(pyid)
             env.commit(txn, topic)
         else:
             ed["_cache_tid"] = -1
@@ -423,12 +424,15 @@ cdef class SendPath:
             ed["_cache_tid"] = tid
             nt = ed["notifier"]
             slot = self.slot_cache.get(topic) or env.topic_slot(topic)
+            # The partition's word first, then the topic's and every append's (D64).
             if (type(nt) is Notifier and (<Notifier>nt).is_open and type(slot) is int
                     and 0 < <Py_ssize_t>slot < (<Notifier>nt).slots):
                 notifier = <Notifier>nt
+                mq_notify_bump(&notifier.n, <size_t>_partition_slot(pid, notifier.slots))
                 mq_notify_bump(&notifier.n, <size_t><Py_ssize_t>slot)
                 mq_notify_bump(&notifier.n, 0)
             else:
+                nt.bump(env.partition_slot(pyid))
                 nt.bump(slot)
                 nt.bump(0)
             next(ed["_ended"])  # Env._leave, inlined

@@ -170,6 +170,9 @@ class Consumer:
         self._closed = False
         self._group: Any = None
         self._waiting_on = 0  # the wake-up word poll() waits on (for wakeup())
+        # The one partition read by the last poll round and its id, while the consumer
+        # reads exactly one: poll() then waits on that partition's word (D64).
+        self._one: tuple[TopicPartition, int] | None = None
         self._life = UseGuard("consumer", self._wake_waiter, exclusive=True)
         self.group = group
         if group is not None:
@@ -409,6 +412,8 @@ class Consumer:
         for i in range(n):
             tp = tps[(start + i) % n]
             pid, _ = self._pid(txn, tp)
+            if n == 1 and positions is None:
+                self._one = (tp, pid)
             st = _log.load_state(txn, dbs, pid)
             if positions is None:
                 pos = self._resolve_position(txn, tp, st)
@@ -482,6 +487,22 @@ class Consumer:
         return _Ahead(max_records, tps, positions, moves, out, due)
 
     def _wait_slot(self) -> int:
+        """The wake-up word a poll round loads before it reads and then waits on.
+
+        A consumer that reads exactly one partition waits on that partition's word
+        (D64), so appends to the topic's other partitions do not wake it: a group
+        of N members, one partition each, wakes one member per message instead of
+        N.  Its id comes from the last round, which read that partition; until
+        then, and for any other assignment, the topic's word (one topic) or the
+        word every append bumps.  Appends bump the partition's word before the
+        topic's; group changes, a topic's deletion or new partitions and a
+        delayed message being scheduled bump every partition's word of the topic.
+        """
+        one = self._one
+        if one is not None:
+            tps = self.assignment()
+            if len(tps) == 1 and tps[0] == one[0]:
+                return self._env.partition_slot(one[1])
         if len(self._topics) == 1:
             return self._env.topic_slot(self._topics[0])
         return 0
@@ -552,13 +573,20 @@ class Consumer:
 
     def _step(self, max_records: int, writes: bool) -> PollStep:
         group = self._group
+        moved = False
         while True:
             # Load the wake-up word before reading any state (group or log), so
             # a change committed in between is never slept through.
             slot = self._waiting_on = self._wait_slot()
             seq = self._env.notifier.load(slot)
-            if group is not None and not group.before_fetch(writes):
-                return PollStep([], False, slot, seq, 0.0, True)
+            if group is not None:
+                if not group.before_fetch(writes):
+                    return PollStep([], False, slot, seq, 0.0, True)
+                if not moved and self._wait_slot() != slot:
+                    # The assignment changed: load the word of the new one first.  (Once:
+                    # a group that keeps moving is still woken through every partition.)
+                    moved = True
+                    continue
             msgs, due_ms = self._fetch(max_records)
             wait = math.inf
             if due_ms is not None:

@@ -123,7 +123,7 @@ def schedule_send(engine: Engine, topic: str, value: Any, *, key: Any = None,
         engine.topic(txn, topic)
         engine.check_space(engine.env, txn, len(raw))  # a delayed send is a send
         _schedule.put(txn, engine.env.dbs, due_ms, raw)
-        engine.touched(topic)
+        engine.touched(topic, rec.pids)  # its readers recompute their next due time
     return RecordMetadata(topic, -1 if partition is None else partition, -1,
                           due_ms if ts < 0 else ts)
 

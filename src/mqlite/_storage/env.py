@@ -531,9 +531,11 @@ class Env:
         self._cache_tid = -1
         self.slot_cache: dict[str, int] = {}
         # Of the write transaction in progress (one at a time per process: LMDB's
-        # write lock): topics appended to, woken after the commit, and callbacks
-        # to run after it.  Both are dropped on abort.
+        # write lock): topics and partition ids appended to, whose wake-up words are
+        # bumped after the commit, and callbacks to run after it.  All are dropped on
+        # abort.
         self.touched: set[str] = set()
+        self.touched_parts: set[int] = set()
         self.after_commit: list[Any] = []
         # Transactions open now, across threads; the environment closes only at zero.
         self._fence = threading.Lock()
@@ -1103,8 +1105,9 @@ class Env:
         except BaseException:
             self._leave()
             raise
-        if self.touched or self.after_commit:  # left by a transaction not ended here
+        if self.touched or self.after_commit or self.touched_parts:  # left by a txn not ended here
             self.touched = set()
+            self.touched_parts = set()
             self.after_commit = []
         if self.writemap:
             # Writes that skip check_space (acks, commits, deletes) take pages too:
@@ -1187,6 +1190,9 @@ class Env:
         touched = self.touched
         if touched:
             self.touched = set()
+        parts = self.touched_parts
+        if parts:
+            self.touched_parts = set()
         hooks = self.after_commit
         if hooks:
             self.after_commit = []
@@ -1210,6 +1216,8 @@ class Env:
             self.state_cache.clear()
         if wake is not None and not touched and not hooks:  # one send: the short way
             n = self.notifier
+            for pid in parts:
+                n.bump(_core.partition_slot(pid, n.slots))
             n.bump(self.slot_cache.get(wake) or self.topic_slot(wake))
             n.bump(0)
             next(self._ended)  # _leave, inlined
@@ -1217,6 +1225,8 @@ class Env:
                 self._close_if_idle()
             return
         try:
+            if parts:
+                self.notify_partitions(parts)
             if wake is not None:
                 touched = touched | {wake}
             if touched:
@@ -1252,8 +1262,9 @@ class Env:
         self.fresh_txn = None
         self._cache_tid = -1
         self.state_cache.clear()
-        if self.touched or self.after_commit:
+        if self.touched or self.after_commit or self.touched_parts:
             self.touched = set()
+            self.touched_parts = set()
             self.after_commit = []
         try:
             txn.abort()
@@ -1359,6 +1370,28 @@ class Env:
         if slot is None:
             slot = self.slot_cache[topic] = 1 + zlib.crc32(topic.encode()) % (NOTIFY_SLOTS - 1)
         return slot
+
+    def partition_slot(self, pid: int) -> int:
+        """Notify slot of partition id ``pid`` (D64: a consumer reading one partition
+        waits on it; every append to the partition bumps it before the topic's)."""
+        n = self.notifier
+        return _core.partition_slot(pid, NOTIFY_SLOTS if n is None else n.slots)
+
+    def notify_partitions(self, pids: Any) -> None:
+        """Bump the wake-up words of partition ids ``pids``; call after the commit.
+
+        Appends do it for the partitions they wrote (``touched_parts``); changes that
+        a reader of one partition must also see (a group's membership, a topic's
+        deletion or new partitions) do it for every partition of the topic.
+        """
+        n = self.notifier
+        if n is None:
+            return
+        try:
+            for pid in pids:
+                n.bump(_core.partition_slot(pid, n.slots))
+        except ValueError:  # closed meanwhile: nobody waits on them any more
+            pass
 
     def wake(self, slot: int) -> None:
         """Bump wake-up word ``slot`` (a hint: nothing when the notifier is closed)."""

@@ -83,7 +83,7 @@ def _notify_group(engine: Engine, state: GroupState | None) -> None:
     if state is not None:
         for m in state.members.values():
             topics.update(m.topics)
-    engine.env.notify_topics(topics)
+    engine.wake_readers(sorted(topics))  # also members waiting on one partition (D64)
 
 
 def find_suspects(engine: Engine, state: GroupState, now_ms: int, *,

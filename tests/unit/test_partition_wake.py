@@ -1,0 +1,239 @@
+"""D64: a consumer that reads exactly one partition waits on that partition's wake-up word.
+
+Appends to the topic's other partitions leave that word alone (a group of N members with one
+partition each wakes one member per message, not N); every way of appending to the partition
+moves it, and so do the changes a reader of one partition must see at once (a group's
+membership, a topic's deletion or new partitions, a delayed message being scheduled).
+
+A wait on a word nobody bumps lasts its whole timeout (the consumers below have no group,
+whose members re-read every second): a missed wake-up makes ``poll(timeout=WAIT_S)`` return
+the message only after ``WAIT_S``, and "woken" is judged against that, as in
+tests/integration/test_wakeup.py: within ``WOKEN_S``, a third of it (a loaded machine wakes
+a thread late, never by 10 s).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import mqlite
+from mqlite import TopicPartition
+
+#: The waiting poll's timeout, and the bound that tells a wake-up from it (seconds).
+WAIT_S = 30.0
+WOKEN_S = 10.0
+
+
+@pytest.fixture
+def broker(tmp_path: Any) -> Any:
+    with mqlite.open(str(tmp_path / "b"), durability="none") as b:
+        b.create_topic("t", partitions=3)
+        yield b
+
+
+def _word(consumer: Any) -> int:
+    """The value of the wake-up word the consumer's next poll would wait on."""
+    return int(consumer._env.notifier.load(consumer._wait_slot()))
+
+
+def _one_partition_reader(b: Any, partition: int) -> Any:
+    c = b.consumer()
+    c.assign([TopicPartition("t", partition)])
+    c.seek_to_end()
+    assert c.poll(timeout=0.01) == []  # a round that read the partition: its id is known
+    return c
+
+
+def test_a_reader_of_one_partition_waits_on_that_partitions_word(broker: Any) -> None:
+    env = broker._engine.env
+    pids = broker._engine.topic_fresh("t").pids
+    slots = [env.partition_slot(p) for p in pids] + [env.topic_slot("t"), 0]
+    assert len(set(slots)) == len(slots)  # no collisions here: the test below means it
+    c = _one_partition_reader(broker, 1)
+    assert c._wait_slot() == env.partition_slot(pids[1])
+    before = _word(c)
+    broker.send("t", b"a", partition=0)
+    broker.send("t", b"b", partition=2)
+    broker.send_batch("t", [b"c", b"d"], partition=0)
+    assert _word(c) == before  # other partitions' appends do not wake it
+    broker.send("t", b"e", partition=1)
+    assert _word(c) != before
+    assert [m.value for m in c.poll(timeout=1.0)] == [b"e"]
+    c.close()
+
+
+def test_a_reader_of_several_partitions_keeps_the_topics_word(broker: Any) -> None:
+    env = broker._engine.env
+    c = broker.consumer()
+    c.assign([TopicPartition("t", 0), TopicPartition("t", 1)])
+    assert c.poll(timeout=0.01) == []
+    assert c._wait_slot() == env.topic_slot("t")
+    whole = broker.consumer("t")  # all three partitions
+    assert whole.poll(timeout=0.01) == []
+    assert whole._wait_slot() == env.topic_slot("t")
+    c.close()
+    whole.close()
+
+
+def _publish(b: Any) -> None:
+    b.declare_exchange("x", "direct")
+    b.bind("x", "t", "k")
+    key = next(k for k in (b"k%d" % i for i in range(1000))
+               if mqlite._core.partition_for_key(k, 3) == 1)
+    assert b.publish("x", "k", b"v", key=key)[0].partition == 1
+
+
+def _transaction(b: Any) -> None:
+    with b.transaction() as tx:
+        tx.send("t", b"v", partition=1)
+
+
+def _producer(b: Any) -> None:
+    with b.producer() as p:
+        p.send("t", b"v", partition=1).result(timeout=WAIT_S)
+
+
+def _delayed(b: Any) -> None:
+    b.send("t", b"v", partition=1, delay=0.05)
+
+
+APPENDS: dict[str, Callable[[Any], None]] = {
+    "send": lambda b: b.send("t", b"v", partition=1),
+    "send-key": lambda b: b.send("t", b"v", key=next(
+        k for k in (b"k%d" % i for i in range(1000))
+        if mqlite._core.partition_for_key(k, 3) == 1)),
+    "send_batch": lambda b: b.send_batch("t", [b"v"], partition=1),
+    "send-dedup": lambda b: b.send("t", b"v", partition=1, dedup_id="d1"),
+    "send-headers": lambda b: b.send("t", b"v", partition=1, headers={"h": b"1"}),
+    "producer": _producer,
+    "transaction": _transaction,
+    "publish": _publish,
+    "delayed": _delayed,
+}
+
+
+@pytest.mark.parametrize("how", sorted(APPENDS))
+def test_every_append_to_the_partition_wakes_its_reader(broker: Any, how: str) -> None:
+    """The reader sleeps in poll on its partition's word; another thread appends there."""
+    c = _one_partition_reader(broker, 1)
+    got: list[Any] = []
+    took: list[float] = []
+    entered = threading.Event()
+
+    def wait() -> None:
+        entered.set()
+        t0 = time.monotonic()
+        got.extend(c.poll(timeout=WAIT_S))
+        took.append(time.monotonic() - t0)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert entered.wait(WAIT_S)
+    broker.send("t", b"other", partition=0)  # not its partition: it sleeps on
+    APPENDS[how](broker)
+    t.join(WAIT_S + 10)
+    assert not t.is_alive()
+    assert [(m.partition, m.value) for m in got] == [(1, b"v")]
+    assert took[0] < WOKEN_S, f"woken after {took[0]:.1f} s: the append did not wake it"
+    c.close()
+
+
+def test_a_topics_new_partitions_and_its_deletion_move_the_word(broker: Any) -> None:
+    c = _one_partition_reader(broker, 1)
+    before = _word(c)
+    broker.alter_topic("t", partitions=4)
+    after_alter = _word(c)
+    assert after_alter != before
+    slot = c._wait_slot()
+    broker.delete_topic("t")
+    assert int(broker._engine.env.notifier.load(slot)) != after_alter
+    c.close()
+
+
+def test_a_groups_membership_change_moves_each_members_partition_word(tmp_path: Any) -> None:
+    with mqlite.open(str(tmp_path / "b"), durability="none") as b:
+        b.create_topic("t", partitions=2)
+        a = b.consumer("t", group="g")
+        other = b.consumer("t", group="g")
+        for _ in range(50):  # both joined, one partition each
+            a.poll(timeout=0.01)
+            other.poll(timeout=0.01)
+            if len(a.assignment()) == 1 and len(other.assignment()) == 1:
+                break
+        a.poll(timeout=0.01)
+        assert len(a.assignment()) == 1
+        env = b._engine.env
+        pid = b._engine.topic_fresh("t").pids[a.assignment()[0].partition]
+        assert a._wait_slot() == env.partition_slot(pid)
+        before = _word(a)
+        other.close()  # leaves: a must learn it at once, waiting on its partition's word
+        assert _word(a) != before
+        a.close()
+
+
+def _reader_process(path: str, ready: Any, out: Any) -> None:
+    with mqlite.open(path, durability="none") as b:
+        c = b.consumer()
+        c.assign([TopicPartition("t", 2)])
+        c.seek_to_end()
+        c.poll(timeout=0.01)
+        ready.set()
+        t0 = time.monotonic()
+        got = [(m.partition, m.value) for m in c.poll(timeout=WAIT_S)]
+        out.put((got, time.monotonic() - t0))
+        c.close()
+
+
+def test_another_process_sending_to_the_partition_wakes_its_reader(broker: Any,
+                                                                   tmp_path: Any) -> None:
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    p = ctx.Process(target=_reader_process, args=(str(tmp_path / "b"), ready, out))
+    p.start()
+    try:
+        assert ready.wait(60)
+        broker.send("t", b"p0", partition=0)
+        broker.send("t", b"p1", partition=1)
+        broker.send("t", b"p2", partition=2)
+        got, took = out.get(timeout=WAIT_S + 30)
+        assert got == [(2, b"p2")]
+        assert took < WOKEN_S, f"woken after {took:.1f} s: the send did not wake it"
+    finally:
+        p.join(30)
+        if p.is_alive():
+            p.kill()
+    assert p.exitcode == 0
+
+
+def test_an_append_handed_through_the_commit_ring_moves_its_partitions_word(
+        tmp_path: Any) -> None:
+    """A slot filled for partition 1 is applied by the next sender's commit (to partition 0),
+    in the compiled ring apply: the reader of partition 1 is woken by that commit."""
+    import os
+
+    from mqlite import _core
+
+    with mqlite.open(str(tmp_path / "b"), durability="sync") as b:
+        b.create_topic("t", partitions=3)
+        b.send("t", b"warm", partition=0)
+        c = _one_partition_reader(b, 1)
+        before = _word(c)
+        eng = b._engine
+        maxb = eng.topic_fresh("t").config["max_message_bytes"]
+        batch = _core.encode_batches((b"handed",), None, None, 1000, max_message_bytes=maxb)[0]
+        comb = eng.env.combiner
+        i = comb.claim(os.getpid())
+        assert i >= 0
+        ticket = comb.fill(i, eng.ring_payload("t", 1, 1000, maxb, [batch], None))
+        b.send("t", b"leader", partition=0)
+        assert comb.word(i) == (ticket, _core.DONE)  # led through the ring
+        assert comb.release(i, ticket)
+        assert _word(c) != before
+        assert [m.value for m in c.poll(timeout=1.0)] == [b"handed"]
+        c.close()

@@ -579,14 +579,8 @@ class Consumer:
             # a change committed in between is never slept through.
             slot = self._waiting_on = self._wait_slot()
             seq = self._env.notifier.load(slot)
-            if group is not None:
-                if not group.before_fetch(writes):
-                    return PollStep([], False, slot, seq, 0.0, True)
-                if not moved and self._wait_slot() != slot:
-                    # The assignment changed: load the word of the new one first.  (Once:
-                    # a group that keeps moving is still woken through every partition.)
-                    moved = True
-                    continue
+            if group is not None and not group.before_fetch(writes):
+                return PollStep([], False, slot, seq, 0.0, True)
             msgs, due_ms = self._fetch(max_records)
             wait = math.inf
             if due_ms is not None:
@@ -608,6 +602,12 @@ class Consumer:
                 if group is not None:
                     group.after_fetch(msgs)
                 return PollStep(msgs, True, slot, seq, 0.0, False)
+            if not moved and self._wait_slot() != slot:
+                # This round changed the word to wait on (a new assignment, a partition id
+                # learnt or changed by a topic's re-creation, D64): load that word, then
+                # read again.  Once: a group that keeps moving wakes every partition's word.
+                moved = True
+                continue
             if group is not None:
                 wait = min(wait, group.wait_budget())
             return PollStep(msgs, False, slot, seq, wait, False)

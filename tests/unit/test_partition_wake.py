@@ -237,3 +237,28 @@ def test_an_append_handed_through_the_commit_ring_moves_its_partitions_word(
         assert _word(c) != before
         assert [m.value for m in c.poll(timeout=1.0)] == [b"handed"]
         c.close()
+
+
+def test_a_reader_whose_topic_is_recreated_waits_on_the_new_partitions_word(
+        broker: Any) -> None:
+    """Deleted and created again, the topic's partition 1 gets a new id: the round that
+    learns it waits on the new id's word, not the old one's (it loads that word and reads
+    again first)."""
+    c = _one_partition_reader(broker, 1)
+    env = broker._engine.env
+    old_pid = broker._engine.topic_fresh("t").pids[1]
+    broker.delete_topic("t")
+    broker.create_topic("u", partitions=2)  # takes the freed ids first, if any are reused
+    broker.create_topic("t", partitions=3)
+    new_pid = broker._engine.topic_fresh("t").pids[1]
+    assert new_pid != old_pid
+    assert env.partition_slot(new_pid) != env.partition_slot(old_pid)
+    c.seek(TopicPartition("t", 1), 0)
+    step = c.poll_step(10)  # the round a poll would run before it waits
+    assert not step.done
+    assert step.slot == env.partition_slot(new_pid)
+    assert step.seq == env.notifier.load(step.slot)
+    broker.send("t", b"v", partition=1)
+    assert env.notifier.load(step.slot) != step.seq  # so the send wakes that wait
+    assert [m.value for m in c.poll(timeout=1.0)] == [b"v"]
+    c.close()

@@ -128,4 +128,18 @@ void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta);
  * KeyboardInterrupt) and call again with the time left. */
 int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns, int flags);
 
+/* At most this many slots per mq_notify_wait_any (futex_waitv takes up to 128). */
+#define MQ_NOTIFY_WAIT_ANY_MAX 16
+
+/* As mq_notify_wait, on `count` slots at once (1 <= count <= MQ_NOTIFY_WAIT_ANY_MAX,
+ * slots distinct): returns 1 as soon as any slot's seq differs from its `expected`
+ * or a wake-up of any of them arrives, 0 on timeout, MQ_EINTR as above; MQ_EINVAL
+ * for a count out of range.  It registers as a waiter of every slot first (so a bump
+ * of any of them makes the futex syscall) and re-checks them all before sleeping.
+ * Linux >= 5.16 sleeps in futex_waitv(2) on the shared words; where that call is
+ * missing (ENOSYS) it sleep-polls every slot at most every 1 ms, as other systems do
+ * for one slot. */
+int mq_notify_wait_any(mq_notify *n, const size_t *slots, const uint32_t *expected,
+                       size_t count, int64_t timeout_ns, int flags);
+
 #endif

@@ -196,6 +196,8 @@ class Notifier:
         Returns ``True`` if the value differed (or a wake-up arrived), ``False`` on timeout.
         Returns at once when the value already differs.  ``timeout`` <= 0 never blocks.
         """
+    def wait_any(self, slots: Sequence[int], expected: Sequence[int], timeout: float) -> bool:
+        """As :meth:`wait` on 1 to 16 distinct slots at once: ``True`` when any moved."""
     def attach_bells(self, path: str, mode: int = 0o600) -> None:
         """Open the doorbell table (csrc/doorbell.h); later bumps ring armed doorbells."""
     def bell_claim(self) -> int:

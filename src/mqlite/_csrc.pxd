@@ -199,6 +199,9 @@ cdef extern from "notify.h" nogil:
     enum: MQ_NOTIFY_BELL_UNIT
     int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns,
                        int flags)
+    enum: MQ_NOTIFY_WAIT_ANY_MAX
+    int mq_notify_wait_any(mq_notify *n, const size_t *slots, const uint32_t *expected,
+                           size_t count, int64_t timeout_ns, int flags)
 
 
 cdef extern from "guard.h" nogil:

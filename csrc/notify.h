@@ -109,6 +109,12 @@ uint32_t mq_notify_load(const mq_notify *n, size_t slot);
  * waiting on it, making the syscall only when the waiter count is non-zero. */
 void mq_notify_bump(mq_notify *n, size_t slot);
 
+/* As mq_notify_bump, but the FUTEX_WAKE wakes at most `nwake` (>= 1) of the threads
+ * asleep on the slot (doorbells are all rung, as by mq_notify_bump).  For words whose
+ * waiters compete for the same work (a queue's receivers, D67): the others sleep on,
+ * and a woken waiter that leaves work behind wakes the next one. */
+void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake);
+
 /* One event loop armed on a slot, in the waiters word (see the contract). */
 #define MQ_NOTIFY_BELL_UNIT (1u << 16)
 

@@ -190,6 +190,8 @@ class Notifier:
         """The current sequence value of ``slot`` (acquire load)."""
     def bump(self, slot: int) -> None:
         """Atomically increment ``slot`` and wake every waiter on it."""
+    def bump_one(self, slot: int) -> None:
+        """As ``bump``, waking one thread asleep on ``slot`` (event loops all): D67."""
     def wait(self, slot: int, expected: int, timeout: float) -> bool:
         """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
 

@@ -1039,6 +1039,11 @@ cdef class Notifier:
         """Atomically increment ``slot`` and wake every waiter on it."""
         mq_notify_bump(&self.n, self._slot(slot))
 
+    def bump_one(self, slot):
+        """As :meth:`bump`, waking one of the threads asleep on ``slot`` (every event
+        loop armed on it is rung): for a queue's competing receivers (D67)."""
+        mq_notify_bump_wake(&self.n, self._slot(slot), 1)
+
     def wait(self, slot, expected, timeout):
         """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
 

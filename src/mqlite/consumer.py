@@ -184,6 +184,10 @@ class Consumer:
         # The id of each partition poll rounds read: poll() waits on the partitions'
         # words once it knows them all (D64).
         self._pids: dict[TopicPartition, int] = {}
+        # _wait_slots' results: of the subscription (None: not computed since it changed),
+        # and (assignment, words) for the partitions' words
+        self._topic_words: tuple[int, ...] | None = None
+        self._part_words: tuple[list[TopicPartition], tuple[int, ...]] | None = None
         self._life = UseGuard("consumer", self._wake_waiter, exclusive=True)
         self.group = group
         if group is not None:
@@ -213,6 +217,7 @@ class Consumer:
         for t in names:
             self._engine.topic_fresh(t)
         self._topics = names
+        self._topic_words = self._part_words = None  # _wait_slots computes them again
         self._manual = None
         if self._group is not None:
             self._group.subscribe(names)
@@ -236,6 +241,7 @@ class Consumer:
                     f"{tp.topic!r} has partitions 0..{n - 1}, not {tp.partition}")
         self._manual = tps
         self._topics = sorted({tp.topic for tp in tps})
+        self._topic_words = self._part_words = None  # _wait_slots computes them again
         self._sync_positions(tps)
 
     def assignment(self) -> list[TopicPartition]:
@@ -425,6 +431,7 @@ class Consumer:
             pid, _ = self._pid(txn, tp)
             if positions is None and self._pids.get(tp) != pid:
                 self._pids[tp] = pid
+                self._part_words = None
             st = _log.load_state(txn, dbs, pid)
             if positions is None:
                 pos = self._resolve_position(txn, tp, st)
@@ -512,17 +519,31 @@ class Consumer:
         changes, a topic's deletion or new partitions and a delayed message being
         scheduled bump every partition's word of the topic.
         """
-        env = self._env
-        if self._manual is not None or self._group is not None:
-            tps = self.assignment()
-            pids = self._pids
-            if 0 < len(tps) <= _WAIT_ANY_MAX and all(tp in pids for tp in tps) and (
-                    self._manual is not None
-                    or len({tp.topic for tp in tps}) == len(self._topics)):
-                return tuple(dict.fromkeys(env.partition_slot(pids[tp]) for tp in tps))
+        if self._manual is None and self._group is None:
+            words = self._topic_words  # they change only with the subscription
+            if words is None:
+                words = self._topic_words = self._words_of_topics()
+            return words
+        tps = self.assignment()
+        cached = self._part_words
+        if cached is not None and cached[0] == tps:
+            return cached[1]
+        pids = self._pids
+        if 0 < len(tps) <= _WAIT_ANY_MAX and all(tp in pids for tp in tps) and (
+                self._manual is not None
+                or len({tp.topic for tp in tps}) == len(self._topics)):
+            env = self._env
+            words = tuple(dict.fromkeys(env.partition_slot(pids[tp]) for tp in tps))
+            self._part_words = (tps, words)  # until the assignment or an id changes
+            return words
+        return self._words_of_topics()
+
+    def _words_of_topics(self) -> tuple[int, ...]:
         topics = self._topics
+        if len(topics) == 1:
+            return (self._env.topic_slot(topics[0]),)
         if 0 < len(topics) <= _WAIT_ANY_MAX:
-            return tuple(dict.fromkeys(env.topic_slot(t) for t in topics))
+            return tuple(dict.fromkeys(self._env.topic_slot(t) for t in topics))
         return (0,)
 
     @guarded
@@ -626,7 +647,8 @@ class Consumer:
                 if group is not None:
                     group.after_fetch(msgs)
                 return PollStep(msgs, True, slot, seq, 0.0, False)
-            if not moved and self._wait_slots() != slots:
+            if not moved and (group is not None or self._manual is not None) \
+                    and self._wait_slots() != slots:
                 # This round changed the words to wait on (a new assignment, partition ids
                 # learnt or changed by a topic's re-creation, D64): load those, then read
                 # again.  Once: a group that keeps moving wakes every partition's word.

@@ -104,7 +104,7 @@ static long futex(uint32_t *word, int op, uint32_t val, const struct timespec *t
 }
 #endif
 
-void mq_notify_bump(mq_notify *n, size_t slot)
+void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake)
 {
     mq_notify_slot *s = &n->slots_base[slot];
     /* seq_cst on both sides (see the header): a release increment followed
@@ -121,26 +121,15 @@ void mq_notify_bump(mq_notify *n, size_t slot)
         mq_bells_ring(b, slot);
 #ifdef __linux__
     if (waiters & (MQ_NOTIFY_BELL_UNIT - 1))
-        futex(&s->seq, FUTEX_WAKE, INT_MAX, NULL);
-#endif
-}
-
-void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake)
-{
-    mq_notify_slot *s = &n->slots_base[slot];
-    __atomic_fetch_add(&s->seq, 1, __ATOMIC_SEQ_CST); /* seq_cst: as mq_notify_bump */
-    uint32_t waiters = __atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST);
-    if (waiters == 0)
-        return;
-    struct mq_bells *b = n->bells;
-    if (b && waiters >= MQ_NOTIFY_BELL_UNIT)
-        mq_bells_ring(b, slot);
-#ifdef __linux__
-    if (waiters & (MQ_NOTIFY_BELL_UNIT - 1))
         futex(&s->seq, FUTEX_WAKE, nwake < 1 ? 1 : nwake, NULL);
 #else
     (void)nwake;
 #endif
+}
+
+void mq_notify_bump(mq_notify *n, size_t slot)
+{
+    mq_notify_bump_wake(n, slot, INT_MAX);
 }
 
 void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)

@@ -1054,30 +1054,7 @@ cdef class Notifier:
         """
         cdef size_t s = self._slot(slot)
         cdef uint32_t exp = _as_u32(expected, "expected")
-        cdef double t = timeout
-        cdef int64_t deadline, left
-        cdef int rc
-        if t != t:
-            raise ValueError("timeout must not be NaN")
-        if t <= 0:
-            return mq_notify_wait(&self.n, s, exp, 0, 0) == 1
-        left = INT64_MAX if t >= 9.2e9 else <int64_t>(t * 1e9)
-        deadline = _monotonic_ns()
-        deadline = INT64_MAX if left > INT64_MAX - deadline else deadline + left
-        self.active += 1
-        try:
-            while True:
-                with nogil:
-                    rc = mq_notify_wait(&self.n, s, exp, left, MQ_NOTIFY_RETURN_ON_EINTR)
-                if rc != MQ_EINTR:
-                    break
-                PyErr_CheckSignals()
-                left = deadline - _monotonic_ns()
-        finally:
-            self.active -= 1
-            if not self.is_open and self.active == 0:
-                self._unmap()
-        return rc == 1
+        return self._wait(&s, &exp, 1, timeout)
 
     def wait_any(self, slots, expected, timeout):
         """As :meth:`wait`, on several slots: until any of ``slots`` no longer holds its
@@ -1086,9 +1063,6 @@ cdef class Notifier:
         cdef size_t ss[MQ_NOTIFY_WAIT_ANY_MAX]
         cdef uint32_t ex[MQ_NOTIFY_WAIT_ANY_MAX]
         cdef Py_ssize_t count = len(slots), i
-        cdef double t = timeout
-        cdef int64_t deadline, left
-        cdef int rc
         if count < 1 or count > MQ_NOTIFY_WAIT_ANY_MAX or len(expected) != count:
             raise ValueError(f"wait_any: 1 to {MQ_NOTIFY_WAIT_ANY_MAX} slots, as many values "
                              f"expected (got {count} and {len(expected)})")
@@ -1097,10 +1071,16 @@ cdef class Notifier:
         for i in range(count):
             ss[i] = self._slot(slots[i])
             ex[i] = _as_u32(expected[i], "expected")
+        return self._wait(ss, ex, <size_t>count, timeout)
+
+    cdef bint _wait(self, size_t *ss, uint32_t *ex, size_t count, double t) except -1:
+        """wait / wait_any: the GIL released, signal handlers run between tries."""
+        cdef int64_t deadline, left
+        cdef int rc
         if t != t:
             raise ValueError("timeout must not be NaN")
         if t <= 0:
-            return mq_notify_wait_any(&self.n, ss, ex, <size_t>count, 0, 0) == 1
+            return mq_notify_wait_any(&self.n, ss, ex, count, 0, 0) == 1
         left = INT64_MAX if t >= 9.2e9 else <int64_t>(t * 1e9)
         deadline = _monotonic_ns()
         deadline = INT64_MAX if left > INT64_MAX - deadline else deadline + left
@@ -1108,7 +1088,7 @@ cdef class Notifier:
         try:
             while True:
                 with nogil:
-                    rc = mq_notify_wait_any(&self.n, ss, ex, <size_t>count, left,
+                    rc = mq_notify_wait_any(&self.n, ss, ex, count, left,
                                             MQ_NOTIFY_RETURN_ON_EINTR)
                 if rc != MQ_EINTR:
                     break

@@ -42,6 +42,32 @@ def _word(consumer: Any) -> int:
     return int(consumer._env.notifier.load(consumer._wait_slots()[0]))
 
 
+class _Waiter:
+    """A thread asleep in ``consumer.poll(timeout=WAIT_S)`` (started by the constructor)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.got: list[Any] = []
+        self.took: list[float] = []
+        entered = threading.Event()
+
+        def wait() -> None:
+            entered.set()
+            t0 = time.monotonic()
+            self.got.extend(consumer.poll(timeout=WAIT_S))
+            self.took.append(time.monotonic() - t0)
+
+        self.thread = threading.Thread(target=wait)
+        self.thread.start()
+        assert entered.wait(WAIT_S)
+
+    def result(self) -> list[Any]:
+        """What the poll returned, once it returned well before its timeout."""
+        self.thread.join(WAIT_S + 10)
+        assert not self.thread.is_alive()
+        assert self.took[0] < WOKEN_S, f"woken after {self.took[0]:.1f} s: nothing woke it"
+        return self.got
+
+
 def _one_partition_reader(b: Any, partition: int) -> Any:
     c = b.consumer()
     c.assign([TopicPartition("t", partition)])
@@ -123,28 +149,13 @@ def test_a_reader_of_several_words_is_woken_by_any_of_them(broker: Any,
         c.seek_to_end()
     assert c.poll(timeout=0.01) == []
     assert len(c._wait_slots()) == 2
-    got: list[Any] = []
-    took: list[float] = []
-    entered = threading.Event()
-
-    def wait() -> None:
-        entered.set()
-        t0 = time.monotonic()
-        got.extend(c.poll(timeout=WAIT_S))
-        took.append(time.monotonic() - t0)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    assert entered.wait(WAIT_S)
+    waiter = _Waiter(c)
     if target[0] == "u":
         broker.send("other", b"other")  # neither of its words
     else:
         broker.send("t", b"other", partition=2)
     broker.send(target[0], b"v", partition=target[1])
-    t.join(WAIT_S + 10)
-    assert not t.is_alive()
-    assert [(m.topic, m.partition, m.value) for m in got] == [(*target, b"v")]
-    assert took[0] < WOKEN_S, f"woken after {took[0]:.1f} s: the append did not wake it"
+    assert [(m.topic, m.partition, m.value) for m in waiter.result()] == [(*target, b"v")]
     c.close()
 
 
@@ -215,25 +226,10 @@ APPENDS: dict[str, Callable[[Any], None]] = {
 def test_every_append_to_the_partition_wakes_its_reader(broker: Any, how: str) -> None:
     """The reader sleeps in poll on its partition's word; another thread appends there."""
     c = _one_partition_reader(broker, 1)
-    got: list[Any] = []
-    took: list[float] = []
-    entered = threading.Event()
-
-    def wait() -> None:
-        entered.set()
-        t0 = time.monotonic()
-        got.extend(c.poll(timeout=WAIT_S))
-        took.append(time.monotonic() - t0)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    assert entered.wait(WAIT_S)
+    waiter = _Waiter(c)
     broker.send("t", b"other", partition=0)  # not its partition: it sleeps on
     APPENDS[how](broker)
-    t.join(WAIT_S + 10)
-    assert not t.is_alive()
-    assert [(m.partition, m.value) for m in got] == [(1, b"v")]
-    assert took[0] < WOKEN_S, f"woken after {took[0]:.1f} s: the append did not wake it"
+    assert [(m.partition, m.value) for m in waiter.result()] == [(1, b"v")]
     c.close()
 
 

@@ -216,27 +216,40 @@ def retry_draining(fn: Callable[[], _T]) -> _T:
     sleeps, for up to :data:`DRAIN_RETRY_S`, before the error is raised.  ``fn`` must
     have no effect when its transaction aborts (state changes after the commit).
     """
+    try:
+        return fn()
+    except MapExhaustedError:
+        pass
+    return _retry_failed(fn)
+
+
+def _retry_failed(fn: Callable[[], _T]) -> _T:
+    """:func:`retry_draining` after ``fn``'s first attempt raised ``MapExhaustedError``."""
     delay = 0.0005
-    deadline = 0.0
+    deadline = time.monotonic() + DRAIN_RETRY_S
     while True:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
         try:
             return fn()
         except MapExhaustedError:
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + DRAIN_RETRY_S
-            elif now >= deadline:
+            if time.monotonic() >= deadline:
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
 
 def draining(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Decorator: the call is a draining write, retried as :func:`retry_draining` says."""
+    """Decorator: the call is a draining write, retried as :func:`retry_draining` says.
+
+    The first attempt is a plain call (no closure per call: ``commit()`` is on
+    a group member's path for every message)."""
 
     @functools.wraps(method)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return retry_draining(lambda: method(*args, **kwargs))
+        try:
+            return method(*args, **kwargs)
+        except MapExhaustedError:
+            pass
+        return _retry_failed(lambda: method(*args, **kwargs))
 
     return wrapper
 

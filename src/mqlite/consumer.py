@@ -235,6 +235,13 @@ class Consumer:
             return list(self._manual)
         return list(self._positions)
 
+    def _reading(self) -> list[TopicPartition]:
+        """:meth:`assignment` for the poll's own reads, without the copy for a group
+        member (whose ``owned`` list is replaced on every change, never changed in place)."""
+        if self._group is not None:
+            return self._group.owned
+        return self.assignment()
+
     def _all_partitions(self) -> list[TopicPartition]:
         out: list[TopicPartition] = []
         for t in self._topics:
@@ -378,7 +385,7 @@ class Consumer:
                 self._positions[tp] = nxt
             return ahead.messages, ahead.due
         env = self._env
-        tps = self.assignment()
+        tps = self._reading()
         out: list[_core.Message] = []
         with env.read_txn() as txn:
             due = scheduler.next_due_in(txn, env.dbs)
@@ -500,7 +507,7 @@ class Consumer:
         """
         one = self._one
         if one is not None:
-            tps = self.assignment()
+            tps = self._reading()
             if len(tps) == 1 and tps[0] == one[0]:
                 return self._env.partition_slot(one[1])
         if len(self._topics) == 1:

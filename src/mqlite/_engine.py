@@ -909,8 +909,18 @@ class Engine:
         in front of the sender's next one (D43).  Sends stamp the hint.
 
         ``_core.SendPath`` runs the same steps for a common-case send (one payload,
-        ``follow=False``) in compiled code (D56); change both together.
+        ``follow=False``) in compiled code (D56), ``_core.ring_follow_one`` for one
+        payload with ``follow`` (a group member's offset commit, an ack: D65); change
+        all three together.
         """
+        if follow and len(payloads) == 1 and type(comb) is _core.Combiner:
+            payload = payloads[0]
+            if type(payload) is bytes:
+                res = _core.ring_follow_one(
+                    self, comb, payload, self.env.comb_lock,
+                    FOLLOW_WINDOW_NS if _FOLLOW else -1, FOLLOW_MAX_NS, _COMBINE_WAIT_S,
+                    _HAND_OVER, StorageError)
+                return None if res is None else [res]
         cap = comb.slot_bytes
         if any(len(p) > cap for p in payloads):
             return None

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 
-from mqlite._core import Message
+from mqlite._core import Message, self_pid
 from mqlite._engine import RING_OK, RING_RETRY, draining, on_ring_kind, retry_draining
 from mqlite._liveness import MemberLock, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
@@ -197,7 +197,7 @@ class GroupMember:
         return hashlib.sha1(self.group.encode()).hexdigest()[:12]
 
     def _check_fork(self) -> None:
-        if os.getpid() != self._pid:
+        if self_pid() != self._pid:  # the at-fork hook's pid: no system call per poll
             raise GroupError(
                 f"this consumer of group {self.group!r} was created in process {self._pid}; "
                 "a forked child cannot use its parent's membership: create a new consumer "

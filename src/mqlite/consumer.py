@@ -316,8 +316,12 @@ class Consumer:
         if tp not in self._positions and tp not in self.assignment():
             raise ValueError(f"{tp} is not assigned to this consumer")
 
-    def _pid(self, txn: Any, tp: TopicPartition) -> tuple[int, _log.TopicRecord]:
-        rec = self._engine.topic(txn, tp.topic)
+    def _pid(self, txn: Any, tp: TopicPartition,
+             rec: _log.TopicRecord | None = None) -> tuple[int, _log.TopicRecord]:
+        """The id of partition ``tp`` and its topic's record (``rec``: the record of
+        ``tp.topic`` already read in ``txn``)."""
+        if rec is None:
+            rec = self._engine.topic(txn, tp.topic)
         if not 0 <= tp.partition < len(rec.pids):
             raise PartitionNotFoundError(
                 f"{tp.topic!r} has partitions 0..{len(rec.pids) - 1}, not {tp.partition}")
@@ -416,9 +420,11 @@ class Consumer:
         n = len(tps)
         start = self._rotation % n
         moves: list[tuple[TopicPartition, int]] = []
+        rec: _log.TopicRecord | None = None  # one catalog check per topic and read
         for i in range(n):
             tp = tps[(start + i) % n]
-            pid, _ = self._pid(txn, tp)
+            pid, rec = self._pid(txn, tp, rec if rec is not None and rec.name == tp.topic
+                                 else None)
             if n == 1 and positions is None:
                 self._one = (tp, pid)
             st = _log.load_state(txn, dbs, pid)

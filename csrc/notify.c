@@ -125,6 +125,24 @@ void mq_notify_bump(mq_notify *n, size_t slot)
 #endif
 }
 
+void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake)
+{
+    mq_notify_slot *s = &n->slots_base[slot];
+    __atomic_fetch_add(&s->seq, 1, __ATOMIC_SEQ_CST); /* seq_cst: as mq_notify_bump */
+    uint32_t waiters = __atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST);
+    if (waiters == 0)
+        return;
+    struct mq_bells *b = n->bells;
+    if (b && waiters >= MQ_NOTIFY_BELL_UNIT)
+        mq_bells_ring(b, slot);
+#ifdef __linux__
+    if (waiters & (MQ_NOTIFY_BELL_UNIT - 1))
+        futex(&s->seq, FUTEX_WAKE, nwake < 1 ? 1 : nwake, NULL);
+#else
+    (void)nwake;
+#endif
+}
+
 void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)
 {
     __atomic_fetch_add(&n->slots_base[slot].waiters, (uint32_t)delta, __ATOMIC_SEQ_CST);
@@ -199,5 +217,100 @@ int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout
         }
     }
     __atomic_fetch_sub(&s->waiters, 1, __ATOMIC_SEQ_CST);
+    return rc;
+}
+
+#ifdef __linux__
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+struct mq_futex_waitv { /* struct futex_waitv of <linux/futex.h> (5.16+) */
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+#define MQ_FUTEX2_SIZE_U32 0x02u /* shared (no FUTEX2_PRIVATE): the words are in a file map */
+#endif
+
+static int any_moved(mq_notify *n, const size_t *slots, const uint32_t *expected, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (__atomic_load_n(&n->slots_base[slots[i]].seq, __ATOMIC_SEQ_CST) != expected[i])
+            return 1;
+    return 0;
+}
+
+int mq_notify_wait_any(mq_notify *n, const size_t *slots, const uint32_t *expected,
+                       size_t count, int64_t timeout_ns, int flags)
+{
+    if (count == 0 || count > MQ_NOTIFY_WAIT_ANY_MAX)
+        return MQ_EINVAL;
+    if (count == 1)
+        return mq_notify_wait(n, slots[0], expected[0], timeout_ns, flags);
+    if (any_moved(n, slots, expected, count))
+        return 1;
+    if (timeout_ns <= 0)
+        return 0;
+    int64_t start = now_ns(), deadline;
+    if (__builtin_add_overflow(start, timeout_ns, &deadline))
+        deadline = INT64_MAX;
+
+    int rc = 0;
+    for (size_t i = 0; i < count; i++)
+        __atomic_fetch_add(&n->slots_base[slots[i]].waiters, 1, __ATOMIC_SEQ_CST);
+#ifdef __linux__
+    int polling = 0; /* futex_waitv missing: sleep-poll */
+    struct mq_futex_waitv w[MQ_NOTIFY_WAIT_ANY_MAX];
+    for (size_t i = 0; i < count; i++) {
+        w[i].val = expected[i];
+        w[i].uaddr = (uint64_t)(uintptr_t)&n->slots_base[slots[i]].seq;
+        w[i].flags = MQ_FUTEX2_SIZE_U32;
+        w[i].reserved = 0;
+    }
+#endif
+    for (;;) {
+        if (any_moved(n, slots, expected, count)) {
+            rc = 1;
+            break;
+        }
+        int64_t now = now_ns();
+        if (now >= deadline) {
+            rc = 0;
+            break;
+        }
+#ifdef __linux__
+        if (!polling) {
+            /* futex_waitv's timeout is absolute, on the clock named by its last argument */
+            struct timespec abs = to_timespec(deadline);
+            long r = syscall(SYS_futex_waitv, w, (unsigned)count, 0u, &abs,
+                             (int)CLOCK_MONOTONIC);
+            if (r >= 0) {
+                rc = 1; /* woken (or spuriously: callers re-read anyway) */
+                break;
+            }
+            int e = errno;
+            if (e == EAGAIN || e == ETIMEDOUT)
+                continue; /* a value differed / the deadline: the loop re-checks */
+            if (e == EINTR) {
+                if ((flags & MQ_NOTIFY_RETURN_ON_EINTR) && !any_moved(n, slots, expected, count)) {
+                    rc = MQ_EINTR;
+                    break;
+                }
+                continue;
+            }
+            polling = 1; /* ENOSYS (before 5.16), or a sandbox refusing it */
+        }
+#endif
+        int64_t left = deadline - now;
+        struct timespec step = to_timespec(left < 1000000 ? left : 1000000);
+        if (nanosleep(&step, NULL) < 0 && errno == EINTR && (flags & MQ_NOTIFY_RETURN_ON_EINTR) &&
+            !any_moved(n, slots, expected, count)) {
+            rc = MQ_EINTR;
+            break;
+        }
+    }
+    for (size_t i = 0; i < count; i++)
+        __atomic_fetch_sub(&n->slots_base[slots[i]].waiters, 1, __ATOMIC_SEQ_CST);
     return rc;
 }

@@ -109,6 +109,12 @@ uint32_t mq_notify_load(const mq_notify *n, size_t slot);
  * waiting on it, making the syscall only when the waiter count is non-zero. */
 void mq_notify_bump(mq_notify *n, size_t slot);
 
+/* As mq_notify_bump, but the FUTEX_WAKE wakes at most `nwake` (>= 1) of the threads
+ * asleep on the slot (doorbells are all rung, as by mq_notify_bump).  For words whose
+ * waiters compete for the same work (a queue's receivers, D67): the others sleep on,
+ * and a woken waiter that leaves work behind wakes the next one. */
+void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake);
+
 /* One event loop armed on a slot, in the waiters word (see the contract). */
 #define MQ_NOTIFY_BELL_UNIT (1u << 16)
 
@@ -127,5 +133,19 @@ void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta);
  * returns MQ_EINTR so the caller can run its signal handlers (Python's
  * KeyboardInterrupt) and call again with the time left. */
 int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns, int flags);
+
+/* At most this many slots per mq_notify_wait_any (futex_waitv takes up to 128). */
+#define MQ_NOTIFY_WAIT_ANY_MAX 16
+
+/* As mq_notify_wait, on `count` slots at once (1 <= count <= MQ_NOTIFY_WAIT_ANY_MAX,
+ * slots distinct): returns 1 as soon as any slot's seq differs from its `expected`
+ * or a wake-up of any of them arrives, 0 on timeout, MQ_EINTR as above; MQ_EINVAL
+ * for a count out of range.  It registers as a waiter of every slot first (so a bump
+ * of any of them makes the futex syscall) and re-checks them all before sleeping.
+ * Linux >= 5.16 sleeps in futex_waitv(2) on the shared words; where that call is
+ * missing (ENOSYS) it sleep-polls every slot at most every 1 ms, as other systems do
+ * for one slot. */
+int mq_notify_wait_any(mq_notify *n, const size_t *slots, const uint32_t *expected,
+                       size_t count, int64_t timeout_ns, int flags);
 
 #endif

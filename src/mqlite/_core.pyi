@@ -190,12 +190,16 @@ class Notifier:
         """The current sequence value of ``slot`` (acquire load)."""
     def bump(self, slot: int) -> None:
         """Atomically increment ``slot`` and wake every waiter on it."""
+    def bump_one(self, slot: int) -> None:
+        """As ``bump``, waking one thread asleep on ``slot`` (event loops all): D67."""
     def wait(self, slot: int, expected: int, timeout: float) -> bool:
         """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
 
         Returns ``True`` if the value differed (or a wake-up arrived), ``False`` on timeout.
         Returns at once when the value already differs.  ``timeout`` <= 0 never blocks.
         """
+    def wait_any(self, slots: Sequence[int], expected: Sequence[int], timeout: float) -> bool:
+        """As :meth:`wait` on 1 to 16 distinct slots at once: ``True`` when any moved."""
     def attach_bells(self, path: str, mode: int = 0o600) -> None:
         """Open the doorbell table (csrc/doorbell.h); later bumps ring armed doorbells."""
     def bell_claim(self) -> int:

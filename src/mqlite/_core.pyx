@@ -1039,6 +1039,11 @@ cdef class Notifier:
         """Atomically increment ``slot`` and wake every waiter on it."""
         mq_notify_bump(&self.n, self._slot(slot))
 
+    def bump_one(self, slot):
+        """As :meth:`bump`, waking one of the threads asleep on ``slot`` (every event
+        loop armed on it is rung): for a queue's competing receivers (D67)."""
+        mq_notify_bump_wake(&self.n, self._slot(slot), 1)
+
     def wait(self, slot, expected, timeout):
         """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
 
@@ -1064,6 +1069,47 @@ cdef class Notifier:
             while True:
                 with nogil:
                     rc = mq_notify_wait(&self.n, s, exp, left, MQ_NOTIFY_RETURN_ON_EINTR)
+                if rc != MQ_EINTR:
+                    break
+                PyErr_CheckSignals()
+                left = deadline - _monotonic_ns()
+        finally:
+            self.active -= 1
+            if not self.is_open and self.active == 0:
+                self._unmap()
+        return rc == 1
+
+    def wait_any(self, slots, expected, timeout):
+        """As :meth:`wait`, on several slots: until any of ``slots`` no longer holds its
+        value in ``expected`` (same length, 1 to 16 distinct slots), a wake-up of any of
+        them, or ``timeout`` seconds (csrc/notify.h ``mq_notify_wait_any``, D64)."""
+        cdef size_t ss[MQ_NOTIFY_WAIT_ANY_MAX]
+        cdef uint32_t ex[MQ_NOTIFY_WAIT_ANY_MAX]
+        cdef Py_ssize_t count = len(slots), i
+        cdef double t = timeout
+        cdef int64_t deadline, left
+        cdef int rc
+        if count < 1 or count > MQ_NOTIFY_WAIT_ANY_MAX or len(expected) != count:
+            raise ValueError(f"wait_any: 1 to {MQ_NOTIFY_WAIT_ANY_MAX} slots, as many values "
+                             f"expected (got {count} and {len(expected)})")
+        if len(set(slots)) != count:
+            raise ValueError("wait_any: the slots must be distinct")
+        for i in range(count):
+            ss[i] = self._slot(slots[i])
+            ex[i] = _as_u32(expected[i], "expected")
+        if t != t:
+            raise ValueError("timeout must not be NaN")
+        if t <= 0:
+            return mq_notify_wait_any(&self.n, ss, ex, <size_t>count, 0, 0) == 1
+        left = INT64_MAX if t >= 9.2e9 else <int64_t>(t * 1e9)
+        deadline = _monotonic_ns()
+        deadline = INT64_MAX if left > INT64_MAX - deadline else deadline + left
+        self.active += 1
+        try:
+            while True:
+                with nogil:
+                    rc = mq_notify_wait_any(&self.n, ss, ex, <size_t>count, left,
+                                            MQ_NOTIFY_RETURN_ON_EINTR)
                 if rc != MQ_EINTR:
                     break
                 PyErr_CheckSignals()

@@ -195,10 +195,14 @@ cdef extern from "notify.h" nogil:
     void mq_notify_close(mq_notify *n)
     uint32_t mq_notify_load(const mq_notify *n, size_t slot)
     void mq_notify_bump(mq_notify *n, size_t slot)
+    void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake)
     void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)
     enum: MQ_NOTIFY_BELL_UNIT
     int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns,
                        int flags)
+    enum: MQ_NOTIFY_WAIT_ANY_MAX
+    int mq_notify_wait_any(mq_notify *n, const size_t *slots, const uint32_t *expected,
+                           size_t count, int64_t timeout_ns, int flags)
 
 
 cdef extern from "guard.h" nogil:

@@ -500,6 +500,7 @@ class Engine:
         env.space_freed()
         env.notify_partitions(rec.pids)  # its readers of one partition learn it too (D64)
         env.notify_topics([name])
+        env.wake(env.queue_slot(name))  # every queue receiver, not one (D67)
 
     def alter_topic(self, name: str, *, partitions: int | None = None,
                     changes: dict[str, Any] | None = None) -> TopicConfig:

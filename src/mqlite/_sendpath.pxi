@@ -206,7 +206,7 @@ cdef class SendPath:
     cdef object last_rec
     cdef int64_t last_maxb
     cdef bint last_retention
-    cdef dict topic_cache, state_cache, slot_cache
+    cdef dict topic_cache, state_cache, slot_cache, queue_slot_cache
     # The commit ring's sender (Engine.ring_submit's one-send case, D56).
     cdef object storage_error    # mqlite.errors.StorageError
     cdef uint32_t hand_over      # _engine._HAND_OVER
@@ -223,6 +223,7 @@ cdef class SendPath:
         self.topic_cache = env.topic_cache
         self.state_cache = env.state_cache
         self.slot_cache = env.slot_cache
+        self.queue_slot_cache = env.queue_slot_cache
         self.storage_error = _StorageError if storage_error is None else storage_error
         if not 0 <= hand_over <= _RING_HAND_OVER_MAX:
             raise ValueError(f"hand_over must be in [0, {_RING_HAND_OVER_MAX}], not {hand_over}")
@@ -313,7 +314,7 @@ cdef class SendPath:
         cdef object env = self.env
         cdef dict ed = self.ed
         cdef object gate
-        cdef object cfg, txn, st_obj, rec2, tid, nt, slot
+        cdef object cfg, txn, st_obj, rec2, tid, nt, slot, qslot
         cdef PartitionState st
         cdef int64_t off = 0, nbytes = len(batch), klen, cache_tid
         cdef Py_ssize_t npart, part = 0
@@ -424,16 +425,21 @@ cdef class SendPath:
             ed["_cache_tid"] = tid
             nt = ed["notifier"]
             slot = self.slot_cache.get(topic) or env.topic_slot(topic)
-            # The partition's word first, then the topic's and every append's (D64).
+            # The partition's word first, then the topic's, one of its queue receivers'
+            # (D67) and every append's (D64).
+            qslot = self.queue_slot_cache.get(topic) or env.queue_slot(topic)
             if (type(nt) is Notifier and (<Notifier>nt).is_open and type(slot) is int
-                    and 0 < <Py_ssize_t>slot < (<Notifier>nt).slots):
+                    and 0 < <Py_ssize_t>slot < (<Notifier>nt).slots and type(qslot) is int
+                    and 0 < <Py_ssize_t>qslot < (<Notifier>nt).slots):
                 notifier = <Notifier>nt
                 mq_notify_bump(&notifier.n, <size_t>_partition_slot(pid, notifier.slots))
                 mq_notify_bump(&notifier.n, <size_t><Py_ssize_t>slot)
+                mq_notify_bump_wake(&notifier.n, <size_t><Py_ssize_t>qslot, 1)
                 mq_notify_bump(&notifier.n, 0)
             else:
                 nt.bump(env.partition_slot(pyid))
                 nt.bump(slot)
+                nt.bump_one(qslot)
                 nt.bump(0)
             next(ed["_ended"])  # Env._leave, inlined
             if ed["_closing"]:

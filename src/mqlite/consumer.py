@@ -48,7 +48,8 @@ class PollStep(NamedTuple):
         ``True``: the poll is over, return ``messages`` (empty only when a
         ``close()`` interrupted it).  ``False``: nothing yet; wait.
     slot, seq
-        Wait until wake-up word ``slot`` no longer holds ``seq`` ...
+        Wait until wake-up word ``slot`` no longer holds ``seq`` (or, when ``slots``
+        is set, until any of those words moves) ...
     wait
         ... or at most this many seconds (``inf``: only the caller's timeout),
         then run another round.
@@ -63,6 +64,16 @@ class PollStep(NamedTuple):
     seq: int
     wait: float
     needs_writes: bool
+    #: All the words to wait on, with their values, when there are several (D64): the
+    #: wait ends when any of them moves.  Empty: ``slot`` alone.  ``slot`` and ``seq``
+    #: are their first.
+    slots: tuple[int, ...] = ()
+    seqs: tuple[int, ...] = ()
+
+
+#: A consumer waits on at most this many partition or topic words at once (D64); more,
+#: and it waits on the word every append bumps (csrc/notify.h MQ_NOTIFY_WAIT_ANY_MAX).
+_WAIT_ANY_MAX = 16
 
 
 class _Ahead(NamedTuple):
@@ -170,9 +181,13 @@ class Consumer:
         self._closed = False
         self._group: Any = None
         self._waiting_on = 0  # the wake-up word poll() waits on (for wakeup())
-        # The one partition read by the last poll round and its id, while the consumer
-        # reads exactly one: poll() then waits on that partition's word (D64).
-        self._one: tuple[TopicPartition, int] | None = None
+        # The id of each partition poll rounds read: poll() waits on the partitions'
+        # words once it knows them all (D64).
+        self._pids: dict[TopicPartition, int] = {}
+        # _wait_slots' results: of the subscription (None: not computed since it changed),
+        # and (assignment, words) for the partitions' words
+        self._topic_words: tuple[int, ...] | None = None
+        self._part_words: tuple[list[TopicPartition], tuple[int, ...]] | None = None
         self._life = UseGuard("consumer", self._wake_waiter, exclusive=True)
         self.group = group
         if group is not None:
@@ -202,6 +217,7 @@ class Consumer:
         for t in names:
             self._engine.topic_fresh(t)
         self._topics = names
+        self._topic_words = self._part_words = None  # _wait_slots computes them again
         self._manual = None
         if self._group is not None:
             self._group.subscribe(names)
@@ -225,6 +241,7 @@ class Consumer:
                     f"{tp.topic!r} has partitions 0..{n - 1}, not {tp.partition}")
         self._manual = tps
         self._topics = sorted({tp.topic for tp in tps})
+        self._topic_words = self._part_words = None  # _wait_slots computes them again
         self._sync_positions(tps)
 
     def assignment(self) -> list[TopicPartition]:
@@ -425,8 +442,9 @@ class Consumer:
             tp = tps[(start + i) % n]
             pid, rec = self._pid(txn, tp, rec if rec is not None and rec.name == tp.topic
                                  else None)
-            if n == 1 and positions is None:
-                self._one = (tp, pid)
+            if positions is None and self._pids.get(tp) != pid:
+                self._pids[tp] = pid
+                self._part_words = None
             st = _log.load_state(txn, dbs, pid)
             if positions is None:
                 pos = self._resolve_position(txn, tp, st)
@@ -499,26 +517,47 @@ class Consumer:
             return None
         return _Ahead(max_records, tps, positions, moves, out, due)
 
-    def _wait_slot(self) -> int:
-        """The wake-up word a poll round loads before it reads and then waits on.
+    def _wait_slots(self) -> tuple[int, ...]:
+        """The wake-up words a poll round loads before it reads, and then waits on.
 
-        A consumer that reads exactly one partition waits on that partition's word
-        (D64), so appends to the topic's other partitions do not wake it: a group
-        of N members, one partition each, wakes one member per message instead of
-        N.  Its id comes from the last round, which read that partition; until
-        then, and for any other assignment, the topic's word (one topic) or the
-        word every append bumps.  Appends bump the partition's word before the
-        topic's; group changes, a topic's deletion or new partitions and a
-        delayed message being scheduled bump every partition's word of the topic.
+        A consumer whose reads are all named by its assignment (``assign``, or a group
+        member with partitions of every subscribed topic) waits on its partitions'
+        words (D64), so
+        appends to other partitions do not wake it: a group whose members read one or
+        a few partitions each wakes one member per message instead of all.  It learns
+        the partitions' ids from the rounds that read them; until it knows them all, or
+        when it reads more than ``_WAIT_ANY_MAX``, it waits on its topics' words (a
+        subscribed topic that does not exist yet is waited for there), or on the word
+        every append bumps.  Appends bump a partition's word before its topic's; group
+        changes, a topic's deletion or new partitions and a delayed message being
+        scheduled bump every partition's word of the topic.
         """
-        one = self._one
-        if one is not None:
-            tps = self._reading()
-            if len(tps) == 1 and tps[0] == one[0]:
-                return self._env.partition_slot(one[1])
-        if len(self._topics) == 1:
-            return self._env.topic_slot(self._topics[0])
-        return 0
+        if self._manual is None and self._group is None:
+            words = self._topic_words  # they change only with the subscription
+            if words is None:
+                words = self._topic_words = self._words_of_topics()
+            return words
+        tps = self._reading()
+        cached = self._part_words
+        if cached is not None and cached[0] == tps:
+            return cached[1]
+        pids = self._pids
+        if 0 < len(tps) <= _WAIT_ANY_MAX and all(tp in pids for tp in tps) and (
+                self._manual is not None
+                or len({tp.topic for tp in tps}) == len(self._topics)):
+            env = self._env
+            words = tuple(dict.fromkeys(env.partition_slot(pids[tp]) for tp in tps))
+            self._part_words = (tps, words)  # until the assignment or an id changes
+            return words
+        return self._words_of_topics()
+
+    def _words_of_topics(self) -> tuple[int, ...]:
+        topics = self._topics
+        if len(topics) == 1:
+            return (self._env.topic_slot(topics[0]),)
+        if 0 < len(topics) <= _WAIT_ANY_MAX:
+            return tuple(dict.fromkeys(self._env.topic_slot(t) for t in topics))
+        return (0,)
 
     @guarded
     def poll(self, max_records: int | None = None, timeout: float = 1.0) -> list[_core.Message]:
@@ -551,7 +590,10 @@ class Consumer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._life.woken():
                 return []
-            notifier.wait(step.slot, step.seq, min(remaining, step.wait))
+            if step.slots:
+                notifier.wait_any(step.slots, step.seqs, min(remaining, step.wait))
+            else:
+                notifier.wait(step.slot, step.seq, min(remaining, step.wait))
             if self._life.woken():
                 return []
 
@@ -587,19 +629,16 @@ class Consumer:
     def _step(self, max_records: int, writes: bool) -> PollStep:
         group = self._group
         moved = False
+        notifier = self._env.notifier
         while True:
-            # Load the wake-up word before reading any state (group or log), so
+            # Load the wake-up words before reading any state (group or log), so
             # a change committed in between is never slept through.
-            slot = self._waiting_on = self._wait_slot()
-            seq = self._env.notifier.load(slot)
-            if group is not None:
-                if not group.before_fetch(writes):
-                    return PollStep([], False, slot, seq, 0.0, True)
-                if not moved and self._wait_slot() != slot:
-                    # The assignment changed: load the word of the new one first.  (Once:
-                    # a group that keeps moving is still woken through every partition.)
-                    moved = True
-                    continue
+            slots = self._wait_slots()
+            slot = self._waiting_on = slots[0]
+            seq = notifier.load(slot)
+            seqs = (seq,) if len(slots) == 1 else tuple(notifier.load(s) for s in slots)
+            if group is not None and not group.before_fetch(writes):
+                return PollStep([], False, slot, seq, 0.0, True)
             msgs, due_ms = self._fetch(max_records)
             wait = math.inf
             if due_ms is not None:
@@ -621,9 +660,18 @@ class Consumer:
                 if group is not None:
                     group.after_fetch(msgs)
                 return PollStep(msgs, True, slot, seq, 0.0, False)
+            if not moved and (group is not None or self._manual is not None) \
+                    and self._wait_slots() != slots:
+                # This round changed the words to wait on (a new assignment, partition ids
+                # learnt or changed by a topic's re-creation, D64): load those, then read
+                # again.  Once: a group that keeps moving wakes every partition's word.
+                moved = True
+                continue
             if group is not None:
                 wait = min(wait, group.wait_budget())
-            return PollStep(msgs, False, slot, seq, wait, False)
+            if len(slots) == 1:
+                return PollStep(msgs, False, slot, seq, wait, False)
+            return PollStep(msgs, False, slot, seq, wait, False, slots, seqs)
 
     def __iter__(self) -> Iterator[_core.Message]:
         """Yield messages forever (until :meth:`close`), polling in 1 s waits."""

@@ -39,7 +39,7 @@ def broker(tmp_path: Any) -> Any:
 
 def _word(consumer: Any) -> int:
     """The value of the wake-up word the consumer's next poll would wait on."""
-    return int(consumer._env.notifier.load(consumer._wait_slot()))
+    return int(consumer._env.notifier.load(consumer._wait_slots()[0]))
 
 
 def _one_partition_reader(b: Any, partition: int) -> Any:
@@ -56,7 +56,7 @@ def test_a_reader_of_one_partition_waits_on_that_partitions_word(broker: Any) ->
     slots = [env.partition_slot(p) for p in pids] + [env.topic_slot("t"), 0]
     assert len(set(slots)) == len(slots)  # no collisions here: the test below means it
     c = _one_partition_reader(broker, 1)
-    assert c._wait_slot() == env.partition_slot(pids[1])
+    assert c._wait_slots()[0] == env.partition_slot(pids[1])
     before = _word(c)
     broker.send("t", b"a", partition=0)
     broker.send("t", b"b", partition=2)
@@ -68,17 +68,110 @@ def test_a_reader_of_one_partition_waits_on_that_partitions_word(broker: Any) ->
     c.close()
 
 
-def test_a_reader_of_several_partitions_keeps_the_topics_word(broker: Any) -> None:
+def _words(consumer: Any) -> tuple[int, ...]:
+    n = consumer._env.notifier
+    return tuple(int(n.load(slot)) for slot in consumer._wait_slots())
+
+
+def test_a_reader_of_several_partitions_waits_on_each_of_their_words(broker: Any) -> None:
     env = broker._engine.env
+    pids = broker._engine.topic_fresh("t").pids
     c = broker.consumer()
     c.assign([TopicPartition("t", 0), TopicPartition("t", 1)])
     assert c.poll(timeout=0.01) == []
-    assert c._wait_slot() == env.topic_slot("t")
-    whole = broker.consumer("t")  # all three partitions
-    assert whole.poll(timeout=0.01) == []
-    assert whole._wait_slot() == env.topic_slot("t")
+    assert c._wait_slots() == (env.partition_slot(pids[0]), env.partition_slot(pids[1]))
+    before = _words(c)
+    broker.send("t", b"x", partition=2)
+    assert _words(c) == before
+    broker.send("t", b"y", partition=1)
+    assert _words(c)[1] != before[1]
     c.close()
+
+
+def test_subscribers_without_a_group_wait_on_their_topics_words(broker: Any) -> None:
+    env = broker._engine.env
+    broker.create_topic("u")
+    broker.create_topic("other")
+    whole = broker.consumer("t")  # every partition of one topic: the topic's word
+    assert whole.poll(timeout=0.01) == []
+    assert whole._wait_slots() == (env.topic_slot("t"),)
+    two = broker.consumer(["t", "u"])  # two topics: both words, not every append's
+    assert two.poll(timeout=0.01) == []
+    assert two._wait_slots() == (env.topic_slot("t"), env.topic_slot("u"))
+    before = _words(two)
+    broker.send("other", b"x")
+    assert _words(two) == before
+    broker.send("u", b"y")
+    assert _words(two) != before
     whole.close()
+    two.close()
+
+
+@pytest.mark.parametrize("target", [("t", 0), ("t", 1), ("u", 0)],
+                         ids=["first-partition", "second-partition", "second-topic"])
+def test_a_reader_of_several_words_is_woken_by_any_of_them(broker: Any,
+                                                          target: tuple[str, int]) -> None:
+    """Asleep in poll on two partition words (assign) or two topic words (subscribe)."""
+    broker.create_topic("u")
+    broker.create_topic("other")
+    if target[0] == "u":
+        c = broker.consumer(["t", "u"])
+        c.seek_to_end()
+    else:
+        c = broker.consumer()
+        c.assign([TopicPartition("t", 0), TopicPartition("t", 1)])
+        c.seek_to_end()
+    assert c.poll(timeout=0.01) == []
+    assert len(c._wait_slots()) == 2
+    got: list[Any] = []
+    took: list[float] = []
+    entered = threading.Event()
+
+    def wait() -> None:
+        entered.set()
+        t0 = time.monotonic()
+        got.extend(c.poll(timeout=WAIT_S))
+        took.append(time.monotonic() - t0)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert entered.wait(WAIT_S)
+    if target[0] == "u":
+        broker.send("other", b"other")  # neither of its words
+    else:
+        broker.send("t", b"other", partition=2)
+    broker.send(target[0], b"v", partition=target[1])
+    t.join(WAIT_S + 10)
+    assert not t.is_alive()
+    assert [(m.topic, m.partition, m.value) for m in got] == [(*target, b"v")]
+    assert took[0] < WOKEN_S, f"woken after {took[0]:.1f} s: the append did not wake it"
+    c.close()
+
+
+def test_an_async_reader_of_several_partitions_is_woken_by_either(tmp_path: Any) -> None:
+    import asyncio
+
+    import mqlite.aio
+
+    async def main() -> list[Any]:
+        async with mqlite.aio.open(str(tmp_path / "b"), durability="none") as ab:
+            await ab.create_topic("t", partitions=3)
+            c = ab.consumer()
+            c.assign([TopicPartition("t", 0), TopicPartition("t", 1)])
+            await c.seek_to_end()
+            assert await c.poll(timeout=0.01) == []
+            assert len(c.sync._wait_slots()) == 2
+            waiting = asyncio.ensure_future(c.poll(timeout=WAIT_S))
+            await asyncio.sleep(0)  # the poll's first round runs and arms its words
+            t0 = time.monotonic()
+            await ab.send("t", b"other", partition=2)
+            await ab.send("t", b"v", partition=1)
+            got = await asyncio.wait_for(waiting, WAIT_S + 10)
+            assert time.monotonic() - t0 < WOKEN_S
+            await c.close()
+            return [(m.partition, m.value) for m in got]
+
+    assert asyncio.run(main()) == [(1, b"v")]
 
 
 def _publish(b: Any) -> None:
@@ -150,7 +243,7 @@ def test_a_topics_new_partitions_and_its_deletion_move_the_word(broker: Any) -> 
     broker.alter_topic("t", partitions=4)
     after_alter = _word(c)
     assert after_alter != before
-    slot = c._wait_slot()
+    slot = c._wait_slots()[0]
     broker.delete_topic("t")
     assert int(broker._engine.env.notifier.load(slot)) != after_alter
     c.close()
@@ -170,7 +263,7 @@ def test_a_groups_membership_change_moves_each_members_partition_word(tmp_path: 
         assert len(a.assignment()) == 1
         env = b._engine.env
         pid = b._engine.topic_fresh("t").pids[a.assignment()[0].partition]
-        assert a._wait_slot() == env.partition_slot(pid)
+        assert a._wait_slots()[0] == env.partition_slot(pid)
         before = _word(a)
         other.close()  # leaves: a must learn it at once, waiting on its partition's word
         assert _word(a) != before
@@ -237,3 +330,28 @@ def test_an_append_handed_through_the_commit_ring_moves_its_partitions_word(
         assert _word(c) != before
         assert [m.value for m in c.poll(timeout=1.0)] == [b"handed"]
         c.close()
+
+
+def test_a_reader_whose_topic_is_recreated_waits_on_the_new_partitions_word(
+        broker: Any) -> None:
+    """Deleted and created again, the topic's partition 1 gets a new id: the round that
+    learns it waits on the new id's word, not the old one's (it loads that word and reads
+    again first)."""
+    c = _one_partition_reader(broker, 1)
+    env = broker._engine.env
+    old_pid = broker._engine.topic_fresh("t").pids[1]
+    broker.delete_topic("t")
+    broker.create_topic("u", partitions=2)  # takes the freed ids first, if any are reused
+    broker.create_topic("t", partitions=3)
+    new_pid = broker._engine.topic_fresh("t").pids[1]
+    assert new_pid != old_pid
+    assert env.partition_slot(new_pid) != env.partition_slot(old_pid)
+    c.seek(TopicPartition("t", 1), 0)
+    step = c.poll_step(10)  # the round a poll would run before it waits
+    assert not step.done
+    assert step.slot == env.partition_slot(new_pid)
+    assert step.seq == env.notifier.load(step.slot)
+    broker.send("t", b"v", partition=1)
+    assert env.notifier.load(step.slot) != step.seq  # so the send wakes that wait
+    assert [m.value for m in c.poll(timeout=1.0)] == [b"v"]
+    c.close()

@@ -530,6 +530,7 @@ class Env:
         self.fresh_txn: Any = None
         self._cache_tid = -1
         self.slot_cache: dict[str, int] = {}
+        self.queue_slot_cache: dict[str, int] = {}
         # Of the write transaction in progress (one at a time per process: LMDB's
         # write lock): topics and partition ids appended to, whose wake-up words are
         # bumped after the commit, and callbacks to run after it.  All are dropped on
@@ -1219,6 +1220,7 @@ class Env:
             for pid in parts:
                 n.bump(_core.partition_slot(pid, n.slots))
             n.bump(self.slot_cache.get(wake) or self.topic_slot(wake))
+            n.bump_one(self.queue_slot_cache.get(wake) or self.queue_slot(wake))
             n.bump(0)
             next(self._ended)  # _leave, inlined
             if self._closing:
@@ -1371,6 +1373,20 @@ class Env:
             slot = self.slot_cache[topic] = 1 + zlib.crc32(topic.encode()) % (NOTIFY_SLOTS - 1)
         return slot
 
+    def queue_slot(self, topic: str) -> int:
+        """Notify slot the receivers of ``topic``'s queues wait on (D67).
+
+        Bumped, with every append to the topic and every change that makes a queue
+        message receivable (:meth:`notify_topics`), by waking *one* thread asleep on
+        it: the receivers compete for the same messages, and one that leaves some
+        behind wakes the next.  Event loops armed on it are all rung.
+        """
+        slot = self.queue_slot_cache.get(topic)
+        if slot is None:
+            slot = self.queue_slot_cache[topic] = 1 + zlib.crc32(
+                b"\x00queue\x00" + topic.encode()) % (NOTIFY_SLOTS - 1)
+        return slot
+
     def partition_slot(self, pid: int) -> int:
         """Notify slot of partition id ``pid`` (D64: a consumer reading one partition
         waits on it; every append to the partition bumps it before the topic's)."""
@@ -1403,14 +1419,17 @@ class Env:
                 pass
 
     def notify_topics(self, topics: Any) -> None:
-        """Bump the wake-up words of ``topics`` and the global word; call after commit."""
+        """Bump the wake-up words of ``topics``, their queues' (one receiver each, D67)
+        and the global word; call after commit."""
         n = self.notifier
         if n is None:
             return
         slots = self.slot_cache
+        qslots = self.queue_slot_cache
         try:
             for t in topics:
                 n.bump(slots.get(t) or self.topic_slot(t))
+                n.bump_one(qslots.get(t) or self.queue_slot(t))
             n.bump(0)
         except ValueError:
             pass  # closed by a concurrent close(): a wake-up is only a hint

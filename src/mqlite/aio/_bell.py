@@ -201,6 +201,38 @@ class LoopBell:
             return [0.0, 0, None, slot, fut]
         return self._deadline(timeout, fut, slot)
 
+    def arm_any(self, slots: tuple[int, ...], seqs: tuple[int, ...], timeout: float,
+                fut: asyncio.Future[bool]) -> list[list[Any]]:
+        """:meth:`arm` on several words (D64): ``fut`` is resolved when any of them moves.
+
+        Pass each returned registration to :meth:`disarm` once the wait ends.
+        """
+        return [self.arm(s, q, timeout, fut) for s, q in zip(slots, seqs, strict=True)]
+
+    async def wait_any(self, slots: tuple[int, ...], seqs: tuple[int, ...], timeout: float,
+                       fut: asyncio.Future[bool]) -> bool:
+        """:meth:`wait` on several words: until any of them moves (see :meth:`arm_any`)."""
+        if self._closed:
+            return True
+        n = self._n
+        if timeout <= 0 or fut.done():
+            return any(n.load(s) != q for s, q in zip(slots, seqs, strict=True))
+        if self._index < 0:  # no doorbell: a worker thread waits, in slices (_blocking_wait)
+            deadline = self.loop.time() + timeout
+            while not fut.done():
+                left = deadline - self.loop.time()
+                if left <= 0:
+                    return False
+                if await self._runner.run(n.wait_any, slots, seqs, min(left, 0.25)):
+                    return True
+            return False
+        regs = self.arm_any(slots, seqs, timeout, fut)
+        try:
+            return await fut
+        finally:
+            for reg in regs:
+                self.disarm(reg)
+
     def disarm(self, reg: list[Any]) -> None:
         """End the wait :meth:`arm` registered (idempotent per registration)."""
         if reg[2] is not None:

@@ -186,10 +186,13 @@ class AsyncConsumer:
                         return []
                     self._wait_fut = fut
                 span = min(remaining, step.wait)
-                reg = bell.arm(step.slot, step.seq, span, fut) if bell.armable else None
+                reg = (bell.arm(step.slot, step.seq, span, fut)
+                       if bell.armable and not step.slots else None)
                 try:
                     if reg is not None:
                         await fut
+                    elif step.slots:  # several words (D64)
+                        await bell.wait_any(step.slots, step.seqs, span, fut)
                     else:
                         await bell.wait(step.slot, step.seq, span, fut)
                 finally:

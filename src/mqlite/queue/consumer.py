@@ -142,7 +142,8 @@ class Queue:
         self._rotation = 0
         self._idle = False
         self._pid = os.getpid()
-        self._slot = self._env.topic_slot(topic)
+        # Receivers wait on the word of the topic's queues, woken one at a time (D67).
+        self._slot = self._env.queue_slot(topic)
         self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
         self._liveness = QueueLiveness(self)
         self._register()

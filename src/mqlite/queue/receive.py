@@ -114,9 +114,13 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
     if not take:
         take, next_visible = _peek(q, now)
     if take:
-        out, next_visible = _receive_once(q, max_messages, vt, cls)
+        out, next_visible, more = _receive_once(q, max_messages, vt, cls)
         if out:
             q._idle = False
+            if more:
+                # Writers wake one receiver (D67): this one left messages behind, so it
+                # wakes the next.
+                q._env.notifier.bump_one(slot)
             return ReceiveStep(out, True, slot, seq, 0.0)
         now = now_ms()
     q._idle = True
@@ -147,7 +151,10 @@ def _peek(q: QueueCore, now: int) -> tuple[bool, int]:
 
 
 def _receive_once(q: QueueCore, max_messages: int, vt: int,
-                  cls: type[Delivery] = Delivery) -> tuple[list[Delivery], int]:
+                  cls: type[Delivery] = Delivery) -> tuple[list[Delivery], int, bool]:
+    """Take up to ``max_messages`` in one write transaction: (deliveries, the earliest
+    visibility deadline, whether receivable messages may be left: it stopped at
+    ``max_messages`` before reading everything it saw)."""
     engine = q._engine
     env = q._env
     dbs = env.dbs
@@ -163,10 +170,12 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
         meta = q._load_meta(txn)
         if meta.policy is not None and meta.policy != q._policy:
             q._adopt(meta.policy)  # changed by set_queue_policy
-        hint = meta.min_visible_ms
+        hint = was = meta.min_visible_ms
+        more = False
         # 1. redeliveries that are due
         if hint <= now:
             got, dlq_moved, hint = _redeliver(q, txn, rec, now, vt, max_messages, taken)
+            more = got >= max_messages and hint <= now  # due ones left
         # 2. new messages
         if got < max_messages:
             pids = rec.pids
@@ -206,7 +215,11 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
                 _queues.set_cursor(txn, dbs, qg, pid, nxt)
                 hint = min(hint, visible)
                 if got >= max_messages:
+                    # left: this partition's rest, or partitions not looked at
+                    more = nxt < st.next or i < n - 1
                     break
+        else:
+            more = True  # full of redeliveries: new messages were not looked at
         if hint != meta.min_visible_ms:
             meta.min_visible_ms = hint
             q._store_meta(txn, meta)
@@ -215,8 +228,10 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
     except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
         env.fail(txn, exc, f"receive from {topic!r}")
     env.commit(txn)
-    if got:
-        # Waiting consumers bound their wait by the earliest visibility deadline.
+    if got and hint < was:
+        # Waiting consumers bound their wait by the earliest visibility deadline they
+        # saw: wake them only when it moved earlier (the first delivery of an idle
+        # queue, a shorter visibility timeout), not for every delivery (D67).
         env.notifier.bump(q._slot)
     if dlq_moved and q.dead_letter_topic is not None:
         env.notify_topics((q.dead_letter_topic,))
@@ -229,7 +244,7 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
             d = D(topic, part, m.offset, m.timestamp_ms, m.key, m.value, m.headers or None)
             d._r = r
             ap(d)
-    return out, hint
+    return out, hint, more
 
 
 def _redeliver(q: QueueCore, txn: Any, rec: _log.TopicRecord, now: int, vt: int,

@@ -389,6 +389,19 @@ class SendPath:
         ``engine._lead``), else (too large, no free slot, a retry result) through
         ``engine._send_direct``.  Errors raise as ``Engine.send`` raises them."""
 
+def ring_follow_one(engine: Any, comb: Combiner, payload: bytes, tlock: Any, window_ns: int,
+                    max_ns: int, wait_s: float, hand_over: int,
+                    lost_error: type[BaseException]) -> tuple[int, int, int, int] | None:
+    """``Engine.ring_submit(comb, [payload], follow=True)`` in one C call (D65): an
+    offset commit or an ack handed to the commit ring, with the same protocol
+    (claim, fill without the gather flag, ``Combiner.follow`` when a send was filled
+    within ``window_ns`` (``-1``: never), then wait or lead through ``engine._lead``
+    holding ``tlock`` and the ring's lock).  ``(status, r0, r1, r2)`` once the slot is
+    DONE, ``None`` when the payload does not fit a slot or no slot is free (nothing was
+    handed over); ``lost_error`` when the ring file was truncated meanwhile.
+    ``ValueError`` for ``max_ns`` outside [0, 1e9], a negative ``wait_s`` or a
+    ``hand_over`` above the ring's hand-over bound."""
+
 class RingApply:
     """The commit ring committer's apply step for one environment (D50), built once
     per environment (``Env.ring_apply``) with the pieces it shares with the Python

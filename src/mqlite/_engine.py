@@ -216,27 +216,40 @@ def retry_draining(fn: Callable[[], _T]) -> _T:
     sleeps, for up to :data:`DRAIN_RETRY_S`, before the error is raised.  ``fn`` must
     have no effect when its transaction aborts (state changes after the commit).
     """
+    try:
+        return fn()
+    except MapExhaustedError:
+        pass
+    return _retry_failed(fn)
+
+
+def _retry_failed(fn: Callable[[], _T]) -> _T:
+    """:func:`retry_draining` after ``fn``'s first attempt raised ``MapExhaustedError``."""
     delay = 0.0005
-    deadline = 0.0
+    deadline = time.monotonic() + DRAIN_RETRY_S
     while True:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
         try:
             return fn()
         except MapExhaustedError:
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + DRAIN_RETRY_S
-            elif now >= deadline:
+            if time.monotonic() >= deadline:
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
 
 def draining(method: Callable[_P, _T]) -> Callable[_P, _T]:
-    """Decorator: the call is a draining write, retried as :func:`retry_draining` says."""
+    """Decorator: the call is a draining write, retried as :func:`retry_draining` says.
+
+    The first attempt is a plain call (no closure per call: ``commit()`` is on
+    a group member's path for every message)."""
 
     @functools.wraps(method)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return retry_draining(lambda: method(*args, **kwargs))
+        try:
+            return method(*args, **kwargs)
+        except MapExhaustedError:
+            pass
+        return _retry_failed(lambda: method(*args, **kwargs))
 
     return wrapper
 
@@ -897,8 +910,18 @@ class Engine:
         in front of the sender's next one (D43).  Sends stamp the hint.
 
         ``_core.SendPath`` runs the same steps for a common-case send (one payload,
-        ``follow=False``) in compiled code (D56); change both together.
+        ``follow=False``) in compiled code (D56), ``_core.ring_follow_one`` for one
+        payload with ``follow`` (a group member's offset commit, an ack: D65); change
+        all three together.
         """
+        if follow and len(payloads) == 1 and type(comb) is _core.Combiner:
+            payload = payloads[0]
+            if type(payload) is bytes:
+                res = _core.ring_follow_one(
+                    self, comb, payload, self.env.comb_lock,
+                    FOLLOW_WINDOW_NS if _FOLLOW else -1, FOLLOW_MAX_NS, _COMBINE_WAIT_S,
+                    _HAND_OVER, StorageError)
+                return None if res is None else [res]
         cap = comb.slot_bytes
         if any(len(p) > cap for p in payloads):
             return None

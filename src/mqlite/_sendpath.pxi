@@ -636,3 +636,107 @@ cdef class SendPath:
         Py_INCREF(item)
         PyTuple_SET_ITEM(obj, 3, item)
         return obj
+
+
+# -- Engine.ring_submit(comb, [payload], follow=True): one offset commit or ack (D65) --------
+
+cdef int _comb_follow(Combiner comb, uint32_t i, uint64_t ticket, int64_t window_ns,
+                      int64_t max_ns) except -2:
+    """Combiner.follow: 1 when a committer took slot ``i`` while it waited (GIL released)."""
+    cdef int rc
+    _comb_live(comb)
+    comb.active += 1
+    try:
+        with nogil:
+            rc = mq_comb_follow(&comb.c, i, ticket, window_ns, max_ns)
+    finally:
+        comb.active -= 1
+        if not comb.is_open and comb.active == 0:
+            mq_comb_close(&comb.c)
+    return rc
+
+
+def ring_follow_one(engine, Combiner comb, bytes payload, tlock, int64_t window_ns,
+                    int64_t max_ns, wait_s, uint32_t hand_over, lost_error):
+    """``Engine.ring_submit(comb, [payload], follow=True)`` in compiled code (see _core.pyi).
+
+    The same steps and protocol (csrc/combine.h, D43, D46, D60): claim a slot, fill it
+    as an operation no commit gathers for, follow a sender's commit when one filled a
+    slot within ``window_ns`` (``window_ns < 0``: no follow), then wait or lead until
+    the slot is DONE; the leader's step stays ``engine._lead`` (Python: the crash tests
+    kill the committer around its parts).  ``(status, r0, r1, r2)``, or ``None`` when
+    the payload does not fit a slot or no slot is free (nothing was handed over)."""
+    cdef Py_ssize_t plen = len(payload)
+    cdef int64_t idx, wait_ns = <int64_t>(float(wait_s) * 1e9)
+    cdef uint32_t i
+    cdef uint64_t ticket, w, done_w, filled_w
+    cdef int rc
+    cdef bint led, skip_try
+    cdef int32_t st = 0
+    cdef int64_t r0 = 0, r1 = 0, r2 = 0
+    if max_ns < 0 or max_ns > 1000000000 or wait_ns < 0:
+        raise ValueError("max_ns must be in [0, 1e9] and wait_s >= 0")
+    if hand_over > _RING_HAND_OVER_MAX:
+        raise ValueError(f"hand_over must be in [0, {_RING_HAND_OVER_MAX}], not {hand_over}")
+    _comb_live(comb)
+    if plen > <Py_ssize_t>comb.c.slot_bytes:
+        return None
+    idx = mq_comb_claim(&comb.c, <uint32_t>_guard_pid)  # no getpid() per call
+    if idx < 0:
+        return None
+    i = <uint32_t>idx
+    ticket = mq_comb_fill_flags(&comb.c, i, PyBytes_AS_STRING(payload), <uint32_t>plen, 0)
+    done_w = ticket << 2 | MQ_COMB_DONE
+    filled_w = ticket << 2 | MQ_COMB_FILLED
+    try:
+        if window_ns >= 0:
+            _comb_follow(comb, i, ticket, window_ns, max_ns)
+            PyErr_CheckSignals()
+        _comb_live(comb)
+        skip_try = mq_comb_held(&comb.c) == 1
+        while True:
+            _comb_live(comb)
+            w = mq_comb_word(&comb.c, i)
+            if w == done_w:
+                break
+            if w != filled_w:  # _ring_lost
+                raise lost_error(
+                    f"the commit ring file {comb.path!r} was truncated while this call "
+                    "waited in it: its records may or may not have been stored (check "
+                    "before sending again); later calls commit on their own")
+            led = False
+            if skip_try:
+                skip_try = False
+            elif tlock.acquire(False):
+                try:
+                    _comb_live(comb)
+                    rc = mq_comb_trylock(&comb.c)
+                    if rc < 0:
+                        raise OSError(-rc, os.strerror(-rc))
+                    if rc == 1:
+                        led = True
+                        try:
+                            engine._lead(comb, [idx], [(ticket, MQ_COMB_DONE)])
+                        finally:
+                            _comb_live(comb)
+                            mq_comb_unlock(&comb.c)
+                            # hand the lock over to the owners of the oldest slots
+                            _comb_hand_over(comb, hand_over)
+                finally:
+                    tlock.release()
+            if led:
+                continue
+            _comb_live(comb)
+            if mq_comb_word(&comb.c, i) != done_w:
+                rc = _comb_wait(comb, i, ticket, wait_ns)
+                PyErr_CheckSignals()  # a signal handler's exception withdraws, as in Python
+                skip_try = rc == 0 and comb.is_open and mq_comb_held(&comb.c) == 1
+    except BaseException:
+        _comb_live(comb)
+        if mq_comb_withdraw(&comb.c, i, ticket) != 1:
+            mq_comb_release(&comb.c, i, ticket)  # committed meanwhile (no answer)
+        raise
+    _comb_live(comb)
+    mq_comb_result(&comb.c, i, &st, &r0, &r1, &r2)
+    mq_comb_release(&comb.c, i, ticket)
+    return (st, r0, r1, r2)

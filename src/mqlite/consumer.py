@@ -252,6 +252,13 @@ class Consumer:
             return list(self._manual)
         return list(self._positions)
 
+    def _reading(self) -> list[TopicPartition]:
+        """:meth:`assignment` for the poll's own reads, without the copy for a group
+        member (whose ``owned`` list is replaced on every change, never changed in place)."""
+        if self._group is not None:
+            return self._group.owned
+        return self.assignment()
+
     def _all_partitions(self) -> list[TopicPartition]:
         out: list[TopicPartition] = []
         for t in self._topics:
@@ -326,8 +333,12 @@ class Consumer:
         if tp not in self._positions and tp not in self.assignment():
             raise ValueError(f"{tp} is not assigned to this consumer")
 
-    def _pid(self, txn: Any, tp: TopicPartition) -> tuple[int, _log.TopicRecord]:
-        rec = self._engine.topic(txn, tp.topic)
+    def _pid(self, txn: Any, tp: TopicPartition,
+             rec: _log.TopicRecord | None = None) -> tuple[int, _log.TopicRecord]:
+        """The id of partition ``tp`` and its topic's record (``rec``: the record of
+        ``tp.topic`` already read in ``txn``)."""
+        if rec is None:
+            rec = self._engine.topic(txn, tp.topic)
         if not 0 <= tp.partition < len(rec.pids):
             raise PartitionNotFoundError(
                 f"{tp.topic!r} has partitions 0..{len(rec.pids) - 1}, not {tp.partition}")
@@ -395,7 +406,7 @@ class Consumer:
                 self._positions[tp] = nxt
             return ahead.messages, ahead.due
         env = self._env
-        tps = self.assignment()
+        tps = self._reading()
         out: list[_core.Message] = []
         with env.read_txn() as txn:
             due = scheduler.next_due_in(txn, env.dbs)
@@ -426,9 +437,11 @@ class Consumer:
         n = len(tps)
         start = self._rotation % n
         moves: list[tuple[TopicPartition, int]] = []
+        rec: _log.TopicRecord | None = None  # one catalog check per topic and read
         for i in range(n):
             tp = tps[(start + i) % n]
-            pid, _ = self._pid(txn, tp)
+            pid, rec = self._pid(txn, tp, rec if rec is not None and rec.name == tp.topic
+                                 else None)
             if positions is None and self._pids.get(tp) != pid:
                 self._pids[tp] = pid
                 self._part_words = None
@@ -524,7 +537,7 @@ class Consumer:
             if words is None:
                 words = self._topic_words = self._words_of_topics()
             return words
-        tps = self.assignment()
+        tps = self._reading()
         cached = self._part_words
         if cached is not None and cached[0] == tps:
             return cached[1]

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 
+from mqlite._core import Message, self_pid
 from mqlite._engine import RING_OK, RING_RETRY, draining, on_ring_kind, retry_draining
 from mqlite._liveness import MemberLock, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
@@ -185,13 +186,18 @@ class GroupMember:
         self._committed: dict[TopicPartition, int] = {}
         self._watch: GroupWatch | None = None  # the process's group watcher serves it
         self._pid = os.getpid()
+        # caches of the commit through the ring (_held, _ring_head)
+        self._held_of: list[TopicPartition] | None = None
+        self._held_set: frozenset[TopicPartition] = frozenset()
+        self._head_key: tuple[str | None, str] | None = None
+        self._head = b""
 
     # -- join / leave ----------------------------------------------------------------------
     def _gkey(self) -> str:
         return hashlib.sha1(self.group.encode()).hexdigest()[:12]
 
     def _check_fork(self) -> None:
-        if os.getpid() != self._pid:
+        if self_pid() != self._pid:  # the at-fork hook's pid: no system call per poll
             raise GroupError(
                 f"this consumer of group {self.group!r} was created in process {self._pid}; "
                 "a forked child cannot use its parent's membership: create a new consumer "
@@ -407,12 +413,13 @@ class GroupMember:
         with self.env.read_txn() as txn:
             raw = _raw_group(txn, self.env.dbs, self.group)
         if raw is not None and raw == self._raw and not self.pending:
-            return self._auto_commit(writes)
+            # (policy checked here: a draining call per poll costs a wrapper's frames)
+            return self._commit_policy != "after" or self._auto_commit(writes)
         state = _decode_group(self.group, raw)
         if (state is not None and state.generation == self.generation_seen
                 and not self.pending and self._is_mine(state)):
             self._raw = raw
-            return self._auto_commit(writes)
+            return self._commit_policy != "after" or self._auto_commit(writes)
         if not writes:
             return False
         self._raw = raw
@@ -598,8 +605,6 @@ class GroupMember:
         TypeError, ValueError
             Bad ``offsets``.
         """
-        from mqlite._core import Message
-
         self._check_fork()
         if offsets is None:
             pos = self._positions
@@ -643,14 +648,35 @@ class GroupMember:
         comb = self.env.combiner
         if comb is None or self.member_id is None:
             return False
-        held = set(self.owned)
-        if any(tp not in held for tp in todo):
-            return False
-        payload = bytes((RING_KIND_OFFSETS,)) + _ring_enc.encode(_RingOffsets(
-            self.group, self.member_id, self._lock_name,
-            [(tp.topic, tp.partition, off) for tp, off in todo.items()]))
+        held = self._held()
+        for tp in todo:
+            if tp not in held:
+                return False
+        payload = self._ring_head() + _ring_enc.encode(
+            [(tp.topic, tp.partition, off) for tp, off in todo.items()])
         res = self.engine.ring_submit(comb, [payload], follow=True)
         return res is not None and res[0][0] == RING_OK
+
+    def _held(self) -> frozenset[TopicPartition]:
+        """``self.owned`` as a set, rebuilt only when the list was replaced (``owned``
+        is never changed in place: every change assigns a new list)."""
+        owned = self.owned
+        if self._held_of is not owned:
+            self._held_set = frozenset(owned)
+            self._held_of = owned
+        return self._held_set
+
+    def _ring_head(self) -> bytes:
+        """The ring payload up to its offsets: the kind byte, then the msgpack array
+        of :class:`_RingOffsets` without its last field (group, member id, lock), built
+        once per incarnation.  ``head + encode(offsets)`` is ``encode(_RingOffsets)``."""
+        key = (self.member_id, self._lock_name)
+        if self._head_key != key:
+            enc = _ring_enc.encode
+            self._head = b"".join((bytes((RING_KIND_OFFSETS, 0x94)), enc(self.group),
+                                   enc(self.member_id), enc(self._lock_name)))
+            self._head_key = key
+        return self._head
 
     def _fence(self, state: GroupState | None) -> str | None:
         """Why this member may not commit (``None`` when it may)."""

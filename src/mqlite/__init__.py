@@ -66,6 +66,7 @@ from mqlite.types import (
     RecordMetadata,
     TopicDescription,
     TopicPartition,
+    TopicPartitionLike,
 )
 
 __version__ = "0.1.0"
@@ -151,6 +152,7 @@ __all__ = [
     "TopicExistsError",
     "TopicNotFoundError",
     "TopicPartition",
+    "TopicPartitionLike",
     "Transaction",
     "UnroutableError",
     "__version__",

@@ -26,7 +26,7 @@ from mqlite.errors import (
     OffsetOutOfRangeError,
     PartitionNotFoundError,
 )
-from mqlite.types import OffsetAndTimestamp, TopicPartition
+from mqlite.types import OffsetAndTimestamp, TopicPartition, TopicPartitionLike
 
 if TYPE_CHECKING:
     from mqlite._engine import Engine
@@ -228,7 +228,7 @@ class Consumer:
         return list(self._topics)
 
     @guarded
-    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+    def assign(self, partitions: Iterable[TopicPartitionLike]) -> None:
         """Read exactly these partitions (no group coordination)."""
         self._check_open()
         if self._group is not None:
@@ -292,7 +292,7 @@ class Consumer:
         return pos
 
     @guarded
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, tp: TopicPartitionLike) -> int:
         """The offset of the next message :meth:`poll` returns for ``tp``."""
         tp = _tp(tp)
         self._check_assigned(tp)
@@ -302,7 +302,7 @@ class Consumer:
             return self._resolve_position(txn, tp, st)
 
     @guarded
-    def seek(self, tp: TopicPartition, offset: int) -> None:
+    def seek(self, tp: TopicPartitionLike, offset: int) -> None:
         """Make the next :meth:`poll` of ``tp`` start at ``offset``.
 
         An offset below the log start or past the end is handled by
@@ -314,7 +314,7 @@ class Consumer:
         self._positions[tp] = offset
 
     @guarded
-    def seek_to_beginning(self, *tps: TopicPartition) -> None:
+    def seek_to_beginning(self, *tps: TopicPartitionLike) -> None:
         """Seek the given (default: all assigned) partitions to their log start."""
         targets = [_tp(t) for t in tps] or self.assignment()
         for tp, off in self.beginning_offsets(targets).items():
@@ -322,7 +322,7 @@ class Consumer:
             self._positions[tp] = off
 
     @guarded
-    def seek_to_end(self, *tps: TopicPartition) -> None:
+    def seek_to_end(self, *tps: TopicPartitionLike) -> None:
         """Seek the given (default: all assigned) partitions to their end."""
         targets = [_tp(t) for t in tps] or self.assignment()
         for tp, off in self.end_offsets(targets).items():
@@ -344,7 +344,7 @@ class Consumer:
                 f"{tp.topic!r} has partitions 0..{len(rec.pids) - 1}, not {tp.partition}")
         return rec.pids[tp.partition], rec
 
-    def _offsets(self, tps: Iterable[TopicPartition], end: bool) -> dict[TopicPartition, int]:
+    def _offsets(self, tps: Iterable[TopicPartitionLike], end: bool) -> dict[TopicPartition, int]:
         out = {}
         with self._env.read_txn() as txn:
             for tp in tps:
@@ -354,11 +354,11 @@ class Consumer:
                 out[tp] = st.next if end else st.start
         return out
 
-    def beginning_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    def beginning_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """First stored offset of each partition."""
         return self._offsets(tps, end=False)
 
-    def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    def end_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """Offset the next message of each partition will get (the log end)."""
         return self._offsets(tps, end=True)
 
@@ -700,12 +700,12 @@ class Consumer:
         self._group.commit(offsets)
 
     @overload
-    def committed(self, tp: TopicPartition) -> int | None: ...
+    def committed(self, tp: TopicPartitionLike) -> int | None: ...
 
     @overload
     def committed(self, tp: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
 
-    def committed(self, tp: TopicPartition | list[TopicPartition]
+    def committed(self, tp: TopicPartitionLike | list[TopicPartition]
                   ) -> int | None | dict[TopicPartition, int | None]:
         """The group's committed offset(s): the next offset the group will read.
 

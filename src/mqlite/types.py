@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import msgspec
 
@@ -20,6 +20,7 @@ __all__ = [
     "RecordMetadata",
     "TopicDescription",
     "TopicPartition",
+    "TopicPartitionLike",
 ]
 
 
@@ -28,6 +29,12 @@ class TopicPartition(NamedTuple):
 
     topic: str
     partition: int
+
+
+#: What the consumer calls that take a partition accept: a :class:`TopicPartition` or a
+#: plain ``(topic, partition)`` tuple, as kafka-python's and confluent-kafka's users write
+#: them (checked at run time: a str topic, a partition >= 0).
+TopicPartitionLike: TypeAlias = "TopicPartition | tuple[str, int]"
 
 
 class RecordMetadata(NamedTuple):

@@ -118,7 +118,7 @@ TOPIC_CALLS: dict[str, Callable[[mqlite.Broker, Any], Any]] = {
     "consumer_list": lambda b, t: b.consumer(["good", t]),
     "subscribe": lambda b, t: b.consumer().subscribe([t]),
     "assign": lambda b, t: b.consumer().assign([TopicPartition(t, 0)]),
-    "assign_tuple": lambda b, t: b.consumer().assign([(t, 0)]),  # type: ignore[list-item]  # a (topic, partition) tuple is accepted too
+    "assign_tuple": lambda b, t: b.consumer().assign([(t, 0)]),  # a (topic, partition) tuple is accepted too
     "producer_send": lambda b, t: _with_producer(b, lambda p: p.send(t, b"v")),
 }
 
@@ -361,7 +361,7 @@ def test_bad_consumer_arguments(broker: mqlite.Broker, unchanged: Callable[[], U
         with pytest.raises(mqlite.PartitionNotFoundError):
             c.assign([TopicPartition("good", 2)])
         with pytest.raises(ValueError):
-            c.assign([("good", -1)])  # type: ignore[list-item]  # a tuple: the ValueError checked
+            c.assign([("good", -1)])  # a tuple: the ValueError checked
         with pytest.raises(ValueError):
             c.offsets_for_times({tp: -1})
         with pytest.raises(ValueError):

@@ -69,7 +69,7 @@ def test_assign_explicit_partitions(broker: mqlite.Broker) -> None:
     c = broker.consumer()
     assert c.assignment() == []
     assert c.poll(timeout=0) == []
-    c.assign([TP("a", 2), ("b", 0)])  # type: ignore[list-item]  # a (topic, partition) tuple is accepted too
+    c.assign([TP("a", 2), ("b", 0)])  # a (topic, partition) tuple is accepted too
     assert c.assignment() == [TP("a", 2), TP("b", 0)]
     got = _drain(c)
     assert sorted(_values(got)) == sorted([b"a2-%d" % i for i in range(5)] +

@@ -35,7 +35,7 @@ from mqlite.aio._future import InlineFuture
 from mqlite.config import require_int, require_positive_number
 from mqlite.consumer import Consumer, PollStep
 from mqlite.errors import ClosedError, ConcurrentAccessError
-from mqlite.types import OffsetAndTimestamp, TopicPartition
+from mqlite.types import OffsetAndTimestamp, TopicPartition, TopicPartitionLike
 
 if TYPE_CHECKING:
     from mqlite.aio.broker import AsyncBroker
@@ -113,14 +113,14 @@ class AsyncConsumer:
     def subscription(self) -> list[str]:
         return self.sync.subscription()
 
-    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+    def assign(self, partitions: Iterable[TopicPartitionLike]) -> None:
         """As :meth:`mqlite.Consumer.assign`."""
         self.sync.assign(partitions)
 
     def assignment(self) -> list[TopicPartition]:
         return self.sync.assignment()
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
+    def seek(self, tp: TopicPartitionLike, offset: int) -> None:
         """As :meth:`mqlite.Consumer.seek` (in memory: not a coroutine, as in aiokafka)."""
         self.sync.seek(tp, offset)
 
@@ -268,25 +268,25 @@ class AsyncConsumer:
         await job
 
     @overload
-    async def committed(self, tp: TopicPartition) -> int | None: ...
+    async def committed(self, tp: TopicPartitionLike) -> int | None: ...
 
     @overload
     async def committed(self, tp: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
 
-    async def committed(self, tp: TopicPartition | list[TopicPartition]
+    async def committed(self, tp: TopicPartitionLike | list[TopicPartition]
                         ) -> int | None | dict[TopicPartition, int | None]:
         """As :meth:`mqlite.Consumer.committed`."""
         return await self._broker._runner.run(self.sync.committed, tp)
 
-    async def position(self, tp: TopicPartition) -> int:
+    async def position(self, tp: TopicPartitionLike) -> int:
         """As :meth:`mqlite.Consumer.position`."""
         return await self._broker._runner.run(self.sync.position, tp)
 
-    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+    async def seek_to_beginning(self, *tps: TopicPartitionLike) -> None:
         """As :meth:`mqlite.Consumer.seek_to_beginning`."""
         await self._broker._runner.run(self.sync.seek_to_beginning, *tps)
 
-    async def seek_to_end(self, *tps: TopicPartition) -> None:
+    async def seek_to_end(self, *tps: TopicPartitionLike) -> None:
         """As :meth:`mqlite.Consumer.seek_to_end`."""
         await self._broker._runner.run(self.sync.seek_to_end, *tps)
 
@@ -294,11 +294,11 @@ class AsyncConsumer:
         """As :meth:`mqlite.Consumer.lag`."""
         return await self._broker._runner.run(self.sync.lag)
 
-    async def beginning_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    async def beginning_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """As :meth:`mqlite.Consumer.beginning_offsets`."""
         return await self._broker._runner.run(self.sync.beginning_offsets, list(tps))
 
-    async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    async def end_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """As :meth:`mqlite.Consumer.end_offsets`."""
         return await self._broker._runner.run(self.sync.end_offsets, list(tps))
 

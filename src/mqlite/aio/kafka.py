@@ -50,6 +50,7 @@ from mqlite.types import (
     RecordMetadata,
     TopicDescription,
     TopicPartition,
+    TopicPartitionLike,
 )
 
 __all__ = ["AsyncKafkaBroker", "AsyncKafkaConsumer", "AsyncKafkaProducer",
@@ -420,7 +421,7 @@ class AsyncKafkaConsumer:
             return [self._topics] if isinstance(self._topics, str) else list(self._topics)
         return self.sync.subscription()
 
-    def assign(self, partitions: Iterable[TopicPartition]) -> asyncio.Future[None]:
+    def assign(self, partitions: Iterable[TopicPartitionLike]) -> asyncio.Future[None]:
         """As :meth:`mqlite.kafka.KafkaConsumer.assign`; queued like :meth:`subscribe`."""
         return self._submit(self.sync.assign, list(partitions))
 
@@ -471,29 +472,29 @@ class AsyncKafkaConsumer:
         await self._run(self.sync.commit, offsets)
 
     @overload
-    async def committed(self, tp: TopicPartition) -> int | None: ...
+    async def committed(self, tp: TopicPartitionLike) -> int | None: ...
 
     @overload
     async def committed(self, tp: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
 
-    async def committed(self, tp: TopicPartition | list[TopicPartition]
+    async def committed(self, tp: TopicPartitionLike | list[TopicPartition]
                         ) -> int | None | dict[TopicPartition, int | None]:
         """As :meth:`mqlite.kafka.KafkaConsumer.committed`."""
         return await self._run(self.sync.committed, tp)
 
-    async def position(self, tp: TopicPartition) -> int:
+    async def position(self, tp: TopicPartitionLike) -> int:
         """As :meth:`mqlite.kafka.KafkaConsumer.position`."""
         return await self._run(self.sync.position, tp)
 
-    def seek(self, tp: TopicPartition, offset: int) -> asyncio.Future[None]:
+    def seek(self, tp: TopicPartitionLike, offset: int) -> asyncio.Future[None]:
         """As :meth:`mqlite.kafka.KafkaConsumer.seek`; queued like :meth:`subscribe`."""
         return self._submit(self.sync.seek, tp, offset)
 
-    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+    async def seek_to_beginning(self, *tps: TopicPartitionLike) -> None:
         """As :meth:`mqlite.kafka.KafkaConsumer.seek_to_beginning`."""
         await self._run(self.sync.seek_to_beginning, *tps)
 
-    async def seek_to_end(self, *tps: TopicPartition) -> None:
+    async def seek_to_end(self, *tps: TopicPartitionLike) -> None:
         """As :meth:`mqlite.kafka.KafkaConsumer.seek_to_end`."""
         await self._run(self.sync.seek_to_end, *tps)
 
@@ -501,11 +502,11 @@ class AsyncKafkaConsumer:
         """As :meth:`mqlite.kafka.KafkaConsumer.lag`."""
         return await self._run(self.sync.lag)
 
-    async def beginning_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    async def beginning_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """As :meth:`mqlite.kafka.KafkaConsumer.beginning_offsets`."""
         return await self._run(self.sync.beginning_offsets, list(tps))
 
-    async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    async def end_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """As :meth:`mqlite.kafka.KafkaConsumer.end_offsets`."""
         return await self._run(self.sync.end_offsets, list(tps))
 

@@ -41,7 +41,7 @@ from mqlite.errors import (
 )
 from mqlite.kafka._client import REQUEST_TIMEOUT, Cluster
 from mqlite.kafka._errors import _BY_CODE, to_mqlite
-from mqlite.types import OffsetAndTimestamp, TopicPartition
+from mqlite.types import OffsetAndTimestamp, TopicPartition, TopicPartitionLike
 
 __all__ = ["KafkaConsumer"]
 
@@ -207,7 +207,7 @@ class KafkaConsumer:
     def subscription(self) -> list[str]:
         return list(self._topics)
 
-    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+    def assign(self, partitions: Iterable[TopicPartitionLike]) -> None:
         """Read exactly these partitions (no group coordination)."""
         self._check_open()
         if self.group is not None:
@@ -292,7 +292,7 @@ class KafkaConsumer:
         if tp not in self._assigned:
             raise ValueError(f"{tp} is not assigned to this consumer")
 
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, tp: TopicPartitionLike) -> int:
         """The offset of the next message :meth:`poll` returns for ``tp``."""
         tp = _tp(tp)
         self._check_open()
@@ -319,7 +319,7 @@ class KafkaConsumer:
         """Positions (next offset to return) of partitions read or sought so far."""
         return dict(self._positions)
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
+    def seek(self, tp: TopicPartitionLike, offset: int) -> None:
         """Make the next :meth:`poll` of ``tp`` start at ``offset``."""
         tp = _tp(tp)
         require_int(offset, "offset", minimum=0, maximum=MAX_I64)
@@ -334,23 +334,23 @@ class KafkaConsumer:
             self._c.incremental_unassign([KTP(tp.topic, tp.partition)])
             self._c.incremental_assign([KTP(tp.topic, tp.partition, offset)])
 
-    def seek_to_beginning(self, *tps: TopicPartition) -> None:
+    def seek_to_beginning(self, *tps: TopicPartitionLike) -> None:
         """Seek the given (default: all assigned) partitions to their log start."""
         for tp, (lo, _) in self._cluster.watermarks([_tp(t) for t in tps]
                                                     or self.assignment()).items():
             self.seek(tp, lo)
 
-    def seek_to_end(self, *tps: TopicPartition) -> None:
+    def seek_to_end(self, *tps: TopicPartitionLike) -> None:
         """Seek the given (default: all assigned) partitions to their end."""
         for tp, (_, hi) in self._cluster.watermarks([_tp(t) for t in tps]
                                                     or self.assignment()).items():
             self.seek(tp, hi)
 
-    def beginning_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    def beginning_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """First stored offset of each partition."""
         return {tp: lo for tp, (lo, _) in self._cluster.watermarks(map(_tp, tps)).items()}
 
-    def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    def end_offsets(self, tps: Iterable[TopicPartitionLike]) -> dict[TopicPartition, int]:
         """The log end (high watermark) of each partition."""
         return {tp: hi for tp, (_, hi) in self._cluster.watermarks(map(_tp, tps)).items()}
 
@@ -515,12 +515,12 @@ class KafkaConsumer:
                 self._returned.pop(tp, None)
 
     @overload
-    def committed(self, tp: TopicPartition) -> int | None: ...
+    def committed(self, tp: TopicPartitionLike) -> int | None: ...
 
     @overload
     def committed(self, tp: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
 
-    def committed(self, tp: TopicPartition | list[TopicPartition]
+    def committed(self, tp: TopicPartitionLike | list[TopicPartition]
                   ) -> int | None | dict[TopicPartition, int | None]:
         """The group's committed offset(s): the next offset the group will read.
 

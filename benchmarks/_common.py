@@ -13,16 +13,18 @@ import os
 import statistics
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "Budget",
+    "Fleet",
     "Sample",
     "Side",
     "make_value",
     "now_ns",
+    "paced",
     "percentile",
     "read_stamp",
     "stamp_value",
@@ -128,3 +130,41 @@ def stamp_value(size: int, pad: bytes) -> bytes:
 
 def read_stamp(value: bytes) -> int:
     return int(_STAMP.unpack_from(value)[0])
+
+
+class Fleet:
+    """Worker processes for the wake-up benchmarks (bench_group_wake, bench_queue_wake,
+    bench_beside_cpu): ``target(*args, stop, ready, out)`` in one spawned process per
+    ``args``; the constructor returns once every one reached ``ready.wait()``;
+    :meth:`finish` sets ``stop`` and returns what each put on ``out``."""
+
+    def __init__(self, target: Callable[..., None], args: Sequence[tuple[Any, ...]]) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._stop, self._out = ctx.Event(), ctx.Queue()
+        ready = ctx.Barrier(len(args) + 1)
+        self._procs = [ctx.Process(target=target, args=(*a, self._stop, ready, self._out))
+                       for a in args]
+        for p in self._procs:
+            p.start()
+        ready.wait(120)
+
+    def finish(self) -> list[Any]:
+        self._stop.set()
+        res = [self._out.get(timeout=120) for _ in self._procs]
+        for p in self._procs:
+            p.join(60)
+        return res
+
+
+def paced(n: int, rate: float, fn: Callable[[int], object]) -> None:
+    """Call ``fn(i)`` for ``i`` in ``range(n)``, ``rate`` calls per second at most."""
+    gap = 1.0 / rate
+    nxt = time.monotonic()
+    for i in range(n):
+        fn(i)
+        nxt += gap
+        delay = nxt - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)

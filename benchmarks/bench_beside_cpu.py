@@ -17,7 +17,7 @@ with ``PYTHONPATH=<tree>/src``, alternating.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import os
 import resource
 import shutil
 import sys
@@ -25,7 +25,10 @@ import tempfile
 import time
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import mqlite
+from benchmarks._common import Fleet
 
 
 def _consumer(path: str, group: str, commit: bool, stop: Any, ready: Any, out: Any) -> None:
@@ -60,15 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         with mqlite.open(d, durability="sync") as b:
             b.create_topic("t", partitions=3)
             b.send("t", b"x")
-            ctx = mp.get_context("spawn")
-            stop, ready, out = ctx.Event(), ctx.Barrier(args.consumers + 1), ctx.Queue()
             groups = (["pay"] * 3 + ["ana"] * 13)[:args.consumers]
-            procs = [ctx.Process(target=_consumer,
-                                 args=(d, g, not args.no_commit, stop, ready, out))
-                     for g in groups]
-            for p in procs:
-                p.start()
-            ready.wait(120)
+            fleet = Fleet(_consumer, [(d, g, not args.no_commit) for g in groups])
             tx0 = b._engine.env.lmdb.info()["last_txnid"]
             r0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
@@ -77,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             dt = time.perf_counter() - t0
             r1 = resource.getrusage(resource.RUSAGE_SELF)
             commits = b._engine.env.lmdb.info()["last_txnid"] - tx0
-            stop.set()
-            res = [out.get(timeout=120) for _ in procs]
-            for p in procs:
-                p.join(60)
+            res = fleet.finish()
         n = args.sends
         print(f"producer {n / dt:,.0f} msg/s, user {(r1.ru_utime - r0.ru_utime) / n * 1e6:.0f} "
               f"sys {(r1.ru_stime - r0.ru_stime) / n * 1e6:.0f} µs per message, "

@@ -17,15 +17,17 @@ partition's appends only, and one that owns a few (up to 16) by theirs.  Compare
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import os
 import resource
 import shutil
 import sys
 import tempfile
-import time
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import mqlite
+from benchmarks._common import Fleet, paced
 
 
 def _member(path: str, stop: Any, ready: Any, out: Any) -> None:
@@ -58,25 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with mqlite.open(d, durability="none") as b:
             b.create_topic("t", partitions=parts)
-            ctx = mp.get_context("spawn")
-            stop, ready, out = ctx.Event(), ctx.Barrier(args.members + 1), ctx.Queue()
-            procs = [ctx.Process(target=_member, args=(d, stop, ready, out))
-                     for _ in range(args.members)]
-            for p in procs:
-                p.start()
-            ready.wait(120)
-            gap = 1.0 / args.rate
-            nxt = time.monotonic()
-            for i in range(args.messages):
-                b.send("t", b"x" * 100, partition=i % parts)
-                nxt += gap
-                delay = nxt - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            stop.set()
-            res = [out.get(timeout=120) for _ in procs]
-            for p in procs:
-                p.join(60)
+            fleet = Fleet(_member, [(d,)] * args.members)
+            paced(args.messages, args.rate,
+                  lambda i: b.send("t", b"x" * 100, partition=i % parts))
+            res = fleet.finish()
         cpu = sum(r[1] for r in res)
         print(f"{args.members} members, {parts} partitions, {args.messages} messages at "
               f"{args.rate:.0f}/s: "

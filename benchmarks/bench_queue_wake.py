@@ -14,7 +14,7 @@ worker; since, it wakes one.  Compare two trees with ``PYTHONPATH=<tree>/src``, 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import os
 import resource
 import shutil
 import sys
@@ -22,7 +22,10 @@ import tempfile
 import time
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import mqlite
+from benchmarks._common import Fleet, paced
 
 
 def _worker(path: str, stop: Any, ready: Any, out: Any) -> None:
@@ -53,31 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with mqlite.open(d, durability="none") as b:
             b.create_topic("jobs")
-            ctx = mp.get_context("spawn")
-            stop, ready, out = ctx.Event(), ctx.Barrier(args.workers + 1), ctx.Queue()
-            procs = [ctx.Process(target=_worker, args=(d, stop, ready, out))
-                     for _ in range(args.workers)]
-            for p in procs:
-                p.start()
-            ready.wait(120)
-            gap = 1.0 / args.rate
-            nxt = time.monotonic()
-            for _ in range(args.messages):
-                b.send("jobs", b"x" * 100)
-                nxt += gap
-                delay = nxt - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+            fleet = Fleet(_worker, [(d,)] * args.workers)
+            paced(args.messages, args.rate, lambda _i: b.send("jobs", b"x" * 100))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:  # every message taken and acked
                 st = b.queue_stats("jobs", "workers")
                 if st is not None and st.ready == 0 and st.inflight == 0:
                     break
                 time.sleep(0.01)
-            stop.set()
-            res = [out.get(timeout=120) for _ in procs]
-            for p in procs:
-                p.join(60)
+            res = fleet.finish()
         print(f"{args.workers} workers, {args.messages} messages at {args.rate:.0f}/s: "
               f"acked {sum(r[0] for r in res)}, workers' CPU "
               f"{sum(r[1] for r in res) / args.messages * 1e6:.0f} µs per message")

@@ -522,9 +522,9 @@ class Consumer:
 
         A consumer whose reads are all named by its assignment (``assign``, or a group
         member with partitions of every subscribed topic) waits on its partitions'
-        words (D64), so
-        appends to other partitions do not wake it: a group whose members read one or
-        a few partitions each wakes one member per message instead of all.  It learns
+        words (D64), so appends to other partitions do not wake it: a group whose
+        members read one or a few partitions each wakes one member per message
+        instead of all.  It learns
         the partitions' ids from the rounds that read them; until it knows them all, or
         when it reads more than ``_WAIT_ANY_MAX``, it waits on its topics' words (a
         subscribed topic that does not exist yet is waited for there), or on the word

@@ -1216,9 +1216,9 @@ class Env:
         else:  # nothing written: forget the cache, as an abort does
             self.state_cache.clear()
         if wake is not None and not touched and not hooks:  # one send: the short way
+            if parts:
+                self.notify_partitions(parts)
             n = self.notifier
-            for pid in parts:
-                n.bump(_core.partition_slot(pid, n.slots))
             n.bump(self.slot_cache.get(wake) or self.topic_slot(wake))
             n.bump_one(self.queue_slot_cache.get(wake) or self.queue_slot(wake))
             n.bump(0)

@@ -158,20 +158,7 @@ class LoopBell:
         the wait at once.  (:meth:`arm` / :meth:`disarm` are the same wait
         without this coroutine's frame, for the hot paths.)
         """
-        n = self._n
-        if fut is None:
-            fut = self.loop.create_future()
-        if self._closed:
-            return True  # the broker is closing: callers re-check state (and see it)
-        if timeout <= 0 or fut.done():
-            return n.load(slot) != seq
-        if self._index < 0:
-            return await self._blocking_wait(slot, seq, timeout, fut)
-        reg = self.arm(slot, seq, timeout, fut)
-        try:
-            return await fut
-        finally:
-            self.disarm(reg)
+        return await self.wait_any((slot,), (seq,), timeout, fut)
 
     def arm(self, slot: int, seq: int, timeout: float, fut: asyncio.Future[bool]) -> list[Any]:
         """Register a wait: ``fut`` is resolved ``True`` when word ``slot`` moves from ``seq``
@@ -210,14 +197,18 @@ class LoopBell:
         return [self.arm(s, q, timeout, fut) for s, q in zip(slots, seqs, strict=True)]
 
     async def wait_any(self, slots: tuple[int, ...], seqs: tuple[int, ...], timeout: float,
-                       fut: asyncio.Future[bool]) -> bool:
+                       fut: asyncio.Future[bool] | None = None) -> bool:
         """:meth:`wait` on several words: until any of them moves (see :meth:`arm_any`)."""
-        if self._closed:
-            return True
         n = self._n
+        if fut is None:
+            fut = self.loop.create_future()
+        if self._closed:
+            return True  # the broker is closing: callers re-check state (and see it)
         if timeout <= 0 or fut.done():
             return any(n.load(s) != q for s, q in zip(slots, seqs, strict=True))
-        if self._index < 0:  # no doorbell: a worker thread waits, in slices (_blocking_wait)
+        if self._index < 0:
+            # No doorbell: a worker thread waits; slices of at most 0.25 s bound how long
+            # a cancelled or woken wait keeps its thread.
             deadline = self.loop.time() + timeout
             while not fut.done():
                 left = deadline - self.loop.time()
@@ -293,19 +284,6 @@ class LoopBell:
         for fut in due:
             if not fut.done():
                 fut.set_result(False)
-
-    async def _blocking_wait(self, slot: int, seq: int, timeout: float,
-                             fut: asyncio.Future[bool]) -> bool:
-        # Fallback: a worker thread waits; slices of at most 0.25 s bound how long a
-        # cancelled or woken wait keeps its thread.
-        deadline = self.loop.time() + timeout
-        while not fut.done():
-            left = deadline - self.loop.time()
-            if left <= 0:
-                return False
-            if await self._runner.run(self._n.wait, slot, seq, min(left, 0.25)):
-                return True
-        return False
 
     def _after_ring(self, flags: int) -> None:
         """Called by ``UringBell.on_readable`` after a ring that left something to do.

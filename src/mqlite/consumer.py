@@ -87,6 +87,22 @@ class _Ahead(NamedTuple):
     due: int | None  # the next delayed message's due ms, read in the same transaction
 
 
+class _Drained(NamedTuple):
+    """What a poll round that read to the end of every partition it reads saw (D68).
+
+    The next round skips its read when its wake-up words still hold ``seqs`` and
+    nothing local changed: such a read would return nothing and move nothing.
+    """
+
+    slots: tuple[int, ...]  # the wake-up words the round loaded before reading
+    seqs: tuple[int, ...]  # their values then
+    source: object  # the list the reads were named by: the group's owned, assign()'s, or
+    #                 the subscription (each replaced, never changed in place, on a change)
+    positions: dict[TopicPartition, int]  # the positions after the round (all resolved)
+    due: int | None  # the next delayed message's due ms, read in the same transaction
+    reads: bool  # the round read partitions (a read of none leaves the rotation alone)
+
+
 def _normalize_topics(topics: str | Iterable[str] | None) -> list[str]:
     if topics is None:
         return []
@@ -178,6 +194,7 @@ class Consumer:
         self._positions: dict[TopicPartition, int] = {}
         self._rotation = 0
         self._ahead: _Ahead | None = None  # a batch read ahead (read_ahead), not yet returned
+        self._drained: _Drained | None = None  # the last round read everything (D68)
         self._closed = False
         self._group: Any = None
         self._waiting_on = 0  # the wake-up word poll() waits on (for wakeup())
@@ -627,6 +644,8 @@ class Consumer:
         return self._step(max_records, writes)
 
     def _step(self, max_records: int, writes: bool) -> PollStep:
+        """One round: load the wake-up words, run the group's part, read (or skip the read:
+        :meth:`_skip`), promote due delayed messages, and say what to wait on."""
         group = self._group
         moved = False
         notifier = self._env.notifier
@@ -639,6 +658,12 @@ class Consumer:
             seqs = (seq,) if len(slots) == 1 else tuple(notifier.load(s) for s in slots)
             if group is not None and not group.before_fetch(writes):
                 return PollStep([], False, slot, seq, 0.0, True)
+            drained, self._drained = self._drained, None  # used by this round or never
+            if drained is not None:
+                skipped = self._skip(drained, slots, seqs)
+                if skipped is not None:
+                    return skipped
+            ahead = self._ahead
             msgs, due_ms = self._fetch(max_records)
             wait = math.inf
             if due_ms is not None:
@@ -650,6 +675,10 @@ class Consumer:
                     elif scheduler.promote_due(self._engine) and not msgs:
                         continue  # read what was just made visible
                 wait = due + 0.001
+            # Whether this round read every partition it reads to its end, from storage
+            # (not a batch read ahead): if so, the next round may skip its read (D68).
+            # (A due time already passed is checked again by the next round: it reads.)
+            drained_now = len(msgs) < max_records and (ahead is None or msgs is not ahead.messages)
             if msgs:
                 if self._life.close_requested and self._commit_policy != "before":
                     # close() interrupted this poll: hand nothing out, so that the
@@ -659,6 +688,8 @@ class Consumer:
                     return PollStep([], True, slot, seq, 0.0, False)
                 if group is not None:
                     group.after_fetch(msgs)
+                if drained_now:
+                    self._note_drained(slots, seqs, due_ms)
                 return PollStep(msgs, True, slot, seq, 0.0, False)
             if not moved and (group is not None or self._manual is not None) \
                     and self._wait_slots() != slots:
@@ -667,11 +698,68 @@ class Consumer:
                 # again.  Once: a group that keeps moving wakes every partition's word.
                 moved = True
                 continue
+            if drained_now:
+                self._note_drained(slots, seqs, due_ms)
             if group is not None:
                 wait = min(wait, group.wait_budget())
             if len(slots) == 1:
                 return PollStep(msgs, False, slot, seq, wait, False)
             return PollStep(msgs, False, slot, seq, wait, False, slots, seqs)
+
+    def _source(self) -> object:
+        """The list this consumer's reads are named by; replaced (never changed in place)
+        by every change of what it reads: the group member's ``owned``, the ``assign()``
+        list, or the subscription."""
+        if self._group is not None:
+            return self._group.owned
+        return self._manual if self._manual is not None else self._topics
+
+    def _note_drained(self, slots: tuple[int, ...], seqs: tuple[int, ...],
+                      due_ms: int | None) -> None:
+        """Remember that this round's read, begun after loading ``seqs``, reached the end of
+        every partition it reads (D68).  Not when a position is unresolved (a partition
+        dropped by a fenced ``commit="before"``, or one not read): a read would resolve it."""
+        pos = self._positions
+        source = self._source()
+        tps = self._reading()
+        for tp in tps:
+            if pos.get(tp, -1) < 0:
+                return
+        self._drained = _Drained(slots, seqs, source, dict(pos), due_ms, bool(tps))
+
+    def _skip(self, drained: _Drained, slots: tuple[int, ...],
+              seqs: tuple[int, ...]) -> PollStep | None:
+        """The round's result without reading, when a read would find nothing (D68).
+
+        ``drained`` is what the previous round saw when its read reached the end of every
+        partition.  Every append bumps the word of the partition it wrote (and the topic's)
+        after its commit, and this round loaded its words before any read, so words still
+        holding the values loaded before that read mean no record was appended since to
+        what it reads (nor was a topic deleted, re-created or given partitions, a delayed
+        message scheduled to it, or the group changed: those bump the words too).  Then a
+        read returns nothing and moves nothing, provided nothing local changed either: the
+        same assignment (``_source``), the same positions (a seek, a put-back or a
+        rebalance changes them), no batch read ahead, and no delayed message due by the due
+        time that read saw.  The PollStep is the one an empty read returns.  ``None``:
+        read.
+        """
+        if (seqs != drained.seqs or slots != drained.slots or self._ahead is not None
+                or drained.source is not self._source() or drained.positions != self._positions):
+            return None
+        wait = math.inf
+        due_ms = drained.due
+        if due_ms is not None:
+            due = (due_ms - time.time_ns() // 1_000_000) / 1000.0
+            if due <= 0:
+                return None  # due now: the read promotes it
+            wait = due + 0.001
+        if drained.reads:
+            self._rotation += 1  # as the read would (the next one starts where it would)
+        if self._group is not None:
+            wait = min(wait, self._group.wait_budget())
+        if len(slots) == 1:
+            return PollStep([], False, slots[0], seqs[0], wait, False)
+        return PollStep([], False, slots[0], seqs[0], wait, False, slots, seqs)
 
     def __iter__(self) -> Iterator[_core.Message]:
         """Yield messages forever (until :meth:`close`), polling in 1 s waits."""

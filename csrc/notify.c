@@ -132,6 +132,14 @@ void mq_notify_bump(mq_notify *n, size_t slot)
     mq_notify_bump_wake(n, slot, INT_MAX);
 }
 
+int mq_notify_pass(mq_notify *n, size_t slot)
+{
+    if (__atomic_load_n(&n->slots_base[slot].waiters, __ATOMIC_SEQ_CST) == 0)
+        return 0;
+    mq_notify_bump_wake(n, slot, 1);
+    return 1;
+}
+
 void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)
 {
     __atomic_fetch_add(&n->slots_base[slot].waiters, (uint32_t)delta, __ATOMIC_SEQ_CST);

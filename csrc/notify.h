@@ -115,6 +115,16 @@ void mq_notify_bump(mq_notify *n, size_t slot);
  * and a woken waiter that leaves work behind wakes the next one. */
 void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake);
 
+/* Passes a wake-up on (D69): when the slot has a waiter (a thread asleep in
+ * mq_notify_wait or an event loop armed on it), as mq_notify_bump_wake(n, slot, 1);
+ * when it has none, nothing (no store to the word).  Returns 1 when it bumped, else 0.
+ * For a waiter of a one-at-a-time word that was woken (or may have been: it cannot
+ * tell) and leaves without doing the work it may have been woken for.  Skipping the
+ * bump when nobody waits loses nothing: a waiter that registers after this load
+ * re-reads seq and then state before it sleeps (see the contract), and the work it
+ * was woken for was committed before the bump that woke the caller. */
+int mq_notify_pass(mq_notify *n, size_t slot);
+
 /* One event loop armed on a slot, in the waiters word (see the contract). */
 #define MQ_NOTIFY_BELL_UNIT (1u << 16)
 

@@ -192,6 +192,9 @@ class Notifier:
         """Atomically increment ``slot`` and wake every waiter on it."""
     def bump_one(self, slot: int) -> None:
         """As ``bump``, waking one thread asleep on ``slot`` (event loops all): D67."""
+    def pass_on(self, slot: int) -> bool:
+        """``bump_one`` when ``slot`` has a waiter, else nothing; ``True`` when it bumped
+        (a woken queue receiver that leaves without a round passes its wake-up on: D69)."""
     def wait(self, slot: int, expected: int, timeout: float) -> bool:
         """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
 

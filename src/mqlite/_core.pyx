@@ -1044,6 +1044,13 @@ cdef class Notifier:
         loop armed on it is rung): for a queue's competing receivers (D67)."""
         mq_notify_bump_wake(&self.n, self._slot(slot), 1)
 
+    def pass_on(self, slot):
+        """Pass a wake-up on (D69): :meth:`bump_one` when ``slot`` has a waiter (a
+        thread asleep or an event loop armed), else nothing; ``True`` when it bumped.
+        For a queue receiver that was (or may have been) woken and leaves without a
+        receive round (csrc/notify.h ``mq_notify_pass``)."""
+        return mq_notify_pass(&self.n, self._slot(slot)) == 1
+
     def wait(self, slot, expected, timeout):
         """Block (GIL released) until ``slot`` != ``expected`` or ``timeout`` seconds pass.
 

@@ -196,6 +196,7 @@ cdef extern from "notify.h" nogil:
     uint32_t mq_notify_load(const mq_notify *n, size_t slot)
     void mq_notify_bump(mq_notify *n, size_t slot)
     void mq_notify_bump_wake(mq_notify *n, size_t slot, int nwake)
+    int mq_notify_pass(mq_notify *n, size_t slot)
     void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta)
     enum: MQ_NOTIFY_BELL_UNIT
     int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns,

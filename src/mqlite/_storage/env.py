@@ -1418,6 +1418,18 @@ class Env:
             except ValueError:  # closed meanwhile: nobody waits on it any more
                 pass
 
+    def pass_wake(self, slot: int) -> None:
+        """Pass a wake-up of one-at-a-time word ``slot`` on (D69): wake one other waiter
+        when there is one (``Notifier.pass_on``).  For a queue receiver that was, or may
+        have been, woken and leaves without a receive round, and for the reaper of a
+        dead receiver.  A hint: nothing when the notifier is closed."""
+        n = self.notifier
+        if n is not None:
+            try:
+                n.pass_on(slot)
+            except ValueError:  # closed meanwhile: nobody waits on it any more
+                pass
+
     def notify_topics(self, topics: Any) -> None:
         """Bump the wake-up words of ``topics``, their queues' (one receiver each, D67)
         and the global word; call after commit."""

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["LoopBell"]
 
+#: Longest wait slice of a worker thread when a loop has no doorbell (seconds).
+_SLICE_S = 0.25
+
 #: Doorbells per broker directory (csrc/doorbell.h, MQ_BELLS_ENTRIES).
 MAX_BELLS = 256
 
@@ -149,7 +152,7 @@ class LoopBell:
         return self._index >= 0 and not self._closed
 
     async def wait(self, slot: int, seq: int, timeout: float,
-                   fut: asyncio.Future[bool] | None = None) -> bool:
+                   fut: asyncio.Future[bool] | None = None, *, one: bool = False) -> bool:
         """Wait until word ``slot`` differs from ``seq``, ``timeout`` s pass, or ``fut`` is set.
 
         Returns ``True`` when woken (a hint), ``False`` on timeout.  A caller
@@ -157,8 +160,26 @@ class LoopBell:
         wait early (``wakeup()``).  Cancelling the awaiting task unregisters
         the wait at once.  (:meth:`arm` / :meth:`disarm` are the same wait
         without this coroutine's frame, for the hot paths.)
+
+        ``one``: the word wakes one thread per bump (a queue's receivers, D67).
+        Only a wait without a doorbell (:attr:`has_doorbell` false) sleeps in a
+        thread and can take such a wake-up; when its task was cancelled, the
+        wake-up it took is passed on (:meth:`pass_on`, D69).  A doorbell takes
+        none: every armed event loop is rung.
         """
-        return await self.wait_any((slot,), (seq,), timeout, fut)
+        return await self.wait_any((slot,), (seq,), timeout, fut, one=one)
+
+    def pass_on(self, slot: int) -> None:
+        """Wake one thread waiting on one-at-a-time word ``slot``, if one waits (D69).
+
+        For a queue receive whose wait had no doorbell (it slept in a thread, so
+        it may have taken the one wake-up of a bump) and that leaves without a
+        receive round.  Nothing once the broker is closed.
+        """
+        try:
+            self._n.pass_on(slot)
+        except ValueError:  # the notifier closed: nobody waits on it any more
+            pass
 
     def arm(self, slot: int, seq: int, timeout: float, fut: asyncio.Future[bool]) -> list[Any]:
         """Register a wait: ``fut`` is resolved ``True`` when word ``slot`` moves from ``seq``
@@ -197,7 +218,7 @@ class LoopBell:
         return [self.arm(s, q, timeout, fut) for s, q in zip(slots, seqs, strict=True)]
 
     async def wait_any(self, slots: tuple[int, ...], seqs: tuple[int, ...], timeout: float,
-                       fut: asyncio.Future[bool] | None = None) -> bool:
+                       fut: asyncio.Future[bool] | None = None, *, one: bool = False) -> bool:
         """:meth:`wait` on several words: until any of them moves (see :meth:`arm_any`)."""
         n = self._n
         if fut is None:
@@ -207,14 +228,14 @@ class LoopBell:
         if timeout <= 0 or fut.done():
             return any(n.load(s) != q for s, q in zip(slots, seqs, strict=True))
         if self._index < 0:
-            # No doorbell: a worker thread waits; slices of at most 0.25 s bound how long
-            # a cancelled or woken wait keeps its thread.
+            # No doorbell: a worker thread waits; slices of at most _SLICE_S bound how
+            # long a cancelled or woken wait keeps its thread.
             deadline = self.loop.time() + timeout
             while not fut.done():
                 left = deadline - self.loop.time()
                 if left <= 0:
                     return False
-                if await self._runner.run(n.wait_any, slots, seqs, min(left, 0.25)):
+                if await self._thread_wait(slots, seqs, min(left, _SLICE_S), one):
                     return True
             return False
         regs = self.arm_any(slots, seqs, timeout, fut)
@@ -223,6 +244,32 @@ class LoopBell:
         finally:
             for reg in regs:
                 self.disarm(reg)
+
+    async def _thread_wait(self, slots: tuple[int, ...], seqs: tuple[int, ...],
+                           timeout: float, one: bool) -> bool:
+        """One slice of a wait without a doorbell, in a worker thread.
+
+        A cancelled slice that already started finishes in its thread (it cannot be
+        interrupted); with ``one``, a wake-up it took then is passed on (D69).
+        """
+        n = self._n
+        if not one:
+            return bool(await self._runner.run(n.wait_any, slots, seqs, timeout))
+        job = self._runner.call(n.wait_any, slots, seqs, timeout)
+        try:
+            return bool(await job)
+        except asyncio.CancelledError:
+            # (a slice cancelled before it started never runs: its outcome never comes)
+            job.outcome_later().add_done_callback(
+                lambda done: self._pass_if_moved(done, slots))
+            raise
+
+    def _pass_if_moved(self, done: asyncio.Future[Any], slots: tuple[int, ...]) -> None:
+        """A slice whose task was cancelled returned: pass on the wake-up it took."""
+        if done.cancelled() or done.exception() is not None or not done.result():
+            return
+        for slot in slots:
+            self.pass_on(slot)
 
     def disarm(self, reg: list[Any]) -> None:
         """End the wait :meth:`arm` registered (idempotent per registration)."""

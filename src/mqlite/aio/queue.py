@@ -188,11 +188,15 @@ class AsyncQueue:
                 self._waits.add(fut)
             span = min(remaining, step.wait)
             reg = bell.arm(step.slot, step.seq, span, fut) if bell.armable else None
+            # A doorbell takes no wake-up from anyone (every armed loop is rung); a wait
+            # without one sleeps in a worker thread and may take the one a bump gives
+            # (D67): leaving without a round, it passes it on (D69).
+            moved = False
             try:
                 if reg is not None:  # armed inline: a cancel unwinds this frame only
                     await fut
-                else:
-                    await bell.wait(step.slot, step.seq, span, fut)
+                else:  # (a cancelled slice passes its wake-up on itself)
+                    moved = await bell.wait(step.slot, step.seq, span, fut, one=True)
             finally:
                 if reg is not None:
                     bell.disarm(reg)
@@ -200,9 +204,11 @@ class AsyncQueue:
                     self._waits.discard(fut)
                     if self._wake_gen != gen:
                         woken = True
-            if woken:
-                return []
-            if self._closed:
+            if woken or self._closed:
+                if moved:
+                    bell.pass_on(step.slot)
+                if woken:
+                    return []
                 raise ClosedError("this queue consumer is closed")
 
     async def _step(self, q: Queue, max_messages: int, vt: float | None,

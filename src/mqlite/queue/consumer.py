@@ -230,6 +230,9 @@ class Queue:
         polling); it is bounded by the next visibility deadline and the next
         due delayed message.  :meth:`wakeup`, or :meth:`close` from another
         thread or a signal handler, ends the wait at once (an empty list).
+        Writers wake one waiting receiver per change; a receive that was woken
+        and returns or raises without taking what it was woken for wakes another
+        one (D69).
 
         Raises
         ------

@@ -20,7 +20,9 @@ Callers: :class:`~mqlite.queue.consumer.Queue` (constructor and close).  The
 liveness service's at-fork hook closes the lock in forked children, so a
 child never keeps a dead parent "alive".
 Changes: the lock file; the queue group's record (dead consumers removed) and
-the pending entries of dead consumers (released: visible now, no owner).
+the pending entries of dead consumers (released: visible now, no owner).  A reap
+that removed a dead consumer wakes one waiting receiver (D69: the dead one may
+have died holding a wake-up).
 """
 
 from __future__ import annotations
@@ -147,4 +149,10 @@ class QueueLiveness:
             unlink_quiet(os.path.join(mdir, lock))
         if released:
             env.notify_topics((q.topic,))
+        elif gone:
+            # A receiver killed between its wake-up and its round took the wake-up with
+            # it (D69): this reaper (the one that removed it, so one per death) passes
+            # one on, so a message it was woken for does not wait for another
+            # receiver's timeout.
+            env.pass_wake(q._slot)
         return True

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mqlite import _core
@@ -71,18 +72,36 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
     life = q._life
     deadline = time.monotonic() + timeout
     first = True
-    while True:
-        step = receive_step(q, max_messages, vt, first)
-        first = False
-        if step.done:
-            return step.deliveries
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or life.woken():
-            return []
-        notifier.wait(step.slot, step.seq, min(remaining, step.wait))
-        if life.woken():
-            return []
-        q._check_open()
+    # Whether the last wait may have taken a one-at-a-time wake-up (D67) that no round
+    # used yet: set before the wait (an exception may leave it, e.g. KeyboardInterrupt
+    # from a signal handler run just after it), cleared when the wait timed out and
+    # when a round returned.  Leaving with it set passes the wake-up on (D69).
+    woke = False
+    try:
+        while True:
+            step = receive_step(q, max_messages, vt, first)
+            woke = False
+            first = False
+            if step.done:
+                return step.deliveries
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or life.woken():
+                return []
+            woke = True
+            woke = _wait(notifier, step.slot, step.seq, min(remaining, step.wait))
+            if life.woken():
+                return []
+            q._check_open()
+    finally:
+        if woke:
+            # Another receiver may sleep on while the message this one was woken for
+            # waits: wake one (nothing when none waits).
+            q._env.pass_wake(q._slot)
+
+
+# The blocking wait of :func:`receive` (``Notifier.wait``), a module global so that
+# tests can run a hook between a wait and the next round (tests/unit/test_queue_pass.py).
+_wait: Callable[[Any, int, int, float], bool] = _core.Notifier.wait
 
 
 def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,

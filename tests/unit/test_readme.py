@@ -33,3 +33,15 @@ def test_python_examples_run(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                               text=True, timeout=120, check=False)
         assert proc.returncode == 0, f"README python block {i} failed:\n{proc.stderr}"
+
+
+def test_every_benchmark_script_is_listed_in_the_benchmarks_readme():
+    """benchmarks/README.md is the index of the harness: a script it does not name is
+    one nobody finds (stop 19 found eight unlisted)."""
+    bench = ROOT / "benchmarks"
+    index = (bench / "README.md").read_text()
+    scripts = sorted(p.name for p in bench.glob("*.py")
+                     if p.name.startswith(("bench_", "acceptance_")))
+    assert scripts, "no benchmark scripts found"
+    missing = [name for name in scripts if f"benchmarks/{name}" not in index]
+    assert not missing, f"add a row for each to benchmarks/README.md: {missing}"

@@ -3,12 +3,16 @@
 Usage::
 
     python benchmarks/bench_queue_wake.py [--workers 8] [--messages 3000] [--rate 1000]
+                                          [--groups 1]
 
 Starts ``--workers`` processes, each a consumer of the same queue (``receive(1)`` then
 ``ack`` in a loop, as a worker with a prefetch of one), sends ``--messages`` 100-byte
 messages from this process at ``--rate`` per second and prints the workers' CPU time
 (user + system, all of them) per message.  Before D67 every message woke every waiting
 worker; since, it wakes one.  Compare two trees with ``PYTHONPATH=<tree>/src``, alternating.
+``--groups G`` spreads the workers over G queue groups of the topic (worker i in group
+i mod G), so each message is taken G times; the figure is still per message sent (D70:
+the receivers of a topic with several queue groups are woken all at once).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ import mqlite
 from benchmarks._common import Fleet, paced
 
 
-def _worker(path: str, stop: Any, ready: Any, out: Any) -> None:
+def _worker(path: str, group: str, stop: Any, ready: Any, out: Any) -> None:
     with mqlite.open(path, durability="none") as b:
-        q = b.queue("jobs", "workers")
+        q = b.queue("jobs", group)
         q.receive(1, timeout=0.01)
         ready.wait(120)
         r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -49,23 +53,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--rate", type=float, default=1000.0, help="messages per second")
+    ap.add_argument("--groups", type=int, default=1, help="queue groups the workers join")
     args = ap.parse_args(argv)
-    if not 1 <= args.workers <= 64 or args.messages < 1 or not 0 < args.rate <= 1e6:
-        ap.error("--workers 1..64, --messages >= 1, --rate in (0, 1e6]")
+    if not 1 <= args.workers <= 64 or args.messages < 1 or not 0 < args.rate <= 1e6 \
+            or not 1 <= args.groups <= args.workers:
+        ap.error("--workers 1..64, --messages >= 1, --rate in (0, 1e6], --groups 1..workers")
+    groups = ["workers"] + [f"workers{g}" for g in range(1, args.groups)]
     d = tempfile.mkdtemp(prefix="queue-wake-")
     try:
         with mqlite.open(d, durability="none") as b:
             b.create_topic("jobs")
-            fleet = Fleet(_worker, [(d,)] * args.workers)
+            fleet = Fleet(_worker, [(d, groups[i % args.groups]) for i in range(args.workers)])
             paced(args.messages, args.rate, lambda _i: b.send("jobs", b"x" * 100))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:  # every message taken and acked
-                st = b.queue_stats("jobs", "workers")
-                if st is not None and st.ready == 0 and st.inflight == 0:
+                sts = [b.queue_stats("jobs", g) for g in groups]
+                if all(st is not None and st.ready == 0 and st.inflight == 0 for st in sts):
                     break
                 time.sleep(0.01)
             res = fleet.finish()
-        print(f"{args.workers} workers, {args.messages} messages at {args.rate:.0f}/s: "
+        print(f"{args.workers} workers in {args.groups} group(s), {args.messages} messages "
+              f"at {args.rate:.0f}/s: "
               f"acked {sum(r[0] for r in res)}, workers' CPU "
               f"{sum(r[1] for r in res) / args.messages * 1e6:.0f} µs per message")
     finally:

@@ -357,48 +357,5 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
     assert took < WOKEN_S, f"the sync worker got it after {took:.1f} s"
 
 
-# -- found while doing D69, not fixed -----------------------------------------------------
-
-@pytest.mark.xfail(strict=True, reason="D69 finding: the receivers of every group of a topic "
-                   "share one word, and a writer wakes one of them, of whichever group (D67)")
-def test_a_send_wakes_a_waiting_receiver_of_every_group(broker: Any, path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two groups of one topic, each with a message in flight (its earliest visibility
-    deadline: new deliveries then bump nobody, as in steady work) and one receiver
-    asleep.  One send should reach both groups' receivers at once; the one a send's
-    one-waiter wake-up misses sleeps until its timeout (bounded here at ``FOUND_S``,
-    then woken by ``wakeup()``)."""
-    found_s = 3.0  # a wake-up takes milliseconds; the miss takes the receive's timeout
-    # One partition: a receive that took one message of two partitions would wake the
-    # next receiver anyway (it did not look at the other partition, D67).
-    broker.create_topic("one", partitions=1)
-    hook = _WaitHook(monkeypatch)
-    holders = [broker.queue("one", g, visibility_timeout=20.0) for g in ("g1", "g2")]
-    broker.send("one", b"held")
-    for h in holders:
-        assert [d.value for d in h.receive(1, timeout=WAIT_S)] == [b"held"]
-    queues = {g: broker.queue("one", g) for g in ("g1", "g2")}
-    got: dict[str, list[bytes]] = {}
-    done = {g: threading.Event() for g in queues}
-
-    def work(g: str) -> None:
-        q = queues[g]
-        q.receive(1, timeout=0.01)
-        got[g] = [d.value for d in q.receive(1, timeout=WAIT_S)]
-        done[g].set()
-
-    ts = [threading.Thread(target=work, args=(g,), name=g) for g in queues]
-    for t in ts:
-        t.start()
-    for g in queues:
-        assert hook.event(g).wait(WAIT_S)
-    _until_asleep(path, broker._engine.live_env().queue_slot("one"), 2)
-    broker.send("one", b"m")
-    in_time = {g: done[g].wait(found_s) for g in queues}
-    for q in queues.values():
-        q.wakeup()
-    for t in ts:
-        t.join(WAIT_S)
-    for q in [*queues.values(), *holders]:
-        q.close()
-    assert in_time == {"g1": True, "g2": True}, (in_time, got)
+# The D69 finding (receivers of every queue group of a topic shared one one-at-a-time
+# word) is fixed by D70: tests/unit/test_queue_groups_wake.py.

@@ -181,3 +181,26 @@ def test_workers_in_other_processes_wake_one_another(broker: Any, tmp_path: Any)
     assert all(r[2] for r in res), res  # each held one while the others did
     assert all(r[1] < WOKEN_S for r in res), res
     holder.close()
+
+
+@pytest.mark.parametrize("durability", ["none", "sync"])
+def test_an_ack_wakes_nobody(tmp_path: Any, durability: str) -> None:
+    """An ack makes nothing receivable (mqlite has no per-key ordering or in-flight
+    limit that an ack would release), so it bumps neither word a queue receiver may
+    wait on, the global word neither (D70's check of D69's remark); one delivery at a
+    time (``Delivery.ack``) and several in one call, alone and (``sync``) through the
+    commit ring."""
+    with mqlite.open(str(tmp_path / "b"), durability=durability) as b:
+        b.create_topic("jobs")
+        q = b.queue("jobs", "w")
+        env = b._engine.live_env()
+        n = b.notifier
+        words = (env.queue_slot("jobs"), env.topic_slot("jobs"), 0)
+        b.send_batch("jobs", [b"a", b"b", b"c"])
+        ds = q.receive(3, timeout=WAIT_S)
+        assert len(ds) == 3
+        before = [n.load(w) for w in words]
+        ds[0].ack()
+        assert q.ack(ds[1:]) == 2
+        assert [n.load(w) for w in words] == before
+        q.close()

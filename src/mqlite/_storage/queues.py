@@ -23,8 +23,8 @@ from typing import Any
 from mqlite._storage.keys import group_pid_key
 from mqlite._storage.log import prefix_keys
 
-__all__ = ["all_groups", "cursor", "drop_topic", "get_record", "group_name", "groups_of", "put_record",
-           "set_cursor"]
+__all__ = ["all_groups", "cursor", "drop_topic", "get_record", "group_name", "groups_of",
+           "has_other_group", "put_record", "set_cursor"]
 
 _U64 = struct.Struct(">Q")
 _pack_u64 = _U64.pack
@@ -53,6 +53,25 @@ def put_record(txn: Any, dbs: dict[str, Any], qg: str, value: bytes) -> None:
 def groups_of(txn: Any, dbs: dict[str, Any], topic: str) -> list[str]:
     """Names (``qg``) of every queue group of ``topic``, sorted."""
     return [k.decode() for k in prefix_keys(txn, dbs["groups"], _topic_prefix(topic))]
+
+
+def has_other_group(txn: Any, dbs: dict[str, Any], topic: str, qg: str) -> bool:
+    """Whether ``topic`` has a queue group other than ``qg`` (at most two keys read).
+
+    A group's record is written when its first consumer registers and deleted only
+    with its topic, so within one topic's life the answer only turns from ``False``
+    to ``True`` (D70 relies on this).
+    """
+    prefix = _topic_prefix(topic)
+    cur = txn.cursor(db=dbs["groups"])
+    if not cur.set_range(prefix):
+        return False
+    key = bytes(cur.key())
+    if key == qg.encode():
+        if not cur.next():
+            return False
+        key = bytes(cur.key())
+    return key.startswith(prefix)
 
 
 def all_groups(txn: Any, dbs: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -196,7 +196,10 @@ class AsyncQueue:
                 if reg is not None:  # armed inline: a cancel unwinds this frame only
                     await fut
                 else:  # (a cancelled slice passes its wake-up on itself)
-                    moved = await bell.wait(step.slot, step.seq, span, fut, one=True)
+                    # only the queue's word wakes one waiter; the topic's (several
+                    # queue groups, D70) wakes all, so nothing is taken from anyone
+                    moved = await bell.wait(step.slot, step.seq, span, fut,
+                                            one=step.one)
             finally:
                 if reg is not None:
                     bell.disarm(reg)
@@ -205,7 +208,7 @@ class AsyncQueue:
                     if self._wake_gen != gen:
                         woken = True
             if woken or self._closed:
-                if moved:
+                if moved and step.one:
                     bell.pass_on(step.slot)
                 if woken:
                     return []

@@ -142,8 +142,12 @@ class Queue:
         self._rotation = 0
         self._idle = False
         self._pid = os.getpid()
-        # Receivers wait on the word of the topic's queues, woken one at a time (D67).
+        # Receivers wait on the word of the topic's queues, woken one at a time (D67),
+        # while their group is the topic's only queue group; else on the topic's word,
+        # which wakes every waiter (D70).
         self._slot = self._env.queue_slot(topic)
+        self._tslot = self._env.topic_slot(topic)
+        self._shared = False
         self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
         self._liveness = QueueLiveness(self)
         self._register()
@@ -230,9 +234,10 @@ class Queue:
         polling); it is bounded by the next visibility deadline and the next
         due delayed message.  :meth:`wakeup`, or :meth:`close` from another
         thread or a signal handler, ends the wait at once (an empty list).
-        Writers wake one waiting receiver per change; a receive that was woken
-        and returns or raises without taking what it was woken for wakes another
-        one (D69).
+        Writers wake one waiting receiver per change when the topic has one
+        queue group, every waiting receiver when it has several (each group
+        needs its own wake-up, D70); a receive that was woken and returns or
+        raises without taking what it was woken for wakes another one (D69).
 
         Raises
         ------
@@ -249,9 +254,11 @@ class Queue:
 
         Takes what is receivable now; when nothing is, says what to wait on:
         until wake-up word ``slot`` differs from ``seq`` or ``wait`` seconds
-        pass, then call again with ``first=False`` (which looks in a read
-        transaction before taking the write lock, as ``first=True`` does too when
-        the last round took nothing).  Writes (run it off the event loop thread).
+        pass (``one``: the word wakes one waiter per bump, so a wait that was
+        woken and leaves without calling again passes the wake-up on with
+        ``Notifier.pass_on``; D69, D70), then call again with ``first=False``
+        (which looks in a read transaction before taking the write lock, as
+        ``first=True`` does too when the last round took nothing).  Writes (run it off the event loop thread).
         ``cls``: the class of the deliveries it builds, a subclass of
         :class:`Delivery` (``mqlite.aio`` builds its own directly).
 
@@ -361,7 +368,9 @@ class Queue:
         self._life.wakeup()
 
     def _wake_waiter(self) -> None:
+        # either word a receive may be waiting on (D70)
         self._env.wake(self._slot)
+        self._env.wake(self._tslot)
 
     _CLOSE_RANK = 1  # after producers
 

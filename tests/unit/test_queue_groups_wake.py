@@ -1,0 +1,246 @@
+"""D70: a change that makes a message receivable wakes a waiting receiver of every queue
+group of its topic.
+
+Writers wake *one* thread asleep on the word of a topic's queues (D67).  With several
+queue groups on the topic that one may belong to any group, and each group needs a
+wake-up of its own: the receivers of a topic with more than one queue group wait on the
+topic's word instead, which every such change bumps waking every waiter.
+
+Each test gives every group a message in flight with the earliest visibility deadline
+(a "holder"), so that deliveries bump nobody on their own (as in steady work) and only
+the send can wake anyone; a receiver must get the message within ``WOKEN_S`` of a
+receive that waits up to ``WAIT_S`` (before D70 one of them waited out its ``WAIT_S``).
+Sleepers are read from ``notify.shm`` (registered futex waiters), counted over both
+words a receiver may wait on, so the tests run the same with or without the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import queue as _queue
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqlite
+import mqlite.aio
+
+WAIT_S = 30.0
+WOKEN_S = 10.0
+HOLD_S = 20.0  # the holders' visibility timeout: earlier than the receivers' 30 s
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "b"
+
+
+@pytest.fixture
+def broker(path: Path) -> Any:
+    with mqlite.open(str(path), durability="none") as b:
+        # One partition: a receive that took one message of two partitions would wake
+        # the next receiver anyway (it did not look at the other partition, D67).
+        b.create_topic("one", partitions=1)
+        yield b
+
+
+def _sleepers(path: Path, slot: int) -> int:
+    """Threads registered asleep on notify slot ``slot`` (the low half of its waiters
+    word in ``notify.shm``, csrc/notify.h)."""
+    with open(path / "notify.shm", "rb") as f:
+        f.seek(slot * 8 + 4)
+        return int(struct.unpack("=I", f.read(4))[0]) & 0xFFFF
+
+
+def _words(broker: Any) -> tuple[int, int]:
+    """(the queues' word, the topic's word) of topic "one"."""
+    env = broker._engine.live_env()
+    return env.queue_slot("one"), env.topic_slot("one")
+
+
+def _until_asleep(path: Path, broker: Any, n: int) -> None:
+    """Until ``n`` threads sleep on either word of topic "one" (a bump from now on
+    reaches them)."""
+    slots = _words(broker)
+    deadline = time.monotonic() + WAIT_S
+    while sum(_sleepers(path, s) for s in slots) < n:
+        assert time.monotonic() < deadline, [_sleepers(path, s) for s in slots]
+        time.sleep(0.001)
+
+
+def _hold(broker: Any, group: str) -> Any:
+    """A consumer of ``group`` holding message "held" (sent once, before any holder)."""
+    h = broker.queue("one", group, visibility_timeout=HOLD_S)
+    assert [d.value for d in h.receive(1, timeout=WAIT_S)] == [b"held"]
+    return h
+
+
+class _Worker(threading.Thread):
+    """Joins ``group``, finds nothing once, then receives one message with a long
+    timeout; ``started`` is set between the two."""
+
+    def __init__(self, broker: Any, group: str) -> None:
+        super().__init__(name=group)
+        self.q = broker.queue("one", group)
+        self.started = threading.Event()
+        self.got: list[bytes] | None = None
+        self.took = 0.0
+
+    def run(self) -> None:
+        assert self.q.receive(1, timeout=0.01) == []
+        self.started.set()
+        t0 = time.monotonic()
+        ds = self.q.receive(1, timeout=WAIT_S)
+        self.took = time.monotonic() - t0
+        self.got = [d.value for d in ds]
+
+
+def _check(workers: list[_Worker]) -> None:
+    for w in workers:
+        w.join(WAIT_S + 10)
+    for w in workers:
+        w.q.close()
+    for w in workers:
+        assert w.got == [b"m"], (w.name, w.got, f"after {w.took:.1f} s")
+        assert w.took < WOKEN_S, f"group {w.name}'s receiver got it after {w.took:.1f} s"
+
+
+def test_a_send_wakes_a_waiting_receiver_of_every_group(broker: Any, path: Path) -> None:
+    """Two groups of one topic, each with one receiver asleep: one send reaches both
+    (before D70, the one the send's one-waiter wake-up missed slept until its timeout;
+    the D69 finding, pinned then as a strict xfail)."""
+    broker.send("one", b"held")
+    holders = [_hold(broker, g) for g in ("g1", "g2")]
+    workers = [_Worker(broker, g) for g in ("g1", "g2")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        assert w.started.wait(WAIT_S)
+    _until_asleep(path, broker, 2)
+    broker.send("one", b"m")
+    _check(workers)
+    for h in holders:
+        h.close()
+
+
+def test_a_group_created_after_a_receiver_slept_is_woken_and_so_is_that_receiver(
+        broker: Any, path: Path) -> None:
+    """Group g1's receiver goes to sleep while g1 is the topic's only queue group (on
+    the queues' word, woken one at a time); then g2 is created and its receiver sleeps.
+    One send must reach both: g1's, which decided how to wait before g2 existed, and
+    g2's.  Nothing bumps either word between g1's sleep and the send (g2's holder is
+    the group's first delivery, which moves no deadline earlier), so g1's receiver is
+    still in the wait it chose alone."""
+    q_word, t_word = _words(broker)
+    broker.send("one", b"held")
+    h1 = _hold(broker, "g1")
+    w1 = _Worker(broker, "g1")
+    w1.start()
+    assert w1.started.wait(WAIT_S)
+    _until_asleep(path, broker, 1)
+    seqs = (broker.notifier.load(q_word), broker.notifier.load(t_word))
+    h2 = _hold(broker, "g2")  # creates g2
+    w2 = _Worker(broker, "g2")
+    w2.start()
+    assert w2.started.wait(WAIT_S)
+    _until_asleep(path, broker, 2)
+    # g1's receiver was not woken meanwhile: it still sleeps in the wait it chose alone
+    assert (broker.notifier.load(q_word), broker.notifier.load(t_word)) == seqs
+    broker.send("one", b"m")
+    _check([w1, w2])
+    h1.close()
+    h2.close()
+
+
+def _receive_in_process(path: str, group: str, ready: Any, done: Any, out: Any) -> None:
+    """A receiver of ``group`` in its own process: finds nothing once, sets ``ready``,
+    then receives one message with a long timeout and reports it.  It closes only once
+    ``done`` is set: a close wakes every waiter of the word, the other process's too."""
+    with mqlite.open(path, durability="none") as b:
+        q = b.queue("one", group)
+        q.receive(1, timeout=0.01)
+        ready.set()
+        t0 = time.monotonic()
+        ds = q.receive(1, timeout=WAIT_S)
+        out.put((group, [d.value for d in ds], time.monotonic() - t0))
+        done.wait(WAIT_S + 20)
+        q.close()
+
+
+def test_a_send_wakes_a_waiting_receiver_of_every_group_across_processes(
+        broker: Any, path: Path) -> None:
+    """As the first test, each group's receiver in a process of its own."""
+    broker.send("one", b"held")
+    holders = [_hold(broker, g) for g in ("g1", "g2")]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    readies = {g: ctx.Event() for g in ("g1", "g2")}
+    done = ctx.Event()
+    children = [ctx.Process(target=_receive_in_process,
+                            args=(str(path), g, readies[g], done, out))
+                for g in ("g1", "g2")]
+    for c in children:
+        c.start()
+    try:
+        for e in readies.values():
+            assert e.wait(60)
+        _until_asleep(path, broker, 2)
+        broker.send("one", b"m")
+        got = {}
+        for _ in children:
+            try:
+                group, values, took = out.get(timeout=WAIT_S + 10)
+            except _queue.Empty:
+                break
+            got[group] = (values, took)
+        done.set()
+        for c in children:
+            c.join(WAIT_S)
+    finally:
+        done.set()
+        for c in children:
+            if c.is_alive():
+                c.kill()
+            c.join(10)
+        for h in holders:
+            h.close()
+    assert set(got) == {"g1", "g2"}, got
+    for g, (values, took) in got.items():
+        assert values == [b"m"], got
+        assert took < WOKEN_S, f"group {g}'s receiver got it after {took:.1f} s"
+
+
+def test_an_aio_send_wakes_a_waiting_receiver_of_every_group(path: Path) -> None:
+    """``mqlite.aio`` (doorbells): a task of each group waiting, one send reaches both."""
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("one", partitions=1)
+            await b.send("one", b"held")
+            holders = []
+            for g in ("g1", "g2"):
+                h = await b.queue("one", g, visibility_timeout=HOLD_S).start()
+                assert [d.value for d in await h.receive(1, timeout=WAIT_S)] == [b"held"]
+                holders.append(h)
+            qs = [await b.queue("one", g).start() for g in ("g1", "g2")]
+            for q in qs:
+                assert await q.receive(1, timeout=0.01) == []
+            bell = b._bell()
+            t0 = time.monotonic()
+            tasks = [asyncio.create_task(q.receive(1, timeout=WAIT_S)) for q in qs]
+            async with asyncio.timeout(WAIT_S):
+                while bell.has_doorbell and bell.waiting() < 2:
+                    await asyncio.sleep(0.001)  # until both are armed
+            await b.send("one", b"m")
+            for t in tasks:
+                got = await t
+                assert [d.value for d in got] == [b"m"]
+                assert time.monotonic() - t0 < WOKEN_S
+            for q in [*qs, *holders]:
+                await q.close()
+
+    asyncio.run(main())

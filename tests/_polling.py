@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,3 +19,19 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, step: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(step)
+
+
+
+def waiters_word(shm_path: Any, slot: int) -> int:
+    """Notify slot ``slot``'s waiters word, read from the file at ``shm_path``
+    (csrc/notify.h: ``{seq, waiters}`` per slot)."""
+    with open(shm_path, "rb") as f:
+        f.seek(slot * 8 + 4)
+        return int(struct.unpack("=I", f.read(4))[0])
+
+
+def sleepers(broker_dir: Any, slot: int) -> int:
+    """Threads registered asleep on notify slot ``slot`` of the broker in ``broker_dir``
+    (the low half of its waiters word in ``notify.shm``).  For tests that wait until
+    receivers are asleep before they send (``wait_until``)."""
+    return waiters_word(os.path.join(broker_dir, "notify.shm"), slot) & 0xFFFF

@@ -3,12 +3,12 @@ one-at-a-time word passes its wake-up on, only when somebody waits."""
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from _polling import waiters_word
 
 from mqlite import _core
 
@@ -20,12 +20,6 @@ WOKEN_S = 10.0
 def notifier(tmp_path: Path) -> _core.Notifier:
     return _core.Notifier(str(tmp_path / "n.shm"), 64)
 
-
-def _waiters(path: Path, slot: int) -> int:
-    """A slot's waiters word, read from the file (csrc/notify.h: {seq, waiters} per slot)."""
-    with open(path, "rb") as f:
-        f.seek(slot * 8 + 4)
-        return int(struct.unpack("=I", f.read(4))[0])
 
 
 def test_it_does_nothing_when_nobody_waits(notifier: _core.Notifier) -> None:
@@ -50,7 +44,7 @@ def test_it_wakes_one_of_the_threads_asleep(notifier: _core.Notifier, tmp_path: 
     for t in ts:
         t.start()
     deadline = time.monotonic() + WAIT_S
-    while _waiters(tmp_path / "n.shm", 9) < 2:  # until both are registered
+    while waiters_word(tmp_path / "n.shm", 9) < 2:  # until both are registered
         assert time.monotonic() < deadline
         time.sleep(0.001)
     assert notifier.pass_on(9) is True
@@ -59,11 +53,11 @@ def test_it_wakes_one_of_the_threads_asleep(notifier: _core.Notifier, tmp_path: 
         assert time.monotonic() < deadline
         time.sleep(0.001)
     # FUTEX_WAKE of one: the other sleeps on (still registered) until the next pass
-    assert _waiters(tmp_path / "n.shm", 9) == 1
+    assert waiters_word(tmp_path / "n.shm", 9) == 1
     assert len(woken) == 1
     assert notifier.pass_on(9) is True
     for t in ts:
         t.join(WOKEN_S)
     assert len(woken) == 2 and all(w < WOKEN_S for w in woken), woken
-    assert _waiters(tmp_path / "n.shm", 9) == 0
+    assert waiters_word(tmp_path / "n.shm", 9) == 0
     assert notifier.pass_on(9) is False

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from _polling import waiters_word
 
 from mqlite import _core
 
@@ -20,12 +20,6 @@ WOKEN_S = 10.0
 def notifier(tmp_path: Path) -> _core.Notifier:
     return _core.Notifier(str(tmp_path / "n.shm"), 64)
 
-
-def _waiters(path: Path, slot: int) -> int:
-    """A slot's waiters word, read from the file (csrc/notify.h: {seq, waiters} per slot)."""
-    with open(path, "rb") as f:
-        f.seek(slot * 8 + 4)
-        return int(struct.unpack("=I", f.read(4))[0])
 
 
 def test_it_returns_at_once_when_a_word_already_moved(notifier: _core.Notifier) -> None:
@@ -64,7 +58,7 @@ def test_a_bump_of_any_of_its_words_wakes_it(notifier: _core.Notifier, which: in
     assert out and out[0][0] is True
     assert out[0][1] < WOKEN_S, f"woken after {out[0][1]:.1f} s"
     for s in slots:  # it left every word's waiter count as it found it
-        assert _waiters(tmp_path / "n.shm", s) == 0
+        assert waiters_word(tmp_path / "n.shm", s) == 0
 
 
 @pytest.mark.parametrize(("slots", "seqs"), [([], []), ([1] * 17, [0] * 17), ([1, 1], [0, 0]),

@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import queue as _queue
-import struct
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _polling import sleepers
 
 import mqlite
 import mqlite.aio
@@ -49,13 +49,6 @@ def broker(path: Path) -> Any:
         yield b
 
 
-def _sleepers(path: Path, slot: int) -> int:
-    """Threads registered asleep on notify slot ``slot`` (the low half of its waiters
-    word in ``notify.shm``, csrc/notify.h)."""
-    with open(path / "notify.shm", "rb") as f:
-        f.seek(slot * 8 + 4)
-        return int(struct.unpack("=I", f.read(4))[0]) & 0xFFFF
-
 
 def _words(broker: Any) -> tuple[int, int]:
     """(the queues' word, the topic's word) of topic "one"."""
@@ -68,8 +61,8 @@ def _until_asleep(path: Path, broker: Any, n: int) -> None:
     reaches them)."""
     slots = _words(broker)
     deadline = time.monotonic() + WAIT_S
-    while sum(_sleepers(path, s) for s in slots) < n:
-        assert time.monotonic() < deadline, [_sleepers(path, s) for s in slots]
+    while sum(sleepers(path, s) for s in slots) < n:
+        assert time.monotonic() < deadline, [sleepers(path, s) for s in slots]
         time.sleep(0.001)
 
 

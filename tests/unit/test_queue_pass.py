@@ -19,7 +19,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _polling import sleepers
 
 import mqlite
 import mqlite.aio
@@ -54,19 +54,12 @@ def broker(path: Path) -> Any:
         yield b
 
 
-def _sleepers(path: Path, slot: int) -> int:
-    """Threads registered asleep on notify slot ``slot`` (the low half of its waiters
-    word in ``notify.shm``, csrc/notify.h)."""
-    with open(path / "notify.shm", "rb") as f:
-        f.seek(slot * 8 + 4)
-        return int(struct.unpack("=I", f.read(4))[0]) & 0xFFFF
-
 
 def _until_asleep(path: Path, slot: int, n: int) -> None:
     """Until ``n`` threads sleep on ``slot`` (registered: a bump from now on reaches them)."""
     deadline = time.monotonic() + WAIT_S
-    while _sleepers(path, slot) < n:
-        assert time.monotonic() < deadline, f"{_sleepers(path, slot)} of {n} asleep"
+    while sleepers(path, slot) < n:
+        assert time.monotonic() < deadline, f"{sleepers(path, slot)} of {n} asleep"
         time.sleep(0.001)
 
 

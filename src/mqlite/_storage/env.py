@@ -1409,24 +1409,21 @@ class Env:
         except ValueError:  # closed meanwhile: nobody waits on them any more
             pass
 
-    def wake(self, slot: int) -> None:
-        """Bump wake-up word ``slot`` (a hint: nothing when the notifier is closed)."""
-        n = self.notifier
-        if n is not None:
-            try:
-                n.bump(slot)
-            except ValueError:  # closed meanwhile: nobody waits on it any more
-                pass
+    def wake(self, slot: int, *, passing: bool = False) -> None:
+        """Bump wake-up word ``slot``, waking every waiter (a hint: nothing when the
+        notifier is closed).
 
-    def pass_wake(self, slot: int) -> None:
-        """Pass a wake-up of one-at-a-time word ``slot`` on (D69): wake one other waiter
-        when there is one (``Notifier.pass_on``).  For a queue receiver that was, or may
-        have been, woken and leaves without a receive round, and for the reaper of a
-        dead receiver.  A hint: nothing when the notifier is closed."""
+        ``passing``: pass a wake-up of one-at-a-time word ``slot`` on instead (D69):
+        wake one waiter, and only when one waits (``Notifier.pass_on``).  For the reaper
+        of a dead queue receiver, which may have died holding a wake-up.
+        """
         n = self.notifier
         if n is not None:
             try:
-                n.pass_on(slot)
+                if passing:
+                    n.pass_on(slot)
+                else:
+                    n.bump(slot)
             except ValueError:  # closed meanwhile: nobody waits on it any more
                 pass
 

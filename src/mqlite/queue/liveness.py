@@ -154,5 +154,5 @@ class QueueLiveness:
             # it (D69): this reaper (the one that removed it, so one per death) passes
             # one on, so a message it was woken for does not wait for another
             # receiver's timeout.
-            env.pass_wake(q._slot)
+            env.wake(q._slot, passing=True)
         return True

@@ -104,7 +104,7 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
         if woke:
             # Another receiver may sleep on while the message this one was woken for
             # waits: wake one (nothing when none waits).
-            q._env.pass_wake(q._slot)
+            q._env.wake(q._slot, passing=True)
 
 
 # The blocking wait of :func:`receive` (``Notifier.wait``), a module global so that

@@ -398,7 +398,7 @@ class AsyncBroker:
         :meth:`mqlite.Broker.producer`.  ``await producer.send()`` resolves at commit,
         and concurrent sends share commits."""
         loop = asyncio.get_running_loop()
-        return AsyncProducer(self, self.sync.producer(
+        return AsyncProducer(self._runner, self.sync.producer(
             linger_ms=linger_ms, batch_bytes=batch_bytes, partitioner=partitioner,
             max_queued=max_queued), loop)
 

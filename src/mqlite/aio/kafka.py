@@ -31,7 +31,6 @@ transaction commits run in the handle's worker threads.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -39,6 +38,7 @@ from typing import Any, NoReturn, Self, overload
 
 from mqlite._core import Message
 from mqlite._headers import HeadersArg
+from mqlite.aio._bridge import BridgedProducer
 from mqlite.aio._runner import Runner
 from mqlite.aio.consumer import RebalanceCallback, bridge_callback
 from mqlite.errors import ClosedError
@@ -206,7 +206,7 @@ class AsyncKafkaBroker:
         """A batching producer (:class:`AsyncKafkaProducer`); parameters as
         :meth:`mqlite.kafka.KafkaBroker.producer`.  Call it in the running loop."""
         loop = asyncio.get_running_loop()
-        return AsyncKafkaProducer(self, self.sync.producer(
+        return AsyncKafkaProducer(self._runner, self.sync.producer(
             linger_ms=linger_ms, batch_bytes=batch_bytes, partitioner=partitioner,
             max_queued=max_queued), loop)
 
@@ -273,21 +273,13 @@ class AsyncKafkaBroker:
         self.sync.claim(event_id, scope, **kwargs)
 
 
-class AsyncKafkaProducer:
+class AsyncKafkaProducer(BridgedProducer[KafkaProducer]):
     """A batching producer for asyncio on Kafka.  ``sync`` is the :class:`KafkaProducer`.
 
     Any number of tasks may send through one producer; a send never blocks
     the loop (unless librdkafka's queue of ``max_queued`` records is full,
     when it waits for room as the synchronous ``send`` does).
     """
-
-    def __init__(self, broker: AsyncKafkaBroker, producer: KafkaProducer,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self._broker = broker
-        self.sync = producer
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._done: list[tuple[asyncio.Future[RecordMetadata], Any]] = []
 
     def send_nowait(self, topic: str, value: Any, key: Any = None,
                     headers: HeadersArg = None, partition: int | None = None,
@@ -301,10 +293,9 @@ class AsyncKafkaProducer:
         delivery errors through the future).
         """
         kfut = self.sync.send(topic, value, key, headers, partition, timestamp_ms, dedup_id)
-        afut: asyncio.Future[RecordMetadata] = self._loop.create_future()
-        self.sync.awaited += 1  # the report thread serves reports as they come
-        kfut.add_done_callback(lambda f: self._resolved(afut, f))
-        return afut
+        with self._lock:
+            self.sync.awaited += 1  # the report thread serves reports as they come
+        return self._bridge(kfut)
 
     async def send(self, topic: str, value: Any, key: Any = None,
                    headers: HeadersArg = None, partition: int | None = None,
@@ -314,52 +305,8 @@ class AsyncKafkaProducer:
         return await self.send_nowait(topic, value, key, headers, partition, timestamp_ms,
                                       dedup_id)
 
-    def _resolved(self, afut: asyncio.Future[RecordMetadata], kfut: Any) -> None:
-        # the thread serving delivery reports: hand over to the loop in batches
-        with self._lock:
-            first = not self._done
-            self._done.append((afut, kfut))
-        if first:
-            try:
-                self._loop.call_soon_threadsafe(self._deliver)
-            except RuntimeError:  # the loop is closed: nobody awaits these any more
-                with self._lock:
-                    self.sync.awaited -= len(self._done)
-                    self._done.clear()
-
-    def _deliver(self) -> None:
-        with self._lock:
-            done, self._done = self._done, []
-            self.sync.awaited -= len(done)
-        for afut, kfut in done:
-            if afut.done():
-                continue  # the awaiting task was cancelled
-            if kfut.cancelled():
-                afut.cancel()
-                continue
-            exc = kfut.exception(0)
-            if exc is not None:
-                afut.set_exception(exc)
-            else:
-                afut.set_result(kfut.result(0))
-
-    async def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything queued is acknowledged (``timeout`` in seconds)."""
-        await self._broker._runner.run(self.sync.flush, timeout)
-
-    async def close(self, timeout: float | None = None) -> None:
-        """Flush and stop.  Idempotent."""
-        await self._broker._runner.run(self.sync.close, timeout)
-
-    @property
-    def closed(self) -> bool:
-        return self.sync.closed
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _settled(self, n: int) -> None:
+        self.sync.awaited -= n
 
 
 class AsyncKafkaConsumer:

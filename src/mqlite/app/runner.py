@@ -316,6 +316,24 @@ class Runner:
             self._wake()  # inline jobs (on the fetch thread) need no wake-up
 
     # -- loop-driven subscribers: jobs as tasks ----------------------------------------------
+    def _drain(self, timeout: float) -> None:
+        """Take the jobs' reports (waiting up to ``timeout`` seconds for the first)."""
+        got = False
+        while True:
+            try:
+                d = self._done_q.get(timeout=timeout) if timeout > 0 and not got else \
+                    self._done_q.get_nowait()
+            except _queue_mod.Empty:
+                break
+            got = True
+            self._took(d)
+        if got:
+            self.app._notify_progress()
+
+    def _took(self, d: _Done) -> None:
+        """Account for one job's report (the subclass's bookkeeping)."""
+        raise NotImplementedError
+
     def _kick(self) -> None:
         """End the fetch task's :meth:`_wait_report` now (any thread)."""
         evt, loop = self._report_evt, self._evt_loop
@@ -1206,35 +1224,24 @@ class StreamRunner(Runner):
         if done is not None:
             self._report(_Done(lane.tp, done, None, 0, False))
 
-    def _drain(self, timeout: float) -> None:
-        """Take lane reports (waiting up to ``timeout`` for the first)."""
-        got = False
-        while True:
-            try:
-                d = self._done_q.get(timeout=timeout) if timeout > 0 and not got else \
-                    self._done_q.get_nowait()
-            except _queue_mod.Empty:
-                break
-            got = True
-            lane = self._lanes.get(d.key)
-            if d.done is not None and not self.spec.exactly_once:
-                self._to_commit[d.key] = d.done
-            if not d.final:
-                continue
-            self._running -= 1
-            self._buffered -= d.size
-            if lane is None:
-                continue
-            lane.running = False
-            if d.rewind is not None and not lane.revoked and not self._stopping:
-                self._rewinds[lane.tp] = d.rewind
-                for b in lane.batches:
-                    self._buffered -= len(b)
-                lane.batches.clear()
-            elif lane.batches:
-                self._ready_lanes.append(lane)
-        if got:
-            self.app._notify_progress()
+    def _took(self, d: _Done) -> None:
+        lane = self._lanes.get(d.key)
+        if d.done is not None and not self.spec.exactly_once:
+            self._to_commit[d.key] = d.done
+        if not d.final:
+            return
+        self._running -= 1
+        self._buffered -= d.size
+        if lane is None:
+            return
+        lane.running = False
+        if d.rewind is not None and not lane.revoked and not self._stopping:
+            self._rewinds[lane.tp] = d.rewind
+            for b in lane.batches:
+                self._buffered -= len(b)
+            lane.batches.clear()
+        elif lane.batches:
+            self._ready_lanes.append(lane)
 
     def _apply_rewinds(self) -> None:
         while self._rewinds:
@@ -1440,19 +1447,9 @@ class QueueRunner(Runner):
     def _extender(self, ds: list[Any]) -> _Extender:
         return _Extender(self, ds)
 
-    def _drain(self, timeout: float) -> None:
-        got = False
-        while True:
-            try:
-                d = self._done_q.get(timeout=timeout) if timeout > 0 and not got else \
-                    self._done_q.get_nowait()
-            except _queue_mod.Empty:
-                break
-            got = True
-            self._running -= 1
-            self._buffered -= d.size
-        if got:
-            self.app._notify_progress()
+    def _took(self, d: _Done) -> None:
+        self._running -= 1
+        self._buffered -= d.size
 
 
 class _Extender:

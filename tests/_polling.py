@@ -35,3 +35,16 @@ def sleepers(broker_dir: Any, slot: int) -> int:
     (the low half of its waiters word in ``notify.shm``).  For tests that wait until
     receivers are asleep before they send (``wait_until``)."""
     return waiters_word(os.path.join(broker_dir, "notify.shm"), slot) & 0xFFFF
+
+
+def queue_word(broker: Any, topic: str, group: str) -> int:
+    """The wake-up word allocated to queue group ``group`` of ``topic`` (D74: its
+    receivers sleep there, one woken per change), read from storage."""
+    from mqlite._storage import queues
+
+    env = broker._engine.live_env()
+    with broker._engine.read() as txn:
+        word = queues.word_of(txn, env.dbs, queues.group_name(topic, group))
+    if word is None:
+        raise AssertionError(f"queue group {group!r} of {topic!r} has no word")
+    return word

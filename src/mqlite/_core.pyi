@@ -369,13 +369,15 @@ class SendPath:
 
     Built once per environment (``Env.send_path``) with the pieces it shares
     with the Python path: ``SendPath(env, RecordMetadata, lmdb_error,
-    load_state_w, SPACE_SEND, StorageError, _HAND_OVER, _COMBINE_WAIT_S)`` (the
-    last three: the commit ring's sender, D56).
+    load_state_w, SPACE_SEND, StorageError, _HAND_OVER, _COMBINE_WAIT_S,
+    QUEUE_VERSION_SLOT, NOTIFY_HASHED)`` (``hand_over`` and ``wait_s``: the commit
+    ring's sender, D56; ``qv_slot`` and ``nhashed``: the notify words, D74).
     """
 
     def __init__(self, env: Any, md_type: type, lmdb_error: Any, load_state_w: Any,
                  space_send: str, storage_error: type | None = None, hand_over: int = 2,
-                 wait_s: float = 0.002) -> None: ...
+                 wait_s: float = 0.002, qv_slot: int = 2048,
+                 nhashed: int = 2048) -> None: ...
     def send(self, engine: Any, topic: Any, value: Any, key: Any, partition: Any,
              solo: bool = False) -> Any:
         """Append one message and return its ``RecordMetadata``, exactly as

@@ -948,9 +948,10 @@ def first_offset_at_or_after(data, base_offset, timestamp_ms):
 # -- cross-process wake-ups --------------------------------------------------------
 
 cdef inline Py_ssize_t _partition_slot(uint64_t pid, Py_ssize_t nslots) noexcept:
-    # Slot 0 is every append's, the others are shared by topics (crc32 of the name) and
-    # partitions (this multiplicative hash of the id): a collision only wakes a waiter
-    # for nothing.  Python's Env.partition_slot is this function.
+    # Slot 0 is every append's, slots [1, nslots) are shared by topics (crc32 of the
+    # name) and partitions (this multiplicative hash of the id): a collision only wakes
+    # a waiter for nothing.  mqlite passes nslots = NOTIFY_HASHED (2048): the words
+    # above are queue groups' (D74).  Python's Env.partition_slot is this function.
     return 1 + <Py_ssize_t>(((pid * 2654435761u) & 0xFFFFFFFFu) % <uint64_t>(nslots - 1))
 
 

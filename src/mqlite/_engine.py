@@ -43,8 +43,13 @@ from mqlite import _core
 from mqlite._headers import HeadersArg, normalize_headers, normalize_headers_list
 from mqlite._storage import dedup as _dedup
 from mqlite._storage import log as _log
+from mqlite._storage import queues as _queues
 from mqlite._storage import tickets as _tickets
 from mqlite._storage.env import (
+    NOTIFY_HASHED,
+    NOTIFY_SLOTS,
+    QUEUE_VERSION_SLOT,
+    QUEUE_WORD_FIRST,
     SPACE_GROW,
     SPACE_MOVE,
     SPACE_SEND,
@@ -276,7 +281,8 @@ class Engine:
         if env.send_path is None:
             env.send_path = _core.SendPath(env, RecordMetadata, lmdb_error, _log.load_state_w,
                                            SPACE_SEND, StorageError, _HAND_OVER,
-                                           _COMBINE_WAIT_S)
+                                           _COMBINE_WAIT_S, QUEUE_VERSION_SLOT,
+                                           NOTIFY_HASHED)
         self.send_path: Any = env.send_path
         # The commit ring's apply step in Cython (D50), one per environment.
         if env.ring_apply is None:
@@ -493,6 +499,8 @@ class Engine:
             rec = _log.get_topic(txn, env.dbs, name)
             if rec is None:
                 raise TopicNotFoundError(f"topic {name!r} does not exist")
+            # its queue groups' words, read before the hooks free them (D74)
+            words = _queues.words_of(txn, env.dbs, name, QUEUE_WORD_FIRST, NOTIFY_SLOTS)
             _log.delete_topic(txn, env.dbs, rec)
             env.check_topic_cache(_log.topics_version(txn, env.dbs))
             for hook in _TOPIC_DELETE_HOOKS:
@@ -500,7 +508,9 @@ class Engine:
         env.space_freed()
         env.notify_partitions(rec.pids)  # its readers of one partition learn it too (D64)
         env.notify_topics([name])
-        env.wake(env.queue_slot(name))  # every queue receiver, not one (D67)
+        for w in words:  # every queue receiver of every group, not one (D67, D74)
+            env.wake(w)
+        env.wake(QUEUE_VERSION_SLOT)  # writers forget the freed words (D74)
 
     def alter_topic(self, name: str, *, partitions: int | None = None,
                     changes: dict[str, Any] | None = None) -> TopicConfig:

@@ -206,14 +206,20 @@ cdef class SendPath:
     cdef object last_rec
     cdef int64_t last_maxb
     cdef bint last_retention
-    cdef dict topic_cache, state_cache, slot_cache, queue_slot_cache
+    cdef dict topic_cache, state_cache, slot_cache
+    # topic -> (the queue version word's value, the topic's queue groups' words):
+    # Env.queue_words_cache, read through env.queue_words when the word moved (D74)
+    cdef dict queue_words_cache
+    cdef Py_ssize_t qv_slot      # _storage.env.QUEUE_VERSION_SLOT
+    cdef Py_ssize_t nhashed      # _storage.env.NOTIFY_HASHED: partitions' words below it
     # The commit ring's sender (Engine.ring_submit's one-send case, D56).
     cdef object storage_error    # mqlite.errors.StorageError
     cdef uint32_t hand_over      # _engine._HAND_OVER
     cdef int64_t wait_ns         # _engine._COMBINE_WAIT_S in nanoseconds
 
     def __init__(self, env, md_type, lmdb_error, load_state_w, space_send,
-                 storage_error=None, hand_over=2, wait_s=0.002):
+                 storage_error=None, hand_over=2, wait_s=0.002, qv_slot=2048,
+                 nhashed=2048):
         self.env = env
         self.ed = env.__dict__
         self.md_type = md_type
@@ -223,7 +229,11 @@ cdef class SendPath:
         self.topic_cache = env.topic_cache
         self.state_cache = env.state_cache
         self.slot_cache = env.slot_cache
-        self.queue_slot_cache = env.queue_slot_cache
+        self.queue_words_cache = env.queue_words_cache
+        if not 2 <= nhashed <= qv_slot:
+            raise ValueError(f"expected 2 <= nhashed <= qv_slot, not {nhashed}, {qv_slot}")
+        self.qv_slot = qv_slot
+        self.nhashed = nhashed
         self.storage_error = _StorageError if storage_error is None else storage_error
         if not 0 <= hand_over <= _RING_HAND_OVER_MAX:
             raise ValueError(f"hand_over must be in [0, {_RING_HAND_OVER_MAX}], not {hand_over}")
@@ -314,7 +324,8 @@ cdef class SendPath:
         cdef object env = self.env
         cdef dict ed = self.ed
         cdef object gate
-        cdef object cfg, txn, st_obj, rec2, tid, nt, slot, qslot
+        cdef object cfg, txn, st_obj, rec2, tid, nt, slot, qw, words, w
+        cdef uint32_t ver
         cdef PartitionState st
         cdef int64_t off = 0, nbytes = len(batch), klen, cache_tid
         cdef Py_ssize_t npart, part = 0
@@ -425,21 +436,30 @@ cdef class SendPath:
             ed["_cache_tid"] = tid
             nt = ed["notifier"]
             slot = self.slot_cache.get(topic) or env.topic_slot(topic)
-            # The partition's word first, then the topic's, one of its queue receivers'
-            # (D67) and every append's (D64).
-            qslot = self.queue_slot_cache.get(topic) or env.queue_slot(topic)
+            # The partition's word first, then the topic's, one receiver of each of its
+            # queue groups (D67, D74) and every append's (D64).  The version word is
+            # loaded after the topic's bump (a full barrier): Env.queue_words says why.
             if (type(nt) is Notifier and (<Notifier>nt).is_open and type(slot) is int
-                    and 0 < <Py_ssize_t>slot < (<Notifier>nt).slots and type(qslot) is int
-                    and 0 < <Py_ssize_t>qslot < (<Notifier>nt).slots):
+                    and 0 < <Py_ssize_t>slot < (<Notifier>nt).slots
+                    and self.qv_slot < (<Notifier>nt).slots):
                 notifier = <Notifier>nt
-                mq_notify_bump(&notifier.n, <size_t>_partition_slot(pid, notifier.slots))
+                mq_notify_bump(&notifier.n, <size_t>_partition_slot(pid, self.nhashed))
                 mq_notify_bump(&notifier.n, <size_t><Py_ssize_t>slot)
-                mq_notify_bump_wake(&notifier.n, <size_t><Py_ssize_t>qslot, 1)
+                ver = mq_notify_load(&notifier.n, <size_t>self.qv_slot)
+                qw = self.queue_words_cache.get(topic)
+                if qw is None or <uint32_t>(<tuple>qw)[0] != ver:
+                    words = env.queue_words(topic)
+                else:
+                    words = (<tuple>qw)[1]
+                for w in <tuple?>words:
+                    if 0 < <Py_ssize_t>w < notifier.slots:
+                        mq_notify_bump_wake(&notifier.n, <size_t><Py_ssize_t>w, 1)
                 mq_notify_bump(&notifier.n, 0)
             else:
                 nt.bump(env.partition_slot(pyid))
                 nt.bump(slot)
-                nt.bump_one(qslot)
+                for w in env.queue_words(topic):
+                    nt.bump_one(w)
                 nt.bump(0)
             next(ed["_ended"])  # Env._leave, inlined
             if ed["_closing"]:

@@ -1,17 +1,17 @@
-"""D70: a change that makes a message receivable wakes a waiting receiver of every queue
-group of its topic.
+"""D70, D74: a change that makes a message receivable wakes a waiting receiver of every
+queue group of its topic.
 
-Writers wake *one* thread asleep on the word of a topic's queues (D67).  With several
-queue groups on the topic that one may belong to any group, and each group needs a
-wake-up of its own: the receivers of a topic with more than one queue group wait on the
-topic's word instead, which every such change bumps waking every waiter.
+Writers wake *one* thread asleep on a queue group's word (D67); every group has a word
+of its own (D74; D70 had the receivers of a topic with several groups wait on the
+topic's word, woken all at once), so each group gets a wake-up.  The exact count (one
+receiver per group, no more) is in test_queue_group_words.py.
 
 Each test gives every group a message in flight with the earliest visibility deadline
 (a "holder"), so that deliveries bump nobody on their own (as in steady work) and only
 the send can wake anyone; a receiver must get the message within ``WOKEN_S`` of a
 receive that waits up to ``WAIT_S`` (before D70 one of them waited out its ``WAIT_S``).
-Sleepers are read from ``notify.shm`` (registered futex waiters), counted over both
-words a receiver may wait on, so the tests run the same with or without the change.
+Sleepers are read from ``notify.shm`` (registered futex waiters), counted over the
+topic's word and its groups' words.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from _polling import sleepers
 
 import mqlite
 import mqlite.aio
+from mqlite._storage import queues as _queues
+from mqlite._storage.env import NOTIFY_SLOTS, QUEUE_WORD_FIRST
 
 WAIT_S = 30.0
 WOKEN_S = 10.0
@@ -50,15 +52,17 @@ def broker(path: Path) -> Any:
 
 
 
-def _words(broker: Any) -> tuple[int, int]:
-    """(the queues' word, the topic's word) of topic "one"."""
+def _words(broker: Any) -> tuple[int, ...]:
+    """The topic's word and the words of the queue groups of topic "one" that exist."""
     env = broker._engine.live_env()
-    return env.queue_slot("one"), env.topic_slot("one")
+    with broker._engine.read() as txn:
+        words = _queues.words_of(txn, env.dbs, "one", QUEUE_WORD_FIRST, NOTIFY_SLOTS)
+    return (env.topic_slot("one"), *words)
 
 
 def _until_asleep(path: Path, broker: Any, n: int) -> None:
-    """Until ``n`` threads sleep on either word of topic "one" (a bump from now on
-    reaches them)."""
+    """Until ``n`` threads sleep on a word of topic "one" or of one of its queue groups
+    (a bump from now on reaches them)."""
     slots = _words(broker)
     deadline = time.monotonic() + WAIT_S
     while sum(sleepers(path, s) for s in slots) < n:
@@ -129,13 +133,13 @@ def test_a_group_created_after_a_receiver_slept_is_woken_and_so_is_that_receiver
     g2's.  Nothing bumps either word between g1's sleep and the send (g2's holder is
     the group's first delivery, which moves no deadline earlier), so g1's receiver is
     still in the wait it chose alone."""
-    q_word, t_word = _words(broker)
     broker.send("one", b"held")
     h1 = _hold(broker, "g1")
     w1 = _Worker(broker, "g1")
     w1.start()
     assert w1.started.wait(WAIT_S)
     _until_asleep(path, broker, 1)
+    t_word, q_word = _words(broker)  # the topic's, g1's
     seqs = (broker.notifier.load(q_word), broker.notifier.load(t_word))
     h2 = _hold(broker, "g2")  # creates g2
     w2 = _Worker(broker, "g2")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _polling import sleepers
+from _polling import queue_word, sleepers
 
 import mqlite
 import mqlite.aio
@@ -143,7 +143,7 @@ def test_a_woken_receiver_that_leaves_passes_its_wake_up_on(broker: Any, path: P
     ready.wait()
     for name in ("a", "b"):
         assert hook.event(name).wait(WAIT_S)
-    _until_asleep(path, broker._engine.live_env().queue_slot("jobs"), 2)
+    _until_asleep(path, queue_word(broker, "jobs", "w"), 2)
     hook.armed.set()
     broker.send("jobs", b"m")
     for t in ts:
@@ -216,7 +216,7 @@ def test_a_receiver_killed_after_its_wake_up_does_not_strand_the_message(
     try:
         assert ready.wait(60)
         q.receive(1, timeout=0.01)
-        slot = broker._engine.live_env().queue_slot("one")
+        slot = queue_word(broker, "one", "w")
         for i in range(1, 6):
             t = threading.Thread(target=survive, name="survivor")
             t.start()
@@ -331,7 +331,7 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
                     await a
             else:
                 probe.when_moved = aq.wakeup
-            _until_asleep(path, b.sync._engine.live_env().queue_slot("jobs"), 2)
+            _until_asleep(path, queue_word(b.sync, "jobs", "w"), 2)
             await b.send("jobs", b"m")
             if how == "wakeup":
                 assert await a == []
@@ -341,7 +341,7 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
     try:
         asyncio.run(main())
     finally:
-        n.bump(broker._engine.live_env().queue_slot("jobs"))  # free a slice left asleep
+        n.bump(queue_word(broker, "jobs", "w"))  # free a slice left asleep
         for index in claimed:
             n.bell_release(index)
     assert probe is not None and probe.returned[:1] == [True], probe and probe.returned

@@ -195,7 +195,7 @@ def test_an_ack_wakes_nobody(tmp_path: Any, durability: str) -> None:
         q = b.queue("jobs", "w")
         env = b._engine.live_env()
         n = b.notifier
-        words = (env.queue_slot("jobs"), env.topic_slot("jobs"), 0)
+        words = (q._slot, env.topic_slot("jobs"), 0)
         b.send_batch("jobs", [b"a", b"b", b"c"])
         ds = q.receive(3, timeout=WAIT_S)
         assert len(ds) == 3

@@ -59,6 +59,7 @@ import lmdb
 
 from mqlite import _core
 from mqlite._storage import log as _log
+from mqlite._storage import queues as _queues
 from mqlite.config import (
     DEFAULT_MAP_SIZE,
     DURABILITY_MODES,
@@ -104,6 +105,17 @@ DB_NAMES = (
 )
 FORMAT_VERSION = 1
 NOTIFY_SLOTS = 4096
+#: Words ``[1, NOTIFY_HASHED)`` of ``notify.shm`` are hashed: topics' (crc32 of the name)
+#: and partitions' (``_core.partition_slot``), where a collision only wakes a waiter
+#: for nothing (they wake every waiter).  Word ``QUEUE_VERSION_SLOT`` moves after every
+#: queue consumer's registration and topic deletion (nobody waits on it: writers compare
+#: it with the one their cache of a topic's queue words was read under), and words
+#: ``[QUEUE_WORD_FIRST, NOTIFY_SLOTS)`` are queue groups' words, one each, allocated
+#: in storage (``_storage.queues.allocate_word``): a writer wakes *one* receiver there,
+#: which must be of the group it means (D74).
+NOTIFY_HASHED = 2048
+QUEUE_VERSION_SLOT = NOTIFY_HASHED
+QUEUE_WORD_FIRST = NOTIFY_HASHED + 1
 #: The commit ring (csrc/combine.h): slots and payload bytes per slot.  One ring per
 #: durability mode (``commit-sync.shm``, ``commit-lazy.shm``), so an operation is only
 #: ever committed by a process whose commits are at least as durable as its sender's.
@@ -530,7 +542,9 @@ class Env:
         self.fresh_txn: Any = None
         self._cache_tid = -1
         self.slot_cache: dict[str, int] = {}
-        self.queue_slot_cache: dict[str, int] = {}
+        #: topic -> (``QUEUE_VERSION_SLOT``'s value before the read, the topic's queue
+        #: groups' words): :meth:`queue_words`
+        self.queue_words_cache: dict[str, tuple[int, tuple[int, ...]]] = {}
         # Of the write transaction in progress (one at a time per process: LMDB's
         # write lock): topics and partition ids appended to, whose wake-up words are
         # bumped after the commit, and callbacks to run after it.  All are dropped on
@@ -1220,7 +1234,8 @@ class Env:
                 self.notify_partitions(parts)
             n = self.notifier
             n.bump(self.slot_cache.get(wake) or self.topic_slot(wake))
-            n.bump_one(self.queue_slot_cache.get(wake) or self.queue_slot(wake))
+            for w in self.queue_words(wake):  # one receiver of each queue group (D74)
+                n.bump_one(w)
             n.bump(0)
             next(self._ended)  # _leave, inlined
             if self._closing:
@@ -1370,28 +1385,50 @@ class Env:
         """Notify slot of a topic (slot 0 is bumped for every append)."""
         slot = self.slot_cache.get(topic)
         if slot is None:
-            slot = self.slot_cache[topic] = 1 + zlib.crc32(topic.encode()) % (NOTIFY_SLOTS - 1)
+            slot = self.slot_cache[topic] = 1 + zlib.crc32(topic.encode()) % (NOTIFY_HASHED - 1)
         return slot
 
-    def queue_slot(self, topic: str) -> int:
-        """Notify slot the receivers of ``topic``'s queues wait on (D67).
+    def queue_words(self, topic: str) -> tuple[int, ...]:
+        """The wake-up words of ``topic``'s queue groups (D74); call after a commit that
+        made a message of ``topic`` receivable, then bump each waking *one* thread.
 
-        Bumped, with every append to the topic and every change that makes a queue
-        message receivable (:meth:`notify_topics`), by waking *one* thread asleep on
-        it: the receivers compete for the same messages, and one that leaves some
-        behind wakes the next.  Event loops armed on it are all rung.
+        Each group's receivers wait on a word of its own, allocated in storage with the
+        group (no other group holds it), so a writer's one-waiter wake-up reaches a
+        receiver of that group.  Cached per topic under the value of
+        ``QUEUE_VERSION_SLOT`` loaded before the list was read; the list is read again
+        (a read transaction) only when that word moved.  Why a group the cache misses
+        has no receiver that could miss this writer's message: every queue consumer's
+        registration bumps that word after its commit and before it can receive; the
+        caller committed, then bumped the topic's word (a sequentially consistent
+        read-modify-write), then this loads the version word.  Either this load sees the
+        registration's bump (the list is read again, and sees the group), or it
+        precedes it, and then the commit precedes every read of that receiver.
+        Topics without queue groups: an empty tuple.  A closed notifier, or a read
+        that fails (the broker closing under a writer that committed): empty, nothing
+        cached (a wake-up is a hint; the caller's commit stands).
         """
-        slot = self.queue_slot_cache.get(topic)
-        if slot is None:
-            slot = self.queue_slot_cache[topic] = 1 + zlib.crc32(
-                b"\x00queue\x00" + topic.encode()) % (NOTIFY_SLOTS - 1)
-        return slot
+        n = self.notifier
+        if n is None:
+            return ()
+        v = n.load(QUEUE_VERSION_SLOT)
+        hit = self.queue_words_cache.get(topic)
+        if hit is not None and hit[0] == v:
+            return hit[1]
+        try:
+            with self.read_txn() as txn:
+                words = _queues.words_of(txn, self.dbs, topic, QUEUE_WORD_FIRST,
+                                         NOTIFY_SLOTS)
+        except MqliteError:
+            # Closing (or failing) under a writer that already committed: its caller
+            # must not raise for a hint.  Nothing cached; the next writer reads again.
+            return ()
+        self.queue_words_cache[topic] = (v, words)
+        return words
 
     def partition_slot(self, pid: int) -> int:
         """Notify slot of partition id ``pid`` (D64: a consumer reading one partition
         waits on it; every append to the partition bumps it before the topic's)."""
-        n = self.notifier
-        return _core.partition_slot(pid, NOTIFY_SLOTS if n is None else n.slots)
+        return _core.partition_slot(pid, NOTIFY_HASHED)
 
     def notify_partitions(self, pids: Any) -> None:
         """Bump the wake-up words of partition ids ``pids``; call after the commit.
@@ -1405,7 +1442,7 @@ class Env:
             return
         try:
             for pid in pids:
-                n.bump(_core.partition_slot(pid, n.slots))
+                n.bump(_core.partition_slot(pid, NOTIFY_HASHED))
         except ValueError:  # closed meanwhile: nobody waits on them any more
             pass
 
@@ -1428,17 +1465,17 @@ class Env:
                 pass
 
     def notify_topics(self, topics: Any) -> None:
-        """Bump the wake-up words of ``topics``, their queues' (one receiver each, D67)
-        and the global word; call after commit."""
+        """Bump the wake-up words of ``topics``, their queue groups' (one receiver of each
+        group, D67, D74: :meth:`queue_words`) and the global word; call after commit."""
         n = self.notifier
         if n is None:
             return
         slots = self.slot_cache
-        qslots = self.queue_slot_cache
         try:
             for t in topics:
                 n.bump(slots.get(t) or self.topic_slot(t))
-                n.bump_one(qslots.get(t) or self.queue_slot(t))
+                for w in self.queue_words(t):
+                    n.bump_one(w)
             n.bump(0)
         except ValueError:
             pass  # closed by a concurrent close(): a wake-up is only a hint

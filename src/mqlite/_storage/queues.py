@@ -7,6 +7,9 @@ Layout (docs/format.md)::
                                                          its policy types in ``queue.policy``)
     offsets:  "~q~<topic>~<group>" 0x00 pid (u32 BE)  -> u64 BE cursor: the next offset
                                                          never delivered to the group
+    groups:   "~w~<topic>~<group>" (UTF-8)            -> u32 BE: the group's wake-up word,
+                                                         a slot of ``notify.shm`` no other
+                                                         queue group holds (D74)
 
 ``"~"`` is not allowed in topic or group names, so queue groups never collide
 with stream groups in the same databases.  A queue group's name (``qg``) is
@@ -21,14 +24,15 @@ import struct
 from typing import Any
 
 from mqlite._storage.keys import group_pid_key
-from mqlite._storage.log import prefix_keys
+from mqlite._storage.log import prefix_items, prefix_keys
 
-__all__ = ["all_groups", "cursor", "drop_topic", "get_record", "group_name", "groups_of",
-           "has_other_group", "put_record", "set_cursor"]
+__all__ = ["all_groups", "allocate_word", "cursor", "drop_topic", "get_record", "group_name",
+           "groups_of", "put_record", "set_cursor", "word_of", "words_of"]
 
 _U64 = struct.Struct(">Q")
 _pack_u64 = _U64.pack
 _unpack_u64 = _U64.unpack
+_U32 = struct.Struct(">I")
 
 
 def group_name(topic: str, group: str) -> str:
@@ -55,23 +59,49 @@ def groups_of(txn: Any, dbs: dict[str, Any], topic: str) -> list[str]:
     return [k.decode() for k in prefix_keys(txn, dbs["groups"], _topic_prefix(topic))]
 
 
-def has_other_group(txn: Any, dbs: dict[str, Any], topic: str, qg: str) -> bool:
-    """Whether ``topic`` has a queue group other than ``qg`` (at most two keys read).
+def _word(raw: Any) -> int:
+    b = bytes(raw)
+    return int(_U32.unpack(b)[0]) if len(b) == 4 else -1
 
-    A group's record is written when its first consumer registers and deleted only
-    with its topic, so within one topic's life the answer only turns from ``False``
-    to ``True`` (D70 relies on this).
+
+def _word_key(qg: str) -> bytes:
+    return b"~w~" + qg[3:].encode()  # "~q~<topic>~<group>" -> "~w~<topic>~<group>"
+
+
+def word_of(txn: Any, dbs: dict[str, Any], qg: str) -> int | None:
+    """The wake-up word allocated to queue group ``qg``, or ``None`` (none yet)."""
+    raw = txn.get(_word_key(qg), db=dbs["groups"])
+    return None if raw is None else _word(raw)
+
+
+def allocate_word(txn: Any, dbs: dict[str, Any], qg: str, first: int, end: int) -> int | None:
+    """Give queue group ``qg`` the lowest word in ``[first, end)`` that no queue group of
+    any topic holds, and store it; ``None`` (nothing stored) when every one is taken.
+
+    Reads every group's word (one cursor pass over ``~w~`` keys): for a group's first
+    registration only.  Words are freed with their topic (:func:`drop_topic`).
     """
-    prefix = _topic_prefix(topic)
-    cur = txn.cursor(db=dbs["groups"])
-    if not cur.set_range(prefix):
-        return False
-    key = bytes(cur.key())
-    if key == qg.encode():
-        if not cur.next():
-            return False
-        key = bytes(cur.key())
-    return key.startswith(prefix)
+    db = dbs["groups"]
+    used = {_word(v) for _, v in prefix_items(txn, db, b"~w~")}
+    for w in range(first, end):
+        if w not in used:
+            txn.put(_word_key(qg), _U32.pack(w), db=db)
+            return w
+    return None
+
+
+def words_of(txn: Any, dbs: dict[str, Any], topic: str, first: int, end: int) -> tuple[int, ...]:
+    """The wake-up words of ``topic``'s queue groups that have one, sorted by group name.
+
+    A stored word outside ``[first, end)`` is left out (a damaged or foreign value must
+    not make a writer bump a word that is not a queue group's).
+    """
+    out = []
+    for _, v in prefix_items(txn, dbs["groups"], b"~w~" + _topic_prefix(topic)[3:]):
+        w = _word(v)
+        if first <= w < end:
+            out.append(w)
+    return tuple(out)
 
 
 def all_groups(txn: Any, dbs: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -95,9 +125,12 @@ def set_cursor(txn: Any, dbs: dict[str, Any], qg: str, pid: int, offset: int) ->
 
 
 def drop_topic(txn: Any, dbs: dict[str, Any], topic: str) -> None:
-    """Delete the records and cursors of every queue group of ``topic``."""
+    """Delete the records, cursors and wake-up words of every queue group of ``topic``."""
     prefix = _topic_prefix(topic)
     for name in ("groups", "offsets"):
         db = dbs[name]
         for k in prefix_keys(txn, db, prefix):
             txn.delete(k, db=db)
+    db = dbs["groups"]
+    for k in prefix_keys(txn, db, b"~w~" + prefix[3:]):  # the groups' wake-up words
+        txn.delete(k, db=db)

@@ -196,8 +196,8 @@ class AsyncQueue:
                 if reg is not None:  # armed inline: a cancel unwinds this frame only
                     await fut
                 else:  # (a cancelled slice passes its wake-up on itself)
-                    # only the queue's word wakes one waiter; the topic's (several
-                    # queue groups, D70) wakes all, so nothing is taken from anyone
+                    # only the group's word wakes one waiter; the topic's (no group
+                    # word was free, D74) wakes all, so nothing is taken from anyone
                     moved = await bell.wait(step.slot, step.seq, span, fut,
                                             one=step.one)
             finally:

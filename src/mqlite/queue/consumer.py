@@ -26,6 +26,7 @@ from mqlite._lifecycle import UseGuard, guarded
 from mqlite._storage import log as _log
 from mqlite._storage import pending as _pending
 from mqlite._storage import queues as _queues
+from mqlite._storage.env import NOTIFY_SLOTS, QUEUE_VERSION_SLOT, QUEUE_WORD_FIRST
 from mqlite._storage.pending import NOBODY, Entry
 from mqlite.config import (
     MAX_VISIBILITY_TIMEOUT_S,
@@ -142,12 +143,11 @@ class Queue:
         self._rotation = 0
         self._idle = False
         self._pid = os.getpid()
-        # Receivers wait on the word of the topic's queues, woken one at a time (D67),
-        # while their group is the topic's only queue group; else on the topic's word,
-        # which wakes every waiter (D70).
-        self._slot = self._env.queue_slot(topic)
-        self._tslot = self._env.topic_slot(topic)
-        self._shared = False
+        # Receivers wait on their group's word, woken one at a time (D67, D74); set by
+        # the registration.  Until then (and for good when every queue word is taken)
+        # the topic's word, which every change wakes in full (D70's way).
+        self._slot = self._env.topic_slot(topic)
+        self._one = False
         self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
         self._liveness = QueueLiveness(self)
         self._register()
@@ -162,23 +162,37 @@ class Queue:
     def _register(self) -> None:
         name = self._liveness.create_lock()
         try:
-            self._adopt(retry_draining(lambda: self._register_in_txn(name)))
+            policy, word = retry_draining(lambda: self._register_in_txn(name))
         except BaseException:
             self._liveness.drop_lock()
             raise
+        self._adopt(policy)
+        if word is not None:
+            self._slot, self._one = word, True
+        # After the commit, before this consumer can receive: writers whose cache of the
+        # topic's queue words predates this bump read them again (Env.queue_words, D74).
+        self._env.wake(QUEUE_VERSION_SLOT)
 
-    def _register_in_txn(self, name: str) -> QueuePolicy:
+    def _register_in_txn(self, name: str) -> tuple[QueuePolicy, int | None]:
         """The registration's write transaction (retried as a draining write: joining a
-        group that exists is always admitted); the group's policy."""
+        group that exists is always admitted): the group's policy and wake-up word
+        (allocated by the group's first registration; ``None`` when none was free)."""
+        dbs = self._env.dbs
         with self._engine.write() as txn:
-            if load_meta(txn, self._env.dbs, self._qg) is None:
+            if load_meta(txn, dbs, self._qg) is None:
                 self._engine.admit_growth(txn)  # a new group adds state
             meta = self._load_meta(txn)
             meta.policy = merge_policy(meta.policy, self._given, self.topic, self.group,
                                        alter=False)
             meta.consumers[self.owner_id] = name
             self._store_meta(txn, meta)
-        return meta.policy
+            word = _queues.word_of(txn, dbs, self._qg)
+            if word is None:  # a new group, or one stored before groups had words
+                word = _queues.allocate_word(txn, dbs, self._qg, QUEUE_WORD_FIRST,
+                                             NOTIFY_SLOTS)
+            elif not QUEUE_WORD_FIRST <= word < NOTIFY_SLOTS:
+                word = None  # damaged: wait on the topic's word (writers skip it too)
+        return meta.policy, word
 
     def _adopt(self, policy: QueuePolicy) -> None:
         self._policy = policy
@@ -230,14 +244,13 @@ class Queue:
         first, then new messages in offset order per partition.  Each returned
         message is invisible to other consumers of the group until acked,
         nacked, or ``visibility_timeout`` (default: the queue's) passes.
-        Waiting blocks on the cross-process wake-up word of the topic (no
-        polling); it is bounded by the next visibility deadline and the next
-        due delayed message.  :meth:`wakeup`, or :meth:`close` from another
+        Waiting blocks on the cross-process wake-up word of the queue's group
+        (no polling); it is bounded by the next visibility deadline and the
+        next due delayed message.  :meth:`wakeup`, or :meth:`close` from another
         thread or a signal handler, ends the wait at once (an empty list).
-        Writers wake one waiting receiver per change when the topic has one
-        queue group, every waiting receiver when it has several (each group
-        needs its own wake-up, D70); a receive that was woken and returns or
-        raises without taking what it was woken for wakes another one (D69).
+        Writers wake one waiting receiver of each queue group of the topic per
+        change (D67, D74); a receive that was woken and returns or raises
+        without taking what it was woken for wakes another one (D69).
 
         Raises
         ------
@@ -256,7 +269,7 @@ class Queue:
         until wake-up word ``slot`` differs from ``seq`` or ``wait`` seconds
         pass (``one``: the word wakes one waiter per bump, so a wait that was
         woken and leaves without calling again passes the wake-up on with
-        ``Notifier.pass_on``; D69, D70), then call again with ``first=False``
+        ``Notifier.pass_on``; D69, D74), then call again with ``first=False``
         (which looks in a read transaction before taking the write lock, as
         ``first=True`` does too when the last round took nothing).  Writes (run it off the event loop thread).
         ``cls``: the class of the deliveries it builds, a subclass of
@@ -368,9 +381,7 @@ class Queue:
         self._life.wakeup()
 
     def _wake_waiter(self) -> None:
-        # either word a receive may be waiting on (D70)
-        self._env.wake(self._slot)
-        self._env.wake(self._tslot)
+        self._env.wake(self._slot)  # every receiver of the group: they look again
 
     _CLOSE_RANK = 1  # after producers
 

@@ -43,9 +43,9 @@ class QueueCore(DeliveryOwner, Protocol):
     _backoff: Backoff | None
     _rotation: int
     _idle: bool  # the last receive round took nothing: the next one looks before it writes
-    _slot: int  # the word of the topic's queues: woken one receiver at a time (D67)
-    _tslot: int  # the topic's word: every waiter woken (D70: receivers of a shared topic)
-    _shared: bool  # the topic has another queue group (sticky: groups go only with it, D70)
+    _slot: int  # the word the group's receivers wait on (D74)
+    _one: bool  # _slot is the group's own word, woken one receiver at a time (D67, D74);
+    #             else the topic's (no queue word was free), which wakes every waiter
     _pid: int
     _closed: bool
 

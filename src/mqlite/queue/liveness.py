@@ -149,10 +149,11 @@ class QueueLiveness:
             unlink_quiet(os.path.join(mdir, lock))
         if released:
             env.notify_topics((q.topic,))
-        elif gone:
+        elif gone and q._one:
             # A receiver killed between its wake-up and its round took the wake-up with
             # it (D69): this reaper (the one that removed it, so one per death) passes
             # one on, so a message it was woken for does not wait for another
-            # receiver's timeout.
+            # receiver's timeout.  On the group's own word only: the topic's (no group
+            # word was free) wakes everybody, so nothing was taken (D74).
             env.wake(q._slot, passing=True)
         return True

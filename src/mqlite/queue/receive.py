@@ -5,8 +5,8 @@ pending entries (expired, released or nacked; an entry at ``max_deliveries``
 moves to the dead-letter topic instead) and then new messages after each
 partition's cursor, writing one pending entry per delivery range and
 advancing the cursor; between attempts it waits on the wake-up word of the
-topic's queues (the topic's own word when the topic has several queue groups,
-D70), bounded by the next visibility deadline and the next due delayed message.
+queue's group (D74), bounded by the next visibility deadline and the next due
+delayed message.
 
 Callers: :class:`~mqlite.queue.consumer.Queue` only (these functions are its
 methods' bodies and use its package-internal fields).
@@ -52,9 +52,9 @@ class ReceiveStep(NamedTuple):
     slot: int
     seq: int
     wait: float
-    #: ``slot`` wakes one waiter per bump (the queue's word, D67): a wait that was woken
-    #: and leaves without a round passes its wake-up on (D69).  ``False`` for the
-    #: topic's word (several queue groups, D70), which wakes every waiter.
+    #: ``slot`` wakes one waiter per bump (the group's word, D67, D74): a wait that was
+    #: woken and leaves without a round passes its wake-up on (D69).  ``False`` for the
+    #: topic's word (no group word was free), which wakes every waiter.
     one: bool = True
 
 
@@ -81,8 +81,8 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
     # used yet: set before the wait (an exception may leave it, e.g. KeyboardInterrupt
     # from a signal handler run just after it), cleared when the wait timed out and
     # when a round returned.  Leaving with it set passes the wake-up on (D69).
-    # Only a wait on the queue's word takes a wake-up from anybody: the topic's word
-    # (a topic with several queue groups, D70) wakes every waiter.
+    # Only a wait on the group's own word takes a wake-up from anybody: the topic's
+    # word (when no group word was free, D74) wakes every waiter.
     woke = False
     try:
         while True:
@@ -130,10 +130,9 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
     engine = q._engine
     slot = q._slot
     notifier = q._env.notifier
-    # Both words are loaded before the state is read: a round that finds nothing waits
-    # on one of them, and a change committed after this load bumps both (D70).
+    # Loaded before the state is read: a round that finds nothing waits on it, and a
+    # change committed after this load bumps it (D74: Env.queue_words).
     seq = notifier.load(slot)
-    tseq = notifier.load(q._tslot)
     next_due = scheduler.next_due_ms(engine)
     now = now_ms()
     take = first and not q._idle
@@ -149,12 +148,13 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
         if out:
             q._idle = False
             if more:
-                # Writers wake one receiver (D67): this one left messages behind, so it
-                # wakes the next (and every receiver of a shared topic, D70).
-                notifier.bump_one(slot)
-                if q._shared:
-                    notifier.bump(q._tslot)
-            return ReceiveStep(out, True, slot, seq, 0.0)
+                # Writers wake one receiver of the group (D67, D74): this one left
+                # messages behind, so it wakes the next.
+                if q._one:
+                    notifier.bump_one(slot)
+                else:
+                    notifier.bump(slot)
+            return ReceiveStep(out, True, slot, seq, 0.0, q._one)
         now = now_ms()
     q._idle = True
     wait = math.inf
@@ -162,13 +162,7 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
         wait = max(0.0, (next_visible - now) / 1000.0) + 0.001
     if next_due is not None:
         wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
-    if q._shared:
-        # Several queue groups share the topic: a writer's one-waiter wake-up of the
-        # queue's word may go to another group's receiver, so wait on the topic's word,
-        # which every such change bumps waking everybody (D70).  ``_shared`` was
-        # refreshed by the transaction that found nothing.
-        return ReceiveStep([], False, q._tslot, tseq, wait, False)
-    return ReceiveStep([], False, slot, seq, wait)
+    return ReceiveStep([], False, slot, seq, wait, q._one)
 
 
 def _peek(q: QueueCore, now: int) -> tuple[bool, int]:
@@ -186,8 +180,6 @@ def _peek(q: QueueCore, now: int) -> tuple[bool, int]:
             st = _log.load_state(txn, dbs, pid)
             if max(_queues.cursor(txn, dbs, qg, pid), st.start) < st.next:
                 return True, hint
-        if not q._shared:  # nothing to take: the round waits, on which word (D70)
-            q._shared = _queues.has_other_group(txn, dbs, q.topic, qg)
     return False, hint
 
 
@@ -264,11 +256,6 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
         if hint != meta.min_visible_ms:
             meta.min_visible_ms = hint
             q._store_meta(txn, meta)
-        if not q._shared and (not got or more or hint < was):
-            # This round waits, wakes the next receiver or moved the deadline earlier:
-            # which words to wait on or bump, as of this transaction (D70).  Any receiver
-            # asleep since before this commit saw no more groups than it does.
-            q._shared = _queues.has_other_group(txn, dbs, topic, qg)
         if dlq_moved:
             cleanup_consumed(engine, txn, topic)
     except BaseException as exc:  # noqa: BLE001 - fail() aborts and re-raises
@@ -277,10 +264,9 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
     if got and hint < was:
         # Waiting consumers bound their wait by the earliest visibility deadline they
         # saw: wake them only when it moved earlier (the first delivery of an idle
-        # queue, a shorter visibility timeout), not for every delivery (D67).
+        # queue, a shorter visibility timeout), not for every delivery (D67).  Only
+        # this group's: the deadline is the group's (D74).
         env.notifier.bump(q._slot)
-        if q._shared:  # receivers of a shared topic wait on the topic's word (D70)
-            env.notifier.bump(q._tslot)
     if dlq_moved and q.dead_letter_topic is not None:
         env.notify_topics((q.dead_letter_topic,))
     # Build the Delivery objects outside the write transaction.

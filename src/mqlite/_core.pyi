@@ -421,12 +421,36 @@ class RingApply:
         """Holding the combining lock and ``txn``: apply the (at most ``max_slots``)
         oldest FILLED slots, record their results under their tickets in ``txn`` and
         write each into its slot; ``Engine._take_ring``'s contract and results.  Plain
-        appends are applied here, in runs per partition; dedup-id appends, other slot
-        kinds and payloads ``parse_ring_append`` refuses go through
-        ``engine._stage_slot`` after the runs before them.  Returns the ``(slot,
+        appends are applied here, in runs per partition, and so are offset commits of
+        the kind ``register_ring_offsets`` named (after the runs before them); dedup-id
+        appends, other slot kinds, offset commits outside the msgpack forms read here
+        and payloads ``parse_ring_append`` refuses go through ``engine._stage_slot``
+        after the runs before them.  Returns the ``(slot,
         ticket)`` pairs to mark DONE after the commit, or ``None`` when nothing was
         written.  An exception leaves ``txn`` to the caller to abort; no slot result
         is written then."""
+
+def register_ring_offsets(kind: int, load_state: Any) -> None:
+    """From now on ``RingApply.take`` applies slots of ``kind`` (1-255) as fenced offset
+    commits, ``mqlite.groups.member._apply_ring_offsets``'s contract and result
+    (D73): payload ``kind`` + msgpack ``[group, member_id, lock, [[topic, partition,
+    offset], ...]]``; ``load_state(txn, dbs, group)`` gives the stored group state
+    (``None``, or ``.generation``, ``.members[id].lock``, ``.owners["topic:part"]``),
+    read only.  The member must be in the state with that lock and own every
+    partition, each topic and partition must exist, else ``RETRY`` with nothing
+    written; else each offset is written to ``offsets`` as ``OffsetValue(offset,
+    member_id, generation, now_ms)``.  A payload outside these forms (not exactly
+    that array, an integer outside int64, a negative partition or offset, bytes
+    after it, a string that is not UTF-8) or a check that raises goes to the
+    registered Python handler with nothing written.  ``ValueError`` for a kind out
+    of range, ``TypeError`` for a ``load_state`` that is not callable."""
+
+def ring_offset_value(offset: int, member_id: str, generation: int,
+                      timestamp_ms: int) -> bytes:
+    """The bytes ``RingApply.take`` stores for an offset commit: msgspec's encoding
+    of ``OffsetValue(offset, member_id, generation, timestamp_ms)`` (tests compare
+    them).  ``ValueError`` for an integer outside int64, ``TypeError`` for one that
+    is not an int."""
 
 def parse_ring_append(
         payload: Any) -> tuple[str, bytes | None, int, int, int, list[bytes], int]:

@@ -19,6 +19,14 @@
 #    load_state_w, which raises), a put per batch, retention
 #    through Engine._after_append when the topic has any, one state put, the
 #    topic and partition marked touched (D64);
+#  - a group member's offset commit (the kind registered by
+#    register_ring_offsets, mqlite.groups.member) first applies every run
+#    collected so far and is then applied here (D73): its msgpack payload read
+#    in C, fenced against the stored group state exactly as the Python handler
+#    _apply_ring_offsets fences it, and its offsets written in the layout of
+#    _storage/offsets.py (msgpack OffsetValue, encoded here as msgspec encodes
+#    it).  A payload outside the forms read here, or a check that raises,
+#    goes to the Python path with nothing written;
 #  - anything else (an append with a dedup id, another kind of slot, a payload
 #    csrc/ringop.h refuses) first applies every run collected so far and then
 #    goes through Engine._stage_slot, the Python path, so the order of each
@@ -56,6 +64,32 @@ cdef struct _RingRun:
     int32_t part
     int32_t first, last  # slots
     int64_t nbytes
+
+
+cdef struct _RingOff:
+    const uint8_t *topic  # into the slot's payload (kept alive by the take)
+    uint32_t topic_len
+    int64_t part
+    int64_t off
+
+
+# The offset-commit slot kind and the group state reader (load_group_shared) that
+# mqlite.groups.member registers at import (register_ring_offsets); -1: none yet.
+cdef int _ring_off_kind = -1
+cdef object _ring_off_load = None
+
+
+def register_ring_offsets(kind, load_state):
+    """Apply slots of ``kind`` as fenced offset commits in :meth:`RingApply.take` (see
+    _core.pyi)."""
+    global _ring_off_kind, _ring_off_load
+    cdef int64_t k = _as_i64(kind, "kind")
+    if not 0 < k <= 255:
+        raise ValueError(f"kind must be in 1..255 (0 is an append), got {k}")
+    if not callable(load_state):
+        raise TypeError("load_state must be callable")
+    _ring_off_kind = <int>k
+    _ring_off_load = load_state
 
 
 cdef enum:
@@ -104,11 +138,14 @@ cdef class RingApply:
     cdef mq_ringop_batch *batches
     cdef uint32_t batch_cap
     cdef list topics             # _RingTopic of this take
+    cdef _RingOff *offs          # the offsets of one offset-commit slot
+    cdef uint32_t offs_cap
 
     def __cinit__(self):
         self.slots = NULL
         self.runs = NULL
         self.batches = NULL
+        self.offs = NULL
 
     def __init__(self, env, load_state_w, space_send, storage_full, topic_missing):
         self.env = env
@@ -123,6 +160,7 @@ cdef class RingApply:
         free(self.slots)
         free(self.runs)
         free(self.batches)
+        free(self.offs)
 
     cdef int _room(self, uint32_t nslots, uint32_t nbatches) except -1:
         cdef void *p
@@ -223,6 +261,10 @@ cdef class RingApply:
                         s.ts = op.timestamp
                         if self._stage(engine, txn, s, k, &op):
                             used += op.batch_count
+                        continue
+                if plen > 0 and src[0] == _ring_off_kind and _ring_off_load is not None:
+                    self._flush(engine, txn)  # after every run so far (order)
+                    if self._offsets(engine, txn, s, src, plen, dbs):
                         continue
                 # not a plain append: the Python path, after every run so far (order)
                 self._flush(engine, txn)
@@ -333,41 +375,23 @@ cdef class RingApply:
     cdef bint _stage(self, engine, txn, _RingSlot *s, uint32_t k, mq_ringop *op) except -1:
         """A parsed append without dedup id: into the run of its partition (True), or
         its result when it cannot be applied (False)."""
-        cdef _RingTopic t = None
+        cdef _RingTopic t
         cdef Py_ssize_t i, ti = -1
         cdef _RingRun *r
-        cdef object name, cfg
-        for i in range(len(self.topics)):
+        for i in range(len(self.topics)):  # the common case inline: a topic seen before
             t = <_RingTopic>self.topics[i]
             if (<Py_ssize_t>op.topic_len == len(t.raw)
                     and memcmp(op.topic, PyBytes_AS_STRING(t.raw), op.topic_len) == 0):
                 ti = i
                 break
         if ti < 0:
-            try:
-                name = PyUnicode_DecodeUTF8(<const char *>op.topic, op.topic_len, NULL)
-            except UnicodeDecodeError:
-                s.status = _RING_RETRY  # not a slot we can read: its owner sends alone
-                s.r0 = s.r1 = s.r2 = 0
-                s.has = s.fresh = True
-                return False
-            t = _RingTopic()
-            t.raw = PyBytes_FromStringAndSize(<const char *>op.topic, op.topic_len)
-            t.name = name
-            try:
-                t.rec = engine.topic(txn, name)
-            except self.topic_missing:
-                t.rec = None
-            if t.rec is not None:
-                cfg = t.rec.config
-                t.pids = t.rec.pids
-                t.npart = len(t.pids)
-                t.maxb = cfg["max_message_bytes"]
-                t.retained = (cfg["retention_ms"] is not None
-                              or cfg["retention_bytes"] is not None
-                              or cfg["retention_messages"] is not None)
-            ti = len(self.topics)
-            self.topics.append(t)
+            ti = self._topic_of(engine, txn, op.topic, op.topic_len)
+        if ti < 0:
+            s.status = _RING_RETRY  # not a slot we can read: its owner sends alone
+            s.r0 = s.r1 = s.r2 = 0
+            s.has = s.fresh = True
+            return False
+        t = <_RingTopic>self.topics[ti]
         s.r0 = s.r1 = s.r2 = 0
         s.has = s.fresh = True
         if t.rec is None:
@@ -390,6 +414,131 @@ cdef class RingApply:
         r.part = op.partition
         r.first = r.last = <int32_t>k
         r.nbytes = s.nbytes
+        return True
+
+    cdef Py_ssize_t _topic_of(self, engine, txn, const uint8_t *raw, uint32_t n) except -2:
+        """The index in ``self.topics`` of the topic named by the UTF-8 bytes ``raw``,
+        looked up (``engine.topic``) at its first use in this take; -1 when they are
+        not UTF-8.  A topic that does not exist gets ``rec = None``."""
+        cdef _RingTopic t
+        cdef Py_ssize_t i
+        cdef object name, cfg
+        for i in range(len(self.topics)):
+            t = <_RingTopic>self.topics[i]
+            if (<Py_ssize_t>n == len(t.raw)
+                    and memcmp(raw, PyBytes_AS_STRING(t.raw), n) == 0):
+                return i
+        try:
+            name = PyUnicode_DecodeUTF8(<const char *>raw, n, NULL)
+        except UnicodeDecodeError:
+            return -1
+        t = _RingTopic()
+        t.raw = PyBytes_FromStringAndSize(<const char *>raw, n)
+        t.name = name
+        try:
+            t.rec = engine.topic(txn, name)
+        except self.topic_missing:
+            t.rec = None
+        if t.rec is not None:
+            cfg = t.rec.config
+            t.pids = t.rec.pids
+            t.npart = len(t.pids)
+            t.maxb = cfg["max_message_bytes"]
+            t.retained = (cfg["retention_ms"] is not None
+                          or cfg["retention_bytes"] is not None
+                          or cfg["retention_messages"] is not None)
+        self.topics.append(t)
+        return len(self.topics) - 1
+
+    cdef bint _offsets(self, engine, txn, _RingSlot *s, const uint8_t *src, uint32_t plen,
+                       dict dbs) except -1:
+        """A fenced offset commit (``mqlite.groups.member._apply_ring_offsets``'s
+        contract and result, all or nothing): True when its result is set; False
+        when the Python path must apply it (a payload outside the forms read here,
+        a check that raised), with nothing written.
+
+        Payload: the kind byte, then msgpack ``[group, member_id, lock, [[topic,
+        partition, offset], ...]]`` (``_RingOffsets``)."""
+        cdef size_t pos = 2
+        cdef const uint8_t *g
+        cdef const uint8_t *mid_p
+        cdef const uint8_t *lock_p
+        cdef uint32_t glen, mlen, llen, n, j, inner
+        cdef int64_t gen, now_ms
+        cdef _RingOff *o
+        cdef _RingTopic t
+        cdef Py_ssize_t ti
+        cdef object group, mid, lock, state, m, key, val, odb
+        cdef list pids
+        cdef timespec ts
+        cdef void *p
+        if plen < 2 or src[0] != _ring_off_kind or src[1] != 0x94:
+            return False
+        if (_mp_str(src, plen, &pos, &g, &glen) or _mp_str(src, plen, &pos, &mid_p, &mlen)
+                or _mp_str(src, plen, &pos, &lock_p, &llen)
+                or _mp_array(src, plen, &pos, &n)):
+            return False
+        if n > self.offs_cap:
+            p = realloc(self.offs, sizeof(_RingOff) * n)
+            if p == NULL:
+                raise MemoryError()
+            self.offs = <_RingOff *>p
+            self.offs_cap = n
+        for j in range(n):
+            o = &self.offs[j]
+            if (_mp_array(src, plen, &pos, &inner) or inner != 3
+                    or _mp_str(src, plen, &pos, &o.topic, &o.topic_len)
+                    or _mp_int(src, plen, &pos, &o.part)
+                    or _mp_int(src, plen, &pos, &o.off)):
+                return False
+            if o.part < 0 or o.part > INT32_MAX or o.off < 0:
+                return False  # refused by the Python path (or not written by a member)
+        if pos != plen:
+            return False  # trailing bytes: msgspec refuses them
+        s.r0 = s.r1 = s.r2 = 0
+        try:
+            group = PyUnicode_DecodeUTF8(<const char *>g, glen, NULL)
+            mid = PyUnicode_DecodeUTF8(<const char *>mid_p, mlen, NULL)
+            lock = PyUnicode_DecodeUTF8(<const char *>lock_p, llen, NULL)
+            state = _ring_off_load(txn, dbs, group)  # read only
+            if state is None:
+                return self._set_status(s, _RING_RETRY)
+            m = state.members.get(mid)
+            if m is None or m.lock != lock:
+                return self._set_status(s, _RING_RETRY)
+            pids = []
+            for j in range(n):
+                o = &self.offs[j]
+                ti = self._topic_of(engine, txn, o.topic, o.topic_len)
+                if ti < 0:
+                    return False
+                t = <_RingTopic>self.topics[ti]
+                if state.owners.get(f"{t.name}:{o.part}") != mid:
+                    return self._set_status(s, _RING_RETRY)
+                if t.rec is None or o.part >= t.npart:
+                    return self._set_status(s, _RING_RETRY)
+                pids.append(t.pids[o.part])
+            gen = state.generation
+        except Exception:  # noqa: BLE001 - the Python path reports or maps it
+            return False
+        clock_gettime(CLOCK_REALTIME, &ts)
+        now_ms = <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+        odb = dbs["offsets"]
+        for j in range(n):
+            o = &self.offs[j]
+            key = _bytes_new(NULL, glen + 5)
+            p = <void *>PyBytes_AS_STRING(key)
+            memcpy(p, g, glen)
+            (<uint8_t *>p)[glen] = 0
+            _put_be32(<uint8_t *>p + glen + 1, <uint32_t>pids[j])
+            val = _offset_value(o.off, mid_p, mlen, gen, now_ms)
+            self.t_put(txn, key, val, True, True, False, odb)
+        return self._set_status(s, _RING_OK)
+
+    cdef bint _set_status(self, _RingSlot *s, int32_t status) except -1:
+        s.status = status
+        s.r0 = s.r1 = s.r2 = 0
+        s.has = s.fresh = True
         return True
 
     cdef int _flush(self, engine, txn) except -1:
@@ -535,6 +684,200 @@ cdef class RingApply:
                 p += _RING_TICKET_ITEM
         self.t_put(txn, key, val, True, True, False, mdb)
         return m
+
+
+# -- the msgpack forms of an offset-commit slot (msgspec's encoding, read and written) ----
+
+cdef inline int _mp_need(size_t n, size_t pos, size_t k) noexcept nogil:
+    return 0 if n - pos >= k else -1
+
+
+cdef int _mp_str(const uint8_t *p, size_t n, size_t *pos, const uint8_t **s,
+                 uint32_t *slen) noexcept nogil:
+    """A msgpack str at ``p[*pos]`` (fixstr, str8/16/32): its bytes; -1 otherwise."""
+    cdef size_t i = pos[0]
+    cdef uint32_t ln, hd
+    cdef uint8_t b
+    if i >= n:
+        return -1
+    b = p[i]
+    if 0xA0 <= b <= 0xBF:
+        ln = b & 0x1F
+        hd = 1
+    elif b == 0xD9 and _mp_need(n, i, 2) == 0:
+        ln = p[i + 1]
+        hd = 2
+    elif b == 0xDA and _mp_need(n, i, 3) == 0:
+        ln = (<uint32_t>p[i + 1] << 8) | p[i + 2]
+        hd = 3
+    elif b == 0xDB and _mp_need(n, i, 5) == 0:
+        ln = _get_be32(p + i + 1)
+        hd = 5
+    else:
+        return -1
+    if _mp_need(n, i + hd, ln):
+        return -1
+    s[0] = p + i + hd
+    slen[0] = ln
+    pos[0] = i + hd + ln
+    return 0
+
+
+cdef int _mp_array(const uint8_t *p, size_t n, size_t *pos, uint32_t *count) noexcept nogil:
+    """A msgpack array header (fixarray, array16/32): its length; -1 otherwise."""
+    cdef size_t i = pos[0]
+    cdef uint8_t b
+    if i >= n:
+        return -1
+    b = p[i]
+    if 0x90 <= b <= 0x9F:
+        count[0] = b & 0x0F
+        pos[0] = i + 1
+    elif b == 0xDC and _mp_need(n, i, 3) == 0:
+        count[0] = (<uint32_t>p[i + 1] << 8) | p[i + 2]
+        pos[0] = i + 3
+    elif b == 0xDD and _mp_need(n, i, 5) == 0:
+        count[0] = _get_be32(p + i + 1)
+        pos[0] = i + 5
+    else:
+        return -1
+    return 0
+
+
+cdef int _mp_int(const uint8_t *p, size_t n, size_t *pos, int64_t *v) noexcept nogil:
+    """A msgpack integer in int64 range; -1 otherwise (a uint64 above it included)."""
+    cdef size_t i = pos[0]
+    cdef uint8_t b
+    cdef uint64_t u
+    if i >= n:
+        return -1
+    b = p[i]
+    if b <= 0x7F:
+        v[0] = b
+        pos[0] = i + 1
+    elif b >= 0xE0:
+        v[0] = <int8_t>b
+        pos[0] = i + 1
+    elif b == 0xCC and _mp_need(n, i, 2) == 0:
+        v[0] = p[i + 1]
+        pos[0] = i + 2
+    elif b == 0xCD and _mp_need(n, i, 3) == 0:
+        v[0] = (<uint32_t>p[i + 1] << 8) | p[i + 2]
+        pos[0] = i + 3
+    elif b == 0xCE and _mp_need(n, i, 5) == 0:
+        v[0] = _get_be32(p + i + 1)
+        pos[0] = i + 5
+    elif b == 0xCF and _mp_need(n, i, 9) == 0:
+        u = _get_be64(p + i + 1)
+        if u > <uint64_t>INT64_MAX:
+            return -1
+        v[0] = <int64_t>u
+        pos[0] = i + 9
+    elif b == 0xD0 and _mp_need(n, i, 2) == 0:
+        v[0] = <int8_t>p[i + 1]
+        pos[0] = i + 2
+    elif b == 0xD1 and _mp_need(n, i, 3) == 0:
+        v[0] = <int16_t>((<uint16_t>p[i + 1] << 8) | p[i + 2])
+        pos[0] = i + 3
+    elif b == 0xD2 and _mp_need(n, i, 5) == 0:
+        v[0] = <int32_t>_get_be32(p + i + 1)
+        pos[0] = i + 5
+    elif b == 0xD3 and _mp_need(n, i, 9) == 0:
+        v[0] = <int64_t>_get_be64(p + i + 1)
+        pos[0] = i + 9
+    else:
+        return -1
+    return 0
+
+
+cdef size_t _mp_put_int(uint8_t *p, int64_t v) noexcept nogil:
+    """``v`` in msgspec's encoding (the shortest form); the bytes written (at most 9)."""
+    if v >= 0:
+        if v <= 0x7F:
+            p[0] = <uint8_t>v
+            return 1
+        if v <= 0xFF:
+            p[0] = 0xCC
+            p[1] = <uint8_t>v
+            return 2
+        if v <= 0xFFFF:
+            p[0] = 0xCD
+            p[1] = <uint8_t>(v >> 8)
+            p[2] = <uint8_t>v
+            return 3
+        if v <= <int64_t>UINT32_MAX:
+            p[0] = 0xCE
+            _put_be32(p + 1, <uint32_t>v)
+            return 5
+        p[0] = 0xCF
+        _put_be64(p + 1, <uint64_t>v)
+        return 9
+    if v >= -32:
+        p[0] = <uint8_t>(<int8_t>v)
+        return 1
+    if v >= -128:
+        p[0] = 0xD0
+        p[1] = <uint8_t>(<int8_t>v)
+        return 2
+    if v >= -32768:
+        p[0] = 0xD1
+        p[1] = <uint8_t>((<uint64_t>v) >> 8)
+        p[2] = <uint8_t>v
+        return 3
+    if v >= <int64_t>INT32_MIN:
+        p[0] = 0xD2
+        _put_be32(p + 1, <uint32_t>(<int32_t>v))
+        return 5
+    p[0] = 0xD3
+    _put_be64(p + 1, <uint64_t>v)
+    return 9
+
+
+cdef object _offset_value(int64_t off, const uint8_t *mid, uint32_t mlen, int64_t gen,
+                          int64_t now_ms):
+    """msgspec's bytes of ``OffsetValue(off, mid, gen, now_ms)`` (_storage/offsets.py:
+    an array of 5, the metadata ``""`` last)."""
+    cdef uint8_t head[15]
+    cdef uint8_t tail[19]
+    cdef size_t hl = 1, tl
+    cdef char *q
+    cdef object out
+    head[0] = 0x95
+    hl += _mp_put_int(head + 1, off)
+    if mlen <= 31:
+        head[hl] = 0xA0 | mlen
+        hl += 1
+    elif mlen <= 0xFF:
+        head[hl] = 0xD9
+        head[hl + 1] = <uint8_t>mlen
+        hl += 2
+    elif mlen <= 0xFFFF:
+        head[hl] = 0xDA
+        head[hl + 1] = <uint8_t>(mlen >> 8)
+        head[hl + 2] = <uint8_t>mlen
+        hl += 3
+    else:
+        head[hl] = 0xDB
+        _put_be32(head + hl + 1, mlen)
+        hl += 5
+    tl = _mp_put_int(tail, gen)
+    tl += _mp_put_int(tail + tl, now_ms)
+    tail[tl] = 0xA0  # metadata ""
+    tl += 1
+    out = _bytes_new(NULL, <Py_ssize_t>(hl + mlen + tl))
+    q = PyBytes_AS_STRING(out)
+    memcpy(q, head, hl)
+    memcpy(q + hl, mid, mlen)
+    memcpy(q + hl + mlen, tail, tl)
+    return out
+
+
+def ring_offset_value(offset, member_id, generation, timestamp_ms):
+    """``_offset_value`` from Python, for the tests (see _core.pyi)."""
+    cdef bytes mb = member_id.encode()
+    return _offset_value(_as_i64(offset, "offset"), <const uint8_t *>PyBytes_AS_STRING(mb),
+                         <uint32_t>len(mb), _as_i64(generation, "generation"),
+                         _as_i64(timestamp_ms, "timestamp_ms"))
 
 
 def parse_ring_append(payload):

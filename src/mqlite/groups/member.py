@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 
-from mqlite._core import Message, self_pid
+from mqlite._core import Message, register_ring_offsets, self_pid
 from mqlite._engine import RING_OK, RING_RETRY, draining, on_ring_kind, retry_draining
 from mqlite._liveness import MemberLock, members_dir, unlink_quiet
 from mqlite._storage.offsets import OffsetValue
@@ -805,3 +805,7 @@ def _apply_ring_offsets(engine: Engine, txn: Any, payload: bytes) -> tuple[int, 
 
 
 on_ring_kind(RING_KIND_OFFSETS, _apply_ring_offsets)
+# The committer applies these slots in compiled code (RingApply.take, D73), with the
+# same fencing and writes; _apply_ring_offsets stays the reference and the fallback
+# for any payload or check the compiled path does not take.
+register_ring_offsets(RING_KIND_OFFSETS, load_group_shared)

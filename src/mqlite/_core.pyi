@@ -275,6 +275,8 @@ def self_pid() -> int:
 
 def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     """The compiled wrapper of ``mqlite._lifecycle.guarded`` (D62)."""
+def guarded_one(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled wrapper of ``mqlite._lifecycle.guarded_one`` (D72)."""
 
 class Combiner:
     """The shared ring of slots of csrc/combine.h (``commit.shm``).

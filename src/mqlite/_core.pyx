@@ -1468,8 +1468,9 @@ cdef class UringBell:
 
         A future of :meth:`dispatch`'s dict that is not done gets
         ``set_result(True)`` when its slot's word differs from its expected
-        value, after it left the dict (and its slot was disarmed when it was
-        the slot's last wait).  Nothing is submitted here (a system call on the wake-up's
+        value, after it left the dict; a slot left without waits is disarmed after
+        the resolved futures' tasks resumed (D72), unless one of them armed it
+        again.  Nothing is submitted here (a system call on the wake-up's
         path); ``after(flags)`` is called when a completion was consumed and
         something is left: ``flags & 1``, a wait is still pending (submit
         again soon); ``flags & 2``, the kernel failed the wait (retry later);
@@ -1483,7 +1484,8 @@ cdef class UringBell:
         cdef list moved = []
         cdef list freed = []  # the slot of each moved future
         cdef Py_ssize_t i
-        if self.waits is None:
+        cdef dict waits = self.waits
+        if waits is None:
             return
         n = mq_uring_bell_reap(&self.u, &failed)
         if n > 0:
@@ -1497,7 +1499,7 @@ cdef class UringBell:
                         moved.append(fut)
             flags |= 4
         else:
-            for key, w in self.waits.items():
+            for key, w in waits.items():
                 slot = key
                 if slot < 0 or slot >= self.n.slots:
                     continue
@@ -1510,22 +1512,44 @@ cdef class UringBell:
                         freed.append(key)
                     else:
                         flags |= 1
-            # The moved waits leave the dict here, and a slot left without waits is
-            # disarmed (D52): the resumed task's own disarm then has nothing to do.
+            # The moved waits leave the dict here (D52): the resumed task's own disarm
+            # then has nothing to do.
             for i in range(len(moved)):
-                key = freed[i]
-                w = self.waits.get(key)
-                if w is not None and (<dict>w).pop(moved[i], None) is not None and not w:
-                    del self.waits[key]
-                    self.n.bell_disarm(self.index, key)
+                w = waits.get(freed[i])
+                if w is not None:
+                    (<dict>w).pop(moved[i], None)
         # Resolved after the walk (D48): a future that resumes its task inline lets
         # that task arm, disarm or close the bell while this runs.
         for fut in moved:
             if not fut.done():
                 fut.set_result(True)
+        if freed:
+            self._disarm_emptied(waits, freed)
         after = self.after  # (None once a resumed task closed the bell)
         if n > 0 and flags != 0 and after is not None:
             after(flags)
+
+    cdef void _disarm_emptied(self, dict waits, list slots) except *:
+        """Disarm each of ``slots`` that :meth:`on_readable` left without waits.
+
+        Done after the woken tasks resumed, not before (D72): the two atomic updates
+        of words the writers share are off the wake-up's path.  A resumed task that
+        armed the same slot meanwhile found its (empty) dict and did not arm it
+        again, so the slot stays armed for it.  As ``Notifier.bell_disarm``
+        (quietly nothing once the notifier closed), also when a resumed task closed
+        this bell.
+        """
+        cdef Notifier nt = self.n
+        cdef size_t s
+        for key in slots:
+            w = waits.get(key)
+            if w is None or w:
+                continue
+            del waits[key]
+            if nt.bells != NULL and nt.is_open:
+                s = <size_t>(<Py_ssize_t>key)
+                mq_notify_waiters_add(&nt.n, s, -<int>MQ_NOTIFY_BELL_UNIT)
+                mq_bells_disarm(nt.bells, self.index, s)
 
     def close(self):
         """Close the ring (a pending wait is cancelled).  Idempotent."""

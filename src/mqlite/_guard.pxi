@@ -292,3 +292,29 @@ def guarded(method):
 
     _functools.update_wrapper(wrapper, method)
     return wrapper
+
+
+def guarded_one(method):
+    """:func:`guarded` for a method of one optional positional argument (D72).
+
+    The same enter, exit and deferred close; the argument is passed on as it
+    is, with no argument tuple or keyword dict built per call.  For the round
+    an event loop runs after every wake-up (``Consumer.loop_step``).
+    """
+    if not callable(method):
+        raise TypeError(f"guarded_one() takes a function, not {type(method).__name__}")
+
+    def wrapper(self, arg=None):
+        cdef UseGuard life = self._life
+        life.c_enter()
+        try:
+            return method(self, arg)
+        finally:
+            if life.c_exit():
+                try:
+                    self.close()
+                finally:
+                    self._engine.release_if_done()
+
+    _functools.update_wrapper(wrapper, method)
+    return wrapper

@@ -44,8 +44,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 # it once per round.
 from mqlite._core import UseGuard
 from mqlite._core import guarded as _core_guarded
+from mqlite._core import guarded_one as _core_guarded_one
 
-__all__ = ["UseGuard", "guarded"]
+__all__ = ["UseGuard", "guarded", "guarded_one"]
 
 
 _P = ParamSpec("_P")
@@ -61,4 +62,17 @@ def guarded(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[
     (``mqlite._core.guarded``, D62): it costs no Python frame per call.
     """
     wrapper: Callable[Concatenate[Any, _P], _R] = _core_guarded(method)
+    return wrapper
+
+
+_A = TypeVar("_A")
+
+
+def guarded_one(method: Callable[[Any, _A], _R]) -> Callable[[Any, _A], _R]:
+    """:func:`guarded` for a method of one positional argument, which may be omitted
+    (``None`` is passed then): no argument tuple or keyword dict per call (D72).
+
+    For the round an event loop runs after every wake-up (``Consumer.loop_step``).
+    """
+    wrapper: Callable[[Any, _A], _R] = _core_guarded_one(method)
     return wrapper

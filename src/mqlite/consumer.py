@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Self, overload
 
 from mqlite import _core, scheduler
-from mqlite._lifecycle import UseGuard, guarded
+from mqlite._lifecycle import UseGuard, guarded, guarded_one
 from mqlite._storage import log as _log
 from mqlite.config import MAX_I64, require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
@@ -642,6 +642,28 @@ class Consumer:
             max_records = self._max_poll
         require_int(max_records, "max_records", minimum=1)
         return self._step(max_records, writes)
+
+    @guarded_one
+    def loop_step(self, max_records: int | None) -> PollStep:
+        """``poll_step(max_records, writes=False)`` for an event loop's wake-up path.
+
+        The same round, result and errors (``None``: ``max_poll_records``).
+        ``mqlite.aio`` calls it after every wake-up, so the check of an
+        argument it already checked once per poll costs one type test here,
+        and the compiled guard passes the argument on as it is
+        (:func:`~mqlite._lifecycle.guarded_one`, D72).
+
+        Raises
+        ------
+        As :meth:`poll_step`.
+        """
+        if self._closed or self._engine.closed:
+            self._check_open()
+        if max_records is None:
+            max_records = self._max_poll
+        elif type(max_records) is not int or max_records < 1:
+            require_int(max_records, "max_records", minimum=1)  # the usual error, or fine
+        return self._step(max_records, False)
 
     def _step(self, max_records: int, writes: bool) -> PollStep:
         """One round: load the wake-up words, run the group's part, read (or skip the read:

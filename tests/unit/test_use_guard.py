@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 import mqlite
-from mqlite._lifecycle import UseGuard, guarded
+from mqlite._lifecycle import UseGuard, guarded, guarded_one
 
 T = 30  # seconds: generous bound for every event wait
 
@@ -302,3 +302,68 @@ def test_the_compiled_wrapper_enters_leaves_and_runs_a_deferred_close() -> None:
     assert o.closed == 1 and o.released == 1  # the outermost exit ran close() once
     with pytest.raises(mqlite.ClosedError):
         o.call(1)
+
+
+class _OneOwner(_Owner):
+    """The same owner with ``guarded_one`` methods (D72)."""
+
+    @guarded_one
+    def one(self, a: int | None) -> int | None:
+        """Return the argument."""
+        return a
+
+    @guarded_one
+    def one_close_inside(self, a: int | None) -> int:
+        self.close()
+        return self.closed
+
+    @guarded_one
+    def one_fail(self, a: int | None) -> None:
+        raise KeyError(a)
+
+
+def test_guarded_one_enters_leaves_and_runs_a_deferred_close() -> None:
+    """``guarded_one`` (D72): ``guarded`` for one positional argument, omitted = None."""
+    import inspect
+
+    assert _OneOwner.one.__name__ == "one" and _OneOwner.one.__doc__ == "Return the argument."
+    assert list(inspect.signature(_OneOwner.one).parameters) == ["self", "a"]
+    with pytest.raises(TypeError, match="takes a function"):
+        guarded_one(42)  # type: ignore[arg-type]
+    o = _OneOwner()
+    assert o.one(7) == 7
+    assert o.one(None) is None
+    assert o._life._users == {}
+    with pytest.raises(KeyError):
+        o.one_fail(1)
+    assert o._life._users == {}
+    assert o.one_close_inside(0) == 0  # deferred to the exit
+    assert o.closed == 1 and o.released == 1
+    with pytest.raises(mqlite.ClosedError):
+        o.one(1)
+
+
+def test_guarded_one_refuses_a_second_thread() -> None:
+    o = _OneOwner()
+    inside, leave = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    class _Blocking(_OneOwner):
+        @guarded_one
+        def block(self, a: int | None) -> None:
+            inside.set()
+            leave.wait(30)
+
+    b = _Blocking()
+    t = threading.Thread(target=b.block, args=(None,))
+    t.start()
+    assert inside.wait(30)
+    try:
+        b.one(1)
+    except mqlite.ConcurrentAccessError as exc:
+        errors.append(exc)
+    finally:
+        leave.set()
+        t.join(30)
+    assert len(errors) == 1
+    assert o.one(2) == 2

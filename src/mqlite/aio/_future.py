@@ -86,8 +86,16 @@ class InlineFuture(asyncio.Future[_T]):
         """As :meth:`asyncio.Future.set_result`; then the awaiting task resumes (inline
         when no task is running on this loop)."""
         _set_result(self, result)
-        if self._wake is not None:
-            self._resume(True)
+        wake = self._wake
+        if wake is None:
+            return
+        # _resume(True) written out: this runs on every wake-up's path, one frame less (D72)
+        ctx = self._wake_ctx
+        self._wake = self._wake_ctx = None
+        if _current_task(self._on) is None:
+            ctx.run(wake, self)  # type: ignore[union-attr]
+        else:
+            self._on.call_soon(wake, self, context=ctx)
 
     def set_exception(self, exception: type | BaseException) -> None:
         """As :meth:`asyncio.Future.set_exception`; then as :meth:`set_result`."""

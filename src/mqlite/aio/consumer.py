@@ -3,7 +3,7 @@
 Semantics and errors are the synchronous consumer's (it does the work); this
 class decides where each round runs and how it waits:
 
-* a round of ``poll`` (:meth:`mqlite.Consumer.poll_step`) that only reads
+* a round of ``poll`` (:meth:`mqlite.Consumer.loop_step`) that only reads
   (no group, or a joined member whose group is stable and that has nothing
   to commit) runs inline on the loop thread (a read transaction:
   microseconds); a round that must write (join, rebalance, automatic commit:
@@ -171,7 +171,7 @@ class AsyncConsumer:
                 woken, self._wake_pending = self._wake_pending, False
             bell = broker._bell(loop)
             while True:
-                step = self.sync.poll_step(max_records, writes=False)
+                step = self.sync.loop_step(max_records)
                 if step.needs_writes:
                     step = await self._step_in_worker(max_records)
                 if step.done:
@@ -198,9 +198,13 @@ class AsyncConsumer:
                 finally:
                     if reg is not None:
                         bell.disarm(reg)
-                    with self._wake_lock:
-                        self._wait_fut = None
-                        woken, self._wake_pending = self._wake_pending, False
+                    self._wait_fut = None
+                    # The lock only when a wakeup() came (D72): one that comes after this
+                    # read finds no wait and leaves _wake_pending set, which the next
+                    # wait (above) or the next poll sees.
+                    if self._wake_pending:
+                        with self._wake_lock:
+                            woken, self._wake_pending = self._wake_pending, False
                 if woken:
                     return []
         finally:

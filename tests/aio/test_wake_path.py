@@ -1,0 +1,188 @@
+"""The steps of an ``await poll()`` between a ring and the poll's return (D72).
+
+* The io_uring reader callback disarms a slot left without waits only after the
+  woken tasks resumed, and not at all when one of them armed it again inline.
+* A woken poll runs its next round through ``Consumer.loop_step``: the round,
+  result and errors of ``poll_step(writes=False)``.
+* A ``wakeup()`` that lands while a woken wait is being torn down still ends the
+  poll at once (the wake lock is taken only when one is pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _polling import waiters_word
+
+import mqlite
+import mqlite.aio
+from mqlite.aio._future import InlineFuture
+
+#: csrc/notify.h MQ_NOTIFY_BELL_UNIT: one armed doorbell in a slot's waiters word.
+BELL_UNIT = 1 << 16
+
+
+def _bells_on(path: Path, slot: int) -> int:
+    return waiters_word(os.path.join(path, "notify.shm"), slot) // BELL_UNIT
+
+
+def _uring_bell(b: Any) -> Any:
+    bell = b._bell()
+    if not bell.via_uring:
+        pytest.skip("no futex waits through io_uring here (Linux >= 6.7)")
+    return bell
+
+
+def test_the_reader_callback_disarms_after_the_woken_task_resumed(tmp_broker_dir: Path) -> None:
+    """The resumed task still sees its slot armed (one doorbell on the word); once the
+    callback returned, the slot is disarmed (no doorbell on the word, no wait left)."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
+            bell = _uring_bell(b)
+            n = b.sync.notifier
+            loop = asyncio.get_running_loop()
+            slot = 9
+            seen: list[int] = []
+            fut: asyncio.Future[bool] = InlineFuture(loop)
+
+            async def waiter() -> None:
+                reg = bell.arm(slot, n.load(slot), 30.0, fut)
+                try:
+                    assert await fut is True
+                    seen.append(_bells_on(tmp_broker_dir, slot))  # inside the callback
+                finally:
+                    bell.disarm(reg)
+
+            task = asyncio.create_task(waiter())
+            await asyncio.sleep(0)  # armed
+            assert _bells_on(tmp_broker_dir, slot) == 1
+            n.bump(slot)
+            async with asyncio.timeout(10):
+                await task
+            assert seen == [1]
+            assert _bells_on(tmp_broker_dir, slot) == 0
+            assert bell.waiting() == 0
+
+    asyncio.run(main())
+
+
+def test_a_slot_armed_again_by_the_resumed_task_stays_armed(tmp_broker_dir: Path) -> None:
+    """A task resumed inside the callback arms the same word again before the callback
+    disarms emptied slots: the slot keeps its doorbell (one, not two), and the next bump
+    wakes the new wait."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
+            bell = _uring_bell(b)
+            n = b.sync.notifier
+            loop = asyncio.get_running_loop()
+            slot = 11
+            rounds: list[int] = []
+
+            async def waiter() -> None:
+                for _ in range(3):
+                    fut: asyncio.Future[bool] = InlineFuture(loop)
+                    reg = bell.arm(slot, n.load(slot), 30.0, fut)
+                    try:
+                        assert await fut is True
+                    finally:
+                        bell.disarm(reg)
+                    rounds.append(_bells_on(tmp_broker_dir, slot))
+
+            task = asyncio.create_task(waiter())
+            for i in range(3):
+                while bell.waiting() == 0:
+                    await asyncio.sleep(0)
+                assert _bells_on(tmp_broker_dir, slot) == 1
+                n.bump(slot)
+                async with asyncio.timeout(10):  # a slot disarmed under the wait: 30 s
+                    while len(rounds) <= i:
+                        await asyncio.sleep(0)
+            async with asyncio.timeout(10):
+                await task
+            assert rounds == [1, 1, 1]  # each read inside the callback, before its disarm
+            assert _bells_on(tmp_broker_dir, slot) == 0
+            assert bell.waiting() == 0
+
+    asyncio.run(main())
+
+
+def test_loop_step_is_poll_step_without_writes(tmp_broker_dir: Path) -> None:
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        one = b.consumer("t", max_poll_records=2)
+        other = b.consumer("t", max_poll_records=2)
+        for i in range(3):
+            b.send("t", f"m{i}".encode())
+        a = one.loop_step(None)  # the consumer's max_poll_records
+        p = other.poll_step(None, writes=False)
+        assert [m.value for m in a.messages] == [m.value for m in p.messages] == [b"m0", b"m1"]
+        assert a.done and p.done and not a.needs_writes
+        a, p = one.loop_step(5), other.poll_step(5, writes=False)
+        assert [m.value for m in a.messages] == [m.value for m in p.messages] == [b"m2"]
+        a, p = one.loop_step(5), other.poll_step(5, writes=False)
+        assert not a.done and not p.done
+        assert (a.slot, a.seq, a.wait) == (p.slot, p.seq, p.wait)
+        for bad, exc in ((0, ValueError), (-1, ValueError), (True, TypeError),
+                         (1.0, TypeError), ("1", TypeError)):
+            with pytest.raises(exc):
+                one.loop_step(bad)  # type: ignore[arg-type]
+            with pytest.raises(exc):
+                other.poll_step(bad, writes=False)  # type: ignore[arg-type]
+        one.close()
+        with pytest.raises(mqlite.ClosedError):
+            one.loop_step(None)
+        other.close()
+
+
+def test_loop_step_of_a_group_member_asks_for_writes(tmp_broker_dir: Path) -> None:
+    """A member that must join first cannot do it on the loop: needs_writes, as poll_step."""
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        c = b.consumer("t", group="g")
+        step = c.loop_step(10)
+        assert step.needs_writes and not step.done and step.messages == []
+        c.close()
+
+
+def test_a_wakeup_landing_as_a_woken_wait_ends_returns_at_once(
+        tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bump with nothing to read ends the wait; a wakeup() that lands while the wait is
+    torn down (inside the bell's disarm) makes the poll return [] instead of waiting on
+    for its 30 s timeout."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
+            await b.create_topic("t")
+            c = b.consumer("t")
+            assert await c.poll(timeout=0.01) == []
+            bell = b._bell()
+            n = b.sync.notifier
+            disarm = bell.disarm
+            calls: list[int] = []
+
+            def disarm_then_wakeup(reg: Any) -> None:
+                disarm(reg)
+                calls.append(1)
+                c.wakeup()  # as if from another thread, right now
+
+            monkeypatch.setattr(bell, "disarm", disarm_then_wakeup)
+            task = asyncio.create_task(c.poll(timeout=30))
+            while bell.waiting() == 0:
+                await asyncio.sleep(0)
+            n.bump(c.sync._wait_slots()[0])  # the word the poll waits on, no record
+            async with asyncio.timeout(10):
+                assert await task == []
+            assert calls
+            monkeypatch.setattr(bell, "disarm", disarm)
+            b.sync.send("t", b"x")  # the wake-up was taken: the next poll reads
+            async with asyncio.timeout(10):
+                assert [m.value for m in await c.poll(timeout=30)] == [b"x"]
+            await c.close()
+
+    asyncio.run(main())

@@ -186,7 +186,8 @@ int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout
 #ifdef __linux__
         struct timespec ts = to_timespec(left);
         if (futex(&s->seq, FUTEX_WAIT, expected, &ts) == 0) {
-            rc = 1; /* woken by a bump (or spuriously: callers re-read anyway) */
+            /* woken by a bump (or spuriously: callers re-read anyway) */
+            rc = (flags & MQ_NOTIFY_TELL_WOKEN) ? MQ_NOTIFY_WOKEN : 1;
             break;
         }
         int e = errno;
@@ -283,7 +284,8 @@ int mq_notify_wait_any(mq_notify *n, const size_t *slots, const uint32_t *expect
             long r = syscall(SYS_futex_waitv, w, (unsigned)count, 0u, &abs,
                              (int)CLOCK_MONOTONIC);
             if (r >= 0) {
-                rc = 1; /* woken (or spuriously: callers re-read anyway) */
+                /* woken (or spuriously: callers re-read anyway) */
+                rc = (flags & MQ_NOTIFY_TELL_WOKEN) ? MQ_NOTIFY_WOKEN : 1;
                 break;
             }
             int e = errno;

@@ -134,6 +134,8 @@ int mq_notify_pass(mq_notify *n, size_t slot);
 void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta);
 
 #define MQ_NOTIFY_RETURN_ON_EINTR 1 /* mq_notify_wait flag */
+#define MQ_NOTIFY_TELL_WOKEN 2      /* mq_notify_wait flag (D76) */
+#define MQ_NOTIFY_WOKEN 2           /* returned under MQ_NOTIFY_TELL_WOKEN */
 
 /* Waits until the slot's seq differs from `expected`, a wake-up arrives or
  * `timeout_ns` nanoseconds pass (CLOCK_MONOTONIC).  timeout_ns <= 0 only
@@ -141,7 +143,19 @@ void mq_notify_waiters_add(mq_notify *n, size_t slot, int delta);
  * timeout.  A signal (EINTR) makes it re-check and keep waiting for the
  * remaining time, unless `flags` has MQ_NOTIFY_RETURN_ON_EINTR: then it
  * returns MQ_EINTR so the caller can run its signal handlers (Python's
- * KeyboardInterrupt) and call again with the time left. */
+ * KeyboardInterrupt) and call again with the time left.
+ *
+ * With MQ_NOTIFY_TELL_WOKEN in `flags` it tells the two ways of "1" apart
+ * (D76): MQ_NOTIFY_WOKEN when a FUTEX_WAKE took this thread off the futex
+ * queue (a bump woke it; rarely a spurious futex return, counted as woken),
+ * 1 when it saw seq differ at one of its checks (before sleeping, after
+ * EAGAIN, a timeout or a signal, and always in the sleep-poll fallback).
+ * Only the first can have taken one of the wake-ups of
+ * mq_notify_bump_wake(..., 1): such a wake-up goes to a thread in the futex
+ * queue at the time, or to nobody.  A waiter of a one-at-a-time word that
+ * leaves without doing the work passes a wake-up on (mq_notify_pass) only
+ * after MQ_NOTIFY_WOKEN; after 1 the wake-up, if any, went to another
+ * sleeper, which does the work. */
 int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout_ns, int flags);
 
 /* At most this many slots per mq_notify_wait_any (futex_waitv takes up to 128). */
@@ -149,7 +163,8 @@ int mq_notify_wait(mq_notify *n, size_t slot, uint32_t expected, int64_t timeout
 
 /* As mq_notify_wait, on `count` slots at once (1 <= count <= MQ_NOTIFY_WAIT_ANY_MAX,
  * slots distinct): returns 1 as soon as any slot's seq differs from its `expected`
- * or a wake-up of any of them arrives, 0 on timeout, MQ_EINTR as above; MQ_EINVAL
+ * or a wake-up of any of them arrives, 0 on timeout, MQ_EINTR as above (and
+ * MQ_NOTIFY_WOKEN under MQ_NOTIFY_TELL_WOKEN, as above); MQ_EINVAL
  * for a count out of range.  It registers as a waiter of every slot first (so a bump
  * of any of them makes the futex syscall) and re-checks them all before sleeping.
  * Linux >= 5.16 sleeps in futex_waitv(2) on the shared words; where that call is

@@ -201,6 +201,10 @@ class Notifier:
         Returns ``True`` if the value differed (or a wake-up arrived), ``False`` on timeout.
         Returns at once when the value already differs.  ``timeout`` <= 0 never blocks.
         """
+    def wait_woken(self, slot: int, expected: int, timeout: float) -> int:
+        """As ``wait``, telling how it ended (D76): ``0`` timed out, ``1`` the value was
+        seen to differ at a check, ``2`` a wake-up took this thread off the futex queue
+        (only then can it have taken a ``bump_one`` wake-up another thread lacks)."""
     def wait_any(self, slots: Sequence[int], expected: Sequence[int], timeout: float) -> bool:
         """As :meth:`wait` on 1 to 16 distinct slots at once: ``True`` when any moved."""
     def attach_bells(self, path: str, mode: int = 0o600) -> None:

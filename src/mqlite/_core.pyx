@@ -1063,7 +1063,18 @@ cdef class Notifier:
         """
         cdef size_t s = self._slot(slot)
         cdef uint32_t exp = _as_u32(expected, "expected")
-        return self._wait(&s, &exp, 1, timeout)
+        return self._wait(&s, &exp, 1, timeout, 0) != 0
+
+    def wait_woken(self, slot, expected, timeout):
+        """As :meth:`wait`, telling how it ended (D76): ``0`` timed out, ``1`` the value
+        was seen to differ at a check (before sleeping, or at the timeout: another
+        thread took the bump's wake-up, or nobody did), ``2`` a wake-up took this thread
+        off the futex queue (csrc/notify.h ``MQ_NOTIFY_TELL_WOKEN``).  Only ``2`` can
+        have taken a :meth:`bump_one` wake-up that another thread then lacks.
+        """
+        cdef size_t s = self._slot(slot)
+        cdef uint32_t exp = _as_u32(expected, "expected")
+        return self._wait(&s, &exp, 1, timeout, MQ_NOTIFY_TELL_WOKEN)
 
     def wait_any(self, slots, expected, timeout):
         """As :meth:`wait`, on several slots: until any of ``slots`` no longer holds its
@@ -1080,10 +1091,12 @@ cdef class Notifier:
         for i in range(count):
             ss[i] = self._slot(slots[i])
             ex[i] = _as_u32(expected[i], "expected")
-        return self._wait(ss, ex, <size_t>count, timeout)
+        return self._wait(ss, ex, <size_t>count, timeout, 0) != 0
 
-    cdef bint _wait(self, size_t *ss, uint32_t *ex, size_t count, double t) except -1:
-        """wait / wait_any: the GIL released, signal handlers run between tries."""
+    cdef int _wait(self, size_t *ss, uint32_t *ex, size_t count, double t,
+                   int flags) except -1:
+        """wait / wait_any / wait_woken: the GIL released, signal handlers run between
+        tries; 0 timed out, 1 moved, ``MQ_NOTIFY_WOKEN`` (with that flag) woken."""
         cdef int64_t deadline, left
         cdef int rc
         if t != t:
@@ -1098,7 +1111,7 @@ cdef class Notifier:
             while True:
                 with nogil:
                     rc = mq_notify_wait_any(&self.n, ss, ex, count, left,
-                                            MQ_NOTIFY_RETURN_ON_EINTR)
+                                            MQ_NOTIFY_RETURN_ON_EINTR | flags)
                 if rc != MQ_EINTR:
                     break
                 PyErr_CheckSignals()
@@ -1107,7 +1120,7 @@ cdef class Notifier:
             self.active -= 1
             if not self.is_open and self.active == 0:
                 self._unmap()
-        return rc == 1
+        return rc if rc > 0 else 0
 
     # -- doorbells (csrc/doorbell.h): one futex word per event loop ------------------------
     def attach_bells(self, path, mode=0o600):

@@ -185,6 +185,8 @@ cdef extern from "uring_bell.h" nogil:
 cdef extern from "notify.h" nogil:
     enum:
         MQ_NOTIFY_RETURN_ON_EINTR
+        MQ_NOTIFY_TELL_WOKEN
+        MQ_NOTIFY_WOKEN
 
     ctypedef struct mq_notify:
         size_t slots

@@ -66,13 +66,13 @@ def _count_waits(record: Callable[[bool], None]) -> None:
     """Wrap ``receive._wait`` so that every return of a blocking wait is recorded."""
     wait = _receive._wait
 
-    def counted(n: Any, slot: int, seq: int, timeout: float) -> bool:
+    def counted(n: Any, slot: int, seq: int, timeout: float) -> int:
         t0 = time.monotonic()
         moved = wait(n, slot, seq, timeout)
-        # Woken: returned before its timeout.  A wait that timed out may return True
+        # Woken: returned before its timeout.  A wait that timed out may return non-zero
         # too: it re-reads the word at its deadline and finds it moved (another
-        # receiver's wake-up was given since it loaded it).
-        record(moved and time.monotonic() - t0 < timeout)
+        # receiver's wake-up was given since it loaded it): 1, not WOKEN (D76).
+        record(bool(moved) and time.monotonic() - t0 < timeout)
         return moved
 
     _receive._wait = counted

@@ -81,11 +81,11 @@ class _WaitHook:
         with self.lock:
             return self.entered.setdefault(name, threading.Event())
 
-    def wait(self, n: Any, slot: int, seq: int, timeout: float) -> bool:
+    def wait(self, n: Any, slot: int, seq: int, timeout: float) -> int:
         me = threading.current_thread().name
         if timeout > 1.0:  # the long receive, not a warm-up
             self.event(me).set()
-        moved = bool(self.real(n, slot, seq, timeout))
+        moved = self.real(n, slot, seq, timeout)
         if moved and self.armed.is_set():
             with self.lock:
                 first = not self.left
@@ -167,8 +167,8 @@ def _killed_when_woken(path: str, ready: Any) -> None:
     real = _receive._wait
     broker: list[Any] = []
 
-    def wait(n: Any, slot: int, seq: int, timeout: float) -> bool:
-        moved = bool(real(n, slot, seq, timeout))
+    def wait(n: Any, slot: int, seq: int, timeout: float) -> int:
+        moved = real(n, slot, seq, timeout)
         if moved and timeout > 1.0:
             st = broker[0].queue_stats("one", "w")
             if st is not None and st.ready > 0:
@@ -287,6 +287,15 @@ class _SliceProbe:
         if moved:
             self.when_moved()
         return moved
+
+    def wait_woken(self, slot: int, seq: int, timeout: float) -> int:
+        """The queue's slices (one-at-a-time word) wait with it (D76)."""
+        self.started.set()
+        how = int(self._n.wait_woken(slot, seq, timeout))
+        self.returned.append(bool(how))
+        if how:
+            self.when_moved()
+        return how
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._n, name)

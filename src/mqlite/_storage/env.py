@@ -1446,19 +1446,23 @@ class Env:
         except ValueError:  # closed meanwhile: nobody waits on them any more
             pass
 
-    def wake(self, slot: int, *, passing: bool = False) -> None:
+    def wake(self, slot: int, *, passing: bool = False, one: bool = False) -> None:
         """Bump wake-up word ``slot``, waking every waiter (a hint: nothing when the
         notifier is closed).
 
         ``passing``: pass a wake-up of one-at-a-time word ``slot`` on instead (D69):
         wake one waiter, and only when one waits (``Notifier.pass_on``).  For the reaper
         of a dead queue receiver, which may have died holding a wake-up.
+        ``one``: bump it waking one thread (``Notifier.bump_one``): a queue group's
+        word after a change that made messages of that group only receivable (D76).
         """
         n = self.notifier
         if n is not None:
             try:
                 if passing:
                     n.pass_on(slot)
+                elif one:
+                    n.bump_one(slot)
                 else:
                     n.bump(slot)
             except ValueError:  # closed meanwhile: nobody waits on it any more

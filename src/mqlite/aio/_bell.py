@@ -253,9 +253,10 @@ class LoopBell:
         interrupted); with ``one``, a wake-up it took then is passed on (D69).
         """
         n = self._n
-        if not one:
+        if not one or len(slots) != 1:
             return bool(await self._runner.run(n.wait_any, slots, seqs, timeout))
-        job = self._runner.call(n.wait_any, slots, seqs, timeout)
+        # wait_woken: a slice that only saw the word moved took no wake-up (D76)
+        job = self._runner.call(n.wait_woken, slots[0], seqs[0], timeout)
         try:
             return bool(await job)
         except asyncio.CancelledError:
@@ -265,8 +266,9 @@ class LoopBell:
             raise
 
     def _pass_if_moved(self, done: asyncio.Future[Any], slots: tuple[int, ...]) -> None:
-        """A slice whose task was cancelled returned: pass on the wake-up it took."""
-        if done.cancelled() or done.exception() is not None or not done.result():
+        """A slice whose task was cancelled returned: pass on the wake-up it took (only
+        when a wake-up took its thread off the futex queue: ``wait_woken`` 2, D76)."""
+        if done.cancelled() or done.exception() is not None or done.result() != 2:
             return
         for slot in slots:
             self.pass_on(slot)

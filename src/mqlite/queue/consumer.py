@@ -383,6 +383,22 @@ class Queue:
     def _wake_waiter(self) -> None:
         self._env.wake(self._slot)  # every receiver of the group: they look again
 
+    def _wake_receiver(self) -> None:
+        """After a commit that made messages of this group alone receivable again (a nack,
+        an extend that brought a deadline forward, a release by close or by a reap):
+        wake one receiver of the group (D76).
+
+        Nothing was appended, so neither the topic's stream consumers (its word and its
+        partitions'), the other queue groups of the topic, nor the global word 0 are
+        woken.  On the fallback where the group has no word of its own (``_one`` false:
+        its receivers sleep on the topic's word, D74) it notifies the topic as a writer
+        does (every waiter of the topic's word, one receiver of each group's word).
+        """
+        if self._one:
+            self._env.wake(self._slot, one=True)
+        else:
+            self._env.notify_topics((self.topic,))
+
     _CLOSE_RANK = 1  # after producers
 
     def close(self) -> None:
@@ -414,7 +430,7 @@ class Queue:
         try:
             released = retry_draining(self._release_mine)
             if released:
-                self._env.notify_topics((self.topic,))
+                self._wake_receiver()  # one receiver of this group (D76)
         finally:
             self._liveness.drop_lock()
 

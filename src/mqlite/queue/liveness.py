@@ -21,8 +21,9 @@ liveness service's at-fork hook closes the lock in forked children, so a
 child never keeps a dead parent "alive".
 Changes: the lock file; the queue group's record (dead consumers removed) and
 the pending entries of dead consumers (released: visible now, no owner).  A reap
-that removed a dead consumer wakes one waiting receiver (D69: the dead one may
-have died holding a wake-up).
+that removed a dead consumer wakes one waiting receiver of the group (D69: the
+dead one may have died holding a wake-up; D76: released deliveries wake nobody
+else).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class QueueLiveness:
         for lock in dead.values():
             unlink_quiet(os.path.join(mdir, lock))
         if released:
-            env.notify_topics((q.topic,))
+            q._wake_receiver()  # one receiver of this group, which got them back (D76)
         elif gone and q._one:
             # A receiver killed between its wake-up and its round took the wake-up with
             # it (D69): this reaper (the one that removed it, so one per death) passes

@@ -79,10 +79,12 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
     first = True
     # Whether the last wait may have taken a one-at-a-time wake-up (D67) that no round
     # used yet: set before the wait (an exception may leave it, e.g. KeyboardInterrupt
-    # from a signal handler run just after it), cleared when the wait timed out and
-    # when a round returned.  Leaving with it set passes the wake-up on (D69).
-    # Only a wait on the group's own word takes a wake-up from anybody: the topic's
-    # word (when no group word was free, D74) wakes every waiter.
+    # from a signal handler run just after it), cleared when the wait returned without
+    # being woken — it timed out, or saw the word moved at a check, so the bump's
+    # wake-up went to another sleeper or to nobody (D76) — and when a round returned.
+    # Leaving with it set passes the wake-up on (D69).  Only a wait on the group's own
+    # word takes a wake-up from anybody: the topic's word (when no group word was
+    # free, D74) wakes every waiter.
     woke = False
     try:
         while True:
@@ -95,8 +97,8 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
             if remaining <= 0 or life.woken():
                 return []
             woke = step.one
-            moved = _wait(notifier, step.slot, step.seq, min(remaining, step.wait))
-            woke = woke and moved
+            how = _wait(notifier, step.slot, step.seq, min(remaining, step.wait))
+            woke = woke and how == WOKEN
             if life.woken():
                 return []
             q._check_open()
@@ -107,9 +109,13 @@ def receive(q: QueueCore, max_messages: int, timeout: float,
             q._env.wake(q._slot, passing=True)
 
 
-# The blocking wait of :func:`receive` (``Notifier.wait``), a module global so that
+#: What :func:`_wait` returns when a wake-up took the thread off the futex queue (0: timed
+#: out, 1: the word was seen moved at a check; ``Notifier.wait_woken``, D76).
+WOKEN = 2
+
+# The blocking wait of :func:`receive` (``Notifier.wait_woken``), a module global so that
 # tests can run a hook between a wait and the next round (tests/unit/test_queue_pass.py).
-_wait: Callable[[Any, int, int, float], bool] = _core.Notifier.wait
+_wait: Callable[[Any, int, int, float], int] = _core.Notifier.wait_woken
 
 
 def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
@@ -267,8 +273,8 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
         # queue, a shorter visibility timeout), not for every delivery (D67).  Only
         # this group's: the deadline is the group's (D74).
         env.notifier.bump(q._slot)
-    if dlq_moved and q.dead_letter_topic is not None:
-        env.notify_topics((q.dead_letter_topic,))
+    # Messages moved to the dead-letter topic: the commit notified it (appended to,
+    # ``Engine.append_in`` marks it touched).
     # Build the Delivery objects outside the write transaction.
     out: list[Delivery] = []
     ap = out.append

@@ -204,31 +204,43 @@ def _write_back(q: QueueCore, txn: Any, groups: _Groups) -> None:
         _pending.put(txn, dbs, e)
 
 
-_Fn = Callable[[Any, _log.TopicRecord, Entry, list[Delivery], int], bool]
+#: What a settle did to one entry (``_Fn``'s result, bits): messages moved to the
+#: dead-letter topic (or dropped, without one) ...
+_MOVED = 1
+#: ... and messages of the group receivable sooner than every waiting receiver's wait
+#: is bounded by (a nack; an extend that brought the group's earliest deadline forward).
+_SOONER = 2
+
+_Fn = Callable[[Any, _log.TopicRecord, Entry, list[Delivery], int], int]
 
 
 def _apply(q: QueueCore, deliveries: Delivery | Iterable[Delivery], what: str, fn: _Fn
            ) -> tuple[int, bool]:
-    """Run ``fn`` per entry on the valid deliveries in one transaction; raise for stale."""
+    """Run ``fn`` per entry on the valid deliveries in one transaction; raise for stale.
+
+    Wake-ups (D76): when ``fn`` made messages receivable sooner, one receiver of this
+    group (``Queue._wake_receiver``), nobody else: nothing was appended to the topic.
+    Messages moved to the dead-letter topic were appended there, and the commit
+    notifies that topic in full (``Engine.append_in`` marks it touched).
+    """
     q._check_open()
     ds = _as_list(q, deliveries)
     if not ds:
         return 0, False
     now = now_ms()
-    env = q._env
-    moved = False
+    did = 0
     with q._engine.write() as txn:
         rec = q._engine.topic(txn, q.topic)
         groups, stale = _collect(q, txn, ds)
         _write_back(q, txn, groups)
         done = 0
         for e, group in groups.values():
-            moved = fn(txn, rec, e, group, now) or moved
+            did |= fn(txn, rec, e, group, now)
             done += len(group)
-        if moved:
+        if did & _MOVED:
             cleanup_consumed(q._engine, txn, q.topic)
-    env.notify_topics((q.topic,) if not moved or q.dead_letter_topic is None
-                      else (q.topic, q.dead_letter_topic))
+    if did & _SOONER:
+        q._wake_receiver()
     if stale:
         if len(ds) == 1:
             d = stale[0]
@@ -242,7 +254,7 @@ def _apply(q: QueueCore, deliveries: Delivery | Iterable[Delivery], what: str, f
         err.stale = stale
         err.settled = done
         raise err
-    return done, moved
+    return done, bool(did & _MOVED)
 
 
 def _split(q: QueueCore, txn: Any, e: Entry, group: list[Delivery], *, visible: int, token: int,
@@ -256,11 +268,15 @@ def _split(q: QueueCore, txn: Any, e: Entry, group: list[Delivery], *, visible: 
     return _pending.add(txn, q._env.dbs, q._prefix, new)
 
 
-def _lower_hint(q: QueueCore, txn: Any, visible: int) -> None:
+def _lower_hint(q: QueueCore, txn: Any, visible: int) -> bool:
+    """Bring the group's ``min_visible_ms`` forward to ``visible``; ``True`` when it did
+    (receivers asleep bound their waits by it: only then may one need waking)."""
     meta = q._load_meta(txn)
     if visible < meta.min_visible_ms:
         meta.min_visible_ms = visible
         q._store_meta(txn, meta)
+        return True
+    return False
 
 
 def _messages_of(group: list[Delivery]) -> list[Delivery]:
@@ -276,13 +292,13 @@ def nack(q: QueueCore, deliveries: Delivery | Iterable[Delivery], delay: float |
         raise TypeError("error must be str")
 
     def fn(txn: Any, rec: _log.TopicRecord, e: Entry, group: list[Delivery],
-           now: int) -> bool:
+           now: int) -> int:
         err = e.error if error is None else error
         if q.max_deliveries is not None and e.count >= q.max_deliveries:
             e.error = err
             to_dlq(q._engine, txn, q.dead_letter_topic, q.topic, q.group,
                    rec.pids.index(e.pid), _messages_of(group), e, REASON_MAX_DELIVERIES, now)
-            return True
+            return _MOVED
         d_ms = delay_ms
         if d_ms is None:
             d_ms = 0 if q._backoff is None else int(q._backoff.delay(e.count) * 1000)
@@ -290,7 +306,10 @@ def nack(q: QueueCore, deliveries: Delivery | Iterable[Delivery], delay: float |
         _split(q, txn, e, group, visible=visible, token=0, owner=NOBODY, count=e.count,
                error=err)
         _lower_hint(q, txn, visible)
-        return False
+        # Always wakes one receiver, even when the hint did not move (kept as before:
+        # a nack is the common way back, and one spurious round of one receiver is
+        # cheap); with a delay the woken receiver bounds its wait by it.
+        return _SOONER
 
     return _apply(q, deliveries, "nacked", fn)[0]
 
@@ -301,10 +320,10 @@ def dead_letter(q: QueueCore, deliveries: Delivery | Iterable[Delivery], reason:
         raise TypeError("reason must be str")
 
     def fn(txn: Any, rec: _log.TopicRecord, e: Entry, group: list[Delivery],
-           now: int) -> bool:
+           now: int) -> int:
         to_dlq(q._engine, txn, q.dead_letter_topic, q.topic, q.group, rec.pids.index(e.pid),
                _messages_of(group), e, reason, now)
-        return True
+        return _MOVED
 
     return _apply(q, deliveries, "dead-lettered", fn)[0]
 
@@ -316,15 +335,17 @@ def extend(q: QueueCore, deliveries: Delivery | Iterable[Delivery], seconds: flo
     post: list[tuple[list[Delivery], Receipt]] = []
 
     def fn(txn: Any, rec: _log.TopicRecord, e: Entry, group: list[Delivery],
-           now: int) -> bool:
+           now: int) -> int:
         visible = now + ms
         key = _split(q, txn, e, group, visible=visible, token=e.token, owner=e.owner,
                      count=e.count, error=e.error)
         # The extended messages now live in an entry of their own, same token.
         post.append((group, Receipt(group[0]._r.queue, key, e.token, e.count, visible,
                                     min(d.offset for d in group), e.pid)))
-        _lower_hint(q, txn, visible)
-        return False
+        # A later deadline makes nothing receivable sooner: every receiver asleep bounds
+        # its wait by the group's earliest deadline, which this did not move (D76).
+        # ``extend(0)`` (receivable now) always wakes one, even under a stale hint.
+        return _SOONER if _lower_hint(q, txn, visible) or ms == 0 else 0
 
     try:
         n = _apply(q, deliveries, "extended", fn)[0]

@@ -19,6 +19,8 @@ that nothing but the settle under test wakes anyone.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -269,3 +271,57 @@ def test_a_receive_that_saw_its_word_moved_but_was_not_woken_passes_nothing_on(
     assert out.get("C") == [], out
     assert _early(records["C"]) == [False], records  # nobody passed a wake-up on
     holder.close()
+
+
+# -- the liveness reap of a killed receiver ---------------------------------------------
+
+def _holds_one_then_blocks(path: str, ready: Any, conn: Any) -> None:
+    """A g1 receiver in its own process: takes one message (visibility longer than the
+    test), says so, then blocks on its pipe until it is killed."""
+    with mqlite.open(path, durability="none") as b:
+        q = b.queue("one", "g1", visibility_timeout=HOLD_S + 30)
+        ds = q.receive(1, timeout=WAIT_S)
+        conn.send([d.value for d in ds])
+        ready.set()
+        conn.recv()  # never answered: SIGKILL ends this process here
+
+
+def test_the_reap_of_a_killed_receiver_wakes_one_receiver_of_its_group_only(
+        broker: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A g1 receiver in another process holds message "c" and is SIGKILLed.  The reap
+    that removes it (a g1 consumer's liveness watch in this process) releases "c" and
+    wakes one receiver of g1 (D76: ``Queue._wake_receiver``): g1's idle receiver is woken
+    and gets "c" long before its timeout; g2's idle receiver (g2 holds "c" itself) is
+    never woken, and no stream consumer's word moves."""
+    workers, _held, idle = _setup(broker)
+    broker.send("one", b"c")
+    assert [d.value for d in workers["g2"].receive(1, timeout=WAIT_S)] == [b"c"]
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=_holds_one_then_blocks, args=(str(path), ready, child_end))
+    child.start()
+    try:
+        assert ready.wait(60), "the child did not take its message"
+        assert parent_end.recv() == [b"c"]
+        records = _count_waits(monkeypatch)
+        words = {g: queue_word(broker, "one", g) for g in GROUPS}
+        out: dict[str, list[bytes]] = {}
+        ts = [_receiver(idle["g1"], out, "g1", timeout=WAIT_S), _receiver(idle["g2"], out, "g2")]
+        for t in ts:
+            t.start()
+        _asleep(path, words)
+        before = _words(broker)
+        child.kill()
+        child.join(30)
+        assert child.exitcode == -signal.SIGKILL
+        for t in ts:
+            t.join(WAIT_S + 10)
+        assert out == {"g1": [b"c"], "g2": []}, (out, records)
+        assert _early(records["g1"]) == [True], records  # woken by the reap
+        assert _early(records["g2"]) == [False], records  # never woken: timed out
+        assert _words(broker) == before  # nothing appended: no stream consumer woken
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(10)

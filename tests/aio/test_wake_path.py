@@ -6,12 +6,15 @@
   result and errors of ``poll_step(writes=False)``.
 * A ``wakeup()`` that lands while a woken wait is being torn down still ends the
   poll at once (the wake lock is taken only when one is pending).
+* ``AsyncQueue.receive`` takes its lock before a wait, not after it (D77), and a
+  ``wakeup()`` landing as its woken wait is torn down still ends it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -184,5 +187,97 @@ def test_a_wakeup_landing_as_a_woken_wait_ends_returns_at_once(
             async with asyncio.timeout(10):
                 assert [m.value for m in await c.poll(timeout=30)] == [b"x"]
             await c.close()
+
+    asyncio.run(main())
+
+
+class _CountingLock:
+    """A ``threading.Lock`` that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def __enter__(self) -> bool:
+        self._lock.acquire()
+        self.taken += 1
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("doorbell", [True, False])
+def test_a_woken_receive_takes_its_lock_only_before_the_wait(
+        tmp_broker_dir: Path, doorbell: bool) -> None:
+    """A receive that waits once and is woken by a send takes the queue's lock twice: at
+    its start and to register its wait; none after the wait (D77)."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
+            await b.create_topic("t")
+            bell = b._bell()
+            index = bell._index
+            if not doorbell:  # as a loop without a doorbell: the wait sleeps in a worker
+                bell._index = -1
+            try:
+                q = await b.queue("t", "g").start()
+                assert await q.receive(1, timeout=0.01) == []
+                lock = q._lock = _CountingLock()  # type: ignore[assignment]
+                task = asyncio.create_task(q.receive(1, timeout=30))
+                async with asyncio.timeout(10):
+                    while lock.taken < 2:  # registered its wait
+                        await asyncio.sleep(0.001)
+                await b.send("t", b"x")
+                async with asyncio.timeout(10):
+                    got = await task
+                assert [d.value for d in got] == [b"x"]
+                assert lock.taken == 2
+                await got[0].ack()
+                await q.close()
+            finally:
+                bell._index = index  # the doorbell is released at close
+
+    asyncio.run(main())
+
+
+def test_a_wakeup_landing_as_a_woken_receive_wait_ends_returns_at_once(
+        tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bump with nothing to take ends the receive's wait; a wakeup() that lands while
+    the wait is torn down (inside the bell's disarm) makes the receive return [] at once,
+    without the lock after the wait (D77); the next receive takes the message."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
+            await b.create_topic("t")
+            q = await b.queue("t", "g").start()
+            assert await q.receive(1, timeout=0.01) == []
+            bell = b._bell()
+            n = b.sync.notifier
+            disarm = bell.disarm
+            calls: list[int] = []
+
+            def disarm_then_wakeup(reg: Any) -> None:
+                calls.append(reg[3])
+                disarm(reg)
+                q.wakeup()  # as if from another thread, right now
+
+            monkeypatch.setattr(bell, "disarm", disarm_then_wakeup)
+            task = asyncio.create_task(q.receive(1, timeout=30))
+            async with asyncio.timeout(10):
+                while bell.waiting() == 0:
+                    await asyncio.sleep(0)
+            n.bump(q.sync._slot)  # the receive's word, no message
+            async with asyncio.timeout(10):
+                assert await task == []
+            assert calls
+            assert not q._wake_pending  # the wakeup found the wait: nothing left pending
+            monkeypatch.setattr(bell, "disarm", disarm)
+            await b.send("t", b"x")
+            async with asyncio.timeout(10):
+                got = await q.receive(1, timeout=30)
+            assert [d.value for d in got] == [b"x"]
+            await got[0].ack()
+            await q.close()
 
     asyncio.run(main())

@@ -361,3 +361,109 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
 
 # The D69 finding (receivers of every queue group of a topic shared one one-at-a-time
 # word) is fixed by D70: tests/unit/test_queue_groups_wake.py.
+
+
+class _LateSliceProbe(_SliceProbe):
+    """A :class:`_SliceProbe` whose slice starts only once ``go`` is set (a worker thread
+    scheduled late), and that records the wake-ups passed on through it."""
+
+    def __init__(self, n: Any) -> None:
+        super().__init__(n)
+        self.go = threading.Event()
+        self.codes: list[int] = []
+        self.passed: list[int] = []
+
+    def wait_woken(self, slot: int, seq: int, timeout: float) -> int:
+        self.started.set()
+        assert self.go.wait(WAIT_S)
+        how = int(self._n.wait_woken(slot, seq, timeout))
+        self.codes.append(how)
+        if how:
+            self.when_moved()
+        return how
+
+    def pass_on(self, slot: int) -> bool:
+        self.passed.append(slot)
+        return bool(self._n.pass_on(slot))
+
+
+def test_an_aio_receive_that_only_saw_the_word_moved_passes_nothing_on(
+        path: Path, broker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D77: without a doorbell, a slice that starts after the send's bump sees the word
+    moved before it sleeps (``wait_woken`` 1: no wake-up took it off the futex queue).
+    A ``wakeup()`` then makes the receive leave without a round: it holds no wake-up,
+    so it passes none on (before D77 any moved wait counted as woken)."""
+    monkeypatch.setattr(mqlite.aio._bell, "_SLICE_S", WAIT_S * 2)
+    n = broker.notifier
+    claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]  # all of them
+    probe: _LateSliceProbe | None = None
+
+    async def main() -> None:
+        nonlocal probe
+        async with mqlite.aio.open(path, durability="none") as b:
+            bell = b._bell()
+            assert not bell.has_doorbell
+            probe = _LateSliceProbe(bell._n)
+            bell._n = probe
+            aq = await b.queue("jobs", "w").start()
+            probe.when_moved = aq.wakeup
+            a = asyncio.create_task(aq.receive(1, timeout=WAIT_S))
+            assert await asyncio.to_thread(probe.started.wait, WAIT_S)
+            b.sync.send("jobs", b"m")  # nobody asleep: the bump wakes nobody
+            probe.go.set()
+            async with asyncio.timeout(WOKEN_S):
+                assert await a == []  # left without a round (wakeup)
+            assert probe.codes == [1]
+            assert probe.passed == []
+            probe.when_moved = lambda: None
+            async with asyncio.timeout(WOKEN_S):
+                got = await aq.receive(1, timeout=WAIT_S)  # the message is still there
+            assert [d.value for d in got] == [b"m"]
+            await got[0].ack()
+            await aq.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for index in claimed:
+            n.bell_release(index)
+
+
+def test_an_aio_receive_woken_through_a_doorbell_passes_nothing_on(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guard (D77): a doorbell wait ended by the send's ring, with a ``wakeup()`` landing
+    as the wait is torn down, leaves without a round and passes nothing on (every armed
+    loop was rung: it took no wake-up from anyone)."""
+    async def main() -> None:
+        async with mqlite.aio.open(path, durability="none") as b:
+            await b.create_topic("jobs")
+            bell = b._bell()
+            assert bell.has_doorbell
+            aq = await b.queue("jobs", "w").start()
+            passed: list[int] = []
+            rings: list[bool] = []
+            disarm = bell.disarm
+
+            def disarm_then_wakeup(reg: Any) -> None:
+                rings.append(reg[4].result())  # True: the ring ended the wait
+                disarm(reg)
+                aq.wakeup()  # as if from another thread, right now
+
+            monkeypatch.setattr(bell, "disarm", disarm_then_wakeup)
+            monkeypatch.setattr(bell, "pass_on", passed.append)
+            a = asyncio.create_task(aq.receive(1, timeout=WAIT_S))
+            async with asyncio.timeout(WAIT_S):
+                while bell.waiting() < 1:
+                    await asyncio.sleep(0.001)
+            await b.send("jobs", b"m")
+            async with asyncio.timeout(WOKEN_S):
+                assert await a == []
+            assert rings == [True]
+            assert passed == []
+            monkeypatch.setattr(bell, "disarm", disarm)
+            got = await aq.receive(1, timeout=WAIT_S)
+            assert [d.value for d in got] == [b"m"]
+            await got[0].ack()
+            await aq.close()
+
+    asyncio.run(main())

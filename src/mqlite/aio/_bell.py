@@ -169,6 +169,25 @@ class LoopBell:
         """
         return await self.wait_any((slot,), (seq,), timeout, fut, one=one)
 
+    async def wait_woken(self, slot: int, seq: int, timeout: float,
+                         fut: asyncio.Future[bool] | None = None, *, one: bool = False) -> int:
+        """:meth:`wait`, telling how it ended: 0 timed out or ended by ``fut``, 1 the word
+        was seen moved, 2 woken (D77).
+
+        2 only for a wait without a doorbell on a one-at-a-time word (``one``) whose
+        last slice was taken off the futex queue by a wake-up
+        (``Notifier.wait_woken``, D76): only then may it hold the one wake-up of a
+        bump, which a caller that leaves without a receive round passes on
+        (:meth:`pass_on`).  A wait through a doorbell takes no wake-up from anyone
+        (every armed loop is rung) and returns 0 or 1; so does a closed bell.
+        Cancellation as :meth:`wait` (a cancelled slice passes its wake-up on itself).
+        """
+        if fut is None:
+            fut = self.loop.create_future()
+        if self._index < 0 and not self._closed and timeout > 0 and not fut.done():
+            return await self._thread_slices((slot,), (seq,), timeout, fut, one)
+        return 1 if await self.wait_any((slot,), (seq,), timeout, fut) else 0
+
     def pass_on(self, slot: int) -> None:
         """Wake one thread waiting on one-at-a-time word ``slot``, if one waits (D69).
 
@@ -228,16 +247,7 @@ class LoopBell:
         if timeout <= 0 or fut.done():
             return any(n.load(s) != q for s, q in zip(slots, seqs, strict=True))
         if self._index < 0:
-            # No doorbell: a worker thread waits; slices of at most _SLICE_S bound how
-            # long a cancelled or woken wait keeps its thread.
-            deadline = self.loop.time() + timeout
-            while not fut.done():
-                left = deadline - self.loop.time()
-                if left <= 0:
-                    return False
-                if await self._thread_wait(slots, seqs, min(left, _SLICE_S), one):
-                    return True
-            return False
+            return bool(await self._thread_slices(slots, seqs, timeout, fut, one))
         regs = self.arm_any(slots, seqs, timeout, fut)
         try:
             return await fut
@@ -245,20 +255,37 @@ class LoopBell:
             for reg in regs:
                 self.disarm(reg)
 
+    async def _thread_slices(self, slots: tuple[int, ...], seqs: tuple[int, ...],
+                             timeout: float, fut: asyncio.Future[bool], one: bool) -> int:
+        """A wait without a doorbell: a worker thread waits, in slices of at most
+        ``_SLICE_S`` that bound how long a cancelled or woken wait keeps its thread.
+        0 timed out or ended by ``fut``, else the last slice's code (:meth:`_thread_wait`).
+        """
+        deadline = self.loop.time() + timeout
+        while not fut.done():
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return 0
+            how = await self._thread_wait(slots, seqs, min(left, _SLICE_S), one)
+            if how:
+                return how
+        return 0
+
     async def _thread_wait(self, slots: tuple[int, ...], seqs: tuple[int, ...],
-                           timeout: float, one: bool) -> bool:
-        """One slice of a wait without a doorbell, in a worker thread.
+                           timeout: float, one: bool) -> int:
+        """One slice of a wait without a doorbell, in a worker thread: 0 timed out, 1
+        moved, 2 woken (``one`` on a single word only, ``Notifier.wait_woken``).
 
         A cancelled slice that already started finishes in its thread (it cannot be
         interrupted); with ``one``, a wake-up it took then is passed on (D69).
         """
         n = self._n
         if not one or len(slots) != 1:
-            return bool(await self._runner.run(n.wait_any, slots, seqs, timeout))
+            return 1 if await self._runner.run(n.wait_any, slots, seqs, timeout) else 0
         # wait_woken: a slice that only saw the word moved took no wake-up (D76)
         job = self._runner.call(n.wait_woken, slots[0], seqs[0], timeout)
         try:
-            return bool(await job)
+            return int(await job)
         except asyncio.CancelledError:
             # (a slice cancelled before it started never runs: its outcome never comes)
             job.outcome_later().add_done_callback(

@@ -31,7 +31,7 @@ from mqlite.aio._future import InlineFuture
 from mqlite.config import require_int, require_positive_number, validate_topic_name
 from mqlite.errors import ClosedError
 from mqlite.queue import Delivery, Queue, QueuePolicy
-from mqlite.queue.receive import ReceiveStep
+from mqlite.queue.receive import WOKEN, ReceiveStep
 
 if TYPE_CHECKING:
     from mqlite.aio.broker import AsyncBroker
@@ -190,25 +190,29 @@ class AsyncQueue:
             reg = bell.arm(step.slot, step.seq, span, fut) if bell.armable else None
             # A doorbell takes no wake-up from anyone (every armed loop is rung); a wait
             # without one sleeps in a worker thread and may take the one a bump gives
-            # (D67): leaving without a round, it passes it on (D69).
-            moved = False
+            # (D67): leaving without a round, it passes it on (D69), only when a
+            # wake-up really took its slice off the futex queue (WOKEN, D76, D77).
+            how = 0
             try:
                 if reg is not None:  # armed inline: a cancel unwinds this frame only
                     await fut
                 else:  # (a cancelled slice passes its wake-up on itself)
                     # only the group's word wakes one waiter; the topic's (no group
                     # word was free, D74) wakes all, so nothing is taken from anyone
-                    moved = await bell.wait(step.slot, step.seq, span, fut,
-                                            one=step.one)
+                    how = await bell.wait_woken(step.slot, step.seq, span, fut,
+                                                one=step.one)
             finally:
                 if reg is not None:
                     bell.disarm(reg)
-                with self._lock:
-                    self._waits.discard(fut)
-                    if self._wake_gen != gen:
-                        woken = True
+                # No lock (D77): the discard comes before the read of the generation,
+                # so a wakeup() either finds this wait registered (and has moved the
+                # generation before this read) or does not, and then this receive
+                # sees it here or at the locked check before its next wait.
+                self._waits.discard(fut)
+                if self._wake_gen != gen:
+                    woken = True
             if woken or self._closed:
-                if moved and step.one:
+                if how == WOKEN:
                     bell.pass_on(step.slot)
                 if woken:
                     return []

@@ -281,3 +281,44 @@ def test_a_wakeup_landing_as_a_woken_receive_wait_ends_returns_at_once(
             await q.close()
 
     asyncio.run(main())
+
+
+def test_a_wakeup_during_a_receive_round_ends_that_receive_only(
+        tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wakeup() that lands while a receive runs its round (no wait registered yet) ends
+    that receive with [] before it waits, and is consumed by it: the next receive waits
+    and takes a message sent while it waits (before the fix the flag stayed set and the
+    next receive returned [] after one round too)."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
+            await b.create_topic("t")
+            q = await b.queue("t", "g").start()
+            step = q._step
+            rounds: list[int] = []
+
+            async def step_then_wakeup(*args: Any) -> Any:
+                out = await step(*args)
+                if not rounds:
+                    q.wakeup()  # as if from another thread, during the first round
+                rounds.append(1)
+                return out
+
+            monkeypatch.setattr(q, "_step", step_then_wakeup)
+            async with asyncio.timeout(10):
+                assert await q.receive(1, timeout=30) == []
+            assert len(rounds) == 1
+            bell = b._bell()
+            task = asyncio.create_task(q.receive(1, timeout=30))
+            async with asyncio.timeout(10):
+                while bell.waiting() == 0 and not task.done():
+                    await asyncio.sleep(0)
+            assert not task.done(), "the next receive returned without waiting"
+            await b.send("t", b"x")
+            async with asyncio.timeout(10):
+                got = await task
+            assert [d.value for d in got] == [b"x"]
+            await got[0].ack()
+            await q.close()
+
+    asyncio.run(main())

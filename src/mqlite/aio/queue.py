@@ -184,6 +184,9 @@ class AsyncQueue:
             fut: asyncio.Future[bool] = InlineFuture(loop)  # the ring resumes us inline
             with self._lock:
                 if self._wake_gen != gen:
+                    # a wakeup() during the round ends this receive, and only this one:
+                    # it found no wait and left the flag for the next receive (D77)
+                    self._wake_pending = False
                     return []
                 self._waits.add(fut)
             span = min(remaining, step.wait)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from _polling import queue_word, sleepers
+from _queue_waits import hold, stop_children, until_asleep
 
 import mqlite
 from mqlite.queue import receive as _receive
@@ -45,21 +46,6 @@ def broker(path: Path) -> Any:
     with mqlite.open(str(path), durability="none") as b:
         b.create_topic("one", partitions=1)  # one partition: no "more" chain (D67)
         yield b
-
-
-def _hold(broker: Any, group: str) -> Any:
-    """A consumer of ``group`` holding message "held" (sent once, before any holder)."""
-    h = broker.queue("one", group, visibility_timeout=HOLD_S)
-    assert [d.value for d in h.receive(1, timeout=WAIT_S)] == [b"held"]
-    return h
-
-
-def _until_asleep(path: Path, words: dict[str, int], n: int) -> None:
-    """Until ``n`` threads sleep on each group's word (a bump from now on reaches them)."""
-    deadline = time.monotonic() + WAIT_S
-    while any(sleepers(path, w) < n for w in words.values()):
-        assert time.monotonic() < deadline, {g: sleepers(path, w) for g, w in words.items()}
-        time.sleep(0.001)
 
 
 def _count_waits(record: Callable[[bool], None]) -> None:
@@ -98,7 +84,7 @@ def test_one_send_wakes_exactly_one_receiver_of_each_group(
     n = 3
     broker.send("one", b"held")
     for g in GROUPS:
-        _hold(broker, g)  # closed with the broker
+        hold(broker, g, HOLD_S)  # closed with the broker
     words = {g: queue_word(broker, "one", g) for g in GROUPS}
     assert words["g1"] != words["g2"]
     monkeypatch.setattr(_receive, "_wait", _receive._wait)  # restored after the test
@@ -121,7 +107,7 @@ def test_one_send_wakes_exactly_one_receiver_of_each_group(
     for t in ts:
         t.start()
     ready.wait()
-    _until_asleep(path, words, n)
+    until_asleep(path, words.values(), n)
     broker.send("one", b"m")
     for t in ts:
         t.join(WAIT_S + 10)
@@ -191,7 +177,7 @@ def test_one_send_wakes_exactly_one_receiver_of_each_group_across_processes(
     """Two processes, each with a receiver of each group (two idle receivers per group,
     one per process); the send comes from a third: one receiver of each group is woken."""
     broker.send("one", b"held")
-    holders = [_hold(broker, g) for g in GROUPS]
+    holders = [hold(broker, g, HOLD_S) for g in GROUPS]
     words = {g: queue_word(broker, "one", g) for g in GROUPS}
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -206,24 +192,15 @@ def test_one_send_wakes_exactly_one_receiver_of_each_group_across_processes(
     try:
         for e in readies:
             assert e.wait(60)
-        _until_asleep(path, words, 2)
+        until_asleep(path, words.values(), 2)
         broker.send("one", b"m")
         for _ in range(4):
             try:
                 results.append(out.get(timeout=WAIT_S + 10))
             except _queue.Empty:
                 break
-        done.set()
-        for c in children:
-            c.join(WAIT_S)
     finally:
-        done.set()
-        for c in children:
-            if c.is_alive():
-                c.kill()
-            c.join(10)
-        for h in holders:
-            h.close()
+        stop_children(done, children, holders)
     _check_one_per_group(results, 2)
 
 

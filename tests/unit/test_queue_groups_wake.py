@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _polling import sleepers
+from _queue_waits import hold, stop_children, until_asleep
 
 import mqlite
 import mqlite.aio
@@ -58,23 +58,6 @@ def _words(broker: Any) -> tuple[int, ...]:
     with broker._engine.read() as txn:
         words = _queues.words_of(txn, env.dbs, "one", QUEUE_WORD_FIRST, NOTIFY_SLOTS)
     return (env.topic_slot("one"), *words)
-
-
-def _until_asleep(path: Path, broker: Any, n: int) -> None:
-    """Until ``n`` threads sleep on a word of topic "one" or of one of its queue groups
-    (a bump from now on reaches them)."""
-    slots = _words(broker)
-    deadline = time.monotonic() + WAIT_S
-    while sum(sleepers(path, s) for s in slots) < n:
-        assert time.monotonic() < deadline, [sleepers(path, s) for s in slots]
-        time.sleep(0.001)
-
-
-def _hold(broker: Any, group: str) -> Any:
-    """A consumer of ``group`` holding message "held" (sent once, before any holder)."""
-    h = broker.queue("one", group, visibility_timeout=HOLD_S)
-    assert [d.value for d in h.receive(1, timeout=WAIT_S)] == [b"held"]
-    return h
 
 
 class _Worker(threading.Thread):
@@ -112,13 +95,13 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group(broker: Any, path: Path)
     (before D70, the one the send's one-waiter wake-up missed slept until its timeout;
     the D69 finding, pinned then as a strict xfail)."""
     broker.send("one", b"held")
-    holders = [_hold(broker, g) for g in ("g1", "g2")]
+    holders = [hold(broker, g, HOLD_S) for g in ("g1", "g2")]
     workers = [_Worker(broker, g) for g in ("g1", "g2")]
     for w in workers:
         w.start()
     for w in workers:
         assert w.started.wait(WAIT_S)
-    _until_asleep(path, broker, 2)
+    until_asleep(path, _words(broker), 2, total=True)
     broker.send("one", b"m")
     _check(workers)
     for h in holders:
@@ -134,18 +117,18 @@ def test_a_group_created_after_a_receiver_slept_is_woken_and_so_is_that_receiver
     the group's first delivery, which moves no deadline earlier), so g1's receiver is
     still in the wait it chose alone."""
     broker.send("one", b"held")
-    h1 = _hold(broker, "g1")
+    h1 = hold(broker, "g1", HOLD_S)
     w1 = _Worker(broker, "g1")
     w1.start()
     assert w1.started.wait(WAIT_S)
-    _until_asleep(path, broker, 1)
+    until_asleep(path, _words(broker), 1, total=True)
     t_word, q_word = _words(broker)  # the topic's, g1's
     seqs = (broker.notifier.load(q_word), broker.notifier.load(t_word))
-    h2 = _hold(broker, "g2")  # creates g2
+    h2 = hold(broker, "g2", HOLD_S)  # creates g2
     w2 = _Worker(broker, "g2")
     w2.start()
     assert w2.started.wait(WAIT_S)
-    _until_asleep(path, broker, 2)
+    until_asleep(path, _words(broker), 2, total=True)
     # g1's receiver was not woken meanwhile: it still sleeps in the wait it chose alone
     assert (broker.notifier.load(q_word), broker.notifier.load(t_word)) == seqs
     broker.send("one", b"m")
@@ -173,7 +156,7 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group_across_processes(
         broker: Any, path: Path) -> None:
     """As the first test, each group's receiver in a process of its own."""
     broker.send("one", b"held")
-    holders = [_hold(broker, g) for g in ("g1", "g2")]
+    holders = [hold(broker, g, HOLD_S) for g in ("g1", "g2")]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     readies = {g: ctx.Event() for g in ("g1", "g2")}
@@ -186,7 +169,7 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group_across_processes(
     try:
         for e in readies.values():
             assert e.wait(60)
-        _until_asleep(path, broker, 2)
+        until_asleep(path, _words(broker), 2, total=True)
         broker.send("one", b"m")
         got = {}
         for _ in children:
@@ -195,17 +178,8 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group_across_processes(
             except _queue.Empty:
                 break
             got[group] = (values, took)
-        done.set()
-        for c in children:
-            c.join(WAIT_S)
     finally:
-        done.set()
-        for c in children:
-            if c.is_alive():
-                c.kill()
-            c.join(10)
-        for h in holders:
-            h.close()
+        stop_children(done, children, holders)
     assert set(got) == {"g1", "g2"}, got
     for g, (values, took) in got.items():
         assert values == [b"m"], got

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _polling import queue_word, sleepers
+from _polling import queue_word
+from _queue_waits import until_asleep
 
 import mqlite
 import mqlite.aio
@@ -53,14 +54,6 @@ def broker(path: Path) -> Any:
         b.create_topic("jobs", partitions=2)
         yield b
 
-
-
-def _until_asleep(path: Path, slot: int, n: int) -> None:
-    """Until ``n`` threads sleep on ``slot`` (registered: a bump from now on reaches them)."""
-    deadline = time.monotonic() + WAIT_S
-    while sleepers(path, slot) < n:
-        assert time.monotonic() < deadline, f"{sleepers(path, slot)} of {n} asleep"
-        time.sleep(0.001)
 
 
 class _WaitHook:
@@ -143,7 +136,7 @@ def test_a_woken_receiver_that_leaves_passes_its_wake_up_on(broker: Any, path: P
     ready.wait()
     for name in ("a", "b"):
         assert hook.event(name).wait(WAIT_S)
-    _until_asleep(path, queue_word(broker, "jobs", "w"), 2)
+    until_asleep(path, [queue_word(broker, "jobs", "w")], 2)
     hook.armed.set()
     broker.send("jobs", b"m")
     for t in ts:
@@ -220,7 +213,7 @@ def test_a_receiver_killed_after_its_wake_up_does_not_strand_the_message(
         for i in range(1, 6):
             t = threading.Thread(target=survive, name="survivor")
             t.start()
-            _until_asleep(path, slot, 2)
+            until_asleep(path, [slot], 2)
             broker.send("one", b"m%d" % i)
             t.join(WAIT_S + 10)
             values, took = got[-1]
@@ -340,7 +333,7 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
                     await a
             else:
                 probe.when_moved = aq.wakeup
-            _until_asleep(path, queue_word(b.sync, "jobs", "w"), 2)
+            until_asleep(path, [queue_word(b.sync, "jobs", "w")], 2)
             await b.send("jobs", b"m")
             if how == "wakeup":
                 assert await a == []

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from _polling import queue_word, sleepers
+from _queue_waits import until_asleep
 
 import mqlite
 from mqlite.queue import receive as _receive
@@ -123,11 +124,6 @@ def _setup(broker: Any, **policy: Any) -> tuple[dict[str, Any], dict[str, list[A
     return workers, held, idle
 
 
-def _asleep(path: Path, words: dict[str, int]) -> None:
-    _until(lambda: all(sleepers(path, w) >= 1 for w in words.values()),
-           "a receiver asleep on each group's word")
-
-
 class _Leave(Exception):
     """Raised in a receive to make it leave without a round."""
 
@@ -147,7 +143,7 @@ def test_a_settle_wakes_one_receiver_of_its_group_and_no_one_else(
     ts = [_receiver(idle[g], out, g) for g in GROUPS]
     for t in ts:
         t.start()
-    _asleep(path, words)
+    until_asleep(path, words.values(), 1)
     before = _words(broker)
     w = workers["g1"]
     if settle == "nack":
@@ -180,7 +176,7 @@ def test_an_extend_to_a_later_deadline_wakes_nobody(
     ts = [_receiver(idle[g], out, g) for g in GROUPS]
     for t in ts:
         t.start()
-    _asleep(path, words)
+    until_asleep(path, words.values(), 1)
     n = broker._engine.live_env().notifier
     before = _words(broker), {g: n.load(w) for g, w in words.items()}
     assert workers["g1"].extend(held["g1"], HOLD_S + 5) == 2
@@ -203,7 +199,7 @@ def test_a_dead_letter_wakes_the_dead_letter_topic_not_the_other_group(
     ts = [_receiver(idle["g2"], out, "g2")]
     for t in ts:
         t.start()
-    _asleep(path, {"g2": words["g2"]})
+    until_asleep(path, [words["g2"]], 1)
     before, dlq = _words(broker), _words(broker, "dlq")
     assert workers["g1"].dead_letter(held["g1"][1], "bad") == 1
     after = _words(broker, "dlq")
@@ -310,7 +306,7 @@ def test_the_reap_of_a_killed_receiver_wakes_one_receiver_of_its_group_only(
         ts = [_receiver(idle["g1"], out, "g1", timeout=WAIT_S), _receiver(idle["g2"], out, "g2")]
         for t in ts:
             t.start()
-        _asleep(path, words)
+        until_asleep(path, words.values(), 1)
         before = _words(broker)
         child.kill()
         child.join(30)

@@ -2,20 +2,31 @@
 
 The tests put a holder of each group on message "held" (its visibility deadline is
 then the earliest in flight, so that no deadline wakes anybody), wait until their
-receivers are registered asleep on notify words (``_polling.sleepers``), and stop the
-receiver processes they spawned whatever the outcome.
+receivers are registered asleep on notify words (``_polling.sleepers``), record what
+each blocking wait of a receive returned (``count_waits``), and stop the receiver
+processes they spawned whatever the outcome.  Their broker and its directory are the
+``broker`` and ``tmp_broker_dir`` fixtures (tests/unit/conftest.py: each module names
+its topics in ``BROKER_TOPICS``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import pytest
 from _polling import sleepers
 
-__all__ = ["hold", "stop_children", "until_asleep"]
+from mqlite.queue import receive as _receive
+
+__all__ = ["Waits", "count_waits", "hold", "stop_children", "until_asleep", "woken"]
+
+#: Per thread name, each blocking wait of a receive: (``Notifier.wait_woken``'s code,
+#: returned before its timeout).
+Waits = dict[str, list[tuple[int, bool]]]
 
 
 def hold(broker: Any, group: str, visibility_s: float, timeout: float = 30.0) -> Any:
@@ -54,3 +65,37 @@ def stop_children(done: Any, children: Sequence[BaseProcess], holders: Iterable[
             c.join(10)
     for h in holders:
         h.close()
+
+
+def count_waits(monkeypatch: pytest.MonkeyPatch | None = None) -> Waits:
+    """Wrap ``receive._wait`` so that every blocking wait of a receive is recorded, per
+    thread name: ``wait_woken``'s code (0 timed out, 1 saw the word moved at a check, 2
+    woken: ``receive.WOKEN``, D76) and whether it returned before its timeout.  A wait
+    that timed out may return 1, having found the word moved at its deadline (another
+    receiver's wake-up was given since it loaded it), so "woken" is judged by both.
+
+    Restored after the test through ``monkeypatch``; without it (a spawned child) the
+    wrapper stays for the process's life.  Each thread appends to its own list only.
+    """
+    records: Waits = {}
+    lock = threading.Lock()
+    wait = _receive._wait
+
+    def counted(n: Any, slot: int, seq: int, timeout: float) -> int:
+        t0 = time.monotonic()
+        how = wait(n, slot, seq, timeout)
+        early = bool(how) and time.monotonic() - t0 < timeout
+        with lock:
+            records.setdefault(threading.current_thread().name, []).append((how, early))
+        return how
+
+    if monkeypatch is None:
+        _receive._wait = counted
+    else:
+        monkeypatch.setattr(_receive, "_wait", counted)
+    return records
+
+
+def woken(waits: Sequence[tuple[int, bool]]) -> list[bool]:
+    """Of each recorded wait (``count_waits``): returned before its timeout (woken)."""
+    return [early for _, early in waits]

@@ -1,10 +1,10 @@
 """Fixtures for the unit tests of the broker API, producer and consumer.
 
 ``broker`` is an open broker on a fresh directory (closed after the test, and
-checked to have released its environment); ``open_broker`` opens more
-brokers that are closed at teardown; ``run_python`` runs a snippet in a fresh
-interpreter (for umask and other process-wide state a test must not change
-in the pytest process).
+checked to have released its environment), with the topics the test module
+lists in ``BROKER_TOPICS``; ``open_broker`` opens more brokers that are closed
+at teardown; ``run_python`` runs a snippet in a fresh interpreter (for umask
+and other process-wide state a test must not change in the pytest process).
 """
 
 from __future__ import annotations
@@ -44,9 +44,15 @@ def open_broker(tmp_broker_dir: Path) -> Iterator[Callable[..., mqlite.Broker]]:
 
 
 @pytest.fixture
-def broker(open_broker: Callable[..., mqlite.Broker]) -> mqlite.Broker:
-    """A broker on a fresh directory, ``durability="none"`` (unit tests need no fsync)."""
-    return open_broker(durability="none")
+def broker(open_broker: Callable[..., mqlite.Broker],
+           request: pytest.FixtureRequest) -> mqlite.Broker:
+    """A broker on a fresh directory (``tmp_broker_dir``), ``durability="none"`` (unit
+    tests need no fsync), with the topics the test module lists in ``BROKER_TOPICS``
+    (name -> partitions), if it has that attribute."""
+    b = open_broker(durability="none")
+    for name, partitions in getattr(request.module, "BROKER_TOPICS", {}).items():
+        b.create_topic(name, partitions=partitions)
+    return b
 
 
 def _run_python(code: str, *args: str, timeout: float = 60.0,

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from _queue_waits import hold, stop_children, until_asleep
 
 import mqlite
@@ -32,24 +31,13 @@ import mqlite.aio
 from mqlite._storage import queues as _queues
 from mqlite._storage.env import NOTIFY_SLOTS, QUEUE_WORD_FIRST
 
+#: The topics the ``broker`` fixture creates (tests/unit/conftest.py).  One partition:
+#: a receive that took one message of two would wake the next receiver anyway (it did
+#: not look at the other partition: D67's "more" chain).
+BROKER_TOPICS = {"one": 1}
 WAIT_S = 30.0
 WOKEN_S = 10.0
 HOLD_S = 20.0  # the holders' visibility timeout: earlier than the receivers' 30 s
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "b"
-
-
-@pytest.fixture
-def broker(path: Path) -> Any:
-    with mqlite.open(str(path), durability="none") as b:
-        # One partition: a receive that took one message of two partitions would wake
-        # the next receiver anyway (it did not look at the other partition, D67).
-        b.create_topic("one", partitions=1)
-        yield b
-
 
 
 def _words(broker: Any) -> tuple[int, ...]:
@@ -90,7 +78,7 @@ def _check(workers: list[_Worker]) -> None:
         assert w.took < WOKEN_S, f"group {w.name}'s receiver got it after {w.took:.1f} s"
 
 
-def test_a_send_wakes_a_waiting_receiver_of_every_group(broker: Any, path: Path) -> None:
+def test_a_send_wakes_a_waiting_receiver_of_every_group(broker: Any, tmp_broker_dir: Path) -> None:
     """Two groups of one topic, each with one receiver asleep: one send reaches both
     (before D70, the one the send's one-waiter wake-up missed slept until its timeout;
     the D69 finding, pinned then as a strict xfail)."""
@@ -101,7 +89,7 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group(broker: Any, path: Path)
         w.start()
     for w in workers:
         assert w.started.wait(WAIT_S)
-    until_asleep(path, _words(broker), 2, total=True)
+    until_asleep(tmp_broker_dir, _words(broker), 2, total=True)
     broker.send("one", b"m")
     _check(workers)
     for h in holders:
@@ -109,7 +97,7 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group(broker: Any, path: Path)
 
 
 def test_a_group_created_after_a_receiver_slept_is_woken_and_so_is_that_receiver(
-        broker: Any, path: Path) -> None:
+        broker: Any, tmp_broker_dir: Path) -> None:
     """Group g1's receiver goes to sleep while g1 is the topic's only queue group (on
     the queues' word, woken one at a time); then g2 is created and its receiver sleeps.
     One send must reach both: g1's, which decided how to wait before g2 existed, and
@@ -121,14 +109,14 @@ def test_a_group_created_after_a_receiver_slept_is_woken_and_so_is_that_receiver
     w1 = _Worker(broker, "g1")
     w1.start()
     assert w1.started.wait(WAIT_S)
-    until_asleep(path, _words(broker), 1, total=True)
+    until_asleep(tmp_broker_dir, _words(broker), 1, total=True)
     t_word, q_word = _words(broker)  # the topic's, g1's
     seqs = (broker.notifier.load(q_word), broker.notifier.load(t_word))
     h2 = hold(broker, "g2", HOLD_S)  # creates g2
     w2 = _Worker(broker, "g2")
     w2.start()
     assert w2.started.wait(WAIT_S)
-    until_asleep(path, _words(broker), 2, total=True)
+    until_asleep(tmp_broker_dir, _words(broker), 2, total=True)
     # g1's receiver was not woken meanwhile: it still sleeps in the wait it chose alone
     assert (broker.notifier.load(q_word), broker.notifier.load(t_word)) == seqs
     broker.send("one", b"m")
@@ -153,7 +141,7 @@ def _receive_in_process(path: str, group: str, ready: Any, done: Any, out: Any) 
 
 
 def test_a_send_wakes_a_waiting_receiver_of_every_group_across_processes(
-        broker: Any, path: Path) -> None:
+        broker: Any, tmp_broker_dir: Path) -> None:
     """As the first test, each group's receiver in a process of its own."""
     broker.send("one", b"held")
     holders = [hold(broker, g, HOLD_S) for g in ("g1", "g2")]
@@ -162,14 +150,14 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group_across_processes(
     readies = {g: ctx.Event() for g in ("g1", "g2")}
     done = ctx.Event()
     children = [ctx.Process(target=_receive_in_process,
-                            args=(str(path), g, readies[g], done, out))
+                            args=(str(tmp_broker_dir), g, readies[g], done, out))
                 for g in ("g1", "g2")]
     for c in children:
         c.start()
     try:
         for e in readies.values():
             assert e.wait(60)
-        until_asleep(path, _words(broker), 2, total=True)
+        until_asleep(tmp_broker_dir, _words(broker), 2, total=True)
         broker.send("one", b"m")
         got = {}
         for _ in children:
@@ -186,10 +174,10 @@ def test_a_send_wakes_a_waiting_receiver_of_every_group_across_processes(
         assert took < WOKEN_S, f"group {g}'s receiver got it after {took:.1f} s"
 
 
-def test_an_aio_send_wakes_a_waiting_receiver_of_every_group(path: Path) -> None:
+def test_an_aio_send_wakes_a_waiting_receiver_of_every_group(tmp_broker_dir: Path) -> None:
     """``mqlite.aio`` (doorbells): a task of each group waiting, one send reaches both."""
     async def main() -> None:
-        async with mqlite.aio.open(path, durability="none") as b:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
             await b.create_topic("one", partitions=1)
             await b.send("one", b"held")
             holders = []

@@ -34,6 +34,8 @@ import mqlite.aio
 import mqlite.aio._bell
 from mqlite.queue import receive as _receive
 
+#: The topics the ``broker`` fixture creates (tests/unit/conftest.py).
+BROKER_TOPICS = {"jobs": 2}
 WAIT_S = 30.0
 WOKEN_S = 10.0
 
@@ -41,19 +43,6 @@ WOKEN_S = 10.0
 class _Leave(BaseException):
     """Stands for an exception a signal handler raises just after a wait returned
     (``KeyboardInterrupt``, ``SystemExit`` from a SIGTERM handler)."""
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "b"
-
-
-@pytest.fixture
-def broker(path: Path) -> Any:
-    with mqlite.open(str(path), durability="none") as b:
-        b.create_topic("jobs", partitions=2)
-        yield b
-
 
 
 class _WaitHook:
@@ -106,7 +95,7 @@ def _receive_in_thread(broker: Any, name: str, queues: dict[str, Any],
 
 
 @pytest.mark.parametrize("how", ["exception", "wakeup", "close"])
-def test_a_woken_receiver_that_leaves_passes_its_wake_up_on(broker: Any, path: Path,
+def test_a_woken_receiver_that_leaves_passes_its_wake_up_on(broker: Any, tmp_broker_dir: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             how: str) -> None:
     """Two workers asleep in ``receive(timeout=30)``; the one the message wakes leaves
@@ -136,7 +125,7 @@ def test_a_woken_receiver_that_leaves_passes_its_wake_up_on(broker: Any, path: P
     ready.wait()
     for name in ("a", "b"):
         assert hook.event(name).wait(WAIT_S)
-    until_asleep(path, [queue_word(broker, "jobs", "w")], 2)
+    until_asleep(tmp_broker_dir, [queue_word(broker, "jobs", "w")], 2)
     hook.armed.set()
     broker.send("jobs", b"m")
     for t in ts:
@@ -179,7 +168,7 @@ def _killed_when_woken(path: str, ready: Any) -> None:
 
 
 def test_a_receiver_killed_after_its_wake_up_does_not_strand_the_message(
-        broker: Any, path: Path) -> None:
+        broker: Any, tmp_broker_dir: Path) -> None:
     """A worker process killed between its wake-up and its round took the wake-up with
     it; the liveness reap that removes it (at once: pidfd) wakes the next receiver.
 
@@ -196,7 +185,7 @@ def test_a_receiver_killed_after_its_wake_up_does_not_strand_the_message(
     assert [d.value for d in holder.receive(1, timeout=WAIT_S)] == [b"held"]
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    child = ctx.Process(target=_killed_when_woken, args=(str(path), ready))
+    child = ctx.Process(target=_killed_when_woken, args=(str(tmp_broker_dir), ready))
     child.start()
     q = broker.queue("one", "w")
     got: list[tuple[list[bytes], float]] = []
@@ -213,7 +202,7 @@ def test_a_receiver_killed_after_its_wake_up_does_not_strand_the_message(
         for i in range(1, 6):
             t = threading.Thread(target=survive, name="survivor")
             t.start()
-            until_asleep(path, [slot], 2)
+            until_asleep(tmp_broker_dir, [slot], 2)
             broker.send("one", b"m%d" % i)
             t.join(WAIT_S + 10)
             values, took = got[-1]
@@ -234,11 +223,11 @@ def test_a_receiver_killed_after_its_wake_up_does_not_strand_the_message(
 
 # -- mqlite.aio ---------------------------------------------------------------------------
 
-def test_a_cancelled_aio_receive_with_a_doorbell_takes_no_wake_up(path: Path) -> None:
+def test_a_cancelled_aio_receive_with_a_doorbell_takes_no_wake_up(tmp_broker_dir: Path) -> None:
     """Guard: a task cancelled as its message arrives leaves it to the other task at once
     (a doorbell takes no wake-up: every armed loop is rung; nothing to pass on)."""
     async def main() -> None:
-        async with mqlite.aio.open(path, durability="none") as b:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
             await b.create_topic("jobs")
             qa = await b.queue("jobs", "w").start()
             qb = await b.queue("jobs", "w").start()
@@ -296,7 +285,7 @@ class _SliceProbe:
 
 @pytest.mark.parametrize("how", ["cancel", "wakeup"])
 def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
-        path: Path, broker: Any, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+        tmp_broker_dir: Path, broker: Any, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """Without a free doorbell an aio receive waits in a worker thread, in slices
     (long ones here), and its slice takes the message's one wake-up before a sync worker
     that went to sleep after it.  ``cancel``: the task was cancelled before (the slice
@@ -316,7 +305,7 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
 
     async def main() -> None:
         nonlocal probe
-        async with mqlite.aio.open(path, durability="none") as b:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
             bell = b._bell()
             assert not bell.has_doorbell
             probe = _SliceProbe(bell._n)
@@ -333,7 +322,7 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
                     await a
             else:
                 probe.when_moved = aq.wakeup
-            until_asleep(path, [queue_word(b.sync, "jobs", "w")], 2)
+            until_asleep(tmp_broker_dir, [queue_word(b.sync, "jobs", "w")], 2)
             await b.send("jobs", b"m")
             if how == "wakeup":
                 assert await a == []
@@ -381,7 +370,7 @@ class _LateSliceProbe(_SliceProbe):
 
 
 def test_an_aio_receive_that_only_saw_the_word_moved_passes_nothing_on(
-        path: Path, broker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_broker_dir: Path, broker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """D77: without a doorbell, a slice that starts after the send's bump sees the word
     moved before it sleeps (``wait_woken`` 1: no wake-up took it off the futex queue).
     A ``wakeup()`` then makes the receive leave without a round: it holds no wake-up,
@@ -393,7 +382,7 @@ def test_an_aio_receive_that_only_saw_the_word_moved_passes_nothing_on(
 
     async def main() -> None:
         nonlocal probe
-        async with mqlite.aio.open(path, durability="none") as b:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
             bell = b._bell()
             assert not bell.has_doorbell
             probe = _LateSliceProbe(bell._n)
@@ -423,12 +412,12 @@ def test_an_aio_receive_that_only_saw_the_word_moved_passes_nothing_on(
 
 
 def test_an_aio_receive_woken_through_a_doorbell_passes_nothing_on(
-        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Guard (D77): a doorbell wait ended by the send's ring, with a ``wakeup()`` landing
     as the wait is torn down, leaves without a round and passes nothing on (every armed
     loop was rung: it took no wake-up from anyone)."""
     async def main() -> None:
-        async with mqlite.aio.open(path, durability="none") as b:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
             await b.create_topic("jobs")
             bell = b._bell()
             assert bell.has_doorbell

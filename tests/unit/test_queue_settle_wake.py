@@ -29,52 +29,19 @@ from typing import Any
 
 import pytest
 from _polling import queue_word, sleepers
-from _queue_waits import until_asleep
+from _queue_waits import count_waits, until_asleep, woken
 
 import mqlite
 from mqlite.queue import receive as _receive
 
+#: The topics the ``broker`` fixture creates (tests/unit/conftest.py).  One partition:
+#: a receive that took one message of two would wake the next receiver anyway (it did
+#: not look at the other partition: D67's "more" chain).
+BROKER_TOPICS = {"one": 1}
 WAIT_S = 30.0
 IDLE_S = 4.0  # the receives' timeout: a receiver nothing is for times out
 HOLD_S = 20.0  # the holders' visibility timeout: earlier than anything else in flight
 GROUPS = ("g1", "g2")
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "b"
-
-
-@pytest.fixture
-def broker(path: Path) -> Any:
-    with mqlite.open(str(path), durability="none") as b:
-        b.create_topic("one", partitions=1)  # one partition: no "more" chain (D67)
-        yield b
-
-
-def _count_waits(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, bool]]]:
-    """Wrap ``receive._wait``: per thread name, each blocking wait's ``wait_woken`` code
-    (0 timed out, 1 saw the word moved, 2 woken) and whether it returned before its
-    timeout."""
-    records: dict[str, list[tuple[int, bool]]] = {}
-    lock = threading.Lock()
-    wait = _receive._wait
-
-    def counted(n: Any, slot: int, seq: int, timeout: float) -> int:
-        t0 = time.monotonic()
-        how = wait(n, slot, seq, timeout)
-        early = bool(how) and time.monotonic() - t0 < timeout
-        with lock:
-            records.setdefault(threading.current_thread().name, []).append((how, early))
-        return how
-
-    monkeypatch.setattr(_receive, "_wait", counted)
-    return records
-
-
-def _early(waits: list[tuple[int, bool]]) -> list[bool]:
-    """Each wait: returned before its timeout (woken)."""
-    return [early for _, early in waits]
 
 
 def _until(cond: Callable[[], bool], what: str) -> None:
@@ -130,20 +97,20 @@ class _Leave(Exception):
 
 @pytest.mark.parametrize("settle", ["nack", "extend0", "close"])
 def test_a_settle_wakes_one_receiver_of_its_group_and_no_one_else(
-        broker: Any, path: Path, monkeypatch: pytest.MonkeyPatch, settle: str) -> None:
+        broker: Any, tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch, settle: str) -> None:
     """g1's worker gives a message back (``nack``, ``extend(0)``, ``close``): g1's idle
     receiver is woken and gets it; g2's is never woken (it times out after ``IDLE_S``);
     the topic's, partition's and global words do not move, so no stream consumer of the
     topic is woken.  Before D76 g2's receiver was woken for nothing (its waits returned
     early, then timed out) and the three words moved."""
     workers, held, idle = _setup(broker)
-    records = _count_waits(monkeypatch)
+    records = count_waits(monkeypatch)
     words = {g: queue_word(broker, "one", g) for g in GROUPS}
     out: dict[str, list[bytes]] = {}
     ts = [_receiver(idle[g], out, g) for g in GROUPS]
     for t in ts:
         t.start()
-    until_asleep(path, words.values(), 1)
+    until_asleep(tmp_broker_dir, words.values(), 1)
     before = _words(broker)
     w = workers["g1"]
     if settle == "nack":
@@ -157,26 +124,26 @@ def test_a_settle_wakes_one_receiver_of_its_group_and_no_one_else(
         t.join(WAIT_S)
     assert out["g1"] == ([b"a"] if settle == "close" else [b"b"]), out
     if settle == "close":  # close() also wakes every receiver of its group (D74) first
-        assert _early(records["g1"]) in ([True], [True, True]), records
+        assert woken(records["g1"]) in ([True], [True, True]), records
     else:
-        assert _early(records["g1"]) == [True], records  # woken once, by the settle
+        assert woken(records["g1"]) == [True], records  # woken once, by the settle
     assert out["g2"] == [], out
-    assert _early(records["g2"]) == [False], records  # never woken: timed out
+    assert woken(records["g2"]) == [False], records  # never woken: timed out
     assert after == before  # no stream consumer of "one" is woken
 
 
 def test_an_extend_to_a_later_deadline_wakes_nobody(
-        broker: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        broker: Any, tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A later deadline makes nothing receivable sooner: no receiver is woken, and no word
     moves (before D76 every extend woke one receiver of each group)."""
     workers, held, idle = _setup(broker)
-    records = _count_waits(monkeypatch)
+    records = count_waits(monkeypatch)
     words = {g: queue_word(broker, "one", g) for g in GROUPS}
     out: dict[str, list[bytes]] = {}
     ts = [_receiver(idle[g], out, g) for g in GROUPS]
     for t in ts:
         t.start()
-    until_asleep(path, words.values(), 1)
+    until_asleep(tmp_broker_dir, words.values(), 1)
     n = broker._engine.live_env().notifier
     before = _words(broker), {g: n.load(w) for g, w in words.items()}
     assert workers["g1"].extend(held["g1"], HOLD_S + 5) == 2
@@ -184,22 +151,22 @@ def test_an_extend_to_a_later_deadline_wakes_nobody(
     for t in ts:
         t.join(WAIT_S)
     assert out == {"g1": [], "g2": []}
-    assert _early(records["g1"]) == [False] and _early(records["g2"]) == [False], records
+    assert woken(records["g1"]) == [False] and woken(records["g2"]) == [False], records
 
 
 def test_a_dead_letter_wakes_the_dead_letter_topic_not_the_other_group(
-        broker: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        broker: Any, tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A move to the dead-letter topic is an append there: its words move (its stream
     consumers are woken); the source topic's words and the other group's do not."""
     broker.create_topic("dlq", partitions=1)
     workers, held, idle = _setup(broker, dead_letter_topic="dlq")
-    records = _count_waits(monkeypatch)
+    records = count_waits(monkeypatch)
     words = {g: queue_word(broker, "one", g) for g in GROUPS}
     out: dict[str, list[bytes]] = {}
     ts = [_receiver(idle["g2"], out, "g2")]
     for t in ts:
         t.start()
-    until_asleep(path, [words["g2"]], 1)
+    until_asleep(tmp_broker_dir, [words["g2"]], 1)
     before, dlq = _words(broker), _words(broker, "dlq")
     assert workers["g1"].dead_letter(held["g1"][1], "bad") == 1
     after = _words(broker, "dlq")
@@ -208,7 +175,7 @@ def test_a_dead_letter_wakes_the_dead_letter_topic_not_the_other_group(
     assert _words(broker)["topic"] == before["topic"]
     for t in ts:
         t.join(WAIT_S)
-    assert out == {"g2": []} and _early(records["g2"]) == [False], (out, records)
+    assert out == {"g2": []} and woken(records["g2"]) == [False], (out, records)
 
 
 def _native_ids() -> dict[str, int]:
@@ -222,7 +189,7 @@ def _in_futex(tid: int) -> bool:
 
 
 def test_a_receive_that_saw_its_word_moved_but_was_not_woken_passes_nothing_on(
-        broker: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        broker: Any, tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three receivers of one group fall asleep in turn (A, B, C: the kernel's FIFO
     order); a send wakes A, which takes the message.  B's shorter wait ends at its
     timeout with the word moved (``wait_woken`` 1: the wake-up was A's) and B leaves
@@ -236,7 +203,7 @@ def test_a_receive_that_saw_its_word_moved_but_was_not_woken_passes_nothing_on(
     for q in qs.values():
         assert q.receive(1, timeout=0.01) == []  # idle: the next round looks first
     word = queue_word(broker, "one", "g")
-    records = _count_waits(monkeypatch)
+    records = count_waits(monkeypatch)
     counted = _receive._wait
 
     def closed() -> None:
@@ -255,7 +222,7 @@ def test_a_receive_that_saw_its_word_moved_but_was_not_woken_passes_nothing_on(
     ts = {name: _receiver(qs[name], out, name, timeouts[name], errors) for name in "ABC"}
     for i, name in enumerate("ABC", 1):
         ts[name].start()
-        _until(lambda: sleepers(path, word) >= i and name in _native_ids()  # noqa: B023
+        _until(lambda: sleepers(tmp_broker_dir, word) >= i and name in _native_ids()  # noqa: B023
                and _in_futex(_native_ids()[name]), f"{name} asleep")  # noqa: B023
     broker.send("one", b"m")
     for t in ts.values():
@@ -265,7 +232,7 @@ def test_a_receive_that_saw_its_word_moved_but_was_not_woken_passes_nothing_on(
     assert isinstance(errors.get("B"), _Leave), (errors, records)
     assert records["B"] == [(1, False)], records  # timed out, word moved: not woken
     assert out.get("C") == [], out
-    assert _early(records["C"]) == [False], records  # nobody passed a wake-up on
+    assert woken(records["C"]) == [False], records  # nobody passed a wake-up on
     holder.close()
 
 
@@ -283,7 +250,7 @@ def _holds_one_then_blocks(path: str, ready: Any, conn: Any) -> None:
 
 
 def test_the_reap_of_a_killed_receiver_wakes_one_receiver_of_its_group_only(
-        broker: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        broker: Any, tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A g1 receiver in another process holds message "c" and is SIGKILLed.  The reap
     that removes it (a g1 consumer's liveness watch in this process) releases "c" and
     wakes one receiver of g1 (D76: ``Queue._wake_receiver``): g1's idle receiver is woken
@@ -295,18 +262,18 @@ def test_the_reap_of_a_killed_receiver_wakes_one_receiver_of_its_group_only(
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     parent_end, child_end = ctx.Pipe()
-    child = ctx.Process(target=_holds_one_then_blocks, args=(str(path), ready, child_end))
+    child = ctx.Process(target=_holds_one_then_blocks, args=(str(tmp_broker_dir), ready, child_end))
     child.start()
     try:
         assert ready.wait(60), "the child did not take its message"
         assert parent_end.recv() == [b"c"]
-        records = _count_waits(monkeypatch)
+        records = count_waits(monkeypatch)
         words = {g: queue_word(broker, "one", g) for g in GROUPS}
         out: dict[str, list[bytes]] = {}
         ts = [_receiver(idle["g1"], out, "g1", timeout=WAIT_S), _receiver(idle["g2"], out, "g2")]
         for t in ts:
             t.start()
-        until_asleep(path, words.values(), 1)
+        until_asleep(tmp_broker_dir, words.values(), 1)
         before = _words(broker)
         child.kill()
         child.join(30)
@@ -314,8 +281,8 @@ def test_the_reap_of_a_killed_receiver_wakes_one_receiver_of_its_group_only(
         for t in ts:
             t.join(WAIT_S + 10)
         assert out == {"g1": [b"c"], "g2": []}, (out, records)
-        assert _early(records["g1"]) == [True], records  # woken by the reap
-        assert _early(records["g2"]) == [False], records  # never woken: timed out
+        assert woken(records["g1"]) == [True], records  # woken by the reap
+        assert woken(records["g2"]) == [False], records  # never woken: timed out
         assert _words(broker) == before  # nothing appended: no stream consumer woken
     finally:
         if child.is_alive():

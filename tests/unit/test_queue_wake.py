@@ -14,21 +14,18 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import mqlite
 
+#: The topics the ``broker`` fixture creates (tests/unit/conftest.py).
+BROKER_TOPICS = {"jobs": 2}
 WAIT_S = 30.0
 WOKEN_S = 10.0
-
-
-@pytest.fixture
-def broker(tmp_path: Any) -> Any:
-    with mqlite.open(str(tmp_path / "b"), durability="none") as b:
-        b.create_topic("jobs", partitions=2)
-        yield b
 
 
 def _workers(broker: Any, n: int, hold: threading.Barrier | None,
@@ -160,11 +157,12 @@ def _process_worker(path: str, ready: Any, hold: Any, out: Any) -> None:
         q.close()
 
 
-def test_workers_in_other_processes_wake_one_another(broker: Any, tmp_path: Any) -> None:
+def test_workers_in_other_processes_wake_one_another(broker: Any,
+                                                    tmp_broker_dir: Path) -> None:
     ctx = mp.get_context("spawn")
     holder = _busy_queue(broker)
     ready, hold, out = ctx.Barrier(4), ctx.Barrier(3), ctx.Queue()
-    ps = [ctx.Process(target=_process_worker, args=(str(tmp_path / "b"), ready, hold, out))
+    ps = [ctx.Process(target=_process_worker, args=(str(tmp_broker_dir), ready, hold, out))
           for _ in range(3)]
     for p in ps:
         p.start()
@@ -184,23 +182,23 @@ def test_workers_in_other_processes_wake_one_another(broker: Any, tmp_path: Any)
 
 
 @pytest.mark.parametrize("durability", ["none", "sync"])
-def test_an_ack_wakes_nobody(tmp_path: Any, durability: str) -> None:
+def test_an_ack_wakes_nobody(open_broker: Callable[..., Any], durability: str) -> None:
     """An ack makes nothing receivable (mqlite has no per-key ordering or in-flight
     limit that an ack would release), so it bumps neither word a queue receiver may
     wait on, the global word neither (D70's check of D69's remark); one delivery at a
     time (``Delivery.ack``) and several in one call, alone and (``sync``) through the
     commit ring."""
-    with mqlite.open(str(tmp_path / "b"), durability=durability) as b:
-        b.create_topic("jobs")
-        q = b.queue("jobs", "w")
-        env = b._engine.live_env()
-        n = b.notifier
-        words = (q._slot, env.topic_slot("jobs"), 0)
-        b.send_batch("jobs", [b"a", b"b", b"c"])
-        ds = q.receive(3, timeout=WAIT_S)
-        assert len(ds) == 3
-        before = [n.load(w) for w in words]
-        ds[0].ack()
-        assert q.ack(ds[1:]) == 2
-        assert [n.load(w) for w in words] == before
-        q.close()
+    b = open_broker(durability=durability)
+    b.create_topic("jobs")
+    q = b.queue("jobs", "w")
+    env = b._engine.live_env()
+    n = b.notifier
+    words = (q._slot, env.topic_slot("jobs"), 0)
+    b.send_batch("jobs", [b"a", b"b", b"c"])
+    ds = q.receive(3, timeout=WAIT_S)
+    assert len(ds) == 3
+    before = [n.load(w) for w in words]
+    ds[0].ack()
+    assert q.ack(ds[1:]) == 2
+    assert [n.load(w) for w in words] == before
+    q.close()

@@ -36,7 +36,7 @@ from mqlite.config import (
     validate_topic_name,
 )
 from mqlite.config import Unset as _Unset
-from mqlite.errors import ClosedError, GroupError
+from mqlite.errors import ClosedError, GroupError, TopicNotFoundError
 from mqlite.queue import receive as _receive
 from mqlite.queue import settle as _settle
 from mqlite.queue.deliveries import Delivery
@@ -55,6 +55,7 @@ from mqlite.retry import Backoff
 
 if TYPE_CHECKING:
     from mqlite._engine import Engine
+    from mqlite._storage.log import TopicRecord
 
 __all__ = ["Queue"]
 
@@ -148,6 +149,10 @@ class Queue:
         # the topic's word, which every change wakes in full (D70's way).
         self._slot = self._env.topic_slot(topic)
         self._one = False
+        # The topic this consumer joined: its first partition id, read by the
+        # registration (partition ids are never reused, so a topic deleted and created
+        # again under the same name has another).  Every call checks it (_topic_in).
+        self._incarnation = -1
         self._life = UseGuard("queue consumer", self._wake_waiter, exclusive=False)
         self._liveness = QueueLiveness(self)
         self._register()
@@ -179,6 +184,8 @@ class Queue:
         (allocated by the group's first registration; ``None`` when none was free)."""
         dbs = self._env.dbs
         with self._engine.write() as txn:
+            # the topic may have gone since the constructor's check: no orphan record
+            self._incarnation = self._engine.topic(txn, self.topic).pids[0]
             if load_meta(txn, dbs, self._qg) is None:
                 self._engine.admit_growth(txn)  # a new group adds state
             meta = self._load_meta(txn)
@@ -205,7 +212,40 @@ class Queue:
         """The group's retry/dead-letter policy as of this consumer's last ``receive()``."""
         return self._policy
 
+    def _topic_in(self, txn: Any) -> TopicRecord:
+        """The record of this consumer's topic in ``txn``: the topic it joined.
+
+        Raises
+        ------
+        TopicNotFoundError
+            The topic was deleted since this consumer registered, even when a topic
+            of the same name exists again (its partition ids differ: they are never
+            reused).  Its group's record, cursors and pending entries went with it, so
+            this consumer can neither receive from the new topic nor settle anything
+            in it: like SQS's ``QueueDoesNotExist`` on a deleted queue's handle.
+        """
+        try:
+            rec = self._engine.topic(txn, self.topic)
+        except TopicNotFoundError:
+            raise TopicNotFoundError(self._gone_message(again=False)) from None
+        if rec.pids[0] != self._incarnation:
+            raise TopicNotFoundError(self._gone_message(again=True))
+        return rec
+
+    def _gone_message(self, *, again: bool) -> str:
+        what = "deleted and created again" if again else "deleted"
+        then = "" if again else f" after broker.create_topic({self.topic!r})"
+        return (f"topic {self.topic!r} was {what} since this queue consumer of group "
+                f"{self.group!r} was opened; its deliveries went with the old topic and it "
+                f"cannot receive from or settle in a new one: close it and open a new "
+                f"queue consumer with broker.queue({self.topic!r}, {self.group!r}){then}")
+
     def _load_meta(self, txn: Any) -> QueueMeta:
+        """The group's record; a missing one starts empty.  Missing only in the
+        registration of a new group: a topic's deletion removes it, and every other
+        caller has checked in the same transaction that the topic is the one this
+        consumer joined (:meth:`_topic_in`), so it never re-creates the record of a
+        deleted group."""
         meta = load_meta(txn, self._env.dbs, self._qg)
         if meta is None:
             return QueueMeta(topic=self.topic,
@@ -254,8 +294,11 @@ class Queue:
 
         Raises
         ------
-        ClosedError, TopicNotFoundError (the topic was deleted),
-        CorruptRecordError, TypeError, ValueError
+        TopicNotFoundError
+            The topic was deleted since this consumer was opened, even if a topic of
+            the same name exists again: open a new queue consumer (D80).  A receive
+            asleep at the deletion raises at once (the deletion wakes it).
+        ClosedError, CorruptRecordError, TypeError, ValueError
         """
         return _receive.receive(self, max_messages, timeout, visibility_timeout)
 
@@ -295,7 +338,12 @@ class Queue:
         Deliveries that are stale are skipped and reported afterwards with
         :class:`StaleDeliveryError` (its ``stale`` attribute lists them and
         ``settled`` counts the others); the valid ones are acknowledged all the
-        same.
+        same.  When the topic was deleted since this consumer was opened (even if
+        created again), :class:`TopicNotFoundError` instead, and nothing is
+        acknowledged: the deliveries went with the old topic, and one handed out
+        under the new topic is not settled through this consumer (D80).  The
+        other settling calls (``nack``, ``extend``, ``dead_letter``, ``ack_in``,
+        ``Delivery.ack`` ...), :meth:`pending` and :meth:`lag` raise it too.
         """
         return _settle.ack(self, deliveries)
 
@@ -347,7 +395,7 @@ class Queue:
         """In-flight and waiting-for-retry messages of this group, one dict per message."""
         out = []
         with self._env.read_txn() as txn:
-            rec = self._engine.topic(txn, self.topic)
+            rec = self._topic_in(txn)
             for e in self._scan(txn):
                 part = rec.pids.index(e.pid) if e.pid in rec.pids else -1
                 owner = e.owner.rstrip(b"\x00").decode() or None
@@ -362,7 +410,7 @@ class Queue:
     def lag(self) -> int:
         """Messages not yet acknowledged by this group (pending + never delivered)."""
         with self._env.read_txn() as txn:
-            rec = self._engine.topic(txn, self.topic)
+            rec = self._topic_in(txn)
             total = sum(e.pending_count() for e in self._scan(txn))
             for pid in rec.pids:
                 st = _log.load_state(txn, self._env.dbs, pid)
@@ -437,6 +485,10 @@ class Queue:
     def _release_mine(self) -> int:
         """Leave the group: make this consumer's in-flight messages visible again."""
         with self._engine.write() as txn:
+            try:
+                self._topic_in(txn)
+            except TopicNotFoundError:
+                return 0  # the group went with its topic: nothing to release or write
             meta = self._load_meta(txn)
             released = 0
             for e in self._scan(txn):

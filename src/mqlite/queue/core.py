@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mqlite._engine import Engine
     from mqlite._lifecycle import UseGuard
     from mqlite._storage.env import Env
+    from mqlite._storage.log import TopicRecord
     from mqlite._storage.pending import Entry
     from mqlite.queue.policy import QueueMeta, QueuePolicy
     from mqlite.retry import Backoff
@@ -46,6 +47,7 @@ class QueueCore(DeliveryOwner, Protocol):
     _slot: int  # the word the group's receivers wait on (D74)
     _one: bool  # _slot is the group's own word, woken one receiver at a time (D67, D74);
     #             else the topic's (no queue word was free), which wakes every waiter
+    _incarnation: int  # the first partition id of the topic this consumer joined
     _pid: int
     _closed: bool
 
@@ -55,6 +57,8 @@ class QueueCore(DeliveryOwner, Protocol):
     def _adopt(self, policy: QueuePolicy) -> None: ...
 
     def _check_open(self) -> None: ...
+
+    def _topic_in(self, txn: Any) -> TopicRecord: ...
 
     def _load_meta(self, txn: Any) -> QueueMeta: ...
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from mqlite._liveness import MemberLock, Watch, members_dir, status, unlink_quiet, watch
 from mqlite._storage import pending as _pending
 from mqlite._storage.pending import NOBODY
-from mqlite.errors import MqliteError
+from mqlite.errors import MqliteError, TopicNotFoundError
 from mqlite.queue.policy import load_meta
 
 if TYPE_CHECKING:
@@ -120,8 +120,12 @@ class QueueLiveness:
         """
         q = self._q
         env = q._env
-        with env.read_txn() as txn:
-            meta = load_meta(txn, env.dbs, q._qg)
+        try:
+            with env.read_txn() as txn:
+                q._topic_in(txn)
+                meta = load_meta(txn, env.dbs, q._qg)
+        except TopicNotFoundError:
+            return False  # its group went with its topic (a new one is not this one's)
         if meta is None:
             return False
         mdir = members_dir(env.path)
@@ -131,6 +135,10 @@ class QueueLiveness:
             return False
         released = 0
         with q._engine.write() as txn:
+            try:
+                q._topic_in(txn)
+            except TopicNotFoundError:
+                return False  # deleted since the read above
             meta = q._load_meta(txn)
             gone = {c for c in dead if c in meta.consumers}
             if gone:

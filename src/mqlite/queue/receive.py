@@ -177,11 +177,11 @@ def _peek(q: QueueCore, now: int) -> tuple[bool, int]:
     dbs = env.dbs
     qg = q._qg
     with env.read_txn() as txn:
+        rec = q._topic_in(txn)  # deleted (and maybe created again) since: raise, not wait
         meta = load_meta(txn, dbs, qg)
         hint = 0 if meta is None else meta.min_visible_ms
         if hint <= now:
             return True, hint
-        rec = q._engine.topic(txn, q.topic)
         for pid in rec.pids:
             st = _log.load_state(txn, dbs, pid)
             if max(_queues.cursor(txn, dbs, qg, pid), st.start) < st.next:
@@ -205,7 +205,7 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
     dlq_moved = False
     txn = env.write_txn()
     try:
-        rec = engine.topic(txn, topic)
+        rec = q._topic_in(txn)  # the topic this consumer joined, not a newer one
         meta = q._load_meta(txn)
         if meta.policy is not None and meta.policy != q._policy:
             q._adopt(meta.policy)  # changed by set_queue_policy

@@ -118,6 +118,7 @@ def ack(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> int:
         bm: Any = None
         first = nb = 0
         ok = False
+        foreign = False
         touched: list[tuple[Receipt, Any, bytearray]] = []
         for d in ds:
             try:
@@ -134,6 +135,14 @@ def ack(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> int:
                     raise ValueError(f"a delivery of {r.queue.topic!r} (group "
                                      f"{r.queue.group!r}) was given to the queue of "
                                      f"{q.topic!r} (group {q.group!r})")
+                if r.queue is not q and not foreign:
+                    # Another consumer's delivery: its topic may be newer than this
+                    # one's (deleted and created again since this one was opened).
+                    # Its own are of this one's topic, and an entry found under their
+                    # key proves that topic is still there (partition ids are never
+                    # reused).
+                    q._topic_in(txn)
+                    foreign = True
                 r0 = r
                 got = held(txn, dbs, r.key, r.token)
                 ok = got is not None
@@ -159,6 +168,10 @@ def ack(q: QueueCore, deliveries: Delivery | Iterable[Delivery]) -> int:
                 done += 1
             else:
                 stale.append(d)
+        if stale:
+            # Deliveries of a topic deleted since (their entries went with it): say so,
+            # not "stale" (every delivery of this consumer is then stale: nothing acked).
+            q._topic_in(txn)
         for r, raw, bm in touched:
             _pending.write_bits(txn, dbs, r.key, raw, bm)
         if done:
@@ -190,6 +203,7 @@ def settle_one(q: QueueCore, d: Delivery) -> None:
 def ack_in(q: QueueCore, txn: Any, deliveries: Sequence[Delivery]) -> None:
     """:meth:`Queue.ack_in` (documented there)."""
     ds = _as_list(q, list(deliveries))
+    q._topic_in(txn)  # deleted (maybe created again) since: TopicNotFoundError
     groups, stale = _collect(q, txn, ds)
     if stale:
         d = stale[0]
@@ -230,7 +244,7 @@ def _apply(q: QueueCore, deliveries: Delivery | Iterable[Delivery], what: str, f
     now = now_ms()
     did = 0
     with q._engine.write() as txn:
-        rec = q._engine.topic(txn, q.topic)
+        rec = q._topic_in(txn)  # deleted (maybe created again) since: TopicNotFoundError
         groups, stale = _collect(q, txn, ds)
         _write_back(q, txn, groups)
         done = 0
@@ -387,8 +401,8 @@ def _ack_by_ring(q: QueueCore, ds: list[Delivery]) -> bool:
             return False
         r = d._r
         k = (id(r), d.offset)
-        if type(r) is not Receipt or r.qg != q._qg or k in seen:
-            return False
+        if type(r) is not Receipt or r.queue is not q or k in seen:
+            return False  # (another consumer's delivery: the caller checks its topic)
         seen.add(k)
         by.setdefault(id(r), (r, []))[1].append(d.offset)
     if len({r.key for r, _ in by.values()}) != len(by):

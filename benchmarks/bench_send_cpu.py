@@ -2,11 +2,16 @@
 
 Three ways to run it (from the repository root):
 
-``python benchmarks/bench_send_cpu.py send N [--durability none] [--topic-kind plain]``
+``python benchmarks/bench_send_cpu.py send N [--durability none] [--topic-kind plain] [--shape send]``
     Fixed work for ``farm-bench``: open a fresh broker (``map_size=1 GiB``), create
     one topic and send ``N`` messages of 100 B, one ``send()`` each; prints the rate.
     ``--topic-kind`` picks the call shape: ``plain`` (no key, no headers),
     ``key`` (a 4-byte key), ``headers`` (one header) or ``dedup`` (a dedup id each).
+    ``--shape`` picks who sends (issue 14's one-sender rows, D78): ``send``
+    (``broker.send()`` in the main thread), ``threads1`` (one worker thread calls
+    ``producer.send(...).result()`` on a ``producer(linger_ms=0)``, as the runner's
+    ``mq_threads`` with n=1) or ``procs1`` (``broker.send()`` while another process,
+    which created the topic, holds the broker open, as ``mq_procs`` with n=1).
 
 ``python benchmarks/bench_send_cpu.py callgrind [--n 20000] [--src A --src B ...]``
     Instructions per send under callgrind: ``N`` sends minus a 0-send run, per
@@ -34,20 +39,42 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _send(n: int, durability: str, kind: str) -> float:
+# The other process of ``--shape procs1``: opens the broker, creates the topic, says
+# so on stdout and holds the broker open until its stdin closes.
+_HOLDER = """
+import sys, mqlite
+b = mqlite.open(sys.argv[1], durability=sys.argv[2], map_size=1 << 30)
+b.create_topic("t")
+print("ready", flush=True)
+sys.stdin.read()
+b.close()
+"""
+
+
+def _send(n: int, durability: str, kind: str, shape: str = "send") -> float:
     import mqlite
 
     d = tempfile.mkdtemp(prefix="mqlite-sendcpu-")
+    holder = None
     try:
+        if shape == "procs1":
+            holder = subprocess.Popen([sys.executable, "-c", _HOLDER, d, durability],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if holder.stdout is None or holder.stdout.readline().strip() != "ready":
+                raise SystemExit("the holder process did not open the broker")
         with mqlite.open(d, durability=durability, map_size=1 << 30) as b:
-            b.create_topic("t")
+            if shape != "procs1":
+                b.create_topic("t")
             v = bytes(100)
+            if shape == "threads1":
+                return _producer_waits(b, n, v, kind)
             send = b.send
             b.send("t", v)  # first send: caches filled, as in a running service
             t0 = time.perf_counter()
@@ -70,7 +97,35 @@ def _send(n: int, durability: str, kind: str) -> float:
             dt = time.perf_counter() - t0
         return n / dt if dt > 0 else 0.0
     finally:
+        if holder is not None:
+            holder.communicate("", timeout=60)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _producer_waits(b: object, n: int, v: bytes, kind: str) -> float:
+    """``--shape threads1``: one worker thread sends through a producer and waits each time."""
+    if kind != "plain":
+        raise SystemExit("--shape threads1 sends plain records only")
+    p = b.producer(linger_ms=0)  # type: ignore[attr-defined]
+    took: list[float] = []
+
+    def body() -> None:
+        send = p.send
+        send("t", v).result()  # first send: caches filled, the flusher started
+        t0 = time.perf_counter()
+        for _ in range(n):
+            send("t", v).result()
+        took.append(time.perf_counter() - t0)
+
+    try:
+        th = threading.Thread(target=body)
+        th.start()
+        th.join()
+    finally:
+        p.close()
+    if not took:
+        raise SystemExit("the sending thread failed")
+    return n / took[0] if took[0] > 0 else 0.0
 
 
 def _env_for(src: str | None) -> dict[str, str]:
@@ -81,12 +136,13 @@ def _env_for(src: str | None) -> dict[str, str]:
     return env
 
 
-def _callgrind_total(src: str | None, n: int, durability: str, kind: str) -> int:
+def _callgrind_total(src: str | None, n: int, durability: str, kind: str,
+                     shape: str = "send") -> int:
     with tempfile.TemporaryDirectory(prefix="mqlite-cg-") as tmp:
         out = os.path.join(tmp, "cg.out")
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                sys.executable, os.path.abspath(__file__), "send", str(n),
-               "--durability", durability, "--topic-kind", kind]
+               "--durability", durability, "--topic-kind", kind, "--shape", shape]
         r = subprocess.run(cmd, env=_env_for(src), capture_output=True, text=True, check=False)
         m = re.search(r"Collected : (\d+)", r.stderr)
         if r.returncode != 0 or m is None:
@@ -94,9 +150,10 @@ def _callgrind_total(src: str | None, n: int, durability: str, kind: str) -> int
         return int(m.group(1))
 
 
-def _rate_child(src: str | None, n: int, durability: str, kind: str) -> float:
+def _rate_child(src: str | None, n: int, durability: str, kind: str,
+                shape: str = "send") -> float:
     cmd = [sys.executable, os.path.abspath(__file__), "send", str(n),
-           "--durability", durability, "--topic-kind", kind]
+           "--durability", durability, "--topic-kind", kind, "--shape", shape]
     r = subprocess.run(cmd, env=_env_for(src), capture_output=True, text=True, check=True)
     return float(r.stdout.split()[0])
 
@@ -108,6 +165,9 @@ def main() -> None:
     ap.add_argument("--n", dest="n_opt", type=int, default=None)
     ap.add_argument("--durability", default="none", choices=["none", "lazy", "sync"])
     ap.add_argument("--topic-kind", default="plain", choices=["plain", "key", "headers", "dedup"])
+    ap.add_argument("--shape", default="send", choices=["send", "threads1", "procs1"],
+                    help="who sends: broker.send(), one thread waiting on each producer "
+                         "future, or broker.send() beside another process holding the broker")
     ap.add_argument("--src", action="append", default=None,
                     help="source tree to put on PYTHONPATH (repeatable; default: this one)")
     ap.add_argument("--reps", type=int, default=5)
@@ -115,17 +175,17 @@ def main() -> None:
     n = args.n if args.n is not None else args.n_opt
     srcs: list[str | None] = list(args.src) if args.src else [None]
     if args.mode == "send":
-        rate = _send(100_000 if n is None else n, args.durability, args.topic_kind)
+        rate = _send(100_000 if n is None else n, args.durability, args.topic_kind, args.shape)
         print(f"{rate:.0f} sends/s")
         return
     if args.mode == "callgrind":
         n = 20_000 if n is None else n
         print(f"callgrind, {n} sends of 100 B minus 0 sends, durability={args.durability}, "
-              f"kind={args.topic_kind}")
+              f"kind={args.topic_kind}, shape={args.shape}")
         base = None
         for src in srcs:
-            per = (_callgrind_total(src, n, args.durability, args.topic_kind)
-                   - _callgrind_total(src, 0, args.durability, args.topic_kind)) / n
+            per = (_callgrind_total(src, n, args.durability, args.topic_kind, args.shape)
+                   - _callgrind_total(src, 0, args.durability, args.topic_kind, args.shape)) / n
             base = per if base is None else base
             print(f"{src or ROOT + '/src'}: {per:,.0f} instructions/send "
                   f"({per / base:.2f}x the first)")
@@ -134,8 +194,9 @@ def main() -> None:
     rates: dict[int, list[float]] = {i: [] for i in range(len(srcs))}
     for _ in range(args.reps):
         for i, src in enumerate(srcs):
-            rates[i].append(_rate_child(src, n, args.durability, args.topic_kind))
+            rates[i].append(_rate_child(src, n, args.durability, args.topic_kind, args.shape))
     print(f"{n} sends of 100 B per run, durability={args.durability}, kind={args.topic_kind}, "
+          f"shape={args.shape}, "
           f"{args.reps} interleaved runs, load {os.getloadavg()[0]:.1f}")
     first = statistics.median(rates[0])
     for i, src in enumerate(srcs):

@@ -7,7 +7,9 @@ record, so that cost is paid on the hot path of every concurrent durable
 send.  :class:`SendFuture` keeps one pre-acquired ``_thread`` lock as its
 completion gate: ``result()`` blocks on it with the GIL released and the
 flusher releases it once — one futex wake per waiting thread, nothing else
-(docs/decisions.md D15).
+(docs/decisions.md D15).  The gate is made by the first thread that has to
+wait: a future resolved before anyone waits (a thread that commits its own
+record, D49) never allocates a lock (D78).
 
 It offers the :class:`concurrent.futures.Future` methods callers use —
 ``result``, ``exception``, ``done``, ``cancel``, ``cancelled``, ``running``,
@@ -33,7 +35,8 @@ _PENDING, _CANCELLED, _FINISHED = 0, 1, 2
 #: Seconds: a wait with a shorter timeout never commits in the waiting thread (a commit
 #: could outlast it); ``None`` or a longer one may (D49).
 HELP_MIN_TIMEOUT = 1.0
-_callbacks_lock = _thread.allocate_lock()  # guards only the rare callback registration race
+# guards every future's resolution against callback registration and the making of its gate
+_callbacks_lock = _thread.allocate_lock()
 
 
 class SendFuture(Generic[T]):
@@ -46,9 +49,9 @@ class SendFuture(Generic[T]):
     __slots__ = ("_callbacks", "_exc", "_gate", "_helper", "_result", "_state")
 
     def __init__(self, helper: Callable[[], object] | None = None) -> None:
-        gate = _thread.allocate_lock()
-        gate.acquire()
-        self._gate = gate
+        # made (acquired) by the first thread that waits while this is pending, released
+        # by _finish; both under _callbacks_lock, so a waiter never misses the release
+        self._gate: _thread.LockType | None = None
         self._state = _PENDING
         self._result: Any = None
         self._exc: BaseException | None = None
@@ -69,7 +72,9 @@ class SendFuture(Generic[T]):
             self._exc = exc
             self._state = state
             callbacks, self._callbacks = self._callbacks, None
-        self._gate.release()
+            gate = self._gate
+        if gate is not None:
+            gate.release()  # wake the waiters
         if callbacks:
             for fn in callbacks:
                 _run_callback(fn, self)
@@ -114,13 +119,22 @@ class SendFuture(Generic[T]):
         if helper is not None and (timeout is None or timeout >= HELP_MIN_TIMEOUT):
             self._helper = None
             helper()  # may commit (and resolve) this record in this thread (D49)
+            if self._state != _PENDING:
+                return  # resolved here: no gate to make or wait on
+        with _callbacks_lock:
+            if self._state != _PENDING:
+                return
+            gate = self._gate
+            if gate is None:
+                gate = self._gate = _thread.allocate_lock()
+                gate.acquire()  # _finish releases it
         if timeout is None:
-            got = self._gate.acquire()
+            got = gate.acquire()
         else:
-            got = self._gate.acquire(True, max(float(timeout), 0.0))
+            got = gate.acquire(True, max(float(timeout), 0.0))
         if not got:
             raise _Timeout("the record was not committed within the timeout")
-        self._gate.release()  # let any other waiter through
+        gate.release()  # let any other waiter through
 
     def result(self, timeout: float | None = None) -> T:
         """Wait for the commit and return the record's metadata.

@@ -22,6 +22,7 @@ import time
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Self
 
+from mqlite._core import self_pid
 from mqlite._engine import RING_OK, TopicRecord, now_ms
 from mqlite._headers import HeadersArg, normalize_headers
 from mqlite.config import (
@@ -235,6 +236,7 @@ class Producer:
         self._max_queued = max_queued
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)  # flush() and backpressure waiters
+        self._cv_waiters = 0  # threads in self._cv.wait(): notified only when there are (D78)
         self._wake = threading.Condition(self._lock)  # the flusher alone waits here
         self._queue: list[SendItem] = []
         self._queued_bytes = 0
@@ -284,7 +286,7 @@ class Producer:
         """
         if self._closed:
             raise ClosedError("this producer is closed")
-        if os.getpid() != self._pid:
+        if self_pid() != self._pid:  # (the at-fork hook's pid: no system call per send)
             raise ClosedError(
                 f"this producer was created in process {self._pid}; its flusher thread does "
                 "not exist in a forked child: create a new producer in the child")
@@ -292,23 +294,33 @@ class Producer:
             validate_topic_name(topic)
         if isinstance(value, str) or isinstance(key, str):
             raise TypeError("value and key must be bytes-like, not str; encode them first")
-        rec = self._engine.topic_cached(topic)
+        engine = self._engine
+        rec = engine.topic_cached(topic)
         n = len(rec.pids)
         if partition is None:
-            part = 0 if n == 1 else self._partitioner_for(topic)(key, value, n)
-            if not isinstance(part, int) or not 0 <= part < n:
-                raise PartitionNotFoundError(f"partitioner returned {part!r}; expected 0..{n - 1}")
+            if n == 1:
+                part = 0
+            else:
+                part = self._partitioner_for(topic)(key, value, n)
+                if not isinstance(part, int) or not 0 <= part < n:
+                    raise PartitionNotFoundError(
+                        f"partitioner returned {part!r}; expected 0..{n - 1}")
         else:
-            part = self._engine.choose_partition(rec, key, partition)
+            part = engine.choose_partition(rec, key, partition)
         ts = now_ms() if timestamp_ms is None else require_int(
             timestamp_ms, "timestamp_ms", minimum=0, maximum=MAX_I64)
-        dkey = None if dedup_id is None else self._engine.dedup_key(topic, dedup_id)
+        dkey = None if dedup_id is None else engine.dedup_key(topic, dedup_id)
         fut: SendFuture[RecordMetadata] = SendFuture(self._help)
-        item = SendItem(topic, value, key, normalize_headers(headers), part, ts, dkey, fut,
-                        get_ident(), timestamp_ms is None)
+        item = SendItem(topic, value, key,
+                        None if headers is None else normalize_headers(headers), part, ts,
+                        dkey, fut, get_ident(), timestamp_ms is None)
         with self._lock:  # the condition's lock, entered without a Python-level frame
             while len(self._queue) >= self._max_queued and not self._closed:
-                self._cv.wait(0.1)
+                self._cv_waiters += 1
+                try:
+                    self._cv.wait(0.1)
+                finally:
+                    self._cv_waiters -= 1
             if self._closed:
                 raise ClosedError("this producer is closed")
             queue = self._queue
@@ -340,7 +352,11 @@ class Producer:
                     from mqlite.errors import TimeoutError as MqTimeout
 
                     raise MqTimeout("flush() timed out with records still queued")
-                self._cv.wait(remaining if remaining is not None else 0.5)
+                self._cv_waiters += 1
+                try:
+                    self._cv.wait(remaining if remaining is not None else 0.5)
+                finally:
+                    self._cv_waiters -= 1
 
     def _commit_here(self) -> None:
         """A thread about to wait on a future commits what is queued itself (D49).
@@ -353,10 +369,9 @@ class Producer:
         over, D63).  Doing it here saves two thread hand-overs (the flusher's
         wake-up and this waiter's).  Otherwise the caller just waits.
         """
-        if self._linger or os.getpid() != self._pid:
+        if self._linger or self_pid() != self._pid:
             return
-        cv = self._cv
-        with cv:
+        with self._lock:  # (the condition's lock without its Python-level __enter__)
             target = self._gather_target
             if (self._in_flight or not self._queue or self._closed
                     or (target > 1 and len(self._queue) < target)):
@@ -380,26 +395,33 @@ class Producer:
         self._queued_bytes = 0
         self._flush_now = False
         self._in_flight = len(items)
-        self._cv.notify_all()
+        if self._cv_waiters:
+            self._cv.notify_all()  # room in the queue for a blocked send()
         return items
 
     def _commit_timed(self, items: list[SendItem]) -> None:
         """Commit ``items`` (taken by :meth:`_take`); then adapt the gathering."""
         started = time.monotonic()
         try:
-            self._commit(items)
+            if len(items) != 1 or not self._commit_one(items[0]):
+                self._commit(items)
         finally:
             took = time.monotonic() - started
-            senders = {it.sender for it in items}
-            # threads seen in the last two batches: N waiting senders that settled
-            # into two alternating half-batches are gathered back into one
-            target = len(senders | self._last_senders)
-            self._last_senders = senders
-            with self._cv:
+            last = self._last_senders
+            if len(items) == 1 and len(last) == 1 and items[0].sender in last:
+                target = 1  # the one thread of the last batch again (no set to build)
+            else:
+                senders = {it.sender for it in items}
+                # threads seen in the last two batches: N waiting senders that settled
+                # into two alternating half-batches are gathered back into one
+                target = len(senders | last)
+                self._last_senders = senders
+            with self._lock:
                 self._in_flight = 0
                 self._gather_target = min(target, _GATHER_MAX_RECORDS)
                 self._gather_for = min(took * _GATHER_SHARE, _GATHER_MAX_SECONDS)
-                self._cv.notify_all()
+                if self._cv_waiters:
+                    self._cv.notify_all()  # flush() waits for the end of this commit
                 if self._queue or self._closed:
                     self._wake.notify()  # the flusher may wait for this commit's end
 
@@ -454,8 +476,10 @@ class Producer:
             self._commit_timed(items)
 
     def _commit(self, items: list[SendItem], retry: bool = True) -> None:
-        if len(items) == 1 and self._commit_one(items[0]):
-            return
+        """Commit ``items`` in one transaction (the ring's or this process's); resolve them.
+
+        A failure fails every record of the transaction through its future.
+        """
         engine = self._engine
         try:
             env = engine.live_env()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import random
 import threading
 import time
@@ -714,3 +715,88 @@ def test_the_sender_that_completes_a_gathered_batch_commits_it(broker: mqlite.Br
         sys.setswitchinterval(old)
     assert [m.value for m in broker.read("t", max_records=10)] == [
         b"warm", b"3-0", b"3-1", b"3-2", b"2-0", b"2-1"]
+
+
+def _count_calls(obj: Any, name: str) -> list[int]:
+    """Count calls of ``obj.name`` (an instance attribute put in front of it) from now on."""
+    count = [0]
+    real = getattr(obj, name)
+
+    def counted(*args: Any) -> Any:
+        count[0] += 1
+        return real(*args)
+
+    setattr(obj, name, counted)
+    return count
+
+
+def test_a_waiting_sender_pays_no_getpid_and_no_unwaited_notify(
+        broker: mqlite.Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D78: one thread sending and waiting on each future (issue 14's ``threads1``) makes
+    no ``getpid()`` system call per record (the at-fork hook's pid, as the ring's
+    senders, D56) and does not notify the flush()/backpressure condition when nobody
+    waits on it; the old code did both twice per record."""
+    broker.create_topic("t")
+    with broker.producer(linger_ms=0) as p:
+        p.send("t", b"warm").result(timeout=30)
+        notified = _count_calls(p._cv, "notify_all")
+        pids = [0]
+        getpid = os.getpid
+
+        def counted_getpid() -> int:
+            pids[0] += 1
+            return getpid()
+
+        monkeypatch.setattr(os, "getpid", counted_getpid)
+        mds = [p.send("t", b"%d" % i).result(timeout=30) for i in range(200)]
+        monkeypatch.undo()
+        assert (pids[0], notified[0]) == (0, 0)
+        assert [md.offset for md in mds] == list(range(1, 201))
+
+
+def test_flush_and_a_send_held_by_max_queued_are_still_woken(broker: mqlite.Broker) -> None:
+    """D78: the producer notifies its flush()/backpressure condition only when a thread
+    waits on it; a flush() waiting for a commit in flight and a send() held back by
+    ``max_queued`` are both counted, woken, and everything lands in order."""
+    broker.create_topic("t")
+    with broker.producer(linger_ms=0, max_queued=1) as p:
+        started, release = threading.Event(), threading.Event()
+        commit_one = p._commit_one
+
+        def held(it: Any) -> bool:
+            started.set()
+            release.wait(30)
+            return commit_one(it)
+
+        p._commit_one = held  # type: ignore[method-assign]
+        f1 = p.send("t", b"1")  # the flusher takes it and holds in the commit
+        assert started.wait(30)
+        f2 = p.send("t", b"2")  # queued: the queue is full (max_queued=1)
+        done: list[str] = []
+
+        def send_third() -> None:
+            p.send("t", b"3")
+            done.append("sent")
+
+        def flush() -> None:
+            p.flush(30)
+            done.append("flushed")
+
+        sender = threading.Thread(target=send_third)
+        flusher = threading.Thread(target=flush)
+        sender.start()
+        flusher.start()
+        try:
+            deadline = time.monotonic() + 30
+            while p._cv_waiters < 2:  # both wait on the condition
+                assert time.monotonic() < deadline, "the send and the flush never waited"
+                time.sleep(0.001)
+            notified = _count_calls(p._cv, "notify_all")
+        finally:
+            release.set()
+        sender.join(30)
+        flusher.join(30)
+        assert sorted(done) == ["flushed", "sent"]
+        assert notified[0] >= 1 and p._cv_waiters == 0
+        assert [f1.result(timeout=30).offset, f2.result(timeout=30).offset] == [0, 1]
+    assert [m.value for m in broker.read("t")] == [b"1", b"2", b"3"]

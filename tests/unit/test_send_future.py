@@ -149,6 +149,50 @@ def test_callback_registration_races_resolution_without_loss() -> None:
         assert sorted(calls) == list(range(20))
 
 
+def test_a_future_its_helper_resolves_makes_no_gate() -> None:
+    """D78: a future resolved before anyone has to wait (the waiting thread's helper
+    committed the record itself, D49) never allocates its completion lock; a wait that
+    does block makes it once, and later waits reuse it."""
+    fut: SendFuture[int] = SendFuture(lambda: fut.set_result(7))
+    assert fut._gate is None
+    assert fut.result() == 7
+    assert fut._gate is None  # resolved in the helper: nothing was made to wait on
+
+    blocked: SendFuture[int] = SendFuture()
+    with pytest.raises(mqlite.TimeoutError):
+        blocked.result(timeout=0.01)
+    gate = blocked._gate
+    assert gate is not None and gate.locked()  # made (held) by the wait that blocked
+    with pytest.raises(mqlite.TimeoutError):
+        blocked.result(timeout=0.01)
+    assert blocked._gate is gate
+    blocked.set_result(1)
+    assert blocked.result(timeout=10) == 1 and not gate.locked()
+
+
+def test_resolution_racing_the_first_wait_never_loses_the_wake_up() -> None:
+    """D78: the first waiter makes the gate while another thread resolves the future;
+    every wait returns (a lost wake-up would time out), with one or many waiters."""
+
+    def wait(fut: SendFuture[int], start: threading.Barrier, got: list[int]) -> None:
+        start.wait()
+        got.append(fut.result(timeout=20))
+
+    for waiters in (1, 3):
+        for i in range(300):
+            fut: SendFuture[int] = SendFuture()
+            got: list[int] = []
+            start = threading.Barrier(waiters + 1)
+            ts = [threading.Thread(target=wait, args=(fut, start, got)) for _ in range(waiters)]
+            for t in ts:
+                t.start()
+            start.wait()
+            fut.set_result(i)
+            for t in ts:
+                t.join(30)
+            assert got == [i] * waiters, (waiters, i, got)
+
+
 def test_repr_names_the_state() -> None:
     fut: SendFuture[int] = SendFuture()
     assert "pending" in repr(fut)

@@ -51,8 +51,8 @@ def main(argv: list[str]) -> int:
             armed, done = threading.Event(), threading.Event()
             step = c._step
 
-            def hooked(max_records: int, writes: bool) -> Any:
-                s = step(max_records, writes)
+            def hooked(max_records: int, writes: bool, late: bool = False) -> Any:
+                s = step(max_records, writes, late)
                 if not s.done:
                     armed.set()
                 return s

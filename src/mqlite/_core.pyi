@@ -281,6 +281,9 @@ def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     """The compiled wrapper of ``mqlite._lifecycle.guarded`` (D62)."""
 def guarded_one(method: Callable[..., Any]) -> Callable[..., Any]:
     """The compiled wrapper of ``mqlite._lifecycle.guarded_one`` (D72)."""
+def guarded_loop_step(step: Callable[..., Any], checked: Callable[..., Any]
+                      ) -> Callable[..., Any]:
+    """The compiled ``Consumer.loop_step`` of ``mqlite._lifecycle.guarded_loop_step`` (D79)."""
 
 class Combiner:
     """The shared ring of slots of csrc/combine.h (``commit.shm``).
@@ -504,6 +507,8 @@ class UseGuard:
 
     what: str
     exclusive: bool
+    #: Every ``enter()`` so far, nested and refused ones too; never reset (D79).
+    calls: int
     def __init__(self, what: str, wake: Callable[[], object], *, exclusive: bool) -> None: ...
     @property
     def closing(self) -> bool: ...

@@ -17,8 +17,13 @@
 # the callers to leave, and a caller leaving while a close waits notifies it
 # (after its entry is gone, under the lock, so the notification cannot fall
 # between the closer's check and its wait).
+#
+# The loop's entry.  An event loop's poll round (guarded_loop_step, D79) that
+# finds nobody inside keeps its entry in three C fields (thread id, depth,
+# generation) instead of the dicts: no thread-id object, no dict update on the
+# wake-up's path.  Every method counts that entry as a caller inside.
 
-from cpython.long cimport PyLong_FromUnsignedLong
+from cpython.long cimport PyLong_AsUnsignedLong, PyLong_FromUnsignedLong
 from cpython.pythread cimport PyThread_get_thread_ident
 from posix.unistd cimport getpid
 
@@ -46,10 +51,6 @@ def self_pid():
     return _guard_pid
 
 
-cdef inline object _me():
-    return PyLong_FromUnsignedLong(PyThread_get_thread_ident())
-
-
 @cython.final
 cdef class UseGuard:
     """Entry bookkeeping for one consumer object (``mqlite._lifecycle``).
@@ -73,6 +74,16 @@ cdef class UseGuard:
     cdef bint _closing  # close() from another thread waits for the callers to leave
     cdef object _deferred  # close() came from inside a call: that call's thread id (0: none)
     cdef long _pid
+    # Every enter() so far, nested ones and refused ones too (never reset, not even in a
+    # forked child): a consumer's positions change only inside its calls, so a count
+    # that moved by exactly one call means no other call came in between (D79).
+    cdef readonly Py_ssize_t calls
+    # A thread inside through c_enter_loop (an event loop's round, D79), kept in these
+    # C fields instead of the dicts: its thread id (0: none), nesting depth and the
+    # wake-up generation when it entered.  Every method counts it as a caller inside.
+    cdef unsigned long _loop_tid
+    cdef Py_ssize_t _loop_depth
+    cdef object _loop_gen
 
     def __init__(self, str what not None, wake, *, bint exclusive):
         if not callable(wake):
@@ -93,6 +104,9 @@ cdef class UseGuard:
         self._pending = False
         self._closing = False
         self._deferred = 0
+        self._loop_tid = 0
+        self._loop_depth = 0
+        self._loop_gen = None
 
     cdef inline void _after_fork(self) except *:
         # The parent's threads do not exist here (and one may have held the lock).
@@ -117,7 +131,10 @@ cdef class UseGuard:
     @property
     def _users(self):
         """Thread id -> nesting depth of the calls inside (a copy; for tests)."""
-        return dict(self._depth)
+        users = dict(self._depth)
+        if self._loop_tid != 0:
+            users[PyLong_FromUnsignedLong(self._loop_tid)] = self._loop_depth
+        return users
 
     def enter(self):
         """Register the current thread as inside a call.
@@ -133,15 +150,40 @@ cdef class UseGuard:
 
     cdef int c_enter(self) except -1:
         """:meth:`enter` for compiled callers (``guarded``)."""
+        cdef unsigned long tid = PyThread_get_thread_ident()
+        self.calls += 1
         self._after_fork()
-        me = _me()
+        if tid == self._loop_tid:  # nested in a loop entry
+            self._loop_depth += 1
+            return 0
+        return self._enter_dict(PyLong_FromUnsignedLong(tid))
+
+    cdef int c_enter_loop(self, unsigned long tid) except -1:
+        """:meth:`c_enter` for an event loop's round on thread ``tid`` (the current one;
+        ``guarded_loop_step``, D79).  With nobody inside, the entry is kept in C fields
+        (no thread-id object, no dict update); else as :meth:`c_enter`."""
+        self.calls += 1
+        self._after_fork()
+        if tid == self._loop_tid:
+            self._loop_depth += 1
+            return 0
+        if self._loop_tid == 0 and not self._depth:
+            if self._closing or self._deferred != 0:
+                raise _ClosedError(f"this {self.what} is being closed")
+            self._loop_tid = tid
+            self._loop_depth = 1
+            self._loop_gen = self._gen
+            return 0
+        return self._enter_dict(PyLong_FromUnsignedLong(tid))
+
+    cdef int _enter_dict(self, object me) except -1:
         d = self._depth.get(me)
         if d is not None:
             self._depth[me] = <Py_ssize_t>d + 1
             return 0
         if self._closing or self._deferred != 0:
             raise _ClosedError(f"this {self.what} is being closed")
-        if self.exclusive and self._depth:
+        if self.exclusive and (self._depth or self._loop_tid != 0):
             raise _ConcurrentAccessError(
                 f"this {self.what} is in use by another thread; a {self.what} is not "
                 f"thread-safe: create one {self.what} per thread (wakeup() and close() "
@@ -156,21 +198,37 @@ cdef class UseGuard:
 
     cdef bint c_exit(self) except -1:
         """:meth:`exit` for compiled callers (``guarded``)."""
+        return self.c_exit_loop(PyThread_get_thread_ident())
+
+    cdef bint c_exit_loop(self, unsigned long tid) except -1:
+        """:meth:`c_exit` for thread ``tid`` (the current one): the exit of
+        :meth:`c_enter_loop` and of :meth:`c_enter`."""
+        cdef bint deferred
         if self._pid != _guard_pid:  # forked inside a call: the child starts afresh
             self._reset()
             return False
-        me = _me()
-        d = self._depth.get(me)
-        if d is None:
-            return False
-        if <Py_ssize_t>d > 1:
-            self._depth[me] = <Py_ssize_t>d - 1
-            return False
-        del self._depth[me]
-        del self._gens[me]
-        # the thread that asked for a deferred close performs it (other threads of a
-        # Queue just leave; the close waits for them)
-        deferred = self._deferred == me and not self._closing
+        if tid == self._loop_tid:
+            if self._loop_depth > 1:
+                self._loop_depth -= 1
+                return False
+            self._loop_tid = 0
+            self._loop_depth = 0
+            self._loop_gen = None
+            deferred = (self._deferred != 0 and not self._closing
+                        and PyLong_AsUnsignedLong(self._deferred) == tid)
+        else:
+            me = PyLong_FromUnsignedLong(tid)
+            d = self._depth.get(me)
+            if d is None:
+                return False
+            if <Py_ssize_t>d > 1:
+                self._depth[me] = <Py_ssize_t>d - 1
+                return False
+            del self._depth[me]
+            del self._gens[me]
+            # the thread that asked for a deferred close performs it (other threads of a
+            # Queue just leave; the close waits for them)
+            deferred = self._deferred == me and not self._closing
         if self._closing:
             self._notify()
         return deferred
@@ -204,7 +262,8 @@ cdef class UseGuard:
 
     def inside(self):
         """Whether the current thread is inside a call of the owner."""
-        return _me() in self._depth
+        cdef unsigned long tid = PyThread_get_thread_ident()
+        return tid == self._loop_tid or PyLong_FromUnsignedLong(tid) in self._depth
 
     def woken(self):
         """Whether the current call should stop waiting (wakeup or close requested).
@@ -213,7 +272,9 @@ cdef class UseGuard:
         """
         if self._closing or self._deferred != 0:
             return True
-        g = self._gens.get(_me())
+        cdef unsigned long tid = PyThread_get_thread_ident()
+        g = self._loop_gen if tid == self._loop_tid else self._gens.get(
+            PyLong_FromUnsignedLong(tid))
         if g is not None and g != self._gen:
             return True
         if self._pending:
@@ -224,7 +285,7 @@ cdef class UseGuard:
     def wakeup(self):
         """Make the calls inside stop waiting, or the next call when none is inside."""
         self._gen = self._gen + 1
-        if not self._depth:
+        if not self._depth and self._loop_tid == 0:
             self._pending = True
         self._wake()
 
@@ -237,8 +298,9 @@ cdef class UseGuard:
         owner must call :meth:`closed_done` when its close finished.
         """
         self._after_fork()
-        me = _me()
-        cdef bint deferred = me in self._depth
+        cdef unsigned long tid = PyThread_get_thread_ident()
+        me = PyLong_FromUnsignedLong(tid)
+        cdef bint deferred = tid == self._loop_tid or me in self._depth
         if deferred:
             self._deferred = me
         else:
@@ -248,9 +310,9 @@ cdef class UseGuard:
         if deferred:
             return False
         with self._cv:
-            while self._depth or self._beside:
+            while self._depth or self._beside or self._loop_tid != 0:
                 self._cv.wait(0.5)
-                if self._depth:
+                if self._depth or self._loop_tid != 0:
                     self._wake()  # a caller that was between its check and its wait
         return True
 
@@ -317,4 +379,46 @@ def guarded_one(method):
                     self._engine.release_if_done()
 
     _functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+def guarded_loop_step(step, checked):
+    """``Consumer.loop_step`` compiled: :func:`guarded_one` with the round's checks in
+    the wrapper, so the round an event loop runs after every wake-up has no Python
+    frame of its own (D79).
+
+    The wrapper takes ``(self, max_records=None)``, enters the guard as
+    :func:`guarded_one` does, and runs ``step(self, n, False, True)``
+    (``Consumer._step``: a round without writes, noting a drained read late), where
+    ``n`` is ``max_records``, or ``self._max_poll`` for ``None``.  When
+    ``max_records`` is neither ``None`` nor an ``int`` >= 1, or the owner or its
+    broker is closed (``self._closed``, ``self._engine.closed``), it runs
+    ``checked(self, max_records)`` instead, inside the same entry: the Python
+    method that makes the checks (raising their errors) and then the same round.
+    """
+    if not callable(step) or not callable(checked):
+        raise TypeError("guarded_loop_step() takes two functions")
+
+    def wrapper(self, max_records=None):
+        cdef UseGuard life = self._life
+        cdef unsigned long tid = PyThread_get_thread_ident()
+        life.c_enter_loop(tid)
+        try:
+            if max_records is None:
+                n = self._max_poll
+            elif type(max_records) is int and max_records >= 1:
+                n = max_records
+            else:
+                return checked(self, max_records)
+            if self._closed or self._engine.closed:
+                return checked(self, max_records)
+            return step(self, n, False, True)
+        finally:
+            if life.c_exit_loop(tid):
+                try:
+                    self.close()
+                finally:
+                    self._engine.release_if_done()
+
+    _functools.update_wrapper(wrapper, checked)
     return wrapper

@@ -44,9 +44,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 # it once per round.
 from mqlite._core import UseGuard
 from mqlite._core import guarded as _core_guarded
+from mqlite._core import guarded_loop_step as _core_guarded_loop_step
 from mqlite._core import guarded_one as _core_guarded_one
 
-__all__ = ["UseGuard", "guarded", "guarded_one"]
+__all__ = ["UseGuard", "guarded", "guarded_loop_step", "guarded_one"]
 
 
 _P = ParamSpec("_P")
@@ -75,4 +76,21 @@ def guarded_one(method: Callable[[Any, _A], _R]) -> Callable[[Any, _A], _R]:
     For the round an event loop runs after every wake-up (``Consumer.loop_step``).
     """
     wrapper: Callable[[Any, _A], _R] = _core_guarded_one(method)
+    return wrapper
+
+
+def guarded_loop_step(step: Callable[[Any, int, bool, bool], _R],
+                      checked: Callable[[Any, _A], _R]) -> Callable[[Any, _A], _R]:
+    """``Consumer.loop_step``, compiled (D79): one guarded round with no Python frame of
+    its own.
+
+    The wrapper, called as ``(self, max_records=None)``, enters the guard as
+    :func:`guarded_one` does and runs ``step(self, n, False, True)``, ``n`` being
+    ``max_records`` or ``self._max_poll`` for ``None``; an argument that is not
+    ``None`` or an ``int`` >= 1, or a closed owner or broker (``self._closed``,
+    ``self._engine.closed``), runs ``checked(self, max_records)`` instead (the
+    method that raises the usual errors), in the same entry.  The wrapper has
+    ``checked``'s name and docstring.
+    """
+    wrapper: Callable[[Any, _A], _R] = _core_guarded_loop_step(step, checked)
     return wrapper

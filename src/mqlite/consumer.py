@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Self, overload
 
 from mqlite import _core, scheduler
-from mqlite._lifecycle import UseGuard, guarded, guarded_one
+from mqlite._lifecycle import UseGuard, guarded, guarded_loop_step
 from mqlite._storage import log as _log
 from mqlite.config import MAX_I64, require_int, require_positive_number, validate_topic_name
 from mqlite.errors import (
@@ -98,9 +98,16 @@ class _Drained(NamedTuple):
     seqs: tuple[int, ...]  # their values then
     source: object  # the list the reads were named by: the group's owned, assign()'s, or
     #                 the subscription (each replaced, never changed in place, on a change)
-    positions: dict[TopicPartition, int]  # the positions after the round (all resolved)
+    # The positions after the round (all resolved); or, noted late (an event loop's
+    # round, D79), the consumer's call count (``UseGuard.calls``) then: the positions
+    # are still those while the next round is the only call since.
+    positions: dict[TopicPartition, int] | int
     due: int | None  # the next delayed message's due ms, read in the same transaction
     reads: bool  # the round read partitions (a read of none leaves the rotation alone)
+
+
+#: ``_Drained`` from a tuple of its fields, with no Python frame (``tuple.__new__``).
+_new_drained = tuple.__new__
 
 
 def _normalize_topics(topics: str | Iterable[str] | None) -> list[str]:
@@ -643,31 +650,35 @@ class Consumer:
         require_int(max_records, "max_records", minimum=1)
         return self._step(max_records, writes)
 
-    @guarded_one
-    def loop_step(self, max_records: int | None) -> PollStep:
+    def _loop_step_checked(self, max_records: int | None) -> PollStep:
         """``poll_step(max_records, writes=False)`` for an event loop's wake-up path.
 
         The same round, result and errors (``None``: ``max_poll_records``).
-        ``mqlite.aio`` calls it after every wake-up, so the check of an
-        argument it already checked once per poll costs one type test here,
-        and the compiled guard passes the argument on as it is
-        (:func:`~mqlite._lifecycle.guarded_one`, D72).
+        ``mqlite.aio`` calls it after every wake-up.  As :attr:`loop_step` this
+        runs only when an argument or the state needs a check: the compiled
+        wrapper (:func:`~mqlite._lifecycle.guarded_loop_step`, D79) enters the
+        guard and runs the round itself otherwise, with no Python frame.
 
         Raises
         ------
         As :meth:`poll_step`.
         """
-        if self._closed or self._engine.closed:
-            self._check_open()
+        self._check_open()
         if max_records is None:
             max_records = self._max_poll
-        elif type(max_records) is not int or max_records < 1:
-            require_int(max_records, "max_records", minimum=1)  # the usual error, or fine
-        return self._step(max_records, False)
+        require_int(max_records, "max_records", minimum=1)
+        return self._step(max_records, False, True)
 
-    def _step(self, max_records: int, writes: bool) -> PollStep:
+    def _step(self, max_records: int, writes: bool, late: bool = False) -> PollStep:
         """One round: load the wake-up words, run the group's part, read (or skip the read:
-        :meth:`_skip`), promote due delayed messages, and say what to wait on."""
+        :meth:`_skip`), promote due delayed messages, and say what to wait on.
+
+        ``late``: a round that returns messages notes that it drained its partitions
+        without :meth:`_note_drained`'s checks and copy of the positions; the next round
+        makes them, and only if no other call came in between (D79).  For an event
+        loop's wake-up path: that work moves from the poll's return to the next round,
+        which runs before the next wait.
+        """
         group = self._group
         moved = False
         notifier = self._env.notifier
@@ -711,7 +722,15 @@ class Consumer:
                 if group is not None:
                     group.after_fetch(msgs)
                 if drained_now:
-                    self._note_drained(slots, seqs, due_ms)
+                    if late:
+                        # (_source() inlined, and the tuple made without the named
+                        # tuple's Python __new__: this is the wake-up's path)
+                        self._drained = _new_drained(_Drained, (
+                            slots, seqs, group.owned if group is not None
+                            else self._manual if self._manual is not None else self._topics,
+                            self._life.calls, due_ms, True))
+                    else:
+                        self._note_drained(slots, seqs, due_ms)
                 return PollStep(msgs, True, slot, seq, 0.0, False)
             if not moved and (group is not None or self._manual is not None) \
                     and self._wait_slots() != slots:
@@ -727,6 +746,8 @@ class Consumer:
             if len(slots) == 1:
                 return PollStep(msgs, False, slot, seq, wait, False)
             return PollStep(msgs, False, slot, seq, wait, False, slots, seqs)
+
+    loop_step = guarded_loop_step(_step, _loop_step_checked)
 
     def _source(self) -> object:
         """The list this consumer's reads are named by; replaced (never changed in place)
@@ -766,7 +787,23 @@ class Consumer:
         read.
         """
         if (seqs != drained.seqs or slots != drained.slots or self._ahead is not None
-                or drained.source is not self._source() or drained.positions != self._positions):
+                or drained.source is not self._source()):
+            return None
+        positions = drained.positions
+        reads = drained.reads
+        if type(positions) is int:
+            # Noted late (D79): the positions are the noting round's only if this round's
+            # own entry is the one call since (a seek, put-back, commit or rebalance
+            # callback in between counts too); then make _note_drained's check.
+            if self._life.calls != positions + 1:
+                return None
+            pos = self._positions
+            tps = self._reading()
+            for tp in tps:
+                if pos.get(tp, -1) < 0:
+                    return None
+            reads = bool(tps)
+        elif positions != self._positions:
             return None
         wait = math.inf
         due_ms = drained.due
@@ -775,7 +812,7 @@ class Consumer:
             if due <= 0:
                 return None  # due now: the read promotes it
             wait = due + 0.001
-        if drained.reads:
+        if reads:
             self._rotation += 1  # as the read would (the next one starts where it would)
         if self._group is not None:
             wait = min(wait, self._group.wait_budget())

@@ -3,7 +3,11 @@
 * The io_uring reader callback disarms a slot left without waits only after the
   woken tasks resumed, and not at all when one of them armed it again inline.
 * A woken poll runs its next round through ``Consumer.loop_step``: the round,
-  result and errors of ``poll_step(writes=False)``.
+  result and errors of ``poll_step(writes=False)``, with no Python frame of its own
+  (D79).
+* That round, when it returns messages, notes its drained read without copying the
+  positions; the next round skips its read on that note only when no other call of
+  the consumer came in between (D79).
 * A ``wakeup()`` that lands while a woken wait is being torn down still ends the
   poll at once (the wake lock is taken only when one is pending).
 * ``AsyncQueue.receive`` takes its lock before a wait, not after it (D77), and a
@@ -14,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -24,6 +30,7 @@ from _polling import waiters_word
 import mqlite
 import mqlite.aio
 from mqlite.aio._future import InlineFuture
+from mqlite.consumer import Consumer
 
 #: csrc/notify.h MQ_NOTIFY_BELL_UNIT: one armed doorbell in a slot's waiters word.
 BELL_UNIT = 1 << 16
@@ -141,6 +148,137 @@ def test_loop_step_is_poll_step_without_writes(tmp_broker_dir: Path) -> None:
         with pytest.raises(mqlite.ClosedError):
             one.loop_step(None)
         other.close()
+
+
+def _python_calls(fn: Any) -> list[str]:
+    """The names of the Python functions ``fn()`` called, in order (``fn``'s own frame,
+    a lambda here, left out)."""
+    names: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            names.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return names[1:]
+
+
+def test_loop_step_has_no_python_frame_of_its_own(tmp_broker_dir: Path) -> None:
+    """D79: the compiled wrapper enters the guard and runs ``_step`` itself; the Python
+    method (``_loop_step_checked``) runs only for an argument or state to check."""
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        c = b.consumer("t")
+        b.send("t", b"a")
+        calls = _python_calls(lambda: c.loop_step(10))
+        assert calls[:2] == ["closed", "_step"]  # (the broker's ``closed`` property, checked)
+        assert "loop_step" not in calls and "_loop_step_checked" not in calls
+        assert _python_calls(lambda: c.loop_step(None))[:2] == ["closed", "_step"]
+
+        def bad() -> None:
+            with pytest.raises(TypeError):
+                c.loop_step(True)
+
+        assert "_loop_step_checked" in _python_calls(bad)
+        assert Consumer.loop_step.__doc__ is not None
+        c.close()
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of ``Consumer.<name>`` (which still runs)."""
+    seen: list[int] = []
+    orig = getattr(Consumer, name)
+
+    def counted(self: Consumer, *args: Any) -> Any:
+        seen.append(1)
+        return orig(self, *args)
+
+    monkeypatch.setattr(Consumer, name, counted)
+    return seen
+
+
+def test_a_loop_round_notes_its_drained_read_late(
+        tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D79: the loop's round that returns messages does not run ``_note_drained`` (its
+    checks and positions copy); the next round still skips its read (no ``_fetch``) when
+    nothing moved and it is the only call since.  The synchronous poll still notes at
+    once (its path is unchanged)."""
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        c = b.consumer("t")
+        c.poll(timeout=0.01)  # positions resolved
+        b.send("t", b"a")
+        noted = _counting(monkeypatch, "_note_drained")
+        assert [m.value for m in c.loop_step(10).messages] == [b"a"]
+        assert noted == []
+        fetched = _counting(monkeypatch, "_fetch")
+        step = c.loop_step(10)
+        assert not step.done and fetched == []  # skipped on the late note
+        step = c.loop_step(10)
+        assert not step.done and fetched == [1]  # (a skip consumes the note: this one reads)
+        assert noted == [1]  # a round that found nothing notes at once (before a wait)
+        noted.clear()
+        b.send("t", b"b")
+        assert [m.value for m in c.poll(10, timeout=5)] == [b"b"]
+        assert noted == [1]
+        c.close()
+
+
+@pytest.mark.parametrize("between", ["seek", "position", "assign"])
+def test_a_call_between_loop_rounds_voids_the_late_note(
+        tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch, between: str) -> None:
+    """A seek (or any other call) between the round that returned messages and the next
+    round makes that round read: the positions the late note stands for may have
+    changed.  After a seek back to 0 it returns the message again; a skip would have
+    said "wait" (with the count check removed from ``_skip`` this test fails)."""
+    with mqlite.open(tmp_broker_dir, durability="none") as b:
+        b.create_topic("t")
+        c = b.consumer()
+        c.assign([("t", 0)])
+        assert c.poll(timeout=0.01) == []  # the partition's id learnt: its word waited on
+        b.send("t", b"a")
+        assert [m.value for m in c.loop_step(10).messages] == [b"a"]
+        fetched = _counting(monkeypatch, "_fetch")
+        if between == "seek":
+            c.seek(("t", 0), 0)
+        elif between == "position":
+            assert c.position(("t", 0)) == 1
+        else:
+            c.assign([("t", 0)])  # the same partition, a new assignment list
+        step = c.loop_step(10)
+        assert fetched == [1]  # read, not skipped
+        if between == "seek":
+            assert [m.value for m in step.messages] == [b"a"]
+        else:
+            assert not step.done and step.messages == []
+        c.close()
+
+
+def test_an_await_poll_after_a_seek_returns_the_messages_again(tmp_broker_dir: Path) -> None:
+    """The same through ``mqlite.aio``: ``seek`` between two polls is not lost to the
+    late note (the second poll would otherwise wait its 30 s timeout)."""
+
+    async def main() -> None:
+        async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
+            await b.create_topic("t")
+            c = b.consumer()
+            c.assign([("t", 0)])
+            assert await c.poll(timeout=0.01) == []
+            task = asyncio.create_task(c.poll(10, timeout=30))
+            await asyncio.sleep(0)
+            await b.send("t", b"a")
+            async with asyncio.timeout(10):
+                assert [m.value for m in await task] == [b"a"]  # a woken loop round
+            c.seek(("t", 0), 0)
+            async with asyncio.timeout(10):
+                assert [m.value for m in await c.poll(10, timeout=30)] == [b"a"]
+            await c.close()
+
+    asyncio.run(main())
 
 
 def test_loop_step_of_a_group_member_asks_for_writes(tmp_broker_dir: Path) -> None:

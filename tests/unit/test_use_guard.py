@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 import mqlite
-from mqlite._lifecycle import UseGuard, guarded, guarded_one
+from mqlite._lifecycle import UseGuard, guarded, guarded_loop_step, guarded_one
 
 T = 30  # seconds: generous bound for every event wait
 
@@ -367,3 +367,229 @@ def test_guarded_one_refuses_a_second_thread() -> None:
         t.join(30)
     assert len(errors) == 1
     assert o.one(2) == 2
+
+
+def test_calls_counts_every_entry() -> None:
+    """``calls`` (D79): every ``enter()``, nested and refused ones too; read-only calls
+    beside (``enter_beside``) and exits do not count."""
+    g, _ = _guard()
+    assert g.calls == 0
+    g.enter()
+    g.enter()  # nested
+    assert g.calls == 2
+    g.exit()
+    g.exit()
+    assert g.calls == 2
+    assert g.enter_beside()
+    g.exit_beside()
+    assert g.calls == 2
+    g.enter()
+    assert isinstance(_in_thread(g.enter), mqlite.ConcurrentAccessError)  # refused: counted
+    g.exit()
+    assert g.calls == 4
+
+
+class _RoundOwner(_Owner):
+    """An owner with a ``loop_step`` as ``Consumer`` has (D79)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closed = False
+        self._max_poll = 7
+        self.rounds: list[tuple[int, bool, bool, bool]] = []
+        self.checked: list[object] = []
+
+    def _round(self, n: int, writes: bool, late: bool = False) -> int:
+        self.rounds.append((n, writes, late, self._life.inside()))
+        if n == 13:
+            self.close()  # a close from inside the round: deferred to the exit
+        return n
+
+    def _checked(self, n: int | None) -> int:
+        """The checks, then the round."""
+        self.checked.append(n)
+        if self._closed:
+            raise mqlite.ClosedError("closed")
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError("int")
+        return self._round(n, False, True)
+
+    loop_step = guarded_loop_step(_round, _checked)
+
+
+def test_guarded_loop_step_runs_the_round_or_the_checks() -> None:
+    """``guarded_loop_step`` (D79): ``None`` is ``_max_poll``; an int >= 1 goes straight to
+    the round (inside the guard, late); anything else, or a closed owner, to the checks
+    (same entry); a close from inside runs at the exit; a second thread is refused."""
+    with pytest.raises(TypeError, match="two functions"):
+        guarded_loop_step(42, 43)  # type: ignore[arg-type]
+    assert _RoundOwner.loop_step.__doc__ == "The checks, then the round."
+    o = _RoundOwner()
+    assert o.loop_step(None) == 7
+    assert o.loop_step(3) == 3
+    assert o.rounds == [(7, False, True, True), (3, False, True, True)]
+    assert o.checked == [] and o._life._users == {}
+    with pytest.raises(TypeError):
+        o.loop_step(True)
+    with pytest.raises(TypeError):
+        o.loop_step("3")  # type: ignore[arg-type]
+    assert o.checked == [True, "3"] and o._life._users == {}
+    o._closed = True
+    with pytest.raises(mqlite.ClosedError):
+        o.loop_step(3)
+    o._closed = False
+    assert o.loop_step(13) == 13 and o.closed == 1 and o.released == 1
+    with pytest.raises(mqlite.ClosedError):
+        o.loop_step(3)  # the guard refuses once closing
+    b = _RoundOwner()
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        b._life.enter()
+        inside.set()
+        leave.wait(T)
+        b._life.exit()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert inside.wait(T)
+        with pytest.raises(mqlite.ConcurrentAccessError):
+            b.loop_step(3)
+    finally:
+        leave.set()
+        t.join(T)
+    assert b.loop_step(3) == 3
+
+
+class _LoopOwner(_RoundOwner):
+    """A ``_RoundOwner`` whose round runs a probe inside (D79)."""
+
+    def __init__(self, probe: Callable[[], object]) -> None:
+        super().__init__()
+        self.probe = probe
+        self.seen: list[object] = []
+
+    def _round(self, n: int, writes: bool, late: bool = False) -> int:
+        self.seen.append(self.probe())
+        return n
+
+    loop_step = guarded_loop_step(_round, _RoundOwner._checked)
+
+
+def test_a_loop_entry_is_a_caller_inside_for_every_rule() -> None:
+    """``guarded_loop_step`` keeps its entry in C fields (D79); the guard still counts it:
+    ``_users``, ``inside``, nesting, refusal of another thread, ``woken`` after a
+    ``wakeup`` from another thread (and no pending wake-up left), a deferred close."""
+    me = threading.get_ident()
+    o: _LoopOwner
+
+    def probe() -> object:
+        g = o._life
+        out: list[object] = [g._users, g.inside()]
+        g.enter()  # nested on the same thread
+        out.append(g._users)
+        g.exit()
+        out.append(_in_thread(g.enter))  # another thread is refused
+        out.append(g.woken())
+        _in_thread(g.wakeup)
+        out.append(g.woken())
+        return out
+
+    o = _LoopOwner(probe)
+    assert o.loop_step(3) == 3
+    seen = o.seen[0]
+    assert isinstance(seen, list)
+    assert seen[0] == {me: 1} and seen[1] is True and seen[2] == {me: 2}  # users, inside
+    assert isinstance(seen[3], mqlite.ConcurrentAccessError)
+    assert seen[4] is False and seen[5] is True  # woken() before and after the wakeup
+    g = o._life
+    assert g._users == {} and not g.inside()
+    assert g.woken() is False  # the wake-up reached the call inside: nothing pending
+
+    def close_inside() -> int:
+        o.close()  # deferred to the exit
+        return o.closed
+
+    o.probe = close_inside
+    assert o.loop_step(3) == 3 and o.seen[-1] == 0
+    assert o.closed == 1 and o.released == 1
+
+
+def test_a_close_from_another_thread_waits_for_a_loop_entry() -> None:
+    """``request_close`` from another thread wakes the loop round (its ``wake``) and
+    returns only once that round left."""
+    inside, leave = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def round_body() -> None:
+        inside.set()
+        leave.wait(T)
+        order.append("left")
+
+    def wake() -> None:
+        rang.append(1)
+        leave.set()
+
+    o = _LoopOwner(round_body)
+    rang: list[int] = []
+    o._life = UseGuard("consumer", wake, exclusive=True)
+    t = threading.Thread(target=o.loop_step, args=(3,))
+    t.start()
+    try:
+        assert inside.wait(T)
+        assert o._life.request_close() is True  # woke the round, waited for it to leave
+        order.append("closed")
+    finally:
+        leave.set()
+        t.join(T)
+    assert order == ["left", "closed"] and rang
+    with pytest.raises(mqlite.ClosedError):
+        o.loop_step(3)
+
+
+def test_loop_entries_and_plain_entries_never_overlap_under_contention() -> None:
+    """Two threads entering through ``guarded_loop_step``, two through ``enter``, 10,000
+    times each with a 1 µs switch interval: whoever gets in is alone."""
+    state = [0, 0, 0]  # inside, worst, refused
+
+    def occupy() -> None:
+        state[0] += 1
+        state[1] = max(state[1], state[0])
+        state[0] -= 1
+
+    o = _LoopOwner(occupy)
+    g = o._life
+    barrier = threading.Barrier(4, timeout=T)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        def by_loop() -> None:
+            barrier.wait()
+            for _ in range(10_000):
+                try:
+                    o.loop_step(3)
+                except mqlite.ConcurrentAccessError:
+                    state[2] += 1
+
+        def by_enter() -> None:
+            barrier.wait()
+            for _ in range(10_000):
+                try:
+                    g.enter()
+                except mqlite.ConcurrentAccessError:
+                    state[2] += 1
+                    continue
+                occupy()
+                g.exit()
+
+        threads = [threading.Thread(target=f) for f in (by_loop, by_loop, by_enter, by_enter)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T * 4)
+    finally:
+        sys.setswitchinterval(old)
+    assert state[1] == 1
+    assert g._users == {}
+    assert state[2] > 0  # the threads did overlap

@@ -170,8 +170,9 @@ class AsyncConsumer:
             with self._wake_lock:
                 woken, self._wake_pending = self._wake_pending, False
             bell = broker._bell(loop)
+            loop_step = self.sync.loop_step  # (bound once: the woken round looks up nothing)
             while True:
-                step = self.sync.loop_step(max_records)
+                step = loop_step(max_records)
                 if step.needs_writes:
                     step = await self._step_in_worker(max_records)
                 if step.done:

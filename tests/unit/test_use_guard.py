@@ -43,6 +43,29 @@ def _in_thread(fn: Callable[[], object]) -> object:
     return out[0]
 
 
+def _race(targets: list[Callable[[], None]]) -> None:
+    """Run ``targets`` in threads, each starting at one barrier, with the interpreter
+    switching threads as often as it can (1 µs); returns once all have finished."""
+    barrier = threading.Barrier(len(targets), timeout=T)
+
+    def start(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            barrier.wait()
+            fn()
+        return run
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=start(fn)) for fn in targets]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T * 4)
+    finally:
+        sys.setswitchinterval(old)
+
+
 def test_arguments_are_checked() -> None:
     with pytest.raises(TypeError, match="callable"):
         UseGuard("consumer", 3, exclusive=True)  # type: ignore[arg-type]
@@ -157,30 +180,20 @@ def test_an_exclusive_guard_never_admits_two_threads_under_contention() -> None:
     inside = [0]
     worst = [0]
     refused = [0]
-    barrier = threading.Barrier(4, timeout=T)
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
-    try:
-        def hammer() -> None:
-            barrier.wait()
-            for _ in range(20_000):
-                try:
-                    g.enter()
-                except mqlite.ConcurrentAccessError:
-                    refused[0] += 1
-                    continue
-                inside[0] += 1
-                worst[0] = max(worst[0], inside[0])
-                inside[0] -= 1
-                g.exit()
 
-        threads = [threading.Thread(target=hammer) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(T * 4)
-    finally:
-        sys.setswitchinterval(old)
+    def hammer() -> None:
+        for _ in range(20_000):
+            try:
+                g.enter()
+            except mqlite.ConcurrentAccessError:
+                refused[0] += 1
+                continue
+            inside[0] += 1
+            worst[0] = max(worst[0], inside[0])
+            inside[0] -= 1
+            g.exit()
+
+    _race([hammer] * 4)
     assert worst[0] == 1
     assert g._users == {}
     assert refused[0] > 0  # the threads did overlap (else the test proves nothing)
@@ -560,36 +573,25 @@ def test_loop_entries_and_plain_entries_never_overlap_under_contention() -> None
 
     o = _LoopOwner(occupy)
     g = o._life
-    barrier = threading.Barrier(4, timeout=T)
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        def by_loop() -> None:
-            barrier.wait()
-            for _ in range(10_000):
-                try:
-                    o.loop_step(3)
-                except mqlite.ConcurrentAccessError:
-                    state[2] += 1
 
-        def by_enter() -> None:
-            barrier.wait()
-            for _ in range(10_000):
-                try:
-                    g.enter()
-                except mqlite.ConcurrentAccessError:
-                    state[2] += 1
-                    continue
-                occupy()
-                g.exit()
+    def by_loop() -> None:
+        for _ in range(10_000):
+            try:
+                o.loop_step(3)
+            except mqlite.ConcurrentAccessError:
+                state[2] += 1
 
-        threads = [threading.Thread(target=f) for f in (by_loop, by_loop, by_enter, by_enter)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(T * 4)
-    finally:
-        sys.setswitchinterval(old)
+    def by_enter() -> None:
+        for _ in range(10_000):
+            try:
+                g.enter()
+            except mqlite.ConcurrentAccessError:
+                state[2] += 1
+                continue
+            occupy()
+            g.exit()
+
+    _race([by_loop, by_loop, by_enter, by_enter])
     assert state[1] == 1
     assert g._users == {}
     assert state[2] > 0  # the threads did overlap

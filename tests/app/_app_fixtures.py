@@ -38,6 +38,14 @@ class AppProcs:
         self.children.append(p)
         return p
 
+    def python(self, code: str) -> subprocess.Popen[bytes]:
+        """``python -c code`` beside ``_app_procs`` (an App run by a script, not the CLI)."""
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=str(HERE), env=self.env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.children.append(p)
+        return p
+
     def cleanup(self) -> None:
         for p in self.children:
             if p.poll() is None:

@@ -6,6 +6,7 @@ The broker directory comes from ``MQLITE_TEST_DIR``; nothing here sleeps.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import mqlite
@@ -58,3 +59,10 @@ def on_event(x: dict) -> None:
 def on_job(x: dict) -> None:
     if x["id"] % 4 == 0:
         raise ValueError("bad job")
+
+
+def publish_then_run(port: int) -> None:
+    """docs/app.md's first example: ``app.publish(...)`` (which opens the broker), then
+    ``app.run(workers=2)`` from a script."""
+    workers_app.publish("in", {"id": -1}, key="first")
+    sys.exit(workers_app.run(workers=2, health_port=port))

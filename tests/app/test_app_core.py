@@ -436,3 +436,71 @@ def test_pydantic_models_are_decoded_validated_and_encoded() -> None:
         assert t.published("out") == [{"id": 1, "amount": 5.0}]
         (dl,) = t.dead_letters("orders.dlq")
         assert dl.reason == "invalid payload"
+
+
+def test_test_app_can_run_one_module_app_in_several_tests(tmp_path) -> None:
+    """docs/app.md's Testing section: tests share one module-level App.  Each
+    ``TestApp`` block gets a fresh directory and its own calls; on exit the App has
+    its own target back, no TestApp listener, and starts again (D81)."""
+    target = str(tmp_path / "prod")
+    app = mqlite.App(target, name="svc", durability="lazy")
+
+    @app.subscriber("orders", group="payments")
+    @app.publisher("paid")
+    def pay(order: dict) -> dict:
+        return {"paid": order["id"]}
+
+    for n in (1, 2, 3):
+        with TestApp(app) as t:
+            assert app.target != target and app.durability == "none"
+            t.publish("orders", {"id": n})
+            t.wait_idle()
+            assert t.published("paid") == [{"paid": n}]  # a fresh directory each time
+            assert t.payloads("pay") == [{"id": n}]  # only this block's calls
+        assert (app.target, app.durability) == (target, "lazy")
+        assert app._listeners == []
+        assert not (tmp_path / "prod").exists()  # the tests never touched the real target
+
+
+def test_test_app_refuses_a_running_app_and_gives_back_a_failed_start() -> None:
+    app = mqlite.App("unused")
+
+    @app.subscriber("orders")
+    def h(x: dict) -> None:
+        return None
+
+    with TestApp(app), pytest.raises(RuntimeError, match="not running"), TestApp(app):
+        pass  # the App is already running in the outer block
+
+    @app.subscriber("other", batch=True)
+    @app.publisher("out")
+    def bad(xs: list[dict]) -> dict:
+        return {}
+
+    with pytest.raises(ValueError, match="publisher"), TestApp(app):
+        pass
+    assert app.target == "unused" and app._listeners == []
+    app.subscribers.pop()  # without the bad subscriber it starts again
+    with TestApp(app) as t:
+        t.publish("orders", {"id": 1})
+        t.wait_idle()
+        assert t.payloads("h") == [{"id": 1}]
+
+
+def test_docs_app_md_example_and_its_testing_block_run(tmp_path) -> None:
+    """docs/app.md: the first example's App, tested by the Testing section's block as
+    written (pasted into one file; ``app.publish`` / ``app.run`` left out), twice."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "app.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
+    service = "\n".join(line for line in blocks[0].splitlines()
+                        if not line.startswith(("app.publish(", "app.run(")))
+    testing = next(b for b in blocks if "TestApp(app)" in b)
+    code = service + "\n" + testing + "\ntest_pay()\ntest_pay()\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 import msgspec
+import pytest
 from _polling import wait_until
 from _values import value
 
@@ -149,6 +150,89 @@ def test_sigkill_of_a_worker_loses_nothing_and_it_is_restarted(app_procs: Any) -
     finally:
         out.close()
         b.close()
+
+
+def test_publish_before_run_with_workers_runs_them(app_procs: Any) -> None:
+    """A publish before ``app.run(workers=2)`` opened the App's broker in the parent;
+    run() closes it and forks (it used to refuse with a RuntimeError, D81)."""
+    n = 200
+    b = _setup(app_procs.dir, n, 6)
+    out = Outputs(b, "out")
+    port = _free_port()
+    try:
+        p = app_procs.python(f"import _app_procs; _app_procs.publish_then_run({port})")
+
+        def done(v: list[dict[str, Any]]) -> bool:
+            assert p.poll() is None, p.stdout.read().decode() if p.stdout else p.returncode
+            return len({x["id"] for x in v}) == n + 1
+
+        out.until(done, "every input, and the one published before run()")
+        _, body = wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        assert len(body["workers"]) == 2
+        assert _stop(p) == 0
+        out.drain()
+        assert sorted(Counter(x["id"] for x in out.values).values()) == [1] * (n + 1)
+    finally:
+        out.close()
+        b.close()
+
+
+@pytest.mark.parametrize(("workers", "flag"), [("1", "--health-port"), ("3", "--health-port"),
+                                                ("1", "--metrics-port"), ("3", "--metrics-port")])
+def test_a_busy_port_is_a_clear_error_and_leaves_no_worker(app_procs: Any, workers: str,
+                                                            flag: str) -> None:
+    """A taken --health-port / --metrics-port: exit 2 with a message naming the port, and
+    no process of the run left behind (a worker forked before the metrics server failed
+    used to be orphaned, still consuming; D81)."""
+    _setup(app_procs.dir, 10, 6).close()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        p = app_procs.run("_app_procs:workers_app", "--workers", workers, flag, port)
+        rc = p.wait(TIMEOUT)
+    try:
+        os.killpg(p.pid, 0)  # a process of the run's group is still there: an orphan
+    except ProcessLookupError:
+        left = False
+    else:
+        left = True
+        os.killpg(p.pid, signal.SIGKILL)  # (it holds the output pipe open)
+    out = p.stdout.read().decode() if p.stdout else ""
+    assert not left, f"a worker outlived its supervisor:\n{out}"
+    assert rc == 2, out
+    assert f"127.0.0.1:{port}" in out and f"pick another {flag}" in out, out
+    assert "Traceback" not in out, out
+
+
+def _listening_inode(port: int) -> str:
+    """The socket inode of the TCP listener on 127.0.0.1:``port`` (/proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if cols[1] == f"0100007F:{port:04X}" and cols[3] == "0A":
+                return cols[9]
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def test_workers_do_not_hold_the_supervisors_ports(app_procs: Any) -> None:
+    """The health and metrics servers belong to the supervisor: a forked worker closes
+    their listening sockets (else a worker outliving it would keep the ports bound)."""
+    _setup(app_procs.dir, 10, 6).close()
+    hport, mport = _free_port(), _free_port()
+    p = app_procs.run("_app_procs:workers_app", "--workers", "2", "--health-port",
+                      str(hport), "--metrics-port", str(mport))
+    _, body = wait_until(lambda: _ready(hport), TIMEOUT, "health 200")
+    inodes = {f"socket:[{_listening_inode(hport)}]", f"socket:[{_listening_inode(mport)}]"}
+    for pid in body["workers"]:
+        held = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except FileNotFoundError:  # closed meanwhile
+                pass
+        assert not inodes & held, f"worker {pid} holds {inodes & held}"
+    assert _stop(p) == 0
 
 
 def test_exactly_once_under_sigkill_gives_one_output_per_input(app_procs: Any) -> None:

@@ -494,6 +494,25 @@ class App:
         self._state = "stopped"
         self._notify_progress()
 
+    def _rearm(self) -> None:
+        """Make a stopped App startable again (for :class:`mqlite.app.TestApp` only).
+
+        A stopped App has closed everything it opened (:meth:`stop`); this forgets
+        its old subscribers' runners so that :meth:`start` builds new ones, as for
+        a new App.  Production code creates a new App instead.
+
+        Raises
+        ------
+        RuntimeError
+            The App is running or stopping.
+        """
+        with self._lock:
+            if self._state not in ("new", "stopped"):
+                raise RuntimeError(f"cannot re-arm a {self._state} App; stop it first")
+            self._runners = []
+            self._stop_event = threading.Event()
+            self._state = "new"
+
     def _after_fork(self) -> None:
         """In a forked worker: forget the parent's threads, loop and handles (never used)."""
         self._lock = threading.RLock()

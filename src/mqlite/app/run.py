@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,12 @@ def serve_health(report: Callable[[], tuple[bool, dict[str, Any]]], port: int,
     """Serve ``GET /health`` (and ``/``) from ``report()`` on a daemon thread; returns the server.
 
     ``port`` 0 picks a free port (``server.server_address[1]``).
+
+    Raises
+    ------
+    ValueError
+        ``host:port`` cannot be bound (in use, not an address of this machine):
+        the message names it and says to pick another ``--health-port``.
     """
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -74,7 +81,11 @@ def serve_health(report: Callable[[], tuple[bool, dict[str, Any]]], port: int,
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise ValueError(f"cannot serve health on {host}:{port}: {exc.strerror or exc}; pick "
+                         f"another --health-port / health_port (0 picks a free one)") from exc
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="mqlite-health", daemon=True).start()
     return server
@@ -118,8 +129,13 @@ class _Metrics:
     def serve(self, broker: Any, dead_letter_topics: list[str]) -> None:
         from mqlite.metrics import serve
 
-        self.server, _ = serve(broker, self.port, self.host, registry=self.registry,
-                               dead_letter_topics=dead_letter_topics)
+        try:
+            self.server, _ = serve(broker, self.port, self.host, registry=self.registry,
+                                   dead_letter_topics=dead_letter_topics)
+        except OSError as exc:
+            raise ValueError(f"cannot serve metrics on {self.host}:{self.port}: "
+                             f"{exc.strerror or exc}; pick another --metrics-port / "
+                             f"metrics_port (0 picks a free one)") from exc
         log.info("serving metrics on http://%s:%d/metrics", self.host,
                  self.server.server_port)
 
@@ -228,12 +244,12 @@ def _run_here(app: App, health_port: int | None, health_host: str,
     if listener is not None:
         app.add_listener(listener)
     try:
+        if health_port is not None:  # bound first: a busy port fails before any handler runs
+            server = serve_health(lambda: tuple(app.health()), health_port,  # type: ignore[arg-type, return-value]
+                                  health_host)
         app.start()
         if metrics is not None:
             metrics.serve(app._backend_now().broker, _dead_letter_topics(app))
-        if health_port is not None:
-            server = serve_health(lambda: tuple(app.health()), health_port,  # type: ignore[arg-type, return-value]
-                                  health_host)
         if ready_fd is not None and app.wait_ready(timeout=120.0):
             os.write(ready_fd, b"R")  # kept open: the supervisor sees EOF when this exits
         while not stop.wait(1.0):
@@ -245,6 +261,8 @@ def _run_here(app: App, health_port: int | None, health_host: str,
         app.stop()
         return 0
     finally:
+        if app._state == "running":  # left by an exception: stop gracefully all the same
+            app.stop()
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -272,7 +290,10 @@ class _Worker:
             os.close(rfd)
 
 
-def _spawn(app: App, index: int, metrics: _Metrics | None = None) -> _Worker:
+def _spawn(app: App, index: int, metrics: _Metrics | None = None,
+           close_in_child: tuple[int, ...] = ()) -> _Worker:
+    """Fork worker ``index``; ``close_in_child``: the supervisor's listening sockets (a
+    worker must not hold the health / metrics port open, nor outlive it holding it)."""
     rfd, wfd = os.pipe()
     mr, mw = os.pipe() if metrics is not None else (-1, -1)
     # Blocked across the fork: a SIGTERM that reaches the worker before it installed its
@@ -287,6 +308,8 @@ def _spawn(app: App, index: int, metrics: _Metrics | None = None) -> _Worker:
             os.close(rfd)
             if mr >= 0:
                 os.close(mr)
+            for fd in close_in_child:
+                os.close(fd)
             app._after_fork()
             os.environ["MQLITE_WORKER"] = str(index)
             code = _run_here(app, None, "127.0.0.1", wfd, None, mw if mw >= 0 else None)
@@ -310,9 +333,15 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
         raise TypeError(f"app.run(workers>1) forks workers, and a forked worker cannot use "
                         f"the open {type(app.target).__name__} the App was given: pass its "
                         f"URL (mqlite.App('kafka://...')) to run several workers")
-    if app._backend is not None or app._runners:
-        raise RuntimeError("app.run(workers>1) forks workers: do not start the App or open "
-                           "its broker before run()")
+    if app._state != "new" or app._runners:
+        raise RuntimeError(f"app.run(workers>1) forks workers, each of which starts the App: "
+                           f"call run() on an App that was never started (this one is "
+                           f"{app._state}); do not call app.start() or use it as a context "
+                           f"manager before run()")
+    # A publish or request before run() (docs/app.md's first example) opened the broker
+    # and maybe the reply reader, loop and pool: the workers open their own, so close
+    # what the App opened instead of refusing (a given mqlite.Broker stays open).
+    app._close_rest()
     hits = [0]
     procs: dict[int, tuple[int, _Worker]] = {}
 
@@ -324,22 +353,26 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
             except ProcessLookupError:
                 pass
 
+    def report() -> tuple[bool, dict[str, Any]]:
+        ws = {str(w.pid): w.ready for _, w in procs.values()}
+        return (len(ws) == workers and all(ws.values()), {"workers": ws})
+
+    def listening() -> tuple[int, ...]:
+        servers = (server, None if metrics is None else metrics.server)
+        return tuple(sv.socket.fileno() for sv in servers if sv is not None)
+
+    # bound before any fork: a busy port is an error before a worker exists (503 until ready)
+    server = None if health_port is None else serve_health(report, health_port, health_host)
     old = {s: signal.signal(s, on_signal) for s in _SIGNALS}
-    server = None
     code = 0
     try:
         for i in range(workers):
-            w = _spawn(app, i, metrics)
+            w = _spawn(app, i, metrics, listening())
             procs[w.pid] = (i, w)
         if metrics is not None:
             # opened after the first forks; a restart forks with it open (the storage
             # layer's at-fork hook makes a child forget inherited environments)
             metrics.serve_target(app.target, app.durability, _dead_letter_topics(app))
-        if health_port is not None:
-            def report() -> tuple[bool, dict[str, Any]]:
-                ws = {str(w.pid): w.ready for _, w in procs.values()}
-                return (len(ws) == workers and all(ws.values()), {"workers": ws})
-            server = serve_health(report, health_port, health_host)
         while procs:
             pid, status = os.wait()
             entry = procs.pop(pid, None)
@@ -351,10 +384,12 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
                 code = max(code, rc, 1 if hits[0] > 1 else 0)  # a second signal: 1
                 continue
             log.warning("worker %d (pid %d) exited with %d; starting it again", index, pid, rc)
-            w = _spawn(app, index, metrics)
+            w = _spawn(app, index, metrics, listening())
             procs[w.pid] = (index, w)
         return code
     finally:
+        if procs:  # left by an exception (e.g. the metrics port): never orphan a worker
+            _stop_workers(procs, app.graceful_timeout + 10)
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -362,3 +397,28 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
             metrics.close()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _stop_workers(procs: dict[int, tuple[int, _Worker]], timeout: float) -> None:
+    """SIGTERM every worker (a graceful stop) and reap it; SIGKILL one still there after
+    ``timeout`` seconds."""
+    for pid in procs:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + timeout
+    for pid in list(procs):
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > end:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
+        procs.pop(pid, None)

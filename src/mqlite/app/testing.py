@@ -37,7 +37,9 @@ class TestApp:
     ----------
     app
         The App under test (not started).  Its broker target is replaced by
-        the temporary directory (or ``path``).
+        the temporary directory (or ``path``) inside the ``with`` block; on exit
+        the App gets its own target back and can be started again, so tests may
+        share one module-level App (one ``TestApp`` at a time).
     path
         Use this directory instead of a fresh temporary one (kept on exit).
     durability
@@ -53,27 +55,51 @@ class TestApp:
         self._tmp: str | None = None
         self._events: list[HandlerEvent] = []
         self._lock = threading.Lock()
+        self._saved: tuple[Any, str] | None = None
 
     def __enter__(self) -> Self:
+        app = self.app
+        if app._state != "new":
+            raise RuntimeError(f"TestApp needs an App that is not running (this one is "
+                               f"{app._state}): let tests share a module's App, and do not "
+                               f"start it yourself")
         if self._path is None:
             self._tmp = tempfile.mkdtemp(prefix="mqlite-test-")
         target = self._path or self._tmp
         assert target is not None
-        self.app.target = target
-        self.app.durability = self._durability
-        self.app.add_listener(self._record)
-        self.app.start()
-        if not self.app.wait_ready(60.0):
-            self.app.stop()
-            raise RuntimeError(f"the App did not become ready: {self.app.health()}")
+        self._saved = (app.target, app.durability)
+        with self._lock:
+            self._events = []
+        app.target = target
+        app.durability = self._durability
+        app.add_listener(self._record)
+        try:
+            app.start()
+            if not app.wait_ready(60.0):
+                raise RuntimeError(f"the App did not become ready: {app.health()}")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the App, then give it back as it was: its own broker target and
+        durability, without this TestApp's listener, startable again (so several
+        tests, or a later ``app.run()``, can use one module-level App)."""
+        app = self.app
         try:
-            self.app.stop()
+            app.stop()
         finally:
+            if self._record in app._listeners:
+                app._listeners.remove(self._record)
+            if self._saved is not None:
+                app.target, app.durability = self._saved
+                self._saved = None
+            if app._state == "stopped":
+                app._rearm()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
+                self._tmp = None
 
     def _record(self, ev: HandlerEvent) -> None:
         if ev.status is not None:

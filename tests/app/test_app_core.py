@@ -450,8 +450,10 @@ def test_test_app_can_run_one_module_app_in_several_tests(tmp_path) -> None:
     def pay(order: dict) -> dict:
         return {"paid": order["id"]}
 
+    assert app.state == "new"
     for n in (1, 2, 3):
         with TestApp(app) as t:
+            assert app.state == "running"
             assert app.target != target and app.durability == "none"
             t.publish("orders", {"id": n})
             t.wait_idle()
@@ -459,6 +461,7 @@ def test_test_app_can_run_one_module_app_in_several_tests(tmp_path) -> None:
             assert t.payloads("pay") == [{"id": n}]  # only this block's calls
         assert (app.target, app.durability) == (target, "lazy")
         assert app._listeners == []
+        assert app.state == "new"
         assert not (tmp_path / "prod").exists()  # the tests never touched the real target
 
 
@@ -485,6 +488,30 @@ def test_test_app_refuses_a_running_app_and_gives_back_a_failed_start() -> None:
         t.publish("orders", {"id": 1})
         t.wait_idle()
         assert t.payloads("h") == [{"id": 1}]
+
+
+def test_remove_listener_stops_the_calls_and_ignores_an_unknown_one() -> None:
+    app = mqlite.App("unused")
+    seen: list[str | None] = []
+
+    def listen(ev: HandlerEvent) -> None:
+        seen.append(ev.status)
+
+    @app.subscriber("orders")
+    def h(x: dict) -> None:
+        return None
+
+    app.add_listener(listen)
+    with TestApp(app) as t:
+        t.publish("orders", {"id": 1})
+        t.wait_idle()
+        wait_until(lambda: seen == [None, "ok"], 30.0, "the listener saw the call end")
+        app.remove_listener(listen)
+        app.remove_listener(listen)  # not there any more: a no-op
+        t.publish("orders", {"id": 2})
+        t.wait_idle()
+        assert t.payloads("h") == [{"id": 1}, {"id": 2}]
+    assert seen == [None, "ok"]
 
 
 def test_docs_app_md_example_and_its_testing_block_run(tmp_path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import inspect
 import logging
 import os
@@ -366,6 +367,20 @@ class App:
         if not callable(fn):
             raise TypeError("a listener must be callable")
         self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[HandlerEvent], Any]) -> None:
+        """Stop calling ``fn`` (added by :meth:`add_listener`); a no-op if it is not there.
+
+        Events already being delivered to it on another thread may still reach it.
+        """
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(fn)
+
+    @property
+    def state(self) -> str:
+        """``"new"`` (never started, or given back by :class:`~mqlite.app.TestApp`),
+        ``"running"``, ``"stopping"`` or ``"stopped"``."""
+        return self._state
 
     # -- infrastructure for runners --------------------------------------------------------
     def _backend_now(self) -> LocalBackend:

@@ -261,15 +261,15 @@ def _run_here(app: App, health_port: int | None, health_host: str,
         app.stop()
         return 0
     finally:
-        if app._state == "running":  # left by an exception: stop gracefully all the same
+        if app.state == "running":  # left by an exception: stop gracefully all the same
             app.stop()
         if server is not None:
             server.shutdown()
             server.server_close()
         if metrics is not None:
             metrics.close()
-        if listener is not None and listener in app._listeners:
-            app._listeners.remove(listener)
+        if listener is not None:
+            app.remove_listener(listener)
         for s, h in old.items():
             signal.signal(s, h)
 
@@ -333,10 +333,10 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
         raise TypeError(f"app.run(workers>1) forks workers, and a forked worker cannot use "
                         f"the open {type(app.target).__name__} the App was given: pass its "
                         f"URL (mqlite.App('kafka://...')) to run several workers")
-    if app._state != "new" or app._runners:
+    if app.state != "new" or app._runners:
         raise RuntimeError(f"app.run(workers>1) forks workers, each of which starts the App: "
                            f"call run() on an App that was never started (this one is "
-                           f"{app._state}); do not call app.start() or use it as a context "
+                           f"{app.state}); do not call app.start() or use it as a context "
                            f"manager before run()")
     # A publish or request before run() (docs/app.md's first example) opened the broker
     # and maybe the reply reader, loop and pool: the workers open their own, so close

@@ -59,9 +59,9 @@ class TestApp:
 
     def __enter__(self) -> Self:
         app = self.app
-        if app._state != "new":
+        if app.state != "new":
             raise RuntimeError(f"TestApp needs an App that is not running (this one is "
-                               f"{app._state}): let tests share a module's App, and do not "
+                               f"{app.state}): let tests share a module's App, and do not "
                                f"start it yourself")
         if self._path is None:
             self._tmp = tempfile.mkdtemp(prefix="mqlite-test-")
@@ -90,12 +90,11 @@ class TestApp:
         try:
             app.stop()
         finally:
-            if self._record in app._listeners:
-                app._listeners.remove(self._record)
+            app.remove_listener(self._record)
             if self._saved is not None:
                 app.target, app.durability = self._saved
                 self._saved = None
-            if app._state == "stopped":
+            if app.state == "stopped":
                 app._rearm()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)

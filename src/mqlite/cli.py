@@ -439,8 +439,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     with _open(args) as b:
-        server, _ = serve(b, args.port, args.addr,
-                          dead_letter_topics=args.dead_letter_topic or ())
+        try:
+            server, _ = serve(b, args.port, args.addr,
+                              dead_letter_topics=args.dead_letter_topic or ())
+        except OSError as exc:
+            raise ValueError(f"cannot serve metrics on {args.addr}:{args.port}: "
+                             f"{exc.strerror or exc}; pick another --port (0 picks a free "
+                             f"one)") from None
         print(f"serving metrics of {b.path} on http://{args.addr}:{server.server_port}/metrics",
               flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -166,6 +166,19 @@ def test_in_process_main(filled: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_metrics_command_on_a_busy_port_is_a_clear_error(filled: str, capsys) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["metrics", filled, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in err and "--port" in err
+    assert "Traceback" not in err
+
+
 def test_metrics_command_serves_and_stops_on_sigterm(filled: str) -> None:
     with subprocess.Popen([sys.executable, "-m", "mqlite", "metrics", filled, "--port", "0",
                            "--dead-letter-topic", "later.dlq"],

@@ -208,8 +208,16 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_group(args: argparse.Namespace) -> int:
+    from mqlite.groups.admin import missing_stream_group
+
     with _open(args) as b:
         d = b.describe_group(args.group)
+        queue_topics: list[str] = []
+        if not (d.members or d.partitions):
+            queue_topics = [q.topic for q in b.stats().queues if q.group == args.group]
+        why = missing_stream_group(args.group, args.path, d, b.groups(), queue_topics)
+    if why is not None:
+        raise ValueError(why)
     rows = [[m.member_id, m.pid, m.status, ",".join(f"{t}[{p}]" for t, p in m.owned)]
             for m in d.members]
     lag = [[f"{p.partition.topic}[{p.partition.partition}]", p.committed, p.end_offset, p.lag,

@@ -65,6 +65,25 @@ def test_groups_lists_stream_and_queue_groups(filled: str) -> None:
     assert "billing" in text and "workers" in text and "stream" in text and "queue" in text
 
 
+def test_group_of_an_unknown_or_queue_group_is_an_error_not_an_empty_group(filled: str) -> None:
+    # D82: an unknown name used to be shown as an empty stream group, exit 0
+    for extra in ((), ("--json",)):
+        proc = run("group", filled, "nobody", *extra, check=False)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert f"no group 'nobody' on this broker; `mqlite groups {filled}` lists them" \
+            in proc.stderr
+    # a queue group: says so and points to `mqlite queue`
+    proc = run("group", filled, "workers", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "'workers' is a queue group (of topic orders), not a stream group" in proc.stderr
+    assert f"`mqlite queue {filled} orders workers`" in proc.stderr
+    # a stream group still describes; so does one that only has committed offsets
+    assert jrun("group", filled, "billing")["group"] == "billing"
+    jrun("group", "reset-offsets", filled, "audit", "--topic", "orders", "--to-earliest")
+    d = jrun("group", filled, "audit")
+    assert d["members"] == [] and {p["committed"] for p in d["partitions"]} == {0}
+
+
 def test_reset_offsets_every_way(filled: str) -> None:
     out = jrun("group", "reset-offsets", filled, "billing", "--topic", "orders", "--to-earliest")
     assert out == {"group": "billing", "topic": "orders", "offsets": {"0": 0, "1": 0, "2": 0}}

@@ -83,6 +83,14 @@ def test_readonly_console_refuses_actions_and_reports_bad_input(console: Any, po
     assert status == 200 and "not a time" in page
     assert _request(c.port, "GET", "/topics/orders/0/999999")[0] == 404
     assert _request(c.port, "GET", "/queues/orders/nobody")[0] == 404
+    # D82: an unknown group, or a queue group, is not shown as an empty stream group
+    status, page, _ = _request(c.port, "GET", "/groups/nobody")
+    assert status == 404
+    assert f"no group &#39;nobody&#39; on this broker; `mqlite groups {populated}` lists " \
+           "them" in page
+    status, page, _ = _request(c.port, "GET", "/groups/mailers")
+    assert status == 404 and "is a queue group (of topic emails)" in page
+    assert f"`mqlite queue {populated} emails mailers`" in page
     status, page, _ = _request(c.port, "GET", "/api/history?chart=lag")
     assert status == 200 and '"unit":"messages"' in page
 

@@ -46,6 +46,7 @@ __all__ = [
     "committed_offsets",
     "describe_group",
     "list_groups",
+    "missing_stream_group",
     "reset_offsets",
 ]
 
@@ -154,6 +155,28 @@ def describe_group(engine: Engine, group: str) -> GroupDescription:
     kind = "empty" if not state.members else ("stable" if stable else "rebalancing")
     return GroupDescription(group=group, generation=state.generation, assignor=state.assignor,
                             state=kind, members=members, partitions=parts)
+
+
+def missing_stream_group(group: str, path: str, d: GroupDescription, stream_groups: list[str],
+                         queue_topics: list[str]) -> str | None:
+    """Why ``group`` cannot be shown as a stream group, or ``None`` when it is one.
+
+    For the operator tools (``mqlite group``, the console's ``/groups/G``):
+    :func:`describe_group` describes an unknown name as an empty group, which
+    looks like a stream group that exists.  A stream group exists when it has a
+    group record (``stream_groups``: ``Broker.groups()``), a member or a
+    committed offset (``d``).  Otherwise the text says what to do instead:
+    for a queue group of ``queue_topics``, the ``mqlite queue`` command; for a
+    name nobody uses, ``mqlite groups`` (``path`` is the broker directory).
+    Pure: reads nothing, raises nothing.
+    """
+    if group in stream_groups or d.members or d.partitions:
+        return None
+    if queue_topics:
+        where = ", ".join(f"`mqlite queue {path} {t} {group}`" for t in sorted(queue_topics))
+        return (f"'{group}' is a queue group (of topic {', '.join(sorted(queue_topics))}), "
+                f"not a stream group: see {where}")
+    return f"no group '{group}' on this broker; `mqlite groups {path}` lists them"
 
 
 def committed_offsets(engine: Engine, group: str, topic: str) -> dict[int, int]:

@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from mqlite.groups.admin import missing_stream_group
 from mqlite.ui.history import History
 from mqlite.ui.security import ActionGuard
 
@@ -318,6 +319,12 @@ class _Console:
     def group(self, request: Request) -> HTMLResponse:
         name = request.path_params["group"]
         d = self.b.describe_group(name)
+        queue_topics: list[str] = []
+        if not (d.members or d.partitions):
+            queue_topics = [q.topic for q in self.stats().queues if q.group == name]
+        why = missing_stream_group(name, self.b.path, d, self.b.groups(), queue_topics)
+        if why is not None:
+            return self.page(request, "error.html", status=404, error=why)
         topics = sorted({p.partition.topic for p in d.partitions})
         return self.page(request, "group.html", g=d, topics=topics,
                          total_lag=sum(p.lag for p in d.partitions),

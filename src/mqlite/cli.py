@@ -512,17 +512,32 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _origin(dl: Any) -> str:
+    """``topic[partition]@offset`` a dead letter came from (``?`` for a missing header)."""
+    if dl.original_topic is None:
+        return "-"
+    part = "?" if dl.original_partition is None else dl.original_partition
+    off = "?" if dl.original_offset is None else dl.original_offset
+    return f"{dl.original_topic}[{part}]@{off}"
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     with _open(args) as b:
         if args.action == "list":
             letters = b.dead_letters(args.topic, limit=args.limit)
-            rows = [[dl.offset, dl.original_topic, dl.original_offset, dl.delivery_count,
-                     dl.reason, (dl.last_error or "")[:40]] for dl in letters]
-            _out(args, [{"offset": dl.offset, "original_topic": dl.original_topic,
+            rows = [[f"{dl.partition}@{dl.offset}", _origin(dl), dl.original_group,
+                     dl.delivery_count, dl.reason, (dl.last_error or "")[:40]]
+                    for dl in letters]
+            _out(args, [{"partition": dl.partition, "offset": dl.offset,
+                         "original_topic": dl.original_topic,
+                         "original_partition": dl.original_partition,
                          "original_offset": dl.original_offset,
+                         "original_group": dl.original_group,
                          "delivery_count": dl.delivery_count, "reason": dl.reason,
-                         "last_error": dl.last_error} for dl in letters],
-                 _table(rows, ["offset", "from", "orig_offset", "deliveries", "reason", "error"])
+                         "last_error": dl.last_error,
+                         "dead_lettered_ms": dl.dead_lettered_ms} for dl in letters],
+                 _table(rows, ["at", "from (topic[partition]@offset)", "group", "deliveries",
+                               "reason", "error"])
                  if rows else "(no dead letters)")
         elif args.action == "redrive":
             n = _redrive_with_progress(args, b)

@@ -295,3 +295,26 @@ def test_dlq_redrive_in_chunks(tmp_broker_dir: Path) -> None:
     with mqlite.open(path) as b:
         assert b.dead_letters("jobs.dlq") == []
         assert b.describe_topic("jobs").messages == 2400
+
+
+def test_dlq_list_shows_where_each_letter_came_from(tmp_broker_dir: Path) -> None:
+    path = str(tmp_broker_dir)
+    with mqlite.open(path, durability="none") as b:
+        b.create_topic("jobs", 3)
+        for i in range(4):
+            b.send("jobs", b"filler %d" % i, partition=2)
+        b.send("jobs", b"poison", partition=2)  # jobs[2]@4
+        q = b.queue("jobs", "w", max_deliveries=3, dead_letter_topic="jobs.dlq")
+        got = q.receive(max_messages=10, timeout=5.0)
+        poison = [d for d in got if d.value == b"poison"]
+        q.ack([d for d in got if d.value != b"poison"])
+        assert q.dead_letter(poison, reason="bad input") == 1
+        q.close()
+    (dl,) = jrun("dlq", "list", path, "jobs.dlq")
+    assert (dl["original_topic"], dl["original_partition"], dl["original_offset"]) == \
+        ("jobs", 2, 4)
+    assert (dl["original_group"], dl["reason"], dl["partition"], dl["offset"]) == \
+        ("w", "bad input", 0, 0)
+    assert isinstance(dl["dead_lettered_ms"], int)
+    text = run("dlq", "list", path, "jobs.dlq").stdout
+    assert "jobs[2]@4" in text and "bad input" in text

@@ -17,6 +17,7 @@ Examples::
     mqlite ui data/ --port 8180 [--allow-actions]   # web console on http://127.0.0.1:8180/
     mqlite backup data/ backup/             # hot, consistent, compacted copy
     mqlite dlq list data/ emails.dlq ; mqlite dlq redrive data/ emails.dlq
+    mqlite dlq redrive data/ emails.dlq --reason timeout --from-partition 0 --limit 100
     mqlite verify data/            # deep CRC check, exit status 1 on damage
     mqlite mirror data/ kafka://host:9092 [--topics T ...] [--follow]   # copy to Kafka
     mqlite run service:app --workers 3 --health-port 8081   # run a mqlite.App
@@ -521,10 +522,73 @@ def _origin(dl: Any) -> str:
     return f"{dl.original_topic}[{part}]@{off}"
 
 
+#: Largest value of ``mqlite dlq --limit`` and of the offsets / partitions it filters on.
+_MAX_I63 = 2**63 - 1
+
+
+def _dlq_filter(args: argparse.Namespace) -> Any:
+    """The ``where`` predicate of the ``dlq`` filter options (``None``: no filter given).
+
+    ``--reason TEXT``: the recorded reason contains TEXT (case-sensitive);
+    ``--from-topic T``: the original topic is T; ``--from-partition N``: the
+    original partition is N; ``--from-offset-min A`` / ``--from-offset-max B``:
+    the original offset is within [A, B].  All given ones must hold.  A letter
+    without the header a filter reads does not match it.
+
+    Raises
+    ------
+    ValueError
+        ``--limit`` below 1, a negative partition or offset, ``A > B``, or an
+        empty ``--reason`` / ``--from-topic``.
+    """
+    if not 1 <= args.limit <= _MAX_I63:
+        raise ValueError(f"--limit is a number of dead letters, at least 1, got {args.limit}")
+    for opt in ("from_partition", "from_offset_min", "from_offset_max"):
+        v = getattr(args, opt)
+        if v is not None and not 0 <= v <= _MAX_I63:
+            raise ValueError(f"--{opt.replace('_', '-')} is a partition number or an offset, "
+                             f"at least 0, got {v}")
+    if (args.from_offset_min is not None and args.from_offset_max is not None
+            and args.from_offset_min > args.from_offset_max):
+        raise ValueError(f"--from-offset-min {args.from_offset_min} is above "
+                         f"--from-offset-max {args.from_offset_max}: nothing would match")
+    for opt in ("reason", "from_topic"):
+        if getattr(args, opt) == "":
+            raise ValueError(f"--{opt.replace('_', '-')} needs a non-empty value")
+    reason, topic, part = args.reason, args.from_topic, args.from_partition
+    lo, hi = args.from_offset_min, args.from_offset_max
+    if reason is None and topic is None and part is None and lo is None and hi is None:
+        return None
+
+    def where(dl: Any) -> bool:
+        if reason is not None and (dl.reason is None or reason not in dl.reason):
+            return False
+        if topic is not None and dl.original_topic != topic:
+            return False
+        if part is not None and dl.original_partition != part:
+            return False
+        if lo is not None or hi is not None:
+            off = dl.original_offset
+            if off is None or (lo is not None and off < lo) or (hi is not None and off > hi):
+                return False
+        return True
+
+    return where
+
+
+def _matching_letters(b: Any, args: argparse.Namespace, where: Any) -> list[Any]:
+    """Up to ``--limit`` undone letters that ``where`` accepts (filter first, then limit)."""
+    if where is None:
+        return list(b.dead_letters(args.topic, limit=args.limit))
+    out = [dl for dl in b.dead_letters(args.topic, limit=_MAX_I63) if where(dl)]
+    return out[:args.limit]
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
+    where = _dlq_filter(args)
     with _open(args) as b:
         if args.action == "list":
-            letters = b.dead_letters(args.topic, limit=args.limit)
+            letters = _matching_letters(b, args, where)
             rows = [[f"{dl.partition}@{dl.offset}", _origin(dl), dl.original_group,
                      dl.delivery_count, dl.reason, (dl.last_error or "")[:40]]
                     for dl in letters]
@@ -540,10 +604,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                                "reason", "error"])
                  if rows else "(no dead letters)")
         elif args.action == "redrive":
-            n = _redrive_with_progress(args, b)
+            n = _redrive_with_progress(args, b, where)
             _out(args, {"redriven": n}, f"redrove {n} message(s)")
         else:
-            n = b.purge_dead_letters(args.topic)
+            n = b.purge_dead_letters(args.topic, where)
             _out(args, {"purged": n}, f"purged {n} message(s)")
     return 0
 
@@ -552,20 +616,23 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 _REDRIVE_CHUNK = 500
 
 
-def _redrive_with_progress(args: argparse.Namespace, b: Any) -> int:
-    """Redrive up to ``--limit`` letters in chunks, with a progress bar on a terminal.
+def _redrive_with_progress(args: argparse.Namespace, b: Any, where: Any) -> int:
+    """Redrive up to ``--limit`` letters that ``where`` accepts (``None``: all) in
+    chunks, with a progress bar on a terminal.
 
     Each chunk is one ``broker.redrive`` call (one write transaction, each letter
     marked done with its copy), so an interrupted run leaves no letter redriven twice.
+    The filter is applied before the limit: ``--limit`` counts matching letters.
     """
-    total = len(b.dead_letters(args.topic, limit=args.limit))
+    total = len(_matching_letters(b, args, where))
     done = 0
     with Progress(TextColumn("redrive"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True,
                   disable=args.json or not sys.stderr.isatty()) as bar:
         task = bar.add_task("redrive", total=total)
         while done < args.limit:
-            n = b.redrive(args.topic, limit=min(_REDRIVE_CHUNK, args.limit - done))
+            n = b.redrive(args.topic, where=where,
+                          limit=min(_REDRIVE_CHUNK, args.limit - done))
             if n == 0:
                 break
             done += n
@@ -732,7 +799,19 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["list", "redrive", "purge"])
     sp.add_argument("path")
     sp.add_argument("topic", help="the dead-letter topic")
-    sp.add_argument("--limit", type=int, default=1000)
+    sp.add_argument("--limit", type=int, default=1000,
+                    help="list / redrive at most N letters (after the filters; default 1000)")
+    filt = sp.add_argument_group(
+        "filters", "only letters matching all of these (list, redrive and purge)")
+    filt.add_argument("--reason", metavar="TEXT",
+                      help="the recorded reason contains TEXT (case-sensitive)")
+    filt.add_argument("--from-topic", metavar="TOPIC", help="came from this topic")
+    filt.add_argument("--from-partition", type=int, metavar="N",
+                      help="came from partition N (>= 0) of its original topic")
+    filt.add_argument("--from-offset-min", type=int, metavar="A",
+                      help="original offset >= A (>= 0)")
+    filt.add_argument("--from-offset-max", type=int, metavar="B",
+                      help="original offset <= B (>= A)")
     sp.set_defaults(fn=cmd_dlq)
     add("verify", cmd_verify, "deep-check every stored batch (exit 1 on damage)")
     from mqlite.mirror import add_mirror_command

@@ -318,3 +318,56 @@ def test_dlq_list_shows_where_each_letter_came_from(tmp_broker_dir: Path) -> Non
     assert isinstance(dl["dead_lettered_ms"], int)
     text = run("dlq", "list", path, "jobs.dlq").stdout
     assert "jobs[2]@4" in text and "bad input" in text
+
+
+def test_dlq_redrive_filters_apply_before_the_limit(tmp_broker_dir: Path) -> None:
+    path = str(tmp_broker_dir)
+    with mqlite.open(path, durability="none") as b:
+        b.create_topic("jobs", 2)
+        for p in (0, 1):
+            b.send_batch("jobs", [b"p%d-%d" % (p, i) for i in range(6)], partition=p)
+        q = b.queue("jobs", "w", max_deliveries=3, dead_letter_topic="jobs.dlq")
+        got = sorted(q.receive(max_messages=12, timeout=5.0),
+                     key=lambda d: (d.partition, d.offset))
+        assert len(got) == 12
+        # reasons: even offsets "smtp timeout", odd ones "invalid amount"
+        assert q.dead_letter([d for d in got if d.offset % 2 == 0], reason="smtp timeout") == 6
+        assert q.dead_letter([d for d in got if d.offset % 2], reason="invalid amount") == 6
+        q.close()
+
+    def listed(*extra: str) -> list[tuple[int, int]]:
+        return sorted((d["original_partition"], d["original_offset"])
+                      for d in jrun("dlq", "list", path, "jobs.dlq", *extra))
+
+    assert listed("--reason", "timeout", "--from-partition", "1") == [(1, 0), (1, 2), (1, 4)]
+    assert listed("--from-offset-min", "2", "--from-offset-max", "3",
+                  "--from-topic", "jobs") == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert listed("--from-topic", "other") == []
+    # the filter first, then --limit: 2 of the 3 matching letters (not 2 of the first 2)
+    assert jrun("dlq", "redrive", path, "jobs.dlq", "--reason", "timeout",
+                "--from-partition", "1", "--limit", "2") == {"redriven": 2}
+    assert listed("--reason", "timeout", "--from-partition", "1") == [(1, 4)]
+    with mqlite.open(path) as b:
+        back = b.read("jobs", 1, 6, 10)
+        assert [m.value for m in back] == [b"p1-0", b"p1-2"]  # to their original partition
+    assert jrun("dlq", "redrive", path, "jobs.dlq", "--reason", "invalid") == {"redriven": 6}
+    assert listed() == [(0, 0), (0, 2), (0, 4), (1, 4)]
+    assert jrun("dlq", "purge", path, "jobs.dlq", "--from-partition", "0") == {"purged": 3}
+    assert listed() == [(1, 4)]
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (("--limit", "0"), "--limit is a number of dead letters, at least 1, got 0"),
+    (("--from-partition", "-1"), ("--from-partition is a partition number or an offset, "
+                                  "at least 0, got -1")),
+    (("--from-offset-min", "5", "--from-offset-max", "4"), "nothing would match"),
+    (("--reason", ""), "--reason needs a non-empty value"),
+    (("--from-partition", "x"), "invalid int value: 'x'"),
+])
+def test_dlq_bad_filter_values_are_clear_errors(tmp_broker_dir: Path, extra: tuple[str, ...],
+                                                says: str) -> None:
+    path = str(tmp_broker_dir)
+    with mqlite.open(path, durability="none", create=True) as b:
+        b.create_topic("jobs.dlq")
+    proc = run("dlq", "redrive", path, "jobs.dlq", *extra, check=False)
+    assert proc.returncode == 2 and says in proc.stderr and proc.stdout == ""

@@ -300,6 +300,22 @@ def test_dlq_list_redrive_filtered_and_purge(broker):
     q.close()
 
 
+def test_redrive_limit_counts_only_letters_it_can_redrive(broker):
+    """Letters whose original topic was deleted stay in place and do not use up
+    ``limit``: ``limit=N`` redrives N letters when N others can go."""
+    _fill(broker, "gone", 3)
+    _fill(broker, "t", 3)
+    for topic in ("gone", "t"):
+        q = broker.queue(topic, group="g", dead_letter_topic="dlq")
+        q.dead_letter(q.receive(3, timeout=0), reason="x")
+        q.close()
+    broker.delete_topic("gone")
+    assert broker.redrive("dlq", limit=2) == 2  # the three of "gone" come first
+    assert [dl.original_topic for dl in broker.dead_letters("dlq")] == ["gone"] * 3 + ["t"]
+    assert broker.redrive("dlq") == 1
+    assert [dl.original_topic for dl in broker.dead_letters("dlq")] == ["gone"] * 3
+
+
 # -- durability, liveness, threads --------------------------------------------------------
 
 def test_pending_state_survives_reopen(tmp_broker_dir):

@@ -223,7 +223,8 @@ def redrive(engine: Engine, dlq_topic: str,
     headers (the ``x-*`` dead-letter headers removed) to its original
     partition when it still exists, and marked done in the same transaction,
     so a crash never redrives twice.  ``where`` filters; letters whose target
-    topic no longer exists are left in place.  A redrive is a send: above the
+    topic no longer exists are left in place and do not count against
+    ``limit`` (at most ``limit`` letters are redriven).  A redrive is a send: above the
     high-water mark it raises ``StorageFullError`` and redrives nothing.
     """
     validate_topic_name(dlq_topic)
@@ -235,10 +236,21 @@ def redrive(engine: Engine, dlq_topic: str,
     env = engine.live_env()
     with env.read_txn() as txn:
         letters = _undone(engine, txn, dlq_topic)
+        exists: dict[str | None, bool] = {None: False}  # None: no original topic recorded
+        for name in {to_topic or dl.original_topic for dl in letters}:
+            if name is None:
+                continue
+            try:
+                engine.topic(txn, name)
+                exists[name] = True
+            except TopicNotFoundError:
+                exists[name] = False
     chosen: list[DeadLetter] = []
     for dl in letters:
         if limit is not None and len(chosen) >= limit:
             break
+        if not exists[to_topic or dl.original_topic]:
+            continue  # left in place, and not counted against the limit
         if where is None or where(dl):  # user code runs outside the write lock
             chosen.append(dl)
     n = 0

@@ -9,7 +9,6 @@ kinds, stored results of a dead committer and space refusals in the mix.
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ring_takes import fill as _fill
+from _ring_takes import take_both
 
 import mqlite
 from mqlite import _core
@@ -151,27 +152,13 @@ def _snapshot(eng: Any, txn: Any) -> dict[str, Any]:
 def _apply_both(b: mqlite.Broker, slots: list[tuple[int, int]]) -> tuple[Any, Any]:
     """Run the compiled and the Python apply on the same FILLED slots, each in a write
     transaction that is then aborted; what each returned, wrote and answered."""
-    eng = b._engine
-    env = eng.env
-    comb = env.combiner
-    outs = []
-    for take in (eng._take_ring, eng._take_ring_py):
-        txn = env.write_txn()
-        try:
-            taken = take(txn, comb)
-            snap = _snapshot(eng, txn)
-            results = {i: comb.result(i) for i, _t in slots}
-            outs.append((taken, snap, results, eng._taken_sends))
-        finally:
-            env.abort(txn)
-    return outs[0], outs[1]
+    def observe(eng: Any, txn: Any) -> Any:
+        return _snapshot(eng, txn), eng._taken_sends
 
-
-def _fill(b: mqlite.Broker, payload: bytes, gather: bool = True) -> tuple[int, int]:
-    comb = b._engine.env.combiner
-    i = comb.claim(os.getpid())
-    assert i >= 0
-    return i, comb.fill(i, payload, gather)
+    compiled, python = take_both(b, slots, observe)
+    c, p = ((taken, snap, results, sends)
+            for taken, (snap, sends), results, _t0, _t1 in (compiled, python))
+    return c, p
 
 
 def test_the_compiled_apply_writes_what_the_python_one_writes(lazy: mqlite.Broker) -> None:

@@ -11,15 +11,15 @@ handler with nothing written.
 
 from __future__ import annotations
 
-import os
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from _ring_takes import fill as _fill
+from _ring_takes import take_both
 
 import mqlite
 from mqlite import _core
@@ -105,34 +105,15 @@ def _offsets(eng: Any, txn: Any) -> dict[bytes, tuple[bytes, int | None]]:
     return out
 
 
-def _fill(b: mqlite.Broker, payload: bytes) -> tuple[int, int]:
-    comb = b._engine.env.combiner
-    i = comb.claim(os.getpid())
-    assert i >= 0
-    return i, comb.fill(i, payload)
-
-
 def _apply_both(b: mqlite.Broker, slots: list[tuple[int, int]]) -> list[Any]:
     """The compiled and the Python take of the same FILLED slots, each in a write
     transaction then aborted: what each returned, the slots' results, the offsets
     (timestamps zeroed) and whether each timestamp is the time of the take."""
-    eng = b._engine
-    env = eng.env
-    comb = env.combiner
     outs = []
-    for take in (eng._take_ring, eng._take_ring_py):
-        txn = env.write_txn()
-        try:
-            t0 = time.time_ns() // 1_000_000
-            taken = take(txn, comb)
-            t1 = time.time_ns() // 1_000_000
-            before = _offsets(eng, txn)
-            results = {i: comb.result(i) for i, _t in slots}
-            stamps = {k: ts for k, (_v, ts) in before.items()}
-            offs = {k: v for k, (v, _ts) in before.items()}
-            outs.append((taken, results, offs, stamps, t0, t1))
-        finally:
-            env.abort(txn)
+    for taken, before, results, t0, t1 in take_both(b, slots, _offsets):
+        stamps = {k: ts for k, (_v, ts) in before.items()}
+        offs = {k: v for k, (v, _ts) in before.items()}
+        outs.append((taken, results, offs, stamps, t0, t1))
     return outs
 
 

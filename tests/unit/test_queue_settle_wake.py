@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from _polling import queue_word, sleepers
@@ -91,6 +91,31 @@ def _setup(broker: Any, **policy: Any) -> tuple[dict[str, Any], dict[str, list[A
     return workers, held, idle
 
 
+class _Scene(NamedTuple):
+    """:func:`_asleep`'s result."""
+    workers: dict[str, Any]
+    held: dict[str, list[Any]]
+    records: dict[str, Any]  # count_waits: group -> its receivers' waits
+    words: dict[str, int]  # group -> its wake-up word
+    out: dict[str, list[bytes]]  # what each receiver thread got
+    threads: list[threading.Thread]
+
+
+def _asleep(broker: Any, tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch,
+            groups: tuple[str, ...] = GROUPS, **policy: Any) -> _Scene:
+    """:func:`_setup`, then one receiver thread per group in ``groups`` on its idle
+    consumer, returned once each is asleep on its group's word."""
+    workers, held, idle = _setup(broker, **policy)
+    records = count_waits(monkeypatch)
+    words = {g: queue_word(broker, "one", g) for g in GROUPS}
+    out: dict[str, list[bytes]] = {}
+    threads = [_receiver(idle[g], out, g) for g in groups]
+    for t in threads:
+        t.start()
+    until_asleep(tmp_broker_dir, [words[g] for g in groups], 1)
+    return _Scene(workers, held, records, words, out, threads)
+
+
 class _Leave(Exception):
     """Raised in a receive to make it leave without a round."""
 
@@ -103,14 +128,7 @@ def test_a_settle_wakes_one_receiver_of_its_group_and_no_one_else(
     the topic's, partition's and global words do not move, so no stream consumer of the
     topic is woken.  Before D76 g2's receiver was woken for nothing (its waits returned
     early, then timed out) and the three words moved."""
-    workers, held, idle = _setup(broker)
-    records = count_waits(monkeypatch)
-    words = {g: queue_word(broker, "one", g) for g in GROUPS}
-    out: dict[str, list[bytes]] = {}
-    ts = [_receiver(idle[g], out, g) for g in GROUPS]
-    for t in ts:
-        t.start()
-    until_asleep(tmp_broker_dir, words.values(), 1)
+    workers, held, records, _, out, ts = _asleep(broker, tmp_broker_dir, monkeypatch)
     before = _words(broker)
     w = workers["g1"]
     if settle == "nack":
@@ -136,14 +154,7 @@ def test_an_extend_to_a_later_deadline_wakes_nobody(
         broker: Any, tmp_broker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A later deadline makes nothing receivable sooner: no receiver is woken, and no word
     moves (before D76 every extend woke one receiver of each group)."""
-    workers, held, idle = _setup(broker)
-    records = count_waits(monkeypatch)
-    words = {g: queue_word(broker, "one", g) for g in GROUPS}
-    out: dict[str, list[bytes]] = {}
-    ts = [_receiver(idle[g], out, g) for g in GROUPS]
-    for t in ts:
-        t.start()
-    until_asleep(tmp_broker_dir, words.values(), 1)
+    workers, held, records, words, out, ts = _asleep(broker, tmp_broker_dir, monkeypatch)
     n = broker._engine.live_env().notifier
     before = _words(broker), {g: n.load(w) for g, w in words.items()}
     assert workers["g1"].extend(held["g1"], HOLD_S + 5) == 2
@@ -159,14 +170,8 @@ def test_a_dead_letter_wakes_the_dead_letter_topic_not_the_other_group(
     """A move to the dead-letter topic is an append there: its words move (its stream
     consumers are woken); the source topic's words and the other group's do not."""
     broker.create_topic("dlq", partitions=1)
-    workers, held, idle = _setup(broker, dead_letter_topic="dlq")
-    records = count_waits(monkeypatch)
-    words = {g: queue_word(broker, "one", g) for g in GROUPS}
-    out: dict[str, list[bytes]] = {}
-    ts = [_receiver(idle["g2"], out, "g2")]
-    for t in ts:
-        t.start()
-    until_asleep(tmp_broker_dir, [words["g2"]], 1)
+    workers, held, records, _, out, ts = _asleep(
+        broker, tmp_broker_dir, monkeypatch, ("g2",), dead_letter_topic="dlq")
     before, dlq = _words(broker), _words(broker, "dlq")
     assert workers["g1"].dead_letter(held["g1"][1], "bad") == 1
     after = _words(broker, "dlq")

@@ -644,11 +644,7 @@ class Consumer:
         ------
         As :meth:`poll`.
         """
-        self._check_open()
-        if max_records is None:
-            max_records = self._max_poll
-        require_int(max_records, "max_records", minimum=1)
-        return self._step(max_records, writes)
+        return self._checked_step(max_records, writes)
 
     def _loop_step_checked(self, max_records: int | None) -> PollStep:
         """``poll_step(max_records, writes=False)`` for an event loop's wake-up path.
@@ -663,11 +659,17 @@ class Consumer:
         ------
         As :meth:`poll_step`.
         """
+        return self._checked_step(max_records, False, True)
+
+    def _checked_step(self, max_records: int | None, writes: bool,
+                      late: bool = False) -> PollStep:
+        """:meth:`_step` after the checks of :meth:`poll_step` (open, ``max_records``
+        an int >= 1 or ``None`` for ``max_poll_records``); inside the caller's guard."""
         self._check_open()
         if max_records is None:
             max_records = self._max_poll
         require_int(max_records, "max_records", minimum=1)
-        return self._step(max_records, False, True)
+        return self._step(max_records, writes, late)
 
     def _step(self, max_records: int, writes: bool, late: bool = False) -> PollStep:
         """One round: load the wake-up words, run the group's part, read (or skip the read:

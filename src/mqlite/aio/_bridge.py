@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 from mqlite.aio._runner import Runner
 from mqlite.types import RecordMetadata
 
-__all__ = ["BridgedProducer"]
+__all__ = ["BridgedProducer", "copy_outcome"]
 
 
 class _Resolvable(Protocol):
@@ -85,16 +85,7 @@ class BridgedProducer(Generic[_S]):
             done, self._done = self._done, []
             self._settled(len(done))
         for afut, fut in done:
-            if afut.done():
-                continue  # the awaiting task was cancelled
-            if fut.cancelled():
-                afut.cancel()
-                continue
-            exc = fut.exception(0)
-            if exc is not None:
-                afut.set_exception(exc)
-            else:
-                afut.set_result(fut.result(0))
+            copy_outcome(fut, afut)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every record queued so far is committed (``timeout`` in seconds).
@@ -119,3 +110,19 @@ class BridgedProducer(Generic[_S]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def copy_outcome(src: Any, dst: asyncio.Future[Any]) -> None:
+    """Give the loop's future ``dst`` the outcome of the resolved thread future ``src``
+    (its result, exception or cancellation); nothing if ``dst`` is done already (the
+    awaiting task was cancelled).  On the loop's thread."""
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+        return
+    exc = src.exception(0)
+    if exc is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result(0))

@@ -38,7 +38,7 @@ from typing import Any, NoReturn, Self, overload
 
 from mqlite._core import Message
 from mqlite._headers import HeadersArg
-from mqlite.aio._bridge import BridgedProducer
+from mqlite.aio._bridge import BridgedProducer, copy_outcome
 from mqlite.aio._runner import Runner
 from mqlite.aio.consumer import RebalanceCallback, bridge_callback
 from mqlite.errors import ClosedError
@@ -521,7 +521,7 @@ class AsyncKafkaTransaction:
         afut: asyncio.Future[RecordMetadata] = loop.create_future()
 
         def resolved(f: Any) -> None:
-            loop.call_soon_threadsafe(_copy_outcome, f, afut)
+            loop.call_soon_threadsafe(copy_outcome, f, afut)
 
         sfut.add_done_callback(resolved)
         return afut
@@ -563,15 +563,3 @@ class AsyncKafkaTransaction:
             return
         await self.commit()
 
-
-def _copy_outcome(src: Any, dst: asyncio.Future[Any]) -> None:
-    if dst.done():
-        return
-    if src.cancelled():
-        dst.cancel()
-        return
-    exc = src.exception(0)
-    if exc is not None:
-        dst.set_exception(exc)
-    else:
-        dst.set_result(src.result(0))

@@ -16,14 +16,15 @@ anyone (every armed loop is rung).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from _polling import queue_word
@@ -283,6 +284,31 @@ class _SliceProbe:
         return getattr(self._n, name)
 
 
+_P = TypeVar("_P", bound=_SliceProbe)
+
+
+@contextlib.contextmanager
+def _every_doorbell_taken(n: Any) -> Iterator[None]:
+    """Hold every doorbell of notifier ``n`` (an aio waiter then waits in worker-thread
+    slices); release them on the way out."""
+    claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]
+    try:
+        yield
+    finally:
+        for index in claimed:
+            n.bell_release(index)
+
+
+def _probe_slices(b: Any, probe_type: type[_P]) -> _P:
+    """Put a ``probe_type`` probe between aio broker ``b``'s doorbell-less bell and its
+    notifier (the slices' waits go through it)."""
+    bell = b._bell()
+    assert not bell.has_doorbell
+    probe = probe_type(bell._n)
+    bell._n = probe
+    return probe
+
+
 @pytest.mark.parametrize("how", ["cancel", "wakeup"])
 def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
         tmp_broker_dir: Path, broker: Any, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
@@ -295,7 +321,6 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
     monkeypatch.setattr(mqlite.aio._bell, "_SLICE_S", WAIT_S * 2)
     hook = _WaitHook(monkeypatch)
     n = broker.notifier
-    claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]  # all of them
     out: dict[str, tuple[Any, float]] = {}
     queues: dict[str, Any] = {}
     ready = threading.Barrier(2, timeout=WAIT_S)
@@ -306,10 +331,7 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
     async def main() -> None:
         nonlocal probe
         async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
-            bell = b._bell()
-            assert not bell.has_doorbell
-            probe = _SliceProbe(bell._n)
-            bell._n = probe
+            probe = _probe_slices(b, _SliceProbe)
             aq = await b.queue("jobs", "w").start()
             a = asyncio.create_task(aq.receive(1, timeout=WAIT_S))
             assert await asyncio.to_thread(probe.started.wait, WAIT_S)
@@ -329,12 +351,11 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
             await asyncio.to_thread(sync_worker.join, WAIT_S + 10)
             await aq.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        n.bump(queue_word(broker, "jobs", "w"))  # free a slice left asleep
-        for index in claimed:
-            n.bell_release(index)
+    with _every_doorbell_taken(n):
+        try:
+            asyncio.run(main())
+        finally:
+            n.bump(queue_word(broker, "jobs", "w"))  # free a slice left asleep
     assert probe is not None and probe.returned[:1] == [True], probe and probe.returned
     got, took = out["sync"]
     assert got == [b"m"], out
@@ -376,17 +397,12 @@ def test_an_aio_receive_that_only_saw_the_word_moved_passes_nothing_on(
     A ``wakeup()`` then makes the receive leave without a round: it holds no wake-up,
     so it passes none on (before D77 any moved wait counted as woken)."""
     monkeypatch.setattr(mqlite.aio._bell, "_SLICE_S", WAIT_S * 2)
-    n = broker.notifier
-    claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]  # all of them
     probe: _LateSliceProbe | None = None
 
     async def main() -> None:
         nonlocal probe
         async with mqlite.aio.open(tmp_broker_dir, durability="none") as b:
-            bell = b._bell()
-            assert not bell.has_doorbell
-            probe = _LateSliceProbe(bell._n)
-            bell._n = probe
+            probe = _probe_slices(b, _LateSliceProbe)
             aq = await b.queue("jobs", "w").start()
             probe.when_moved = aq.wakeup
             a = asyncio.create_task(aq.receive(1, timeout=WAIT_S))
@@ -404,11 +420,8 @@ def test_an_aio_receive_that_only_saw_the_word_moved_passes_nothing_on(
             await got[0].ack()
             await aq.close()
 
-    try:
+    with _every_doorbell_taken(broker.notifier):
         asyncio.run(main())
-    finally:
-        for index in claimed:
-            n.bell_release(index)
 
 
 def test_an_aio_receive_woken_through_a_doorbell_passes_nothing_on(

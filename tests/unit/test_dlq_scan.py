@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     real = _log.read_records
     n = [0]
 
-    def counting(txn, dbs, pid, from_offset, max_records, out, *rest):  # type: ignore[no-untyped-def]
+    def counting(txn, dbs, pid, from_offset, max_records, out, *rest):
         before = len(out)
         try:
             return real(txn, dbs, pid, from_offset, max_records, out, *rest)
@@ -58,7 +59,7 @@ def big(tmp_broker_dir: Path) -> Iterator[str]:
     yield str(tmp_broker_dir)
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     capsys.readouterr()
     assert cli.main(["--json", *argv]) == 0
     return json.loads(capsys.readouterr().out)
@@ -82,7 +83,7 @@ def test_cli_filtered_redrive_and_listing_stop_early(
         big: str, reads: list[int], capsys: pytest.CaptureFixture[str]) -> None:
     reads[0] = 0  # filter first, then limit: the first 10 "invalid" letters are at N//2
     got = _cli(capsys, "dlq", "list", big, "jobs.dlq", "--reason", "invalid", "--limit", "10")
-    assert [d["original_offset"] for d in got] == list(range(N // 2, N // 2 + 10))  # type: ignore[union-attr]
+    assert [d["original_offset"] for d in got] == list(range(N // 2, N // 2 + 10))
     assert reads[0] <= N // 2 + 200, reads[0]  # not all N
     reads[0] = 0
     assert _cli(capsys, "dlq", "list", big, "jobs.dlq", "--limit", "10") is not None

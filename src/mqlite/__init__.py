@@ -49,7 +49,14 @@ from mqlite.future import SendFuture
 from mqlite.groups import GroupDescription
 from mqlite.partitioner import RoundRobinPartitioner, StickyPartitioner
 from mqlite.producer import Producer
-from mqlite.queue import DeadLetter, Delivery, Queue, QueuePolicy
+from mqlite.queue import (
+    DeadLetter,
+    DeadLetterCursor,
+    DeadLetterFilter,
+    Delivery,
+    Queue,
+    QueuePolicy,
+)
 from mqlite.retry import Backoff
 from mqlite.routing import Binding
 from mqlite.transaction import Transaction
@@ -112,6 +119,8 @@ __all__ = [
     "Context",
     "CorruptRecordError",
     "DeadLetter",
+    "DeadLetterCursor",
+    "DeadLetterFilter",
     "Delivery",
     "ExchangeExistsError",
     "ExchangeNotFoundError",

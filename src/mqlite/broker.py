@@ -32,7 +32,7 @@ from mqlite.config import (
 from mqlite.consumer import Consumer
 from mqlite.groups import GroupDescription
 from mqlite.producer import Producer
-from mqlite.queue import DeadLetter, Queue, QueuePolicy
+from mqlite.queue import DeadLetter, DeadLetterCursor, Queue, QueuePolicy
 from mqlite.retry import Backoff
 from mqlite.transaction import Transaction
 from mqlite.types import (
@@ -632,18 +632,27 @@ class Broker:
         """Committed offsets of ``group`` on each partition of ``topic`` (absent = none)."""
         return _groups.committed_offsets(self._engine, group, topic)
 
-    def dead_letters(self, topic: str, limit: int = 1000) -> list[DeadLetter]:
-        """Dead letters in dead-letter topic ``topic`` not yet redriven or purged."""
-        return _queue.dead_letters(self._engine, topic, limit)
+    def dead_letters(self, topic: str, limit: int = 1000,
+                     where: Callable[[DeadLetter], bool] | None = None) -> list[DeadLetter]:
+        """Up to ``limit`` (>= 1) dead letters in dead-letter topic ``topic`` not yet
+        redriven or purged, those ``where`` accepts when given (e.g. a
+        :class:`DeadLetterFilter`); reading stops at the ``limit``-th match."""
+        return _queue.dead_letters(self._engine, topic, limit, where)
 
     def redrive(self, topic: str, where: Callable[[DeadLetter], bool] | None = None,
-                limit: int | None = None, to_topic: str | None = None) -> int:
+                limit: int | None = None, to_topic: str | None = None, *,
+                cursor: DeadLetterCursor | None = None) -> int:
         """Send dead letters of ``topic`` back to their original topic; returns how many.
 
-        A redrive is a send: above the high-water mark it raises
-        :class:`StorageFullError` and redrives nothing.
+        One write transaction; each letter is marked done with its copy.
+        ``limit`` (>= 1, ``None``: all) counts letters that can go (``where``
+        accepts them and their target topic exists).  To redrive in chunks, pass
+        one :class:`DeadLetterCursor` to every call: each resumes where the
+        last stopped, so N letters cost O(N) reads in total.  A redrive is a
+        send: above the high-water mark it raises :class:`StorageFullError` and
+        redrives nothing.
         """
-        return _queue.redrive(self._engine, topic, where, limit, to_topic)
+        return _queue.redrive(self._engine, topic, where, limit, to_topic, cursor)
 
     def purge_dead_letters(self, topic: str,
                            where: Callable[[DeadLetter], bool] | None = None) -> int:

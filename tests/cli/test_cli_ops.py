@@ -358,8 +358,8 @@ def test_dlq_redrive_filters_apply_before_the_limit(tmp_broker_dir: Path) -> Non
 
 @pytest.mark.parametrize(("extra", "says"), [
     (("--limit", "0"), "--limit is a number of dead letters, at least 1, got 0"),
-    (("--from-partition", "-1"), ("--from-partition is a partition number or an offset, "
-                                  "at least 0, got -1")),
+    (("--from-partition", "-1"), "--from-partition is a partition number, at least 0, got -1"),
+    (("--from-offset-max", "-2"), "--from-offset-max is an offset, at least 0, got -2"),
     (("--from-offset-min", "5", "--from-offset-max", "4"), "nothing would match"),
     (("--reason", ""), "--reason needs a non-empty value"),
     (("--from-partition", "x"), "invalid int value: 'x'"),

@@ -26,7 +26,7 @@ from mqlite.aio.queue import AsyncQueue
 from mqlite.aio.transaction import AsyncTransaction
 from mqlite.config import DEFAULT_DEDUP_WINDOW_MS, DEFAULT_MAX_MESSAGE_BYTES, UNSET, Unset
 from mqlite.groups import GroupDescription
-from mqlite.queue import DeadLetter, QueuePolicy
+from mqlite.queue import DeadLetter, DeadLetterCursor, QueuePolicy
 from mqlite.retry import Backoff
 from mqlite.types import BatchMetadata, RecordMetadata, TopicDescription, TopicPartition
 
@@ -307,14 +307,18 @@ class AsyncBroker:
         """As :meth:`mqlite.Broker.queue_policy`."""
         return await self._runner.run(self.sync.queue_policy, topic, group)
 
-    async def dead_letters(self, topic: str, limit: int = 1000) -> list[DeadLetter]:
-        """As :meth:`mqlite.Broker.dead_letters`."""
-        return await self._runner.run(self.sync.dead_letters, topic, limit)
+    async def dead_letters(self, topic: str, limit: int = 1000,
+                           where: Callable[[DeadLetter], bool] | None = None
+                           ) -> list[DeadLetter]:
+        """As :meth:`mqlite.Broker.dead_letters` (``where`` runs in a worker thread)."""
+        return await self._runner.run(self.sync.dead_letters, topic, limit, where)
 
     async def redrive(self, topic: str, where: Callable[[DeadLetter], bool] | None = None,
-                      limit: int | None = None, to_topic: str | None = None) -> int:
-        """As :meth:`mqlite.Broker.redrive`."""
-        return await self._runner.run(self.sync.redrive, topic, where, limit, to_topic)
+                      limit: int | None = None, to_topic: str | None = None, *,
+                      cursor: DeadLetterCursor | None = None) -> int:
+        """As :meth:`mqlite.Broker.redrive` (``where`` runs in a worker thread)."""
+        return await self._runner.run(self.sync.redrive, topic, where, limit, to_topic,
+                                      cursor=cursor)
 
     async def purge_dead_letters(self, topic: str,
                                  where: Callable[[DeadLetter], bool] | None = None) -> int:

@@ -485,7 +485,7 @@ class KafkaBroker:
         _unsupported("claim()", "Kafka has no claim store: use transactions "
                      "(tx.send + tx.commit_offsets) or an external idempotency store")
 
-    def dead_letters(self, topic: str, limit: int = 1000) -> NoReturn:
+    def dead_letters(self, topic: str, limit: int = 1000, where: Any = None) -> NoReturn:
         """Not on Kafka: :class:`NotSupportedError` (read the dead-letter topic)."""
         _unsupported("dead_letters()", "dead letters on Kafka are plain topics: read them with "
                      "a consumer and re-send to redrive")

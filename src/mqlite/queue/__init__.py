@@ -47,7 +47,15 @@ from mqlite.queue.deadletters import H_REASON as H_REASON
 from mqlite.queue.deadletters import H_TIME as H_TIME
 from mqlite.queue.deadletters import H_TOPIC as H_TOPIC
 from mqlite.queue.deadletters import REASON_MAX_DELIVERIES as REASON_MAX_DELIVERIES
-from mqlite.queue.deadletters import DeadLetter, dead_letters, purge_dead_letters, redrive
+from mqlite.queue.deadletters import (
+    DeadLetter,
+    DeadLetterCursor,
+    DeadLetterFilter,
+    dead_letter_filter,
+    dead_letters,
+    purge_dead_letters,
+    redrive,
+)
 from mqlite.queue.deliveries import Delivery
 from mqlite.queue.liveness import ERROR_OWNER_DIED as ERROR_OWNER_DIED
 from mqlite.queue.policy import QueueMeta as QueueMeta
@@ -55,5 +63,6 @@ from mqlite.queue.policy import QueuePolicy, queue_policy, set_queue_policy
 from mqlite.queue.receive import ERROR_TIMEOUT as ERROR_TIMEOUT
 
 # The ``X as X`` names stay importable from here as before the split, outside __all__.
-__all__ = ["UNSET", "DeadLetter", "Delivery", "Queue", "QueuePolicy", "dead_letters",
+__all__ = ["UNSET", "DeadLetter", "DeadLetterCursor", "DeadLetterFilter", "Delivery", "Queue",
+           "QueuePolicy", "dead_letter_filter", "dead_letters",
            "purge_dead_letters", "queue_policy", "redrive", "set_queue_policy"]

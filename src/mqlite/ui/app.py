@@ -32,6 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mqlite.groups.admin import missing_stream_group
+from mqlite.queue.deadletters import DeadLetterFilter, dead_letter_filter
 from mqlite.ui.history import History
 from mqlite.ui.security import ActionGuard
 
@@ -141,6 +142,34 @@ def _int_param(q: Any, name: str, default: int | None, lo: int, hi: int) -> int 
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be from {lo} to {hi}, got {v}")
     return v
+
+
+#: The dead-letter filters (query parameters of ``/dlq/T``, fields of its action forms),
+#: the same as ``mqlite dlq``'s ``--reason`` ... ``--from-offset-max``.
+_DLQ_FILTERS = ("reason", "from_topic", "from_partition", "from_offset_min", "from_offset_max")
+
+
+def _dlq_filter(q: Any) -> tuple[DeadLetterFilter | None, dict[str, str]]:
+    """The :class:`~mqlite.DeadLetterFilter` of a query or form (``None``: no filter),
+    and the given values as text (to fill the filter form and the actions' fields).
+
+    An empty field is a filter not given.  Raises ``ValueError`` naming the field
+    (a number that is not an integer, a negative partition or offset, min > max).
+    """
+    given = {f: (q.get(f) or "").strip() for f in _DLQ_FILTERS}
+    nums: dict[str, int | None] = {}
+    for f in ("from_partition", "from_offset_min", "from_offset_max"):
+        raw = given[f]
+        try:
+            nums[f] = int(raw) if raw else None
+        except ValueError:
+            raise ValueError(f"{f} must be a whole number (at least 0), got {raw!r}") from None
+    where = dead_letter_filter(reason=given["reason"] or None,
+                               from_topic=given["from_topic"] or None,
+                               from_partition=nums["from_partition"],
+                               from_offset_min=nums["from_offset_min"],
+                               from_offset_max=nums["from_offset_max"])
+    return where, {f: v for f, v in given.items() if v}
 
 
 class _Console:
@@ -354,12 +383,14 @@ class _Console:
 
     def dlq(self, request: Request) -> HTMLResponse:
         topic = request.path_params["topic"]
-        letters = self.b.dead_letters(topic, limit=200)
+        where, given = _dlq_filter(request.query_params)  # ValueError: 400 with the reason
+        letters = self.b.dead_letters(topic, limit=200, where=where)
         rows = [{"d": dl, "headers": [(k, decode_bytes(v, 200)) for k, v in
                                       dl.message.headers or ()],
                  "value": decode_bytes(dl.message.value, 120)} for dl in letters]
+        back = "/dlq/" + quote(topic, safe="") + ("?" + urlencode(given) if given else "")
         return self.page(request, "dlq.html", topic=topic, letters=rows,
-                         shown_limit=200)
+                         shown_limit=200, filters=given, back=back)
 
     def api_history(self, request: Request) -> JSONResponse:
         chart = request.query_params.get("chart", "rates")
@@ -407,8 +438,14 @@ class _Console:
         if not back.startswith("/") or back.startswith("//") or "\\" in back:
             back = "/"
         what = request.path_params["what"]
+        where = None
+        if what in ("redrive", "purge"):
+            try:
+                where, _ = _dlq_filter(form)
+            except (ValueError, TypeError) as exc:  # nothing done: say why, as the GET does
+                return self.page(request, "error.html", status=400, error=f"{what}: {exc}")
         try:
-            msg = await run_in_threadpool(self._act, what, form)
+            msg = await run_in_threadpool(self._act, what, form, where)
         except Exception as exc:
             from mqlite.errors import MqliteError
 
@@ -417,16 +454,17 @@ class _Console:
             return RedirectResponse(_with(back, err=f"{what}: {exc}"), status_code=303)
         return RedirectResponse(_with(back, msg=msg), status_code=303)
 
-    def _act(self, what: str, form: dict[str, str]) -> str:
+    def _act(self, what: str, form: dict[str, str], where: DeadLetterFilter | None) -> str:
+        matching = "" if where is None else f" matching {where!r}"
         if what == "redrive":
             topic = form.get("topic", "")
             limit = _int_param(form, "limit", None, 1, 10_000_000)
-            n = self.b.redrive(topic, limit=limit)
-            return f"redrove {n} message(s) from {topic}"
+            n = self.b.redrive(topic, where=where, limit=limit)
+            return f"redrove {n} message(s){matching} from {topic}"
         if what == "purge":
             topic = form.get("topic", "")
-            n = self.b.purge_dead_letters(topic)
-            return f"purged {n} dead letter(s) from {topic}"
+            n = self.b.purge_dead_letters(topic, where=where)
+            return f"purged {n} dead letter(s){matching} from {topic}"
         if what == "reset-offsets":
             group, topic, to_kind = form.get("group", ""), form.get("topic", ""), form.get("to")
             to: Any

@@ -66,3 +66,14 @@ def publish_then_run(port: int) -> None:
     ``app.run(workers=2)`` from a script."""
     workers_app.publish("in", {"id": -1}, key="first")
     sys.exit(workers_app.run(workers=2, health_port=port))
+
+
+# A queue subscriber whose topic the test deletes and creates again (D84): one output per
+# handled input, with the worker's pid.
+queue_app = mqlite.App(DIR, name="qa", durability="none", graceful_timeout=30)
+
+
+@queue_app.subscriber("jobs", group="qa.jobs", mode="queue", concurrency=2, batch=10)
+@queue_app.publisher("done")
+def queue_job(x: dict) -> dict:
+    return {"id": x["id"], "pid": os.getpid()}

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -283,4 +284,101 @@ def test_second_signal_stops_at_once_and_nothing_is_committed(app_procs: Any) ->
         assert p.wait(TIMEOUT) == 128 + signal.SIGTERM
         assert b.committed_offsets("stuck", "in") == {}  # redelivered to the next owner
     finally:
+        b.close()
+
+
+class _Lines:
+    """Every line a child writes to stdout, read by a thread (the tests wait on log lines)."""
+
+    def __init__(self, proc: Any) -> None:
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._t.start()
+
+    def _read(self, f: Any) -> None:
+        for raw in f:
+            self.lines.append(raw.decode("utf-8", "replace"))
+
+    def count(self, text: str) -> int:
+        return sum(text in ln for ln in list(self.lines))
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _send_ids(b: mqlite.Broker, ids: range) -> None:
+    b.send_batch("jobs", [msgspec.json.encode({"id": i}) for i in ids])
+
+
+def test_queue_workers_wait_for_their_deleted_topic_and_resume_without_restarting(
+        app_procs: Any) -> None:
+    """``mqlite run --workers 2``: the topic of a queue subscriber is deleted under both
+    workers, then created again by someone else.  Each worker waits (logs it once), no
+    worker exits or is restarted (a restart would create the topic at start), and every
+    message sent after the re-creation is handled exactly once (D84)."""
+    b = mqlite.open(app_procs.dir, durability="none")
+    b.create_topic("jobs")
+    b.create_topic("done")
+    out = Outputs(b, "done")
+    port = _free_port()
+    try:
+        p = app_procs.run("_app_procs:queue_app", "--workers", "2", "--health-port",
+                          str(port))
+        lines = _Lines(p)
+        _, body = wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        pids = set(body["workers"])
+        _send_ids(b, range(100))
+        out.until(lambda v: {x["id"] for x in v} >= set(range(100)), "the first 100")
+        b.delete_topic("jobs")
+        wait_until(lambda: lines.count("'jobs' was deleted; waiting") >= 2, TIMEOUT,
+                   f"both workers waiting:\n{lines.text()}")
+        assert "jobs" not in b.topics()  # no worker created it again
+        b.create_topic("jobs", partitions=3)
+        _send_ids(b, range(100, 400))
+        out.until(lambda v: {x["id"] for x in v} >= set(range(100, 400)),
+                  "every message sent after the re-creation")
+        code, body2 = _health(port)
+        assert code == 200 and set(body2["workers"]) == pids, (body2, lines.text())
+        assert _stop(p) == 0, lines.text()[-3000:]
+        out.drain()
+        after = Counter(x["id"] for x in out.values if x["id"] >= 100)
+        assert set(after) == set(range(100, 400)) and set(after.values()) == {1}
+        assert {x["pid"] for x in out.values if x["id"] >= 100} <= {int(q) for q in pids}
+        text = lines.text()
+        assert "exited with" not in text and "Traceback" not in text, text[-3000:]
+        assert lines.count("'jobs' was deleted; waiting") == 2, text[-3000:]
+    finally:
+        out.close()
+        b.close()
+
+
+def test_health_of_one_worker_shows_the_wait(app_procs: Any) -> None:
+    """``mqlite run --health-port``: 503 naming the wait while the topic is gone, 200 and
+    handling again once it exists (it used to stop the run with exit 1)."""
+    b = mqlite.open(app_procs.dir, durability="none")
+    b.create_topic("jobs")
+    b.create_topic("done")
+    out = Outputs(b, "done")
+    port = _free_port()
+    try:
+        p = app_procs.run("_app_procs:queue_app", "--health-port", str(port))
+        wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        b.delete_topic("jobs")
+
+        def waiting() -> dict[str, Any] | None:
+            assert p.poll() is None, "the run ended"
+            code, body = _health(port)
+            sub = body.get("queue_job") or {}
+            return body if code == 503 and sub.get("waiting") else None
+
+        body = wait_until(waiting, TIMEOUT, "health 503 with the wait")
+        assert body["ready"] is False and "'jobs' was deleted" in body["queue_job"]["waiting"]
+        assert body["queue_job"]["error"] is None
+        b.create_topic("jobs")
+        _send_ids(b, range(5))
+        out.until(lambda v: {x["id"] for x in v} == set(range(5)), "handled after the wait")
+        wait_until(lambda: _ready(port), TIMEOUT, "health 200 again")
+        assert _stop(p) == 0
+    finally:
+        out.close()
         b.close()

@@ -587,15 +587,25 @@ class App:
 
     # -- state ---------------------------------------------------------------------------------
     def health(self) -> Health:
-        """Ready when running, every subscriber joined (polled once) and none failed."""
+        """Ready when running, every subscriber joined (polled once), none failed and
+        none is waiting.
+
+        Each subscriber's entry has ``ready``, ``mode``, ``group``, ``topics``,
+        ``handled`` (messages finished in this process), ``error`` (why it stopped,
+        else ``None``) and ``waiting``: ``None``, or why a running subscriber is not
+        fetching (a queue subscriber whose topic was deleted waits for it to be
+        created again, D84).
+        """
         subs = {}
         ready = self._state == "running" and bool(self._runners)
         for r in self._runners:
-            ok = r.ready and r.failed is None
+            waiting = r.waiting
+            ok = r.ready and r.failed is None and waiting is None
             ready = ready and ok
             subs[r.spec.name] = {"ready": ok, "mode": r.spec.mode, "group": r.spec.group,
                                  "topics": list(r.spec.topics), "handled": r.handled,
-                                 "error": None if r.failed is None else repr(r.failed)}
+                                 "error": None if r.failed is None else repr(r.failed),
+                                 "waiting": waiting}
         if self._state == "running" and not self._runners:
             ready = True  # an App with no subscribers (a pure publisher) is ready once started
         return Health(ready, subs)

@@ -16,7 +16,9 @@ an asyncio consumer from ``async_stream_consumer``
 consumer used for commits, seeks and transactions.  ``aclose()`` (on the loop)
 releases what those needed, before ``close()``.  Queue mode takes a started
 :class:`mqlite.aio.AsyncQueue` from ``await async_queue(...)`` (arguments as
-``queue``).  These (and ``scheduled``) are OPTIONAL methods, not in the
+``queue``).  ``topic_exists(name)`` tells a queue subscriber whose topic was
+deleted when it is back (D84; without it the subscriber tries to open a new
+queue consumer at once).  These (and ``scheduled``) are OPTIONAL methods, not in the
 :class:`Backend` protocol (added by D33 and D40, so backends written against
 the protocol stay valid): for a backend without them the App uses
 :class:`ThreadedAsyncConsumer` over ``stream_consumer`` (its waiting polls
@@ -76,6 +78,11 @@ class LocalBackend:
         self.auto_create = auto_create
         self.partitions = partitions
         self._aio: Any = None  # mqlite.aio.AsyncBroker over ``broker``, made on first use
+
+    def topic_exists(self, name: str) -> bool:
+        """Whether topic ``name`` exists now (a queue subscriber waiting for its deleted
+        topic looks with this, D84)."""
+        return name in self.broker.topics()
 
     def ensure_topic(self, name: str, partitions: int) -> None:
         if name in self.broker.topics():

@@ -20,7 +20,11 @@ Contract (what every subscriber guarantees):
   to ``concurrency`` jobs.  A transient failure is a ``nack(delay=backoff)`` (the
   message comes back later, possibly to another worker, with its delivery
   count raised: attempts survive crashes); a job acks its finished deliveries
-  in one transaction together with their outputs.
+  in one transaction together with their outputs.  When the topic is deleted
+  (and maybe created again) the subscriber does not stop: it waits for the
+  topic to exist, then receives from it with a new queue consumer (D84).  The
+  deliveries it held went with the old topic: their settles are dropped,
+  together with the outputs that were to be written with them.
 * **Outputs** (``ctx.publish``, a publisher's return value, a reply, a dead
   letter) are held until the handler succeeds and written in one transaction
   per job flush, *before* the offsets that cover them are committed (or, with
@@ -54,6 +58,7 @@ from mqlite.errors import (
     ClosedError,
     CommitFailedError,
     StaleDeliveryError,
+    TopicNotFoundError,
 )
 from mqlite.queue import deadletters as _dl
 from mqlite.types import TopicPartition
@@ -189,6 +194,9 @@ class Runner:
         self.ready = False
         self.failed: BaseException | None = None
         self.handled = 0
+        #: Why the subscriber is not fetching although running (``None``: it is): a queue
+        #: subscriber whose topic was deleted waits for it (D84); shown by ``app.health()``.
+        self.waiting: str | None = None
         self._stop_flag = LaneFlag()  # read as a C field by run_lane before each message
         self._done_q: _queue_mod.SimpleQueue[_Done] = _queue_mod.SimpleQueue()
         self._running = 0
@@ -449,8 +457,8 @@ class Runner:
             if delivery is not None and spec.ack != "before":
                 try:
                     delivery.nack(delay=delay, error=_error_text(exc))
-                except (StaleDeliveryError, ClosedError):
-                    pass  # redelivered elsewhere already / shutting down
+                except (StaleDeliveryError, ClosedError, TopicNotFoundError):
+                    pass  # redelivered elsewhere already / shutting down / topic deleted
                 return None
             if spec.retry_topic is not None:  # the partition moves on; the retry comes later
                 acc.items.append(_Item([_retry_output(spec.retry_topic, spec.group, m,
@@ -515,9 +523,26 @@ class Runner:
                 if lane is not None:
                     lane.revoked = True
                 raise _Halt from None
+            except TopicNotFoundError:
+                if not acks or not self._settles_gone(lane):
+                    raise  # an output topic is missing (auto_create_topics=False): retried
+                # The subscribed topic was deleted under these deliveries (D84): they went
+                # with it, nobody gets them again, and what was to be written with their
+                # settles is dropped with them (one transaction, all or nothing).
+                kept = [it for it in items if it.delivery is None]
+                log.warning("%s: %d finished deliveries of deleted topic %r could not be "
+                            "settled; their outputs were dropped with them", spec.name,
+                            len(items) - len(kept), spec.topics[0])
+                items = kept
+                if not items:
+                    return
 
     def _consumer_for_tx(self) -> Any:
         raise NotImplementedError
+
+    def _settles_gone(self, lane: Any) -> bool:
+        """Whether the deliveries of ``lane``'s job went with a deleted topic (queue mode)."""
+        return False
 
     # -- the job bodies --------------------------------------------------------------------
     def _prepare(self, m: Message) -> tuple[Any, Any]:
@@ -1313,13 +1338,31 @@ class StreamRunner(Runner):
         self._commit()
 
 
+#: Waiting for a deleted topic to exist again (D84): the first look after this many
+#: seconds, doubling up to ``_TOPIC_WAIT_MAX`` (a stop or a job's report ends a wait early).
+_TOPIC_WAIT_MIN = 0.05
+_TOPIC_WAIT_MAX = 1.0
+
+
 class QueueRunner(Runner):
-    """Queue mode (competing consumers, per-message acks): see the module docstring."""
+    """Queue mode (competing consumers, per-message acks): see the module docstring.
+
+    A deleted topic (D84): a receive (or an ack before handling) raises
+    ``TopicNotFoundError``; the fetch loop logs a warning, sets :attr:`waiting`
+    (``app.health()`` shows it, the subscriber is not ready), keeps the old queue
+    consumer open until the jobs holding its deliveries finished (their settles
+    are dropped, :meth:`Runner._apply`), looks for the topic with a bounded
+    backoff (:data:`_TOPIC_WAIT_MIN` to :data:`_TOPIC_WAIT_MAX` seconds; a stop
+    ends the wait at once) and, once it exists, opens a new queue consumer of
+    the same group and receives again.  It never creates the topic itself.
+    """
 
     def __init__(self, spec: SubscriberSpec, backend: Backend, app: Any) -> None:
         super().__init__(spec, backend, app)
         self._queue: Any = None
         self._aqueue: Any = None  # loop-driven: the mqlite.aio queue (backend.async_queue)
+        self._old: list[Any] = []  # queue consumers of a deleted topic, closed once idle
+        self._woken = threading.Event()  # a stop or a report, for a sync topic wait
         self._jobs = 0
         self.revoked = False  # the "lane" of a queue job is the runner itself
 
@@ -1327,14 +1370,32 @@ class QueueRunner(Runner):
         q = self._aqueue if self._loop_driven else self._queue
         if q is not None:
             q.wakeup()
+        self._woken.set()
         self._kick()
 
     def _consumer_for_tx(self) -> Any:
         return None
 
+    def _settles_gone(self, lane: Any) -> bool:
+        q = getattr(lane, "queue", None)
+        if q is None:
+            return False
+        try:
+            q.lag()  # reads the topic it joined: raises once that was deleted
+        except TopicNotFoundError:
+            return True
+        except ClosedError:
+            return False
+        return False
+
     def lag(self) -> int:
         q = self._queue
-        return 0 if q is None else int(q.lag())
+        if q is None or self.waiting is not None:
+            return 0
+        try:
+            return int(q.lag())
+        except TopicNotFoundError:
+            return 0  # deleted: the fetch loop finds out and waits for it
 
     def _queue_options(self) -> dict[str, Any]:
         """The queue consumer's options: retries as ``max_deliveries``, the DLQ."""
@@ -1356,27 +1417,99 @@ class QueueRunner(Runner):
         self._buffered += len(ds)
         return parts
 
+    # -- a deleted topic (D84) ---------------------------------------------------------------
+    def _lost(self) -> None:
+        """The topic went away under the queue consumer: wait for it (fetch thread / task)."""
+        topic = self.spec.topics[0]
+        if self._queue is not None:
+            self._old.append(self._aqueue if self._loop_driven else self._queue)
+        self._queue = self._aqueue = None
+        self.ready = True  # it joined once: health shows the wait, not a start-up
+        self.waiting = (f"topic {topic!r} was deleted; waiting for it to be created again "
+                        f"(the App does not create it while running)")
+        log.warning("subscriber %s: topic %r was deleted; waiting for it to be created "
+                    "again, then receiving from it as group %r (deliveries in flight went "
+                    "with the old topic)", self.spec.name, topic, self.spec.group)
+        self.app._notify_progress()
+
+    def _found(self, q: Any, aq: Any = None) -> None:
+        """A queue consumer of the topic is open (again)."""
+        self._queue, self._aqueue = q, aq
+        if self.waiting is not None:
+            self.waiting = None
+            log.info("subscriber %s: topic %r exists again; receiving from it",
+                     self.spec.name, self.spec.topics[0])
+            self.app._notify_progress()
+
+    def _topic_back(self) -> bool:
+        """Whether the topic exists (a backend without ``topic_exists``: assume so)."""
+        exists = getattr(self.backend, "topic_exists", None)
+        return True if exists is None else bool(exists(self.spec.topics[0]))
+
+    def _open_sync(self) -> Any:
+        """A queue consumer of the topic, waiting while it does not exist; None when
+        stopped meanwhile (fetch thread)."""
+        spec = self.spec
+        delay = _TOPIC_WAIT_MIN
+        while True:
+            if self.waiting is not None:
+                self._woken.clear()
+                self._drain(0.0)
+                self._close_old_sync()
+                if self._stopping:
+                    return None
+                if not self._topic_back():
+                    self._woken.wait(delay)
+                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                    continue
+            try:
+                q = self.backend.queue(spec.topics[0], spec.group, **self._queue_options())
+            except TopicNotFoundError:
+                if self.waiting is None:
+                    self._lost()
+                else:  # deleted again since it was seen: look again later
+                    self._woken.wait(delay)
+                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                continue
+            self._found(q)
+            if self._stopping:
+                q.wakeup()  # a stop that came before the consumer existed
+            return q
+
+    def _close_old_sync(self) -> None:
+        if self._running == 0:
+            while self._old:
+                self._old.pop().close()
+
     def _loop(self) -> None:
         spec = self.spec
-        self._queue = q = self.backend.queue(spec.topics[0], spec.group,
-                                             **self._queue_options())
         per_job = max(1, spec.batch // spec.concurrency)
+        q = self._open_sync()
         try:
             while not self._stopping:
+                if q is None:
+                    q = self._open_sync()
+                    continue
                 self._drain(0.0)
+                self._close_old_sync()
                 free = spec.concurrency - self._running
                 if free <= 0:
                     self._drain(0.5)
                     continue
                 if self._stopping or not self._done_q.empty():
                     continue  # a stop or report came during another call (took its wake-up)
-                ds = q.receive(max_messages=min(spec.batch, free * per_job),
-                               timeout=1.0 if self.ready else 0.01)
-                self._received()
+                try:
+                    ds = q.receive(max_messages=min(spec.batch, free * per_job),
+                                   timeout=1.0 if self.ready else 0.01)
+                    self._received()
+                    if ds and spec.ack == "before":
+                        q.ack(ds)
+                except TopicNotFoundError:
+                    self._lost()
+                    q = None
+                    continue
                 if not ds:
                     continue
-                if spec.ack == "before":
-                    q.ack(ds)
                 for part in self._parts(ds, free):
                     self._submit(functools.partial(self._job, part),
                                  functools.partial(self._job_async, part))
@@ -1384,7 +1517,44 @@ class QueueRunner(Runner):
             while self._running > 0 and time.monotonic() < end:
                 self._drain(min(0.5, max(0.0, end - time.monotonic())))
         finally:
-            q.close()
+            if q is not None:
+                q.close()
+            while self._old:
+                self._old.pop().close()
+
+    async def _open_async(self) -> Any:
+        """:meth:`_open_sync` for the fetch task: a started asyncio queue consumer, or None."""
+        spec = self.spec
+        make = self.backend.async_queue  # type: ignore[attr-defined]
+        delay = _TOPIC_WAIT_MIN
+        while True:
+            if self.waiting is not None:
+                self._drain(0.0)
+                await self._close_old_async()
+                if self._stopping:
+                    return None
+                if not self._topic_back():
+                    await self._wait_report(delay)
+                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                    continue
+            try:
+                aq = await make(spec.topics[0], spec.group, **self._queue_options())
+            except TopicNotFoundError:
+                if self.waiting is None:
+                    self._lost()
+                else:  # deleted again since it was seen: look again later
+                    await self._wait_report(delay)
+                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                continue
+            self._found(aq.sync, aq)
+            if self._stopping:
+                aq.wakeup()
+            return aq
+
+    async def _close_old_async(self) -> None:
+        if self._running == 0:
+            while self._old:
+                await self._old.pop().close()
 
     async def _aloop(self) -> None:
         """:meth:`_loop` on the App's loop, for ``async def`` handlers (D40).
@@ -1396,24 +1566,31 @@ class QueueRunner(Runner):
         """
         spec = self.spec
         loop = asyncio.get_running_loop()
-        make = self.backend.async_queue  # type: ignore[attr-defined]
-        self._aqueue = aq = await make(spec.topics[0], spec.group, **self._queue_options())
-        self._queue = aq.sync
         per_job = max(1, spec.batch // spec.concurrency)
+        aq = await self._open_async()
         try:
             while not self._stopping:
+                if aq is None:
+                    aq = await self._open_async()
+                    continue
                 self._drain(0.0)
+                await self._close_old_async()
                 free = spec.concurrency - self._running
                 if free <= 0:
                     await self._wait_report(0.5)
                     continue
-                got = await aq.receive(max_messages=min(spec.batch, free * per_job),
-                                       timeout=1.0 if self.ready else 0.01)
-                self._received()
+                try:
+                    got = await aq.receive(max_messages=min(spec.batch, free * per_job),
+                                           timeout=1.0 if self.ready else 0.01)
+                    self._received()
+                    if got and spec.ack == "before":
+                        await aq.ack(got)
+                except TopicNotFoundError:
+                    self._lost()
+                    aq = None
+                    continue
                 if not got:
                     continue
-                if spec.ack == "before":
-                    await aq.ack(got)
                 # plain deliveries: the jobs settle them with sync calls, in worker threads
                 for part in self._parts([d.sync for d in got], free):
                     self._running += 1
@@ -1427,7 +1604,10 @@ class QueueRunner(Runner):
                 await self._wait_report(min(0.5, max(0.0, end - loop.time())))
                 self._drain(0.0)
         finally:
-            await aq.close()
+            if aq is not None:
+                await aq.close()
+            while self._old:
+                await self._old.pop().close()
 
     def _attempt_of(self, d: Any) -> int:
         return int(d.delivery_count)
@@ -1453,13 +1633,18 @@ class QueueRunner(Runner):
 
 
 class _Extender:
-    """The "lane" of a queue job: keeps the job's deliveries invisible while it runs."""
+    """The "lane" of a queue job: keeps the job's deliveries invisible while it runs.
 
-    __slots__ = ("_ds", "_next", "_runner", "done", "tp")
+    ``queue`` is the sync queue consumer that received them (a later one of the
+    subscriber, after its topic was deleted and created again, cannot settle them).
+    """
+
+    __slots__ = ("_ds", "_next", "_runner", "done", "queue", "tp")
 
     def __init__(self, runner: QueueRunner, ds: list[Any]) -> None:
         self._runner = runner
         self._ds = ds
+        self.queue = runner._queue
         vt = runner.spec.visibility_timeout
         self._next = time.monotonic() + vt / 2
         self.done: int | None = None
@@ -1468,12 +1653,12 @@ class _Extender:
     @property
     def revoked(self) -> bool:
         now = time.monotonic()
-        if now >= self._next:
+        if now >= self._next and self.queue is not None:
             vt = self._runner.spec.visibility_timeout
             self._next = now + vt / 2
             for d in self._ds:  # one by one: nacked ones are no longer ours
                 try:
-                    self._runner._queue.extend(d, vt)
-                except (StaleDeliveryError, ClosedError):
+                    self.queue.extend(d, vt)
+                except (StaleDeliveryError, ClosedError, TopicNotFoundError):
                     pass
         return False

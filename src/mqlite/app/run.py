@@ -11,7 +11,10 @@ Signals: the first SIGTERM or SIGINT stops gracefully (stop fetching, let
 running handlers finish within ``graceful_timeout``, commit, leave the
 groups, run ``on_shutdown``); a second one stops at once (``os._exit``: what was
 not committed is redelivered to the next owner).  A supervisor forwards
-both to its workers.
+the first to its workers and SIGKILLs them on the second; a worker counts only
+its supervisor's escalation, so a signal sent to the whole process group (Ctrl-C,
+systemd), which reaches a worker twice, still stops it gracefully.  The
+supervisor's health answers 503 from its first signal on.
 
 Health: ``GET /health`` on ``health_port`` answers 200 with ``{"ready": true,
 ...}`` when every subscriber (every worker) has joined and none failed, else
@@ -222,13 +225,17 @@ def _collect(metrics: _Metrics, rfd: int) -> None:
 
 def _run_here(app: App, health_port: int | None, health_host: str,
               ready_fd: int | None, metrics: _Metrics | None = None,
-              events_fd: int | None = None) -> int:
+              events_fd: int | None = None, supervisor: int | None = None) -> int:
     stop = threading.Event()
     hits = [0]
 
     def on_signal(signum: int, frame: Any) -> None:
         hits[0] += 1
-        if hits[0] > 1:
+        # A worker of a live supervisor gets one stop twice when the signal went to the
+        # whole process group (Ctrl-C in a terminal, systemd's KillMode=control-group):
+        # once from the sender, once forwarded.  Its supervisor escalates (SIGKILL on
+        # its own second signal), so only a worker on its own exits at once here (D86).
+        if hits[0] > 1 and (supervisor is None or os.getppid() != supervisor):
             os._exit(128 + signum)  # second signal: at once
         stop.set()
 
@@ -312,7 +319,8 @@ def _spawn(app: App, index: int, metrics: _Metrics | None = None,
                 os.close(fd)
             app._after_fork()
             os.environ["MQLITE_WORKER"] = str(index)
-            code = _run_here(app, None, "127.0.0.1", wfd, None, mw if mw >= 0 else None)
+            code = _run_here(app, None, "127.0.0.1", wfd, None, mw if mw >= 0 else None,
+                             supervisor=os.getppid())
         except BaseException:
             log.exception("worker %d failed", index)
         finally:
@@ -345,6 +353,8 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
     hits = [0]
     procs: dict[int, tuple[int, _Worker]] = {}
 
+    stopping = [False]
+
     def on_signal(signum: int, frame: Any) -> None:
         hits[0] += 1
         for pid in list(procs):
@@ -352,10 +362,12 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
                 os.kill(pid, signum if hits[0] == 1 else signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        stopping[0] = True  # after the forwards: a 503 means every worker was signalled
 
     def report() -> tuple[bool, dict[str, Any]]:
         ws = {str(w.pid): w.ready for _, w in procs.values()}
-        return (len(ws) == workers and all(ws.values()), {"workers": ws})
+        ready = len(ws) == workers and all(ws.values()) and not stopping[0]
+        return (ready, {"workers": ws})
 
     def listening() -> tuple[int, ...]:
         servers = (server, None if metrics is None else metrics.server)

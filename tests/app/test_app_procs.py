@@ -312,6 +312,7 @@ def test_a_signal_to_the_process_group_stops_workers_gracefully(app_procs: Any) 
         assert p.wait(TIMEOUT) == 0, p.stdout.read().decode()[-3000:]
         assert (app_procs.dir / f"down-{worker}").exists()  # on_shutdown ran
         stats = b.queue_stats("jobs", "held")
+        assert stats is not None
         assert (stats.consumed, stats.inflight, stats.ready) == (1, 0, 0)  # finished, acked
     finally:
         b.close()

@@ -36,7 +36,7 @@ def test_a_job_longer_than_the_visibility_timeout_is_not_redelivered(tmp_broker_
     else:
         @app.subscriber("jobs", group="w", mode="queue", visibility_timeout=VT, retries=1,
                         dead_letter="jobs.dlq")
-        async def job(x: int, ctx: mqlite.Context) -> None:
+        async def ajob(x: int, ctx: mqlite.Context) -> None:
             attempts.append(ctx.attempt)
             entered.set()
             assert await asyncio.to_thread(release.wait, 60)
@@ -55,6 +55,7 @@ def test_a_job_longer_than_the_visibility_timeout_is_not_redelivered(tmp_broker_
         release.set()
         app.wait_idle(timeout=30)
         stats = app.broker.queue_stats("jobs", "w")
+        assert stats is not None
         assert (stats.consumed, stats.inflight, stats.ready) == (1, 0, 0)
         assert app.dead_letters("jobs.dlq") == []
     finally:

@@ -305,10 +305,10 @@ def _spawn(app: App, index: int, metrics: _Metrics | None = None,
     mr, mw = os.pipe() if metrics is not None else (-1, -1)
     # Blocked across the fork: a SIGTERM that reaches the worker before it installed its
     # own handlers must not run the supervisor's (which signals the other workers).
+    # Kept blocked in the parent until its threads for this worker started: they inherit
+    # the mask, so a signal to the supervisor always reaches its main thread (D86).
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     pid = os.fork()
-    if pid != 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid == 0:  # the worker
         code = 1
         try:
@@ -325,12 +325,28 @@ def _spawn(app: App, index: int, metrics: _Metrics | None = None,
             log.exception("worker %d failed", index)
         finally:
             os._exit(code)
-    os.close(wfd)
-    if metrics is not None:
-        os.close(mw)
-        threading.Thread(target=_collect, args=(metrics, mr), name="mqlite-metrics-events",
-                         daemon=True).start()
-    return _Worker(pid, rfd)
+    try:
+        os.close(wfd)
+        if metrics is not None:
+            os.close(mw)
+            threading.Thread(target=_collect, args=(metrics, mr), name="mqlite-metrics-events",
+                             daemon=True).start()
+        return _Worker(pid, rfd)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+class _SignalsBlocked:
+    """Block SIGTERM / SIGINT in this thread for the block: threads started in it inherit
+    the mask.  The supervisor waits in ``os.wait()``, which only a signal delivered to the
+    main thread interrupts; one delivered to a helper thread (health, metrics, a worker's
+    pipe watcher) ran its handler only when a worker next exited (D86)."""
+
+    def __enter__(self) -> None:
+        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
 
 
 def _supervise(app: App, workers: int, health_port: int | None, health_host: str,
@@ -374,7 +390,9 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
         return tuple(sv.socket.fileno() for sv in servers if sv is not None)
 
     # bound before any fork: a busy port is an error before a worker exists (503 until ready)
-    server = None if health_port is None else serve_health(report, health_port, health_host)
+    with _SignalsBlocked():
+        server = None if health_port is None else serve_health(report, health_port,
+                                                               health_host)
     old = {s: signal.signal(s, on_signal) for s in _SIGNALS}
     code = 0
     try:
@@ -384,7 +402,8 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
         if metrics is not None:
             # opened after the first forks; a restart forks with it open (the storage
             # layer's at-fork hook makes a child forget inherited environments)
-            metrics.serve_target(app.target, app.durability, _dead_letter_topics(app))
+            with _SignalsBlocked():
+                metrics.serve_target(app.target, app.durability, _dead_letter_topics(app))
         while procs:
             pid, status = os.wait()
             entry = procs.pop(pid, None)

@@ -77,3 +77,30 @@ queue_app = mqlite.App(DIR, name="qa", durability="none", graceful_timeout=30)
 @queue_app.publisher("done")
 def queue_job(x: dict) -> dict:
     return {"id": x["id"], "pid": os.getpid()}
+
+
+# A queue job held until the test releases it: for the process-group signal test (D86).
+held_app = mqlite.App(DIR, name="held", durability="none", graceful_timeout=600)
+
+
+def _wait_file(name: str) -> None:
+    gate = threading.Event()
+    while not os.path.exists(os.path.join(DIR, name)):  # the test creates it
+        gate.wait(0.005)
+
+
+@held_app.subscriber("jobs", group="held", mode="queue", batch=1)
+def held(x: object) -> None:
+    with open(os.path.join(DIR, "entered"), "w") as f:
+        f.write(str(os.getpid()))
+    while held_app.state != "stopping":  # the first signal reached this worker
+        threading.Event().wait(0.005)
+    with open(os.path.join(DIR, "stopping"), "w") as f:
+        f.write("1")
+    _wait_file("release")
+
+
+@held_app.on_shutdown
+def held_down() -> None:
+    with open(os.path.join(DIR, f"down-{os.getpid()}"), "w") as f:
+        f.write("1")

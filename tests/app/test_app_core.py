@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from typing import TypedDict
 
 import msgspec
@@ -531,3 +532,27 @@ def test_docs_app_md_example_and_its_testing_block_run(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_publish_schedules_jobs_and_dedups_them(tmp_broker_dir) -> None:
+    """``app.publish(delay=, deliver_at=, dedup_id=)``: a job enqueued for later (Celery's
+    ``countdown`` / ``eta``) and an idempotent enqueue, as ``broker.send`` has (D86)."""
+    app = mqlite.App(tmp_broker_dir, durability="none")
+    try:
+        app.publish("jobs", {"n": 0})  # created by the publish
+        md = app.publish("jobs", {"n": 1}, delay=3600)
+        assert md.offset == -1  # scheduled, not yet appended
+        app.publish("jobs", {"n": 2}, deliver_at=time.time() - 1)  # past: due at once
+        first = app.publish("jobs", {"n": 3}, dedup_id="job-3")
+        assert app.publish("jobs", {"n": 3}, dedup_id="job-3") == first
+        b = app.broker
+        b.promote_scheduled()
+        c = b.consumer("jobs", group="check", auto_offset_reset="earliest")
+        got = [msgspec.json.decode(m.value)["n"] for m in c.poll(timeout=5)]
+        c.close()
+        assert sorted(got) == [0, 2, 3]  # n=1 held back for an hour; n=3 appended once
+        assert b.stats().scheduled == {"jobs": 1}
+        with pytest.raises(ValueError, match="delay"):
+            app.publish("jobs", {"n": 4}, delay=-1)
+    finally:
+        app.stop()

@@ -381,4 +381,35 @@ def test_health_of_one_worker_shows_the_wait(app_procs: Any) -> None:
         assert _stop(p) == 0
     finally:
         out.close()
+
+
+def test_a_signal_to_the_process_group_stops_workers_gracefully(app_procs: Any) -> None:
+    """Ctrl-C in a terminal or systemd's stop signals every process of the group: a
+    worker gets the signal and then its supervisor's forward of it.  That used to count
+    as a second signal (exit at once: the running job was killed, not finished, and no
+    shutdown hook ran); now only the supervisor's own second signal escalates (D86)."""
+    b = mqlite.open(app_procs.dir, durability="none")
+    try:
+        b.create_topic("jobs")
+        b.send("jobs", b"1")
+        port = _free_port()
+        p = app_procs.run("_app_procs:held_app", "--workers", "2", "--health-port",
+                          str(port))
+        entered = app_procs.dir / "entered"
+        wait_until(lambda: entered.exists() and entered.read_text(), TIMEOUT,
+                   "the job to start")
+        worker = int(entered.read_text())
+        wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        # the group's signal, in two steps so that the kernel cannot merge them
+        os.kill(worker, signal.SIGTERM)
+        wait_until((app_procs.dir / "stopping").exists, TIMEOUT, "the worker stopping")
+        p.send_signal(signal.SIGTERM)  # the supervisor forwards it to the worker
+        wait_until(lambda: _health(port)[0] != 200, TIMEOUT, "the supervisor stopping")
+        (app_procs.dir / "release").write_text("1")
+        assert p.wait(TIMEOUT) == 0, p.stdout.read().decode()[-3000:]
+        assert (app_procs.dir / f"down-{worker}").exists()  # on_shutdown ran
+        stats = b.queue_stats("jobs", "held")
+        assert stats is not None
+        assert (stats.consumed, stats.inflight, stats.ready) == (1, 0, 0)  # finished, acked
+    finally:
         b.close()

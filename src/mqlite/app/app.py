@@ -639,25 +639,45 @@ class App:
 
     # -- publishing ---------------------------------------------------------------------------
     def publish(self, topic: str, payload: Any, *, key: Any = None, headers: Any = None,
-                partition: int | None = None) -> RecordMetadata:
+                partition: int | None = None, delay: float | None = None,
+                deliver_at: float | None = None,
+                dedup_id: str | bytes | None = None) -> RecordMetadata:
         """Publish one message now (its own transaction) and return where it was stored.
 
         ``payload``: bytes as they are; anything else JSON through msgspec
         (dict, list, ``msgspec.Struct``, dataclass, pydantic model...).
         ``key``: str (UTF-8), bytes, int or ``None``; ``headers``: a dict or
         ``(name, value)`` pairs with str or bytes values.  Works before
-        :meth:`start` (opens the broker); the topic must exist.
+        :meth:`start` (opens the broker).  A missing topic is created when
+        ``auto_create_topics`` (the default), else ``TopicNotFoundError``.
+
+        ``delay`` (seconds, 0 to 10 years) or ``deliver_at`` (UNIX seconds, at most 10
+        years ahead; a past time is due at once): a
+        scheduled job (Celery's ``countdown`` / ``eta``): the message is durable
+        now and appended to the topic, visible to handlers, only when due; the
+        returned metadata then has ``offset == -1``.  ``dedup_id``: an idempotent
+        send (a repeat within the topic's dedup window appends nothing and returns
+        the first send's metadata), as ``broker.send(dedup_id=)``.  On Kafka, all
+        three raise ``NotSupportedError``.
 
         Raises
         ------
-        TopicNotFoundError, TypeError, ValueError, MessageTooLargeError, StorageFullError
+        TopicNotFoundError, TypeError, ValueError, MessageTooLargeError, StorageFullError,
+        NotSupportedError
         """
-        return self._backend_now().send(make_output(topic, payload, key, headers, partition))
+        out = make_output(topic, payload, key, headers, partition)
+        if delay is not None or deliver_at is not None or dedup_id is not None:
+            out = out._replace(delay=delay, deliver_at=deliver_at, dedup_id=dedup_id)
+        return self._backend_now().send(out)
 
     async def publish_async(self, topic: str, payload: Any, *, key: Any = None,
-                            headers: Any = None, partition: int | None = None) -> RecordMetadata:
+                            headers: Any = None, partition: int | None = None,
+                            delay: float | None = None, deliver_at: float | None = None,
+                            dedup_id: str | bytes | None = None) -> RecordMetadata:
         """:meth:`publish` for async code: the write runs off the event loop."""
         out = make_output(topic, payload, key, headers, partition)
+        if delay is not None or deliver_at is not None or dedup_id is not None:
+            out = out._replace(delay=delay, deliver_at=deliver_at, dedup_id=dedup_id)
         backend = self._backend_now()
         return await asyncio.get_running_loop().run_in_executor(None, backend.send, out)
 

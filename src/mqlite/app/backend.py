@@ -94,14 +94,16 @@ class LocalBackend:
 
     def send(self, out: Output) -> RecordMetadata:
         try:
-            return self.broker.send(out.topic, out.value, out.key,
-                                    out.headers, out.partition, delay=out.delay)
+            return self.broker.send(out.topic, out.value, out.key, out.headers, out.partition,
+                                    dedup_id=out.dedup_id, delay=out.delay,
+                                    deliver_at=out.deliver_at)
         except TopicNotFoundError:
             if not self.auto_create:
                 raise
         self.ensure_topic(out.topic, self.partitions)
-        return self.broker.send(out.topic, out.value, out.key,
-                                out.headers, out.partition, delay=out.delay)
+        return self.broker.send(out.topic, out.value, out.key, out.headers, out.partition,
+                                dedup_id=out.dedup_id, delay=out.delay,
+                                deliver_at=out.deliver_at)
 
     def apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
               offsets: tuple[Any, dict[TopicPartition, int]] | None,

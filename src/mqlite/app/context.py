@@ -27,6 +27,8 @@ class Output(NamedTuple):
     headers: list[tuple[str, bytes]] | None
     partition: int | None
     delay: float | None = None  # seconds: a delayed message (retry topics), sent on its own
+    deliver_at: float | None = None  # UNIX seconds (app.publish only), sent on its own
+    dedup_id: str | bytes | None = None  # app.publish only: an idempotent send
 
 
 def _headers(headers: Any) -> list[tuple[str, bytes]] | None:

@@ -11,7 +11,10 @@ Signals: the first SIGTERM or SIGINT stops gracefully (stop fetching, let
 running handlers finish within ``graceful_timeout``, commit, leave the
 groups, run ``on_shutdown``); a second one stops at once (``os._exit``: what was
 not committed is redelivered to the next owner).  A supervisor forwards
-both to its workers.
+the first to its workers and SIGKILLs them on the second; a worker counts only
+its supervisor's escalation, so a signal sent to the whole process group (Ctrl-C,
+systemd), which reaches a worker twice, still stops it gracefully.  The
+supervisor's health answers 503 from its first signal on.
 
 Health: ``GET /health`` on ``health_port`` answers 200 with ``{"ready": true,
 ...}`` when every subscriber (every worker) has joined and none failed, else
@@ -222,13 +225,17 @@ def _collect(metrics: _Metrics, rfd: int) -> None:
 
 def _run_here(app: App, health_port: int | None, health_host: str,
               ready_fd: int | None, metrics: _Metrics | None = None,
-              events_fd: int | None = None) -> int:
+              events_fd: int | None = None, supervisor: int | None = None) -> int:
     stop = threading.Event()
     hits = [0]
 
     def on_signal(signum: int, frame: Any) -> None:
         hits[0] += 1
-        if hits[0] > 1:
+        # A worker of a live supervisor gets one stop twice when the signal went to the
+        # whole process group (Ctrl-C in a terminal, systemd's KillMode=control-group):
+        # once from the sender, once forwarded.  Its supervisor escalates (SIGKILL on
+        # its own second signal), so only a worker on its own exits at once here (D86).
+        if hits[0] > 1 and (supervisor is None or os.getppid() != supervisor):
             os._exit(128 + signum)  # second signal: at once
         stop.set()
 
@@ -298,10 +305,10 @@ def _spawn(app: App, index: int, metrics: _Metrics | None = None,
     mr, mw = os.pipe() if metrics is not None else (-1, -1)
     # Blocked across the fork: a SIGTERM that reaches the worker before it installed its
     # own handlers must not run the supervisor's (which signals the other workers).
+    # Kept blocked in the parent until its threads for this worker started: they inherit
+    # the mask, so a signal to the supervisor always reaches its main thread (D86).
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     pid = os.fork()
-    if pid != 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid == 0:  # the worker
         code = 1
         try:
@@ -312,17 +319,34 @@ def _spawn(app: App, index: int, metrics: _Metrics | None = None,
                 os.close(fd)
             app._after_fork()
             os.environ["MQLITE_WORKER"] = str(index)
-            code = _run_here(app, None, "127.0.0.1", wfd, None, mw if mw >= 0 else None)
+            code = _run_here(app, None, "127.0.0.1", wfd, None, mw if mw >= 0 else None,
+                             supervisor=os.getppid())
         except BaseException:
             log.exception("worker %d failed", index)
         finally:
             os._exit(code)
-    os.close(wfd)
-    if metrics is not None:
-        os.close(mw)
-        threading.Thread(target=_collect, args=(metrics, mr), name="mqlite-metrics-events",
-                         daemon=True).start()
-    return _Worker(pid, rfd)
+    try:
+        os.close(wfd)
+        if metrics is not None:
+            os.close(mw)
+            threading.Thread(target=_collect, args=(metrics, mr), name="mqlite-metrics-events",
+                             daemon=True).start()
+        return _Worker(pid, rfd)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+class _SignalsBlocked:
+    """Block SIGTERM / SIGINT in this thread for the block: threads started in it inherit
+    the mask.  The supervisor waits in ``os.wait()``, which only a signal delivered to the
+    main thread interrupts; one delivered to a helper thread (health, metrics, a worker's
+    pipe watcher) ran its handler only when a worker next exited (D86)."""
+
+    def __enter__(self) -> None:
+        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
 
 
 def _supervise(app: App, workers: int, health_port: int | None, health_host: str,
@@ -345,6 +369,8 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
     hits = [0]
     procs: dict[int, tuple[int, _Worker]] = {}
 
+    stopping = [False]
+
     def on_signal(signum: int, frame: Any) -> None:
         hits[0] += 1
         for pid in list(procs):
@@ -352,17 +378,21 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
                 os.kill(pid, signum if hits[0] == 1 else signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        stopping[0] = True  # after the forwards: a 503 means every worker was signalled
 
     def report() -> tuple[bool, dict[str, Any]]:
         ws = {str(w.pid): w.ready for _, w in procs.values()}
-        return (len(ws) == workers and all(ws.values()), {"workers": ws})
+        ready = len(ws) == workers and all(ws.values()) and not stopping[0]
+        return (ready, {"workers": ws})
 
     def listening() -> tuple[int, ...]:
         servers = (server, None if metrics is None else metrics.server)
         return tuple(sv.socket.fileno() for sv in servers if sv is not None)
 
     # bound before any fork: a busy port is an error before a worker exists (503 until ready)
-    server = None if health_port is None else serve_health(report, health_port, health_host)
+    with _SignalsBlocked():
+        server = None if health_port is None else serve_health(report, health_port,
+                                                               health_host)
     old = {s: signal.signal(s, on_signal) for s in _SIGNALS}
     code = 0
     try:
@@ -372,7 +402,8 @@ def _supervise(app: App, workers: int, health_port: int | None, health_host: str
         if metrics is not None:
             # opened after the first forks; a restart forks with it open (the storage
             # layer's at-fork hook makes a child forget inherited environments)
-            metrics.serve_target(app.target, app.durability, _dead_letter_topics(app))
+            with _SignalsBlocked():
+                metrics.serve_target(app.target, app.durability, _dead_letter_topics(app))
         while procs:
             pid, status = os.wait()
             entry = procs.pop(pid, None)

@@ -57,6 +57,7 @@ from mqlite.errors import (
     AlreadyProcessedError,
     ClosedError,
     CommitFailedError,
+    MqliteError,
     StaleDeliveryError,
     TopicNotFoundError,
 )
@@ -1365,6 +1366,11 @@ class QueueRunner(Runner):
         self._woken = threading.Event()  # a stop or a report, for a sync topic wait
         self._jobs = 0
         self.revoked = False  # the "lane" of a queue job is the runner itself
+        # Running jobs' deliveries, kept invisible by the heartbeat thread (_keep_visible)
+        self._held: set[_Extender] = set()
+        self._held_cv = threading.Condition()
+        self._heart: threading.Thread | None = None
+        self._heart_stop = False
 
     def _wake(self) -> None:
         q = self._aqueue if self._loop_driven else self._queue
@@ -1517,6 +1523,7 @@ class QueueRunner(Runner):
             while self._running > 0 and time.monotonic() < end:
                 self._drain(min(0.5, max(0.0, end - time.monotonic())))
         finally:
+            self._stop_heart()
             if q is not None:
                 q.close()
             while self._old:
@@ -1604,6 +1611,7 @@ class QueueRunner(Runner):
                 await self._wait_report(min(0.5, max(0.0, end - loop.time())))
                 self._drain(0.0)
         finally:
+            await loop.run_in_executor(None, self._stop_heart)
             if aq is not None:
                 await aq.close()
             while self._old:
@@ -1613,19 +1621,69 @@ class QueueRunner(Runner):
         return int(d.delivery_count)
 
     def _job(self, ds: list[Any]) -> None:
+        ext = self._extender(ds)
         try:
-            self._run_sync(self._extender(ds), ds, self._attempt_of)
+            self._run_sync(ext, ds, self._attempt_of)
         finally:
+            self._release(ext)
             self._report(_Done(None, None, None, len(ds), True))
 
     async def _job_async(self, ds: list[Any]) -> None:
+        ext = self._extender(ds)
         try:
-            await self._run_async(self._extender(ds), ds, self._attempt_of)
+            await self._run_async(ext, ds, self._attempt_of)
         finally:
+            self._release(ext)
             self._report(_Done(None, None, None, len(ds), True))
 
     def _extender(self, ds: list[Any]) -> _Extender:
-        return _Extender(self, ds)
+        ext = _Extender(self, ds)
+        with self._held_cv:
+            self._held.add(ext)
+            if self._heart is None:
+                self._heart = threading.Thread(target=self._keep_visible, daemon=True,
+                                               name=f"mqlite-visibility-{self.spec.name}")
+                self._heart.start()
+            self._held_cv.notify()
+        return ext
+
+    def _release(self, ext: _Extender) -> None:
+        with self._held_cv:
+            self._held.discard(ext)
+
+    def _stop_heart(self) -> None:
+        with self._held_cv:
+            self._heart_stop = True
+            self._held_cv.notify()
+        if self._heart is not None and self._heart is not threading.current_thread():
+            self._heart.join(5.0)
+
+    def _keep_visible(self) -> None:
+        """The heartbeat: extends each running job's deliveries every half visibility timeout.
+
+        A handler may run longer than ``visibility_timeout`` (a sync handler holds its
+        thread, an async one may await for minutes): without this, its messages became
+        visible again mid-job and another worker ran them too (D86).  One thread per
+        queue subscriber, started with its first job, idle (no timed wake-up) while no
+        job runs; it ends with the subscriber's fetch loop.
+        """
+        vt = self.spec.visibility_timeout
+        cv = self._held_cv
+        while True:
+            with cv:
+                while not self._held and not self._heart_stop:
+                    cv.wait()
+                if self._heart_stop:
+                    return
+                now = time.monotonic()
+                due = [e for e in self._held if e.next_extend <= now]
+                if not due:
+                    cv.wait(min(e.next_extend for e in self._held) - now)
+                    continue
+                for e in due:
+                    e.next_extend = now + vt / 2
+            for e in due:  # outside the lock: a write transaction each
+                e.extend(vt)
 
     def _took(self, d: _Done) -> None:
         self._running -= 1
@@ -1633,32 +1691,36 @@ class QueueRunner(Runner):
 
 
 class _Extender:
-    """The "lane" of a queue job: keeps the job's deliveries invisible while it runs.
+    """The "lane" of a queue job: its deliveries, kept invisible while it runs.
 
+    The runner's heartbeat thread (:meth:`QueueRunner._keep_visible`) extends them
+    every half ``visibility_timeout``, also while one long handler call runs.
     ``queue`` is the sync queue consumer that received them (a later one of the
     subscriber, after its topic was deleted and created again, cannot settle them).
     """
 
-    __slots__ = ("_ds", "_next", "_runner", "done", "queue", "tp")
+    __slots__ = ("_ds", "_runner", "done", "next_extend", "queue", "tp")
 
     def __init__(self, runner: QueueRunner, ds: list[Any]) -> None:
         self._runner = runner
         self._ds = ds
         self.queue = runner._queue
-        vt = runner.spec.visibility_timeout
-        self._next = time.monotonic() + vt / 2
+        self.next_extend = time.monotonic() + runner.spec.visibility_timeout / 2
         self.done: int | None = None
         self.tp = None
 
     @property
     def revoked(self) -> bool:
-        now = time.monotonic()
-        if now >= self._next and self.queue is not None:
-            vt = self._runner.spec.visibility_timeout
-            self._next = now + vt / 2
-            for d in self._ds:  # one by one: nacked ones are no longer ours
-                try:
-                    self.queue.extend(d, vt)
-                except (StaleDeliveryError, ClosedError, TopicNotFoundError):
-                    pass
         return False
+
+    def extend(self, vt: float) -> None:
+        """Extend the job's deliveries by ``vt`` s; settled (stale) ones are skipped."""
+        if self.queue is None:
+            return
+        try:
+            self.queue.extend(self._ds, vt)
+        except (StaleDeliveryError, ClosedError):
+            pass  # acked, nacked or dead-lettered meanwhile: no longer ours; the rest applied
+        except MqliteError as exc:  # a deleted topic, a full map: the job's own settle says
+            log.debug("%s: extending the visibility of a running job failed: %s",
+                      self._runner.spec.name, exc)

@@ -619,6 +619,36 @@ class Broker:
         """A queue group's stored :class:`mqlite.QueuePolicy` (``None``: no consumer yet)."""
         return _queue.queue_policy(self._engine, topic, group)
 
+    def set_group_dead_letter_topic(self, group: str, topics: str | Iterable[str],
+                                    dead_letter_topic: str | None) -> dict[str, str]:
+        """Record where stream group ``group``'s failures from ``topics`` go.
+
+        For operators: ``Broker.stats()`` (``GroupStats.dead_letter_topics`` and
+        the depth in ``dead_letters``), :meth:`describe_group`, ``mqlite groups``,
+        ``mqlite group``, the console and the metrics exporter show it, in any
+        process.  A stream group's dead-letter topic is an ordinary topic its
+        consumer's code writes to (an App subscriber's ``dead_letter=``, which
+        the App records with this call when the subscriber starts); nothing
+        routes by this record.  Per subscribed topic the last call wins (two App
+        versions with different ``dead_letter=`` for one group show the one
+        started last); ``None`` forgets ``topics``' entries; entries of other
+        topics are kept.  Writes only when something changes.  Queue groups keep
+        theirs in their policy (:meth:`set_queue_policy`).
+
+        Returns
+        -------
+        dict[str, str]
+            The group's whole map (subscribed topic -> dead-letter topic).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad names, or an empty ``topics``.
+        StorageFullError
+            The group had no record and the broker is above its high-water mark.
+        """
+        return _groups.set_dead_letter_topic(self._engine, group, topics, dead_letter_topic)
+
     def groups(self) -> list[str]:
         """Names of the stream-mode consumer groups (including empty ones that had members)."""
         return [g for g in _groups.list_groups(self._engine) if not g.startswith("~")]

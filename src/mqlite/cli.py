@@ -193,18 +193,29 @@ def cmd_groups(args: argparse.Namespace) -> int:
     with _open(args) as b:
         st = b.stats()
     data: list[dict[str, Any]] = []
+    # every row has dead_letter_topics ({subscribed topic: DLQ topic}) and dead_letters
+    # (their depth): a queue group's from its policy, a stream group's as its App records it
     for g in st.groups:
         data.append({"group": g.group, "kind": "stream", "topics": g.topics,
-                     "members": g.members, "generation": g.generation, "lag": g.total_lag})
+                     "members": g.members, "generation": g.generation, "lag": g.total_lag,
+                     "dead_letter_topics": g.dead_letter_topics,
+                     "dead_letters": g.dead_letters})
     for q in st.queues:
         data.append({"group": q.group, "kind": "queue", "topics": [q.topic],
                      "members": q.consumers, "ready": q.ready, "inflight": q.inflight,
                      "delayed": q.delayed, "dead_letter_topic": q.dead_letter_topic,
+                     "dead_letter_topics": {} if q.dead_letter_topic is None else
+                     {q.topic: q.dead_letter_topic},
                      "dead_letters": q.dead_letters})
-    rows = [[d["group"], d["kind"], ",".join(d["topics"]), d["members"], d.get("lag"),
-             d.get("ready"), d.get("inflight"), d.get("dead_letters")] for d in data]
+    rows = []
+    for d in data:
+        dlqs = sorted(set(d["dead_letter_topics"].values()))
+        rows.append([d["group"], d["kind"], ",".join(d["topics"]), d["members"], d.get("lag"),
+                     d.get("ready"), d.get("inflight"),
+                     d["dead_letters"] if dlqs or d["kind"] == "queue" else None,
+                     ",".join(dlqs) or None])
     _out(args, data, _table(rows, ["group", "kind", "topics", "members", "lag", "ready",
-                                   "in-flight", "dlq"]) if rows else "(no groups)")
+                                   "in-flight", "dlq", "dlq topic"]) if rows else "(no groups)")
     return 0
 
 
@@ -217,17 +228,25 @@ def cmd_group(args: argparse.Namespace) -> int:
         if not (d.members or d.partitions):
             queue_topics = [q.topic for q in b.stats().queues if q.group == args.group]
         why = missing_stream_group(args.group, args.path, d, b.groups(), queue_topics)
+        depth: dict[str, int] = {}
+        if why is None and d.dead_letter_topics:
+            depth = b.stats(dead_letter_topics=set(d.dead_letter_topics.values())).dead_letters
     if why is not None:
         raise ValueError(why)
     rows = [[m.member_id, m.pid, m.status, ",".join(f"{t}[{p}]" for t, p in m.owned)]
             for m in d.members]
     lag = [[f"{p.partition.topic}[{p.partition.partition}]", p.committed, p.end_offset, p.lag,
             p.owner or "-"] for p in d.partitions]
-    _out(args, d, Group(
+    parts: list[Any] = [
         _table(rows, ["member", "pid", "status", "owns"],
                title=f"group {d.group} generation {d.generation} assignor {d.assignor} "
                      f"state {d.state}"),
-        _table(lag, ["partition", "committed", "end", "lag", "owner"])))
+        _table(lag, ["partition", "committed", "end", "lag", "owner"])]
+    if d.dead_letter_topics:
+        parts.append(_table([[t, q, depth.get(q, 0)] for t, q in d.dead_letter_topics.items()],
+                            ["topic", "dead-letter topic", "dead letters"],
+                            title="failures go to (as recorded by the group's subscribers)"))
+    _out(args, d, Group(*parts))
     return 0
 
 

@@ -31,6 +31,10 @@ example alerts):
 ``mqlite_scrape_duration_seconds``                           time this scrape took
 ==========================================================  =========================
 
+``mqlite_consumer_group_dead_letter_info{group,topic,dead_letter_topic}`` is 1
+for each group and subscribed topic whose failures go to ``dead_letter_topic``
+(a queue group's policy; a stream group's as its App subscriber recorded it).
+
 The two ``_total`` families are offsets, not process counters: they count
 since the topic was created, survive restarts of every process, and reset
 (which ``rate()`` handles) only when a topic is deleted and recreated or a
@@ -245,8 +249,19 @@ def stats_families(s: BrokerStats, scrape_seconds: float | None = None, *,
                   "Dead letters not yet redriven or purged", ("topic",))
     for t, n in s.dead_letters.items():
         dead.add((t,), n)
+    # where each group's failures go (queue policies; stream groups as their App recorded
+    # it, D87): join on dead_letter_topic with mqlite_dead_letter_messages{topic}
+    route = Family("mqlite_consumer_group_dead_letter_info", "gauge",
+                   "1 for each (group, subscribed topic) whose failures go to dead_letter_topic",
+                   ("group", "topic", "dead_letter_topic"))
+    for grp in s.groups:
+        for t, dlq in grp.dead_letter_topics.items():
+            route.add((grp.group, t, dlq), 1)
+    for q in s.queues:
+        if q.dead_letter_topic is not None:
+            route.add((q.group, q.topic, q.dead_letter_topic), 1)
     out = [end, start, size, sent, lag, lag_sum, committed, members, consumed, ready,
-           inflight, delayed, consumers, oldest, scheduled, dead]
+           inflight, delayed, consumers, oldest, scheduled, dead, route]
     if scrape_seconds is not None:
         d = Family("mqlite_scrape_duration_seconds", "gauge",
                    "Seconds the broker-state read of this scrape took", ())

@@ -92,6 +92,7 @@ class _Snapshot:
         self.where: dict[int, tuple[str, int]] = cat.where
         self.states: dict[int, tuple[int, int, int]] = _log.load_all_states(txn, dbs)
         self._committed: dict[str, dict[int, int]] | None = None
+        self._dlq: dict[str, int] = {}
 
     def committed(self, group: str) -> dict[int, int]:
         """``{partition id: committed offset}`` of stream group ``group`` (all groups'
@@ -99,6 +100,19 @@ class _Snapshot:
         if self._committed is None:
             self._committed = _offsets.committed_all(self.txn, self.dbs)
         return self._committed.get(group, {})
+
+    def dlq_depth(self, topic: str) -> int:
+        """Dead letters in ``topic`` not yet redriven or purged (0: no such topic);
+        counted once per snapshot."""
+        n = self._dlq.get(topic)
+        if n is None:
+            n = 0
+            rec = self.topics.get(topic)
+            for pid in rec.pids if rec is not None else ():
+                start, end, _ = self.state(pid)
+                n += _pending.dlq_depth(self.txn, self.dbs, topic, pid, start, end)
+            self._dlq[topic] = n
+        return n
 
     def state(self, pid: int) -> tuple[int, int, int]:
         """(start offset, end offset, bytes) of partition id ``pid``."""
@@ -136,8 +150,11 @@ def _group_stats(snap: _Snapshot, mdir: str, name: str, gstate: GroupState,
     rows.sort()
     lag = [GroupLag(topic=t, partition=i, committed=off, end_offset=end, lag=n)
            for t, i, off, end, n in rows]
+    dlqs = dict(sorted(gstate.dead_letter_topics.items()))
     return GroupStats(group=name, generation=gstate.generation, members=live,
-                      stored_members=len(gstate.members), topics=sorted(wanted), lag=lag)
+                      stored_members=len(gstate.members), topics=sorted(wanted), lag=lag,
+                      dead_letter_topics=dlqs,
+                      dead_letters=sum(snap.dlq_depth(t) for t in set(dlqs.values())))
 
 
 def _queue_stats(snap: _Snapshot, mdir: str, qg: str, topic: str, group: str, now: int,
@@ -172,26 +189,16 @@ def _queue_stats(snap: _Snapshot, mdir: str, qg: str, topic: str, group: str, no
         dead_letter_topic=dlq, max_deliveries=None if pol is None else pol.max_deliveries,
         oldest_pending_ms=None if oldest < 0 else oldest,
         oldest_ready_timestamp_ms=oldest_ready,
-        dead_letters=0 if dlq is None else _dlq_depth(snap, dlq))
-
-
-def _dlq_depth(snap: _Snapshot, topic: str) -> int:
-    rec = snap.topics.get(topic)
-    if rec is None:
-        return 0
-    n = 0
-    for pid in rec.pids:
-        start, end, _ = snap.state(pid)
-        n += _pending.dlq_depth(snap.txn, snap.dbs, topic, pid, start, end)
-    return n
+        dead_letters=0 if dlq is None else snap.dlq_depth(dlq))
 
 
 def broker_stats(engine: Engine, dead_letter_topics: Iterable[str] = ()) -> BrokerStats:
     """A consistent snapshot of every topic, group, queue, delayed message and DLQ.
 
-    The dead-letter topics of queue groups are known from their policies;
-    ``dead_letter_topics`` names more (an App's stream-mode ``dead_letter=``
-    topics, say): their depth is reported too, 0 while they do not exist.
+    The dead-letter topics of queue groups are known from their policies, those
+    of stream groups from their records (``GroupStats.dead_letter_topics``: an
+    App's stream subscribers record theirs); ``dead_letter_topics`` names more:
+    their depth is reported too, 0 while they do not exist.
 
     One read transaction; nothing is joined or changed (see the module
     docstring).  Cost: one pass over the topic catalog, one state read per
@@ -234,9 +241,12 @@ def broker_stats(engine: Engine, dead_letter_topics: Iterable[str] = ()) -> Brok
                 groups.append(_group_stats(snap, mdir, name, gst, now))
         dead = {q.dead_letter_topic: q.dead_letters for q in queues
                 if q.dead_letter_topic is not None}
+        for g in groups:
+            for t in g.dead_letter_topics.values():
+                dead[t] = snap.dlq_depth(t)
         for t in extra:
             if t not in dead:
-                dead[t] = _dlq_depth(snap, t)
+                dead[t] = snap.dlq_depth(t)
         scheduled = scheduler.scheduled_counts(txn, dbs)
     return BrokerStats(taken_ms=now, partitions=parts, groups=groups, queues=queues,
                        scheduled=scheduled, dead_letters=dict(sorted(dead.items())))

@@ -197,6 +197,11 @@ class GroupStats(msgspec.Struct, frozen=True):
     now, without joining); ``stored_members`` counts every member record,
     including crashed ones not yet reaped and departed static members.
     ``lag`` covers the subscribed topics and every partition with a commit.
+    ``dead_letter_topics`` maps a subscribed topic to the dead-letter topic
+    its failures go to, as recorded by ``Broker.set_group_dead_letter_topic``
+    (an App's stream subscriber with ``dead_letter=`` records it when it
+    starts); ``dead_letters`` is the depth (letters not yet redriven or
+    purged) summed over those dead-letter topics, 0 when there are none.
     """
 
     group: str
@@ -205,6 +210,8 @@ class GroupStats(msgspec.Struct, frozen=True):
     stored_members: int
     topics: list[str]
     lag: list[GroupLag]
+    dead_letter_topics: dict[str, str] = {}
+    dead_letters: int = 0
 
     @property
     def total_lag(self) -> int:

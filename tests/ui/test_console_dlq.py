@@ -158,3 +158,18 @@ def test_read_only_console_filters_but_refuses_actions(letters: mqlite.Broker) -
                             {"topic": "jobs.dlq", "token": "a" * 32, "reason": "invalid"}, SAME)
     assert status == 403 and "read-only" in page
     assert len(_left(letters)) == 12
+
+
+def test_groups_pages_show_where_a_stream_groups_failures_go(letters: mqlite.Broker) -> None:
+    # D87: an App's stream subscriber records its dead_letter= topic in its group
+    letters.set_group_dead_letter_topic("pay", "jobs", "jobs.dlq")
+    app = create_app(letters, token=new_token())
+    status, page, _ = _call(app, "GET", "/groups")
+    assert status == 200
+    stream = page[page.index('id="stream-groups"'):page.index('id="queue-groups"')]
+    assert '<a href="/dlq/jobs.dlq">jobs.dlq</a>' in stream and "<td>12</td>" in stream
+    queues = page[page.index('id="queue-groups"'):]
+    assert '<a href="/dlq/jobs.dlq">jobs.dlq</a>' in queues  # queue groups name theirs too
+    status, page, _ = _call(app, "GET", "/groups/pay")
+    assert status == 200 and 'id="dead-letter-topics"' in page
+    assert "<td>jobs</td><td><a href=\"/dlq/jobs.dlq\">jobs.dlq</a></td><td>12</td>" in page

@@ -307,6 +307,12 @@ class AsyncBroker:
         """As :meth:`mqlite.Broker.queue_policy`."""
         return await self._runner.run(self.sync.queue_policy, topic, group)
 
+    async def set_group_dead_letter_topic(self, group: str, topics: str | Iterable[str],
+                                          dead_letter_topic: str | None) -> dict[str, str]:
+        """As :meth:`mqlite.Broker.set_group_dead_letter_topic`."""
+        return await self._runner.run(self.sync.set_group_dead_letter_topic, group, topics,
+                                      dead_letter_topic)
+
     async def dead_letters(self, topic: str, limit: int = 1000,
                            where: Callable[[DeadLetter], bool] | None = None
                            ) -> list[DeadLetter]:

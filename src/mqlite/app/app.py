@@ -32,7 +32,8 @@ from mqlite.app.context import H_CORRELATION, H_REPLY_TO, make_output
 from mqlite.app.runner import HandlerEvent, QueueRunner, Runner, StreamRunner
 from mqlite.app.subscriber import SubscriberSpec, make_spec
 from mqlite.config import validate_topic_name
-from mqlite.errors import ClosedError, TimeoutError
+from mqlite.errors import ClosedError, MqliteError, TimeoutError
+from mqlite.queue import DeadLetterCursor
 from mqlite.retry import Backoff
 from mqlite.types import RecordMetadata
 
@@ -454,6 +455,8 @@ class App:
                     backend.ensure_topic(t, self.partitions)
                 if spec.dead_letter is not None:
                     backend.ensure_topic(spec.dead_letter, 1)
+                if spec.mode == "stream":
+                    _record_dead_letter(backend, spec)
                 fence = getattr(backend, "prepare_exactly_once", None)  # optional (Kafka)
                 if fence is not None and spec.exactly_once and spec.mode == "stream":
                     fence(spec.group)
@@ -741,21 +744,56 @@ class App:
         return value if raw else _decode_reply(value)
 
     # -- dead letters --------------------------------------------------------------------------
-    def dead_letters(self, topic: str, limit: int = 1000) -> list[Any]:
-        """Dead letters in ``topic`` not yet redriven or purged (``mqlite.DeadLetter``)."""
-        return self._backend_now().dead_letters(topic, limit)
+    def dead_letters(self, topic: str, limit: int = 1000,
+                     where: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Dead letters in ``topic`` not yet redriven or purged (``mqlite.DeadLetter``).
+
+        At most ``limit``; with ``where`` (e.g. a :class:`mqlite.DeadLetterFilter`)
+        only those it accepts, reading stopping at the ``limit``-th match, as
+        :meth:`mqlite.Broker.dead_letters`.  On Kafka: :class:`NotSupportedError`
+        (a Kafka dead-letter topic is a plain topic: read it with a consumer).
+        """
+        backend = self._backend_now()
+        if where is None:
+            return backend.dead_letters(topic, limit)
+        return backend.dead_letters(topic, limit, where)
 
     def redrive(self, topic: str, where: Callable[[Any], bool] | None = None,
-                limit: int | None = None, to_topic: str | None = None) -> int:
+                limit: int | None = None, to_topic: str | None = None, *,
+                cursor: DeadLetterCursor | None = None) -> int:
         """Send dead letters of ``topic`` back to their original topic (or ``to_topic``).
 
         Each goes back with its key, value and original headers (the ``x-*``
         dead-letter headers removed), to its original partition, and is
         marked done in the same transaction (a crash never redrives twice).
         The subscriber's group reads it again as a new message.  Returns how
-        many were redriven.  Also ``mqlite dlq redrive DIR TOPIC``.
+        many were redriven.  ``where`` and ``limit`` as in
+        :meth:`mqlite.Broker.redrive`; to redrive in chunks pass one
+        :class:`mqlite.DeadLetterCursor` to every call (each resumes where the
+        last stopped).  Also ``mqlite dlq redrive DIR TOPIC``.  On Kafka:
+        :class:`NotSupportedError`.
         """
-        return self._backend_now().redrive(topic, where, limit, to_topic)
+        backend = self._backend_now()
+        if cursor is None:
+            return backend.redrive(topic, where, limit, to_topic)
+        return backend.redrive(topic, where, limit, to_topic, cursor=cursor)
+
+
+def _record_dead_letter(backend: Any, spec: SubscriberSpec) -> None:
+    """Record in the broker where a stream subscriber's failures go (D87), so operators'
+    tools in other processes show it; ``dead_letter=None`` forgets a recorded one.
+
+    Informational: a failure to record (a full broker, say) is logged, and the
+    subscriber starts anyway.  Backends without ``record_dead_letter`` are skipped.
+    """
+    record = getattr(backend, "record_dead_letter", None)
+    if record is None:
+        return
+    try:
+        record(spec.group, list(spec.topics), spec.dead_letter)
+    except MqliteError as exc:
+        log.warning("subscriber %s: could not record its dead-letter topic %r in group %r: %s",
+                    spec.name, spec.dead_letter, spec.group, exc)
 
 
 def _decode_reply(value: bytes | None) -> Any:

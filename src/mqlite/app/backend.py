@@ -24,6 +24,15 @@ the protocol stay valid): for a backend without them the App uses
 :class:`ThreadedAsyncConsumer` over ``stream_consumer`` (its waiting polls
 hold a thread), a fetch thread for async queue subscribers, and skips
 ``aclose`` / counts no scheduled retries.
+
+``record_dead_letter(group, topics, dead_letter)`` is optional too (D87): the
+App calls it when it starts, for each stream subscriber, so that operators'
+tools in other processes see where the group's failures go (``dead_letter``
+``None`` forgets a recorded one).  The mqlite backends record it in the group
+(:meth:`mqlite.Broker.set_group_dead_letter_topic`); the Kafka backend does
+nothing (a Kafka group has no place for it).  ``dead_letters(dlq, limit,
+where=)`` and ``redrive(..., cursor=)`` take their last argument only when the
+App's caller gave one (a backend without them keeps working for other calls).
 """
 
 from __future__ import annotations
@@ -59,8 +68,9 @@ class Backend(Protocol):
     def is_processed(self, key: Any, scope: str) -> bool: ...
     def stream_lag(self, group: str, topics: list[str]) -> int: ...
     def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
-                to_topic: str | None) -> int: ...
-    def dead_letters(self, dlq: str, limit: int) -> list[Any]: ...
+                to_topic: str | None, *, cursor: Any = None) -> int: ...
+    def dead_letters(self, dlq: str, limit: int,
+                     where: Callable[[Any], bool] | None = None) -> list[Any]: ...
     def close(self) -> None: ...
 
 
@@ -230,11 +240,16 @@ class LocalBackend:
         return int(self.broker.stats().scheduled.get(topic, 0))
 
     def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
-                to_topic: str | None) -> int:
-        return self.broker.redrive(dlq, where, limit, to_topic)
+                to_topic: str | None, *, cursor: Any = None) -> int:
+        return self.broker.redrive(dlq, where, limit, to_topic, cursor=cursor)
 
-    def dead_letters(self, dlq: str, limit: int) -> list[Any]:
-        return self.broker.dead_letters(dlq, limit)
+    def dead_letters(self, dlq: str, limit: int,
+                     where: Callable[[Any], bool] | None = None) -> list[Any]:
+        return self.broker.dead_letters(dlq, limit, where)
+
+    def record_dead_letter(self, group: str, topics: list[str], dead_letter: str | None) -> None:
+        """Record in the group where its failures from ``topics`` go (``None``: forget it)."""
+        self.broker.set_group_dead_letter_topic(group, topics, dead_letter)
 
     def close(self) -> None:
         if self._owned:

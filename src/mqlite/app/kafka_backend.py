@@ -204,12 +204,17 @@ class KafkaBackend(LocalBackend):
         return False  # no claim store on Kafka (module docstring)
 
     def redrive(self, dlq: str, where: Callable[[Any], bool] | None, limit: int | None,
-                to_topic: str | None) -> int:
+                to_topic: str | None, *, cursor: Any = None) -> int:
         raise NotSupportedError(
             "app.redrive()", "dead letters on Kafka are a plain topic: read it with a "
             "subscriber or consumer and publish the records again")
 
-    def dead_letters(self, dlq: str, limit: int) -> list[Any]:
+    def record_dead_letter(self, group: str, topics: list[str], dead_letter: str | None) -> None:
+        """Nothing: a Kafka consumer group has no place to record a dead-letter topic
+        (Kafka's tools do not show one either); the App's ``dead_letter=`` still applies."""
+
+    def dead_letters(self, dlq: str, limit: int,
+                     where: Callable[[Any], bool] | None = None) -> list[Any]:
         raise NotSupportedError(
             "app.dead_letters()", "dead letters on Kafka are a plain topic: read it with a "
             "subscriber (examples/dlq_monitor.py) or a consumer")

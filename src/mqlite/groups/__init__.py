@@ -36,6 +36,7 @@ from mqlite.groups.admin import committed_offsets as committed_offsets
 from mqlite.groups.admin import describe_group as describe_group
 from mqlite.groups.admin import list_groups as list_groups
 from mqlite.groups.admin import reset_offsets as reset_offsets
+from mqlite.groups.admin import set_dead_letter_topic as set_dead_letter_topic
 from mqlite.groups.member import _IDLE_WAIT as _IDLE_WAIT
 from mqlite.groups.member import _PENDING_WAIT as _PENDING_WAIT
 from mqlite.groups.member import GroupMember as GroupMember

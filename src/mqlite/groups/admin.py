@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -48,6 +49,7 @@ __all__ = [
     "list_groups",
     "missing_stream_group",
     "reset_offsets",
+    "set_dead_letter_topic",
 ]
 
 
@@ -87,7 +89,10 @@ class GroupDescription(msgspec.Struct, frozen=True):
     ``state`` is ``"empty"`` (no members), ``"stable"`` (every present
     member owns exactly its assignment) or ``"rebalancing"``.
     ``partitions`` covers the subscribed topics and every partition with a
-    committed offset.
+    committed offset.  ``dead_letter_topics`` maps a subscribed topic to the
+    dead-letter topic its failures go to, as recorded by
+    :func:`set_dead_letter_topic` (an App's stream subscriber with
+    ``dead_letter=``); empty when none was recorded.
     """
 
     group: str
@@ -96,6 +101,7 @@ class GroupDescription(msgspec.Struct, frozen=True):
     state: str
     members: list[MemberInfo]
     partitions: list[PartitionLag]
+    dead_letter_topics: dict[str, str] = {}
 
 
 def list_groups(engine: Engine) -> list[str]:
@@ -154,7 +160,84 @@ def describe_group(engine: Engine, group: str) -> GroupDescription:
                     lag=st.next - base, owner=state.owners.get(_okey(t, i))))
     kind = "empty" if not state.members else ("stable" if stable else "rebalancing")
     return GroupDescription(group=group, generation=state.generation, assignor=state.assignor,
-                            state=kind, members=members, partitions=parts)
+                            state=kind, members=members, partitions=parts,
+                            dead_letter_topics=dict(sorted(state.dead_letter_topics.items())))
+
+
+def _dlq_topics(topics: object) -> list[str]:
+    if isinstance(topics, str):
+        topics = [topics]
+    if isinstance(topics, bytes) or not isinstance(topics, Iterable):
+        raise TypeError(f"topics must be a topic name or a list of them, not "
+                        f"{type(topics).__name__}")
+    out = list(topics)
+    if not out:
+        raise ValueError("topics is empty: name the subscribed topic(s) whose failures go to "
+                         "the dead-letter topic")
+    for t in out:
+        validate_topic_name(t)
+    return sorted(set(out))
+
+
+def set_dead_letter_topic(engine: Engine, group: str, topics: object,
+                          dead_letter_topic: str | None) -> dict[str, str]:
+    """Record that stream group ``group``'s failures from ``topics`` go to ``dead_letter_topic``.
+
+    ``None`` forgets the entries of ``topics``.  Entries of other topics are
+    kept (each subscriber of a group records its own topics): per subscribed
+    topic, the last call wins.  Informational only -- nothing routes by it;
+    :func:`describe_group`, ``Broker.stats()`` and the operator tools show it.
+    The topics need not exist.  A group with no record gets an empty one (it is
+    then listed, as after :func:`reset_offsets`), unless the call only forgets.
+    Writes only when something changes (one read transaction otherwise).
+
+    Returns
+    -------
+    dict[str, str]
+        The group's whole map now stored (subscribed topic -> dead-letter topic).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad group or topic names, or no topics.
+    StorageFullError
+        A new group record above the storage high-water mark.
+    """
+    validate_group_name(group)
+    names = _dlq_topics(topics)
+    if dead_letter_topic is not None:
+        if not isinstance(dead_letter_topic, str):
+            raise TypeError(f"dead_letter_topic must be a topic name or None, not "
+                            f"{type(dead_letter_topic).__name__}")
+        validate_topic_name(dead_letter_topic)
+
+    def change(state: GroupState | None) -> dict[str, str] | None:
+        """The new map, or None when the stored one already says this."""
+        old = {} if state is None else state.dead_letter_topics
+        new = dict(old)
+        for t in names:
+            if dead_letter_topic is None:
+                new.pop(t, None)
+            else:
+                new[t] = dead_letter_topic
+        return None if new == old and state is not None or not new and state is None else new
+
+    env = engine.live_env()
+    with env.read_txn() as txn:
+        state = load_group(txn, env.dbs, group)
+        if change(state) is None:
+            return dict(sorted((state or GroupState()).dead_letter_topics.items()))
+    with engine.write("record a dead-letter topic") as txn:
+        state = load_group(txn, env.dbs, group)
+        new = change(state)
+        if new is None:
+            return dict(sorted((state or GroupState()).dead_letter_topics.items()))
+        if state is None:
+            engine.admit_growth(txn)
+            state = GroupState()
+        state.dead_letter_topics = dict(sorted(new.items()))
+        store_group(txn, env.dbs, group, state)
+        return dict(state.dead_letter_topics)
 
 
 def missing_stream_group(group: str, path: str, d: GroupDescription, stream_groups: list[str],

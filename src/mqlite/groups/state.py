@@ -12,7 +12,15 @@ Group state lives in the ``groups`` database (one msgpack value per group,
 * ``assignment``: the target computed by the group's assignor in the same
   transaction that changed the membership (deterministic, so any member
   could recompute it);
-* ``owners``: who *actually* owns each partition now.
+* ``owners``: who *actually* owns each partition now;
+* ``dead_letter_topics``: subscribed topic -> the dead-letter topic its
+  failures go to, as the App's stream subscribers declare it
+  (``Broker.set_group_dead_letter_topic``, D87).  Informational: nothing in
+  the engine reads it to route messages; membership transitions carry it
+  over untouched.  Added after the first release with a default, so records
+  written before it decode (as ``{}``) and code written before it ignores it
+  (msgspec skips unknown fields) -- but such code, rewriting the record on a
+  join or leave, drops it until the next subscriber start records it again.
 
 Ownership handover.  A partition changes owner only inside a write
 transaction, and only when it is free: it never had an owner, or its owner
@@ -71,6 +79,7 @@ class GroupState(msgspec.Struct):
     members: dict[str, MemberState] = {}
     assignment: dict[str, list[tuple[str, int]]] = {}
     owners: dict[str, str] = {}
+    dead_letter_topics: dict[str, str] = {}
 
 
 _enc = msgspec.msgpack.Encoder()

@@ -474,6 +474,13 @@ class KafkaBroker:
         """Not on Kafka: :class:`NotSupportedError`."""
         _unsupported("publish()", "Kafka has no exchanges: send() to each target topic")
 
+    def set_group_dead_letter_topic(self, group: str, topics: Any,
+                                    dead_letter_topic: str | None) -> NoReturn:
+        """Not on Kafka: :class:`NotSupportedError` (a Kafka group has no place for it)."""
+        _unsupported("set_group_dead_letter_topic()", "a Kafka consumer group stores no "
+                     "dead-letter topic: name it in your service's configuration (the App's "
+                     "dead_letter=) and watch that topic's lag or size")
+
     def read(self, topic: str, partition: int = 0, offset: int = 0,
              max_records: int = 500) -> NoReturn:
         """Not on Kafka: :class:`NotSupportedError` (use an assigned consumer)."""

@@ -355,7 +355,8 @@ class _Console:
         if why is not None:
             return self.page(request, "error.html", status=404, error=why)
         topics = sorted({p.partition.topic for p in d.partitions})
-        return self.page(request, "group.html", g=d, topics=topics,
+        dlq_depth = self.stats().dead_letters if d.dead_letter_topics else {}
+        return self.page(request, "group.html", g=d, topics=topics, dlq_depth=dlq_depth,
                          total_lag=sum(p.lag for p in d.partitions),
                          chart_keys=[f"{name} ({t})" for t in topics])
 

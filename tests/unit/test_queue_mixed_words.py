@@ -87,7 +87,7 @@ def test_a_consumer_registered_without_a_word_is_woken_by_its_groups_nack(
             t = _receive_in_thread(b1, out)
         assert [d.value for d in held] == [b"m"]
         until_asleep(tmp_broker_dir, [word, topic_word], 1, total=True)
-        assert b2.nack(held) == 1
+        assert b2.nack(held) == 1 and t is not None
         t.join(RECEIVE_S + 10)
         assert [(d.value, d.delivery_count) for d in out["got"]] == [(b"m", 2)], out
         assert woken(waits["b1"])[-1], waits  # by the nack, not at its timeout

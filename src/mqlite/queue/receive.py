@@ -139,11 +139,13 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
     # Loaded before the state is read: a round that finds nothing waits on it, and a
     # change committed after this load bumps it (D74: Env.queue_words).
     seq = notifier.load(slot)
-    if not q._one and q._refresh_word():
+    one = q._one  # (of this round's word: a bump below may move the queue to its word)
+    if not one and q._refresh_word():
         # A registration gave the group a word since (D85): the version word was loaded
         # after the topic's word's seq, and the registration bumps the version word
         # before the topic's, so a move missed here shows in that seq.
         slot = q._slot
+        one = True
         seq = notifier.load(slot)
     next_due = scheduler.next_due_ms(engine)
     now = now_ms()
@@ -162,11 +164,11 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
             if more:
                 # Writers wake one receiver of the group (D67, D74): this one left
                 # messages behind, so it wakes the next.
-                if q._one:
+                if one:
                     notifier.bump_one(slot)
                 else:
                     _bump_fallback(q, slot, one=True)
-            return ReceiveStep(out, True, slot, seq, 0.0, q._one)
+            return ReceiveStep(out, True, slot, seq, 0.0, one)
         now = now_ms()
     q._idle = True
     wait = math.inf
@@ -174,7 +176,7 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
         wait = max(0.0, (next_visible - now) / 1000.0) + 0.001
     if next_due is not None:
         wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
-    return ReceiveStep([], False, slot, seq, wait, q._one)
+    return ReceiveStep([], False, slot, seq, wait, one)
 
 
 def _bump_fallback(q: QueueCore, slot: int, *, one: bool) -> None:

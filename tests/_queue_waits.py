@@ -11,9 +11,10 @@ its topics in ``BROKER_TOPICS``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -22,7 +23,8 @@ from _polling import sleepers
 
 from mqlite.queue import receive as _receive
 
-__all__ = ["Waits", "count_waits", "hold", "stop_children", "until_asleep", "woken"]
+__all__ = ["Waits", "count_waits", "every_doorbell_taken", "hold", "stop_children",
+           "until_asleep", "woken"]
 
 #: Per thread name, each blocking wait of a receive: (``Notifier.wait_woken``'s code,
 #: returned before its timeout).
@@ -99,3 +101,17 @@ def count_waits(monkeypatch: pytest.MonkeyPatch | None = None) -> Waits:
 def woken(waits: Sequence[tuple[int, bool]]) -> list[bool]:
     """Of each recorded wait (``count_waits``): returned before its timeout (woken)."""
     return [early for _, early in waits]
+
+
+@contextlib.contextmanager
+def every_doorbell_taken(n: Any) -> Iterator[None]:
+    """Hold every doorbell of notifier ``n`` (an aio waiter then waits in worker-thread
+    slices); release them on the way out."""
+    from mqlite.aio import _bell
+
+    claimed = [n.bell_claim() for _ in range(_bell.MAX_BELLS)]
+    try:
+        yield
+    finally:
+        for index in claimed:
+            n.bell_release(index)

@@ -16,19 +16,18 @@ anyone (every armed loop is rung).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from _polling import queue_word
-from _queue_waits import until_asleep
+from _queue_waits import every_doorbell_taken, until_asleep
 
 import mqlite
 import mqlite.aio
@@ -287,18 +286,6 @@ class _SliceProbe:
 _P = TypeVar("_P", bound=_SliceProbe)
 
 
-@contextlib.contextmanager
-def _every_doorbell_taken(n: Any) -> Iterator[None]:
-    """Hold every doorbell of notifier ``n`` (an aio waiter then waits in worker-thread
-    slices); release them on the way out."""
-    claimed = [n.bell_claim() for _ in range(mqlite.aio._bell.MAX_BELLS)]
-    try:
-        yield
-    finally:
-        for index in claimed:
-            n.bell_release(index)
-
-
 def _probe_slices(b: Any, probe_type: type[_P]) -> _P:
     """Put a ``probe_type`` probe between aio broker ``b``'s doorbell-less bell and its
     notifier (the slices' waits go through it)."""
@@ -351,7 +338,7 @@ def test_an_aio_receive_without_a_doorbell_passes_the_wake_up_on(
             await asyncio.to_thread(sync_worker.join, WAIT_S + 10)
             await aq.close()
 
-    with _every_doorbell_taken(n):
+    with every_doorbell_taken(n):
         try:
             asyncio.run(main())
         finally:
@@ -420,7 +407,7 @@ def test_an_aio_receive_that_only_saw_the_word_moved_passes_nothing_on(
             await got[0].ack()
             await aq.close()
 
-    with _every_doorbell_taken(broker.notifier):
+    with every_doorbell_taken(broker.notifier):
         asyncio.run(main())
 
 

@@ -149,6 +149,10 @@ class Queue:
         # the topic's word, which every change wakes in full (D70's way).
         self._slot = self._env.topic_slot(topic)
         self._one = False
+        # While ``_one`` is false: the version word (QUEUE_VERSION_SLOT) as loaded before
+        # this consumer last read its group's word.  Once it moves, a registration may
+        # have given the group a word (a deletion freed one): _refresh_word (D85).
+        self._version = 0
         # The topic this consumer joined: its first partition id, read by the
         # registration (partition ids are never reused, so a topic deleted and created
         # again under the same name has another).  Every call checks it (_topic_in).
@@ -166,27 +170,42 @@ class Queue:
     # -- membership --------------------------------------------------------------------
     def _register(self) -> None:
         name = self._liveness.create_lock()
+        # before the transaction: a registration that gives the group a word after it
+        # moves the version word past this value (_refresh_word)
+        version = self._env.notifier.load(QUEUE_VERSION_SLOT)
         try:
-            policy, word = retry_draining(lambda: self._register_in_txn(name))
+            policy, word, late = retry_draining(lambda: self._register_in_txn(name))
         except BaseException:
             self._liveness.drop_lock()
             raise
         self._adopt(policy)
         if word is not None:
             self._slot, self._one = word, True
+        else:
+            self._version = version
         # After the commit, before this consumer can receive: writers whose cache of the
         # topic's queue words predates this bump read them again (Env.queue_words, D74).
         self._env.wake(QUEUE_VERSION_SLOT)
+        if late:
+            # The group had consumers before it got its word (none was free when they
+            # registered): they sleep on the topic's word, which settles and chained
+            # wake-ups of the group no longer bump.  Wake them all, after the version
+            # bump: each looks again, sees the version moved and moves to the group's
+            # word (_refresh_word; D85).
+            self._env.wake(self._env.topic_slot(self.topic))
 
-    def _register_in_txn(self, name: str) -> tuple[QueuePolicy, int | None]:
+    def _register_in_txn(self, name: str) -> tuple[QueuePolicy, int | None, bool]:
         """The registration's write transaction (retried as a draining write: joining a
-        group that exists is always admitted): the group's policy and wake-up word
-        (allocated by the group's first registration; ``None`` when none was free)."""
+        group that exists is always admitted): the group's policy, its wake-up word
+        (allocated by the group's first registration; ``None`` when none was free) and
+        whether the word was allocated now for a group that existed without one."""
         dbs = self._env.dbs
+        late = False
         with self._engine.write() as txn:
             # the topic may have gone since the constructor's check: no orphan record
             self._incarnation = self._engine.topic(txn, self.topic).pids[0]
-            if load_meta(txn, dbs, self._qg) is None:
+            existed = load_meta(txn, dbs, self._qg) is not None
+            if not existed:
                 self._engine.admit_growth(txn)  # a new group adds state
             meta = self._load_meta(txn)
             meta.policy = merge_policy(meta.policy, self._given, self.topic, self.group,
@@ -197,9 +216,35 @@ class Queue:
             if word is None:  # a new group, or one stored before groups had words
                 word = _queues.allocate_word(txn, dbs, self._qg, QUEUE_WORD_FIRST,
                                              NOTIFY_SLOTS)
+                late = existed and word is not None
             elif not QUEUE_WORD_FIRST <= word < NOTIFY_SLOTS:
                 word = None  # damaged: wait on the topic's word (writers skip it too)
-        return meta.policy, word
+        return meta.policy, word, late
+
+    def _refresh_word(self) -> bool:
+        """For a consumer without its group's word (``_one`` false): when the version
+        word moved since it last looked, read the group's word again and, if the group
+        has one now, wait and bump there from now on (D85).  Whether it moved to it.
+
+        A group registered when every word was taken has none; a later registration of
+        the same group, after a deletion freed one, allocates it, and from then on the
+        group's own wake-ups (settles, chained wake-ups, writers) go to that word only.
+        Callers load the word they wait on *before* calling this (the registration
+        bumps the version word, then the topic's), or bump the topic's word before it
+        (a full barrier before this load; D74's argument for the writers' caches).
+        """
+        env = self._env
+        version = env.notifier.load(QUEUE_VERSION_SLOT)
+        if version == self._version:
+            return False
+        with env.read_txn() as txn:
+            word = _queues.word_of(txn, env.dbs, self._qg)
+        self._version = version
+        if word is None or not QUEUE_WORD_FIRST <= word < NOTIFY_SLOTS:
+            return False
+        self._slot = word  # before _one: a reader that sees _one true sees the word
+        self._one = True
+        return True
 
     def _adopt(self, policy: QueuePolicy) -> None:
         self._policy = policy

@@ -158,11 +158,12 @@ class QueueLiveness:
             unlink_quiet(os.path.join(mdir, lock))
         if released:
             q._wake_receiver()  # one receiver of this group, which got them back (D76)
-        elif gone and q._one:
+        elif gone and (q._one or q._refresh_word()):
             # A receiver killed between its wake-up and its round took the wake-up with
             # it (D69): this reaper (the one that removed it, so one per death) passes
             # one on, so a message it was woken for does not wait for another
             # receiver's timeout.  On the group's own word only: the topic's (no group
-            # word was free) wakes everybody, so nothing was taken (D74).
+            # word was free) wakes everybody, so nothing was taken (D74); a reaper
+            # without one looks whether the group got one since (D85).
             env.wake(q._slot, passing=True)
         return True

@@ -139,6 +139,14 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
     # Loaded before the state is read: a round that finds nothing waits on it, and a
     # change committed after this load bumps it (D74: Env.queue_words).
     seq = notifier.load(slot)
+    one = q._one  # (of this round's word: a bump below may move the queue to its word)
+    if not one and q._refresh_word():
+        # A registration gave the group a word since (D85): the version word was loaded
+        # after the topic's word's seq, and the registration bumps the version word
+        # before the topic's, so a move missed here shows in that seq.
+        slot = q._slot
+        one = True
+        seq = notifier.load(slot)
     next_due = scheduler.next_due_ms(engine)
     now = now_ms()
     take = first and not q._idle
@@ -156,11 +164,11 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
             if more:
                 # Writers wake one receiver of the group (D67, D74): this one left
                 # messages behind, so it wakes the next.
-                if q._one:
+                if one:
                     notifier.bump_one(slot)
                 else:
-                    notifier.bump(slot)
-            return ReceiveStep(out, True, slot, seq, 0.0, q._one)
+                    _bump_fallback(q, slot, one=True)
+            return ReceiveStep(out, True, slot, seq, 0.0, one)
         now = now_ms()
     q._idle = True
     wait = math.inf
@@ -168,7 +176,24 @@ def receive_step(q: QueueCore, max_messages: int, vt: int, first: bool,
         wait = max(0.0, (next_visible - now) / 1000.0) + 0.001
     if next_due is not None:
         wait = min(wait, max(0.0, (next_due - now) / 1000.0) + 0.001)
-    return ReceiveStep([], False, slot, seq, wait, q._one)
+    return ReceiveStep([], False, slot, seq, wait, one)
+
+
+def _bump_fallback(q: QueueCore, slot: int, *, one: bool) -> None:
+    """The bump of a receiver without its group's word, after its commit: the topic's
+    word (``slot``, every waiter) and, when a registration gave the group a word since
+    this consumer last looked, that word too (one waiter for a chained wake-up), where
+    the group's other receivers may sleep already (D85).  The topic's bump comes
+    first: a full barrier between the commit and the version word's load, so either
+    the load sees the registration's bump or the receivers that moved to the word read
+    after this commit."""
+    notifier = q._env.notifier
+    notifier.bump(slot)
+    if q._refresh_word():
+        if one:
+            notifier.bump_one(q._slot)
+        else:
+            notifier.bump(q._slot)
 
 
 def _peek(q: QueueCore, now: int) -> tuple[bool, int]:
@@ -272,7 +297,10 @@ def _receive_once(q: QueueCore, max_messages: int, vt: int,
         # saw: wake them only when it moved earlier (the first delivery of an idle
         # queue, a shorter visibility timeout), not for every delivery (D67).  Only
         # this group's: the deadline is the group's (D74).
-        env.notifier.bump(q._slot)
+        if q._one:
+            env.notifier.bump(q._slot)
+        else:
+            _bump_fallback(q, q._slot, one=False)
     # Messages moved to the dead-letter topic: the commit notified it (appended to,
     # ``Engine.append_in`` marks it touched).
     # Build the Delivery objects outside the write transaction.

@@ -1031,6 +1031,8 @@ class StreamRunner(Runner):
         self._next_commit = 0.0  # monotonic time before which _commit() waits (interval)
         self._look = _TOPIC_WAIT_MIN  # while topics are waited for: the next look's delay ...
         self._next_look = 0.0  # ... and its monotonic time (D89)
+        self._last_look = 0.0
+        self._idle = False  # the last poll returned nothing
 
     def _wake(self) -> None:
         c = self._aconsumer if self._loop_driven else self._consumer
@@ -1097,14 +1099,22 @@ class StreamRunner(Runner):
             delay = self._pause_sync(delay)
         return None
 
-    def _changed(self) -> bool:
+    def _changed(self, idle: bool) -> bool:
         """Whether the consumer's topics are no longer the ones to read: one of them was
-        deleted, or (while some are waited for) one of those exists again.  Bounded
-        backoff between looks while waiting (fetch thread / task)."""
-        if not self._gone or time.monotonic() < self._next_look:
+        deleted, or (while some are waited for) one of those exists again (fetch thread /
+        task).  A poll does not always raise for a deleted topic (a member whose partitions
+        of it were revoked by the deletion reads none of it), so the catalog is looked at
+        after a poll that returned nothing (at most every 50 ms: a deletion wakes the poll)
+        and at least every second; while topics are waited for, with the bounded backoff."""
+        now = time.monotonic()
+        if now < self._next_look and not (idle and now >= self._last_look + _TOPIC_WAIT_MIN):
             return False
-        self._look = min(2 * self._look, _TOPIC_WAIT_MAX)
-        self._next_look = time.monotonic() + self._look
+        self._last_look = now
+        if self._gone:
+            self._look = min(2 * self._look, _TOPIC_WAIT_MAX)
+            self._next_look = now + self._look
+        else:
+            self._next_look = now + _TOPIC_WAIT_MAX
         return set(self._missing(self._fetch_topics)) != set(self._gone)
 
     def _looked(self) -> None:
@@ -1143,7 +1153,7 @@ class StreamRunner(Runner):
                 if c is None:
                     c = self._open_sync()
                     continue
-                if self._changed():
+                if self._changed(self._idle):
                     self._retire()
                     c.close()
                     c = None
@@ -1171,6 +1181,7 @@ class StreamRunner(Runner):
                     c.close()
                     c = None
                     continue
+                self._idle = not msgs
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
@@ -1213,7 +1224,7 @@ class StreamRunner(Runner):
                 if ac is None:
                     ac = await self._open_async()
                     continue
-                if self._changed():
+                if self._changed(self._idle):
                     await self._retire_async(ac)
                     ac = None
                     continue
@@ -1252,6 +1263,7 @@ class StreamRunner(Runner):
                     await self._retire_async(ac)
                     ac = None
                     continue
+                self._idle = not msgs
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()

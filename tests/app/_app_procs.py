@@ -104,3 +104,14 @@ def held(x: object) -> None:
 def held_down() -> None:
     with open(os.path.join(DIR, f"down-{os.getpid()}"), "w") as f:
         f.write("1")
+
+
+# A stream subscriber whose topic the test deletes and creates again (D89): one output per
+# handled input, with the worker's pid.
+stream_app = mqlite.App(DIR, name="sa", durability="none", graceful_timeout=30, partitions=4)
+
+
+@stream_app.subscriber("events", group="sa.events", concurrency=2, batch=10)
+@stream_app.publisher("done")
+def stream_event(x: dict) -> dict:
+    return {"id": x["id"], "pid": os.getpid()}

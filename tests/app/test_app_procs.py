@@ -383,6 +383,90 @@ def test_health_of_one_worker_shows_the_wait(app_procs: Any) -> None:
         out.close()
 
 
+def _send_events(b: mqlite.Broker, ids: range) -> None:
+    b.send_batch("events", [msgspec.json.encode({"id": i}) for i in ids],
+                 keys=[str(i).encode() for i in ids])
+
+
+def test_stream_workers_wait_for_their_deleted_topic_and_resume_without_restarting(
+        app_procs: Any) -> None:
+    """``mqlite run --workers 2``: the topic of a stream subscriber (one group, 4
+    partitions shared by the workers) is deleted under both workers, then created again by
+    someone else.  Each worker waits (logs it once), no worker exits or is restarted, and
+    every message sent after the re-creation is handled exactly once: the group reads the
+    new topic from its start, not from the offsets it committed on the old one (D89)."""
+    b = mqlite.open(app_procs.dir, durability="none")
+    b.create_topic("events", partitions=4)
+    b.create_topic("done")
+    out = Outputs(b, "done")
+    port = _free_port()
+    try:
+        p = app_procs.run("_app_procs:stream_app", "--workers", "2", "--health-port",
+                          str(port))
+        lines = _Lines(p)
+        _, body = wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        pids = set(body["workers"])
+        _send_events(b, range(200))
+        out.until(lambda v: {x["id"] for x in v} >= set(range(200)), "the first 200")
+        wait_until(lambda: sum(b.committed_offsets("sa.events", "events").values()) == 200,
+                   TIMEOUT, "the first 200 committed")
+        b.delete_topic("events")
+        wait_until(lambda: lines.count("'events' was deleted; waiting") >= 2, TIMEOUT,
+                   f"both workers waiting:\n{lines.text()}")
+        assert "events" not in b.topics()  # no worker created it again
+        b.create_topic("events", partitions=4)
+        _send_events(b, range(200, 500))
+        out.until(lambda v: {x["id"] for x in v} >= set(range(200, 500)),
+                  "every message sent after the re-creation")
+        wait_until(lambda: sum(b.committed_offsets("sa.events", "events").values()) == 300,
+                   TIMEOUT, "the new topic committed to its end")
+        code, body2 = _health(port)
+        assert code == 200 and set(body2["workers"]) == pids, (body2, lines.text())
+        assert _stop(p) == 0, lines.text()[-3000:]
+        out.drain()
+        after = Counter(x["id"] for x in out.values if x["id"] >= 200)
+        assert set(after) == set(range(200, 500)) and set(after.values()) == {1}
+        assert {x["pid"] for x in out.values if x["id"] >= 200} <= {int(q) for q in pids}
+        text = lines.text()
+        assert "exited with" not in text and "Traceback" not in text, text[-3000:]
+        assert lines.count("'events' was deleted; waiting") == 2, text[-3000:]
+    finally:
+        out.close()
+        b.close()
+
+
+def test_health_of_one_stream_worker_shows_the_wait(app_procs: Any) -> None:
+    """``mqlite run --health-port``: 503 naming the wait while the stream subscriber's
+    topic is gone, 200 and handling again once it exists (it used to stop the run)."""
+    b = mqlite.open(app_procs.dir, durability="none")
+    b.create_topic("events", partitions=4)
+    b.create_topic("done")
+    out = Outputs(b, "done")
+    port = _free_port()
+    try:
+        p = app_procs.run("_app_procs:stream_app", "--health-port", str(port))
+        wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        b.delete_topic("events")
+
+        def waiting() -> dict[str, Any] | None:
+            assert p.poll() is None, "the run ended"
+            code, body = _health(port)
+            sub = body.get("stream_event") or {}
+            return body if code == 503 and sub.get("waiting") else None
+
+        body = wait_until(waiting, TIMEOUT, "health 503 with the wait")
+        assert body["ready"] is False
+        assert "'events' was deleted" in body["stream_event"]["waiting"]
+        assert body["stream_event"]["error"] is None
+        b.create_topic("events", partitions=2)
+        _send_events(b, range(5))
+        out.until(lambda v: {x["id"] for x in v} == set(range(5)), "handled after the wait")
+        wait_until(lambda: _ready(port), TIMEOUT, "health 200 again")
+        assert _stop(p) == 0
+    finally:
+        out.close()
+
+
 def test_a_signal_to_the_process_group_stops_workers_gracefully(app_procs: Any) -> None:
     """Ctrl-C in a terminal or systemd's stop signals every process of the group: a
     worker gets the signal and then its supervisor's forward of it.  That used to count

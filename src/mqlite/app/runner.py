@@ -86,6 +86,11 @@ _RETRY_PREFIX = "x-mqlite-retry-"
 STATUSES = ("ok", "retry", "dead_letter", "error", "skipped")
 _MAX_ERROR = 1000
 
+#: Waiting for a deleted topic to exist again (D84, D89): the first look after this many
+#: seconds, doubling up to ``_TOPIC_WAIT_MAX`` (a stop or a job's report ends a wait early).
+_TOPIC_WAIT_MIN = 0.05
+_TOPIC_WAIT_MAX = 1.0
+
 
 class HandlerEvent(NamedTuple):
     """What a listener (``App(listeners=...)`` / ``app.add_listener``) is told.
@@ -195,9 +200,12 @@ class Runner:
         self.ready = False
         self.failed: BaseException | None = None
         self.handled = 0
-        #: Why the subscriber is not fetching although running (``None``: it is): a queue
-        #: subscriber whose topic was deleted waits for it (D84); shown by ``app.health()``.
+        #: Why the subscriber is not fetching (all of its topics) although running (``None``:
+        #: it is): a subscriber whose topic was deleted waits for it (D84, D89); shown by
+        #: ``app.health()``.
         self.waiting: str | None = None
+        self._gone: list[str] = []  # the subscribed topics found deleted, waited for
+        self._woken = threading.Event()  # a stop or a report, for a sync topic wait
         self._stop_flag = LaneFlag()  # read as a C field by run_lane before each message
         self._done_q: _queue_mod.SimpleQueue[_Done] = _queue_mod.SimpleQueue()
         self._running = 0
@@ -296,6 +304,56 @@ class Runner:
 
     async def _aloop(self) -> None:
         raise NotImplementedError
+
+    # -- a deleted topic (D84, D89): the wait both modes share ---------------------------------
+    def _missing(self, topics: list[str]) -> list[str]:
+        """Those of ``topics`` that do not exist now (a backend without ``topic_exists``:
+        none; opening a consumer then tells)."""
+        exists = getattr(self.backend, "topic_exists", None)
+        if exists is None:
+            return []
+        return [t for t in topics if not exists(t)]
+
+    def _note_gone(self, topics: list[str], then: str) -> None:
+        """``topics`` (subscribed) do not exist: show the wait in health (the subscriber is
+        not ready) and log one warning per topic newly found deleted; ``then`` says what
+        the subscriber does once they exist again."""
+        for t in topics:
+            if t not in self._gone:
+                log.warning("subscriber %s (group %r): topic %r was deleted; waiting for it "
+                            "to be created again, then %s", self.spec.name, self.spec.group,
+                            t, then)
+        if self._gone == topics and self.waiting is not None:
+            return
+        self._gone = list(topics)
+        names = " and ".join(repr(t) for t in topics)
+        self.ready = True  # it joined once: health shows the wait, not a start-up
+        self.waiting = (f"topic {names} was deleted; waiting for it to be created again "
+                        f"(the App does not create it while running)" if len(topics) == 1 else
+                        f"topics {names} were deleted; waiting for them to be created again "
+                        f"(the App does not create them while running)")
+        self.app._notify_progress()
+
+    def _note_back(self, what: str) -> None:
+        """Every subscribed topic exists again and is read (``what``: how): one INFO line."""
+        if self.waiting is None:
+            return
+        gone, self._gone, self.waiting = self._gone, [], None
+        log.info("subscriber %s: topic %s exists again; %s", self.spec.name,
+                 " and ".join(repr(t) for t in gone), what)
+        self.app._notify_progress()
+
+    def _pause_sync(self, delay: float) -> float:
+        """Wait ``delay`` s, or less when a stop (or a job's report) comes; the next delay
+        (doubled, up to :data:`_TOPIC_WAIT_MAX`).  Fetch thread; clear ``_woken`` before
+        the look this pause follows."""
+        self._woken.wait(delay)
+        return min(2 * delay, _TOPIC_WAIT_MAX)
+
+    async def _pause_async(self, delay: float) -> float:
+        """:meth:`_pause_sync` for the fetch task, on the App's loop."""
+        await self._wait_report(delay)
+        return min(2 * delay, _TOPIC_WAIT_MAX)
 
     # -- jobs ------------------------------------------------------------------------------
     def _submit(self, job: Callable[[], Any], coro: Callable[[], Coroutine[Any, Any, Any]]
@@ -971,30 +1029,135 @@ class StreamRunner(Runner):
         self._fetch_topics = spec.topics + ([spec.retry_topic] if spec.retry_topic else [])
         self._attempt_of = _retry_attempt if spec.retry_topic else _first_attempt
         self._next_commit = 0.0  # monotonic time before which _commit() waits (interval)
+        self._look = _TOPIC_WAIT_MIN  # while topics are waited for: the next look's delay ...
+        self._next_look = 0.0  # ... and its monotonic time (D89)
+        self._last_look = 0.0
+        self._idle = False  # the last poll returned nothing
 
     def _wake(self) -> None:
         c = self._aconsumer if self._loop_driven else self._consumer
         if c is not None:
             c.wakeup()
+        self._woken.set()
         self._kick()
 
     def _consumer_for_tx(self) -> Any:
         return self._consumer
 
     def lag(self) -> int:
-        lag = self.backend.stream_lag(self.spec.group, self._fetch_topics)
+        try:
+            lag = self.backend.stream_lag(self.spec.group, self._fetch_topics)
+        except TopicNotFoundError:  # one was deleted (the fetch loop waits for it): the rest
+            lag = 0
+            for t in self._fetch_topics:
+                try:
+                    lag += self.backend.stream_lag(self.spec.group, [t])
+                except TopicNotFoundError:
+                    pass
         scheduled = getattr(self.backend, "scheduled", None)
         if self.spec.retry_topic is not None and scheduled is not None:
             lag += scheduled(self.spec.retry_topic)  # retries waiting out their delay
         return lag
 
+    # -- a deleted topic (D89) ---------------------------------------------------------------
+    def _subscribe(self, make: Callable[..., Any]) -> Any:
+        """``make(topics, group, ...)``: a consumer of the subscribed topics that exist now,
+        or None when none does (or one went while it joined: look again later).  Topics
+        missing are shown as waited for; when none is, the wait is over."""
+        spec = self.spec
+        missing = self._missing(self._fetch_topics)
+        present = [t for t in self._fetch_topics if t not in missing]
+        if missing:
+            self._note_gone(missing, "reading it from its first message (or by "
+                            "auto_offset_reset), never from an offset of the deleted topic")
+        if not present:
+            return None
+        try:
+            c = make(present, spec.group, auto_offset_reset=spec.auto_offset_reset,
+                     batch=spec.batch, on_revoke=self._on_revoke)
+        except TopicNotFoundError:
+            if not self._gone:  # a backend without topic_exists: name them all
+                self._note_gone(self._fetch_topics, "reading it again")
+            return None
+        if not missing:
+            self._note_back("reading it" if len(present) == 1 else "reading them")
+        return c
+
+    def _open_sync(self) -> Any:
+        """A consumer of the subscribed topics that exist, waiting (bounded backoff, a stop
+        ends it) while none does; None when stopped meanwhile (fetch thread)."""
+        delay = _TOPIC_WAIT_MIN
+        while not self._stopping:
+            self._woken.clear()
+            self._drain(0.0)
+            c = self._consumer = self._subscribe(self.backend.stream_consumer)
+            if c is not None:
+                if self._stopping:
+                    c.wakeup()  # a stop that came before the consumer existed
+                self._looked()
+                return c
+            delay = self._pause_sync(delay)
+        return None
+
+    def _changed(self, idle: bool) -> bool:
+        """Whether the consumer's topics are no longer the ones to read: one of them was
+        deleted, or (while some are waited for) one of those exists again (fetch thread /
+        task).  A poll does not always raise for a deleted topic (a member whose partitions
+        of it were revoked by the deletion reads none of it), so the catalog is looked at
+        after a poll that returned nothing (at most every 50 ms: a deletion wakes the poll)
+        and at least every second; while topics are waited for, with the bounded backoff."""
+        now = time.monotonic()
+        if now < self._next_look and not (idle and now >= self._last_look + _TOPIC_WAIT_MIN):
+            return False
+        self._last_look = now
+        if self._gone:
+            self._look = min(2 * self._look, _TOPIC_WAIT_MAX)
+            self._next_look = now + self._look
+        else:
+            self._next_look = now + _TOPIC_WAIT_MAX
+        return set(self._missing(self._fetch_topics)) != set(self._gone)
+
+    def _looked(self) -> None:
+        """A consumer was opened: the first look for topics still missing in 50 ms."""
+        self._look = _TOPIC_WAIT_MIN
+        self._next_look = time.monotonic() + self._look
+
+    def _retire(self) -> None:
+        """Done with the consumer (its topics changed, D89): lanes of deleted topics stop
+        between messages and their offsets are dropped (they would name partitions of a
+        topic that is gone, or of a new one of that name); the other lanes finish and their
+        offsets are committed, so the next consumer resumes right after them."""
+        missing = set(self._missing(self._fetch_topics))
+        for lane in self._lanes.values():
+            if lane.tp.topic in missing:
+                lane.revoked = True
+        for lane in self._lanes.values():
+            for b in lane.batches:
+                self._buffered -= len(b)
+            lane.batches.clear()
+        self._wait_lanes(list(self._lanes.values()), self.app.graceful_timeout)
+        self._drain(0.0)
+        self._to_commit = {tp: o for tp, o in self._to_commit.items()
+                           if tp.topic not in missing}
+        self._commit()
+        self._to_commit.clear()
+        self._lanes.clear()
+        self._ready_lanes.clear()
+        self._rewinds.clear()
+
     def _loop(self) -> None:
         spec = self.spec
-        self._consumer = c = self.backend.stream_consumer(
-            self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
-            batch=spec.batch, on_revoke=self._on_revoke)
+        c = self._open_sync()
         try:
             while not self._stopping:
+                if c is None:
+                    c = self._open_sync()
+                    continue
+                if self._changed(self._idle):
+                    self._retire()
+                    c.close()
+                    c = None
+                    continue
                 self._drain(0.0)
                 self._apply_rewinds()
                 self._schedule()
@@ -1004,13 +1167,21 @@ class StreamRunner(Runner):
                     continue
                 if self._stopping or not self._done_q.empty():
                     continue  # a stop or report came during commit(), which took its wake-up
-                msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self._to_commit else []
-                if not msgs and self._to_commit:
-                    self._commit()  # caught up: commit before waiting
-                    if self._stopping or not self._done_q.empty():
-                        continue
-                if not msgs:
-                    msgs = c.poll(max_records=spec.batch, timeout=1.0 if self.ready else 0.01)
+                try:
+                    msgs = c.poll(max_records=spec.batch, timeout=1e-6) if self._to_commit \
+                        else []
+                    if not msgs and self._to_commit:
+                        self._commit()  # caught up: commit before waiting
+                        if self._stopping or not self._done_q.empty():
+                            continue
+                    if not msgs:
+                        msgs = c.poll(max_records=spec.batch, timeout=self._poll_wait())
+                except TopicNotFoundError:  # a subscribed topic was deleted: wait for it
+                    self._retire()
+                    c.close()
+                    c = None
+                    continue
+                self._idle = not msgs
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
@@ -1018,7 +1189,17 @@ class StreamRunner(Runner):
                     self._dispatch(msgs)
             self._shutdown()
         finally:
-            c.close()
+            if c is not None:
+                c.close()
+
+    def _poll_wait(self) -> float:
+        """How long a poll with nothing to do waits: 1 s, 10 ms before the first poll
+        returned, or until the next look for a deleted topic."""
+        if not self.ready:
+            return 0.01
+        if self._gone:
+            return max(0.001, min(1.0, self._next_look - time.monotonic()))
+        return 1.0
 
     async def _aloop(self) -> None:
         """The fetch loop of a loop-driven subscriber: one task, like a hand-written loop.
@@ -1037,14 +1218,16 @@ class StreamRunner(Runner):
         spec = self.spec
         loop = asyncio.get_running_loop()
         io = self.app._io_pool()
-        self._aconsumer = ac = async_stream_consumer(
-            self.backend, self._fetch_topics, spec.group, auto_offset_reset=spec.auto_offset_reset,
-            batch=spec.batch, on_revoke=self._on_revoke)
-        self._consumer = ac.sync
-        if self._stopping:
-            ac.wakeup()  # a stop that came before the consumer existed
+        ac = await self._open_async()
         try:
             while not self._stopping:
+                if ac is None:
+                    ac = await self._open_async()
+                    continue
+                if self._changed(self._idle):
+                    await self._retire_async(ac)
+                    ac = None
+                    continue
                 self._drain(0.0)
                 self._apply_rewinds()
                 if self._to_commit and time.monotonic() >= self._next_commit:
@@ -1069,11 +1252,18 @@ class StreamRunner(Runner):
                 if self._buffered >= self._max_buffered:  # lanes behind: wait for one
                     await self._wait_report(0.5)
                     continue
-                msgs = await ac.poll(spec.batch, 1e-6) if self.ready else []
-                if not msgs and not self._stopping:
-                    if self._to_commit:  # caught up: commit before waiting
-                        self._commit()
-                    msgs = await ac.poll(spec.batch, 1.0)
+                try:
+                    msgs = await ac.poll(spec.batch, 1e-6) if self.ready else []
+                    if not msgs and not self._stopping:
+                        if self._to_commit:  # caught up: commit before waiting
+                            self._commit()
+                        msgs = await ac.poll(spec.batch, self._poll_wait() if self.ready
+                                             else 1.0)
+                except TopicNotFoundError:  # a subscribed topic was deleted: wait for it
+                    await self._retire_async(ac)
+                    ac = None
+                    continue
+                self._idle = not msgs
                 if not self.ready:
                     self.ready = True
                     self.app._notify_progress()
@@ -1081,7 +1271,29 @@ class StreamRunner(Runner):
                     self._dispatch(msgs)
             await loop.run_in_executor(io, self._shutdown)
         finally:
-            await ac.close()
+            if ac is not None:
+                await ac.close()
+
+    async def _open_async(self) -> Any:
+        """:meth:`_open_sync` for the fetch task: an asyncio consumer (backend seam), or None."""
+        delay = _TOPIC_WAIT_MIN
+        while not self._stopping:
+            self._drain(0.0)
+            ac = self._aconsumer = self._subscribe(functools.partial(async_stream_consumer,
+                                                                     self.backend))
+            if ac is not None:
+                self._consumer = ac.sync
+                if self._stopping:
+                    ac.wakeup()  # a stop that came before the consumer existed
+                self._looked()
+                return ac
+            delay = await self._pause_async(delay)
+        return None
+
+    async def _retire_async(self, ac: Any) -> None:
+        """:meth:`_retire` (in a worker thread: lanes may be tasks on this loop), then close."""
+        await asyncio.get_running_loop().run_in_executor(self.app._io_pool(), self._retire)
+        await ac.close()
 
     def _dispatch(self, msgs: list[Any]) -> None:
         if self.spec.ack == "before":
@@ -1092,6 +1304,8 @@ class StreamRunner(Runner):
                 self._consumer.commit(ends)
             except CommitFailedError:
                 return  # lost them already: the new owner reads them
+            except TopicNotFoundError:
+                return  # a topic was deleted: the next poll finds out and waits (D89)
         for (t, p), batch in _runs(msgs):
             tp = TopicPartition(t, p)
             lane = self._lanes.get(tp)
@@ -1289,18 +1503,29 @@ class StreamRunner(Runner):
                 return
             self._next_commit = now + self.spec.commit_interval
         todo, self._to_commit = self._to_commit, {}
+        self._commit_some(todo)
+        self.app._notify_progress()
+
+    def _commit_some(self, todo: dict[TopicPartition, int]) -> None:
+        """Commit ``todo``; partitions lost to a rebalance, or of a deleted topic (D89:
+        the next poll finds out and the subscriber waits for it), are dropped."""
         try:
             self._consumer.commit(todo)
+            return
         except CommitFailedError:
             # Some partition moved: commit the others, drop the lost ones.
             owned = set(self._consumer.assignment())
             rest = {tp: o for tp, o in todo.items() if tp in owned}
-            if rest:
-                try:
-                    self._consumer.commit(rest)
-                except CommitFailedError:
-                    pass
-        self.app._notify_progress()
+        except TopicNotFoundError:
+            gone = set(self._missing(sorted({tp.topic for tp in todo})))
+            rest = {tp: o for tp, o in todo.items() if tp.topic not in gone}
+            if len(rest) == len(todo):
+                return  # deleted and created again meanwhile: nothing is sure, drop them
+        if rest:
+            try:
+                self._consumer.commit(rest)
+            except (CommitFailedError, TopicNotFoundError):
+                pass
 
     def _wait_lanes(self, lanes: list[_Lane], timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -1339,12 +1564,6 @@ class StreamRunner(Runner):
         self._commit()
 
 
-#: Waiting for a deleted topic to exist again (D84): the first look after this many
-#: seconds, doubling up to ``_TOPIC_WAIT_MAX`` (a stop or a job's report ends a wait early).
-_TOPIC_WAIT_MIN = 0.05
-_TOPIC_WAIT_MAX = 1.0
-
-
 class QueueRunner(Runner):
     """Queue mode (competing consumers, per-message acks): see the module docstring.
 
@@ -1363,7 +1582,6 @@ class QueueRunner(Runner):
         self._queue: Any = None
         self._aqueue: Any = None  # loop-driven: the mqlite.aio queue (backend.async_queue)
         self._old: list[Any] = []  # queue consumers of a deleted topic, closed once idle
-        self._woken = threading.Event()  # a stop or a report, for a sync topic wait
         self._jobs = 0
         self.revoked = False  # the "lane" of a queue job is the runner itself
         # Running jobs' deliveries, kept invisible by the heartbeat thread (_keep_visible)
@@ -1426,31 +1644,20 @@ class QueueRunner(Runner):
     # -- a deleted topic (D84) ---------------------------------------------------------------
     def _lost(self) -> None:
         """The topic went away under the queue consumer: wait for it (fetch thread / task)."""
-        topic = self.spec.topics[0]
         if self._queue is not None:
             self._old.append(self._aqueue if self._loop_driven else self._queue)
         self._queue = self._aqueue = None
-        self.ready = True  # it joined once: health shows the wait, not a start-up
-        self.waiting = (f"topic {topic!r} was deleted; waiting for it to be created again "
-                        f"(the App does not create it while running)")
-        log.warning("subscriber %s: topic %r was deleted; waiting for it to be created "
-                    "again, then receiving from it as group %r (deliveries in flight went "
-                    "with the old topic)", self.spec.name, topic, self.spec.group)
-        self.app._notify_progress()
+        self._note_gone([self.spec.topics[0]], "receiving from it (deliveries in flight went "
+                        "with the old topic)")
 
     def _found(self, q: Any, aq: Any = None) -> None:
         """A queue consumer of the topic is open (again)."""
         self._queue, self._aqueue = q, aq
-        if self.waiting is not None:
-            self.waiting = None
-            log.info("subscriber %s: topic %r exists again; receiving from it",
-                     self.spec.name, self.spec.topics[0])
-            self.app._notify_progress()
+        self._note_back("receiving from it")
 
     def _topic_back(self) -> bool:
         """Whether the topic exists (a backend without ``topic_exists``: assume so)."""
-        exists = getattr(self.backend, "topic_exists", None)
-        return True if exists is None else bool(exists(self.spec.topics[0]))
+        return not self._missing([self.spec.topics[0]])
 
     def _open_sync(self) -> Any:
         """A queue consumer of the topic, waiting while it does not exist; None when
@@ -1465,8 +1672,7 @@ class QueueRunner(Runner):
                 if self._stopping:
                     return None
                 if not self._topic_back():
-                    self._woken.wait(delay)
-                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                    delay = self._pause_sync(delay)
                     continue
             try:
                 q = self.backend.queue(spec.topics[0], spec.group, **self._queue_options())
@@ -1474,8 +1680,7 @@ class QueueRunner(Runner):
                 if self.waiting is None:
                     self._lost()
                 else:  # deleted again since it was seen: look again later
-                    self._woken.wait(delay)
-                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                    delay = self._pause_sync(delay)
                 continue
             self._found(q)
             if self._stopping:
@@ -1541,8 +1746,7 @@ class QueueRunner(Runner):
                 if self._stopping:
                     return None
                 if not self._topic_back():
-                    await self._wait_report(delay)
-                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                    delay = await self._pause_async(delay)
                     continue
             try:
                 aq = await make(spec.topics[0], spec.group, **self._queue_options())
@@ -1550,8 +1754,7 @@ class QueueRunner(Runner):
                 if self.waiting is None:
                     self._lost()
                 else:  # deleted again since it was seen: look again later
-                    await self._wait_report(delay)
-                    delay = min(2 * delay, _TOPIC_WAIT_MAX)
+                    delay = await self._pause_async(delay)
                 continue
             self._found(aq.sync, aq)
             if self._stopping:

@@ -168,12 +168,11 @@ def test_periodic_options_are_checked_at_decoration() -> None:
     def job() -> None:
         return None
 
-    for every, exc, msg in [(0, ValueError, "every is in seconds"),
-                            (0.05, ValueError, "0.1 to"),
-                            (400 * 86400, ValueError, "366 days"),
-                            (float("inf"), ValueError, "finite"),
-                            ("5", TypeError, "number of seconds"),
-                            (True, TypeError, "number of seconds")]:
+    bad: list[tuple[Any, type[Exception], str]] = [(0, ValueError, "every is in seconds"),
+        (0.05, ValueError, "0.1 to"), (400 * 86400, ValueError, "366 days"),
+        (float("inf"), ValueError, "finite"), ("5", TypeError, "number of seconds"),
+        (True, TypeError, "number of seconds")]
+    for every, exc, msg in bad:
         with pytest.raises(exc, match=msg):
             app.periodic(every=every)(job)
     with pytest.raises(ValueError, match="0 <= offset < every"):

@@ -10,6 +10,7 @@ Layers: this package is written on the public broker API through
 ``codec``       payload encoding / decoding with msgspec
 ``exceptions``  Reject (permanent) and Retry (transient)
 ``backend``     the seam to the broker (sync mqlite today; aio / Kafka later)
+``periodic``    @app.periodic(every=...): ticks as deduplicated delayed messages, one run each
 ``run``         app.run(workers=N), signals, health endpoint
 ``testing``     TestApp: the real engine in a temporary directory
 """
@@ -19,8 +20,9 @@ from mqlite.app.app import App, Health
 from mqlite.app.codec import PayloadError
 from mqlite.app.context import Context
 from mqlite.app.exceptions import Reject, Retry
+from mqlite.app.periodic import Tick
 from mqlite.app.runner import HandlerEvent
 from mqlite.app.testing import TestApp
 
 __all__ = ["App", "Context", "HandlerEvent", "Health", "PayloadError", "Reject", "Retry",
-           "TestApp"]
+           "TestApp", "Tick"]

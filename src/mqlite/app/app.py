@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import datetime
 import inspect
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple, Self, TypeVar
 
 from mqlite.app.backend import LocalBackend, is_target, open_backend
 from mqlite.app.context import H_CORRELATION, H_REPLY_TO, make_output
+from mqlite.app.periodic import PeriodicJob, make_handler, make_job, tick_ttl
 from mqlite.app.runner import HandlerEvent, QueueRunner, Runner, StreamRunner
 from mqlite.app.subscriber import SubscriberSpec, make_spec
 from mqlite.config import validate_topic_name
@@ -179,6 +181,7 @@ class App:
         self.auto_create_topics = auto_create_topics
         self.subscribers: list[SubscriberSpec] = []
         self._publishers: dict[int, list[str]] = {}
+        self.periodic_jobs: dict[str, PeriodicJob] = {}
         self._startup: list[Callable[..., Any]] = []
         self._shutdown: list[Callable[..., Any]] = []
         self._listeners: list[Callable[[HandlerEvent], Any]] = []
@@ -342,10 +345,80 @@ class App:
 
         def register(fn: F) -> F:
             for spec in self.subscribers:
-                if spec.handler is fn:
+                job = getattr(spec.handler, "mqlite_periodic_job", None)
+                if spec.handler is fn or (job is not None and job.fn is fn):
                     spec.publishers.append(topic)
                     return fn
             self._publishers.setdefault(id(fn), []).append(topic)
+            return fn
+        return register
+
+    def periodic(self, every: float | datetime.timedelta, *, offset: float | datetime.timedelta = 0,
+                 name: str | None = None, topic: str | None = None, group: str | None = None,
+                 retries: int = 3, backoff: Backoff | float | None = _UNSET,
+                 dead_letter: str | None = None,
+                 permanent: Sequence[type[BaseException]] = (),
+                 visibility_timeout: float = 30.0) -> Callable[[F], F]:
+        """Run the decorated function (``def`` or ``async def``) once per tick, in ONE
+        worker of the whole service (Celery beat, APScheduler's interval trigger).
+
+        Ticks are at UNIX time ``offset + k * every`` (so ``every=3600`` runs on the
+        hour, ``every=86400, offset=3 * 3600`` daily at 03:00 UTC), the same grid in
+        every process.  Each tick is a delayed message with a deterministic dedup id
+        on the job's tick topic, received by a queue-mode subscriber: whatever the
+        number of worker processes and restarts, each tick is handled once, with the
+        App's retries, dead letters, listeners, metrics and health (the job's
+        subscriber has the job's ``name``).  At-least-once as any queue job: a worker
+        killed mid-run hands the tick to another.  A tick missed while no worker ran
+        is run once, late, at the next start; later missed ticks are not (as Celery
+        beat).  A run longer than ``every`` overlaps the next tick's run (in another
+        worker or thread).  The function takes ``()``, ``(tick)``,
+        ``(ctx)`` or ``(tick, ctx)``; ``tick`` is a :class:`mqlite.app.Tick`
+        (``job``, ``at``, ``every``, ``late``).  Its return value goes to any
+        ``@app.publisher``.
+
+        Parameters
+        ----------
+        every
+            Seconds between ticks (or a ``datetime.timedelta``): 0.1 s to 366 days,
+            millisecond precision.
+        offset
+            Seconds (or ``timedelta``) added to the grid: ``0 <= offset < every``,
+            default 0.
+        name
+            The job's name (default: the function's ``__name__``), 1-200 characters;
+            names the subscriber, the default topic, group and the ticks' dedup ids.
+        topic
+            Tick topic (default ``"{app name}.periodic.{name}"``).
+        group
+            Queue group (default ``"{app name}.{name}"``).
+        retries, backoff, dead_letter, permanent, visibility_timeout
+            As :meth:`subscriber` in queue mode.
+
+        Raises
+        ------
+        TypeError, ValueError
+            At decoration time: a bad interval, offset, option or signature.
+        RuntimeError
+            The App already started.
+        """
+        if backoff is _UNSET:
+            from mqlite.app.subscriber import DEFAULT_BACKOFF
+            backoff = DEFAULT_BACKOFF
+
+        def register(fn: F) -> F:
+            if self._state != "new":
+                raise RuntimeError("register periodic jobs before the App starts")
+            job = make_job(fn, every=every, offset=offset, name=name, topic=topic,
+                           app_name=self.name)
+            handler = make_handler(job, self._backend_now)
+            self.subscriber(job.topic, group=group, mode="queue", name=job.name,
+                            idempotency_key=job.key, idempotency_ttl=tick_ttl(job.every_ms),
+                            retries=retries, backoff=backoff, dead_letter=dead_letter,
+                            permanent=permanent, visibility_timeout=visibility_timeout,
+                            batch=1, partitions=1)(handler)
+            self.subscribers[-1].publishers.extend(self._publishers.get(id(fn), []))
+            self.periodic_jobs[job.name] = job
             return fn
         return register
 
@@ -442,6 +515,8 @@ class App:
             if self._state != "new":
                 raise RuntimeError("this App was stopped; create a new App to start again")
             backend = self._backend_now()
+            for job in self.periodic_jobs.values():
+                job.ensure_topic(backend)
             for spec in self.subscribers:
                 if spec.batch_handler and spec.publishers:
                     raise ValueError(f"subscriber {spec.name!r}: a batch=True handler's return "
@@ -460,6 +535,9 @@ class App:
                 fence = getattr(backend, "prepare_exactly_once", None)  # optional (Kafka)
                 if fence is not None and spec.exactly_once and spec.mode == "stream":
                     fence(spec.group)
+            now = time.time()
+            for job in self.periodic_jobs.values():
+                job.schedule(backend, now)  # merges with the other workers' schedules
             for fn in self._startup:
                 self._call_hook(fn)
             self._stop_event.clear()

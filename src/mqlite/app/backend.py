@@ -94,11 +94,14 @@ class LocalBackend:
         topic looks with this, D84)."""
         return name in self.broker.topics()
 
-    def ensure_topic(self, name: str, partitions: int) -> None:
+    def ensure_topic(self, name: str, partitions: int, *,
+                     retention_messages: int | None = None) -> None:
+        """Create topic ``name`` if missing (an existing one is used as it is);
+        ``retention_messages`` bounds what a new topic keeps (a periodic job's ticks)."""
         if name in self.broker.topics():
             return
         try:
-            self.broker.create_topic(name, partitions)
+            self.broker.create_topic(name, partitions, retention_messages=retention_messages)
         except TopicExistsError:
             pass  # another worker created it first: use it as it is
 

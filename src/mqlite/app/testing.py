@@ -16,10 +16,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
+from mqlite.app.periodic import Tick
 from mqlite.types import RecordMetadata
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class TestApp:
         self._events: list[HandlerEvent] = []
         self._lock = threading.Lock()
         self._saved: tuple[Any, str] | None = None
+        self._ticked: dict[str, int] = {}
 
     def __enter__(self) -> Self:
         app = self.app
@@ -70,6 +73,7 @@ class TestApp:
         self._saved = (app.target, app.durability)
         with self._lock:
             self._events = []
+        self._ticked = {}
         app.target = target
         app.durability = self._durability
         app.add_listener(self._record)
@@ -111,6 +115,39 @@ class TestApp:
         """``app.publish`` (the topic is created with the App's partitions if missing)."""
         self.app._backend_now().ensure_topic(topic, self.app.partitions)
         return self.app.publish(topic, payload, key=key, headers=headers, partition=partition)
+
+    def tick(self, job: str, at: float | None = None) -> Tick:
+        """Fire a tick of periodic job ``job`` now, instead of at its time; returns it.
+
+        Without ``at``: the job's next tick (after now, and after the last one
+        this method fired, so each call advances one tick).  ``at``: a tick time
+        (UNIX seconds) on the job's grid.  The tick is appended now with its dedup
+        id, so when its time comes the scheduled one merges with it and does not
+        run again.  The job runs as in production (its subscriber receives the
+        tick): follow with :meth:`wait_idle`.
+
+        Raises
+        ------
+        KeyError
+            No periodic job of that name.
+        ValueError
+            ``at`` is not on the job's grid (``offset + k * every``).
+        """
+        jobs = self.app.periodic_jobs
+        if job not in jobs:
+            raise KeyError(f"no periodic job named {job!r}; the App has {sorted(jobs)}")
+        pj = jobs[job]
+        if at is None:
+            last = self._ticked.get(job)
+            at_ms = pj.next_after(time.time() if last is None else max(time.time(), last / 1000))
+        else:
+            at_ms = round(at * 1000)
+            if not pj.on_grid(pj.tick(at_ms)):
+                raise ValueError(f"{at!r} is not a tick of {job!r} (UNIX seconds on the grid "
+                                 f"offset + k * {pj.every})")
+        pj.fire(self.app._backend_now(), at_ms)
+        self._ticked[job] = max(at_ms, self._ticked.get(job, at_ms))
+        return pj.tick(at_ms)
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until every message is handled and committed (``mqlite.TimeoutError``)."""

@@ -80,12 +80,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from mqlite import aio as aio
-    from mqlite.app import App, Context, Reject, Retry
+    from mqlite.app import App, Context, Reject, Retry, TimeLimitExceeded
 
 #: Names imported on first use, so ``import mqlite`` does not pay for asyncio and the
 #: service framework (PEP 562).
 _LAZY = {"App": "mqlite.app", "Context": "mqlite.app", "Reject": "mqlite.app",
-         "Retry": "mqlite.app"}
+         "Retry": "mqlite.app", "TimeLimitExceeded": "mqlite.app"}
 
 
 def __getattr__(name: str) -> Any:
@@ -154,6 +154,7 @@ __all__ = [
     "StickyPartitioner",
     "StorageError",
     "StorageFullError",
+    "TimeLimitExceeded",
     "TimeoutError",
     "TopicConfig",
     "TopicDescription",

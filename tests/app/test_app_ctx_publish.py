@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 import mqlite
-from mqlite.app.context import CTX_EXACTLY_ONCE, CTX_NO_SCHEDULE, Context
+from mqlite.app.context import Context
 
 
 def _values(broker: mqlite.Broker, topic: str) -> list[object]:
@@ -111,6 +111,8 @@ def test_exactly_once_needs_a_dedup_id_for_a_delayed_send(tmp_broker_dir, kind: 
 
 
 def test_ctx_publish_checks_its_arguments_when_called() -> None:
+    from mqlite.app.context import CTX_EXACTLY_ONCE, CTX_NO_SCHEDULE
+
     m = mqlite.Message("t", 0, 0, 0, None, b"1", [])
     ctx = Context(m, 1, "g", "h")
     with pytest.raises(ValueError, match="not both"):

@@ -18,7 +18,6 @@ import threading
 import pytest
 
 import mqlite
-from mqlite.app.subscriber import DEFAULT_TIME_LIMIT
 
 LIMIT = 0.5  # seconds
 
@@ -174,6 +173,8 @@ def test_a_call_within_its_limit_is_untouched(tmp_broker_dir, kind: str) -> None
 
 
 def test_time_limit_option() -> None:
+    from mqlite.app.subscriber import DEFAULT_TIME_LIMIT
+
     app = mqlite.App("/nonexistent-unused", durability="none")
 
     def h(x: int) -> None:

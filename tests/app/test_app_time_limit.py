@@ -192,7 +192,7 @@ def test_time_limit_option() -> None:
             app.subscriber("e", mode="queue", name="e", time_limit=bad)(h)
     for wrong in ("10", True):
         with pytest.raises(TypeError, match="time_limit must be a number of seconds"):
-            app.subscriber("e", mode="queue", name="e", time_limit=wrong)(h)
+            app.subscriber("e", mode="queue", name="e", time_limit=wrong)(h)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="time_limit is for mode='queue'"):
         app.subscriber("e", name="e", time_limit=5)(h)
     e = mqlite.TimeLimitExceeded(2.5, "job")

@@ -80,12 +80,13 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from mqlite import aio as aio
-    from mqlite.app import App, Context, Reject, Retry, Tick
+    from mqlite.app import App, Context, Reject, Retry, Tick, TimeLimitExceeded
 
 #: Names imported on first use, so ``import mqlite`` does not pay for asyncio and the
 #: service framework (PEP 562).
 _LAZY = {"App": "mqlite.app", "Context": "mqlite.app", "Reject": "mqlite.app",
-         "Retry": "mqlite.app", "Tick": "mqlite.app"}
+         "Retry": "mqlite.app", "Tick": "mqlite.app",
+         "TimeLimitExceeded": "mqlite.app"}
 
 
 def __getattr__(name: str) -> Any:
@@ -155,6 +156,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "Tick",
+    "TimeLimitExceeded",
     "TimeoutError",
     "TopicConfig",
     "TopicDescription",

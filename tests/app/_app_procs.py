@@ -115,3 +115,32 @@ stream_app = mqlite.App(DIR, name="sa", durability="none", graceful_timeout=30, 
 @stream_app.publisher("done")
 def stream_event(x: dict) -> dict:
     return {"id": x["id"], "pid": os.getpid()}
+
+
+# Time limits (D88): a job marked "hang" never returns by itself; time_limit gives it up
+# (sync: its thread abandoned; async: cancelled), retried once, then dead-lettered.
+def _tl_app(kind: str) -> mqlite.App:
+    app = mqlite.App(DIR, name=f"tl{kind}", durability="none", graceful_timeout=30)
+    opts = {"group": "tl", "mode": "queue", "time_limit": 1.0, "retries": 1, "backoff": None,
+            "dead_letter": "tl.dlq", "batch": 1, "name": "tl_job"}
+    if kind == "sync":
+        @app.subscriber("tl.jobs", **opts)  # type: ignore[arg-type]
+        @app.publisher("tl.done")
+        def tl_job(x: dict) -> dict:
+            if x.get("hang"):
+                threading.Event().wait()  # never set: only the time limit ends the attempt
+            return {"id": x["id"], "pid": os.getpid()}
+    else:
+        import asyncio
+
+        @app.subscriber("tl.jobs", **opts)  # type: ignore[arg-type]
+        @app.publisher("tl.done")
+        async def tl_ajob(x: dict) -> dict:
+            if x.get("hang"):
+                await asyncio.Event().wait()
+            return {"id": x["id"], "pid": os.getpid()}
+    return app
+
+
+tl_sync_app = _tl_app("sync")
+tl_async_app = _tl_app("async")

@@ -497,3 +497,42 @@ def test_a_signal_to_the_process_group_stops_workers_gracefully(app_procs: Any) 
         assert (stats.consumed, stats.inflight, stats.ready) == (1, 0, 0)  # finished, acked
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_job_over_its_time_limit_is_retried_then_dead_lettered_and_workers_go_on(
+        app_procs: Any, kind: str) -> None:
+    """``mqlite run --workers 2``, a queue subscriber with ``time_limit=1``: a job that
+    never returns fails at the limit on each of its 2 attempts (whichever worker takes
+    it) and is dead-lettered with ``TimeLimitExceeded``; no worker exits or restarts, and
+    both go on handling the next jobs (a sync worker on a new thread, D88)."""
+    b = mqlite.open(app_procs.dir, durability="none")
+    b.create_topic("tl.jobs")
+    b.create_topic("tl.done")
+    out = Outputs(b, "tl.done")
+    port = _free_port()
+    try:
+        p = app_procs.run(f"_app_procs:tl_{kind}_app", "--workers", "2", "--health-port",
+                          str(port))
+        lines = _Lines(p)
+        _, body = wait_until(lambda: _ready(port), TIMEOUT, "health 200")
+        pids = set(body["workers"])
+        b.send("tl.jobs", msgspec.json.encode({"id": 0, "hang": True}))
+        dl = wait_until(lambda: b.dead_letters("tl.dlq") or None, TIMEOUT,
+                        "the hung job dead-lettered")
+        assert len(dl) == 1 and dl[0].delivery_count == 2
+        assert dict(dl[0].message.headers)["x-error-type"] == b"TimeLimitExceeded"
+        b.send_batch("tl.jobs", [msgspec.json.encode({"id": i}) for i in range(1, 101)])
+        out.until(lambda v: {x["id"] for x in v} >= set(range(1, 101)), "the next jobs")
+        code, body2 = _health(port)
+        assert code == 200 and set(body2["workers"]) == pids, (body2, lines.text())
+        assert _stop(p) == 0, lines.text()[-3000:]
+        out.drain()
+        assert sorted(x["id"] for x in out.values) == list(range(1, 101))  # once each
+        text = lines.text()
+        assert "exited with" not in text and "Traceback" not in text, text[-3000:]
+        assert lines.count("ran longer than its time_limit of 1 s;") == 2, text[-3000:]
+        assert len(b.dead_letters("tl.dlq")) == 1
+    finally:
+        out.close()
+        b.close()

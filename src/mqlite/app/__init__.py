@@ -8,7 +8,7 @@ Layers: this package is written on the public broker API through
 ``runner``      the fetch thread and handler lanes of each subscriber (commits, retries, DLQ)
 ``context``     Context handed to handlers; outputs
 ``codec``       payload encoding / decoding with msgspec
-``exceptions``  Reject (permanent) and Retry (transient)
+``exceptions``  Reject (permanent), Retry (transient), TimeLimitExceeded (time_limit)
 ``backend``     the seam to the broker (sync mqlite today; aio / Kafka later)
 ``periodic``    @app.periodic(every=...): ticks as deduplicated delayed messages, one run each
 ``run``         app.run(workers=N), signals, health endpoint
@@ -19,10 +19,10 @@ from mqlite.app import kafka_backend as kafka_backend  # registers kafka:// (URL
 from mqlite.app.app import App, Health
 from mqlite.app.codec import PayloadError
 from mqlite.app.context import Context
-from mqlite.app.exceptions import Reject, Retry
+from mqlite.app.exceptions import Reject, Retry, TimeLimitExceeded
 from mqlite.app.periodic import Tick
 from mqlite.app.runner import HandlerEvent
 from mqlite.app.testing import TestApp
 
 __all__ = ["App", "Context", "HandlerEvent", "Health", "PayloadError", "Reject", "Retry",
-           "TestApp", "Tick"]
+           "TestApp", "Tick", "TimeLimitExceeded"]

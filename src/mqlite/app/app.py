@@ -212,7 +212,8 @@ class App:
                    auto_offset_reset: str = "earliest", visibility_timeout: float = 30.0,
                    name: str | None = None, commit_interval: float = 0.1,
                    max_records: int | None = None,
-                   retry_topic: bool | str = False) -> Callable[[F], F]:
+                   retry_topic: bool | str = False,
+                   time_limit: float | None = _UNSET) -> Callable[[F], F]:
         """Register the decorated function (``def`` or ``async def``) as a handler.
 
         The handler takes the decoded payload (typed by its annotation, see
@@ -301,6 +302,17 @@ class App:
         visibility_timeout
             Queue mode: seconds a received message stays invisible to other
             workers (extended while its job runs): > 0 to 43200, default 30.
+        time_limit
+            Queue mode: seconds one handler call may run, > 0 to 604800 (7 days),
+            or ``None`` for no limit; default 3600 (1 hour).  Past it the call
+            counts as failed with :class:`mqlite.TimeLimitExceeded` (a WARNING
+            names the subscriber and the message), retried per ``retries`` and
+            ``backoff``, then dead-lettered like any error.  An ``async def``
+            handler is cancelled.  A plain ``def`` handler cannot be stopped: its
+            thread is abandoned (it runs on; what it returns is discarded), the
+            job's other messages are released to other workers, and a new
+            thread takes the subscriber's next jobs.  Stream mode takes no limit
+            (a ``ValueError``).
         name
             The subscriber's name in logs, events and health (default: the
             function's ``__name__``).
@@ -324,7 +336,8 @@ class App:
                 dead_letter=dead_letter, permanent=permanent, concurrency=concurrency,
                 batch=batch, partitions=partitions, auto_offset_reset=auto_offset_reset,
                 visibility_timeout=visibility_timeout, commit_interval=commit_interval,
-                max_records=max_records, retry_topic=retry_topic)
+                max_records=max_records, retry_topic=retry_topic,
+                **({} if time_limit is _UNSET else {"time_limit": time_limit}))
             spec.publishers.extend(self._publishers.get(id(fn), []))
             if any(s.name == spec.name for s in self.subscribers):
                 raise ValueError(f"a subscriber named {spec.name!r} exists; pass name=")
@@ -675,7 +688,8 @@ class App:
         ``handled`` (messages finished in this process), ``error`` (why it stopped,
         else ``None``) and ``waiting``: ``None``, or why a running subscriber is not
         fetching (a queue subscriber whose topic was deleted waits for it to be
-        created again, D84).
+        created again, D84).  ``overdue``: sync handler calls past their
+        ``time_limit`` whose thread still runs (abandoned, D88; 0 normally).
         """
         subs = {}
         ready = self._state == "running" and bool(self._runners)
@@ -686,7 +700,7 @@ class App:
             subs[r.spec.name] = {"ready": ok, "mode": r.spec.mode, "group": r.spec.group,
                                  "topics": list(r.spec.topics), "handled": r.handled,
                                  "error": None if r.failed is None else repr(r.failed),
-                                 "waiting": waiting}
+                                 "waiting": waiting, "overdue": r.overdue}
         if self._state == "running" and not self._runners:
             ready = True  # an App with no subscribers (a pure publisher) is ready once started
         return Health(ready, subs)

@@ -81,6 +81,9 @@ class LocalBackend:
     topic creates it with ``partitions`` partitions and is tried again.
     """
 
+    #: Whether sends may be delayed or carry a dedup id (``ctx.publish`` checks, D88).
+    delayed_sends = True
+
     def __init__(self, broker: Any, owned: bool, auto_create: bool = True,
                  partitions: int = 1) -> None:
         self.broker = broker
@@ -121,7 +124,17 @@ class LocalBackend:
     def apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
               offsets: tuple[Any, dict[TopicPartition, int]] | None,
               acks: Sequence[Any]) -> None:
-        """Sends, claims, an offset commit and queue acks in ONE transaction (all or nothing)."""
+        """Sends, claims, an offset commit and queue acks in ONE transaction (all or nothing).
+
+        Except delayed messages (``delay`` / ``deliver_at``): a transaction cannot hold
+        them, so they are sent first, each on its own, and are not part of the all or
+        nothing (a crash before the transaction sends them again: at-least-once).
+        """
+        if self.delayed_sends and any(o.scheduled for o in outputs):
+            for o in outputs:
+                if o.scheduled:
+                    self.send(o)  # creates a missing topic itself
+            outputs = [o for o in outputs if not o.scheduled]
         try:
             self._apply(outputs, claims, offsets, acks)
         except TopicNotFoundError:
@@ -134,13 +147,6 @@ class LocalBackend:
     def _apply(self, outputs: Sequence[Output], claims: Sequence[tuple[Any, str, float]],
                offsets: tuple[Any, dict[TopicPartition, int]] | None,
                acks: Sequence[Any]) -> None:
-        if any(o.delay is not None for o in outputs):
-            # delayed messages cannot join a transaction: sent first, on their own (a
-            # crash before the transaction sends them again: at-least-once)
-            for o in outputs:
-                if o.delay is not None:
-                    self.send(o)
-            outputs = [o for o in outputs if o.delay is None]
         if not outputs and not claims and offsets is None and not acks:
             return
         if len(outputs) == 1 and not claims and offsets is None and not acks:
@@ -148,7 +154,7 @@ class LocalBackend:
             return
         with self.broker.transaction() as tx:
             for o in outputs:
-                tx.send(o.topic, o.value, o.key, o.headers, o.partition)
+                tx.send(o.topic, o.value, o.key, o.headers, o.partition, dedup_id=o.dedup_id)
             for key, scope, ttl in claims:
                 tx.claim(key, scope, ttl=ttl)
             if offsets is not None:

@@ -1,4 +1,5 @@
-"""Exceptions a handler raises to steer delivery: :class:`Reject` and :class:`Retry`.
+"""Exceptions a handler raises to steer delivery: :class:`Reject` and :class:`Retry`;
+:class:`TimeLimitExceeded`, the failure of a queue job that ran over its ``time_limit``.
 
 Any other exception is *transient* (retried per the subscriber's ``retries``
 and ``backoff``) unless its type is listed in the subscriber's ``permanent=``;
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Reject", "Retry"]
+from mqlite.errors import TimeoutError as MqliteTimeoutError
+
+__all__ = ["Reject", "Retry", "TimeLimitExceeded"]
 
 
 class Reject(Exception):
@@ -54,3 +57,34 @@ class Retry(Exception):
         super().__init__(reason)
         self.delay = None if delay is None else float(delay)
         self.reason = str(reason)
+
+
+class TimeLimitExceeded(MqliteTimeoutError):
+    """A queue handler call ran longer than its subscriber's ``time_limit`` (D88).
+
+    Never raised *in* a handler: the App records it as the attempt's error.  An
+    ``async def`` handler is cancelled at the limit (it sees ``CancelledError``);
+    a plain ``def`` handler cannot be stopped safely, so its attempt is given up
+    while it keeps running in its thread, and what it returns later is discarded.
+    Like any exception it is transient (retried per ``retries`` and ``backoff``,
+    then dead-lettered with ``x-error-type: TimeLimitExceeded``) unless the
+    subscriber lists it in ``permanent=``.
+
+    Attributes
+    ----------
+    limit : float
+        The subscriber's ``time_limit``, seconds.
+    subscriber : str
+        The subscriber's name.
+
+    A :class:`mqlite.TimeoutError` (so also a built-in ``TimeoutError``).
+    """
+
+    def __init__(self, limit: float, subscriber: str) -> None:
+        super().__init__(f"handler {subscriber!r} ran longer than its time_limit of "
+                         f"{limit:g} s")
+        self.limit = float(limit)
+        self.subscriber = subscriber
+
+    def __reduce__(self) -> tuple[type[TimeLimitExceeded], tuple[float, str]]:
+        return (TimeLimitExceeded, (self.limit, self.subscriber))

@@ -74,6 +74,9 @@ class KafkaBackend(LocalBackend):
     in the module docstring.
     """
 
+    #: No delayed messages, no dedup window: ``ctx.publish(delay=...)`` raises at once.
+    delayed_sends = False
+
     def __init__(self, broker: Any, owned: bool, auto_create: bool = True,
                  partitions: int = 1) -> None:
         super().__init__(broker, owned, auto_create, partitions)
@@ -130,6 +133,10 @@ class KafkaBackend(LocalBackend):
             raise NotSupportedError(
                 "retry topics (retry_topic=) on Kafka", "Kafka has no delayed messages: use "
                 "in-place retries (the default: drop retry_topic=)")
+        if any(o.deliver_at is not None or o.dedup_id is not None for o in outputs):
+            raise NotSupportedError(  # ctx.publish refuses them first (delayed_sends)
+                "deliver_at= / dedup_id= on Kafka", "Kafka has no delayed delivery and no "
+                "dedup window")
         if claims and not self._warned_keys:
             self._warned_keys = True
             log.warning("idempotency_key is not checked on Kafka (no claim store): with "

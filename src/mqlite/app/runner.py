@@ -45,14 +45,22 @@ import time
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mqlite._core import LANE_DONE, LANE_RAISED, LANE_REPLY, LANE_SUSPENDED, LaneFlag, run_lane
 from mqlite.app.backend import async_stream_consumer
 from mqlite.app.codec import PayloadError, encode_value, fast_decoder
-from mqlite.app.context import H_CORRELATION, H_REPLY_TO, Context, Output, context_maker
-from mqlite.app.exceptions import Reject, Retry
+from mqlite.app.context import (
+    CTX_EXACTLY_ONCE,
+    CTX_NO_SCHEDULE,
+    H_CORRELATION,
+    H_REPLY_TO,
+    Context,
+    Output,
+    context_maker,
+)
+from mqlite.app.exceptions import Reject, Retry, TimeLimitExceeded
 from mqlite.errors import (
     AlreadyProcessedError,
     ClosedError,
@@ -212,8 +220,14 @@ class Runner:
         self._buffered = 0
         self._thread: threading.Thread | None = None
         self._task: Future[None] | None = None  # the loop-driven subscriber's task
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Executor | None = None
+        #: Sync handler calls past their ``time_limit`` whose thread has not returned (D88).
+        self.overdue = 0
         self._scope = f"{spec.group}:{spec.name}"
+        # what ctx.publish may do (D88): delayed sends need a dedup id under exactly_once;
+        # none on a backend without delayed sends (Kafka: delayed_sends = False)
+        self._ctx_flags = (CTX_EXACTLY_ONCE if spec.exactly_once else 0) | (
+            0 if getattr(backend, "delayed_sends", True) else CTX_NO_SCHEDULE)
         # async handlers: fetching (mqlite.aio) and handling both run on the App's loop, with
         # jobs inline (concurrency=1) or as tasks beside the fetch task (D33, D40); queue mode
         # needs the backend's async_queue, else a fetch thread as for sync handlers
@@ -238,7 +252,7 @@ class Runner:
         if self._loop_driven:  # no fetch thread: the subscriber is one task on the App loop
             self._task = asyncio.run_coroutine_threadsafe(self._amain(), self.app._event_loop())
             return
-        if not self.spec.is_async and self.spec.concurrency > 1:
+        if not self.spec.is_async and self.spec.concurrency > 1 and self._pool is None:
             self._pool = ThreadPoolExecutor(self.spec.concurrency,
                                             thread_name_prefix=f"mqlite-{self.spec.name}")
         self._thread = threading.Thread(target=self._main, name=f"mqlite-fetch-{self.spec.name}",
@@ -548,7 +562,9 @@ class Runner:
         offsets = None
         if spec.exactly_once and done is not None and lane is not None:
             offsets = (self._consumer_for_tx(), {lane.tp: done})
-        for _ in range(len(items) + 2):
+        for tries in range(len(items) + 2):
+            if tries:  # delayed messages went out before the failed transaction (D88)
+                _drop_scheduled(items)
             outputs = [o for it in items for o in it.outputs]
             claims = [(it.claim, self._scope, spec.idempotency_ttl) for it in items
                       if it.claim is not None]
@@ -568,6 +584,7 @@ class Runner:
                     raise
             except StaleDeliveryError:
                 # A visibility timeout ran out: apply delivery by delivery, skip stale ones.
+                _drop_scheduled(items)
                 for it in items:
                     try:
                         self.backend.apply(it.outputs, [] if it.claim is None else
@@ -634,7 +651,8 @@ class Runner:
         fast = fast_decoder(spec.decode) if mode == 1 else None
         if spec.ctx_param is None:
             return mode, None, False, fast
-        return mode, context_maker(1, spec.group, spec.name), spec.ctx_first, fast
+        return (mode, context_maker(1, spec.group, spec.name, self._ctx_flags), spec.ctx_first,
+                fast)
 
     def _fast_done(self, acc: _Acc, m: Message, ctx: Context | None, result: Any) -> None:
         """Lean path: a handled message with headers (a request wants its reply),
@@ -709,7 +727,8 @@ class Runner:
     def _begin(self, m: Any, attempt: int) -> _Attempt:
         """Start one attempt of ``m``: its context, start time and the listeners' event."""
         spec = self.spec
-        at = _Attempt(Context(m, attempt, spec.group, spec.name) if spec.ctx_param else None,
+        at = _Attempt(Context(m, attempt, spec.group, spec.name, self._ctx_flags)
+                      if spec.ctx_param else None,
                       time.perf_counter())
         if self.app._listeners:
             self._emit(m, attempt, None, 0.0, None, None)
@@ -754,7 +773,12 @@ class Runner:
             try:
                 if not self._ready(acc, m, attempt, at, delivery, pending):
                     return
-                result = spec.call(at.payload, at.ctx)
+                if spec.time_limit is None:
+                    result = spec.call(at.payload, at.ctx)
+                else:
+                    result = self._call_timed(lane, acc, m, attempt, at, delivery)
+            except _Halt:
+                raise  # abandoned at its time limit (D88): settled by the heartbeat
             except Exception as exc:  # noqa: BLE001 - every handler error is classified
                 delay = self._failure(acc, m, attempt, exc, delivery, at.t0, at.payload)
                 if delay is None:
@@ -821,7 +845,18 @@ class Runner:
             try:
                 if not self._ready(acc, m, attempt, at, delivery, pending):
                     return
-                result = await spec.call(at.payload, at.ctx)
+                if spec.time_limit is None:
+                    result = await spec.call(at.payload, at.ctx)
+                else:
+                    limit = asyncio.timeout(spec.time_limit)
+                    try:
+                        async with limit:
+                            result = await spec.call(at.payload, at.ctx)
+                    except TimeoutError:
+                        if not limit.expired():
+                            raise  # the handler's own TimeoutError
+                        self._log_overdue(m, attempt, "it was cancelled")
+                        raise TimeLimitExceeded(spec.time_limit, spec.name) from None
             except Exception as exc:  # noqa: BLE001 - every handler error is classified
                 delay = self._failure(acc, m, attempt, exc, delivery, at.t0, at.payload)
                 if delay is None:
@@ -838,6 +873,17 @@ class Runner:
 
     def _report_progress(self, lane: Any) -> None:
         pass
+
+    def _call_timed(self, lane: Any, acc: _Acc, m: Any, attempt: int, at: _Attempt,
+                    delivery: Any) -> Any:
+        """A sync handler call under ``time_limit`` (queue mode, D88): see
+        :meth:`QueueRunner._abandon`."""
+        raise NotImplementedError
+
+    def _log_overdue(self, m: Any, attempt: int, what: str) -> None:
+        log.warning("%s: %s[%d]@%d (attempt %d) ran longer than its time_limit of %g s; %s, "
+                    "and the attempt counts as failed (TimeLimitExceeded)", self.spec.name,
+                    m.topic, m.partition, m.offset, attempt, self.spec.time_limit, what)
 
     def _flush_halted(self, lane: Any, acc: _Acc) -> None:
         """Flush what a halted job finished; a second halt while flushing is ignored."""
@@ -962,6 +1008,14 @@ def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
                 yielded = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
+
+
+def _drop_scheduled(items: list[_Item]) -> None:
+    """Remove delayed outputs: sent on their own before a transaction that then failed
+    (they cannot be part of it), so not sent again when it is tried again."""
+    for it in items:
+        if any(o.scheduled for o in it.outputs):
+            it.outputs = [o for o in it.outputs if not o.scheduled]
 
 
 def _first_attempt(m: Any) -> int:
@@ -1564,6 +1618,12 @@ class StreamRunner(Runner):
         self._commit()
 
 
+#: Sync calls abandoned at their ``time_limit`` whose threads still run beside a queue
+#: subscriber's ``concurrency`` jobs (D88; at least ``concurrency``); each one more takes a
+#: job slot, so handlers that hang on every message stall the subscriber, not the process.
+_OVERDUE_FREE = 16
+
+
 class QueueRunner(Runner):
     """Queue mode (competing consumers, per-message acks): see the module docstring.
 
@@ -1589,6 +1649,14 @@ class QueueRunner(Runner):
         self._held_cv = threading.Condition()
         self._heart: threading.Thread | None = None
         self._heart_stop = False
+        self._heart_wake = 0.0  # monotonic time the heartbeat waits until (0: no timed wait)
+
+    def start(self) -> None:
+        if self.spec.time_limit is not None and not self.spec.is_async:
+            # a sync call past its limit keeps its thread: jobs run on daemon threads that
+            # are replaced when abandoned (never inline on the fetch thread), D88
+            self._pool = _DaemonPool(f"mqlite-{self.spec.name}")
+        super().start()
 
     def _wake(self) -> None:
         q = self._aqueue if self._loop_driven else self._queue
@@ -1703,7 +1771,9 @@ class QueueRunner(Runner):
                     continue
                 self._drain(0.0)
                 self._close_old_sync()
-                free = spec.concurrency - self._running
+                # abandoned calls (D88) run beside new jobs, up to _OVERDUE_FREE; more take slots
+                free = spec.concurrency - self._running - max(
+                    0, self.overdue - max(_OVERDUE_FREE, spec.concurrency))
                 if free <= 0:
                     self._drain(0.5)
                     continue
@@ -1829,7 +1899,13 @@ class QueueRunner(Runner):
             self._run_sync(ext, ds, self._attempt_of)
         finally:
             self._release(ext)
-            self._report(_Done(None, None, None, len(ds), True))
+            if ext.abandoned:  # its slot was given back at the time limit (_abandon)
+                with self._held_cv:
+                    self.overdue -= 1
+                log.info("%s: a handler call abandoned at its time_limit returned; what it "
+                         "did was discarded", self.spec.name)
+            else:
+                self._report(_Done(None, None, None, len(ds), True))
 
     async def _job_async(self, ds: list[Any]) -> None:
         ext = self._extender(ds)
@@ -1874,19 +1950,108 @@ class QueueRunner(Runner):
         cv = self._held_cv
         while True:
             with cv:
+                self._heart_wake = 0.0
                 while not self._held and not self._heart_stop:
                     cv.wait()
                 if self._heart_stop:
                     return
                 now = time.monotonic()
+                # a sync call past its time_limit (D88): given up here, under the lock
+                over = []
+                for e, call in [(e, e.call) for e in self._held
+                                if e.call is not None and e.call.deadline <= now]:
+                    if call is None:
+                        continue
+                    e.call, e.abandoned = None, True
+                    self._held.discard(e)
+                    self.overdue += 1
+                    # what the job finished before it and has not written: taken now, while
+                    # its thread is provably inside the handler (it reads `abandoned` first)
+                    items, call.acc.items = call.acc.items, []
+                    over.append((e, call, items, call.acc.pos))
                 due = [e for e in self._held if e.next_extend <= now]
-                if not due:
-                    cv.wait(min(e.next_extend for e in self._held) - now)
+                if not due and not over:
+                    self._heart_wake = min(min(e.next_extend for e in self._held),
+                                           min((e.call.deadline for e in self._held
+                                                if e.call is not None), default=now + vt))
+                    cv.wait(self._heart_wake - now)
                     continue
                 for e in due:
                     e.next_extend = now + vt / 2
             for e in due:  # outside the lock: a write transaction each
                 e.extend(vt)
+            for e, call, items, pos in over:
+                self._abandon(e, call, items, pos)
+
+    def _call_timed(self, lane: Any, acc: _Acc, m: Any, attempt: int, at: _Attempt,
+                    delivery: Any) -> Any:
+        """Call the sync handler with the heartbeat watching its ``time_limit`` (D88).
+
+        Whoever ends the call first under the heartbeat's lock settles it: this
+        thread (the call returned or raised in time) or the heartbeat (the limit
+        passed: :meth:`_abandon`).  A call that was abandoned raises :class:`_Halt`
+        when it returns at last: its result and the job's other messages were
+        given up, nothing more is written for them.
+        """
+        call = _Call(m, attempt, at, delivery, acc,
+                     time.monotonic() + (self.spec.time_limit or 0.0))
+        cv = self._held_cv
+        with cv:
+            lane.call = call
+            if self._heart_wake and call.deadline < self._heart_wake:
+                cv.notify()  # the heartbeat waits past this deadline: wake it to re-plan
+        try:
+            result = self.spec.call(at.payload, at.ctx)
+        except BaseException:
+            with cv:
+                lane.call = None
+                gone = lane.abandoned
+            if gone:
+                raise _Halt from None
+            raise
+        with cv:
+            lane.call = None
+            gone = lane.abandoned
+        if gone:
+            raise _Halt
+        return result
+
+    def _abandon(self, ext: _Extender, call: _Call, finished: list[_Item], pos: int) -> None:
+        """The heartbeat gives up a sync call past its time limit (its thread runs on).
+
+        The attempt fails with :class:`TimeLimitExceeded` through the subscriber's
+        policy (a ``nack`` with the backoff, or the dead-letter topic); the job's
+        messages finished before it are settled with their outputs now; its
+        messages not started yet are made visible to other workers at once
+        (``extend(0)``: their delivery count rises on the next receive); the job's
+        slot is given back, so the subscriber takes new jobs on another thread.
+        """
+        spec = self.spec
+        m, at = call.message, call.at
+        self._log_overdue(m, call.attempt, "its thread cannot be stopped and is abandoned "
+                          "(what it returns is discarded)")
+        exc = TimeLimitExceeded(spec.time_limit or 0.0, spec.name)
+        acc = _Acc()
+        acc.items = finished  # finished before it, not yet written
+        if call.delivery is not None:
+            self._failure(acc, m, call.attempt, exc, call.delivery, call.at.t0, at.payload)
+        else:  # ack="before": already acked, nothing to give back; no retry in place
+            status = self._give_up(acc, m, call.attempt, exc, False, None)
+            if self.app._listeners:
+                self._emit(m, call.attempt, status, time.perf_counter() - at.t0, exc,
+                           at.payload)
+        try:
+            self._apply(ext, acc.items, None)
+        except Exception:  # a full map, a deleted topic: their messages come back later
+            log.exception("%s: settling the messages of an abandoned job failed; they are "
+                          "delivered again after visibility_timeout", spec.name)
+        rest = ext.rest(pos + 1)
+        if rest and ext.queue is not None:
+            try:
+                ext.queue.extend(rest, 0)
+            except MqliteError:
+                pass  # settled or gone meanwhile: visible again after the timeout anyway
+        self._report(_Done(None, None, None, len(ext.ds), True))
 
     def _took(self, d: _Done) -> None:
         self._running -= 1
@@ -1902,15 +2067,23 @@ class _Extender:
     subscriber, after its topic was deleted and created again, cannot settle them).
     """
 
-    __slots__ = ("_ds", "_runner", "done", "next_extend", "queue", "tp")
+    __slots__ = ("_runner", "abandoned", "call", "done", "ds", "next_extend", "queue", "tp")
 
     def __init__(self, runner: QueueRunner, ds: list[Any]) -> None:
         self._runner = runner
-        self._ds = ds
+        self.ds = ds
         self.queue = runner._queue
         self.next_extend = time.monotonic() + runner.spec.visibility_timeout / 2
         self.done: int | None = None
         self.tp = None
+        #: The sync handler call running under ``time_limit`` (set and cleared under the
+        #: runner's ``_held_cv``); ``abandoned``: the heartbeat gave it up (D88).
+        self.call: _Call | None = None
+        self.abandoned = False
+
+    def rest(self, start: int) -> list[Any]:
+        """The job's deliveries from index ``start`` on (not started yet)."""
+        return self.ds[start:]
 
     @property
     def revoked(self) -> bool:
@@ -1921,9 +2094,75 @@ class _Extender:
         if self.queue is None:
             return
         try:
-            self.queue.extend(self._ds, vt)
+            self.queue.extend(self.ds, vt)
         except (StaleDeliveryError, ClosedError):
             pass  # acked, nacked or dead-lettered meanwhile: no longer ours; the rest applied
         except MqliteError as exc:  # a deleted topic, a full map: the job's own settle says
             log.debug("%s: extending the visibility of a running job failed: %s",
                       self._runner.spec.name, exc)
+
+
+class _Call:
+    """A sync handler call under ``time_limit``, watched by the heartbeat (D88)."""
+
+    __slots__ = ("acc", "at", "attempt", "deadline", "delivery", "message")
+
+    def __init__(self, message: Any, attempt: int, at: _Attempt, delivery: Any, acc: _Acc,
+                 deadline: float) -> None:
+        self.message = message
+        self.attempt = attempt
+        self.at = at
+        self.delivery = delivery
+        self.acc = acc
+        self.deadline = deadline
+
+
+class _DaemonPool(Executor):
+    """Daemon threads for the jobs of a sync queue subscriber with a ``time_limit`` (D88).
+
+    Idle threads are reused; a job finding none starts a new one, so a thread
+    held by an abandoned handler call is replaced, and (daemon) it does not
+    keep the process from exiting.  ``shutdown`` ends the idle threads.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: _queue_mod.SimpleQueue[Any] = _queue_mod.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                spawn = False
+            else:
+                spawn = True
+                self._threads += 1
+                n = self._threads
+        self._jobs.put((fut, functools.partial(fn, *args, **kwargs)))
+        if spawn:
+            threading.Thread(target=self._work, name=f"{self._name}-{n}", daemon=True).start()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            fut, fn = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the future
+                    fut.set_exception(exc)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)

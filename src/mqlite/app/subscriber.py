@@ -20,7 +20,8 @@ from mqlite.app.exceptions import Reject
 from mqlite.config import validate_topic_name
 from mqlite.retry import Backoff
 
-__all__ = ["DEFAULT_BACKOFF", "SubscriberSpec", "make_spec"]
+__all__ = ["DEFAULT_BACKOFF", "DEFAULT_TIME_LIMIT", "MAX_TIME_LIMIT", "SubscriberSpec",
+           "make_spec"]
 
 #: Default retry backoff: exponential from 0.5 s, doubling, capped at 30 s, 50% jitter.
 DEFAULT_BACKOFF = Backoff.exponential(base=0.5, cap=30.0, jitter=0.5)
@@ -30,6 +31,13 @@ MAX_RETRIES = 1000
 MAX_CONCURRENCY = 1024
 MAX_BATCH = 10_000
 MAX_COMMIT_INTERVAL = 60.0
+#: Default ``time_limit`` of a queue subscriber, seconds (1 hour, Pub/Sub's
+#: ``max_lease_duration``; D88): one handler call longer than this counts as failed.
+DEFAULT_TIME_LIMIT = 3600.0
+#: Largest ``time_limit``, seconds (7 days).
+MAX_TIME_LIMIT = 7 * 86400.0
+#: ``time_limit`` not given: :data:`DEFAULT_TIME_LIMIT` in queue mode, none in stream mode.
+TIME_LIMIT_DEFAULT: Any = object()
 
 
 @dataclass(eq=False)
@@ -57,6 +65,7 @@ class SubscriberSpec:
     partitions: int | None = None
     auto_offset_reset: str = "earliest"
     visibility_timeout: float = 30.0
+    time_limit: float | None = None  # queue mode: seconds one handler call may run (D88)
     publishers: list[str] = field(default_factory=list)
     is_async: bool = False
     takes_payload: bool = True
@@ -193,6 +202,20 @@ def _check_int(value: Any, name: str, lo: int, hi: int) -> int:
     return value
 
 
+def _time_limit(value: Any, mode: str) -> float | None:
+    """``time_limit=``: seconds, > 0 to :data:`MAX_TIME_LIMIT`, or ``None`` (no limit);
+    queue mode only (D88)."""
+    if value is TIME_LIMIT_DEFAULT:
+        return DEFAULT_TIME_LIMIT if mode == "queue" else None
+    if value is None:
+        return None
+    if mode != "queue":
+        raise ValueError("time_limit is for mode='queue': a stream handler that hangs holds "
+                         "its partition (its order), so a limit there could only skip the "
+                         "message; pass time_limit=None or drop it")
+    return _check_seconds(value, "time_limit", MAX_TIME_LIMIT, allow_zero=False)
+
+
 def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group: str | None,
               app_name: str, name: str | None, mode: str, ack: str, exactly_once: bool,
               idempotency_key: Callable[[Any], Any] | None, idempotency_ttl: float,
@@ -201,7 +224,8 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
               partitions: int | None, auto_offset_reset: str,
               visibility_timeout: float, commit_interval: float = 0.1,
               max_records: int | None = None,
-              retry_topic: bool | str = False) -> SubscriberSpec:
+              retry_topic: bool | str = False,
+              time_limit: Any = TIME_LIMIT_DEFAULT) -> SubscriberSpec:
     """Validate ``@app.subscriber`` options into a :class:`SubscriberSpec` (raises on bad ones)."""
     if not callable(handler):
         raise TypeError("@app.subscriber decorates a function")
@@ -255,6 +279,7 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
     if auto_offset_reset not in ("earliest", "latest"):
         raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
     vt = _check_seconds(visibility_timeout, "visibility_timeout", 43200, allow_zero=False)
+    tl = _time_limit(time_limit, mode)
     takes_payload, ctx_param, ctx_first, ann = _introspect(handler)
     if batch_handler:
         ann = _batch_item_type(handler, ann, takes_payload, ctx_param, mode, exactly_once,
@@ -270,7 +295,7 @@ def make_spec(handler: Callable[..., Any], topics: str | Sequence[str], *, group
         retries=retries, backoff=bo, dead_letter=dead_letter, permanent=perm,
         concurrency=concurrency, batch=poll_size, batch_handler=batch_handler,
         commit_interval=ci, retry_topic=rt, partitions=partitions,
-        auto_offset_reset=auto_offset_reset, visibility_timeout=vt,
+        auto_offset_reset=auto_offset_reset, visibility_timeout=vt, time_limit=tl,
         is_async=inspect.iscoroutinefunction(handler), takes_payload=takes_payload,
         ctx_param=ctx_param, ctx_first=ctx_first,
         decode=make_decoder(ann) if takes_payload else _no_payload,

@@ -1185,12 +1185,7 @@ class StreamRunner(Runner):
         for lane in self._lanes.values():
             if lane.tp.topic in missing:
                 lane.revoked = True
-        for lane in self._lanes.values():
-            for b in lane.batches:
-                self._buffered -= len(b)
-            lane.batches.clear()
-        self._wait_lanes(list(self._lanes.values()), self.app.graceful_timeout)
-        self._drain(0.0)
+        self._finish_lanes()
         self._to_commit = {tp: o for tp, o in self._to_commit.items()
                            if tp.topic not in missing}
         self._commit()
@@ -1608,13 +1603,18 @@ class StreamRunner(Runner):
             self._lanes.pop(tp, None)
             self._rewinds.pop(tp, None)
 
-    def _shutdown(self) -> None:
+    def _finish_lanes(self) -> None:
+        """Drop every lane's buffered batches, wait (at most ``graceful_timeout``) for the
+        messages running, and take their reports."""
         for lane in self._lanes.values():
             for b in lane.batches:
                 self._buffered -= len(b)
             lane.batches.clear()
         self._wait_lanes(list(self._lanes.values()), self.app.graceful_timeout)
         self._drain(0.0)
+
+    def _shutdown(self) -> None:
+        self._finish_lanes()
         self._commit()
 
 

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -306,165 +307,129 @@ class _Lines:
         return "".join(self.lines)
 
 
-def _send_ids(b: mqlite.Broker, ids: range) -> None:
-    b.send_batch("jobs", [msgspec.json.encode({"id": i}) for i in ids])
+@dataclass(frozen=True)
+class _Gone:
+    """One subscriber mode of the deleted-topic tests: the App of ``_app_procs`` that reads
+    ``topic``, its health entry ``sub``, and the numbers its test uses."""
+
+    target: str  # the ``mqlite run`` target
+    topic: str
+    sub: str  # the handler's name: its health entry
+    partitions: int  # of the topic at the start
+    new_partitions: int  # at its re-creation under 2 workers
+    health_partitions: int  # at its re-creation in the health test
+    first: int  # messages handled before the deletion
+    group: str | None = None  # a stream group: its committed offsets are checked too
+    keyed: bool = False  # send with keys (a stream topic spreads them over its partitions)
+
+    def send(self, b: mqlite.Broker, ids: range) -> None:
+        b.send_batch(self.topic, [msgspec.json.encode({"id": i}) for i in ids],
+                     keys=[str(i).encode() for i in ids] if self.keyed else None)
+
+    def committed(self, b: mqlite.Broker) -> int | None:
+        """The sum of the group's committed offsets; None for a queue subscriber."""
+        if self.group is None:
+            return None
+        return sum(b.committed_offsets(self.group, self.topic).values())
 
 
-def test_queue_workers_wait_for_their_deleted_topic_and_resume_without_restarting(
-        app_procs: Any) -> None:
-    """``mqlite run --workers 2``: the topic of a queue subscriber is deleted under both
-    workers, then created again by someone else.  Each worker waits (logs it once), no
-    worker exits or is restarted (a restart would create the topic at start), and every
-    message sent after the re-creation is handled exactly once (D84)."""
+# A queue subscriber (D84) and a stream subscriber (one group, 4 partitions shared by the
+# workers, D89): the stream group also reads the new topic from its start, not from the
+# offsets it committed on the old one.
+GONE = [_Gone("_app_procs:queue_app", "jobs", "queue_job", partitions=1, new_partitions=3,
+              health_partitions=1, first=100),
+        _Gone("_app_procs:stream_app", "events", "stream_event", partitions=4,
+              new_partitions=4, health_partitions=2, first=200, group="sa.events",
+              keyed=True)]
+GONE_IDS = ["queue", "stream"]
+AFTER = 300  # messages sent after the re-creation
+
+
+@pytest.mark.parametrize("g", GONE, ids=GONE_IDS)
+def test_workers_wait_for_their_deleted_topic_and_resume_without_restarting(
+        app_procs: Any, g: _Gone) -> None:
+    """``mqlite run --workers 2``: the topic of a queue (D84) or a stream (D89) subscriber
+    is deleted under both workers, then created again by someone else.  Each worker waits
+    (logs it once), no worker exits or is restarted (a restart would create the topic at
+    start), and every message sent after the re-creation is handled exactly once (a stream
+    group commits the new topic to its end: it read it from its start)."""
     b = mqlite.open(app_procs.dir, durability="none")
-    b.create_topic("jobs")
+    b.create_topic(g.topic, partitions=g.partitions)
     b.create_topic("done")
     out = Outputs(b, "done")
     port = _free_port()
+    end = g.first + AFTER
+    waiting = f"'{g.topic}' was deleted; waiting"
     try:
-        p = app_procs.run("_app_procs:queue_app", "--workers", "2", "--health-port",
-                          str(port))
+        p = app_procs.run(g.target, "--workers", "2", "--health-port", str(port))
         lines = _Lines(p)
         _, body = wait_until(lambda: _ready(port), TIMEOUT, "health 200")
         pids = set(body["workers"])
-        _send_ids(b, range(100))
-        out.until(lambda v: {x["id"] for x in v} >= set(range(100)), "the first 100")
-        b.delete_topic("jobs")
-        wait_until(lambda: lines.count("'jobs' was deleted; waiting") >= 2, TIMEOUT,
+        g.send(b, range(g.first))
+        out.until(lambda v: {x["id"] for x in v} >= set(range(g.first)),
+                  f"the first {g.first}")
+        if g.group is not None:
+            wait_until(lambda: g.committed(b) == g.first, TIMEOUT,
+                       f"the first {g.first} committed")
+        b.delete_topic(g.topic)
+        wait_until(lambda: lines.count(waiting) >= 2, TIMEOUT,
                    f"both workers waiting:\n{lines.text()}")
-        assert "jobs" not in b.topics()  # no worker created it again
-        b.create_topic("jobs", partitions=3)
-        _send_ids(b, range(100, 400))
-        out.until(lambda v: {x["id"] for x in v} >= set(range(100, 400)),
+        assert g.topic not in b.topics()  # no worker created it again
+        b.create_topic(g.topic, partitions=g.new_partitions)
+        g.send(b, range(g.first, end))
+        out.until(lambda v: {x["id"] for x in v} >= set(range(g.first, end)),
                   "every message sent after the re-creation")
+        if g.group is not None:
+            wait_until(lambda: g.committed(b) == AFTER, TIMEOUT,
+                       "the new topic committed to its end")
         code, body2 = _health(port)
         assert code == 200 and set(body2["workers"]) == pids, (body2, lines.text())
         assert _stop(p) == 0, lines.text()[-3000:]
         out.drain()
-        after = Counter(x["id"] for x in out.values if x["id"] >= 100)
-        assert set(after) == set(range(100, 400)) and set(after.values()) == {1}
-        assert {x["pid"] for x in out.values if x["id"] >= 100} <= {int(q) for q in pids}
+        after = Counter(x["id"] for x in out.values if x["id"] >= g.first)
+        assert set(after) == set(range(g.first, end)) and set(after.values()) == {1}
+        assert {x["pid"] for x in out.values if x["id"] >= g.first} <= {int(q) for q in pids}
         text = lines.text()
         assert "exited with" not in text and "Traceback" not in text, text[-3000:]
-        assert lines.count("'jobs' was deleted; waiting") == 2, text[-3000:]
+        assert lines.count(waiting) == 2, text[-3000:]
     finally:
         out.close()
         b.close()
 
 
-def test_health_of_one_worker_shows_the_wait(app_procs: Any) -> None:
-    """``mqlite run --health-port``: 503 naming the wait while the topic is gone, 200 and
-    handling again once it exists (it used to stop the run with exit 1)."""
+@pytest.mark.parametrize("g", GONE, ids=GONE_IDS)
+def test_health_of_one_worker_shows_the_wait(app_procs: Any, g: _Gone) -> None:
+    """``mqlite run --health-port``: 503 naming the wait while the topic of a queue or a
+    stream subscriber is gone, 200 and handling again once it exists (it used to stop the
+    run with exit 1)."""
     b = mqlite.open(app_procs.dir, durability="none")
-    b.create_topic("jobs")
+    b.create_topic(g.topic, partitions=g.partitions)
     b.create_topic("done")
     out = Outputs(b, "done")
     port = _free_port()
     try:
-        p = app_procs.run("_app_procs:queue_app", "--health-port", str(port))
+        p = app_procs.run(g.target, "--health-port", str(port))
         wait_until(lambda: _ready(port), TIMEOUT, "health 200")
-        b.delete_topic("jobs")
+        b.delete_topic(g.topic)
 
         def waiting() -> dict[str, Any] | None:
             assert p.poll() is None, "the run ended"
             code, body = _health(port)
-            sub = body.get("queue_job") or {}
-            return body if code == 503 and sub.get("waiting") else None
-
-        body = wait_until(waiting, TIMEOUT, "health 503 with the wait")
-        assert body["ready"] is False and "'jobs' was deleted" in body["queue_job"]["waiting"]
-        assert body["queue_job"]["error"] is None
-        b.create_topic("jobs")
-        _send_ids(b, range(5))
-        out.until(lambda v: {x["id"] for x in v} == set(range(5)), "handled after the wait")
-        wait_until(lambda: _ready(port), TIMEOUT, "health 200 again")
-        assert _stop(p) == 0
-    finally:
-        out.close()
-
-
-def _send_events(b: mqlite.Broker, ids: range) -> None:
-    b.send_batch("events", [msgspec.json.encode({"id": i}) for i in ids],
-                 keys=[str(i).encode() for i in ids])
-
-
-def test_stream_workers_wait_for_their_deleted_topic_and_resume_without_restarting(
-        app_procs: Any) -> None:
-    """``mqlite run --workers 2``: the topic of a stream subscriber (one group, 4
-    partitions shared by the workers) is deleted under both workers, then created again by
-    someone else.  Each worker waits (logs it once), no worker exits or is restarted, and
-    every message sent after the re-creation is handled exactly once: the group reads the
-    new topic from its start, not from the offsets it committed on the old one (D89)."""
-    b = mqlite.open(app_procs.dir, durability="none")
-    b.create_topic("events", partitions=4)
-    b.create_topic("done")
-    out = Outputs(b, "done")
-    port = _free_port()
-    try:
-        p = app_procs.run("_app_procs:stream_app", "--workers", "2", "--health-port",
-                          str(port))
-        lines = _Lines(p)
-        _, body = wait_until(lambda: _ready(port), TIMEOUT, "health 200")
-        pids = set(body["workers"])
-        _send_events(b, range(200))
-        out.until(lambda v: {x["id"] for x in v} >= set(range(200)), "the first 200")
-        wait_until(lambda: sum(b.committed_offsets("sa.events", "events").values()) == 200,
-                   TIMEOUT, "the first 200 committed")
-        b.delete_topic("events")
-        wait_until(lambda: lines.count("'events' was deleted; waiting") >= 2, TIMEOUT,
-                   f"both workers waiting:\n{lines.text()}")
-        assert "events" not in b.topics()  # no worker created it again
-        b.create_topic("events", partitions=4)
-        _send_events(b, range(200, 500))
-        out.until(lambda v: {x["id"] for x in v} >= set(range(200, 500)),
-                  "every message sent after the re-creation")
-        wait_until(lambda: sum(b.committed_offsets("sa.events", "events").values()) == 300,
-                   TIMEOUT, "the new topic committed to its end")
-        code, body2 = _health(port)
-        assert code == 200 and set(body2["workers"]) == pids, (body2, lines.text())
-        assert _stop(p) == 0, lines.text()[-3000:]
-        out.drain()
-        after = Counter(x["id"] for x in out.values if x["id"] >= 200)
-        assert set(after) == set(range(200, 500)) and set(after.values()) == {1}
-        assert {x["pid"] for x in out.values if x["id"] >= 200} <= {int(q) for q in pids}
-        text = lines.text()
-        assert "exited with" not in text and "Traceback" not in text, text[-3000:]
-        assert lines.count("'events' was deleted; waiting") == 2, text[-3000:]
-    finally:
-        out.close()
-        b.close()
-
-
-def test_health_of_one_stream_worker_shows_the_wait(app_procs: Any) -> None:
-    """``mqlite run --health-port``: 503 naming the wait while the stream subscriber's
-    topic is gone, 200 and handling again once it exists (it used to stop the run)."""
-    b = mqlite.open(app_procs.dir, durability="none")
-    b.create_topic("events", partitions=4)
-    b.create_topic("done")
-    out = Outputs(b, "done")
-    port = _free_port()
-    try:
-        p = app_procs.run("_app_procs:stream_app", "--health-port", str(port))
-        wait_until(lambda: _ready(port), TIMEOUT, "health 200")
-        b.delete_topic("events")
-
-        def waiting() -> dict[str, Any] | None:
-            assert p.poll() is None, "the run ended"
-            code, body = _health(port)
-            sub = body.get("stream_event") or {}
+            sub = body.get(g.sub) or {}
             return body if code == 503 and sub.get("waiting") else None
 
         body = wait_until(waiting, TIMEOUT, "health 503 with the wait")
         assert body["ready"] is False
-        assert "'events' was deleted" in body["stream_event"]["waiting"]
-        assert body["stream_event"]["error"] is None
-        b.create_topic("events", partitions=2)
-        _send_events(b, range(5))
+        assert f"'{g.topic}' was deleted" in body[g.sub]["waiting"]
+        assert body[g.sub]["error"] is None
+        b.create_topic(g.topic, partitions=g.health_partitions)
+        g.send(b, range(5))
         out.until(lambda v: {x["id"] for x in v} == set(range(5)), "handled after the wait")
         wait_until(lambda: _ready(port), TIMEOUT, "health 200 again")
         assert _stop(p) == 0
     finally:
         out.close()
+        b.close()
 
 
 def test_a_signal_to_the_process_group_stops_workers_gracefully(app_procs: Any) -> None:

@@ -459,9 +459,9 @@ cdef class RingApply:
         a check that raised), with nothing written.
 
         Payload: the kind byte, then msgpack ``[group, member_id, lock, [[topic,
-        partition, offset, pid], ...]]`` (``_RingOffsets``; ``pid`` -1: unchecked, and
-        entries of three, without it, from a member of before D91, are unchecked too).
-        An offset whose pid is not the partition's id now (its topic was deleted and
+        partition, offset, pid], ...]]`` (``_RingOffsets``; ``pid`` -1: unchecked; entries
+        of three, from a member of before D91, go to the Python path, which refuses them:
+        that member commits alone).  An offset whose pid is not the partition's id now (its topic was deleted and
         created again) is RETRY: the member then raises or drops it (D91)."""
         cdef size_t pos = 2
         cdef const uint8_t *g
@@ -490,13 +490,11 @@ cdef class RingApply:
             self.offs_cap = n
         for j in range(n):
             o = &self.offs[j]
-            if (_mp_array(src, plen, &pos, &inner) or not 3 <= inner <= 4
+            if (_mp_array(src, plen, &pos, &inner) or inner != 4
                     or _mp_str(src, plen, &pos, &o.topic, &o.topic_len)
                     or _mp_int(src, plen, &pos, &o.part)
-                    or _mp_int(src, plen, &pos, &o.off)):
-                return False
-            o.pid = -1
-            if inner == 4 and _mp_int(src, plen, &pos, &o.pid):
+                    or _mp_int(src, plen, &pos, &o.off)
+                    or _mp_int(src, plen, &pos, &o.pid)):
                 return False
             if o.part < 0 or o.part > INT32_MAX or o.off < 0:
                 return False  # refused by the Python path (or not written by a member)

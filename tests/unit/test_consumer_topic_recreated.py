@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+
 import pytest
 
 import mqlite

@@ -71,6 +71,7 @@ cdef struct _RingOff:
     uint32_t topic_len
     int64_t part
     int64_t off
+    int64_t pid           # the partition id the offset was read from (-1: unknown)
 
 
 # The offset-commit slot kind and the group state reader (load_group_shared) that
@@ -458,7 +459,10 @@ cdef class RingApply:
         a check that raised), with nothing written.
 
         Payload: the kind byte, then msgpack ``[group, member_id, lock, [[topic,
-        partition, offset], ...]]`` (``_RingOffsets``)."""
+        partition, offset, pid], ...]]`` (``_RingOffsets``; ``pid`` -1: unchecked; entries
+        of three, from a member of before D91, go to the Python path, which refuses them:
+        that member commits alone).  An offset whose pid is not the partition's id now (its topic was deleted and
+        created again) is RETRY: the member then raises or drops it (D91)."""
         cdef size_t pos = 2
         cdef const uint8_t *g
         cdef const uint8_t *mid_p
@@ -486,10 +490,11 @@ cdef class RingApply:
             self.offs_cap = n
         for j in range(n):
             o = &self.offs[j]
-            if (_mp_array(src, plen, &pos, &inner) or inner != 3
+            if (_mp_array(src, plen, &pos, &inner) or inner != 4
                     or _mp_str(src, plen, &pos, &o.topic, &o.topic_len)
                     or _mp_int(src, plen, &pos, &o.part)
-                    or _mp_int(src, plen, &pos, &o.off)):
+                    or _mp_int(src, plen, &pos, &o.off)
+                    or _mp_int(src, plen, &pos, &o.pid)):
                 return False
             if o.part < 0 or o.part > INT32_MAX or o.off < 0:
                 return False  # refused by the Python path (or not written by a member)
@@ -517,6 +522,8 @@ cdef class RingApply:
                     return self._set_status(s, _RING_RETRY)
                 if t.rec is None or o.part >= t.npart:
                     return self._set_status(s, _RING_RETRY)
+                if o.pid != -1 and t.pids[o.part] != o.pid:
+                    return self._set_status(s, _RING_RETRY)  # re-created since read (D91)
                 pids.append(t.pids[o.part])
             gen = state.generation
         except Exception:  # noqa: BLE001 - the Python path reports or maps it

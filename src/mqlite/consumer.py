@@ -25,6 +25,7 @@ from mqlite.errors import (
     ClosedError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
+    TopicNotFoundError,
 )
 from mqlite.types import OffsetAndTimestamp, TopicPartition, TopicPartitionLike
 
@@ -206,7 +207,9 @@ class Consumer:
         self._group: Any = None
         self._waiting_on = 0  # the wake-up word poll() waits on (for wakeup())
         # The id of each partition poll rounds read: poll() waits on the partitions'
-        # words once it knows them all (D64).
+        # words once it knows them all (D64).  Also the id its position belongs to: a
+        # read that finds another id (the topic was deleted and created again; ids are
+        # never reused) drops the position (_rebind), and a commit checks it (D91).
         self._pids: dict[TopicPartition, int] = {}
         # _wait_slots' results: of the subscription (None: not computed since it changed),
         # and (assignment, words) for the partitions' words
@@ -218,7 +221,7 @@ class Consumer:
             from mqlite.groups import GroupMember
 
             self._group = GroupMember(self._engine, self._positions, commit, group,
-                                      **group_options)
+                                      pids=self._pids, **group_options)
         elif group_options:
             raise TypeError(f"{', '.join(sorted(group_options))} need group=")
         if topics is not None:
@@ -322,6 +325,8 @@ class Consumer:
         self._check_assigned(tp)
         with self._env.read_txn() as txn:
             pid, _ = self._pid(txn, tp)
+            if self._pids.get(tp) != pid:
+                self._rebind(tp, pid)
             st = _log.load_state(txn, self._env.dbs, pid)
             return self._resolve_position(txn, tp, st)
 
@@ -330,7 +335,38 @@ class Consumer:
         """Make the next :meth:`poll` of ``tp`` start at ``offset``.
 
         An offset below the log start or past the end is handled by
-        ``auto_offset_reset`` at the next poll.
+        ``auto_offset_reset`` at the next poll.  The offset is one of the partition as
+        it is now: if its topic is deleted and created again before the next poll, that
+        poll drops it and starts the new partition by ``auto_offset_reset`` (D91).
+        """
+        tp = _tp(tp)
+        require_int(offset, "offset", minimum=0, maximum=MAX_I64)
+        self._check_assigned(tp)
+        try:
+            with self._env.read_txn() as txn:
+                pid, _ = self._pid(txn, tp)
+        except (TopicNotFoundError, PartitionNotFoundError):
+            # no partition now: the offset is for whichever the next poll finds
+            if self._pids.pop(tp, None) is not None:
+                self._part_words = None
+        else:
+            if self._pids.get(tp) != pid:
+                self._rebind(tp, pid)
+        self._positions[tp] = offset
+
+    @guarded
+    def rewind(self, tp: TopicPartitionLike, offset: int) -> None:
+        """Put ``tp``'s position back to ``offset``, an offset this consumer read and did
+        not hand out (``mqlite.aio`` puts back what a cancelled poll fetched).
+
+        Unlike :meth:`seek` it reads nothing: the offset stays one of the partition id
+        it was read from, so if the topic was deleted and created again since, the next
+        poll drops it (D91).
+
+        Raises
+        ------
+        ValueError
+            ``tp`` is not assigned to this consumer (any more).
         """
         tp = _tp(tp)
         require_int(offset, "offset", minimum=0, maximum=MAX_I64)
@@ -374,6 +410,8 @@ class Consumer:
             for tp in tps:
                 tp = _tp(tp)
                 pid, _ = self._pid(txn, tp)
+                if tp in self._positions and self._pids.get(tp) != pid:
+                    self._rebind(tp, pid)
                 st = _log.load_state(txn, self._env.dbs, pid)
                 out[tp] = st.next if end else st.start
         return out
@@ -412,6 +450,8 @@ class Consumer:
         with self._env.read_txn() as txn:
             for tp in self.assignment():
                 pid, _ = self._pid(txn, tp)
+                if self._pids.get(tp) != pid:
+                    self._rebind(tp, pid)
                 st = _log.load_state(txn, self._env.dbs, pid)
                 out[tp] = st.next - self._resolve_position(txn, tp, st)
         return out
@@ -466,9 +506,10 @@ class Consumer:
             tp = tps[(start + i) % n]
             pid, rec = self._pid(txn, tp, rec if rec is not None and rec.name == tp.topic
                                  else None)
-            if positions is None and self._pids.get(tp) != pid:
-                self._pids[tp] = pid
-                self._part_words = None
+            if self._pids.get(tp) != pid:
+                if positions is not None:
+                    break  # read ahead: the positions are not of this id; the poll rebinds
+                self._rebind(tp, pid)
             st = _log.load_state(txn, dbs, pid)
             if positions is None:
                 pos = self._resolve_position(txn, tp, st)
@@ -484,6 +525,26 @@ class Consumer:
             if len(out) >= max_records:
                 break
         return moves
+
+    def _rebind(self, tp: TopicPartition, pid: int) -> None:
+        """Partition ``tp`` has id ``pid`` now, not the one its position belongs to (D91).
+
+        The first id learnt only binds.  Another id means the topic was deleted and
+        created again (ids are never reused): the position (read or sought in the old
+        partition) is dropped, so the next read resolves it as for a new partition
+        (the group's committed offset of the new id, which is none, then
+        ``auto_offset_reset``), a batch read ahead is dropped, and the group member
+        forgets what it committed of the old one.  Commits check the id (GroupMember).
+        Off the hot path: a poll calls it only when the id it read differs.
+        """
+        old = self._pids.get(tp)
+        self._pids[tp] = pid
+        self._part_words = None  # wait on the new partition's word
+        if old is not None and tp in self._positions:
+            self._positions[tp] = -1
+            self._ahead = None
+            if self._group is not None:
+                self._group.partition_recreated(tp)
 
     def _starts_at(self, ahead: _Ahead, max_records: int) -> bool:
         """Whether a fetch of ``max_records`` now starts where ``ahead`` was read."""

@@ -84,7 +84,15 @@ def group(tmp_broker_dir: Path) -> Iterator[tuple[mqlite.Broker, list[Any]]]:
 
 
 def _op(group: str, mid: str, lock: str, offs: list[tuple[Any, ...]]) -> bytes:
-    return KIND + _enc.encode([group, mid, lock, [list(o) for o in offs]])
+    """A member's payload; an offset of three fields gets partition id -1 (unchecked)."""
+    return KIND + _enc.encode([group, mid, lock, [list(o) if len(o) != 3 else [*o, -1]
+                                                  for o in offs]])
+
+
+def _pid(b: mqlite.Broker, topic: str, partition: int) -> int:
+    with b._engine.env.read_txn() as txn:
+        pid: int = b._engine.topic(txn, topic).pids[partition]
+    return pid
 
 
 def _offsets(eng: Any, txn: Any) -> dict[bytes, tuple[bytes, int | None]]:
@@ -166,6 +174,10 @@ def test_the_compiled_apply_writes_what_the_python_one_writes(
         KIND + _enc.encode({"group": "g"}),
         KIND + _enc.encode(["g", m0, l0, [[t0.topic, t0.partition, 1.5]]]),
         KIND,
+        # D91: the partition id the offset was read from
+        _op("g", m0, l0, [(t0.topic, t0.partition, 13, _pid(b, t0.topic, t0.partition))]),
+        _op("g", m0, l0, [(t0.topic, t0.partition, 14, _pid(b, t0.topic, t0.partition) + 99)]),
+        KIND + _enc.encode(["g", m0, l0, [[t0.topic, t0.partition, 1]]]),  # before D91
     ]
     if len(own0) > 1:
         t2 = own0[1]
@@ -177,6 +189,7 @@ def test_the_compiled_apply_writes_what_the_python_one_writes(
     assert [res[i][0] for i, _t in slots[:3]] == [ok, ok, ok]
     assert all(res[i][0] == retry for i, _t in slots[3:11]), [res[i] for i, _t in slots]
     assert res[slots[11][0]][0] == ok  # msgspec reads a uint64: the Python path writes it
+    assert [res[i][0] for i, _t in slots[20:23]] == [ok, retry, retry]
 
 
 def test_every_truncation_and_many_mutations_apply_alike(

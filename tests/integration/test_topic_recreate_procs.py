@@ -134,3 +134,35 @@ def test_free_running_churn_gives_only_typed_errors(world: tuple[mqlite.Broker, 
                 except mqlite.StorageError as exc:
                     pytest.fail(f"{name}: {type(exc).__name__}: {exc}")
         assert other.conn.recv() == "ok"
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+def test_a_partition_recreated_by_another_process_is_read_from_its_start(
+        world: tuple[mqlite.Broker, _Other], group: str | None) -> None:
+    """D91: between two polls another process deletes and creates the topic again; the
+    consumer's position 2 of the old t[1] must not skip the new t[1]'s first messages,
+    and a commit of it must fail and write nothing onto the new partition."""
+    b, other = world
+    tp = TP("t", 1)
+    with b.consumer("t" if group else None, group=group, commit="manual") as c:
+        if group is None:
+            c.assign([tp])
+        b.send_batch("t", [b"old0", b"old1"], partition=1)
+        got: list[mqlite.Message] = []
+        for _ in range(50):
+            got += c.poll(timeout=5)
+            if len(got) == 2:
+                break
+        assert [(m.partition, m.offset) for m in got] == [(1, 0), (1, 1)]
+        other.do("recreate")
+        b.send_batch("t", [b"new0", b"new1", b"new2"], partition=1)
+        if group is not None:
+            with pytest.raises(mqlite.CommitFailedError, match="created again"):
+                c.commit()
+            assert c.committed(tp) is None
+        new = c.poll(timeout=5)
+        assert [(m.partition, m.offset, m.value) for m in new] == [
+            (1, 0, b"new0"), (1, 1, b"new1"), (1, 2, b"new2")]
+        if group is not None:
+            c.commit()
+            assert c.committed(tp) == 3

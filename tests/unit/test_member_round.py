@@ -57,7 +57,7 @@ def _captured(g: Any, todo: dict[TopicPartition, int]) -> bytes:
 def _expected(g: Any, todo: dict[TopicPartition, int]) -> bytes:
     return bytes((_member.RING_KIND_OFFSETS,)) + _member._ring_enc.encode(_member._RingOffsets(
         g.group, g.member_id, g._lock_name,
-        [(tp.topic, tp.partition, off) for tp, off in todo.items()]))
+        [(tp.topic, tp.partition, off, g._pids.get(tp, -1)) for tp, off in todo.items()]))
 
 
 def test_ring_payload_is_the_struct_encoding(broker: mqlite.Broker) -> None:

@@ -238,7 +238,7 @@ class AsyncConsumer:
                 first[tp] = m.offset
         try:
             for tp, off in first.items():
-                self.sync.seek(tp, off)
+                self.sync.rewind(tp, off)  # an offset of the id it was read from (D91)
         except (ValueError, ClosedError):
             pass  # no longer assigned: the new owner reads them
 

@@ -112,6 +112,12 @@ class GroupMember:
         The consumer's ``commit=`` policy: ``"after"``, ``"before"`` or ``"manual"``.
     group
         Group name (same rules as topic names).
+    pids
+        The consumer's map of partition ids its positions belong to, shared by
+        reference (the consumer changes it, this member only reads it): an offset
+        commit of a partition whose id in the transaction differs (its topic was
+        deleted and created again since the consumer read it) raises
+        :class:`CommitFailedError`, or is dropped when automatic (D91).
     instance_id
         Static membership: a member restarting with the same id within
         ``session_timeout`` gets its partitions back without a rebalance.
@@ -141,7 +147,9 @@ class GroupMember:
     """
 
     def __init__(self, engine: Engine, positions: dict[TopicPartition, int],
-                 commit_policy: str, group: str, *, instance_id: str | None = None,
+                 commit_policy: str, group: str, *,
+                 pids: dict[TopicPartition, int] | None = None,
+                 instance_id: str | None = None,
                  assignor: str = "range", session_timeout: float = 10.0,
                  max_poll_interval: float = 300.0,
                  on_assign: Callable[[list[TopicPartition]], Any] | None = None,
@@ -163,6 +171,7 @@ class GroupMember:
                 raise TypeError(f"{name} must be callable")
         self.engine = engine
         self._positions = positions
+        self._pids: dict[TopicPartition, int] = {} if pids is None else pids
         self._commit_policy = commit_policy
         self.env = self.engine.env
         self.group = group
@@ -383,6 +392,12 @@ class GroupMember:
     def assignment(self) -> list[TopicPartition]:
         """Partitions this member owns now."""
         return list(self.owned)
+
+    def partition_recreated(self, tp: TopicPartition) -> None:
+        """The consumer found ``tp`` under a new partition id (its topic was deleted and
+        created again) and dropped its position: forget what was committed of the old
+        one, so that the next commit of ``tp`` is written (D91)."""
+        self._committed.pop(tp, None)
 
     def wait_budget(self) -> float:
         """How long poll may block before re-reading the group state.
@@ -652,8 +667,9 @@ class GroupMember:
         for tp in todo:
             if tp not in held:
                 return False
+        pids = self._pids
         payload = self._ring_head() + _ring_enc.encode(
-            [(tp.topic, tp.partition, off) for tp, off in todo.items()])
+            [(tp.topic, tp.partition, off, pids.get(tp, -1)) for tp, off in todo.items()])
         res = self.engine.ring_submit(comb, [payload], follow=True)
         return res is not None and res[0][0] == RING_OK
 
@@ -715,7 +731,19 @@ class GroupMember:
                 raise CommitFailedError(
                     f"cannot commit {tp.topic}[{tp.partition}]: this member does not own it "
                     f"(group {self.group!r}, generation {state.generation}); poll() again")
+            if self._recreated(txn, tp):
+                raise CommitFailedError(
+                    f"cannot commit {tp.topic}[{tp.partition}]: topic {tp.topic!r} was deleted "
+                    "and created again since this consumer read it, and an offset of the old "
+                    "partition means nothing in the new one; poll() again (it starts the new "
+                    "partition by auto_offset_reset)")
         return state
+
+    def _recreated(self, txn: Any, tp: TopicPartition) -> bool:
+        """Whether ``tp``'s id in ``txn`` is not the one the consumer's position of it
+        belongs to (False when the consumer never read ``tp``: nothing to compare)."""
+        want = self._pids.get(tp)
+        return want is not None and self._pid_of(txn, tp) != want
 
     def _commit_owned(self, txn: Any, state: GroupState | None,
                       todo: dict[TopicPartition, int]) -> set[TopicPartition]:
@@ -727,7 +755,9 @@ class GroupMember:
         # A partition deleted since it was assigned has nothing left to commit to:
         # skip it, so that poll(), a rebalance and close() (leaving the group) do
         # not fail on it (API fuzz, issue 10).  An explicit commit() still raises.
-        gone = {tp for tp in todo if not self._exists(txn, tp)}
+        # Nor does one deleted and created again since the consumer read it: an offset of
+        # the old partition is dropped, never written onto the new one (D91).
+        gone = {tp for tp in todo if not self._exists(txn, tp) or self._recreated(txn, tp)}
         ok = {tp: off for tp, off in todo.items()
               if tp not in gone
               and state.owners.get(_okey(tp.topic, tp.partition)) == self.member_id}
@@ -760,7 +790,8 @@ class _RingOffsets(msgspec.Struct, array_like=True):
     group: str
     member_id: str
     lock: str
-    offsets: list[tuple[str, int, int]]
+    #: (topic, partition, offset, partition id the offset was read from; -1: unknown)
+    offsets: list[tuple[str, int, int, int]]
 
 
 _ring_enc = msgspec.msgpack.Encoder()
@@ -771,7 +802,8 @@ def _apply_ring_offsets(engine: Engine, txn: Any, payload: bytes) -> tuple[int, 
     """Inside the committer's transaction: the fenced commit of one member, all or nothing.
 
     The same checks as :meth:`GroupMember.check_fence` on the stored state (this
-    incarnation's lock, ownership of every partition, the partition exists);
+    incarnation's lock, ownership of every partition, the partition exists and has the
+    id the offset was read from, D91);
     anything else is ``RING_RETRY`` with nothing written, and the member then
     commits alone, which raises or skips exactly as without the ring.
     """
@@ -787,18 +819,18 @@ def _apply_ring_offsets(engine: Engine, txn: Any, payload: bytes) -> tuple[int, 
     if m is None or m.lock != op.lock:
         return (RING_RETRY, 0, 0, 0)
     pids = []
-    for topic, part, _off in op.offsets:
+    for topic, part, _off, want in op.offsets:
         if state.owners.get(_okey(topic, part)) != op.member_id:
             return (RING_RETRY, 0, 0, 0)
         try:
             rec = engine.topic(txn, topic)
         except TopicNotFoundError:
             return (RING_RETRY, 0, 0, 0)
-        if not 0 <= part < len(rec.pids):
-            return (RING_RETRY, 0, 0, 0)
+        if not 0 <= part < len(rec.pids) or want not in (-1, rec.pids[part]):
+            return (RING_RETRY, 0, 0, 0)  # a re-created partition: the member raises or drops
         pids.append(rec.pids[part])
     now = _now_ms()
-    for pid, (_t, _p, off) in zip(pids, op.offsets):
+    for pid, (_t, _p, off, _w) in zip(pids, op.offsets):
         write_offset(txn, dbs, op.group, pid,
                      OffsetValue(off, op.member_id, state.generation, now))
     return (RING_OK, 0, 0, 0)

@@ -48,12 +48,12 @@ def _offsets(msgs: list[mqlite.Message]) -> list[tuple[int, bytes | None]]:
 
 NEW = [(0, b"new0"), (1, b"new1"), (2, b"new2")]
 
+
 @pytest.mark.parametrize("kind", ["assigned", "group"])
 def test_a_poll_reads_the_recreated_partition_from_its_start(
         broker: mqlite.Broker, kind: str) -> None:
     broker.create_topic("t")
-    c = _assigned_now(broker) if kind == "assigned" else broker.consumer(
-        "t", group="g", commit="manual")
+    c = _consumer(broker, kind)
     broker.delete_topic("t")
     with c:
         _read_old(broker, c)
@@ -66,8 +66,7 @@ def test_a_poll_reads_the_recreated_partition_from_its_start(
 def test_position_and_lag_after_the_recreation_are_of_the_new_partition(
         broker: mqlite.Broker, kind: str) -> None:
     broker.create_topic("t")
-    c = _assigned_now(broker) if kind == "assigned" else broker.consumer(
-        "t", group="g", commit="manual")
+    c = _consumer(broker, kind)
     with c:
         broker.send_batch("t", [b"old0", b"old1"], partition=0)
         assert len(c.poll(timeout=5)) == 2
@@ -81,6 +80,12 @@ def _assigned_now(b: mqlite.Broker) -> mqlite.Consumer:
     c = b.consumer(None)
     c.assign([TP0])
     return c
+
+
+def _consumer(b: mqlite.Broker, kind: str) -> mqlite.Consumer:
+    """An ``"assigned"`` consumer of t[0], or a ``"group"`` member of group g."""
+    return _assigned_now(b) if kind == "assigned" else b.consumer("t", group="g",
+                                                                   commit="manual")
 
 
 @pytest.mark.parametrize("reset, expect", [("latest", 3), ("none", None)])

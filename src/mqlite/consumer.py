@@ -325,8 +325,7 @@ class Consumer:
         self._check_assigned(tp)
         with self._env.read_txn() as txn:
             pid, _ = self._pid(txn, tp)
-            if self._pids.get(tp) != pid:
-                self._rebind(tp, pid)
+            self._rebind(tp, pid)
             st = _log.load_state(txn, self._env.dbs, pid)
             return self._resolve_position(txn, tp, st)
 
@@ -350,8 +349,7 @@ class Consumer:
             if self._pids.pop(tp, None) is not None:
                 self._part_words = None
         else:
-            if self._pids.get(tp) != pid:
-                self._rebind(tp, pid)
+            self._rebind(tp, pid)
         self._positions[tp] = offset
 
     @guarded
@@ -410,7 +408,7 @@ class Consumer:
             for tp in tps:
                 tp = _tp(tp)
                 pid, _ = self._pid(txn, tp)
-                if tp in self._positions and self._pids.get(tp) != pid:
+                if tp in self._positions:
                     self._rebind(tp, pid)
                 st = _log.load_state(txn, self._env.dbs, pid)
                 out[tp] = st.next if end else st.start
@@ -450,8 +448,7 @@ class Consumer:
         with self._env.read_txn() as txn:
             for tp in self.assignment():
                 pid, _ = self._pid(txn, tp)
-                if self._pids.get(tp) != pid:
-                    self._rebind(tp, pid)
+                self._rebind(tp, pid)
                 st = _log.load_state(txn, self._env.dbs, pid)
                 out[tp] = st.next - self._resolve_position(txn, tp, st)
         return out
@@ -535,9 +532,11 @@ class Consumer:
         (the group's committed offset of the new id, which is none, then
         ``auto_offset_reset``), a batch read ahead is dropped, and the group member
         forgets what it committed of the old one.  Commits check the id (GroupMember).
-        Off the hot path: a poll calls it only when the id it read differs.
+        Does nothing when ``tp`` already has ``pid``; the poll checks that inline.
         """
         old = self._pids.get(tp)
+        if old == pid:
+            return  # the id its position belongs to
         self._pids[tp] = pid
         self._part_words = None  # wait on the new partition's word
         if old is not None and tp in self._positions:

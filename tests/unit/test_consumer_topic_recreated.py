@@ -107,26 +107,21 @@ def test_the_new_partition_is_reset_by_auto_offset_reset(
             assert c.position(TP0) == expect
 
 
-def test_a_seek_before_the_recreation_belonged_to_the_old_partition(
-        broker: mqlite.Broker) -> None:
+@pytest.mark.parametrize("seek_after, expect", [(False, NEW), (True, NEW[1:])],
+                         ids=["before-belongs-to-the-old-partition",
+                              "after-applies-to-the-new-partition"])
+def test_a_seek_is_of_the_partition_it_was_made_on(
+        broker: mqlite.Broker, seek_after: bool, expect: list[tuple[int, bytes]]) -> None:
     broker.create_topic("t")
     with _assigned_now(broker) as c:
         broker.send_batch("t", [b"old0", b"old1"], partition=0)
         assert len(c.poll(timeout=5)) == 2
-        c.seek(TP0, 1)
+        if not seek_after:
+            c.seek(TP0, 1)
         _recreate(broker)
-        assert _offsets(c.poll(timeout=5)) == NEW
-
-
-def test_a_seek_after_the_recreation_applies_to_the_new_partition(
-        broker: mqlite.Broker) -> None:
-    broker.create_topic("t")
-    with _assigned_now(broker) as c:
-        broker.send_batch("t", [b"old0", b"old1"], partition=0)
-        assert len(c.poll(timeout=5)) == 2
-        _recreate(broker)
-        c.seek(TP0, 1)
-        assert _offsets(c.poll(timeout=5)) == NEW[1:]
+        if seek_after:
+            c.seek(TP0, 1)
+        assert _offsets(c.poll(timeout=5)) == expect
 
 
 def test_a_batch_read_ahead_of_the_old_position_is_not_returned(broker: mqlite.Broker) -> None:
